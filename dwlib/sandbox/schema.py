@@ -227,6 +227,17 @@ DATAVERSE: tuple[Entity, ...] = (
         ),
     ),
     _dv(
+        "msdyn_vendors",
+        "msdyn_vendor",
+        "msdyn_vendorid",
+        {"msdyn_vendoraccountnumber": "string", "msdyn_vendorname": "string"},
+        alternate_keys=(("msdyn_vendoraccountnumber", "_msdyn_company_value"),),
+        lookups=(
+            Lookup("msdyn_company", "cdm_companies"),
+            Lookup("transactioncurrencyid", "transactioncurrencies"),
+        ),
+    ),
+    _dv(
         "solutions",
         "solution",
         "solutionid",
@@ -330,6 +341,18 @@ FINOPS: tuple[Entity, ...] = (
         },
     ),
     _fo(
+        "VendorsV2",
+        "VendorV2",
+        ("dataAreaId", "VendorAccountNumber"),
+        {
+            "dataAreaId": "string",
+            "VendorAccountNumber": "string",
+            "VendorOrganizationName": "string",
+            "VendorGroupId": "string",
+            "CurrencyCode": "string",
+        },
+    ),
+    _fo(
         "DualWriteProjectConfigurations",
         "DualWriteProjectConfiguration",
         ("RecId",),
@@ -341,6 +364,7 @@ FINOPS: tuple[Entity, ...] = (
             "ExternalEnvironmentURL": "string",
             "Status": "int",
             "IsDebugMode": "string",
+            "IsDelete": "string",
             "IntegrationKey": "string",
             "QueryFilterExpression": "string",
         },

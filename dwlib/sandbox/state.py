@@ -98,28 +98,34 @@ class Limits:
     window_s: float = 300.0
     execution_s: float = 1200.0
     concurrency: int = 52
+    # F&O resource-based throttling has no published number: concurrent F&O OData requests allowed.
+    finops_concurrency: int = 32
 
     @classmethod
     def parse(cls, spec: str) -> Limits:
-        """Parse `requests=100,window=10,exec=5,concurrency=4` (any subset) over the defaults.
+        """Parse `requests=100,window=10,exec=5,concurrency=4,finops=8` (any subset) over the defaults.
 
         >>> Limits.parse("requests=100,window=10").requests
         100
         """
         names = {"requests": "requests", "window": "window_s", "exec": "execution_s",
-                 "concurrency": "concurrency"}
+                 "concurrency": "concurrency", "finops": "finops_concurrency"}
         values: dict[str, Any] = {}
         for part in filter(None, (p.strip() for p in spec.split(","))):
             key, sep, raw = part.partition("=")
             if not sep or key not in names:
                 raise ValueError(
-                    f"bad limits item {part!r}: use requests=N,window=SECONDS,exec=SECONDS,concurrency=N"
+                    f"bad limits item {part!r}: use requests=N,window=SECONDS,exec=SECONDS,concurrency=N,"
+                    "finops=N"
                 )
             attr = names[key]
             try:
-                values[attr] = int(raw) if attr in ("requests", "concurrency") else float(raw)
+                counts = ("requests", "concurrency", "finops_concurrency")
+                values[attr] = int(raw) if attr in counts else float(raw)
             except ValueError:
                 raise ValueError(f"bad limits value {part!r}: {key} takes a number") from None
+            if values[attr] <= 0:
+                raise ValueError(f"bad limits value {part!r}: {key} must be greater than 0")
         return cls(**values)
 
 

@@ -1,0 +1,391 @@
+"""Start, inspect and stop sandboxes: the Python API under `dw sandbox …` and the test fixtures.
+
+A sandbox runs as a detached `python -m dwlib.sandbox serve --dir DIR` process logging to
+`DIR/sandbox.log`; `start` returns once `/_sandbox/health` answers over HTTPS verified against the
+sandbox's own CA, with the contents of `DIR/connection.yaml`.
+
+Example:
+    >>> # conn = start("existing-existing", root=Path("/tmp/sbx"), rows=100).connection
+    >>> # token = acquire_token(conn, "dataverse")
+    >>> # with http_client(conn) as http:
+    >>> #     http.get(f"{conn['dataverse_url']}/api/data/v9.2/WhoAmI",
+    >>> #              headers={"Authorization": f"Bearer {token}"}).json()["UserId"]
+    >>> # stop(Path("/tmp/sbx"))
+    >>> default_dir("new-new").as_posix()
+    '.dw/sandbox/new-new'
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import sqlite3
+import ssl
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+import msal
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+from ..errors import SandboxError
+from . import server
+from .schema import ENTITIES
+from .state import Paths, Settings
+
+_children: dict[int, subprocess.Popen[bytes]] = {}  # started by this process: reaped on stop
+
+
+def default_dir(profile: str) -> Path:
+    """Where a sandbox of `profile` lives unless `--dir` says otherwise (relative to the cwd).
+
+    >>> default_dir("existing-existing").name
+    'existing-existing'
+    """
+    return Path(".dw") / "sandbox" / profile
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """The options of `start` and `serve` (shared by `dw sandbox` and `python -m dwlib.sandbox`).
+
+    >>> p = argparse.ArgumentParser(); add_options(p)
+    >>> p.parse_args(["--profile", "new-new", "--rows", "5"]).rows
+    5
+    """
+    parser.add_argument("--profile", help="setup scenario to emulate, e.g. existing-existing")
+    parser.add_argument("--rows", type=int,
+                        help=f"rows to seed per main table (default {server.DEFAULT_ROWS})")
+    parser.add_argument("--dir", type=Path, help="state directory (default .dw/sandbox/<profile>)")
+    parser.add_argument("--port", type=int, help="HTTPS port on 127.0.0.1 (default 0: a free port)")
+    parser.add_argument("--faults", help="e.g. latency=20ms,429=0.05,5xx=0.02,drop=0.01,seed=7")
+    parser.add_argument("--limits", help="e.g. requests=100,window=10,exec=5,concurrency=4,finops=8")
+
+
+def resolve_dir(profile: str | None, root: Path | None) -> Path:
+    """The absolute state directory for `--profile`/`--dir`; SandboxError when neither is given.
+
+    >>> resolve_dir(None, Path("/tmp/sbx")).as_posix()
+    '/tmp/sbx'
+    """
+    if root is None:
+        if profile is None:
+            raise SandboxError("give --profile (e.g. --profile existing-existing) or --dir of a sandbox")
+        root = default_dir(profile)
+    return root.resolve()
+
+
+def read_connection(root: Path) -> dict[str, Any] | None:
+    """The parsed `connection.yaml` of `root`, or None when there is none.
+
+    >>> read_connection(Path("/nonexistent")) is None
+    True
+    """
+    try:
+        return yaml.safe_load(Paths(root).connection.read_text())
+    except FileNotFoundError:
+        return None
+
+
+def _read_pid(root: Path) -> int | None:
+    try:
+        return int(Paths(root).pid.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` is a live sandbox process (not a zombie, not a recycled pid)."""
+    child = _children.get(pid)
+    if child is not None:
+        return child.poll() is None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False  # someone else's process reuses the pid
+    proc = Path(f"/proc/{pid}")
+    if proc.exists():  # Linux: rule out zombies and unrelated processes that reuse the pid
+        with contextlib.suppress(OSError):
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmdline = (proc / "cmdline").read_bytes()
+            return state != "Z" and b"sandbox" in cmdline
+    return True
+
+
+def _ssl_context(connection: dict[str, Any]) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=connection["ca_bundle"])
+
+
+def http_client(connection: dict[str, Any], **kwargs: Any) -> httpx.Client:
+    """An `httpx.Client` that trusts the sandbox CA (TLS stays verified).
+
+    >>> # with http_client(conn, timeout=30) as http:
+    >>> #     http.get(conn["dataverse_url"] + "/api/data/v9.2/WhoAmI")
+    """
+    return httpx.Client(verify=_ssl_context(connection), **kwargs)
+
+
+class MsalHttpClient(httpx.Client):
+    """An `httpx.Client` msal can use for every grant (pass it as `http_client=`).
+
+    msal hands the certificate assertion over as bytes, which httpx would send as the text
+    "b'eyJ…'" (Entra, and the sandbox, then answer AADSTS50027): this client sends it as text.
+
+    >>> # msal.ConfidentialClientApplication(..., http_client=MsalHttpClient(verify=ctx))
+    """
+
+    def post(self, url: httpx.URL | str, *, data: Any = None, **kwargs: Any) -> httpx.Response:
+        if isinstance(data, dict):
+            data = {k: v.decode() if isinstance(v, bytes) else v for k, v in data.items()}
+        return super().post(url, data=data, **kwargs)
+
+
+def _healthy(connection: dict[str, Any], timeout: float = 2.0) -> bool:
+    try:
+        with http_client(connection, timeout=timeout) as http:
+            response = http.get(f"{connection['admin_url']}/health")
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200 and response.json().get("pid") == connection["pid"]
+
+
+def admin(connection: dict[str, Any], setting: Literal["faults", "limits"], spec: str | None = None
+          ) -> dict[str, Any]:
+    """Read (spec None) or replace the faults or limits of a running sandbox.
+
+    Returns the sandbox's current faults and limits. Raises SandboxError when it refuses the spec.
+
+    >>> # admin(conn, "faults", "429=0.1,seed=3")["faults"]["throttle"]
+    """
+    key = Path(connection["admin_key_file"]).read_text().strip()
+    url = f"{connection['admin_url']}/{setting}"
+    with http_client(connection, timeout=30, headers={server.ADMIN_HEADER: key}) as http:
+        response = http.get(url) if spec is None else http.post(url, json={"spec": spec})
+    if response.status_code != 200:
+        raise SandboxError(f"the sandbox refused {setting} {spec!r}: {response.json().get('error')}")
+    return dict(response.json())
+
+
+def _log_tail(root: Path, lines: int = 25) -> str:
+    try:
+        text = Paths(root).log.read_text(errors="replace")
+    except FileNotFoundError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class Started:
+    """What `start` did: the connection details, and whether the sandbox was already running.
+
+    >>> Started(Path("/tmp/sbx"), {"pid": 1}).already_running
+    False
+    """
+
+    root: Path
+    connection: dict[str, Any]
+    already_running: bool = False
+
+
+def start(
+    profile: str | None = None,
+    *,
+    root: Path | None = None,
+    rows: int | None = None,
+    port: int | None = None,
+    faults: str | None = None,
+    limits: str | None = None,
+    token_lifetime_s: int | None = None,
+    device_code_approve_after_s: float | None = None,
+    timeout: float | None = None,
+    owner_pid: int | None = None,
+) -> Started:
+    """Start the sandbox of `root` (default `.dw/sandbox/<profile>`) in the background.
+
+    Returns once it answers over verified HTTPS. When it is already running, returns its
+    connection with `already_running=True` and changes nothing. Raises SandboxError on bad
+    options, a taken port, or a process that dies or does not answer within `timeout` seconds
+    (default: 2 minutes plus time to seed the rows; the message ends with the tail of `sandbox.log`).
+    With `owner_pid` the sandbox stops by itself once that process has ended (test fixtures).
+
+    >>> # started = start("existing-existing", rows=100, faults="latency=5ms")
+    """
+    root = resolve_dir(profile, root)
+    current = status(root)
+    if current.running and current.pid is not None:  # it may still be seeding: wait for it
+        return Started(root, _await_ready(root, current.pid, timeout or 120.0), already_running=True)
+    settings = server.configure(root, profile=profile, rows=rows, port=port, faults=faults, limits=limits,
+                                token_lifetime_s=token_lifetime_s,
+                                device_code_approve_after_s=device_code_approve_after_s)
+    if settings.port:
+        server.bind(settings.port).close()  # fail here, with the fix, rather than in the log
+    paths = Paths(root)
+    paths.connection.unlink(missing_ok=True)
+    env = dict(os.environ)
+    # The child must import this very dwlib, whatever its working directory.
+    package_parent = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
+    with paths.log.open("ab") as log:
+        log.write(f"--- dw sandbox start {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+        log.flush()
+        owner = [] if owner_pid is None else ["--owner-pid", str(owner_pid)]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dwlib.sandbox", "serve", "--dir", str(root), *owner],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env,
+            start_new_session=True,  # survives the terminal (and the `dw` command) that started it
+        )
+    _children[proc.pid] = proc
+    paths.pid.write_text(str(proc.pid))
+    if timeout is None:
+        timeout = 120.0 + settings.rows / 5000  # seeding runs at well over 10,000 rows a second
+    return Started(root, _await_ready(root, proc.pid, timeout))
+
+
+def _await_ready(root: Path, pid: int, timeout: float) -> dict[str, Any]:
+    """The connection of the sandbox process `pid` once it answers; SandboxError with the log tail."""
+    log = Paths(root).log
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            child = _children.pop(pid, None)
+            code = f" (code {child.returncode})" if child else ""
+            raise SandboxError(f"the sandbox in {root} exited{code} before it answered; "
+                               f"last lines of {log}:\n{_log_tail(root)}")
+        connection = read_connection(root)
+        if connection and connection.get("pid") == pid and _healthy(connection):
+            return connection
+        time.sleep(0.1)
+    stop(root)
+    raise SandboxError(f"the sandbox in {root} did not answer within {timeout:g} s (stopped it); "
+                       f"last lines of {log}:\n{_log_tail(root)}")
+
+
+def serve(profile: str | None = None, *, root: Path | None = None, owner_pid: int | None = None,
+          **options: Any) -> None:
+    """Run a sandbox in the foreground (`dw sandbox serve`) until Ctrl+C; options as for `start`.
+
+    >>> # serve("new-new", root=Path("/tmp/sbx"), port=8443)
+    """
+    root = resolve_dir(profile, root)
+    current = status(root)
+    if current.running and current.pid != os.getpid():  # the background child finds its own pid
+        raise SandboxError(f"the sandbox in {root} is already running (pid {current.pid}): "
+                           f"stop it first with: dw sandbox stop --dir {root}")
+    server.configure(root, profile=profile, **options)
+    server.serve(root, owner_pid=owner_pid)
+
+
+@dataclass
+class Status:
+    """A state directory's sandbox: whether it runs, its connection, and rows per table.
+
+    >>> Status(Path("/tmp/sbx"), running=False).rows
+    {}
+    """
+
+    root: Path
+    running: bool
+    pid: int | None = None
+    profile: str | None = None
+    connection: dict[str, Any] | None = None
+    rows: dict[str, int] = field(default_factory=dict)
+
+
+def table_rows(root: Path) -> dict[str, int]:
+    """Rows per entity set in the state database (read-only; works whether or not it runs).
+
+    >>> table_rows(Path("/nonexistent"))
+    {}
+    """
+    db = Paths(root).db
+    if not db.exists():
+        return {}
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return {name: conn.execute(f'SELECT COUNT(*) FROM "{ent.table}"').fetchone()[0]
+                for name, ent in ENTITIES.items() if ent.table in tables}
+    finally:
+        conn.close()
+
+
+def status(root: Path, *, with_rows: bool = False) -> Status:
+    """The sandbox of `root`: running or not (its process is alive), connection, rows per table.
+
+    >>> status(Path("/nonexistent")).running
+    False
+    """
+    root = root.resolve()
+    pid = _read_pid(root)
+    running = pid is not None and _alive(pid)
+    connection = read_connection(root) if running else None
+    profile = None
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        profile = Settings.load(Paths(root).settings).profile
+    return Status(root=root, running=running, pid=pid if running else None, profile=profile,
+                  connection=connection, rows=table_rows(root) if with_rows else {})
+
+
+def stop(root: Path, timeout: float = 10.0) -> bool:
+    """Stop the sandbox of `root`: SIGTERM, then SIGKILL after `timeout` s. False if it was not running.
+
+    >>> stop(Path("/nonexistent"))
+    False
+    """
+    root = root.resolve()
+    paths = Paths(root)
+    pid = _read_pid(root)
+    was_running = pid is not None and _alive(pid)
+    if pid is not None and was_running:
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            deadline = time.monotonic() + wait
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not _alive(pid):
+                break
+    if pid is not None and pid in _children:
+        _children.pop(pid).wait(timeout=5)
+    paths.pid.unlink(missing_ok=True)
+    paths.connection.unlink(missing_ok=True)
+    return was_running
+
+
+def acquire_token(
+    connection: dict[str, Any],
+    resource: str = "dataverse",
+    credential: Literal["secret", "certificate"] = "secret",
+) -> str:
+    """An access token for `resource` ("dataverse", "finops" or a URL) from the sandbox, via msal.
+
+    Uses the app registration's secret or its certificate (client assertion), like a real
+    service principal. Raises SandboxError with Entra's error when the sandbox refuses.
+
+    >>> # acquire_token(conn, "finops", credential="certificate")
+    """
+    url = connection.get(f"{resource}_url", resource)
+    if credential == "secret":
+        client_credential: Any = Path(connection["client_secret_file"]).read_text().strip()
+    else:
+        cert = x509.load_pem_x509_certificate(Path(connection["client_certificate_file"]).read_bytes())
+        client_credential = {"private_key": Path(connection["client_private_key_file"]).read_text(),
+                             "thumbprint": cert.fingerprint(hashes.SHA1()).hex()}
+    with MsalHttpClient(verify=_ssl_context(connection), timeout=30) as http:
+        app = msal.ConfidentialClientApplication(
+            connection["client_id"], authority=connection["authority"], client_credential=client_credential,
+            http_client=http, instance_discovery=False)
+        result = app.acquire_token_for_client(scopes=[f"{url}/.default"])
+    if "access_token" not in result:
+        raise SandboxError(f"the sandbox refused a token for {url}: {result.get('error')}: "
+                           f"{result.get('error_description')}")
+    return str(result["access_token"])

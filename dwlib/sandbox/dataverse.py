@@ -1,0 +1,529 @@
+"""The Dataverse Web API v9.2 emulation, served under `{dataverse_url}/api/data/v9.2/`.
+
+WhoAmI, RetrieveFinanceAndOperationsIntegrationDetails, EntityDefinitions (from `schema`), CRUD
+with GUID and alternate keys, upsert with If-Match/If-None-Match, lookups (`_x_value` read,
+`x@odata.bind` write), query options and paging (`odata.maxpagesize` ≤ 5000, opaque
+`$skiptoken`), Create/Update/UpsertMultiple (all-or-nothing) and `$batch` — with the error codes
+and messages of api-surface §2. Every request is authenticated for the Dataverse audience and
+runs as the caller's `systemusers` row (application user by app id, user by object id).
+
+Example:
+    >>> # server.py: Mount("/dataverse", routes=dataverse.routes(sbx))
+    >>> API
+    '/api/data/v9.2'
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route, Router
+
+from . import batch
+from .context import AuthError, Sandbox
+from .dataverse_metadata import READ_ONLY, Metadata
+from .odata import (
+    BAD_QUERY,
+    ODataError,
+    Segment,
+    WriteEvent,
+    allow,
+    coerce,
+    collection_json,
+    etag_matches,
+    is_primary,
+    json_body,
+    json_object,
+    odata_response,
+    page_size,
+    parse_key,
+    parse_prefer,
+    query_string,
+    run_write_hooks,
+    split_path,
+    type_name,
+    with_annotations,
+)
+from .odata_sql import (
+    count_rows,
+    fetch_one,
+    fetch_page,
+    key_where,
+    parse_query,
+)
+from .schema import DATAVERSE, Entity, entity
+from .store import Store, quote
+
+log = logging.getLogger(__name__)
+API = "/api/data/v9.2"
+MAX_PAGE = 5000
+COUNT_LIMIT = 5000
+ETAG_SQL = "'W/\"' || \"versionnumber\" || '\"'"
+NOT_FOUND = "0x80040217"
+DUPLICATE = "0x80040237"
+VERSION_MISMATCH = "0x80060882"
+NOT_A_USER = "0x80072560"
+NOT_LINKED = "0x80048d0b"
+BAD_ARGUMENT = "0x80040203"
+UNEXPECTED = "0x80040216"
+_BULK = {f"Microsoft.Dynamics.CRM.{m}Multiple": m.lower() for m in ("Create", "Update", "Upsert")}
+
+
+def error_response(exc: ODataError) -> Response:
+    """The Dataverse error body `{"error":{"code","message"}}` for `exc`."""
+    body = {"error": {"code": exc.code, "message": exc.message}}
+    return odata_response(body, exc.status, exc.headers)
+
+
+def routes(sbx: Sandbox) -> list[BaseRoute]:
+    """The Web API routes, to mount at the path of `sbx.dataverse_url` (`/dataverse`).
+
+    >>> # app = Starlette(routes=[Mount("/dataverse", routes=routes(sbx))])
+    """
+    svc = _Dataverse(sbx)
+    inner = Router(routes=[
+        Route(API, svc.handle, methods=["GET"]),
+        Route(API + "/{path:path}", svc.handle, methods=["GET", "POST", "PATCH", "PUT", "DELETE"]),
+    ])
+    batch_svc = batch.BatchService(root_url=svc.root, app=inner, check=svc.caller,
+                                   render=error_response, transaction=sbx.store.transaction)
+    return [batch.route(API + "/$batch", batch_svc), *inner.routes]
+
+
+class _Binder:
+    """Resolves `x@odata.bind` / `@odata.id` references to primary keys, once per request."""
+
+    def __init__(self, svc: _Dataverse) -> None:
+        self.svc = svc
+        self.cache: dict[tuple[str, str], str] = {}
+
+    def resolve(self, ref: str, target: Entity, what: str) -> str:
+        hit = self.cache.get((target.name, ref))
+        if hit is None:
+            ent, key = self.svc.parse_ref(ref)
+            if ent.name != target.name:
+                raise ODataError(400, f"{what} must reference '{target.name}', not '{ent.name}' ({ref}).",
+                                 BAD_QUERY)
+            row = self.svc.find(ent, key)
+            if row is None:
+                raise self.svc.not_found(ent, key)
+            hit = self.cache[(target.name, ref)] = row[ent.key[0]]
+        return hit
+
+
+class _Dataverse:
+    """Request handlers; one instance per sandbox."""
+
+    def __init__(self, sbx: Sandbox) -> None:
+        self.sbx = sbx
+        self.store = sbx.store
+        self.conn: sqlite3.Connection = sbx.store.conn
+        self.root = f"{sbx.dataverse_url}{API}/"
+        self.metadata = Metadata(self.root)
+        self._columns: dict[str, dict[str, str]] = {}
+
+    # --- caller -------------------------------------------------------------------------------
+
+    def caller(self, request: Request) -> sqlite3.Row:
+        """The enabled `systemusers` row the request's token maps to (401/403 otherwise)."""
+        try:
+            principal = self.sbx.identity.authenticate(request, self.sbx.dataverse_url)
+        except AuthError as exc:
+            challenge = (f"Bearer authorization_uri={self.sbx.authority}/oauth2/authorize, "
+                         f"resource_id={self.sbx.dataverse_url}")
+            raise ODataError(401, f"The request is not authorized ({exc.code}): {exc.reason}", NOT_A_USER,
+                             headers={"WWW-Authenticate": challenge}) from None
+        column, value, what = (
+            ("applicationid", principal.app_id, f"application id {principal.app_id}") if principal.is_app
+            else ("azureactivedirectoryobjectid", principal.oid, f"Entra object id {principal.oid}")
+        )
+        row = self.conn.execute(
+            f"SELECT systemuserid, _businessunitid_value FROM dv_systemusers WHERE {quote(column)} = ? "
+            "AND COALESCE(isdisabled, 0) = 0 LIMIT 1", (value,)).fetchone()
+        if row is None:
+            fix = ("add it as an application user (Power Platform admin center > Environment > Settings > "
+                   "Application users)" if principal.is_app else "add the user to the environment")
+            raise ODataError(403, f"The user is not a member of the organization: no enabled user with "
+                             f"{what} exists in this Dataverse environment; {fix}.", NOT_A_USER)
+        return row
+
+    # --- dispatch -----------------------------------------------------------------------------
+
+    async def handle(self, request: Request) -> Response:
+        try:
+            user = self.caller(request)
+            segments = split_path(request.path_params.get("path", ""))
+            return await self._route(request, segments, user)
+        except ODataError as exc:
+            return error_response(exc)
+        except Exception:  # a sandbox bug still answers in the service's error shape
+            log.exception("Dataverse %s %s failed", request.method, request.url.path)
+            return error_response(ODataError(500, "An unexpected error occurred.", UNEXPECTED))
+
+    async def _route(self, request: Request, segments: list[Segment], user: sqlite3.Row) -> Response:
+        method = request.method
+        if not segments:
+            return self._service_document()
+        head, rest = segments[0], segments[1:]
+        if head.name in ("WhoAmI", "RetrieveFinanceAndOperationsIntegrationDetails") and not rest:
+            allow(method, "GET", request)
+            return self._who_am_i(user) if head.name == "WhoAmI" else self._link_details()
+        if head.name == "EntityDefinitions":
+            allow(method, "GET", request)
+            return self.metadata.get(head.key, rest, request.query_params)
+        ent = entity(head.name, "dataverse")
+        if ent is None:
+            raise ODataError(404, f"Resource not found for the segment '{head.name}'.", BAD_QUERY)
+        if head.key is None:
+            if not rest:
+                allow(method, ("GET", "POST"), request)
+                return self._list(request, ent) if method == "GET" else await self._create(request, ent, user)
+            if len(rest) == 1 and rest[0].name == "$count":
+                allow(method, "GET", request)
+                q = parse_query(ent, {k: v for k, v in request.query_params.items() if k == "$filter"})
+                count = min(count_rows(self.conn, q), COUNT_LIMIT)
+                return odata_response(str(count), media_type="text/plain")
+            if len(rest) == 1 and rest[0].name in _BULK:
+                allow(method, "POST", request)
+                return await self._bulk(request, ent, _BULK[rest[0].name], user)
+        else:
+            key = parse_key(ent, head.key)
+            if not rest:
+                allow(method, ("GET", "PATCH", "DELETE"), request)
+                if method == "GET":
+                    return self._retrieve(request, ent, key)
+                if method == "PATCH":
+                    return await self._upsert(request, ent, key, user)
+                return self._delete(request, ent, key)
+            if len(rest) == 1 and rest[0].key is None and rest[0].name in ent.all_columns:
+                allow(method, ("GET", "PUT", "DELETE"), request)
+                return await self._property(request, ent, key, rest[0].name)
+        raise ODataError(404, f"Resource not found for the segment '{rest[0].name if rest else head.name}'.",
+                         BAD_QUERY)
+
+    # --- functions ----------------------------------------------------------------------------
+
+    def _service_document(self) -> Response:
+        sets = [{"name": e.name, "kind": "EntitySet", "url": e.name} for e in DATAVERSE]
+        return odata_response({"@odata.context": f"{self.root}$metadata", "value": sets})
+
+    def _who_am_i(self, user: sqlite3.Row) -> Response:
+        org = self.conn.execute(
+            "SELECT organizationid FROM dv_organizations ORDER BY createdon LIMIT 1").fetchone()
+        body = {
+            "@odata.context": f"{self.root}$metadata#Microsoft.Dynamics.CRM.WhoAmIResponse",
+            "BusinessUnitId": user["_businessunitid_value"],
+            "UserId": user["systemuserid"],
+            "OrganizationId": org[0] if org else self.sbx.settings.organization_id,
+        }
+        return odata_response(body)
+
+    def _link_details(self) -> Response:
+        link = self.store.kv_get("pp_link")
+        if not link:
+            raise ODataError(400, "Dataverse instance isn't integrated with finance and operations.",
+                             NOT_LINKED)
+        ctx = (f"{self.root}$metadata#Microsoft.Dynamics.CRM."
+               "RetrieveFinanceAndOperationsIntegrationDetailsResponse")
+        return odata_response({"@odata.context": ctx, **link})
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def _select(self, ent: Entity, select: list[str] | None) -> list[str]:
+        if select is None:
+            return list(ent.all_columns)
+        return select + [k for k in ent.key if k not in select]
+
+    def _context(self, ent: Entity, select: list[str] | None, suffix: str = "") -> str:
+        shape = f"({','.join(select)})" if select else ""
+        return f"{self.root}$metadata#{ent.name}{shape}{suffix}"
+
+    def _list(self, request: Request, ent: Entity) -> Response:
+        args = request.query_params
+        q = parse_query(ent, args)
+        prefer = parse_prefer(request.headers.getlist("prefer"))
+        size = page_size(prefer, MAX_PAGE)
+        columns = self._select(ent, q.select)
+        page = fetch_page(self.conn, q, columns, size, ETAG_SQL)
+        if q.apply is not None:
+            shape = [*q.apply.groupby, *q.apply.aggregates]
+            head: dict[str, Any] = {"@odata.context": f"{self.root}$metadata#{ent.name}({','.join(shape)})"}
+        else:
+            head = {"@odata.context": self._context(ent, q.select)}
+        if page.count is not None:
+            head["@odata.count"] = min(page.count, COUNT_LIMIT)
+            head["@Microsoft.Dynamics.CRM.totalrecordcountlimitexceeded"] = page.count > COUNT_LIMIT
+        tail = {}
+        if page.next_token:
+            keep = [(k, v) for k, v in args.multi_items() if k != "$skiptoken"]
+            tail["@odata.nextLink"] = (f"{self.root}{ent.name}?"
+                                       f"{query_string([*keep, ('$skiptoken', page.next_token)])}")
+        headers = {}
+        if "odata.maxpagesize" in prefer:
+            headers["Preference-Applied"] = f"odata.maxpagesize={size}"
+        return odata_response(collection_json(head, page.items, tail), headers=headers)
+
+    def _retrieve(self, request: Request, ent: Entity, key: dict[str, Any]) -> Response:
+        q = parse_query(ent, request.query_params)  # validates every option; only $select applies
+        row = self.find(ent, key)
+        if row is None:
+            raise self.not_found(ent, key)
+        etag = _etag(row)
+        if etag_matches(request.headers.get("if-none-match", ""), etag):
+            return odata_response(None, 304, {"ETag": etag})
+        return self._representation(ent, row[ent.key[0]], q.select, 200)
+
+    def _representation(self, ent: Entity, pk: str, select: list[str] | None, status: int,
+                        headers: Mapping[str, str] | None = None) -> Response:
+        text = fetch_one(self.conn, ent, {ent.key[0]: pk}, self._select(ent, select), ETAG_SQL)
+        assert text is not None
+        body = with_annotations({"@odata.context": self._context(ent, select, "/$entity")}, text)
+        return odata_response(body, status, headers)
+
+    async def _property(self, request: Request, ent: Entity, key: dict[str, Any], name: str) -> Response:
+        row = self.find(ent, key)
+        if row is None:
+            raise self.not_found(ent, key)
+        pk = {ent.key[0]: row[ent.key[0]]}
+        if request.method == "GET":
+            ctx = f"{self.root}$metadata#{ent.name}({row[ent.key[0]]})/{name}"
+            return odata_response({"@odata.context": ctx, "value": row[name]})
+        if name.startswith("_") or name in READ_ONLY or name in ent.key:
+            raise ODataError(400, f"The property '{name}' can't be set this way: lookups take "
+                             "x@odata.bind in a PATCH body; system columns are read-only.", BAD_QUERY)
+        value = None
+        if request.method == "PUT":
+            body = await json_body(request)
+            if not isinstance(body, dict) or "value" not in body:
+                raise ODataError(400, 'A property PUT takes {"value": …}.', BAD_QUERY)
+            value = coerce(ent, name, ent.all_columns[name], body["value"])
+        with self.store.transaction():
+            self.store.update_rows(ent, [(pk, {name: value})])
+            self._hooks(ent, "update", [pk])
+        return odata_response(None, 204)
+
+    # --- references ---------------------------------------------------------------------------
+
+    def parse_ref(self, ref: str) -> tuple[Entity, dict[str, Any]]:
+        """The entity set and key a reference names: `/accounts(<guid>)`, `accounts(k='v')` or an
+        absolute URL."""
+        path = urlsplit(ref).path if "://" in ref else ref
+        rel = path.split(API + "/", 1)[1] if API + "/" in path else path.lstrip("/")
+        segments = split_path(rel)
+        target = entity(segments[0].name, "dataverse") if len(segments) == 1 else None
+        if target is None or segments[0].key is None:
+            raise ODataError(400, f"'{ref}' is not an entity reference: use /<entity set>(<id>) or "
+                             "/<entity set>(<alternate key>=<value>).", BAD_QUERY)
+        return target, parse_key(target, segments[0].key)
+
+    def find(self, ent: Entity, key: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The row at a primary or alternate key (the first by primary key if several), or None."""
+        where, params = key_where(key)
+        rows = self.store.query(
+            f"SELECT * FROM {quote(ent.table)} WHERE {where} ORDER BY {quote(ent.key[0])} LIMIT 1", params)
+        return Store.from_db(ent, rows[0]) if rows else None
+
+    def not_found(self, ent: Entity, key: Mapping[str, Any]) -> ODataError:
+        """The 404 Dataverse gives for a missing row (by id, or by alternate key)."""
+        if is_primary(ent, key):
+            return ODataError(404, f"{ent.logical_name} With Id = {key[ent.key[0]]} Does Not Exist",
+                              NOT_FOUND)
+        return ODataError(404, f"A record with the specified key values does not exist in "
+                          f"{ent.logical_name} entity", NOT_FOUND)
+
+    # --- writing ------------------------------------------------------------------------------
+
+    def _row(self, ent: Entity, body: Mapping[str, Any], binder: _Binder) -> dict[str, Any]:
+        """A request body as store values: properties checked and coerced, binds resolved."""
+        cols = self._columns.get(ent.name)
+        if cols is None:
+            # lookup columns (_x_value) are read-only: they are written through x@odata.bind
+            cols = {c: t for c, t in ent.all_columns.items() if not c.startswith("_")}
+            self._columns[ent.name] = cols
+        row: dict[str, Any] = {}
+        for name, value in body.items():
+            if "@" in name:
+                prop, _, annotation = name.partition("@")
+                if prop and annotation == "odata.bind":
+                    lookup = ent.lookup_by_nav(prop)
+                    if lookup is None:
+                        raise ODataError(400, f"An undeclared property '{prop}' which only has property "
+                                         "annotations in the payload but no property value was found in "
+                                         "the payload. In OData, only declared navigation properties and "
+                                         "declared named streams can be represented as properties without "
+                                         "values.", BAD_QUERY)
+                    target = entity(lookup.target, "dataverse")
+                    assert target is not None
+                    if value is not None and not isinstance(value, str):
+                        raise ODataError(400, f"{name} takes a reference string like "
+                                         f"\"/{target.name}(<id>)\", or null.", BAD_QUERY)
+                    row[lookup.column] = None if value is None else binder.resolve(value, target, name)
+                continue  # other instance annotations (@odata.type, …) carry no data
+            typ = cols.get(name)
+            if typ is None:
+                raise ODataError(400, f"The property '{name}' does not exist on type '{type_name(ent)}'. "
+                                 "Make sure to only use property names that are defined by the type.",
+                                 BAD_QUERY)
+            if name not in READ_ONLY:
+                row[name] = coerce(ent, name, typ, value)  # type: ignore[arg-type]
+        return row
+
+    def _owned(self, ent: Entity, row: dict[str, Any], user: sqlite3.Row) -> dict[str, Any]:
+        """`row` with owner and owning business unit defaulted to the caller's (owned tables)."""
+        if ent.lookup_by_nav("ownerid") is not None:
+            row.setdefault("_ownerid_value", user["systemuserid"])
+            row.setdefault("_owningbusinessunit_value", user["_businessunitid_value"])
+        return row
+
+    def _insert(self, ent: Entity, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        try:
+            stored = self.store.insert_rows(ent, rows)
+        except sqlite3.IntegrityError:
+            raise ODataError(412, "A record with matching key values already exists.", DUPLICATE) from None
+        self._hooks(ent, "create", [{ent.key[0]: r[ent.key[0]]} for r in stored])
+        return stored
+
+    def _update(self, ent: Entity, items: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
+        try:
+            self.store.update_rows(ent, items)
+        except KeyError as exc:
+            raise self.not_found(ent, exc.args[0]) from None
+        self._hooks(ent, "update", [k for k, _ in items])
+
+    def _hooks(self, ent: Entity, op: str, keys: list[dict[str, Any]]) -> None:
+        def event() -> WriteEvent:
+            pk = ent.key[0]
+            ids = list(dict.fromkeys(k[pk] for k in keys))
+            found: dict[str, dict[str, Any]] = {}
+            for start in range(0, len(ids), 500):  # a few IN queries, not one SELECT per row
+                chunk = ids[start:start + 500]
+                sql = f"SELECT * FROM {quote(ent.table)} WHERE {quote(pk)} IN ({', '.join('?' * len(chunk))})"
+                found.update((r[pk], Store.from_db(ent, r)) for r in self.store.query(sql, chunk))
+            return WriteEvent(ent, op, [found[i] for i in ids if i in found])
+
+        run_write_hooks(self.sbx.extras, event)
+
+    def _written(self, request: Request, ent: Entity, pk: str, status_if_returned: int) -> Response:
+        url = f"{self.root}{ent.name}({pk})"
+        headers = {"OData-EntityId": url, "Location": url}
+        if parse_prefer(request.headers.getlist("prefer")).get("return") == "representation":
+            q = parse_query(ent, request.query_params)  # validates every option; only $select applies
+            headers["Preference-Applied"] = "return=representation"
+            return self._representation(ent, pk, q.select, status_if_returned, headers)
+        return odata_response(None, 204, headers)
+
+    async def _create(self, request: Request, ent: Entity, user: sqlite3.Row) -> Response:
+        body = await json_object(request)
+        with self.store.transaction():
+            row = self._owned(ent, self._row(ent, body, _Binder(self)), user)
+            stored = self._insert(ent, [row])[0]
+        return self._written(request, ent, stored[ent.key[0]], 201)
+
+    async def _upsert(
+        self, request: Request, ent: Entity, key: dict[str, Any], user: sqlite3.Row
+    ) -> Response:
+        body = await json_object(request)
+        if_match = request.headers.get("if-match")
+        if_none_match = request.headers.get("if-none-match", "")
+        with self.store.transaction():
+            existing = self.find(ent, key)
+            if existing is not None and if_none_match.strip() == "*":
+                raise ODataError(412, "A record with matching key values already exists.", DUPLICATE)
+            if if_match is not None:
+                if existing is None:
+                    raise self.not_found(ent, key)
+                if not etag_matches(if_match, _etag(existing)):
+                    raise ODataError(412, "The version of the existing record doesn't match the RowVersion "
+                                     "property provided.", VERSION_MISMATCH)
+            row = self._row(ent, body, _Binder(self))
+            if existing is None:
+                stored = self._insert(ent, [self._owned(ent, {**row, **key}, user)])[0]
+                pk = stored[ent.key[0]]
+            else:
+                pk = existing[ent.key[0]]
+                self._update(ent, [({ent.key[0]: pk}, row)])
+        return self._written(request, ent, pk, 200)
+
+    def _delete(self, request: Request, ent: Entity, key: dict[str, Any]) -> Response:
+        with self.store.transaction():
+            existing = self.find(ent, key)
+            if existing is None:
+                raise self.not_found(ent, key)
+            if_match = request.headers.get("if-match")
+            if if_match is not None and not etag_matches(if_match, _etag(existing)):
+                raise ODataError(412, "The version of the existing record doesn't match the RowVersion "
+                                 "property provided.", VERSION_MISMATCH)
+            run_write_hooks(self.sbx.extras, lambda: WriteEvent(ent, "delete", [existing]))
+            self.store.delete(ent, {ent.key[0]: existing[ent.key[0]]})
+        return odata_response(None, 204)
+
+    # --- bulk messages ------------------------------------------------------------------------
+
+    async def _bulk(self, request: Request, ent: Entity, action: str, user: sqlite3.Row) -> Response:
+        body = await json_object(request)
+        targets = body.get("Targets")
+        name = f"{action.capitalize()}Multiple"
+        if not isinstance(targets, list) or not all(isinstance(t, dict) for t in targets):
+            raise ODataError(400, f'{name} takes {{"Targets": [ {{…}}, … ]}}: a list of row objects.',
+                             BAD_ARGUMENT)
+        expected = type_name(ent)
+        for i, t in enumerate(targets):
+            if str(t.get("@odata.type", "")).lstrip("#") != expected:
+                raise ODataError(400, f"Targets[{i}] of {name} needs \"@odata.type\": \"{expected}\" "
+                                 f"(got {t.get('@odata.type')!r}); every target must carry it.", BAD_ARGUMENT)
+        binder = _Binder(self)
+        pk = ent.key[0]
+        with self.store.transaction():
+            if action == "create":
+                rows = [self._owned(ent, self._row(ent, t, binder), user) for t in targets]
+                stored = self._insert(ent, rows)
+                ctx = f"{self.root}$metadata#Microsoft.Dynamics.CRM.CreateMultipleResponse"
+                return odata_response({"@odata.context": ctx, "Ids": [r[pk] for r in stored]})
+            creates: list[dict[str, Any]] = []
+            updates: list[tuple[dict[str, Any], dict[str, Any]]] = []
+            for i, t in enumerate(targets):
+                row = self._row(ent, t, binder)
+                key = self._target_key(ent, t, row)
+                if key is None and action == "update":
+                    raise ODataError(400, f"Targets[{i}] of UpdateMultiple has no primary key ({pk}) "
+                                     "or @odata.id.", BAD_ARGUMENT)
+                found = None
+                if key is not None:
+                    found = key[pk] if is_primary(ent, key) and action == "update" else self._pk_of(ent, key)
+                if found is None and action == "update":
+                    raise self.not_found(ent, key or {})
+                if found is None:
+                    creates.append(self._owned(ent, {**row, **(key or {})}, user))
+                else:
+                    updates.append(({pk: found}, {k: v for k, v in row.items() if k != pk}))
+            if updates:
+                self._update(ent, updates)
+            if creates:
+                self._insert(ent, creates)
+        return odata_response(None, 204)
+
+    def _target_key(
+        self, ent: Entity, target: Mapping[str, Any], row: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        ref = target.get("@odata.id")
+        if ref is not None:
+            ref_ent, key = self.parse_ref(str(ref))
+            if ref_ent.name != ent.name:
+                raise ODataError(400, f"@odata.id '{ref}' does not name a row of '{ent.name}'.", BAD_ARGUMENT)
+            return key
+        pk = ent.key[0]
+        return {pk: row[pk]} if row.get(pk) else None
+
+    def _pk_of(self, ent: Entity, key: Mapping[str, Any]) -> str | None:
+        row = self.find(ent, key)
+        return None if row is None else row[ent.key[0]]
+
+
+def _etag(row: Mapping[str, Any]) -> str:
+    return f'W/"{row["versionnumber"]}"'

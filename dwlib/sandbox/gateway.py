@@ -1,0 +1,367 @@
+"""The dual-write management gateway shapes Microsoft's Dual-write-automations drives.
+
+Undocumented and "not supported by Microsoft" (api-surface.md §5.3, MS-OSS): the sandbox serves
+the same paths under `gateway_url = {base}/gateway` so the opt-in gateway adapter of
+`dwlib.clients.dualwrite` has something faithful to talk to. Tokens must be delegated (a user)
+for the audience `https://IntegratorApp.com`.
+
+Paths under `gateway_url` (`API` = `api/DualWriteManagement/1.0`):
+
+- `GET API/Environments?targetType=AX&identifier={F&O host}` → `[{cid, cname, targetType,
+  displayName, detail{isSolutionAware}, powerAppsEnvironment, foEnvironment}]`
+- `GET API/Entities?targetType=AX&cid={cid}` → maps `[{leftEntity, rightEntity, detail{tid, tName,
+  pid, state, template, templates, lastRequest, lastRequests, actions, isProjectDeleted}}]`
+- `POST API/Start` `{action, details[{tid, pid, cid, parameters}]}` → `{requestId}`; action 1 start,
+  4 stop, 5 pause, 6 resume, 8 init (create the project)
+- `GET API/Status/{requestId}` → the request's maps, each with `detail.lastRequests` (state 1
+  Waiting, 2 Completed, 3 Error)
+- `POST API/GetTemplatePrerequisiteSequences/{cid}` `["<tid>"]` → `[[tid, …]]` in run order
+- `GET api/ProjectExecutionWithCompanies/{pid}` → `{projectName, projectExecutionResponses[
+  {legalEntityId, executionStatus, taskExecutionStatuses[{legs[…, importErrors]}]}]}`
+- `GET api/ConnectionSet/{cname}` → the connection set, `dualWriteDetail.legalEntityMappings`
+- `POST api/ConnectionSet/{cid}/Reset?targetType=AX&forceReset={bool}` `{legalEntities}` → Reset link
+
+Map `state` codes are `DWEnums.MapStatus`: Running 4, Paused 5, NotRunning 6, InitialSync 2, CatchUp 3.
+
+Example:
+    >>> PREFIX
+    '/api/DualWriteManagement/1.0'
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+
+from dwlib import catalog
+
+from .context import AuthError, Sandbox
+from .dualwrite import DualWrite, DualWriteError, runtime_of
+from .dw_records import STATUS_CODES
+from .identity import INTEGRATOR_APP
+
+PREFIX = "/api/DualWriteManagement/1.0"
+_ACTION_NAMES = {"1": "start", "4": "stop", "5": "pause", "6": "resume", "8": "init"}
+_ACTIONS_BY_STATE = {
+    "NotRunning": ["1"],
+    "Initializing": [],
+    "Running": ["4", "5"],
+    "Paused": ["6"],
+    "Resuming": [],
+}
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def _version(m: catalog.TableMap) -> dict[str, int]:
+    major, minor, build, revision = (int(p) for p in m.version.split("."))
+    return {
+        "major": major,
+        "minor": minor,
+        "build": build,
+        "revision": revision,
+        "majorRevision": 0,
+        "minorRevision": revision,
+    }
+
+
+def _map(rt: DualWrite, m: catalog.TableMap) -> dict[str, Any]:
+    rec = rt.map_record(m.name)
+    template = {
+        "id": rec["tid"],
+        "name": m.name,
+        "readOnly": True,
+        "displayName": m.name,
+        "author": "Microsoft",
+        "version": _version(m),
+        "tags": [],
+        "description": m.name,
+        "createdDateTime": "2024-01-15T08:00:00Z",
+    }
+    last = [rt.request(r) for r in rec["requests"]]
+    return {
+        "leftEntity": {"targetType": "AX", "name": m.finops_entity, "displayName": m.finops_entity},
+        "rightEntity": {"targetType": "CRM", "name": m.dataverse_table, "displayName": m.dataverse_table},
+        "detail": {
+            "tid": rec["tid"],
+            "tName": m.name,
+            "tags": [],
+            "templates": [template],
+            "template": template,
+            "pid": rec["pid"],
+            "state": str(STATUS_CODES[rec["state"]]),
+            "lastRequest": last[-1] if last else None,
+            "lastRequests": last,
+            "actions": _ACTIONS_BY_STATE[rec["state"]],
+            "isProjectDeleted": False,
+        },
+    }
+
+
+def _by_tid(rt: DualWrite, tid: str) -> catalog.TableMap:
+    for m in catalog.table_maps():
+        if rt.map_record(m.name)["tid"] == tid:
+            return m
+    raise DualWriteError(f"unknown template id {tid!r}", 404)
+
+
+def _by_pid(rt: DualWrite, pid: str) -> catalog.TableMap:
+    for m in catalog.table_maps():
+        if rt.map_record(m.name)["pid"] == pid:
+            return m
+    raise DualWriteError(f"unknown project id {pid!r}", 404)
+
+
+def _environments(rt: DualWrite, request: Request, body: Any) -> Any:
+    conn = rt.connection()
+    identifier = request.query_params.get("identifier", "")
+    host = urlsplit(rt.finops_url).netloc
+    if conn is None or identifier.lower() not in (host.lower(), rt.finops_url.lower()):
+        return []
+    return [
+        {
+            "cid": conn["cid"],
+            "cname": conn["cname"],
+            "targetType": "AX",
+            "displayName": host,
+            "detail": {"isSolutionAware": True},
+            "powerAppsEnvironment": rt.settings.organization_id,
+            "foEnvironment": host,
+        }
+    ]
+
+
+def _need_cid(rt: DualWrite, cid: str) -> None:
+    conn = rt.connection()
+    if conn is None or conn["cid"] != cid:
+        raise DualWriteError(f"unknown connection id {cid!r}", 404)
+
+
+def _entities(rt: DualWrite, request: Request, body: Any) -> Any:
+    _need_cid(rt, request.query_params.get("cid", ""))
+    return [_map(rt, catalog.table_map(m["name"])) for m in rt.maps()]
+
+
+def _start(rt: DualWrite, request: Request, body: Any) -> Any:
+    if not isinstance(body, dict) or not isinstance(body.get("details"), list) or not body["details"]:
+        raise DualWriteError('send {"action": "1|4|5|6|8", "details": [{"tid", "pid", "cid", "parameters"}]}')
+    action = str(body.get("action"))
+    if action not in _ACTION_NAMES:
+        raise DualWriteError(f"unknown action {action!r}: use 1 start, 4 stop, 5 pause, 6 resume, 8 init")
+    names: list[str] = []
+    skip, master = True, "dataverse"
+    for detail in body["details"]:
+        _need_cid(rt, detail.get("cid", ""))
+        names.append(_by_tid(rt, detail.get("tid", "")).name)
+        params = detail.get("parameters") or {}
+        skip = bool(params.get("skipInitialSync", skip))
+        master = {"CRM": "dataverse", "AX": "finops"}.get(
+            (params.get("conflictResolution") or {}).get("master"), master
+        )
+    verb = _ACTION_NAMES[action]
+    if verb == "start":
+        req = rt.run(names, initial_sync=not skip, master=master)
+    elif verb == "init":
+        req = rt.init(names)
+    else:
+        req = getattr(rt, verb)(names)
+    return {"requestId": req["requestId"]}
+
+
+def _status(rt: DualWrite, request: Request, body: Any) -> Any:
+    req = rt.request(request.path_params["request"])
+    return [_map(rt, catalog.table_map(mid)) for mid in req["maps"]]
+
+
+def _prerequisites(rt: DualWrite, request: Request, body: Any) -> Any:
+    _need_cid(rt, request.path_params["cid"])
+    if not isinstance(body, list) or not all(isinstance(t, str) for t in body):
+        raise DualWriteError('send a JSON list of template ids, e.g. ["<tid>"]')
+    out = []
+    for tid in body:
+        order = catalog.dependency_order([_by_tid(rt, tid).name])
+        out.append([rt.map_record(n)["tid"] for n in order])
+    return out
+
+
+def _executions(rt: DualWrite, request: Request, body: Any) -> Any:
+    m = _by_pid(rt, request.path_params["pid"])
+    rec = rt.map_record(m.name)
+    responses = []
+    for job in rt.jobs(m.name):
+        for le in job["legalEntities"]:
+            responses.append(
+                {
+                    "responseId": job["executionId"],
+                    "displayName": m.name,
+                    "projectName": rec["project"],
+                    "legalEntityName": le["legalEntityId"],
+                    "legalEntityId": le["legalEntityId"],
+                    "submittedOn": job["submittedOn"],
+                    "executionStatus": le["status"],
+                    "lastExecutionStatusChangeOn": job["finishedOn"] or job["submittedOn"],
+                    "taskExecutionStatuses": [
+                        {
+                            "name": m.name,
+                            "status": le["status"],
+                            "isRunning": job["status"] == "Executing",
+                            "legs": [
+                                {
+                                    **leg,
+                                    "importErrors": [
+                                        {
+                                            "recordId": e["recordId"],
+                                            "sourceField": e["sourceField"],
+                                            "errorMessage": e["errorMessage"],
+                                        }
+                                        for e in job["errors"]
+                                        if e["legalEntityId"] == le["legalEntityId"] and e["leg"] == name
+                                    ],
+                                }
+                                for name, leg in le["legs"].items()
+                            ],
+                        }
+                    ],
+                    "initialSyncRequestId": job["executionId"],
+                    "id": job["executionId"],
+                    "upsertCount": sum(
+                        leg["importRecordsInsertedCount"] + leg["importRecordsUpdatedCount"]
+                        for leg in le["legs"].values()
+                    ),
+                    "errorCount": le["errorCount"],
+                }
+            )
+        if not job["legalEntities"] and job["errors"]:  # failed before any legal entity was copied
+            responses.append(
+                {
+                    "responseId": job["executionId"],
+                    "displayName": m.name,
+                    "projectName": rec["project"],
+                    "executionStatus": job["status"],
+                    "submittedOn": job["submittedOn"],
+                    "taskExecutionStatuses": [
+                        {
+                            "name": m.name,
+                            "status": job["status"],
+                            "isRunning": False,
+                            "legs": [
+                                {
+                                    "status": "Error",
+                                    "details": job["errors"][0]["errorMessage"],
+                                    "importErrors": [],
+                                }
+                            ],
+                        }
+                    ],
+                    "id": job["executionId"],
+                    "upsertCount": 0,
+                    "errorCount": job["errorCount"],
+                }
+            )
+    return {"projectName": rec["project"], "projectExecutionResponses": responses}
+
+
+def _connection_set(rt: DualWrite, request: Request, body: Any) -> Any:
+    conn = rt.connection()
+    if conn is None or conn["cname"] != request.path_params["cname"]:
+        raise DualWriteError(f"unknown connection set {request.path_params['cname']!r}", 404)
+    dv_host, fo_host = urlsplit(rt.dataverse_url).netloc, urlsplit(rt.finops_url).netloc
+    envs = {
+        f"{dv_host}/dataverse": {
+            "name": f"{dv_host}/dataverse",
+            "targetType": "CRM",
+            "directUrl": rt.dataverse_url,
+            "powerAppsEnvironment": rt.settings.organization_id,
+            "isDevInstance": False,
+        },
+        fo_host: {
+            "name": fo_host,
+            "targetType": "AX",
+            "directUrl": rt.finops_url,
+            "powerAppsEnvironment": rt.settings.organization_id,
+            "isDevInstance": False,
+        },
+    }
+    return {
+        "name": conn["cname"],
+        "displayName": conn["cname"],
+        "environments": envs,
+        "targetTypeList": ["AX", "CRM"],
+        "tenant": rt.settings.tenant_id,
+        "forDualWrite": True,
+        "id": conn["cid"],
+        "dualWriteDetail": {
+            "isSolutionAware": True,
+            "legalEntityMappings": {
+                "leftEnvironment": fo_host,
+                "rightEnvironment": f"{dv_host}/dataverse",
+                "mappings": [
+                    {"left": {"name": c, "id": c}, "right": {"name": c, "id": c}}
+                    for c in conn["legalEntities"]
+                ],
+            },
+        },
+    }
+
+
+def _reset(rt: DualWrite, request: Request, body: Any) -> Any:
+    _need_cid(rt, request.path_params["cid"])
+    force = request.query_params.get("forceReset", "false").lower() == "true"
+    les = body.get("legalEntities", []) if isinstance(body, dict) else []
+    return rt.reset(force=force, legal_entities=les)
+
+
+_Handler = Callable[[DualWrite, Request, Any], Any]
+
+
+def _endpoint(sbx: Sandbox, handler: _Handler) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        try:
+            principal = sbx.identity.authenticate(request, INTEGRATOR_APP)
+        except AuthError as exc:
+            return _error(401, "Unauthorized", exc.reason)
+        if principal.is_app:
+            return _error(
+                401,
+                "Unauthorized",
+                "The dual-write management service needs a delegated (user) token "
+                "for https://IntegratorApp.com; app-only tokens are not accepted.",
+            )
+        raw = await request.body()
+        try:
+            result = handler(runtime_of(sbx), request, json.loads(raw) if raw else None)
+        except json.JSONDecodeError as exc:
+            return _error(400, "BadRequest", f"the request body is not JSON: {exc}")
+        except DualWriteError as exc:
+            return _error(
+                exc.status,
+                "BadRequest" if exc.status < 404 else "Conflict" if exc.status == 409 else "NotFound",
+                exc.message,
+            )
+        return JSONResponse(result)
+
+    return endpoint
+
+
+def routes(sbx: Sandbox) -> list[BaseRoute]:
+    """`Mount("/gateway", …)` with the gateway paths (see the module docstring)."""
+    runtime_of(sbx)
+    table: list[tuple[str, str, _Handler]] = [
+        ("GET", f"{PREFIX}/Environments", _environments),
+        ("GET", f"{PREFIX}/Entities", _entities),
+        ("POST", f"{PREFIX}/Start", _start),
+        ("GET", f"{PREFIX}/Status/{{request}}", _status),
+        ("POST", f"{PREFIX}/GetTemplatePrerequisiteSequences/{{cid}}", _prerequisites),
+        ("GET", "/api/ProjectExecutionWithCompanies/{pid}", _executions),
+        ("GET", "/api/ConnectionSet/{cname}", _connection_set),
+        ("POST", "/api/ConnectionSet/{cid}/Reset", _reset),
+    ]
+    return [Mount("/gateway", routes=[Route(p, _endpoint(sbx, h), methods=[m]) for m, p, h in table])]

@@ -1,0 +1,306 @@
+"""Throttling and fault injection in front of the Dataverse and F&O routes (an ASGI middleware).
+
+- Dataverse service protection limits (api-surface §2.10), per user (the token's `oid`) over a
+  sliding window: number of requests, combined execution time, concurrent requests → 429 with
+  `Retry-After` seconds and the documented code and message.
+- F&O resource-based throttling (§3.5): more concurrent F&O OData requests than
+  `limits.finops_concurrency` → 429 with the documented message. DMF is exempt, as documented.
+- Faults from a spec like `latency=20ms,429=0.05,5xx=0.02,drop=0.01,seed=7,retry=1`: rates per
+  request, drawn from one seeded generator so a run is repeatable. A dropped request *is* processed,
+  then its connection is cut mid-response: the client cannot know whether the write happened.
+
+Identity, admin, blob and portal paths are never throttled nor faulted.
+
+Example:
+    >>> f = Faults.parse("latency=20ms,429=0.05,seed=7")
+    >>> f.latency_s, f.throttle, f.seed
+    (0.02, 0.05, 7)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .context import AuthError, Sandbox
+from .state import Limits
+
+FINOPS_THROTTLED = ("This request could not be processed at this time due to system experiencing high "
+                    "resource utilization.")
+_DMF_PREFIX = "/finops/data/DataManagementDefinitionGroups"  # DIXF/DMF is exempt from throttling
+_ODATA_JSON = b"application/json; odata.metadata=minimal"
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Parsed fault spec: added latency and per-request rates of 429, 5xx and dropped connections.
+
+    >>> Faults().throttle  # no faults unless asked for
+    0.0
+    """
+
+    latency_s: float = 0.0
+    throttle: float = 0.0
+    server_error: float = 0.0
+    drop: float = 0.0
+    seed: int | None = None
+    retry_after_s: int = 1
+    spec: str = ""
+
+    @classmethod
+    def parse(cls, spec: str) -> Faults:
+        """Parse `latency=20ms,429=0.05,5xx=0.02,drop=0.01,seed=7,retry=1` (any subset).
+
+        >>> Faults.parse("5xx=0.5,drop=0.25").server_error
+        0.5
+        >>> Faults.parse("").drop
+        0.0
+        """
+        usage = "use latency=20ms,429=0.05,5xx=0.02,drop=0.01,seed=7,retry=SECONDS"
+        rates = {"429": "throttle", "5xx": "server_error", "drop": "drop"}
+        values: dict[str, Any] = {}
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            key, sep, raw = part.partition("=")
+            raw = raw.strip()
+            try:
+                if not sep:
+                    raise ValueError
+                if key == "latency":
+                    scale = 1.0 if raw.endswith("s") and not raw.endswith("ms") else 0.001
+                    values["latency_s"] = float(raw.removesuffix("ms").removesuffix("s")) * scale
+                    ok = values["latency_s"] >= 0
+                elif key in rates:
+                    values[rates[key]] = float(raw)
+                    ok = 0.0 <= values[rates[key]] <= 1.0
+                elif key in ("seed", "retry"):
+                    values["seed" if key == "seed" else "retry_after_s"] = int(raw)
+                    ok = key == "seed" or int(raw) >= 1
+                else:
+                    raise ValueError
+            except ValueError:
+                raise ValueError(f"bad fault item {part!r}: {usage}") from None
+            if not ok:
+                raise ValueError(f"bad fault value {part!r}: rates are 0..1, latency >= 0, retry >= 1")
+        faults = cls(**values, spec=spec.strip())
+        if faults.throttle + faults.server_error + faults.drop > 1.0:
+            raise ValueError(f"bad fault spec {spec!r}: the rates of 429, 5xx and drop add up to more than 1")
+        return faults
+
+
+@dataclass
+class _Window:
+    """One user's recent requests: `[arrival time, execution seconds]` and those in flight."""
+
+    events: deque[list[float]] = field(default_factory=deque)
+    in_flight: int = 0
+
+    def prune(self, now: float, window_s: float) -> None:
+        while self.events and self.events[0][0] <= now - window_s:
+            self.events.popleft()
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+class Guard:
+    """The ASGI middleware: service protection limits, F&O throttling and fault injection.
+
+    `server.py` wraps the Starlette app with it and keeps it in `sbx.extras["guard"]`, where the
+    admin endpoints find it to change faults and limits while the sandbox runs.
+
+    >>> # app = Guard(starlette_app, sbx); guard.set_faults("latency=5ms,seed=1")
+    """
+
+    def __init__(self, app: ASGIApp, sbx: Sandbox) -> None:
+        self.app = app
+        self.sbx = sbx
+        self._users: dict[str, _Window] = {}
+        self._finops_in_flight = 0
+        self.faults = Faults()
+        self._rng = random.Random()
+        self.set_faults(sbx.settings.faults, persist=False)
+
+    # --- configuration ----------------------------------------------------------------------------
+
+    @property
+    def limits(self) -> Limits:
+        return self.sbx.settings.limits
+
+    def set_faults(self, spec: str, persist: bool = True) -> Faults:
+        """Replace the fault spec (raises ValueError when it is bad); reseeds the generator."""
+        self.faults = Faults.parse(spec)
+        self._rng = random.Random(self.faults.seed)
+        self.sbx.settings.faults = self.faults.spec
+        if persist:
+            self.sbx.settings.save(self.sbx.paths.settings)
+        return self.faults
+
+    def set_limits(self, spec: str) -> Limits:
+        """Replace the limits with `spec` over the documented defaults (raises ValueError)."""
+        self.sbx.settings.limits = Limits.parse(spec)
+        self.sbx.settings.save(self.sbx.paths.settings)
+        return self.limits
+
+    def describe(self) -> dict[str, Any]:
+        """Current faults and limits, as the admin endpoints show them."""
+        faults = asdict(self.faults)
+        return {"faults": faults, "limits": asdict(self.limits)}
+
+    # --- the middleware ---------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        service = next((s for s in ("dataverse", "finops") if path == f"/{s}" or path.startswith(f"/{s}/")),
+                       None)
+        if service is None:
+            await self.app(scope, receive, send)
+            return
+        draw = self._rng.random()
+        f = self.faults
+        if draw < f.throttle:
+            await self._delay()
+            await self._refuse(send, service, 429, f.retry_after_s, *self._throttle_error(service))
+        elif draw < f.throttle + f.server_error:
+            status = self._rng.choice((500, 503, 504))
+            code, message = ("0x80040216", "An unexpected error occurred.") if service == "dataverse" else (
+                "", "An error has occurred.")
+            retry_after = f.retry_after_s if status == 503 else None
+            await self._delay()
+            await self._refuse(send, service, status, retry_after, code, message)
+        elif draw < f.throttle + f.server_error + f.drop:
+            await self._limited(scope, receive, _cut_after(send), service)
+        else:
+            await self._limited(scope, receive, send, service)
+
+    async def _delay(self) -> None:
+        if self.faults.latency_s:
+            await asyncio.sleep(self.faults.latency_s)
+
+    async def _run(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Injected latency is part of the request: it counts as execution time and concurrency.
+        await self._delay()
+        await self.app(scope, receive, send)
+
+    def _throttle_error(self, service: str) -> tuple[str, str]:
+        if service == "finops":
+            return "", FINOPS_THROTTLED
+        return ("0x80072322", f"Number of requests exceeded the limit of {self.limits.requests} over time "
+                              f"window of {_fmt(self.limits.window_s)} seconds.")
+
+    async def _limited(self, scope: Scope, receive: Receive, send: Send, service: str) -> None:
+        if service == "finops":
+            await self._finops(scope, receive, send)
+            return
+        try:
+            oid = self.sbx.identity.authenticate(Request(scope), self.sbx.dataverse_url).oid
+        except AuthError:
+            # Unauthenticated requests do not count: the route answers them with 401.
+            await self._run(scope, receive, send)
+            return
+        lim = self.limits
+        win = self._users.setdefault(oid, _Window())
+        now = time.monotonic()
+        win.prune(now, lim.window_s)
+        refusal = self._protection(win, now, lim)
+        if refusal:
+            await self._refuse(send, service, 429, *refusal)
+            return
+        event = [now, 0.0]
+        win.events.append(event)
+        win.in_flight += 1
+        remaining = str(max(0, lim.requests - len(win.events))).encode()
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []),
+                                      (b"x-ms-ratelimit-burst-remaining-xrm-requests", remaining)]
+            await send(message)
+
+        try:
+            await self._run(scope, receive, with_headers)
+        finally:
+            win.in_flight -= 1
+            event[1] = time.monotonic() - now
+
+    @staticmethod
+    def _protection(win: _Window, now: float, lim: Limits) -> tuple[int, str, str] | None:
+        """`(retry_after, code, message)` when a service protection limit is reached, else None."""
+        if win.in_flight >= lim.concurrency:
+            return 1, "0x80072326", f"Number of concurrent requests exceeded the limit of {lim.concurrency}."
+        if len(win.events) >= lim.requests:
+            wait = win.events[0][0] + lim.window_s - now
+            return (max(1, math.ceil(wait)), "0x80072322",
+                    f"Number of requests exceeded the limit of {lim.requests} over time window of "
+                    f"{_fmt(lim.window_s)} seconds.")
+        used = sum(e[1] for e in win.events)
+        if used >= lim.execution_s:
+            # Retry when enough execution time has left the window to be under the limit again.
+            for t, spent in win.events:
+                used -= spent
+                if used < lim.execution_s:
+                    wait = t + lim.window_s - now
+                    break
+            ms = f"{round(lim.execution_s * 1000):,}"
+            return (max(1, math.ceil(wait)), "0x80072321",
+                    f"Combined execution time of incoming requests exceeded limit of {ms}  milliseconds "
+                    f"over time window of {_fmt(lim.window_s)} seconds. Decrease number of concurrent "
+                    "requests or reduce the duration of requests and try again later.")
+        return None
+
+    async def _finops(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"].startswith(_DMF_PREFIX):
+            await self._run(scope, receive, send)
+            return
+        if self._finops_in_flight >= self.limits.finops_concurrency:
+            await self._refuse(send, "finops", 429, 1, "", FINOPS_THROTTLED)
+            return
+        self._finops_in_flight += 1
+        try:
+            await self._run(scope, receive, send)
+        finally:
+            self._finops_in_flight -= 1
+
+    @staticmethod
+    async def _refuse(send: Send, service: str, status: int, retry_after: int | None, code: str,
+                      message: str) -> None:
+        """Answer with the service's error body (docs/sandbox.md, Errors)."""
+        if service == "dataverse":
+            body: dict[str, Any] = {"error": {"code": code, "message": message}}
+        else:
+            kind = "AxODataThrottlingException" if status == 429 else "AxODataException"
+            body = {"error": {"code": code, "message": message, "innererror": {
+                "message": message, "type": f"Microsoft.Dynamics.Platform.Integration.Services.OData.{kind}",
+                "stacktrace": ""}}}
+        data = json.dumps(body).encode()
+        headers = [(b"content-type", _ODATA_JSON), (b"content-length", str(len(data)).encode())]
+        if retry_after is not None:
+            headers.append((b"retry-after", str(retry_after).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": data})
+
+
+def _cut_after(send: Send) -> Send:
+    """A `send` that lets the route run to the end, then cuts the connection mid-response.
+
+    The route's response is discarded; the client gets the start of a response whose body never
+    completes, and the server closes the connection (the client sees a transport error).
+    """
+
+    async def cut(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            # Always a status with a body (204 has none, so it could not be cut short).
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")]})
+            await send({"type": "http.response.body", "body": b"{", "more_body": True})
+
+    return cut

@@ -1,0 +1,437 @@
+"""DMF package API: packages, signed blobs, the job state machine, and the flows through HTTPS."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+
+from dwlib.sandbox import control, dmf, profiles
+from dwlib.sandbox.context import AuthError, Principal, Sandbox
+from dwlib.sandbox.schema import ENTITIES
+from dwlib.sandbox.state import Paths, Settings, write_private
+from dwlib.sandbox.store import Store
+
+CUSTOMERS = dmf.DMF_ENTITIES["CustomersV3"]
+ACTION = "/data/DataManagementDefinitionGroups/Microsoft.Dynamics.DataEntities."
+
+
+class _NoTokens:
+    def authenticate(self, request: Request, audience: str) -> Principal:
+        raise AuthError("missing", "in-process tests do not authenticate")
+
+
+@pytest.fixture
+def sbx(tmp_path: Path) -> Iterator[Sandbox]:
+    paths = Paths(tmp_path)
+    write_private(paths.identity_key, os.urandom(32))
+    settings = Settings(profile="existing-existing", rows=40)
+    store = Store(paths.db)
+    profiles.seed(store, settings)
+    yield Sandbox(paths=paths, settings=settings, store=store, identity=_NoTokens(),
+                  base_url="https://127.0.0.1:9")
+    store.close()
+
+
+def _customer(**values: Any) -> list[Any]:
+    return [values.get(c) for c in CUSTOMERS.columns]
+
+
+def _package(path: Path, rows: list[list[Any]], group: str = "CustomersV3-Import") -> Path:
+    for _ in dmf.write_package(path, group, [(CUSTOMERS, iter(rows))]):
+        pass
+    return path
+
+
+def _call(svc: dmf.DmfService, action: str, body: dict[str, Any]) -> Any:
+    return svc.call(dmf.ACTION_PREFIX + action, body)
+
+
+async def _finish(svc: dmf.DmfService, execution_id: str, timeout: float = 20.0) -> str:
+    deadline = time.monotonic() + timeout
+    while (status := _call(svc, "GetExecutionSummaryStatus", {"executionId": execution_id})["value"]) \
+            not in ("Succeeded", "PartiallySucceeded", "Failed", "Canceled"):
+        assert time.monotonic() < deadline, f"job {execution_id} still {status}"
+        await asyncio.sleep(0.01)
+    return str(status)
+
+
+# --- packages --------------------------------------------------------------------------------------
+
+
+def test_package_round_trip_is_csv_unicode(tmp_path: Path) -> None:
+    rows = [_customer(CustomerAccount="US-9", PartyType="Organization", OrganizationName='Say "hi", Ltd',
+                      CustomerGroupId="10", CreditLimit=12.5)]
+    data = _package(tmp_path / "p.zip", rows).read_bytes()
+    zf = zipfile.ZipFile(io.BytesIO(data))
+    assert {"Manifest.xml", "PackageHeader.xml", "Customers V3.csv"} == set(zf.namelist())
+    raw = zf.read("Customers V3.csv")
+    assert raw.startswith(b"\xff\xfe") and raw.decode("utf-16").startswith("CUSTOMERACCOUNT,PARTYTYPE,")
+    assert "\r\n" in raw.decode("utf-16") and "DATAAREAID" not in raw.decode("utf-16")
+    group, entities = dmf.read_package(data)
+    (pe,) = entities
+    assert group == "CustomersV3-Import" and pe.dmf is CUSTOMERS
+    values = dict(zip(pe.fields.values(), pe.rows[0], strict=True))
+    assert values["OrganizationName"] == 'Say "hi", Ltd' and values["CreditLimit"] == "12.5"
+
+
+def _zip(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def _manifest(entity: str) -> bytes:
+    return dmf.manifest_xml("G", [CUSTOMERS], "Import").replace("Customers V3", entity).encode()
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"Manifest.xml": b"<x/>", "nothing": b""}, None),
+        ({"PackageHeader.xml": b""}, "not a data package"),
+        ({"Manifest.xml": _manifest("Vendors V9")},
+         "Entity Vendors V9 does not exist in the target environment"),
+        ({"Manifest.xml": _manifest("Customers V3")}, "has no file Customers V3.csv"),
+        ({"Manifest.xml": _manifest("Customers V3"), "Customers V3.csv": b"CUSTOMERACCOUNT\r\nUS-1\r\n"},
+         "Selected file is not Unicode"),
+        ({"Manifest.xml": _manifest("Customers V3"),
+          "Customers V3.csv": "SHOESIZE\r\n42\r\n".encode("utf-16")}, "mapping is incorrect"),
+    ],
+)
+def test_bad_packages_are_refused_with_the_reason(files: dict[str, bytes], message: str | None) -> None:
+    if message is None:  # a manifest without entities is an empty, valid package
+        assert dmf.read_package(_zip(files))[1] == []
+        return
+    with pytest.raises(dmf.DmfError, match=message):
+        dmf.read_package(_zip(files))
+    with pytest.raises(dmf.DmfError, match="not a data package"):
+        dmf.read_package(b"not a zip")
+
+
+# --- blobs -----------------------------------------------------------------------------------------
+
+
+def test_blob_signatures(tmp_path: Path) -> None:
+    blobs = dmf.Blobs(tmp_path, b"k" * 32, "https://127.0.0.1:9")
+    url = urlsplit(blobs.url("a.zip", "rw"))
+    blobs.check("a.zip", url.query, "w")
+    blobs.check("a.zip", url.query, "r")
+    with pytest.raises(dmf.BlobAuthError, match="authenticate") as bad:
+        blobs.check("b.zip", url.query, "r")  # signed for another blob
+    assert bad.value.status == 403 and bad.value.code == "AuthenticationFailed"
+    with pytest.raises(dmf.BlobAuthError) as forged:
+        blobs.check("a.zip", url.query.replace("sp=rw", "sp=rwd"), "r")
+    assert forged.value.code == "AuthenticationFailed"
+    with pytest.raises(dmf.BlobAuthError) as expired:
+        blobs.check("a.zip", urlsplit(blobs.url("a.zip", "rw", ttl_s=-5)).query, "r")
+    assert "Signed expiry time" in expired.value.detail
+    with pytest.raises(dmf.BlobAuthError) as read_only:
+        blobs.check("a.zip", urlsplit(blobs.url("a.zip", "r")).query, "w")
+    assert read_only.value.code == "AuthorizationPermissionMismatch"
+    other_key = dmf.Blobs(tmp_path, b"x" * 32, "https://127.0.0.1:9")
+    with pytest.raises(dmf.BlobAuthError):
+        other_key.check("a.zip", url.query, "r")
+    for name in ("../x", "a/b", ""):
+        with pytest.raises(dmf.BlobAuthError, match="invalid characters"):
+            blobs.path(name)
+
+
+def test_blob_endpoint_in_process(sbx: Sandbox) -> None:
+    app = Starlette(routes=dmf.routes(sbx))
+    svc = sbx.extras["dmf"]
+
+    async def go() -> None:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=sbx.base_url) as http:
+            url = svc.blobs.url("pkg.zip", "rw")
+            missing = await http.put(url, content=b"zip")
+            assert missing.status_code == 400
+            assert missing.headers["x-ms-error-code"] == "MissingRequiredHeader"
+            assert "<HeaderName>x-ms-blob-type</HeaderName>" in missing.text
+            wrong = await http.put(url, content=b"zip", headers={"x-ms-blob-type": "AppendBlob"})
+            assert wrong.status_code == 400 and wrong.headers["x-ms-error-code"] == "InvalidHeaderValue"
+            assert (await http.get(url)).status_code == 404
+            put = await http.put(url, content=b"zip bytes", headers={"x-ms-blob-type": "BlockBlob"})
+            assert put.status_code == 201 and put.headers["Content-MD5"]
+            got = await http.get(url)
+            assert got.content == b"zip bytes" and got.headers["x-ms-blob-type"] == "BlockBlob"
+            assert (sbx.paths.blobs / "pkg.zip").read_bytes() == b"zip bytes"
+            forged = await http.get(url.replace("sig=", "sig=A"))
+            assert forged.status_code == 403 and "<Code>AuthenticationFailed</Code>" in forged.text
+            expired = await http.get(svc.blobs.url("pkg.zip", "r", ttl_s=-1))
+            assert expired.status_code == 403 and "Signed expiry time" in expired.text
+            read_only = await http.put(svc.blobs.url("pkg.zip", "r"), content=b"x",
+                                       headers={"x-ms-blob-type": "BlockBlob"})
+            assert read_only.status_code == 403
+            assert (sbx.paths.blobs / "pkg.zip").read_bytes() == b"zip bytes"
+
+    asyncio.run(go())
+
+
+# --- jobs (in process) -----------------------------------------------------------------------------
+
+
+def test_export_runs_as_a_job_and_builds_the_package(sbx: Sandbox) -> None:
+    svc = dmf.service_of(sbx)
+
+    async def go() -> str:
+        eid = _call(svc, "ExportToPackage", {
+            "definitionGroupId": "CustomersV3-Export", "packageName": "cust", "executionId": "",
+            "reExecute": False, "legalEntityId": "GBSI"})["value"]
+        # Queued: nothing has run yet, so there is no package URL.
+        assert _call(svc, "GetExecutionSummaryStatus", {"executionId": eid})["value"] == "NotRun"
+        assert _call(svc, "GetExportedPackageUrl", {"executionId": eid})["value"] == ""
+        assert await _finish(svc, eid) == "Succeeded"
+        return str(eid)
+
+    eid = asyncio.run(go())
+    url = _call(svc, "GetExportedPackageUrl", {"executionId": eid})["value"]
+    name = urlsplit(url).path.removeprefix("/blob/dmf/")
+    _, (pe,) = dmf.read_package((sbx.paths.blobs / name).read_bytes())
+    expected = sbx.store.find(ENTITIES["CustomersV3"], {"dataAreaId": "gbsi"})
+    assert expected and sorted(r[0] for r in pe.rows) == sorted(c["CustomerAccount"] for c in expected)
+    assert json.loads(_call(svc, "GetExecutionErrors", {"executionId": eid})["value"]) == []
+    job = svc.job(eid)
+    assert job is not None and job["entities"]["Customers V3"]["exported"] == len(expected)
+
+
+def test_import_upserts_and_reports_row_errors(sbx: Sandbox) -> None:
+    svc = dmf.service_of(sbx)
+    existing = sbx.store.find(ENTITIES["CustomersV3"], {"dataAreaId": "usmf"}, limit=1)[0]
+    rows = [
+        _customer(CustomerAccount="US-NEW1", PartyType="Organization", OrganizationName="New Co",
+                  CustomerGroupId="20", SalesCurrencyCode="USD", PaymentTerms="Net30", CreditLimit=100),
+        _customer(CustomerAccount=existing["CustomerAccount"], PartyType=existing["PartyType"],
+                  OrganizationName="Renamed", CustomerGroupId=existing["CustomerGroupId"]),
+        _customer(CustomerAccount="US-BAD1", PartyType="Organization", OrganizationName="Bad group",
+                  CustomerGroupId="ZZ"),
+        _customer(CustomerAccount="US-BAD2", PartyType="Robot", CustomerGroupId="10", CreditLimit="lots"),
+    ]
+    _package(sbx.paths.blobs / "in.zip", rows)
+    url = svc.blobs.url("in.zip", "rw")
+
+    async def go() -> str:
+        eid = _call(svc, "ImportFromPackage", {"packageUrl": url, "definitionGroupId": "CustomersV3-Import",
+                                             "executionId": "imp-1", "execute": True, "overwrite": True,
+                                             "legalEntityId": "usmf"})["value"]
+        assert eid == "imp-1"
+        return await _finish(svc, eid)
+
+    assert asyncio.run(go()) == "PartiallySucceeded"
+    customers = ENTITIES["CustomersV3"]
+    new = sbx.store.get(customers, {"dataAreaId": "usmf", "CustomerAccount": "US-NEW1"})
+    assert new is not None and new["CreditLimit"] == 100
+    renamed = sbx.store.get(customers, {"dataAreaId": "usmf", "CustomerAccount": existing["CustomerAccount"]})
+    assert renamed["OrganizationName"] == "Renamed"
+    assert not sbx.store.find(customers, {"CustomerAccount": "US-BAD1"})
+    errors = json.loads(_call(svc, "GetExecutionErrors", {"executionId": "imp-1"})["value"])
+    assert [(e["LineNumber"], e["RecordKey"], e["EntityName"]) for e in errors] == [
+        (4, "US-BAD1", "Customers V3"), (5, "US-BAD2", "Customers V3")]
+    assert "'ZZ' in field 'CUSTOMERGROUPID' is not found in the relating table 'Customer groups'" in \
+        errors[0]["ErrorMessage"]
+    assert "Robot" in errors[1]["ErrorMessage"] and "'lots'" in errors[1]["ErrorMessage"]
+    stats = svc.job("imp-1")["entities"]["Customers V3"]
+    assert (stats["created"], stats["updated"], stats["errors"]) == (1, 1, 2)
+
+    file_url = _call(svc, "GetImportStagingErrorFileUrl",
+                     {"executionId": "imp-1", "entityName": "Customers V3"})
+    name = urlsplit(file_url["value"]).path.removeprefix("/blob/dmf/")
+    text = (sbx.paths.blobs / name).read_bytes().decode("utf-16")
+    assert text.splitlines()[0].endswith("LINENUMBER,ERRORMESSAGE")
+    assert "US-BAD1" in text and "US-NEW1" not in text
+    assert _call(svc, "GetImportStagingErrorFileUrl",
+                    {"executionId": "imp-1", "entityName": "Currencies"})["value"] == ""
+
+
+def test_import_where_every_row_fails_is_failed_and_a_missing_package_fails_the_job(sbx: Sandbox) -> None:
+    svc = dmf.service_of(sbx)
+    _package(sbx.paths.blobs / "bad.zip",
+             [_customer(CustomerAccount="X", PartyType="Person", CustomerGroupId="ZZ")])
+
+    async def go(name: str, eid: str) -> str:
+        _call(svc, "ImportFromPackage", {"packageUrl": svc.blobs.url(name, "rw"),
+                                         "definitionGroupId": "NewProject", "executionId": eid,
+                                         "execute": True, "legalEntityId": "DEMF"})
+        return await _finish(svc, eid)
+
+    assert asyncio.run(go("bad.zip", "all-bad")) == "Failed"
+    assert svc.groups()["NewProject"] == {"operation": "Import", "entities": ["CustomersV3"]}
+    assert asyncio.run(go("never-uploaded.zip", "no-pkg")) == "Failed"
+    (error,) = json.loads(_call(svc, "GetExecutionErrors", {"executionId": "no-pkg"})["value"])
+    assert "was not found: PUT it" in error["ErrorMessage"]
+
+
+@pytest.mark.parametrize(
+    ("action", "body", "message"),
+    [
+        ("GetExecutionSummaryStatus", {}, "parameter executionId is missing"),
+        ("ExportToPackage", {"definitionGroupId": "Nope", "packageName": "p"},
+         "Export data project Nope does not exist: .* use one of .*CustomerMaster-Export"),
+        ("ExportToPackage", {"definitionGroupId": "CustomersV3-Import", "packageName": "p"},
+         "does not exist"),
+        ("ExportToPackage",
+         {"definitionGroupId": "CustomersV3-Export", "packageName": "p", "legalEntityId": "XX"},
+         "Legal entity XX does not exist"),
+        ("ImportFromPackage", {"packageUrl": "https://evil.example/blob/dmf/p.zip?sig=x",
+                               "definitionGroupId": "G"}, "is not a blob URL of this environment"),
+        ("ImportFromPackage", {"packageUrl": "https://127.0.0.1:9/blob/dmf/p.zip?sp=r&se=x&sig=bad",
+                               "definitionGroupId": "G"}, "could not be downloaded"),
+        ("GetAzureWriteUrl", {"uniqueFileName": "../etc/passwd"}, "not a valid blob name"),
+        ("DeleteEverything", {}, "No action Microsoft.Dynamics.DataEntities.DeleteEverything"),
+    ],
+)
+def test_bad_calls_are_refused(sbx: Sandbox, action: str, body: dict[str, Any], message: str) -> None:
+    with pytest.raises(dmf.DmfError, match=message):
+        dmf.service_of(sbx).call(dmf.ACTION_PREFIX + action, body)
+
+
+def test_execution_ids_are_unique_and_unknown_ids_are_unknown(sbx: Sandbox) -> None:
+    svc = dmf.service_of(sbx)
+    assert _call(svc, "GetExecutionSummaryStatus", {"executionId": "nope"})["value"] == "Unknown"
+    assert _call(svc, "GetExecutionErrors", {"executionId": "nope"})["value"] == "[]"
+    body = {"definitionGroupId": "Currencies-Export", "packageName": "cur", "executionId": "e1"}
+
+    async def go() -> None:
+        _call(svc, "ExportToPackage", body)
+        with pytest.raises(dmf.DmfError, match="wait until it has finished"):
+            _call(svc, "ExportToPackage", {**body, "reExecute": True})
+        await _finish(svc, "e1")
+        with pytest.raises(dmf.DmfError, match="Execution e1 already exists"):
+            _call(svc, "ExportToPackage", body)
+        _call(svc, "ExportToPackage", {**body, "reExecute": True})
+        assert await _finish(svc, "e1") == "Succeeded"
+        url = svc.blobs.url("x.zip", "rw")
+        with pytest.raises(dmf.DmfError, match="execute=false"):
+            _call(svc, "ImportFromPackage", {"packageUrl": url, "definitionGroupId": "G", "execute": False})
+
+    asyncio.run(go())
+
+
+def test_history_survives_a_restart_and_unfinished_jobs_resume(sbx: Sandbox) -> None:
+    first = dmf.service_of(sbx)
+
+    async def start() -> tuple[str, str]:
+        done = _call(first, "ExportToPackage", {"definitionGroupId": "Currencies-Export", "packageName": "a"})
+        await _finish(first, done["value"])
+        body = {"definitionGroupId": "CustomersV3-Export", "packageName": "b", "legalEntityId": "USMF"}
+        queued = _call(first, "ExportToPackage", body)
+        return done["value"], queued["value"]
+
+    done, queued = asyncio.run(start())  # the loop ends (the process "stops") with `queued` unfinished
+    assert first.job(queued)["status"] == "NotRun"
+    sbx.extras.clear()
+    second = dmf.service_of(sbx)
+    assert second is not first
+
+    async def after_restart() -> str:
+        assert _call(second, "GetExecutionSummaryStatus", {"executionId": done})["value"] == "Succeeded"
+        return await _finish(second, queued)
+
+    assert asyncio.run(after_restart()) == "Succeeded"
+    assert _call(second, "GetExportedPackageUrl", {"executionId": queued})["value"]
+
+
+def test_import_goes_through_the_write_hooks(sbx: Sandbox) -> None:
+    from dwlib.sandbox.odata import ODataError, WriteEvent
+
+    seen: list[tuple[str, str]] = []
+
+    def hook(event: WriteEvent) -> None:
+        account = event.rows[0]["CustomerAccount"]
+        if account == "US-REFUSED":
+            raise ODataError(400, "Unable to write data to entity accounts (dual-write).")
+        seen.append((event.op, account))
+
+    sbx.extras["write_hooks"] = [hook]
+    svc = dmf.service_of(sbx)
+    _package(sbx.paths.blobs / "h.zip", [
+        _customer(CustomerAccount=a, PartyType="Organization", CustomerGroupId="10")
+        for a in ("US-OK", "US-REFUSED")])
+
+    async def go() -> str:
+        _call(svc, "ImportFromPackage", {"packageUrl": svc.blobs.url("h.zip", "rw"), "definitionGroupId": "G",
+                                       "executionId": "hooked", "execute": True, "legalEntityId": "USMF"})
+        return await _finish(svc, "hooked")
+
+    assert asyncio.run(go()) == "PartiallySucceeded"
+    assert seen == [("create", "US-OK")]
+    assert not sbx.store.find(ENTITIES["CustomersV3"], {"CustomerAccount": "US-REFUSED"})
+    (error,) = json.loads(_call(svc, "GetExecutionErrors", {"executionId": "hooked"})["value"])
+    assert "dual-write" in error["ErrorMessage"]
+
+
+# --- end to end through HTTPS ----------------------------------------------------------------------
+
+
+def test_import_and_export_through_https(start_sandbox: Any, sandbox_token: Any, tmp_path: Path) -> None:
+    conn = start_sandbox("new-data-new", rows=60, fresh=True)
+    fo = conn["finops_url"]
+    headers = {"Authorization": f"Bearer {sandbox_token(conn, 'finops')}"}
+    with control.http_client(conn, timeout=30) as http:
+        def act(name: str, body: dict[str, Any], status: int = 200) -> Any:
+            r = http.post(f"{fo}{ACTION}{name}", json=body, headers=headers)
+            assert r.status_code == status, r.text
+            return r.json()
+
+        def wait(eid: str) -> str:
+            deadline = time.monotonic() + 30
+            while (s := act("GetExecutionSummaryStatus", {"executionId": eid})["value"]) in (
+                    "NotRun", "Executing"):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            return str(s)
+
+        # Actions need an F&O token; a Dataverse token is refused.
+        status_url = f"{fo}{ACTION}GetExecutionSummaryStatus"
+        assert http.post(status_url, json={"executionId": "x"}).status_code == 401
+        dv = {"Authorization": f"Bearer {sandbox_token(conn, 'dataverse')}"}
+        assert http.post(status_url, json={"executionId": "x"}, headers=dv).status_code == 401
+
+        write = act("GetAzureWriteUrl", {"uniqueFileName": "cust-import.zip"})
+        assert write["@odata.context"].endswith("$metadata#Edm.String")
+        blob_url = json.loads(write["value"])["BlobUrl"]  # a JSON document in a string
+        package = _package(tmp_path / "p.zip", [
+            _customer(CustomerAccount="FR-NEW", PartyType="Person", PersonFirstName="Léa",
+                      PersonLastName="Laurent", CustomerGroupId="30"),
+            _customer(CustomerAccount="FR-BAD", PartyType="Organization", CustomerGroupId="ZZ")]).read_bytes()
+        assert http.put(blob_url, content=package).status_code == 400  # no x-ms-blob-type
+        assert http.put(blob_url, content=package, headers={"x-ms-blob-type": "BlockBlob"}).status_code == 201
+        eid = act("ImportFromPackage", {"packageUrl": blob_url, "definitionGroupId": "CustomersV3-Import",
+                                        "executionId": "", "execute": True, "overwrite": True,
+                                        "legalEntityId": "FRRT"})["value"]
+        assert wait(eid) == "PartiallySucceeded"
+        errors = json.loads(act("GetExecutionErrors", {"executionId": eid})["value"])
+        assert [e["RecordKey"] for e in errors] == ["FR-BAD"]
+        error_file = act("GetImportStagingErrorFileUrl", {"executionId": eid, "entityName": "Customers V3"})
+        assert "FR-BAD" in http.get(error_file["value"]).content.decode("utf-16")
+        assert act("GetExecutionSummaryStatus", {"executionId": "no-such-job"})["value"] == "Unknown"
+
+        eid = act("ExportToPackage", {"definitionGroupId": "CustomersV3-Export", "packageName": "frrt",
+                                      "executionId": "", "reExecute": False,
+                                      "legalEntityId": "FRRT"})["value"]
+        assert wait(eid) == "Succeeded"
+        url = act("GetExportedPackageUrl", {"executionId": eid})["value"]
+        got = http.get(url)
+        assert got.status_code == 200
+        _, (pe,) = dmf.read_package(got.content)
+        accounts = {r[0] for r in pe.rows}
+        assert "FR-NEW" in accounts and "FR-BAD" not in accounts
+        listed = http.get(f"{fo}/data/CustomersV3?cross-company=true&$filter=dataAreaId eq 'frrt'&$count=true"
+                          "&$top=0", headers=headers).json()
+        assert listed["@odata.count"] == len(accounts)
+        forged = http.get(url.replace("sig=", "sig=A"))
+        assert forged.status_code == 403 and forged.headers["x-ms-error-code"] == "AuthenticationFailed"
