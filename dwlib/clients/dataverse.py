@@ -1,0 +1,224 @@
+"""Dataverse Web API v9.2: queries, rows, `$batch`, bulk messages and the dual-write reads.
+
+Example:
+    >>> # dv = DataverseClient(http, "https://contoso.crm.dynamics.com")
+    >>> # dv.whoami()["UserId"]
+    >>> # for row in dv.query("accounts", select=["name"], filter="statecode eq 0"): ...
+    >>> # dv.update_multiple("accounts", [{"accountid": i, "description": "x"} for i in ids])
+    >>> DataverseClient.API
+    'api/data/v9.2'
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import httpx
+
+from .batch import Batch
+from .bulk import BulkResult, Progress, run_chunks
+from .errors import HttpError
+from .odata import Key, ODataService, key_segment, literal
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+Row = dict[str, Any]
+_ENTITY_ID = re.compile(r"\(([0-9a-fA-F-]{36})\)\s*$")
+_NOT_LINKED = "0x80048d0b"
+MAX_BULK = 1000  # rows per CreateMultiple/UpdateMultiple/UpsertMultiple request
+SOLUTION_COLUMNS = ("uniquename", "friendlyname", "version", "ismanaged", "installedon")
+
+
+class DataverseClient(ODataService):
+    """A Dataverse environment's Web API; `http` carries the auth for the Dataverse audience.
+
+    >>> DataverseClient(httpx.Client(), "https://org.crm.dynamics.com/").root
+    'https://org.crm.dynamics.com/api/data/v9.2'
+    """
+
+    API = "api/data/v9.2"
+    name = "Dataverse"
+    auth_fix = ("the app needs an application user with a security role in this environment "
+                "(Power Platform admin center > Environment > Settings > Application users)")
+
+    def __init__(
+        self,
+        http: httpx.Client,
+        url: str,
+        *,
+        page_size: int = 5000,
+        concurrency: int = 4,
+        batch_size: int = 1000,
+    ) -> None:
+        if not 1 <= batch_size <= MAX_BULK:
+            raise ValueError(f"batch_size must be 1..{MAX_BULK} (rows per bulk request), not {batch_size}")
+        super().__init__(http, f"{url.rstrip('/')}/{self.API}")
+        self.environment_url = url.rstrip("/")
+        self.page_size = page_size
+        self.concurrency = concurrency
+        self.batch_size = batch_size
+        self._logical_names: dict[str, str] = {}
+
+    # --- reads -------------------------------------------------------------------------------------
+
+    def whoami(self) -> Row:
+        """`UserId`, `BusinessUnitId`, `OrganizationId` of the caller."""
+        result: Row = self.json("GET", "WhoAmI")
+        return result
+
+    def pages_of(
+        self,
+        entity_set: str,
+        *,
+        select: Sequence[str] | None = None,
+        filter: str | None = None,
+        orderby: str | None = None,
+        apply: str | None = None,
+        top: int | None = None,
+        page_size: int | None = None,
+    ) -> Iterator[list[Row]]:
+        """Pages of a query (`odata.maxpagesize` ≤ 5000), following `@odata.nextLink`."""
+        params = {k: v for k, v in {
+            "$select": ",".join(select) if select else None, "$filter": filter, "$orderby": orderby,
+            "$apply": apply, "$top": str(top) if top is not None else None,
+        }.items() if v is not None}
+        prefer = {"Prefer": f"odata.maxpagesize={min(page_size or self.page_size, 5000)}"}
+        return self.pages(entity_set, params, prefer)
+
+    def query(self, entity_set: str, **options: Any) -> Iterator[Row]:
+        """Every row of a query, page after page (options as for `pages_of`)."""
+        for page in self.pages_of(entity_set, **options):
+            yield from page
+
+    def dataframe(self, entity_set: str, **options: Any) -> pd.DataFrame:
+        """A query as a pandas DataFrame, without the `@odata` annotations."""
+        import pandas as pd  # imported on use: heavy, and only notebooks need it
+
+        rows = self.query(entity_set, **options)
+        return pd.DataFrame.from_records([{k: v for k, v in r.items() if k[0] != "@"} for r in rows])
+
+    def get(self, entity_set: str, key: Key, *, select: Sequence[str] | None = None) -> Row:
+        """One row by id or alternate key; `NotFoundError` when there is none."""
+        params = {"$select": ",".join(select)} if select else None
+        row: Row = self.json("GET", f"{entity_set}{key_segment(key)}", params=params)
+        return row
+
+    def count_by(
+        self, entity_set: str, group_by: Sequence[str] = (), *, filter: str | None = None
+    ) -> list[Row]:
+        """Row counts (`count`) per combination of `group_by` columns, via `$apply`."""
+        aggregate = "aggregate($count as count)"
+        steps = [f"filter({filter})"] if filter else []
+        steps.append(f"groupby(({','.join(group_by)}),{aggregate})" if group_by else aggregate)
+        return list(self.query(entity_set, apply="/".join(steps)))
+
+    def solutions(self, unique_names: Sequence[str] | None = None) -> list[Row]:
+        """Installed solutions (all, or those with the given unique names)."""
+        where = " or ".join(f"uniquename eq {literal(n)}" for n in unique_names or ())
+        return list(self.query("solutions", select=SOLUTION_COLUMNS, filter=where or None))
+
+    def integration_details(self) -> Row:
+        """`RetrieveFinanceAndOperationsIntegrationDetails`: linked F&O `Url`, `TenantId`, `Id`."""
+        try:
+            result: Row = self.json("GET", "RetrieveFinanceAndOperationsIntegrationDetails")
+        except HttpError as exc:
+            if exc.code != _NOT_LINKED:
+                raise
+            raise HttpError(exc.status, exc.code, exc.message, method=exc.method, url=exc.url,
+                            request_id=exc.request_id,
+                            fix="link the environments first: Power Platform integration in LCS for a new "
+                                "F&O environment, or the Power Platform integration setup in F&O") from None
+        return result
+
+    # --- single-row writes -------------------------------------------------------------------------
+
+    def create(self, entity_set: str, row: Mapping[str, Any]) -> str:
+        """Create a row and return its id. Never repeated automatically (it could create twice)."""
+        response = self.send("POST", entity_set, json=row, safe=False)
+        found = _ENTITY_ID.search(response.headers.get("OData-EntityId", ""))
+        if not found:
+            raise HttpError(response.status_code, "", "the create answered without OData-EntityId",
+                            method="POST", url=self.url(entity_set))
+        return found.group(1)
+
+    def update(self, entity_set: str, key: Key, changes: Mapping[str, Any]) -> None:
+        """Update an existing row (`If-Match: *`: never creates); `NotFoundError` if it is missing."""
+        self.send("PATCH", f"{entity_set}{key_segment(key)}", json=changes, headers={"If-Match": "*"},
+                  safe=True)
+
+    def upsert(self, entity_set: str, key: Key, row: Mapping[str, Any]) -> None:
+        """Create or update the row with this id or alternate key."""
+        self.send("PATCH", f"{entity_set}{key_segment(key)}", json=row, safe=True)
+
+    def delete(self, entity_set: str, key: Key) -> None:
+        """Delete a row. A 404 after a repeated attempt means the first attempt did it."""
+        response = self.send("DELETE", f"{entity_set}{key_segment(key)}", check=False)
+        retry = response.extensions.get("retry")
+        repeated = bool(retry is not None and retry.attempts_made)
+        if response.status_code >= 300 and not (response.status_code == 404 and repeated):
+            raise self.error(response)
+
+    def batch(self) -> Batch:
+        """A `$batch` builder for this environment (see `dwlib.clients.batch`)."""
+        return Batch(self)
+
+    # --- bulk messages -----------------------------------------------------------------------------
+
+    def create_multiple(self, entity_set: str, rows: Iterable[Mapping[str, Any]], **kw: Any) -> BulkResult:
+        """CreateMultiple in chunks; `result.ids` in input order. Chunks are not repeated on failure."""
+        return self._bulk("CreateMultiple", entity_set, rows, safe=False, **kw)
+
+    def update_multiple(self, entity_set: str, rows: Iterable[Mapping[str, Any]], **kw: Any) -> BulkResult:
+        """UpdateMultiple in chunks; each row carries its primary key column."""
+        return self._bulk("UpdateMultiple", entity_set, rows, safe=True, **kw)
+
+    def upsert_multiple(
+        self, entity_set: str, rows: Iterable[Mapping[str, Any]], *, key: Sequence[str] | None = None,
+        **kw: Any,
+    ) -> BulkResult:
+        """UpsertMultiple in chunks; with `key` (alternate key columns) each row is addressed by it."""
+        if key:
+            rows = (self._addressed(entity_set, row, key) for row in rows)
+        return self._bulk("UpsertMultiple", entity_set, rows, safe=True, **kw)
+
+    def logical_name(self, entity_set: str) -> str:
+        """The table's logical name (for `@odata.type`), read once from EntityDefinitions."""
+        if entity_set not in self._logical_names:
+            found = list(self.query("EntityDefinitions", select=["LogicalName", "EntitySetName"],
+                                    filter=f"EntitySetName eq {literal(entity_set)}"))
+            if not found:
+                raise HttpError(404, "", f"no table has the entity set name {entity_set!r}", method="GET",
+                                url=self.url("EntityDefinitions"), fix="check the entity set name")
+            self._logical_names[entity_set] = found[0]["LogicalName"]
+        return self._logical_names[entity_set]
+
+    def _addressed(self, entity_set: str, row: Mapping[str, Any], key: Sequence[str]) -> Row:
+        # The key goes in @odata.id only: repeating it in the body is refused by the service.
+        body = {k: v for k, v in row.items() if k not in key}
+        body["@odata.id"] = f"{entity_set}{key_segment({k: row[k] for k in key})}"
+        return body
+
+    def _bulk(
+        self,
+        message: Literal["CreateMultiple", "UpdateMultiple", "UpsertMultiple"],
+        entity_set: str,
+        rows: Iterable[Mapping[str, Any]],
+        *,
+        safe: bool,
+        progress: Progress | None = None,
+        errors: Literal["raise", "collect"] = "raise",
+        logical_name: str | None = None,
+    ) -> BulkResult:
+        odata_type = f"Microsoft.Dynamics.CRM.{logical_name or self.logical_name(entity_set)}"
+        path = f"{entity_set}/Microsoft.Dynamics.CRM.{message}"
+
+        def send(chunk: list[Mapping[str, Any]]) -> list[str] | None:
+            targets = [{"@odata.type": odata_type, **row} for row in chunk]
+            response = self.send("POST", path, json={"Targets": targets}, safe=safe)
+            return response.json().get("Ids") if message == "CreateMultiple" else None
+
+        return run_chunks(rows, send, chunk_size=self.batch_size, concurrency=self.concurrency,
+                          progress=progress, errors=errors, what=f"{message} on {entity_set}")

@@ -1,0 +1,183 @@
+"""What Dataverse and F&O share: OData URLs and keys, sending with error conversion, paging.
+
+Base URLs are opaque prefixes (a sandbox's are `https://127.0.0.1:PORT/dataverse`): paths are
+appended, never rebuilt from the host. Errors become `HttpError` subclasses carrying status,
+service code, message and request id; a 401 becomes an `AuthError` that names the fix.
+
+Example:
+    >>> key_segment("6f1b0c57-1111-2222-3333-444444444444")
+    '(6f1b0c57-1111-2222-3333-444444444444)'
+    >>> key_segment({"dataAreaId": "usmf", "CustomerAccount": "US-001"})
+    "(dataAreaId='usmf',CustomerAccount='US-001')"
+    >>> literal("O'Brien")
+    "'O''Brien'"
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Iterator, Mapping
+from typing import Any
+from urllib.parse import quote, urljoin
+
+import httpx
+
+from .errors import AuthError, HttpError, NotFoundError, ThrottledError, connection_lost
+from .http import REQUEST_ID, SAFE_KEY, redact_url
+
+Key = str | uuid.UUID | Mapping[str, Any]
+_REPEATABLE = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+_REFERENCE = re.compile(r"\$\d")  # `$1/...`: a change-set part referring to an earlier create
+_SERVICE_IDS = ("x-ms-service-request-id", "REQ_ID", "x-ms-request-id")
+
+
+def literal(value: Any) -> str:
+    """An OData literal for a key or filter value.
+
+    >>> literal(True), literal(42), literal(None)
+    ('true', '42', 'null')
+    """
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float | uuid.UUID):
+        return str(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def key_segment(key: Key) -> str:
+    """`(guid)` for a primary key, `(name='value',…)` for an alternate or composite key.
+
+    >>> key_segment({"accountnumber": "A/1"})
+    "(accountnumber='A%2F1')"
+    """
+    if isinstance(key, Mapping):
+        inner = ",".join(f"{name}={literal(value)}" for name, value in key.items())
+    else:
+        inner = str(key)
+    # Percent-encode what would end the path (?, #, /) but keep OData punctuation readable.
+    return "(" + quote(inner, safe="'=,:@$-_.~!*+") + ")"
+
+
+class ODataService:
+    """An OData service root plus the `httpx.Client` (with auth for its audience) that calls it.
+
+    >>> ODataService(httpx.Client(), "https://h/svc/").url("things(1)")
+    'https://h/svc/things(1)'
+    """
+
+    name = "OData"
+    headers: Mapping[str, str] = {"Accept": "application/json", "OData-MaxVersion": "4.0",
+                                  "OData-Version": "4.0"}
+    auth_fix = "check that the app is allowed in this environment"
+
+    def __init__(self, http: httpx.Client, root: str) -> None:
+        self.http = http
+        self.root = root.rstrip("/")
+
+    def url(self, path: str) -> str:
+        """`path` under the service root (absolute URLs and `$n` references pass through)."""
+        if path.startswith(("https://", "http://")) or _REFERENCE.match(path):
+            return path
+        return f"{self.root}/{path.lstrip('/')}"
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        safe: bool | None = None,
+        headers: Mapping[str, str] | None = None,
+        check: bool = True,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """Send one request; a lost connection (or, with `check`, a status ≥ 300) raises a `ClientError`.
+
+        `safe` says whether the request may be repeated (default: by method; POST/PATCH are not).
+        """
+        url = self.url(path)
+        extensions = {} if safe is None else {SAFE_KEY: safe}
+        try:
+            response = self.http.request(method, url, headers={**self.headers, **(headers or {})},
+                                         extensions=extensions, **kwargs)
+        except httpx.TransportError as exc:
+            repeatable = safe if safe is not None else method in _REPEATABLE
+            raise connection_lost(exc, method=method, url=redact_url(httpx.URL(url)),
+                                  repeatable=repeatable) from None
+        if check and response.status_code >= 300:
+            raise self.error(response)
+        return response
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        """`send` and decode the JSON body (None for an empty body)."""
+        response = self.send(method, path, **kwargs)
+        return response.json() if response.content else None
+
+    def pages(
+        self, path: str, params: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Each page of a collection query, following `@odata.nextLink` until there is none."""
+        url: str | None = self.url(path)
+        query: Mapping[str, Any] | None = params
+        while url:
+            body = self.json("GET", url, params=query, headers=headers)
+            yield body.get("value", [])
+            link = body.get("@odata.nextLink")
+            # The link already carries every query option (and the paging cookie): send it as is.
+            url = urljoin(self.root + "/", link) if link else None
+            query = None
+
+    def error(self, response: httpx.Response) -> HttpError | AuthError:
+        """The exception for an error response (service error body, status, request id)."""
+        code, message = _parse_error(response)
+        request = response.request
+        request_id = next((response.headers[h] for h in _SERVICE_IDS if h in response.headers),
+                          request.headers.get(REQUEST_ID, ""))
+        url = redact_url(request.url)
+        if response.status_code == 401:
+            return AuthError(f"{self.name} refused the access token for {request.method} {url}: {message} "
+                             f"(request id {request_id})", fix=self._fix_401(message, response))
+        kind = {404: NotFoundError, 429: ThrottledError}.get(response.status_code, HttpError)
+        retry_after = response.headers.get("Retry-After", "")
+        fix = ""
+        if response.status_code == 429:
+            fix = "the service is throttling: wait and run again, or lower options.concurrency"
+        elif response.status_code == 403:
+            fix = self.auth_fix
+        return kind(response.status_code, code, message, method=request.method, url=url,
+                    request_id=request_id, fix=fix,
+                    retry_after_s=float(retry_after) if retry_after.isdigit() else None)
+
+    def _fix_401(self, message: str, response: httpx.Response) -> str:
+        text = f"{message} {response.headers.get('WWW-Authenticate', '')}".lower()
+        if "expired" in text:
+            return ("the token was refused as expired even after a fresh one was fetched: check this "
+                    "computer's clock (time sync) against the identity provider")
+        if "audience" in text or "not for this service" in text:
+            return ("the token is for another resource: the base URL in the parameters must be the "
+                    f"environment's own URL (the scope is that URL + /.default); {self.name} is at "
+                    f"{self.root}")
+        if "tenant" in text or "issuer" in text:
+            return "the token comes from another tenant: check environments.tenant_id and authority"
+        return self.auth_fix
+
+
+def _parse_error(response: httpx.Response) -> tuple[str, str]:
+    """(code, message) from a Dataverse, F&O (innererror) or identity error body."""
+    try:
+        body = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        text = re.sub(r"\s+", " ", response.text)[:300].strip()
+        return "", text or response.reason_phrase
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        inner = error.get("innererror") or {}
+        message = inner.get("message") or error.get("message") or ""
+        code = error.get("code") or str(inner.get("type", "")).rpartition(".")[2]
+        return str(code), str(message)
+    if isinstance(error, str):  # identity-style {"error": "...", "error_description": "..."}
+        return error, (str(body.get("error_description") or error).splitlines() or [error])[0]
+    return "", response.reason_phrase

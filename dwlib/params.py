@@ -1,0 +1,525 @@
+"""Typed run parameters: load a YAML file (plus overrides), validate everything, report all at once.
+
+Every key is documented in `params/template.yaml`. Unknown or misspelt keys are errors with a
+"did you mean" hint; every problem is reported in one `ParamsError`, each with its path (and line)
+in the file. Secrets are references (`dwlib.secrets`), resolved only when used. A file naming a
+sandbox (`sandbox: {dir: …}`) takes the URLs, CA bundle, client id and secret reference from that
+directory's `connection.yaml` for every key it does not set itself.
+
+Example:
+    >>> p = load_params({
+    ...     "scenario": "existing-existing",
+    ...     "environments": {"tenant_id": "contoso.onmicrosoft.com",
+    ...                      "dataverse_url": "https://contoso.crm.dynamics.com/",
+    ...                      "finops_url": "https://contoso.operations.dynamics.com"},
+    ...     "auth": {"client_id": "11111111-2222-3333-4444-555555555555",
+    ...              "client_secret": "env:DW_CLIENT_SECRET"},
+    ...     "legal_entities": ["usmf"],
+    ... })
+    >>> p.environments.dataverse_url, p.legal_entities
+    ('https://contoso.crm.dynamics.com', ['USMF'])
+    >>> p.environments.authority_url
+    'https://login.microsoftonline.com/contoso.onmicrosoft.com'
+    >>> p.auth.client_secret
+    SecretRef('env:DW_CLIENT_SECRET')
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import re
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import httpx
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+
+from dwlib.errors import DwError
+from dwlib.secrets import REFERENCE_FORMS, SecretError, SecretRef
+
+log = logging.getLogger(__name__)
+
+SCENARIOS = ("new-new", "new-existing", "new-data-new", "new-data-existing", "existing-new",
+             "existing-existing")
+Scenario = Literal["new-new", "new-existing", "new-data-new", "new-data-existing", "existing-new",
+                   "existing-existing"]
+DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
+Loc = tuple[str | int, ...]
+
+
+class ParamsError(DwError):
+    """Parameters that cannot be used; `problems` lists every `(path, message)` found.
+
+    >>> str(ParamsError([("auth.client_secert", "unknown key; did you mean 'client_secret'?")]))
+    "invalid parameters (1 problem):\\n  auth.client_secert: unknown key; did you mean 'client_secret'?"
+    """
+
+    def __init__(self, problems: list[tuple[str, str]], source: str = "") -> None:
+        self.problems = problems
+        where = f" in {source}" if source else ""
+        lines = [f"  {path}: {msg}" if path else f"  {msg}" for path, msg in problems]
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        super().__init__(f"invalid parameters{where} ({count}):\n" + "\n".join(lines))
+
+
+class _KeyProblems(ValueError):
+    """Raised by cross-field checks so each problem keeps its own path below the model's."""
+
+    def __init__(self, items: list[tuple[Loc, str]]) -> None:
+        super().__init__("; ".join(msg for _, msg in items))
+        self.items = items
+
+
+# ---- field types -------------------------------------------------------------------------------
+
+def _secret_ref(value: Any) -> SecretRef:
+    if isinstance(value, SecretRef):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"must be a secret reference ({REFERENCE_FORMS})")
+    try:
+        return SecretRef.parse(value)
+    except SecretError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _https_url(value: str) -> str:
+    url = httpx.URL(value.strip())
+    if url.scheme != "https" or not url.host:
+        raise ValueError("must be an https:// URL (TLS is always on)")
+    if url.query or url.fragment:
+        raise ValueError("must be a base URL without ?query or #fragment")
+    return str(url).rstrip("/")
+
+
+def _company_code(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9]{1,4}", value):
+        raise ValueError("company codes are F&O legal entity ids: 1-4 letters or digits (e.g. DAT, USMF)")
+    return value.upper()
+
+
+def _path(value: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir") or Path.cwd()
+    return (base / value.expanduser()).resolve()
+
+
+def _existing_file(value: Path) -> Path:
+    if not value.is_file():
+        raise ValueError(f"no such file: {value}")
+    return value
+
+
+Secret = Annotated[SecretRef, BeforeValidator(_secret_ref), PlainSerializer(str, return_type=str)]
+HttpsUrl = Annotated[str, AfterValidator(_https_url)]
+CompanyCode = Annotated[str, AfterValidator(_company_code)]
+AnyPath = Annotated[Path, AfterValidator(_path)]
+FilePath = Annotated[Path, AfterValidator(_path), AfterValidator(_existing_file)]
+
+
+class _Model(BaseModel):
+    # hide_input_in_errors: a pasted secret must never be echoed back in a validation error.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True,
+                              arbitrary_types_allowed=True)
+
+
+# ---- the model ---------------------------------------------------------------------------------
+
+class Environments(_Model):
+    """Where the two environments and their identity provider are.
+
+    >>> Environments(tenant_id="t", dataverse_url="https://o.crm.dynamics.com",
+    ...              finops_url="https://f.operations.dynamics.com").authority_url
+    'https://login.microsoftonline.com/t'
+    """
+
+    tenant_id: str = Field(min_length=1)
+    authority: HttpsUrl | None = None
+    ca_bundle: FilePath | None = None
+    dataverse_url: HttpsUrl
+    finops_url: HttpsUrl
+
+    @property
+    def authority_url(self) -> str:
+        """The Entra ID authority: `authority` if given, else login.microsoftonline.com/{tenant}."""
+        return self.authority or f"{DEFAULT_AUTHORITY_HOST}/{self.tenant_id}"
+
+
+class Certificate(_Model):
+    """A certificate credential of the app registration (PEM files).
+
+    >>> # auth: {method: certificate, certificate: {path: cert.pem, private_key: "file:key.pem"}}
+    >>> sorted(Certificate.model_fields)
+    ['passphrase', 'path', 'private_key', 'thumbprint']
+    """
+
+    path: FilePath
+    private_key: Secret
+    passphrase: Secret | None = None
+    thumbprint: str | None = Field(default=None, pattern=r"^[0-9A-Fa-f]{40}$")
+
+
+class Auth(_Model):
+    """How to sign in: an app registration (secret or certificate) or a consultant (device code).
+
+    >>> Auth(method="device_code", client_id="app").client_secret is None
+    True
+    """
+
+    method: Literal["client_secret", "certificate", "device_code"] = "client_secret"
+    client_id: str = Field(min_length=1)
+    client_secret: Secret | None = None
+    certificate: Certificate | None = None
+    token_cache: AnyPath | None = None
+
+    @model_validator(mode="after")
+    def _credential_for_method(self) -> Auth:
+        needs = {"client_secret": "client_secret", "certificate": "certificate"}.get(self.method)
+        if needs and getattr(self, needs) is None:
+            raise _KeyProblems([((needs,), f"required when method is '{self.method}'")])
+        return self
+
+
+class TableMap(_Model):
+    """A dual-write table map to enable; a plain string is shorthand for `{name: …}`.
+
+    >>> TableMap.model_validate("Customers V3").name
+    'Customers V3'
+    """
+
+    name: str = Field(min_length=1)
+    initial_sync_master: Literal["finops", "dataverse"] | None = None
+    skip_initial_sync: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data
+
+
+class Bootstrap(_Model):
+    """Stamping existing Dataverse rows with their company: owning business unit → company code.
+
+    >>> Bootstrap(mapping={"Contoso US": "usmf"}).mapping
+    {'Contoso US': 'USMF'}
+    """
+
+    mapping: dict[str, CompanyCode] = Field(default_factory=dict)
+    tables: list[str] = Field(default_factory=lambda: ["accounts", "contacts"])
+
+
+class HttpOptions(_Model):
+    """Timeouts and retry budget of every HTTP call.
+
+    >>> HttpOptions().retry_attempts
+    8
+    """
+
+    timeout_s: float = Field(default=60.0, gt=0)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    retry_attempts: int = Field(default=8, ge=0, le=50)
+    retry_total_s: float = Field(default=600.0, gt=0)
+    backoff_s: float = Field(default=0.5, ge=0)
+    max_wait_s: float = Field(default=120.0, gt=0)
+
+
+class Options(_Model):
+    """How a run behaves.
+
+    >>> Options(dry_run=True).batch_size
+    1000
+    """
+
+    dry_run: bool = False
+    confirm_irreversible: bool = False
+    concurrency: int = Field(default=4, ge=1, le=32)
+    batch_size: int = Field(default=1000, ge=1, le=1000)
+    page_size: int = Field(default=5000, ge=1, le=5000)
+    http: HttpOptions = Field(default_factory=HttpOptions)
+
+
+class SandboxRef(_Model):
+    """A local sandbox whose `connection.yaml` supplies URLs, CA bundle and credentials.
+
+    >>> # sandbox: {dir: .dw/sandbox/existing-existing}
+    >>> list(SandboxRef.model_fields)
+    ['dir']
+    """
+
+    dir: AnyPath
+
+
+class Params(_Model):
+    """Everything a runbook needs to know, validated. Build it with `load_params`.
+
+    >>> # params = load_params("params/sandbox-existing-existing.yaml", {"options.dry_run": True})
+    >>> "scenario" in Params.model_fields
+    True
+    """
+
+    scenario: Scenario
+    environments: Environments
+    auth: Auth
+    legal_entities: list[CompanyCode] = Field(default_factory=list)
+    table_maps: list[TableMap] = Field(default_factory=list)
+    bootstrap: Bootstrap = Field(default_factory=Bootstrap)
+    options: Options = Field(default_factory=Options)
+    sandbox: SandboxRef | None = None
+    _warnings: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        """Things that are allowed but worth a second look (e.g. company codes not 3 long)."""
+        return list(self._warnings)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Params:
+        problems: list[tuple[Loc, str]] = []
+        known = set(self.legal_entities)
+        for bu, code in self.bootstrap.mapping.items():
+            if known and code not in known:
+                problems.append((("bootstrap", "mapping", bu), f"company {code} is not in legal_entities"))
+        if problems:
+            raise _KeyProblems(problems)
+        codes = [(_dotted(("legal_entities", i)), c) for i, c in enumerate(self.legal_entities)]
+        codes += [(_dotted(("bootstrap", "mapping", bu)), c) for bu, c in self.bootstrap.mapping.items()]
+        self._warnings = [
+            f"{path}: company code {code} has {len(code)} characters; the setup guidance says "
+            "three-letter ISO code, so check it is the F&O legal entity id" for path, code in codes
+            if len(code) != 3
+        ]
+        return self
+
+
+# ---- loading -----------------------------------------------------------------------------------
+
+def load_params(
+    source: str | Path | Mapping[str, Any],
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    base_dir: Path | None = None,
+) -> Params:
+    """Load and validate parameters from a YAML file (or a mapping) plus `overrides`.
+
+    `overrides` keys may be dotted paths (`{"options.dry_run": True}`). Relative paths in the
+    parameters resolve against `base_dir` (default: the current directory). Raises `ParamsError`.
+
+    >>> load_params({"scenario": "new-new"}, {"options.dry_run": True})
+    Traceback (most recent call last):
+    ...
+    dwlib.params.ParamsError: invalid parameters (2 problems):
+      environments: required
+      auth: required
+    """
+    lines: dict[Loc, int] = {}
+    problems: list[tuple[str, str]] = []
+    label = ""
+    if isinstance(source, Mapping):
+        data: dict[str, Any] = _deep_copy(source)
+    else:
+        label = str(source)
+        data, lines, problems = _read_yaml(Path(source))
+    for key, value in (overrides or {}).items():
+        _set_dotted(data, key, value)
+    base = (base_dir or Path.cwd()).resolve()
+    sandbox_problems = _merge_sandbox(data, base)
+    problems += sandbox_problems
+    try:
+        params = Params.model_validate(data, context={"base_dir": base})
+    except ValidationError as exc:
+        found = _render(exc, lines)
+        if sandbox_problems:  # keys the missing connection.yaml would have supplied are not news
+            found = [(p, m) for p, m in found
+                     if m != "required" or not p.startswith(("environments", "auth"))]
+        problems += found
+    if problems:
+        raise ParamsError(sorted(problems, key=_line_of), label) from None
+    for warning in params.warnings:
+        log.warning("%s", warning)
+    return params
+
+
+def _line_of(problem: tuple[str, str]) -> int:
+    found = re.search(r"\(line (\d+)\)", problem[0])
+    return int(found.group(1)) if found else 0
+
+
+def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[Loc, int], list[tuple[str, str]]]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ParamsError([("", f"cannot read {path}: {exc.strerror}")]) from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ParamsError([("", f"not valid YAML: {exc}")], str(path)) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ParamsError([("", "the file must be a mapping of keys (scenario:, environments:, …)")],
+                          str(path))
+    lines: dict[Loc, int] = {}
+    problems: list[tuple[str, str]] = []
+    if node is not None:
+        _index(node, (), lines, problems)
+    return data, lines, problems
+
+
+def _index(node: yaml.Node, loc: Loc, lines: dict[Loc, int], problems: list[tuple[str, str]]) -> None:
+    """Record the line of every key, and report duplicate keys (YAML would keep the last silently)."""
+    lines[loc] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in seen:
+                problems.append((f"{_dotted((*loc, key))} (line {key_node.start_mark.line + 1})",
+                                 "duplicate key; keep one"))
+            seen.add(key)
+            _index(value_node, (*loc, key), lines, problems)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _index(item, (*loc, i), lines, problems)
+
+
+def _render(exc: ValidationError, lines: dict[Loc, int]) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for err in exc.errors(include_url=False):
+        loc: Loc = tuple(err["loc"])
+        cause = (err.get("ctx") or {}).get("error")
+        items = cause.items if isinstance(cause, _KeyProblems) else [((), _message(err, loc))]
+        for sub, msg in items:
+            full = (*loc, *sub)
+            line = lines.get(full) or lines.get(loc)
+            out.append((_dotted(full) + (f" (line {line})" if line and full else ""), msg))
+    return out
+
+
+def _message(err: Any, loc: Loc) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        valid = _fields_at(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(valid)}"
+        return f"unknown key; {hint}"
+    if kind == "missing":
+        return "required"
+    if kind == "literal_error":
+        # Literal fields hold names, never secrets, so the input may be quoted back.
+        options = re.findall(r"'([^']*)'", err["ctx"]["expected"])
+        close = difflib.get_close_matches(str(err["input"]), options, n=1, cutoff=0.6)
+        return f"must be one of {err['ctx']['expected']}" + (f"; did you mean '{close[0]}'?" if close else "")
+    msg: str = err["msg"]
+    return msg.removeprefix("Value error, ").replace("Input should be", "must be")
+
+
+def _fields_at(loc: Loc) -> list[str]:
+    """The keys the model accepts at `loc` (for "did you mean" hints)."""
+    annotation: Any = Params
+    for part in loc:
+        annotation = _unwrap(annotation, part)
+    return list(annotation.model_fields) if _is_model(annotation) else []
+
+
+def _unwrap(annotation: Any, part: str | int) -> Any:
+    for arg in (annotation, *typing.get_args(annotation)):  # Optional[X] / X | None
+        if _is_model(arg) and isinstance(part, str):
+            return arg.model_fields[part].annotation if part in arg.model_fields else None
+        origin = typing.get_origin(arg)
+        if origin is list and isinstance(part, int):
+            return typing.get_args(arg)[0]
+        if origin is dict and isinstance(part, str):
+            return typing.get_args(arg)[1]
+        if origin in (typing.Union, types.UnionType):
+            found = _unwrap(arg, part)
+            if found is not None:
+                return found
+    return None
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _dotted(loc: Loc) -> str:
+    """`a.b[0].c`; keys that are not plain names (business units: "", "Contoso US") are quoted."""
+    out = ""
+    for p in loc:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        elif re.fullmatch(r"[A-Za-z_][\w-]*", p):
+            out += f".{p}" if out else p
+        else:
+            out += f'["{p}"]'
+    return out
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    node = data
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[last] = _deep_copy(value)
+
+
+# connection.yaml key → where it goes in the parameters (only when the file leaves it unset).
+_FROM_CONNECTION = {
+    "tenant_id": ("environments", "tenant_id"),
+    "authority": ("environments", "authority"),
+    "ca_bundle": ("environments", "ca_bundle"),
+    "dataverse_url": ("environments", "dataverse_url"),
+    "finops_url": ("environments", "finops_url"),
+    "client_id": ("auth", "client_id"),
+}
+
+
+def _merge_sandbox(data: dict[str, Any], base: Path) -> list[tuple[str, str]]:
+    sandbox = data.get("sandbox")
+    if not isinstance(sandbox, dict) or not isinstance(sandbox.get("dir"), str | Path):
+        return []
+    directory = (base / Path(sandbox["dir"]).expanduser()).resolve()
+    path = directory / "connection.yaml"
+    try:
+        conn = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return [("sandbox.dir", f"{path} not found: start the sandbox first "
+                                f"(`dw sandbox start --dir {sandbox['dir']}`)")]
+    for key, (section, field) in _FROM_CONNECTION.items():
+        target = data.setdefault(section, {})
+        if isinstance(target, dict) and key in conn:
+            target.setdefault(field, conn[key])
+    auth = data["auth"] if isinstance(data.get("auth"), dict) else {}
+    method = auth.setdefault("method", "client_secret")
+    if method == "client_secret":
+        auth.setdefault("client_secret", f"file:{conn.get('client_secret_file', '')}")
+    elif method == "certificate":
+        auth.setdefault("certificate", {"path": conn.get("client_certificate_file"),
+                                        "private_key": f"file:{conn.get('client_private_key_file', '')}"})
+    return []
