@@ -1,0 +1,105 @@
+"""Helpers of the dual-write tests: a seeded runtime (no server), async runs, a consultant's portal."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from dwlib.clients.session import Session, connect
+from dwlib.params import load_params
+from dwlib.sandbox import control, profiles
+from dwlib.sandbox.dualwrite import DualWrite
+from dwlib.sandbox.state import Settings
+from dwlib.sandbox.store import Store
+
+MakeRuntime = Callable[..., DualWrite]
+
+
+def runtime_factory(tmp_path: Path) -> MakeRuntime:
+    """`make(profile, rows=12, link=True)`: a seeded store and its dual-write runtime.
+
+    With `link`, Power Platform integration is set up and dual-write configured and linked for
+    every F&O legal entity (maps not started). 12 rows keep the seeded defects (double quotes in
+    names) out, so tests add the defects they are about.
+    """
+    count = 0
+
+    def make(profile: str = "existing-new", rows: int = 12, *, link: bool = True) -> DualWrite:
+        nonlocal count
+        count += 1
+        store = Store(tmp_path / f"state{count}.sqlite")
+        settings = Settings(profile=profile, rows=rows)
+        profiles.seed(store, settings)
+        rt = DualWrite(store, settings, "https://127.0.0.1:1")
+        if link:
+            rt.setup_power_platform_integration()
+            rt.configure()
+            rt.link(start_maps=False)
+        return rt
+
+    return make
+
+
+def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run a coroutine on a fresh event loop (the runtime spawns its jobs on the running loop)."""
+    return asyncio.run(coro)
+
+
+class Consultant:
+    """Plays the consultant against a running sandbox: portal clicks, and reads with tokens."""
+
+    def __init__(self, connection: dict[str, Any]) -> None:
+        self.connection = connection
+        self.http = control.http_client(connection, timeout=30)
+        self.base = connection["dataverse_url"].rsplit("/", 1)[0]
+        self.admin = {"X-Sandbox-Admin": Path(connection["admin_key_file"]).read_text().strip()}
+        self._tokens: dict[str, str] = {}
+
+    def portal(self, method: str, path: str, body: dict[str, Any] | None = None, *, expect: int = 200) -> Any:
+        r = self.http.request(method, f"{self.base}/_portal{path}", headers=self.admin, json=body)
+        assert r.status_code == expect, r.text
+        return r.json()
+
+    def _auth(self, resource: str) -> dict[str, str]:
+        if resource not in self._tokens:
+            self._tokens[resource] = control.acquire_token(self.connection, resource)
+        return {"Authorization": f"Bearer {self._tokens[resource]}"}
+
+    def fo(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
+        return self.http.request(
+            method, f"{self.connection['finops_url']}/data/{path}", headers=self._auth("finops"), json=body
+        )
+
+    def dv(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
+        return self.http.request(
+            method,
+            f"{self.connection['dataverse_url']}/api/data/v9.2/{path}",
+            headers=self._auth("dataverse"),
+            json=body,
+        )
+
+    def dv_rows(self, path: str) -> list[dict[str, Any]]:
+        r = self.dv("GET", path)
+        assert r.status_code == 200, r.text
+        return r.json()["value"]
+
+    def fo_rows(self, path: str) -> list[dict[str, Any]]:
+        r = self.fo("GET", path)
+        assert r.status_code == 200, r.text
+        return r.json()["value"]
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def session_for(connection: dict[str, Any], **auth: Any) -> Session:
+    """The library's clients for a running sandbox (app credentials, or `method="device_code"`)."""
+    root = Path(connection["ca_bundle"]).parent
+    params = load_params(
+        {"scenario": connection["profile"], "sandbox": {"dir": str(root)}, **({"auth": auth} if auth else {})}
+    )
+    return connect(params, device_prompt=lambda message: None)

@@ -1,0 +1,287 @@
+"""The catalogue: table maps, the documented order, limits, known errors, solutions."""
+
+from __future__ import annotations
+
+import pytest
+
+from dwlib import catalog
+
+REQUIRED_MAPS = [
+    "Legal entities (cdm_companies)",
+    "Currencies (transactioncurrencies)",
+    "Customer groups (msdyn_customergroups)",
+    "Terms of payment (msdyn_paymentterms)",
+    "Customers V3 (accounts)",
+    "Customers V3 (contacts)",
+    "Vendors V2 (msdyn_vendors)",
+    "CDS Contacts V2 (contacts)",
+]
+
+
+def test_required_maps_are_catalogued_with_their_documented_facts() -> None:
+    names = [m.name for m in catalog.table_maps()]
+    assert set(REQUIRED_MAPS) <= set(names)
+    accounts = catalog.table_map("Customers V3 (accounts)")
+    assert accounts.finops_data_entity == "CustCustomerV3Entity"
+    assert accounts.integration_key == ("accountnumber", "msdyn_company.cdm_companycode")
+    assert accounts.source_filter == '((PartyType == "Organization"))'
+    assert accounts.dataverse_filter == "customertypecode eq 3"
+    assert accounts.single_threaded and not catalog.table_map("Customers V3 (contacts)").single_threaded
+    assert catalog.table_map("Vendors V2 (msdyn_vendors)").single_threaded
+
+
+def test_lookup_count_counts_the_dataverse_lookup_rows() -> None:
+    accounts = catalog.table_map("customers-v3-accounts")
+    lookups = [r.dataverse for r in accounts.mappings if r.dataverse and "." in r.dataverse]
+    assert accounts.lookup_count == len(lookups) == 10  # the pre-GAB map: at the limit, not above it
+
+
+def test_filters_parse_into_conditions_that_evaluate_rows() -> None:
+    contacts = catalog.table_map("Customers V3 (contacts)")
+    cond = contacts.dataverse_conditions
+    assert [c.column for c in cond] == ["msdyn_sellable", "msdyn_contactpersonid"]
+    assert all(c.matches({"msdyn_sellable": True, "msdyn_contactpersonid": "CP-1"}) for c in cond)
+    assert not all(c.matches({"msdyn_sellable": False, "msdyn_contactpersonid": "CP-1"}) for c in cond)
+    (person,) = contacts.finops_conditions
+    assert person.matches({"PartyType": "Person"}) and not person.matches({"PartyType": "Organization"})
+    with pytest.raises(ValueError, match="unsupported"):
+        catalog.parse_dataverse_filter("startswith(name, 'A')")
+
+
+def test_dependency_order_follows_the_documented_finance_order() -> None:
+    order = catalog.dependency_order(["Customers V3 (contacts)", "Customers V3 (accounts)"])
+    # §5.3: currencies, legal entities, terms of payment, customer groups, then customers.
+    assert order == [
+        "Currencies (transactioncurrencies)",
+        "Legal entities (cdm_companies)",
+        "Terms of payment (msdyn_paymentterms)",
+        "Customer groups (msdyn_customergroups)",
+        "Customers V3 (accounts)",
+        "Customers V3 (contacts)",
+    ]
+    every = catalog.dependency_order([m.name for m in catalog.table_maps()])
+    for m in catalog.table_maps():
+        assert all(every.index(dep) < every.index(m.name) for dep in m.depends_on)
+    assert catalog.dependency_order(["Customers V3 (contacts)"], include_dependencies=False) == [
+        "Customers V3 (contacts)"
+    ]
+
+
+def test_unknown_map_names_the_known_ones() -> None:
+    with pytest.raises(catalog.CatalogError, match="Customers V3 \\(accounts\\)"):
+        catalog.table_map("Customers V4")
+
+
+def test_limits_are_the_documented_numbers() -> None:
+    lim = catalog.limits()
+    assert (
+        lim.initial_sync_rows_per_legal_entity,
+        lim.single_threaded_dataverse_to_finops_rows,
+        lim.max_lookups,
+        lim.initial_sync_legal_entities,
+        lim.live_sync_legal_entities,
+        lim.top_errors,
+    ) == (500_000, 70_000, 10, 40, 250, 5)
+
+
+# Verbatim texts of dualwrite-facts.md §6 (and the §2.2 / §2.18 ones) → the catalogue entry.
+DOCUMENTED = [
+    (
+        "Dual-write failure - Plugin registration failed: [(Unable to get partition map for project "
+        "DWM-1ae35e60-4bc2-4905-88ea-XXXXX. Error Exceeds the maximum partitions allowed for mapping "
+        "DWM-1ae35e60-4bc2-4905-88ea- XXXXX)], One or more errors occurred.",
+        "too-many-legal-entities",
+    ),
+    (
+        "CRMExport: Package execution complete. Error Description 5 Attempts to get data from "
+        "https://xxxxx//datasets/yyyyy/tables/accounts/items?$select=accountnumber, address2_city "
+        "(msdyn_company/cdm_companyid eq 'ID')&$orderby=accountnumber asc failed.",
+        "too-many-lookups",
+    ),
+    (
+        "Initial writes failed while parsing the data for leg:From Dynamics 365 for Finance and Operations "
+        "Entity to Dynamics 365 for Sales Entity - Legal Entity. Message: Type=Microsoft.VisualBasic.FileIO."
+        "MalformedLineException, Msg=Line # cannot be parsed using the current Delimiters.",
+        "double-quotes-in-data",
+    ),
+    (
+        "([Bad Request], The remote server returned an error: (400) Bad Request.), AX export encountered an "
+        "error",
+        "dmf-service-not-running",
+    ),
+    (
+        "([Forbidden], The remote server returned an error: (403) Forbidden.), AX export encountered an "
+        "error",
+        "dtappid-forbidden",
+    ),
+    (
+        "Couldn't resolve the guid for the field: msdyn_billingaccount.accountnumber. The lookup wasn't "
+        "found: "
+        "C-1. Try this URL(s) to check if the reference data exists: https://x",
+        "missing-reference-data",
+    ),
+    ("Party number couldn't be found in Dataverse.", "party-number-not-found"),
+    (
+        "An error occurred while validating input parameters: Microsoft.OData.ODataException: Can't convert "
+        "the literal '000000' to the expected type'Edm.Decimal',",
+        "decimal-literal-locale",
+    ),
+    ("Cannot convert the literal '08:00:00' to the expected type edm.int32", "time-literal-int32"),
+    (
+        "Unable to complete initial data sync. Error: dual-write failure - plugin registration failed: "
+        "Unable "
+        "to build dual-write lookup metadata. Error object reference not set to an instance of an object.",
+        "lookup-metadata",
+    ),
+    ("Project validation failed. Missing destination field msdyn_x", "missing-destination-field"),
+    ("Missing source field PARTYTYPE in the schema.", "missing-source-field"),
+    (
+        "Customer groups (msdyn_customergroups) : Dual write failure - Dynamics 365 for Sales solution "
+        "'Dynamics365Company' has version mismatch. Version: '2.0.2.10' Required version: '2.0.133'",
+        "solution-version-mismatch",
+    ),
+    ("Saving connection set failed! An item with the same key has already been added.", "duplicate-company"),
+    ("Response status code does not indicate success: 404 (Not Found).", "app-consent-missing"),
+    (
+        "Finance and operations apps environment ***.cloudax.dynamics.com is not discoverable.",
+        "finops-not-discoverable",
+    ),
+    (
+        "MSG=[Failed to setup dual write environment. Error Details:Response status code does not indicate "
+        "success: 403 (Forbidden). ...",
+        "no-power-apps-license",
+    ),
+    ("Response status code does not indicate success: 401 (Unauthorized).", "not-setup-user"),
+    ("login.microsoftonline.com refused to connect.", "login-refused"),
+    ("Response status code does not indicate success: 403 (tokenexchange).", "token-exchange-forbidden"),
+    (
+        '[Forbidden], [{"status":403,"source":"","message":"Error from token exchange: User is not allowed '
+        "to "
+        'access connection dynamicscrmonline/xxxxxx-xxxx-xxxx-xxxxxxxx"}], The remote server returned an '
+        "error: "
+        "(403) Forbidden.",
+        "linked-dataverse-unavailable",
+    ),
+    (
+        "DOMException: Failed to read the 'sessionStorage' property from 'Window': Access is denied for this "
+        "document.",
+        "third-party-cookies",
+    ),
+    (
+        "DW9003 Failed to connect to CRM. Ensure that the service principal has the correct permissions to "
+        "access CRM.",
+        "dw9003",
+    ),
+    (
+        "Microsoft has detected that your environment is linked via Dual-write to a different destination "
+        "than "
+        "specified in Power Platform Integration, which is not recommended.",
+        "link-mismatch",
+    ),
+    (
+        "The 'link' and 'Unlink' buttons have been replaced with the ‘reset link’ button. Learn more",
+        "reset-link-banner",
+    ),
+    ("0x80048d0b Dataverse instance isn't integrated with finance and operations.", "not-integrated"),
+    ("DWDVEV1003 Company mismatched between DualWrite and Dataverse", "health-company-mismatch"),
+    ("DWFOEV1005 Missing AX APIHub connection", "health-missing-connection"),
+    (
+        "DWDVEV1002 DataVerse deprecated connection is getting used for New Regions",
+        "health-deprecated-connection",
+    ),
+    ("DWFOEV1004 Stale DualWrite Configuration present in F&O", "health-stale-configuration"),
+    (
+        '[{\\"error\\":{\\"code\\":\\"0x80072560\\",\\"message\\":\\"The user is not a member of the '
+        'organization.\\"}}], The remote server returned an error: (403) Forbidden.',
+        "user-not-member",
+    ),
+    (
+        "Cannot save the changes to the database. Unit of Work can not commit transaction. Unable to write "
+        "data "
+        "to entity uoms. Writes to UnitOfMeasureEntity failed with error message Unable to sync with entity "
+        "uoms.",
+        "live-missing-reference-data",
+    ),
+    ("Unable to generate payload for entity CustCustomerV3Entity", "payload-uri-empty"),
+    (
+        "SecureConfig Organization (???) does not match actual CRM Organization (???).",
+        "secureconfig-mismatch",
+    ),
+    (
+        "Unable to write data to entity aaa_fundingsources. Unable to lookup ebecsfs_contracts with values "
+        "{PC00...}.",
+        "lookup-in-same-batch",
+    ),
+    (
+        "An error occurred in plugin. A record that has the attribute values Location ID already exists.",
+        "location-id-exists",
+    ),
+    (
+        '"RecordError0":"Write failed for entity Customers V3 with unknown exception - Party record not '
+        "found "
+        "for party type 'Organization'\"}.",
+        "party-record-not-found",
+    ),
+    (
+        "Cannot update a party's type from 'DirOrganization' to 'DirPerson', a delete of the existing party "
+        "followed by an insert with the new type should be performed instead.",
+        "party-type-change",
+    ),
+    (
+        "Error Code: -2147220970 Error Message: Message size exceeded when sending context to Sandbox. "
+        "Message "
+        "size: 117 MB",
+        "message-size-exceeded",
+    ),
+    (
+        "Unable to write data to table x. Principal team (Id=1, ..., is missing prvReadcol_x privilege "
+        "(Id=2) "
+        "on OTC=3.",
+        "missing-privilege",
+    ),
+    (
+        "Cannot select a row in Dual write project sync (DualWriteProjectConfiguration). The SQL database "
+        "has "
+        "issued an error. Invalid column name 'ISDELETE'.",
+        "isdelete-column",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "error_id"), DOCUMENTED, ids=[e for _, e in DOCUMENTED])
+def test_every_documented_error_text_maps_to_its_remediation(text: str, error_id: str) -> None:
+    hit = catalog.match_error(text)
+    assert hit is not None and hit.id == error_id
+    assert hit.fix and hit.meaning and hit.doc_url.startswith("https://learn.microsoft.com/")
+
+
+def test_match_error_prefers_the_phase_and_returns_none_for_unknown_text() -> None:
+    live = (
+        "Unable to write data to entity accounts. Writes to CustCustomerV3Entity failed with error message "
+        "Couldn't resolve the guid for the field: msdyn_customergroupid.msdyn_groupid. The lookup wasn't "
+        "found"
+    )
+    assert catalog.match_error(live).id == "missing-reference-data"
+    assert catalog.match_error(live, phase="live-sync").id == "live-missing-reference-data"
+    assert catalog.match_error("all good") is None
+
+
+def test_required_solutions_include_core_app_core_and_finance_with_versions() -> None:
+    sols = {s.uniquename: s for s in catalog.required_solutions()}
+    assert {"DualWriteCore", "Dynamics365Company", "Dynamics365FinanceExtended"} <= set(sols)
+    assert "Dynamics365SupplyChainExtended" not in sols  # only Party & GAB needs Supply Chain
+    assert sols["DualWriteCore"].names == ("DualWriteCore", "msdyn_DualWriteCore")
+    assert not sols["Dynamics365Company"].satisfied_by("2.0.2.10")  # the documented mismatch
+    assert sols["Dynamics365Company"].satisfied_by("2.0.133") and not sols["Dynamics365Company"].satisfied_by(
+        None
+    )
+    gab = {s.uniquename for s in catalog.required_solutions(["Party & GAB"])}
+    assert {"Dynamics365SupplyChainExtended", "HCMCommon", "Party"} <= gab
+    with pytest.raises(KeyError, match="unknown dual-write package"):
+        catalog.required_solutions(["Nope"])
+
+
+def test_app_users_are_the_documented_ids() -> None:
+    ids = {(u.side, u.application_id) for u in catalog.app_users()}
+    assert ("dataverse", "00000015-0000-0000-c000-000000000000") in ids
+    assert ("finops", "6f7d0213-62b1-43a8-b7f4-ff2bb8b7b452") in ids

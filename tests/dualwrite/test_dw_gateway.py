@@ -1,0 +1,135 @@
+"""The gateway's wire shapes (those Dual-write-automations reads), with a delegated token."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from dw_helpers import Consultant, session_for
+
+from dwlib import catalog
+from dwlib.clients.dualwrite import INTEGRATOR_APP
+from dwlib.clients.http import HttpConfig, make_client
+
+API = "api/DualWriteManagement/1.0"
+
+
+@pytest.fixture
+def gateway(start_sandbox: Any) -> Iterator[tuple[Consultant, httpx.Client, str]]:
+    consultant = Consultant(start_sandbox("existing-new", rows=12, fresh=True))
+    consultant.portal("POST", "/lcs/power-platform-integration")
+    consultant.portal(
+        "POST", "/lcs/dual-write/link", {"legal_entities": ["USMF", "DAT"], "start_maps": False}
+    )
+    user = session_for(consultant.connection, method="device_code")
+    http = make_client(
+        HttpConfig(ca_bundle=Path(consultant.connection["ca_bundle"])),
+        auth=user.tokens.auth_for(INTEGRATOR_APP),
+    )
+    yield consultant, http, consultant.connection["gateway_url"]
+    http.close()
+    user.close()
+    consultant.close()
+
+
+def get(http: httpx.Client, url: str, **kw: Any) -> Any:
+    r = http.get(url, **kw)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_environments_entities_and_prerequisite_sequences(
+    gateway: tuple[Consultant, httpx.Client, str],
+) -> None:
+    consultant, http, root = gateway
+    host = urlsplit(consultant.connection["finops_url"]).netloc
+    (env,) = get(http, f"{root}/{API}/Environments", params={"targetType": "AX", "identifier": host})
+    assert set(env) >= {"cid", "cname", "targetType", "displayName", "detail", "powerAppsEnvironment"}
+    assert env["targetType"] == "AX" and env["detail"] == {"isSolutionAware": True}
+    assert get(http, f"{root}/{API}/Environments", params={"targetType": "AX", "identifier": "other"}) == []
+    maps = get(http, f"{root}/{API}/Entities", params={"targetType": "AX", "cid": env["cid"]})
+    by_name = {m["detail"]["tName"]: m for m in maps}
+    accounts = by_name["Customers V3 (accounts)"]
+    assert accounts["leftEntity"]["targetType"] == "AX" and accounts["rightEntity"]["name"] == "accounts"
+    assert accounts["detail"]["state"] == "6" and accounts["detail"]["actions"] == ["1"]  # NotRunning: Run
+    assert accounts["detail"]["template"]["version"]["major"] == 1
+    r = http.post(
+        f"{root}/{API}/GetTemplatePrerequisiteSequences/{env['cid']}", json=[accounts["detail"]["tid"]]
+    )
+    assert r.status_code == 200, r.text
+    tids = {m["detail"]["tid"]: name for name, m in by_name.items()}
+    assert [tids[t] for t in r.json()[0]] == catalog.dependency_order(["Customers V3 (accounts)"])
+
+
+def test_start_status_and_state_codes(gateway: tuple[Consultant, httpx.Client, str]) -> None:
+    consultant, http, root = gateway
+    host = urlsplit(consultant.connection["finops_url"]).netloc
+    (env,) = get(http, f"{root}/{API}/Environments", params={"targetType": "AX", "identifier": host})
+    maps = {
+        m["detail"]["tName"]: m["detail"]
+        for m in get(http, f"{root}/{API}/Entities", params={"targetType": "AX", "cid": env["cid"]})
+    }
+    legal = maps["Legal entities (cdm_companies)"]
+    body = {
+        "action": "1",
+        "details": [
+            {
+                "tid": legal["tid"],
+                "pid": legal["pid"],
+                "cid": env["cid"],
+                "parameters": {
+                    "skipInitialSync": False,
+                    "conflictResolution": {"option": "1", "master": "AX"},
+                },
+            }
+        ],
+    }
+    request_id = http.post(f"{root}/{API}/Start", json=body).json()["requestId"]
+    deadline = time.monotonic() + 20
+    while True:
+        (status,) = get(http, f"{root}/{API}/Status/{request_id}")
+        last = next(r for r in status["detail"]["lastRequests"] if r["requestId"] == request_id)
+        if last["state"] != "1" or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert last["state"] == "2" and status["detail"]["state"] == "4"  # Completed; Running
+    assert status["detail"]["actions"] == ["4", "5"]  # Stop, Pause
+    pid = status["detail"]["pid"]
+    details = get(http, f"{root}/api/ProjectExecutionWithCompanies/{pid}")
+    assert details["projectName"].startswith("DWM-")
+    (execution,) = details["projectExecutionResponses"]
+    assert execution["executionStatus"] == "Completed"
+    assert {leg["displayName"] for leg in execution["taskExecutionStatuses"][0]["legs"]} >= {
+        "From Dynamics 365 for Finance and Operations Entity to Dynamics 365 for Sales Entity"
+    }
+    r = http.post(
+        f"{root}/{API}/Start",
+        json={"action": "5", "details": [{"tid": legal["tid"], "pid": pid, "cid": env["cid"]}]},
+    )
+    (status,) = get(http, f"{root}/{API}/Status/{r.json()['requestId']}")
+    assert status["detail"]["state"] == "5"  # Paused
+    r = http.post(
+        f"{root}/{API}/Start", json={"action": "9", "details": [{"tid": legal["tid"], "cid": env["cid"]}]}
+    )
+    assert r.status_code == 400 and "unknown action" in r.json()["error"]["message"]
+
+
+def test_connection_set_and_reset(gateway: tuple[Consultant, httpx.Client, str]) -> None:
+    consultant, http, root = gateway
+    connection = consultant.portal("GET", "/dualwrite/connection")
+    conn_set = get(http, f"{root}/api/ConnectionSet/{connection['cname']}")
+    mappings = conn_set["dualWriteDetail"]["legalEntityMappings"]["mappings"]
+    assert [m["left"]["name"] for m in mappings] == ["USMF", "DAT"]
+    assert {e["targetType"] for e in conn_set["environments"].values()} == {"AX", "CRM"}
+    r = http.post(
+        f"{root}/api/ConnectionSet/{connection['cid']}/Reset",
+        params={"targetType": "AX", "forceReset": "false"},
+        json={"legalEntities": ["USMF"]},
+    )
+    assert r.status_code == 200, r.text
+    assert consultant.portal("GET", "/dualwrite/connection")["legalEntities"] == ["USMF"]
