@@ -1,0 +1,127 @@
+"""The six setup scenarios of "Guidance for dual-write setup", as ordered step lists (data).
+
+Each scenario lists its steps in the order the guidance gives them, including its
+sub-procedures (create the company, add it to the connection, bootstrap with the company code,
+initial sync) and the Lifecycle Services / Power Platform integration gate. A step appears by
+its registered name (`dwlib.steps.STEPS`); `id` tells two uses of one step apart in a run.
+
+Example:
+    >>> [s.id for s in SCENARIOS["new-new"].steps]
+    ['preflight', 'power-platform-integration', 'legal-entities', 'plan', 'table-maps', 'verify']
+    >>> scenario("existing-existing").dataverse
+    'existing'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+GUIDE = "https://learn.microsoft.com/dynamics365/fin-ops-core/dev-itpro/data-entities/dual-write/connection-setup"
+
+
+@dataclass(frozen=True)
+class StepRef:
+    """One step of a scenario: its id in the run, the registered step, the step's options."""
+
+    id: str
+    step: str
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A setup scenario: which environment is new or existing, and its steps in order."""
+
+    id: str
+    title: str
+    finops: Literal["new", "new-with-data", "existing"]
+    dataverse: Literal["new", "existing"]
+    steps: tuple[StepRef, ...]
+
+    @property
+    def doc_url(self) -> str:
+        return f"{GUIDE}#{self.id}"
+
+    def step_ids(self) -> list[str]:
+        """The step ids in order (what a notebook must run, one cell each)."""
+        return [s.id for s in self.steps]
+
+
+def _s(*ids: str | tuple[str, str, dict[str, Any]]) -> tuple[StepRef, ...]:
+    refs = []
+    for item in ids:
+        if isinstance(item, str):
+            refs.append(StepRef(item, item))
+        else:
+            ref_id, step, options = item
+            refs.append(StepRef(ref_id, step, MappingProxyType(options)))
+    return tuple(refs)
+
+
+_LINK = ("preflight", "power-platform-integration", "legal-entities")
+_NEW_COMPANY = ("create-company", "add-company", "bootstrap-simulate", "bootstrap-apply")
+
+SCENARIOS: dict[str, Scenario] = {
+    s.id: s
+    for s in (
+        Scenario(
+            "new-new",
+            "New finance and operations environment and new Dataverse environment",
+            "new", "new",
+            _s(*_LINK, "plan", "table-maps", "verify"),
+        ),
+        Scenario(
+            "new-existing",
+            "New finance and operations environment and existing Dataverse environment",
+            "new", "existing",
+            _s(*_LINK, *_NEW_COMPANY, "plan", "migrate", "table-maps", "initial-sync", "verify"),
+        ),
+        Scenario(
+            "new-data-new",
+            "New finance and operations environment with data and new Dataverse environment",
+            "new-with-data", "new",
+            _s(*_LINK, "plan", "migrate", "table-maps", "initial-sync", "verify"),
+        ),
+        Scenario(
+            "new-data-existing",
+            "New finance and operations environment with data and existing Dataverse environment",
+            "new-with-data", "existing",
+            _s(
+                *_LINK, "plan", "migrate", "table-maps", "initial-sync",
+                *_NEW_COMPANY,
+                ("initial-sync-new-company", "initial-sync", {"companies": "created"}),
+                "verify",
+            ),
+        ),
+        Scenario(
+            "existing-new",
+            "Existing finance and operations environment and new Dataverse environment",
+            "existing", "new",
+            _s(*_LINK, "plan", "migrate", "table-maps", "initial-sync", "verify"),
+        ),
+        Scenario(
+            "existing-existing",
+            "Existing finance and operations environment and existing Dataverse environment",
+            "existing", "existing",
+            _s(*_LINK, "bootstrap-simulate", "bootstrap-apply", "plan", "migrate", "table-maps",
+               "initial-sync", "verify"),
+        ),
+    )
+}
+
+
+def scenario(scenario_id: str) -> Scenario:
+    """The scenario `scenario_id`; a clear error names the valid ids.
+
+    >>> scenario("new-new").finops
+    'new'
+    """
+    try:
+        return SCENARIOS[scenario_id]
+    except KeyError:
+        raise KeyError(
+            f"unknown scenario {scenario_id!r}: use one of {', '.join(SCENARIOS)}"
+        ) from None
