@@ -1,4 +1,8 @@
-"""Helpers of the dual-write tests: a seeded runtime (no server), async runs, a consultant's portal."""
+"""Test helpers shared across test folders.
+
+A seeded runtime (no server), async runs, a consultant playing the portal, and library
+sessions for a running sandbox.
+"""
 
 from __future__ import annotations
 
