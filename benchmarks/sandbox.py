@@ -34,6 +34,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
+from dwlib.clients import HttpConfig, TokenProvider, make_client, scope_for  # noqa: E402
+from dwlib.params import load_params  # noqa: E402
 from dwlib.sandbox import control, profiles  # noqa: E402
 from dwlib.sandbox.state import Settings  # noqa: E402
 from dwlib.sandbox.store import Store  # noqa: E402
@@ -154,7 +156,10 @@ def run(rows: int, seed_rows: int, log: Callable[[str], None]) -> dict[str, Any]
         conn = control.start("new-existing", root=root, rows=rows, port=0).connection
         startup = time.perf_counter() - t0
         try:
-            token = control.acquire_token(conn, "dataverse")
+            params = load_params({"scenario": "new-existing", "sandbox": {"dir": str(root)},
+                                  "auth": {"token_cache": str(Path(tmp) / "msal_cache.bin")}})
+            with make_client(HttpConfig.from_params(params)) as http:
+                token = TokenProvider.from_params(params, http).token(scope_for(conn["dataverse_url"]))
             db = root / "state.sqlite"
             log("paged reads …")
             ids, http_read_s = http_reads(conn, token)

@@ -1,4 +1,4 @@
-"""Shared fixtures: sandbox processes for the session, tokens from them with msal.
+"""Shared fixtures: sandbox processes for the session, tokens from them through `dwlib.clients`.
 
 - `start_sandbox(profile="existing-existing", *, rows=50, fresh=False, **options) -> dict`
   (session scope) starts a sandbox process in a temporary directory on a free port and returns its
@@ -9,7 +9,9 @@
 - `sandbox` (session scope): `start_sandbox()` with the defaults; parametrize it indirectly with a
   profile name for another profile: `@pytest.mark.parametrize("sandbox", ["new-new"], indirect=True)`.
 - `sandbox_token(connection, resource="dataverse", credential="secret") -> str`: an access token
-  from msal (`resource` "dataverse", "finops" or a URL; `credential` "secret" or "certificate").
+  signed in the library's way (`dw_helpers.sandbox_token`: `dwlib.clients.auth` with parameters
+  from the sandbox's `connection.yaml`; `resource` "dataverse", "finops" or a URL; `credential`
+  "secret" or "certificate"); msal's cache lives in the session's temporary directory.
 
 Example:
     def test_whoami(sandbox, sandbox_token):
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dw_helpers import sandbox_token as _sandbox_token
 
 from dwlib.sandbox import control
 
@@ -69,6 +72,11 @@ def sandbox(start_sandbox: StartSandbox, request: pytest.FixtureRequest) -> dict
 
 
 @pytest.fixture(scope="session")
-def sandbox_token() -> Callable[..., str]:
-    """`sandbox_token(connection, resource="dataverse", credential="secret")`: a token via msal."""
-    return control.acquire_token
+def sandbox_token(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., str]:
+    """`sandbox_token(connection, resource="dataverse", credential="secret")`: a token via dwlib.clients."""
+    cache = tmp_path_factory.mktemp("msal") / "msal_cache.bin"
+
+    def token(connection: dict[str, Any], resource: str = "dataverse", credential: str = "secret") -> str:
+        return _sandbox_token(connection, resource, credential, token_cache=cache)
+
+    return token

@@ -13,8 +13,8 @@ from typing import Any
 
 import httpx
 
-from dwlib.clients.session import Session, connect
-from dwlib.params import load_params
+from dwlib.clients import HttpConfig, Session, TokenProvider, connect, make_client, scope_for
+from dwlib.params import Params, load_params
 from dwlib.sandbox import control, profiles
 from dwlib.sandbox.dualwrite import DualWrite
 from dwlib.sandbox.state import Settings
@@ -70,7 +70,7 @@ class Consultant:
 
     def _auth(self, resource: str) -> dict[str, str]:
         if resource not in self._tokens:
-            self._tokens[resource] = control.acquire_token(self.connection, resource)
+            self._tokens[resource] = sandbox_token(self.connection, resource)
         return {"Authorization": f"Bearer {self._tokens[resource]}"}
 
     def fo(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
@@ -100,10 +100,54 @@ class Consultant:
         self.http.close()
 
 
+def perform_map_gate(consultant: Consultant, steps: list[str], title: str) -> bool:
+    """Do a table-map gate of `PortalAdmin` (Run, Stop, Pause, Resume) through the sandbox portal,
+    as its instruction (`title`, `steps`) says; False when the instruction is not a map gate."""
+    from dwlib import catalog
+
+    if title.startswith("Run table map"):
+        selected = next(s for s in steps if s.startswith("Select '")).split("'")[1]
+        order = next(s for s in steps if s.startswith("Keep these maps")).split(": ", 1)[1]
+        related = [n for n in order.rstrip(".").split(" → ") if n != selected]
+        master = "finops" if "Finance and Operations apps" in " ".join(steps) else "dataverse"
+        initial = any("keep Initial Sync selected" in s for s in steps)
+        consultant.portal("POST", f"/dualwrite/maps/{catalog.table_map(selected).id}/run",
+                          {"related": related, "initial_sync": initial, "master": master})
+        return True
+    verb = title.split()[0].lower()
+    if verb not in ("stop", "pause", "resume") or "table maps " not in title:
+        return False
+    for name in title.split("table maps ", 1)[1].split(", "):
+        consultant.portal("POST", f"/dualwrite/maps/{catalog.table_map(name).id}/{verb}")
+    return True
+
+
+def sandbox_params(connection: dict[str, Any], **overrides: Any) -> Params:
+    """Parameters that name the sandbox directory and nothing else (as params/sandbox-*.yaml do);
+    `overrides` as for `load_params`, e.g. `**{"auth.method": "certificate"}`."""
+    return load_params({"scenario": connection["profile"], "sandbox": {"dir": connection["state_dir"]}},
+                       overrides)
+
+
 def session_for(connection: dict[str, Any], **auth: Any) -> Session:
     """The library's clients for a running sandbox (app credentials, or `method="device_code"`)."""
-    root = Path(connection["ca_bundle"]).parent
-    params = load_params(
-        {"scenario": connection["profile"], "sandbox": {"dir": str(root)}, **({"auth": auth} if auth else {})}
-    )
+    params = sandbox_params(connection, **{f"auth.{k}": v for k, v in auth.items()})
     return connect(params, device_prompt=lambda message: None)
+
+
+def sandbox_token(connection: dict[str, Any], resource: str = "dataverse", credential: str = "secret", *,
+                  token_cache: Path | None = None) -> str:
+    """An access token from a running sandbox, signed in the library's way (`dwlib.clients.auth`).
+
+    `resource` is "dataverse", "finops" or a URL; `credential` "secret" or "certificate"; msal's
+    cache goes to `token_cache` (default: under `XDG_CACHE_HOME`, which test fixtures point at a
+    temporary directory).
+    """
+    method = {"secret": "client_secret", "certificate": "certificate"}[credential]
+    overrides: dict[str, Any] = {"auth.method": method}
+    if token_cache is not None:
+        overrides["auth.token_cache"] = str(token_cache)
+    params = sandbox_params(connection, **overrides)
+    with make_client(HttpConfig.from_params(params)) as http:
+        tokens = TokenProvider.from_params(params, http)
+        return tokens.token(scope_for(connection.get(f"{resource}_url", resource)))

@@ -1,4 +1,4 @@
-"""The `dw` command: sandbox start/status/stop/serve, bad arguments, and the demo."""
+"""The `dw sandbox` commands: start, status, stop, serve, bad arguments (run and demo: test_cli_run)."""
 
 from __future__ import annotations
 
@@ -116,17 +116,3 @@ def test_serve_in_the_foreground_until_ctrl_c(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-
-
-def test_demo_reads_both_sides_and_stops(tmp_path: Path) -> None:
-    root = tmp_path / "demo"
-    try:
-        result = dw("demo", "--dir", str(root))
-        assert result.returncode == 0, result.stderr
-        rows = control.table_rows(root)
-        assert f"Dataverse: {rows['accounts']:,} accounts, {rows['contacts']:,} contacts" in result.stdout
-        assert f"F&O: {rows['LegalEntities']} legal entities" in result.stdout
-        assert rows["accounts"] == server.DEFAULT_ROWS
-        assert not control.status(root).running
-    finally:
-        control.stop(root)

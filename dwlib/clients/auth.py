@@ -118,8 +118,12 @@ class TokenCacheFile(msal.SerializableTokenCache):
             self.has_state_changed = False
 
 
-class _MsalHttp:
-    """msal's `http_client`: our stack's client, with token calls marked safe to repeat."""
+class MsalHttp:
+    """msal's `http_client` over an `httpx.Client`: token calls marked safe to repeat, and form values
+    msal hands over as bytes (the certificate assertion) sent as text, not as "b'…'".
+
+    >>> # msal.ConfidentialClientApplication(client_id, ..., http_client=MsalHttp(make_client(config)))
+    """
 
     def __init__(self, client: httpx.Client) -> None:
         self._client = client
@@ -179,7 +183,7 @@ class TokenProvider:
         common: dict[str, Any] = {
             "authority": authority,
             "token_cache": TokenCacheFile(auth.token_cache or default_cache_path()),
-            "http_client": _MsalHttp(http),
+            "http_client": MsalHttp(http),
         }
         if httpx.URL(authority).host not in _MICROSOFT_HOSTS:
             common["instance_discovery"] = False

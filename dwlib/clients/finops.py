@@ -90,6 +90,10 @@ class FinOpsClient(ODataService):
         self.send("PATCH", f"{entity_set}{key_segment(key)}", json=changes, params={"cross-company": "true"},
                   safe=True)
 
+    def delete(self, entity_set: str, key: Key, *, params: Mapping[str, str] | None = None) -> None:
+        """Delete the row with this key (any company: the key carries `dataAreaId`)."""
+        super().delete(entity_set, key, params={"cross-company": "true", **(params or {})})
+
     def action(self, path: str, body: Mapping[str, Any], *, safe: bool) -> Any:
         """POST an OData action and return its `value` (unwrapping nested `{"value": …}`)."""
         value = self.json("POST", path, json=body, safe=safe)

@@ -116,6 +116,14 @@ class ODataService:
         response = self.send(method, path, **kwargs)
         return response.json() if response.content else None
 
+    def delete(self, entity_set: str, key: Key, *, params: Mapping[str, str] | None = None) -> None:
+        """Delete a row. A 404 after a repeated attempt means the first attempt did it."""
+        response = self.send("DELETE", f"{entity_set}{key_segment(key)}", check=False, params=params)
+        retry = response.extensions.get("retry")
+        repeated = bool(retry is not None and retry.attempts_made)
+        if response.status_code >= 300 and not (response.status_code == 404 and repeated):
+            raise self.error(response)
+
     def pages(
         self, path: str, params: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None
     ) -> Iterator[list[dict[str, Any]]]:

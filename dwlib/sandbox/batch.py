@@ -26,7 +26,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from email.message import Message
@@ -36,7 +36,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route, Router
 from starlette.types import ASGIApp
 from starlette.types import Message as AsgiMessage
 
@@ -141,6 +141,29 @@ def route(path: str, svc: BatchService) -> Route:
         return Response(body, status, headers, media_type=f"multipart/mixed; boundary={boundary}")
 
     return Route(path, endpoint, methods=["POST"])
+
+
+def service_routes(
+    path: str,
+    handle: Callable[[Request], Awaitable[Response]],
+    *,
+    root_url: str,
+    check: Callable[[Request], object],
+    render: Callable[[ODataError], Response],
+    transaction: Callable[[], AbstractContextManager[None]],
+) -> list[BaseRoute]:
+    """A service's routes under `path`: its root and everything below it go to `handle`, and
+    `path/$batch` dispatches its parts into those same routes (arguments as for `BatchService`).
+
+    >>> # return batch.service_routes(API, svc.handle, root_url=svc.root, check=svc.caller,
+    >>> #                             render=error_response, transaction=sbx.store.transaction)
+    """
+    inner = Router(routes=[
+        Route(path, handle, methods=["GET"]),
+        Route(path + "/{path:path}", handle, methods=["GET", "POST", "PATCH", "PUT", "DELETE"]),
+    ])
+    svc = BatchService(root_url=root_url, app=inner, check=check, render=render, transaction=transaction)
+    return [route(path + "/$batch", svc), *inner.routes]
 
 
 async def _parse(request: Request) -> Message:

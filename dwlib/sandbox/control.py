@@ -4,12 +4,14 @@ A sandbox runs as a detached `python -m dwlib.sandbox serve --dir DIR` process l
 `DIR/sandbox.log`; `start` returns once `/_sandbox/health` answers over HTTPS verified against the
 sandbox's own CA, with the contents of `DIR/connection.yaml`.
 
+Clients sign in with `dwlib.clients` (parameters `sandbox: {dir: …}` take everything from
+`connection.yaml`); the sandbox never imports the library's clients.
+
 Example:
     >>> # conn = start("existing-existing", root=Path("/tmp/sbx"), rows=100).connection
-    >>> # token = acquire_token(conn, "dataverse")
-    >>> # with http_client(conn) as http:
-    >>> #     http.get(f"{conn['dataverse_url']}/api/data/v9.2/WhoAmI",
-    >>> #              headers={"Authorization": f"Bearer {token}"}).json()["UserId"]
+    >>> # with dwlib.clients.connect(load_params({"scenario": "existing-existing",
+    >>> #                                         "sandbox": {"dir": "/tmp/sbx"}})) as session:
+    >>> #     session.dataverse.whoami()["UserId"]
     >>> # stop(Path("/tmp/sbx"))
     >>> default_dir("new-new").as_posix()
     '.dw/sandbox/new-new'
@@ -28,13 +30,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Unpack
 
 import httpx
-import msal
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 
 from ..errors import SandboxError
 from . import server
@@ -65,7 +64,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
                         help=f"rows to seed per main table (default {server.DEFAULT_ROWS})")
     parser.add_argument("--dir", type=Path, help="state directory (default .dw/sandbox/<profile>)")
     parser.add_argument("--port", type=int, help="HTTPS port on 127.0.0.1 (default 0: a free port)")
-    parser.add_argument("--faults", help="e.g. latency=20ms,429=0.05,5xx=0.02,drop=0.01,seed=7")
+    parser.add_argument("--faults", help="e.g. latency=20ms,429=0.05,503=0.02,504=0.01,drop=0.01,seed=7 "
+                                          "(also 500=R, and 5xx=R for any of 500/503/504)")
     parser.add_argument("--limits", help="e.g. requests=100,window=10,exec=5,concurrency=4,finops=8")
 
 
@@ -121,32 +121,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _ssl_context(connection: dict[str, Any]) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=connection["ca_bundle"])
-
-
 def http_client(connection: dict[str, Any], **kwargs: Any) -> httpx.Client:
     """An `httpx.Client` that trusts the sandbox CA (TLS stays verified).
 
     >>> # with http_client(conn, timeout=30) as http:
     >>> #     http.get(conn["dataverse_url"] + "/api/data/v9.2/WhoAmI")
     """
-    return httpx.Client(verify=_ssl_context(connection), **kwargs)
-
-
-class MsalHttpClient(httpx.Client):
-    """An `httpx.Client` msal can use for every grant (pass it as `http_client=`).
-
-    msal hands the certificate assertion over as bytes, which httpx would send as the text
-    "b'eyJ…'" (Entra, and the sandbox, then answer AADSTS50027): this client sends it as text.
-
-    >>> # msal.ConfidentialClientApplication(..., http_client=MsalHttpClient(verify=ctx))
-    """
-
-    def post(self, url: httpx.URL | str, *, data: Any = None, **kwargs: Any) -> httpx.Response:
-        if isinstance(data, dict):
-            data = {k: v.decode() if isinstance(v, bytes) else v for k, v in data.items()}
-        return super().post(url, data=data, **kwargs)
+    return httpx.Client(verify=ssl.create_default_context(cafile=connection["ca_bundle"]), **kwargs)
 
 
 def _healthy(connection: dict[str, Any], timeout: float = 2.0) -> bool:
@@ -200,16 +181,13 @@ def start(
     profile: str | None = None,
     *,
     root: Path | None = None,
-    rows: int | None = None,
-    port: int | None = None,
-    faults: str | None = None,
-    limits: str | None = None,
-    token_lifetime_s: int | None = None,
-    device_code_approve_after_s: float | None = None,
     timeout: float | None = None,
     owner_pid: int | None = None,
+    **options: Unpack[server.Options],
 ) -> Started:
-    """Start the sandbox of `root` (default `.dw/sandbox/<profile>`) in the background.
+    """Start the sandbox of `root` (default `.dw/sandbox/<profile>`) in the background; `options`
+    (rows, port, faults, limits, token_lifetime_s, device_code_approve_after_s) as for
+    `server.configure`.
 
     Returns once it answers over verified HTTPS. When it is already running, returns its
     connection with `already_running=True` and changes nothing. Raises SandboxError on bad
@@ -223,9 +201,7 @@ def start(
     current = status(root)
     if current.running and current.pid is not None:  # it may still be seeding: wait for it
         return Started(root, _await_ready(root, current.pid, timeout or 120.0), already_running=True)
-    settings = server.configure(root, profile=profile, rows=rows, port=port, faults=faults, limits=limits,
-                                token_lifetime_s=token_lifetime_s,
-                                device_code_approve_after_s=device_code_approve_after_s)
+    settings = server.configure(root, profile=profile, **options)
     if settings.port:
         server.bind(settings.port).close()  # fail here, with the fix, rather than in the log
     paths = Paths(root)
@@ -270,7 +246,7 @@ def _await_ready(root: Path, pid: int, timeout: float) -> dict[str, Any]:
 
 
 def serve(profile: str | None = None, *, root: Path | None = None, owner_pid: int | None = None,
-          **options: Any) -> None:
+          **options: Unpack[server.Options]) -> None:
     """Run a sandbox in the foreground (`dw sandbox serve`) until Ctrl+C; options as for `start`.
 
     >>> # serve("new-new", root=Path("/tmp/sbx"), port=8443)
@@ -359,33 +335,3 @@ def stop(root: Path, timeout: float = 10.0) -> bool:
     paths.pid.unlink(missing_ok=True)
     paths.connection.unlink(missing_ok=True)
     return was_running
-
-
-def acquire_token(
-    connection: dict[str, Any],
-    resource: str = "dataverse",
-    credential: Literal["secret", "certificate"] = "secret",
-) -> str:
-    """An access token for `resource` ("dataverse", "finops" or a URL) from the sandbox, via msal.
-
-    Uses the app registration's secret or its certificate (client assertion), like a real
-    service principal. Raises SandboxError with Entra's error when the sandbox refuses.
-
-    >>> # acquire_token(conn, "finops", credential="certificate")
-    """
-    url = connection.get(f"{resource}_url", resource)
-    if credential == "secret":
-        client_credential: Any = Path(connection["client_secret_file"]).read_text().strip()
-    else:
-        cert = x509.load_pem_x509_certificate(Path(connection["client_certificate_file"]).read_bytes())
-        client_credential = {"private_key": Path(connection["client_private_key_file"]).read_text(),
-                             "thumbprint": cert.fingerprint(hashes.SHA1()).hex()}
-    with MsalHttpClient(verify=_ssl_context(connection), timeout=30) as http:
-        app = msal.ConfidentialClientApplication(
-            connection["client_id"], authority=connection["authority"], client_credential=client_credential,
-            http_client=http, instance_discovery=False)
-        result = app.acquire_token_for_client(scopes=[f"{url}/.default"])
-    if "access_token" not in result:
-        raise SandboxError(f"the sandbox refused a token for {url}: {result.get('error')}: "
-                           f"{result.get('error_description')}")
-    return str(result["access_token"])

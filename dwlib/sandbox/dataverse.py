@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route, Router
+from starlette.routing import BaseRoute
 
 from . import batch
 from .context import AuthError, Sandbox
@@ -64,6 +64,8 @@ log = logging.getLogger(__name__)
 API = "/api/data/v9.2"
 MAX_PAGE = 5000
 COUNT_LIMIT = 5000
+AGGREGATE_LIMIT = 50_000  # rows an aggregate ($apply) may cover: a fixed platform limit
+AGGREGATE_LIMIT_EXCEEDED = "0x8004e023"
 ETAG_SQL = "'W/\"' || \"versionnumber\" || '\"'"
 NOT_FOUND = "0x80040217"
 DUPLICATE = "0x80040237"
@@ -87,13 +89,8 @@ def routes(sbx: Sandbox) -> list[BaseRoute]:
     >>> # app = Starlette(routes=[Mount("/dataverse", routes=routes(sbx))])
     """
     svc = _Dataverse(sbx)
-    inner = Router(routes=[
-        Route(API, svc.handle, methods=["GET"]),
-        Route(API + "/{path:path}", svc.handle, methods=["GET", "POST", "PATCH", "PUT", "DELETE"]),
-    ])
-    batch_svc = batch.BatchService(root_url=svc.root, app=inner, check=svc.caller,
-                                   render=error_response, transaction=sbx.store.transaction)
-    return [batch.route(API + "/$batch", batch_svc), *inner.routes]
+    return batch.service_routes(API, svc.handle, root_url=svc.root, check=svc.caller,
+                                render=error_response, transaction=sbx.store.transaction)
 
 
 class _Binder:
@@ -250,6 +247,9 @@ class _Dataverse:
         prefer = parse_prefer(request.headers.getlist("prefer"))
         size = page_size(prefer, MAX_PAGE)
         columns = self._select(ent, q.select)
+        if q.apply is not None and count_rows(self.conn, q) > AGGREGATE_LIMIT:
+            raise ODataError(400, "AggregateQueryRecordLimit exceeded. Cannot perform this operation.",
+                             AGGREGATE_LIMIT_EXCEEDED)
         page = fetch_page(self.conn, q, columns, size, ETAG_SQL)
         if q.apply is not None:
             shape = [*q.apply.groupby, *q.apply.aggregates]

@@ -48,6 +48,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from . import fo_rules
 from .context import Sandbox
 from .odata import ODataError, WriteEvent, run_write_hooks
 from .schema import ENTITIES, Entity
@@ -82,20 +83,21 @@ class DmfError(Exception):
 
 @dataclass(frozen=True)
 class DmfEntity:
-    """An F&O entity as DMF names it (label: file and manifest name; target: AOT entity) and the
-    checks an import makes: mandatory fields, allowed values, relations to other entities.
+    """An F&O entity as DMF names it: label (file and manifest name) and target (AOT entity).
 
-    >>> DMF_ENTITIES["Currencies"].fields
-    ['CURRENCYCODE', 'NAME', 'SYMBOL']
+    Imports check rows with the F&O table rules of `fo_rules`, like every F&O write.
+
+    >>> DMF_ENTITIES["Currencies"].fields, DMF_ENTITIES["Currencies"].target
+    (['CURRENCYCODE', 'NAME', 'SYMBOL'], 'CurrencyEntity')
     """
 
     entity: Entity
     label: str
-    target: str
-    # (field, referenced entity set, its field); within the company when the target has dataAreaId
-    references: tuple[tuple[str, str, str], ...] = ()
-    required: tuple[str, ...] = ()
-    choices: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    @property
+    def target(self) -> str:
+        """The AOT entity (`TargetEntity` in manifests)."""
+        return fo_rules.table(self.entity)
 
     @property
     def company_specific(self) -> bool:
@@ -113,25 +115,9 @@ class DmfEntity:
         return [c.upper() for c in self.columns]
 
 
-def _entities() -> dict[str, DmfEntity]:
-    e = ENTITIES
-    return {d.entity.name: d for d in (
-        DmfEntity(e["LegalEntities"], "Legal entities", "OMLegalEntity",
-                  (("AccountingCurrency", "Currencies", "CurrencyCode"),), ("LegalEntityId",)),
-        DmfEntity(e["Currencies"], "Currencies", "CurrencyEntity", (), ("CurrencyCode",)),
-        DmfEntity(e["PaymentTerms"], "Terms of payment", "PaymTermEntity", (), ("Name",)),
-        DmfEntity(e["CustomerGroups"], "Customer groups", "CustCustomerGroupEntity",
-                  (("PaymentTermId", "PaymentTerms", "Name"),), ("CustomerGroupId",)),
-        DmfEntity(e["CustomersV3"], "Customers V3", "CustCustomerV3Entity",
-                  (("CustomerGroupId", "CustomerGroups", "CustomerGroupId"),
-                   ("SalesCurrencyCode", "Currencies", "CurrencyCode"),
-                   ("PaymentTerms", "PaymentTerms", "Name")),
-                  ("CustomerAccount", "CustomerGroupId", "PartyType"),
-                  (("PartyType", ("Organization", "Person")),)),
-    )}
-
-
-DMF_ENTITIES: dict[str, DmfEntity] = _entities()
+DMF_ENTITIES: dict[str, DmfEntity] = {name: DmfEntity(ENTITIES[name], label) for name, label in (
+    ("LegalEntities", "Legal entities"), ("Currencies", "Currencies"), ("PaymentTerms", "Terms of payment"),
+    ("CustomerGroups", "Customer groups"), ("CustomersV3", "Customers V3"))}
 
 
 def find_entity(name: str) -> DmfEntity | None:
@@ -664,7 +650,7 @@ class DmfService:
                     await asyncio.sleep(self.step_delay_s)
                 done = sum(s.get("created", 0) + s.get("updated", 0) + s.get("exported", 0)
                            for s in job["entities"].values())
-                job["status"] = _outcome(job["errorCount"], done)
+                job["status"] = outcome(job["errorCount"], done)
             except DmfError as exc:
                 self._error(job, "", 0, "", exc.message)
                 job["status"] = "Failed"
@@ -737,7 +723,7 @@ class DmfService:
                 yield
             if failed:
                 self._write_error_file(job["executionId"], pe, failed)
-            stats["status"] = _outcome(stats["errors"], stats["created"] + stats["updated"])
+            stats["status"] = outcome(stats["errors"], stats["created"] + stats["updated"])
 
     def _write_error_file(
         self, execution_id: str, pe: PackageEntity, failed: list[tuple[int, list[str], str]]
@@ -755,8 +741,12 @@ def _error_file(execution_id: str, dmf: DmfEntity) -> str:
     return f"errors-{_blob_stem(execution_id)}-{dmf.target}.csv"
 
 
-def _outcome(errors: int, done: int) -> str:
-    """The summary status of a finished job (or entity) from its error and success counts."""
+def outcome(errors: int, done: int) -> str:
+    """The summary status of a finished job (or entity) from its error and success counts.
+
+    >>> outcome(0, 5), outcome(2, 5), outcome(2, 0)
+    ('Succeeded', 'PartiallySucceeded', 'Failed')
+    """
     if not errors:
         return "Succeeded"
     return "PartiallySucceeded" if done else "Failed"
@@ -776,15 +766,16 @@ def _q(name: str) -> str:
 class _Importer:
     """Validates and upserts the rows of one package entity into its F&O table.
 
-    Rows are written like OData writes are: through the store and the write hooks
-    (`sbx.extras["write_hooks"]`, e.g. dual-write live sync), so a running map mirrors an import
-    and a row the hook refuses is a row error, rolled back alone.
+    Rows are checked with F&O's table rules (`fo_rules`) and written like OData writes are:
+    through the store and the write hooks (`sbx.extras["write_hooks"]`, e.g. dual-write live
+    sync), so a running map mirrors an import and a row the hook refuses is a row error, rolled
+    back alone.
     """
 
     def __init__(self, sbx: Sandbox, pe: PackageEntity, company: str) -> None:
         self.sbx, self.store, self.pe, self.company = sbx, sbx.store, pe, company
         self.ent = pe.dmf.entity
-        self._known: set[tuple[str, str]] = set()  # references found (positive results only)
+        self._references = fo_rules.References(sbx.store, cache=True)
 
     def chunk(
         self, start: int, size: int, stats: dict[str, int]
@@ -796,31 +787,35 @@ class _Importer:
                 values, problems = self._convert(row)
                 key = {k: values.get(k) for k in self.ent.key}
                 record = ",".join(str(v) for k, v in key.items() if k != "dataAreaId" and v is not None)
+                existing = self.store.get(self.ent, key) if all(key.values()) else None
+                after = values if existing is None else {**existing, **values}
+                problems += [p.message for p in fo_rules.problems(
+                    self.store, self.ent, after, exists=self._references)]
                 if not problems:
                     try:
-                        stats[self._write(key, values)] += 1
+                        stats[self._write(key, values, existing is None)] += 1
                         continue
                     except ODataError as exc:
                         problems.append(exc.message)
                 stats["errors"] += 1
                 yield line, row, " ".join(problems), record
 
-    def _write(self, key: dict[str, Any], values: dict[str, Any]) -> str:
+    def _write(self, key: dict[str, Any], values: dict[str, Any], creating: bool) -> str:
         """Upsert one row with its hooks in a savepoint; "created" or "updated"."""
         with self.store.transaction():
-            if self.store.get(self.ent, key) is None:
-                outcome, op = "created", "create"
+            if creating:
+                counter, op = "created", "create"
                 self.store.insert_rows(self.ent, [values])
             else:
-                outcome, op = "updated", "update"
+                counter, op = "updated", "update"
                 self.store.update_rows(self.ent, [(key, {k: v for k, v in values.items() if k not in key})])
             run_write_hooks(self.sbx.extras,
                             lambda: WriteEvent(self.ent, op, [self.store.get(self.ent, key) or values]))
-        return outcome
+        return counter
 
     def _convert(self, row: list[str]) -> tuple[dict[str, Any], list[str]]:
-        d = self.pe.dmf
-        values: dict[str, Any] = {"dataAreaId": self.company} if d.company_specific else {}
+        """The row's values by schema column, and the fields that are not valid numbers."""
+        values: dict[str, Any] = {"dataAreaId": self.company} if self.pe.dmf.company_specific else {}
         problems = []
         for raw, (header, col) in zip(row, self.pe.fields.items(), strict=False):
             text = raw.strip()
@@ -830,26 +825,4 @@ class _Importer:
                     float(text) if typ == "decimal" else text)
             except ValueError:
                 problems.append(f"The value '{text}' of field '{header}' is not a valid number.")
-        for col in d.required:
-            if not values.get(col):
-                problems.append(f"Field '{col.upper()}' must be filled in.")
-        for col, allowed in d.choices:
-            if values.get(col) and values[col] not in allowed:
-                problems.append(f"The value '{values[col]}' of field '{col.upper()}' is not valid: use "
-                                f"{' or '.join(allowed)}.")
-        for col, target, field in d.references:
-            value = values.get(col)
-            if value and not self._exists(target, field, value):
-                problems.append(f"The value '{value}' in field '{col.upper()}' is not found in the relating "
-                                f"table '{DMF_ENTITIES[target].label}'.")
         return values, problems
-
-    def _exists(self, target: str, field: str, value: str) -> bool:
-        if (target, value) in self._known:
-            return True
-        ent = ENTITIES[target]
-        match = {field: value, **({"dataAreaId": self.company} if "dataAreaId" in ent.key else {})}
-        found = bool(self.store.find(ent, match, limit=1))
-        if found:
-            self._known.add((target, value))
-        return found

@@ -532,45 +532,8 @@ class DualWrite:
         self._save(rec)
         self.store.kv_set(f"dw.job.{log.record['executionId']}", log.record)
         if log.record["status"] != "Executing":
-            self._publish_to_dmf(log.record)
-
-    def _publish_to_dmf(self, job: dict[str, Any]) -> None:
-        """The finished job in F&O's DMF job history (`dmf.job.<id>`, see dmf.py): the initial sync
-        runs as DMF packages, and its FinOps job name is the execution id."""
-        legs = [leg for le in job["legalEntities"] for leg in le["legs"].values()]
-        done = sum(leg["importRecordsInsertedCount"] + leg["importRecordsUpdatedCount"] for leg in legs)
-        status = "Succeeded" if not job["errorCount"] else "PartiallySucceeded" if done else "Failed"
-        self.store.kv_set(
-            f"dmf.job.{job['executionId']}",
-            {
-                "executionId": job["executionId"],
-                "operation": "DualWriteInitialSync",
-                "definitionGroupId": job["map"],
-                "legalEntityId": ",".join(le["legalEntityId"] for le in job["legalEntities"]),
-                "status": status,
-                "createdOn": job["submittedOn"],
-                "startedOn": job["submittedOn"],
-                "finishedOn": job["finishedOn"],
-                "entities": {
-                    job["map"]: {
-                        "status": status,
-                        "created": sum(leg["importRecordsInsertedCount"] for leg in legs),
-                        "updated": sum(leg["importRecordsUpdatedCount"] for leg in legs),
-                        "errors": job["errorCount"],
-                    }
-                },
-                "errorCount": job["errorCount"],
-                "errors": [
-                    {
-                        "EntityName": job["map"],
-                        "LineNumber": 0,
-                        "RecordKey": e["recordId"],
-                        "ErrorMessage": e["errorMessage"],
-                    }
-                    for e in job["errors"]
-                ],
-            },
-        )
+            # F&O's DMF job history shows it too (see dmf.py): the FinOps job name is the execution id.
+            self.store.kv_set(f"dmf.job.{log.record['executionId']}", log.dmf_job())
 
     async def _initial_syncs(self, req: dict[str, Any], names: list[str]) -> None:
         first_error: str | None = None
@@ -609,20 +572,19 @@ class DualWrite:
 
     def stop(self, names: Sequence[str]) -> dict[str, Any]:
         """Stop Running maps (Stop is available only when a map is Running)."""
-        recs = self._only(names, "Running", "Stop")
-        req = self._request("stop", recs)
-        with self.store.transaction():
-            for rec in recs:
-                self._set_state(self._map(rec["name"]), rec, "NotRunning", "stopped")
-        return self._finish(req)
+        return self._switch(names, "stop", "NotRunning", "stopped")
 
     def pause(self, names: Sequence[str]) -> dict[str, Any]:
         """Pause Running maps; if one selected map isn't Running, none pauses."""
-        recs = self._only(names, "Running", "Pause")
-        req = self._request("pause", recs)
+        return self._switch(names, "pause", "Paused", "paused: new writes are queued")
+
+    def _switch(self, names: Sequence[str], action: str, state: str, event: str) -> dict[str, Any]:
+        """Move Running maps to `state` in one request (all or none)."""
+        recs = self._only(names, "Running", action.capitalize())
+        req = self._request(action, recs)
         with self.store.transaction():
             for rec in recs:
-                self._set_state(self._map(rec["name"]), rec, "Paused", "paused: new writes are queued")
+                self._set_state(self._map(rec["name"]), rec, state, event)
         return self._finish(req)
 
     def resume(self, names: Sequence[str], mode: str = "catchup") -> dict[str, Any]:

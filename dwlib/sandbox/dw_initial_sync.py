@@ -27,11 +27,13 @@ from typing import Any
 
 from dwlib import catalog
 
+from .dmf import outcome
 from .dw_mapping import COMPANY, Company, MapBinding, Rejected, Resolver, binding, companies
 from .schema import Entity
 from .store import Store, quote, utcnow
 
 CHUNK = 2000
+Row = dict[str, Any]
 FO_TO_DV = "From Dynamics 365 for Finance and Operations Entity to Dynamics 365 for Sales Entity"
 DV_TO_FO = "From Dynamics 365 for Sales Entity to Dynamics 365 for Finance and Operations Entity"
 
@@ -131,6 +133,30 @@ class JobLog:
     def ok(self) -> bool:
         return self.record["status"] == "Completed"
 
+    def dmf_job(self) -> dict[str, Any]:
+        """The finished job as F&O's DMF job history keeps it (`dmf.job.<id>`, see dmf.py): the
+        initial sync runs as DMF packages, and its FinOps job name is the execution id."""
+        job = self.record
+        legs = [leg for le in job["legalEntities"] for leg in le["legs"].values()]
+        created = sum(leg["importRecordsInsertedCount"] for leg in legs)
+        updated = sum(leg["importRecordsUpdatedCount"] for leg in legs)
+        status = outcome(job["errorCount"], created + updated)
+        return {
+            "executionId": job["executionId"],
+            "operation": "DualWriteInitialSync",
+            "definitionGroupId": job["map"],
+            "legalEntityId": ",".join(le["legalEntityId"] for le in job["legalEntities"]),
+            "status": status,
+            "createdOn": job["submittedOn"],
+            "startedOn": job["submittedOn"],
+            "finishedOn": job["finishedOn"],
+            "entities": {job["map"]: {"status": status, "created": created, "updated": updated,
+                                      "errors": job["errorCount"]}},
+            "errorCount": job["errorCount"],
+            "errors": [{"EntityName": job["map"], "LineNumber": 0, "RecordKey": e["recordId"],
+                        "ErrorMessage": e["errorMessage"]} for e in job["errors"]],
+        }
+
 
 @dataclass
 class SyncScope:
@@ -217,6 +243,7 @@ async def _sync_scope(
     scope: SyncScope, b: MapBinding, code: str, company: Company | None, log: JobLog
 ) -> None:
     assert b.fo is not None
+    fo = b.fo
     store, lim, master = scope.store, scope.limits, log.record["master"]
     le_name = code or "(all)"
     entry = log.entity(le_name)
@@ -270,40 +297,25 @@ async def _sync_scope(
     dv_index = {b.key(r[b.dv_key]): r for r in dv_all if r.get(b.dv_key)}
     data_area = company.data_area if company else None
 
-    dv_inserts: list[dict[str, Any]] = []
-    dv_updates: list[tuple[dict[str, Any], dict[str, Any]]] = []
-    fo_inserts: list[dict[str, Any]] = []
-    fo_updates: list[tuple[dict[str, Any], dict[str, Any]]] = []
-    for k, fo_row in fo_by_key.items() if fo_ok else ():
-        dv_row = dv_index.get(k)
-        if dv_row is not None and (
-            not b.differs(fo_row, dv_row, resolver) or (k in dv_by_key and master == "dataverse")
-        ):
-            continue  # equal, or a conflict Dataverse (the master) wins on the other leg
-        try:
-            values = b.to_dataverse(fo_row, company, resolver)
-        except Rejected as exc:
-            log.error(le_name, FO_TO_DV, exc.message, str(fo_row[b.fo_key]), exc.field)
-            continue
-        if dv_row is None:
-            dv_inserts.append(values)
-        else:
-            dv_updates.append(({b.dv.key[0]: dv_row[b.dv.key[0]]}, values))
-    for k, dv_row in dv_by_key.items() if dv_ok else ():
-        fo_row = fo_index.get(k)
-        if fo_row is not None and (
-            not b.differs(fo_row, dv_row, resolver) or (k in fo_by_key and master == "finops")
-        ):
-            continue
-        try:
-            values = b.to_finops(dv_row, data_area, resolver)
-        except Rejected as exc:
-            log.error(le_name, DV_TO_FO, exc.message, str(dv_row[b.dv_key]), exc.field)
-            continue
-        if fo_row is None:
-            fo_inserts.append(values)
-        else:
-            fo_updates.append(({c: fo_row[c] for c in b.fo.key}, values))
+    def reject(leg: str, row_key: Any, exc: Rejected) -> None:
+        log.error(le_name, leg, exc.message, str(row_key), exc.field)
+
+    dv_inserts, dv_updates = _writes(
+        FO_TO_DV, fo_by_key if fo_ok else {}, dv_index,
+        contested=dv_by_key, target_is_master=master == "dataverse",
+        differs=lambda fo_row, dv_row: b.differs(fo_row, dv_row, resolver),
+        convert=lambda fo_row, _: b.to_dataverse(fo_row, company, resolver),
+        address=lambda dv_row: {b.dv.key[0]: dv_row[b.dv.key[0]]},
+        reject=lambda fo_row, exc: reject(FO_TO_DV, fo_row[b.fo_key], exc),
+    )
+    fo_inserts, fo_updates = _writes(
+        DV_TO_FO, dv_by_key if dv_ok else {}, fo_index,
+        contested=fo_by_key, target_is_master=master == "finops",
+        differs=lambda dv_row, fo_row: b.differs(fo_row, dv_row, resolver),
+        convert=lambda dv_row, fo_row: b.to_finops(dv_row, data_area, resolver, fo_row),
+        address=lambda fo_row: {c: fo_row[c] for c in fo.key},
+        reject=lambda dv_row, exc: reject(DV_TO_FO, dv_row[b.dv_key], exc),
+    )
     if (
         b.map.single_threaded
         and len(fo_inserts) + len(fo_updates) > lim.single_threaded_dataverse_to_finops_rows
@@ -320,13 +332,46 @@ async def _sync_scope(
     legs = entry["legs"]
     await _chunked(dv_inserts, lambda part: _insert_dv(scope, b, part))
     await _chunked(dv_updates, lambda part: store.update_rows(b.dv, part))
-    await _chunked(fo_inserts, lambda part: store.insert_rows(b.fo, part))  # type: ignore[arg-type]
-    await _chunked(fo_updates, lambda part: store.update_rows(b.fo, part))  # type: ignore[arg-type]
+    await _chunked(fo_inserts, lambda part: store.insert_rows(fo, part))
+    await _chunked(fo_updates, lambda part: store.update_rows(fo, part))
     legs[FO_TO_DV]["importRecordsInsertedCount"] += len(dv_inserts)
     legs[FO_TO_DV]["importRecordsUpdatedCount"] += len(dv_updates)
     legs[DV_TO_FO]["importRecordsInsertedCount"] += len(fo_inserts)
     legs[DV_TO_FO]["importRecordsUpdatedCount"] += len(fo_updates)
     log.record["upsertCount"] += len(dv_inserts) + len(dv_updates) + len(fo_inserts) + len(fo_updates)
+
+
+def _writes(
+    leg: str,
+    sources: dict[str, Row],
+    targets: dict[str, Row],
+    *,
+    contested: dict[str, Row],
+    target_is_master: bool,
+    differs: Callable[[Row, Row], bool],
+    convert: Callable[[Row, Row | None], Row],
+    address: Callable[[Row], Row],
+    reject: Callable[[Row, Rejected], None],
+) -> tuple[list[Row], list[tuple[Row, Row]]]:
+    """One leg's writes: source rows (by key) missing on the target side are inserted, differing ones
+    updated; a conflict on a row the target side exports too is left to the master's leg.
+    Returns (inserts, updates as (target key, values)); rows `convert` rejects go to `reject`."""
+    inserts: list[Row] = []
+    updates: list[tuple[Row, Row]] = []
+    for k, row in sources.items():
+        target = targets.get(k)
+        if target is not None and (not differs(row, target) or (k in contested and target_is_master)):
+            continue  # equal, or a conflict the master (the target side) wins on the other leg
+        try:
+            values = convert(row, target)
+        except Rejected as exc:
+            reject(row, exc)
+            continue
+        if target is None:
+            inserts.append(values)
+        else:
+            updates.append((address(target), values))
+    return inserts, updates
 
 
 def _insert_dv(scope: SyncScope, b: MapBinding, rows: list[dict[str, Any]]) -> None:

@@ -110,7 +110,7 @@ def apply_change(
         if existing:
             store.delete(b.fo, {c: existing[0][c] for c in b.fo.key})
         return
-    values = b.to_finops(row, data_area, resolver)
+    values = b.to_finops(row, data_area, resolver, existing[0] if existing else None)
     if existing:
         store.update(b.fo, {c: existing[0][c] for c in b.fo.key}, values)
     else:

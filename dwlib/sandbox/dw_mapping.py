@@ -2,8 +2,9 @@
 
 A `MapBinding` keeps the column rows of a map that both sides of the sandbox can hold, the keys
 on each side, the source filters, and converts a row of one side into the values of the other,
-resolving lookups (`nav.column`) in Dataverse and checking references in F&O. The initial sync
-and the live sync both convert rows here, so the two never disagree.
+resolving lookups (`nav.column`) in Dataverse and checking rows for F&O with F&O's own table
+rules (`fo_rules`, as OData and DMF writes are). The initial sync and the live sync both convert
+rows here, so the two never disagree.
 
 Example:
     >>> from dwlib import catalog
@@ -14,12 +15,13 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
 from dwlib import catalog
 
+from . import fo_rules
 from .schema import ENTITIES, Entity
 from .store import Store, quote
 
@@ -99,17 +101,17 @@ def companies(store: Store) -> dict[str, Company]:
 class Resolver:
     """Resolves Dataverse lookups (value → id, id → value) and F&O references, with caches.
 
-    `bulk=True` loads a whole target table per company at first use (initial sync); otherwise one
-    indexed query per value (live sync).
+    `bulk=True` loads a whole lookup target table per company at first use and remembers the F&O
+    references it found (initial sync); otherwise one indexed query per value (live sync).
     """
 
     def __init__(self, store: Store, dataverse_url: str, *, bulk: bool = False) -> None:
         self.store = store
         self.dataverse_url = dataverse_url
         self.bulk = bulk
+        self.finops_references = fo_rules.References(store, cache=bulk)
         self._by_value: dict[tuple[str, str, str | None], dict[str, str]] = {}
         self._by_id: dict[str, dict[str, Any]] = {}
-        self._fo_refs: dict[tuple[str, str, str | None], set[str]] = {}
 
     def _scope(self, ref: LookupRef, company_id: str | None) -> dict[str, Any]:
         return {COMPANY: company_id} if ref.company_scoped else {}
@@ -147,21 +149,6 @@ class Resolver:
             ref.text,
         )
 
-    def finops_has(self, ent: Entity, column: str, value: Any, data_area: str | None) -> bool:
-        """True when F&O entity `ent` has a row with `column = value` (in `data_area`)."""
-        key = (ent.name, column, data_area)
-        if key not in self._fo_refs:
-            if not self.bulk:
-                scope = {"dataAreaId": data_area} if data_area is not None else {}
-                return bool(self.store.find(ent, {column: value, **scope}, limit=1))
-            where = f"{quote('dataAreaId')} = ?" if data_area is not None else "1"
-            rows = self.store.query(
-                f"SELECT {quote(column)} FROM {quote(ent.table)} WHERE {where}",
-                [data_area] if data_area is not None else [],
-            )
-            self._fo_refs[key] = {str(v).lower() for (v,) in rows if v is not None}
-        return str(value).lower() in self._fo_refs[key]
-
 
 def _norm(value: Any) -> Any:
     if value in (None, ""):
@@ -183,7 +170,6 @@ class MapBinding:
     bindings: tuple[Binding, ...]
     fo_key: str
     dv_key: str
-    references: dict[str, tuple[Entity, str, bool, str]] = field(default_factory=dict)
 
     @property
     def has_data(self) -> bool:
@@ -235,8 +221,15 @@ class MapBinding:
             out["fullname"] = " ".join(p for p in (out.get("firstname"), out.get("lastname")) if p)
         return out
 
-    def to_finops(self, dv_row: dict[str, Any], data_area: str | None, resolver: Resolver) -> dict[str, Any]:
-        """The F&O values for a Dataverse row; raises Rejected when F&O lacks referenced data."""
+    def to_finops(
+        self,
+        dv_row: dict[str, Any],
+        data_area: str | None,
+        resolver: Resolver,
+        existing: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The F&O values for a Dataverse row, to create a row or update `existing`; raises Rejected
+        when F&O refuses the result (mandatory fields, references it lacks: `fo_rules`)."""
         assert self.fo is not None
         out: dict[str, Any] = {}
         for b in self.bindings:
@@ -246,21 +239,15 @@ class MapBinding:
                 out[b.finops] = b.default
             elif b.lookup is not None:
                 ref_id = dv_row.get(b.lookup.fk)
-                value = resolver.value_for(b.lookup, ref_id) if ref_id else None
-                out[b.finops] = value
-                if value not in (None, "") and b.finops in self.references:
-                    ent, column, striped, relating = self.references[b.finops]
-                    if not resolver.finops_has(ent, column, value, data_area if striped else None):
-                        raise Rejected(
-                            f"Write failed for table row of type '{self.map.finops_data_entity}'. Infolog: "
-                            f"Warning: The value '{value}' in field '{b.finops}' is not found in the related "
-                            f"table '{relating}'.",
-                            b.finops,
-                        )
+                out[b.finops] = resolver.value_for(b.lookup, ref_id) if ref_id else None
             else:
                 out[b.finops] = dv_row.get(b.dataverse or "")
         if self.map.company_specific and data_area is not None:
             out["dataAreaId"] = data_area
+        after = out if existing is None else {**existing, **out}
+        found = fo_rules.problems(resolver.store, self.fo, after, exists=resolver.finops_references)
+        if found:
+            raise Rejected(fo_rules.write_error(self.fo, fo_rules.infolog(found)).message, found[0].column)
         return out
 
     def differs(self, fo_row: dict[str, Any], dv_row: dict[str, Any], resolver: Resolver) -> bool:
@@ -295,31 +282,6 @@ def _lookup(dv: Entity, text: str) -> LookupRef | None:
     return LookupRef(nav, column, target, lk.column)
 
 
-def _references(
-    m: catalog.TableMap, bindings: tuple[Binding, ...]
-) -> dict[str, tuple[Entity, str, bool, str]]:
-    """F&O column → (F&O entity, column, striped by company, relating table name) for each lookup
-    whose target table is itself mapped (e.g. CustomerGroupId → CustomerGroups.CustomerGroupId)."""
-    out: dict[str, tuple[Entity, str, bool, str]] = {}
-    for b in bindings:
-        if b.lookup is None or b.finops is None:
-            continue
-        for other in catalog.table_maps():
-            ref_fo = _entity(other.finops_entity_set)
-            # A reference into the map's own F&O entity (a customer's contact person found through
-            # the contacts map of the same Customers V3 entity) is not a reference table.
-            if (
-                other.dataverse_table != b.lookup.target.name
-                or ref_fo is None
-                or (other.finops_entity_set == m.finops_entity_set)
-            ):
-                continue
-            for row in other.mappings:
-                if row.dataverse == b.lookup.column and row.finops in ref_fo.columns:
-                    out[b.finops] = (ref_fo, row.finops, other.company_specific, other.finops_entity)
-    return out
-
-
 @cache
 def binding(m: catalog.TableMap) -> MapBinding:
     """The sandbox binding of catalogue map `m` (column rows whose columns both sides hold)."""
@@ -346,4 +308,4 @@ def binding(m: catalog.TableMap) -> MapBinding:
     fo_key = m.finops_key[0]
     dv_key = m.dataverse_key[0]
     bound = tuple(rows) if fo is not None else ()
-    return MapBinding(m, fo, dv, bound, fo_key, dv_key, _references(m, bound))
+    return MapBinding(m, fo, dv, bound, fo_key, dv_key)

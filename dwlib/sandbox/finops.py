@@ -20,17 +20,17 @@ import json
 import logging
 import sqlite3
 import zlib
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote as urlquote
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route, Router
+from starlette.routing import BaseRoute
 
-from . import batch
+from . import batch, fo_rules
 from .context import AuthError, Sandbox
 from .dmf import DmfError
+from .fo_rules import COMPANY, SYSTEM_COMPANY
 from .odata import (
     ODataError,
     Segment,
@@ -57,49 +57,15 @@ from .odata_sql import (
     fetch_page,
     parse_query,
 )
-from .schema import ENTITIES, FINOPS, Entity, entity
+from .schema import FINOPS, Entity, entity
 from .store import quote
 
 log = logging.getLogger(__name__)
 DATA = "/data"
 MAX_PAGE = 10_000
-COMPANY = "dataAreaId"
-SYSTEM_COMPANY = "dat"  # exists in every F&O environment
 DMF_GROUPS = "DataManagementDefinitionGroups"
 KEY_SAFE = "=,'()-_.~"
-WRITE_FAILED = "Microsoft.Dynamics.Platform.Integration.Services.OData.AxODataWriteException"
 _ETAG_FUNC = "fo_etag"
-_TABLES = {  # the AOT entity each public collection writes through (named in Infolog messages)
-    "LegalEntities": "OMLegalEntity", "Currencies": "CurrencyEntity",
-    "CustomerGroups": "CustCustomerGroupEntity", "PaymentTerms": "PaymTermEntity",
-    "CustomersV3": "CustCustomerV3Entity",
-    "DualWriteProjectConfigurations": "DualWriteProjectConfigurationEntity",
-}
-_LABELS = {"CustomerAccount": "Customer account", "CustomerGroupId": "Customer group",
-           "SalesCurrencyCode": "Currency", "PaymentTerms": "Terms of payment",
-           "PaymentTermId": "Terms of payment", "LegalEntityId": "Company", "CurrencyCode": "Currency"}
-
-
-@dataclass(frozen=True)
-class _Reference:
-    """A column whose value must exist in another entity (F&O table relations)."""
-
-    column: str
-    target: str
-    target_column: str
-    table_label: str
-    same_company: bool
-
-
-_REFERENCES: dict[str, tuple[_Reference, ...]] = {
-    "CustomersV3": (
-        _Reference("CustomerGroupId", "CustomerGroups", "CustomerGroupId", "Customer groups", True),
-        _Reference("SalesCurrencyCode", "Currencies", "CurrencyCode", "Currencies", False),
-        _Reference("PaymentTerms", "PaymentTerms", "Name", "Terms of payment", True),
-    ),
-    "CustomerGroups": (_Reference("PaymentTermId", "PaymentTerms", "Name", "Terms of payment", True),),
-}
-_REQUIRED = {"CustomersV3": ("CustomerGroupId",)}
 
 
 def error_response(exc: ODataError) -> Response:
@@ -126,13 +92,8 @@ def routes(sbx: Sandbox) -> list[BaseRoute]:
     """
     sbx.store.conn.create_function(_ETAG_FUNC, -1, _etag, deterministic=True)
     svc = _FinOps(sbx)
-    inner = Router(routes=[
-        Route(DATA, svc.handle, methods=["GET"]),
-        Route(DATA + "/{path:path}", svc.handle, methods=["GET", "POST", "PATCH", "PUT", "DELETE"]),
-    ])
-    batch_svc = batch.BatchService(root_url=svc.root, app=inner, check=svc.authenticate,
-                                   render=error_response, transaction=sbx.store.transaction)
-    return [batch.route(DATA + "/$batch", batch_svc), *inner.routes]
+    return batch.service_routes(DATA, svc.handle, root_url=svc.root, check=svc.authenticate,
+                                render=error_response, transaction=sbx.store.transaction)
 
 
 class _FinOps:
@@ -284,34 +245,6 @@ class _FinOps:
             row[COMPANY] = row[COMPANY].lower()
         return row
 
-    def _write_error(self, ent: Entity, infolog: str, status: int = 400) -> ODataError:
-        table = _TABLES.get(ent.name, ent.logical_name)
-        return ODataError(status, f"Write failed for table row of type '{table}'. Infolog: {infolog}",
-                          kind=WRITE_FAILED)
-
-    def _validate(self, ent: Entity, row: dict[str, Any], creating: bool) -> None:
-        """F&O's table validation: mandatory fields and relations to other tables."""
-        required = (*[k for k in ent.key if creating], *(_REQUIRED.get(ent.name, ()) if creating else ()))
-        for col in required:
-            if row.get(col) in (None, ""):
-                raise self._write_error(ent, f"Error: Field '{_LABELS.get(col, col)}' must be filled in.")
-        company = row.get(COMPANY)
-        legal_entities = ENTITIES["LegalEntities"]
-        if company not in (None, SYSTEM_COMPANY) and not self.store.find(
-                legal_entities, {"LegalEntityId": company}, limit=1):
-            raise self._write_error(ent, f"Error: Company '{company}' does not exist.")
-        for ref in _REFERENCES.get(ent.name, ()):
-            value = row.get(ref.column)
-            if value in (None, ""):
-                continue
-            target = entity(ref.target, "finops")
-            assert target is not None
-            match = {ref.target_column: value, **({COMPANY: company} if ref.same_company else {})}
-            if not self.store.find(target, match, limit=1):
-                label = _LABELS.get(ref.column, ref.column)
-                raise self._write_error(ent, f"Warning: The value '{value}' in field '{label}' is not found "
-                                        f"in the related table '{ref.table_label}'.")
-
     def _hooks(self, ent: Entity, op: str, rows_of: Any) -> None:
         run_write_hooks(self.sbx.extras, lambda: WriteEvent(ent, op, rows_of()))
 
@@ -324,14 +257,14 @@ class _FinOps:
             if ent.key == ("RecId",) and row.get("RecId") is None:
                 (row["RecId"],) = self.conn.execute(
                     f"SELECT COALESCE(MAX(RecId), 5637144575) + 1 FROM {quote(ent.table)}").fetchone()
-            self._validate(ent, row, creating=True)
+            fo_rules.validate(self.store, ent, row)
             try:
                 self.store.insert_rows(ent, [row])
             except sqlite3.IntegrityError:
-                described = ", ".join(f"{_LABELS.get(k, k)}: {row[k]}" for k in ent.key)
-                raise self._write_error(ent, f"Error: Cannot create a record in {ent.name} "
-                                        f"({ent.logical_name}). {described}. The record already exists.",
-                                        500) from None
+                described = ", ".join(f"{fo_rules.label(k)}: {row[k]}" for k in ent.key)
+                raise fo_rules.write_error(ent, f"Error: Cannot create a record in {ent.name} "
+                                           f"({ent.logical_name}). {described}. The record already exists.",
+                                           500) from None
             key = {k: row[k] for k in ent.key}
             self._hooks(ent, "create", lambda: [self.store.get(ent, key)])
         return self._representation(ent, key, None, 201, {"Location": self._url(ent, key)})
@@ -344,7 +277,7 @@ class _FinOps:
         changes = {k: v for k, v in self._row(ent, body).items() if k not in ent.key}
         pk = {k: existing[k] for k in ent.key}
         with self.store.transaction():
-            self._validate(ent, {**existing, **changes}, creating=False)
+            fo_rules.validate(self.store, ent, {**existing, **changes})
             if changes:
                 self.store.update_rows(ent, [(pk, changes)])
             self._hooks(ent, "update", lambda: [self.store.get(ent, pk)])

@@ -5,9 +5,10 @@
   `Retry-After` seconds and the documented code and message.
 - F&O resource-based throttling (§3.5): more concurrent F&O OData requests than
   `limits.finops_concurrency` → 429 with the documented message. DMF is exempt, as documented.
-- Faults from a spec like `latency=20ms,429=0.05,5xx=0.02,drop=0.01,seed=7,retry=1`: rates per
-  request, drawn from one seeded generator so a run is repeatable. A dropped request *is* processed,
-  then its connection is cut mid-response: the client cannot know whether the write happened.
+- Faults from a spec like `latency=20ms,429=0.05,503=0.02,5xx=0.01,drop=0.01,seed=7,retry=1`:
+  rates per request (`500`/`503`/`504` one status each, `5xx` any of them), drawn from one seeded
+  generator so a run is repeatable. A dropped request *is* processed, then its connection is cut
+  mid-response: the client cannot know whether the write happened.
 
 Identity, admin, blob and portal paths are never throttled nor faulted.
 
@@ -40,9 +41,17 @@ _DMF_PREFIX = "/finops/data/DataManagementDefinitionGroups"  # DIXF/DMF is exemp
 _ODATA_JSON = b"application/json; odata.metadata=minimal"
 
 
+# spec key → field, in the order one draw is matched against them
+_RATES = {"429": "throttle", "500": "error_500", "503": "error_503", "504": "error_504",
+          "5xx": "server_error", "drop": "drop"}
+_USAGE = "use latency=20ms,429=0.05,503=0.02,504=0.01,500=0.01,5xx=0.02,drop=0.01,seed=7,retry=SECONDS"
+
+
 @dataclass(frozen=True)
 class Faults:
     """Parsed fault spec: added latency and per-request rates of 429, 5xx and dropped connections.
+
+    `error_500`/`error_503`/`error_504` inject that status; `server_error` (`5xx=`) any of the three.
 
     >>> Faults().throttle  # no faults unless asked for
     0.0
@@ -51,6 +60,9 @@ class Faults:
     latency_s: float = 0.0
     throttle: float = 0.0
     server_error: float = 0.0
+    error_500: float = 0.0
+    error_503: float = 0.0
+    error_504: float = 0.0
     drop: float = 0.0
     seed: int | None = None
     retry_after_s: int = 1
@@ -58,19 +70,18 @@ class Faults:
 
     @classmethod
     def parse(cls, spec: str) -> Faults:
-        """Parse `latency=20ms,429=0.05,5xx=0.02,drop=0.01,seed=7,retry=1` (any subset).
+        """Parse `latency=20ms,429=0.05,503=0.02,504=0.01,500=0.01,5xx=0.02,drop=0.01,seed=7,retry=1`
+        (any subset).
 
-        >>> Faults.parse("5xx=0.5,drop=0.25").server_error
-        0.5
+        >>> Faults.parse("5xx=0.5,503=0.1,drop=0.25").server_error, Faults.parse("503=0.1").error_503
+        (0.5, 0.1)
         >>> Faults.parse("").drop
         0.0
         """
-        usage = "use latency=20ms,429=0.05,5xx=0.02,drop=0.01,seed=7,retry=SECONDS"
-        rates = {"429": "throttle", "5xx": "server_error", "drop": "drop"}
         values: dict[str, Any] = {}
         for part in filter(None, (p.strip() for p in spec.split(","))):
             key, sep, raw = part.partition("=")
-            raw = raw.strip()
+            key, raw = key.strip(), raw.strip()
             try:
                 if not sep:
                     raise ValueError
@@ -78,22 +89,44 @@ class Faults:
                     scale = 1.0 if raw.endswith("s") and not raw.endswith("ms") else 0.001
                     values["latency_s"] = float(raw.removesuffix("ms").removesuffix("s")) * scale
                     ok = values["latency_s"] >= 0
-                elif key in rates:
-                    values[rates[key]] = float(raw)
-                    ok = 0.0 <= values[rates[key]] <= 1.0
+                elif key in _RATES:
+                    values[_RATES[key]] = float(raw)
+                    ok = 0.0 <= values[_RATES[key]] <= 1.0
                 elif key in ("seed", "retry"):
                     values["seed" if key == "seed" else "retry_after_s"] = int(raw)
                     ok = key == "seed" or int(raw) >= 1
                 else:
                     raise ValueError
             except ValueError:
-                raise ValueError(f"bad fault item {part!r}: {usage}") from None
+                raise ValueError(f"bad fault item {part!r}: {_USAGE}") from None
             if not ok:
                 raise ValueError(f"bad fault value {part!r}: rates are 0..1, latency >= 0, retry >= 1")
         faults = cls(**values, spec=spec.strip())
-        if faults.throttle + faults.server_error + faults.drop > 1.0:
-            raise ValueError(f"bad fault spec {spec!r}: the rates of 429, 5xx and drop add up to more than 1")
+        if sum(rate for _, rate in faults.rates()) > 1.0:
+            raise ValueError(f"bad fault spec {spec!r}: the rates of {', '.join(_RATES)} add up to more "
+                             "than 1")
         return faults
+
+    def rates(self) -> list[tuple[str, float]]:
+        """`(fault, rate)` per spec key (`429`, `500`, `503`, `504`, `5xx`, `drop`), in draw order.
+
+        >>> Faults.parse("503=0.25").rates()[2]
+        ('503', 0.25)
+        """
+        return [(key, getattr(self, name)) for key, name in _RATES.items()]
+
+    def pick(self, draw: float) -> str | None:
+        """The fault a uniform draw in [0, 1) selects (a key of `rates`), or None for none.
+
+        >>> f = Faults.parse("429=0.5,504=0.25"); f.pick(0.4), f.pick(0.6), f.pick(0.9)
+        ('429', '504', None)
+        """
+        edge = 0.0
+        for key, rate in self.rates():
+            edge += rate
+            if draw < edge:
+                return key
+        return None
 
 
 @dataclass
@@ -165,22 +198,22 @@ class Guard:
         if service is None:
             await self.app(scope, receive, send)
             return
-        draw = self._rng.random()
         f = self.faults
-        if draw < f.throttle:
+        fault = f.pick(self._rng.random())
+        if fault is None:
+            await self._limited(scope, receive, send, service)
+        elif fault == "drop":
+            await self._limited(scope, receive, _cut_after(send), service)
+        elif fault == "429":
             await self._delay()
             await self._refuse(send, service, 429, f.retry_after_s, *self._throttle_error(service))
-        elif draw < f.throttle + f.server_error:
-            status = self._rng.choice((500, 503, 504))
+        else:
+            status = self._rng.choice((500, 503, 504)) if fault == "5xx" else int(fault)
             code, message = ("0x80040216", "An unexpected error occurred.") if service == "dataverse" else (
                 "", "An error has occurred.")
             retry_after = f.retry_after_s if status == 503 else None
             await self._delay()
             await self._refuse(send, service, status, retry_after, code, message)
-        elif draw < f.throttle + f.server_error + f.drop:
-            await self._limited(scope, receive, _cut_after(send), service)
-        else:
-            await self._limited(scope, receive, send, service)
 
     async def _delay(self) -> None:
         if self.faults.latency_s:

@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import trustme
 import uvicorn
@@ -85,17 +85,19 @@ def ensure_credentials(paths: Paths) -> None:
             write_private(path, make())
 
 
-def configure(
-    root: Path,
-    *,
-    profile: str | None = None,
-    rows: int | None = None,
-    port: int | None = None,
-    faults: str | None = None,
-    limits: str | None = None,
-    token_lifetime_s: int | None = None,
-    device_code_approve_after_s: float | None = None,
-) -> Settings:
+class Options(TypedDict, total=False):
+    """The settings of a sandbox that `configure` (and `control.start`/`serve`) take besides the
+    profile; an absent or None one keeps what the directory has."""
+
+    rows: int | None
+    port: int | None
+    faults: str | None
+    limits: str | None
+    token_lifetime_s: int | None
+    device_code_approve_after_s: float | None
+
+
+def configure(root: Path, *, profile: str | None = None, **options: Unpack[Options]) -> Settings:
     """Validate options, merge them into the directory's `sandbox.json` and save it.
 
     A new directory needs `profile`; an existing one keeps its profile and rows (the data was
@@ -109,6 +111,8 @@ def configure(
 new-data-existing, existing-new, existing-existing
     """
     paths = Paths(root)
+    rows, port = options.get("rows"), options.get("port")
+    faults, limits = options.get("faults"), options.get("limits")
     if profile is not None and profile not in PROFILES:
         raise SandboxError(f"unknown profile {profile!r}: use one of {', '.join(PROFILES)}")
     if rows is not None and rows < 0:
@@ -141,10 +145,9 @@ new-data-existing, existing-new, existing-existing
         settings.faults = parsed_faults.spec
     if parsed_limits is not None:
         settings.limits = parsed_limits
-    if token_lifetime_s is not None:
-        settings.token_lifetime_s = token_lifetime_s
-    if device_code_approve_after_s is not None:
-        settings.device_code_approve_after_s = device_code_approve_after_s
+    for name in ("token_lifetime_s", "device_code_approve_after_s"):
+        if options.get(name) is not None:
+            setattr(settings, name, options.get(name))
     root.mkdir(parents=True, exist_ok=True)
     settings.save(paths.settings)
     return settings
@@ -157,7 +160,9 @@ def bind(port: int) -> socket.socket:
     True
     >>> s.close()
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and
+    # without it every response with a body waits ~40 ms (Nagle + the client's delayed ACK).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     # Lets a restart reuse its port while old connections sit in TIME_WAIT; a live listener still
     # makes bind fail, so "port in use" is detected.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

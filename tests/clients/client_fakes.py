@@ -1,5 +1,4 @@
-"""Helpers of the client tests: a fake OData service (an `httpx.MockTransport` router), and
-parameters for a sandbox started by the `start_sandbox` fixture."""
+"""Helpers of the client tests: a fake OData service (an `httpx.MockTransport` router)."""
 
 from __future__ import annotations
 
@@ -9,8 +8,6 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-
-from dwlib.params import Params, load_params
 
 Handler = Callable[[httpx.Request, re.Match[str]], httpx.Response]
 
@@ -45,9 +42,3 @@ class FakeService:
 def body(request: httpx.Request) -> Any:
     """The JSON body of a request."""
     return json.loads(request.content)
-
-
-def sandbox_params(connection: dict[str, Any], **overrides: Any) -> Params:
-    """Parameters that name the sandbox directory and nothing else (as params/sandbox-*.yaml do)."""
-    return load_params({"scenario": connection["profile"], "sandbox": {"dir": connection["state_dir"]}},
-                       overrides)

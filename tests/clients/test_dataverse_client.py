@@ -44,7 +44,8 @@ def entity_definitions(fake: FakeService) -> None:
     def defs(request: httpx.Request, _: re.Match[str]) -> httpx.Response:
         name = re.search(r"EntitySetName eq '(\w+)'", query_of(request)["$filter"])
         assert name is not None
-        return httpx.Response(200, json={"value": [{"EntitySetName": name[1], "LogicalName": name[1][:-1]}]})
+        return httpx.Response(200, json={"value": [{"EntitySetName": name[1], "LogicalName": name[1][:-1],
+                                                    "PrimaryIdAttribute": f"{name[1][:-1]}id"}]})
 
 
 def test_query_follows_next_links_with_the_page_size(fake: FakeService) -> None:
@@ -233,6 +234,42 @@ def test_grouped_counts_solutions_and_link_details(fake: FakeService) -> None:
     with pytest.raises(HttpError) as exc:
         dv.integration_details()
     assert exc.value.code == "0x80048d0b" and "Power Platform integration" in exc.value.fix
+
+
+@pytest.mark.parametrize("group_by", [["_msdyn_company_value"], []])
+def test_count_by_pages_and_counts_when_the_aggregate_limit_refuses(fake: FakeService,
+                                                                    group_by: list[str]) -> None:
+    entity_definitions(fake)
+    companies = ["b", None, "a", "b", "b", None, "a"]
+
+    @fake.on("GET", f"{API}/accounts")
+    def accounts(request: httpx.Request, _: re.Match[str]) -> httpx.Response:
+        q = query_of(request)
+        if "$apply" in q:
+            return httpx.Response(400, json={"error": {"code": "0x8004E023", "message": (
+                "AggregateQueryRecordLimit exceeded. Cannot perform this operation.")}})
+        start = int(q.get("$skiptoken", 0))
+        rows = [{"accountid": f"id{i}", "_msdyn_company_value": c}
+                for i, c in enumerate(companies[start:start + 4], start)]
+        link = {"@odata.nextLink": f"{URL}/api/data/v9.2/accounts?$skiptoken={start + 4}"} \
+            if start + 4 < len(companies) else {}
+        return httpx.Response(200, json={"value": rows, **link})
+
+    counts = dataverse(fake, page_size=100).count_by("accounts", group_by, filter="statecode eq 0")
+    expected = ([{"_msdyn_company_value": None, "count": 2}, {"_msdyn_company_value": "a", "count": 2},
+                 {"_msdyn_company_value": "b", "count": 3}] if group_by else [{"count": 7}])
+    assert counts == expected
+    paged = [r for r in fake.requests if "accounts" in r.url.path and "$apply" not in query_of(r)]
+    assert query_of(paged[0]) == {"$select": ",".join(group_by) or "accountid", "$filter": "statecode eq 0"}
+    assert len(paged) == 2 and {r.headers["Prefer"] for r in paged} == {"odata.maxpagesize=5000"}
+
+
+def test_count_by_raises_other_errors(fake: FakeService) -> None:
+    fake.on("GET", f"{API}/accounts")(lambda request, m: httpx.Response(
+        400, json={"error": {"code": "0x80040203", "message": "bad $apply"}}))
+    with pytest.raises(HttpError, match="bad \\$apply"):
+        dataverse(fake).count_by("accounts", ["statecode"])
+    assert len(fake.requests) == 1
 
 
 BATCH_RESPONSE = (

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from client_fakes import sandbox_params
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from dw_helpers import sandbox_params
 
 from dwlib.clients import (
     AuthError,
@@ -47,9 +49,21 @@ def test_a_sandbox_params_file_signs_in_per_audience(sandbox: dict[str, Any]) ->
         assert all(e.status == 200 for e in s.journal.entries())
 
 
-def test_certificate_credential(sandbox: dict[str, Any]) -> None:
-    with connect(sandbox_params(sandbox, **{"auth.method": "certificate"})) as s:
+@pytest.mark.parametrize("thumbprint", [False, True], ids=["PS256-x5t#S256", "RS256-x5t"])
+def test_certificate_credential(sandbox: dict[str, Any], thumbprint: bool) -> None:
+    # msal hands the signed assertion to its http client as bytes; the stack must send it as text.
+    # With a SHA-1 thumbprint msal signs RS256 (x5t), with the certificate alone PS256 (x5t#S256).
+    certificate: dict[str, Any] = {"path": sandbox["client_certificate_file"],
+                                   "private_key": f"file:{sandbox['client_private_key_file']}"}
+    if thumbprint:
+        pem = Path(sandbox["client_certificate_file"]).read_bytes()
+        certificate["thumbprint"] = x509.load_pem_x509_certificate(pem).fingerprint(hashes.SHA1()).hex()
+    p = sandbox_params(sandbox, **{"auth.method": "certificate", "auth.certificate": certificate})
+    with connect(p) as s:
         assert s.dataverse.whoami()["UserId"]
+        assert list(s.finops.query("LegalEntities", top=1))
+        (token_call, *_) = [e for e in s.journal.entries() if e.url.endswith("/oauth2/v2.0/token")]
+        assert token_call.status == 200
 
 
 def test_device_code_sign_in_for_a_consultant(start_sandbox: StartSandbox) -> None:

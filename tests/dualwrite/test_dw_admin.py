@@ -120,6 +120,14 @@ def test_portal_admin_gates_each_action_and_verifies_it(env: tuple[Consultant, S
     assert run.text().count("\n") >= 5
 
 
+def quote_a_customer_name(session: Session, company: str) -> None:
+    """Give an organization customer of `company` a name with double quotes: its initial sync fails."""
+    org = next(r for r in session.finops.query("CustomersV3", company=company)
+               if r["PartyType"] == "Organization")
+    key = {"dataAreaId": company.lower(), "CustomerAccount": org["CustomerAccount"]}
+    session.finops.update("CustomersV3", key, {"OrganizationName": 'Quoted "Name" Inc'})
+
+
 def test_portal_admin_reports_a_failed_initial_sync_without_waiting_for_the_timeout(
     env: tuple[Consultant, Session],
 ) -> None:
@@ -129,14 +137,7 @@ def test_portal_admin_reports_a_failed_initial_sync_without_waiting_for_the_time
     admin.set_up_power_platform_integration()
     admin.link(["USMF"])
     admin.run(catalog.related_maps(ACCOUNTS))
-    org = next(
-        r for r in session.finops.query("CustomersV3", company="USMF") if r["PartyType"] == "Organization"
-    )
-    session.finops.update(
-        "CustomersV3",
-        {"dataAreaId": "usmf", "CustomerAccount": org["CustomerAccount"]},
-        {"OrganizationName": 'Quoted "Name" Inc'},
-    )
+    quote_a_customer_name(session, "USMF")
     started = time.monotonic()
     with pytest.raises(DualWriteAdminError, match=r"initial sync failed.*Initial sync details"):
         admin.run([ACCOUNTS])
@@ -185,14 +186,7 @@ def test_gateway_admin_is_labelled_unsupported_and_drives_the_maps(env: tuple[Co
         assert admin.pause([ACCOUNTS])[ACCOUNTS].state == "Paused"
         assert admin.resume([ACCOUNTS])[ACCOUNTS].state == "Running"
         assert admin.stop([ACCOUNTS])[ACCOUNTS].state == "Not running"
-        org = next(
-            r for r in session.finops.query("CustomersV3", company="GBSI") if r["PartyType"] == "Organization"
-        )
-        session.finops.update(
-            "CustomersV3",
-            {"dataAreaId": "gbsi", "CustomerAccount": org["CustomerAccount"]},
-            {"OrganizationName": 'Quoted "Name" Ltd'},
-        )
+        quote_a_customer_name(session, "GBSI")
         with pytest.raises(DualWriteAdminError, match=r"MalformedLineException.*double quotes"):
             admin.run([ACCOUNTS])
         details = admin.initial_sync_details(ACCOUNTS)

@@ -34,6 +34,13 @@ def company_id(rt: DualWrite, code: str) -> str:
     return row["cdm_companyid"]
 
 
+def group_id(rt: DualWrite, company: str, group: str = "10") -> str:
+    """The Dataverse customer group `group` of company id `company` (synced by the prerequisites)."""
+    match = {"msdyn_groupid": group, "_msdyn_company_value": company}
+    (row,) = rt.store.find(ENTITIES["msdyn_customergroups"], match)
+    return row["msdyn_customergroupid"]
+
+
 def last_job(rt: DualWrite, name: str) -> dict[str, Any]:
     return rt.jobs(name)[0]
 
@@ -78,23 +85,13 @@ def test_dataverse_rows_go_to_finops_and_the_master_only_decides_conflicts(make_
     existing = next(
         c for c in rt.store.find(CUST, {"dataAreaId": "usmf"}) if c["PartyType"] == "Organization"
     )
+    group = {"_msdyn_company_value": usmf, "_msdyn_customergroupid_value": group_id(rt, usmf)}
+    rt.store.insert(ACC, {"name": "Only in Dataverse", "accountnumber": "DV-0001", "customertypecode": 3,
+                          **group})
     rt.store.insert(
         ACC,
-        {
-            "name": "Only in Dataverse",
-            "accountnumber": "DV-0001",
-            "customertypecode": 3,
-            "_msdyn_company_value": usmf,
-        },
-    )
-    rt.store.insert(
-        ACC,
-        {
-            "name": "Renamed in Dataverse",
-            "accountnumber": existing["CustomerAccount"],
-            "customertypecode": 3,
-            "_msdyn_company_value": usmf,
-        },
+        {"name": "Renamed in Dataverse", "accountnumber": existing["CustomerAccount"], "customertypecode": 3,
+         **group},
     )
     rt.store.insert(ACC, {"name": "No company", "accountnumber": "DV-0002", "customertypecode": 3})
     rt.store.insert(
@@ -173,6 +170,20 @@ def test_missing_reference_data_fails_the_row_with_the_lookup_error(make_runtime
     assert not rt.store.find(ACC, {"accountnumber": org["CustomerAccount"]})
 
 
+def test_dataverse_rows_without_what_finops_requires_are_rejected(make_runtime: MakeRuntime) -> None:
+    rt = make_runtime("existing-new", rows=12)
+    prerequisites(rt, ACCOUNTS)
+    usmf = company_id(rt, "USMF")
+    rt.store.insert(ACC, {"name": "No group", "accountnumber": "DV-NG", "customertypecode": 3,
+                          "_msdyn_company_value": usmf})
+    job = expect_failure(rt, [ACCOUNTS], "finops-mandatory-field")
+    (error,) = job["errors"]
+    assert (error["recordId"], error["sourceField"]) == ("DV-NG", "CustomerGroupId")
+    assert error["errorMessage"] == ("Write failed for table row of type 'CustCustomerV3Entity'. Infolog: "
+                                     "Error: Field 'Customer group' must be filled in.")
+    assert not rt.store.find(CUST, {"CustomerAccount": "DV-NG"})
+
+
 def test_dataverse_rows_referring_to_data_finops_lacks_are_rejected(make_runtime: MakeRuntime) -> None:
     rt = make_runtime("existing-new", rows=12)
     prerequisites(rt, ACCOUNTS)
@@ -192,7 +203,7 @@ def test_dataverse_rows_referring_to_data_finops_lacks_are_rejected(make_runtime
     )
     job = expect_failure(rt, [ACCOUNTS], "missing-reference-data-finops")
     assert job["errors"][0]["errorMessage"].endswith(
-        "The value 'DVONLY' in field 'CustomerGroupId' is not found in the related table 'Customer groups'."
+        "The value 'DVONLY' in field 'Customer group' is not found in the related table 'Customer groups'."
     )
 
 
@@ -207,13 +218,15 @@ def test_maps_whose_dependencies_are_not_running_fail_to_build_lookup_metadata(
 def test_more_lookups_than_the_limit_fail_the_dataverse_export(make_runtime: MakeRuntime) -> None:
     rt = make_runtime("existing-new", rows=12)
     prerequisites(rt, ACCOUNTS)
+    usmf = company_id(rt, "USMF")
     rt.store.insert(
         ACC,
         {
             "name": "X",
             "accountnumber": "DV-1",
             "customertypecode": 3,
-            "_msdyn_company_value": company_id(rt, "USMF"),
+            "_msdyn_company_value": usmf,
+            "_msdyn_customergroupid_value": group_id(rt, usmf),
         },
     )
     rt.set_limits({"max_lookups": 9})  # the pre-GAB accounts map has 10
@@ -250,6 +263,7 @@ def test_single_threaded_maps_time_out_pushing_too_many_rows_into_finops(make_ru
                 "accountnumber": f"DV-{i}",
                 "customertypecode": 3,
                 "_msdyn_company_value": usmf,
+                "_msdyn_customergroupid_value": group_id(rt, usmf),
             },
         )
     rt.set_limits({"single_threaded_dataverse_to_finops_rows": 2})
@@ -265,6 +279,7 @@ def test_single_threaded_maps_time_out_pushing_too_many_rows_into_finops(make_ru
                 "msdyn_contactpersonid": f"CP-{i}",
                 "msdyn_sellable": True,
                 "_msdyn_company_value": usmf,
+                "_msdyn_customergroupid_value": group_id(rt, usmf, "30"),
             },
         )
     assert run_maps(rt, [CONTACTS])["state"] == "2"

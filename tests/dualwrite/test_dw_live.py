@@ -41,6 +41,13 @@ def company(c: Consultant, code: str) -> str:
     return row["cdm_companyid"]
 
 
+def customer_group(c: Consultant, code: str, group: str) -> str:
+    """The bind of Dataverse customer group `group` of company `code` (F&O requires one per customer)."""
+    (row,) = c.dv_rows(f"msdyn_customergroups?$filter=msdyn_groupid eq '{group}' and "
+                       f"_msdyn_company_value eq {company(c, code)}&$select=msdyn_customergroupid")
+    return f"/msdyn_customergroups({row['msdyn_customergroupid']})"
+
+
 def test_finops_writes_appear_in_dataverse_with_the_company(live: Consultant) -> None:
     r = live.fo(
         "POST",
@@ -91,7 +98,8 @@ def test_dataverse_customers_appear_in_finops_and_others_do_not(live: Consultant
     r = live.dv(
         "POST",
         "accounts",
-        {"name": "From CE", "accountnumber": "CE-1", "customertypecode": 3, "msdyn_company@odata.bind": usmf},
+        {"name": "From CE", "accountnumber": "CE-1", "customertypecode": 3, "msdyn_company@odata.bind": usmf,
+         "msdyn_customergroupid@odata.bind": customer_group(live, "USMF", "10")},
     )
     assert r.status_code == 204, r.text
     (cust,) = live.fo_rows("CustomersV3?cross-company=true&$filter=CustomerAccount eq 'CE-1'")
@@ -127,6 +135,7 @@ def test_dataverse_customers_appear_in_finops_and_others_do_not(live: Consultant
             "msdyn_contactpersonid": "CE-P",
             "msdyn_sellable": True,
             "msdyn_company@odata.bind": usmf,
+            "msdyn_customergroupid@odata.bind": customer_group(live, "USMF", "30"),
         },
     )
     assert r.status_code == 204, r.text
@@ -158,7 +167,7 @@ def test_a_write_the_other_side_rejects_fails_on_both_sides(live: Consultant) ->
     )
     assert r.status_code == 400
     error = r.json()["error"]
-    assert "The value 'CEONLY' in field 'CustomerGroupId' is not found" in error["message"]
+    assert "The value 'CEONLY' in field 'Customer group' is not found" in error["message"]
     assert live.dv_rows("accounts?$filter=accountnumber eq 'CE-BAD'") == []
     assert live.fo_rows("CustomersV3?cross-company=true&$filter=CustomerAccount eq 'CE-BAD'") == []
     # A customer group only F&O has: Dataverse can't resolve it, so F&O fails too.

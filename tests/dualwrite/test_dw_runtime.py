@@ -140,13 +140,19 @@ def _add_legal_entities(rt: DualWrite, n: int, start: int = 0) -> list[str]:
     return codes
 
 
+def _linked_with_many(make_runtime: MakeRuntime, created: int, linked: int) -> tuple[DualWrite, list[str]]:
+    """A new-new runtime with `created` extra legal entities, linked to DAT and the first `linked`."""
+    rt = make_runtime("new-new", link=False)
+    codes = _add_legal_entities(rt, created)
+    rt.setup_power_platform_integration()
+    rt.link(["DAT", *codes[:linked]], start_maps=False)
+    return rt, codes
+
+
 def test_forty_legal_entities_sync_initially_forty_one_fail_with_the_partition_error(
     make_runtime: MakeRuntime,
 ) -> None:
-    rt = make_runtime("new-new", link=False)
-    codes = _add_legal_entities(rt, 39)
-    rt.setup_power_platform_integration()
-    rt.link(["DAT", *codes], start_maps=False)
+    rt, _ = _linked_with_many(make_runtime, 39, 39)
 
     async def go() -> None:
         rt.run(["Legal entities (cdm_companies)"])
@@ -171,10 +177,7 @@ def test_forty_legal_entities_sync_initially_forty_one_fail_with_the_partition_e
 def test_two_hundred_fifty_legal_entities_link_two_hundred_fifty_one_are_refused(
     make_runtime: MakeRuntime,
 ) -> None:
-    rt = make_runtime("new-new", link=False)
-    codes = _add_legal_entities(rt, 250)
-    rt.setup_power_platform_integration()
-    rt.link(["DAT", *codes[:249]], start_maps=False)
+    rt, codes = _linked_with_many(make_runtime, 250, 249)
     assert len(rt.connection()["legalEntities"]) == 250  # type: ignore[index]
     assert rt.store.count(ENTITIES["cdm_companies"]) == 250
     with pytest.raises(DualWriteError, match="up to 250 legal entities; the connection would have 251"):

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from dwlib.clients import DataverseClient
+from dwlib.sandbox import dataverse
 from dwlib.sandbox.context import Sandbox
 from dwlib.sandbox.odata import ODataError, WriteEvent
 from dwlib.sandbox.schema import ENTITIES
@@ -273,6 +275,23 @@ def test_apply_groupby_counts_per_company(dv: Service, sbx: Sandbox) -> None:
     assert r.json()["@odata.context"].endswith("#accounts(_msdyn_company_value,n)")
     r = dv.get("accounts?$apply=filter(_msdyn_company_value ne null)/aggregate($count as n)")
     assert r.json()["value"] == [{"n": 8}]
+
+
+def test_aggregates_over_more_rows_than_the_limit_are_refused_and_the_client_pages_instead(
+        dv: Service, sbx: Sandbox, client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dataverse, "AGGREGATE_LIMIT", 6)  # the platform's is 50,000: keep the test small
+    usmf = _company(dv, "USMF")
+    rows = [{"name": f"a{i}", "_msdyn_company_value": usmf if i % 3 else None} for i in range(9)]
+    sbx.store.insert_rows(ENTITIES["accounts"], rows)
+    grouped = "accounts?$apply=groupby((_msdyn_company_value),aggregate($count as n))"
+    message = _error(dv.get(grouped), 400, "0x8004e023")
+    assert message == "AggregateQueryRecordLimit exceeded. Cannot perform this operation."
+    # The limit counts the rows the aggregate covers, after its filter.
+    r = dv.get("accounts?$apply=filter(_msdyn_company_value ne null)/aggregate($count as n)")
+    assert r.json()["value"] == [{"n": 6}]
+    client.headers["Authorization"] = f"Bearer {dv.token}"
+    counts = DataverseClient(client, f"{BASE}/dataverse").count_by("accounts", ["_msdyn_company_value"])
+    assert counts == [{"_msdyn_company_value": None, "count": 3}, {"_msdyn_company_value": usmf, "count": 6}]
 
 
 # --- bulk messages --------------------------------------------------------------------------------

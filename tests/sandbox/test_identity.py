@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from starlette.requests import Request
 
+from dwlib.clients.auth import MsalHttp
 from dwlib.sandbox import control
 from dwlib.sandbox.context import AuthError
 from dwlib.sandbox.identity import (
@@ -38,7 +39,8 @@ def _claims(token: str) -> dict[str, Any]:
     return jwt.decode(token, options={"verify_signature": False})
 
 
-def _app(conn: dict[str, Any], credential: Any, http: httpx.Client) -> msal.ConfidentialClientApplication:
+def _app(conn: dict[str, Any], credential: Any, http: httpx.Client | MsalHttp
+         ) -> msal.ConfidentialClientApplication:
     return msal.ConfidentialClientApplication(conn["client_id"], authority=conn["authority"],
                                               client_credential=credential, http_client=http,
                                               instance_discovery=False)
@@ -171,7 +173,8 @@ def test_msal_certificate(sandbox: dict[str, Any], style: str) -> None:
         credential = {"private_key": key, "thumbprint": sha1}
     else:  # PS256 with x5t#S256, as msal >= 1.35 does given the certificate
         credential = {"private_key": key, "public_certificate": pem}
-    with control.MsalHttpClient(verify=control._ssl_context(sandbox)) as http:
+    with control.http_client(sandbox) as client:
+        http = MsalHttp(client)
         result = _app(sandbox, credential, http).acquire_token_for_client(
             scopes=[f"{sandbox['finops_url']}/.default"])
     assert _claims(result["access_token"])["aud"] == sandbox["finops_url"], result
@@ -193,7 +196,8 @@ def test_assertion_signed_by_another_key_is_refused(sandbox: dict[str, Any], tmp
     ensure_credentials(other)
     _, pem = _certificate(sandbox)  # the registered certificate's thumbprint, another key
     credential = {"private_key": other.client_key.read_text(), "public_certificate": pem}
-    with control.MsalHttpClient(verify=control._ssl_context(sandbox)) as http:
+    with control.http_client(sandbox) as client:
+        http = MsalHttp(client)
         result = _app(sandbox, credential, http).acquire_token_for_client(
             scopes=[f"{sandbox['finops_url']}/.default"])
     assert (result["error"], result["error_codes"]) == ("invalid_client", [700027])
@@ -239,7 +243,8 @@ def test_integrator_app_scope(sandbox: dict[str, Any], sandbox_token: Callable[.
 
 def test_msal_device_code_flow(start_sandbox: Callable[..., dict[str, Any]]) -> None:
     conn = start_sandbox("new-new", rows=0, device_code_approve_after_s=1.5)
-    with control.MsalHttpClient(verify=control._ssl_context(conn)) as http:
+    with control.http_client(conn) as client:
+        http = MsalHttp(client)
         app = msal.PublicClientApplication(DUALWRITE_CLIENT_ID, authority=conn["authority"], http_client=http,
                                            instance_discovery=False)
         flow = app.initiate_device_flow(scopes=[f"{INTEGRATOR_APP}/.default"])

@@ -38,10 +38,13 @@ def test_fault_spec_parses_every_item() -> None:
         0.02, 0.05, 0.02, 0.01, 7, 3)
     assert Faults.parse("latency=1.5s").latency_s == 1.5
     assert Faults.parse("latency=40").latency_s == 0.04
+    explicit = Faults.parse("503=0.02,504=0.03,500=0.04")
+    assert (explicit.error_503, explicit.error_504, explicit.error_500, explicit.server_error) == (
+        0.02, 0.03, 0.04, 0.0)
 
 
 @pytest.mark.parametrize("spec", ["429", "latency=fast", "5xx=2", "drop=-0.1", "boom=1", "retry=0",
-                                  "429=0.6,5xx=0.6", "seed=x"])
+                                  "429=0.6,5xx=0.6", "seed=x", "503=1.5", "429=0.5,503=0.3,504=0.3"])
 def test_bad_fault_specs_say_how_to_write_one(spec: str) -> None:
     with pytest.raises(ValueError, match=r"bad fault"):
         Faults.parse(spec)
@@ -222,6 +225,17 @@ def test_fault_rates_are_seeded_and_repeatable(tmp_path: Path) -> None:
     assert _statuses(rig, n) == first
     rig.guard.set_faults("429=0.2,5xx=0.1,seed=8", persist=False)
     assert _statuses(rig, n) != first
+
+
+def test_per_status_fault_rates_inject_only_that_status(tmp_path: Path) -> None:
+    n = 1000
+    rig = Rig(tmp_path, faults="503=0.2,504=0.1,seed=3")
+    counts = Counter(_statuses(rig, n))
+    assert set(counts) == {200, 503, 504}
+    for rate, got in ((0.2, counts[503]), (0.1, counts[504])):
+        assert abs(got - rate * n) < 5 * math.sqrt(n * rate * (1 - rate)), (rate, got)
+    rig.guard.set_faults("500=1", persist=False)
+    assert set(_statuses(rig, 20)) == {500}
 
 
 def test_injected_429_and_latency_only_on_service_paths(tmp_path: Path) -> None:

@@ -1,0 +1,353 @@
+"""The dual-write administration interface: `DualWriteAdmin` with the documented reads, the
+actions each implementation performs, and the records they return.
+
+State is read from documented sources: `RetrieveFinanceAndOperationsIntegrationDetails`,
+`solutions`, `cdm_companies`, `msdyn_dualwriteentitymaps`, `msdyn_dualwriteruntimeconfigs`
+(Dataverse) and `DualWriteProjectConfigurations` (F&O). Reading a map's state from the status
+columns of the last two uses the codes of the gateway (`STATE_OF_STATUS`); the real meaning of
+those columns is UNVERIFIED (api-surface.md §5.1).
+
+Example:
+    >>> STATE_OF_STATUS[4]
+    'Running'
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from dwlib import catalog
+
+from ..dataverse import DataverseClient
+from ..errors import ClientError, HttpError
+from ..finops import FinOpsClient
+
+log = logging.getLogger(__name__)
+
+STATE_OF_STATUS = {
+    2: "Initializing",
+    3: "Resuming",
+    4: "Running",
+    5: "Paused",
+    6: "Not running",
+    1: "Not running",
+}
+INTEGRATOR_APP = "https://IntegratorApp.com"
+
+
+class DualWriteAdminError(ClientError):
+    """A dual-write action failed, or its result could not be verified in time; says what is missing."""
+
+
+@dataclass(frozen=True)
+class MapState:
+    """A table map's state as the documented configuration tables show it."""
+
+    name: str
+    state: str  # Not running | Initializing | Running | Paused | Resuming
+    project: str | None = None
+    version: int | None = None  # Dataverse row version of its runtime configuration: changes with the state
+    source: str = ""
+
+    @property
+    def running(self) -> bool:
+        return self.state == "Running"
+
+
+@dataclass(frozen=True)
+class SyncError:
+    """One initial-sync error, with the catalogue's remediation when the text is known."""
+
+    message: str
+    legal_entity: str = ""
+    record_id: str = ""
+    field: str = ""
+    known: catalog.KnownError | None = None
+
+    def remediation(self) -> str:
+        return self.known.remediation() if self.known else "Not a documented error: read the message."
+
+
+@dataclass(frozen=True)
+class InitialSyncDetails:
+    """What the Initial sync details tab shows for a map (as far as the implementation can read it)."""
+
+    map: str
+    state: str
+    status: str  # Completed | Error | Executing | Unknown
+    errors: list[SyncError] = field(default_factory=list)
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """What the consultant has to do in a portal, and what will be verified afterwards."""
+
+    title: str
+    steps: list[str]
+    links: dict[str, str]
+    verify: str
+
+    def text(self) -> str:
+        """The instruction as plain text (numbered steps, links, what is checked)."""
+        lines = [self.title, *(f"  {i}. {s}" for i, s in enumerate(self.steps, 1))]
+        lines += [f"  {k}: {v}" for k, v in self.links.items()]
+        return "\n".join([*lines, f"  Verified automatically: {self.verify}"])
+
+
+def host(url: str) -> str:
+    """The host (and port) of a URL, as the portals name environments.
+
+    >>> host("https://contoso.operations.dynamics.com/")
+    'contoso.operations.dynamics.com'
+    """
+    return urlsplit(url).netloc
+
+
+def same_url(a: str, b: str) -> bool:
+    """Whether two environment URLs name the same environment (case and trailing slash aside).
+
+    >>> same_url("https://A.example/", "https://a.example")
+    True
+    """
+    return a.rstrip("/").lower() == b.rstrip("/").lower()
+
+
+def map_names(names: Iterable[str]) -> list[str]:
+    """The catalogue names of maps given by name or id (CatalogError when one is unknown).
+
+    >>> map_names(["customers-v3-accounts"])
+    ['Customers V3 (accounts)']
+    """
+    return [catalog.table_map(n).name for n in names]
+
+
+class DualWriteAdmin(ABC):
+    """Read and act on dual-write; reads are shared, actions differ per implementation."""
+
+    def __init__(
+        self,
+        dataverse: DataverseClient,
+        finops: FinOpsClient,
+        *,
+        notify: Callable[[Instruction], None] | None = None,
+        timeout_s: float = 1800,
+        poll_s: float = 5,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.dataverse = dataverse
+        self.finops = finops
+        self.notify = notify or (lambda ins: log.warning("%s", ins.text()))
+        self.timeout_s = timeout_s
+        self.poll_s = poll_s
+        self._clock = clock
+        self._sleep = sleep
+
+    # --- documented reads ---------------------------------------------------------------------------
+
+    def power_platform_link(self) -> dict[str, Any] | None:
+        """`RetrieveFinanceAndOperationsIntegrationDetails` (`Url`, `TenantId`, `Id`), or None if not "
+        "linked."""
+        try:
+            return self.dataverse.integration_details()
+        except HttpError as exc:
+            if exc.code == "0x80048d0b":
+                return None
+            raise
+
+    def legal_entities(self) -> list[str]:
+        """Company codes of the `cdm_companies` rows (dual-write creates one per linked legal entity)."""
+        rows = self.dataverse.query("cdm_companies", select=["cdm_companycode"])
+        return sorted(r["cdm_companycode"] for r in rows if r.get("cdm_companycode"))
+
+    def applied_maps(self) -> list[str]:
+        """Maps in Dataverse (`msdyn_dualwriteentitymaps`): present once the solutions are applied."""
+        return sorted(
+            {
+                r["msdyn_name"]
+                for r in self.dataverse.query("msdyn_dualwriteentitymaps", select=["msdyn_name"])
+            }
+        )
+
+    def map_states(self, names: Iterable[str] | None = None) -> dict[str, MapState]:
+        """State of each map (all catalogue maps by default) from the runtime configurations:
+        Dataverse `msdyn_dualwriteruntimeconfigs`, else F&O `DualWriteProjectConfigurations`."""
+        maps = [catalog.table_map(n) for n in names] if names is not None else list(catalog.table_maps())
+        dv = list(
+            self.dataverse.query(
+                "msdyn_dualwriteruntimeconfigs",
+                select=[
+                    "msdyn_name",
+                    "msdyn_status",
+                    "msdyn_internalentityname",
+                    "msdyn_externalentityname",
+                    "versionnumber",
+                ],
+            )
+        )
+        fo: list[dict[str, Any]] | None = None
+        out: dict[str, MapState] = {}
+        for m in maps:
+            rows = [
+                r
+                for r in dv
+                if r.get("msdyn_internalentityname") == m.finops_entity
+                and r.get("msdyn_externalentityname") == m.dataverse_table
+            ]
+            if rows:
+                row = max(rows, key=lambda r: r.get("versionnumber") or 0)
+                out[m.name] = MapState(
+                    m.name,
+                    STATE_OF_STATUS.get(row["msdyn_status"], "Not running"),
+                    row["msdyn_name"],
+                    row.get("versionnumber"),
+                    "msdyn_dualwriteruntimeconfigs",
+                )
+                continue
+            if fo is None:
+                fo = list(
+                    self.finops.query(
+                        "DualWriteProjectConfigurations",
+                        select=[
+                            "RecId",
+                            "ProjectName",
+                            "Status",
+                            "InternalEntityName",
+                            "ExternalEntityName",
+                            "IsDelete",
+                        ],
+                    )
+                )
+            mine = [
+                r
+                for r in fo
+                if r.get("InternalEntityName") == m.finops_entity
+                and r.get("ExternalEntityName") == m.dataverse_table
+                and r.get("IsDelete") != "Yes"
+            ]
+            if mine:
+                row = max(mine, key=lambda r: r["RecId"])
+                out[m.name] = MapState(
+                    m.name,
+                    STATE_OF_STATUS.get(row["Status"], "Not running"),
+                    row["ProjectName"],
+                    None,
+                    "DualWriteProjectConfigurations",
+                )
+            else:
+                out[m.name] = MapState(m.name, "Not running", source="no project configuration yet")
+        return out
+
+    def dependency_order(self, names: Iterable[str]) -> list[str]:
+        """The maps to run for `names`, prerequisites first (the catalogue's documented order)."""
+        return catalog.dependency_order(names)
+
+    def _run_plan(
+        self, names: Sequence[str], include_related: bool
+    ) -> tuple[list[str], dict[str, MapState], list[str]]:
+        """What Run covers: the maps in order (prerequisites first when `include_related`), their
+        states now, and those of them not Running yet."""
+        order = self.dependency_order(names) if include_related else map_names(names)
+        states = self.map_states(order)
+        return order, states, [n for n in order if not states[n].running]
+
+    @abstractmethod
+    def initial_sync_details(self, name: str) -> InitialSyncDetails:
+        """The outcome of a map's last initial sync."""
+
+    # --- actions ------------------------------------------------------------------------------------
+
+    @abstractmethod
+    def set_up_power_platform_integration(self) -> dict[str, Any]:
+        """Link Dataverse to F&O (LCS); returns the verified integration details."""
+
+    @abstractmethod
+    def link(self, legal_entities: Sequence[str]) -> list[str]:
+        """Dual-write application Configure + Link with `legal_entities`; returns the companies present."""
+
+    @abstractmethod
+    def add_legal_entities(self, codes: Sequence[str], *, skip_initial_writes: bool = False) -> list[str]:
+        """Add legal entities to the connection; returns the companies present."""
+
+    @abstractmethod
+    def run(
+        self,
+        names: Sequence[str],
+        *,
+        initial_sync: bool = True,
+        master: str = "dataverse",
+        include_related: bool = True,
+    ) -> dict[str, MapState]:
+        """Run maps (with their not-running prerequisites first); returns their verified states."""
+
+    @abstractmethod
+    def stop(self, names: Sequence[str]) -> dict[str, MapState]:
+        """Stop Running maps."""
+
+    @abstractmethod
+    def pause(self, names: Sequence[str]) -> dict[str, MapState]:
+        """Pause Running maps (their changes queue)."""
+
+    @abstractmethod
+    def resume(self, names: Sequence[str]) -> dict[str, MapState]:
+        """Resume Paused maps (catch up the queue)."""
+
+    # --- waiting ------------------------------------------------------------------------------------
+
+    def _wait(self, what: str, check: Callable[[], list[str]]) -> None:
+        """Poll `check` (which lists what is still missing) until it lists nothing or time runs out."""
+        deadline = self._clock() + self.timeout_s
+        while True:
+            missing = check()
+            if not missing:
+                return
+            if self._clock() >= deadline:
+                raise DualWriteAdminError(
+                    f"{what}: not verified after {self.timeout_s:.0f} s; still missing: {'; '.join(missing)}",
+                    fix="do the portal steps shown above (or check why they failed), then run the step again",
+                )
+            self._sleep(self.poll_s)
+
+    def _wait_states(
+        self, what: str, names: Sequence[str], target: str, before: dict[str, MapState] | None = None
+    ) -> dict[str, MapState]:
+        """Wait until every map is in `target`; a map that went back to Not running after an
+        attempt (its row version moved) failed: raise with the initial-sync errors known."""
+        result: dict[str, MapState] = {}
+
+        def check() -> list[str]:
+            result.update(self.map_states(names))
+            if before is not None:
+                failed = [
+                    n
+                    for n in names
+                    if result[n].state == "Not running" and result[n].version != before[n].version
+                ]
+                if failed:
+                    raise self._failure(failed)
+            return [
+                f"'{n}' is {result[n].state}, expected {target}" for n in names if result[n].state != target
+            ]
+
+        self._wait(what, check)
+        return result
+
+    def _failure(self, failed: Sequence[str]) -> DualWriteAdminError:
+        details = [self.initial_sync_details(n) for n in failed]
+        lines = []
+        for d in details:
+            first = d.errors[0] if d.errors else None
+            lines.append(f"'{d.map}': " + (f"{first.message} — {first.remediation()}" if first else d.note))
+        return DualWriteAdminError(
+            "initial sync failed, the map is Not running again: " + " | ".join(lines),
+            fix="fix the data or the order as the remediation says, then run again",
+        )
+
+
