@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from dwlib.errors import DwError
+from dwlib.render import result_html, result_text
 
 if TYPE_CHECKING:
     from dwlib.clients.dualwrite import DualWriteAdmin
@@ -116,6 +117,16 @@ class StepResult:
             "error": self.error,
         }
 
+    def __str__(self) -> str:
+        """The text form headless logs show (`dwlib.render.result_text`)."""
+        return result_text(self.to_dict())
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(str(self))  # IPython's text/plain: the readable form, not the dataclass repr
+
+    def _repr_html_(self) -> str:
+        return result_html(self.to_dict())
+
 
 class Progress(Protocol):
     def update(self, n: int = 1) -> None: ...
@@ -179,6 +190,9 @@ class Step(ABC):
     title: ClassVar[str]
     doc_url: ClassVar[str]
     irreversible: ClassVar[bool] = False
+    # A step that only reads (preflight, plan): it runs fully in a dry run too, never acts, and
+    # reports what it found rather than "already done".
+    read_only: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         self.options = options
@@ -201,8 +215,10 @@ class Step(ABC):
                           doc_url=self.doc_url, **fields)
 
     def execute(self, ctx: StepContext) -> StepResult:
-        """Check, act on what is missing (unless dry run or unconfirmed), verify."""
+        """Check, act on what is missing (unless dry run or unconfirmed or read-only), verify."""
         finding = self.check(ctx)
+        if self.read_only:
+            return self.verify(ctx, finding)
         if finding.done:
             res = self.verify(ctx, finding)
             if res.status == Status.PASSED:

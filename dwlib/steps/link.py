@@ -1,0 +1,371 @@
+"""Linking the environments: the Power Platform integration / dual-write link gate, and the
+legal entities of the dual-write connection. Also the reads the company and preflight steps share.
+
+Which legal entities a run covers (`scope`): a new F&O environment is connected for DAT by the
+LCS setup ("A dual-write connection is established for DAT company data"); an existing one for
+all its legal entities, of which the unwanted ones are removed. The parameters' `legal_entities`
+are the scope; companies the run creates (`companies`) are added later by the add-company step.
+
+Example:
+    >>> from dwlib.params import load_params
+    >>> p = load_params({"scenario": "new-existing", "legal_entities": ["USMF"],
+    ...                  "companies": [{"code": "USMF", "name": "Contoso US"}],
+    ...                  "environments": {"tenant_id": "t", "dataverse_url": "https://d",
+    ...                                   "finops_url": "https://f"},
+    ...                  "auth": {"method": "device_code", "client_id": "app"}})
+    >>> s = scope(p)
+    >>> s.codes, s.created, s.linked_by_setup, s.initial_sync
+    (('DAT',), ('USMF',), ('DAT',), True)
+    >>> # PowerPlatformIntegration().execute(ctx); LegalEntities().execute(ctx)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from dwlib import catalog
+from dwlib.catalog.errors import DOCS_ROOT
+from dwlib.clients.dualwrite import Instruction
+from dwlib.clients.errors import HttpError
+from dwlib.scenarios import scenario
+
+from .base import Check, Finding, Status, Step, StepContext, StepError, StepResult, register
+
+if TYPE_CHECKING:
+    from dwlib.clients.dualwrite import DualWriteAdmin
+    from dwlib.clients.session import Session
+    from dwlib.params import Params
+
+DEFAULT_COMPANY = "DAT"  # the company a new F&O environment is connected for
+PP_DOC = ("https://learn.microsoft.com/en-us/dynamics365/fin-ops-core/dev-itpro/power-platform/"
+          "enable-power-platform-integration")
+LCS_DOC = DOCS_ROOT + "lcs-setup"
+LEGAL_ENTITIES_DOC = DOCS_ROOT + "edit-legal-entity"
+COMPANY_DOC = DOCS_ROOT + "company-data"
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The legal entities of a run (see `scope`)."""
+
+    codes: tuple[str, ...]  # in the dual-write connection once the legal-entities step ran
+    created: tuple[str, ...]  # created in F&O and added to the connection by the company steps
+    linked_by_setup: tuple[str, ...]  # what the LCS link connects (the rest is added or removed)
+    initial_sync: bool  # whether the scenario runs an initial sync (40 legal entities at most)
+
+
+def scope(params: Params) -> Scope:
+    """The legal entities the run covers, from its scenario and parameters (StepError: none)."""
+    sc = scenario(params.scenario)
+    steps = {s.step for s in sc.steps}
+    created = tuple(c.code for c in params.companies) if "create-company" in steps else ()
+    others = [c for c in params.legal_entities if c not in created]
+    new_finops = sc.finops != "existing"
+    codes = tuple(dict.fromkeys([*([DEFAULT_COMPANY] if new_finops else []), *others]))
+    if not codes:
+        raise StepError(f"legal_entities is empty: scenario {sc.id} connects an existing F&O environment, "
+                        "so list the legal entities (company codes) to keep in the dual-write connection")
+    return Scope(codes, created, (DEFAULT_COMPANY,) if new_finops else codes, "initial-sync" in steps)
+
+
+def environment(ctx: StepContext) -> tuple[Params, Session, DualWriteAdmin]:
+    """The parameters, clients and dual-write admin a step needs (StepError if the context lacks them)."""
+    if ctx.params is None or ctx.session is None or ctx.admin is None:
+        raise StepError("this step needs parameters, connected environments and a dual-write admin: "
+                        "run it through a Runbook (dwlib.runbook) or build a full StepContext")
+    return ctx.params, ctx.session, ctx.admin
+
+
+def worst(checks: Iterable[Check]) -> Status:
+    """FAILED if any check failed, WARNING if any warned, else PASSED."""
+    found = {c.status for c in checks}
+    for status in (Status.FAILED, Status.WARNING):
+        if status in found:
+            return status
+    return Status.PASSED
+
+
+def limit_problem(count: int, initial_sync: bool) -> str | None:
+    """Why `count` legal entities are too many for the connection (None when they fit)."""
+    lim = catalog.limits()
+    fix = catalog.known_error("too-many-legal-entities").fix
+    if count > lim.live_sync_legal_entities:
+        return (f"{count} legal entities: \"live synchronization has a limit of "
+                f"{lim.live_sync_legal_entities} legal entities\" (dual-write-system-req). Fix: keep at "
+                f"most {lim.live_sync_legal_entities} in legal_entities.")
+    if initial_sync and count > lim.initial_sync_legal_entities:
+        return (f"{count} legal entities: \"Initial writes are supported for up to "
+                f"{lim.initial_sync_legal_entities} legal entities\" (edit-legal-entity); more make the "
+                "initial sync fail with \"Exceeds the maximum partitions allowed for mapping DWM-…\". "
+                f"Fix: {fix}")
+    return None
+
+
+def finops_legal_entities(session: Session) -> dict[str, dict[str, Any]]:
+    """F&O `LegalEntities` by upper-case id."""
+    rows = session.finops.query("LegalEntities", select=["LegalEntityId", "Name"])
+    return {r["LegalEntityId"].upper(): r for r in rows}
+
+
+def require_in_finops(session: Session, codes: Iterable[str], hint: str) -> dict[str, dict[str, Any]]:
+    """F&O's legal entities; StepError naming the `codes` F&O lacks (with `hint` as the fix)."""
+    known = finops_legal_entities(session)
+    absent = [c for c in codes if c not in known]
+    if absent:
+        raise StepError(f"legal entities {', '.join(absent)} do not exist in finance and operations "
+                        f"(it has {', '.join(sorted(known)) or 'none'}). Fix: {hint}")
+    return known
+
+
+def dataverse_rows(session: Session, entity_set: str, **options: Any) -> list[dict[str, Any]]:
+    """Rows of a Dataverse table; [] when the table does not exist (dual-write not installed)."""
+    try:
+        return list(session.dataverse.query(entity_set, **options))
+    except HttpError as exc:
+        if exc.status == 404:
+            return []
+        raise
+
+
+def linked_codes(admin: DualWriteAdmin) -> set[str]:
+    """Company codes with a `cdm_companies` row, upper case (as F&O shows legal entity ids)."""
+    return {c.upper() for c in admin.legal_entities()}
+
+
+def companies(session: Session) -> list[dict[str, Any]]:
+    """The `cdm_companies` rows (code, name, default owning team)."""
+    columns = ["cdm_companyid", "cdm_companycode", "cdm_name", "_cdm_defaultowningteam_value"]
+    return dataverse_rows(session, "cdm_companies", select=columns)
+
+
+def company_checks(session: Session, codes: Sequence[str]) -> list[Check]:
+    """Per code: its `cdm_companies` row with the business unit and "<CODE> DW" owner team dual-write
+    creates (company-data.md)."""
+    rows = {(r.get("cdm_companycode") or "").upper(): r for r in companies(session)}
+    dv = session.dataverse
+    out = []
+    for code in codes:
+        name = f"company {code} in Dataverse"
+        row = rows.get(code)
+        if row is None:
+            out.append(Check(name, Status.FAILED, f"no cdm_companies row with cdm_companycode {code}",
+                             fix=f"add {code} to the dual-write connection (Environment details > Legal "
+                                 "entities > Add legal entity); dual-write then creates the row",
+                             doc=LEGAL_ENTITIES_DOC))
+            continue
+        team_id = row.get("_cdm_defaultowningteam_value")
+        if not team_id:
+            out.append(Check(name, Status.FAILED, f"cdm_company {code} '{row.get('cdm_name')}' has no "
+                             "Default owning team", fix="set the company's Default owning team (the "
+                             f"'{code} DW' team dual-write creates); it cannot stay empty", doc=COMPANY_DOC))
+            continue
+        team = dv.get("teams", team_id, select=["name", "_businessunitid_value"])
+        bu = dv.get("businessunits", team["_businessunitid_value"], select=["name"])
+        evidence = (f"cdm_company {code} '{row.get('cdm_name')}': owner team '{team['name']}' in business "
+                    f"unit '{bu['name']}'")
+        expected = f"{code} DW"
+        if team["name"] == expected:
+            out.append(Check(name, Status.PASSED, evidence))
+        else:
+            out.append(Check(name, Status.WARNING, f"{evidence}, not '{expected}'",
+                             fix=f"make sure the owner team has the dual-write runtime and app user roles "
+                                 f"(dual-write creates '{expected}' for this)", doc=COMPANY_DOC))
+    return out
+
+
+def solution_versions(session: Session) -> list[tuple[catalog.RequiredSolution, str | None]]:
+    """Each required dual-write solution with its installed version (None: not installed)."""
+    installed = {r["uniquename"].lower(): r.get("version") for r in session.dataverse.solutions()}
+    return [(s, next((installed[n.lower()] for n in s.names if n.lower() in installed), None))
+            for s in catalog.required_solutions()]
+
+
+def solution_problems(session: Session) -> list[str]:
+    """The required dual-write solutions that are missing or older than required."""
+    return [f"{s.uniquename} " + (f"{version} < {s.required_version}" if version else "not installed")
+            for s, version in solution_versions(session) if not s.satisfied_by(version)]
+
+
+def link_checks(params: Params, link: dict[str, Any] | None) -> list[Check]:
+    """Whether `RetrieveFinanceAndOperationsIntegrationDetails` names our F&O URL and tenant."""
+    name = "Power Platform integration"
+    if link is None:
+        return [Check(name, Status.WARNING,
+                      "RetrieveFinanceAndOperationsIntegrationDetails: 0x80048d0b \"Dataverse instance isn't "
+                      "integrated with finance and operations\"",
+                      fix="the power-platform-integration step sets this up (LCS Environment details > "
+                          "Power Platform Integration > Setup)", doc=PP_DOC)]
+    expected = params.environments.finops_url
+    actual = (link.get("Url") or "").rstrip("/")
+    out = []
+    if actual.lower() == expected.lower():
+        out.append(Check(name, Status.PASSED, f"Dataverse is integrated with {actual} (Id {link.get('Id')})"))
+    else:
+        out.append(Check(
+            name, Status.FAILED, f"Dataverse is integrated with {actual}, not {expected} "
+            "(environments.finops_url)",
+            fix="a Dataverse environment links to one F&O environment: check environments.dataverse_url and "
+                "finops_url name the linked pair; otherwise reset the link in LCS and connect the right one",
+            doc=DOCS_ROOT + "reset"))
+    tenant = params.environments.tenant_id
+    actual_tenant = str(link.get("TenantId") or "")
+    if "." in tenant:  # a domain name: the integration reports the tenant's GUID
+        out.append(Check("same tenant", Status.WARNING,
+                         f"integration tenant {actual_tenant}; environments.tenant_id is the domain {tenant}",
+                         fix=f"set environments.tenant_id to {actual_tenant} if that is your tenant's id, "
+                             "so the check can compare", doc=DOCS_ROOT + "dual-write-system-req"))
+    elif actual_tenant.lower() == tenant.lower():
+        out.append(Check("same tenant", Status.PASSED, f"tenant {actual_tenant} on both sides"))
+    else:
+        out.append(Check("same tenant", Status.FAILED,
+                         f"the integration is in tenant {actual_tenant}, environments.tenant_id is {tenant}",
+                         fix="\"Cross-tenant scenarios aren't currently supported\": both environments "
+                             "must be in one Microsoft Entra tenant; correct environments.tenant_id or the "
+                             "environments",
+                         doc=DOCS_ROOT + "requirements-and-prerequisites"))
+    return out
+
+
+def dual_write_checks(session: Session, admin: DualWriteAdmin, codes: Sequence[str]) -> list[Check]:
+    """Dual-write configured and linked: solutions installed, table maps applied, companies present."""
+    problems = solution_problems(session)
+    out = [Check("dual-write solutions", Status.FAILED if problems else Status.PASSED,
+                 "; ".join(problems) if problems else f"{len(catalog.required_solutions())} required "
+                 "solutions at the required versions",
+                 fix="LCS Environment details > Power Platform Integration > Dual-write application > "
+                     "Configure installs them", doc=LCS_DOC)]
+    maps = admin.applied_maps()
+    out.append(Check("table maps applied", Status.PASSED if maps else Status.FAILED,
+                     f"{len(maps)} table maps in msdyn_dualwriteentitymaps",
+                     fix="" if maps else "select Apply Solution in the dual-write workspace", doc=LCS_DOC))
+    return out + company_checks(session, codes)
+
+
+@register
+class PowerPlatformIntegration(Step):
+    """Gate: Power Platform integration and the dual-write link (LCS), verified through Dataverse.
+
+    Checks that Dataverse reports integration with the parameters' F&O URL and tenant, and that
+    dual-write is configured (solutions, table maps) and linked (the companies the setup connects:
+    DAT for a new F&O, the legal entities in scope for an existing one). Otherwise shows the LCS
+    steps (Power Platform Integration > Setup; Dual-write application > Configure > Link) and polls
+    until the state is verified. A link to another environment is reported, never changed.
+
+    Example:
+        >>> # PowerPlatformIntegration().execute(ctx).status  → Status.PASSED after the consultant linked
+        >>> PowerPlatformIntegration.name
+        'power-platform-integration'
+    """
+
+    name = "power-platform-integration"
+    title = "Power Platform integration and dual-write link"
+    doc_url = LCS_DOC
+
+    def check(self, ctx: StepContext) -> Finding:
+        params, session, admin = environment(ctx)
+        sc = scope(params)
+        problem = limit_problem(len(sc.linked_by_setup), sc.initial_sync)
+        if problem:
+            raise StepError(problem)
+        require_in_finops(session, sc.linked_by_setup, "correct legal_entities")
+        link = admin.power_platform_link()
+        checks = link_checks(params, link)
+        if worst(checks) == Status.FAILED:
+            # Linked elsewhere: not ours to change; verify reports both values and the fix.
+            return Finding(True, "the Power Platform integration points elsewhere", checks=checks)
+        dual_write = dual_write_checks(session, admin, sc.linked_by_setup)
+        integrate, link_up = link is None, worst(dual_write) == Status.FAILED
+        what = (["set up the Power Platform integration"] if integrate else []) + (
+            [f"configure dual-write and link it for {', '.join(sc.linked_by_setup)}"] if link_up else [])
+        return Finding(not what, "; ".join(what) or "linked", todo=(integrate, link_up),
+                       checks=checks + dual_write)
+
+    def act(self, ctx: StepContext, finding: Finding) -> None:
+        params, _, admin = environment(ctx)
+        integrate, link_up = finding.todo
+        if integrate:
+            admin.set_up_power_platform_integration()
+        if link_up:
+            admin.link(scope(params).linked_by_setup)
+
+    def verify(self, ctx: StepContext, finding: Finding) -> StepResult:
+        params, session, admin = environment(ctx)
+        checks = link_checks(params, admin.power_platform_link())
+        if worst(checks) != Status.FAILED:
+            checks += dual_write_checks(session, admin, scope(params).linked_by_setup)
+        status = worst(checks)
+        summary = {Status.PASSED: "Dataverse is integrated with F&O and dual-write is linked",
+                   Status.WARNING: "linked, with warnings",
+                   Status.FAILED: "the link is not as expected"}[status]
+        return self.result(status, summary, checks=checks)
+
+
+@register
+class LegalEntities(Step):
+    """The dual-write connection holds exactly the legal entities in scope.
+
+    Adds the missing ones (Environment details > Legal entities > Add legal entity, skipping initial
+    writes: the initial sync is its own step) and asks to remove the others. A removal cannot be
+    verified from outside (dual-write keeps a removed company's `cdm_company` row), so companies
+    outside the scope stay a warning. Refuses, before acting, more than 40 legal entities when
+    the scenario runs an initial sync, or more than 250.
+
+    Example:
+        >>> # LegalEntities().execute(ctx).checks[0].evidence
+        >>> # "cdm_company USMF 'Contoso US': owner team 'USMF DW' in business unit 'USMF'"
+        >>> LegalEntities.name
+        'legal-entities'
+    """
+
+    name = "legal-entities"
+    title = "Legal entities in the dual-write connection"
+    doc_url = LEGAL_ENTITIES_DOC
+
+    def check(self, ctx: StepContext) -> Finding:
+        params, session, admin = environment(ctx)
+        sc = scope(params)
+        problem = limit_problem(len(sc.codes), sc.initial_sync)
+        if problem:
+            raise StepError(problem)
+        require_in_finops(session, sc.codes, "correct legal_entities (companies this run creates go under "
+                                             "companies)")
+        present = linked_codes(admin)
+        missing = [c for c in sc.codes if c not in present]
+        extra = sorted(present - set(sc.codes) - set(sc.created))
+        what = ([f"add {', '.join(missing)}"] if missing else []) + (
+            [f"remove {', '.join(extra)}"] if extra else [])
+        seen = ", ".join(sorted(present)) or "none"
+        evidence = Check("connection", Status.PASSED,
+                         f"in scope: {', '.join(sc.codes)}; cdm_companies: {seen}")
+        return Finding(not what, "; ".join(what) or "in scope", todo=(missing, extra), checks=[evidence])
+
+    def act(self, ctx: StepContext, finding: Finding) -> None:
+        _, _, admin = environment(ctx)
+        missing, extra = finding.todo
+        if missing:
+            admin.add_legal_entities(missing, skip_initial_writes=True)
+        if extra:
+            admin.notify(Instruction(
+                "Remove legal entities from the dual-write connection",
+                ["In F&O open Data management > Dual-write, then Environment details.",
+                 f"On the Legal entities tab remove {', '.join(extra)} (not in legal_entities), then Save."],
+                {}, "not verifiable from outside (removed companies keep their cdm_company rows)"))
+
+    def verify(self, ctx: StepContext, finding: Finding) -> StepResult:
+        params, session, admin = environment(ctx)
+        sc = scope(params)
+        checks = company_checks(session, sc.codes)
+        extra = sorted(linked_codes(admin) - set(sc.codes) - set(sc.created))
+        if extra:
+            checks.append(Check(
+                "legal entities outside the scope", Status.WARNING,
+                f"cdm_companies also holds {', '.join(extra)}; whether they are still in the connection "
+                "shows only in the dual-write workspace (removed companies keep their cdm_company row)",
+                fix=f"remove {', '.join(extra)} in Environment details > Legal entities, or add them to "
+                    "legal_entities", doc=LEGAL_ENTITIES_DOC))
+        status = worst(checks)
+        return self.result(status, f"connection legal entities: {', '.join(sc.codes)}"
+                           + ("" if status == Status.PASSED else f" ({status})"), checks=checks,
+                           next_action=checks[-1].fix if extra else "")

@@ -1,0 +1,228 @@
+"""Verify the setup: reconcile counts and keys per company per map, then a live round trip.
+
+Reconciliation covers the maps whose data the run moved (initial sync or migration): per company,
+the rows dual-write syncs on each side (e.g. Customers V3 (accounts): F&O CustomersV3 with
+PartyType Organization per dataAreaId against Dataverse accounts with `customertypecode eq 3` per
+`msdyn_company`; Customers V3 (contacts): persons against sellable contacts; Legal entities
+against `cdm_companies`; customer groups, terms of payment, currencies …). The table shows the
+counts on both sides, how many keys each side misses (with a sample) and a status per row;
+`verify-missing-keys.csv` lists every missing key, `verify-reconciliation.csv` the table.
+
+The live round trip (`dwlib.steps.roundtrip`) then creates a customer in F&O, waits for it in
+Dataverse, changes it there, waits for the change in F&O, and deletes it on both sides. It runs
+once per pair of environments (`verify.round_trip: once`, remembered in `dw-round-trips.json`
+beside the run records), so a re-run of a finished runbook writes nothing; `always` repeats it,
+`never` skips it.
+
+Example:
+    >>> # result = Verify().execute(ctx)
+    >>> # result.tables["reconciliation"][0]  → {'map': …, 'company': 'USMF', 'finops_rows': 40, …}
+    >>> # result.evidence_files               → ['…/verify-reconciliation.csv', '…/verify-missing-keys.csv']
+    >>> Verify.name
+    'verify'
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dwlib.catalog.errors import DOCS_ROOT
+
+from .base import Check, Finding, Status, Step, StepContext, StepError, StepResult, register
+from .initialsync import sync_companies
+from .link import environment, worst
+from .reconcile import Reconciliation, company_ids, reconcile
+from .roundtrip import ACCOUNTS, RoundTrip, round_trip
+from .tablemaps import RUNNING, planned_maps
+
+if TYPE_CHECKING:
+    from dwlib.params import Params
+
+TROUBLESHOOT_DOC = DOCS_ROOT + "dual-write-troubleshooting-initial-sync"
+MARKER = "dw-round-trips.json"
+COLUMNS = ["map", "company", "finops_rows", "dataverse_rows", "missing_in_dataverse", "missing_in_finops",
+           "sample_missing_in_dataverse", "sample_missing_in_finops", "status", "note"]
+
+
+@dataclass
+class VerifyWork:
+    """The finding: the reconciliation, and the round trip to make (None: none to make, and why)."""
+
+    rows: list[Reconciliation]
+    company: str | None
+    company_id: str | None
+    why_not: str = ""
+    trip: RoundTrip | None = None
+    notes: list[Check] = field(default_factory=list)
+
+
+def _marker(ctx: StepContext) -> Path:
+    return ctx.evidence_dir.parent / MARKER
+
+
+def _environments(params: Params) -> str:
+    return f"{params.environments.dataverse_url} {params.environments.finops_url}"
+
+
+def _earlier_trip(ctx: StepContext, params: Params) -> dict[str, Any] | None:
+    try:
+        return json.loads(_marker(ctx).read_text()).get(_environments(params))
+    except (OSError, ValueError):
+        return None
+
+
+def _remember_trip(ctx: StepContext, params: Params, trip: RoundTrip) -> None:
+    path = _marker(ctx)
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    known[_environments(params)] = {"company": trip.company, "account": trip.account,
+                                    "passed_on": datetime.now(UTC).isoformat(timespec="seconds")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(known, indent=2))
+
+
+def _trip_company(ctx: StepContext, companies: list[str], ids: dict[str, str]) -> str:
+    params, session, _ = environment(ctx)
+    linked = [c for c in companies if c in ids]
+    wanted = params.verify.company
+    if wanted is not None:
+        if wanted not in linked:
+            raise StepError(f"verify.company {wanted} is not a company of the dual-write connection in "
+                            f"scope ({', '.join(linked) or 'none'}): choose one of them, or leave it null")
+        return wanted
+    for code in linked:
+        if next(iter(session.finops.query("CustomerGroups", select=["CustomerGroupId"], company=code,
+                                          top=1)), None):
+            return code
+    if not linked:
+        raise StepError("no company of the run is in Dataverse (cdm_companies): run the link and "
+                        "legal-entities steps first")
+    return linked[0]
+
+
+@register
+class Verify(Step):
+    """Reconcile counts and keys per company per map on both sides; live round trip, cleaned up.
+
+    FAILS when counts or keys differ (with the fix and the CSV of missing keys) or when a direction
+    of the round trip fails (naming it).
+
+    Example:
+        >>> # Verify().execute(ctx).counts  → {'rows_checked': 10, 'rows_failed': 0, 'missing_keys': 0, …}
+        >>> Verify.title
+        'Verify: reconcile both sides and a live round trip'
+    """
+
+    name = "verify"
+    title = "Verify: reconcile both sides and a live round trip"
+    doc_url = TROUBLESHOOT_DOC
+
+    def check(self, ctx: StepContext) -> Finding:
+        params, session, admin = environment(ctx)
+        plan = planned_maps(ctx)
+        companies = sync_companies(ctx, None)
+        rows = reconcile(session, [p.name for p in plan if p.moves_data], companies)
+        failing = [r for r in rows if not r.ok]
+        checks = [Check("reconciliation", Status.FAILED if failing else Status.PASSED,
+                        f"{len(rows) - len(failing)} of {len(rows)} map × company rows reconcile")]
+        work = VerifyWork(rows, None, None)
+        mode = params.verify.round_trip
+        earlier = _earlier_trip(ctx, params) if mode == "once" else None
+        enabled = {p.name for p in plan}
+        if mode == "never":
+            work.why_not = "off (verify.round_trip: never)"
+        elif ACCOUNTS not in enabled:
+            work.why_not = f"not possible: the plan does not enable {ACCOUNTS}"
+            work.notes.append(Check("round trip", Status.WARNING, work.why_not,
+                                    fix=f"enable {ACCOUNTS} to prove live sync end to end"))
+        elif earlier is not None:
+            work.why_not = (f"passed on {earlier['passed_on']} in {earlier['company']} "
+                            f"({earlier['account']}, cleaned up)")
+            work.notes.append(Check("round trip", Status.PASSED, work.why_not))
+        elif admin.map_states([ACCOUNTS])[ACCOUNTS].state != RUNNING:
+            work.notes.append(Check("round trip", Status.FAILED, f"{ACCOUNTS} is not Running",
+                                    fix="run the table-maps step first"))
+            work.why_not = f"{ACCOUNTS} is not Running"
+        else:
+            ids = company_ids(session)
+            work.company = _trip_company(ctx, companies, ids)
+            work.company_id = ids[work.company]
+        summary = (f"live round trip in {work.company} (create in F&O, change in Dataverse, clean up)"
+                   if work.company else f"reconcile only; round trip {work.why_not}")
+        return Finding(work.company is None, summary, todo=work, checks=checks + work.notes)
+
+    def act(self, ctx: StepContext, finding: Finding) -> None:
+        params, session, _ = environment(ctx)
+        work: VerifyWork = finding.todo
+        assert work.company is not None and work.company_id is not None
+        work.trip = round_trip(session, work.company, work.company_id, timeout_s=params.verify.timeout_s,
+                               poll_s=params.verify.poll_s)
+        if work.trip.ok:
+            _remember_trip(ctx, params, work.trip)
+
+    def verify(self, ctx: StepContext, finding: Finding) -> StepResult:
+        params, _, _ = environment(ctx)
+        work: VerifyWork = finding.todo
+        sample = params.verify.sample_keys
+        table = [r.row(sample) for r in work.rows]
+        recon_csv = ctx.write_csv("verify-reconciliation.csv", [r.row(sample) for r in work.rows], COLUMNS)
+        missing_csv = ctx.write_csv("verify-missing-keys.csv",
+                                    (m for r in work.rows for m in r.missing_rows()),
+                                    ["map", "company", "missing_in", "key"])
+        failing = [r for r in work.rows if not r.ok]
+        checks = [self._row_check(r, missing_csv) for r in failing]
+        checks += work.notes + (work.trip.stages if work.trip else [])
+        if not work.rows:
+            checks.append(Check("reconciliation", Status.PASSED,
+                                "no map moved data (maps went live with skip initial sync): nothing to "
+                                "reconcile"))
+        status = worst(checks)
+        counts = {"rows_checked": len(work.rows), "rows_failed": len(failing),
+                  "missing_keys": sum(len(r.missing_in_dataverse) + len(r.missing_in_finops)
+                                      for r in work.rows),
+                  "finops_rows": sum(r.finops_rows for r in work.rows),
+                  "dataverse_rows": sum(r.dataverse_rows for r in work.rows)}
+        trip = work.trip
+        parts = [f"{len(work.rows) - len(failing)}/{len(work.rows)} reconciled"]
+        if trip is None:
+            parts.append(f"round trip {work.why_not}")
+        else:
+            parts.append("round trip passed" if trip.ok
+                         else f"round trip failed ({trip.failed_direction or 'clean-up'})")
+        return self.result(status, "; ".join(parts), checks=checks, tables={"reconciliation": table},
+                           counts=counts, evidence_files=[str(recon_csv), str(missing_csv)],
+                           next_action=self._next_action(failing, trip, missing_csv))
+
+    @staticmethod
+    def _row_check(r: Reconciliation, csv: Path) -> Check:
+        evidence = (f"F&O {r.finops_rows} rows, Dataverse {r.dataverse_rows}; missing in Dataverse "
+                    f"{len(r.missing_in_dataverse)} (e.g. {', '.join(r.missing_in_dataverse[:3]) or '-'}), "
+                    f"missing in F&O {len(r.missing_in_finops)} "
+                    f"(e.g. {', '.join(r.missing_in_finops[:3]) or '-'})")
+        if r.duplicates:
+            evidence += f"; {r.duplicates} rows share a key with another row"
+        if r.note:
+            evidence += f"; {r.note}"
+        return Check(f"{r.map} {r.company}", Status.FAILED, evidence,
+                     fix=f"check that the map is Running (table-maps step), then rerun its initial sync "
+                         f"(initial-sync step, or Re-run execution in Initial sync details); every missing "
+                         f"key is in {csv}", doc=TROUBLESHOOT_DOC)
+
+    @staticmethod
+    def _next_action(failing: list[Reconciliation], trip: RoundTrip | None, csv: Path) -> str:
+        actions = []
+        if failing:
+            maps = sorted({r.map for r in failing})
+            actions.append(f"Counts or keys differ for {', '.join(maps)}: check the map states, rerun the "
+                           f"initial sync of those maps (run the initial-sync step again), then verify "
+                           f"again. Missing keys: {csv}.")
+        if trip is not None and not trip.ok:
+            failed = next(c for c in trip.stages if c.status != Status.PASSED)
+            actions.append(f"The round trip failed at '{failed.name}': {failed.fix}")
+        return " ".join(actions)

@@ -1,0 +1,84 @@
+"""Creating the company in F&O and adding it to the connection (new-existing), with the portal played."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from dw_helpers import Consultant
+
+from dwlib.steps.base import Status, StepError
+from dwlib.steps.company import AddCompany, CreateCompany
+from dwlib.steps.link import PowerPlatformIntegration
+
+PARAMS = {"legal_entities": ["USMF"],
+          "companies": [{"code": "USMF", "name": "Contoso US", "country": "usa", "currency": "USD"}]}
+
+
+def _legal_entity(consultant: Consultant, code: str) -> list[dict[str, Any]]:
+    return consultant.fo_rows(f"LegalEntities?$filter=LegalEntityId eq '{code}'")
+
+
+def test_create_then_add_the_company_converges(start_sandbox, step_context, portal_player) -> None:
+    sandbox = start_sandbox("new-existing", rows=20, fresh=True)
+    consultant = Consultant(sandbox)
+    try:
+        play = portal_player(sandbox)
+        ctx = step_context(sandbox, consultant=play, params=PARAMS)
+        assert PowerPlatformIntegration().execute(ctx).status == Status.PASSED
+        with pytest.raises(StepError, match=r"USMF do not exist in finance and operations .* run the "
+                                            r"create-company step first"):
+            AddCompany().execute(ctx)
+
+        # Irreversible: nothing happens without confirmation, nor in a dry run.
+        waiting = CreateCompany().execute(ctx)
+        assert waiting.status == Status.WAITING
+        assert waiting.summary == "needs confirmation: create USMF 'Contoso US' in F&O LegalEntities"
+        dry_ctx = step_context(sandbox, params=PARAMS, dry_run=True, confirm=lambda _what: True)
+        dry = CreateCompany().execute(dry_ctx)
+        assert dry.status == Status.SKIPPED
+        assert _legal_entity(consultant, "USMF") == []
+
+        ctx.confirm = lambda _what: True
+        created = CreateCompany().execute(ctx)
+        assert created.status == Status.PASSED, [c.to_dict() for c in created.checks]
+        row = _legal_entity(consultant, "USMF")[0]
+        assert (row["Name"], row["AddressCountryRegionId"], row["AccountingCurrency"]) == (
+            "Contoso US", "USA", "USD")
+        assert ctx.run_state["companies_created"] == ["USMF"]
+        assert CreateCompany().execute(ctx).status == Status.ALREADY_DONE
+
+        added = AddCompany().execute(ctx)
+        assert added.status == Status.PASSED, [c.to_dict() for c in added.checks]
+        assert ctx.instructions[-1].title == "Add legal entities to the dual-write connection"
+        skip = "Select 'Skip initial writes for newly added legal entities', then Save."
+        assert skip in ctx.instructions[-1].steps
+        assert added.checks[0].evidence == ("cdm_company USMF 'Contoso US': owner team 'USMF DW' in business "
+                                            "unit 'USMF'")
+        assert ctx.run_state["companies_added"] == ["USMF"]
+        assert consultant.portal("GET", "/dualwrite/connection")["legalEntities"] == ["DAT", "USMF"]
+        shown = len(ctx.instructions)
+        assert AddCompany().execute(ctx).status == Status.ALREADY_DONE
+        assert len(ctx.instructions) == shown
+    finally:
+        consultant.close()
+
+
+def test_an_existing_company_of_another_name_is_not_recreated_but_flagged(start_sandbox,
+                                                                          step_context) -> None:
+    sandbox = start_sandbox("new-data-existing", rows=20, fresh=True)
+    params = {"legal_entities": ["USMF"], "companies": [{"code": "USMF", "name": "Contoso Dataverse"}]}
+    ctx = step_context(sandbox, params=params, confirm=lambda _what: True)
+    result = CreateCompany().execute(ctx)
+    assert result.status == Status.WARNING  # found in place (not created): a check, not a failure
+    assert result.checks[0].evidence == ("LegalEntities USMF is named 'Contoso Entertainment System USA', "
+                                         "not 'Contoso Dataverse'")
+    assert not [e for e in ctx.session.journal.entries() if e.method == "POST" and "LegalEntities" in e.url]
+
+
+def test_the_company_steps_need_companies_in_the_parameters(start_sandbox, step_context) -> None:
+    ctx = step_context(start_sandbox("new-existing", rows=20), params={"legal_entities": ["USMF"]})
+    for step in (CreateCompany(), AddCompany()):
+        with pytest.raises(StepError, match=r"scenario new-existing creates a company in F&O .* add it "
+                                            r"under companies"):
+            step.execute(ctx)

@@ -1,0 +1,140 @@
+"""The link gate and the connection's legal entities against sandboxes, with the portal played."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from dw_helpers import Consultant
+
+from dwlib import catalog
+from dwlib.clients.dualwrite import DualWriteAdminError
+from dwlib.steps.base import Status, StepError
+from dwlib.steps.link import LegalEntities, PowerPlatformIntegration
+
+
+@pytest.fixture(scope="module")
+def untouched(start_sandbox: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    """A new-new sandbox nobody links (the tests using it only read, or time out waiting)."""
+    return start_sandbox("new-new", rows=20, fresh=True)
+
+
+def test_the_gate_links_a_new_finops_for_dat_and_a_rerun_is_already_done(start_sandbox, step_context,
+                                                                           portal_player) -> None:
+    sandbox = start_sandbox("new-existing", rows=20, fresh=True)
+    ctx = step_context(sandbox, consultant=portal_player(sandbox))
+    result = PowerPlatformIntegration().execute(ctx)
+    assert result.status == Status.PASSED, [c.to_dict() for c in result.checks]
+    assert [i.title for i in ctx.instructions] == ["Set up the Power Platform integration (LCS)",
+                                                   "Configure dual-write and link the environments (LCS)"]
+    assert any("keep these legal entities: DAT;" in s for s in ctx.instructions[1].steps)
+    checks = {c.name: c for c in result.checks}
+    assert checks["Power Platform integration"].evidence.startswith(
+        f"Dataverse is integrated with {sandbox['finops_url']}")
+    assert checks["dual-write solutions"].status == Status.PASSED
+    assert checks["company DAT in Dataverse"].evidence.endswith("owner team 'DAT DW' in business unit 'DAT'")
+
+    again = PowerPlatformIntegration().execute(ctx)
+    assert again.status == Status.ALREADY_DONE and len(ctx.instructions) == 2
+    # A new F&O is connected for DAT only: the legal-entities step finds its work done.
+    legal = LegalEntities().execute(ctx)
+    assert legal.status == Status.ALREADY_DONE and len(ctx.instructions) == 2
+
+
+def test_the_gate_times_out_saying_what_is_missing(untouched, step_context) -> None:
+    ctx = step_context(untouched, timeout_s=0.3)
+    missing = "still missing: RetrieveFinanceAndOperationsIntegrationDetails answers 0x80048d0b"
+    with pytest.raises(DualWriteAdminError, match=missing) as err:
+        PowerPlatformIntegration().execute(ctx)
+    assert "do the portal steps shown above" in str(err.value)
+    assert [i.title for i in ctx.instructions] == ["Set up the Power Platform integration (LCS)"]
+
+
+def test_a_dry_run_says_what_it_would_do_and_shows_no_gate(untouched, step_context) -> None:
+    ctx = step_context(untouched, dry_run=True)
+    result = PowerPlatformIntegration().execute(ctx)
+    assert result.status == Status.SKIPPED
+    assert result.summary == ("dry run — would: set up the Power Platform integration; configure dual-write "
+                              "and link it for DAT")
+    assert ctx.instructions == []
+
+
+def test_a_link_to_other_environments_fails_naming_both_values(start_sandbox, step_context) -> None:
+    sandbox = start_sandbox("existing-new", rows=20, fresh=True)
+    consultant = Consultant(sandbox)
+    try:
+        consultant.portal("POST", "/lcs/power-platform-integration")
+    finally:
+        consultant.close()
+    other = "https://contoso-test.operations.dynamics.com"
+    ctx = step_context(sandbox, dry_run=True, params={
+        "legal_entities": ["USMF"], "environments.finops_url": other,
+        "environments.tenant_id": "11111111-2222-3333-4444-555555555555"})
+    result = PowerPlatformIntegration().execute(ctx)
+    checks = {c.name: c for c in result.checks}
+    assert result.status == Status.FAILED  # also in a dry run: there is nothing to do but fix it
+    assert checks["Power Platform integration"].evidence == (
+        f"Dataverse is integrated with {sandbox['finops_url']}, not {other} (environments.finops_url)")
+    assert "reset the link in LCS" in checks["Power Platform integration"].fix
+    assert checks["same tenant"].status == Status.FAILED
+    assert sandbox["tenant_id"] in checks["same tenant"].evidence
+    assert "Cross-tenant scenarios aren't currently supported" in checks["same tenant"].fix
+    assert ctx.instructions == []
+
+
+def test_legal_entities_are_added_and_unwanted_ones_flagged(start_sandbox, step_context,
+                                                            portal_player) -> None:
+    sandbox = start_sandbox("existing-existing", rows=20, fresh=True)
+    consultant = Consultant(sandbox)
+    try:
+        # The consultant linked with the wrong set: GBSI missing, DEMF unwanted.
+        consultant.portal("POST", "/lcs/power-platform-integration")
+        consultant.portal("POST", "/lcs/dual-write/configure")
+        consultant.portal("POST", "/lcs/dual-write/link", {"legal_entities": ["USMF", "DEMF"]})
+        ctx = step_context(sandbox, consultant=portal_player(sandbox),
+                           params={"legal_entities": ["USMF", "GBSI"]})
+        assert LegalEntities().execute(step_context(sandbox, dry_run=True, params={
+            "legal_entities": ["USMF", "GBSI"]})).summary == "dry run — would: add GBSI; remove DEMF"
+        result = LegalEntities().execute(ctx)
+        assert [i.title for i in ctx.instructions] == ["Add legal entities to the dual-write connection",
+                                                       "Remove legal entities from the dual-write connection"]
+        skip = "Select 'Skip initial writes for newly added legal entities', then Save."
+        assert skip in ctx.instructions[0].steps
+        assert consultant.portal("GET", "/dualwrite/connection")["legalEntities"] == ["USMF", "GBSI"]
+    finally:
+        consultant.close()
+    checks = {c.name: c for c in result.checks}
+    assert checks["company GBSI in Dataverse"].status == Status.PASSED
+    assert "owner team 'GBSI DW'" in checks["company GBSI in Dataverse"].evidence
+    # DEMF keeps its cdm_company row after the removal: the step cannot see the removal, and says so.
+    outside = checks["legal entities outside the scope"]
+    assert result.status == Status.WARNING and outside.status == Status.WARNING
+    assert "DEMF" in outside.evidence and "dual-write workspace" in outside.evidence
+    assert result.next_action == outside.fix
+
+
+def test_more_legal_entities_than_the_limits_are_refused_before_acting(untouched, step_context) -> None:
+    codes = [f"E{i:03d}" for i in range(40)]
+    ctx = step_context(untouched, params={"scenario": "new-data-new", "legal_entities": codes})
+    with pytest.raises(StepError, match=r"41 legal entities: \"Initial writes are supported for up to 40 "
+                                        r"legal entities\"") as err:
+        LegalEntities().execute(ctx)
+    assert catalog.match_error(str(err.value)).id == "too-many-legal-entities"
+    # new-new runs no initial sync: 41 pass the limits (and then F&O lacks them) ...
+    ctx = step_context(untouched, params={"legal_entities": codes})
+    with pytest.raises(StepError, match=r"legal entities E000, E001, .* do not exist in finance and "
+                                        r"operations \(it has DAT\)"):
+        LegalEntities().execute(ctx)
+    # ... but 251 exceed live synchronization.
+    ctx = step_context(untouched, params={"legal_entities": [f"L{i:03d}" for i in range(251)]})
+    with pytest.raises(StepError, match="live synchronization has a limit of 250 legal entities"):
+        LegalEntities().execute(ctx)
+    assert ctx.instructions == []
+
+
+def test_an_existing_finops_needs_legal_entities_in_scope(untouched, step_context) -> None:
+    ctx = step_context(untouched, params={"scenario": "existing-new"})
+    with pytest.raises(StepError, match="legal_entities is empty: scenario existing-new connects an "
+                                        "existing"):
+        LegalEntities().execute(ctx)

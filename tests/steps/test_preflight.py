@@ -1,0 +1,139 @@
+"""Preflight against sandboxes: warnings before the link, a clean pass after it, failures with fixes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from dw_helpers import Consultant
+
+from dwlib.clients.dataverse import DataverseClient
+from dwlib.steps.base import Check, Status, StepResult
+from dwlib.steps.link import PowerPlatformIntegration
+from dwlib.steps.preflight import Preflight
+
+
+def _by_name(result: StepResult) -> dict[str, Check]:
+    return {c.name: c for c in result.checks}
+
+
+def _writes(ctx: Any) -> list[str]:
+    """Requests to the environments (sign-in is not one) other than reads."""
+    envs = (ctx.params.environments.dataverse_url, ctx.params.environments.finops_url)
+    return [f"{e.method} {e.url}" for e in ctx.session.journal.entries()
+            if e.method != "GET" and e.url.startswith(envs)]
+
+
+@pytest.fixture(scope="module")
+def fresh_new_new(start_sandbox: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    """A new-new sandbox nobody links (the tests of this module only read it)."""
+    return start_sandbox("new-new", rows=20, fresh=True)
+
+
+def test_before_the_link_missing_setup_parts_are_warnings_with_the_fix(fresh_new_new, step_context) -> None:
+    ctx = step_context(fresh_new_new)
+    result = Preflight().execute(ctx)
+    checks = _by_name(result)
+    assert result.status == Status.WARNING, [c.to_dict() for c in result.checks if c.status == Status.FAILED]
+    assert checks["Dataverse reachable"].status == Status.PASSED
+    assert checks["F&O reachable"].status == Status.PASSED
+    link = checks["Power Platform integration"]
+    assert link.status == Status.WARNING and "power-platform-integration step" in link.fix
+    assert "0x80048d0b" in link.evidence
+    core = checks["solutions: Dual Write Core"]
+    assert core.status == Status.WARNING and "not installed" in core.evidence and "Configure" in core.fix
+    users = [c for c in result.checks if c.name.startswith("application user")]
+    assert len(users) == 2 and all(c.status == Status.WARNING for c in users)
+    assert checks["cdm_companies"].status == Status.PASSED
+    assert checks["legal-entity count"].status == Status.PASSED
+    assert "DAT" in checks["legal entities in F&O"].evidence
+    assert checks["root business unit default team"].status == Status.PASSED
+    assert result.summary.endswith("0 failed")
+    assert _writes(ctx) == []
+
+
+def test_a_dry_run_still_checks_and_never_writes(fresh_new_new, step_context) -> None:
+    ctx = step_context(fresh_new_new, dry_run=True)
+    first, second = Preflight().execute(ctx), Preflight().execute(ctx)
+    assert first.status == second.status == Status.WARNING
+    assert [c.to_dict() for c in first.checks] == [c.to_dict() for c in second.checks]
+    assert _writes(ctx) == [] and ctx.instructions == []
+
+
+def test_too_many_legal_entities_fail_with_the_documented_limit(fresh_new_new, step_context) -> None:
+    codes = [f"E{i:03d}" for i in range(41)]
+    ctx = step_context(fresh_new_new, params={"scenario": "new-data-new", "legal_entities": codes})
+    checks = _by_name(Preflight().execute(ctx))
+    count = checks["legal-entity count"]
+    assert count.status == Status.FAILED
+    assert "42 legal entities" in count.evidence  # DAT is connected for a new F&O too
+    assert "Initial writes are supported for up to 40 legal entities" in count.evidence
+    assert checks["legal entities in F&O"].status == Status.FAILED
+    # Without an initial sync (new-new) only the live limit of 250 applies.
+    ctx = step_context(fresh_new_new, params={"legal_entities": codes})
+    assert _by_name(Preflight().execute(ctx))["legal-entity count"].status == Status.PASSED
+
+
+def test_after_the_link_everything_passes_and_a_missing_part_then_fails(start_sandbox, step_context,
+                                                                         portal_player) -> None:
+    sandbox = start_sandbox("new-existing", rows=20, fresh=True)
+    ctx = step_context(sandbox, consultant=portal_player(sandbox))
+    assert PowerPlatformIntegration().execute(ctx).status == Status.PASSED
+    result = Preflight().execute(ctx)
+    assert result.status == Status.PASSED, [c.to_dict() for c in result.checks if c.status != Status.PASSED]
+    assert _by_name(result)["same tenant"].status == Status.PASSED
+
+    consultant = Consultant(sandbox)
+    try:
+        users = consultant.dv_rows("systemusers?$select=systemuserid&$filter=applicationid eq "
+                                   "2e49aa60-1bd3-43b6-8ab6-03ada3d9f08b")
+        assert consultant.dv("PATCH", f"systemusers({users[0]['systemuserid']})",
+                             {"isdisabled": True}).status_code == 204
+    finally:
+        consultant.close()
+    result = Preflight().execute(ctx)
+    user = _by_name(result)["application user 2e49aa60-1bd3-43b6-8ab6-03ada3d9f08b"]
+    assert result.status == Status.FAILED
+    assert user.status == Status.FAILED and "disabled" in user.evidence  # a warning before the link
+    assert f"{user.name}: the LCS dual-write setup creates it" in result.next_action
+
+
+def test_duplicate_or_blank_companies_fail_with_the_documented_error_and_fix(start_sandbox,
+                                                                             step_context) -> None:
+    sandbox = start_sandbox("existing-existing", rows=20, fresh=True)
+    consultant = Consultant(sandbox)
+    try:
+        # Left-overs of an earlier setup: a company code twice and a company without a name.
+        for row in ({"cdm_companycode": "USMF", "cdm_name": "Contoso US"},
+                    {"cdm_companycode": "usmf", "cdm_name": "Contoso US (old)"},
+                    {"cdm_companycode": "GBSI", "cdm_name": " "}):
+            assert consultant.dv("POST", "cdm_companies", row).status_code == 204
+    finally:
+        consultant.close()
+    ctx = step_context(sandbox, params={"legal_entities": ["USMF", "GBSI"]})
+    result = Preflight().execute(ctx)
+    companies = _by_name(result)["cdm_companies"]
+    assert result.status == Status.FAILED
+    assert companies.status == Status.FAILED
+    assert "duplicate codes: USMF" in companies.evidence and "blank names: GBSI" in companies.evidence
+    assert ("Saving connection set failed! An item with the same key has already been added."
+            in companies.evidence)
+    assert "Remove the duplicate or blank-name cdm_company rows" in companies.fix
+    assert companies.doc.endswith("dual-write-troubleshooting-initial-setup")
+    assert [c.name for c in result.checks if c.status == Status.FAILED] == ["cdm_companies"]
+
+
+def test_an_unreachable_environment_fails_and_skips_what_depends_on_it(fresh_new_new, step_context) -> None:
+    ctx = step_context(fresh_new_new)
+    dv = ctx.session.dataverse
+    ctx.session.dataverse = DataverseClient(dv.http, dv.environment_url + "/wrong-org")
+    result = Preflight().execute(ctx)
+    checks = _by_name(result)
+    assert result.status == Status.FAILED
+    reach = checks["Dataverse reachable"]
+    assert reach.status == Status.FAILED and "WhoAmI" in reach.evidence and "404" in reach.evidence
+    assert checks["F&O reachable"].status == Status.PASSED
+    skipped = [c for c in result.checks if c.status == Status.SKIPPED]
+    assert {c.name for c in skipped} >= {"dual-write solutions", "cdm_companies"}
+    assert all(c.evidence == "not checked: Dataverse is not reachable" for c in skipped)

@@ -1,0 +1,159 @@
+"""The verify step against sandboxes: reconciliation, missing keys, the live round trip and its clean-up."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from dw_helpers import Consultant
+from sync_helpers import ACCOUNTS, CUR, CUSTOMER_MAPS, GROUPS, LE, TERMS, organization, run_maps, set_plan
+
+from dwlib import catalog
+from dwlib.steps import STEPS, Status
+from dwlib.steps.roundtrip import PREFIX
+
+FAST = {"verify.poll_s": 0.05, "verify.timeout_s": 10}
+WRITES = ("POST", "PATCH", "PUT", "DELETE")
+
+
+def _leftovers(c: Consultant) -> list[Any]:
+    return (c.fo_rows(f"CustomersV3?cross-company=true&$filter=CustomerAccount eq '{PREFIX}-*'")
+            + c.dv_rows(f"accounts?$select=accountnumber&$filter=startswith(accountnumber,'{PREFIX}')"))
+
+
+def _context(step_context: Any, sandbox: dict[str, Any], companies: list[str], tmp_path: Path,
+             **params: Any) -> Any:
+    ctx = step_context(sandbox, params={"legal_entities": companies, **FAST, **params})
+    ctx.evidence_dir = tmp_path / "runs" / "run-1-evidence"  # runs/ keeps the round-trip memory
+    set_plan(ctx, [(n, "initial-sync", "finops") for n in CUSTOMER_MAPS])
+    return ctx
+
+
+def _csv(path: str | Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(Path(path).read_text(encoding="utf-8").splitlines()))
+
+
+def _writes(ctx: Any) -> list[str]:
+    return [f"{e.method} {e.url}" for e in ctx.session.journal.entries()
+            if e.method in WRITES and ("/dataverse/" in e.url or "/finops/" in e.url)]
+
+
+def test_a_good_sync_reconciles_and_the_round_trip_passes_and_cleans_up(linked_sandbox, step_context,
+                                                                       tmp_path: Path) -> None:
+    sandbox = linked_sandbox("existing-new", rows=20, legal_entities=["USMF", "GBSI"])
+    c = Consultant(sandbox)
+    try:
+        run_maps(c, CUSTOMER_MAPS)
+        ctx = _context(step_context, sandbox, ["USMF", "GBSI"], tmp_path)
+        result = STEPS["verify"]().execute(ctx)
+        assert result.status == Status.PASSED, result.checks
+        rows = {(r["map"], r["company"]): r for r in result.tables["reconciliation"]}
+        assert set(rows) == {(CUR, "(global)"), (LE, "(global)")} | {
+            (m, co) for m in (TERMS, GROUPS, ACCOUNTS) for co in ("USMF", "GBSI")}
+        usmf = rows[(ACCOUNTS, "USMF")]
+        orgs = c.fo_rows("CustomersV3?cross-company=true&$filter=dataAreaId eq 'usmf' and "
+                         "PartyType eq 'Organization'")
+        assert usmf["finops_rows"] == usmf["dataverse_rows"] == len(orgs) > 0
+        assert rows[(LE, "(global)")]["finops_rows"] == 2  # limited to the connection's companies
+        assert all(r["status"] == "PASS" for r in rows.values())
+        stages = {ch.name: ch.status for ch in result.checks if ch.name in ("F&O → Dataverse",
+                                                                             "Dataverse → F&O", "clean-up")}
+        assert stages == dict.fromkeys(("F&O → Dataverse", "Dataverse → F&O", "clean-up"), Status.PASSED)
+        assert _leftovers(c) == []
+        recon, missing = (Path(p) for p in result.evidence_files)
+        assert len(_csv(recon)) == len(rows)
+        assert _csv(missing) == []
+
+        writes = len(_writes(ctx))
+        again = STEPS["verify"]().execute(ctx)
+        assert again.status == Status.ALREADY_DONE, again.checks
+        assert len(_writes(ctx)) == writes  # the round trip is not repeated
+        assert "round trip passed on" in again.summary
+    finally:
+        c.close()
+
+
+def test_a_row_deleted_on_one_side_fails_with_its_key(linked_sandbox, step_context, tmp_path: Path) -> None:
+    sandbox = linked_sandbox("existing-new", rows=20, legal_entities=["USMF"])
+    c = Consultant(sandbox)
+    try:
+        run_maps(c, CUSTOMER_MAPS)
+        c.portal("POST", f"/dualwrite/maps/{catalog.table_map(ACCOUNTS).id}/stop")  # no live sync of deletes
+        gone_in_dv = organization(c, "usmf")["CustomerAccount"]
+        (account,) = c.dv_rows(f"accounts?$select=accountid&$filter=accountnumber eq '{gone_in_dv}'")
+        assert c.dv("DELETE", f"accounts({account['accountid']})").status_code == 204
+        last = c.fo_rows("CustomersV3?cross-company=true&$filter=dataAreaId eq 'usmf' and "
+                         "PartyType eq 'Organization'&$orderby=CustomerAccount desc")[0]
+        gone_in_fo = last["CustomerAccount"]
+        r = c.fo("DELETE", f"CustomersV3(dataAreaId='usmf',CustomerAccount='{gone_in_fo}')?"
+                           "cross-company=true")
+        assert r.status_code == 204, r.text
+
+        ctx = _context(step_context, sandbox, ["USMF"], tmp_path, **{"verify.round_trip": "never"})
+        result = STEPS["verify"]().execute(ctx)
+        assert result.status == Status.FAILED
+        (row,) = [r for r in result.tables["reconciliation"] if r["status"] == "FAIL"]
+        assert (row["map"], row["company"]) == (ACCOUNTS, "USMF")
+        assert row["finops_rows"] == row["dataverse_rows"]  # same counts, different keys
+        samples = (row["sample_missing_in_dataverse"], row["sample_missing_in_finops"])
+        assert samples == (gone_in_dv, gone_in_fo)
+        missing_csv = result.evidence_files[1]
+        assert [(m["missing_in"], m["key"]) for m in _csv(missing_csv)] == [
+            ("Dataverse", gone_in_dv), ("F&O", gone_in_fo)]
+        assert missing_csv in result.next_action and "initial sync" in result.next_action
+        (check,) = [ch for ch in result.checks if ch.status == Status.FAILED]
+        assert check.name == f"{ACCOUNTS} USMF" and missing_csv in check.fix
+    finally:
+        c.close()
+
+
+def test_a_new_company_gets_a_temporary_customer_group_for_the_round_trip(linked_sandbox, step_context,
+                                                                          tmp_path: Path) -> None:
+    sandbox = linked_sandbox("new-new", legal_entities=["DAT"])
+    c = Consultant(sandbox)
+    try:
+        run_maps(c, CUSTOMER_MAPS, initial_sync=False)  # new-new: table maps live, nothing to sync
+        ctx = _context(step_context, sandbox, ["DAT"], tmp_path)
+        set_plan(ctx, [(n, "skip", "dataverse") for n in CUSTOMER_MAPS])
+        result = STEPS["verify"]().execute(ctx)
+        assert result.status == Status.PASSED, result.checks
+        assert result.tables["reconciliation"] == []  # nothing moved: live sync is what is proven
+        creates = [w for w in _writes(ctx) if w.startswith("POST") and w.endswith("/CustomerGroups")]
+        assert len(creates) == 1
+        assert c.fo_rows("CustomerGroups?cross-company=true") == []
+        assert c.dv_rows("msdyn_customergroups?$select=msdyn_groupid") == [] and _leftovers(c) == []
+    finally:
+        c.close()
+
+
+def test_a_failing_direction_is_named_and_the_customer_is_still_cleaned_up(linked_sandbox, step_context,
+                                                                           tmp_path: Path) -> None:
+    sandbox = linked_sandbox("existing-new", rows=12, legal_entities=["USMF"])
+    c = Consultant(sandbox)
+    try:
+        run_maps(c, CUSTOMER_MAPS)
+        accounts = catalog.table_map(ACCOUNTS).id
+        c.portal("POST", f"/dualwrite/maps/{accounts}/stop")
+        c.portal("PATCH", f"/dualwrite/maps/{accounts}", {"remove": ["name"]})  # names no longer sync
+        run_maps(c, [ACCOUNTS], initial_sync=False)
+        ctx = _context(step_context, sandbox, ["USMF"], tmp_path, **{"verify.timeout_s": 0.5})
+        result = STEPS["verify"]().execute(ctx)
+        assert result.status == Status.FAILED
+        assert result.summary.endswith("round trip failed (Dataverse → F&O)")
+        stages = {ch.name: ch for ch in result.checks}
+        assert stages["F&O → Dataverse"].status == Status.PASSED
+        assert "did not show the name changed in Dataverse" in stages["Dataverse → F&O"].evidence
+        assert stages["clean-up"].status == Status.PASSED and _leftovers(c) == []
+        assert "'Dataverse → F&O'" in result.next_action
+
+        c.portal("POST", f"/dualwrite/maps/{catalog.table_map(GROUPS).id}/stop")
+        r = c.fo("POST", "CustomerGroups", {"dataAreaId": "usmf", "CustomerGroupId": "0001"})  # F&O only
+        assert r.status_code == 201, r.text
+        ctx = _context(step_context, sandbox, ["USMF"], tmp_path, **{"verify.round_trip": "always"})
+        result = STEPS["verify"]().execute(ctx)
+        assert result.summary.endswith("round trip failed (F&O → Dataverse)"), result.checks
+        assert "F&O refused customer" in {ch.name: ch for ch in result.checks}["F&O → Dataverse"].evidence
+        assert _leftovers(c) == []
+    finally:
+        c.close()
