@@ -50,6 +50,7 @@ from pydantic import (
     model_validator,
 )
 
+from dwlib import catalog
 from dwlib.errors import DwError
 from dwlib.secrets import REFERENCE_FORMS, SecretError, SecretRef
 
@@ -153,6 +154,7 @@ class Environments(_Model):
     ca_bundle: FilePath | None = None
     dataverse_url: HttpsUrl
     finops_url: HttpsUrl
+    gateway_url: HttpsUrl | None = None  # only for options.admin: gateway
 
     @property
     def authority_url(self) -> str:
@@ -198,18 +200,59 @@ class Auth(_Model):
 class TableMap(_Model):
     """A dual-write table map to enable; a plain string is shorthand for `{name: …}`.
 
+    `defaults` gives column rows a Default value transform: F&O column → the value written to F&O
+    when the Dataverse value is empty (dual-write "Customizing mappings"), e.g. a customer group
+    for accounts that have none; the migration applies them too.
+
     >>> TableMap.model_validate("Customers V3").name
     'Customers V3'
+    >>> TableMap(name="Customers V3 (accounts)", defaults={"customergroupid": "30"}).defaults
+    {'CUSTOMERGROUPID': '30'}
     """
 
     name: str = Field(min_length=1)
     initial_sync_master: Literal["finops", "dataverse"] | None = None
     skip_initial_sync: bool = False
+    # F&O column names as the docs' mapping tables write them: upper case.
+    defaults: dict[Annotated[str, AfterValidator(str.upper)], Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, data: Any) -> Any:
         return {"name": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _default_columns(self) -> TableMap:
+        if not self.defaults:
+            return self
+        try:
+            m = catalog.table_map(self.name)
+        except catalog.CatalogError as exc:
+            raise _KeyProblems([(("name",), f"{exc} (defaults need a map of the catalogue)")]) from None
+        # Only column rows that write an F&O column from a Dataverse column can take a Default.
+        columns = sorted({r.finops.upper() for r in m.mappings if r.finops and r.dataverse and r.to_finops})
+        bad = [(("defaults", k), f"{m.name} has no column row writing F&O column {k} from Dataverse; "
+                f"use one of {', '.join(columns)}") for k in self.defaults if k not in columns]
+        if bad:
+            raise _KeyProblems(bad)
+        return self
+
+
+class Company(_Model):
+    """A legal entity to create in F&O (scenarios new-existing and new-data-existing), for the
+    existing Dataverse data; the runbook then adds it to the dual-write connection.
+
+    >>> Company(code="usmf", name="Contoso US", country="usa").code
+    'USMF'
+    """
+
+    code: CompanyCode
+    name: str = Field(min_length=1, max_length=60)
+    country: str | None = Field(default=None, pattern=r"^[A-Za-z]{3}$")  # AddressCountryRegionId (ISO 3)
+    currency: str | None = Field(default=None, pattern=r"^[A-Za-z]{3}$")  # AccountingCurrency (ISO 4217)
+    # Customer groups the new company needs (CustomerGroupId, e.g. a table map's default group).
+    customer_groups: list[Annotated[str, Field(min_length=1, max_length=10)]] = Field(default_factory=list)
 
 
 class Bootstrap(_Model):
@@ -221,6 +264,42 @@ class Bootstrap(_Model):
 
     mapping: dict[str, CompanyCode] = Field(default_factory=dict)
     tables: list[str] = Field(default_factory=lambda: ["accounts", "contacts"])
+    # FastTrack's sample aborts past 100 failed updates (maxFaultThreshold = 100).
+    max_failed_rows: int = Field(default=100, ge=0)
+
+
+class PlanLimits(_Model):
+    """Overrides of the documented initial-sync limits the plan decides with: for tests against
+    small sandboxes only (unset: the catalogue's documented values).
+
+    >>> PlanLimits(initial_sync_rows_per_legal_entity=50).single_threaded_dataverse_to_finops_rows is None
+    True
+    """
+
+    initial_sync_rows_per_legal_entity: int | None = Field(default=None, ge=1)
+    single_threaded_dataverse_to_finops_rows: int | None = Field(default=None, ge=1)
+
+
+class Plan(_Model):
+    """How the plan step decides between initial sync and migration.
+
+    >>> Plan().limits.initial_sync_rows_per_legal_entity is None
+    True
+    """
+
+    limits: PlanLimits = Field(default_factory=PlanLimits)
+
+
+class Migrate(_Model):
+    """The F&O data projects the migrate step exports from and imports into; `{entity}` is the
+    entity's OData collection (e.g. CustomersV3).
+
+    >>> Migrate().export_project.format(entity="CustomersV3")
+    'CustomersV3-Export'
+    """
+
+    export_project: str = Field(default="{entity}-Export", pattern=r"\{entity\}")
+    import_project: str = Field(default="{entity}-Import", pattern=r"\{entity\}")
 
 
 class HttpOptions(_Model):
@@ -238,6 +317,31 @@ class HttpOptions(_Model):
     max_wait_s: float = Field(default=120.0, gt=0)
 
 
+class InitialSync(_Model):
+    """Watching the initial sync: how long it may run before the step gives up, how often to look.
+
+    >>> InitialSync().timeout_s
+    14400.0
+    """
+
+    timeout_s: float = Field(default=14400.0, gt=0)
+    poll_s: float = Field(default=10.0, gt=0)
+
+
+class Verify(_Model):
+    """The verification: the live round trip (once per environments, always, or never) and its company.
+
+    >>> Verify().round_trip
+    'once'
+    """
+
+    round_trip: Literal["once", "always", "never"] = "once"
+    company: CompanyCode | None = None  # None: the first company in scope with customer groups
+    timeout_s: float = Field(default=300.0, gt=0)  # per direction of the round trip
+    poll_s: float = Field(default=2.0, gt=0)
+    sample_keys: int = Field(default=10, ge=0, le=1000)  # missing keys shown per row (the CSV has all)
+
+
 class Options(_Model):
     """How a run behaves.
 
@@ -245,8 +349,14 @@ class Options(_Model):
     1000
     """
 
-    dry_run: bool = False
+    dry_run: bool | None = None  # None: Params.dry_run decides (real environments: yes; sandbox: no)
     confirm_irreversible: bool = False
+    # Portal-only actions: "portal" shows instructions and polls the documented reads (supported);
+    # "gateway" drives the dual-write management gateway (unsupported by Microsoft, opt-in).
+    admin: Literal["portal", "gateway"] = "portal"
+    gate_timeout_s: float = Field(default=1800.0, gt=0)
+    gate_poll_s: float = Field(default=5.0, gt=0)
+    gate_command: list[str] | None = Field(default=None, min_length=1)
     concurrency: int = Field(default=4, ge=1, le=32)
     batch_size: int = Field(default=1000, ge=1, le=1000)
     page_size: int = Field(default=5000, ge=1, le=5000)
@@ -277,15 +387,45 @@ class Params(_Model):
     auth: Auth
     legal_entities: list[CompanyCode] = Field(default_factory=list)
     table_maps: list[TableMap] = Field(default_factory=list)
+    companies: list[Company] = Field(default_factory=list)
     bootstrap: Bootstrap = Field(default_factory=Bootstrap)
+    plan: Plan = Field(default_factory=Plan)
+    migrate: Migrate = Field(default_factory=Migrate)
+    initial_sync: InitialSync = Field(default_factory=InitialSync)
+    verify: Verify = Field(default_factory=Verify)
     options: Options = Field(default_factory=Options)
     sandbox: SandboxRef | None = None
     _warnings: list[str] = PrivateAttr(default_factory=list)
+
+    def column_defaults(self, map_name: str) -> dict[str, str]:
+        """The Default value transforms the parameters give map `map_name` (F&O column in upper
+        case → value; {} when none), whichever way the map is named.
+
+        >>> # params.column_defaults("customers-v3-accounts")  → {'CUSTOMERGROUPID': '30'}
+        """
+        out: dict[str, str] = {}
+        for t in self.table_maps:
+            if t.defaults and catalog.table_map(t.name).name == catalog.table_map(map_name).name:
+                out.update(t.defaults)
+        return out
 
     @property
     def warnings(self) -> list[str]:
         """Things that are allowed but worth a second look (e.g. company codes not 3 long)."""
         return list(self._warnings)
+
+    @property
+    def dry_run(self) -> bool:
+        """Whether the run only checks and plans. The one place of the rule: `options.dry_run`
+        when the parameters set it; otherwise a dry run against real environments and a real run
+        against a local sandbox (`sandbox:` set).
+
+        >>> Options().dry_run is None
+        True
+        """
+        if self.options.dry_run is not None:
+            return self.options.dry_run
+        return self.sandbox is None
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Params:
@@ -294,6 +434,20 @@ class Params(_Model):
         for bu, code in self.bootstrap.mapping.items():
             if known and code not in known:
                 problems.append((("bootstrap", "mapping", bu), f"company {code} is not in legal_entities"))
+        seen: set[str] = set()
+        for i, company in enumerate(self.companies):
+            where: Loc = ("companies", i, "code")
+            if known and company.code not in known:
+                problems.append((where, f"company {company.code} is not in legal_entities"))
+            if company.code in seen:
+                problems.append((where, f"company {company.code} is listed twice"))
+            seen.add(company.code)
+        if self.options.admin == "gateway":
+            if self.environments.gateway_url is None:
+                problems.append((("environments", "gateway_url"), "required when options.admin is 'gateway'"))
+            if self.auth.method != "device_code":
+                problems.append((("options", "admin"), "the gateway needs a consultant's sign-in: set "
+                                 "auth.method: device_code, or use admin: portal"))
         if problems:
             raise _KeyProblems(problems)
         codes = [(_dotted(("legal_entities", i)), c) for i, c in enumerate(self.legal_entities)]
@@ -303,6 +457,9 @@ class Params(_Model):
             "three-letter ISO code, so check it is the F&O legal entity id" for path, code in codes
             if len(code) != 3
         ]
+        if self.companies and self.scenario not in ("new-existing", "new-data-existing"):
+            self._warnings.append(
+                f"companies: scenario {self.scenario} creates no company; the list is ignored")
         return self
 
 
@@ -406,7 +563,7 @@ def _render(exc: ValidationError, lines: dict[Loc, int]) -> list[tuple[str, str]
         items = cause.items if isinstance(cause, _KeyProblems) else [((), _message(err, loc))]
         for sub, msg in items:
             full = (*loc, *sub)
-            line = lines.get(full) or lines.get(loc)
+            line = lines.get(full) or (lines.get(loc) if loc else None)  # root: no line of its own
             out.append((_dotted(full) + (f" (line {line})" if line and full else ""), msg))
     return out
 
@@ -496,6 +653,7 @@ _FROM_CONNECTION = {
     "ca_bundle": ("environments", "ca_bundle"),
     "dataverse_url": ("environments", "dataverse_url"),
     "finops_url": ("environments", "finops_url"),
+    "gateway_url": ("environments", "gateway_url"),
     "client_id": ("auth", "client_id"),
 }
 

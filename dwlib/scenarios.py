@@ -62,7 +62,9 @@ def _s(*ids: str | tuple[str, str, dict[str, Any]]) -> tuple[StepRef, ...]:
 
 
 _LINK = ("preflight", "power-platform-integration", "legal-entities")
-_NEW_COMPANY = ("create-company", "add-company", "bootstrap-simulate", "bootstrap-apply")
+# The maps are live before the bootstrap here, so the Dataverse rows it stamps with the company go
+# to F&O at once: the maps' column defaults (e.g. the customer group F&O requires) come first.
+_NEW_COMPANY = ("create-company", "add-company", "map-defaults", "bootstrap-simulate", "bootstrap-apply")
 
 SCENARIOS: dict[str, Scenario] = {
     s.id: s

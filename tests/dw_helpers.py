@@ -101,10 +101,15 @@ class Consultant:
 
 
 def perform_map_gate(consultant: Consultant, steps: list[str], title: str) -> bool:
-    """Do a table-map gate of `PortalAdmin` (Run, Stop, Pause, Resume) through the sandbox portal,
-    as its instruction (`title`, `steps`) says; False when the instruction is not a map gate."""
+    """Do a table-map gate of `PortalAdmin` (Run, Stop, Pause, Resume, column defaults) through the
+    sandbox portal, as its instruction (`title`, `steps`) says; False when it is not a map gate."""
     from dwlib import catalog
+    from dwlib.sandbox.consultant import actions
 
+    if title.startswith("Set default values of table map "):
+        for method, path, body in actions({"title": title, "steps": steps}):
+            consultant.portal(method, path, body)
+        return True
     if title.startswith("Run table map"):
         selected = next(s for s in steps if s.startswith("Select '")).split("'")[1]
         order = next(s for s in steps if s.startswith("Keep these maps")).split(": ", 1)[1]

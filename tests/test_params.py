@@ -47,7 +47,7 @@ def test_minimal_parameters_get_defaults_and_normalised_urls() -> None:
     assert p.environments.dataverse_url == "https://contoso.crm.dynamics.com"
     assert p.environments.authority_url == "https://login.microsoftonline.com/contoso.onmicrosoft.com"
     assert p.auth.method == "client_secret"
-    assert p.options.batch_size == 1000 and p.options.dry_run is False
+    assert p.options.batch_size == 1000 and p.options.dry_run is None and p.dry_run is True
     assert p.bootstrap.tables == ["accounts", "contacts"]
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from typing import Any
 
 from dwlib import catalog
@@ -130,6 +130,7 @@ class DualWrite:
             "project": None,
             "master": "dataverse",
             "removed": [],
+            "defaults": {},
             "lastJob": None,
             "requests": [],
             "activity": [],
@@ -149,12 +150,20 @@ class DualWrite:
             raise DualWriteError(str(exc), 404) from None
 
     def effective_map(self, name: str) -> catalog.TableMap:
-        """The catalogue map without the column rows an edit removed."""
+        """The catalogue map as edited: without the column rows an edit removed, and with the
+        Default value transforms an edit set (by F&O column)."""
         m = self._map(name)
-        removed = set(self.map_record(m.name)["removed"])
-        if not removed:
+        rec = self.map_record(m.name)
+        removed = set(rec["removed"])
+        defaults = rec.get("defaults") or {}
+        if not removed and not defaults:
             return m
-        return dataclasses.replace(m, mappings=tuple(r for r in m.mappings if r.dataverse not in removed))
+        rows = tuple(
+            dataclasses.replace(r, default=defaults[r.finops]) if r.finops in defaults else r
+            for r in m.mappings
+            if r.dataverse not in removed
+        )
+        return dataclasses.replace(m, mappings=rows)
 
     def _set_state(self, m: catalog.TableMap, rec: dict[str, Any], state: str, event: str = "") -> None:
         rec["state"] = state
@@ -263,7 +272,7 @@ class DualWrite:
         """Dual-write workspace: Apply Solution — the catalogue's maps appear in Dataverse."""
         with self.store.transaction():
             for m in catalog.table_maps():
-                dw_records.write_entity_map(self.store, m, frozenset(self.map_record(m.name)["removed"]))
+                dw_records.write_entity_map(self.store, self.effective_map(m.name))
             conn = self.connection()
             if conn is not None:
                 conn["solutionsApplied"] = True
@@ -616,8 +625,20 @@ class DualWrite:
             )
         return recs
 
-    def edit(self, name: str, *, remove: Iterable[str] = (), restore: Iterable[str] = ()) -> dict[str, Any]:
-        """Remove or restore column rows of a map (by Dataverse column); only when Not running."""
+    def edit(
+        self,
+        name: str,
+        *,
+        remove: Iterable[str] = (),
+        restore: Iterable[str] = (),
+        defaults: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Edit a map's column rows; only when Not running ("Customizing mappings").
+
+        `remove` / `restore` column rows by Dataverse column; `defaults` sets the Default value
+        transform of column rows by F&O column (case-insensitive), the value written to F&O when
+        the Dataverse value is empty; a value None or "" removes the transform.
+        """
         m = self._map(name)
         rec = self.map_record(m.name)
         if rec["state"] != "NotRunning":
@@ -631,9 +652,10 @@ class DualWrite:
         if removing & keys:
             raise DualWriteError(f"integration key columns {sorted(removing & keys)} cannot be removed")
         rec["removed"] = sorted((set(rec["removed"]) | removing) - restoring)
+        rec["defaults"] = _merge_defaults(m, rec.get("defaults") or {}, defaults or {})
         with self.store.transaction():
             self._save(rec)
-            dw_records.write_entity_map(self.store, m, frozenset(rec["removed"]))
+            dw_records.write_entity_map(self.store, self.effective_map(m.name))
         return self.map_view(m.name)
 
     # --- jobs -------------------------------------------------------------------------------------
@@ -649,6 +671,25 @@ class DualWrite:
         if job is None:
             raise DualWriteError(f"unknown initial sync execution {execution_id!r}", 404)
         return job
+
+
+def _merge_defaults(m: catalog.TableMap, old: dict[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """`old` Default transforms with `new` applied, keyed by the catalogue's F&O column names; only
+    column rows that write F&O from a Dataverse column can take one."""
+    columns = {r.finops.lower(): r.finops for r in m.mappings if r.finops and r.dataverse and r.to_finops}
+    bad = sorted(c for c in new if c.lower() not in columns)
+    if bad:
+        raise DualWriteError(
+            f"{m.name} has no column rows writing F&O columns {bad} from Dataverse; "
+            f"use one of {', '.join(sorted(columns.values()))}"
+        )
+    out = dict(old)
+    for column, value in new.items():
+        if value in (None, ""):
+            out.pop(columns[column.lower()], None)
+        else:
+            out[columns[column.lower()]] = value
+    return out
 
 
 def runtime_of(sbx: Any) -> DualWrite:

@@ -56,7 +56,16 @@ class Binding:
     to_dataverse: bool
     to_finops: bool
     bidirectional: bool
-    default: Any
+    default: Any  # one-sided row: the value it writes; two-sided: the value for an empty source
+
+    def finops_value(self, source: Any) -> Any:
+        """The value written to F&O for Dataverse value `source` (the Default transform when empty).
+
+        >>> b = Binding("CustomerGroupId", None, None, True, True, True, "30")
+        >>> b.finops_value(None), b.finops_value("10")
+        ('30', '10')
+        """
+        return self.default if source in (None, "") and self.default is not None else source
 
 
 class Rejected(Exception):
@@ -237,11 +246,8 @@ class MapBinding:
                 continue
             if b.dataverse is None and b.lookup is None:
                 out[b.finops] = b.default
-            elif b.lookup is not None:
-                ref_id = dv_row.get(b.lookup.fk)
-                out[b.finops] = resolver.value_for(b.lookup, ref_id) if ref_id else None
             else:
-                out[b.finops] = dv_row.get(b.dataverse or "")
+                out[b.finops] = b.finops_value(self._dataverse_value(b, dv_row, resolver))
         if self.map.company_specific and data_area is not None:
             out["dataAreaId"] = data_area
         after = out if existing is None else {**existing, **out}
@@ -250,21 +256,29 @@ class MapBinding:
             raise Rejected(fo_rules.write_error(self.fo, fo_rules.infolog(found)).message, found[0].column)
         return out
 
+    @staticmethod
+    def _dataverse_value(b: Binding, dv_row: dict[str, Any], resolver: Resolver) -> Any:
+        """The Dataverse value of a two-sided row (a lookup's `column` value, None when unset)."""
+        if b.lookup is None:
+            return dv_row.get(b.dataverse or "")
+        ref_id = dv_row.get(b.lookup.fk)
+        return resolver.value_for(b.lookup, ref_id) if ref_id else None
+
     def differs(self, fo_row: dict[str, Any], dv_row: dict[str, Any], resolver: Resolver) -> bool:
-        """True when the two rows have competing values in a bidirectional column (a conflict)."""
+        """True when the two rows have competing values in a bidirectional column (a conflict); an
+        empty Dataverse value with a Default transform counts as the default."""
         for b in self.bindings:
             if not b.bidirectional or b.finops is None:
                 continue
             if b.lookup is not None:
-                ref_id = dv_row.get(b.lookup.fk)
-                dv_value = resolver.value_for(b.lookup, ref_id) if ref_id else None
+                dv_value = b.finops_value(self._dataverse_value(b, dv_row, resolver))
                 fo_value = fo_row.get(b.finops)
                 if _norm(dv_value) is not None and _norm(fo_value) is not None:
                     if str(dv_value).lower() != str(fo_value).lower():
                         return True
                 elif _norm(dv_value) != _norm(fo_value):
                     return True
-            elif _norm(fo_row.get(b.finops)) != _norm(dv_row.get(b.dataverse or "")):
+            elif _norm(fo_row.get(b.finops)) != _norm(b.finops_value(dv_row.get(b.dataverse or ""))):
                 return True
         return False
 

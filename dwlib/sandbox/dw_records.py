@@ -86,12 +86,11 @@ def ensure_company(store: Store, code: str, name: str) -> dict[str, Any]:
     return store.get(_COMPANIES, {"cdm_companyid": row["cdm_companyid"]}) or row
 
 
-def mapping_json(m: catalog.TableMap, removed: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """`msdyn_mapping` of a map: its leg and the column rows not removed by an edit."""
+def mapping_json(m: catalog.TableMap) -> dict[str, Any]:
+    """`msdyn_mapping` of a map (as edited, `DualWrite.effective_map`): its leg and column rows, with
+    their Default value transforms."""
     fields = []
     for r in m.mappings:
-        if r.dataverse is not None and r.dataverse in removed:
-            continue
         fields.append(
             {
                 "syncDirection": _SYNC_DIRECTION[
@@ -124,13 +123,14 @@ def mapping_json(m: catalog.TableMap, removed: frozenset[str] = frozenset()) -> 
     }
 
 
-def write_entity_map(store: Store, m: catalog.TableMap, removed: frozenset[str] = frozenset()) -> None:
-    """Create or refresh the `msdyn_dualwriteentitymaps` row of `m` (Apply Solution, or an edit)."""
+def write_entity_map(store: Store, m: catalog.TableMap) -> None:
+    """Create or refresh the `msdyn_dualwriteentitymaps` row of `m` as edited (Apply Solution, or an
+    edit)."""
     values = {
         "msdyn_name": m.name,
         "msdyn_displayname": m.name,
         "msdyn_version": m.version,
-        "msdyn_mapping": json.dumps(mapping_json(m, removed)),
+        "msdyn_mapping": json.dumps(mapping_json(m)),
         "ismanaged": True,
     }
     rows = store.find(_ENTITY_MAPS, {"msdyn_name": m.name}, limit=1)

@@ -20,11 +20,14 @@ Solution, legal entities, Run / Stop / Pause / Resume, map edits, Reset link). T
 | `GET /_portal/dualwrite/maps`, `GET …/maps/{map}` | the table map list, one map (`{map}` = id or name) |
 | `POST …/maps/{map}/run` `{initial_sync?, master?, related?}` | Run (with the related maps offered) |
 | `POST …/maps/{map}/stop`, `…/pause` `{related?}`, `…/resume` `{mode?}` | Stop, Pause, Resume |
-| `PATCH …/maps/{map}` `{remove?, restore?}` | edit the column rows (only when Not running) |
+| `PATCH …/maps/{map}` `{remove?, restore?, defaults?}` | edit column rows, only when Not running (*) |
 | `GET …/maps/{map}/initial-sync` | Initial sync details (last job and history) |
 | `GET …/maps/{map}/queue`, `…/catch-up-errors`, `POST …/catch-up-errors/retry` | queue and catch-up |
 | `GET /_portal/dualwrite/jobs/{executionId}`, `GET /_portal/dualwrite/requests/{id}` | a job, a request |
 | `GET`/`PUT /_portal/dualwrite/limits` | the dual-write limits (tests lower them) |
+
+(*) `remove` / `restore` take Dataverse columns; `defaults` maps F&O columns to the value of a
+Default value transform (`{"CUSTOMERGROUPID": "30"}`, null removes it).
 
 Example:
     >>> [r.path for r in routes_for_doc()][:2]
@@ -64,6 +67,15 @@ def _list(body: dict[str, Any], key: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise DualWriteError(f"'{key}' must be a list of strings")
     return value
+
+
+def _edit(rt: DualWrite, request: Request, body: dict[str, Any]) -> Any:
+    defaults = body.get("defaults") or {}
+    if not isinstance(defaults, dict) or not all(isinstance(k, str) for k in defaults):
+        raise DualWriteError("'defaults' must map F&O columns to default values")
+    return rt.edit(
+        _map_name(request), remove=_list(body, "remove"), restore=_list(body, "restore"), defaults=defaults
+    )
 
 
 def _summary(rt: DualWrite, request: Request, body: dict[str, Any]) -> Any:
@@ -151,11 +163,7 @@ _ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/dualwrite/reset", _reset),
     ("GET", "/dualwrite/maps", lambda rt, r, b: rt.maps()),
     ("GET", "/dualwrite/maps/{map}", lambda rt, r, b: rt.map_view(_map_name(r))),
-    (
-        "PATCH",
-        "/dualwrite/maps/{map}",
-        lambda rt, r, b: rt.edit(_map_name(r), remove=_list(b, "remove"), restore=_list(b, "restore")),
-    ),
+    ("PATCH", "/dualwrite/maps/{map}", _edit),
     ("POST", "/dualwrite/maps/{map}/run", _run),
     ("POST", "/dualwrite/maps/{map}/stop", lambda rt, r, b: rt.stop([_map_name(r)])),
     ("POST", "/dualwrite/maps/{map}/pause", lambda rt, r, b: rt.pause(_related_running(rt, _map_name(r), b))),

@@ -8,8 +8,10 @@ re-run finds them in place. `run_state["companies_created"]` lists the companies
 F&O holds, `run_state["companies_added"]` those in the connection (derived from the real state).
 
 Example:
-    >>> # params: companies: [{code: USMF, name: Contoso US, country: USA, currency: USD}]
-    >>> # CreateCompany().execute(ctx)  → creates USMF in F&O LegalEntities (needs confirmation)
+    >>> # params: companies: [{code: USMF, name: Contoso US, country: USA, currency: USD,
+    >>> #                      customer_groups: ["30"]}]
+    >>> # CreateCompany().execute(ctx)  → creates USMF in F&O LegalEntities and its customer
+    >>> #                                 group 30 (needs confirmation)
     >>> # AddCompany().execute(ctx)     → Add legal entity USMF, skipping initial writes
     >>> CreateCompany.irreversible, AddCompany.irreversible
     (True, True)
@@ -17,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dwlib.scenarios import GUIDE
@@ -35,6 +38,7 @@ from .link import (
 )
 
 if TYPE_CHECKING:
+    from dwlib.clients.session import Session
     from dwlib.params import Company, Params
 
 
@@ -49,9 +53,35 @@ def _companies(params: Params) -> list[Company]:
     return chosen
 
 
+def missing_groups(session: Session, companies: list[Company]) -> list[tuple[str, str]]:
+    """(company, CustomerGroupId) of the parameters' `customer_groups` that F&O lacks (companies F&O
+    lacks lack all of theirs).
+
+    >>> # missing_groups(session, params.companies) → [('USMF', '30')] before create-company
+    """
+    out: list[tuple[str, str]] = []
+    for c in companies:
+        if not c.customer_groups:
+            continue
+        rows = session.finops.query("CustomerGroups", select=["CustomerGroupId"], company=c.code)
+        have = {str(r["CustomerGroupId"]).lower() for r in rows}
+        out += [(c.code, g) for g in c.customer_groups if g.lower() not in have]
+    return out
+
+
+@dataclass
+class CompanyWork:
+    """What create-company has to do: companies to create, then customer groups to create."""
+
+    companies: list[Company]
+    groups: list[tuple[str, str]]
+
+
 @register
 class CreateCompany(Step):
-    """Create the run's companies (legal entities) in F&O; only the missing ones. Irreversible.
+    """Create the run's companies (legal entities) in F&O, with the customer groups the parameters
+    give them (a new company has no reference data; Customers V3 needs a customer group); only
+    the missing ones. Irreversible.
 
     Example:
         >>> # result = CreateCompany().execute(ctx)   # WAITING until confirmed, then PASSED
@@ -68,25 +98,36 @@ class CreateCompany(Step):
     def check(self, ctx: StepContext) -> Finding:
         params, session, _ = environment(ctx)
         known = finops_legal_entities(session)
-        missing = [c for c in _companies(params) if c.code not in known]
-        return Finding(not missing, "create " + ", ".join(f"{c.code} '{c.name}'" for c in missing)
-                       + " in F&O LegalEntities", todo=missing)
+        chosen = _companies(params)
+        missing = [c for c in chosen if c.code not in known]
+        groups = missing_groups(session, chosen)
+        todo = [f"create {c.code} '{c.name}' in F&O LegalEntities" for c in missing]
+        todo += [f"customer group {g} in {code}" for code, g in groups]
+        return Finding(not todo, "; ".join(todo), todo=CompanyWork(missing, groups))
 
     def act(self, ctx: StepContext, finding: Finding) -> None:
         _, session, _ = environment(ctx)
-        for company in finding.todo:
+        work: CompanyWork = finding.todo
+        for company in work.companies:
             row = {"LegalEntityId": company.code, "Name": company.name}
             if company.country:
                 row["AddressCountryRegionId"] = company.country.upper()
             if company.currency:
                 row["AccountingCurrency"] = company.currency.upper()
             session.finops.create("LegalEntities", row)
+        for code, group in work.groups:
+            session.finops.create("CustomerGroups", {"dataAreaId": code.lower(), "CustomerGroupId": group,
+                                                     "Description": f"Customer group {group}"})
 
     def verify(self, ctx: StepContext, finding: Finding) -> StepResult:
         params, session, _ = environment(ctx)
         known = finops_legal_entities(session)
-        checks = [_company_check(c, known.get(c.code), self.doc_url) for c in _companies(params)]
-        ctx.run_state["companies_created"] = [c.code for c in _companies(params) if c.code in known]
+        chosen = _companies(params)
+        checks = [_company_check(c, known.get(c.code), self.doc_url) for c in chosen]
+        absent = missing_groups(session, [c for c in chosen if c.code in known])
+        checks += [_groups_check(c, [g for code, g in absent if code == c.code])
+                   for c in chosen if c.code in known and c.customer_groups]
+        ctx.run_state["companies_created"] = [c.code for c in chosen if c.code in known]
         status = worst(checks)
         return self.result(status, f"companies in F&O: {', '.join(ctx.run_state['companies_created'])}"
                            if status != Status.FAILED else "a company is missing in F&O", checks=checks)
@@ -104,6 +145,16 @@ def _company_check(company: Company, row: dict[str, Any] | None, doc: str) -> Ch
                      fix="it existed already: check it is the company meant for the Dataverse data, or "
                          "choose another code")
     return Check(name, Status.PASSED, f"LegalEntities {company.code} '{row.get('Name')}'")
+
+
+def _groups_check(company: Company, absent: list[str]) -> Check:
+    name = f"customer groups of {company.code}"
+    if absent:
+        return Check(name, Status.FAILED, f"CustomerGroups {', '.join(absent)} missing in {company.code}",
+                     fix="create them in F&O (Accounts receivable > Setup > Customer groups), then run "
+                         "the step again")
+    groups = ", ".join(company.customer_groups)
+    return Check(name, Status.PASSED, f"CustomerGroups {groups} in {company.code}")
 
 
 @register

@@ -4,7 +4,9 @@ This is "Enabling the Customers V3—Contacts table map" of the setup guidance a
 of the plan: prerequisites first (legal entities, currencies, terms of payment, customer groups …
 before Customers V3), each with its *Master for initial sync* and its *Initial Sync* check box
 (cleared — skip initial sync — for maps whose data was migrated outside it, or that have nothing
-to copy). Maps outside the plan are left alone. Enabling is a portal gate (the Run dialog) or the
+to copy). Maps outside the plan are left alone. The Default value transforms of the parameters
+(`table_maps[].defaults`, see `mapdefaults`) are set first (a Running map is stopped, edited and
+run again skipping the initial sync). Enabling is a portal gate (the Run dialog) or the
 gateway, through `ctx.admin.run`; only maps not Running yet are acted on, Paused ones are run
 again (resumed).
 
@@ -31,7 +33,8 @@ from dwlib.catalog.errors import DOCS_ROOT
 from dwlib.clients.dualwrite import DualWriteAdminError
 
 from .base import Check, Finding, Status, Step, StepContext, StepResult, register
-from .link import environment
+from .link import environment, worst
+from .mapdefaults import Defaults, apply_defaults, defaults_checks, missing_defaults, wanted_defaults
 from .plan import plan_of
 
 if TYPE_CHECKING:
@@ -168,6 +171,7 @@ class MapWork:
 
     plan: list[PlannedMap]
     todo: list[PlannedMap]
+    defaults: Defaults = field(default_factory=dict)  # Default transforms the maps lack
     outcome: EnableOutcome = field(default_factory=EnableOutcome)
 
 
@@ -205,27 +209,32 @@ class TableMaps(Step):
     doc_url = ENABLE_DOC
 
     def check(self, ctx: StepContext) -> Finding:
-        _, _, admin = environment(ctx)
+        params, _, admin = environment(ctx)
         plan = planned_maps(ctx)
         states = admin.map_states([p.name for p in plan])
         todo = [p for p in plan if states[p.name].state not in (RUNNING, INITIALIZING)]
+        defaults = missing_defaults(admin, wanted_defaults(params))
         checks = [Check(p.name, Status.PASSED if p not in todo else Status.WARNING,
                         f"{states[p.name].state}", fix="" if p not in todo else "run it") for p in plan]
-        summary = "run " + ", ".join(
-            f"{p.name} ({'initial sync, master ' + p.master if p.initial_sync else 'skip initial sync'})"
-            for p in todo)
-        return Finding(not todo, summary if todo else "every planned map runs",
-                       todo=MapWork(plan, todo), checks=checks)
+        parts = [f"set column defaults of {', '.join(defaults)}"] if defaults else []
+        if todo:
+            parts.append("run " + ", ".join(
+                f"{p.name} ({'initial sync, master ' + p.master if p.initial_sync else 'skip initial sync'})"
+                for p in todo))
+        return Finding(not parts, "; ".join(parts) or "every planned map runs",
+                       todo=MapWork(plan, todo, defaults), checks=checks)
 
     def act(self, ctx: StepContext, finding: Finding) -> None:
         _, _, admin = environment(ctx)
         work: MapWork = finding.todo
+        apply_defaults(admin, work.defaults)  # before a map runs: edits need it stopped
         work.outcome = enable(admin, work.todo)
 
     def verify(self, ctx: StepContext, finding: Finding) -> StepResult:
-        _, _, admin = environment(ctx)
+        params, _, admin = environment(ctx)
         work: MapWork = finding.todo
         plan = work.plan
+        defaults = defaults_checks(admin, wanted_defaults(params))
         states = admin.map_states([p.name for p in plan])
         rows = [state_row(p, states[p.name]) for p in plan]
         failed = [n for n in work.outcome.failed if states[n].state == NOT_RUNNING]
@@ -240,6 +249,10 @@ class TableMaps(Step):
             return self.result(Status.FAILED, f"initial sync failed for {', '.join(failed)}",
                                checks=checks, tables=tables, counts=counts, remediation=remediation,
                                next_action=RERUN_POLICY)
+        if worst(defaults) == Status.FAILED:
+            return self.result(Status.FAILED, "column defaults missing", tables=tables, counts=counts,
+                               checks=defaults, next_action="Set the column defaults the checks name, then "
+                                                            "run this step again.")
         if waiting:
             stopped = work.outcome.stopped
             return self.result(
@@ -255,4 +268,4 @@ class TableMaps(Step):
                         "(the initial-sync step watches it)")
         return self.result(Status.PASSED, summary, tables=tables, counts=counts,
                            checks=[Check(r["map"], Status.PASSED, f"{r['state']} ({r['initial_sync']} "
-                                         f"initial sync, master {r['master']})") for r in rows])
+                                         f"initial sync, master {r['master']})") for r in rows] + defaults)

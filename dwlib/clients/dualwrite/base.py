@@ -14,10 +14,11 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,6 +28,7 @@ from dwlib import catalog
 from ..dataverse import DataverseClient
 from ..errors import ClientError, HttpError
 from ..finops import FinOpsClient
+from ..odata import literal
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +178,31 @@ class DualWriteAdmin(ABC):
             }
         )
 
+    def column_defaults(self, name: str) -> dict[str, Any]:
+        """The Default value transforms of a map's column rows that write F&O from Dataverse, by
+        F&O column, as `msdyn_dualwriteentitymaps.msdyn_mapping` shows them ({} before Apply
+        Solution). Constant rows (`PARTYTYPE << none = Organization`) are not listed.
+
+        >>> # admin.column_defaults("Customers V3 (accounts)")  → {'CustomerGroupId': '30'}
+        """
+        m = catalog.table_map(name)
+        rows = self.dataverse.query(
+            "msdyn_dualwriteentitymaps",
+            select=["msdyn_mapping"],
+            filter=f"msdyn_name eq {literal(m.name)}",
+        )
+        out: dict[str, Any] = {}
+        for row in rows:
+            mapping = json.loads(row.get("msdyn_mapping") or "{}")
+            for leg in mapping.get("legs", []):
+                for f in leg.get("fieldMappings", []):
+                    if not (f.get("sourceField") and f.get("destinationField")):
+                        continue
+                    for t in f.get("valueTransforms") or []:
+                        if t.get("transformType") == "Default":
+                            out[f["sourceField"]] = t.get("value")
+        return out
+
     def map_states(self, names: Iterable[str] | None = None) -> dict[str, MapState]:
         """State of each map (all catalogue maps by default) from the runtime configurations:
         Dataverse `msdyn_dualwriteruntimeconfigs`, else F&O `DualWriteProjectConfigurations`."""
@@ -286,6 +313,15 @@ class DualWriteAdmin(ABC):
         include_related: bool = True,
     ) -> dict[str, MapState]:
         """Run maps (with their not-running prerequisites first); returns their verified states."""
+
+    @abstractmethod
+    def set_column_defaults(self, name: str, defaults: Mapping[str, Any]) -> dict[str, Any]:
+        """Give column rows of a Not running map a Default value transform (F&O column → value,
+        written to F&O when the Dataverse value is empty); returns the verified defaults.
+
+        >>> # admin.set_column_defaults("Customers V3 (accounts)", {"CUSTOMERGROUPID": "30"})
+        >>> # → {'CustomerGroupId': '30'}
+        """
 
     @abstractmethod
     def stop(self, names: Sequence[str]) -> dict[str, MapState]:

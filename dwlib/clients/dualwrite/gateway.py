@@ -32,7 +32,8 @@ class GatewayAdmin(PortalAdmin):
     The gateway is the undocumented backend of the dual-write UI that Microsoft's
     Dual-write-automations drives; it "can break anytime". It needs a *delegated* token for
     `https://IntegratorApp.com` (`http` must carry it, e.g. `tokens.auth_for(INTEGRATOR_APP)` with
-    device-code sign-in). LCS actions (integration, link) stay portal gates. Constructing it warns.
+    device-code sign-in). LCS actions (integration, link) and mapping edits (column defaults) stay
+    portal gates. Constructing it warns.
 
     Example:
         >>> # admin = GatewayAdmin(dv, fo, http=gateway_http, gateway_url=url)  # UserWarning

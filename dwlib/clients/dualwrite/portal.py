@@ -15,7 +15,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -23,7 +23,16 @@ from dwlib import catalog
 
 from ..dataverse import DataverseClient
 from ..finops import FinOpsClient
-from .base import DualWriteAdmin, InitialSyncDetails, Instruction, MapState, host, map_names, same_url
+from .base import (
+    DualWriteAdmin,
+    DualWriteAdminError,
+    InitialSyncDetails,
+    Instruction,
+    MapState,
+    host,
+    map_names,
+    same_url,
+)
 
 DUAL_WRITE_UI = "https://dataintegrator.trafficmanager.net/dualWrite?axenv={host}"
 LCS = "https://lcs.dynamics.com/V2"
@@ -199,6 +208,47 @@ class PortalAdmin(DualWriteAdmin):
             f"{', '.join(todo)} Running",
         )
         return self._wait_states("Run table maps", todo, "Running", before)
+
+    def set_column_defaults(self, name: str, defaults: Mapping[str, Any]) -> dict[str, Any]:
+        selected = catalog.table_map(name).name
+        state = self.map_states([selected])[selected].state
+        if state != "Not running":
+            raise DualWriteAdminError(
+                f"'{selected}' is {state}: table mappings can be changed only when the map is stopped "
+                "(Not running), otherwise the changes are not saved (customizing-mappings)",
+                fix="stop the map (Stop in the table map list), set the defaults, then run it again with "
+                "Initial Sync cleared",
+            )
+        wanted = {column.upper(): str(value) for column, value in defaults.items()}
+        self._gate(
+            f"Set default values of table map {selected}",
+            [
+                "In F&O open Data management > Dual-write (the table map list).",
+                f"Select '{selected}' (it is Not running) to open its column mappings.",
+                *(
+                    f"Column {column}: select its map type, select Add transform, choose Default, "
+                    f"enter the value '{value}'; select OK."
+                    for column, value in wanted.items()
+                ),
+                "Select Save.",
+            ],
+            ["F&O Data management workspace", "Dual-write"],
+            "the Default transforms in msdyn_dualwriteentitymaps: "
+            + ", ".join(f"{c} = '{v}'" for c, v in wanted.items()),
+        )
+
+        def check() -> list[str]:
+            have = {c.upper(): str(v) for c, v in self.column_defaults(selected).items()}
+            return [
+                f"{c} has default {have[c]!r}, expected {v!r}"
+                if c in have
+                else f"{c} has no Default transform"
+                for c, v in wanted.items()
+                if have.get(c) != v
+            ]
+
+        self._wait("Column defaults", check)
+        return self.column_defaults(selected)
 
     def _simple(
         self, action: str, button: str, names: Sequence[str], target: str, extra: str = ""

@@ -1,0 +1,80 @@
+"""The portal gates of a run: each instruction shown, recorded, and handed to the gate command.
+
+`dwlib.clients.dualwrite.PortalAdmin` calls `notify` with an `Instruction` whenever a portal-only
+action is needed, then polls the documented reads until the result is verified. `Gates` is that
+`notify` for a runbook: it shows the instruction, notes in the run record that the step waits for
+it, keeps it for the step's entry in the record, and runs `options.gate_command` (if any) with
+the instruction as JSON on stdin, e.g. to page the consultant, or `dw sandbox consultant`, which
+plays the consultant against a local sandbox.
+
+Example:
+    >>> program(["no-such-program-anywhere"])
+    ['no-such-program-anywhere']
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dwlib.clients.dualwrite import Instruction
+from dwlib.params import Params
+from dwlib.record import RunRecord
+from dwlib.secrets import scrub
+
+
+def program(argv: list[str]) -> list[str]:
+    """`argv` with its program found on PATH, or else beside the running Python (a venv's scripts)."""
+    if shutil.which(argv[0]):
+        return argv
+    beside = Path(sys.executable).parent / argv[0]
+    return [str(beside), *argv[1:]] if beside.is_file() else argv
+
+
+class Gates:
+    """The gates of one run; `begin(step)` before each step, `shown` after it."""
+
+    def __init__(self, params: Params, record: RunRecord, say: Callable[[str], None]) -> None:
+        self.params = params
+        self.record = record
+        self.say = say
+        self.step: str | None = None
+        self.shown: list[dict[str, Any]] = []
+
+    def begin(self, step_id: str) -> None:
+        """A step starts: the gates it shows are its own."""
+        self.step, self.shown = step_id, []
+
+    def notify(self, instruction: Instruction) -> None:
+        """Show and record the instruction, then run the gate command if the parameters name one."""
+        payload = {"title": instruction.title, "steps": list(instruction.steps),
+                   "links": dict(instruction.links), "verify": instruction.verify}
+        self.shown.append(payload)
+        self.say(instruction.text())
+        if self.step is not None:
+            self.record.waiting(self.step, payload)
+        command = self.params.options.gate_command
+        if command:
+            self._run(command, payload)
+
+    def _run(self, command: list[str], instruction: dict[str, Any]) -> None:
+        sandbox = self.params.sandbox
+        body = json.dumps({"instruction": instruction, "step": self.step, "scenario": self.params.scenario,
+                           "run_id": self.record.data["run_id"],
+                           "sandbox_dir": str(sandbox.dir) if sandbox else None})
+        shown = " ".join(command)
+        try:
+            done = subprocess.run(program(command), input=body, capture_output=True, text=True,
+                                  timeout=self.params.options.gate_timeout_s)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            self.say(f"gate command {shown} could not run: {exc}")
+            return
+        if done.stdout.strip():
+            self.say(scrub(done.stdout.strip()))
+        if done.returncode != 0:
+            self.say(f"gate command {shown} exited {done.returncode}: {scrub(done.stderr.strip()[-500:])}")

@@ -1,0 +1,269 @@
+"""The run record: a versioned JSON file beside the executed notebook, rewritten after every step.
+
+It says what was run (scenario, parameters with secret references only, dwlib version and git
+revision), against what (environment URLs and the identities observed there), and what each step
+found and changed (its `StepResult.to_dict()` plus the portal gates it showed), with an HTTP
+summary. It is written atomically when a step starts and when it ends, so the record of a killed
+run still says where it stopped. This module sits at the bottom of the package: it imports
+nothing of `dwlib` (results and journal entries arrive as plain dicts).
+
+Example:
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "run.json"
+    >>> rec = RunRecord.create(path, run_id="r1", scenario="new-new", steps=["preflight"],
+    ...                        parameters={}, environments={}, dry_run=False, interactive=False)
+    >>> rec.step_started("preflight")
+    >>> rec.step_finished("preflight", {"step": "preflight", "status": "passed"})
+    >>> load_record(path)["status"]
+    'passed'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from dwlib.errors import DwError
+
+SCHEMA_VERSION = 1
+OK = ("passed", "already_done", "skipped", "warning")  # statuses after which a run may go on
+DONE = ("passed", "already_done")
+_KEY_SEGMENT = re.compile(r"\([^)]*\)")  # accounts(…guid…) → accounts(…)
+
+
+class RecordError(DwError):
+    """A run record that cannot be read (missing, not JSON, or of an unknown schema version)."""
+
+
+def utc_now() -> str:
+    """The current UTC time, ISO 8601 with seconds (`2025-01-31T12:00:00Z`)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def new_run_id() -> str:
+    """A new run id (a UUID; its first 8 hex digits name the run's files).
+
+    >>> len(new_run_id())
+    36
+    """
+    return str(uuid.uuid4())
+
+
+def run_stem(scenario: str, run_id: str, when: datetime | None = None) -> str:
+    """The file stem of a run: `<UTC timestamp>-<scenario>-<short id>`.
+
+    >>> run_stem("new-new", "0123abcd-0000", datetime(2025, 1, 31, 12, 0, tzinfo=UTC))
+    '20250131T120000Z-new-new-0123abcd'
+    """
+    when = when or datetime.now(UTC)
+    return f"{when:%Y%m%dT%H%M%SZ}-{scenario}-{run_id[:8]}"
+
+
+def default_record_path(scenario: str, run_id: str, directory: Path | None = None) -> Path:
+    """`runs/<UTC timestamp>-<scenario>-<short id>.json` under the current directory."""
+    return (directory or Path.cwd() / "runs") / f"{run_stem(scenario, run_id)}.json"
+
+
+def evidence_dir(record_path: Path) -> Path:
+    """Where a run's evidence files go: `<record stem>-evidence/` beside the record.
+
+    >>> evidence_dir(Path("runs/x.json")).as_posix()
+    'runs/x-evidence'
+    """
+    return record_path.with_name(f"{record_path.stem}-evidence")
+
+
+def dwlib_identity() -> dict[str, Any]:
+    """The version of dwlib, the Python running it and, from a git checkout, the revision (and
+    whether the checkout has local edits)."""
+    try:
+        version = metadata.version("dwlib")
+    except metadata.PackageNotFoundError:
+        version = None
+    found: dict[str, Any] = {"version": version, "python": sys.executable, "git_revision": None,
+                             "git_dirty": None}
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--", "."],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return found
+    if head.returncode == 0:
+        found.update(git_revision=head.stdout.strip(), git_dirty=bool(dirty.stdout.strip()))
+    return found
+
+
+def endpoint(method: str, url: str) -> str:
+    """A journal URL reduced to its endpoint: no query, key segments folded.
+
+    >>> endpoint("PATCH", "https://h/api/data/v9.2/accounts(5f0c…)?$select=name")
+    'PATCH https://h/api/data/v9.2/accounts(…)'
+    """
+    return f"{method} {_KEY_SEGMENT.sub('(…)', url.split('?', 1)[0])}"
+
+
+def http_summary(entries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Calls by endpoint and status, retries and time spent waiting, from journal entries (dicts).
+
+    >>> s = http_summary([{"method": "GET", "url": "https://h/a?x=1", "status": 200, "retries": 1,
+    ...                    "wait_s": 2.0, "retry_reasons": ["429"]}])
+    >>> s["calls"], s["throttled_retries"], s["by_endpoint"][0]["endpoint"]
+    (1, 1, 'GET https://h/a')
+    """
+    entries = list(entries)
+    by = Counter((endpoint(e["method"], e["url"]), e["status"]) for e in entries)
+    reasons = Counter(r for e in entries for r in e.get("retry_reasons") or ())
+    return {
+        "calls": len(entries),
+        "failed": sum(1 for e in entries if e["status"] is None or e["status"] >= 400),
+        "retries": sum(e.get("retries", 0) for e in entries),
+        "throttled_retries": reasons.get("429", 0),
+        "retry_reasons": dict(reasons),
+        "wait_s": round(float(sum(e.get("wait_s", 0.0) for e in entries)), 3),
+        "by_endpoint": [{"endpoint": ep, "status": st, "calls": n}
+                        for (ep, st), n in sorted(by.items(), key=lambda kv: (kv[0][0], str(kv[0][1])))],
+    }
+
+
+def run_status(data: Mapping[str, Any]) -> tuple[str, str | None]:
+    """The overall status of a record's run and the step that stopped it.
+
+    running (steps remain), failed / waiting (a step failed / waits for a person), passed (every
+    planned step passed or was already done), warning (all ran; some warned or were skipped).
+
+    >>> run_status({"steps_planned": ["a", "b"], "steps": [{"id": "a", "status": "failed"}]})
+    ('failed', 'a')
+    """
+    results = {s["id"]: s["status"] for s in data.get("steps", [])}
+    for step_id, status in results.items():
+        if status not in OK:
+            return status, step_id
+    planned = data.get("steps_planned", [])
+    if any(p not in results for p in planned):
+        return "running", None
+    return ("passed" if all(results[p] in DONE for p in planned) else "warning"), None
+
+
+class RunRecord:
+    """The record of one run, kept in memory and written to `path` after every change."""
+
+    def __init__(self, path: Path, data: dict[str, Any]) -> None:
+        self.path = path
+        self.data = data
+
+    @classmethod
+    def create(
+        cls,
+        path: Path,
+        *,
+        run_id: str,
+        scenario: str,
+        steps: Sequence[str],
+        parameters: Mapping[str, Any],
+        environments: Mapping[str, Any],
+        dry_run: bool,
+        interactive: bool,
+    ) -> RunRecord:
+        """Start the record of a run (written at once). `parameters` hold secret references only."""
+        data: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "run_id": run_id,
+            "scenario": scenario,
+            "status": "running",
+            "failed_step": None,
+            "error": None,
+            "started": utc_now(),
+            "ended": None,
+            "dry_run": dry_run,
+            "interactive": interactive,
+            "dwlib": dwlib_identity(),
+            "parameters": dict(parameters),
+            "environments": {**environments, "observed": {}},
+            "steps_planned": list(steps),
+            "current_step": None,
+            "waiting": None,
+            "steps": [],
+            "http": http_summary([]),
+        }
+        record = cls(path, data)
+        record.write()
+        return record
+
+    def step_started(self, step_id: str) -> None:
+        """Note the step in progress (a killed run's record names it)."""
+        self.data["current_step"] = step_id
+        self.write()
+
+    def step_finished(self, step_id: str, result: Mapping[str, Any], gates: Sequence[Mapping[str, Any]] = (),
+                      http: Mapping[str, Any] | None = None) -> None:
+        """Store a step's result (a re-run of the same step replaces it) and the run's HTTP summary."""
+        entry = {"id": step_id, **result, "gates": list(gates)}
+        steps = self.data["steps"]
+        at = next((i for i, s in enumerate(steps) if s["id"] == step_id), None)
+        if at is None:
+            steps.append(entry)
+        else:
+            steps[at] = entry
+        self.data["current_step"] = None
+        self.data["waiting"] = None
+        if http is not None:
+            self.data["http"] = dict(http)
+        self.data["status"], self.data["failed_step"] = run_status(self.data)
+        self.data["ended"] = None if self.data["status"] == "running" else utc_now()
+        self.write()
+
+    def waiting(self, step_id: str, instruction: Mapping[str, Any]) -> None:
+        """Note that `step_id` waits for a person to do what `instruction` says (a portal gate)."""
+        self.data["waiting"] = {"step": step_id, "since": utc_now(), "instruction": dict(instruction)}
+        self.write()
+
+    def fail(self, message: str) -> None:
+        """The run stopped outside any step (e.g. it could not connect); `message` says why."""
+        self.data.update(status="failed", error=message, current_step=None, ended=utc_now())
+        self.write()
+
+    def observe(self, identities: Mapping[str, Any]) -> None:
+        """Add identities observed in the environments (organization id, tenant id, …)."""
+        self.data["environments"]["observed"].update(identities)
+        self.write()
+
+    def write(self) -> None:
+        """Write the record atomically (a reader never sees half a file)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(self.data, fh, indent=1, default=str)
+                fh.write("\n")
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def load_record(path: Path | str) -> dict[str, Any]:
+    """Read a run record; `RecordError` says why it cannot be used."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise RecordError(f"cannot read the run record {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise RecordError(f"the run record {path} is not JSON ({exc})") from None
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if version != SCHEMA_VERSION:
+        raise RecordError(f"{path} is not a run record of schema version {SCHEMA_VERSION} "
+                          f"(schema_version: {version!r})")
+    return data

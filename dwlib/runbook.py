@@ -1,0 +1,391 @@
+"""The runbook engine: open a run from parameters, run a scenario's steps one by one, keep the record.
+
+A notebook (or a script) opens a `Runbook` and calls `rb.run("<step id>")` once per step of its
+scenario (`dwlib.scenarios`). Each call runs the registered step (check → act → verify, see
+`dwlib.steps.base`), adds timing, the HTTP calls it made and remediation for known errors, writes
+the run record (`dwlib.record`) and returns the `StepResult`, which shows itself as a table in
+Jupyter and as text in headless logs. A step that fails (or waits for a person) stops the run:
+headless, `run` raises `RunStopped` after recording it, so papermill marks the cell failed;
+interactively, later steps refuse to run until it is fixed (or `force=True`).
+
+Portal-only actions are gates (`dwlib.clients.dualwrite.PortalAdmin`): the instructions are shown
+and recorded, `options.gate_command` is run if set (`dwlib.gates`), and the documented reads are
+polled for up to `options.gate_timeout_s`.
+
+Example:
+    >>> # rb = Runbook.open("params/sandbox-existing-existing.yaml", {"options.dry_run": True})
+    >>> # rb.run("preflight")          # a StepResult: checks, evidence, next action
+    >>> # rb.summary()                 # one row per step run so far
+    >>> is_interactive() in (True, False)
+    True
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+import jwt
+import pandas as pd
+
+from dwlib import catalog
+from dwlib.clients import HttpConfig, Session, connect, make_client, scope_for
+from dwlib.clients.dualwrite import INTEGRATOR_APP, DualWriteAdmin, GatewayAdmin, PortalAdmin
+from dwlib.errors import DwError
+from dwlib.gates import Gates
+from dwlib.params import Params, ParamsError, load_params
+from dwlib.record import RunRecord, default_record_path, evidence_dir, http_summary, new_run_id, utc_now
+from dwlib.render import TextProgress, frame, summary_rows
+from dwlib.scenarios import Scenario, StepRef
+from dwlib.scenarios import scenario as _scenario
+from dwlib.secrets import scrub
+from dwlib.steps import STEPS, Status, StepContext, StepResult
+
+PARAM_KEYS = tuple(Params.model_fields)  # the top-level keys of a parameters file (papermill -f)
+
+
+class RunbookError(DwError):
+    """The runbook cannot do what was asked (unknown step, a blocking failure, …)."""
+
+
+class RunStopped(RunbookError):
+    """Raised headless when a step failed or waits for a person, after it was recorded."""
+
+
+def is_interactive() -> bool:
+    """True in a kernel JupyterLab started (it sets `JPY_SESSION_NAME`); false under papermill or `dw run`."""
+    return bool(os.environ.get("JPY_SESSION_NAME"))
+
+
+def _said(status: Status) -> str:
+    return status.value.replace("_", " ")
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _display(result: StepResult) -> None:
+    from IPython import get_ipython
+    from IPython.display import display
+
+    if get_ipython() is not None:  # a kernel: the rich form lands in the notebook
+        display(result)
+    else:
+        _say(str(result))
+
+
+class Runbook:
+    """One run of a scenario: parameters, connected clients, the dual-write admin and the record.
+
+    Build it with `Runbook.open(...)` (or `Runbook.from_notebook(globals(), scenario=...)` in a
+    notebook); close it (or use `with`) to release the connections.
+
+    Example:
+        >>> # with Runbook.open("params/sandbox-new-new.yaml") as rb:
+        >>> #     for step_id in rb.step_ids: rb.run(step_id)
+        >>> "run" in dir(Runbook)
+        True
+    """
+
+    def __init__(self, params: Params, record: RunRecord, *, interactive: bool) -> None:
+        self.params = params
+        self.record = record
+        self.interactive = interactive
+        self.scenario: Scenario = _scenario(params.scenario)
+        self.results: dict[str, StepResult] = {}
+        self.run_state: dict[str, Any] = {}
+        # Issue 7's confirmation button plugs in here: called with what the step will do.
+        self.confirmer: Callable[[str], bool] | None = None
+        self._blocked: str | None = None
+        self.gates = Gates(params, record, _say)
+        self._observed = False
+        self._extra_http: list[httpx.Client] = []
+        self.session: Session | None = None
+        self.admin: DualWriteAdmin | None = None
+
+    # ---- opening ---------------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        source: str | Path | Mapping[str, Any] | Params,
+        overrides: Mapping[str, Any] | None = None,
+        *,
+        record_path: str | Path | None = None,
+        interactive: bool | None = None,
+        scenario: str | None = None,
+        run_id: str | None = None,
+    ) -> Runbook:
+        """Validate the parameters (a `ParamsError` before any call), start the record, connect.
+
+        `source` is a parameters file, a mapping of its keys, or `Params`; `overrides` are dotted
+        keys over it. `record_path` None → `runs/<UTC time>-<scenario>-<id>.json` under the
+        current directory; evidence goes to `<record stem>-evidence/`. `interactive` None →
+        `is_interactive()`. `scenario`, when given, must be the parameters' scenario (a notebook
+        passes its own). `run_id` None → a new one (`dw run` names its files after it).
+        """
+        params = cls._params(source, overrides)
+        if scenario is not None and params.scenario != scenario:
+            raise ParamsError([("scenario", f"this runbook is {scenario}, the parameters are for "
+                                            f"{params.scenario}: use notebooks/{params.scenario}.ipynb "
+                                            f"or fix scenario:")])
+        interactive = is_interactive() if interactive is None else interactive
+        run_id = run_id or new_run_id()
+        path = Path(record_path) if record_path else default_record_path(params.scenario, run_id)
+        env = params.environments
+        record = RunRecord.create(
+            path.resolve(), run_id=run_id, scenario=params.scenario,
+            steps=_scenario(params.scenario).step_ids(),
+            parameters=params.model_dump(mode="json"),
+            environments={"tenant_id": env.tenant_id, "authority": env.authority_url,
+                          "dataverse_url": env.dataverse_url, "finops_url": env.finops_url,
+                          "gateway_url": env.gateway_url,
+                          "sandbox_dir": str(params.sandbox.dir) if params.sandbox else None},
+            dry_run=params.dry_run, interactive=interactive,
+        )
+        rb = cls(params, record, interactive=interactive)
+        try:
+            rb._connect()
+        except BaseException as exc:
+            record.fail(f"cannot connect: {scrub(str(exc))}")
+            rb.close()
+            raise
+        return rb
+
+    @classmethod
+    def from_notebook(cls, namespace: Mapping[str, Any], *, scenario: str) -> Runbook:
+        """Open from a notebook's parameters: `params_file` (what `dw run` sets), or the keys of a
+        parameters file as papermill's `-f FILE` injects them (`scenario`, `environments`, …);
+        plus `overrides`, `record_path`, `interactive` and `run_id`.
+
+        >>> Runbook.from_notebook({"params_file": None}, scenario="new-new")
+        Traceback (most recent call last):
+        ...
+        dwlib.params.ParamsError: invalid parameters (1 problem):
+          params_file: no parameters: set params_file to a parameters file (see params/template.yaml), \
+or run with `papermill -f FILE` or `dw run`
+        """
+        inline = {k: namespace[k] for k in PARAM_KEYS if namespace.get(k) is not None}
+        params_file = namespace.get("params_file")
+        if params_file and inline:
+            raise ParamsError([("params_file", "give the parameters either as params_file or as the keys "
+                                               "of a parameters file (papermill -f), not both: "
+                                               + ", ".join(inline))])
+        if not params_file and not inline:
+            raise ParamsError([("params_file", "no parameters: set params_file to a parameters file (see "
+                                               "params/template.yaml), or run with `papermill -f FILE` or "
+                                               "`dw run`")])
+        return cls.open(params_file or inline, namespace.get("overrides") or None,
+                        record_path=namespace.get("record_path"), interactive=namespace.get("interactive"),
+                        scenario=scenario, run_id=namespace.get("run_id"))
+
+    @staticmethod
+    def _params(source: str | Path | Mapping[str, Any] | Params,
+                overrides: Mapping[str, Any] | None) -> Params:
+        if isinstance(source, Params):
+            return load_params(source.model_dump(mode="json"), overrides) if overrides else source
+        return load_params(source, overrides)
+
+    def _connect(self) -> None:
+        params = self.params
+        self.session = connect(params, device_prompt=_say)
+        options = params.options
+        common: dict[str, Any] = {"notify": self.gates.notify, "timeout_s": options.gate_timeout_s,
+                                  "poll_s": options.gate_poll_s}
+        dv, fo = self.session.dataverse, self.session.finops
+        if options.admin == "gateway":
+            assert params.environments.gateway_url is not None  # Params checks it
+            http = make_client(HttpConfig.from_params(params), self.session.journal,
+                               auth=self.session.tokens.auth_for(INTEGRATOR_APP))
+            self._extra_http.append(http)
+            self.admin = GatewayAdmin(dv, fo, http=http, gateway_url=params.environments.gateway_url,
+                                      **common)
+        else:
+            self.admin = PortalAdmin(dv, fo, **common)
+
+    # ---- what the notebook uses ------------------------------------------------------------------
+
+    @property
+    def step_ids(self) -> list[str]:
+        """The scenario's step ids in order (one notebook cell each)."""
+        return self.scenario.step_ids()
+
+    @property
+    def dry_run(self) -> bool:
+        """Whether steps only check and plan (`Params.dry_run`)."""
+        return self.params.dry_run
+
+    @property
+    def record_path(self) -> Path:
+        """Where the run record is written."""
+        return self.record.path
+
+    def run(self, step_id: str, *, force: bool = False, confirm: bool | None = None) -> StepResult:
+        """Run one step of the scenario and record it; see the module docstring for failures.
+
+        `force` runs it although an earlier step failed; `confirm` answers the confirmation of an
+        irreversible action for this call (default: `options.confirm_irreversible`).
+        """
+        ref = self._ref(step_id)
+        if self._blocked and self._blocked != step_id and not force:
+            blocked = self.results[self._blocked]
+            raise RunbookError(
+                f"step {self._blocked} {_said(blocked.status)}: {blocked.summary}. Fix it and re-run the "
+                f"runbook (finished steps will report already done), or run "
+                f"rb.run({step_id!r}, force=True) to go on anyway")
+        answers: list[bool] = []  # confirmations the step asked for, and how they were answered
+        ctx = self._context(confirm, answers)
+        self.gates.begin(step_id)
+        self.record.step_started(step_id)
+        assert self.session is not None
+        journal = self.session.journal
+        first, clock, started = len(journal), time.monotonic(), utc_now()
+        error: BaseException | None = None
+        try:
+            result = self._execute(ref, ctx)
+        except KeyboardInterrupt as exc:
+            result, error = self._failure(ref, exc, "interrupted: "), exc
+        except Exception as exc:
+            result, error = self._failure(ref, exc), exc
+        result.started = started
+        result.duration_s = round(time.monotonic() - clock, 3)
+        result.calls = [asdict(e) for e in journal.entries()[first:]]
+        result.remediation = _remediation(result, error)
+        if result.status == Status.WAITING and False in answers and self.interactive:
+            result.next_action = (f"This cannot be undone. Read what it will do above, then run the cell "
+                                  f"again as rb.run({step_id!r}, confirm=True).")
+        self.results[step_id] = result
+        self.record.step_finished(step_id, result.to_dict(), self.gates.shown,
+                                  http_summary(journal.as_dicts()))
+        if isinstance(error, KeyboardInterrupt):
+            raise error
+        if not result.status.ok:
+            self._blocked = step_id
+            if not self.interactive:
+                _display(result)
+                raise RunStopped(
+                    f"step {step_id} {_said(result.status)}: {result.summary}. Fix it and "
+                    f"re-run the runbook (finished steps will report already done). Run record: "
+                    f"{self.record.path}")
+            return result
+        if self._blocked == step_id:
+            self._blocked = None
+        self._observe()
+        return result
+
+    def summary(self) -> pd.DataFrame:
+        """One row per step run so far: id, status, seconds, HTTP calls, summary."""
+        return frame(summary_rows(self.record.data["steps"]))
+
+    def close(self) -> None:
+        """Release the connections (the record stays as written)."""
+        for http in self._extra_http:
+            http.close()
+        if self.session is not None:
+            self.session.close()
+
+    def __enter__(self) -> Runbook:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __str__(self) -> str:
+        env = self.params.environments
+        return (f"Runbook {self.scenario.id} ({self.scenario.title}), run {self.record.data['run_id']}\n"
+                f"  Dataverse {env.dataverse_url}; finance and operations {env.finops_url}\n"
+                f"  {'DRY RUN: nothing will be changed' if self.dry_run else 'changes will be made'}; "
+                f"{'interactive' if self.interactive else 'headless'}; record {self.record.path}\n"
+                f"  steps: {', '.join(self.step_ids)}")
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(str(self))
+
+    # ---- inside a step ---------------------------------------------------------------------------
+
+    def _ref(self, step_id: str) -> StepRef:
+        for ref in self.scenario.steps:
+            if ref.id == step_id:
+                return ref
+        raise RunbookError(f"{step_id!r} is not a step of {self.scenario.id}: use one of "
+                           f"{', '.join(self.step_ids)}")
+
+    def _context(self, confirm: bool | None, answers: list[bool]) -> StepContext:
+        def confirmed(what: str) -> bool:
+            if confirm is not None:
+                answer = confirm
+            elif self.confirmer is not None:
+                answer = self.confirmer(what)
+            else:
+                answer = self.params.options.confirm_irreversible
+            answers.append(answer)
+            return answer
+
+        return StepContext(
+            params=self.params, session=self.session, admin=self.admin,
+            evidence_dir=evidence_dir(self.record.path), dry_run=self.dry_run,
+            interactive=self.interactive, confirm=confirmed, progress=TextProgress, say=_say,
+            run_state=self.run_state,
+        )
+
+    def _execute(self, ref: StepRef, ctx: StepContext) -> StepResult:
+        step_class = STEPS.get(ref.step)
+        if step_class is None:
+            return StepResult(step=ref.step, title=ref.step, status=Status.FAILED,
+                              summary=f"no step named {ref.step!r} is registered in dwlib.steps",
+                              error=f"unknown step {ref.step!r}",
+                              next_action="install a dwlib that implements it, or report the bug")
+        return step_class(**ref.options).execute(ctx)
+
+    def _failure(self, ref: StepRef, exc: BaseException, prefix: str = "") -> StepResult:
+        """A step that raised: FAILED with the exception's type and message (never its traceback)."""
+        step_class = STEPS.get(ref.step)
+        message = scrub(f"{type(exc).__name__}: {exc}".strip().removesuffix(":"))
+        return StepResult(
+            step=ref.step, title=step_class.title if step_class else ref.step, status=Status.FAILED,
+            summary=prefix + message, error=message,
+            doc_url=step_class.doc_url if step_class else "",
+            next_action="Fix the cause shown above, then run the runbook again: finished steps will "
+                        "report already done.",
+        )
+
+    def _observe(self) -> None:
+        """Once an environment answered, note who it says it is (organization, tenant) in the record."""
+        if self._observed or self.session is None:
+            return
+        try:
+            who = self.session.dataverse.whoami()
+            token = self.session.tokens.token(scope_for(self.params.environments.dataverse_url))
+            claims = jwt.decode(token, options={"verify_signature": False})
+        except (DwError, jwt.PyJWTError):
+            return  # tried again after the next step; preflight reports reachability itself
+        self.record.observe({"organization_id": who.get("OrganizationId"), "user_id": who.get("UserId"),
+                             "business_unit_id": who.get("BusinessUnitId"), "tenant_id": claims.get("tid")})
+        self._observed = True
+
+
+def _remediation(result: StepResult, error: BaseException | None) -> list[dict[str, Any]]:
+    """The step's own remediation, plus the known-error catalogue's for what went wrong."""
+    out = list(result.remediation)
+    if result.status in (Status.PASSED, Status.ALREADY_DONE, Status.SKIPPED):
+        return out
+    fix = getattr(error, "fix", "")
+    if fix:
+        out.append({"id": "", "meaning": "", "fix": fix, "doc": ""})
+    texts = [result.error, result.summary,
+             *(c.evidence for c in result.checks if c.status in (Status.FAILED, Status.WARNING))]
+    seen = {r.get("id") for r in out}
+    for text in texts:
+        known = catalog.match_error(text) if text else None
+        if known and known.id not in seen:
+            seen.add(known.id)
+            out.append({"id": known.id, "meaning": known.meaning, "fix": known.fix, "doc": known.doc_url})
+    return out

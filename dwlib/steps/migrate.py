@@ -1,0 +1,361 @@
+"""Migrate: move a map's data outside the initial sync, for the maps the plan marks "migrate".
+
+"Initial sync guidance" names it for large volumes (and it is the way around the other limits of
+the initial sync, e.g. double quotes in the data): migrate each side separately, then "Activate
+dual-write, and skip the initial synchronization" — the table-maps step does that part. Per map
+(in dependency order, so the rows a lookup needs are there first) and legal entity:
+
+- F&O → Dataverse: the F&O data project `migrate.export_project` exports the company's rows
+  (DMF package); rows missing in Dataverse are created with UpsertMultiple, rows on both sides
+  with other values are updated when F&O is the map's master. New rows get an id derived from map,
+  company and key, so a repeated or resumed run can never create a row twice.
+- Dataverse → F&O: rows missing in F&O (or, with Dataverse as master, differing) are written into
+  a package with the export's manifest and imported with `migrate.import_project`.
+
+Eligibility, keys and counts are those of verify (`reconcile`): the step is done when the keys
+of every migrated map reconcile per company, and a re-run finds it so. Evidence: `migrate.csv`
+(every row written, its key, direction and outcome) and the packages under `migrate/`.
+
+Example:
+    >>> # plan marks Customers V3 (accounts) "migrate" (e.g. > 70,000 rows in one legal entity)
+    >>> # r = Migrate().execute(ctx); r.tables["reconciliation"] → one row per map and company
+    >>> Migrate.name
+    'migrate'
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from dwlib import catalog
+from dwlib.catalog.errors import DOCS_ROOT
+from dwlib.clients.bulk import run_chunks
+from dwlib.clients.errors import ClientError, DmfError
+
+from .base import Check, Finding, Status, Step, StepContext, StepResult, register
+from .bulkwrite import AppendCsv, isolate, progress_of
+from .dmf_package import Package, read_package
+from .dvmeta import Tables
+from .link import environment, worst
+from .plan import RUNNING, PlanRow, plan_companies, plan_of
+from .reconcile import GLOBAL, Reconciliation, company_clause, company_ids, reconcile
+from .rowmap import Lookups, RowMap
+
+if TYPE_CHECKING:
+    from dwlib.clients.session import Session
+    from dwlib.params import Params
+
+MIGRATE_DOC = DOCS_ROOT + "initial-sync-guidance"
+MIGRATE_CSV = "migrate.csv"
+COLUMNS = ("map", "company", "direction", "key", "operation", "row_id", "status", "error")
+TO_DATAVERSE, TO_FINOPS = "F&O → Dataverse", "Dataverse → F&O"
+MAX_DMF_JOBS = 16  # DMF jobs waited for at once (each wait is a status poll every few seconds)
+_IDS = uuid.UUID("5b1c7c1e-3f5d-4c47-9d0e-7a4e1c2b9f10")  # namespace of the ids of migrated rows
+
+
+Outgoing = tuple[str, dict[str, str], str]  # a row for F&O: key, package values, create | update
+
+
+@dataclass
+class MigrateOutcome:
+    """What act did, for verify: rows per direction, lookups not found, DMF errors, failed rows."""
+
+    written: Counter[str] = field(default_factory=Counter)  # "<map> <direction>" → rows
+    unresolved: Counter[str] = field(default_factory=Counter)  # "<map>: <lookup value>" → rows
+    dmf_errors: list[str] = field(default_factory=list)
+    failed: int = 0
+    skipped_columns: dict[str, list[str]] = field(default_factory=dict)
+    stop: threading.Event = field(default_factory=threading.Event)  # never set: every row is tried
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def count(self, key: str, rows: int, *, failed: bool = False) -> None:
+        """Add `rows` written (or failed) under `key` (called from the bulk threads)."""
+        with self._lock:
+            if failed:
+                self.failed += rows
+            else:
+                self.written[key] += rows
+
+
+@dataclass
+class MigrateWork:
+    """The check's finding: the maps to migrate and their reconciliation before."""
+
+    maps: list[PlanRow]
+    before: list[Reconciliation]
+    outcome: MigrateOutcome = field(default_factory=MigrateOutcome)
+
+
+def row_id(map_id: str, company: str, key: str) -> str:
+    """The id a migrated row gets in Dataverse: the same for the same map, company and key.
+
+    >>> row_id("customers-v3-accounts", "USMF", "US-001") == row_id("customers-v3-accounts", "usmf", "us-001")
+    True
+    """
+    return str(uuid.uuid5(_IDS, f"{map_id}|{company.lower()}|{key.lower()}"))
+
+
+def _maps_to_migrate(ctx: StepContext) -> list[PlanRow]:
+    return [r for r in plan_of(ctx) if r.migrated and r.state not in RUNNING]
+
+
+@dataclass
+class _Run:
+    """What the movers of one migration share."""
+
+    ctx: StepContext
+    params: Params
+    session: Session
+    codes: list[str]  # the legal entities migrated (the plan's)
+    tables: Tables
+    lookups: Lookups
+    log: AppendCsv
+    outcome: MigrateOutcome
+
+
+class _Mover:
+    """Moves one map's rows, legal entity by legal entity, in both directions."""
+
+    def __init__(self, run: _Run, row: PlanRow) -> None:
+        self.params, self.session, self.ctx = run.params, run.session, run.ctx
+        self.codes, self.tables, self.lookups = run.codes, run.tables, run.lookups
+        self.log, self.outcome = run.log, run.outcome
+        self.row = row
+        self.map = catalog.table_map(row.name)
+
+    def companies(self, ids: dict[str, str]) -> list[tuple[str, str, str]]:
+        """(DMF legal entity, reconciliation company, cdm_companyid) per company of the map: one
+        GLOBAL entry, exported in any legal entity, for a global map."""
+        if not self.map.company_specific:
+            return [(self.codes[0], GLOBAL, "")]
+        return [(code, code, ids[code.upper()]) for code in self.codes if code.upper() in ids]
+
+    def export(self, code: str) -> Package:
+        entity_set = self.map.finops_entity_set or ""
+        project = self.params.migrate.export_project.format(entity=entity_set)
+        dest = self.ctx.evidence_dir / "migrate" / f"{self.map.id}-{code.lower()}-export.zip"
+        self.session.dmf.export_package(project, dest, legal_entity=code)
+        return read_package(dest, self.map.finops_entity)
+
+    def move(self, pkg: Package, code: str, company: str, company_id: str) -> list[Outgoing]:
+        """Write the company's rows missing in Dataverse; return those to import into F&O.
+
+        `pkg`: the company's export; `code`: the legal entity DMF works in; `company`: the
+        reconciliation's company (GLOBAL for global maps); `company_id`: its cdm_companyid ("" for
+        global maps)."""
+        info = self.tables.info(self.map.dataverse_table)
+        rm = RowMap(self.map, info, self.tables, pkg.fields, self.lookups,
+                    self.params.column_defaults(self.map.name))
+        self.outcome.skipped_columns[self.map.name] = rm.skipped
+        fo_rows = {r[rm.finops_key].lower(): r for r in pkg.rows if rm.finops_eligible(r)}
+        dv_rows = {str(r[rm.dataverse_key]).lower(): r for r in self._dataverse_rows(rm, company_id)}
+        if self.map.dataverse_table == "cdm_companies":  # the connection's legal entities only
+            wanted = {c.lower() for c in self.codes}
+            fo_rows = {k: v for k, v in fo_rows.items() if k in wanted}
+        master = self.row.master
+        to_dv: list[tuple[str, dict[str, Any], str]] = []
+        for key, fo in fo_rows.items():
+            values, missing = rm.to_dataverse(fo, company_id)
+            existing = dv_rows.get(key)
+            if existing is not None and not (master == "finops" and rm.dataverse_differs(values, existing)):
+                continue
+            self.outcome.unresolved.update(f"{self.map.name}: {m}" for m in missing)
+            if existing is None:
+                values[info.primary_id] = row_id(self.map.id, company, key)
+                if rm.company:
+                    values[f"{rm.company[0]}@odata.bind"] = f"cdm_companies({company_id})"
+                to_dv.append((fo[rm.finops_key], values, "create"))
+            else:
+                values[info.primary_id] = existing[info.primary_id]
+                to_dv.append((fo[rm.finops_key], values, "update"))
+        self._upsert(info.entity_set, info.logical_name, company, to_dv)
+        to_fo: list[Outgoing] = []
+        for key, dv in dv_rows.items():
+            values, missing = rm.to_finops(dv)
+            existing_fo = fo_rows.get(key)
+            if existing_fo is not None and not (master == "dataverse"
+                                                and rm.finops_differs(values, existing_fo)):
+                continue
+            self.outcome.unresolved.update(f"{self.map.name}: {m}" for m in missing)
+            if "DATAAREAID" in pkg.fields and self.map.company_specific:
+                values["DATAAREAID"] = code.lower()
+            to_fo.append((str(dv[rm.dataverse_key]), values, "create" if existing_fo is None else "update"))
+        return to_fo
+
+    def _dataverse_rows(self, rm: RowMap, company_id: str) -> list[dict[str, Any]]:
+        clauses = [f"({self.map.dataverse_filter})"] if self.map.dataverse_filter else []
+        if rm.company:
+            clauses.append(company_clause(company_id))
+        rows = self.session.dataverse.query(self.map.dataverse_table, select=rm.dataverse_select(),
+                                            filter=" and ".join(clauses) or None)
+        return [r for r in rows if r.get(rm.dataverse_key) not in (None, "")]
+
+    def _upsert(self, entity_set: str, logical: str, company: str,
+                rows: Sequence[tuple[str, dict[str, Any], str]]) -> None:
+        if not rows:
+            return
+        dv = self.session.dataverse
+        name = self.map.name
+        pk = self.tables.info(entity_set).primary_id
+
+        def send(chunk: list[tuple[str, dict[str, Any], str]]) -> Any:
+            return dv.upsert_multiple(entity_set, [v for _, v, _ in chunk], errors="collect",
+                                      logical_name=logical)
+
+        def done(chunk: list[tuple[str, dict[str, Any], str]]) -> None:
+            self.log.write({"map": name, "company": company, "direction": TO_DATAVERSE, "key": k,
+                            "operation": op, "row_id": v[pk], "status": "written"} for k, v, op in chunk)
+            self.outcome.count(f"{name} {TO_DATAVERSE}", len(chunk))
+
+        def failed(chunk: list[tuple[str, dict[str, Any], str]], error: ClientError) -> None:
+            self.log.write({"map": name, "company": company, "direction": TO_DATAVERSE, "key": k,
+                            "operation": op, "status": "failed", "error": str(error)} for k, _, op in chunk)
+            self.outcome.count(name, len(chunk), failed=True)
+
+        bar = self.ctx.progress(f"migrate {name} {company} → Dataverse", len(rows))
+        try:
+            run_chunks(rows,
+                       lambda chunk: isolate(send, chunk, done=done, failed=failed, stop=self.outcome.stop),
+                       chunk_size=self.params.options.batch_size, concurrency=self.params.options.concurrency,
+                       progress=progress_of(bar), what=f"migration of {name}")
+        finally:
+            bar.close()
+        self.lookups.forget(entity_set)
+
+    def import_rows(self, pkg: Package, code: str, company: str, rows: Sequence[Outgoing]) -> list[str]:
+        """Import `rows` into the company through a package; returns the job's errors (thread-safe)."""
+        dmf = self.session.dmf
+        name = f"dw-migrate-{self.map.id}-{code.lower()}-{uuid.uuid4().hex[:8]}.zip"
+        path = pkg.with_rows(v for _, v, _ in rows).write(self.ctx.evidence_dir / "migrate" / name)
+        project = self.params.migrate.import_project.format(entity=self.map.finops_entity_set or "")
+        url = dmf.write_url(name)
+        dmf.upload(url, path.read_bytes())
+        execution = dmf.start_import(url, project, legal_entity=code)
+        try:
+            status = dmf.wait(execution)
+            errors = dmf.execution_errors(execution) if status != "Succeeded" else []
+        except DmfError as exc:
+            status, errors = exc.status or "Failed", exc.errors
+        self.log.write({"map": self.map.name, "company": company, "direction": TO_FINOPS, "key": k,
+                        "operation": op, "status": f"DMF import {execution} {status}"} for k, _, op in rows)
+        return [f"{self.map.name} {company}: {e}" for e in errors]
+
+
+@register
+class Migrate(Step):
+    """Migrate the data of the maps the plan marks "migrate", both ways, outside the initial sync.
+
+    Example:
+        >>> # Migrate().execute(ctx).counts → {"Customers V3 (accounts) F&O → Dataverse": 120, …}
+        >>> Migrate.title
+        'Migrate data outside the initial sync'
+    """
+
+    name = "migrate"
+    title = "Migrate data outside the initial sync"
+    doc_url = MIGRATE_DOC
+
+    def check(self, ctx: StepContext) -> Finding:
+        params, session, _ = environment(ctx)
+        maps = _maps_to_migrate(ctx)
+        if not maps:
+            return Finding(True, "no map needs migration", todo=MigrateWork([], []))
+        before = reconcile(session, [m.name for m in maps], plan_companies(params, company_ids(session)))
+        open_ = [r for r in before if not r.ok]
+        to_dv = sum(len(r.missing_in_dataverse) for r in open_)
+        to_fo = sum(len(r.missing_in_finops) for r in open_)
+        return Finding(not open_, f"migrate {to_dv} rows into Dataverse and {to_fo} into F&O "
+                                  f"({', '.join(m.name for m in maps)})", todo=MigrateWork(maps, before))
+
+    def act(self, ctx: StepContext, finding: Finding) -> None:
+        params, session, _ = environment(ctx)
+        work: MigrateWork = finding.todo
+        out = work.outcome
+        open_ = {(r.map, r.company) for r in work.before if not r.ok}
+        ids = company_ids(session)
+        codes = plan_companies(params, ids)
+        log = AppendCsv(ctx.evidence_dir / MIGRATE_CSV, COLUMNS)
+        run = _Run(ctx, params, session, codes, Tables(session.dataverse), Lookups(session.dataverse), log,
+                   out)
+        movers = {r.name: _Mover(run, r) for r in work.maps}
+        # (map, DMF legal entity, reconciliation company, cdm_companyid), in dependency order
+        pairs = [(r.name, code, company, company_id) for r in work.maps
+                 for code, company, company_id in movers[r.name].companies(ids) if (r.name, company) in open_]
+        # DMF jobs are waited for by polling: all exports start at once and the maps are written in
+        # dependency order as their exports arrive; a map's imports run side by side.
+        with ThreadPoolExecutor(max_workers=max(1, min(MAX_DMF_JOBS, len(pairs))),
+                                thread_name_prefix="dw-dmf") as pool:
+            exports = [pool.submit(movers[name].export, code) for name, code, _, _ in pairs]
+            try:
+                for row in work.maps:
+                    imports = []
+                    for (name, code, company, company_id), export in zip(pairs, exports, strict=True):
+                        if name != row.name:
+                            continue
+                        pkg = export.result()
+                        to_fo = movers[name].move(pkg, code, company, company_id)
+                        if to_fo:
+                            imports.append(pool.submit(movers[name].import_rows, pkg, code, company, to_fo))
+                            out.written[f"{name} {TO_FINOPS}"] += len(to_fo)
+                    for job in imports:
+                        out.dmf_errors += job.result()
+            finally:
+                for export in exports:
+                    export.cancel()
+                log.close()
+
+    def verify(self, ctx: StepContext, finding: Finding) -> StepResult:
+        params, session, _ = environment(ctx)
+        work: MigrateWork = finding.todo
+        if not work.maps:
+            return self.result(Status.PASSED, "no map needs migration",
+                               checks=[Check("plan", Status.PASSED, "the plan marks no map 'migrate'")])
+        after = reconcile(session, [m.name for m in work.maps], plan_companies(params, company_ids(session)))
+        out = work.outcome
+        checks = [_reconciled(r) for r in after]
+        if out.unresolved:
+            top = "; ".join(f"{k} ({n})" for k, n in out.unresolved.most_common(5))
+            checks.append(Check("lookups not found", Status.WARNING,
+                                f"{sum(out.unresolved.values())} lookup values had no row to refer to, left "
+                                f"empty: {top}",
+                                fix="migrate or create the referenced rows, then run migrate again",
+                                doc=MIGRATE_DOC))
+        for error in out.dmf_errors[:5]:
+            known = catalog.match_error(error)
+            checks.append(Check("F&O import error", Status.FAILED, error,
+                                fix=known.remediation() if known else "fix the row in Dataverse, then run "
+                                "migrate again (Data management > Job history shows every error)"))
+        skipped = [f"{m}: {c}" for m, cols in out.skipped_columns.items() for c in cols]
+        if skipped:
+            checks.append(Check("column rows not migrated", Status.PASSED, "; ".join(skipped)))
+        status = worst(checks)
+        files = [str(p) for p in (ctx.evidence_dir / MIGRATE_CSV,) if p.exists()]
+        counts = {**dict(out.written), "failed": out.failed,
+                  "missing": sum(len(r.missing_in_dataverse) + len(r.missing_in_finops) for r in after)}
+        bad = [r for r in after if not r.ok]
+        summary = (f"{len(bad)} of {len(after)} map/company pairs do not reconcile" if bad else
+                   f"migrated {', '.join(m.name for m in work.maps)}: keys reconcile in every company")
+        return self.result(status, summary, checks=checks, counts=counts, evidence_files=files,
+                           tables={"reconciliation": [r.row() for r in after]},
+                           next_action="table-maps enables these maps skipping the initial sync" if not bad
+                           else "")
+
+
+def _reconciled(r: Reconciliation) -> Check:
+    row = r.row()
+    evidence = f"F&O {r.finops_rows}, Dataverse {r.dataverse_rows}"
+    if r.ok:
+        return Check(f"{r.map} {r.company}", Status.PASSED, evidence)
+    parts = [evidence,
+             f"missing in Dataverse {row['missing_in_dataverse']} ({row['sample_missing_in_dataverse']})",
+             f"missing in F&O {row['missing_in_finops']} ({row['sample_missing_in_finops']})",
+             *([f"{r.duplicates} duplicate keys"] if r.duplicates else []), *([r.note] if r.note else [])]
+    return Check(f"{r.map} {r.company}", Status.FAILED, "; ".join(parts),
+                 fix=f"read {MIGRATE_CSV} and the F&O import errors, fix the rows, then run migrate again",
+                 doc=MIGRATE_DOC)

@@ -1,0 +1,134 @@
+"""Column defaults (`table_maps[].defaults`) through the steps: map-defaults, table-maps, migrate, and
+the customer groups create-company gives a new company."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from dw_helpers import Consultant
+from plan_helpers import LES
+from sync_helpers import ACCOUNTS, CUSTOMER_MAPS, run_maps, set_plan, state
+
+from dwlib.steps.base import Status
+from dwlib.steps.company import CreateCompany
+from dwlib.steps.mapdefaults import MapDefaults
+from dwlib.steps.migrate import Migrate
+from dwlib.steps.plan import PlanStep
+from dwlib.steps.tablemaps import TableMaps
+
+DEFAULTS = {"table_maps": [{"name": ACCOUNTS, "defaults": {"CUSTOMERGROUPID": "30"}}]}
+
+
+def applied_defaults(c: Consultant, name: str) -> dict[str, Any]:
+    """The Default transforms of a map's two-sided column rows, as Dataverse holds the map."""
+    (row,) = c.dv_rows(f"msdyn_dualwriteentitymaps?$filter=msdyn_name eq '{name}'&$select=msdyn_mapping")
+    fields = json.loads(row["msdyn_mapping"])["legs"][0]["fieldMappings"]
+    return {f["sourceField"]: t["value"] for f in fields if f["sourceField"] and f["destinationField"]
+            for t in f["valueTransforms"] if t["transformType"] == "Default"}
+
+
+def test_map_defaults_stops_a_running_map_edits_it_and_runs_it_again(linked_sandbox, step_context,
+                                                                      portal_player) -> None:
+    sandbox = linked_sandbox("existing-existing", rows=20, legal_entities=["USMF"])
+    c = Consultant(sandbox)
+    try:
+        run_maps(c, CUSTOMER_MAPS, initial_sync=False)
+        jobs_before = c.portal("GET", "/dualwrite/maps/customers-v3-accounts/initial-sync")["last"]
+        ctx = step_context(sandbox, consultant=portal_player(sandbox),
+                           params={"legal_entities": ["USMF"], **DEFAULTS})
+        result = MapDefaults().execute(ctx)
+        assert result.status == Status.PASSED, [ch.to_dict() for ch in result.checks]
+        titles = [i.title for i in ctx.instructions]
+        assert titles == [f"Stop table maps {ACCOUNTS}", f"Set default values of table map {ACCOUNTS}",
+                          f"Run table map {ACCOUNTS}"]
+        assert "clear Initial Sync (skip initial sync)" in ctx.instructions[-1].text()
+        assert applied_defaults(c, ACCOUNTS) == {"CustomerGroupId": "30"}
+        assert state(c, ACCOUNTS) == "Running"
+        assert c.portal("GET", "/dualwrite/maps/customers-v3-accounts/initial-sync")["last"] == jobs_before
+        assert result.checks[0].evidence == "CUSTOMERGROUPID = '30' (Running)"
+
+        shown = len(ctx.instructions)
+        assert MapDefaults().execute(ctx).status == Status.ALREADY_DONE
+        assert len(ctx.instructions) == shown
+    finally:
+        c.close()
+
+
+def test_table_maps_sets_the_defaults_before_the_initial_sync(linked_sandbox, step_context,
+                                                              portal_player) -> None:
+    sandbox = linked_sandbox("existing-existing", rows=20, legal_entities=["USMF"])
+    c = Consultant(sandbox)
+    try:
+        # One Dataverse account of USMF without a customer group: F&O needs the default.
+        usmf = c.dv_rows("cdm_companies?$filter=cdm_companycode eq 'USMF'")[0]["cdm_companyid"]
+        (account,) = c.dv_rows("accounts?$filter=customertypecode eq 3 and accountnumber ne null&$top=1")
+        r = c.dv("PATCH", f"accounts({account['accountid']})",
+                 {"msdyn_company@odata.bind": f"cdm_companies({usmf})"})
+        assert r.status_code == 204, r.text
+        ctx = step_context(sandbox, consultant=portal_player(sandbox),
+                           params={"legal_entities": ["USMF"], **DEFAULTS})
+        set_plan(ctx, [(name, "initial-sync", "finops") for name in CUSTOMER_MAPS])
+        result = TableMaps().execute(ctx)
+        assert result.status == Status.PASSED, (result.summary, [ch.to_dict() for ch in result.checks])
+        titles = [i.title for i in ctx.instructions]
+        assert titles[0] == f"Set default values of table map {ACCOUNTS}"  # Not running: no stop
+        assert any(t.startswith("Run table map") for t in titles[1:])
+        (fo,) = c.fo_rows(f"CustomersV3?cross-company=true&$filter=CustomerAccount eq "
+                          f"'{account['accountnumber']}'")
+        assert (fo["dataAreaId"], fo["CustomerGroupId"]) == ("usmf", "30")
+        assert any(ch.name == f"{ACCOUNTS}: column defaults" and ch.status == Status.PASSED
+                   for ch in result.checks)
+        assert TableMaps().execute(ctx).status == Status.ALREADY_DONE
+    finally:
+        c.close()
+
+
+def test_migrate_writes_the_default_customer_group_into_finops(linked_sandbox, step_context) -> None:
+    sandbox = linked_sandbox("existing-existing", rows=30, legal_entities=LES)
+    c = Consultant(sandbox)
+    try:
+        usmf = c.dv_rows("cdm_companies?$filter=cdm_companycode eq 'USMF'")[0]["cdm_companyid"]
+        chosen = c.dv_rows("accounts?$filter=customertypecode eq 3 and accountnumber ne null&$top=2")
+        for account in chosen:
+            r = c.dv("PATCH", f"accounts({account['accountid']})",
+                     {"msdyn_company@odata.bind": f"cdm_companies({usmf})"})
+            assert r.status_code == 204, r.text
+        ctx = step_context(sandbox, params={"legal_entities": LES, **DEFAULTS,
+                                            "plan.limits.initial_sync_rows_per_legal_entity": 1})
+        ctx.session.dmf.poll_s = 0.02
+        PlanStep().execute(ctx)
+        assert any(r.name == ACCOUNTS and r.migrated for r in ctx.run_state["plan"])
+        result = Migrate().execute(ctx)
+        assert result.status == Status.PASSED, [ch.evidence for ch in result.checks
+                                                if ch.status != Status.PASSED]
+        for account in chosen:
+            (fo,) = c.fo_rows(f"CustomersV3?cross-company=true&$filter=CustomerAccount eq "
+                              f"'{account['accountnumber']}'")
+            assert (fo["dataAreaId"], fo["CustomerGroupId"]) == ("usmf", "30")
+    finally:
+        c.close()
+
+
+def test_create_company_creates_its_missing_customer_groups(start_sandbox, step_context) -> None:
+    sandbox = start_sandbox("new-existing", rows=20, fresh=True)
+    c = Consultant(sandbox)
+    try:
+        params = {"legal_entities": ["USMF"], "companies": [
+            {"code": "USMF", "name": "Contoso US", "currency": "USD", "customer_groups": ["30", "80"]}]}
+        ctx = step_context(sandbox, params=params, confirm=lambda _what: True)
+        created = CreateCompany().execute(ctx)
+        assert created.status == Status.PASSED, [ch.to_dict() for ch in created.checks]
+        groups = c.fo_rows("CustomerGroups?cross-company=true&$filter=dataAreaId eq 'usmf'")
+        assert sorted(g["CustomerGroupId"] for g in groups) == ["30", "80"]
+        assert CreateCompany().execute(ctx).status == Status.ALREADY_DONE
+
+        r = c.fo("DELETE", "CustomerGroups(dataAreaId='usmf',CustomerGroupId='80')?cross-company=true")
+        assert r.status_code == 204, r.text
+        again = CreateCompany().execute(ctx)  # only the missing group is created again
+        assert again.status == Status.PASSED
+        posts = [e.url for e in ctx.session.journal.entries() if e.method == "POST"
+                 and ("LegalEntities" in e.url or "CustomerGroups" in e.url)]
+        assert len(posts) == 4 and posts[-1].endswith("/CustomerGroups")
+    finally:
+        c.close()

@@ -1,0 +1,135 @@
+"""migrate: nothing to do, F&O → Dataverse round trip, Dataverse → F&O with a refused row and resume."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from dw_helpers import Consultant
+from plan_helpers import LES, unquote_customers
+
+from dwlib.steps.base import Status
+from dwlib.steps.migrate import MIGRATE_CSV, Migrate
+from dwlib.steps.plan import PlanStep
+
+ACCOUNTS, CONTACTS = "Customers V3 (accounts)", "Customers V3 (contacts)"
+
+
+def _context(step_context: Any, sandbox: dict[str, Any], **params: Any) -> Any:
+    ctx = step_context(sandbox, params={"legal_entities": LES, **params})
+    ctx.session.dmf.poll_s = 0.02  # the sandbox's DMF jobs take milliseconds
+    return ctx
+
+
+def _writes(ctx: Any) -> list[str]:
+    services = (ctx.session.dataverse.root, ctx.session.finops.root)
+    return [f"{e.method} {e.url}" for e in ctx.session.journal.entries()
+            if e.method != "GET" and e.url.startswith(services) and "GetExecution" not in e.url]
+
+
+def test_nothing_to_migrate(linked_sandbox, step_context) -> None:
+    sandbox = linked_sandbox("existing-new", rows=20, legal_entities=LES)
+    c = Consultant(sandbox)
+    try:
+        unquote_customers(c)
+    finally:
+        c.close()
+    ctx = _context(step_context, sandbox)
+    result = Migrate().execute(ctx)  # the plan is recomputed: every map has its initial sync
+    assert result.status == Status.ALREADY_DONE and result.summary == "no map needs migration"
+    assert _writes(ctx) == []
+
+
+def test_finops_to_dataverse_round_trip(linked_sandbox, step_context) -> None:
+    sandbox = linked_sandbox("existing-new", rows=40, legal_entities=LES)
+    ctx = _context(step_context, sandbox, **{"plan.limits.initial_sync_rows_per_legal_entity": 2})
+    plan = PlanStep().execute(ctx)
+    migrated = [r.name for r in ctx.run_state["plan"] if r.migrated]
+    assert ACCOUNTS in migrated and CONTACTS in migrated, plan.tables
+
+    result = Migrate().execute(ctx)
+    assert result.status == Status.PASSED, (result.summary, [c.evidence for c in result.checks])
+    assert all(r["status"] == "PASS" for r in result.tables["reconciliation"])
+
+    c = Consultant(sandbox)
+    try:
+        ids = {r["cdm_companyid"]: r["cdm_companycode"] for r in c.dv_rows("cdm_companies")}
+        groups = {r["msdyn_customergroupid"]: r["msdyn_groupid"] for r in c.dv_rows("msdyn_customergroups")}
+        terms = {r["msdyn_paymenttermid"]: r["msdyn_name"] for r in c.dv_rows("msdyn_paymentterms")}
+        currencies = {r["transactioncurrencyid"]: r["isocurrencycode"]
+                      for r in c.dv_rows("transactioncurrencies")}
+        accounts = {a["accountnumber"]: a for a in c.dv_rows("accounts")}
+        contacts = {a["msdyn_contactpersonid"]: a for a in c.dv_rows("contacts")}
+        customers = c.fo_rows("CustomersV3?cross-company=true")
+    finally:
+        c.close()
+    for fo in customers:
+        if fo["PartyType"] == "Organization":
+            dv = accounts[fo["CustomerAccount"]]
+            assert (dv["name"], dv["creditlimit"], dv["customertypecode"]) == \
+                (fo["OrganizationName"], fo["CreditLimit"], 3)
+            assert groups[dv["_msdyn_customergroupid_value"]] == fo["CustomerGroupId"]
+            assert terms[dv["_msdyn_paymentterm_value"]] == fo["PaymentTerms"]
+            assert currencies[dv["_transactioncurrencyid_value"]] == fo["SalesCurrencyCode"]
+        else:
+            dv = contacts[fo["CustomerAccount"]]
+            assert (dv["firstname"], dv["lastname"], dv["msdyn_sellable"]) == \
+                (fo["PersonFirstName"], fo["PersonLastName"], True)
+        assert ids[dv["_msdyn_company_value"]].lower() == fo["dataAreaId"]
+
+    with open(Path(ctx.evidence_dir) / MIGRATE_CSV, newline="", encoding="utf-8") as fh:
+        log = list(csv.DictReader(fh))
+    assert len(log) == sum(v for k, v in result.counts.items() if "→" in k)
+    assert {r["key"] for r in log if r["map"] == ACCOUNTS} == \
+        {f["CustomerAccount"] for f in customers if f["PartyType"] == "Organization"}
+
+    again_ctx = _context(step_context, sandbox, **{"plan.limits.initial_sync_rows_per_legal_entity": 2})
+    again = Migrate().execute(again_ctx)
+    assert again.status == Status.ALREADY_DONE and _writes(again_ctx) == []
+
+
+def test_dataverse_to_finops_reports_refused_rows_and_resumes(linked_sandbox, step_context) -> None:
+    sandbox = linked_sandbox("existing-existing", rows=30, legal_entities=LES)
+    c = Consultant(sandbox)
+    try:
+        usmf = c.dv_rows("cdm_companies?$filter=cdm_companycode eq 'USMF'")[0]["cdm_companyid"]
+        r = c.dv("POST", "msdyn_customergroups", {"msdyn_groupid": "10", "msdyn_description": "Wholesale",
+                                                  "msdyn_company@odata.bind": f"cdm_companies({usmf})"})
+        assert r.status_code == 204, r.text
+        group = c.dv_rows("msdyn_customergroups?$filter=msdyn_groupid eq '10'")[0]["msdyn_customergroupid"]
+        chosen = c.dv_rows("accounts?$filter=customertypecode eq 3 and accountnumber ne null&$top=3")
+        for i, account in enumerate(chosen):  # two with a customer group, the last without: F&O refuses it
+            body = {"msdyn_company@odata.bind": f"cdm_companies({usmf})"}
+            if i < 2:
+                body["msdyn_customergroupid@odata.bind"] = f"msdyn_customergroups({group})"
+            assert c.dv("PATCH", f"accounts({account['accountid']})", body).status_code == 204
+
+        ctx = _context(step_context, sandbox, **{"plan.limits.initial_sync_rows_per_legal_entity": 2})
+        PlanStep().execute(ctx)
+        assert any(r.name == ACCOUNTS and r.migrated for r in ctx.run_state["plan"])
+        result = Migrate().execute(ctx)
+
+        assert result.status == Status.FAILED
+        usmf_row = next(r for r in result.tables["reconciliation"]
+                        if r["map"] == ACCOUNTS and r["company"] == "USMF")
+        assert usmf_row["sample_missing_in_finops"] == chosen[2]["accountnumber"]
+        errors = [ch.evidence for ch in result.checks if ch.name == "F&O import error"]
+        assert len(errors) == 1 and "Customer group" in errors[0] and chosen[2]["accountnumber"] in errors[0]
+        for account in chosen[:2]:
+            where = f"CustomerAccount eq '{account['accountnumber']}'"
+            fo = c.fo_rows(f"CustomersV3?cross-company=true&$filter={where}")
+            assert len(fo) == 1 and fo[0]["dataAreaId"] == "usmf"
+            assert (fo[0]["OrganizationName"], fo[0]["CustomerGroupId"], fo[0]["PartyType"]) == \
+                (account["name"], "10", "Organization")
+
+        fix = c.dv("PATCH", f"accounts({chosen[2]['accountid']})",
+                   {"msdyn_customergroupid@odata.bind": f"msdyn_customergroups({group})"})
+        assert fix.status_code == 204
+        resumed = Migrate().execute(_context(step_context, sandbox,
+                                             **{"plan.limits.initial_sync_rows_per_legal_entity": 2}))
+        problems = [ch.evidence for ch in resumed.checks if ch.status != Status.PASSED]
+        assert resumed.status == Status.PASSED, problems
+        assert resumed.counts == {f"{ACCOUNTS} Dataverse → F&O": 1, "failed": 0, "missing": 0}
+    finally:
+        c.close()

@@ -1,0 +1,247 @@
+"""The plan: the decision matrix (every row, with the boundaries), constraints, and sandbox plans."""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from dw_helpers import Consultant
+from plan_helpers import LES, unquote_customers
+
+from dwlib import catalog
+from dwlib.steps.base import Status, StepError
+from dwlib.steps.plan import (
+    ACTIVATE_SKIP,
+    BOOTSTRAP_DV,
+    CREATE_FO_COMPANY,
+    DEFAULT_MAPS,
+    MIGRATE_OUTSIDE,
+    MIGRATE_TO_DV,
+    MIGRATE_TO_FO,
+    PLAN_CSV,
+    RUN_INITIAL,
+    PlanStep,
+    blockers,
+    build_plan,
+    decide,
+    scenario_states,
+)
+
+MIGRATE = (MIGRATE_OUTSIDE, ACTIVATE_SKIP)
+NEW_EXISTING = (CREATE_FO_COMPANY, BOOTSTRAP_DV)
+ACCOUNTS, CONTACTS = "Customers V3 (accounts)", "Customers V3 (contacts)"
+PREREQUISITES = ["Currencies (transactioncurrencies)", "Terms of payment (msdyn_paymentterms)",
+                 "Customer groups (msdyn_customergroups)"]
+
+# Every row of the matrix in initial-sync-guidance.md (dualwrite-facts §5.1), with the values
+# around its limits: "<" below, the undefined boundary itself (conservative: migrate), ">" above.
+MATRIX = [
+    # F&O, Dataverse, has data, single-threaded, volume → actions
+    ("new", "new", False, True, 0, (ACTIVATE_SKIP,)),
+    ("new", "new", False, False, 0, (ACTIVATE_SKIP,)),
+    ("new", "new", True, True, 499_999, (MIGRATE_TO_FO, RUN_INITIAL)),
+    ("new", "new", True, False, 499_999, (MIGRATE_TO_DV, RUN_INITIAL)),
+    ("new", "new", True, True, 100_000, (MIGRATE_TO_FO, RUN_INITIAL)),  # 70,000 is not a New/New limit
+    ("new", "new", True, True, 500_000, MIGRATE),
+    ("new", "new", True, False, 500_000, MIGRATE),
+    ("new", "new", True, False, 500_001, MIGRATE),
+    ("new", "existing", True, True, 69_999, (*NEW_EXISTING, RUN_INITIAL)),
+    ("new", "existing", True, True, 70_000, (*NEW_EXISTING, *MIGRATE)),
+    ("new", "existing", True, True, 70_001, (*NEW_EXISTING, *MIGRATE)),
+    ("new", "existing", True, False, 69_999, (*NEW_EXISTING, RUN_INITIAL)),
+    ("new", "existing", True, False, 499_999, (*NEW_EXISTING, RUN_INITIAL)),
+    ("new", "existing", True, False, 500_000, (*NEW_EXISTING, *MIGRATE)),
+    ("new", "existing", True, False, 500_001, (*NEW_EXISTING, *MIGRATE)),
+    ("new", "existing", True, True, 500_001, (*NEW_EXISTING, *MIGRATE)),
+    ("existing", "new", True, True, 499_999, (RUN_INITIAL,)),
+    ("existing", "new", True, False, 499_999, (RUN_INITIAL,)),
+    ("existing", "new", True, True, 100_000, (RUN_INITIAL,)),  # nothing goes Dataverse → F&O
+    ("existing", "new", True, True, 500_000, MIGRATE),
+    ("existing", "new", True, False, 500_001, MIGRATE),
+    ("existing", "existing", True, True, 69_999, (BOOTSTRAP_DV, RUN_INITIAL)),
+    ("existing", "existing", True, True, 70_000, (BOOTSTRAP_DV, *MIGRATE)),
+    ("existing", "existing", True, True, 70_001, (BOOTSTRAP_DV, *MIGRATE)),
+    ("existing", "existing", True, False, 70_001, (BOOTSTRAP_DV, RUN_INITIAL)),
+    ("existing", "existing", True, False, 499_999, (BOOTSTRAP_DV, RUN_INITIAL)),
+    ("existing", "existing", True, False, 500_000, (BOOTSTRAP_DV, *MIGRATE)),
+    ("existing", "existing", True, False, 500_001, (BOOTSTRAP_DV, *MIGRATE)),
+]
+
+
+@pytest.mark.parametrize(("finops", "dataverse", "has_data", "single", "volume", "actions"), MATRIX)
+def test_every_matrix_row(finops, dataverse, has_data, single, volume, actions) -> None:
+    d = decide(finops, dataverse, has_data, single_threaded=single, volume=volume)
+    assert d.actions == actions
+    expected = ("migrate" if MIGRATE_OUTSIDE in actions else
+                "initial-sync" if RUN_INITIAL in actions else "skip")
+    assert d.action == expected
+    assert d.matrix_row.startswith(f"{finops} F&O / {dataverse} Dataverse")
+
+
+def test_matrix_row_names_the_limit_it_used() -> None:
+    assert decide("existing", "existing", True, single_threaded=True, volume=70_000).matrix_row == \
+        "existing F&O / existing Dataverse, single-threaded, 70,000 rows or more"
+    assert decide("new", "existing", True, single_threaded=False, volume=1).matrix_row == \
+        "new F&O / existing Dataverse, multi-threaded, fewer than 500,000 rows"
+    low = replace(catalog.limits(), initial_sync_rows_per_legal_entity=10)
+    # Past the per-legal-entity limit every map migrates, single-threaded ones too.
+    ee = ("existing", "existing", True)
+    assert decide(*ee, single_threaded=True, volume=10, limits=low).action == "migrate"
+    assert decide(*ee, single_threaded=True, volume=9, limits=low).action == "initial-sync"
+
+
+@pytest.mark.parametrize(("scenario", "states"), [
+    ("new-new", ("new", "new")), ("new-data-new", ("new", "new")), ("new-existing", ("new", "existing")),
+    ("new-data-existing", ("new", "existing")), ("existing-new", ("existing", "new")),
+    ("existing-existing", ("existing", "existing"))])
+def test_scenarios_give_the_matrix_inputs(scenario, states) -> None:
+    assert scenario_states(scenario) == states
+
+
+def test_global_constraints() -> None:
+    lim = catalog.limits()
+    assert blockers(legal_entities=40, lookups=10, dataverse_rows=9, quoted_rows=0) == []
+    assert blockers(legal_entities=41, lookups=10, dataverse_rows=9, quoted_rows=0) == \
+        ["41 legal entities: initial writes support 40"]
+    many = lim.max_lookups + 1
+    assert blockers(legal_entities=1, lookups=many, dataverse_rows=1, quoted_rows=0)[0].startswith(
+        f"{many} lookups on the Dataverse side")
+    # Lookups only matter when Dataverse has rows to export.
+    assert blockers(legal_entities=1, lookups=lim.max_lookups + 1, dataverse_rows=0, quoted_rows=0) == []
+    assert "double quotes" in blockers(legal_entities=1, lookups=0, dataverse_rows=0, quoted_rows=2)[0]
+
+
+def _customers(c: Consultant) -> Counter[tuple[str, str]]:
+    rows = c.fo_rows("CustomersV3?cross-company=true&$select=dataAreaId,PartyType,CustomerAccount")
+    return Counter((r["dataAreaId"].upper(), r["PartyType"]) for r in rows)
+
+
+def test_plan_counts_both_sides_and_publishes_the_plan(linked_sandbox, step_context) -> None:
+    sandbox = linked_sandbox("existing-new", rows=40, legal_entities=LES)
+    c = Consultant(sandbox)
+    try:
+        unquote_customers(c)
+        customers = _customers(c)
+    finally:
+        c.close()
+    ctx = step_context(sandbox, params={"legal_entities": LES}, dry_run=True)  # the plan runs in dry runs
+    result = PlanStep().execute(ctx)
+    assert result.status == Status.PASSED
+
+    rows = ctx.run_state["plan"]
+    assert [r.name for r in rows] == catalog.dependency_order(DEFAULT_MAPS)
+    by = {r.name: r for r in rows}
+    assert by[ACCOUNTS].finops_rows == {le: customers[(le, "Organization")] for le in LES}
+    assert by[CONTACTS].finops_rows == {le: customers[(le, "Person")] for le in LES}
+    assert by[ACCOUNTS].dataverse_rows == dict.fromkeys(LES, 0)
+    assert by["Legal entities (cdm_companies)"].finops_rows == {"(global)": 4}
+    for r in rows:
+        assert (r.action, r.master, r.skip_initial_sync) == ("initial-sync", "finops", False)
+        assert r.state == "Not running" and r.quoted_rows == 0
+        assert r.matrix_row == "existing F&O / new Dataverse, fewer than 500,000 rows"
+    assert by[ACCOUNTS].estimate_s == pytest.approx(sum(by[ACCOUNTS].finops_rows.values()) / 20)
+
+    with open(Path(ctx.evidence_dir) / PLAN_CSV, newline="", encoding="utf-8") as fh:
+        table = list(csv.DictReader(fh))
+    assert [t["map"] for t in table] == [r.name for r in rows]
+    assert table == [{k: str(v) for k, v in r.row().items()} for r in rows]
+    assert result.tables["plan"] == [r.row() for r in rows]
+    assert build_plan(ctx) == rows  # recomputed from the real state: the same plan
+
+
+def test_low_limits_and_quotes_make_maps_migrate(linked_sandbox, step_context) -> None:
+    sandbox = linked_sandbox("existing-new", rows=40, legal_entities=LES)
+    c = Consultant(sandbox)
+    try:
+        unquote_customers(c)
+        account = c.fo_rows("CustomersV3?cross-company=true&$filter=PartyType eq 'Organization'&$top=1")[0]
+        r = c.fo("PATCH", f"CustomersV3(dataAreaId='{account['dataAreaId']}',CustomerAccount="
+                          f"'{account['CustomerAccount']}')?cross-company=true",
+                 {"OrganizationName": 'The "Quoted" Company'})
+        assert r.status_code == 204, r.text
+    finally:
+        c.close()
+    rows = {r.name: r for r in build_plan(step_context(sandbox, params={"legal_entities": LES}))}
+    assert rows[ACCOUNTS].action == "migrate" and rows[ACCOUNTS].quoted_rows == 1
+    assert "1 rows hold double quotes" in rows[ACCOUNTS].reason
+    assert rows[CONTACTS].action == "initial-sync"
+    for name in PREREQUISITES:  # the migrated rows refer to them: migrated too
+        assert rows[name].action == "migrate" and f"prerequisite of {ACCOUNTS}" in rows[name].reason
+    assert rows["Legal entities (cdm_companies)"].action == "initial-sync"  # linking creates them
+
+    contacts = max(rows[CONTACTS].finops_rows.values())
+    low = step_context(sandbox, params={"legal_entities": LES,
+                                        "plan.limits.initial_sync_rows_per_legal_entity": contacts})
+    rows = {r.name: r for r in build_plan(low)}
+    assert rows[CONTACTS].action == "migrate" and rows[CONTACTS].skip_initial_sync
+    assert rows[CONTACTS].matrix_row == f"existing F&O / new Dataverse, {contacts:,} rows or more"
+
+
+def test_new_environments_without_data_skip_and_running_maps_are_shown(linked_sandbox, step_context) -> None:
+    sandbox = linked_sandbox("new-new")
+    c = Consultant(sandbox)
+    try:
+        c.portal("POST", "/dualwrite/maps/currencies/run", {"initial_sync": False})
+    finally:
+        c.close()
+    rows = {r.name: r for r in build_plan(step_context(sandbox))}
+    assert rows[ACCOUNTS].action == "skip" and rows[ACCOUNTS].skip_initial_sync
+    assert rows[ACCOUNTS].matrix_row == "new F&O / new Dataverse, no data"
+    assert rows[ACCOUNTS].finops_rows == {"DAT": 0} and rows[ACCOUNTS].estimate_s == 0
+    assert rows["Currencies (transactioncurrencies)"].state == "Running"
+    assert "already Running" in rows["Currencies (transactioncurrencies)"].reason
+
+
+def test_parameters_choose_maps_master_and_skip(linked_sandbox, step_context) -> None:
+    sandbox = linked_sandbox("existing-existing", rows=20, legal_entities=LES)
+    c = Consultant(sandbox)
+    try:
+        unquote_customers(c)
+        # One Dataverse account in scope (company set) with a quote in its name.
+        usmf = c.dv_rows("cdm_companies?$filter=cdm_companycode eq 'USMF'")[0]["cdm_companyid"]
+        account = c.dv_rows("accounts?$filter=customertypecode eq 3 and accountnumber ne null&$top=1")[0]
+        r = c.dv("PATCH", f"accounts({account['accountid']})",
+                 {"name": 'A "quoted" name', "msdyn_company@odata.bind": f"cdm_companies({usmf})"})
+        assert r.status_code == 204, r.text
+    finally:
+        c.close()
+    rows = {r.name: r for r in build_plan(step_context(sandbox, params={"legal_entities": LES}))}
+    assert (rows[ACCOUNTS].action, rows[ACCOUNTS].quoted_rows) == ("migrate", 1)
+    assert rows[ACCOUNTS].dataverse_rows["USMF"] == 1
+    params = {"legal_entities": LES,
+              "table_maps": [{"name": "Customers V3", "initial_sync_master": "dataverse",
+                              "skip_initial_sync": True}]}
+    rows = {r.name: r for r in build_plan(step_context(sandbox, params=params))}
+    assert list(rows) == catalog.dependency_order([ACCOUNTS, CONTACTS])
+    for name in (ACCOUNTS, CONTACTS):
+        assert rows[name].master == "dataverse"
+        assert rows[name].action == "skip" and rows[name].skip_initial_sync
+        assert "table_maps: skip_initial_sync" in rows[name].reason
+    # Rows there are not bootstrapped yet: not eligible, reported.
+    assert rows[ACCOUNTS].dataverse_without_company > 0
+    assert "not synced until bootstrapped" in rows[ACCOUNTS].reason
+    with pytest.raises(StepError, match="unknown table map 'Contacts V9'"):
+        build_plan(step_context(sandbox, params={"legal_entities": LES, "table_maps": ["Contacts V9"]}))
+
+
+def test_created_companies_count_once_in_the_connection(linked_sandbox, step_context) -> None:
+    sandbox = linked_sandbox("new-data-existing", rows=40, legal_entities=["DAT"])
+    params = {"legal_entities": LES, "companies": [{"code": code, "name": f"Contoso {code}"} for code in LES]}
+    rows = {r.name: r for r in build_plan(step_context(sandbox, params=params))}
+    # Before the company steps the connection holds DAT only: the F&O data of USMF … waits for them.
+    assert rows[ACCOUNTS].finops_rows == {"DAT": 0} and rows[ACCOUNTS].action == "initial-sync"
+    assert rows[ACCOUNTS].matrix_row == \
+        "new F&O / existing Dataverse, single-threaded, fewer than 70,000 rows"
+    assert rows[ACCOUNTS].dataverse_without_company > 0  # existing rows, not bootstrapped yet
+
+    c = Consultant(sandbox)
+    try:
+        c.portal("POST", "/dualwrite/legal-entities", {"add": ["USMF"], "skip_initial_writes": True})
+        customers = _customers(c)
+    finally:
+        c.close()
+    rows = {r.name: r for r in build_plan(step_context(sandbox, params=params))}
+    assert rows[ACCOUNTS].finops_rows == {"DAT": 0, "USMF": customers[("USMF", "Organization")]}
