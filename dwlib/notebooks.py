@@ -135,9 +135,20 @@ NARRATIVE = {
     ),
     "migrate": (
         "Where the plan says the volumes are too large for the initial sync, move the data the "
-        "documented other way before the maps start: a data management export package from finance "
-        "and operations into Dataverse in bulk (or the reverse), so the maps can then be enabled "
-        "without an initial sync. When the plan sends nothing this way, there is nothing to do."
+        "documented other way while the maps do not run: a data management export package from "
+        "finance and operations into Dataverse in bulk (or the reverse), so the maps can then be "
+        "enabled without an initial sync. A map that already runs and has rows to move is stopped "
+        "first (a gate in the dual-write workspace) and left stopped for the next step. When the plan "
+        "sends nothing this way, there is nothing to do."
+    ),
+    "migrate-new-company": (
+        "The company created above joined the connection without initial writes, so its rows of the "
+        "maps the plan migrates (for example the customer groups created with it) are on one side "
+        "only. Migrate them the same way; the maps with rows to move are stopped first."
+    ),
+    "table-maps-new-company": (
+        "Run again, skipping the initial sync, the maps the migration stopped; maps already running "
+        "are left alone."
     ),
     "table-maps": (
         "Enable the table maps in dependency order, the way the Customers V3—Contacts example does: "

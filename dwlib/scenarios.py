@@ -94,6 +94,10 @@ SCENARIOS: dict[str, Scenario] = {
             _s(
                 *_LINK, "plan", "migrate", "table-maps", "initial-sync",
                 *_NEW_COMPANY,
+                # The new company joined with skip initial writes: its rows of the maps the plan
+                # migrates are migrated too (stopping those maps), and the maps run again.
+                ("migrate-new-company", "migrate", {}),
+                ("table-maps-new-company", "table-maps", {}),
                 ("initial-sync-new-company", "initial-sync", {"companies": "created"}),
                 "verify",
             ),

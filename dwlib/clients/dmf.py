@@ -6,6 +6,13 @@ Import: `GetAzureWriteUrl` → upload (PUT, BlockBlob) → `ImportFromPackage` �
 Blob transfers use a client without the F&O token (the URLs are signed); signatures never reach
 the journal.
 
+Starting a job is a POST the HTTP stack does not repeat (it would start a second job). The client
+chooses the `executionId` instead, so a start that failed on the way (429/503/504, honouring
+`Retry-After`, or a lost connection) is settled by asking `GetExecutionSummaryStatus`
+(`dwlib.clients.once`): `Unknown` (no such job) or `NotRun` (queued, or not there) → start again,
+which DMF answers with the same id for a job it has; any other status → the job exists, carry on.
+Attempts and time are bounded by the stack's own budget (the F&O client's `retry`).
+
 Example:
     >>> # dmf = DmfClient(finops, blob_http)
     >>> # path = dmf.export_package("Customers export", Path("customers.zip"), legal_entity="USMF")
@@ -18,15 +25,17 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from .errors import DmfError, connection_lost
+from .errors import ClientError, DmfError, connection_lost
 from .finops import FinOpsClient
 from .http import redact_url
+from .once import send_once
 
 TERMINAL = frozenset({"Succeeded", "PartiallySucceeded", "Failed", "Canceled"})
 _FAILED = frozenset({"Failed", "Canceled"})
@@ -62,19 +71,44 @@ class DmfClient:
 
     def start_export(self, definition_group: str, package_name: str, *, legal_entity: str,
                      execution_id: str = "", re_execute: bool = False) -> str:
-        """`ExportToPackage`: start an export of a data project; returns the execution id."""
-        return str(self._action("ExportToPackage", {
+        """`ExportToPackage`: start an export of a data project; returns the execution id (a new
+        one when not given). Safe against lost answers (see the module docstring)."""
+        return self._start("ExportToPackage", {
             "definitionGroupId": definition_group, "packageName": package_name,
-            "executionId": execution_id, "reExecute": re_execute, "legalEntityId": legal_entity,
-        }, safe=False))
+            "executionId": execution_id or new_execution_id(definition_group), "reExecute": re_execute,
+            "legalEntityId": legal_entity,
+        }, re_execute=re_execute)
 
     def start_import(self, package_url: str, definition_group: str, *, legal_entity: str,
                      execution_id: str = "", overwrite: bool = False) -> str:
-        """`ImportFromPackage` (execute=true): start importing an uploaded package; the execution id."""
-        return str(self._action("ImportFromPackage", {
-            "packageUrl": package_url, "definitionGroupId": definition_group, "executionId": execution_id,
-            "execute": True, "overwrite": overwrite, "legalEntityId": legal_entity,
-        }, safe=False))
+        """`ImportFromPackage` (execute=true): start importing an uploaded package; the execution id
+        (a new one when not given). Safe against lost answers (see the module docstring)."""
+        return self._start("ImportFromPackage", {
+            "packageUrl": package_url, "definitionGroupId": definition_group,
+            "executionId": execution_id or new_execution_id(definition_group), "execute": True,
+            "overwrite": overwrite, "legalEntityId": legal_entity,
+        })
+
+    def _start(self, action: str, body: dict[str, Any], *, re_execute: bool = False) -> str:
+        """Start a job once: repeat the start only while DMF does not have the job running."""
+        execution_id = str(body["executionId"])
+        seen = ["Unknown"]  # the last status DMF gave for the id
+
+        def landed() -> str | None:
+            seen[0] = status = self.status(execution_id)
+            # NotRun: queued, or no job at all; a re-execution of a finished job may not have started
+            waiting = status in ("Unknown", "NotRun") or (re_execute and status in TERMINAL)
+            return None if waiting else execution_id
+
+        def gave_up(attempts: int, failure: ClientError) -> DmfError:
+            return DmfError(f"{action} did not start job {execution_id} in {attempts} attempts: {failure}",
+                            execution_id=execution_id, status=seen[0],
+                            fix="F&O is busy or unreachable: run the step again later (a new job id is "
+                                "used; a job still NotRun under this one shows in Data management > Job "
+                                "history), or raise options.http.retry_attempts / retry_total_s")
+
+        return send_once(lambda: str(self._action(action, body, safe=False) or execution_id), landed,
+                         budget=self.finops.retry, gave_up=gave_up, sleep=self._sleep)
 
     def status(self, execution_id: str) -> str:
         """`GetExecutionSummaryStatus`: Unknown, NotRun, Executing, Succeeded, PartiallySucceeded, …"""
@@ -172,6 +206,15 @@ class DmfClient:
                            execution_id="", status="",
                            fix="signed URLs expire: request a new one by running the step again")
         return response
+
+
+def new_execution_id(definition_group: str) -> str:
+    """A fresh execution id, readable in Job history (the data project, then a GUID).
+
+    >>> new_execution_id("Customers export").startswith("Customers export-")
+    True
+    """
+    return f"{definition_group}-{uuid.uuid4()}"
 
 
 def _error_line(error: Any) -> str:

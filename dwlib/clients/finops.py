@@ -13,13 +13,17 @@ Example:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import httpx
 
 from .batch import Batch
+from .errors import ClientError, NotFoundError
+from .http import HttpConfig
 from .odata import Key, ODataService, key_segment, literal
+from .once import send_once
 
 Row = dict[str, Any]
 
@@ -45,9 +49,10 @@ class FinOpsClient(ODataService):
     auth_fix = ("register the app's client id in F&O (System administration > Setup > Microsoft Entra ID "
                 "applications) with a user that has the needed roles")
 
-    def __init__(self, http: httpx.Client, url: str) -> None:
+    def __init__(self, http: httpx.Client, url: str, *, retry: HttpConfig | None = None) -> None:
         super().__init__(http, f"{url.rstrip('/')}/data")
         self.environment_url = url.rstrip("/")
+        self.retry = retry or HttpConfig()  # budget of the requests made once (`dwlib.clients.once`)
 
     def query(
         self,
@@ -80,10 +85,29 @@ class FinOpsClient(ODataService):
         row: Row = self.json("GET", f"{entity_set}{key_segment(key)}", params=params)
         return row
 
-    def create(self, entity_set: str, row: Mapping[str, Any]) -> Row:
-        """Create a row (201, the created row). Never repeated automatically."""
-        created: Row = self.json("POST", entity_set, json=row, safe=False)
-        return created
+    def create(self, entity_set: str, row: Mapping[str, Any], *, key: Key | None = None) -> Row:
+        """Create a row (201, the created row). Never repeated blindly: with the row's `key`, a
+        create that failed on the way (429/503/504, a lost connection) is settled by reading the key
+        — the row there is returned, else the create is sent again (`dwlib.clients.once`)."""
+        def post() -> Row:
+            created: Row = self.json("POST", entity_set, json=row, safe=False)
+            return created
+
+        if key is None:
+            return post()
+
+        def landed() -> Row | None:
+            try:
+                return self.get(entity_set, key)
+            except NotFoundError:
+                return None
+
+        def gave_up(attempts: int, failure: ClientError) -> ClientError:
+            return ClientError(f"F&O did not create {entity_set}{key_segment(key)} in {attempts} attempts: "
+                               f"{failure}", fix="F&O is busy or unreachable: run the step again later, or "
+                                                 "raise options.http.retry_attempts / retry_total_s")
+
+        return send_once(post, landed, budget=self.retry, gave_up=gave_up, sleep=time.sleep)
 
     def update(self, entity_set: str, key: Key, changes: Mapping[str, Any]) -> None:
         """Update the row with this key (PATCH; repeating it is harmless)."""

@@ -82,5 +82,5 @@ def connect(
     options = params.options
     dataverse = DataverseClient(dv_http, env.dataverse_url, page_size=options.page_size,
                                 concurrency=options.concurrency, batch_size=options.batch_size)
-    finops = FinOpsClient(fo_http, env.finops_url)
+    finops = FinOpsClient(fo_http, env.finops_url, retry=config)
     return Session(dataverse, finops, DmfClient(finops, plain), journal, tokens, [plain, dv_http, fo_http])

@@ -533,9 +533,10 @@ class DmfService:
         group = _param(body, "definitionGroupId")
         if body.get("execute", True) is not True:
             raise DmfError("execute=false (staging only) is not emulated by the sandbox: send execute true.")
-        execution_id = self._new_execution_id(body, group, reexecute=False)
-        job = self._new_job(execution_id, "Import", group, self._company(body), package=name)
-        self._start(job)
+        company = self._company(body)
+        execution_id, fresh = self._execution_id(body, "Import", group, company, reexecute=False)
+        if fresh:
+            self._start(self._new_job(execution_id, "Import", group, company, package=name))
         return execution_id
 
     def _export_to_package(self, body: dict[str, Any]) -> str:
@@ -546,10 +547,13 @@ class DmfService:
             raise DmfError(f"Export data project {group} does not exist: create it in Data management, or "
                            f"use one of {', '.join(known)}.")
         package_name = _param(body, "packageName")
-        execution_id = self._new_execution_id(body, group, reexecute=bool(body.get("reExecute", False)))
-        job = self._new_job(execution_id, "Export", group, self._company(body),
-                            package=f"export-{_blob_stem(execution_id)}.zip", package_name=package_name)
-        self._start(job)
+        company = self._company(body)
+        execution_id, fresh = self._execution_id(body, "Export", group, company,
+                                                 reexecute=bool(body.get("reExecute", False)))
+        if fresh:
+            self._start(self._new_job(execution_id, "Export", group, company,
+                                      package=f"export-{_blob_stem(execution_id)}.zip",
+                                      package_name=package_name))
         return execution_id
 
     def _get_exported_package_url(self, body: dict[str, Any]) -> str:
@@ -595,17 +599,23 @@ class DmfService:
             raise DmfError(f"Legal entity {code} does not exist: use a LegalEntityId of /data/LegalEntities.")
         return code
 
-    def _new_execution_id(self, body: dict[str, Any], group: str, reexecute: bool) -> str:
+    def _execution_id(self, body: dict[str, Any], operation: str, group: str, company: str,
+                      reexecute: bool) -> tuple[str, bool]:
+        """The job's id, and whether a job starts: a repeated start of a job that exists (same
+        operation, project and company — a client repeating a start whose answer it lost) returns
+        its id without a second job; re-executing a finished job runs it again under the same id."""
         execution_id = str(body.get("executionId") or "")
         if not execution_id:
             stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
-            return f"{group}-{stamp}-{str(uuid.uuid4()).upper()}"
+            return f"{group}-{stamp}-{str(uuid.uuid4()).upper()}", True
         old = self.job(execution_id)
-        if old is not None and not (reexecute and old["status"] in _TERMINAL):
-            hint = "." if old["status"] in _TERMINAL else ", or wait until it has finished."
-            raise DmfError(f"Execution {execution_id} already exists: pass a new executionId (or none to get "
-                           f"one){hint}")
-        return execution_id
+        if old is None:
+            return execution_id, True
+        if (old["operation"], old["definitionGroupId"], old["legalEntityId"]) != (operation, group, company):
+            raise DmfError(f"Execution {execution_id} already exists for {old['operation']} of "
+                           f"{old['definitionGroupId']} in {old['legalEntityId']}: pass a new executionId "
+                           "(or none to get one).")
+        return execution_id, reexecute and old["status"] in _TERMINAL
 
     def _new_job(
         self, execution_id: str, operation: str, group: str, company: str, **extra: Any

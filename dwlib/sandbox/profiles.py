@@ -4,7 +4,7 @@ A profile pairs an F&O side and a Dataverse side (DESIGN.md §1):
 
 | profile | F&O | Dataverse |
 |---|---|---|
-| `new-new` | new: company DAT and currencies only | new: platform rows only |
+| `new-new` | new: company DAT and its currency USD only | new: platform rows only |
 | `new-existing` | new: DAT only | existing: business units, teams, users, accounts, contacts |
 | `new-data-new` | with data: companies, groups, terms, customers | new |
 | `new-data-existing` | with data | existing |
@@ -424,14 +424,20 @@ def _contacts(
 
 
 def _seed_finops(store: Store, rng: random.Random, n: int, spec: Profile, tally: _Tally) -> None:
-    """Legal entities and currencies always; groups, terms and customers for F&O with data."""
-    companies = (DAT,) + (COMPANIES if spec.finops == "data" else ())
+    """Legal entities and currencies always; groups, terms and customers for F&O with data.
+
+    A new (empty) F&O has company DAT and its accounting currency, USD: the base currency of a new
+    Dataverse too, so the Currencies map of new-new reconciles.
+    """
+    with_data = spec.finops == "data"
+    companies = (DAT,) + (COMPANIES if with_data else ())
     _insert(store, tally, "LegalEntities", [
         {"LegalEntityId": c.code, "Name": c.name, "CompanyType": "Organization",
          "AddressCountryRegionId": c.country, "AccountingCurrency": c.currency} for c in companies])
     _insert(store, tally, "Currencies", [
-        {"CurrencyCode": code, "Name": name, "Symbol": sym} for code, name, sym, _ in CURRENCIES])
-    if spec.finops == "new":
+        {"CurrencyCode": code, "Name": name, "Symbol": sym} for code, name, sym, _ in CURRENCIES
+        if with_data or code == DAT.currency])
+    if not with_data:
         return
     _insert(store, tally, "PaymentTerms", [
         {"dataAreaId": c.data_area, "Name": name, "Description": desc, "NumberOfDays": days}

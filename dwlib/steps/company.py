@@ -69,19 +69,40 @@ def missing_groups(session: Session, companies: list[Company]) -> list[tuple[str
     return out
 
 
+def missing_currencies(session: Session, companies: list[Company]) -> list[str]:
+    """The companies' accounting currencies F&O lacks (a new F&O has only DAT's): F&O refuses a
+    legal entity whose currency is not in its Currencies table.
+
+    >>> # missing_currencies(session, params.companies) → ['GBP', 'EUR'] in a new F&O
+    """
+    wanted = dict.fromkeys(c.currency.upper() for c in companies if c.currency)
+    rows = session.finops.query("Currencies", select=["CurrencyCode"])
+    have = {str(r["CurrencyCode"]).upper() for r in rows}
+    return [code for code in wanted if code not in have]
+
+
+def _currency_row(session: Session, code: str) -> dict[str, str]:
+    """An F&O Currencies row for `code`, named as Dataverse names it when it has the currency, so
+    that the Currencies map finds both sides alike."""
+    rows = list(session.dataverse.query("transactioncurrencies", select=["currencyname"],
+                                        filter=f"isocurrencycode eq '{code}'"))
+    return {"CurrencyCode": code, "Name": str(rows[0].get("currencyname") or code) if rows else code}
+
+
 @dataclass
 class CompanyWork:
-    """What create-company has to do: companies to create, then customer groups to create."""
+    """What create-company has to do: currencies, then companies, then customer groups to create."""
 
     companies: list[Company]
     groups: list[tuple[str, str]]
+    currencies: list[str]
 
 
 @register
 class CreateCompany(Step):
     """Create the run's companies (legal entities) in F&O, with the customer groups the parameters
-    give them (a new company has no reference data; Customers V3 needs a customer group); only
-    the missing ones. Irreversible.
+    give them (a new company has no reference data; Customers V3 needs a customer group) and, first,
+    their accounting currencies when F&O lacks them; only the missing ones. Irreversible.
 
     Example:
         >>> # result = CreateCompany().execute(ctx)   # WAITING until confirmed, then PASSED
@@ -101,13 +122,17 @@ class CreateCompany(Step):
         chosen = _companies(params)
         missing = [c for c in chosen if c.code not in known]
         groups = missing_groups(session, chosen)
+        currencies = missing_currencies(session, missing)
         todo = [f"create {c.code} '{c.name}' in F&O LegalEntities" for c in missing]
         todo += [f"customer group {g} in {code}" for code, g in groups]
-        return Finding(not todo, "; ".join(todo), todo=CompanyWork(missing, groups))
+        todo += [f"currency {code} in F&O Currencies" for code in currencies]
+        return Finding(not todo, "; ".join(todo), todo=CompanyWork(missing, groups, currencies))
 
     def act(self, ctx: StepContext, finding: Finding) -> None:
         _, session, _ = environment(ctx)
         work: CompanyWork = finding.todo
+        for code in work.currencies:
+            session.finops.create("Currencies", _currency_row(session, code))
         for company in work.companies:
             row = {"LegalEntityId": company.code, "Name": company.name}
             if company.country:

@@ -44,6 +44,7 @@ PP_DOC = ("https://learn.microsoft.com/en-us/dynamics365/fin-ops-core/dev-itpro/
 LCS_DOC = DOCS_ROOT + "lcs-setup"
 LEGAL_ENTITIES_DOC = DOCS_ROOT + "edit-legal-entity"
 COMPANY_DOC = DOCS_ROOT + "company-data"
+LINK_CHECK = "Power Platform integration"  # the name of the check `link_checks` starts with
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,7 @@ def solution_problems(session: Session) -> list[str]:
 
 def link_checks(params: Params, link: dict[str, Any] | None) -> list[Check]:
     """Whether `RetrieveFinanceAndOperationsIntegrationDetails` names our F&O URL and tenant."""
-    name = "Power Platform integration"
+    name = LINK_CHECK
     if link is None:
         return [Check(name, Status.WARNING,
                       "RetrieveFinanceAndOperationsIntegrationDetails: 0x80048d0b \"Dataverse instance isn't "

@@ -2,8 +2,12 @@
 
 "Initial sync guidance" names it for large volumes (and it is the way around the other limits of
 the initial sync, e.g. double quotes in the data): migrate each side separately, then "Activate
-dual-write, and skip the initial synchronization" — the table-maps step does that part. Per map
-(in dependency order, so the rows a lookup needs are there first) and legal entity:
+dual-write, and skip the initial synchronization" — the table-maps step does that part. No map may
+run while its data is migrated outside the initial sync (live sync would race the migration and
+the rows written while a company was outside the connection would never cross), so a map to
+migrate that is Running (e.g. started by the LCS link) is stopped first (`admin.stop`, a portal
+gate) and left Not running for table-maps to run skipping the initial sync. Per map (in dependency
+order, so the rows a lookup needs are there first) and legal entity:
 
 - F&O → Dataverse: the F&O data project `migrate.export_project` exports the company's rows
   (DMF package); rows missing in Dataverse are created with UpsertMultiple, rows on both sides
@@ -13,8 +17,10 @@ dual-write, and skip the initial synchronization" — the table-maps step does t
   a package with the export's manifest and imported with `migrate.import_project`.
 
 Eligibility, keys and counts are those of verify (`reconcile`): the step is done when the keys
-of every migrated map reconcile per company, and a re-run finds it so. Evidence: `migrate.csv`
-(every row written, its key, direction and outcome) and the packages under `migrate/`.
+of every migrated map reconcile per company, whatever the maps' states (a finished run has them
+Running again), and a re-run finds it so; only maps with rows to move are stopped. Evidence:
+`migrate.csv` (every row written, its key, direction and outcome) and the packages under
+`migrate/`.
 
 Example:
     >>> # plan marks Customers V3 (accounts) "migrate" (e.g. > 70,000 rows in one legal entity)
@@ -38,16 +44,17 @@ from dwlib.catalog.errors import DOCS_ROOT
 from dwlib.clients.bulk import run_chunks
 from dwlib.clients.errors import ClientError, DmfError
 
-from .base import Check, Finding, Status, Step, StepContext, StepResult, register
+from .base import Check, Finding, Status, Step, StepContext, StepError, StepResult, register
 from .bulkwrite import AppendCsv, isolate, progress_of
 from .dmf_package import Package, read_package
 from .dvmeta import Tables
 from .link import environment, worst
-from .plan import RUNNING, PlanRow, plan_companies, plan_of
+from .plan import PlanRow, plan_companies, plan_of
 from .reconcile import GLOBAL, Reconciliation, company_clause, company_ids, reconcile
 from .rowmap import Lookups, RowMap
 
 if TYPE_CHECKING:
+    from dwlib.clients.dualwrite import DualWriteAdmin
     from dwlib.clients.session import Session
     from dwlib.params import Params
 
@@ -55,6 +62,7 @@ MIGRATE_DOC = DOCS_ROOT + "initial-sync-guidance"
 MIGRATE_CSV = "migrate.csv"
 COLUMNS = ("map", "company", "direction", "key", "operation", "row_id", "status", "error")
 TO_DATAVERSE, TO_FINOPS = "F&O → Dataverse", "Dataverse → F&O"
+RUNNING, NOT_RUNNING = "Running", "Not running"
 MAX_DMF_JOBS = 16  # DMF jobs waited for at once (each wait is a status poll every few seconds)
 _IDS = uuid.UUID("5b1c7c1e-3f5d-4c47-9d0e-7a4e1c2b9f10")  # namespace of the ids of migrated rows
 
@@ -85,10 +93,12 @@ class MigrateOutcome:
 
 @dataclass
 class MigrateWork:
-    """The check's finding: the maps to migrate and their reconciliation before."""
+    """The check's finding: the maps to migrate, their reconciliation before, the Running ones
+    with rows to move (stopped before the migration)."""
 
     maps: list[PlanRow]
     before: list[Reconciliation]
+    stop: list[str] = field(default_factory=list)
     outcome: MigrateOutcome = field(default_factory=MigrateOutcome)
 
 
@@ -102,7 +112,20 @@ def row_id(map_id: str, company: str, key: str) -> str:
 
 
 def _maps_to_migrate(ctx: StepContext) -> list[PlanRow]:
-    return [r for r in plan_of(ctx) if r.migrated and r.state not in RUNNING]
+    return [r for r in plan_of(ctx) if r.migrated]
+
+
+def _to_stop(admin: DualWriteAdmin, maps: Sequence[str]) -> list[str]:
+    """The maps of `maps` (with rows to move) that run and must stop first; StepError for a map in
+    a state Stop is not available in (Paused, Resuming, Initializing)."""
+    states = admin.map_states(maps)
+    busy = [f"{n} is {states[n].state}" for n in maps if states[n].state not in (RUNNING, NOT_RUNNING)]
+    if busy:
+        raise StepError(f"cannot migrate while {'; '.join(busy)}: no map may run while its data is "
+                        "migrated, and Stop is available only for Running maps. Resume a Paused map "
+                        "(catch up) or wait until an initial sync ends, then run migrate again (it stops "
+                        "the Running maps itself)")
+    return [n for n in maps if states[n].state == RUNNING]
 
 
 @dataclass
@@ -262,21 +285,28 @@ class Migrate(Step):
     doc_url = MIGRATE_DOC
 
     def check(self, ctx: StepContext) -> Finding:
-        params, session, _ = environment(ctx)
+        params, session, admin = environment(ctx)
         maps = _maps_to_migrate(ctx)
         if not maps:
             return Finding(True, "no map needs migration", todo=MigrateWork([], []))
         before = reconcile(session, [m.name for m in maps], plan_companies(params, company_ids(session)))
         open_ = [r for r in before if not r.ok]
+        opened = {r.map for r in open_}
+        stop = _to_stop(admin, [m.name for m in maps if m.name in opened]) if open_ else []
         to_dv = sum(len(r.missing_in_dataverse) for r in open_)
         to_fo = sum(len(r.missing_in_finops) for r in open_)
-        return Finding(not open_, f"migrate {to_dv} rows into Dataverse and {to_fo} into F&O "
-                                  f"({', '.join(m.name for m in maps)})", todo=MigrateWork(maps, before))
+        names = ", ".join(m.name for m in maps)
+        summary = f"migrate {to_dv} rows into Dataverse and {to_fo} into F&O ({names})"
+        if stop:
+            summary = f"stop {', '.join(stop)} (no map runs while its data is migrated), then {summary}"
+        return Finding(not open_, summary, todo=MigrateWork(maps, before, stop))
 
     def act(self, ctx: StepContext, finding: Finding) -> None:
-        params, session, _ = environment(ctx)
+        params, session, admin = environment(ctx)
         work: MigrateWork = finding.todo
         out = work.outcome
+        if work.stop:
+            admin.stop(work.stop)  # a portal gate; verified Not running before any row moves
         open_ = {(r.map, r.company) for r in work.before if not r.ok}
         ids = company_ids(session)
         codes = plan_companies(params, ids)
@@ -311,7 +341,7 @@ class Migrate(Step):
                 log.close()
 
     def verify(self, ctx: StepContext, finding: Finding) -> StepResult:
-        params, session, _ = environment(ctx)
+        params, session, admin = environment(ctx)
         work: MigrateWork = finding.todo
         if not work.maps:
             return self.result(Status.PASSED, "no map needs migration",
@@ -319,6 +349,8 @@ class Migrate(Step):
         after = reconcile(session, [m.name for m in work.maps], plan_companies(params, company_ids(session)))
         out = work.outcome
         checks = [_reconciled(r) for r in after]
+        if work.stop:
+            checks += [_stopped(n, s.state) for n, s in admin.map_states(work.stop).items()]
         if out.unresolved:
             top = "; ".join(f"{k} ({n})" for k, n in out.unresolved.most_common(5))
             checks.append(Check("lookups not found", Status.WARNING,
@@ -345,6 +377,16 @@ class Migrate(Step):
                            tables={"reconciliation": [r.row() for r in after]},
                            next_action="table-maps enables these maps skipping the initial sync" if not bad
                            else "")
+
+
+def _stopped(name: str, state: str) -> Check:
+    """A map stopped for the migration must still be Not running (table-maps runs it next)."""
+    if state == NOT_RUNNING:
+        return Check(f"{name}: stopped for the migration", Status.PASSED,
+                     "Not running: table-maps runs it skipping the initial sync")
+    return Check(f"{name}: stopped for the migration", Status.FAILED, f"{state} again during the migration",
+                 fix="stop the map (Stop in the table map list) and run migrate again; table-maps runs it "
+                     "afterwards skipping the initial sync", doc=MIGRATE_DOC)
 
 
 def _reconciled(r: Reconciliation) -> Check:

@@ -2,10 +2,17 @@
 
 Each check passes, warns or fails, with the evidence read and the documented fix: both
 environments reachable and signed in; the Power Platform integration (same F&O URL and tenant);
-the dual-write solutions at the required versions and the application users (missing before the
-link is only a warning: the LCS setup installs them); `cdm_companies` without duplicate codes or
-blank names; the legal entities in scope within the limits (40 with an initial sync, 250 live);
-the root business unit's default team. It never writes, also when run again or in a dry run.
+the dual-write solutions at the required versions and the application users; `cdm_companies`
+without duplicate codes or blank names; the legal entities in scope within the limits (40 with an
+initial sync, 250 live); the root business unit's default team. It never writes, also when run
+again or in a dry run.
+
+What the LCS dual-write setup adds (the integration, the solutions, the app users, the
+`cdm_companies` table) is not a problem while it is missing and a later step of the scenario (the
+power-platform-integration step) sets it up: such a check is SKIPPED with "not installed yet".
+Once dual-write is linked a missing part fails; without a later step to add it, it warns. A
+solution installed at a version older than required, or a disabled app user, is a real problem:
+a warning before the link, a failure after it.
 
 Example:
     >>> # result = Preflight().execute(ctx)
@@ -19,15 +26,20 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from itertools import groupby
 from typing import TYPE_CHECKING
 
 from dwlib import catalog
 from dwlib.catalog.errors import DOCS_ROOT
 from dwlib.clients.errors import ClientError
+from dwlib.scenarios import scenario
 
 from .base import Check, Finding, Status, Step, StepContext, StepError, StepResult, register
 from .link import (
+    LINK_CHECK,
+    PP_DOC,
+    PowerPlatformIntegration,
     companies,
     dataverse_rows,
     environment,
@@ -66,31 +78,76 @@ def _whoami(session: Session) -> str:
     return f"user {who.get('UserId')} in organization {who.get('OrganizationId')}"
 
 
-def _setup_status(linked: bool) -> Status:
-    """Missing dual-write parts fail once dual-write is configured; before, the LCS setup adds them."""
-    return Status.FAILED if linked else Status.WARNING
+@dataclass(frozen=True)
+class Setup:
+    """How far dual-write is set up, and whether a later step of the scenario sets it up.
+
+    >>> Setup(linked=False, later=True).missing(), Setup(linked=True, later=True).missing()
+    (<Status.SKIPPED: 'skipped'>, <Status.FAILED: 'failed'>)
+    """
+
+    linked: bool  # table maps applied: dual-write is configured and linked
+    later: bool  # the power-platform-integration step comes after preflight in this scenario
+
+    def missing(self) -> Status:
+        """A part the LCS setup adds is absent: pending (SKIPPED) when a later step adds it."""
+        if self.linked:
+            return Status.FAILED
+        return Status.SKIPPED if self.later else Status.WARNING
+
+    def problem(self) -> Status:
+        """A part is there but wrong (old version, disabled): the setup does not repair it."""
+        return Status.FAILED if self.linked else Status.WARNING
+
+    def check(self, name: str, status: Status, evidence: str, fix: str, doc: str) -> Check:
+        """A check of a setup part; a pending one says which step installs it, with nothing to fix."""
+        if status == Status.SKIPPED:
+            return Check(name, status, f"{evidence}; {NOT_YET}", doc=doc)
+        return Check(name, status, evidence, fix=fix, doc=doc)
 
 
-def _solution_checks(session: Session, linked: bool) -> list[Check]:
+NOT_YET = (f"not installed yet: the {PowerPlatformIntegration.name} step installs it (LCS dual-write "
+           "setup)")
+
+
+def _setup(params: Params, admin: DualWriteAdmin) -> Setup:
+    steps = [ref.step for ref in scenario(params.scenario).steps]
+    after = steps[steps.index(Preflight.name) + 1:] if Preflight.name in steps else steps
+    return Setup(linked=bool(admin.applied_maps()), later=PowerPlatformIntegration.name in after)
+
+
+def _link_checks(params: Params, admin: DualWriteAdmin, setup: Setup) -> list[Check]:
+    link = admin.power_platform_link()
+    checks = link_checks(params, link)
+    if link is None and setup.later:
+        return [Check(LINK_CHECK, Status.SKIPPED, f"{checks[0].evidence}; not set up yet: the "
+                      f"{PowerPlatformIntegration.name} step sets it up (LCS Environment details > Power "
+                      "Platform Integration > Setup)", doc=PP_DOC)]
+    return checks
+
+
+def _solution_checks(versions: list[tuple[catalog.RequiredSolution, str | None]],
+                     setup: Setup) -> list[Check]:
     out = []
-    versions = solution_versions(session)
     for package, items in groupby(versions, key=lambda pair: pair[0].package):
         pairs = list(items)
-        bad = [f"{s.uniquename} " + (f"{v} (needs {s.required_version}+)" if v else "not installed")
-               for s, v in pairs if not s.satisfied_by(v)]
-        if bad:
-            out.append(Check(f"solutions: {package}", _setup_status(linked), "; ".join(bad),
-                             fix="LCS Dual-write application > Configure installs them; otherwise "
-                                 f"install '{package}' from AppSource, then Apply Solution in the dual-write "
-                                 "workspace",
-                             doc=DOCS_ROOT + "separated-solutions"))
+        old = [f"{s.uniquename} {v} (needs {s.required_version}+)" for s, v in pairs
+               if v and not s.satisfied_by(v)]
+        absent = [f"{s.uniquename} not installed" for s, v in pairs if not v]
+        if old or absent:
+            status = setup.problem() if old else setup.missing()
+            out.append(setup.check(f"solutions: {package}", status, "; ".join(old + absent),
+                                   fix="LCS Dual-write application > Configure installs them; otherwise "
+                                       f"install '{package}' from AppSource, then Apply Solution in the "
+                                       "dual-write workspace",
+                                   doc=DOCS_ROOT + "separated-solutions"))
         else:
             out.append(Check(f"solutions: {package}", Status.PASSED,
                              "; ".join(f"{s.uniquename} {v}" for s, v in pairs)))
     return out
 
 
-def _app_user_checks(session: Session, linked: bool) -> list[Check]:
+def _app_user_checks(session: Session, setup: Setup) -> list[Check]:
     out = []
     for user in (u for u in catalog.app_users() if u.side == "dataverse"):
         rows = dataverse_rows(session, "systemusers", select=["fullname", "isdisabled"],
@@ -101,17 +158,21 @@ def _app_user_checks(session: Session, linked: bool) -> list[Check]:
             out.append(Check(name, Status.PASSED, f"App user with id {user.application_id} exists "
                                                   f"('{enabled[0].get('fullname')}')"))
         else:
-            seen = "disabled" if rows else "missing"
-            out.append(Check(name, _setup_status(linked), f"{user.name} ({user.application_id}) is {seen} in "
-                                                          "Dataverse",
-                             fix="the LCS dual-write setup creates it; otherwise create the application "
-                                 "user in Power Platform admin center with a role that has Create/Read/Write/"
-                                 "Delete on the dual-write tables", doc=REQUIREMENTS_DOC))
+            seen, status = ("disabled", setup.problem()) if rows else ("missing", setup.missing())
+            out.append(setup.check(
+                name, status, f"{user.name} ({user.application_id}) is {seen} in Dataverse",
+                fix="the LCS dual-write setup creates it; otherwise create the application user in Power "
+                    "Platform admin center with a role that has Create/Read/Write/Delete on the dual-write "
+                    "tables", doc=REQUIREMENTS_DOC))
     return out
 
 
-def _company_rows_check(session: Session) -> Check:
+def _company_rows_check(session: Session, installed: bool, setup: Setup) -> Check:
     rows = companies(session)
+    if not rows and not installed:
+        # The table comes with Dual Write Core; its solution check says whether that is a problem.
+        return Check("cdm_companies", Status.SKIPPED, "no cdm_companies rows: " + (
+            NOT_YET if setup.later and not setup.linked else "not checked: Dual Write Core is not installed"))
     codes = Counter((r.get("cdm_companycode") or "").upper() for r in rows)
     duplicates = sorted(c for c, n in codes.items() if n > 1)
     blank = sorted((r.get("cdm_companycode") or "(no code)")
@@ -178,10 +239,11 @@ def _skipped(names: list[str], why: str) -> list[Check]:
 class Preflight(Step):
     """The dual-write health check from outside: every check with evidence and the documented fix.
 
-    Overall FAILED if any check fails, WARNING if any warns, else PASSED. Read-only.
+    Overall FAILED if any check fails, WARNING if any warns, else PASSED (checks of what a later
+    step sets up are SKIPPED until then). Read-only.
 
     Example:
-        >>> # Preflight().execute(ctx).summary  → "11 checks: 9 passed, 2 warnings, 0 failed"
+        >>> # Preflight().execute(ctx).summary  → "13 checks: 8 passed, 5 skipped, 0 warnings, 0 failed"
         >>> Preflight.name
         'preflight'
     """
@@ -204,8 +266,9 @@ class Preflight(Step):
         status = worst(checks)
         fixes = [f"{c.name}: {c.fix}" for c in checks if c.status == Status.FAILED and c.fix]
         return self.result(
-            status, f"{len(checks)} checks: {count[Status.PASSED]} passed, {count[Status.WARNING]} warnings, "
-                    f"{count[Status.FAILED]} failed", checks=checks, next_action="; ".join(fixes))
+            status, f"{len(checks)} checks: {count[Status.PASSED]} passed, {count[Status.SKIPPED]} skipped, "
+                    f"{count[Status.WARNING]} warnings, {count[Status.FAILED]} failed", checks=checks,
+            next_action="; ".join(fixes))
 
     def _checks(self, params: Params, session: Session, admin: DualWriteAdmin) -> list[Check]:
         dv_check = _reachable("Dataverse reachable", "WhoAmI", lambda: _whoami(session),
@@ -216,11 +279,13 @@ class Preflight(Step):
         checks = [dv_check, fo_check]
         if dv_check.status == Status.FAILED:
             return checks + _skipped(DATAVERSE_CHECKS, "Dataverse is not reachable")
-        checks += link_checks(params, admin.power_platform_link())
-        linked = bool(admin.applied_maps())
-        checks += _solution_checks(session, linked)
-        checks += _app_user_checks(session, linked)
-        checks.append(_company_rows_check(session))
+        setup = _setup(params, admin)
+        checks += _link_checks(params, admin, setup)
+        versions = solution_versions(session)
+        core = catalog.required_solutions([])  # Dual Write Core alone: it brings cdm_companies
+        checks += _solution_checks(versions, setup)
+        checks += _app_user_checks(session, setup)
+        checks.append(_company_rows_check(session, any(v for s, v in versions if s in core), setup))
         checks += (_scope_checks(params, session) if fo_check.status == Status.PASSED
                    else _skipped(["legal entities"], "F&O is not reachable"))
         checks.append(_root_team_check(session))

@@ -121,8 +121,9 @@ class _Trip:
             return found[0]["CustomerGroupId"], False
         group = self.result.account[-4:] + "RT"
         try:
-            self.fo.create("CustomerGroups", {"dataAreaId": self.area, "CustomerGroupId": group,
-                                              "Description": "dual-write round trip (temporary)"})
+            key = {"dataAreaId": self.area, "CustomerGroupId": group}
+            self.fo.create("CustomerGroups", {**key, "Description": "dual-write round trip (temporary)"},
+                           key=key)
         except ClientError as exc:
             self._stage(F2D, False, f"F&O refused the temporary customer group {group}: {exc}",
                         _fix(str(exc), f"check that the {GROUPS} map is Running"))
@@ -134,7 +135,8 @@ class _Trip:
         name = f"Dual-write round trip {self.result.account}"
         try:
             self.fo.create("CustomersV3", {**self._fo_key(), "PartyType": "Organization",
-                                           "OrganizationName": name, "CustomerGroupId": group})
+                                           "OrganizationName": name, "CustomerGroupId": group},
+                           key=self._fo_key())
         except ClientError as exc:
             self._stage(F2D, False, f"F&O refused customer {self.result.account}: {exc}",
                         _fix(str(exc), f"check that the {ACCOUNTS} and {GROUPS} maps are Running"))

@@ -10,9 +10,10 @@ counts on both sides, how many keys each side misses (with a sample) and a statu
 
 The live round trip (`dwlib.steps.roundtrip`) then creates a customer in F&O, waits for it in
 Dataverse, changes it there, waits for the change in F&O, and deletes it on both sides. It runs
-once per pair of environments (`verify.round_trip: once`, remembered in `dw-round-trips.json`
-beside the run records), so a re-run of a finished runbook writes nothing; `always` repeats it,
-`never` skips it.
+once per pair of environments (`verify.round_trip: once`, remembered in
+`<runs dir>/.dw-state/round-trips.json`: the runs directory's own state, in a hidden folder so
+nothing takes it for a run record), so a re-run of a finished runbook writes nothing; `always`
+repeats it, `never` skips it.
 
 Example:
     >>> # result = Verify().execute(ctx)
@@ -43,7 +44,8 @@ if TYPE_CHECKING:
     from dwlib.params import Params
 
 TROUBLESHOOT_DOC = DOCS_ROOT + "dual-write-troubleshooting-initial-sync"
-MARKER = "dw-round-trips.json"
+STATE_DIR = ".dw-state"  # state of the runs directory that is not a run record
+MARKER = "round-trips.json"
 COLUMNS = ["map", "company", "finops_rows", "dataverse_rows", "missing_in_dataverse", "missing_in_finops",
            "sample_missing_in_dataverse", "sample_missing_in_finops", "status", "note"]
 
@@ -60,8 +62,13 @@ class VerifyWork:
     notes: list[Check] = field(default_factory=list)
 
 
-def _marker(ctx: StepContext) -> Path:
-    return ctx.evidence_dir.parent / MARKER
+def round_trips_file(ctx: StepContext) -> Path:
+    """Where the round trips that passed are remembered, per pair of environments.
+
+    >>> round_trips_file(StepContext.bare(Path("/runs/run-1-evidence")))
+    PosixPath('/runs/.dw-state/round-trips.json')
+    """
+    return ctx.evidence_dir.parent / STATE_DIR / MARKER
 
 
 def _environments(params: Params) -> str:
@@ -70,13 +77,13 @@ def _environments(params: Params) -> str:
 
 def _earlier_trip(ctx: StepContext, params: Params) -> dict[str, Any] | None:
     try:
-        return json.loads(_marker(ctx).read_text()).get(_environments(params))
+        return json.loads(round_trips_file(ctx).read_text()).get(_environments(params))
     except (OSError, ValueError):
         return None
 
 
 def _remember_trip(ctx: StepContext, params: Params, trip: RoundTrip) -> None:
-    path = _marker(ctx)
+    path = round_trips_file(ctx)
     try:
         known = json.loads(path.read_text())
     except (OSError, ValueError):

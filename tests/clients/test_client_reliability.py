@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +85,41 @@ def test_a_secret_given_by_reference_never_appears(sandbox: dict[str, Any], tmp_
     assert len(caplog.records) > 10  # the stack, httpx and msal did log
     leaks = [t for t in texts for value in (secret, wrong, *tokens) if value in t]
     assert leaks == []
+
+
+DMF_FAULTS = "429=0.15,503=0.1,504=0.1,drop=0.1,seed=5,retry=1"
+
+
+def _dmf_jobs(conn: dict[str, Any]) -> int:
+    """The DMF jobs the sandbox holds (one `kv` row per execution id, see docs/sandbox.md)."""
+    db = sqlite3.connect(f"file:{Path(conn['state_dir']) / 'state.sqlite'}?mode=ro", uri=True)
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM _kv WHERE k LIKE 'dmf.job.%'").fetchone()[0])
+    finally:
+        db.close()
+
+
+def test_dmf_jobs_start_once_each_under_429s_503s_504s_and_dropped_connections(
+        start_sandbox: Any, tmp_path: Path) -> None:
+    conn = start_sandbox("existing-existing", rows=20, fresh=True)
+    # Short waits (Retry-After is cut to max_wait_s) and attempts enough for 45 % faults.
+    options = {"options.http.backoff_s": 0.02, "options.http.max_wait_s": 0.05,
+               "options.http.retry_attempts": 15}
+    runs = 12
+    with connect(sandbox_params(conn, **options)) as s:
+        s.dmf.poll_s = 0.02
+        before = _dmf_jobs(conn)
+        control.admin(conn, "faults", DMF_FAULTS)
+        try:
+            for i in range(runs // 2):
+                package = s.dmf.export_package("CustomerGroups-Export", tmp_path / f"g{i}.zip",
+                                               legal_entity="USMF")
+                assert s.dmf.import_package(package, "CustomerGroups-Import",
+                                            legal_entity="GBSI") == "Succeeded"
+        finally:
+            control.admin(conn, "faults", "")
+        starts = [e for e in s.journal.entries() if e.url.endswith(("ExportToPackage", "ImportFromPackage"))]
+    assert _dmf_jobs(conn) - before == runs  # one job per start, none doubled, none lost
+    failed = [e for e in starts if e.status != 200]
+    assert failed and {str(e.status) for e in failed if e.status} & {"429", "503", "504"}  # faults hit starts
+    assert len(starts) > runs  # so some starts were tried again

@@ -16,7 +16,8 @@ DATA = "/finops/data"
 
 
 def finops(fake: FakeService) -> FinOpsClient:
-    return FinOpsClient(make_client(HttpConfig(backoff_s=0.0), transport=fake.transport), URL)
+    config = HttpConfig(backoff_s=0.0)
+    return FinOpsClient(make_client(config, transport=fake.transport), URL, retry=config)
 
 
 def query_of(request: httpx.Request) -> dict[str, str]:
@@ -59,3 +60,36 @@ def test_create_update_and_innererror(fake: FakeService) -> None:
     path = patch.url.raw_path.decode()
     assert path.startswith(f"{DATA}/CustomerGroups(dataAreaId='usmf',CustomerGroupId='10')")
     assert query_of(patch) == {"cross-company": "true"}
+
+
+def test_a_create_with_its_key_is_settled_by_reading_the_key_and_never_sent_twice(fake: FakeService) -> None:
+    rows: dict[str, dict[str, str]] = {}
+    answers: list[object] = [504, "drop"]  # a gateway timeout; then created, but the answer is lost
+
+    @fake.on("POST", f"{DATA}/CustomerGroups")
+    def post(request: httpx.Request, m: re.Match[str]) -> httpx.Response:
+        answer = answers.pop(0) if answers else "ok"
+        if answer == 504:
+            return httpx.Response(504, json={"error": {"code": "", "message": "gateway timeout"}})
+        row = body(request)
+        assert row["CustomerGroupId"] not in rows, "created twice"
+        rows[row["CustomerGroupId"]] = row
+        if answer == "drop":
+            raise httpx.ReadError("connection reset after the request was sent")
+        return httpx.Response(201, json=row)
+
+    @fake.on("GET", f"{DATA}/CustomerGroups\\(.*\\)")
+    def get(request: httpx.Request, m: re.Match[str]) -> httpx.Response:
+        found = re.search(r"CustomerGroupId='(\w+)'", request.url.raw_path.decode())
+        row = rows.get(found[1]) if found else None
+        return httpx.Response(200, json=row) if row else \
+            httpx.Response(404, json={"error": {"code": "", "message": "not found"}})
+
+    key = {"dataAreaId": "usmf", "CustomerGroupId": "10"}
+    row = finops(fake).create("CustomerGroups", {**key, "Description": "d"}, key=key)
+    assert row["Description"] == "d" and list(rows) == ["10"]
+    assert [r.method for r in fake.requests] == ["POST", "GET", "POST", "GET"]  # 404, then found
+    answers[:] = [504]
+    with pytest.raises(HttpError, match="504"):  # without a key a create is never repeated
+        finops(fake).create("CustomerGroups", {"dataAreaId": "usmf", "CustomerGroupId": "20"})
+    assert "20" not in rows

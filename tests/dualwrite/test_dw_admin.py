@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +26,17 @@ from dwlib.clients.dualwrite import (
 )
 from dwlib.clients.http import HttpConfig, make_client
 from dwlib.clients.session import Session
+from dwlib.sandbox.consultant import perform
 
 ACCOUNTS = "Customers V3 (accounts)"
 
 
 class PlayedConsultant:
-    """Does what each instruction says, a little later, on another thread (as a person would)."""
+    """Does what each instruction says (`dwlib.sandbox.consultant.perform`, as `dw sandbox
+    consultant` does), a little later, on another thread (as a person would)."""
 
-    def __init__(self, consultant: Consultant, legal_entities: list[str]) -> None:
-        self.c = consultant
-        self.legal_entities = legal_entities
+    def __init__(self, connection: dict[str, Any]) -> None:
+        self.connection = connection
         self.seen: list[Instruction] = []
         self.errors: list[BaseException] = []
         self._threads: list[threading.Thread] = []
@@ -48,33 +50,7 @@ class PlayedConsultant:
     def _act(self, ins: Instruction) -> None:
         try:
             time.sleep(0.2)  # the consultant reads before clicking: the admin must wait, not assume
-            title = ins.title
-            if title.startswith("Set up the Power Platform integration"):
-                self.c.portal("POST", "/lcs/power-platform-integration")
-            elif title.startswith("Configure dual-write"):
-                self.c.portal("POST", "/lcs/dual-write/configure")
-                self.c.portal(
-                    "POST",
-                    "/lcs/dual-write/link",
-                    {"legal_entities": self.legal_entities, "start_maps": False},
-                )
-            elif title.startswith("Run table map"):
-                selected = next(s for s in ins.steps if s.startswith("Select '")).split("'")[1]
-                order = next(s for s in ins.steps if s.startswith("Keep these maps")).split(": ", 1)[1]
-                related = [n for n in order.rstrip(".").split(" → ") if n != selected]
-                master = "finops" if "Finance and Operations apps" in " ".join(ins.steps) else "dataverse"
-                initial = any("keep Initial Sync selected" in s for s in ins.steps)
-                self.c.portal(
-                    "POST",
-                    f"/dualwrite/maps/{catalog.table_map(selected).id}/run",
-                    {"related": related, "initial_sync": initial, "master": master},
-                )
-            else:
-                verb = title.split()[0].lower()
-                names = title.split("table maps ", 1)[1].split(", ")
-                for name in names:
-                    path = {"stop": "stop", "pause": "pause", "resume": "resume"}[verb]
-                    self.c.portal("POST", f"/dualwrite/maps/{catalog.table_map(name).id}/{path}")
+            perform(self.connection, asdict(ins))
         except BaseException as exc:  # surfaced by join()
             self.errors.append(exc)
 
@@ -96,7 +72,7 @@ def env(start_sandbox: Any) -> Iterator[tuple[Consultant, Session]]:
 
 def test_portal_admin_gates_each_action_and_verifies_it(env: tuple[Consultant, Session]) -> None:
     consultant, session = env
-    player = PlayedConsultant(consultant, ["USMF", "GBSI"])
+    player = PlayedConsultant(consultant.connection)
     admin = PortalAdmin(session.dataverse, session.finops, notify=player, timeout_s=30, poll_s=0.05)
     assert admin.power_platform_link() is None
     link = admin.set_up_power_platform_integration()
@@ -132,7 +108,7 @@ def test_portal_admin_reports_a_failed_initial_sync_without_waiting_for_the_time
     env: tuple[Consultant, Session],
 ) -> None:
     consultant, session = env
-    player = PlayedConsultant(consultant, ["USMF"])
+    player = PlayedConsultant(consultant.connection)
     admin = PortalAdmin(session.dataverse, session.finops, notify=player, timeout_s=60, poll_s=0.05)
     admin.set_up_power_platform_integration()
     admin.link(["USMF"])

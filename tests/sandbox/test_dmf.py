@@ -300,20 +300,31 @@ def test_bad_calls_are_refused(sbx: Sandbox, action: str, body: dict[str, Any], 
         dmf.service_of(sbx).call(dmf.ACTION_PREFIX + action, body)
 
 
-def test_execution_ids_are_unique_and_unknown_ids_are_unknown(sbx: Sandbox) -> None:
+def test_one_job_per_execution_id_and_unknown_ids_are_unknown(sbx: Sandbox) -> None:
     svc = dmf.service_of(sbx)
     assert _call(svc, "GetExecutionSummaryStatus", {"executionId": "nope"})["value"] == "Unknown"
     assert _call(svc, "GetExecutionErrors", {"executionId": "nope"})["value"] == "[]"
-    body = {"definitionGroupId": "Currencies-Export", "packageName": "cur", "executionId": "e1"}
+    body = {"definitionGroupId": "Currencies-Export", "packageName": "cur", "executionId": "e1",
+            "legalEntityId": "USMF"}
 
     async def go() -> None:
-        _call(svc, "ExportToPackage", body)
-        with pytest.raises(dmf.DmfError, match="wait until it has finished"):
-            _call(svc, "ExportToPackage", {**body, "reExecute": True})
+        assert _call(svc, "ExportToPackage", body)["value"] == "e1"
+        created = svc.job("e1")
+        assert created is not None
+        # A client repeating a start whose answer it lost gets the same job, not a second one.
+        assert _call(svc, "ExportToPackage", body)["value"] == "e1"
+        assert _call(svc, "ExportToPackage", {**body, "reExecute": True})["value"] == "e1"  # still queued
+        assert svc.job("e1") == created and len(svc._tasks) == 1
         await _finish(svc, "e1")
+        finished = svc.job("e1")
+        assert _call(svc, "ExportToPackage", body)["value"] == "e1"
+        assert svc.job("e1") == finished  # not run again
+        with pytest.raises(dmf.DmfError, match="Execution e1 already exists for Export of Currencies-Export"):
+            _call(svc, "ExportToPackage", {**body, "definitionGroupId": "CustomerGroups-Export"})
         with pytest.raises(dmf.DmfError, match="Execution e1 already exists"):
-            _call(svc, "ExportToPackage", body)
-        _call(svc, "ExportToPackage", {**body, "reExecute": True})
+            _call(svc, "ExportToPackage", {**body, "legalEntityId": "GBSI"})
+        _call(svc, "ExportToPackage", {**body, "reExecute": True})  # re-executing a finished job runs it
+        assert svc.job("e1")["status"] == "NotRun"  # type: ignore[index]
         assert await _finish(svc, "e1") == "Succeeded"
         url = svc.blobs.url("x.zip", "rw")
         with pytest.raises(dmf.DmfError, match="execute=false"):

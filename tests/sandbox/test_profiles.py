@@ -62,7 +62,10 @@ def test_every_profile_has_what_provisioning_creates(tmp_path: Path, profile: st
     companies = {e["LegalEntityId"] for e in _all(store, "LegalEntities")}
     with_data = spec.finops == "data"
     assert companies == {"DAT"} | ({c.code for c in profiles.COMPANIES} if with_data else set())
-    assert store.count(ENTITIES["Currencies"]) == len(profiles.CURRENCIES)
+    currencies = {c["CurrencyCode"] for c in _all(store, "Currencies")}
+    assert currencies == ({c[0] for c in profiles.CURRENCIES} if with_data else {"USD"})
+    # Every legal entity's accounting currency exists (F&O's relation).
+    assert {e["AccountingCurrency"] for e in _all(store, "LegalEntities")} <= currencies
     assert store.count(ENTITIES["CustomersV3"]) == (ROWS if with_data else 0)
     assert store.count(ENTITIES["CustomerGroups"]) == (len(profiles.COMPANIES) * 5 if with_data else 0)
     assert counts["dmf_definition_groups"] > 0

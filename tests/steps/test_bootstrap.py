@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 from dw_helpers import Consultant
+from sync_helpers import ACCOUNTS, CUSTOMER_MAPS, run_maps
 
 from dwlib.steps.base import Status, StepError
 from dwlib.steps.bootstrap import APPLIED_CSV, FAILED_CSV, SIMULATION_CSV, BootstrapApply, BootstrapSimulate
+from dwlib.steps.mapdefaults import MapDefaults
 
 MAPPING = {"Contoso US": "USMF", "Contoso UK": "GBSI", "Contoso DE": "DEMF", "Contoso FR": "FRRT"}
 PARAMS = {"bootstrap": {"mapping": MAPPING}}
@@ -196,3 +198,21 @@ def test_apply_in_a_dry_run_changes_nothing(linked_sandbox, step_context, consul
     result = BootstrapApply().execute(ctx)
     assert result.status == Status.SKIPPED and "stamp" in result.summary
     assert _writes(ctx) == [] and _state(consultant(sandbox)) == before
+
+
+def test_running_maps_are_evidence_not_a_warning(linked_sandbox, step_context, consultant,
+                                                 portal_player) -> None:
+    # As in new-existing: the maps run (with their column defaults) before the bootstrap.
+    sandbox = linked_sandbox("existing-existing", rows=40)
+    c = consultant(sandbox)
+    run_maps(c, CUSTOMER_MAPS, initial_sync=False)
+    params = {"bootstrap": {"mapping": {**MAPPING, "Contoso": "USMF"}, "tables": ["accounts"]},
+              "table_maps": [{"name": ACCOUNTS, "defaults": {"CUSTOMERGROUPID": "30"}}]}
+    assert MapDefaults().execute(step_context(sandbox, params=params,
+                                              consultant=portal_player(sandbox))).status == Status.PASSED
+    result = BootstrapApply().execute(step_context(sandbox, params=params, confirm=lambda what: True))
+    checks = {ch.name: ch for ch in result.checks}
+    assert result.status == Status.PASSED, [ch.to_dict() for ch in result.checks]
+    running = checks["table maps already running"]
+    assert running.status == Status.PASSED and running.evidence.startswith(f"{ACCOUNTS} run: live sync")
+    assert result.counts["stamped"] > 0 and result.counts["failed"] == result.counts["unmapped"] == 0

@@ -82,3 +82,23 @@ def test_the_company_steps_need_companies_in_the_parameters(start_sandbox, step_
         with pytest.raises(StepError, match=r"scenario new-existing creates a company in F&O .* add it "
                                             r"under companies"):
             step.execute(ctx)
+
+
+def test_a_missing_accounting_currency_is_created_first_as_dataverse_names_it(start_sandbox,
+                                                                              step_context) -> None:
+    sandbox = start_sandbox("new-existing", rows=20, fresh=True)  # new F&O: USD only
+    params = {"legal_entities": ["GBSI"],
+              "companies": [{"code": "GBSI", "name": "Contoso UK", "currency": "GBP"}]}
+    consultant = Consultant(sandbox)
+    try:
+        assert consultant.fo_rows("Currencies?$filter=CurrencyCode eq 'GBP'") == []
+        ctx = step_context(sandbox, params=params, confirm=lambda _what: True)
+        result = CreateCompany().execute(ctx)
+        assert result.status == Status.PASSED, [c.to_dict() for c in result.checks]
+        (gbp,) = consultant.fo_rows("Currencies?$filter=CurrencyCode eq 'GBP'")
+        (dv,) = consultant.dv_rows("transactioncurrencies?$filter=isocurrencycode eq 'GBP'")
+        assert gbp["Name"] == dv["currencyname"] == "Pound Sterling"
+        assert _legal_entity(consultant, "GBSI")[0]["AccountingCurrency"] == "GBP"
+        assert CreateCompany().execute(ctx).status == Status.ALREADY_DONE
+    finally:
+        consultant.close()

@@ -1,23 +1,29 @@
-"""migrate: nothing to do, F&O → Dataverse round trip, Dataverse → F&O with a refused row and resume."""
+"""migrate: nothing to do, F&O → Dataverse round trip, Dataverse → F&O with a refused row and resume,
+Running maps stopped for the migration and run again by table-maps skipping the initial sync."""
 
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 from dw_helpers import Consultant
 from plan_helpers import LES, unquote_customers
+from sync_helpers import CUSTOMER_MAPS, LE, run_maps, state
 
-from dwlib.steps.base import Status
+from dwlib import catalog
+from dwlib.steps.base import Status, StepError
 from dwlib.steps.migrate import MIGRATE_CSV, Migrate
 from dwlib.steps.plan import PlanStep
+from dwlib.steps.tablemaps import TableMaps
 
 ACCOUNTS, CONTACTS = "Customers V3 (accounts)", "Customers V3 (contacts)"
 
 
-def _context(step_context: Any, sandbox: dict[str, Any], **params: Any) -> Any:
-    ctx = step_context(sandbox, params={"legal_entities": LES, **params})
+def _context(step_context: Any, sandbox: dict[str, Any], consultant: Any = None, **params: Any) -> Any:
+    ctx = step_context(sandbox, params={"legal_entities": LES, **params}, consultant=consultant)
     ctx.session.dmf.poll_s = 0.02  # the sandbox's DMF jobs take milliseconds
     return ctx
 
@@ -133,3 +139,57 @@ def test_dataverse_to_finops_reports_refused_rows_and_resumes(linked_sandbox, st
         assert resumed.counts == {f"{ACCOUNTS} Dataverse → F&O": 1, "failed": 0, "missing": 0}
     finally:
         c.close()
+
+
+def test_running_maps_are_stopped_migrated_and_left_for_table_maps(linked_sandbox, step_context,
+                                                                     portal_player) -> None:
+    sandbox = linked_sandbox("existing-new", rows=40, legal_entities=LES)
+    c = Consultant(sandbox)
+    try:
+        run_maps(c, CUSTOMER_MAPS, initial_sync=False)  # live, as the LCS link may leave them: rows differ
+        limits = {"plan.limits.initial_sync_rows_per_legal_entity": 2}
+        ctx = _context(step_context, sandbox, portal_player(sandbox), **limits)
+        PlanStep().execute(ctx)
+        migrated = [r.name for r in ctx.run_state["plan"] if r.migrated]
+        assert ACCOUNTS in migrated
+
+        result = Migrate().execute(ctx)
+        assert result.status == Status.PASSED, [ch.evidence for ch in result.checks if ch.status != "passed"]
+        assert all(r["status"] == "PASS" for r in result.tables["reconciliation"])
+        (stop,) = [i for i in ctx.instructions if i.title.startswith("Stop table maps")]
+        # The running maps with rows to move; Legal entities (rows made by linking) already reconciled.
+        stopped = [n for n in migrated if n in CUSTOMER_MAPS and n != LE]
+        assert LE in migrated and stop.title == f"Stop table maps {', '.join(stopped)}"
+        assert {n: state(c, n) for n in stopped} == dict.fromkeys(stopped, "Not running")
+        assert state(c, LE) == "Running"
+        assert [ch.name for ch in result.checks if "stopped for the migration" in ch.name] == \
+            [f"{n}: stopped for the migration" for n in stopped]
+
+        maps = TableMaps().execute(ctx)
+        assert maps.status == Status.PASSED, maps.checks
+        (run,) = [i for i in ctx.instructions if i.title.startswith("Run table map")]
+        assert "clear Initial Sync (skip initial sync)." in " ".join(run.steps)
+        assert all(n in run.title for n in stopped)
+        assert {n: state(c, n) for n in stopped} == dict.fromkeys(stopped, "Running")
+
+        again_ctx = _context(step_context, sandbox, portal_player(sandbox), **limits)
+        again = Migrate().execute(again_ctx)
+        assert again.status == Status.ALREADY_DONE and _writes(again_ctx) == []
+        assert again_ctx.instructions == []  # reconciled Running maps are left alone
+    finally:
+        c.close()
+
+
+def test_a_paused_map_to_migrate_stops_the_step_saying_what_to_do(linked_sandbox, step_context) -> None:
+    sandbox = linked_sandbox("existing-new", rows=20, legal_entities=LES)
+    c = Consultant(sandbox)
+    try:
+        run_maps(c, CUSTOMER_MAPS, initial_sync=False)
+        c.portal("POST", f"/dualwrite/maps/{catalog.table_map(ACCOUNTS).id}/pause")
+    finally:
+        c.close()
+    ctx = _context(step_context, sandbox, **{"plan.limits.initial_sync_rows_per_legal_entity": 2})
+    PlanStep().execute(ctx)
+    with pytest.raises(StepError, match=rf"cannot migrate while {re.escape(ACCOUNTS)} is Paused.*Resume"):
+        Migrate().execute(ctx)
+    assert _writes(ctx) == [] and ctx.instructions == []  # nothing stopped, nothing moved

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,10 @@ def test_a_good_sync_reconciles_and_the_round_trip_passes_and_cleans_up(linked_s
         assert again.status == Status.ALREADY_DONE, again.checks
         assert len(_writes(ctx)) == writes  # the round trip is not repeated
         assert "round trip passed on" in again.summary
+        runs = tmp_path / "runs"
+        remembered = json.loads((runs / ".dw-state" / "round-trips.json").read_text())
+        assert [t["account"].startswith(PREFIX) for t in remembered.values()] == [True]
+        assert list(runs.glob("*.json")) == []  # nothing beside the run records looks like one
     finally:
         c.close()
 
