@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import html
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -259,8 +260,9 @@ or run with `papermill -f FILE` or `dw run`
         result.calls = [asdict(e) for e in journal.entries()[first:]]
         result.remediation = _remediation(result, error)
         if result.status == Status.WAITING and False in answers and self.interactive:
-            result.next_action = (f"This cannot be undone. Read what it will do above, then run the cell "
-                                  f"again as rb.run({step_id!r}, confirm=True).")
+            result.next_action = (f"This cannot be undone. Read what it will do above, then press "
+                                  f"Confirm, or run the cell again as rb.run({step_id!r}, confirm=True).")
+            self.confirmation_button(step_id, result.summary)
         self.results[step_id] = result
         self.record.step_finished(step_id, result.to_dict(), self.gates.shown,
                                   http_summary(journal.as_dicts()))
@@ -279,6 +281,31 @@ or run with `papermill -f FILE` or `dw run`
             self._blocked = None
         self._observe()
         return result
+
+    def confirmation_button(self, step_id: str, what: str) -> Any:
+        """Show a Confirm button under a step waiting for confirmation; pressing it runs the step.
+
+        The cell does not block: the button runs `rb.run(step_id, confirm=True)` and shows the
+        result beneath it. Returns the widget (tests press it with `.children[1].click()`).
+
+        >>> # rb.run("bootstrap-apply")  # waiting → a Confirm button appears under the result
+        """
+        import ipywidgets as widgets
+        from IPython.display import display
+
+        button = widgets.Button(description="Confirm and run", button_style="danger",
+                                tooltip=f"{step_id}: {what}", icon="check")
+        out = widgets.Output()
+
+        def confirmed(_button: widgets.Button) -> None:
+            button.disabled = True
+            with out:
+                display(self.run(step_id, confirm=True))
+
+        button.on_click(confirmed)
+        box = widgets.VBox([widgets.HTML(f"<b>{html.escape(what)}</b>"), button, out])
+        display(box)
+        return box
 
     def summary(self) -> pd.DataFrame:
         """One row per step run so far: id, status, seconds, HTTP calls, summary."""

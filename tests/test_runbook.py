@@ -135,6 +135,20 @@ def test_irreversible_steps_wait_for_confirmation(
         assert waiting.status == Status.WAITING
         assert 'rb.run(\'bootstrap-apply\', confirm=True)' in waiting.next_action
         assert rb.run("bootstrap-apply", confirm=True).status == Status.PASSED
+
+
+def test_interactively_the_confirm_button_runs_the_waiting_step(
+        sandbox: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    behave(monkeypatch, bootstrap_apply="irreversible")
+    shown: list[Any] = []
+    monkeypatch.setattr("IPython.display.display", lambda *objs, **kw: shown.extend(objs))
+    with open_rb(sandbox, tmp_path, {"options.confirm_irreversible": False}, interactive=True) as rb:
+        assert rb.run("bootstrap-apply").status == Status.WAITING
+        (box,) = [o for o in shown if hasattr(o, "children")]
+        assert rb.results["bootstrap-apply"].status == Status.WAITING
+        box.children[1].click()  # the consultant presses Confirm
+        assert rb.results["bootstrap-apply"].status == Status.PASSED
+        assert box.children[1].disabled
     with open_rb(sandbox, tmp_path, {"options.confirm_irreversible": False}, interactive=False) as rb, \
             pytest.raises(RunStopped, match="step bootstrap-simulate waiting: needs confirmation"):
         behave(monkeypatch, bootstrap_simulate="irreversible")
