@@ -7,6 +7,7 @@ sessions for a running sandbox.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from dwlib.clients import HttpConfig, Session, TokenProvider, connect, make_clie
 from dwlib.params import Params, load_params
 from dwlib.sandbox import control, profiles
 from dwlib.sandbox.dualwrite import DualWrite
+from dwlib.sandbox.schema import ENTITIES
 from dwlib.sandbox.state import Settings
 from dwlib.sandbox.store import Store
 
@@ -51,6 +53,29 @@ def runtime_factory(tmp_path: Path) -> MakeRuntime:
 def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
     """Run a coroutine on a fresh event loop (the runtime spawns its jobs on the running loop)."""
     return asyncio.run(coro)
+
+
+def run_maps(rt: DualWrite, names: list[str], **kwargs: Any) -> dict[str, Any]:
+    """Run the maps `names` on the runtime, wait until idle, and return the finished request."""
+    async def go() -> dict[str, Any]:
+        req = rt.run(names, **kwargs)
+        await rt.idle()
+        return rt.request(req["requestId"])
+
+    return run_async(go())
+
+
+def company_id(rt: DualWrite, code: str) -> str:
+    """The `cdm_companyid` of the company `code` in the runtime's store."""
+    (row,) = rt.store.find(ENTITIES["cdm_companies"], {"cdm_companycode": code})
+    return row["cdm_companyid"]
+
+
+def default_transforms(mapping: str) -> dict[str, Any]:
+    """Source field → Default value of the two-sided column rows of an `msdyn_mapping` JSON."""
+    fields = json.loads(mapping)["legs"][0]["fieldMappings"]
+    return {f["sourceField"]: t["value"] for f in fields if f["sourceField"] and f["destinationField"]
+            for t in f["valueTransforms"] if t["transformType"] == "Default"}
 
 
 class Consultant:
@@ -98,6 +123,13 @@ class Consultant:
 
     def close(self) -> None:
         self.http.close()
+
+
+def stamp(c: Consultant, account: str, code: str) -> Any:
+    """Give an existing Dataverse account its company (what the bootstrap does): live sync to F&O."""
+    (company,) = c.dv_rows(f"cdm_companies?$filter=cdm_companycode eq '{code}'&$select=cdm_companyid")
+    return c.dv("PATCH", f"accounts({account})",
+                {"msdyn_company@odata.bind": f"/cdm_companies({company['cdm_companyid']})"})
 
 
 def perform_map_gate(consultant: Consultant, steps: list[str], title: str) -> bool:

@@ -120,6 +120,18 @@ def require_in_finops(session: Session, codes: Iterable[str], hint: str) -> dict
     return known
 
 
+def require_linkable(session: Session, codes: Sequence[str], initial_sync: bool, hint: str) -> None:
+    """StepError when `codes` exceed the connection's limits or F&O lacks any of them (`hint`: the fix).
+
+    Example:
+        >>> # require_linkable(session, ("USMF",), True, "correct legal_entities")  → None
+    """
+    problem = limit_problem(len(codes), initial_sync)
+    if problem:
+        raise StepError(problem)
+    require_in_finops(session, codes, hint)
+
+
 def dataverse_rows(session: Session, entity_set: str, **options: Any) -> list[dict[str, Any]]:
     """Rows of a Dataverse table; [] when the table does not exist (dual-write not installed)."""
     try:
@@ -267,10 +279,7 @@ class PowerPlatformIntegration(Step):
     def check(self, ctx: StepContext) -> Finding:
         params, session, admin = environment(ctx)
         sc = scope(params)
-        problem = limit_problem(len(sc.linked_by_setup), sc.initial_sync)
-        if problem:
-            raise StepError(problem)
-        require_in_finops(session, sc.linked_by_setup, "correct legal_entities")
+        require_linkable(session, sc.linked_by_setup, sc.initial_sync, "correct legal_entities")
         link = admin.power_platform_link()
         checks = link_checks(params, link)
         if worst(checks) == Status.FAILED:
@@ -327,11 +336,8 @@ class LegalEntities(Step):
     def check(self, ctx: StepContext) -> Finding:
         params, session, admin = environment(ctx)
         sc = scope(params)
-        problem = limit_problem(len(sc.codes), sc.initial_sync)
-        if problem:
-            raise StepError(problem)
-        require_in_finops(session, sc.codes, "correct legal_entities (companies this run creates go under "
-                                             "companies)")
+        require_linkable(session, sc.codes, sc.initial_sync,
+                         "correct legal_entities (companies this run creates go under companies)")
         present = linked_codes(admin)
         missing = [c for c in sc.codes if c not in present]
         extra = sorted(present - set(sc.codes) - set(sc.created))

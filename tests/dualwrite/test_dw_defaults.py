@@ -3,42 +3,29 @@ applied to Dataverse → F&O rows in the initial sync and in live sync, set thro
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from dw_helpers import Consultant, MakeRuntime, perform_map_gate, run_async, session_for
+from dw_helpers import (
+    Consultant,
+    MakeRuntime,
+    company_id,
+    default_transforms,
+    perform_map_gate,
+    run_maps,
+    session_for,
+    stamp,
+)
 
 from dwlib import catalog
 from dwlib.clients.dualwrite import DualWriteAdminError, Instruction, PortalAdmin
-from dwlib.sandbox.dualwrite import EDIT_REFUSED, DualWrite, DualWriteError
+from dwlib.sandbox.dualwrite import EDIT_REFUSED, DualWriteError
 from dwlib.sandbox.schema import ENTITIES
 
 ACCOUNTS = "Customers V3 (accounts)"
 ACC, CUST = ENTITIES["accounts"], ENTITIES["CustomersV3"]
 MAPS = ENTITIES["msdyn_dualwriteentitymaps"]
-
-
-def run_maps(rt: DualWrite, names: list[str], **kwargs: Any) -> dict[str, Any]:
-    async def go() -> dict[str, Any]:
-        req = rt.run(names, **kwargs)
-        await rt.idle()
-        return rt.request(req["requestId"])
-
-    return run_async(go())
-
-
-def company_id(rt: DualWrite, code: str) -> str:
-    (row,) = rt.store.find(ENTITIES["cdm_companies"], {"cdm_companycode": code})
-    return row["cdm_companyid"]
-
-
-def default_transforms(mapping: str) -> dict[str, Any]:
-    """Source field → Default value of the two-sided column rows of an `msdyn_mapping` JSON."""
-    fields = json.loads(mapping)["legs"][0]["fieldMappings"]
-    return {f["sourceField"]: t["value"] for f in fields if f["sourceField"] and f["destinationField"]
-            for t in f["valueTransforms"] if t["transformType"] == "Default"}
 
 
 def test_edits_need_a_stopped_map_and_show_in_the_applied_map(make_runtime: MakeRuntime) -> None:
@@ -95,13 +82,6 @@ def running(start_sandbox: Any) -> Iterator[Consultant]:
     assert c.portal("GET", "/dualwrite/maps/customers-v3-accounts")["state"] == "Running"
     yield c
     c.close()
-
-
-def stamp(c: Consultant, account: str, code: str) -> Any:
-    """Give an existing Dataverse account its company (what the bootstrap does): live sync to F&O."""
-    (company,) = c.dv_rows(f"cdm_companies?$filter=cdm_companycode eq '{code}'&$select=cdm_companyid")
-    return c.dv("PATCH", f"accounts({account})",
-                {"msdyn_company@odata.bind": f"/cdm_companies({company['cdm_companyid']})"})
 
 
 def test_live_sync_writes_the_default_into_finops(running: Consultant) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dw_helpers import MakeRuntime, run_async
+from dw_helpers import MakeRuntime, company_id, run_maps
 
 from dwlib import catalog
 from dwlib.sandbox.dualwrite import DualWrite
@@ -15,23 +15,9 @@ CONTACTS = "Customers V3 (contacts)"
 ACC, CUST = ENTITIES["accounts"], ENTITIES["CustomersV3"]
 
 
-def run_maps(rt: DualWrite, names: list[str], **kwargs: Any) -> dict[str, Any]:
-    async def go() -> dict[str, Any]:
-        req = rt.run(names, **kwargs)
-        await rt.idle()
-        return rt.request(req["requestId"])
-
-    return run_async(go())
-
-
 def prerequisites(rt: DualWrite, name: str) -> None:
     """Run the maps `name` depends on, with their own initial sync."""
     run_maps(rt, catalog.related_maps(name))
-
-
-def company_id(rt: DualWrite, code: str) -> str:
-    (row,) = rt.store.find(ENTITIES["cdm_companies"], {"cdm_companycode": code})
-    return row["cdm_companyid"]
 
 
 def group_id(rt: DualWrite, company: str, group: str = "10") -> str:

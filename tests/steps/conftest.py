@@ -10,11 +10,9 @@
   `fields` set any other `StepContext` field (`dry_run=True`, `confirm=lambda what: True`, …).
   Sessions are closed at the end of the test. msal's token cache goes to a temporary
   XDG_CACHE_HOME (autouse), never the real home.
-- `portal_player(connection) -> PortalPlayer`: a `consultant` that does the LCS and legal-entity
-  gates at once through the sandbox portal (`/_portal/…`): Power Platform integration, Configure +
-  Link (with the legal entities the instruction says to keep), Add legal entity (skipping initial
-  writes when told), remove legal entities, and the table-map gates (Run with the instruction's
-  maps, order, master and Initial Sync; Stop, Pause, Resume: `dw_helpers.perform_map_gate`).
+- `portal_player(connection) -> PortalPlayer`: a `consultant` that does every portal gate at once
+  through the sandbox portal (`/_portal/…`) with `dwlib.sandbox.consultant.perform`, as
+  `dw sandbox consultant` does: LCS link, legal entities and the table-map gates.
 - `gateway_admin(ctx) -> GatewayAdmin`: the opt-in gateway admin for the context's sandbox (it reads
   the initial-sync errors the portal adapter cannot), signed in as the consultant (device code).
 
@@ -28,21 +26,21 @@ Example:
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from dw_helpers import Consultant, perform_map_gate, session_for
+from dw_helpers import Consultant, session_for
 
 from dwlib.clients import HttpConfig, make_client
 from dwlib.clients.dualwrite import INTEGRATOR_APP, GatewayAdmin, Instruction, PortalAdmin
 from dwlib.clients.session import Session
 from dwlib.params import load_params
+from dwlib.sandbox.consultant import perform
 from dwlib.steps.base import StepContext
 
 
@@ -94,32 +92,13 @@ def step_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MakeConte
 
 
 class PortalPlayer:
-    """Does what an LCS / legal-entity instruction says, synchronously, through the sandbox portal."""
+    """Does what a portal instruction says, synchronously, as `dw sandbox consultant` does (`perform`)."""
 
     def __init__(self, consultant: Consultant) -> None:
         self.c = consultant
 
-    @staticmethod
-    def _codes(steps: list[str], marker: str) -> list[str]:
-        text = next(s for s in steps if marker in s).split(marker, 1)[1]
-        return re.findall(r"\b[A-Z0-9]{1,4}\b", re.split(r"[;(]|, then", text)[0])
-
     def __call__(self, ins: Instruction) -> None:
-        if ins.title.startswith("Set up the Power Platform integration"):
-            self.c.portal("POST", "/lcs/power-platform-integration")
-        elif ins.title.startswith("Configure dual-write"):
-            self.c.portal("POST", "/lcs/dual-write/configure")
-            self.c.portal("POST", "/lcs/dual-write/link",
-                          {"legal_entities": self._codes(ins.steps, "keep these legal entities: ")})
-        elif ins.title.startswith("Add legal entities"):
-            skip = any(s.startswith("Select 'Skip initial writes") for s in ins.steps)
-            self.c.portal("POST", "/dualwrite/legal-entities",
-                          {"add": self._codes(ins.steps, " and add "), "skip_initial_writes": skip})
-        elif ins.title.startswith("Remove legal entities"):
-            for code in self._codes(ins.steps, " remove "):
-                self.c.portal("DELETE", f"/dualwrite/legal-entities/{code}")
-        else:
-            perform_map_gate(self.c, ins.steps, ins.title)
+        perform(self.c.connection, asdict(ins))
 
 
 @pytest.fixture

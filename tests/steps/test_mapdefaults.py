@@ -3,10 +3,9 @@ the customer groups create-company gives a new company."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from dw_helpers import Consultant
+from dw_helpers import Consultant, default_transforms, stamp
 from plan_helpers import LES
 from sync_helpers import ACCOUNTS, CUSTOMER_MAPS, run_maps, set_plan, state
 
@@ -23,9 +22,7 @@ DEFAULTS = {"table_maps": [{"name": ACCOUNTS, "defaults": {"CUSTOMERGROUPID": "3
 def applied_defaults(c: Consultant, name: str) -> dict[str, Any]:
     """The Default transforms of a map's two-sided column rows, as Dataverse holds the map."""
     (row,) = c.dv_rows(f"msdyn_dualwriteentitymaps?$filter=msdyn_name eq '{name}'&$select=msdyn_mapping")
-    fields = json.loads(row["msdyn_mapping"])["legs"][0]["fieldMappings"]
-    return {f["sourceField"]: t["value"] for f in fields if f["sourceField"] and f["destinationField"]
-            for t in f["valueTransforms"] if t["transformType"] == "Default"}
+    return default_transforms(row["msdyn_mapping"])
 
 
 def test_map_defaults_stops_a_running_map_edits_it_and_runs_it_again(linked_sandbox, step_context,
@@ -61,10 +58,8 @@ def test_table_maps_sets_the_defaults_before_the_initial_sync(linked_sandbox, st
     c = Consultant(sandbox)
     try:
         # One Dataverse account of USMF without a customer group: F&O needs the default.
-        usmf = c.dv_rows("cdm_companies?$filter=cdm_companycode eq 'USMF'")[0]["cdm_companyid"]
         (account,) = c.dv_rows("accounts?$filter=customertypecode eq 3 and accountnumber ne null&$top=1")
-        r = c.dv("PATCH", f"accounts({account['accountid']})",
-                 {"msdyn_company@odata.bind": f"cdm_companies({usmf})"})
+        r = stamp(c, account["accountid"], "USMF")
         assert r.status_code == 204, r.text
         ctx = step_context(sandbox, consultant=portal_player(sandbox),
                            params={"legal_entities": ["USMF"], **DEFAULTS})
@@ -88,11 +83,9 @@ def test_migrate_writes_the_default_customer_group_into_finops(linked_sandbox, s
     sandbox = linked_sandbox("existing-existing", rows=30, legal_entities=LES)
     c = Consultant(sandbox)
     try:
-        usmf = c.dv_rows("cdm_companies?$filter=cdm_companycode eq 'USMF'")[0]["cdm_companyid"]
         chosen = c.dv_rows("accounts?$filter=customertypecode eq 3 and accountnumber ne null&$top=2")
         for account in chosen:
-            r = c.dv("PATCH", f"accounts({account['accountid']})",
-                     {"msdyn_company@odata.bind": f"cdm_companies({usmf})"})
+            r = stamp(c, account["accountid"], "USMF")
             assert r.status_code == 204, r.text
         ctx = step_context(sandbox, params={"legal_entities": LES, **DEFAULTS,
                                             "plan.limits.initial_sync_rows_per_legal_entity": 1})
