@@ -10,6 +10,9 @@ Example:
     $ dw sandbox stop --dir .dw/sandbox/existing-existing
     $ dw run new-new -f params/sandbox-new-new.yaml --sandbox --rows 200
     $ dw demo
+    $ dw review runs                       # the catalogue of runs
+    $ dw review show 0123abcd              # one run, step by step
+    $ dw review verify runs                # exit 1 if a record, notebook or evidence changed
 """
 
 from __future__ import annotations
@@ -202,6 +205,155 @@ def demo(args: argparse.Namespace) -> int:
     return _in_sandbox(scenario, root, args.rows, None, PARAMS / f"sandbox-{scenario}.yaml", {}, args.out)
 
 
+REVIEW_VERBS = ("list", "show", "compare", "verify", "seal")
+
+
+def _review() -> ModuleType:
+    from . import review
+
+    return review
+
+
+def _emit(args: argparse.Namespace, formats: dict[str, Callable[[], str]]) -> int:
+    """Print (or write to `--out`) the text of the chosen `--format`."""
+    _review().write_text(formats[args.format](), args.out)
+    return 0
+
+
+def review_list(args: argparse.Namespace) -> int:
+    """`dw review DIR`: the catalogue of the runs under DIR as a table, JSON or an HTML page."""
+    review = _review()
+    rows = review.catalogue(args.dir)
+    base = args.out.parent.resolve() if args.out else None
+    return _emit(args, {"json": lambda: review.catalogue_json(rows),
+                        "html": lambda: review.catalogue_html(rows, base),
+                        "table": lambda: review.catalogue_text(rows)})
+
+
+def review_show(args: argparse.Namespace) -> int:
+    """`dw review show RUN`: one run step by step (text), its record (json) or its report (html)."""
+    review = _review()
+    run = review.find_run(args.run, args.dir)
+    return _emit(args, {"json": lambda: json.dumps(run.record, indent=1, default=str),
+                        "html": lambda: review.report_html(run), "text": lambda: review.show_text(run)})
+
+
+def review_compare(args: argparse.Namespace) -> int:
+    """`dw review compare RUN_A RUN_B`: parameter, environment, step status and count differences."""
+    review = _review()
+    comparison = review.compare(review.find_run(args.run_a, args.dir), review.find_run(args.run_b, args.dir))
+    return _emit(args, {"json": lambda: json.dumps(comparison, indent=1, default=str),
+                        "text": lambda: review.comparison_text(comparison)})
+
+
+def review_verify(args: argparse.Namespace) -> int:
+    """`dw review verify RUN|DIR`: recompute every hash; exit 1 when anything changed since the run."""
+    review = _review()
+    target = args.target if args.target.exists() else review.find_run(str(args.target), args.dir).record_path
+    if target is None:
+        raise DwError(f"{args.target} has no run record to verify (only a notebook)")
+    results = review.verify(target)
+    for v in results:
+        print(v.text())
+    changed = sum(1 for v in results if not v.ok)
+    print(f"{len(results)} run(s) verified: {changed} changed" if results
+          else f"no run records under {target}")
+    return 1 if changed else 0
+
+
+def review_seal(args: argparse.Namespace) -> int:
+    """`dw review seal RECORD --notebook NB`: for a run finished outside dw run (e.g. in JupyterLab),
+    write its report and record the final notebook's sha256."""
+    review = _review()
+    notebook = args.notebook or args.record.with_suffix(".ipynb")
+    if not notebook.is_file():
+        raise DwError(f"{notebook} not found: save the executed notebook, then pass it with --notebook")
+    report = review.finalize(args.record, notebook)
+    print(f"sealed {args.record} with {notebook}; report {report}")
+    return 0
+
+
+def _review_parser(commands: Any) -> None:
+    review = commands.add_parser(
+        "review", help="catalogue, show, compare and verify recorded runs",
+        description="Review runs from their records. `dw review DIR` (= `dw review list DIR`) lists the runs "
+                    "under DIR; show, compare, verify and seal work on one run: a record (.json), its "
+                    "notebook (.ipynb) or a run id (a prefix will do) found under --dir.",
+        epilog="examples: dw review runs --format html --out runs/index.html; dw review show 0123abcd; "
+               "dw review compare test-run.json prod-run.json; dw review verify runs")
+    verbs = review.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def verb(name: str, func: Callable[[argparse.Namespace], int], text: str,
+             formats: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+        parser = verbs.add_parser(name, help=text, description=text)
+        if formats:
+            parser.add_argument("--format", choices=formats, default=formats[0], help="output format")
+            parser.add_argument("--out", type=Path, help="write to FILE instead of the terminal")
+        if name != "list":
+            parser.add_argument("--dir", type=Path, default=RUNS_DIR,
+                                help=f"where to look for a run given by id (default {RUNS_DIR})")
+        parser.set_defaults(func=func)
+        return parser
+
+    verb("list", review_list, "the catalogue of the runs under DIR (the default verb)",
+         ("table", "json", "html")).add_argument("dir", type=Path, nargs="?", default=RUNS_DIR, metavar="DIR",
+                                                 help=f"the runs directory (default {RUNS_DIR})")
+    verb("show", review_show, "one run step by step", ("text", "json", "html")).add_argument(
+        "run", metavar="RUN", help="record, notebook or run id")
+    cmp = verb("compare", review_compare, "what differs between two runs", ("text", "json"))
+    cmp.add_argument("run_a", metavar="RUN_A")
+    cmp.add_argument("run_b", metavar="RUN_B")
+    verb("verify", review_verify, "recompute hashes; exit 1 if anything changed since the run").add_argument(
+        "target", type=Path, metavar="RUN|DIR", help="a record, notebook, run id or runs directory")
+    seal = verb("seal", review_seal, "record a finished interactive run's notebook hash and write its report")
+    seal.add_argument("record", type=Path, metavar="RECORD", help="the run record (.json)")
+    seal.add_argument("--notebook", type=Path, help="the executed notebook (default RECORD's stem .ipynb)")
+
+
+def _default_verb(argv: list[str]) -> list[str]:
+    """`dw review DIR` means `dw review list DIR`."""
+    if argv[:1] == ["review"] and (len(argv) == 1 or argv[1] not in (*REVIEW_VERBS, "-h", "--help")):
+        return ["review", "list", *argv[1:]]
+    return argv
+
+
+def batch(args: argparse.Namespace) -> int:
+    """`dw batch`: validate the plan (exit 2 if bad, before any run), run it, print the summary;
+    exit 0 only when every run passed."""
+    from .batch import run_batch
+
+    if args.dask_address and args.executor != "dask":
+        print("dw: error: --dask-address needs --executor dask", file=sys.stderr)
+        return BAD_PARAMETERS
+    out = args.out or str(RUNS_DIR / args.plan.stem)
+    try:
+        return run_batch(args.plan, out, max_parallel=args.max_parallel, resume=args.resume,
+                         executor=args.executor, dask_address=args.dask_address).exit_code
+    except ParamsError as exc:
+        print(f"dw: error: {exc}", file=sys.stderr)
+        return BAD_PARAMETERS
+
+
+def _batch_parser(commands: Any) -> None:
+    cmd = commands.add_parser(
+        "batch", help="run the runbooks of a plan: local processes or a Dask cluster, with a manifest",
+        description="Check every run of the plan (exit 2 when any is bad, before any run), then run each "
+                    "as its own dw run process, never two of one environment pair at once; write "
+                    "OUT/batch.json and OUT/<run>/; print the summary; exit 0 only when every run passed.",
+        epilog="example: dw batch params/batch-sandbox.yaml --max-parallel 2 --out runs/nightly")
+    cmd.add_argument("plan", type=Path, metavar="PLAN.yaml", help="the plan file (YAML)")
+    cmd.add_argument("--max-parallel", type=int, metavar="N",
+                     help="runs at once (default: the plan's max_parallel, else one per CPU or Dask thread)")
+    cmd.add_argument("--resume", action="store_true", help="rerun only the failed or unfinished runs of OUT")
+    cmd.add_argument("--out", metavar="DIR|URL",
+                     help=f"a directory the workers share, or a papermill URL (default {RUNS_DIR}/<plan>)")
+    cmd.add_argument("--executor", choices=("local", "dask"), default="local",
+                     help="local processes (default) or a Dask cluster (pip install 'dwlib[dask]')")
+    cmd.add_argument("--dask-address", metavar="ADDR",
+                     help="the Dask scheduler, e.g. tcp://scheduler:8786 (default: a LocalCluster)")
+    cmd.set_defaults(func=batch)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `dw` argument parser (each command sets `func`).
 
@@ -268,6 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo_cmd.add_argument("--out", type=Path, default=RUNS_DIR,
                           help=f"where the run is written (default {RUNS_DIR})")
     demo_cmd.set_defaults(func=demo)
+    _review_parser(commands)
+    _batch_parser(commands)
     return parser
 
 
@@ -276,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     >>> # main(["sandbox", "status", "--dir", ".dw/sandbox/new-new"])
     """
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_default_verb(list(sys.argv[1:] if argv is None else argv)))
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -33,6 +33,7 @@ from dwlib.notebooks import NOTEBOOKS
 from dwlib.params import Params, ParamsError, load_params
 from dwlib.record import DONE, RecordError, load_record, new_run_id, run_stem
 from dwlib.render import summary_rows
+from dwlib.review import finalize
 
 KERNEL = "python3"
 POLL_S = 0.5
@@ -57,6 +58,11 @@ class Execution:
     error: str = ""  # why the notebook stopped, when it did
 
     @property
+    def report(self) -> Path:
+        """The run's self-contained HTML report (written once the notebook is final)."""
+        return self.record.with_suffix(".html")
+
+    @property
     def ok(self) -> bool:
         """True when every step of the scenario passed or was already done."""
         if self.data is None:
@@ -78,6 +84,8 @@ class Execution:
         if self.error:
             lines.append(f"stopped: {self.error}")
         lines += [f"notebook: {self.notebook}", f"record:   {self.record}"]
+        if self.report.is_file():
+            lines.append(f"report:   {self.report}")
         return "\n".join(lines)
 
 
@@ -146,7 +154,8 @@ def execute(
     run_id: str | None = None,
     echo: Callable[[str], None] = print,
 ) -> Execution:
-    """Execute the scenario's notebook with papermill; write `out_dir/<stem>.ipynb` and `.json`.
+    """Execute the scenario's notebook with papermill; write `out_dir/<stem>.ipynb` and `.json`,
+    then the HTML report `<stem>.html`, and seal the record with their sha256.
 
     Check the parameters first (`check_params`): this function assumes they are valid.
     """
@@ -177,4 +186,8 @@ def execute(
         data: dict[str, Any] | None = load_record(record)
     except RecordError:
         data = None
+    if data is not None and notebook.is_file():
+        # The notebook is final now: the HTML report, then the record sealed with both hashes.
+        finalize(record, notebook)
+        data = load_record(record)
     return Execution(notebook, record, data, error)

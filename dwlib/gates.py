@@ -7,6 +7,11 @@ it, keeps it for the step's entry in the record, and runs `options.gate_command`
 the instruction as JSON on stdin, e.g. to page the consultant, or `dw sandbox consultant`, which
 plays the consultant against a local sandbox.
 
+Interactively (`hold=True`) and without a gate command, nobody should sit through the polling:
+a kernel that polls cannot receive the click of a button. `notify` then raises `GateWaiting`, the
+runbook records the step as waiting, and running the step again (the "Verify now" button of
+`dwlib.ui`) checks first and finds the work done once the consultant did it.
+
 Example:
     >>> program(["no-such-program-anywhere"])
     ['no-such-program-anywhere']
@@ -36,13 +41,28 @@ def program(argv: list[str]) -> list[str]:
     return [str(beside), *argv[1:]] if beside.is_file() else argv
 
 
-class Gates:
-    """The gates of one run; `begin(step)` before each step, `shown` after it."""
+class GateWaiting(Exception):  # not an error: the step waits for a person
+    """An interactive gate is waiting for the consultant; `instruction` is what they have to do.
 
-    def __init__(self, params: Params, record: RunRecord, say: Callable[[str], None]) -> None:
+    >>> GateWaiting({"title": "Run table maps", "steps": [], "links": {}, "verify": "Running"}).args[0]
+    'waiting for the consultant: Run table maps'
+    """
+
+    def __init__(self, instruction: dict[str, Any]) -> None:
+        super().__init__(f"waiting for the consultant: {instruction['title']}")
+        self.instruction = instruction
+
+
+class Gates:
+    """The gates of one run; `begin(step)` before each step, `shown` after it. `hold`: raise
+    `GateWaiting` instead of polling when there is no gate command (interactive runs)."""
+
+    def __init__(self, params: Params, record: RunRecord, say: Callable[[str], None], *,
+                 hold: bool = False) -> None:
         self.params = params
         self.record = record
         self.say = say
+        self.hold = hold
         self.step: str | None = None
         self.shown: list[dict[str, Any]] = []
 
@@ -51,7 +71,8 @@ class Gates:
         self.step, self.shown = step_id, []
 
     def notify(self, instruction: Instruction) -> None:
-        """Show and record the instruction, then run the gate command if the parameters name one."""
+        """Show and record the instruction, then run the gate command if the parameters name one (or,
+        holding, raise `GateWaiting`)."""
         payload = {"title": instruction.title, "steps": list(instruction.steps),
                    "links": dict(instruction.links), "verify": instruction.verify}
         self.shown.append(payload)
@@ -61,6 +82,8 @@ class Gates:
         command = self.params.options.gate_command
         if command:
             self._run(command, payload)
+        elif self.hold:
+            raise GateWaiting(payload)
 
     def _run(self, command: list[str], instruction: dict[str, Any]) -> None:
         sandbox = self.params.sandbox

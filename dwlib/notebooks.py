@@ -1,14 +1,19 @@
-"""Build the six runbook notebooks from the scenarios (data) and a short narrative per step.
+"""Build the six runbook notebooks from the scenarios (data) and a short narrative per step, and
+the review notebook.
 
 The notebooks in `notebooks/` are generated, never edited by hand: a parameters cell (tagged
-`parameters` for papermill), a cell that opens the runbook, then per step a Markdown cell (what
-the step does and why, with its Microsoft Learn page) and one code cell `rb.run("<step id>")`,
-and a closing summary. Step titles and Learn links come from the registered steps, so a notebook
-and the results it shows never disagree. A test checks the committed notebooks equal this output.
+`parameters` for papermill), the parameter form, a cell that opens the runbook, the sign-in and
+the step board (one `dwlib.ui` call each), then per step a Markdown cell (what the step does and
+why, with its Microsoft Learn page) and one code cell `rb.run("<step id>")`, and a closing summary.
+Step titles and Learn links come from the registered steps, so a notebook and the results it
+shows never disagree. A test checks the committed notebooks equal this output.
+
+`notebooks/review.ipynb` (built by `build_review`) is parameterized by a runs directory: the
+catalogue, one run drilled into, charts and the integrity of every record (`dwlib.review`).
 
 Regenerate after changing a scenario, a step's title or link, or the text below:
 
-    python -m dwlib.notebooks            # writes notebooks/<scenario>.ipynb
+    python -m dwlib.notebooks            # writes notebooks/<scenario>.ipynb and review.ipynb
     python -m dwlib.notebooks --check    # exit 1 when a committed notebook differs
 
 Example:
@@ -173,6 +178,10 @@ NARRATIVE = {
 }
 
 
+_METADATA = {"kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"},
+             "language_info": {"name": "python"}}
+
+
 def _md(cell_id: str, text: str) -> NotebookNode:
     return nbformat.v4.new_markdown_cell(text, id=cell_id)
 
@@ -217,8 +226,8 @@ def build(scenario_id: str) -> NotebookNode:
         f"This runbook follows the scenario `{sc.id}` of Microsoft's [Guidance for dual-write setup]"
         f"({sc.doc_url}). Each step first checks the real state and changes only what is missing, so "
         "running the notebook again is safe: finished steps report *already done*.\n\n"
-        "**Run it** in JupyterLab: set `params_file` below (copy `params/template.yaml`), then run the "
-        "cells in order. Headless: "
+        "**Run it** in JupyterLab: set `params_file` below (copy `params/template.yaml`), or load and "
+        "edit a parameters file in the form, then run the cells in order. Headless: "
         f"`dw run {sc.id} -f PARAMS.yaml`, or `papermill notebooks/{sc.id}.ipynb OUT.ipynb -f PARAMS.yaml`. "
         f"Against the local sandbox: `dw sandbox start --profile {sc.id}` and "
         f"`params/sandbox-{sc.id}.yaml` (or `dw run {sc.id} -f params/sandbox-{sc.id}.yaml --sandbox`).\n\n"
@@ -227,36 +236,91 @@ def build(scenario_id: str) -> NotebookNode:
     cells = [
         _md("intro", intro),
         _code("parameters", _parameters(), tags=["parameters"]),
+        _md("about-form", "The parameters as a form: load a parameters file, change what this run "
+                          "needs and see every problem as you type (the same checks as a headless run). "
+                          "Secrets are references only (`env:`, `keyring:`, `file:`). **Save** writes the "
+                          "file and uses it below. Headless, this cell only reports the parameters."),
+        _code("form", f'from dwlib import ui\n\nform = ui.parameter_form(globals(), '
+                      f'scenario="{sc.id}")\nform'),
         _md("about-open", "Validate the parameters (every problem at once, before any call), connect "
                           "to both environments and start the run record."),
         _code("open", f'from dwlib.runbook import Runbook\n\nrb = Runbook.from_notebook(globals(), '
                       f'scenario="{sc.id}")\nrb'),
+        _md("about-connect", "Sign in and see who you are on each environment. With `auth.method: "
+                             "device_code` the code and the link to enter it appear here; the cell "
+                             "waits until you have signed in."),
+        _code("connect", "connection = ui.connect(rb)"),
+        _md("about-board", "Every step of this runbook, live: status, time and result as each cell "
+                           "below runs. A portal action shows its instructions under its step with a "
+                           "**Verify now** button: do what it says, then press it."),
+        _code("board", "board = ui.step_board(rb)\nboard"),
     ]
     for number, ref in enumerate(sc.steps, 1):
         cells += _step_cells(number, ref)
     cells += [_md("about-summary", "## Summary\n\nEvery step of this run, as the run record keeps it."),
               _code("summary", "rb.summary()")]
-    metadata = {"kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python",
-                               "name": "python3"},
-                "language_info": {"name": "python"}}
-    return nbformat.v4.new_notebook(cells=cells, metadata=metadata)
+    return nbformat.v4.new_notebook(cells=cells, metadata=_METADATA)
 
 
-def render(scenario_id: str) -> str:
-    """The notebook of `scenario_id` as the text committed in `notebooks/`."""
-    return nbformat.writes(build(scenario_id)) + "\n"
+REVIEW = "review"
+
+
+def build_review() -> NotebookNode:
+    """The review notebook: catalogue, drill-down, charts and integrity of the runs in `runs_dir`."""
+    cells = [
+        _md("intro", "# Review of dual-write runs\n\nEvery runbook run leaves a run record (JSON) beside its "
+                     "executed notebook: what was run, against which environments, with which parameters, "
+                     "what each step found and changed, and hashes of everything it wrote. This notebook "
+                     "reads those records, never the environments. The same views are on the command "
+                     "line: `dw review DIR`, `dw review show RUN`, `dw review compare A B`, "
+                     "`dw review verify DIR`."),
+        _code("parameters", '# Parameters (papermill replaces them)\nruns_dir = "runs"  # where the runs '
+                            'were written (dw run --out)\nrun = None  # the run to drill into: run id (a '
+                            'prefix will do), record or notebook path; None: the latest',
+              tags=["parameters"]),
+        _md("about-catalogue", "## The runs\n\nOne row per run, oldest first: status, scenario, how long it "
+                               "took, the Dataverse environment, how many steps are done and, for a run that "
+                               "stopped, the step and its error."),
+        _code("catalogue", "from pathlib import Path\n\nfrom IPython.display import HTML\n\n"
+                           "from dwlib import review\n\nrows = review.catalogue(Path(runs_dir))\n"
+                           "review.catalogue_frame(rows)"),
+        _md("about-run", "## One run\n\nThe summary a reviewer reads first: who ran what against which "
+                         "environments, every step's status, and what stopped the run with its fix."),
+        _code("run", "chosen = review.find_run(run or rows[-1][\"record\"], Path(runs_dir))\n"
+                     "HTML(review.summary_html(chosen))"),
+        _md("about-durations", "Where the time went, step by step."),
+        _code("durations", "review.chart_step_durations(chosen)"),
+        _md("about-rows", "Rows per company per table map on both sides, from the run's last reconciliation: "
+                          "bars of unequal length are rows that did not make it across."),
+        _code("rows", "review.chart_rows_per_company(chosen)"),
+        _md("about-throttling", "Time spent waiting on retries: throttling (429 with Retry-After) and "
+                                "transient server errors. Long waits mean the environments were busy; the "
+                                "run still finished with nothing lost."),
+        _code("throttling", "review.chart_throttling(chosen)"),
+        _md("about-steps", "Every step in full: checks, tables, counts, evidence and remediation."),
+        _code("steps", "print(review.show_text(chosen))"),
+        _md("about-verify", "## Integrity\n\nEach record's own digest, its evidence files, its notebook and "
+                            "report, recomputed now: CHANGED means something was edited after the run."),
+        _code("verify", "review.verification_frame(review.verify(Path(runs_dir)))"),
+    ]
+    return nbformat.v4.new_notebook(cells=cells, metadata=_METADATA)
+
+
+def render(name: str) -> str:
+    """The notebook `name` (a scenario id, or `review`) as the text committed in `notebooks/`."""
+    return nbformat.writes(build_review() if name == REVIEW else build(name)) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Write (or with `--check`, compare) every scenario's notebook; returns the exit status."""
+    """Write (or with `--check`, compare) every notebook; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m dwlib.notebooks", description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="report notebooks that differ, write nothing")
     parser.add_argument("--dir", type=Path, default=NOTEBOOKS, help=f"where the notebooks are ({NOTEBOOKS})")
     args = parser.parse_args(argv)
     stale = []
-    for scenario_id in SCENARIOS:
-        path = args.dir / f"{scenario_id}.ipynb"
-        text = render(scenario_id)
+    for name in [*SCENARIOS, REVIEW]:
+        path = args.dir / f"{name}.ipynb"
+        text = render(name)
         if path.is_file() and path.read_text(encoding="utf-8") == text:
             continue
         stale.append(path)

@@ -450,8 +450,8 @@ class Params(_Model):
                                  "auth.method: device_code, or use admin: portal"))
         if problems:
             raise _KeyProblems(problems)
-        codes = [(_dotted(("legal_entities", i)), c) for i, c in enumerate(self.legal_entities)]
-        codes += [(_dotted(("bootstrap", "mapping", bu)), c) for bu, c in self.bootstrap.mapping.items()]
+        codes = [(dotted(("legal_entities", i)), c) for i, c in enumerate(self.legal_entities)]
+        codes += [(dotted(("bootstrap", "mapping", bu)), c) for bu, c in self.bootstrap.mapping.items()]
         self._warnings = [
             f"{path}: company code {code} has {len(code)} characters; the setup guidance says "
             "three-letter ISO code, so check it is the F&O legal entity id" for path, code in codes
@@ -490,7 +490,7 @@ def load_params(
         data: dict[str, Any] = _deep_copy(source)
     else:
         label = str(source)
-        data, lines, problems = _read_yaml(Path(source))
+        data, lines, problems = read_yaml(Path(source))
     for key, value in (overrides or {}).items():
         _set_dotted(data, key, value)
     base = (base_dir or Path.cwd()).resolve()
@@ -499,7 +499,7 @@ def load_params(
     try:
         params = Params.model_validate(data, context={"base_dir": base})
     except ValidationError as exc:
-        found = _render(exc, lines)
+        found = validation_problems(exc, lines)
         if sandbox_problems:  # keys the missing connection.yaml would have supplied are not news
             found = [(p, m) for p, m in found
                      if m != "required" or not p.startswith(("environments", "auth"))]
@@ -516,7 +516,15 @@ def _line_of(problem: tuple[str, str]) -> int:
     return int(found.group(1)) if found else 0
 
 
-def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[Loc, int], list[tuple[str, str]]]:
+def read_yaml(path: Path) -> tuple[dict[str, Any], dict[Loc, int], list[tuple[str, str]]]:
+    """A YAML mapping file: its data, the line of every key (by path) and duplicate-key problems;
+    `ParamsError` when it cannot be read or is not a mapping. Shared with other YAML inputs that
+    report problems the same way (e.g. `dwlib.batch` plans).
+
+    >>> import tempfile; f = Path(tempfile.mkdtemp()) / "p.yaml"; _ = f.write_text("a: {b: 1}")
+    >>> read_yaml(f)[:2]
+    ({'a': {'b': 1}}, {(): 1, ('a',): 1, ('a', 'b'): 1})
+    """
     try:
         text = path.read_text()
     except OSError as exc:
@@ -546,7 +554,7 @@ def _index(node: yaml.Node, loc: Loc, lines: dict[Loc, int], problems: list[tupl
         for key_node, value_node in node.value:
             key = key_node.value
             if key in seen:
-                problems.append((f"{_dotted((*loc, key))} (line {key_node.start_mark.line + 1})",
+                problems.append((f"{dotted((*loc, key))} (line {key_node.start_mark.line + 1})",
                                  "duplicate key; keep one"))
             seen.add(key)
             _index(value_node, (*loc, key), lines, problems)
@@ -555,23 +563,28 @@ def _index(node: yaml.Node, loc: Loc, lines: dict[Loc, int], problems: list[tupl
             _index(item, (*loc, i), lines, problems)
 
 
-def _render(exc: ValidationError, lines: dict[Loc, int]) -> list[tuple[str, str]]:
+def validation_problems(exc: ValidationError, lines: dict[Loc, int],
+                        root: type[BaseModel] | None = None) -> list[tuple[str, str]]:
+    """Pydantic's errors as `(path (line N), message)` problems, worded for people, with "did you
+    mean" for unknown keys of `root` (default `Params`) and its nested models."""
     out: list[tuple[str, str]] = []
     for err in exc.errors(include_url=False):
         loc: Loc = tuple(err["loc"])
+        if loc[-1:] == ("[key]",):  # pydantic's marker for a problem with a mapping's key itself
+            loc = loc[:-1]
         cause = (err.get("ctx") or {}).get("error")
-        items = cause.items if isinstance(cause, _KeyProblems) else [((), _message(err, loc))]
+        items = cause.items if isinstance(cause, _KeyProblems) else [((), _message(err, loc, root or Params))]
         for sub, msg in items:
             full = (*loc, *sub)
             line = lines.get(full) or (lines.get(loc) if loc else None)  # root: no line of its own
-            out.append((_dotted(full) + (f" (line {line})" if line and full else ""), msg))
+            out.append((dotted(full) + (f" (line {line})" if line and full else ""), msg))
     return out
 
 
-def _message(err: Any, loc: Loc) -> str:
+def _message(err: Any, loc: Loc, root: type[BaseModel]) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
-        valid = _fields_at(loc[:-1])
+        valid = _fields_at(loc[:-1], root)
         close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.6)
         hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(valid)}"
         return f"unknown key; {hint}"
@@ -586,9 +599,9 @@ def _message(err: Any, loc: Loc) -> str:
     return msg.removeprefix("Value error, ").replace("Input should be", "must be")
 
 
-def _fields_at(loc: Loc) -> list[str]:
+def _fields_at(loc: Loc, root: type[BaseModel]) -> list[str]:
     """The keys the model accepts at `loc` (for "did you mean" hints)."""
-    annotation: Any = Params
+    annotation: Any = root
     for part in loc:
         annotation = _unwrap(annotation, part)
     return list(annotation.model_fields) if _is_model(annotation) else []
@@ -614,8 +627,12 @@ def _is_model(annotation: Any) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
-def _dotted(loc: Loc) -> str:
-    """`a.b[0].c`; keys that are not plain names (business units: "", "Contoso US") are quoted."""
+def dotted(loc: Loc) -> str:
+    """`a.b[0].c`; keys that are not plain names (business units: "", "Contoso US") are quoted.
+
+    >>> dotted(("bootstrap", "mapping", "Contoso US")), dotted(("runs", 0, "name"))
+    ('bootstrap.mapping["Contoso US"]', 'runs[0].name')
+    """
     out = ""
     for p in loc:
         if isinstance(p, int):

@@ -5,7 +5,13 @@ revision), against what (environment URLs and the identities observed there), an
 found and changed (its `StepResult.to_dict()` plus the portal gates it showed), with an HTTP
 summary. It is written atomically when a step starts and when it ends, so the record of a killed
 run still says where it stopped. This module sits at the bottom of the package: it imports
-nothing of `dwlib` (results and journal entries arrive as plain dicts).
+nothing of `dwlib` but its errors (results and journal entries arrive as plain dicts).
+
+Integrity: every write lists the run's evidence files with their sha256 and stores a digest of the
+record's own content (`integrity.sha256`, over canonical JSON of everything else); once the
+executed notebook is final, `seal` adds a manifest with its sha256 (and the HTML report's).
+`dwlib.review.verify` recomputes them all. A digest detects any later edit made without
+recomputing it; it is not a signature against someone who does.
 
 Example:
     >>> import tempfile
@@ -20,9 +26,11 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -36,7 +44,8 @@ from typing import Any
 
 from dwlib.errors import DwError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+SCHEMA_FILE = Path(__file__).with_name("record.schema.json")  # the JSON Schema of this version
 OK = ("passed", "already_done", "skipped", "warning")  # statuses after which a run may go on
 DONE = ("passed", "already_done")
 _KEY_SEGMENT = re.compile(r"\([^)]*\)")  # accounts(…guid…) → accounts(…)
@@ -82,6 +91,58 @@ def evidence_dir(record_path: Path) -> Path:
     'runs/x-evidence'
     """
     return record_path.with_name(f"{record_path.stem}-evidence")
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, read in chunks (evidence CSVs can be large).
+
+    >>> import tempfile; p = Path(tempfile.mkdtemp()) / "f"; _ = p.write_bytes(b"abc")
+    >>> file_sha256(p)[:16]
+    'ba7816bf8f01cfea'
+    """
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def content_sha256(data: Mapping[str, Any]) -> str:
+    """The digest of a record's content: sha256 of its canonical JSON without `integrity`.
+
+    Canonical = sorted keys, no whitespace, UTF-8; the same whether computed from the dict in
+    memory or from the file read back.
+
+    >>> a = content_sha256({"b": 1, "a": [1.5], "integrity": {"sha256": "x"}})
+    >>> a == content_sha256({"a": [1.5], "b": 1})
+    True
+    """
+    body = {k: v for k, v in data.items() if k != "integrity"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def relative_to(path: str | Path, base: Path) -> str:
+    """`path` relative to `base` when it lies beneath it (POSIX form), else unchanged.
+
+    >>> relative_to("/runs/x-evidence/a.csv", Path("/runs"))
+    'x-evidence/a.csv'
+    """
+    p = Path(path)
+    try:
+        return p.resolve().relative_to(base.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def evidence_entries(record_path: Path) -> list[dict[str, Any]]:
+    """Every file of a run's evidence directory with its size and sha256, paths relative to the
+    record's directory (the record and its evidence move together)."""
+    folder = evidence_dir(record_path)
+    if not folder.is_dir():
+        return []
+    return [{"path": relative_to(f, record_path.parent), "bytes": f.stat().st_size, "sha256": file_sha256(f)}
+            for f in sorted(folder.rglob("*")) if f.is_file()]
 
 
 def dwlib_identity() -> dict[str, Any]:
@@ -197,6 +258,10 @@ class RunRecord:
             "waiting": None,
             "steps": [],
             "http": http_summary([]),
+            "process": {"host": socket.gethostname(), "pid": os.getpid()},
+            "duration_s": None,
+            "evidence": [],
+            "manifest": None,
         }
         record = cls(path, data)
         record.write()
@@ -211,6 +276,8 @@ class RunRecord:
                       http: Mapping[str, Any] | None = None) -> None:
         """Store a step's result (a re-run of the same step replaces it) and the run's HTTP summary."""
         entry = {"id": step_id, **result, "gates": list(gates)}
+        base = self.path.parent
+        entry["evidence_files"] = [relative_to(f, base) for f in entry.get("evidence_files") or []]
         steps = self.data["steps"]
         at = next((i for i, s in enumerate(steps) if s["id"] == step_id), None)
         if at is None:
@@ -222,8 +289,13 @@ class RunRecord:
         if http is not None:
             self.data["http"] = dict(http)
         self.data["status"], self.data["failed_step"] = run_status(self.data)
-        self.data["ended"] = None if self.data["status"] == "running" else utc_now()
+        self._ended(None if self.data["status"] == "running" else utc_now())
+        self.data["evidence"] = evidence_entries(self.path)
         self.write()
+
+    def _ended(self, when: str | None) -> None:
+        self.data["ended"] = when
+        self.data["duration_s"] = None if when is None else seconds_between(self.data["started"], when)
 
     def waiting(self, step_id: str, instruction: Mapping[str, Any]) -> None:
         """Note that `step_id` waits for a person to do what `instruction` says (a portal gate)."""
@@ -232,7 +304,8 @@ class RunRecord:
 
     def fail(self, message: str) -> None:
         """The run stopped outside any step (e.g. it could not connect); `message` says why."""
-        self.data.update(status="failed", error=message, current_step=None, ended=utc_now())
+        self.data.update(status="failed", error=message, current_step=None)
+        self._ended(utc_now())
         self.write()
 
     def observe(self, identities: Mapping[str, Any]) -> None:
@@ -240,8 +313,13 @@ class RunRecord:
         self.data["environments"]["observed"].update(identities)
         self.write()
 
+    def header(self) -> dict[str, Any]:
+        """The record without its step results: who, what, where, how it stands."""
+        return {k: v for k, v in self.data.items() if k != "steps"}
+
     def write(self) -> None:
-        """Write the record atomically (a reader never sees half a file)."""
+        """Write the record atomically (a reader never sees half a file), with its content digest."""
+        self.data["integrity"] = {"algorithm": "sha256", "sha256": content_sha256(self.data)}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
         try:
@@ -254,6 +332,36 @@ class RunRecord:
             raise
 
 
+def seconds_between(start: str, end: str) -> float:
+    """Seconds from one `utc_now()` timestamp to another.
+
+    >>> seconds_between("2025-01-31T12:00:00Z", "2025-01-31T12:01:30Z")
+    90.0
+    """
+    fmt = "%Y-%m-%dT%H:%M:%SZ"
+    return (datetime.strptime(end, fmt) - datetime.strptime(start, fmt)).total_seconds()
+
+
+def seal(record_path: Path, notebook: Path, report: Path | None = None) -> dict[str, Any]:
+    """Close a finished run: add the manifest with the final executed notebook's sha256 (and the
+    HTML report's), refresh the evidence list, rewrite the record with its digest. Returns the
+    manifest. Call it only once the notebook is written for good.
+
+    >>> # seal(Path("runs/x.json"), Path("runs/x.ipynb"), Path("runs/x.html"))
+    """
+    record = RunRecord(record_path, load_record(record_path))
+    base = record_path.parent
+    files = {"notebook": notebook, "report": report}
+    manifest: dict[str, Any] = {"sealed": utc_now()}
+    for key, path in files.items():
+        manifest[key] = (None if path is None
+                         else {"path": relative_to(path, base), "sha256": file_sha256(path)})
+    record.data["evidence"] = evidence_entries(record_path)
+    record.data["manifest"] = manifest
+    record.write()
+    return manifest
+
+
 def load_record(path: Path | str) -> dict[str, Any]:
     """Read a run record; `RecordError` says why it cannot be used."""
     try:
@@ -262,8 +370,13 @@ def load_record(path: Path | str) -> dict[str, Any]:
         raise RecordError(f"cannot read the run record {path}: {exc.strerror}") from None
     except ValueError as exc:
         raise RecordError(f"the run record {path} is not JSON ({exc})") from None
+    return check_record(data, path)
+
+
+def check_record(data: Any, path: Path | str) -> dict[str, Any]:
+    """`data` (parsed JSON from `path`) if it is a run record this dwlib reads, else `RecordError`."""
     version = data.get("schema_version") if isinstance(data, dict) else None
     if version != SCHEMA_VERSION:
         raise RecordError(f"{path} is not a run record of schema version {SCHEMA_VERSION} "
-                          f"(schema_version: {version!r})")
+                          f"(schema_version: {version!r}): review it with the dwlib that wrote it")
     return data

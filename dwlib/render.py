@@ -20,22 +20,31 @@ from typing import Any
 
 import pandas as pd
 
+# The machine-readable copy of a step result inside a notebook's outputs: with it, the executed
+# notebook alone is enough to review a run (`dwlib.review` reads it when the record is missing).
+RESULT_MIME = "application/vnd.dwlib.step-result+json"
 PROGRESS_EVERY_S = 5.0
 TEXT_ROWS = 20  # rows of a table shown in a headless log (the record keeps them all)
 COLOURS = {
     "passed": "#1a7f37", "already_done": "#1a7f37", "skipped": "#6e7781", "waiting": "#9a6700",
     "warning": "#9a6700", "failed": "#cf222e",
 }
+HTML_ROWS = 200  # rows of a table shown in a notebook (the record keeps them all)
+# Background of a table row needing attention (see `attention`), by how bad it is.
+ATTENTION = {"failed": "#ffebe9", "warning": "#fff8c5"}
 MARKS = {"passed": "✓", "already_done": "✓", "skipped": "–", "waiting": "…", "warning": "!", "failed": "✗"}
 
 
 class TextProgress:
-    """Progress as printed lines, at most one every `PROGRESS_EVERY_S` (readable in Jupyter and in
-    headless logs); a `dwlib.steps.base.ProgressFactory`.
+    """Progress as printed lines, at most one every `every_s` seconds (readable in Jupyter and in
+    headless logs); a `dwlib.steps.base.ProgressFactory`. Subclasses show it elsewhere by
+    overriding `_show` (e.g. `dwlib.ui.WidgetProgress`, a bar).
 
     >>> p = TextProgress("rows", 4); p.update(2); p.close()
     rows: 2/4 (50%)
     """
+
+    every_s = PROGRESS_EVERY_S
 
     def __init__(self, label: str, total: int | None) -> None:
         self.label, self.total, self.done = label, total, 0
@@ -43,14 +52,14 @@ class TextProgress:
 
     def update(self, n: int = 1) -> None:
         self.done += n
-        if time.monotonic() - self._last >= PROGRESS_EVERY_S:
-            self._print()
+        if time.monotonic() - self._last >= self.every_s:
+            self._last = time.monotonic()
+            self._show()
 
     def close(self) -> None:
-        self._print()
+        self._show()
 
-    def _print(self) -> None:
-        self._last = time.monotonic()
+    def _show(self) -> None:
         of = f"/{self.total:,} ({self.done / self.total:.0%})" if self.total else ""
         print(f"{self.label}: {self.done:,}{of}", flush=True)
 
@@ -83,6 +92,50 @@ def frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     for row in rows:
         columns.update(dict.fromkeys(row))
     return pd.DataFrame(list(rows), columns=list(columns))
+
+
+def attention(row: Mapping[str, Any]) -> str:
+    """Whether a plan or reconciliation row needs the consultant's eye: "failed", "warning" or "".
+
+    Failed: a status that is a failure (FAIL, failed, error) or keys missing on a side. Warning: a
+    status that warns or waits, a map the plan migrates around the initial sync, Dataverse rows
+    without a company, rows with double quotes (a documented initial-sync error).
+
+    >>> attention({"map": "a", "status": "PASS"}), attention({"missing_in_finops": 2, "status": "FAIL"})
+    ('', 'failed')
+    >>> attention({"map": "b", "action": "migrate"})
+    'warning'
+    """
+    status = str(row.get("status", "")).lower()
+    missing = any(k.startswith("missing_in_") and isinstance(v, int) and v > 0 for k, v in row.items())
+    if status in ("fail", "failed", "error") or missing:
+        return "failed"
+    counts = (row.get("dataverse_without_company"), row.get("quoted_rows"))
+    if (status in ("warn", "warning", "waiting") or row.get("action") == "migrate"
+            or any(isinstance(n, int) and n > 0 for n in counts)):
+        return "warning"
+    return ""
+
+
+def styled_table(rows: Sequence[Mapping[str, Any]], limit: int = HTML_ROWS) -> str:
+    """A result table as HTML (pandas Styler): rows needing attention (`attention`) get a background
+    and the class `dw-attention dw-<level>`; at most `limit` rows, values escaped.
+
+    >>> html_text = styled_table([{"map": "a", "status": "PASS"}, {"map": "<b>", "status": "FAIL"}])
+    >>> html_text.count("dw-attention dw-failed"), "&lt;b&gt;" in html_text
+    (2, True)
+    """
+    shown = frame(rows[:limit])
+    levels = [attention(r) for r in rows[:limit]]
+    classes = pd.DataFrame([[f"dw-attention dw-{lv}" if lv else ""] * len(shown.columns) for lv in levels],
+                           index=shown.index, columns=shown.columns)
+    styler = (shown.style.format(escape="html", na_rep="")
+              .apply(lambda row: [f"background-color: {ATTENTION[levels[row.name]]}"
+                                  if levels[row.name] else ""] * len(row), axis=1)
+              .set_td_classes(classes).hide(axis="index")
+              .set_table_attributes('class="dataframe dw-table"'))
+    more = f"<p>… {len(rows) - limit} more rows in the run record</p>" if len(rows) > limit else ""
+    return styler.to_html() + more
 
 
 def result_text(r: Mapping[str, Any]) -> str:
@@ -146,7 +199,7 @@ def result_html(r: Mapping[str, Any]) -> str:
     for name, rows in (r.get("tables") or {}).items():
         parts.append(f"<p><b>{_e(name)}</b> ({len(rows)} rows)</p>")
         if rows:
-            parts.append(frame(rows).to_html(index=False, escape=True, max_rows=200))
+            parts.append(styled_table(rows))
     if r.get("counts"):
         parts.append(_items("Counts", (f"{_e(k)}: {v:,}" for k, v in r["counts"].items())))
     parts.append(_items("Evidence files", (_e(f) for f in r.get("evidence_files") or [])))
@@ -157,6 +210,17 @@ def result_html(r: Mapping[str, Any]) -> str:
         parts.append(f"<p>Microsoft Learn: {_link(r['doc_url'])}</p>")
     parts.append("</div>")
     return "".join(parts)
+
+
+def result_bundle(r: Mapping[str, Any], run: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A result as a Jupyter MIME bundle: text, HTML and the JSON (with the run's header, i.e. the
+    record without its steps, as it stood when the step ended).
+
+    >>> sorted(result_bundle({"step": "plan", "status": "passed"}))
+    ['application/vnd.dwlib.step-result+json', 'text/html', 'text/plain']
+    """
+    return {"text/plain": result_text(r), "text/html": result_html(r),
+            RESULT_MIME: {"run": dict(run) if run is not None else None, "result": dict(r)}}
 
 
 def summary_rows(results: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -39,14 +39,15 @@ from dwlib import catalog
 from dwlib.clients import HttpConfig, Session, connect, make_client, scope_for
 from dwlib.clients.dualwrite import INTEGRATOR_APP, DualWriteAdmin, GatewayAdmin, PortalAdmin
 from dwlib.errors import DwError
-from dwlib.gates import Gates
+from dwlib.gates import Gates, GateWaiting
 from dwlib.params import Params, ParamsError, load_params
 from dwlib.record import RunRecord, default_record_path, evidence_dir, http_summary, new_run_id, utc_now
 from dwlib.render import TextProgress, frame, summary_rows
 from dwlib.scenarios import Scenario, StepRef
 from dwlib.scenarios import scenario as _scenario
-from dwlib.secrets import scrub
+from dwlib.secrets import scrub, scrub_kernel_tracebacks
 from dwlib.steps import STEPS, Status, StepContext, StepResult
+from dwlib.steps.base import ProgressFactory
 
 PARAM_KEYS = tuple(Params.model_fields)  # the top-level keys of a parameters file (papermill -f)
 
@@ -104,7 +105,13 @@ class Runbook:
         self.run_state: dict[str, Any] = {}
         # Issue 7's confirmation button plugs in here: called with what the step will do.
         self.confirmer: Callable[[str], bool] | None = None
+        # dwlib.ui plugs in here: who hears of each step starting (result None) and ending, how
+        # progress shows, where the device-code sign-in message goes.
+        self.listeners: list[Callable[[str, StepResult | None], None]] = []
+        self.progress: ProgressFactory = TextProgress
+        self.device_prompt: Callable[[str], None] = _say
         self._blocked: str | None = None
+        # dwlib.ui sets gates.hold interactively: a gate then waits for its "Verify now" button.
         self.gates = Gates(params, record, _say)
         self._observed = False
         self._extra_http: list[httpx.Client] = []
@@ -173,6 +180,7 @@ class Runbook:
           params_file: no parameters: set params_file to a parameters file (see params/template.yaml), \
 or run with `papermill -f FILE` or `dw run`
         """
+        scrub_kernel_tracebacks()
         inline = {k: namespace[k] for k in PARAM_KEYS if namespace.get(k) is not None}
         params_file = namespace.get("params_file")
         if params_file and inline:
@@ -196,7 +204,7 @@ or run with `papermill -f FILE` or `dw run`
 
     def _connect(self) -> None:
         params = self.params
-        self.session = connect(params, device_prompt=_say)
+        self.session = connect(params, device_prompt=lambda message: self.device_prompt(message))
         options = params.options
         common: dict[str, Any] = {"notify": self.gates.notify, "timeout_s": options.gate_timeout_s,
                                   "poll_s": options.gate_poll_s}
@@ -245,6 +253,7 @@ or run with `papermill -f FILE` or `dw run`
         ctx = self._context(confirm, answers)
         self.gates.begin(step_id)
         self.record.step_started(step_id)
+        self._tell(step_id, None)
         assert self.session is not None
         journal = self.session.journal
         first, clock, started = len(journal), time.monotonic(), utc_now()
@@ -253,8 +262,11 @@ or run with `papermill -f FILE` or `dw run`
             result = self._execute(ref, ctx)
         except KeyboardInterrupt as exc:
             result, error = self._failure(ref, exc, "interrupted: "), exc
+        except GateWaiting as exc:
+            result = self._waiting(ref, exc)
         except Exception as exc:
             result, error = self._failure(ref, exc), exc
+        result.id = step_id
         result.started = started
         result.duration_s = round(time.monotonic() - clock, 3)
         result.calls = [asdict(e) for e in journal.entries()[first:]]
@@ -266,6 +278,8 @@ or run with `papermill -f FILE` or `dw run`
         self.results[step_id] = result
         self.record.step_finished(step_id, result.to_dict(), self.gates.shown,
                                   http_summary(journal.as_dicts()))
+        result.run = self.record.header()
+        self._tell(step_id, result)
         if isinstance(error, KeyboardInterrupt):
             raise error
         if not result.status.ok:
@@ -359,7 +373,7 @@ or run with `papermill -f FILE` or `dw run`
         return StepContext(
             params=self.params, session=self.session, admin=self.admin,
             evidence_dir=evidence_dir(self.record.path), dry_run=self.dry_run,
-            interactive=self.interactive, confirm=confirmed, progress=TextProgress, say=_say,
+            interactive=self.interactive, confirm=confirmed, progress=self.progress, say=_say,
             run_state=self.run_state,
         )
 
@@ -371,6 +385,21 @@ or run with `papermill -f FILE` or `dw run`
                               error=f"unknown step {ref.step!r}",
                               next_action="install a dwlib that implements it, or report the bug")
         return step_class(**ref.options).execute(ctx)
+
+    def _tell(self, step_id: str, result: StepResult | None) -> None:
+        for listener in self.listeners:
+            listener(step_id, result)
+
+    def _waiting(self, ref: StepRef, waiting: GateWaiting) -> StepResult:
+        """A gate that waits for the consultant (interactive runs): WAITING, with what to do next."""
+        step_class = STEPS.get(ref.step)
+        return StepResult(
+            step=ref.step, title=step_class.title if step_class else ref.step, status=Status.WAITING,
+            summary=f"waiting for you: {waiting.instruction['title']}",
+            doc_url=step_class.doc_url if step_class else "",
+            next_action="Do what the instruction above says, then press Verify now (or run this cell "
+                        "again): the step checks first and goes on once it sees the work done.",
+        )
 
     def _failure(self, ref: StepRef, exc: BaseException, prefix: str = "") -> StepResult:
         """A step that raised: FAILED with the exception's type and message (never its traceback)."""

@@ -85,6 +85,34 @@ def scrub(text: str) -> str:
     return text
 
 
+def scrub_kernel_tracebacks() -> bool:
+    """In an IPython kernel, scrub every error shown from now on: its message and traceback go
+    through `scrub()` before they reach the notebook, papermill's error and the execute reply.
+    Returns whether a kernel was found (false in plain Python). Calling it again changes nothing.
+
+    >>> scrub_kernel_tracebacks()  # not in a kernel
+    False
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    if shell is None or not hasattr(shell, "_showtraceback"):
+        return False
+    show = shell._showtraceback
+    if getattr(show, "dw_scrubbed", False):
+        return True
+
+    def scrubbed(etype: type, evalue: BaseException, stb: list[str]) -> None:
+        # ipykernel sends str(evalue) and the formatted lines as they are: hand it scrubbed text.
+        show(etype, scrub(str(evalue)), [scrub(line) for line in stb])
+
+    scrubbed.dw_scrubbed = True  # type: ignore[attr-defined]
+    shell._showtraceback = scrubbed
+    return True
+
+
 @dataclass(frozen=True)
 class SecretRef:
     """Where a secret lives (`env:`, `keyring:` or `file:`); `reveal()` reads it at use.

@@ -20,6 +20,7 @@ from dw_helpers import Consultant
 from dwlib.clients.dualwrite import GatewayAdmin, PortalAdmin
 from dwlib.params import ParamsError
 from dwlib.record import load_record
+from dwlib.render import RESULT_MIME
 from dwlib.runbook import Runbook, RunbookError, RunStopped, is_interactive
 from dwlib.scenarios import scenario
 from dwlib.steps import Status
@@ -202,10 +203,14 @@ def test_from_notebook_takes_a_file_or_the_keys_papermill_injects(
 def test_results_display_as_html_and_text(sandbox: dict[str, Any], tmp_path: Path) -> None:
     with open_rb(sandbox, tmp_path, interactive=False) as rb:
         result = rb.run("preflight")
-    html = result._repr_html_()
+    bundle = result._repr_mimebundle_()
+    html = bundle["text/html"]
+    embedded = bundle[RESULT_MIME]
+    assert embedded["result"] == result.to_dict() and embedded["result"]["id"] == "preflight"
+    assert embedded["run"]["run_id"] == rb.record.data["run_id"] and "steps" not in embedded["run"]
     assert 'data-status="passed"' in html and ">PASSED</span>" in html
     assert "<table" in html and "<td>present</td>" in html  # checks
-    assert "dataframe" in html and "<td>b</td>" in html  # the table, rendered by pandas
+    assert "dataframe" in html and ">b</td>" in html  # the table, rendered by pandas
     text = str(result)
     assert text.startswith("[PASSED] preflight: Fake preflight (")
     assert "✓ thing: present" in text and "counts: rows=3" in text and "map  rows" in text

@@ -144,7 +144,7 @@ def test_a_run_killed_during_bootstrap_apply_converges_when_run_again(
             assert len(keys) == len(set(keys))  # nothing doubled (migration adds F&O's customers)
         second = next(s for s in data["steps"] if s["id"] == "bootstrap-apply")
         stamped_again = {i for f in second["evidence_files"] if f.endswith("applied.csv")
-                         for i in row_ids(Path(f))}
+                         for i in row_ids(out / f)}  # evidence paths are relative to the record
         assert stamped_first and stamped_again and not stamped_first & stamped_again  # each row once
         # Rows whose request was in flight at the kill were stamped without a line in the first CSV.
         unlisted = (before["accounts"] | before["contacts"]) - stamped_first - stamped_again

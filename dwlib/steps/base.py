@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from dwlib.errors import DwError
-from dwlib.render import result_html, result_text
+from dwlib.render import result_bundle, result_text
 
 if TYPE_CHECKING:
     from dwlib.clients.dualwrite import DualWriteAdmin
@@ -105,11 +105,15 @@ class StepResult:
     calls: list[dict[str, Any]] = field(default_factory=list)
     remediation: list[dict[str, Any]] = field(default_factory=list)
     error: str = ""
+    id: str = ""  # the step's id in its scenario (e.g. initial-sync-new-company); default: `step`
+    # The run record's header when the result was recorded (set by the runbook; not part of the
+    # result itself): the notebook output carries it so the notebook alone says which run it was.
+    run: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the run record stores this)."""
         return {
-            "step": self.step, "title": self.title, "status": str(self.status),
+            "id": self.id or self.step, "step": self.step, "title": self.title, "status": str(self.status),
             "summary": self.summary, "checks": [c.to_dict() for c in self.checks],
             "tables": self.tables, "counts": self.counts, "evidence_files": self.evidence_files,
             "next_action": self.next_action, "doc_url": self.doc_url, "started": self.started,
@@ -124,8 +128,9 @@ class StepResult:
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text(str(self))  # IPython's text/plain: the readable form, not the dataclass repr
 
-    def _repr_html_(self) -> str:
-        return result_html(self.to_dict())
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        """Text, HTML and the result as JSON (`dwlib.render.RESULT_MIME`) for the notebook's output."""
+        return result_bundle(self.to_dict(), self.run)
 
 
 class Progress(Protocol):

@@ -1,0 +1,42 @@
+"""The consultant's JupyterLab experience: widgets around a runbook, one call per notebook cell.
+
+- `parameter_form(globals(), scenario=…)`: the parameters, prefilled from a file, validated as
+  you type with the headless rules, saved as YAML with secret references only (`dwlib.ui.form`).
+- `connect(rb)`: device-code sign-in (code and link), then who you are on each environment.
+- `step_board(rb)`: every step with its live status, duration and one-line result; interactively
+  also the "Verify now" panels of portal gates and progress bars for long steps (`dwlib.ui.board`).
+
+Headless (papermill, `dw run`) the same cells run without blocking: gates poll as the parameters
+say, progress prints, and each widget also renders as text; the executed notebook keeps the
+widgets' final state, so a reviewer sees the final board.
+
+Example:
+    >>> # form = ui.parameter_form(globals(), scenario="existing-new"); form
+    >>> # rb = Runbook.from_notebook(globals(), scenario="existing-new")
+    >>> # connection = ui.connect(rb)
+    >>> # board = ui.step_board(rb); board
+    >>> sorted(n for n in __all__ if not n[0].isupper())
+    ['connect', 'parameter_form', 'step_board']
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from dwlib.ui.board import GatePanel, StepBoard, WidgetProgress
+from dwlib.ui.connect import ConnectPanel, connect
+from dwlib.ui.form import ParameterForm, parameter_form
+
+if TYPE_CHECKING:
+    from dwlib.runbook import Runbook
+
+__all__ = ["ConnectPanel", "GatePanel", "ParameterForm", "StepBoard", "WidgetProgress", "connect",
+           "parameter_form", "step_board"]
+
+
+def step_board(rb: Runbook) -> StepBoard:
+    """The board cell: a `StepBoard` subscribed to `rb` (display it as the cell's last line).
+
+    >>> # board = ui.step_board(rb); board
+    """
+    return StepBoard(rb)

@@ -1,0 +1,320 @@
+"""The parameter form: prefilled from a parameters file, validated as you type, saved as YAML.
+
+The form edits the keys a consultant sets for a run (`FIELDS`); every other key of the loaded
+file is kept as it is. Validation is `dwlib.params.load_params` itself, so the problems shown are
+the very `(path, message)` pairs a headless run reports. Secret fields take references only
+(`env:NAME`, `keyring:service/user`, `file:PATH`, checked by `dwlib.secrets.SecretRef.parse`): a
+value that is not one is cleared at once, so a pasted secret never stays in the widget state a
+saved notebook keeps. Saving refuses while any problem remains, writes the YAML and points the
+notebook's `params_file` at it, for the next cell to open the runbook with.
+
+Example:
+    >>> form = ParameterForm({"params_file": None}, scenario="new-new")
+    >>> form.problems[0]
+    ('environments', 'required')
+    >>> form.fields["environments.tenant_id"].value = "contoso.onmicrosoft.com"
+    >>> [p for p, _ in form.problems][:2]
+    ['environments.dataverse_url', 'environments.finops_url']
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as widgets
+import yaml
+
+from dwlib.params import Params, ParamsError, load_params
+from dwlib.secrets import SecretError, SecretRef
+
+PARAM_KEYS = tuple(Params.model_fields)
+DRY_RUN = {"as the parameters decide": None, "yes: only check and plan": True, "no: make the changes": False}
+
+
+@dataclass(frozen=True)
+class Field:
+    """A form field: the dotted key it sets, its label, its kind and help text."""
+
+    key: str
+    label: str
+    # text | secret | list (comma-separated) | words (space-separated) | method | dry_run | bool
+    kind: str = "text"
+    help: str = ""
+
+
+FIELDS = (
+    Field("sandbox.dir", "Sandbox directory", help="a local sandbox (it supplies the URLs and credentials)"),
+    Field("environments.tenant_id", "Tenant", help="e.g. contoso.onmicrosoft.com"),
+    Field("environments.dataverse_url", "Dataverse URL", help="https://<org>.crm.dynamics.com"),
+    Field("environments.finops_url", "F&O URL", help="https://<env>.operations.dynamics.com"),
+    Field("environments.authority", "Authority", help="empty: login.microsoftonline.com/<tenant>"),
+    Field("environments.ca_bundle", "CA bundle", help="empty: the system's CAs"),
+    Field("auth.method", "Sign-in", "method"),
+    Field("auth.client_id", "Client id", help="the app registration's application id"),
+    Field("auth.client_secret", "Client secret", "secret", help="a reference: env:NAME, keyring:service/user "
+                                                               "or file:PATH — never the secret"),
+    Field("legal_entities", "Legal entities", "list", help="company codes, comma-separated"),
+    Field("options.dry_run", "Dry run", "dry_run"),
+    Field("options.confirm_irreversible", "Confirm irreversible steps without asking", "bool"),
+    Field("options.gate_command", "Gate command", "words",
+          help="empty: portal gates wait for you and the Verify now button"),
+)
+
+
+def _get(data: Mapping[str, Any], key: str) -> Any:
+    node: Any = data
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _put(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set a dotted key (None: remove it, and parents left empty)."""
+    *parents, last = key.split(".")
+    nodes = [data]
+    for part in parents:
+        child = nodes[-1].get(part)
+        if not isinstance(child, dict):
+            if value is None:
+                return
+            child = nodes[-1][part] = {}
+        nodes.append(child)
+    if value is not None:
+        nodes[-1][last] = value
+        return
+    nodes[-1].pop(last, None)
+    for node, part in zip(reversed(nodes[:-1]), reversed(parents), strict=True):
+        if node[part]:
+            break
+        del node[part]
+
+
+@contextmanager
+def _quiet(logger: logging.Logger) -> Iterator[None]:
+    # load_params logs its warnings; the form shows them itself, once, not at every keystroke.
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+class ParameterForm:
+    """The form of one notebook's parameters; `namespace` is the notebook's globals().
+
+    Prefilled from `namespace["params_file"]` (or the keys papermill injected); `load(path)`
+    fills it from another file; `save(path)` writes the file and sets `params_file`.
+    """
+
+    def __init__(self, namespace: MutableMapping[str, Any], *, scenario: str) -> None:
+        self.namespace = namespace
+        self.scenario = scenario
+        self.raw: dict[str, Any] = {}
+        self.problems: list[tuple[str, str]] = []
+        self.warnings: list[str] = []
+        self.note = ""
+        self._filling = False  # set while the form fills itself: no validation per field then
+        self.fields: dict[str, widgets.Widget] = {f.key: _widget(f) for f in FIELDS}
+        self.errors: dict[str, widgets.HTML] = {f.key: widgets.HTML("") for f in FIELDS}
+        source = namespace.get("params_file")
+        self.path = widgets.Text(str(source or ""), description="Parameters file",
+                                 placeholder="params/….yaml", style={"description_width": "initial"},
+                                 layout=widgets.Layout(width="60%"))
+        self.load_button = widgets.Button(description="Load", icon="folder-open")
+        self.save_path = widgets.Text("", description="Save as", style={"description_width": "initial"},
+                                      layout=widgets.Layout(width="60%"))
+        self.save_button = widgets.Button(description="Save", button_style="success", icon="save")
+        self.status = widgets.HTML("")
+        self.load_button.on_click(lambda _b: self.load(self.path.value))
+        self.save_button.on_click(lambda _b: self.save(self.save_path.value))
+        rows = [widgets.HBox([self.path, self.load_button])]
+        for f in FIELDS:
+            rows.append(widgets.VBox([self.fields[f.key], self.errors[f.key]]))
+        rows += [widgets.HBox([self.save_path, self.save_button]), self.status]
+        self.widget = widgets.VBox([widgets.HTML(f"<b>Parameters of {html.escape(scenario)}</b>"), *rows])
+        self.widget.add_class("dw-form")
+        inline = {k: namespace[k] for k in PARAM_KEYS if namespace.get(k) is not None}
+        if source:
+            self.load(str(source))
+        else:
+            self._fill(inline)
+        for f in FIELDS:
+            self.fields[f.key].observe(lambda change, f=f: self._changed(f, change), names="value")
+
+    # ---- reading and writing -----------------------------------------------------------------
+
+    def load(self, path: str) -> None:
+        """Fill the form from a parameters file (its other keys are kept for saving)."""
+        try:
+            raw = yaml.safe_load(Path(path).expanduser().read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            self.note = f"cannot read {path}: {exc}"
+            self._show()
+            return
+        if not isinstance(raw, dict):
+            self.note = f"{path}: the file must be a mapping of keys (scenario:, environments:, …)"
+            self._show()
+            return
+        self.note = f"loaded {path}"
+        self.save_path.value = str(Path(path).with_name(f"{Path(path).stem}-edited.yaml"))
+        self._fill(raw)
+
+    def data(self) -> dict[str, Any]:
+        """The parameters as the form has them: the loaded keys, with the fields' values over them."""
+        data = yaml.safe_load(yaml.safe_dump(self.raw)) or {}  # a deep copy that stays plain YAML
+        data["scenario"] = self.scenario
+        for f in FIELDS:
+            _put(data, f.key, _value(f, self.fields[f.key].value))
+        return data
+
+    def validate(self) -> list[tuple[str, str]]:
+        """Validate with the headless rules (`load_params`, with the notebook's `overrides` as the
+        runbook will be opened); the problems (path, message)."""
+        try:
+            with _quiet(logging.getLogger("dwlib.params")):
+                params = load_params(self.data(), self.namespace.get("overrides") or None)
+        except ParamsError as exc:
+            self.problems, self.warnings = list(exc.problems), []
+        else:
+            self.problems, self.warnings = [], params.warnings
+        self._show()
+        return self.problems
+
+    def save(self, path: str) -> Path | None:
+        """Write the parameters to `path` and set the notebook's `params_file` (None: refused)."""
+        if self.validate():
+            self.note = "not saved: fix the problems listed above first"
+            self._show()
+            return None
+        if not path.strip():
+            self.note = "not saved: give the file a name (Save as)"
+            self._show()
+            return None
+        target = Path(path).expanduser()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        header = (f"# Parameters of the {self.scenario} runbook, saved by its parameter form. Secrets are\n"
+                  "# references (env:, keyring:, file:); every key is documented in params/template.yaml.\n")
+        target.write_text(header + yaml.safe_dump(self.data(), sort_keys=False, allow_unicode=True))
+        self.namespace["params_file"] = str(target)
+        for key in PARAM_KEYS:  # the file replaces keys papermill may have set
+            self.namespace[key] = None
+        self.note = f"saved {target}: the next cell opens the runbook with it"
+        self._show()
+        return target
+
+    # ---- widgets -----------------------------------------------------------------------------
+
+    def _fill(self, raw: Mapping[str, Any]) -> None:
+        self.raw = dict(raw)
+        self._filling = True
+        try:
+            for f in FIELDS:
+                self.fields[f.key].value = _shown(f, _get(raw, f.key))
+        finally:
+            self._filling = False
+        self.validate()
+
+    def _changed(self, f: Field, change: Mapping[str, Any]) -> None:
+        if self._filling:
+            return
+        if f.kind == "secret" and change["new"]:
+            try:
+                SecretRef.parse(change["new"])
+            except SecretError as exc:
+                self.fields[f.key].value = ""  # never keep a pasted secret in the widget state
+                self.validate()
+                self.errors[f.key].value = _error(f"{f.key}: {exc} (the value was cleared)")
+                return
+        self.validate()
+
+    def _show(self) -> None:
+        for f in FIELDS:
+            mine = [f"{p}: {m}" for p, m in self.problems if p == f.key or p.startswith(f.key + ".")]
+            self.errors[f.key].value = "".join(_error(m) for m in mine)
+        if self.problems:
+            items = "".join(f'<li data-path="{html.escape(p)}">{html.escape(f"{p}: {m}" if p else m)}</li>'
+                            for p, m in self.problems)
+            state, body = "invalid", f"<b>{len(self.problems)} problem(s):</b><ul>{items}</ul>"
+        else:
+            warned = "".join(f"<li>{html.escape(w)}</li>" for w in self.warnings)
+            state, body = "valid", "<b>✓ valid</b>" + (f"<ul>{warned}</ul>" if warned else "")
+        note = f'<p class="dw-form-note">{html.escape(self.note)}</p>' if self.note else ""
+        self.status.value = f'<div class="dw-form-status" data-state="{state}">{body}{note}</div>'
+
+    def text(self) -> str:
+        """The form's state as text: where the parameters come from, and their problems."""
+        where = self.namespace.get("params_file") or "the keys set in the parameters cell"
+        lines = [f"Parameters of {self.scenario} from {where}: "
+                 + (f"{len(self.problems)} problem(s)" if self.problems else "valid")]
+        lines += [f"  {p}: {m}" if p else f"  {m}" for p, m in self.problems]
+        lines += [f"  warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        bundle: dict[str, Any] = self.widget._repr_mimebundle_(**kwargs)
+        bundle["text/plain"] = self.text()
+        return bundle
+
+
+def _error(message: str) -> str:
+    return f'<span class="dw-field-error" style="color:#cf222e">{html.escape(message)}</span>'
+
+
+def _widget(f: Field) -> widgets.Widget:
+    common: dict[str, Any] = {"description": f.label, "style": {"description_width": "14em"},
+                              "layout": widgets.Layout(width="80%")}
+    if f.kind == "method":
+        return widgets.Dropdown(options=["client_secret", "certificate", "device_code"], **common)
+    if f.kind == "dry_run":
+        return widgets.Dropdown(options=list(DRY_RUN), **common)
+    if f.kind == "bool":
+        return widgets.Checkbox(description=f.label, indent=False)
+    # Secrets update on Enter or leaving the field, so a reference is checked whole, not per key.
+    text = widgets.Text(placeholder=f.help, continuous_update=f.kind != "secret", **common)
+    text.add_class(f"dw-field-{f.key.replace('.', '-').replace('_', '-')}")
+    return text
+
+
+def _shown(f: Field, value: Any) -> Any:
+    """A parameter's value as its widget shows it."""
+    if f.kind == "method":
+        return value or "client_secret"
+    if f.kind == "dry_run":
+        return next((k for k, v in DRY_RUN.items() if v is value), next(iter(DRY_RUN)))
+    if f.kind == "bool":
+        return bool(value)
+    if isinstance(value, list):
+        return (", " if f.kind == "list" else " ").join(str(v) for v in value)
+    return "" if value is None else str(value)
+
+
+def _value(f: Field, shown: Any) -> Any:
+    """A widget's value as the parameter (None: leave the key out)."""
+    if f.kind == "dry_run":
+        return DRY_RUN[shown]
+    if f.kind in ("method", "bool"):
+        return shown
+    if f.kind == "list":
+        return [v.strip() for v in shown.split(",") if v.strip()] or None
+    if f.kind == "words":
+        return shown.split() or None
+    return shown.strip() or None
+
+
+def parameter_form(namespace: MutableMapping[str, Any], *, scenario: str) -> ParameterForm:
+    """The form cell of a runbook notebook: `form = ui.parameter_form(globals(), scenario=…)`; then
+    display `form` (the cell's last line).
+
+    >>> parameter_form({}, scenario="existing-new").text().splitlines()[0]
+    'Parameters of existing-new from the keys set in the parameters cell: 2 problem(s)'
+    """
+    return ParameterForm(namespace, scenario=scenario)
