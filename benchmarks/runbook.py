@@ -7,7 +7,11 @@ contacts in Dataverse, N customers in F&O) in a temporary directory and runs
 `notebooks/existing-existing.ipynb` headless exactly as `dw run` does (`dwlib.execute`: papermill,
 the sandbox parameters file, a kernel of this Python). It reports:
 
-- **wall time** of the run (kernel start to last cell) and of each step, from the run record;
+- **wall time** of the run (kernel start to last cell, then the HTML report and the seal) and of
+  each step, from the run record;
+- **report and seal**: what writing the HTML report (nbconvert) and sealing the record cost,
+  measured by doing it once more after the run as `dw review seal` (a fresh interpreter: an upper
+  bound, as `dw run` has most modules imported already);
 - **bare papermill**: the wall time of papermill executing a one-cell notebook (`pass`) with the
   same kernel setup, the fixed cost every headless run pays (median of `--repeats`);
 - **bootstrap rows/s**: rows the `bootstrap-apply` step stamped ÷ its duration, beside the
@@ -25,6 +29,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -82,6 +87,13 @@ def runbook(rows: int) -> dict[str, Any]:
             run = execute.execute(SCENARIO, ROOT / "params" / f"sandbox-{SCENARIO}.yaml",
                                   {"sandbox.dir": str(root)}, out, echo=lambda line: None)
             wall_s = time.perf_counter() - start
+            # What the run spent on its HTML report and seal after papermill, done again the same way
+            # from a fresh interpreter (`dw review seal`): nbconvert's import and templates included.
+            start = time.perf_counter()
+            subprocess.run([str(Path(sys.executable).with_name("dw")), "review", "seal", str(run.record)],
+                           check=True, capture_output=True)
+            finalize_s = time.perf_counter() - start
+            notebook_mb = run.notebook.stat().st_size / 1e6
         finally:
             control.stop(root)
     data = run.data or {}
@@ -94,6 +106,8 @@ def runbook(rows: int) -> dict[str, Any]:
         "error": run.error,
         "sandbox_start_s": round(sandbox_s, 2),
         "wall_s": round(wall_s, 2),
+        "report_and_seal_s": round(finalize_s, 2),
+        "notebook_mb": round(notebook_mb, 1),
         "steps_s": {k: round(s["duration_s"], 2) for k, s in steps.items()},
         "http_calls": data.get("http", {}).get("calls", 0),
         "bootstrap_rows": stamped,
@@ -134,7 +148,8 @@ def main() -> int:
         print(f"bare papermill (one-cell notebook): {bare:.2f} s")
         for r in runs:
             print(f"{SCENARIO} at {r['rows']:,} rows: {r['status']}, {r['wall_s']:.1f} s headless "
-                  f"(sandbox start {r['sandbox_start_s']:.1f} s, {r['http_calls']:,} calls)")
+                  f"(sandbox start {r['sandbox_start_s']:.1f} s, {r['http_calls']:,} calls; report and "
+                  f"seal {r['report_and_seal_s']:.1f} s of a {r['notebook_mb']} MB notebook)")
             for step, seconds in r["steps_s"].items():
                 print(f"  {step:28} {seconds:8.2f} s")
             if r["bootstrap_rows_per_s"]:
