@@ -188,3 +188,18 @@ def sandbox_token(connection: dict[str, Any], resource: str = "dataverse", crede
     with make_client(HttpConfig.from_params(params)) as http:
         tokens = TokenProvider.from_params(params, http)
         return tokens.token(scope_for(connection.get(f"{resource}_url", resource)))
+
+
+# Debian's Chromium (installed by .ci/run), driven by Playwright: its own browser download cannot
+# reach its CDN here.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def launch_chromium(playwright: Any) -> Any:
+    """A headless Chromium browser from a `sync_playwright()` context (close it when done). The
+    browser tests are part of `make test`: without Chromium they fail, saying how to install it."""
+    if not CHROMIUM.is_file():
+        raise RuntimeError(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)")
+    return playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)

@@ -19,6 +19,7 @@ import jsonschema
 import nbformat
 import papermill
 import pytest
+from dw_helpers import launch_chromium
 from papermill.exceptions import PapermillExecutionError
 
 from dwlib import review
@@ -32,8 +33,6 @@ DW = str(Path(sys.executable).with_name("dw"))
 SCENARIO = "existing-existing"
 SECRET_VAR = "DW_AUDIT_SECRET"
 JWT = re.compile(rb"eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +182,7 @@ def test_the_html_report_opens_in_a_browser_with_the_summary_first(audited: dict
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = launch_chromium(p)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(audited["report"].as_uri())

@@ -31,6 +31,8 @@ import httpx
 import nbformat
 import pytest
 import yaml
+from dw_helpers import launch_chromium
+from playwright.sync_api import Locator, Page, expect, sync_playwright
 
 from dwlib.sandbox.consultant import perform
 from dwlib.scenarios import SCENARIOS
@@ -39,19 +41,11 @@ pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 SCENARIO = "existing-new"
 START_TIMEOUT_S = 90
 CELL_TIMEOUT_MS = 120_000
 GREEN = ("passed", "already_done")
 STEPS = SCENARIOS[SCENARIO].step_ids()
-
-if not CHROMIUM.exists():  # CI installs it (.ci/run); a machine without it cannot run these tests
-    pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)", allow_module_level=True)
-
-from playwright.sync_api import Locator, Page, expect, sync_playwright  # noqa: E402
 
 
 def free_port() -> int:
@@ -135,7 +129,7 @@ def tab(lab: Lab) -> Iterator[Page]:
     """A Chromium page (Debian's build, not Playwright's download); a screenshot when the test fails."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = launch_chromium(p)
         try:
             tab = browser.new_page(viewport={"width": 1400, "height": 1000})
             yield tab
