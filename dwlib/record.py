@@ -177,7 +177,8 @@ def endpoint(method: str, url: str) -> str:
 
 
 def http_summary(entries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Calls by endpoint and status, retries and time spent waiting, from journal entries (dicts).
+    """Calls by endpoint and status, retries and time spent waiting (in all, and on throttling),
+    from journal entries (dicts).
 
     >>> s = http_summary([{"method": "GET", "url": "https://h/a?x=1", "status": 200, "retries": 1,
     ...                    "wait_s": 2.0, "retry_reasons": ["429"]}])
@@ -194,6 +195,7 @@ def http_summary(entries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         "throttled_retries": reasons.get("429", 0),
         "retry_reasons": dict(reasons),
         "wait_s": round(float(sum(e.get("wait_s", 0.0) for e in entries)), 3),
+        "throttled_wait_s": round(float(sum(e.get("throttled_wait_s", 0.0) for e in entries)), 3),
         "by_endpoint": [{"endpoint": ep, "status": st, "calls": n}
                         for (ep, st), n in sorted(by.items(), key=lambda kv: (kv[0][0], str(kv[0][1])))],
     }

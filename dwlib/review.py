@@ -401,7 +401,8 @@ def show_text(run: Run) -> str:
     http = run.record.get("http") or {}
     lines += ["", f"HTTP: {http.get('calls', 0)} calls, {http.get('failed', 0)} answered ≥ 400, "
                   f"{http.get('retries', 0)} retries ({http.get('throttled_retries', 0)} throttled), "
-                  f"{http.get('wait_s', 0.0)} s waited"]
+                  f"{http.get('wait_s', 0.0)} s waited, {http.get('throttled_wait_s', 0.0)} s of it on "
+                  f"throttling"]
     for entry in run.record.get("evidence") or []:
         lines.append(f"evidence {entry['path']} ({entry['bytes']:,} bytes, sha256 {entry['sha256'][:16]}…)")
     return "\n".join(lines)
@@ -425,14 +426,18 @@ def rows_per_company(record: Mapping[str, Any]) -> pd.DataFrame:
 
 
 def throttling(record: Mapping[str, Any]) -> pd.DataFrame:
-    """Per step: calls, retries, throttled retries (429) and seconds spent waiting to retry."""
+    """Per step: calls, retries, throttled retries (429), seconds spent waiting on throttling and
+    on other retries (5xx, dropped connections)."""
     out = []
     for step_id, r in _steps_in_order(record):
         calls = (r or {}).get("calls") or []
+        waited = sum(c.get("wait_s", 0.0) for c in calls)
+        throttled = sum(c.get("throttled_wait_s", 0.0) for c in calls)
         out.append({"step": step_id, "calls": len(calls), "retries": sum(c.get("retries", 0) for c in calls),
                     "throttled": sum((c.get("retry_reasons") or []).count("429") for c in calls),
-                    "wait_s": round(sum(c.get("wait_s", 0.0) for c in calls), 3)})
-    return pd.DataFrame(out, columns=["step", "calls", "retries", "throttled", "wait_s"])
+                    "throttled_wait_s": round(throttled, 3), "other_wait_s": round(waited - throttled, 3)})
+    return pd.DataFrame(out, columns=["step", "calls", "retries", "throttled", "throttled_wait_s",
+                                      "other_wait_s"])
 
 
 # ---- comparing two runs -------------------------------------------------------------------------
@@ -614,7 +619,8 @@ def summary_html(run: Run) -> str:
             f"<p>run <code>{_e(r['run_id'])}</code></p><ul>{head}</ul><h2>Steps</h2>{steps}{failure}"
             f"<h2>HTTP</h2><p>{http.get('calls', 0)} calls, {http.get('failed', 0)} answered ≥ 400, "
             f"{http.get('retries', 0)} retries ({http.get('throttled_retries', 0)} throttled), "
-            f"{http.get('wait_s', 0.0)} s waited on retries</p>"
+            f"{http.get('wait_s', 0.0)} s waited on retries, {http.get('throttled_wait_s', 0.0)} s of it "
+            f"on throttling</p>"
             + (f"<details><summary><b>Evidence: {files} files with their sha256</b></summary><table><thead>"
                f"<tr><th>file</th><th>bytes</th><th>sha256</th></tr></thead><tbody>{evidence}</tbody></table>"
                f"</details>" if evidence else "")
@@ -713,9 +719,11 @@ def chart_rows_per_company(run: Run) -> Chart:
 
 
 def chart_throttling(run: Run) -> Chart:
-    """Seconds spent waiting on retries (throttling, 5xx) per step."""
-    return _bar_chart(throttling(run.record), "step", ["wait_s"], f"Waiting on retries, run {run.name}",
-                      "seconds waited")
+    """Seconds spent waiting on throttling (429) and on other retries per step."""
+    frame = throttling(run.record).rename(columns={"throttled_wait_s": "throttling (429)",
+                                                   "other_wait_s": "other retries"})
+    return _bar_chart(frame, "step", ["throttling (429)", "other retries"],
+                      f"Waiting on retries, run {run.name}", "seconds waited")
 
 
 def verification_frame(results: Sequence[Verification]) -> pd.DataFrame:

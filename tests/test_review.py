@@ -253,7 +253,8 @@ def test_the_report_puts_the_summary_first_and_stands_alone(runs: Path) -> None:
 
 def test_chart_data_comes_from_the_record() -> None:
     record = {"run_id": "r1", "steps_planned": ["a", "b"], "steps": [
-        {"id": "a", "status": "passed", "duration_s": 2.0, "calls": [{"wait_s": 1.5, "retries": 2,
+        {"id": "a", "status": "passed", "duration_s": 2.0, "calls": [{"wait_s": 1.5, "throttled_wait_s": 1.0,
+                                                                       "retries": 2,
                                                                        "retry_reasons": ["429", "503"]}],
          "tables": {"reconciliation": [{"map": "M", "company": "USMF", "finops_rows": 3, "dataverse_rows": 2,
                                         "status": "FAIL"}]}}]}
@@ -262,7 +263,7 @@ def test_chart_data_comes_from_the_record() -> None:
     assert review.rows_per_company(record).to_dict("records") == [
         {"map": "M", "company": "USMF", "finops_rows": 3, "dataverse_rows": 2}]
     assert review.throttling(record).to_dict("records") == [
-        {"step": "a", "calls": 1, "retries": 2, "throttled": 1, "wait_s": 1.5},
-        {"step": "b", "calls": 0, "retries": 0, "throttled": 0, "wait_s": 0.0}]
+        {"step": "a", "calls": 1, "retries": 2, "throttled": 1, "throttled_wait_s": 1.0, "other_wait_s": 0.5},
+        {"step": "b", "calls": 0, "retries": 0, "throttled": 0, "throttled_wait_s": 0.0, "other_wait_s": 0.0}]
     png = review.chart_throttling(review.Run(record, None, None))._repr_png_()
     assert png.startswith(b"\x89PNG")

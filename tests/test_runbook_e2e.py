@@ -199,3 +199,5 @@ def test_existing_existing_finishes_and_reconciles_under_injected_faults(
     data = assert_passed(run("existing-existing", connection, tmp_path / "runs"))
     reasons = data["http"]["retry_reasons"]
     assert reasons.get("429") and (reasons.get("503") or reasons.get("504"))  # the faults did happen
+    http = data["http"]
+    assert 0 < http["throttled_wait_s"] < http["wait_s"]  # the record tells throttling from other waits

@@ -115,6 +115,7 @@ class JournalEntry:
     request_id: str  # our x-ms-client-request-id
     service_request_id: str = ""
     retry_reasons: tuple[str, ...] = ()  # e.g. ("429", "503", "ConnectError")
+    throttled_wait_s: float = 0.0  # the part of wait_s spent after 429 Too Many Requests
     error: str = ""  # transport error class when status is None
 
 
@@ -181,6 +182,7 @@ class _Tally:
     """What the retry layer did for one call (shared by the Retry copies of that call)."""
 
     waits: float = 0.0
+    throttled_waits: float = 0.0  # the part of `waits` spent on 429 Too Many Requests
     reasons: list[str] = field(default_factory=list)
 
 
@@ -211,11 +213,13 @@ class _CallRetry(Retry):
 
     def sleep(self, response: httpx.Response | Exception) -> None:
         before = self.elapsed_sleep
-        self.tally.reasons.append(
-            str(response.status_code) if isinstance(response, httpx.Response) else type(response).__name__
-        )
+        reason = (str(response.status_code) if isinstance(response, httpx.Response)
+                  else type(response).__name__)
+        self.tally.reasons.append(reason)
         super().sleep(response)
         self.tally.waits += self.elapsed_sleep - before
+        if reason == "429":
+            self.tally.throttled_waits += self.elapsed_sleep - before
 
 
 class _BufferedTransport(httpx.BaseTransport):
@@ -290,6 +294,7 @@ class _JournalTransport(httpx.BaseTransport):
             request_id=request_id,
             service_request_id=service_id,
             retry_reasons=tuple(tally.reasons),
+            throttled_wait_s=round(tally.throttled_waits, 3),
             error=error,
         )
         if self._journal is not None:

@@ -46,6 +46,7 @@ def test_429_and_503_are_retried_honouring_retry_after(sleeps: list[float]) -> N
     (entry,) = journal.entries()
     assert (entry.status, entry.retries, entry.wait_s) == (200, 3, 21.0)
     assert entry.retry_reasons == ("429", "503", "504")
+    assert entry.throttled_wait_s == 7.0  # only the wait after the 429 was throttling
     assert entry.service_request_id == "svc-1"
     ids = {r.headers[REQUEST_ID] for r in fake.requests}
     assert ids == {entry.request_id}  # one id for the call, the same on every attempt
