@@ -214,6 +214,12 @@ def _review() -> ModuleType:
     return review
 
 
+def _report() -> ModuleType:
+    from . import report
+
+    return report
+
+
 def _emit(args: argparse.Namespace, formats: dict[str, Callable[[], str]]) -> int:
     """Print (or write to `--out`) the text of the chosen `--format`."""
     _review().write_text(formats[args.format](), args.out)
@@ -232,10 +238,10 @@ def review_list(args: argparse.Namespace) -> int:
 
 def review_show(args: argparse.Namespace) -> int:
     """`dw review show RUN`: one run step by step (text), its record (json) or its report (html)."""
-    review = _review()
+    review, report = _review(), _report()
     run = review.find_run(args.run, args.dir)
     return _emit(args, {"json": lambda: json.dumps(run.record, indent=1, default=str),
-                        "html": lambda: review.report_html(run), "text": lambda: review.show_text(run)})
+                        "html": lambda: report.report_html(run), "text": lambda: review.show_text(run)})
 
 
 def review_compare(args: argparse.Namespace) -> int:
@@ -264,12 +270,11 @@ def review_verify(args: argparse.Namespace) -> int:
 def review_seal(args: argparse.Namespace) -> int:
     """`dw review seal RECORD --notebook NB`: for a run finished outside dw run (e.g. in JupyterLab),
     write its report and record the final notebook's sha256."""
-    review = _review()
     notebook = args.notebook or args.record.with_suffix(".ipynb")
     if not notebook.is_file():
         raise DwError(f"{notebook} not found: save the executed notebook, then pass it with --notebook")
-    report = review.finalize(args.record, notebook)
-    print(f"sealed {args.record} with {notebook}; report {report}")
+    written = _report().finalize(args.record, notebook)
+    print(f"sealed {args.record} with {notebook}; report {written}")
     return 0
 
 

@@ -33,7 +33,7 @@ from dwlib.notebooks import NOTEBOOKS
 from dwlib.params import Params, ParamsError, load_params
 from dwlib.record import DONE, RecordError, load_record, new_run_id, run_stem
 from dwlib.render import summary_rows
-from dwlib.review import finalize
+from dwlib.report import finalize
 
 KERNEL = "python3"
 POLL_S = 0.5

@@ -282,26 +282,26 @@ def build_review() -> NotebookNode:
                                "took, the Dataverse environment, how many steps are done and, for a run that "
                                "stopped, the step and its error."),
         _code("catalogue", "from pathlib import Path\n\nfrom IPython.display import HTML\n\n"
-                           "from dwlib import review\n\nrows = review.catalogue(Path(runs_dir))\n"
+                           "from dwlib import report, review\n\nrows = review.catalogue(Path(runs_dir))\n"
                            "review.catalogue_frame(rows)"),
         _md("about-run", "## One run\n\nThe summary a reviewer reads first: who ran what against which "
                          "environments, every step's status, and what stopped the run with its fix."),
         _code("run", "chosen = review.find_run(run or rows[-1][\"record\"], Path(runs_dir))\n"
-                     "HTML(review.summary_html(chosen))"),
+                     "HTML(report.summary_html(chosen))"),
         _md("about-durations", "Where the time went, step by step."),
-        _code("durations", "review.chart_step_durations(chosen)"),
+        _code("durations", "report.chart_step_durations(chosen)"),
         _md("about-rows", "Rows per company per table map on both sides, from the run's last reconciliation: "
                           "bars of unequal length are rows that did not make it across."),
-        _code("rows", "review.chart_rows_per_company(chosen)"),
+        _code("rows", "report.chart_rows_per_company(chosen)"),
         _md("about-throttling", "Time spent waiting on retries: throttling (429 with Retry-After) and "
                                 "transient server errors. Long waits mean the environments were busy; the "
                                 "run still finished with nothing lost."),
-        _code("throttling", "review.chart_throttling(chosen)"),
+        _code("throttling", "report.chart_throttling(chosen)"),
         _md("about-steps", "Every step in full: checks, tables, counts, evidence and remediation."),
         _code("steps", "print(review.show_text(chosen))"),
         _md("about-verify", "## Integrity\n\nEach record's own digest, its evidence files, its notebook and "
                             "report, recomputed now: CHANGED means something was edited after the run."),
-        _code("verify", "review.verification_frame(review.verify(Path(runs_dir)))"),
+        _code("verify", "report.verification_frame(review.verify(Path(runs_dir)))"),
     ]
     return nbformat.v4.new_notebook(cells=cells, metadata=_METADATA)
 

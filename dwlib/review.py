@@ -1,9 +1,9 @@
 """Review runs from what they left behind: the catalogue of a directory, one run step by step, two
-runs compared, integrity verified, and a self-contained HTML report per run.
+runs compared, and integrity verified (`dwlib.report` draws a run's HTML report and charts).
 
 Everything here reads run records (`dwlib.record`); the executed notebook is opened only when a
-run has no record (its outputs embed every step result, `dwlib.render.RESULT_MIME`) or for the
-HTML report. `dw review` is the command-line face of this module.
+run has no record (its outputs embed every step result, `dwlib.render.RESULT_MIME`). `dw review`
+is the command-line face of this module.
 
 Example:
     >>> # rows = catalogue(Path("runs"))          # one dict per run, newest last
@@ -38,9 +38,8 @@ from dwlib.record import (
     load_record,
     relative_to,
     run_status,
-    seal,
 )
-from dwlib.render import COLOURS, RESULT_MIME, result_html, result_text
+from dwlib.render import COLOURS, RESULT_MIME, result_text
 
 CATALOGUE_COLUMNS = ("run_id", "scenario", "status", "started", "ended", "duration_s", "failed_step",
                      "error", "dataverse_url", "finops_url", "organization_id", "tenant_id", "dry_run",
@@ -310,20 +309,21 @@ padding:3px 8px;text-align:left !important;vertical-align:top;font-size:.9rem}.d
 """
 
 
-def _e(value: Any) -> str:
+def esc(value: Any) -> str:
+    """`value` as escaped HTML text (None: empty)."""
     return html.escape("" if value is None else str(value))
 
 
 def status_badge(status: str) -> str:
     """A coloured status label (HTML)."""
     colour = COLOURS.get(status, "#6e7781")
-    return (f'<span class="dw-status" data-status="{_e(status)}" style="background:{colour}">'
-            f"{_e(status)}</span>")
+    return (f'<span class="dw-status" data-status="{esc(status)}" style="background:{colour}">'
+            f"{esc(status)}</span>")
 
 
 def page(title: str, body: str) -> str:
     """A standalone HTML page (inline CSS, no scripts): opens anywhere without Jupyter or network."""
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
             f'<style>{CSS}</style></head><body><div class="dw">{body}</div></body></html>')
 
 
@@ -331,7 +331,7 @@ def _link(target: str | None, base: Path | None, text: str) -> str:
     if not target:
         return ""
     href = relative_to(target, base) if base else Path(target).as_uri()
-    return f'<a href="{_e(href)}">{_e(text)}</a>'
+    return f'<a href="{esc(href)}">{esc(text)}</a>'
 
 
 def catalogue_html(rows: Sequence[Mapping[str, Any]], base: Path | None = None) -> str:
@@ -344,10 +344,10 @@ def catalogue_html(rows: Sequence[Mapping[str, Any]], base: Path | None = None) 
             _link(str(report), base, "report") if report and report.is_file() else "",
             _link(r.get("notebook"), base, "notebook"), _link(r.get("record"), base, "record")]))
         body.append(
-            f"<tr><td>{_e(r['started'])}</td><td><code>{_e((r['run_id'] or '')[:8])}</code></td>"
-            f"<td>{_e(r['scenario'])}</td><td>{status_badge(r['status'])}</td>"
-            f"<td>{_e(fmt_seconds(r['duration_s']))}</td><td>{_e(_host(r['dataverse_url']))}<br>"
-            f"{_e(_host(r['finops_url']))}</td><td>{_e(r['failed_step'])}</td><td>{_e(r['error'])}</td>"
+            f"<tr><td>{esc(r['started'])}</td><td><code>{esc((r['run_id'] or '')[:8])}</code></td>"
+            f"<td>{esc(r['scenario'])}</td><td>{status_badge(r['status'])}</td>"
+            f"<td>{esc(fmt_seconds(r['duration_s']))}</td><td>{esc(_host(r['dataverse_url']))}<br>"
+            f"{esc(_host(r['finops_url']))}</td><td>{esc(r['failed_step'])}</td><td>{esc(r['error'])}</td>"
             f"<td>{links}</td></tr>")
     head = "".join(f"<th>{h}</th>" for h in ("started", "run", "scenario", "status", "duration",
                                               "environments", "failed step", "error", "files"))
@@ -358,7 +358,8 @@ def catalogue_html(rows: Sequence[Mapping[str, Any]], base: Path | None = None) 
 # ---- one run ------------------------------------------------------------------------------------
 
 
-def _steps_in_order(record: Mapping[str, Any]) -> list[tuple[str, dict[str, Any] | None]]:
+def steps_in_order(record: Mapping[str, Any]) -> list[tuple[str, dict[str, Any] | None]]:
+    """(step id, its result or None) for every planned step, then any step run beyond the plan."""
     results = {s["id"]: s for s in record.get("steps", [])}
     planned = list(record.get("steps_planned", []))
     return [(s, results.get(s)) for s in planned] + [(k, v) for k, v in results.items() if k not in planned]
@@ -395,7 +396,7 @@ def show_text(run: Run) -> str:
     """One run step by step: header, every planned step's result (or `not run`), HTTP summary,
     evidence files."""
     lines = header_lines(run)
-    for step_id, result in _steps_in_order(run.record):
+    for step_id, result in steps_in_order(run.record):
         lines.append("")
         lines.append(result_text(result) if result else f"[{NOT_RUN.upper()}] {step_id}")
     http = run.record.get("http") or {}
@@ -411,7 +412,7 @@ def show_text(run: Run) -> str:
 def step_durations(record: Mapping[str, Any]) -> pd.DataFrame:
     """Seconds per step (steps not run are absent)."""
     return pd.DataFrame([{"step": s, "status": r["status"], "seconds": r.get("duration_s", 0.0)}
-                         for s, r in _steps_in_order(record) if r], columns=["step", "status", "seconds"])
+                         for s, r in steps_in_order(record) if r], columns=["step", "status", "seconds"])
 
 
 def rows_per_company(record: Mapping[str, Any]) -> pd.DataFrame:
@@ -429,7 +430,7 @@ def throttling(record: Mapping[str, Any]) -> pd.DataFrame:
     """Per step: calls, retries, throttled retries (429), seconds spent waiting on throttling and
     on other retries (5xx, dropped connections)."""
     out = []
-    for step_id, r in _steps_in_order(record):
+    for step_id, r in steps_in_order(record):
         calls = (r or {}).get("calls") or []
         waited = sum(c.get("wait_s", 0.0) for c in calls)
         throttled = sum(c.get("throttled_wait_s", 0.0) for c in calls)
@@ -470,7 +471,7 @@ def compare(a: Run, b: Run) -> dict[str, Any]:
     """
     ra, rb = a.record, b.record
     steps = []
-    sa, sb = dict(_steps_in_order(ra)), dict(_steps_in_order(rb))
+    sa, sb = dict(steps_in_order(ra)), dict(steps_in_order(rb))
     for step_id in list(dict.fromkeys([*sa, *sb])):
         status_a = (sa.get(step_id) or {}).get("status", NOT_RUN)
         status_b = (sb.get(step_id) or {}).get("status", NOT_RUN)
@@ -590,74 +591,6 @@ def verify(target: Path) -> list[Verification]:
     return [verify_record(target)]
 
 
-# ---- the HTML report ----------------------------------------------------------------------------
-
-
-def summary_html(run: Run) -> str:
-    """The summary that opens a run's report: header, every step's status, what failed and how to
-    fix it, HTTP figures, evidence with sha256."""
-    r = run.record
-    status = live_status(r)
-    rows = []
-    for step_id, result in _steps_in_order(r):
-        res = result or {}
-        rows.append(f"<tr><td>{_e(step_id)}</td><td>{status_badge(res.get('status', NOT_RUN))}</td>"
-                    f"<td>{_e(fmt_seconds(res.get('duration_s')) if result else '')}</td>"
-                    f"<td>{len(res.get('calls') or [])}</td><td>{_e(res.get('summary', ''))}</td></tr>")
-    steps = ("<table><thead><tr><th>step</th><th>status</th><th>time</th><th>calls</th><th>summary</th></tr>"
-             f"</thead><tbody>{''.join(rows)}</tbody></table>")
-    failed = next((res for _, res in _steps_in_order(r) if res and res["id"] == r.get("failed_step")), None)
-    failure = f"<h2>What stopped the run</h2>{result_html(failed)}" if failed else (
-        f"<p><b>Error:</b> {_e(r['error'])}</p>" if r.get("error") else "")
-    http = r.get("http") or {}
-    evidence = "".join(f"<tr><td>{_e(e['path'])}</td><td>{e['bytes']:,}</td>"
-                       f"<td><code>{_e(e['sha256'])}</code></td></tr>" for e in r.get("evidence") or [])
-    head = "".join(f"<li>{_e(line.strip())}</li>" for line in header_lines(run)[1:])
-    files = len(r.get("evidence") or [])
-    return (f'<style>{CSS}</style><section id="dw-summary" class="dw">'
-            f'<h1>Run summary: {_e(r.get("scenario"))} {status_badge(status)}</h1>'
-            f"<p>run <code>{_e(r['run_id'])}</code></p><ul>{head}</ul><h2>Steps</h2>{steps}{failure}"
-            f"<h2>HTTP</h2><p>{http.get('calls', 0)} calls, {http.get('failed', 0)} answered ≥ 400, "
-            f"{http.get('retries', 0)} retries ({http.get('throttled_retries', 0)} throttled), "
-            f"{http.get('wait_s', 0.0)} s waited on retries, {http.get('throttled_wait_s', 0.0)} s of it "
-            f"on throttling</p>"
-            + (f"<details><summary><b>Evidence: {files} files with their sha256</b></summary><table><thead>"
-               f"<tr><th>file</th><th>bytes</th><th>sha256</th></tr></thead><tbody>{evidence}</tbody></table>"
-               f"</details>" if evidence else "")
-            + "</section>")
-
-
-def notebook_html(path: Path) -> str:
-    """An executed notebook rendered to standalone HTML by nbconvert (the JupyterLab look)."""
-    from nbconvert import HTMLExporter
-
-    body, _resources = HTMLExporter(template_name="lab").from_filename(str(path))
-    return body
-
-
-def report_html(run: Run) -> str:
-    """A run's self-contained HTML report: the summary first, then the executed notebook as it
-    ran (or, without a notebook, every step's result from the record)."""
-    summary = summary_html(run)
-    if run.notebook_path is None:
-        steps = "".join(result_html(res) for _, res in _steps_in_order(run.record) if res)
-        return page(f"Run {run.record['run_id']}", summary + steps)
-    body = notebook_html(run.notebook_path)
-    opened = body.find("<main>")
-    at = opened + len("<main>") if opened >= 0 else body.find(">", body.find("<body")) + 1
-    return body[:at] + summary + body[at:]
-
-
-def finalize(record_path: Path, notebook: Path) -> Path:
-    """A finished run's last act: write its HTML report beside the record (`<stem>.html`), then
-    seal the record with the notebook's and report's sha256. Returns the report's path."""
-    run = Run(load_record(record_path), record_path, notebook)
-    report = record_path.with_suffix(".html")
-    report.write_text(report_html(run), encoding="utf-8")
-    seal(record_path, notebook, report)
-    return report
-
-
 def write_text(text: str, out: Path | None) -> None:
     """Print `text`, or write it to `out` (creating its directory)."""
     if out is None:
@@ -665,69 +598,3 @@ def write_text(text: str, out: Path | None) -> None:
         return
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text + ("" if text.endswith("\n") else "\n"), encoding="utf-8")
-
-
-# ---- charts (the review notebook) ----------------------------------------------------------------
-
-
-class Chart:
-    """A matplotlib figure that shows itself as a PNG in any notebook (no pyplot state, so
-    headless and interactive kernels behave alike and nbconvert embeds it)."""
-
-    def __init__(self, figure: Any) -> None:
-        self.figure = figure
-
-    def _repr_png_(self) -> bytes:
-        import io
-
-        buffer = io.BytesIO()
-        self.figure.savefig(buffer, format="png", bbox_inches="tight", dpi=96)
-        return buffer.getvalue()
-
-
-def _bar_chart(frame: pd.DataFrame, x: str, ys: Sequence[str], title: str, xlabel: str) -> Chart:
-    from matplotlib.figure import Figure
-
-    height = max(2.0, 0.35 * len(frame) + 1.0)
-    figure = Figure(figsize=(8, height))
-    axes = figure.subplots()
-    if frame.empty:
-        axes.text(0.5, 0.5, "nothing to show", ha="center", va="center")
-        axes.set_axis_off()
-    else:
-        frame.set_index(x)[list(ys)].iloc[::-1].plot.barh(ax=axes, legend=len(ys) > 1)
-        axes.set_xlabel(xlabel)
-        axes.set_ylabel("")
-    axes.set_title(title)
-    return Chart(figure)
-
-
-def chart_step_durations(run: Run) -> Chart:
-    """Seconds per step of a run, as horizontal bars."""
-    return _bar_chart(step_durations(run.record), "step", ["seconds"], f"Step durations, run {run.name}",
-                      "seconds")
-
-
-def chart_rows_per_company(run: Run) -> Chart:
-    """Rows per table map per company on both sides, from the run's last reconciliation."""
-    frame = rows_per_company(run.record)
-    if not frame.empty:
-        frame = frame.assign(label=frame["map"] + " · " + frame["company"].astype(str))
-        frame = frame.rename(columns={"finops_rows": "finance and operations", "dataverse_rows": "Dataverse"})
-    return _bar_chart(frame, "label", ["finance and operations", "Dataverse"],
-                      f"Rows per company per table map, run {run.name}", "rows")
-
-
-def chart_throttling(run: Run) -> Chart:
-    """Seconds spent waiting on throttling (429) and on other retries per step."""
-    frame = throttling(run.record).rename(columns={"throttled_wait_s": "throttling (429)",
-                                                   "other_wait_s": "other retries"})
-    return _bar_chart(frame, "step", ["throttling (429)", "other retries"],
-                      f"Waiting on retries, run {run.name}", "seconds waited")
-
-
-def verification_frame(results: Sequence[Verification]) -> pd.DataFrame:
-    """Integrity results as a table: record, OK or CHANGED, problems, notes."""
-    return pd.DataFrame([{"record": Path(v.record).name, "integrity": "OK" if v.ok else "CHANGED",
-                          "problems": "; ".join(v.problems), "notes": "; ".join(v.notes)} for v in results],
-                        columns=["record", "integrity", "problems", "notes"])

@@ -185,6 +185,8 @@ def test_the_html_report_opens_in_a_browser_with_the_summary_first(audited: dict
         browser = launch_chromium(p)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
+            fetched: list[str] = []
+            page.on("request", lambda request: fetched.append(request.url))
             page.goto(audited["report"].as_uri())
             summary = page.locator("#dw-summary")
             summary.wait_for(state="visible", timeout=15_000)
@@ -194,6 +196,12 @@ def test_the_html_report_opens_in_a_browser_with_the_summary_first(audited: dict
             box = summary.bounding_box()
             assert box is not None and box["y"] < 900  # in the first screenful, before the notebook
             assert page.locator(".jp-Cell").count() > 10  # the executed notebook follows
+            # The step board, drawn from the notebook's saved widget state, shows how the run ended.
+            rows = page.locator(".dw-board .dw-board-row")
+            assert rows.count() == len(scenario(SCENARIO).step_ids())
+            assert set(rows.evaluate_all("rs => rs.map(r => r.dataset.status)")) <= {"passed", "already_done"}
+            page.wait_for_load_state("networkidle")
+            assert [u for u in fetched if not u.startswith(("file:", "data:"))] == []  # self-contained
             page.screenshot(path=str(tmp_path / "report.png"))
         finally:
             browser.close()

@@ -18,7 +18,7 @@ import jsonschema
 import nbformat
 import pytest
 
-from dwlib import review
+from dwlib import report, review
 from dwlib.clients.http import JournalEntry
 from dwlib.record import SCHEMA_FILE, RunRecord, evidence_dir, load_record, seal
 from dwlib.render import result_bundle
@@ -245,7 +245,7 @@ def test_compare_shows_parameter_step_and_count_differences(runs: Path) -> None:
 
 def test_the_report_puts_the_summary_first_and_stands_alone(runs: Path) -> None:
     run = review.find_run("bbbb", runs)
-    page = review.report_html(run)
+    page = report.report_html(run)
     assert page.index('id="dw-summary"') < page.index('class="jp-Cell')  # summary first, then the notebook
     assert "What stopped the run" in page and "HTTPStatusError: 403 Forbidden" in page
     assert page.count('data-status="failed"') >= 2  # the summary's step table and the failing step
@@ -265,5 +265,35 @@ def test_chart_data_comes_from_the_record() -> None:
     assert review.throttling(record).to_dict("records") == [
         {"step": "a", "calls": 1, "retries": 2, "throttled": 1, "throttled_wait_s": 1.0, "other_wait_s": 0.5},
         {"step": "b", "calls": 0, "retries": 0, "throttled": 0, "throttled_wait_s": 0.0, "other_wait_s": 0.0}]
-    png = review.chart_throttling(review.Run(record, None, None))._repr_png_()
+    png = report.chart_throttling(review.Run(record, None, None))._repr_png_()
     assert png.startswith(b"\x89PNG")
+
+
+def test_saved_widgets_become_static_html_for_the_report() -> None:
+    state = {
+        "box": {"model_name": "VBoxModel",
+                "state": {"children": ["IPY_MODEL_html", "IPY_MODEL_row", "IPY_MODEL_out"]}},
+        "html": {"model_name": "HTMLModel", "state": {"value": '<table class="dw-board">final</table>'}},
+        "row": {"model_name": "HBoxModel",
+                "state": {"children": ["IPY_MODEL_btn", "IPY_MODEL_pick", "IPY_MODEL_bar"]}},
+        "btn": {"model_name": "ButtonModel", "state": {"description": "Verify now"}},
+        "pick": {"model_name": "DropdownModel",
+                 "state": {"description": "Sign-in", "index": 1,
+                           "_options_labels": ["client_secret", "device_code"]}},
+        "bar": {"model_name": "IntProgressModel", "state": {"value": 3, "max": 4}},
+        "out": {"model_name": "OutputModel", "state": {"outputs": [
+            {"output_type": "stream", "name": "stdout", "text": "a < b"}]}},
+    }
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("board")])
+    nb.cells[0].outputs = [nbformat.v4.new_output("display_data", data={
+        "text/plain": "board as text", report.WIDGET_VIEW: {"model_id": "box", "version_major": 2}})]
+    nb.metadata["widgets"] = {report.WIDGET_STATE: {"state": state}}
+    static = report.widgets_as_html(nb)
+    data = static.cells[0].outputs[0]["data"]
+    assert report.WIDGET_VIEW not in data and "widgets" not in static.metadata
+    shown = data["text/html"]
+    for part in ('<table class="dw-board">final</table>', "<button disabled>Verify now</button>",
+                 "<b>Sign-in</b> <code>device_code</code>", '<progress value="3" max="4">',
+                 "<pre>a &lt; b</pre>"):
+        assert part in shown, part
+    assert report.WIDGET_VIEW in nb.cells[0].outputs[0]["data"]  # the notebook itself is left alone
