@@ -120,6 +120,15 @@ def test_six_runs_on_two_pairs_then_resume_reruns_only_the_failed_one(tmp_path: 
     listed = {row["record"] for row in catalogue(out)}
     assert {r["record"] for r in resumed["runs"]} <= listed and len(listed) == 7
     assert "6 runs: 6 passed" in second.stdout
+    # No client secret of either sandbox in any byte the batch wrote: records, notebooks, logs …
+    for params in pairs:
+        state = Path(yaml.safe_load(params.read_text())["sandbox"]["dir"])
+        connection = yaml.safe_load((state / "connection.yaml").read_text())
+        secret = Path(connection["client_secret_file"]).read_text().strip().encode()
+        assert len(secret) > 8
+        for path in (p for p in out.rglob("*") if p.is_file()):
+            assert secret not in path.read_bytes(), path
+        assert secret.decode() not in first.stdout + first.stderr + second.stdout + second.stderr
 
 
 def test_a_bad_plan_exits_2_with_every_problem_before_any_run(tmp_path: Path, pairs: list[Path]) -> None:
