@@ -322,7 +322,16 @@ or run with `papermill -f FILE` or `dw run`
         return box
 
     def summary(self) -> pd.DataFrame:
-        """One row per step run so far: id, status, seconds, HTTP calls, summary."""
+        """One row per step run so far: id, status, seconds, HTTP calls, summary.
+
+        Interactively it also says how to seal the record: only the consultant knows when the
+        notebook is final (saved), so `dw review seal` is theirs to run (headless, `dw run` seals).
+        """
+        if self.interactive:
+            notebook = os.environ.get("JPY_SESSION_NAME") or "THIS-NOTEBOOK.ipynb"
+            _say(f"Once every step is done, save this notebook (Ctrl+S), then seal the record with it, "
+                 f"which writes the HTML report and the notebook's sha256:\n  dw review seal "
+                 f"{self.record.path} --notebook {notebook}")
         return frame(summary_rows(self.record.data["steps"]))
 
     def close(self) -> None:

@@ -128,6 +128,21 @@ def test_interactively_a_failure_is_shown_and_later_steps_refuse(
         assert rb.run("power-platform-integration").status == Status.PASSED
 
 
+def test_interactively_the_summary_says_how_to_seal_the_record(
+        sandbox: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("JPY_SESSION_NAME", str(tmp_path / "work.ipynb"))
+    with open_rb(sandbox, tmp_path, interactive=True) as rb:
+        rb.run("preflight")
+        capsys.readouterr()
+        rb.summary()
+    said = capsys.readouterr().out
+    assert f"dw review seal {tmp_path / 'run.json'} --notebook {tmp_path / 'work.ipynb'}" in said
+    with open_rb(sandbox, tmp_path, interactive=False) as rb:
+        rb.summary()
+    assert "dw review seal" not in capsys.readouterr().out  # headless, dw run seals by itself
+
+
 def test_irreversible_steps_wait_for_confirmation(
         sandbox: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     behave(monkeypatch, bootstrap_apply="irreversible")
