@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install clean chromium
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -17,7 +17,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/dw demo
 
-test: $(STAMP)
+# The browser tests drive Debian's Chromium (Playwright's own download cannot be reached here).
+chromium:
+	@command -v chromium >/dev/null || { \
+		echo "installing Debian's chromium for the browser tests (apt-get)"; \
+		SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+			--no-install-recommends chromium >/dev/null; }
+
+test: $(STAMP) chromium
 	$(BIN)/ruff check .
 	@# pytest exits 5 when it collected no test: that is a failure here, not a pass.
 	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected" >&2; exit 1; fi; exit $$rc
