@@ -135,14 +135,28 @@ def relative_to(path: str | Path, base: Path) -> str:
         return str(path)
 
 
-def evidence_entries(record_path: Path) -> list[dict[str, Any]]:
+HashCache = dict[Path, tuple[int, int, str]]  # file → (size, mtime in ns, sha256)
+
+
+def evidence_entries(record_path: Path, cache: HashCache | None = None) -> list[dict[str, Any]]:
     """Every file of a run's evidence directory with its size and sha256, paths relative to the
-    record's directory (the record and its evidence move together)."""
+    record's directory (the record and its evidence move together). With `cache`, a file whose
+    size and modification time are unchanged since it was last hashed is not read again (the
+    record lists the evidence after every step; earlier steps' files rarely change)."""
     folder = evidence_dir(record_path)
     if not folder.is_dir():
         return []
-    return [{"path": relative_to(f, record_path.parent), "bytes": f.stat().st_size, "sha256": file_sha256(f)}
-            for f in sorted(folder.rglob("*")) if f.is_file()]
+    cache = {} if cache is None else cache
+    entries = []
+    for f in sorted(folder.rglob("*")):
+        if not f.is_file():
+            continue
+        st = f.stat()
+        known = cache.get(f)
+        if known is None or known[:2] != (st.st_size, st.st_mtime_ns):
+            known = cache[f] = (st.st_size, st.st_mtime_ns, file_sha256(f))
+        entries.append({"path": relative_to(f, record_path.parent), "bytes": st.st_size, "sha256": known[2]})
+    return entries
 
 
 def dwlib_identity() -> dict[str, Any]:
@@ -226,6 +240,7 @@ class RunRecord:
     def __init__(self, path: Path, data: dict[str, Any]) -> None:
         self.path = path
         self.data = data
+        self._hashed: HashCache = {}
 
     @classmethod
     def create(
@@ -292,7 +307,7 @@ class RunRecord:
             self.data["http"] = dict(http)
         self.data["status"], self.data["failed_step"] = run_status(self.data)
         self._ended(None if self.data["status"] == "running" else utc_now())
-        self.data["evidence"] = evidence_entries(self.path)
+        self.data["evidence"] = evidence_entries(self.path, self._hashed)
         self.write()
 
     def _ended(self, when: str | None) -> None:

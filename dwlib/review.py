@@ -210,6 +210,16 @@ def record_from_notebook(path: Path) -> dict[str, Any]:
     return record
 
 
+def _matching(files: Sequence[Path], target: str) -> list[Path]:
+    """The records among `files` whose run id starts with `target`, or whose name holds it."""
+    found = []
+    for file in files:
+        data = _read_json(file)
+        if is_record(data) and (str(data["run_id"]).startswith(target) or target in file.stem):
+            found.append(file)
+    return found
+
+
 def find_run(target: str | Path, directory: Path = Path("runs")) -> Run:
     """A run by its record (`.json`), its executed notebook (`.ipynb`) or its id (a prefix will do)
     among the records under `directory`."""
@@ -224,11 +234,12 @@ def find_run(target: str | Path, directory: Path = Path("runs")) -> Run:
         return Run(record, path, notebook_beside(path, record))
     if path.suffix in (".json", ".ipynb") or os.sep in str(target):
         raise ReviewError(f"{target} does not exist")
-    matches = []
-    for file in record_files(directory):
-        data = _read_json(file)
-        if is_record(data) and (str(data["run_id"]).startswith(str(target)) or str(target) in file.stem):
-            matches.append(file)
+    # Run files are named <time>-<scenario>-<first 8 of the run id>: the records whose name can
+    # match are read first, the others (named otherwise, e.g. by record_path) only if none does.
+    text = str(target)
+    files = list(record_files(directory))
+    named = [f for f in files if text[:8] in f.stem]
+    matches = _matching(named, text) or _matching([f for f in files if f not in named], text)
     if not matches:
         raise ReviewError(f"no run {target!r} under {directory}: `dw review {directory}` lists the runs "
                           f"there (or pass --dir, or the record's path)")
@@ -542,12 +553,12 @@ def _check_file(base: Path, entry: Mapping[str, Any], what: str, out: Verificati
         out.problems.append(f"{what} {entry['path']} changed since the run (sha256 differs)")
 
 
-def verify_record(path: Path) -> Verification:
+def verify_record(path: Path, data: Any = None) -> Verification:
     """Recompute a run's hashes: the record's own digest, every evidence file, and the executed
-    notebook and HTML report named by its manifest."""
+    notebook and HTML report named by its manifest. `data`: the record's JSON when already read."""
     out = Verification(path)
     try:
-        record = load_record(path)
+        record = load_record(path) if data is None else check_record(data, path)
     except RecordError as exc:
         out.problems.append(str(exc))
         return out
@@ -583,7 +594,8 @@ def verify_record(path: Path) -> Verification:
 def verify(target: Path) -> list[Verification]:
     """Verify one run (its record or notebook) or every run under a directory."""
     if target.is_dir():
-        return [verify_record(p) for p in record_files(target) if is_record(_read_json(p))]
+        found = ((p, _read_json(p)) for p in record_files(target))
+        return [verify_record(p, data) for p, data in found if is_record(data)]
     if target.suffix == ".ipynb":
         target = target.with_suffix(".json")
     if not target.is_file():

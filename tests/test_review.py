@@ -104,6 +104,35 @@ def test_every_write_stores_the_content_digest_and_the_evidence_hashes(tmp_path:
     assert manifest["notebook"]["sha256"] == review.file_sha256(path.with_suffix(".ipynb"))
 
 
+def test_evidence_is_hashed_again_only_when_it_changed(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import dwlib.record
+
+    hashed: list[str] = []
+    real = dwlib.record.file_sha256
+
+    def counting(path: Path) -> str:
+        hashed.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(dwlib.record, "file_sha256", counting)
+    path = tmp_path / "r.json"
+    rec = RunRecord.create(path, run_id="r", scenario="new-new", steps=["a", "b", "c"], parameters={},
+                           environments={}, dry_run=False, interactive=False)
+    folder = evidence_dir(path)
+    folder.mkdir()
+    (folder / "a.csv").write_text("x\n")
+    rec.step_finished("a", {"step": "a", "status": "passed"})
+    (folder / "b.csv").write_text("y\n")
+    rec.step_finished("b", {"step": "b", "status": "passed"})
+    assert hashed == ["a.csv", "b.csv"]  # a.csv was not read again for step b
+    (folder / "a.csv").write_text("changed\n")
+    rec.step_finished("c", {"step": "c", "status": "passed"})
+    assert hashed[2:] == ["a.csv"]
+    assert {e["path"]: e["sha256"] for e in load_record(path)["evidence"]}["r-evidence/a.csv"] == real(
+        folder / "a.csv")
+
+
 @pytest.mark.parametrize("tamper", ["record", "evidence", "added", "removed", "notebook", "notebook-gone"])
 def test_verify_finds_what_changed_after_the_run(runs: Path, tamper: str) -> None:
     path = runs / "20260101T000000Z-existing-existing-aaaa1111.json"
@@ -207,6 +236,8 @@ def test_show_gives_every_planned_step_and_finds_runs_by_id(runs: Path) -> None:
         review.find_run("2026", runs)
     with pytest.raises(review.ReviewError, match="no run 'zzz'"):
         review.find_run("zzz", runs)
+    custom = make_run(runs, "custom-name", notebook=False)  # a record not named after its run id
+    assert review.find_run("name-0000", runs).record_path == custom  # found by its run id all the same
     cli = dw("review", "show", "bbbb", "--dir", str(runs), "--format", "json")
     assert json.loads(cli.stdout)["failed_step"] == "bootstrap-apply"
 
