@@ -6,6 +6,7 @@ performs it through the sandbox's portal endpoints while the admin polls the doc
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -146,6 +147,9 @@ def test_gateway_admin_is_labelled_unsupported_and_drives_the_maps(env: tuple[Co
         HttpConfig(ca_bundle=Path(consultant.connection["ca_bundle"])),
         auth=user.tokens.auth_for(INTEGRATOR_APP),
     )
+    starts: list[dict[str, Any]] = []
+    http.event_hooks["request"].append(
+        lambda r: starts.append(json.loads(r.content)) if r.url.path.endswith("/Start") else None)
     try:
         with pytest.warns(UserWarning, match="unsupported by Microsoft"):
             admin = GatewayAdmin(
@@ -158,10 +162,16 @@ def test_gateway_admin_is_labelled_unsupported_and_drives_the_maps(env: tuple[Co
             )
         states = admin.run([ACCOUNTS], master="finops")
         assert all(s.running for s in states.values())
+        # One Start per map, each entry with its own parameters, as DWMapEngine.cs sends them.
+        assert len(starts) == len(states) and all(len(b["details"]) == 1 for b in starts)
+        assert all(b["details"][0]["parameters"] == {"skipInitialSync": False, "conflictResolution": {
+            "option": "1", "master": "AX"}} for b in starts)
         assert admin.initial_sync_details(ACCOUNTS).status == "Completed"
         assert admin.pause([ACCOUNTS])[ACCOUNTS].state == "Paused"
         assert admin.resume([ACCOUNTS])[ACCOUNTS].state == "Running"
         assert admin.stop([ACCOUNTS])[ACCOUNTS].state == "Not running"
+        assert [b["action"] for b in starts[-3:]] == ["5", "6", "4"]
+        assert all("parameters" not in b["details"][0] for b in starts[-3:])  # none, as DWMapEngine omits
         quote_a_customer_name(session, "GBSI")
         with pytest.raises(DualWriteAdminError, match=r"MalformedLineException.*double quotes"):
             admin.run([ACCOUNTS])

@@ -110,7 +110,9 @@ class GatewayAdmin(PortalAdmin):
         cid = self._connection_id()
         for name in names:
             detail = self._maps()[name]["detail"]
-            item = {"tid": detail["tid"], "pid": detail["pid"], "cid": cid, "parameters": params}
+            # Each entry carries its own map's parameters; none at all for stop, pause and resume.
+            item = {"tid": detail["tid"], "pid": detail["pid"], "cid": cid,
+                    **({"parameters": params} if params is not None else {})}
             request_id = self._call(
                 "POST", "api/DualWriteManagement/1.0/Start", json={"action": action, "details": [item]}
             )["requestId"]
