@@ -72,9 +72,10 @@ def company_id(rt: DualWrite, code: str) -> str:
 
 
 def default_transforms(mapping: str) -> dict[str, Any]:
-    """Source field → Default value of the two-sided column rows of an `msdyn_mapping` JSON."""
-    fields = json.loads(mapping)["legs"][0]["fieldMappings"]
-    return {f["sourceField"]: t["value"] for f in fields if f["sourceField"] and f["destinationField"]
+    """Source field → Default value of the two-sided column rows of an `msdyn_mapping` JSON (read
+    the way Dual-write-automations reads it: `entityMappingTasks[0].legs[0].fieldMappings`)."""
+    fields = json.loads(mapping)["entityMappingTasks"][0]["legs"][0]["fieldMappings"]
+    return {f["sourceField"]: t["defaultValue"] for f in fields if f["sourceField"] and f["destinationField"]
             for t in f["valueTransforms"] if t["transformType"] == "Default"}
 
 

@@ -17,6 +17,9 @@ Paths under `gateway_url` (`API` = `api/DualWriteManagement/1.0`):
 - `GET API/Status/{requestId}` → the request's maps, each with `detail.lastRequests` (state 1
   Waiting, 2 Completed, 3 Error)
 - `POST API/GetTemplatePrerequisiteSequences/{cid}` `["<tid>"]` → `[[tid, …]]` in run order
+- `GET API/{pid}/FieldMappings` → the map's field mappings (`DWFieldMapping`: `entityMappingTasks[
+  {legs[{fieldMappings[{syncDirection, sourceField, destinationField, valueTransforms}]}]}]`), the
+  same document as its `msdyn_mapping`
 - `GET api/ProjectExecutionWithCompanies/{pid}` → `{projectName, projectExecutionResponses[
   {legalEntityId, executionStatus, taskExecutionStatuses[{legs[…, importErrors]}]}]}`
 - `GET api/ConnectionSet/{cname}` → the connection set, `dualWriteDetail.legalEntityMappings`
@@ -42,6 +45,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from dwlib import catalog
 
+from . import dw_records
 from .context import AuthError, Sandbox
 from .dualwrite import DualWrite, DualWriteError, RunChoice, runtime_of
 from .dw_records import STATUS_CODES
@@ -305,6 +309,11 @@ def _executions(rt: DualWrite, request: Request, body: Any) -> Any:
     return {"projectName": rec["project"], "projectExecutionResponses": responses}
 
 
+def _field_mappings(rt: DualWrite, request: Request, body: Any) -> Any:
+    m = _by_pid(rt, request.path_params["pid"])
+    return dw_records.mapping_json(rt.effective_map(m.name), project_id=request.path_params["pid"])
+
+
 def _connection_set(rt: DualWrite, request: Request, body: Any) -> Any:
     conn = rt.connection()
     if conn is None or conn["cname"] != request.path_params["cname"]:
@@ -396,6 +405,7 @@ def routes(sbx: Sandbox) -> list[BaseRoute]:
         ("POST", f"{PREFIX}/Start", _start),
         ("GET", f"{PREFIX}/Status/{{request}}", _status),
         ("POST", f"{PREFIX}/GetTemplatePrerequisiteSequences/{{cid}}", _prerequisites),
+        ("GET", f"{PREFIX}/{{pid}}/FieldMappings", _field_mappings),
         ("GET", "/api/ProjectExecutionWithCompanies/{pid}", _executions),
         ("GET", "/api/ConnectionSet/{cname}", _connection_set),
         ("POST", "/api/ConnectionSet/{cid}/Reset", _reset),

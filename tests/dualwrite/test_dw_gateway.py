@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,6 +103,12 @@ def test_start_status_and_state_codes(gateway: tuple[Consultant, httpx.Client, s
     assert last["state"] == "2" and status["detail"]["state"] == "4"  # Completed; Running
     assert status["detail"]["actions"] == ["4", "5"]  # Stop, Pause
     pid = status["detail"]["pid"]
+    # The field mappings as Dual-write-automations reads them (DWFieldMapping), = msdyn_mapping.
+    fields = get(http, f"{root}/{API}/{pid}/FieldMappings")
+    assert fields["id"] == pid and fields["entityMappingTasks"][0]["legs"][0]["fieldMappings"]
+    (row,) = consultant.dv_rows("msdyn_dualwriteentitymaps?$select=msdyn_mapping&$filter=msdyn_name eq "
+                                "'Legal entities (cdm_companies)'")
+    assert json.loads(row["msdyn_mapping"])["entityMappingTasks"] == fields["entityMappingTasks"]
     details = get(http, f"{root}/api/ProjectExecutionWithCompanies/{pid}")
     assert details["projectName"].startswith("DWM-")
     (execution,) = details["projectExecutionResponses"]
