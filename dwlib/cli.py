@@ -51,7 +51,7 @@ def _connection_text(started: control.Started) -> str:
 def sandbox_start(args: argparse.Namespace) -> int:
     """`dw sandbox start`: start in the background, wait until it answers, print the connection."""
     started = control.start(args.profile, root=args.dir, rows=args.rows, port=args.port, faults=args.faults,
-                            limits=args.limits)
+                            limits=args.limits, move_port=args.move_port)
     c = started.connection
     if started.already_running:
         print(f"the sandbox in {started.root} is already running (pid {c['pid']}); to change its options, "
@@ -59,6 +59,8 @@ def sandbox_start(args: argparse.Namespace) -> int:
     else:
         print(f"sandbox {c['profile']} running (pid {c['pid']}) at https://127.0.0.1:{c['port']}, "
               f"log {started.root / 'sandbox.log'}")
+    if started.moved_from is not None:
+        print(f"moved from port {started.moved_from} to {c['port']}: {control.MOVED}")
     print(_connection_text(started), end="")
     return 0
 
@@ -66,7 +68,7 @@ def sandbox_start(args: argparse.Namespace) -> int:
 def sandbox_serve(args: argparse.Namespace) -> int:
     """`dw sandbox serve`: run in the foreground until Ctrl+C."""
     control.serve(args.profile, root=args.dir, rows=args.rows, port=args.port, faults=args.faults,
-                  limits=args.limits)
+                  limits=args.limits, move_port=args.move_port)
     return 0
 
 

@@ -358,6 +358,7 @@ class DualWrite:
                 "legalEntities": codes,
                 "solutionsApplied": True,
                 "linkedOn": utcnow(),
+                "finopsUrl": self.finops_url,  # the environment linked: a move leaves it behind
             }
             self.store.kv_set("dw.connection", conn)
         if start_maps is None:

@@ -129,8 +129,9 @@ def _by_pid(rt: DualWrite, pid: str) -> catalog.TableMap:
 def _environments(rt: DualWrite, request: Request, body: Any) -> Any:
     conn = rt.connection()
     identifier = request.query_params.get("identifier", "")
-    host = urlsplit(rt.finops_url).netloc
-    if conn is None or identifier.lower() not in (host.lower(), rt.finops_url.lower()):
+    linked = (conn or {}).get("finopsUrl", rt.finops_url)  # a moved environment needs a relink
+    host = urlsplit(linked).netloc
+    if conn is None or identifier.lower() not in (host.lower(), linked.lower()):
         return []
     return [
         {
