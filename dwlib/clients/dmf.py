@@ -19,7 +19,8 @@ and the run's retry budget.
 serialized per F&O environment by `ImportGate`, a file lock shared by the threads and processes
 of this machine, held only while an import is being started: it waits until the import started
 before it (by any run here) is no longer NotRun or Executing, starts the next, and lets go; status
-polling stays parallel.
+polling stays parallel. Runs on other machines are not covered: F&O's refusal of a parallel
+import becomes a `DmfError` that says so.
 
 Example:
     >>> # dmf = DmfClient(finops, blob_http)
@@ -46,7 +47,7 @@ from typing import Any
 import httpx
 
 from .auth import default_cache_path
-from .errors import ClientError, DmfError, connection_lost
+from .errors import ClientError, DmfError, HttpError, connection_lost
 from .finops import FinOpsClient
 from .http import redact_url
 from .once import send_once
@@ -194,7 +195,15 @@ class DmfClient:
         with self.imports.hold() as last:
             if last:
                 self._wait_while_running(last)
-            started = self._start("ImportFromPackage", body)
+            try:
+                started = self._start("ImportFromPackage", body)
+            except HttpError as exc:
+                # The gate covers this machine only: an import from elsewhere is refused like this.
+                raise DmfError(f"ImportFromPackage was refused: {exc}", execution_id=str(body["executionId"]),
+                               status="", fix="if another import runs in this environment (from another "
+                                              "machine, or in Data management), ImportFromPackage must not "
+                                              "run beside it: wait until it has finished, then run the step "
+                                              "again; otherwise fix what the message says") from exc
             self.imports.started(started)
         return started
 

@@ -308,6 +308,15 @@ def test_import_starts_are_serialized_between_threads(fake: FakeService, tmp_pat
     assert sorted(state["jobs"]) == ["J0", "J1", "J2"]  # type: ignore[call-overload]
 
 
+def test_an_import_refused_because_of_one_from_elsewhere_is_a_clear_error(fake: FakeService,
+                                                                          tmp_path: Path) -> None:
+    state = importing_service(fake)
+    state["jobs"]["OTHER"] = ["Executing"]  # type: ignore[index]  # started from another machine
+    with pytest.raises(DmfError, match=r"ImportFromPackage was refused: .*400.*parallel import") as exc:
+        dmf(fake, lock_dir=tmp_path).start_import(BLOB, "G", legal_entity="USMF", execution_id="MINE")
+    assert "must not run beside it" in exc.value.fix and exc.value.execution_id == "MINE"
+
+
 def test_the_import_gate_is_exclusive_across_threads_and_processes(tmp_path: Path) -> None:
     gate = ImportGate("https://fo.example", tmp_path)
     probe = ("import fcntl, sys\nf = open(sys.argv[1], 'a+')\ntry:\n    fcntl.flock(f, fcntl.LOCK_EX | "
