@@ -42,7 +42,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import httpx
 
@@ -84,21 +84,20 @@ class ImportGate:
 
     >>> import tempfile
     >>> gate = ImportGate("https://contoso.operations.dynamics.com", Path(tempfile.mkdtemp()))
-    >>> with gate.hold() as last:
-    ...     gate.started("exec-1")
-    >>> with gate.hold() as last:
-    ...     last
+    >>> with gate.hold() as held:
+    ...     held.started("exec-1")
+    >>> with gate.hold() as held:
+    ...     held.last
     'exec-1'
     """
 
     def __init__(self, environment_url: str, lock_dir: Path | None = None) -> None:
         key = hashlib.sha256(environment_url.rstrip("/").lower().encode()).hexdigest()[:16]
         self.path = (lock_dir or default_lock_dir()) / f"dmf-import-{key}.lock"
-        self._file: Any = None
 
     @contextlib.contextmanager
-    def hold(self) -> Iterator[str]:
-        """Hold the gate (waiting for it); yields the execution id of the last import started."""
+    def hold(self) -> Iterator[Held]:
+        """Hold the gate (waiting for it): the last import started, and where to note the next."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # A fresh open file per holder: flock then excludes other threads of this process too.
         with open(self.path, "a+", encoding="utf-8") as fh:
@@ -106,20 +105,24 @@ class ImportGate:
             try:
                 fh.seek(0)
                 text = fh.read().strip()
-                self._file = fh
-                yield str(json.loads(text).get("executionId", "")) if text else ""
+                yield Held(fh, str(json.loads(text).get("executionId", "")) if text else "")
             finally:
-                self._file = None
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
+
+class Held:
+    """The gate while held: `last` import started, and `started` to note the next one."""
+
+    def __init__(self, fh: TextIO, last: str) -> None:
+        self._fh, self.last = fh, last
+
     def started(self, execution_id: str) -> None:
-        """Remember the import just started (call while holding the gate)."""
-        fh = self._file
-        assert fh is not None, "started() outside hold()"
-        fh.seek(0)
-        fh.truncate()
-        fh.write(json.dumps({"executionId": execution_id, "pid": os.getpid(), "at": time.time()}))
-        fh.flush()
+        """Remember the import just started."""
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._fh.write(json.dumps({"executionId": execution_id, "pid": os.getpid(), "at": time.time()}))
+        self._fh.flush()
+        self.last = execution_id
 
 
 def default_lock_dir() -> Path:
@@ -192,9 +195,9 @@ class DmfClient:
             "executionId": execution_id or new_execution_id(definition_group), "execute": True,
             "overwrite": overwrite, "legalEntityId": legal_entity,
         }
-        with self.imports.hold() as last:
-            if last:
-                self._wait_while_running(last)
+        with self.imports.hold() as held:
+            if held.last:
+                self._wait_while_running(held.last)
             try:
                 started = self._start("ImportFromPackage", body)
             except HttpError as exc:
@@ -204,7 +207,7 @@ class DmfClient:
                                               "machine, or in Data management), ImportFromPackage must not "
                                               "run beside it: wait until it has finished, then run the step "
                                               "again; otherwise fix what the message says") from exc
-            self.imports.started(started)
+            held.started(started)
         return started
 
     def _wait_while_running(self, execution_id: str) -> None:
