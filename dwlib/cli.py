@@ -13,6 +13,7 @@ Example:
     $ dw review runs                       # the catalogue of runs
     $ dw review show 0123abcd              # one run, step by step
     $ dw review verify runs                # exit 1 if a record, notebook or evidence changed
+    $ dw doctor -f params/my-engagement.yaml --record doctor/   # read-only; redacted fixture candidates
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def _connection_text(started: control.Started) -> str:
 def sandbox_start(args: argparse.Namespace) -> int:
     """`dw sandbox start`: start in the background, wait until it answers, print the connection."""
     started = control.start(args.profile, root=args.dir, rows=args.rows, port=args.port, faults=args.faults,
-                            limits=args.limits)
+                            limits=args.limits, move_port=args.move_port)
     c = started.connection
     if started.already_running:
         print(f"the sandbox in {started.root} is already running (pid {c['pid']}); to change its options, "
@@ -59,6 +60,8 @@ def sandbox_start(args: argparse.Namespace) -> int:
     else:
         print(f"sandbox {c['profile']} running (pid {c['pid']}) at https://127.0.0.1:{c['port']}, "
               f"log {started.root / 'sandbox.log'}")
+    if started.moved_from is not None:
+        print(f"moved from port {started.moved_from} to {c['port']}: {control.MOVED}")
     print(_connection_text(started), end="")
     return 0
 
@@ -66,7 +69,7 @@ def sandbox_start(args: argparse.Namespace) -> int:
 def sandbox_serve(args: argparse.Namespace) -> int:
     """`dw sandbox serve`: run in the foreground until Ctrl+C."""
     control.serve(args.profile, root=args.dir, rows=args.rows, port=args.port, faults=args.faults,
-                  limits=args.limits)
+                  limits=args.limits, move_port=args.move_port)
     return 0
 
 
@@ -203,6 +206,27 @@ def demo(args: argparse.Namespace) -> int:
     print(f"dw demo: scenario {scenario}, {args.rows:,} accounts and {args.rows:,} contacts, all steps "
           f"headless; sandbox state kept in {root}")
     return _in_sandbox(scenario, root, args.rows, None, PARAMS / f"sandbox-{scenario}.yaml", {}, args.out)
+
+
+def doctor(args: argparse.Namespace) -> int:
+    """`dw doctor`: the read-only calls that verify unverified behaviours on real environments; with
+    `--record DIR`, each request and response saved there, redacted, with an index."""
+    from . import doctor as doctor_
+    from .clients import connect
+    from .params import load_params
+
+    try:
+        params = load_params(args.params_file, _overrides(args.param))
+    except ParamsError as exc:
+        print(f"dw: error: {exc}", file=sys.stderr)
+        return BAD_PARAMETERS
+    with connect(params) as session:
+        outcomes = doctor_.examine(session, args.record, execution_id=args.execution_id)
+    print(doctor_.summary(outcomes))
+    if args.record is not None:
+        print(f"recorded {len(outcomes)} reads (redacted) in {args.record}; the list: "
+              f"{args.record / 'index.json'}")
+    return 0
 
 
 REVIEW_VERBS = ("list", "show", "compare", "verify", "seal")
@@ -425,6 +449,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo_cmd.add_argument("--out", type=Path, default=RUNS_DIR,
                           help=f"where the run is written (default {RUNS_DIR})")
     demo_cmd.set_defaults(func=demo)
+    doctor_cmd = commands.add_parser(
+        "doctor", help="read-only calls that verify, on real environments, what the sandbox only assumes",
+        description="Make the read-only calls listed in docs/fidelity.md (To verify on a real environment) "
+                    "against the environments of a parameters file and print what each answered; with "
+                    "--record DIR, save each request and response there, redacted (no tokens, secrets or "
+                    "personal data), with an index.json, as fixture candidates.",
+        epilog="example: dw doctor -f params/my-engagement.yaml --record doctor/contoso-uat")
+    doctor_cmd.add_argument("-f", "--params-file", type=Path, required=True, help="parameters file (YAML)")
+    doctor_cmd.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                            help="override a parameter by dotted key; the value is YAML (repeatable)")
+    doctor_cmd.add_argument("--record", type=Path, metavar="DIR", help="save the redacted responses in DIR")
+    doctor_cmd.add_argument("--execution-id", metavar="ID",
+                            help="a DMF job (Job ID in Data management; best one that failed) to read its "
+                                 "status, errors and package URL too")
+    doctor_cmd.set_defaults(func=doctor)
     _review_parser(commands)
     _batch_parser(commands)
     return parser

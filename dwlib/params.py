@@ -47,6 +47,7 @@ from pydantic import (
     PrivateAttr,
     ValidationError,
     ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -303,10 +304,13 @@ class Migrate(_Model):
 
 
 class HttpOptions(_Model):
-    """Timeouts and retry budget of every HTTP call.
+    """Timeouts and retry budgets of the HTTP calls: per call, and for the whole run.
 
-    >>> HttpOptions().retry_attempts
-    8
+    A `Retry-After` is waited out as given (retrying early extends the penalty), so both budgets
+    must cover the service protection window of 5 minutes.
+
+    >>> HttpOptions().retry_budget_s
+    3600.0
     """
 
     timeout_s: float = Field(default=60.0, gt=0)
@@ -315,6 +319,22 @@ class HttpOptions(_Model):
     retry_total_s: float = Field(default=600.0, gt=0)
     backoff_s: float = Field(default=0.5, ge=0)
     max_wait_s: float = Field(default=120.0, gt=0)
+    retry_budget_s: float = 3600.0
+
+    @field_validator("retry_budget_s")
+    @classmethod
+    def _covers_a_window(cls, value: float) -> float:
+        if value < 300:
+            raise ValueError("must be 300 or more: a run must be able to wait out one 5-minute service "
+                             "protection window (Retry-After up to 300 s)")
+        return value
+
+    @model_validator(mode="after")
+    def _budgets_fit(self) -> HttpOptions:
+        if self.retry_total_s > self.retry_budget_s:
+            raise ValueError(f"retry_total_s ({self.retry_total_s:g}) is the waiting of one call and cannot "
+                             f"exceed retry_budget_s ({self.retry_budget_s:g}), the waiting of the whole run")
+        return self
 
 
 class InitialSync(_Model):

@@ -31,12 +31,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import httpx
 import jwt
 import pandas as pd
 
 from dwlib import catalog
-from dwlib.clients import HttpConfig, Session, connect, make_client, scope_for
+from dwlib.clients import Session, connect, scope_for
 from dwlib.clients.dualwrite import INTEGRATOR_APP, DualWriteAdmin, GatewayAdmin, PortalAdmin
 from dwlib.errors import DwError
 from dwlib.gates import Gates, GateWaiting
@@ -114,7 +113,6 @@ class Runbook:
         # dwlib.ui sets gates.hold interactively: a gate then waits for its "Verify now" button.
         self.gates = Gates(params, record, _say)
         self._observed = False
-        self._extra_http: list[httpx.Client] = []
         self.session: Session | None = None
         self.admin: DualWriteAdmin | None = None
 
@@ -211,9 +209,7 @@ or run with `papermill -f FILE` or `dw run`
         dv, fo = self.session.dataverse, self.session.finops
         if options.admin == "gateway":
             assert params.environments.gateway_url is not None  # Params checks it
-            http = make_client(HttpConfig.from_params(params), self.session.journal,
-                               auth=self.session.tokens.auth_for(INTEGRATOR_APP))
-            self._extra_http.append(http)
+            http = self.session.http(auth=self.session.tokens.auth_for(INTEGRATOR_APP))
             self.admin = GatewayAdmin(dv, fo, http=http, gateway_url=params.environments.gateway_url,
                                       **common)
         else:
@@ -336,8 +332,6 @@ or run with `papermill -f FILE` or `dw run`
 
     def close(self) -> None:
         """Release the connections (the record stays as written)."""
-        for http in self._extra_http:
-            http.close()
         if self.session is not None:
             self.session.close()
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Coroutine
+import re
+from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,13 @@ from dwlib.sandbox.state import Settings
 from dwlib.sandbox.store import Store
 
 MakeRuntime = Callable[..., DualWrite]
+JWT = re.compile(rb"eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.")  # an access token, in any output
+
+
+def leaks(data: bytes, secrets: Iterable[str]) -> list[str]:
+    """What `data` (bytes something wrote) gives away: any of `secrets`, any access token (JWT)."""
+    found = [f"secret {s[:4]}…" for s in secrets if s and s.encode() in data]
+    return found + [f"token {m.group()[:12]!r}…" for m in JWT.finditer(data)]
 
 
 def runtime_factory(tmp_path: Path) -> MakeRuntime:
@@ -72,9 +80,10 @@ def company_id(rt: DualWrite, code: str) -> str:
 
 
 def default_transforms(mapping: str) -> dict[str, Any]:
-    """Source field → Default value of the two-sided column rows of an `msdyn_mapping` JSON."""
-    fields = json.loads(mapping)["legs"][0]["fieldMappings"]
-    return {f["sourceField"]: t["value"] for f in fields if f["sourceField"] and f["destinationField"]
+    """Source field → Default value of the two-sided column rows of an `msdyn_mapping` JSON (read
+    the way Dual-write-automations reads it: `entityMappingTasks[0].legs[0].fieldMappings`)."""
+    fields = json.loads(mapping)["entityMappingTasks"][0]["legs"][0]["fieldMappings"]
+    return {f["sourceField"]: t["defaultValue"] for f in fields if f["sourceField"] and f["destinationField"]
             for t in f["valueTransforms"] if t["transformType"] == "Default"}
 
 

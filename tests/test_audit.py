@@ -19,7 +19,7 @@ import jsonschema
 import nbformat
 import papermill
 import pytest
-from dw_helpers import launch_chromium
+from dw_helpers import JWT, launch_chromium
 from papermill.exceptions import PapermillExecutionError
 
 from dwlib import review
@@ -32,7 +32,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DW = str(Path(sys.executable).with_name("dw"))
 SCENARIO = "existing-existing"
 SECRET_VAR = "DW_AUDIT_SECRET"
-JWT = re.compile(rb"eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.")
 
 
 @pytest.fixture(scope="module")

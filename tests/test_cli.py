@@ -92,6 +92,30 @@ def test_port_in_use_from_the_command_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr + result.stdout
 
 
+def test_a_restart_keeps_the_port_and_a_taken_one_is_moved_only_when_asked(tmp_path: Path) -> None:
+    root = tmp_path / "sbx"
+    try:
+        first = dw("sandbox", "start", "--profile", "new-new", "--rows", "0", "--dir", str(root))
+        assert first.returncode == 0, first.stderr
+        port = yaml.safe_load((root / "connection.yaml").read_text())["port"]
+        dw("sandbox", "stop", "--dir", str(root))
+        taken = server.bind(port)
+        try:
+            refused = dw("sandbox", "start", "--dir", str(root))
+            moved = dw("sandbox", "start", "--dir", str(root), "--move-port")
+        finally:
+            taken.close()
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr
+        assert f"port {port} on 127.0.0.1 is in use, and the sandbox in {root}" in refused.stderr
+        assert "--move-port" in refused.stderr and "relink" in refused.stderr
+        assert moved.returncode == 0, moved.stderr
+        new = yaml.safe_load((root / "connection.yaml").read_text())["port"]
+        assert new != port
+        assert f"moved from port {port} to {new}: its environments' URLs changed" in moved.stdout
+    finally:
+        control.stop(root)
+
+
 def _wait_for_connection(root: Path, proc: subprocess.Popen[str]) -> dict[str, Any]:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -146,6 +146,23 @@ def test_overrides_take_dotted_paths_and_are_validated_too() -> None:
     assert problems(exc) == {"options.dryrun": "unknown key; did you mean 'dry_run'?"}
 
 
+def test_the_run_retry_budget_has_a_default_and_must_cover_a_5_minute_retry_after() -> None:
+    from dwlib.clients.http import HttpConfig
+
+    p = load_params(minimal())
+    assert p.options.http.retry_budget_s == 3600 and HttpConfig.from_params(p).retry_budget_s == 3600
+    raised = load_params(minimal(), {"options.http.retry_budget_s": 900})
+    assert HttpConfig.from_params(raised).retry_budget_s == 900
+    with pytest.raises(ParamsError) as exc:
+        load_params(minimal(), {"options.http.retry_budget_s": 120})
+    assert problems(exc)["options.http.retry_budget_s"].startswith(
+        "must be 300 or more: a run must be able to wait out one 5-minute service protection window")
+    with pytest.raises(ParamsError) as exc:
+        load_params(minimal(), {"options.http.retry_total_s": 1200, "options.http.retry_budget_s": 600})
+    (where, message), = problems(exc).items()
+    assert where == "options.http" and "retry_total_s (1200) is the waiting of one call" in message
+
+
 def test_table_maps_accept_a_plain_name() -> None:
     p = load_params(minimal(table_maps=["Customers V3", {"name": "Contacts", "skip_initial_sync": True}]))
     found = [(m.name, m.skip_initial_sync) for m in p.table_maps]

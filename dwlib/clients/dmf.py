@@ -4,42 +4,134 @@ Export: `ExportToPackage` → poll `GetExecutionSummaryStatus` → `GetExportedP
 Import: `GetAzureWriteUrl` → upload (PUT, BlockBlob) → `ImportFromPackage` → poll. A job that ends
 `Failed` or `Canceled` (or does not end in time) raises `DmfError` with the job's own errors.
 Blob transfers use a client without the F&O token (the URLs are signed); signatures never reach
-the journal.
+the journal. Values come as the documentation shows them: a string, or for `ExportToPackage` and
+`GetExportedPackageUrl` a string nested in `{"value": …}`; a status outside the documented
+`ExecutionStatus` values raises `DmfError` rather than being guessed at.
 
 Starting a job is a POST the HTTP stack does not repeat (it would start a second job). The client
 chooses the `executionId` instead, so a start that failed on the way (429/503/504, honouring
 `Retry-After`, or a lost connection) is settled by asking `GetExecutionSummaryStatus`
-(`dwlib.clients.once`): `Unknown` (no such job) or `NotRun` (queued, or not there) → start again,
-which DMF answers with the same id for a job it has; any other status → the job exists, carry on.
-Attempts and time are bounded by the stack's own budget (the F&O client's `retry`).
+(`dwlib.clients.once`): only `Unknown` (no such job) sends the start again; any other status,
+`NotRun` included, means the job exists. Attempts and waiting are bounded by the stack's limits
+and the run's retry budget.
+
+`ImportFromPackage` "must not be called in parallel" (data-management-api.md): import starts are
+serialized per F&O environment by `ImportGate`, a file lock shared by the threads and processes
+of this machine, held only while an import is being started: it waits until the import started
+before it (by any run here) is no longer NotRun or Executing, starts the next, and lets go; status
+polling stays parallel. Runs on other machines are not covered: F&O's refusal of a parallel
+import becomes a `DmfError` that says so.
 
 Example:
     >>> # dmf = DmfClient(finops, blob_http)
     >>> # path = dmf.export_package("Customers export", Path("customers.zip"), legal_entity="USMF")
     >>> # status = dmf.import_package(Path("customers.zip"), "Customers import", legal_entity="USMF")
-    >>> sorted(TERMINAL)
+    >>> sorted(s.value for s in TERMINAL)
     ['Canceled', 'Failed', 'PartiallySucceeded', 'Succeeded']
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
+import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import httpx
 
-from .errors import ClientError, DmfError, connection_lost
+from .auth import default_cache_path
+from .errors import ClientError, DmfError, HttpError, connection_lost
 from .finops import FinOpsClient
 from .http import redact_url
 from .once import send_once
 
-TERMINAL = frozenset({"Succeeded", "PartiallySucceeded", "Failed", "Canceled"})
-_FAILED = frozenset({"Failed", "Canceled"})
+
+class ExecutionStatus(StrEnum):
+    """`DMFExecutionSummaryStatus`, the values `GetExecutionSummaryStatus` documents.
+
+    >>> ExecutionStatus("NotRun") == "NotRun"
+    True
+    """
+
+    UNKNOWN = "Unknown"  # no job with this id
+    NOT_RUN = "NotRun"  # the job exists, queued
+    EXECUTING = "Executing"
+    SUCCEEDED = "Succeeded"
+    PARTIALLY_SUCCEEDED = "PartiallySucceeded"
+    FAILED = "Failed"
+    CANCELED = "Canceled"
+
+
+TERMINAL = frozenset({ExecutionStatus.SUCCEEDED, ExecutionStatus.PARTIALLY_SUCCEEDED, ExecutionStatus.FAILED,
+                      ExecutionStatus.CANCELED})
+RUNNING = frozenset({ExecutionStatus.NOT_RUN, ExecutionStatus.EXECUTING})
+_FAILED = frozenset({ExecutionStatus.FAILED, ExecutionStatus.CANCELED})
 _ACTION = "DataManagementDefinitionGroups/Microsoft.Dynamics.DataEntities.{}"
+_DOC = "https://learn.microsoft.com/dynamics365/fin-ops-core/dev-itpro/data-entities/data-management-api"
+
+
+class ImportGate:
+    """One `ImportFromPackage` start at a time per F&O environment, across the threads and
+    processes of this machine: an exclusive lock on a file named after the environment, which
+    also remembers the last import started through it.
+
+    >>> import tempfile
+    >>> gate = ImportGate("https://contoso.operations.dynamics.com", Path(tempfile.mkdtemp()))
+    >>> with gate.hold() as held:
+    ...     held.started("exec-1")
+    >>> with gate.hold() as held:
+    ...     held.last
+    'exec-1'
+    """
+
+    def __init__(self, environment_url: str, lock_dir: Path | None = None) -> None:
+        key = hashlib.sha256(environment_url.rstrip("/").lower().encode()).hexdigest()[:16]
+        self.path = (lock_dir or default_lock_dir()) / f"dmf-import-{key}.lock"
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[Held]:
+        """Hold the gate (waiting for it): the last import started, and where to note the next."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # A fresh open file per holder: flock then excludes other threads of this process too.
+        with open(self.path, "a+", encoding="utf-8") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                fh.seek(0)
+                text = fh.read().strip()
+                yield Held(fh, str(json.loads(text).get("executionId", "")) if text else "")
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class Held:
+    """The gate while held: `last` import started, and `started` to note the next one."""
+
+    def __init__(self, fh: TextIO, last: str) -> None:
+        self._fh, self.last = fh, last
+
+    def started(self, execution_id: str) -> None:
+        """Remember the import just started."""
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._fh.write(json.dumps({"executionId": execution_id, "pid": os.getpid(), "at": time.time()}))
+        self._fh.flush()
+        self.last = execution_id
+
+
+def default_lock_dir() -> Path:
+    """Beside the token cache: `$XDG_CACHE_HOME/dwlib/locks`, else `~/.cache/dwlib/locks`.
+
+    >>> default_lock_dir().name
+    'locks'
+    """
+    return default_cache_path().parent / "locks"
 
 
 class DmfClient:
@@ -57,17 +149,30 @@ class DmfClient:
         poll_s: float = 2.0,
         timeout_s: float = 3600.0,
         sleep: Callable[[float], None] = time.sleep,
+        lock_dir: Path | None = None,
     ) -> None:
         self.finops = finops
         self.blob_http = blob_http
         self.poll_s = poll_s
         self.timeout_s = timeout_s
         self._sleep = sleep
+        self.imports = ImportGate(finops.environment_url, lock_dir)
 
     # --- actions -----------------------------------------------------------------------------------
 
     def _action(self, name: str, body: dict[str, Any], *, safe: bool) -> Any:
         return self.finops.action(_ACTION.format(name), body, safe=safe)
+
+    def _text(self, name: str, body: dict[str, Any], *, safe: bool = True) -> str:
+        """An action whose `value` is a string (FinOpsClient.action unwraps the nested `{"value"}`)."""
+        value = self._action(name, body, safe=safe)
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            raise DmfError(f"{name} answered {json.dumps(value)[:200]}, not the string value it documents",
+                           execution_id=str(body.get("executionId", "")), status="",
+                           fix=f"the data management API changed its answer; compare with {_DOC}")
+        return value
 
     def start_export(self, definition_group: str, package_name: str, *, legal_entity: str,
                      execution_id: str = "", re_execute: bool = False) -> str:
@@ -80,60 +185,117 @@ class DmfClient:
         }, re_execute=re_execute)
 
     def start_import(self, package_url: str, definition_group: str, *, legal_entity: str,
-                     execution_id: str = "", overwrite: bool = False) -> str:
+                     execution_id: str = "", overwrite: bool = True) -> str:
         """`ImportFromPackage` (execute=true): start importing an uploaded package; the execution id
-        (a new one when not given). Safe against lost answers (see the module docstring)."""
-        return self._start("ImportFromPackage", {
+        (a new one when not given). `overwrite` is True as the documentation says for packages
+        without a composite entity (pass False for a package with one). One start at a time per
+        environment (`ImportGate`); safe against lost answers (see the module docstring)."""
+        body = {
             "packageUrl": package_url, "definitionGroupId": definition_group,
             "executionId": execution_id or new_execution_id(definition_group), "execute": True,
             "overwrite": overwrite, "legalEntityId": legal_entity,
-        })
+        }
+        with self.imports.hold() as held:
+            if held.last:
+                self._wait_while_running(held.last)
+            try:
+                started = self._start("ImportFromPackage", body)
+            except HttpError as exc:
+                # The gate covers this machine only: an import from elsewhere is refused like this.
+                raise DmfError(f"ImportFromPackage was refused: {exc}", execution_id=str(body["executionId"]),
+                               status="", fix="if another import runs in this environment (from another "
+                                              "machine, or in Data management), ImportFromPackage must not "
+                                              "run beside it: wait until it has finished, then run the step "
+                                              "again; otherwise fix what the message says") from exc
+            held.started(started)
+        return started
+
+    def _wait_while_running(self, execution_id: str) -> None:
+        """Wait until the import `execution_id` (started before, by any run here) is NotRun or
+        Executing no more: F&O refuses an import beside it."""
+        deadline = time.monotonic() + self.timeout_s
+        while (status := self.status(execution_id)) in RUNNING:
+            if time.monotonic() >= deadline:
+                raise DmfError(f"the import {execution_id} started before in this environment is still "
+                               f"{status} after {self.timeout_s:g} s, and ImportFromPackage must not run in "
+                               "parallel", execution_id=execution_id, status=status,
+                               fix="let that job finish (Data management > Job history), then run the step "
+                                   "again")
+            self._sleep(self.poll_s)
 
     def _start(self, action: str, body: dict[str, Any], *, re_execute: bool = False) -> str:
-        """Start a job once: repeat the start only while DMF does not have the job running."""
+        """Start a job once: send the start again only while DMF does not know the job."""
         execution_id = str(body["executionId"])
-        seen = ["Unknown"]  # the last status DMF gave for the id
+        seen = [ExecutionStatus.UNKNOWN]  # the last status DMF gave for the id
 
         def landed() -> str | None:
             seen[0] = status = self.status(execution_id)
-            # NotRun: queued, or no job at all; a re-execution of a finished job may not have started
-            waiting = status in ("Unknown", "NotRun") or (re_execute and status in TERMINAL)
-            return None if waiting else execution_id
+            if status == ExecutionStatus.UNKNOWN:
+                return None
+            if re_execute and status in TERMINAL:
+                # The job existed before: whether this re-execution started cannot be told apart.
+                raise DmfError(f"{action} of job {execution_id} got no answer and the job still shows its "
+                               f"last run ({status}); it may or may not run again",
+                               execution_id=execution_id, status=status,
+                               fix="look at the job in Data management > Job history before re-executing it")
+            return execution_id
 
-        def gave_up(attempts: int, failure: ClientError) -> DmfError:
-            return DmfError(f"{action} did not start job {execution_id} in {attempts} attempts: {failure}",
-                            execution_id=execution_id, status=seen[0],
+        def gave_up(attempts: int, failure: ClientError, why: str) -> DmfError:
+            return DmfError(f"{action} did not start job {execution_id} in {attempts} attempts ({why}): "
+                            f"{failure}", execution_id=execution_id, status=seen[0],
                             fix="F&O is busy or unreachable: run the step again later (a new job id is "
-                                "used; a job still NotRun under this one shows in Data management > Job "
-                                "history), or raise options.http.retry_attempts / retry_total_s")
+                                "used), or raise options.http.retry_attempts / retry_total_s / "
+                                "retry_budget_s")
 
-        return send_once(lambda: str(self._action(action, body, safe=False) or execution_id), landed,
-                         budget=self.finops.retry, gave_up=gave_up, sleep=self._sleep)
+        return send_once(lambda: self._text(action, body, safe=False) or execution_id, landed,
+                         config=self.finops.retry, budget=self.finops.budget, gave_up=gave_up)
 
-    def status(self, execution_id: str) -> str:
-        """`GetExecutionSummaryStatus`: Unknown, NotRun, Executing, Succeeded, PartiallySucceeded, …"""
-        return str(self._action("GetExecutionSummaryStatus", {"executionId": execution_id}, safe=True))
+    def status(self, execution_id: str) -> ExecutionStatus:
+        """`GetExecutionSummaryStatus`: one of `ExecutionStatus`; DmfError for any other value."""
+        value = self._text("GetExecutionSummaryStatus", {"executionId": execution_id})
+        try:
+            return ExecutionStatus(value)
+        except ValueError:
+            raise DmfError(f"GetExecutionSummaryStatus answered {value!r} for job {execution_id}, which is "
+                           f"not a documented status ({', '.join(s.value for s in ExecutionStatus)})",
+                           execution_id=execution_id, status=value,
+                           fix=f"look at the job in Data management > Job history; see {_DOC}") from None
 
     def execution_errors(self, execution_id: str) -> list[str]:
-        """`GetExecutionErrors`, one readable line per error."""
+        """`GetExecutionErrors`, one readable line per error ("a set of error messages in a JSON
+        list": a list, or a string holding one; items are messages or objects)."""
         value = self._action("GetExecutionErrors", {"executionId": execution_id}, safe=True)
         if isinstance(value, str):
-            value = json.loads(value) if value.strip() else []
-        return [_error_line(e) for e in value or []]
+            try:
+                value = json.loads(value) if value.strip() else []
+            except json.JSONDecodeError:
+                value = [value]  # one message as plain text
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise DmfError(f"GetExecutionErrors answered {json.dumps(value)[:200]}, not a JSON list of "
+                           "errors",
+                           execution_id=execution_id, status="",
+                           fix=f"read the errors in Data management > Job history; see {_DOC}")
+        return [_error_line(e) for e in value]
 
     def exported_package_url(self, execution_id: str) -> str:
         """`GetExportedPackageUrl` (empty until the package exists)."""
-        return str(self._action("GetExportedPackageUrl", {"executionId": execution_id}, safe=True) or "")
+        return self._text("GetExportedPackageUrl", {"executionId": execution_id})
 
     def write_url(self, unique_file_name: str) -> str:
         """`GetAzureWriteUrl`: a signed URL to upload a package to (the value is JSON in a string)."""
-        value = self._action("GetAzureWriteUrl", {"uniqueFileName": unique_file_name}, safe=True)
-        return str(json.loads(value)["BlobUrl"])
+        value = self._text("GetAzureWriteUrl", {"uniqueFileName": unique_file_name})
+        try:
+            return str(json.loads(value)["BlobUrl"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise DmfError(f"GetAzureWriteUrl answered {value[:200]!r}, not the documented JSON with BlobUrl",
+                           execution_id="", status="", fix=f"see {_DOC}") from None
 
     # --- waiting -----------------------------------------------------------------------------------
 
     def wait(self, execution_id: str, *, on_status: Callable[[str], None] | None = None,
-             timeout_s: float | None = None) -> str:
+             timeout_s: float | None = None) -> ExecutionStatus:
         """Poll until the job ends; returns Succeeded or PartiallySucceeded, raises `DmfError` otherwise."""
         deadline = time.monotonic() + (timeout_s or self.timeout_s)
         last = ""
@@ -144,6 +306,10 @@ class DmfClient:
             last = status
             if status in TERMINAL:
                 break
+            if status == ExecutionStatus.UNKNOWN:
+                raise DmfError(f"DMF does not know job {execution_id} (GetExecutionSummaryStatus: Unknown)",
+                               execution_id=execution_id, status=status,
+                               fix="the job was not created or its history was deleted: run the step again")
             if time.monotonic() >= deadline:
                 raise DmfError(f"DMF job {execution_id} did not finish in {timeout_s or self.timeout_s:g} s",
                                execution_id=execution_id, status=status,
@@ -175,7 +341,7 @@ class DmfClient:
         return dest
 
     def import_package(self, source: Path, definition_group: str, *, legal_entity: str,
-                       overwrite: bool = False, on_status: Callable[[str], None] | None = None) -> str:
+                       overwrite: bool = True, on_status: Callable[[str], None] | None = None) -> str:
         """Upload `source` and import it; returns the final status (Succeeded/PartiallySucceeded)."""
         url = self.write_url(source.name)
         self.upload(url, source.read_bytes())

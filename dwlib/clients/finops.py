@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -21,7 +20,7 @@ import httpx
 
 from .batch import Batch
 from .errors import ClientError, NotFoundError
-from .http import HttpConfig
+from .http import HttpConfig, RetryBudget
 from .odata import Key, ODataService, key_segment, literal
 from .once import send_once
 
@@ -49,10 +48,12 @@ class FinOpsClient(ODataService):
     auth_fix = ("register the app's client id in F&O (System administration > Setup > Microsoft Entra ID "
                 "applications) with a user that has the needed roles")
 
-    def __init__(self, http: httpx.Client, url: str, *, retry: HttpConfig | None = None) -> None:
+    def __init__(self, http: httpx.Client, url: str, *, retry: HttpConfig | None = None,
+                 budget: RetryBudget | None = None) -> None:
         super().__init__(http, f"{url.rstrip('/')}/data")
         self.environment_url = url.rstrip("/")
-        self.retry = retry or HttpConfig()  # budget of the requests made once (`dwlib.clients.once`)
+        self.retry = retry or HttpConfig()  # limits of the requests made once (`dwlib.clients.once`)
+        self.budget = budget or RetryBudget(self.retry.retry_budget_s)  # the run's, shared with `http`
 
     def query(
         self,
@@ -102,12 +103,13 @@ class FinOpsClient(ODataService):
             except NotFoundError:
                 return None
 
-        def gave_up(attempts: int, failure: ClientError) -> ClientError:
-            return ClientError(f"F&O did not create {entity_set}{key_segment(key)} in {attempts} attempts: "
-                               f"{failure}", fix="F&O is busy or unreachable: run the step again later, or "
-                                                 "raise options.http.retry_attempts / retry_total_s")
+        def gave_up(attempts: int, failure: ClientError, why: str) -> ClientError:
+            return ClientError(f"F&O did not create {entity_set}{key_segment(key)} in {attempts} attempts "
+                               f"({why}): {failure}",
+                               fix="F&O is busy or unreachable: run the step again later, or raise "
+                                   "options.http.retry_attempts / retry_total_s / retry_budget_s")
 
-        return send_once(post, landed, budget=self.retry, gave_up=gave_up, sleep=time.sleep)
+        return send_once(post, landed, config=self.retry, budget=self.budget, gave_up=gave_up)
 
     def update(self, entity_set: str, key: Key, changes: Mapping[str, Any]) -> None:
         """Update the row with this key (PATCH; repeating it is harmless)."""

@@ -1,13 +1,20 @@
 """The one HTTP stack: a configured `httpx.Client` with retries and a journal of every call.
 
 Layers, outermost first: `_JournalTransport` (request id, one journal entry per call) →
-`httpx_retries.RetryTransport` (429/503/504 and connection errors; `Retry-After`; exponential
-backoff with jitter; bounded by attempts and total wait) → `_BufferedTransport` (reads the body,
+`httpx_retries.RetryTransport` (429/503/504 and connection errors; `Retry-After` honoured as
+given; exponential backoff with jitter; bounded by attempts, by the waiting of one call and by the
+run's `RetryBudget`) → `_BufferedTransport` (reads the body,
 so a connection cut mid-response is a retryable error) → `httpx.HTTPTransport` (TLS always
 verified, pool sized to the concurrency). Whether a call may be repeated is decided per request:
 GET/HEAD/OPTIONS/PUT/DELETE are repeatable; POST and PATCH only when the caller marks them with
 `extensions=SAFE` (upserts, UpdateMultiple, read-only actions). A call that is not safe to repeat
 is re-sent only when the connection could not even be opened (nothing reached the service).
+
+Waiting less than a `Retry-After` asks for extends the penalty (Dataverse service protection
+limits), so a wait is never shortened: when what is left of the call's `retry_total_s` or of the
+run's `RetryBudget` cannot cover it, the call fails at once, without waiting, and the response
+carries the reason (`RETRY_REFUSED` in its extensions; the clients put it in their error). Waits go
+through the budget's `sleep`, which tests replace.
 
 Example:
     >>> journal = Journal()
@@ -28,6 +35,7 @@ import ssl
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,6 +58,9 @@ REQUEST_ID = "x-ms-client-request-id"
 SAFE_KEY = "dw.safe"
 SAFE: dict[str, Any] = {SAFE_KEY: True}
 """Pass as `extensions=SAFE` on a POST/PATCH that may be repeated (upsert, UpdateMultiple, reads)."""
+RETRY_REFUSED = "dw.retry_refused"
+"""Response extension: why the stack gave up at once instead of waiting (the budget cannot cover it)."""
+DEFAULT_RETRY_BUDGET_S = 3600.0
 _CONNECT_RETRIES = 3
 _REPEATABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _SERVICE_REQUEST_IDS = ("x-ms-service-request-id", "REQ_ID", "x-ms-request-id", "request-id")
@@ -71,7 +82,8 @@ class HttpConfig:
     retry_attempts: int = 8
     retry_total_s: float = 600.0  # cap on the sum of waits of one call
     backoff_s: float = 0.5  # first backoff step without Retry-After; doubles each retry
-    max_wait_s: float = 120.0  # cap on one wait (a Retry-After beyond it is cut to it)
+    max_wait_s: float = 120.0  # cap on one backoff wait (a Retry-After is honoured as given)
+    retry_budget_s: float = DEFAULT_RETRY_BUDGET_S  # the run's total waiting, over all its calls
     max_connections: int = 8
     ca_bundle: Path | None = None  # None: the default trust store
 
@@ -91,9 +103,70 @@ class HttpConfig:
             retry_total_s=http.retry_total_s,
             backoff_s=http.backoff_s,
             max_wait_s=http.max_wait_s,
+            retry_budget_s=http.retry_budget_s,
             max_connections=params.options.concurrency + 2,  # + token and polling calls
             ca_bundle=params.environments.ca_bundle,
         )
+
+
+class RetryBudget:
+    """The run's overall budget for waiting between retries, shared by every client of a run, and
+    the `sleep` those waits go through (tests pass one that records instead of sleeping).
+
+    A wait is taken whole or not at all: `take` answers False when what is left cannot cover it.
+
+    >>> waited = []
+    >>> budget = RetryBudget(300, sleep=waited.append)
+    >>> budget.take(200), budget.take(200), waited, budget.remaining_s
+    (True, False, [200], 100.0)
+    """
+
+    def __init__(self, total_s: float = DEFAULT_RETRY_BUDGET_S, *,
+                 sleep: Callable[[float], None] | None = None) -> None:
+        self.total_s = float(total_s)
+        # Looked up at each wait (not bound now), so the process-wide time.sleep stays the default.
+        self._sleep = sleep or (lambda seconds: time.sleep(seconds))
+        self._spent = 0.0
+        self._lock = threading.Lock()
+
+    @property
+    def spent_s(self) -> float:
+        """Seconds waited (or reserved) so far."""
+        with self._lock:
+            return self._spent
+
+    @property
+    def remaining_s(self) -> float:
+        """Seconds of waiting left to the run."""
+        with self._lock:
+            return max(0.0, self.total_s - self._spent)
+
+    def take(self, seconds: float) -> bool:
+        """Wait `seconds` if the budget covers them (and charge it); False, without waiting, if not."""
+        with self._lock:
+            if seconds > self.total_s - self._spent:
+                return False
+            self._spent += seconds
+        if seconds > 0:
+            self._sleep(seconds)
+        return True
+
+
+def budget_exhausted(wait_s: float, call_left_s: float, run_left_s: float, *, retry_after: bool) -> str:
+    """Why a retry is given up at once: the wait asked for and which budget cannot cover it.
+
+    >>> text = budget_exhausted(400, 600, 120, retry_after=True)
+    >>> "wait 400 s (Retry-After)" in text and "only 120 s are left of the run's retry budget" in text
+    True
+    """
+    asked = (f"the service asks to wait {wait_s:g} s (Retry-After) before trying again" if retry_after
+             else f"the next retry would wait {wait_s:g} s")
+    if run_left_s < call_left_s:
+        left = f"only {run_left_s:g} s are left of the run's retry budget (options.http.retry_budget_s)"
+    else:
+        left = f"only {call_left_s:g} s are left of this call's retry budget (options.http.retry_total_s)"
+    why = "rather than retry early, which extends the penalty" if retry_after else "without waiting"
+    return f"{asked}, but {left}; gave up at once {why}"
 
 
 @dataclass(frozen=True)
@@ -186,11 +259,21 @@ class _Tally:
     reasons: list[str] = field(default_factory=list)
 
 
+class _Refused(Exception):  # control flow inside the stack: never leaves it
+    """The next wait cannot be covered: the retry layer stops and hands back the last response."""
+
+    def __init__(self, response: httpx.Response | Exception, reason: str) -> None:
+        super().__init__(reason)
+        self.response, self.reason = response, reason
+
+
 class _CallRetry(Retry):
-    """One call's retry policy: repeatable or not, and reporting its waits into a tally."""
+    """One call's retry policy: repeatable or not, waiting through the run's budget, and reporting
+    its waits into a tally."""
 
     tally: _Tally
     safe: bool
+    budget: RetryBudget
 
     def is_retryable_method(self, method: str) -> bool:
         return True  # the per-call `safe` flag decides, not the method
@@ -208,18 +291,35 @@ class _CallRetry(Retry):
     def increment(self) -> _CallRetry:
         new = super().increment()
         assert isinstance(new, _CallRetry)
-        new.tally, new.safe = self.tally, self.safe
+        new.tally, new.safe, new.budget = self.tally, self.safe, self.budget
         return new
 
+    def _asked(self, response: httpx.Response | Exception) -> float | None:
+        """The service's Retry-After in seconds, as given, or None."""
+        if not isinstance(response, httpx.Response):
+            return None
+        header = response.headers.get("Retry-After", "").strip()
+        if not header:
+            return None
+        try:
+            return self.parse_retry_after(header)
+        except ValueError:
+            return None
+
     def sleep(self, response: httpx.Response | Exception) -> None:
-        before = self.elapsed_sleep
+        asked = self._asked(response)
+        wait = asked if asked is not None else min(self.backoff_strategy(), self.max_backoff_wait)
+        call_left = max(0.0, (self.total_timeout or float("inf")) - self.elapsed_sleep)
+        if wait > call_left or not self.budget.take(wait):
+            raise _Refused(response, budget_exhausted(wait, call_left, self.budget.remaining_s,
+                                                      retry_after=asked is not None))
         reason = (str(response.status_code) if isinstance(response, httpx.Response)
                   else type(response).__name__)
         self.tally.reasons.append(reason)
-        super().sleep(response)
-        self.tally.waits += self.elapsed_sleep - before
+        self.elapsed_sleep += wait
+        self.tally.waits += wait
         if reason == "429":
-            self.tally.throttled_waits += self.elapsed_sleep - before
+            self.tally.throttled_waits += wait
 
 
 class _BufferedTransport(httpx.BaseTransport):
@@ -245,10 +345,12 @@ class _BufferedTransport(httpx.BaseTransport):
 class _JournalTransport(httpx.BaseTransport):
     """Stamps a request id, installs the call's retry policy, and journals the outcome."""
 
-    def __init__(self, inner: httpx.BaseTransport, journal: Journal | None, config: HttpConfig) -> None:
+    def __init__(self, inner: httpx.BaseTransport, journal: Journal | None, config: HttpConfig,
+                 budget: RetryBudget) -> None:
         self._inner = inner
         self._journal = journal
         self._config = config
+        self._budget = budget
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         request_id = request.headers.setdefault(REQUEST_ID, str(uuid.uuid4()))
@@ -259,6 +361,13 @@ class _JournalTransport(httpx.BaseTransport):
         t0 = time.perf_counter()
         try:
             response = self._inner.handle_request(request)
+        except _Refused as refused:
+            if isinstance(refused.response, Exception):
+                self._record(request, started, t0, retry.tally, request_id, None, "",
+                             type(refused.response).__name__)
+                raise refused.response from None
+            response = refused.response
+            response.extensions[RETRY_REFUSED] = refused.reason
         except httpx.TransportError as exc:
             self._record(request, started, t0, retry.tally, request_id, None, "", type(exc).__name__)
             raise
@@ -278,7 +387,7 @@ class _JournalTransport(httpx.BaseTransport):
             total_timeout=c.retry_total_s,
             status_forcelist=(429, 503, 504),
         )
-        retry.tally, retry.safe = _Tally(), safe
+        retry.tally, retry.safe, retry.budget = _Tally(), safe, self._budget
         return retry
 
     def _record(self, request: httpx.Request, started: str, t0: float, tally: _Tally, request_id: str,
@@ -311,10 +420,13 @@ def make_client(
     auth: httpx.Auth | None = None,
     headers: dict[str, str] | None = None,
     transport: httpx.BaseTransport | None = None,
+    budget: RetryBudget | None = None,
 ) -> httpx.Client:
     """An `httpx.Client` wired the one way every call goes: TLS verified, timeouts, retries, journal.
 
-    `transport` replaces the network (tests pass `httpx.MockTransport`); everything above it stays.
+    `budget` is the run's retry budget (share one between the clients of a run; default: a budget
+    of its own of `config.retry_budget_s`). `transport` replaces the network (tests pass
+    `httpx.MockTransport`); everything above it stays.
 
     >>> make_client(HttpConfig()).timeout
     Timeout(connect=10.0, read=60.0, write=60.0, pool=60.0)
@@ -328,7 +440,8 @@ def make_client(
         auth=auth,
         headers=headers,
         timeout=httpx.Timeout(config.timeout_s, connect=config.connect_timeout_s),
-        transport=_JournalTransport(RetryTransport(transport=_BufferedTransport(wire)), journal, config),
+        transport=_JournalTransport(RetryTransport(transport=_BufferedTransport(wire)), journal, config,
+                                    budget or RetryBudget(config.retry_budget_s)),
         follow_redirects=False,
     )
 

@@ -25,7 +25,7 @@ from urllib.parse import quote, urljoin
 import httpx
 
 from .errors import AuthError, HttpError, NotFoundError, ThrottledError, connection_lost
-from .http import REQUEST_ID, SAFE_KEY, redact_url
+from .http import REQUEST_ID, RETRY_REFUSED, SAFE_KEY, redact_url
 
 Key = str | uuid.UUID | Mapping[str, Any]
 _REPEATABLE = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
@@ -151,7 +151,11 @@ class ODataService:
         kind = {404: NotFoundError, 429: ThrottledError}.get(response.status_code, HttpError)
         retry_after = response.headers.get("Retry-After", "")
         fix = ""
-        if response.status_code == 429:
+        refused = response.extensions.get(RETRY_REFUSED)
+        if refused:
+            fix = (f"{refused}: run again after the wait, or raise options.http.retry_budget_s / "
+                   "retry_total_s so the run can wait it out")
+        elif response.status_code == 429:
             fix = "the service is throttling: wait and run again, or lower options.concurrency"
         elif response.status_code == 403:
             fix = self.auth_fix

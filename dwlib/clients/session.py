@@ -20,7 +20,7 @@ from .auth import TokenProvider
 from .dataverse import DataverseClient
 from .dmf import DmfClient
 from .finops import FinOpsClient
-from .http import HttpConfig, Journal, make_client
+from .http import HttpConfig, Journal, RetryBudget, make_client
 
 if TYPE_CHECKING:
     from dwlib.params import Params
@@ -31,7 +31,7 @@ class Session:
     """The connected clients of one run; close it (or use `with`) to release connections.
 
     >>> sorted(f for f in Session.__dataclass_fields__ if not f.startswith("_"))
-    ['dataverse', 'dmf', 'finops', 'journal', 'tokens']
+    ['budget', 'config', 'dataverse', 'dmf', 'finops', 'journal', 'tokens']
     """
 
     dataverse: DataverseClient
@@ -39,7 +39,18 @@ class Session:
     dmf: DmfClient
     journal: Journal
     tokens: TokenProvider
+    config: HttpConfig
+    budget: RetryBudget  # the run's retry budget: every client of the session waits through it
     _http: list[httpx.Client] = field(default_factory=list, repr=False)
+
+    def http(self, *, auth: httpx.Auth | None = None) -> httpx.Client:
+        """Another client on the session's stack, journal and retry budget (closed with the session).
+
+        >>> # gateway = session.http(auth=session.tokens.auth_for(INTEGRATOR_APP))
+        """
+        client = make_client(self.config, self.journal, auth=auth, budget=self.budget)
+        self._http.append(client)
+        return client
 
     def close(self) -> None:
         """Close every HTTP client of the session."""
@@ -60,27 +71,32 @@ def connect(
     journal: Journal | None = None,
     device_prompt: Callable[[str], None] | None = None,
     transport: httpx.BaseTransport | None = None,
+    sleep: Callable[[float], None] | None = None,
 ) -> Session:
-    """Clients for the run `params` describe, all on one stack and one journal.
+    """Clients for the run `params` describe, all on one stack, one journal and one retry budget.
 
     Contacts the sign-in authority (discovery) but no environment yet. `transport` replaces the
-    network for tests.
+    network and `sleep` the waits between retries (`RetryBudget`) for tests.
 
     >>> # with connect(load_params("params/sandbox-new-new.yaml")) as session: session.dataverse.whoami()
     """
     config = HttpConfig.from_params(params)
     journal = journal if journal is not None else Journal()
+    budget = RetryBudget(config.retry_budget_s, sleep=sleep)
     env = params.environments
-    plain = make_client(config, journal, transport=transport)
+    plain = make_client(config, journal, transport=transport, budget=budget)
     try:
         tokens = TokenProvider.from_params(params, plain, device_prompt=device_prompt)
     except BaseException:
         plain.close()
         raise
-    dv_http = make_client(config, journal, auth=tokens.auth_for(env.dataverse_url), transport=transport)
-    fo_http = make_client(config, journal, auth=tokens.auth_for(env.finops_url), transport=transport)
+    dv_http = make_client(config, journal, auth=tokens.auth_for(env.dataverse_url), transport=transport,
+                          budget=budget)
+    fo_http = make_client(config, journal, auth=tokens.auth_for(env.finops_url), transport=transport,
+                          budget=budget)
     options = params.options
     dataverse = DataverseClient(dv_http, env.dataverse_url, page_size=options.page_size,
                                 concurrency=options.concurrency, batch_size=options.batch_size)
-    finops = FinOpsClient(fo_http, env.finops_url, retry=config)
-    return Session(dataverse, finops, DmfClient(finops, plain), journal, tokens, [plain, dv_http, fo_http])
+    finops = FinOpsClient(fo_http, env.finops_url, retry=config, budget=budget)
+    dmf = DmfClient(finops, plain)
+    return Session(dataverse, finops, dmf, journal, tokens, config, budget, [plain, dv_http, fo_http])

@@ -63,7 +63,11 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows", type=int,
                         help=f"rows to seed per main table (default {server.DEFAULT_ROWS})")
     parser.add_argument("--dir", type=Path, help="state directory (default .dw/sandbox/<profile>)")
-    parser.add_argument("--port", type=int, help="HTTPS port on 127.0.0.1 (default 0: a free port)")
+    parser.add_argument("--port", type=int, help="HTTPS port on 127.0.0.1 (default: the port the sandbox "
+                                                 "had, a free one the first time); another port moves it")
+    parser.add_argument("--move-port", action="store_true",
+                        help="move the sandbox to a free port: its environments' URLs change, so the "
+                             "dual-write link needs a relink, as after a documented environment move")
     parser.add_argument("--faults", help="e.g. latency=20ms,429=0.05,503=0.02,504=0.01,drop=0.01,seed=7 "
                                           "(also 500=R, and 5xx=R for any of 500/503/504)")
     parser.add_argument("--limits", help="e.g. requests=100,window=10,exec=5,concurrency=4,finops=8")
@@ -166,7 +170,8 @@ def _log_tail(root: Path, lines: int = 25) -> str:
 
 @dataclass
 class Started:
-    """What `start` did: the connection details, and whether the sandbox was already running.
+    """What `start` did: the connection details, whether the sandbox was already running, and the
+    port it moved from (None when it kept its URLs).
 
     >>> Started(Path("/tmp/sbx"), {"pid": 1}).already_running
     False
@@ -175,6 +180,41 @@ class Started:
     root: Path
     connection: dict[str, Any]
     already_running: bool = False
+    moved_from: int | None = None
+
+
+MOVED = ("its environments' URLs changed, so the Power Platform integration and the dual-write link "
+         "still name the old ones, as after an environment move: relink (Power Platform integration setup, "
+         "then the dual-write link); the runbook's link check reports it")
+
+
+def _saved_port(root: Path) -> int:
+    """The port a sandbox directory keeps its URLs on (0: none yet)."""
+    try:
+        return Settings.load(Paths(root).settings).port
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def _free_or_explain(root: Path, port: int, kept: bool) -> None:
+    """SandboxError unless `port` can be listened on; for the port a sandbox keeps, say how to move."""
+    try:
+        server.bind(port).close()
+    except SandboxError:
+        if not kept:
+            raise
+        raise SandboxError(
+            f"port {port} on 127.0.0.1 is in use, and the sandbox in {root} keeps its environments' URLs on "
+            f"it (https://127.0.0.1:{port}/…, as a real environment keeps its URL): stop what uses the port, "
+            f"or move the sandbox with `dw sandbox start --dir {root} --move-port` (a free port) or "
+            f"`--port N`; moving changes its URLs, so the dual-write link needs a relink afterwards"
+        ) from None
+
+
+def _move(options: server.Options, move_port: bool) -> server.Options:
+    if move_port and options.get("port") is not None:
+        raise SandboxError("give --port N or --move-port, not both")
+    return {**options, "port": 0} if move_port else options
 
 
 def start(
@@ -183,17 +223,23 @@ def start(
     root: Path | None = None,
     timeout: float | None = None,
     owner_pid: int | None = None,
+    move_port: bool = False,
     **options: Unpack[server.Options],
 ) -> Started:
     """Start the sandbox of `root` (default `.dw/sandbox/<profile>`) in the background; `options`
     (rows, port, faults, limits, token_lifetime_s, device_code_approve_after_s) as for
     `server.configure`.
 
+    A sandbox keeps its port, so its URLs (and the links that name them) stay valid across
+    restarts, as a real environment's do. `move_port` (or another `port`) moves it: the
+    environments' URLs change and its dual-write link then needs a relink (`Started.moved_from`).
+
     Returns once it answers over verified HTTPS. When it is already running, returns its
     connection with `already_running=True` and changes nothing. Raises SandboxError on bad
-    options, a taken port, or a process that dies or does not answer within `timeout` seconds
-    (default: 2 minutes plus time to seed the rows; the message ends with the tail of `sandbox.log`).
-    With `owner_pid` the sandbox stops by itself once that process has ended (test fixtures).
+    options, a taken port (for its kept port: saying how to move it), or a process that dies or
+    does not answer within `timeout` seconds (default: 2 minutes plus time to seed the rows; the
+    message ends with the tail of `sandbox.log`). With `owner_pid` the sandbox stops by itself once
+    that process has ended (test fixtures).
 
     >>> # started = start("existing-existing", rows=100, faults="latency=5ms")
     """
@@ -201,9 +247,12 @@ def start(
     current = status(root)
     if current.running and current.pid is not None:  # it may still be seeding: wait for it
         return Started(root, _await_ready(root, current.pid, timeout or 120.0), already_running=True)
+    options = _move(options, move_port)
+    before = _saved_port(root)
     settings = server.configure(root, profile=profile, **options)
     if settings.port:
-        server.bind(settings.port).close()  # fail here, with the fix, rather than in the log
+        # Fail here, with the fix, rather than in the log.
+        _free_or_explain(root, settings.port, kept=options.get("port") is None)
     paths = Paths(root)
     paths.connection.unlink(missing_ok=True)
     env = dict(os.environ)
@@ -223,7 +272,9 @@ def start(
     paths.pid.write_text(str(proc.pid))
     if timeout is None:
         timeout = 120.0 + settings.rows / 5000  # seeding runs at well over 10,000 rows a second
-    return Started(root, _await_ready(root, proc.pid, timeout))
+    connection = _await_ready(root, proc.pid, timeout)
+    moved = before if before and before != connection["port"] else None
+    return Started(root, connection, moved_from=moved)
 
 
 def _await_ready(root: Path, pid: int, timeout: float) -> dict[str, Any]:
@@ -246,7 +297,7 @@ def _await_ready(root: Path, pid: int, timeout: float) -> dict[str, Any]:
 
 
 def serve(profile: str | None = None, *, root: Path | None = None, owner_pid: int | None = None,
-          **options: Unpack[server.Options]) -> None:
+          move_port: bool = False, **options: Unpack[server.Options]) -> None:
     """Run a sandbox in the foreground (`dw sandbox serve`) until Ctrl+C; options as for `start`.
 
     >>> # serve("new-new", root=Path("/tmp/sbx"), port=8443)
@@ -256,7 +307,10 @@ def serve(profile: str | None = None, *, root: Path | None = None, owner_pid: in
     if current.running and current.pid != os.getpid():  # the background child finds its own pid
         raise SandboxError(f"the sandbox in {root} is already running (pid {current.pid}): "
                            f"stop it first with: dw sandbox stop --dir {root}")
-    server.configure(root, profile=profile, **options)
+    options = _move(options, move_port)
+    settings = server.configure(root, profile=profile, **options)
+    if settings.port:
+        _free_or_explain(root, settings.port, kept=options.get("port") is None)
     server.serve(root, owner_pid=owner_pid)
 
 

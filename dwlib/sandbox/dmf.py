@@ -12,6 +12,10 @@ names, no `DATAAREAID` column (the company is the call's `legalEntityId`). Jobs 
 (one batch thread), as asyncio tasks that advance in chunks, and persist in the store under
 `dmf.job.<executionId>`, so history survives a restart and unfinished jobs resume.
 
+`ImportFromPackage` "must not be called in parallel" (data-management-api.md): a new import is
+refused while another import job is NotRun or Executing. `ExportToPackage` and
+`GetExportedPackageUrl` answer the nested `{"value": {"value": …}}` of the documented samples.
+
 Blob URLs are `{base}/blob/dmf/{name}?sv=…&sr=b&sp=r|rw&se=<expiry>&sig=<HMAC>`; the key derives
 from `identity.key`. Errors are Azure Storage XML bodies (403 `AuthenticationFailed`, 400
 `MissingRequiredHeader` for a PUT without `x-ms-blob-type: BlockBlob`, 404 `BlobNotFound`).
@@ -66,6 +70,9 @@ _JOB_PREFIX = "dmf.job."
 log = logging.getLogger("dwlib.sandbox.dmf")
 
 
+_IMPORT_RUNNING = {"NotRun", "Executing"}
+
+
 class DmfError(Exception):
     """An action call F&O refuses (bad parameters); `finops.py` renders it as its error body.
 
@@ -76,6 +83,15 @@ class DmfError(Exception):
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.message, self.status = message, status
+
+
+def nested(value: str) -> dict[str, str]:
+    """The documented shape of ExportToPackage's and GetExportedPackageUrl's `value`.
+
+    >>> nested("exec-1")
+    {'value': 'exec-1'}
+    """
+    return {"value": value}
 
 
 # --- entities -------------------------------------------------------------------------------------
@@ -489,7 +505,7 @@ class DmfService:
         self._lock: asyncio.Lock | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._resumed = False
-        self.actions: dict[str, tuple[str, Callable[[dict[str, Any]], Any]]] = {
+        self.actions: dict[str, tuple[str, Callable[[dict[str, Any]], Any]]] = {  # name → (type, handler)
             "GetAzureWriteUrl": ("Edm.String", self._get_azure_write_url),
             "ImportFromPackage": ("Edm.String", self._import_from_package),
             "ExportToPackage": ("Edm.String", self._export_to_package),
@@ -536,10 +552,22 @@ class DmfService:
         company = self._company(body)
         execution_id, fresh = self._execution_id(body, "Import", group, company, reexecute=False)
         if fresh:
+            self._refuse_parallel_import()
             self._start(self._new_job(execution_id, "Import", group, company, package=name))
         return execution_id
 
-    def _export_to_package(self, body: dict[str, Any]) -> str:
+    def _refuse_parallel_import(self) -> None:
+        """ImportFromPackage runs in a batch and "must not be called in parallel": refuse a new
+        import while another one is queued or running (the wording is the sandbox's)."""
+        for key in self.store.kv_keys(_JOB_PREFIX):
+            job = self.store.kv_get(key)
+            if job["operation"] == "Import" and job["status"] in _IMPORT_RUNNING:
+                raise DmfError(
+                    f"Another import is in progress: job {job['executionId']} of data project "
+                    f"{job['definitionGroupId']} is {job['status']}. ImportFromPackage must not be called "
+                    "in parallel; call it again when that job has finished.")
+
+    def _export_to_package(self, body: dict[str, Any]) -> dict[str, str]:
         group = _param(body, "definitionGroupId")
         project = self.groups().get(group)
         if project is None or project["operation"] != "Export":
@@ -554,13 +582,13 @@ class DmfService:
             self._start(self._new_job(execution_id, "Export", group, company,
                                       package=f"export-{_blob_stem(execution_id)}.zip",
                                       package_name=package_name))
-        return execution_id
+        return nested(execution_id)
 
-    def _get_exported_package_url(self, body: dict[str, Any]) -> str:
+    def _get_exported_package_url(self, body: dict[str, Any]) -> dict[str, str]:
         job = self.job(_param(body, "executionId"))
         if job is None or job["operation"] != "Export" or job["status"] != "Succeeded":
-            return ""
-        return self.blobs.url(job["package"], "r")
+            return nested("")
+        return nested(self.blobs.url(job["package"], "r"))
 
     def _get_execution_summary_status(self, body: dict[str, Any]) -> str:
         job = self.job(_param(body, "executionId"))

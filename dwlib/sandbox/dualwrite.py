@@ -56,6 +56,18 @@ _KEEP_REQUESTS = 10
 _KEEP_ACTIVITY = 50
 
 
+@dataclasses.dataclass(frozen=True)
+class RunChoice:
+    """What Run does for one map: initial sync or not, and which side is master for conflicts.
+
+    >>> RunChoice(initial_sync=False, master="finops").master
+    'finops'
+    """
+
+    initial_sync: bool = True
+    master: str = "dataverse"
+
+
 class DualWriteError(Exception):
     """An action the runtime refuses, with the message a consultant would see; `status` is the
     HTTP status the portal and gateway answer with."""
@@ -346,6 +358,7 @@ class DualWrite:
                 "legalEntities": codes,
                 "solutionsApplied": True,
                 "linkedOn": utcnow(),
+                "finopsUrl": self.finops_url,  # the environment linked: a move leaves it behind
             }
             self.store.kv_set("dw.connection", conn)
         if start_maps is None:
@@ -478,15 +491,24 @@ class DualWrite:
         return self._finish(req)
 
     def run(
-        self, names: Sequence[str], *, initial_sync: bool = True, master: str = "dataverse"
+        self,
+        names: Sequence[str],
+        *,
+        initial_sync: bool = True,
+        master: str = "dataverse",
+        choices: Mapping[str, RunChoice] | None = None,
     ) -> dict[str, Any]:
         """Run maps in the given order (Run dialog: selected map and related maps).
 
-        Not running maps start (with an initial sync unless skipped, `master` deciding conflicts),
-        Paused maps resume, Running maps are left alone; Initializing or Resuming maps refuse.
+        Not running maps start (with an initial sync unless skipped, `master` deciding conflicts;
+        `choices` give a map its own, by name, as the gateway's per-map `parameters` do), Paused
+        maps resume, Running maps are left alone; Initializing or Resuming maps refuse.
         """
-        if master not in ("dataverse", "finops"):
-            raise DualWriteError(f"master must be 'dataverse' or 'finops', not {master!r}")
+        default = RunChoice(initial_sync, master)
+        picked = {self._map(n).name: c for n, c in (choices or {}).items()}
+        for choice in (default, *picked.values()):
+            if choice.master not in ("dataverse", "finops"):
+                raise DualWriteError(f"master must be 'dataverse' or 'finops', not {choice.master!r}")
         self._need_maps()
         maps = [self._map(n) for n in dict.fromkeys(names)]
         recs = [self.map_record(m.name) for m in maps]
@@ -498,18 +520,21 @@ class DualWrite:
         resume = [m.name for m, rec in zip(maps, recs, strict=True) if rec["state"] == "Paused"]
         start = [(m, rec) for m, rec in zip(maps, recs, strict=True) if rec["state"] == "NotRunning"]
         req = self._request("start", [rec for _, rec in start])
+        syncing = []
         with self.store.transaction():
             for m, rec in start:
+                choice = picked.get(m.name, default)
                 self._ensure_project(m, rec)
-                rec["master"] = master
-                if initial_sync:
-                    self._set_state(m, rec, "Initializing", f"run with initial sync, master {master}")
+                rec["master"] = choice.master
+                if choice.initial_sync:
+                    syncing.append(m.name)
+                    self._set_state(m, rec, "Initializing", f"run with initial sync, master {choice.master}")
                 else:
                     self._set_state(m, rec, "Running", "run, initial sync skipped")
         if resume:
             self.resume(resume)
-        if initial_sync and start:
-            self._spawn(self._initial_syncs(req, [m.name for m, _ in start]))
+        if syncing:
+            self._spawn(self._initial_syncs(req, syncing))
             return req
         return self._finish(req)
 
@@ -596,22 +621,28 @@ class DualWrite:
                 self._set_state(self._map(rec["name"]), rec, state, event)
         return self._finish(req)
 
-    def resume(self, names: Sequence[str], mode: str = "catchup") -> dict[str, Any]:
+    def resume(
+        self, names: Sequence[str], mode: str = "catchup", modes: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
         """Resume Paused maps: catch up the queue in order (default), or skip to live sync
-        preserving the queued records as catch-up errors for retry, or discarding them."""
-        if mode not in RESUME_MODES:
-            raise DualWriteError(f"resume mode must be one of {', '.join(RESUME_MODES)}, not {mode!r}")
+        preserving the queued records as catch-up errors for retry, or discarding them; `modes`
+        give a map its own mode, by name."""
+        picked = {self._map(n).name: m for n, m in (modes or {}).items()}
+        for chosen in (mode, *picked.values()):
+            if chosen not in RESUME_MODES:
+                raise DualWriteError(f"resume mode must be one of {', '.join(RESUME_MODES)}, not {chosen!r}")
         recs = self._only(names, "Paused", "Resume")
         req = self._request("resume", recs)
         with self.store.transaction():
             for rec in recs:
                 m = self._map(rec["name"])
-                if mode == "catchup":
+                chosen = picked.get(rec["name"], mode)
+                if chosen == "catchup":
                     self._set_state(m, rec, "Resuming", "resuming: catching up queued records")
                     self._spawn(dw_live.catch_up(self, m.name))
                 else:
-                    dw_live.drop_queue(self, m.name, keep_as_errors=mode == "skip-preserve")
-                    self._set_state(m, rec, "Running", f"skipped to live synchronization ({mode})")
+                    dw_live.drop_queue(self, m.name, keep_as_errors=chosen == "skip-preserve")
+                    self._set_state(m, rec, "Running", f"skipped to live synchronization ({chosen})")
         return self._finish(req)
 
     def _only(self, names: Sequence[str], state: str, action: str) -> list[dict[str, Any]]:

@@ -3,20 +3,23 @@
 - Dataverse `cdm_companies`, with the business unit and the "<CODE> DW" owner team the company
   plug-in creates (company-data.md);
 - Dataverse `msdyn_dualwriteentitymaps`: one row per table map once the solutions are applied,
-  `msdyn_mapping` holding the map's legs and column rows (api-surface.md §2.12);
+  `msdyn_mapping` holding its column rows in the shape Dual-write-automations reads
+  (`entityMappingTasks[].legs[].fieldMappings[].valueTransforms[]`);
 - F&O `DualWriteProjectConfigurations`: two rows per map once it has a project ("two records
   for every dual-write mapping", here one with `IsDelete` "No" and one with "Yes");
 - Dataverse `msdyn_dualwriteruntimeconfigs`: one row per project. Community notes say real
   Dataverse holds rows only for maps where Dataverse is a source; the sandbox keeps one for every
   map so that each map's state (and, through `versionnumber`, each state change) is readable.
 
-`Status` / `msdyn_status` carry the map state as the gateway's `MapStatus` codes (Running 4,
-Paused 5, Not running 6, initial sync 2, catch-up 3). That meaning is the sandbox's choice: the
-real semantics of these columns are UNVERIFIED (api-surface.md §5.1).
+The map state is in F&O `Status` as an enum name, as F&O OData returns enum values, and in
+Dataverse `msdyn_status` as a choice value; both use the gateway's `MapStatus` (DWEnums.cs):
+names NotRunning, InitialSync, CatchUp, Running, Paused and codes 6, 2, 3, 4, 5. That meaning is
+the sandbox's choice: the real semantics of these columns are UNVERIFIED (api-surface.md §5.1;
+`dw doctor --record` captures them from a real environment).
 
 Example:
-    >>> STATUS_CODES["Running"], STATE_OF_CODE[5]
-    (4, 'Paused')
+    >>> STATUS_CODES["Running"], STATE_OF_CODE[5], FINOPS_STATUS["Initializing"]
+    (4, 'Paused', 'InitialSync')
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from .store import Store
 
 STATUS_CODES = {"NotRunning": 6, "Initializing": 2, "Resuming": 3, "Running": 4, "Paused": 5}
 STATE_OF_CODE = {v: k for k, v in STATUS_CODES.items()}
+FINOPS_STATUS = {"NotRunning": "NotRunning", "Initializing": "InitialSync", "Resuming": "CatchUp",
+                 "Running": "Running", "Paused": "Paused"}  # DWEnums.MapStatus names
 _SYNC_DIRECTION = {(True, False): "1", (False, True): "2", (True, True): "3"}  # FO→CE, CE→FO, both
 
 _BU, _TEAMS, _COMPANIES = ENTITIES["businessunits"], ENTITIES["teams"], ENTITIES["cdm_companies"]
@@ -86,9 +91,17 @@ def ensure_company(store: Store, code: str, name: str) -> dict[str, Any]:
     return store.get(_COMPANIES, {"cdm_companyid": row["cdm_companyid"]}) or row
 
 
-def mapping_json(m: catalog.TableMap) -> dict[str, Any]:
-    """`msdyn_mapping` of a map (as edited, `DualWrite.effective_map`): its leg and column rows, with
-    their Default value transforms."""
+def mapping_json(m: catalog.TableMap, project_id: str | None = None) -> dict[str, Any]:
+    """`msdyn_mapping` of a map (as edited, `DualWrite.effective_map`) in the shape Microsoft's
+    Dual-write-automations reads field mappings (`DWLibary/Struct/DWFieldMapping.cs`):
+    `entityMappingTasks[].legs[].fieldMappings[]`, each column row with its sync direction and its
+    `valueTransforms[]` (a Default value transform: `{"transformType": "Default", "defaultValue"}`).
+
+    >>> m = catalog.table_map("Currencies (transactioncurrencies)")
+    >>> leg = mapping_json(m)["entityMappingTasks"][0]["legs"][0]
+    >>> leg["sourceSchema"], leg["destinationSchema"], sorted(leg["fieldMappings"][0])[:3]
+    ('Currencies', 'transactioncurrencies', ['destinationField', 'isSystemGenerated', 'sourceField'])
+    """
     fields = []
     for r in m.mappings:
         fields.append(
@@ -101,25 +114,34 @@ def mapping_json(m: catalog.TableMap) -> dict[str, Any]:
                 "isSystemGenerated": False,
                 "valueTransforms": []
                 if r.default is None
-                else [{"transformType": "Default", "value": r.default}],
+                else [{"transformType": "Default", "defaultValue": r.default}],
             }
         )
+    major, minor, build, revision = (int(p) for p in m.version.split("."))
+    leg = {
+        "id": f"{m.id}-leg-1",
+        "sourceEnvironmentType": "AX",
+        "sourceSchema": m.finops_entity,
+        "sourceFilter": m.source_filter,
+        "destinationEnvironmentType": "CRM",
+        "destinationSchema": m.dataverse_table,
+        "reversedSourceFilter": m.dataverse_filter,
+        "fieldMappings": fields,
+    }
     return {
         "name": m.name,
-        "leftEnvironmentType": "AX",
-        "centerEnvironmentType": "CRM",
-        "legs": [
-            {
-                "sourceSchema": m.finops_entity,
-                "sourceEnvironmentType": "AX",
-                "destinationSchema": m.dataverse_table,
-                "destinationEnvironmentType": "CRM",
-                "sourceFilter": m.source_filter,
-                "reversedSourceFilter": m.dataverse_filter,
-                "integrationKey": list(m.integration_key),
-                "fieldMappings": fields,
-            }
+        "displayName": m.name,
+        "entityMappingTasks": [
+            {"name": m.name, "order": 1, "leftEnvironmentType": "AX", "centerEnvironmentType": "CRM",
+             "legs": [leg]}
         ],
+        "templateIdentifier": {
+            "name": m.name,
+            "displayName": m.name,
+            "version": {"major": major, "minor": minor, "build": build, "revision": revision},
+        },
+        "isDualWriteProject": True,
+        **({"id": project_id} if project_id else {}),
     }
 
 
@@ -154,7 +176,7 @@ def create_project(store: Store, m: catalog.TableMap, project: str, pid: str, da
                 "ExternalEntityName": m.dataverse_table,
                 "InternalEntityName": m.finops_entity,
                 "ExternalEnvironmentURL": dataverse_url,
-                "Status": STATUS_CODES["NotRunning"],
+                "Status": FINOPS_STATUS["NotRunning"],
                 "IsDebugMode": "No",
                 "IsDelete": is_delete,
                 "IntegrationKey": ",".join(m.integration_key),
@@ -200,7 +222,8 @@ def set_status(store: Store, project: str, state: str) -> None:
     """Write a map state into its project's F&O and Dataverse configuration rows."""
     code = STATUS_CODES[state]
     store.conn.execute(
-        f'UPDATE "{_PROJECTS.table}" SET "Status" = ? WHERE "ProjectName" = ?', (code, project)
+        f'UPDATE "{_PROJECTS.table}" SET "Status" = ? WHERE "ProjectName" = ?',
+        (FINOPS_STATUS[state], project),
     )
     for row in store.find(_RUNTIME, {"msdyn_name": project}):
         store.update(

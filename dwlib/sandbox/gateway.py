@@ -12,10 +12,14 @@ Paths under `gateway_url` (`API` = `api/DualWriteManagement/1.0`):
 - `GET API/Entities?targetType=AX&cid={cid}` → maps `[{leftEntity, rightEntity, detail{tid, tName,
   pid, state, template, templates, lastRequest, lastRequests, actions, isProjectDeleted}}]`
 - `POST API/Start` `{action, details[{tid, pid, cid, parameters}]}` → `{requestId}`; action 1 start,
-  4 stop, 5 pause, 6 resume, 8 init (create the project)
+  4 stop, 5 pause, 6 resume, 8 init (create the project); each entry's `parameters` apply to its
+  own map
 - `GET API/Status/{requestId}` → the request's maps, each with `detail.lastRequests` (state 1
   Waiting, 2 Completed, 3 Error)
 - `POST API/GetTemplatePrerequisiteSequences/{cid}` `["<tid>"]` → `[[tid, …]]` in run order
+- `GET API/{pid}/FieldMappings` → the map's field mappings (`DWFieldMapping`: `entityMappingTasks[
+  {legs[{fieldMappings[{syncDirection, sourceField, destinationField, valueTransforms}]}]}]`), the
+  same document as its `msdyn_mapping`
 - `GET api/ProjectExecutionWithCompanies/{pid}` → `{projectName, projectExecutionResponses[
   {legalEntityId, executionStatus, taskExecutionStatuses[{legs[…, importErrors]}]}]}`
 - `GET api/ConnectionSet/{cname}` → the connection set, `dualWriteDetail.legalEntityMappings`
@@ -41,13 +45,15 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from dwlib import catalog
 
+from . import dw_records
 from .context import AuthError, Sandbox
-from .dualwrite import DualWrite, DualWriteError, runtime_of
+from .dualwrite import DualWrite, DualWriteError, RunChoice, runtime_of
 from .dw_records import STATUS_CODES
 from .identity import INTEGRATOR_APP
 
 PREFIX = "/api/DualWriteManagement/1.0"
 _ACTION_NAMES = {"1": "start", "4": "stop", "5": "pause", "6": "resume", "8": "init"}
+_MASTERS = {"CRM": "dataverse", "AX": "finops"}
 _ACTIONS_BY_STATE = {
     "NotRunning": ["1"],
     "Initializing": [],
@@ -123,8 +129,9 @@ def _by_pid(rt: DualWrite, pid: str) -> catalog.TableMap:
 def _environments(rt: DualWrite, request: Request, body: Any) -> Any:
     conn = rt.connection()
     identifier = request.query_params.get("identifier", "")
-    host = urlsplit(rt.finops_url).netloc
-    if conn is None or identifier.lower() not in (host.lower(), rt.finops_url.lower()):
+    linked = (conn or {}).get("finopsUrl", rt.finops_url)  # a moved environment needs a relink
+    host = urlsplit(linked).netloc
+    if conn is None or identifier.lower() not in (host.lower(), linked.lower()):
         return []
     return [
         {
@@ -151,29 +158,63 @@ def _entities(rt: DualWrite, request: Request, body: Any) -> Any:
 
 
 def _start(rt: DualWrite, request: Request, body: Any) -> Any:
+    """`Start`: each `details[]` entry names one map with its own `parameters` (DWMapEngine.cs):
+    start `{skipInitialSync, conflictResolution{option, master CRM|AX}}`, resume
+    `{dualWriteSkipCatchUpSyncParameters{skipCatchUpSyncPreserveData}}`; stop, pause, init none."""
     if not isinstance(body, dict) or not isinstance(body.get("details"), list) or not body["details"]:
         raise DualWriteError('send {"action": "1|4|5|6|8", "details": [{"tid", "pid", "cid", "parameters"}]}')
     action = str(body.get("action"))
     if action not in _ACTION_NAMES:
         raise DualWriteError(f"unknown action {action!r}: use 1 start, 4 stop, 5 pause, 6 resume, 8 init")
-    names: list[str] = []
-    skip, master = True, "dataverse"
-    for detail in body["details"]:
-        _need_cid(rt, detail.get("cid", ""))
-        names.append(_by_tid(rt, detail.get("tid", "")).name)
-        params = detail.get("parameters") or {}
-        skip = bool(params.get("skipInitialSync", skip))
-        master = {"CRM": "dataverse", "AX": "finops"}.get(
-            (params.get("conflictResolution") or {}).get("master"), master
-        )
     verb = _ACTION_NAMES[action]
+    names: list[str] = []
+    choices: dict[str, RunChoice] = {}
+    modes: dict[str, str] = {}
+    for detail in body["details"]:
+        if not isinstance(detail, dict):
+            raise DualWriteError("each details[] entry is an object {tid, pid, cid, parameters}")
+        _need_cid(rt, detail.get("cid", ""))
+        name = _by_tid(rt, detail.get("tid", "")).name
+        names.append(name)
+        params = detail.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise DualWriteError(f"parameters of {name!r} must be an object, not {params!r}")
+        if verb == "start":
+            choices[name] = _run_choice(name, params)
+        elif verb == "resume":
+            modes[name] = _resume_mode(name, params)
     if verb == "start":
-        req = rt.run(names, initial_sync=not skip, master=master)
+        req = rt.run(names, choices=choices)
+    elif verb == "resume":
+        req = rt.resume(names, modes=modes)
     elif verb == "init":
         req = rt.init(names)
     else:
         req = getattr(rt, verb)(names)
     return {"requestId": req["requestId"]}
+
+
+def _run_choice(name: str, params: dict[str, Any]) -> RunChoice:
+    """One map's start parameters; without them the initial sync is skipped, Dataverse is master."""
+    skip = params.get("skipInitialSync", True)
+    if not isinstance(skip, bool):
+        raise DualWriteError(f"skipInitialSync of {name!r} must be true or false, not {skip!r}")
+    master = (params.get("conflictResolution") or {}).get("master", "CRM")
+    if master not in _MASTERS:
+        raise DualWriteError(f"conflictResolution.master of {name!r} must be CRM or AX, not {master!r}")
+    return RunChoice(initial_sync=not skip, master=_MASTERS[master])
+
+
+def _resume_mode(name: str, params: dict[str, Any]) -> str:
+    """One map's resume parameters: catch up unless told to skip (preserving the queue or not)."""
+    skip = params.get("dualWriteSkipCatchUpSyncParameters")
+    if skip is None:
+        return "catchup"
+    preserve = skip.get("skipCatchUpSyncPreserveData") if isinstance(skip, dict) else None
+    if not isinstance(preserve, bool):
+        raise DualWriteError("dualWriteSkipCatchUpSyncParameters.skipCatchUpSyncPreserveData of "
+                             f"{name!r} must be true or false")
+    return "skip-preserve" if preserve else "skip-discard"
 
 
 def _status(rt: DualWrite, request: Request, body: Any) -> Any:
@@ -269,6 +310,11 @@ def _executions(rt: DualWrite, request: Request, body: Any) -> Any:
     return {"projectName": rec["project"], "projectExecutionResponses": responses}
 
 
+def _field_mappings(rt: DualWrite, request: Request, body: Any) -> Any:
+    m = _by_pid(rt, request.path_params["pid"])
+    return dw_records.mapping_json(rt.effective_map(m.name), project_id=request.path_params["pid"])
+
+
 def _connection_set(rt: DualWrite, request: Request, body: Any) -> Any:
     conn = rt.connection()
     if conn is None or conn["cname"] != request.path_params["cname"]:
@@ -360,6 +406,7 @@ def routes(sbx: Sandbox) -> list[BaseRoute]:
         ("POST", f"{PREFIX}/Start", _start),
         ("GET", f"{PREFIX}/Status/{{request}}", _status),
         ("POST", f"{PREFIX}/GetTemplatePrerequisiteSequences/{{cid}}", _prerequisites),
+        ("GET", f"{PREFIX}/{{pid}}/FieldMappings", _field_mappings),
         ("GET", "/api/ProjectExecutionWithCompanies/{pid}", _executions),
         ("GET", "/api/ConnectionSet/{cname}", _connection_set),
         ("POST", "/api/ConnectionSet/{cid}/Reset", _reset),

@@ -362,7 +362,7 @@ FINOPS: tuple[Entity, ...] = (
             "ExternalEntityName": "string",
             "InternalEntityName": "string",
             "ExternalEnvironmentURL": "string",
-            "Status": "int",
+            "Status": "string",  # an enum: F&O OData carries enum values by name
             "IsDebugMode": "string",
             "IsDelete": "string",
             "IntegrationKey": "string",

@@ -338,6 +338,11 @@ def serve(root: Path, owner_pid: int | None = None) -> None:
     settings = Settings.load(paths.settings)
     ensure_credentials(paths)
     sock = bind(settings.port)
+    if settings.port != sock.getsockname()[1]:
+        # The first port (a free one) is kept: the environments' URLs, and the links that name
+        # them, stay valid across restarts as a real environment's do.
+        settings.port = sock.getsockname()[1]
+        settings.save(paths.settings)
     pid = os.getpid()
     paths.pid.write_text(str(pid))
     store = Store(paths.db)

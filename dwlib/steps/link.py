@@ -219,9 +219,11 @@ def link_checks(params: Params, link: dict[str, Any] | None) -> list[Check]:
         out.append(Check(
             name, Status.FAILED, f"Dataverse is integrated with {actual}, not {expected} "
             "(environments.finops_url)",
-            fix="a Dataverse environment links to one F&O environment: check environments.dataverse_url and "
-                "finops_url name the linked pair; otherwise reset the link in LCS and connect the right one",
-            doc=DOCS_ROOT + "reset"))
+            fix="a Dataverse environment links to one F&O environment. If this F&O environment moved (its "
+                "URL changed), the link still names the old URL: relink it (LCS Power Platform Integration "
+                "setup, then Reset link on the dual-write page). Otherwise check environments.dataverse_url "
+                "and finops_url name the linked pair",
+            doc=DOCS_ROOT + "relink-environments"))
     tenant = params.environments.tenant_id
     actual_tenant = str(link.get("TenantId") or "")
     if "." in tenant:  # a domain name: the integration reports the tenant's GUID

@@ -1,10 +1,10 @@
-"""Fixtures of the client tests: a private token cache, recorded (not slept) retry waits, fake services."""
+"""Fixtures of the client tests: a private token cache, a list for retry waits (tests hand it to the
+stack's `RetryBudget(sleep=sleeps.append)`, so nothing sleeps), fake services."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import httpx_retries.retry
 import pytest
 from client_fakes import FakeService
 
@@ -18,11 +18,9 @@ def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """The waits the retry layer asks for, recorded instead of slept."""
-    recorded: list[float] = []
-    monkeypatch.setattr(httpx_retries.retry.time, "sleep", recorded.append)
-    return recorded
+def sleeps() -> list[float]:
+    """Where the waits the retry layer asks for are recorded (pass `sleeps.append` as the sleep)."""
+    return []
 
 
 @pytest.fixture

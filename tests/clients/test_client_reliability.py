@@ -23,7 +23,8 @@ def test_a_50000_row_bulk_update_under_429s_503s_504s_and_dropped_connections(st
     conn = start_sandbox("existing-existing", rows=ROWS, fresh=True)
     # 39 % of the requests fault: 15 attempts make a batch failing all of them (0.39^15) negligible.
     options = {"options.http.backoff_s": 0.05, "options.http.retry_attempts": 15}
-    with connect(sandbox_params(conn, **options)) as s:
+    waits: list[float] = []
+    with connect(sandbox_params(conn, **options), sleep=waits.append) as s:
         dv = s.dataverse
         company = dv.create("cdm_companies", {"cdm_companycode": "USMF", "cdm_name": "Contoso USA"})
         ids = [r["accountid"] for r in dv.query("accounts", select=["accountid"])]
@@ -45,6 +46,7 @@ def test_a_50000_row_bulk_update_under_429s_503s_504s_and_dropped_connections(st
     assert all(e.status == 204 for e in bulk)  # every request ended in success
     waited = sum(e.wait_s for e in bulk)
     assert waited >= sum(1 for e in bulk for r in e.retry_reasons if r in ("429", "503"))  # Retry-After: 1
+    assert sum(waits) == pytest.approx(sum(e.wait_s for e in s.journal.entries()), abs=0.01)  # all waited
     assert all(e.request_id for e in bulk)
 
 
@@ -102,11 +104,11 @@ def _dmf_jobs(conn: dict[str, Any]) -> int:
 def test_dmf_jobs_start_once_each_under_429s_503s_504s_and_dropped_connections(
         start_sandbox: Any, tmp_path: Path) -> None:
     conn = start_sandbox("existing-existing", rows=20, fresh=True)
-    # Short waits (Retry-After is cut to max_wait_s) and attempts enough for 45 % faults.
-    options = {"options.http.backoff_s": 0.02, "options.http.max_wait_s": 0.05,
-               "options.http.retry_attempts": 15}
+    # Attempts enough for 45 % faults; the waits (Retry-After: 1, honoured) are recorded, not slept.
+    options = {"options.http.backoff_s": 0.02, "options.http.retry_attempts": 15}
     runs = 12
-    with connect(sandbox_params(conn, **options)) as s:
+    waits: list[float] = []
+    with connect(sandbox_params(conn, **options), sleep=waits.append) as s:
         s.dmf.poll_s = 0.02
         before = _dmf_jobs(conn)
         control.admin(conn, "faults", DMF_FAULTS)
@@ -123,3 +125,4 @@ def test_dmf_jobs_start_once_each_under_429s_503s_504s_and_dropped_connections(
     failed = [e for e in starts if e.status != 200]
     assert failed and {str(e.status) for e in failed if e.status} & {"429", "503", "504"}  # faults hit starts
     assert len(starts) > runs  # so some starts were tried again
+    assert 1.0 in waits  # the injected Retry-After: 1 was waited out as given

@@ -22,16 +22,22 @@ from dwlib.clients import (
     HttpError,
     Journal,
     NotFoundError,
+    ThrottledError,
     make_client,
 )
+from dwlib.clients.http import RetryBudget
 
 URL = "https://org.example/dv"
 API = "/dv/api/data/v9.2"
 GUID = "6f1b0c57-1111-2222-3333-444444444444"
 
 
-def dataverse(fake: FakeService, journal: Journal | None = None, **kw: int) -> DataverseClient:
-    http = make_client(HttpConfig(backoff_s=0.0), journal, transport=fake.transport)
+def dataverse(fake: FakeService, journal: Journal | None = None, sleeps: list[float] | None = None,
+              **kw: int) -> DataverseClient:
+    """A client over `fake`; retry waits are recorded in `sleeps` (never slept)."""
+    waits: list[float] = [] if sleeps is None else sleeps
+    http = make_client(HttpConfig(backoff_s=0.0), journal, transport=fake.transport,
+                       budget=RetryBudget(sleep=waits.append))
     return DataverseClient(http, URL, **kw)
 
 
@@ -89,7 +95,7 @@ def test_create_returns_the_id_and_is_never_repeated(fake: FakeService, sleeps: 
     answers = [httpx.Response(503, headers={"Retry-After": "1"}),
                httpx.Response(204, headers={"OData-EntityId": f"{URL}/api/data/v9.2/accounts({GUID})"})]
     fake.on("POST", f"{API}/accounts")(lambda request, m: answers.pop(0))
-    dv = dataverse(fake)
+    dv = dataverse(fake, sleeps=sleeps)
     with pytest.raises(HttpError) as exc:
         dv.create("accounts", {"name": "A"})
     assert exc.value.status == 503 and sleeps == []
@@ -113,11 +119,24 @@ def test_update_only_updates_and_upsert_is_repeated_on_throttling(
 ) -> None:
     answers = [httpx.Response(429, headers={"Retry-After": "2"}), httpx.Response(204), httpx.Response(204)]
     fake.on("PATCH", f"{API}/accounts\\(.*\\)")(lambda request, m: answers.pop(0))
-    dv = dataverse(fake)
+    dv = dataverse(fake, sleeps=sleeps)
     dv.upsert("accounts", {"accountnumber": "A1"}, {"name": "A"})
     assert sleeps == [2.0] and "If-Match" not in fake.requests[0].headers
     dv.update("accounts", GUID, {"name": "B"})
     assert fake.requests[-1].headers["If-Match"] == "*"
+
+
+def test_a_retry_after_beyond_the_budget_is_one_clear_error_without_waiting(
+    fake: FakeService, sleeps: list[float]
+) -> None:
+    fake.on("GET", f"{API}/accounts")(lambda request, m: httpx.Response(
+        429, headers={"Retry-After": "900"}, json={"error": {"code": "0x80072322", "message": "Number of "
+                                                             "requests exceeded the limit of 6000"}}))
+    with pytest.raises(ThrottledError) as exc:
+        list(dataverse(fake, sleeps=sleeps).query("accounts"))
+    assert sleeps == [] and len(fake.requests) == 1 and exc.value.retry_after_s == 900
+    assert "asks to wait 900 s (Retry-After)" in exc.value.fix and "gave up at once" in exc.value.fix
+    assert "options.http.retry_budget_s" in exc.value.fix
 
 
 def test_delete_treats_404_after_a_repeat_as_done(fake: FakeService, sleeps: list[float]) -> None:
@@ -130,7 +149,7 @@ def test_delete_treats_404_after_a_repeat_as_done(fake: FakeService, sleeps: lis
             raise httpx.ReadError("connection reset", request=request)
         return httpx.Response(404, json={"error": {"code": "0x80040217", "message": "Does Not Exist"}})
 
-    dv = dataverse(fake)
+    dv = dataverse(fake, sleeps=sleeps)
     dv.delete("accounts", GUID)
     assert len(attempts) == 2
     with pytest.raises(NotFoundError):

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import re
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import httpx
@@ -11,6 +15,8 @@ import pytest
 from client_fakes import FakeService, body
 
 from dwlib.clients import DmfClient, DmfError, FinOpsClient, HttpConfig, HttpError, Journal, make_client
+from dwlib.clients.dmf import ExecutionStatus, ImportGate
+from dwlib.clients.http import RetryBudget
 
 URL = "https://fo.example/finops"
 ACTIONS = "/finops/data/DataManagementDefinitionGroups/Microsoft\\.Dynamics\\.DataEntities\\.(\\w+)"
@@ -27,12 +33,13 @@ def dmf_service(
         name, args = m[1], body(request)
         if name in ("ExportToPackage", "ImportFromPackage"):
             state[name] = args
-            value: object = "exec-1"
+            # As documented: ExportToPackage nests its value, ImportFromPackage does not.
+            value: object = {"value": "exec-1"} if name == "ExportToPackage" else "exec-1"
         elif name == "GetExecutionSummaryStatus":
             state["polls"] = int(state["polls"]) + 1  # type: ignore[call-overload]
             value = statuses.pop(0) if len(statuses) > 1 else statuses[0]
         elif name == "GetExportedPackageUrl":
-            value = BLOB
+            value = {"value": BLOB}
         elif name == "GetAzureWriteUrl":
             value = json.dumps({"BlobId": "{X}", "BlobUrl": BLOB})
         else:  # GetExecutionErrors
@@ -49,9 +56,11 @@ def dmf_service(
     return state
 
 
-def dmf(fake: FakeService, journal: Journal | None = None) -> DmfClient:
-    http = make_client(HttpConfig(), journal, transport=fake.transport)
-    return DmfClient(FinOpsClient(http, URL), http, poll_s=0, timeout_s=5, sleep=lambda s: None)
+def dmf(fake: FakeService, journal: Journal | None = None, lock_dir: Path | None = None) -> DmfClient:
+    budget = RetryBudget(sleep=lambda s: None)
+    http = make_client(HttpConfig(), journal, transport=fake.transport, budget=budget)
+    return DmfClient(FinOpsClient(http, URL, budget=budget), http, poll_s=0, timeout_s=5,
+                     sleep=lambda s: None, lock_dir=lock_dir)
 
 
 def test_export_polls_to_the_end_and_downloads(fake: FakeService, tmp_path: Path) -> None:
@@ -75,7 +84,40 @@ def test_import_uploads_then_imports(fake: FakeService, tmp_path: Path) -> None:
     package.write_bytes(b"zip")
     status = dmf(fake).import_package(package, "Customers import", legal_entity="USMF")
     assert status == "PartiallySucceeded" and state["blob"] == b"zip"
-    assert state["ImportFromPackage"]["packageUrl"] == BLOB  # type: ignore[index]
+    sent = state["ImportFromPackage"]
+    assert sent["packageUrl"] == BLOB  # type: ignore[index]
+    # overwrite: "must always be set to False when a composite entity is used … Otherwise, set it to True"
+    assert sent["overwrite"] is True and sent["execute"] is True  # type: ignore[index]
+
+
+@pytest.mark.parametrize("value", ["Bad request", "Running", ""])
+def test_a_status_that_is_not_documented_is_a_clear_error(fake: FakeService, value: str) -> None:
+    dmf_service(fake, [value])
+    with pytest.raises(DmfError, match=f"answered '{value}' for job exec-1, which is not a") as exc:
+        dmf(fake).wait("exec-1")
+    assert exc.value.status == value and "Job history" in str(exc.value)
+
+
+def test_a_job_dmf_does_not_know_is_an_error_not_a_wait(fake: FakeService) -> None:
+    dmf_service(fake, ["Unknown"])
+    with pytest.raises(DmfError, match="DMF does not know job exec-1"):
+        dmf(fake).wait("exec-1")
+
+
+@pytest.mark.parametrize(("value", "lines"), [
+    (json.dumps([{"EntityName": "Customers V3", "LineNumber": 2, "ErrorMessage": "bad"}]),
+     ["Customers V3 2: bad"]),
+    ([{"ErrorMessage": "bad"}, "plain"], ["bad", "plain"]),
+    ("Job failed: no data", ["Job failed: no data"]),
+    ("", []),
+])
+def test_execution_errors_take_the_json_list_as_string_or_list(fake: FakeService, value: object,
+                                                               lines: list[str]) -> None:
+    @fake.on("POST", ACTIONS)
+    def action(request: httpx.Request, m: re.Match[str]) -> httpx.Response:
+        return httpx.Response(200, json={"value": value})
+
+    assert dmf(fake).execution_errors("exec-1") == lines
 
 
 def test_a_failed_job_raises_with_its_errors(fake: FakeService) -> None:
@@ -122,15 +164,17 @@ def starting_service(fake: FakeService, answers: list[object],
         jobs.setdefault(args["executionId"], created)  # a second start of a known id: same job
         if answer == "drop":
             raise httpx.ReadError("connection reset after the request was sent")
-        return httpx.Response(200, json={"value": args["executionId"]})
+        return httpx.Response(200, json={"value": {"value": args["executionId"]}})
 
     return state
 
 
-def starter(fake: FakeService, waits: list[float], **budget: float) -> DmfClient:
-    http = make_client(HttpConfig(), None, transport=fake.transport)
-    config = HttpConfig(**{"retry_attempts": 4, "backoff_s": 0.5, "max_wait_s": 60.0, **budget})
-    return DmfClient(FinOpsClient(http, URL, retry=config), http, poll_s=0, timeout_s=5, sleep=waits.append)
+def starter(fake: FakeService, waits: list[float], run_budget_s: float = 3600, **limits: float) -> DmfClient:
+    budget = RetryBudget(run_budget_s, sleep=waits.append)
+    http = make_client(HttpConfig(), None, transport=fake.transport, budget=budget)
+    config = HttpConfig(**{"retry_attempts": 4, "backoff_s": 0.5, "max_wait_s": 60.0, **limits})
+    return DmfClient(FinOpsClient(http, URL, retry=config, budget=budget), http, poll_s=0, timeout_s=5,
+                     sleep=waits.append)
 
 
 def test_a_start_refused_with_429_503_504_is_started_again_after_retry_after(fake: FakeService) -> None:
@@ -150,11 +194,27 @@ def test_a_start_whose_answer_was_lost_is_not_started_twice(fake: FakeService) -
     assert state["starts"] == 1 and state["jobs"] == {execution_id: "Executing"} and waits == []
 
 
-def test_a_lost_start_of_a_job_still_queued_is_repeated_and_dmf_keeps_one_job(fake: FakeService) -> None:
-    state = starting_service(fake, ["drop"], created="NotRun")  # NotRun: queued, or no job at all
+def test_a_lost_start_of_a_job_still_queued_is_not_sent_again(fake: FakeService) -> None:
+    state = starting_service(fake, ["drop"], created="NotRun")  # NotRun: the job exists, queued
     waits: list[float] = []
     execution_id = starter(fake, waits).start_export("G", "p", legal_entity="USMF")
-    assert state["starts"] == 2 and state["jobs"] == {execution_id: "NotRun"} and waits == [0.5]
+    assert state["starts"] == 1 and state["jobs"] == {execution_id: "NotRun"} and waits == []
+
+
+def test_a_lost_re_execution_is_a_clear_error_not_a_guess(fake: FakeService) -> None:
+    state = starting_service(fake, ["drop"], created="Succeeded")  # the job's last run shows
+    with pytest.raises(DmfError, match="may or may not run again"):
+        starter(fake, []).start_export("G", "p", legal_entity="USMF", execution_id="G-1", re_execute=True)
+    assert state["starts"] == 1
+
+
+def test_a_retry_after_the_budget_cannot_cover_fails_at_once_without_waiting(fake: FakeService) -> None:
+    state = starting_service(fake, [429])  # Retry-After 7
+    waits: list[float] = []
+    with pytest.raises(DmfError, match=r"wait 7 s \(Retry-After\).*only 5 s are left of the run's retry "
+                                       r"budget \(options.http.retry_budget_s\)"):
+        starter(fake, waits, run_budget_s=5).start_export("G", "p", legal_entity="USMF")
+    assert waits == [] and state["starts"] == 1
 
 
 def test_a_start_lost_before_it_reached_dmf_starts_again(fake: FakeService) -> None:
@@ -171,7 +231,7 @@ def test_a_start_that_keeps_failing_ends_with_a_clear_error(fake: FakeService) -
         starter(fake, waits).start_export("G", "p", legal_entity="USMF")
     assert state["starts"] == 5 and state["jobs"] == {} and exc.value.status == "Unknown"
     assert "run the step again later" in str(exc.value)
-    with pytest.raises(DmfError, match="in 2 attempts"):  # the time budget bounds it too
+    with pytest.raises(DmfError, match=r"in 2 attempts .*left of this call's retry budget"):  # time bounds it
         starter(fake, [], retry_total_s=10).start_export("G", "p", legal_entity="USMF")
 
 
@@ -180,3 +240,90 @@ def test_a_start_refused_for_another_reason_is_not_repeated(fake: FakeService) -
     with pytest.raises(HttpError, match="400"):
         starter(fake, []).start_export("G", "p", legal_entity="USMF")
     assert state["starts"] == 1
+
+
+# --- ImportFromPackage must not run in parallel ----------------------------------------------------
+
+
+def importing_service(fake: FakeService, polls_to_finish: int = 3) -> dict[str, object]:
+    """A DMF that, like F&O, refuses an import while another is NotRun or Executing; a job is NotRun,
+    then Executing, then Succeeded after `polls_to_finish` status reads. State: the order of events."""
+    jobs: dict[str, list[str]] = {}
+    events: list[str] = []
+    lock = threading.Lock()
+
+    @fake.on("POST", ACTIONS)
+    def action(request: httpx.Request, m: re.Match[str]) -> httpx.Response:
+        name, args = m[1], body(request)
+        eid = args.get("executionId", "")
+        with lock:
+            if name == "ImportFromPackage":
+                running = [j for j, s in jobs.items() if s[0] in ("NotRun", "Executing")]
+                if running:
+                    events.append(f"refused {eid}")
+                    error = {"code": "", "message": "An error has occurred.",
+                             "innererror": {"message": "parallel import"}}
+                    return httpx.Response(400, json={"error": error})
+                jobs[eid] = ["NotRun"] + ["Executing"] * (polls_to_finish - 1) + ["Succeeded"]
+                events.append(f"start {eid}")
+                return httpx.Response(200, json={"value": eid})
+            states = jobs.get(eid, ["Unknown"])
+            status = states.pop(0) if len(states) > 1 else states[0]
+            events.append(f"{eid} {status}")
+            return httpx.Response(200, json={"value": status})
+
+    return {"jobs": jobs, "events": events}
+
+
+def test_import_starts_wait_for_the_import_before_them_even_from_another_client(
+        fake: FakeService, tmp_path: Path) -> None:
+    state = importing_service(fake)
+    first, second = dmf(fake, lock_dir=tmp_path), dmf(fake, lock_dir=tmp_path)  # e.g. two runs
+    a = first.start_import(BLOB, "G", legal_entity="USMF", execution_id="A")
+    b = second.start_import(BLOB, "G", legal_entity="USMF", execution_id="B")  # waits for A
+    events = state["events"]
+    assert not [e for e in events if e.startswith("refused")]  # type: ignore[attr-defined]
+    assert events.index("A Succeeded") < events.index("start B")  # type: ignore[attr-defined]
+    assert (a, b) == ("A", "B") and second.wait(b) == ExecutionStatus.SUCCEEDED
+
+
+def test_import_starts_are_serialized_between_threads(fake: FakeService, tmp_path: Path) -> None:
+    state = importing_service(fake)
+    clients = [dmf(fake, lock_dir=tmp_path) for _ in range(3)]
+    errors: list[BaseException] = []
+
+    def run(client: DmfClient, eid: str) -> None:
+        try:
+            client.wait(client.start_import(BLOB, "G", legal_entity="USMF", execution_id=eid))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(c, f"J{i}")) for i, c in enumerate(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert not [e for e in state["events"] if e.startswith("refused")]  # type: ignore[attr-defined]
+    assert sorted(state["jobs"]) == ["J0", "J1", "J2"]  # type: ignore[call-overload]
+
+
+def test_an_import_refused_because_of_one_from_elsewhere_is_a_clear_error(fake: FakeService,
+                                                                          tmp_path: Path) -> None:
+    state = importing_service(fake)
+    state["jobs"]["OTHER"] = ["Executing"]  # type: ignore[index]  # started from another machine
+    with pytest.raises(DmfError, match=r"ImportFromPackage was refused: .*400.*parallel import") as exc:
+        dmf(fake, lock_dir=tmp_path).start_import(BLOB, "G", legal_entity="USMF", execution_id="MINE")
+    assert "must not run beside it" in exc.value.fix and exc.value.execution_id == "MINE"
+
+
+def test_the_import_gate_is_exclusive_across_threads_and_processes(tmp_path: Path) -> None:
+    gate = ImportGate("https://fo.example", tmp_path)
+    probe = ("import fcntl, sys\nf = open(sys.argv[1], 'a+')\ntry:\n    fcntl.flock(f, fcntl.LOCK_EX | "
+             "fcntl.LOCK_NB)\nexcept BlockingIOError:\n    sys.exit(3)\n")
+    with gate.hold():
+        with open(gate.path, "a+") as other, pytest.raises(BlockingIOError):
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another holder in this process
+        assert subprocess.run([sys.executable, "-c", probe, str(gate.path)]).returncode == 3
+    assert subprocess.run([sys.executable, "-c", probe, str(gate.path)]).returncode == 0  # released
+    assert ImportGate("https://FO.example/", tmp_path).path == gate.path  # one gate per environment

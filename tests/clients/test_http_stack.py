@@ -9,7 +9,16 @@ import httpx
 import pytest
 from client_fakes import FakeService
 
-from dwlib.clients.http import REQUEST_ID, SAFE, HttpConfig, Journal, make_client, redact_url
+from dwlib.clients.http import (
+    REQUEST_ID,
+    RETRY_REFUSED,
+    SAFE,
+    HttpConfig,
+    Journal,
+    RetryBudget,
+    make_client,
+    redact_url,
+)
 
 URL = "https://svc.example/api/things"
 
@@ -33,14 +42,18 @@ def flaky(statuses: list[int | type[Exception]], retry_after: str | None = None)
     return fake
 
 
-def client(fake: FakeService, journal: Journal, **config: float) -> httpx.Client:
-    return make_client(HttpConfig(backoff_s=0.1, **config), journal, transport=fake.transport)  # type: ignore[arg-type]
+def client(fake: FakeService, journal: Journal, sleeps: list[float], run_budget_s: float = 3600,
+           **config: float) -> httpx.Client:
+    """The stack over `fake`, its waits recorded in `sleeps` instead of slept."""
+    budget = RetryBudget(run_budget_s, sleep=sleeps.append)
+    return make_client(HttpConfig(**{"backoff_s": 0.1, **config}), journal, transport=fake.transport,  # type: ignore[arg-type]
+                       budget=budget)
 
 
 def test_429_and_503_are_retried_honouring_retry_after(sleeps: list[float]) -> None:
     journal = Journal()
     fake = flaky([429, 503, 504], retry_after="7")
-    response = client(fake, journal).get(URL)
+    response = client(fake, journal, sleeps).get(URL)
     assert response.status_code == 200
     assert sleeps == [7.0, 7.0, 7.0]
     (entry,) = journal.entries()
@@ -54,7 +67,7 @@ def test_429_and_503_are_retried_honouring_retry_after(sleeps: list[float]) -> N
 
 def test_backoff_without_retry_after_grows_with_jitter(sleeps: list[float]) -> None:
     fake = flaky([503, 503, 503])
-    assert client(fake, Journal()).get(URL).status_code == 200
+    assert client(fake, Journal(), sleeps).get(URL).status_code == 200
     caps = [0.1 * 2**n for n in (1, 2, 3)]
     assert len(sleeps) == 3 and all(0 <= s <= cap for s, cap in zip(sleeps, caps, strict=True))
 
@@ -62,37 +75,70 @@ def test_backoff_without_retry_after_grows_with_jitter(sleeps: list[float]) -> N
 def test_retries_are_bounded_by_attempts(sleeps: list[float]) -> None:
     journal = Journal()
     fake = flaky([429] * 50, retry_after="1")
-    response = client(fake, journal, retry_attempts=3).get(URL)
+    response = client(fake, journal, sleeps, retry_attempts=3).get(URL)
     assert response.status_code == 429
     assert len(fake.requests) == 4 and len(sleeps) == 3
     assert journal.totals() == {"calls": 1, "retries": 3, "wait_s": 3.0, "failed": 1}
 
 
-def test_retries_are_bounded_by_total_wait(sleeps: list[float]) -> None:
-    fake = flaky([429] * 50, retry_after="100")
-    response = client(fake, Journal(), retry_total_s=5.0, max_wait_s=3.0).get(URL)
-    assert response.status_code == 429
-    assert sum(sleeps) == pytest.approx(5.0)  # 3 s (capped), then the 2 s left of the budget
-    assert len(sleeps) == 2
+def test_backoff_waits_are_bounded_by_the_call_budget_and_fail_at_once_past_it(sleeps: list[float]) -> None:
+    fake = flaky([503] * 50)
+    journal = Journal()
+    response = client(fake, journal, sleeps, retry_total_s=5.0, max_wait_s=3.0, backoff_s=2.0).get(URL)
+    assert response.status_code == 503
+    assert all(s <= 3.0 for s in sleeps) and sum(sleeps) <= 5.0  # never a wait past what is left
+    reason = response.extensions[RETRY_REFUSED]
+    assert "left of this call's retry budget (options.http.retry_total_s)" in reason
+    assert journal.entries()[0].retries == len(sleeps)
+
+
+def test_a_retry_after_is_honoured_as_given_up_to_300_s_and_more(sleeps: list[float]) -> None:
+    """Retrying before Retry-After extends the penalty: a wait is never cut short (not to max_wait_s)."""
+    fake = flaky([429, 429], retry_after="300")
+    journal = Journal()
+    assert client(fake, journal, sleeps, max_wait_s=3.0).get(URL).status_code == 200
+    assert sleeps == [300.0, 300.0]
+    assert journal.entries()[0].throttled_wait_s == 600.0
+
+
+def test_a_retry_after_the_call_budget_cannot_cover_fails_at_once_saying_so(sleeps: list[float]) -> None:
+    fake = flaky([429, 429], retry_after="400")
+    response = client(fake, Journal(), sleeps, retry_total_s=300.0).get(URL)
+    assert response.status_code == 429 and sleeps == [] and len(fake.requests) == 1  # no wait, no retry
+    reason = response.extensions[RETRY_REFUSED]
+    assert reason.startswith("the service asks to wait 400 s (Retry-After)")
+    assert "only 300 s are left of this call's retry budget (options.http.retry_total_s)" in reason
+
+
+def test_the_run_budget_is_shared_by_every_call_and_client(sleeps: list[float]) -> None:
+    budget = RetryBudget(500, sleep=sleeps.append)
+    first, second = (make_client(HttpConfig(), None, transport=flaky([429], retry_after="300").transport,
+                                 budget=budget) for _ in range(2))
+    assert first.get(URL).status_code == 200 and sleeps == [300.0]
+    refused = second.get(URL)  # 200 s are left of the run's 500: the second 5-minute wait does not fit
+    assert refused.status_code == 429 and sleeps == [300.0]
+    assert "only 200 s are left of the run's retry budget (options.http.retry_budget_s)" in \
+        refused.extensions[RETRY_REFUSED]
+    assert budget.remaining_s == 200.0
 
 
 def test_a_plain_post_is_not_repeated_but_a_safe_one_is(sleeps: list[float]) -> None:
     unsafe = flaky([429, 503], retry_after="1")
-    assert client(unsafe, Journal()).post(URL, json={}).status_code == 429
+    assert client(unsafe, Journal(), sleeps).post(URL, json={}).status_code == 429
     assert len(unsafe.requests) == 1 and sleeps == []
     safe = flaky([429, 503], retry_after="1")
-    assert client(safe, Journal()).post(URL, json={}, extensions=SAFE).status_code == 200
+    assert client(safe, Journal(), sleeps).post(URL, json={}, extensions=SAFE).status_code == 200
     assert len(safe.requests) == 3
 
 
 def test_dropped_connections_repeat_only_safe_calls(sleeps: list[float]) -> None:
     journal = Journal()
     safe = flaky([httpx.ReadError, httpx.RemoteProtocolError])
-    assert client(safe, journal).get(URL).status_code == 200
+    assert client(safe, journal, sleeps).get(URL).status_code == 200
     assert journal.entries()[0].retry_reasons == ("ReadError", "RemoteProtocolError")
     unsafe = flaky([httpx.ReadError])
     with pytest.raises(httpx.ReadError):
-        client(unsafe, journal).post(URL, json={})
+        client(unsafe, journal, sleeps).post(URL, json={})
     assert len(unsafe.requests) == 1
     failed = journal.entries()[-1]
     assert (failed.method, failed.status, failed.error) == ("POST", None, "ReadError")
@@ -100,7 +146,7 @@ def test_dropped_connections_repeat_only_safe_calls(sleeps: list[float]) -> None
 
 def test_a_connection_never_opened_is_retried_even_for_a_create(sleeps: list[float]) -> None:
     fake = flaky([httpx.ConnectError])
-    assert client(fake, Journal()).post(URL, json={}).status_code == 200
+    assert client(fake, Journal(), sleeps).post(URL, json={}).status_code == 200
     assert len(fake.requests) == 2
 
 
@@ -121,7 +167,7 @@ def test_a_body_cut_mid_response_is_retried(sleeps: list[float]) -> None:
             return httpx.Response(200, stream=_CutBody())
         return httpx.Response(200, json={"complete": True})
 
-    assert client(fake, Journal()).get(URL).json() == {"complete": True}
+    assert client(fake, Journal(), sleeps).get(URL).json() == {"complete": True}
     assert len(calls) == 2
 
 
@@ -132,7 +178,7 @@ def test_journal_urls_hide_credentials() -> None:
 
 def test_journal_exports_entries_as_dicts(sleeps: list[float]) -> None:
     journal = Journal()
-    http = client(flaky([429], retry_after="2"), journal)
+    http = client(flaky([429], retry_after="2"), journal, sleeps)
     http.get(URL, params={"$filter": "name eq 'x'"})
     (row,) = journal.as_dicts()
     assert row["method"] == "GET" and row["url"].startswith(URL + "?%24filter=")
@@ -146,7 +192,7 @@ def test_refused_connections_get_few_retries_and_untrusted_certificates_none(
 ) -> None:
     refused = flaky([httpx.ConnectError] * 10)
     with pytest.raises(httpx.ConnectError):
-        client(refused, Journal()).get(URL)
+        client(refused, Journal(), sleeps).get(URL)
     assert len(refused.requests) == 4  # the service is down, not busy: give up soon
 
     untrusted = FakeService()
@@ -156,5 +202,5 @@ def test_refused_connections_get_few_retries_and_untrusted_certificates_none(
         raise httpx.ConnectError("[SSL: CERTIFICATE_VERIFY_FAILED] verify failed", request=request)
 
     with pytest.raises(httpx.ConnectError):
-        client(untrusted, Journal()).get(URL)
+        client(untrusted, Journal(), sleeps).get(URL)
     assert len(untrusted.requests) == 1

@@ -6,6 +6,7 @@ performs it through the sandbox's portal endpoints while the admin polls the doc
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -81,7 +82,10 @@ def test_portal_admin_gates_each_action_and_verifies_it(env: tuple[Consultant, S
     assert set(admin.applied_maps()) == {m.name for m in catalog.table_maps()}
     states = admin.run([ACCOUNTS])
     assert list(states) == catalog.dependency_order([ACCOUNTS])
-    assert all(s.running and s.source == "msdyn_dualwriteruntimeconfigs" for s in states.values())
+    # The sandbox's Dataverse gives no formatted values (yet): the state is F&O's Status enum name,
+    # the row version Dataverse's (it moves with each state change).
+    assert all(s.running and s.source == "DualWriteProjectConfigurations" and s.version
+               for s in states.values())
     assert admin.pause([ACCOUNTS])[ACCOUNTS].state == "Paused"
     assert admin.resume([ACCOUNTS])[ACCOUNTS].state == "Running"
     assert admin.stop([ACCOUNTS])[ACCOUNTS].state == "Not running"
@@ -146,6 +150,9 @@ def test_gateway_admin_is_labelled_unsupported_and_drives_the_maps(env: tuple[Co
         HttpConfig(ca_bundle=Path(consultant.connection["ca_bundle"])),
         auth=user.tokens.auth_for(INTEGRATOR_APP),
     )
+    starts: list[dict[str, Any]] = []
+    http.event_hooks["request"].append(
+        lambda r: starts.append(json.loads(r.content)) if r.url.path.endswith("/Start") else None)
     try:
         with pytest.warns(UserWarning, match="unsupported by Microsoft"):
             admin = GatewayAdmin(
@@ -158,10 +165,16 @@ def test_gateway_admin_is_labelled_unsupported_and_drives_the_maps(env: tuple[Co
             )
         states = admin.run([ACCOUNTS], master="finops")
         assert all(s.running for s in states.values())
+        # One Start per map, each entry with its own parameters, as DWMapEngine.cs sends them.
+        assert len(starts) == len(states) and all(len(b["details"]) == 1 for b in starts)
+        assert all(b["details"][0]["parameters"] == {"skipInitialSync": False, "conflictResolution": {
+            "option": "1", "master": "AX"}} for b in starts)
         assert admin.initial_sync_details(ACCOUNTS).status == "Completed"
         assert admin.pause([ACCOUNTS])[ACCOUNTS].state == "Paused"
         assert admin.resume([ACCOUNTS])[ACCOUNTS].state == "Running"
         assert admin.stop([ACCOUNTS])[ACCOUNTS].state == "Not running"
+        assert [b["action"] for b in starts[-3:]] == ["5", "6", "4"]
+        assert all("parameters" not in b["details"][0] for b in starts[-3:])  # none, as DWMapEngine omits
         quote_a_customer_name(session, "GBSI")
         with pytest.raises(DualWriteAdminError, match=r"MalformedLineException.*double quotes"):
             admin.run([ACCOUNTS])

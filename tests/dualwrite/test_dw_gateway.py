@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,11 +11,13 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from dw_helpers import Consultant, session_for
+from dw_helpers import Consultant, MakeRuntime, run_async, session_for
 
 from dwlib import catalog
 from dwlib.clients.dualwrite import INTEGRATOR_APP
 from dwlib.clients.http import HttpConfig, make_client
+from dwlib.sandbox import gateway as sandbox_gateway
+from dwlib.sandbox.dualwrite import DualWrite
 
 API = "api/DualWriteManagement/1.0"
 
@@ -100,6 +103,12 @@ def test_start_status_and_state_codes(gateway: tuple[Consultant, httpx.Client, s
     assert last["state"] == "2" and status["detail"]["state"] == "4"  # Completed; Running
     assert status["detail"]["actions"] == ["4", "5"]  # Stop, Pause
     pid = status["detail"]["pid"]
+    # The field mappings as Dual-write-automations reads them (DWFieldMapping), = msdyn_mapping.
+    fields = get(http, f"{root}/{API}/{pid}/FieldMappings")
+    assert fields["id"] == pid and fields["entityMappingTasks"][0]["legs"][0]["fieldMappings"]
+    (row,) = consultant.dv_rows("msdyn_dualwriteentitymaps?$select=msdyn_mapping&$filter=msdyn_name eq "
+                                "'Legal entities (cdm_companies)'")
+    assert json.loads(row["msdyn_mapping"])["entityMappingTasks"] == fields["entityMappingTasks"]
     details = get(http, f"{root}/api/ProjectExecutionWithCompanies/{pid}")
     assert details["projectName"].startswith("DWM-")
     (execution,) = details["projectExecutionResponses"]
@@ -133,3 +142,66 @@ def test_connection_set_and_reset(gateway: tuple[Consultant, httpx.Client, str])
     )
     assert r.status_code == 200, r.text
     assert consultant.portal("GET", "/dualwrite/connection")["legalEntities"] == ["USMF"]
+
+
+LEGAL, CURRENCIES = "Legal entities (cdm_companies)", "Currencies (transactioncurrencies)"
+
+
+def _details(rt: DualWrite, params: dict[str, Any]) -> list[dict[str, Any]]:
+    cid = rt.connection()["cid"]  # type: ignore[index]
+    return [{"tid": rt.map_record(name)["tid"], "pid": rt.map_record(name)["pid"], "cid": cid,
+             **({"parameters": p} if p is not None else {})} for name, p in params.items()]
+
+
+def test_each_start_entry_keeps_its_own_parameters(make_runtime: MakeRuntime) -> None:
+    """Start with two maps: each `details[]` entry's parameters apply to its own map (DWMapEngine.cs
+    builds one entry per map with its skipInitialSync and master), not the last entry's to all."""
+    rt = make_runtime("existing-new")
+
+    async def go() -> None:
+        body = {"action": "1", "details": _details(rt, {
+            LEGAL: {"skipInitialSync": False, "conflictResolution": {"option": "1", "master": "AX"}},
+            CURRENCIES: {"skipInitialSync": True, "conflictResolution": {"option": "1", "master": "CRM"}},
+        })}
+        sandbox_gateway._start(rt, None, body)  # type: ignore[arg-type]
+        await rt.idle()
+
+    run_async(go())
+    legal, currencies = rt.map_record(LEGAL), rt.map_record(CURRENCIES)
+    assert (legal["state"], legal["master"]) == ("Running", "finops")
+    assert legal["lastJob"] and rt.job(legal["lastJob"])["status"] == "Completed"  # it had its initial sync
+    assert (currencies["state"], currencies["master"]) == ("Running", "dataverse")
+    assert currencies["activity"][-1]["event"] == "run, initial sync skipped"
+    assert not currencies.get("lastJob")
+
+
+def test_each_resume_entry_keeps_its_own_catch_up_choice(make_runtime: MakeRuntime) -> None:
+    rt = make_runtime("existing-new")
+
+    async def go() -> None:
+        rt.run([LEGAL, CURRENCIES], initial_sync=False)
+        rt.pause([LEGAL, CURRENCIES])
+        body = {"action": "6", "details": _details(rt, {
+            LEGAL: {"dualWriteSkipCatchUpSyncParameters": {"skipCatchUpSyncPreserveData": False}},
+            CURRENCIES: None,  # no parameters: the default catch-up
+        })}
+        sandbox_gateway._start(rt, None, body)  # type: ignore[arg-type]
+        await rt.idle()
+
+    run_async(go())
+    events = {n: rt.map_record(n)["activity"] for n in (LEGAL, CURRENCIES)}
+    assert events[LEGAL][-1]["event"] == "skipped to live synchronization (skip-discard)"
+    assert any(e["event"].startswith("resuming: catching up") for e in events[CURRENCIES])
+    assert {rt.map_record(n)["state"] for n in (LEGAL, CURRENCIES)} == {"Running"}
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"skipInitialSync": "no"}, r"skipInitialSync of 'Legal entities \(cdm_companies\)' must be true"),
+    ({"conflictResolution": {"master": "FO"}}, "conflictResolution.master of .* must be CRM or AX"),
+])
+def test_start_parameters_that_make_no_sense_are_refused(make_runtime: MakeRuntime, params: dict[str, Any],
+                                                         message: str) -> None:
+    rt = make_runtime("existing-new")
+    with pytest.raises(sandbox_gateway.DualWriteError, match=message):
+        sandbox_gateway._start(rt, None, {"action": "1", "details": _details(rt, {LEGAL: params})})  # type: ignore[arg-type]
+    assert rt.map_record(LEGAL)["state"] == "NotRunning"

@@ -9,14 +9,14 @@ from dw_helpers import MakeRuntime, run_async
 
 from dwlib import catalog
 from dwlib.sandbox.dualwrite import EDIT_REFUSED, DualWrite, DualWriteError
-from dwlib.sandbox.dw_records import STATUS_CODES
+from dwlib.sandbox.dw_records import FINOPS_STATUS, STATUS_CODES
 from dwlib.sandbox.schema import ENTITIES
 
 ACCOUNTS = "Customers V3 (accounts)"
 GROUPS = "Customer groups (msdyn_customergroups)"
 
 
-def statuses(rt: DualWrite, name: str) -> tuple[set[int], set[int]]:
+def statuses(rt: DualWrite, name: str) -> tuple[set[str], set[int]]:
     """The map's state as F&O DualWriteProjectConfigurations and Dataverse runtime configs show it."""
     project = rt.map_record(name)["project"]
     fo = {
@@ -71,14 +71,14 @@ def test_states_follow_the_documented_cycle_and_are_visible_in_both_environments
     names = catalog.dependency_order([ACCOUNTS])
     rt.run(names, initial_sync=False)
     assert rt.map_record(ACCOUNTS)["state"] == "Running"
-    assert statuses(rt, ACCOUNTS) == ({STATUS_CODES["Running"]}, {STATUS_CODES["Running"]})
+    assert statuses(rt, ACCOUNTS) == ({"Running"}, {STATUS_CODES["Running"]})
     project = rt.map_record(ACCOUNTS)["project"]
     rows = rt.store.find(ENTITIES["DualWriteProjectConfigurations"], {"ProjectName": project})
     assert sorted(r["IsDelete"] for r in rows) == ["No", "Yes"]  # two records for every mapping
     assert project.startswith("DWM-")
 
     rt.pause([ACCOUNTS])
-    assert statuses(rt, ACCOUNTS)[0] == {STATUS_CODES["Paused"]}
+    assert statuses(rt, ACCOUNTS)[0] == {FINOPS_STATUS["Paused"]}
 
     async def resume() -> str:
         rt.run([ACCOUNTS])  # Run on a paused map resumes it
@@ -90,7 +90,7 @@ def test_states_follow_the_documented_cycle_and_are_visible_in_both_environments
     assert rt.map_record(ACCOUNTS)["state"] == "Running"
     rt.stop([ACCOUNTS])
     assert rt.map_record(ACCOUNTS)["state"] == "NotRunning"
-    assert statuses(rt, ACCOUNTS)[0] == {STATUS_CODES["NotRunning"]}
+    assert statuses(rt, ACCOUNTS)[0] == {"NotRunning"}
     events = [a["state"] for a in rt.map_record(ACCOUNTS)["activity"]]
     assert events == ["Running", "Paused", "Resuming", "Running", "Not running"]
 
@@ -122,7 +122,8 @@ def test_edits_only_when_not_running_and_visible_in_the_entity_map(make_runtime:
     view = rt.edit(ACCOUNTS, remove=["msdyn_paymentterm.msdyn_name", "msdyn_salestaxgroup.msdyn_name"])
     assert view["lookups"] == catalog.table_map(ACCOUNTS).lookup_count - 2
     (row,) = rt.store.find(ENTITIES["msdyn_dualwriteentitymaps"], {"msdyn_name": ACCOUNTS})
-    fields = [f["destinationField"] for f in json.loads(row["msdyn_mapping"])["legs"][0]["fieldMappings"]]
+    (task,) = json.loads(row["msdyn_mapping"])["entityMappingTasks"]
+    fields = [f["destinationField"] for f in task["legs"][0]["fieldMappings"]]
     assert "msdyn_paymentterm.msdyn_name" not in fields and "accountnumber" in fields
     rt.edit(ACCOUNTS, restore=["msdyn_paymentterm.msdyn_name"])
     assert rt.map_view(ACCOUNTS)["lookups"] == catalog.table_map(ACCOUNTS).lookup_count - 1

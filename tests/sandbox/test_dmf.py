@@ -59,6 +59,12 @@ def _call(svc: dmf.DmfService, action: str, body: dict[str, Any]) -> Any:
     return svc.call(dmf.ACTION_PREFIX + action, body)
 
 
+def _nested(result: dict[str, Any]) -> Any:
+    """The `value` of ExportToPackage / GetExportedPackageUrl: `{"value": {"value": …}}` as documented."""
+    assert set(result["value"]) == {"value"}, result
+    return result["value"]["value"]
+
+
 async def _finish(svc: dmf.DmfService, execution_id: str, timeout: float = 20.0) -> str:
     deadline = time.monotonic() + timeout
     while (status := _call(svc, "GetExecutionSummaryStatus", {"executionId": execution_id})["value"]) \
@@ -189,17 +195,17 @@ def test_export_runs_as_a_job_and_builds_the_package(sbx: Sandbox) -> None:
     svc = dmf.service_of(sbx)
 
     async def go() -> str:
-        eid = _call(svc, "ExportToPackage", {
+        eid = _nested(_call(svc, "ExportToPackage", {
             "definitionGroupId": "CustomersV3-Export", "packageName": "cust", "executionId": "",
-            "reExecute": False, "legalEntityId": "GBSI"})["value"]
+            "reExecute": False, "legalEntityId": "GBSI"}))
         # Queued: nothing has run yet, so there is no package URL.
         assert _call(svc, "GetExecutionSummaryStatus", {"executionId": eid})["value"] == "NotRun"
-        assert _call(svc, "GetExportedPackageUrl", {"executionId": eid})["value"] == ""
+        assert _nested(_call(svc, "GetExportedPackageUrl", {"executionId": eid})) == ""
         assert await _finish(svc, eid) == "Succeeded"
         return str(eid)
 
     eid = asyncio.run(go())
-    url = _call(svc, "GetExportedPackageUrl", {"executionId": eid})["value"]
+    url = _nested(_call(svc, "GetExportedPackageUrl", {"executionId": eid}))
     name = urlsplit(url).path.removeprefix("/blob/dmf/")
     _, (pe,) = dmf.read_package((sbx.paths.blobs / name).read_bytes())
     expected = sbx.store.find(ENTITIES["CustomersV3"], {"dataAreaId": "gbsi"})
@@ -308,16 +314,16 @@ def test_one_job_per_execution_id_and_unknown_ids_are_unknown(sbx: Sandbox) -> N
             "legalEntityId": "USMF"}
 
     async def go() -> None:
-        assert _call(svc, "ExportToPackage", body)["value"] == "e1"
+        assert _nested(_call(svc, "ExportToPackage", body)) == "e1"
         created = svc.job("e1")
         assert created is not None
         # A client repeating a start whose answer it lost gets the same job, not a second one.
-        assert _call(svc, "ExportToPackage", body)["value"] == "e1"
-        assert _call(svc, "ExportToPackage", {**body, "reExecute": True})["value"] == "e1"  # still queued
+        assert _nested(_call(svc, "ExportToPackage", body)) == "e1"
+        assert _nested(_call(svc, "ExportToPackage", {**body, "reExecute": True})) == "e1"  # still queued
         assert svc.job("e1") == created and len(svc._tasks) == 1
         await _finish(svc, "e1")
         finished = svc.job("e1")
-        assert _call(svc, "ExportToPackage", body)["value"] == "e1"
+        assert _nested(_call(svc, "ExportToPackage", body)) == "e1"
         assert svc.job("e1") == finished  # not run again
         with pytest.raises(dmf.DmfError, match="Execution e1 already exists for Export of Currencies-Export"):
             _call(svc, "ExportToPackage", {**body, "definitionGroupId": "CustomerGroups-Export"})
@@ -333,15 +339,60 @@ def test_one_job_per_execution_id_and_unknown_ids_are_unknown(sbx: Sandbox) -> N
     asyncio.run(go())
 
 
+class _AnyToken:
+    def authenticate(self, request: Request, audience: str) -> Principal:
+        return Principal(oid="o", tenant_id="t", kind="app", app_id="a", name="app", audience=audience)
+
+
+def test_an_import_is_refused_while_another_import_is_queued_or_running(sbx: Sandbox) -> None:
+    """ImportFromPackage "must not be called in parallel" (data-management-api.md): refused with
+    F&O's error body while another import is NotRun or Executing; exports are not held up."""
+    from dwlib.sandbox import finops
+
+    sbx.identity = _AnyToken()  # type: ignore[assignment]
+    svc = dmf.service_of(sbx)
+    _package(sbx.paths.blobs / "a.zip", [_customer(CustomerAccount="US-PAR1", PartyType="Organization",
+                                                   CustomerGroupId="10")])
+    body = {"packageUrl": svc.blobs.url("a.zip", "rw"), "definitionGroupId": "CustomersV3-Import",
+            "execute": True, "overwrite": True, "legalEntityId": "USMF"}
+    app = Starlette(routes=finops.routes(sbx))
+
+    async def go() -> None:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=sbx.base_url) as http:
+            async def start(eid: str) -> httpx.Response:
+                return await http.post(f"/data/DataManagementDefinitionGroups/{dmf.ACTION_PREFIX}"
+                                       "ImportFromPackage", json={**body, "executionId": eid})
+
+            assert (await start("first")).json()["value"] == "first"
+            assert svc.job("first")["status"] == "NotRun"  # type: ignore[index]
+            refused = await start("second")
+            assert refused.status_code == 400
+            error = refused.json()["error"]
+            assert error["message"] == "An error has occurred."  # F&O's shape: the text is in innererror
+            assert error["innererror"]["message"].startswith(
+                "Another import is in progress: job first of data project CustomersV3-Import is NotRun.")
+            assert svc.job("second") is None
+            # The same start repeated (its answer was lost) names the same job: not a parallel import.
+            assert (await start("first")).json()["value"] == "first"
+            export = _call(svc, "ExportToPackage", {"definitionGroupId": "Currencies-Export",
+                                                    "packageName": "c"})
+            assert await _finish(svc, "first") == "Succeeded"
+            assert await _finish(svc, _nested(export)) == "Succeeded"
+            assert (await start("second")).json()["value"] == "second"  # once the first has finished
+            assert await _finish(svc, "second") == "Succeeded"
+
+    asyncio.run(go())
+
+
 def test_history_survives_a_restart_and_unfinished_jobs_resume(sbx: Sandbox) -> None:
     first = dmf.service_of(sbx)
 
     async def start() -> tuple[str, str]:
-        done = _call(first, "ExportToPackage", {"definitionGroupId": "Currencies-Export", "packageName": "a"})
-        await _finish(first, done["value"])
+        done = _nested(_call(first, "ExportToPackage", {"definitionGroupId": "Currencies-Export",
+                                                         "packageName": "a"}))
+        await _finish(first, done)
         body = {"definitionGroupId": "CustomersV3-Export", "packageName": "b", "legalEntityId": "USMF"}
-        queued = _call(first, "ExportToPackage", body)
-        return done["value"], queued["value"]
+        return done, _nested(_call(first, "ExportToPackage", body))
 
     done, queued = asyncio.run(start())  # the loop ends (the process "stops") with `queued` unfinished
     assert first.job(queued)["status"] == "NotRun"
@@ -354,7 +405,7 @@ def test_history_survives_a_restart_and_unfinished_jobs_resume(sbx: Sandbox) -> 
         return await _finish(second, queued)
 
     assert asyncio.run(after_restart()) == "Succeeded"
-    assert _call(second, "GetExportedPackageUrl", {"executionId": queued})["value"]
+    assert _nested(_call(second, "GetExportedPackageUrl", {"executionId": queued}))
 
 
 def test_import_goes_through_the_write_hooks(sbx: Sandbox) -> None:
@@ -434,9 +485,9 @@ def test_import_and_export_through_https(start_sandbox: Any, sandbox_token: Any,
 
         eid = act("ExportToPackage", {"definitionGroupId": "CustomersV3-Export", "packageName": "frrt",
                                       "executionId": "", "reExecute": False,
-                                      "legalEntityId": "FRRT"})["value"]
+                                      "legalEntityId": "FRRT"})["value"]["value"]
         assert wait(eid) == "Succeeded"
-        url = act("GetExportedPackageUrl", {"executionId": eid})["value"]
+        url = act("GetExportedPackageUrl", {"executionId": eid})["value"]["value"]
         got = http.get(url)
         assert got.status_code == 200
         _, (pe,) = dmf.read_package(got.content)

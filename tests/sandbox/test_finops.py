@@ -155,7 +155,7 @@ def test_pages_of_10000_and_skip(fo: Service, sbx: Sandbox) -> None:
 
 
 def test_record_id_keys_are_generated(fo: Service) -> None:
-    r = fo.post("DualWriteProjectConfigurations", json={"ProjectName": "p", "Status": 0})
+    r = fo.post("DualWriteProjectConfigurations", json={"ProjectName": "p", "Status": "NotRunning"})
     rec = r.json()["RecId"]
     assert fo.get(f"DualWriteProjectConfigurations({rec})").json()["ProjectName"] == "p"
 

@@ -76,7 +76,8 @@ def test_a_link_to_other_environments_fails_naming_both_values(start_sandbox, st
     assert result.status == Status.FAILED  # also in a dry run: there is nothing to do but fix it
     assert checks["Power Platform integration"].evidence == (
         f"Dataverse is integrated with {sandbox['finops_url']}, not {other} (environments.finops_url)")
-    assert "reset the link in LCS" in checks["Power Platform integration"].fix
+    assert "check environments.dataverse_url and finops_url name the linked pair" in \
+        checks["Power Platform integration"].fix
     assert checks["same tenant"].status == Status.FAILED
     assert sandbox["tenant_id"] in checks["same tenant"].evidence
     assert "Cross-tenant scenarios aren't currently supported" in checks["same tenant"].fix

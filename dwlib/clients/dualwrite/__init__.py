@@ -13,8 +13,8 @@ Example:
     >>> # admin = PortalAdmin(session.dataverse, session.finops, notify=print, timeout_s=1800)
     >>> # admin.run(["Customers V3 (contacts)"], initial_sync=True, master="dataverse")
     >>> # admin.map_states(["Customers V3 (contacts)"])["Customers V3 (contacts)"].state
-    >>> STATE_OF_STATUS[4]
-    'Running'
+    >>> MapRunState("Running") == STATE_OF_STATUS[4] == "Running"
+    True
 """
 
 from .base import (
@@ -24,6 +24,7 @@ from .base import (
     DualWriteAdminError,
     InitialSyncDetails,
     Instruction,
+    MapRunState,
     MapState,
     SyncError,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "GatewayAdmin",
     "InitialSyncDetails",
     "Instruction",
+    "MapRunState",
     "MapState",
     "PortalAdmin",
     "SyncError",

@@ -3,13 +3,19 @@ actions each implementation performs, and the records they return.
 
 State is read from documented sources: `RetrieveFinanceAndOperationsIntegrationDetails`,
 `solutions`, `cdm_companies`, `msdyn_dualwriteentitymaps`, `msdyn_dualwriteruntimeconfigs`
-(Dataverse) and `DualWriteProjectConfigurations` (F&O). Reading a map's state from the status
-columns of the last two uses the codes of the gateway (`STATE_OF_STATUS`); the real meaning of
-those columns is UNVERIFIED (api-surface.md §5.1).
+(Dataverse) and `DualWriteProjectConfigurations` (F&O). A map's state is read through the
+documented representations of those status columns, never from a raw code: the Dataverse choice's
+formatted value (`OData.Community.Display.V1.FormattedValue`, asked for with `Prefer:
+odata.include-annotations`), else the F&O enum's name (F&O OData carries enums by name). Both are
+mapped to `MapRunState` by name: the states the dual-write page shows, or the `MapStatus` names of
+Microsoft's Dual-write-automations (`STATE_OF_NAME`); any other value is a `DualWriteAdminError`,
+not a guess. The real values of these columns are UNVERIFIED (api-surface.md §5.1): `dw doctor
+--record` captures them from a real environment. `msdyn_mapping` is read in the shape
+Dual-write-automations reads (`entityMappingTasks[].legs[].fieldMappings[].valueTransforms[]`).
 
 Example:
-    >>> STATE_OF_STATUS[4]
-    'Running'
+    >>> STATE_OF_NAME["InitialSync"].value, STATE_OF_STATUS[4].value
+    ('Initializing', 'Running')
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -32,14 +39,34 @@ from ..odata import literal
 
 log = logging.getLogger(__name__)
 
-STATE_OF_STATUS = {
-    2: "Initializing",
-    3: "Resuming",
-    4: "Running",
-    5: "Paused",
-    6: "Not running",
-    1: "Not running",
+class MapRunState(StrEnum):
+    """A table map's state as the dual-write page shows it (enable-entity-map.md)."""
+
+    NOT_RUNNING = "Not running"
+    INITIALIZING = "Initializing"
+    RUNNING = "Running"
+    PAUSED = "Paused"
+    RESUMING = "Resuming"
+
+
+# The page's labels, and the names of `DWEnums.MapStatus` in Microsoft's Dual-write-automations.
+STATE_OF_NAME: dict[str, MapRunState] = {
+    **{s.value: s for s in MapRunState},
+    "NotRunning": MapRunState.NOT_RUNNING,
+    "Stopped": MapRunState.NOT_RUNNING,
+    "InitialSync": MapRunState.INITIALIZING,
+    "CatchUp": MapRunState.RESUMING,
 }
+# The gateway's `MapStatus` codes (its `detail.state`), Dual-write-automations' DWEnums.cs.
+STATE_OF_STATUS: dict[int, MapRunState] = {
+    1: MapRunState.NOT_RUNNING,
+    2: MapRunState.INITIALIZING,
+    3: MapRunState.RESUMING,
+    4: MapRunState.RUNNING,
+    5: MapRunState.PAUSED,
+    6: MapRunState.NOT_RUNNING,
+}
+FORMATTED_VALUE = "OData.Community.Display.V1.FormattedValue"
 INTEGRATOR_APP = "https://IntegratorApp.com"
 
 
@@ -52,14 +79,51 @@ class MapState:
     """A table map's state as the documented configuration tables show it."""
 
     name: str
-    state: str  # Not running | Initializing | Running | Paused | Resuming
+    state: MapRunState
     project: str | None = None
     version: int | None = None  # Dataverse row version of its runtime configuration: changes with the state
     source: str = ""
 
     @property
     def running(self) -> bool:
-        return self.state == "Running"
+        return self.state == MapRunState.RUNNING
+
+
+def map_state_of(value: Any, *, where: str) -> MapRunState:
+    """The state a status column's documented representation names; DualWriteAdminError for a
+    value this client does not know (never a guess such as "Not running").
+
+    >>> map_state_of("Paused", where="x")
+    <MapRunState.PAUSED: 'Paused'>
+    >>> map_state_of(4, where="Status")
+    Traceback (most recent call last):
+    ...
+    dwlib.clients.dualwrite.base.DualWriteAdminError: Status holds the map state 4, which this client ...
+    """
+    state = STATE_OF_NAME.get(value) if isinstance(value, str) else None
+    if state is None:
+        raise DualWriteAdminError(
+            f"{where} holds the map state {value!r}, which this client does not know "
+            f"(known: {', '.join(STATE_OF_NAME)})",
+            fix="read the map's state on the dual-write page and report the value, so the client can learn "
+                "it (`dw doctor --record` captures it)")
+    return state
+
+
+def mapping_legs(mapping: Any, *, where: str) -> list[dict[str, Any]]:
+    """The legs of an `msdyn_mapping` document (`entityMappingTasks[].legs[]`, the shape
+    Dual-write-automations reads); DualWriteAdminError for another shape.
+
+    >>> mapping_legs({"entityMappingTasks": [{"legs": [{"fieldMappings": []}]}]}, where="m")
+    [{'fieldMappings': []}]
+    """
+    tasks = mapping.get("entityMappingTasks") if isinstance(mapping, dict) else None
+    if not isinstance(tasks, list) or not all(isinstance(t, dict) and isinstance(t.get("legs"), list)
+                                              for t in tasks):
+        raise DualWriteAdminError(
+            f"{where} is not in the shape dual-write uses (entityMappingTasks[].legs[].fieldMappings[])",
+            fix="check the dual-write solutions are current (Apply Solution in the dual-write workspace)")
+    return [leg for t in tasks for leg in t["legs"]]
 
 
 @dataclass(frozen=True)
@@ -193,83 +257,62 @@ class DualWriteAdmin(ABC):
         )
         out: dict[str, Any] = {}
         for row in rows:
-            mapping = json.loads(row.get("msdyn_mapping") or "{}")
-            for leg in mapping.get("legs", []):
-                for f in leg.get("fieldMappings", []):
+            where = f"msdyn_mapping of '{m.name}'"
+            try:
+                mapping = json.loads(row.get("msdyn_mapping") or "{}")
+            except json.JSONDecodeError:
+                raise DualWriteAdminError(f"{where} is not JSON") from None
+            for leg in mapping_legs(mapping, where=where):
+                for f in leg.get("fieldMappings") or []:
                     if not (f.get("sourceField") and f.get("destinationField")):
                         continue
                     for t in f.get("valueTransforms") or []:
-                        if t.get("transformType") == "Default":
-                            out[f["sourceField"]] = t.get("value")
+                        if str(t.get("transformType", "")).lower() == "default":
+                            out[f["sourceField"]] = t.get("defaultValue")
         return out
 
     def map_states(self, names: Iterable[str] | None = None) -> dict[str, MapState]:
         """State of each map (all catalogue maps by default) from the runtime configurations:
-        Dataverse `msdyn_dualwriteruntimeconfigs`, else F&O `DualWriteProjectConfigurations`."""
+        Dataverse `msdyn_dualwriteruntimeconfigs` (the choice's formatted value, and the row version
+        that moves with each change), else F&O `DualWriteProjectConfigurations` (the enum's name)."""
         maps = [catalog.table_map(n) for n in names] if names is not None else list(catalog.table_maps())
-        dv = list(
-            self.dataverse.query(
-                "msdyn_dualwriteruntimeconfigs",
-                select=[
-                    "msdyn_name",
-                    "msdyn_status",
-                    "msdyn_internalentityname",
-                    "msdyn_externalentityname",
-                    "versionnumber",
-                ],
-            )
-        )
+        columns = ["msdyn_name", "msdyn_status", "msdyn_internalentityname", "msdyn_externalentityname",
+                   "versionnumber"]
+        dv = [r for page in self.dataverse.pages(
+            "msdyn_dualwriteruntimeconfigs", {"$select": ",".join(columns)},
+            {"Prefer": f'odata.include-annotations="{FORMATTED_VALUE}"'}) for r in page]
         fo: list[dict[str, Any]] | None = None
         out: dict[str, MapState] = {}
         for m in maps:
-            rows = [
-                r
-                for r in dv
-                if r.get("msdyn_internalentityname") == m.finops_entity
-                and r.get("msdyn_externalentityname") == m.dataverse_table
-            ]
-            if rows:
-                row = max(rows, key=lambda r: r.get("versionnumber") or 0)
-                out[m.name] = MapState(
-                    m.name,
-                    STATE_OF_STATUS.get(row["msdyn_status"], "Not running"),
-                    row["msdyn_name"],
-                    row.get("versionnumber"),
-                    "msdyn_dualwriteruntimeconfigs",
-                )
+            rows = [r for r in dv if r.get("msdyn_internalentityname") == m.finops_entity
+                    and r.get("msdyn_externalentityname") == m.dataverse_table]
+            row = max(rows, key=lambda r: r.get("versionnumber") or 0) if rows else None
+            label = row.get(f"msdyn_status@{FORMATTED_VALUE}") if row else None
+            if row is not None and label is not None:
+                state = map_state_of(label, where="msdyn_dualwriteruntimeconfigs.msdyn_status")
+                out[m.name] = MapState(m.name, state, row["msdyn_name"], row.get("versionnumber"),
+                                       "msdyn_dualwriteruntimeconfigs")
                 continue
             if fo is None:
-                fo = list(
-                    self.finops.query(
-                        "DualWriteProjectConfigurations",
-                        select=[
-                            "RecId",
-                            "ProjectName",
-                            "Status",
-                            "InternalEntityName",
-                            "ExternalEntityName",
-                            "IsDelete",
-                        ],
-                    )
-                )
-            mine = [
-                r
-                for r in fo
-                if r.get("InternalEntityName") == m.finops_entity
-                and r.get("ExternalEntityName") == m.dataverse_table
-                and r.get("IsDelete") != "Yes"
-            ]
+                fo = list(self.finops.query("DualWriteProjectConfigurations", select=[
+                    "RecId", "ProjectName", "Status", "InternalEntityName", "ExternalEntityName",
+                    "IsDelete"]))
+            mine = [r for r in fo if r.get("InternalEntityName") == m.finops_entity
+                    and r.get("ExternalEntityName") == m.dataverse_table and r.get("IsDelete") != "Yes"]
             if mine:
-                row = max(mine, key=lambda r: r["RecId"])
-                out[m.name] = MapState(
-                    m.name,
-                    STATE_OF_STATUS.get(row["Status"], "Not running"),
-                    row["ProjectName"],
-                    None,
-                    "DualWriteProjectConfigurations",
-                )
+                project = max(mine, key=lambda r: r["RecId"])
+                state = map_state_of(project.get("Status"), where="DualWriteProjectConfigurations.Status")
+                version = row.get("versionnumber") if row else None
+                out[m.name] = MapState(m.name, state, project["ProjectName"], version,
+                                       "DualWriteProjectConfigurations")
+            elif row is not None:
+                raise DualWriteAdminError(
+                    f"the state of '{m.name}' cannot be read: its msdyn_dualwriteruntimeconfigs row has no "
+                    "formatted msdyn_status and F&O has no DualWriteProjectConfigurations row for it",
+                    fix="check the map on the dual-write page; Reset link repairs a half-removed "
+                        "configuration")
             else:
-                out[m.name] = MapState(m.name, "Not running", source="no project configuration yet")
+                out[m.name] = MapState(m.name, MapRunState.NOT_RUNNING, source="no project configuration yet")
         return out
 
     def dependency_order(self, names: Iterable[str]) -> list[str]:

@@ -20,6 +20,7 @@ from dwlib import catalog
 
 from ..dataverse import DataverseClient
 from ..finops import FinOpsClient
+from ..http import RETRY_REFUSED
 from .base import DualWriteAdminError, InitialSyncDetails, MapState, SyncError, host, map_names
 from .portal import PortalAdmin
 
@@ -73,9 +74,11 @@ class GatewayAdmin(PortalAdmin):
                 message = response.json()["error"]["message"]
             except (ValueError, KeyError, TypeError):
                 message = response.text[:300]
+            refused = response.extensions.get(RETRY_REFUSED)
             raise DualWriteAdminError(
                 f"{method} {url} failed: {response.status_code} {message}",
-                fix="the gateway is unsupported: use the portal adapter if this persists",
+                fix=f"{refused}: run again later" if refused
+                else "the gateway is unsupported: use the portal adapter if this persists",
             )
         return response.json() if response.content else None
 
@@ -107,7 +110,9 @@ class GatewayAdmin(PortalAdmin):
         cid = self._connection_id()
         for name in names:
             detail = self._maps()[name]["detail"]
-            item = {"tid": detail["tid"], "pid": detail["pid"], "cid": cid, "parameters": params}
+            # Each entry carries its own map's parameters; none at all for stop, pause and resume.
+            item = {"tid": detail["tid"], "pid": detail["pid"], "cid": cid,
+                    **({"parameters": params} if params is not None else {})}
             request_id = self._call(
                 "POST", "api/DualWriteManagement/1.0/Start", json={"action": action, "details": [item]}
             )["requestId"]
