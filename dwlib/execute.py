@@ -30,7 +30,7 @@ from papermill.exceptions import PapermillExecutionError
 
 from dwlib.errors import DwError
 from dwlib.notebooks import NOTEBOOKS
-from dwlib.params import Params, ParamsError, load_params
+from dwlib.params import Params, load_params
 from dwlib.record import DONE, RecordError, load_record, new_run_id, run_stem
 from dwlib.render import summary_rows
 from dwlib.report import finalize
@@ -39,13 +39,11 @@ KERNEL = "python3"
 POLL_S = 0.5
 
 
-def check_params(scenario: str, params_file: Path, overrides: Mapping[str, Any]) -> Params:
-    """The validated parameters of a run of `scenario` (`ParamsError`, before any call, if not)."""
-    params = load_params(params_file, overrides)
-    if params.scenario != scenario:
-        raise ParamsError([("scenario", f"the parameters are for {params.scenario}, not {scenario}: run "
-                                        f"dw run {params.scenario}, or fix scenario:")], str(params_file))
-    return params
+def check_params(scenario: str, params_file: Path, overrides: Mapping[str, Any], *,
+                 sandbox_pending: bool = False) -> Params:
+    """The validated parameters of a run of `scenario`: `ParamsError` with every problem, before any
+    call. `sandbox_pending`: the run's sandbox starts next (see `dwlib.params.load_params`)."""
+    return load_params(params_file, overrides, scenario=scenario, sandbox_pending=sandbox_pending)
 
 
 @dataclass

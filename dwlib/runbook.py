@@ -40,7 +40,7 @@ from dwlib.clients import HttpConfig, Session, connect, make_client, scope_for
 from dwlib.clients.dualwrite import INTEGRATOR_APP, DualWriteAdmin, GatewayAdmin, PortalAdmin
 from dwlib.errors import DwError
 from dwlib.gates import Gates, GateWaiting
-from dwlib.params import Params, ParamsError, load_params
+from dwlib.params import Params, ParamsError, load_params, scenario_problem
 from dwlib.record import RunRecord, default_record_path, evidence_dir, http_summary, new_run_id, utc_now
 from dwlib.render import TextProgress, frame, summary_rows
 from dwlib.scenarios import Scenario, StepRef
@@ -139,11 +139,7 @@ class Runbook:
         `is_interactive()`. `scenario`, when given, must be the parameters' scenario (a notebook
         passes its own). `run_id` None → a new one (`dw run` names its files after it).
         """
-        params = cls._params(source, overrides)
-        if scenario is not None and params.scenario != scenario:
-            raise ParamsError([("scenario", f"this runbook is {scenario}, the parameters are for "
-                                            f"{params.scenario}: use notebooks/{params.scenario}.ipynb "
-                                            f"or fix scenario:")])
+        params = cls._params(source, overrides, scenario)
         interactive = is_interactive() if interactive is None else interactive
         run_id = run_id or new_run_id()
         path = Path(record_path) if record_path else default_record_path(params.scenario, run_id)
@@ -196,11 +192,16 @@ or run with `papermill -f FILE` or `dw run`
                         scenario=scenario, run_id=namespace.get("run_id"))
 
     @staticmethod
-    def _params(source: str | Path | Mapping[str, Any] | Params,
-                overrides: Mapping[str, Any] | None) -> Params:
-        if isinstance(source, Params):
-            return load_params(source.model_dump(mode="json"), overrides) if overrides else source
-        return load_params(source, overrides)
+    def _params(source: str | Path | Mapping[str, Any] | Params, overrides: Mapping[str, Any] | None,
+                scenario: str | None) -> Params:
+        if not isinstance(source, Params):
+            return load_params(source, overrides, scenario=scenario)
+        if overrides:
+            return load_params(source.model_dump(mode="json"), overrides, scenario=scenario)
+        problem = scenario_problem(scenario, source.scenario)
+        if problem:
+            raise ParamsError([("scenario", problem)])
+        return source
 
     def _connect(self) -> None:
         params = self.params

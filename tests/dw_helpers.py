@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
 from dwlib.clients import HttpConfig, Session, TokenProvider, connect, make_client, scope_for
 from dwlib.params import Params, load_params
@@ -23,6 +24,7 @@ from dwlib.sandbox.state import Settings
 from dwlib.sandbox.store import Store
 
 MakeRuntime = Callable[..., DualWrite]
+PARAMS = Path(__file__).resolve().parents[1] / "params"
 
 
 def runtime_factory(tmp_path: Path) -> MakeRuntime:
@@ -159,11 +161,29 @@ def perform_map_gate(consultant: Consultant, steps: list[str], title: str) -> bo
     return True
 
 
+def run_basics(profile: str, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What parameters of `profile` must say besides the sandbox and what a test `given` says itself,
+    from the project's params/sandbox-<profile>.yaml: the legal entities in scope (an existing F&O
+    links every one, so the file names those to keep) and the companies the scenario creates (those
+    of them in the legal entities in effect)."""
+    own = yaml.safe_load((PARAMS / f"sandbox-{profile}.yaml").read_text(encoding="utf-8"))
+    given = given or {}
+    out: dict[str, Any] = {}
+    if "legal_entities" not in given and "legal_entities" in own:
+        out["legal_entities"] = own["legal_entities"]
+    codes = set(given.get("legal_entities", own.get("legal_entities", [])))
+    kept = [c for c in own.get("companies", []) if c["code"] in codes]
+    if "companies" not in given and kept:
+        out["companies"] = kept
+    return out
+
+
 def sandbox_params(connection: dict[str, Any], **overrides: Any) -> Params:
-    """Parameters that name the sandbox directory and nothing else (as params/sandbox-*.yaml do);
-    `overrides` as for `load_params`, e.g. `**{"auth.method": "certificate"}`."""
-    return load_params({"scenario": connection["profile"], "sandbox": {"dir": connection["state_dir"]}},
-                       overrides)
+    """Parameters that name the sandbox directory and the run's basics (`run_basics`), as
+    params/sandbox-*.yaml do; `overrides` as for `load_params`, e.g. `**{"auth.method": "certificate"}`."""
+    profile = connection["profile"]
+    base = {"scenario": profile, "sandbox": {"dir": connection["state_dir"]}, **run_basics(profile)}
+    return load_params(base, overrides)
 
 
 def session_for(connection: dict[str, Any], **auth: Any) -> Session:

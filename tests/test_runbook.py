@@ -56,7 +56,8 @@ def test_bad_parameters_fail_before_anything_is_written_or_called(tmp_path: Path
     bad = tmp_path / "bad.yaml"
     bad.write_text("scenario: existing-existing\nenvironments:\n  tenant_id: t\n"
                    "  dataverse_url: https://127.0.0.1:9/dv\n  finops_url: https://127.0.0.1:9/fo\n"
-                   "auth: {client_id: x, client_secret: 'env:NOPE'}\noptions: {dryrun: true}\n")
+                   "auth: {client_id: x, client_secret: 'env:NOPE'}\noptions: {dryrun: true}\n"
+                   "legal_entities: [USMF]\n")
     with pytest.raises(ParamsError) as exc:
         Runbook.open(bad, record_path=tmp_path / "run.json")
     assert exc.value.problems == [("options.dryrun (line 7)", "unknown key; did you mean 'dry_run'?")]
@@ -193,7 +194,7 @@ def test_unknown_step_and_wrong_scenario_are_refused(sandbox: dict[str, Any], tm
     refused = "'create-company' is not a step of existing-existing: use one of preflight, power-platform"
     with open_rb(sandbox, tmp_path, interactive=False) as rb, pytest.raises(RunbookError, match=refused):
         rb.run("create-company")
-    with pytest.raises(ParamsError, match="this runbook is new-new, the parameters are for existing-exist"):
+    with pytest.raises(ParamsError, match="the parameters are for existing-existing, not new-new"):
         open_rb(sandbox, tmp_path, scenario="new-new")
 
 

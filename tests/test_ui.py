@@ -10,6 +10,7 @@ widget state.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import yaml
 from dw_helpers import Consultant
 from test_notebooks import run_faked
 
+from dwlib import params as params_module
 from dwlib import ui
 from dwlib.params import ParamsError, load_params
 from dwlib.render import TextProgress, attention, result_html, styled_table
@@ -118,6 +120,20 @@ def test_an_empty_form_lists_what_is_required_and_cannot_be_saved(tmp_path: Path
     assert "Parameters of new-new from the keys set in the parameters cell" in form.text()
     form.load(str(tmp_path / "missing.yaml"))
     assert "cannot read" in form.status.value
+
+
+def test_the_form_says_warnings_once_and_reads_a_file_that_is_not_utf8_as_a_problem(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(params_module, "_said", set())
+    path = params_file(tmp_path, bootstrap={"mapping": {"": "USMF"}})
+    with caplog.at_level(logging.WARNING, logger="dwlib.params"):
+        form = ui.parameter_form({"params_file": str(path)}, scenario="existing-new")
+        load_params(path)  # the runbook cell opens the same file next
+    assert form.warnings and form.warnings[0] in form.text() and caplog.records == []  # said by the form
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(path.read_bytes() + "# café\n".encode("latin-1"))
+    form.load(str(latin))
+    assert "the file is not UTF-8 text" in form.status.value and form.problems == []
 
 
 # ---- board, progress, gates ----------------------------------------------------------------------
