@@ -273,8 +273,7 @@ or run with `papermill -f FILE` or `dw run`
         result.calls = [asdict(e) for e in journal.entries()[first:]]
         result.remediation = _remediation(result, error)
         if result.status == Status.WAITING and False in answers and self.interactive:
-            result.next_action = (f"This cannot be undone. Read what it will do above, then press "
-                                  f"Confirm, or run the cell again as rb.run({step_id!r}, confirm=True).")
+            result.next_action += f" Or run the cell again as rb.run({step_id!r}, confirm=True)."
             self.confirmation_button(step_id, result.summary)
         self.results[step_id] = result
         self.record.step_finished(step_id, result.to_dict(), self.gates.shown,
