@@ -33,7 +33,7 @@ from dwlib.notebooks import NOTEBOOKS
 from dwlib.params import Params, load_params
 from dwlib.record import DONE, RecordError, load_record, new_run_id, run_stem
 from dwlib.render import summary_rows
-from dwlib.report import finalize
+from dwlib.report import finalize, steps_table_text
 
 KERNEL = "python3"
 POLL_S = 0.5
@@ -72,13 +72,7 @@ class Execution:
         """The step summary table (one line per planned step) and the paths of the run."""
         lines = []
         if self.data is not None:
-            done = {r["step"]: r for r in summary_rows(self.data["steps"])}
-            width = max(map(len, self.data["steps_planned"]), default=4)
-            lines.append(f"{'step':{width}}  {'status':12} {'seconds':>8}  summary")
-            for step in self.data["steps_planned"]:
-                r = done.get(step, {"status": "not run", "seconds": 0.0, "summary": ""})
-                lines.append(f"{step:{width}}  {r['status']:12} {r['seconds']:8.1f}  {r['summary']}")
-            lines.append(f"run {self.data['run_id']}: {self.data['status']}")
+            lines += [steps_table_text(self.data), f"run {self.data['run_id']}: {self.data['status']}"]
         if self.error:
             lines.append(f"stopped: {self.error}")
         lines += [f"notebook: {self.notebook}", f"record:   {self.record}"]

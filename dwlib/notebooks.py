@@ -178,6 +178,11 @@ NARRATIVE = {
 }
 
 
+SUMMARY = ("## Summary\n\nEvery step of this run, as the run record keeps it and its HTML report shows "
+           "it. In JupyterLab, once every step is done, save the notebook (Ctrl+S) and press **Seal**: it "
+           "writes the report beside the record and records the notebook's sha256 (headless, `dw run` "
+           "seals the run itself).")
+
 _METADATA = {"kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"},
              "language_info": {"name": "python"}}
 
@@ -257,8 +262,7 @@ def build(scenario_id: str) -> NotebookNode:
     ]
     for number, ref in enumerate(sc.steps, 1):
         cells += _step_cells(number, ref)
-    cells += [_md("about-summary", "## Summary\n\nEvery step of this run, as the run record keeps it."),
-              _code("summary", "rb.summary()")]
+    cells += [_md("about-summary", SUMMARY), _code("summary", "ui.summary(rb)")]
     return nbformat.v4.new_notebook(cells=cells, metadata=_METADATA)
 
 

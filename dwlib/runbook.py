@@ -15,7 +15,7 @@ polled for up to `options.gate_timeout_s`.
 Example:
     >>> # rb = Runbook.open("params/sandbox-existing-existing.yaml", {"options.dry_run": True})
     >>> # rb.run("preflight")          # a StepResult: checks, evidence, next action
-    >>> # rb.summary()                 # one row per step run so far
+    >>> # rb.summary()                 # every step so far, as the HTML report shows them
     >>> is_interactive() in (True, False)
     True
 """
@@ -33,7 +33,6 @@ from typing import Any
 
 import httpx
 import jwt
-import pandas as pd
 
 from dwlib import catalog
 from dwlib.clients import HttpConfig, Session, connect, make_client, scope_for
@@ -42,7 +41,8 @@ from dwlib.errors import DwError
 from dwlib.gates import Gates, GateWaiting
 from dwlib.params import Params, ParamsError, load_params, scenario_problem
 from dwlib.record import RunRecord, default_record_path, evidence_dir, http_summary, new_run_id, utc_now
-from dwlib.render import TextProgress, frame, summary_rows
+from dwlib.render import TextProgress
+from dwlib.report import RunSummary
 from dwlib.scenarios import Scenario, StepRef
 from dwlib.scenarios import scenario as _scenario
 from dwlib.secrets import scrub, scrub_kernel_tracebacks
@@ -321,18 +321,11 @@ or run with `papermill -f FILE` or `dw run`
         display(box)
         return box
 
-    def summary(self) -> pd.DataFrame:
-        """One row per step run so far: id, status, seconds, HTTP calls, summary.
-
-        Interactively it also says how to seal the record: only the consultant knows when the
-        notebook is final (saved), so `dw review seal` is theirs to run (headless, `dw run` seals).
-        """
-        if self.interactive:
-            notebook = os.environ.get("JPY_SESSION_NAME") or "THIS-NOTEBOOK.ipynb"
-            _say(f"Once every step is done, save this notebook (Ctrl+S), then seal the record with it, "
-                 f"which writes the HTML report and the notebook's sha256:\n  dw review seal "
-                 f"{self.record.path} --notebook {notebook}")
-        return frame(summary_rows(self.record.data["steps"]))
+    def summary(self) -> RunSummary:
+        """Every step of the run with its status, time, calls and summary: the HTML report's table
+        in Jupyter, aligned text elsewhere (`dwlib.report.RunSummary`). Sealing a run finished
+        interactively is the Seal button of the notebook's closing cell (`dwlib.ui.summary`)."""
+        return RunSummary(self.record.data)
 
     def close(self) -> None:
         """Release the connections (the record stays as written)."""
