@@ -554,7 +554,7 @@ def code_warnings(p: Params) -> list[str]:
     places: dict[str, list[str]] = {}
     for i, code in enumerate(p.legal_entities):
         places.setdefault(code, []).append(dotted(("legal_entities", i)))
-    for bu, code in p.bootstrap.mapping.items():
+    for bu, code in sorted(p.bootstrap.mapping.items()):  # the same text whatever the keys' order
         places.setdefault(code, []).append(dotted(("bootstrap", "mapping", bu)))
     return [f"company code {code} has {len(code)} characters ({', '.join(where)}); the setup guidance says "
             "three-letter ISO code, so check it is the F&O legal entity id"

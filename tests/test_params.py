@@ -404,9 +404,11 @@ def test_a_warning_is_said_once_per_place_however_often_the_file_is_loaded(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(params_module, "_said", set())
     data = minimal(legal_entities=["USMF", "DEMF"], bootstrap={"mapping": {"": "USMF", "Contoso US": "USMF"}})
+    shuffled = minimal(legal_entities=["USMF", "DEMF"],
+                       bootstrap={"mapping": {"Contoso US": "USMF", "": "USMF"}})
     with caplog.at_level(logging.WARNING, logger="dwlib.params"):
-        for _ in range(3):  # dw run, the form, the runbook
-            p = load_params(data)
+        for source in (data, shuffled, data):  # dw run, the form (which may reorder keys), the runbook
+            p = load_params(source)
     assert p.warnings[0].startswith('company code USMF has 4 characters (legal_entities[0], '
                                     'bootstrap.mapping[""], bootstrap.mapping["Contoso US"]);')
     assert [r.getMessage() for r in caplog.records] == p.warnings and len(p.warnings) == 2

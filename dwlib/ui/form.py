@@ -174,7 +174,7 @@ class ParameterForm:
 
     def data(self) -> dict[str, Any]:
         """The parameters as the form has them: the loaded keys, with the fields' values over them."""
-        data = yaml.safe_load(yaml.safe_dump(self.raw)) or {}  # a deep copy that stays plain YAML
+        data = yaml.safe_load(yaml.safe_dump(self.raw, sort_keys=False)) or {}  # a plain YAML deep copy
         data["scenario"] = self.scenario
         for f in FIELDS:
             _put(data, f.key, _value(f, self.fields[f.key].value))
