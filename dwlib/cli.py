@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -140,17 +139,6 @@ def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _precheck_for_sandbox(scenario: str, params_file: Path, overrides: dict[str, Any]) -> None:
-    """Check the parameters before starting a sandbox: all but what its connection.yaml will supply."""
-    missing_sandbox = Path(tempfile.gettempdir()) / f"dw-no-sandbox-{os.getpid()}"
-    try:
-        _execution().check_params(scenario, params_file, {**overrides, "sandbox.dir": str(missing_sandbox)})
-    except ParamsError as exc:
-        problems = [p for p in exc.problems if not p[0].startswith("sandbox.dir")]
-        if problems:
-            raise ParamsError(problems, str(params_file)) from None
-
-
 def _execute(scenario: str, params_file: Path, overrides: dict[str, Any], out: Path) -> int:
     print(f"running {scenario} headless (papermill); results as each step ends:")
     run = _execution().execute(scenario, params_file, overrides, out)
@@ -160,17 +148,14 @@ def _execute(scenario: str, params_file: Path, overrides: dict[str, Any], out: P
 
 def _in_sandbox(scenario: str, root: Path, rows: int | None, faults: str | None, params_file: Path,
                 overrides: dict[str, Any], out: Path) -> int:
-    """Start a sandbox of `scenario` in `root`, run the runbook against it, stop it."""
+    """Check the parameters (all but what the sandbox supplies), start a sandbox of `scenario` in
+    `root`, run the runbook against it, stop it."""
+    overrides = {**overrides, "sandbox.dir": str(root)}
+    _execution().check_params(scenario, params_file, overrides, sandbox_pending=True)
     started = control.start(scenario, root=root, rows=rows, port=0, faults=faults)
     print(f"sandbox {scenario} started in {root} ({started.connection['dataverse_url'].rsplit('/', 1)[0]})")
     try:
-        overrides = {**overrides, "sandbox.dir": str(root)}
-        params = _execution().check_params(scenario, params_file, overrides)
-        if params.environments.dataverse_url != started.connection["dataverse_url"]:
-            raise ParamsError([("environments", "--sandbox runs against the sandbox, but these parameters "
-                                                "name environments of their own: remove environments: "
-                                                "(the sandbox's connection.yaml supplies them)")],
-                              str(params_file))
+        _execution().check_params(scenario, params_file, overrides)
         return _execute(scenario, params_file, overrides, out)
     finally:
         control.stop(root)
@@ -185,7 +170,6 @@ def run(args: argparse.Namespace) -> int:
         if not args.sandbox:
             _execution().check_params(args.scenario, params_file, overrides)
             return _execute(args.scenario, params_file, overrides, args.out)
-        _precheck_for_sandbox(args.scenario, params_file, overrides)
         root = Path(tempfile.mkdtemp(prefix=f"dw-sandbox-{args.scenario}-"))
         try:
             return _in_sandbox(args.scenario, root, args.rows, args.faults, params_file, overrides, args.out)

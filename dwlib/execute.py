@@ -30,22 +30,20 @@ from papermill.exceptions import PapermillExecutionError
 
 from dwlib.errors import DwError
 from dwlib.notebooks import NOTEBOOKS
-from dwlib.params import Params, ParamsError, load_params
+from dwlib.params import Params, load_params
 from dwlib.record import DONE, RecordError, load_record, new_run_id, run_stem
 from dwlib.render import summary_rows
-from dwlib.report import finalize
+from dwlib.report import finalize, steps_table_text
 
 KERNEL = "python3"
 POLL_S = 0.5
 
 
-def check_params(scenario: str, params_file: Path, overrides: Mapping[str, Any]) -> Params:
-    """The validated parameters of a run of `scenario` (`ParamsError`, before any call, if not)."""
-    params = load_params(params_file, overrides)
-    if params.scenario != scenario:
-        raise ParamsError([("scenario", f"the parameters are for {params.scenario}, not {scenario}: run "
-                                        f"dw run {params.scenario}, or fix scenario:")], str(params_file))
-    return params
+def check_params(scenario: str, params_file: Path, overrides: Mapping[str, Any], *,
+                 sandbox_pending: bool = False) -> Params:
+    """The validated parameters of a run of `scenario`: `ParamsError` with every problem, before any
+    call. `sandbox_pending`: the run's sandbox starts next (see `dwlib.params.load_params`)."""
+    return load_params(params_file, overrides, scenario=scenario, sandbox_pending=sandbox_pending)
 
 
 @dataclass
@@ -74,13 +72,7 @@ class Execution:
         """The step summary table (one line per planned step) and the paths of the run."""
         lines = []
         if self.data is not None:
-            done = {r["step"]: r for r in summary_rows(self.data["steps"])}
-            width = max(map(len, self.data["steps_planned"]), default=4)
-            lines.append(f"{'step':{width}}  {'status':12} {'seconds':>8}  summary")
-            for step in self.data["steps_planned"]:
-                r = done.get(step, {"status": "not run", "seconds": 0.0, "summary": ""})
-                lines.append(f"{step:{width}}  {r['status']:12} {r['seconds']:8.1f}  {r['summary']}")
-            lines.append(f"run {self.data['run_id']}: {self.data['status']}")
+            lines += [steps_table_text(self.data), f"run {self.data['run_id']}: {self.data['status']}"]
         if self.error:
             lines.append(f"stopped: {self.error}")
         lines += [f"notebook: {self.notebook}", f"record:   {self.record}"]

@@ -10,7 +10,8 @@ plays the consultant against a local sandbox.
 Interactively (`hold=True`) and without a gate command, nobody should sit through the polling:
 a kernel that polls cannot receive the click of a button. `notify` then raises `GateWaiting`, the
 runbook records the step as waiting, and running the step again (the "Verify now" button of
-`dwlib.ui`) checks first and finds the work done once the consultant did it.
+`dwlib.ui`) checks first and finds the work done once the consultant did it. The instruction is
+then the gate panel's to show, once; it is printed only where no panel shows it.
 
 Example:
     >>> program(["no-such-program-anywhere"])
@@ -76,10 +77,13 @@ class Gates:
         payload = {"title": instruction.title, "steps": list(instruction.steps),
                    "links": dict(instruction.links), "verify": instruction.verify}
         self.shown.append(payload)
-        self.say(instruction.text())
+        command = self.params.options.gate_command
+        if command or not self.hold:
+            # Held without a command, the step board's gate panel shows the instruction, with its
+            # links and the Verify now button: printed as well, it would be said twice.
+            self.say(instruction.text())
         if self.step is not None:
             self.record.waiting(self.step, payload)
-        command = self.params.options.gate_command
         if command:
             self._run(command, payload)
         elif self.hold:

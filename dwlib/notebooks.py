@@ -26,157 +26,317 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import nbformat
 from nbformat import NotebookNode
 
 from dwlib.params import Params
-from dwlib.scenarios import SCENARIOS, StepRef, scenario
+from dwlib.scenarios import SCENARIOS, Scenario, StepRef, scenario
 from dwlib.steps import STEPS
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
+LEARN = "https://learn.microsoft.com/en-us/dynamics365/fin-ops-core/dev-itpro/"
+DW, PP = LEARN + "data-entities/dual-write/", LEARN + "power-platform/"
+# The bootstrap FAQ (owning business unit → company, FastTrack's sample) as the Dutch edition of the
+# page the guidance links still carries it; the English page now describes the other method.
+BOOTSTRAP_FAQ = ("https://learn.microsoft.com/nl-nl/dynamics365/fin-ops-core/dev-itpro/data-entities/"
+                 "dual-write/bootstrap-company-data")
+
+# Every Microsoft Learn page the notebooks link, with its title as the page shows it (its heading),
+# from MicrosoftDocs/dynamics-365-unified-operations-public (articles/fin-ops-core/dev-itpro/…) and,
+# for the FAQ, MicrosoftDocs/Dynamics-365-Operations.nl-nl. A link's text is its page's title.
+PAGES = {
+    DW + "connection-setup": "Guidance for dual-write setup",
+    DW + "lcs-setup": "Dual-write setup from Lifecycle Services",
+    DW + "enable-dual-write": "Enable dual-write for existing finance and operations apps",
+    PP + "enable-power-platform-integration": "Enable Power Platform Integration",
+    PP + "environment-lifecycle-connect-finops-new-dv":
+        "Connect finance and operations apps with a new Microsoft Dataverse instance",
+    PP + "environment-lifecycle-connect-finops-existing-dv":
+        "Connect finance and operations apps with an existing Microsoft Dataverse instance",
+    DW + "requirements-and-prerequisites": "System requirements and prerequisites troubleshooting",
+    DW + "edit-legal-entity": "Edit a legal entity after dual-write setup",
+    DW + "customizing-mappings": "Customize table and column mappings",
+    DW + "bootstrap-company-data": "Initialize company data",
+    BOOTSTRAP_FAQ: "Veelgestelde vragen over automatisch laden met bedrijfsgegevens",
+    DW + "initial-sync-guidance": "Considerations for initial synchronization",
+    DW + "enable-entity-map": "Enable table maps for dual-write",
+    DW + "dual-write-troubleshooting-initial-sync": "Troubleshoot issues during initial synchronization",
+}
+
+
+def page_title(url: str) -> str:
+    """The title of the Learn page `url` links (an anchor or the en-us locale named or not).
+
+    >>> page_title("https://learn.microsoft.com/dynamics365/fin-ops-core/dev-itpro/data-entities/"
+    ...            "dual-write/connection-setup#new-existing")
+    'Guidance for dual-write setup'
+    """
+    page = url.partition("#")[0].replace("microsoft.com/dynamics365/", "microsoft.com/en-us/dynamics365/")
+    try:
+        return PAGES[page]
+    except KeyError:
+        raise KeyError(f"no title for {page}: add the page's title (its heading on Learn) to "
+                       "dwlib.notebooks.PAGES") from None
+
+
+def link(url: str) -> str:
+    """A Markdown link to a Learn page whose text is the page's title."""
+    return f"[{page_title(url)}]({url})"
+
+
+GUIDANCE, LCS, ENABLE_EXISTING = DW + "connection-setup", DW + "lcs-setup", DW + "enable-dual-write"
+SYNC_GUIDANCE, ENABLE_MAPS = DW + "initial-sync-guidance", DW + "enable-entity-map"
+PP_NEW = PP + "environment-lifecycle-connect-finops-new-dv"
+PP_EXISTING = PP + "environment-lifecycle-connect-finops-existing-dv"
+
+HR_NOTE = ("> **Human Resources:** dual-write connects the Human Resources *module* of Dynamics 365 Finance, "
+           f"not the separate Dynamics 365 Human Resources *app* (the note at the top of {link(GUIDANCE)}).")
+
+
+def _connection(sc: Scenario) -> str:
+    """Where the scenario's dual-write connection is set up, for its introduction."""
+    dataverse = PP_NEW if sc.dataverse == "new" else PP_EXISTING
+    if sc.finops == "existing":
+        return (f"For an existing finance and operations environment the connection is set up from finance "
+                "and operations, not provisioned by Lifecycle Services: the guidance links "
+                f"{link(ENABLE_EXISTING)}. Today that is the environment's Power Platform integration in "
+                f"Lifecycle Services ({link(dataverse)}), then the dual-write application; the connection "
+                "covers every legal entity, and the runbook keeps only those in `legal_entities`.")
+    return (f"The connection is set up from Lifecycle Services ({link(LCS)}), on the environment's Power "
+            f"Platform integration ({link(dataverse)}), for the DAT company.")
+
+
+# Per scenario: where things stand, then (after where the connection is set up) what the runbook does.
 INTRO = {
     "new-new": (
-        "Finance and operations is new and empty, and so is Dataverse. Lifecycle Services provisions "
-        "the environments, links them, connects the DAT company and starts the table maps for live "
-        "sync. The runbook does not take that on trust: it checks each of those results through the "
-        "documented APIs and ends with a live round trip between the two sides."
+        "Finance and operations is new and empty, and so is Dataverse.",
+        "When the setup is complete the environments are provisioned, dual-write is connected for DAT and "
+        "the table maps run for live sync. The runbook does not take that on trust: it verifies each result "
+        "through documented APIs, plans the maps (with no data on either side there is nothing to copy, so "
+        "they run without an initial sync) and ends with a live round trip between the two sides.",
     ),
     "new-existing": (
-        "Finance and operations is new and empty; Dataverse already holds customer data. After the "
-        "link, that data needs a company of its own: the runbook creates it in finance and operations, "
-        "adds it to the dual-write connection, stamps the existing Dataverse rows with its code "
-        "(bootstrap) and runs the initial sync, so the Dataverse data reaches finance and operations."
+        "Finance and operations is new and empty; Dataverse already holds customer data.",
+        "After the link, that data needs a company of its own, in the guidance's order: create the company "
+        "in finance and operations, add it to the dual-write connection, bootstrap the existing Dataverse "
+        "rows with its company code, and run the initial sync, here with a plan that picks per table map "
+        f"between the initial sync and a migration around it ({link(SYNC_GUIDANCE)}).",
     ),
     "new-data-new": (
-        "Finance and operations is new but already holds data; Dataverse is new. The link is set up as "
-        "for two new environments, then the finance and operations data is copied to Dataverse by the "
-        "initial sync, or migrated around it where the volumes exceed what the initial sync supports."
+        "Finance and operations is new but already holds data; Dataverse is new.",
+        "After the link, the finance and operations data is copied to Dataverse by the initial sync, or "
+        "migrated around it where the volumes exceed what the initial sync supports "
+        f"({link(SYNC_GUIDANCE)}).",
     ),
     "new-data-existing": (
-        "Both sides hold data. First the finance and operations data goes to Dataverse as for a new "
-        "Dataverse; then the existing Dataverse data gets a company of its own (created, added to the "
-        "connection, bootstrapped) and its own initial sync."
+        "Both sides hold data, and finance and operations is new.",
+        "After the link, the finance and operations data goes to Dataverse as for a new Dataverse (plan, "
+        "migration where needed, table maps, initial sync). Then the existing Dataverse data gets a company "
+        "of its own: created in finance and operations, added to the connection, bootstrapped, and brought "
+        "to finance and operations by an initial sync of its own.",
     ),
     "existing-new": (
-        "An existing finance and operations environment is connected to a new Dataverse environment. "
-        "The connection is set up from finance and operations and covers every legal entity, so keep "
-        "only the companies you need (at most 40 for an initial sync); the initial sync then copies "
-        "their data to Dataverse."
+        "An existing finance and operations environment is connected to a new Dataverse environment.",
+        "After the link the runbook plans the maps and copies the data of the legal entities you keep (at "
+        "most 40 for an initial sync) to Dataverse by the initial sync, or migrates it around the initial "
+        "sync where the volumes call for it.",
     ),
     "existing-existing": (
-        "Both environments exist and hold data. After the link, the existing Dataverse rows get their "
-        "company by owning business unit (bootstrap: simulate, then apply), the plan chooses per table "
-        "map between the initial sync and a migration around it, the maps are enabled, the initial "
-        "sync runs, and both sides are reconciled."
+        "Both environments exist and hold data.",
+        "After the link, the existing Dataverse rows get their company (bootstrap: simulate, then apply), "
+        "the plan chooses per table map between the initial sync and a migration around it, the maps are "
+        "enabled, the initial sync runs, and both sides are reconciled.",
     ),
 }
 
-# What each step does and why, in our words; keyed by step id where one step serves twice.
-NARRATIVE = {
+
+def _power_platform_integration(sc: Scenario) -> str:
+    if sc.finops == "existing":
+        where = ("An existing finance and operations environment connects from finance and operations "
+                 f"({link(ENABLE_EXISTING)}, the page the guidance links); today through its Power Platform "
+                 "integration in Lifecycle Services")
+    else:
+        where = f"A new finance and operations environment is linked from Lifecycle Services ({link(LCS)})"
+    if sc.dataverse == "new":
+        dataverse = ("In LCS, Environment details > Power Platform Integration > Setup adds a new Dataverse "
+                     "environment from a template: choose **Dynamics 365 standard with Dual-write**, which "
+                     "also installs the dual-write application maps (**Dynamics 365 standard** installs "
+                     f"none; {link(PP_NEW)})")
+    else:
+        dataverse = ("In LCS, Environment details > Power Platform Integration > Setup with **use a "
+                     "different Power Platform environment** connects your existing Dataverse environment "
+                     "(the same geography, 1 GB of free database capacity, and you a System Administrator "
+                     f"there; {link(PP_EXISTING)})")
+    scope = "every legal entity" if sc.finops == "existing" else "the DAT company"
+    return (
+        f"{where}. {dataverse}. LCS asks you to confirm by typing your name, because the integration "
+        "**cannot be reversed**. Then Dual-write application > Configure installs the dual-write solutions, "
+        f"and Link to Power Platform environment links dual-write, for {scope}. Both are portal actions "
+        "without a public API, so this step is a gate: it shows what to do, then verifies the result "
+        "through documented reads: `RetrieveFinanceAndOperationsIntegrationDetails` names this finance and "
+        "operations environment and tenant, the dual-write solutions are at the required versions, the "
+        "table maps are applied, and dual-write is linked for the companies the setup connects. Headless it "
+        "waits up to `options.gate_timeout_s`, then says what is still missing. A link to another "
+        "environment is reported, never changed."
+    )
+
+
+def _legal_entities(sc: Scenario) -> str:
+    if sc.finops == "existing":
+        start = ("The link covered every legal entity of finance and operations. This step makes the "
+                 "connection hold only those in `legal_entities`: missing ones are added, the others are to "
+                 "be removed")
+    else:
+        start = ("The setup linked dual-write for DAT. This step adds the other legal entities in "
+                 "`legal_entities` that finance and operations already has (a company this run creates is "
+                 "added later, by its own step), and companies the connection holds outside them are to be "
+                 "removed")
+    return (
+        f"{start}, in the dual-write workspace (Environment details > Legal entities). Added legal entities "
+        "skip their initial writes: the initial sync is a step of its own. Adding is a gate verified "
+        "through Dataverse; a removal cannot be seen from outside (dual-write keeps a removed company's "
+        "`cdm_company` row), so companies outside the scope stay a warning to check in the workspace. More "
+        "than 40 legal entities when the scenario runs an initial sync, or more than 250, are refused "
+        "before anything changes."
+    )
+
+
+BOOTSTRAP_METHODS = (f"by owning business unit, {link(BOOTSTRAP_FAQ)}; by matching account numbers, "
+                     f"{link(DW + 'bootstrap-company-data')}")
+
+# What each step does and why, in our words; keyed by step id where one step serves twice, and a
+# function of the scenario where the step does different things in different scenarios.
+NARRATIVE: dict[str, str | Callable[[Scenario], str]] = {
     "preflight": (
-        "Before anything changes, look at both environments from the outside, as the dual-write "
-        "health check would: both reachable and signed in, the same Microsoft Entra tenant, the "
-        "dual-write core and application solutions at the versions the table maps need, the "
-        "application users present, `cdm_company` rows without duplicates or blank names, and no more "
-        "legal entities than the limits allow (40 for an initial sync, 250 for live sync). Every line "
-        "shows what was seen and, when something is off, the documented fix. This step only reads."
+        "Before anything changes, the dual-write health check, done from outside with documented reads: both "
+        "environments reachable and signed in; the Power Platform integration naming this finance and "
+        "operations environment, in the same Microsoft Entra tenant; the dual-write solutions at the "
+        "versions the table maps need; the application users; `cdm_companies` without duplicate codes or "
+        "blank names; the legal entities in scope present in finance and operations and within the limits "
+        "(40 with an initial sync, 250 for live sync); the default team of the root business unit. What the "
+        "link step installs later is *skipped* until then. Every check shows what it saw and, when something "
+        "is off, the documented fix. This step only reads, and a failure stops the run here, before any step "
+        "writes: a legal entity that finance and operations does not have, for example, is found now."
     ),
-    "power-platform-integration": (
-        "Dual-write rides on the Power Platform integration that links the finance and operations "
-        "environment to its Dataverse environment in Lifecycle Services. That is a portal action with "
-        "no public API, so this step is a gate: it shows what to do in LCS and then confirms the link "
-        "through Dataverse's documented `RetrieveFinanceAndOperationsIntegrationDetails`. Run "
-        "headless, it waits for that confirmation up to `options.gate_timeout_s` and then says what is "
-        "still missing."
-    ),
-    "legal-entities": (
-        "Configure the dual-write application and link the environments, keeping only the companies "
-        "in `legal_entities`. The result is verified, not assumed: the dual-write solutions installed, "
-        "the table maps applied, and one `cdm_company` row in Dataverse per company in scope."
-    ),
+    "power-platform-integration": _power_platform_integration,
+    "legal-entities": _legal_entities,
     "create-company": (
-        "The existing Dataverse data needs a company of its own in finance and operations. This step "
-        "creates the legal entities listed in `companies` that do not exist yet, with the customer "
-        "groups each needs (`customer_groups`: a new company has none, and a customer cannot be saved "
-        "without one). Creating a company cannot be undone, so it asks for confirmation (headless: "
-        "`options.confirm_irreversible`)."
+        "The existing Dataverse data needs a company of its own in finance and operations. This step creates "
+        "the legal entities in `companies` that do not exist yet: first their accounting currency where "
+        "finance and operations lacks it (named as Dataverse names it), then the legal entity, then the "
+        "customer groups each needs (`customer_groups`: a new company has none, and a customer cannot be "
+        "saved without one). Only what is missing is created. Creating a company cannot be undone, so the "
+        "step asks for confirmation first (the Confirm button; headless `options.confirm_irreversible`)."
     ),
     "add-company": (
-        "Add the new company to the dual-write connection (dual-write workspace, Environment details, "
-        "Legal entities). It is done when Dataverse shows its `cdm_company` row, which the bootstrap "
-        "needs next."
+        "Add the new company to the dual-write connection (dual-write workspace, Environment details > Legal "
+        "entities > Add legal entity), skipping its initial writes: its Dataverse rows get the company only "
+        "from the bootstrap that follows, and the initial sync comes after that. A portal gate, verified "
+        "through Dataverse (the company's `cdm_company` row and its owner team). It cannot be undone, so it "
+        "asks for confirmation first."
     ),
     "map-defaults": (
-        "The table maps already run, so every Dataverse row the bootstrap stamps with the company goes "
-        "to finance and operations at once, and F&O refuses a customer without a customer group, which "
-        "the existing Dataverse accounts do not have. As consultants do when customizing mappings, "
-        "this step gives the map a Default value for such columns (`table_maps[].defaults`), used when "
-        "the Dataverse value is empty. A map must be stopped to be edited: a running map is stopped, "
-        "edited and run again without initial sync. Verified in the map definitions Dataverse holds."
+        "Only when the parameters ask for it (`table_maps[].defaults`): a Default value on a map's column, "
+        "written to finance and operations when the Dataverse value is empty, for example a customer group "
+        "for existing Dataverse accounts, which have none while finance and operations' Customers V3 "
+        "requires one. The maps run already here, so every row the bootstrap stamps goes to finance and "
+        "operations at once and needs that value then. A map must be stopped to be edited: a running map is "
+        "stopped, edited and run again without initial sync. Verified in the map definitions Dataverse "
+        "holds; without defaults there is nothing to do."
     ),
     "bootstrap-simulate": (
-        "Rows created in Dataverse before dual-write have no company, and dual-write ignores rows "
-        "without one. Each row's owning business unit decides its company code (`bootstrap.mapping`), "
-        "as in Microsoft's bootstrap sample. This first pass only simulates: it writes a CSV of every "
-        "change it would make and reports rows it cannot map, without writing anything."
+        "Rows created in Dataverse before dual-write have no company, and dual-write syncs only rows that "
+        "have one. Microsoft documents two ways to give them one: by **owning business unit**, each business "
+        "unit mapped to a company code, as the sample of the bootstrap FAQ does (the Dutch edition of the "
+        "page the guidance links still carries it), and by **matching** the existing rows to finance and "
+        "operations on the account number and taking the company of the matching customer, the method of the "
+        "current English page, which avoids duplicates when the same customers exist on both sides. "
+        "`bootstrap.mapping` maps owning business units to company codes (the key \"\" serves tables without "
+        "an owner). This first pass only reads: it writes a CSV of every change it would make and of every "
+        "row it cannot stamp, with the reason."
     ),
     "bootstrap-apply": (
-        "Now write the company lookup on the rows that need it, in bulk (batches of up to 1,000), "
-        "leaving rows that are already right alone, and keep an evidence CSV with each row's previous "
-        "value. Running it again changes nothing. The change cannot be undone, so it asks for "
-        "confirmation (headless: `options.confirm_irreversible`)."
+        "Now write the company lookup (`msdyn_company`) on the rows that need it, re-derived from the real "
+        "state rather than from the CSV: in bulk (UpdateMultiple, up to 1,000 rows per request), leaving "
+        "rows that already have a company alone, since the company is read-only once saved. "
+        "`bootstrap-applied.csv` keeps what changed with each row's previous value and "
+        "`bootstrap-failed.csv` the rows refused (more than `bootstrap.max_failed_rows` stop the step); a "
+        "run again picks up what is left and changes nothing else. It cannot be undone, so it asks for "
+        "confirmation first."
     ),
     "plan": (
-        "Count the rows of every table map per legal entity on both sides and apply the decision rules "
-        "of the initial-sync guidance: at most 500,000 rows per legal entity per run, 70,000 for "
-        "single-threaded maps going into finance and operations, 40 legal entities, the lookup limit, "
-        "and the dependencies between maps. The plan table says for each map, in dependency order: "
-        "initial sync, migrate around it and skip it, or nothing to do, with the reason and an "
-        "estimated duration."
+        "Count the rows of every table map per legal entity on both sides, the rows dual-write would sync "
+        "(key set, the map's filter true, a company on the Dataverse side), and apply the decision rules of "
+        f"{link(SYNC_GUIDANCE)}: at most 500,000 rows per legal entity per run, 70,000 for single-threaded "
+        "maps going into finance and operations, at most 40 legal entities, the lookup limit, no double "
+        "quotes in mapped text, and the dependencies between maps. The plan table says for each map, in "
+        "dependency order: initial sync (with its master), migrate around it and enable without initial "
+        "sync, or enable without initial sync (nothing to copy), with the reason and an estimated duration. "
+        "It only reads."
     ),
     "migrate": (
-        "Where the plan says the volumes are too large for the initial sync, move the data the "
-        "documented other way while the maps do not run: a data management export package from "
-        "finance and operations into Dataverse in bulk (or the reverse), so the maps can then be "
-        "enabled without an initial sync. A map that already runs and has rows to move is stopped "
-        "first (a gate in the dual-write workspace) and left stopped for the next step. When the plan "
-        "sends nothing this way, there is nothing to do."
+        "Where the plan sends a map around the initial sync, move its data the documented other way while "
+        "the maps do not run, per legal entity: finance and operations to Dataverse from a data management "
+        "export package (`migrate.export_project`) written in bulk (UpsertMultiple), Dataverse to finance "
+        "and operations as an import package (`migrate.import_project`). The maps can then be enabled "
+        "without an initial sync. A map that runs and has rows to move is stopped first (a gate in the "
+        "dual-write workspace) and left stopped for the next step; `migrate.csv` lists every row written. "
+        "When the plan sends nothing this way, there is nothing to do."
     ),
     "migrate-new-company": (
-        "The company created above joined the connection without initial writes, so its rows of the "
-        "maps the plan migrates (for example the customer groups created with it) are on one side "
-        "only. Migrate them the same way; the maps with rows to move are stopped first."
+        "The company created above joined the connection without initial writes, so its rows of the maps the "
+        "plan migrates (for example the customer groups created with it) are on one side only. Migrate them "
+        "the same way; the maps with rows to move are stopped first."
     ),
     "table-maps-new-company": (
-        "Run again, skipping the initial sync, the maps the migration stopped; maps already running "
-        "are left alone."
+        "Run again, skipping the initial sync, the maps the migration stopped; maps already running are left "
+        "alone."
     ),
     "table-maps": (
-        "Enable the table maps in dependency order, the way the Customers V3—Contacts example does: "
-        "its prerequisites (legal entities, currencies, payment terms, customer groups) first, each "
-        "with the master for the initial sync and the skip-initial-sync choice the plan made. Running "
-        "maps is a gate in the dual-write workspace (or, when opted in, the unsupported gateway)."
+        f"Enable the table maps in dependency order, as the guidance's example in {link(ENABLE_MAPS)} does "
+        "for Customers V3—Contacts: the prerequisites (legal entities, currencies, terms of payment, "
+        "customer groups) first, each with the master for the initial sync and the Initial Sync check box "
+        "as the plan decided (cleared for maps migrated around it or with nothing to copy). Default values "
+        "from the parameters are set first. Running maps is a gate in the dual-write workspace (the Run "
+        "dialog), or, when opted in, the unsupported gateway; a failed initial sync shows its top errors "
+        "with the documented fix."
     ),
     "initial-sync": (
-        "Follow the initial sync of every map to its end. When it fails, the top errors are shown "
-        "with the remediation the documentation gives for them, so they can be fixed and the sync run "
-        "again."
+        "Follow the initial sync of every map the plan gives one to its end: the map ends Running, or Not "
+        "running when it failed. A map not started yet is run with its initial sync; a running map whose "
+        "rows do not reconcile for the companies in scope gets its initial sync again, so rows written while "
+        "none covered them are copied. When it fails, the top errors are shown with the documented "
+        "remediation, so they can be fixed and the step run again."
     ),
     "initial-sync-new-company": (
-        "Run the initial sync once more for the company created above, so the bootstrapped Dataverse "
-        "rows reach finance and operations, and follow it to its end with the same error handling."
+        "Run the initial sync again for the company created above, so its bootstrapped Dataverse rows reach "
+        "finance and operations, and follow it to its end with the same error handling."
     ),
     "verify": (
-        "Reconcile both sides: row counts and keys per company per table map. Then prove live sync "
-        "works with a round trip: a customer created in finance and operations appears in Dataverse, "
-        "a change made there comes back, and the test rows are removed afterwards."
+        "Reconcile both sides: row counts and keys per company per table map, every missing key in "
+        "`verify-missing-keys.csv`. Then prove live sync with a round trip: a test customer created in "
+        "finance and operations must appear in Dataverse, a change made there must come back, and the test "
+        "rows are deleted on both sides afterwards. **The round trip writes into both environments**, and "
+        "live sync hands the test customer to whatever else listens there, so against real environments it "
+        "waits for your confirmation (the Confirm button; headless `options.confirm_irreversible`). "
+        "`verify.round_trip: never` reconciles only; `once`, the default, makes it once per pair of "
+        "environments; a dry run never writes. Against the local sandbox it goes ahead."
     ),
 }
 
+# The Learn line under a step, where its own page is not the whole story: the bootstrap links the
+# page of each documented method.
+LEARN_LINE = {"bootstrap-simulate": BOOTSTRAP_METHODS, "bootstrap-apply": BOOTSTRAP_METHODS}
+
+
+SUMMARY = ("## Summary\n\nEvery step of this run, as the run record keeps it and its HTML report shows "
+           "it. In JupyterLab, once every step is done, save the notebook (Ctrl+S) and press **Seal**: it "
+           "writes the report beside the record and records the notebook's sha256 (headless, `dw run` "
+           "seals the run itself).")
 
 _METADATA = {"kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"},
              "language_info": {"name": "python"}}
@@ -207,13 +367,23 @@ def _parameters() -> str:
     )
 
 
-def _step_cells(number: int, ref: StepRef) -> list[NotebookNode]:
+def narrative(sc: Scenario, ref: StepRef) -> str:
+    """What step `ref` of scenario `sc` does and why (the Markdown above its cell, without the title).
+
+    >>> narrative(scenario("new-new"), scenario("new-new").steps[0]).startswith("Before anything changes")
+    True
+    """
+    text = NARRATIVE.get(ref.id) or NARRATIVE[ref.step]
+    return text(sc) if callable(text) else text
+
+
+def _step_cells(sc: Scenario, number: int, ref: StepRef) -> list[NotebookNode]:
     step = STEPS.get(ref.step)
     if step is None:
         raise KeyError(f"step {ref.step!r} is not registered in dwlib.steps: implement it before "
                        "building the notebooks")
-    text = NARRATIVE.get(ref.id) or NARRATIVE[ref.step]
-    about = f"## {number}. {step.title}\n\n{text}\n\nMicrosoft Learn: [{step.title}]({step.doc_url})"
+    learn = LEARN_LINE.get(ref.step) or link(step.doc_url)
+    about = f"## {number}. {step.title}\n\n{narrative(sc, ref)}\n\nMicrosoft Learn: {learn}"
     return [_md(f"about-{ref.id}", about), _code(f"run-{ref.id}", f'rb.run("{ref.id}")')]
 
 
@@ -221,17 +391,17 @@ def build(scenario_id: str) -> NotebookNode:
     """The notebook of one scenario (see the module docstring for its shape)."""
     sc = scenario(scenario_id)
     steps = "\n".join(f"{i}. `{ref.id}`" for i, ref in enumerate(sc.steps, 1))
+    situation, then = INTRO[sc.id]
     intro = (
-        f"# {sc.title}\n\n{INTRO[sc.id]}\n\n"
-        f"This runbook follows the scenario `{sc.id}` of Microsoft's [Guidance for dual-write setup]"
-        f"({sc.doc_url}). Each step first checks the real state and changes only what is missing, so "
-        "running the notebook again is safe: finished steps report *already done*.\n\n"
-        "**Run it** in JupyterLab: set `params_file` below (copy `params/template.yaml`), or load and "
-        "edit a parameters file in the form, then run the cells in order. Headless: "
-        f"`dw run {sc.id} -f PARAMS.yaml`, or `papermill notebooks/{sc.id}.ipynb OUT.ipynb -f PARAMS.yaml`. "
-        f"Against the local sandbox: `dw sandbox start --profile {sc.id}` and "
-        f"`params/sandbox-{sc.id}.yaml` (or `dw run {sc.id} -f params/sandbox-{sc.id}.yaml --sandbox`).\n\n"
-        f"Steps:\n\n{steps}"
+        f"# {sc.title}\n\n{' '.join((situation, _connection(sc), then))}\n\n{HR_NOTE}\n\nThis runbook "
+        f"follows the scenario `{sc.id}` of Microsoft's {link(sc.doc_url)}. Each step first checks the real "
+        "state and changes only what is missing, so running the notebook again is safe: finished steps "
+        "report *already done*.\n\n**Run it** in JupyterLab: set `params_file` below (copy "
+        "`params/template.yaml`), or load and edit a parameters file in the form, then run the cells in "
+        f"order. Headless: `dw run {sc.id} -f PARAMS.yaml`, or `papermill notebooks/{sc.id}.ipynb OUT.ipynb "
+        f"-f PARAMS.yaml`. Against the local sandbox: `dw sandbox start --profile {sc.id}` and "
+        f"`params/sandbox-{sc.id}.yaml` (or `dw run {sc.id} -f params/sandbox-{sc.id}.yaml "
+        f"--sandbox`).\n\nSteps:\n\n{steps}"
     )
     cells = [
         _md("intro", intro),
@@ -256,9 +426,8 @@ def build(scenario_id: str) -> NotebookNode:
         _code("board", "board = ui.step_board(rb)\nboard"),
     ]
     for number, ref in enumerate(sc.steps, 1):
-        cells += _step_cells(number, ref)
-    cells += [_md("about-summary", "## Summary\n\nEvery step of this run, as the run record keeps it."),
-              _code("summary", "rb.summary()")]
+        cells += _step_cells(sc, number, ref)
+    cells += [_md("about-summary", SUMMARY), _code("summary", "ui.summary(rb)")]
     return nbformat.v4.new_notebook(cells=cells, metadata=_METADATA)
 
 

@@ -31,7 +31,7 @@ import logging
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -53,6 +53,7 @@ from pydantic import (
 
 from dwlib import catalog
 from dwlib.errors import DwError
+from dwlib.scenarios import scenario as _scenario
 from dwlib.secrets import REFERENCE_FORMS, SecretError, SecretRef
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,9 @@ SCENARIOS = ("new-new", "new-existing", "new-data-new", "new-data-existing", "ex
 Scenario = Literal["new-new", "new-existing", "new-data-new", "new-data-existing", "existing-new",
                    "existing-existing"]
 DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
+# The company a new F&O environment is connected for: "A dual-write connection is established for
+# DAT company data" (the seed page); in the scope of every scenario with a new F&O.
+NEW_FINOPS_COMPANY = "DAT"
 Loc = tuple[str | int, ...]
 
 
@@ -198,6 +202,14 @@ class Auth(_Model):
         return self
 
 
+def _map_name(name: str) -> str:
+    try:
+        catalog.maps_named(name)
+    except catalog.CatalogError:
+        raise ValueError(unknown_map(name)) from None
+    return name
+
+
 class TableMap(_Model):
     """A dual-write table map to enable; a plain string is shorthand for `{name: …}`.
 
@@ -205,13 +217,15 @@ class TableMap(_Model):
     when the Dataverse value is empty (dual-write "Customizing mappings"), e.g. a customer group
     for accounts that have none; the migration applies them too.
 
-    >>> TableMap.model_validate("Customers V3").name
-    'Customers V3'
+    >>> TableMap.model_validate("Customers V3 (contacts)").name
+    'Customers V3 (contacts)'
     >>> TableMap(name="Customers V3 (accounts)", defaults={"customergroupid": "30"}).defaults
     {'CUSTOMERGROUPID': '30'}
     """
 
-    name: str = Field(min_length=1)
+    # A name the catalogue does not know would pass here and fail at the plan step, after the portal
+    # gates and the bootstrap: it is a problem of the file, said with the file's other problems.
+    name: Annotated[str, Field(min_length=1), AfterValidator(_map_name)]
     initial_sync_master: Literal["finops", "dataverse"] | None = None
     skip_initial_sync: bool = False
     # F&O column names as the docs' mapping tables write them: upper case.
@@ -227,10 +241,11 @@ class TableMap(_Model):
     def _default_columns(self) -> TableMap:
         if not self.defaults:
             return self
-        try:
-            m = catalog.table_map(self.name)
-        except catalog.CatalogError as exc:
-            raise _KeyProblems([(("name",), f"{exc} (defaults need a map of the catalogue)")]) from None
+        maps = catalog.maps_named(self.name)
+        if len(maps) > 1:
+            raise _KeyProblems([(("name",), f"{self.name} stands for {len(maps)} maps; defaults belong to "
+                                 f"one: name it ({' or '.join(m.name for m in maps)})")])
+        m = maps[0]
         # Only column rows that write an F&O column from a Dataverse column can take a Default.
         columns = sorted({r.finops.upper() for r in m.mappings if r.finops and r.dataverse and r.to_finops})
         bad = [(("defaults", k), f"{m.name} has no column row writing F&O column {k} from Dataverse; "
@@ -238,6 +253,25 @@ class TableMap(_Model):
         if bad:
             raise _KeyProblems(bad)
         return self
+
+
+def unknown_map(name: str) -> str:
+    """Why `name` names no table map of the catalogue (`catalog.maps_named`), with the closest names.
+
+    >>> unknown_map("Contacts V2")
+    "no table map 'Contacts V2' in the catalogue; did you mean 'CDS Contacts V2 (contacts)'?"
+    """
+    maps = catalog.table_maps()
+    entities = [m.finops_entity for m in maps]  # the ones standing for several maps are names too
+    names = [*(m.name for m in maps), *dict.fromkeys(e for e in entities if entities.count(e) > 1)]
+    lowered = name.strip().lower()
+    close = [n for n in names if lowered in n.lower()]
+    if not close:  # a misspelling: compare with the names without their "(table)" part
+        short = {n.partition(" (")[0].lower(): n for n in names}
+        close = [short[s] for s in difflib.get_close_matches(lowered, list(short), n=1, cutoff=0.6)]
+    known = ", ".join(m.name for m in maps)
+    hint = f"did you mean {' or '.join(repr(n) for n in close)}?" if close else f"use one of {known}"
+    return f"no table map {name!r} in the catalogue; {hint}"
 
 
 class Company(_Model):
@@ -449,19 +483,7 @@ class Params(_Model):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Params:
-        problems: list[tuple[Loc, str]] = []
-        known = set(self.legal_entities)
-        for bu, code in self.bootstrap.mapping.items():
-            if known and code not in known:
-                problems.append((("bootstrap", "mapping", bu), f"company {code} is not in legal_entities"))
-        seen: set[str] = set()
-        for i, company in enumerate(self.companies):
-            where: Loc = ("companies", i, "code")
-            if known and company.code not in known:
-                problems.append((where, f"company {company.code} is not in legal_entities"))
-            if company.code in seen:
-                problems.append((where, f"company {company.code} is listed twice"))
-            seen.add(company.code)
+        problems = company_problems(self)
         if self.options.admin == "gateway":
             if self.environments.gateway_url is None:
                 problems.append((("environments", "gateway_url"), "required when options.admin is 'gateway'"))
@@ -470,17 +492,93 @@ class Params(_Model):
                                  "auth.method: device_code, or use admin: portal"))
         if problems:
             raise _KeyProblems(problems)
-        codes = [(dotted(("legal_entities", i)), c) for i, c in enumerate(self.legal_entities)]
-        codes += [(dotted(("bootstrap", "mapping", bu)), c) for bu, c in self.bootstrap.mapping.items()]
-        self._warnings = [
-            f"{path}: company code {code} has {len(code)} characters; the setup guidance says "
-            "three-letter ISO code, so check it is the F&O legal entity id" for path, code in codes
-            if len(code) != 3
-        ]
-        if self.companies and self.scenario not in ("new-existing", "new-data-existing"):
+        self._warnings = code_warnings(self)
+        if self.companies and not creates_companies(self.scenario):
             self._warnings.append(
                 f"companies: scenario {self.scenario} creates no company; the list is ignored")
         return self
+
+
+class References(_Model):
+    """The keys company references run across, validated on their own when another part of a file
+    is wrong (which stops `Params` before its cross checks): their problems come in the same pass.
+
+    >>> References.model_validate({"scenario": "existing-existing", "environments": "not checked here"})
+    Traceback (most recent call last):
+    ...
+    pydantic_core._pydantic_core.ValidationError: 1 validation error for References
+    ...
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True, hide_input_in_errors=True)
+
+    scenario: Scenario
+    legal_entities: list[CompanyCode] = Field(default_factory=list)
+    companies: list[Company] = Field(default_factory=list)
+    bootstrap: Bootstrap = Field(default_factory=Bootstrap)
+    verify: Verify = Field(default_factory=Verify)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> References:
+        problems = company_problems(self)
+        if problems:
+            raise _KeyProblems(problems)
+        return self
+
+
+def creates_companies(scenario_id: str) -> bool:
+    """Whether the scenario creates companies in F&O (and so needs `companies`).
+
+    >>> creates_companies("new-existing"), creates_companies("existing-existing")
+    (True, False)
+    """
+    return any(ref.step == "create-company" for ref in _scenario(scenario_id).steps)
+
+
+def company_problems(p: Params | References) -> list[tuple[Loc, str]]:
+    """Company references a file itself gets wrong: what the scenario needs and does not get, codes
+    named where they are not in scope."""
+    sc = _scenario(p.scenario)
+    problems: list[tuple[Loc, str]] = []
+    known = set(p.legal_entities)
+    if not known and sc.finops == "existing":
+        problems.append((("legal_entities",), f"scenario {sc.id} connects an existing finance and operations "
+                         "environment, which links every legal entity: list the ones to keep in the "
+                         "dual-write connection (at most 40 with an initial sync)"))
+    if creates_companies(sc.id) and not p.companies:
+        problems.append((("companies",), f"scenario {sc.id} creates a company in finance and operations for "
+                         "the existing Dataverse data: list it, e.g. companies: [{code: USMF, name: Contoso "
+                         "US}] (and the code in legal_entities)"))
+    for bu, code in p.bootstrap.mapping.items():
+        if known and code not in known:
+            problems.append((("bootstrap", "mapping", bu), f"company {code} is not in legal_entities"))
+    seen: set[str] = set()
+    for i, company in enumerate(p.companies):
+        where: Loc = ("companies", i, "code")
+        if known and company.code not in known:
+            problems.append((where, f"company {company.code} is not in legal_entities"))
+        if company.code in seen:
+            problems.append((where, f"company {company.code} is listed twice"))
+        seen.add(company.code)
+    in_scope = known | seen | ({NEW_FINOPS_COMPANY} if sc.finops != "existing" else set())
+    code = p.verify.company
+    if code is not None and in_scope and code not in in_scope:
+        problems.append((("verify", "company"), f"company {code} is not in the run's scope "
+                         f"({', '.join(sorted(in_scope))}): choose one of them, or null"))
+    return problems
+
+
+def code_warnings(p: Params) -> list[str]:
+    """One warning per company code that is not three characters long, naming every place it is
+    used: a code repeated across the file is one thing to check, said once."""
+    places: dict[str, list[str]] = {}
+    for i, code in enumerate(p.legal_entities):
+        places.setdefault(code, []).append(dotted(("legal_entities", i)))
+    for bu, code in sorted(p.bootstrap.mapping.items()):  # the same text whatever the keys' order
+        places.setdefault(code, []).append(dotted(("bootstrap", "mapping", bu)))
+    return [f"company code {code} has {len(code)} characters ({', '.join(where)}); the setup guidance says "
+            "three-letter ISO code, so check it is the F&O legal entity id"
+            for code, where in places.items() if len(code) != 3]
 
 
 # ---- loading -----------------------------------------------------------------------------------
@@ -490,11 +588,24 @@ def load_params(
     overrides: Mapping[str, Any] | None = None,
     *,
     base_dir: Path | None = None,
+    scenario: str | None = None,
+    sandbox_pending: bool = False,
 ) -> Params:
     """Load and validate parameters from a YAML file (or a mapping) plus `overrides`.
 
     `overrides` keys may be dotted paths (`{"options.dry_run": True}`). Relative paths in the
-    parameters resolve against `base_dir` (default: the current directory). Raises `ParamsError`.
+    parameters resolve against `base_dir` (default: the current directory). `scenario`: the runbook
+    the parameters are for (a file for another one is a problem like any other). Raises
+    `ParamsError` with every problem the file has, each with its path (and line).
+
+    A sandbox that is not running yet (no `connection.yaml`) is one problem among the others: what
+    it would supply is stood in for, so the rest of the file is checked all the same.
+    `sandbox_pending` says the caller starts the sandbox next (`dw run --sandbox`): then its
+    absence is no problem, but environments the file names itself are (the sandbox supplies them).
+    The parameters returned then hold stand-ins: use them to check, never to connect.
+
+    Warnings are logged once per process (the same warning, at the same place, is said once however
+    often the file is loaded: `dw run`, the form, the runbook).
 
     >>> load_params({"scenario": "new-new"}, {"options.dry_run": True})
     Traceback (most recent call last):
@@ -513,27 +624,97 @@ def load_params(
         data, lines, problems = read_yaml(Path(source))
     for key, value in (overrides or {}).items():
         _set_dotted(data, key, value)
+
+    def at(loc: Loc) -> str:
+        line = lines.get(loc)
+        return dotted(loc) + (f" (line {line})" if line else "")
+
+    other = scenario_problem(scenario, data.get("scenario"))
+    if other:
+        problems.append((at(("scenario",)), other))
     base = (base_dir or Path.cwd()).resolve()
-    sandbox_problems = _merge_sandbox(data, base)
-    problems += sandbox_problems
+    problems += [(at(loc), msg) for loc, msg in _merge_sandbox(data, base, pending=sandbox_pending)]
     try:
         params = Params.model_validate(data, context={"base_dir": base})
     except ValidationError as exc:
         found = validation_problems(exc, lines)
-        if sandbox_problems:  # keys the missing connection.yaml would have supplied are not news
-            found = [(p, m) for p, m in found
-                     if m != "required" or not p.startswith(("environments", "auth"))]
+        try:
+            References.model_validate(data, context={"base_dir": base})
+        except ValidationError as refs:
+            found += [p for p in validation_problems(refs, lines) if p not in found]
         problems += found
     if problems:
         raise ParamsError(sorted(problems, key=_line_of), label) from None
-    for warning in params.warnings:
-        log.warning("%s", warning)
+    say_once(params.warnings)
     return params
+
+
+def scenario_problem(expected: str | None, given: Any) -> str:
+    """Why parameters for scenario `given` do not fit the runbook of `expected` ("" when they do, or
+    when `given` is no scenario at all: validation says so).
+
+    >>> scenario_problem("new-new", "existing-new")[:49]
+    'the parameters are for existing-new, not new-new:'
+    """
+    if expected is None or given not in SCENARIOS or given == expected:
+        return ""
+    return (f"the parameters are for {given}, not {expected}: run the {given} runbook (dw run {given}, "
+            f"notebooks/{given}.ipynb), or fix scenario:")
+
+
+_said: set[str] = set()  # the warnings said in this process
+
+
+def say_once(warnings: Iterable[str]) -> None:
+    """Log each warning not said before in this process; a warning names its place, so one said
+    again is the same thing at the same place (e.g. a file loaded by the form, then by the runbook).
+
+    >>> say_once(["x: said once"]); say_once(["x: said once"])
+    """
+    for warning in warnings:
+        if warning not in _said:
+            _said.add(warning)
+            log.warning("%s", warning)
+
+
+def said(warnings: Iterable[str]) -> None:
+    """Note warnings as said, by whoever showed them (the form shows its own, then they are news to
+    nobody).
+
+    >>> said(["y: shown by the form"])
+    """
+    _said.update(warnings)
 
 
 def _line_of(problem: tuple[str, str]) -> int:
     found = re.search(r"\(line (\d+)\)", problem[0])
     return int(found.group(1)) if found else 0
+
+
+def read_text(path: Path) -> str:
+    r"""A parameters (or plan) file as text: UTF-8, with or without a byte order mark; `ParamsError`
+    saying where when it cannot be read or is not UTF-8.
+
+    >>> import tempfile; f = Path(tempfile.mkdtemp()) / "p.yaml"; _ = f.write_bytes(b"a: 1\nb: caf\xe9\n")
+    >>> read_text(f)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    dwlib.params.ParamsError: invalid parameters in ... (1 problem):
+      (line 2): the file is not UTF-8 text: byte 0xe9 in column 7; save it as UTF-8 ...
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ParamsError([("", f"cannot read {path}: {exc.strerror}")]) from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ParamsError([(f"(line {line})", f"the file is not UTF-8 text: byte 0x{raw[exc.start]:02x} in "
+                                              f"column {column}; save it as UTF-8 (e.g. in an editor's Save "
+                                              "with Encoding, or iconv -f latin1 -t utf-8)")],
+                          str(path)) from None
 
 
 def read_yaml(path: Path) -> tuple[dict[str, Any], dict[Loc, int], list[tuple[str, str]]]:
@@ -545,10 +726,7 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[Loc, int], list[tuple[st
     >>> read_yaml(f)[:2]
     ({'a': {'b': 1}}, {(): 1, ('a',): 1, ('a', 'b'): 1})
     """
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ParamsError([("", f"cannot read {path}: {exc.strerror}")]) from None
+    text = read_text(path)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -596,8 +774,11 @@ def validation_problems(exc: ValidationError, lines: dict[Loc, int],
         items = cause.items if isinstance(cause, _KeyProblems) else [((), _message(err, loc, root or Params))]
         for sub, msg in items:
             full = (*loc, *sub)
-            line = lines.get(full) or (lines.get(loc) if loc else None)  # root: no line of its own
-            out.append((dotted(full) + (f" (line {line})" if line and full else ""), msg))
+            # The key's own line, else its list item's (a shorthand item: `- Customers V3`); a key
+            # the file lacks (required, or set by an override) has none.
+            item = next((full[:n] for n in range(len(full), 0, -1) if isinstance(full[n - 1], int)), None)
+            line = lines.get(full) or (lines.get(item) if item else None)
+            out.append((dotted(full) + (f" (line {line})" if line else ""), msg))
     return out
 
 
@@ -693,19 +874,39 @@ _FROM_CONNECTION = {
     "gateway_url": ("environments", "gateway_url"),
     "client_id": ("auth", "client_id"),
 }
+# Stand-ins for what a sandbox's connection.yaml supplies while there is none (not started yet):
+# the rest of the file is checked against them. Such a load fails, or only checks (see load_params).
+_STAND_IN = {
+    "tenant_id": "sandbox", "dataverse_url": "https://sandbox.invalid/dataverse",
+    "finops_url": "https://sandbox.invalid/finops", "gateway_url": "https://sandbox.invalid/gateway",
+    "client_id": "sandbox", "client_secret_file": "sandbox-client-secret",
+    "client_certificate_file": __file__,  # any file that exists: only checked, never read
+    "client_private_key_file": "sandbox-client-key",
+}
 
 
-def _merge_sandbox(data: dict[str, Any], base: Path) -> list[tuple[str, str]]:
+def _merge_sandbox(data: dict[str, Any], base: Path, *, pending: bool) -> list[tuple[Loc, str]]:
+    """Fill what the file leaves unset from its sandbox's connection.yaml (or stand-ins, see
+    `load_params`); the problems: the sandbox not started, or, `pending`, environments the file sets."""
     sandbox = data.get("sandbox")
     if not isinstance(sandbox, dict) or not isinstance(sandbox.get("dir"), str | Path):
         return []
-    directory = (base / Path(sandbox["dir"]).expanduser()).resolve()
-    path = directory / "connection.yaml"
-    try:
-        conn = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return [("sandbox.dir", f"{path} not found: start the sandbox first "
-                                f"(`dw sandbox start --dir {sandbox['dir']}`)")]
+    problems: list[tuple[Loc, str]] = []
+    path = (base / Path(sandbox["dir"]).expanduser()).resolve() / "connection.yaml"
+    if pending:
+        conn: dict[str, Any] = _STAND_IN
+        own = data.get("environments") if isinstance(data.get("environments"), dict) else {}
+        problems += [(("environments", field), "dw run --sandbox runs against a fresh sandbox, whose "
+                      "connection.yaml supplies it: remove it, or run without --sandbox")
+                     for key, (section, field) in _FROM_CONNECTION.items()
+                     if section == "environments" and own.get(field) is not None]
+    else:
+        try:
+            conn = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, ValueError, yaml.YAMLError):
+            conn = _STAND_IN
+            problems.append((("sandbox", "dir"), f"{path} not found: start the sandbox first "
+                                                 f"(`dw sandbox start --dir {sandbox['dir']}`)"))
     for key, (section, field) in _FROM_CONNECTION.items():
         target = data.setdefault(section, {})
         if isinstance(target, dict) and key in conn:
@@ -717,4 +918,4 @@ def _merge_sandbox(data: dict[str, Any], base: Path) -> list[tuple[str, str]]:
     elif method == "certificate":
         auth.setdefault("certificate", {"path": conn.get("client_certificate_file"),
                                         "private_key": f"file:{conn.get('client_private_key_file', '')}"})
-    return []
+    return problems

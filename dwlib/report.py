@@ -25,7 +25,7 @@ import nbformat
 import pandas as pd
 
 from dwlib.record import load_record, seal
-from dwlib.render import result_html
+from dwlib.render import result_html, summary_rows
 from dwlib.review import (
     CSS,
     NOT_RUN,
@@ -52,19 +52,81 @@ _REMOTE_SCRIPT = re.compile(r'<script[^>]*\bsrc="https?://[^"]*"[^>]*>\s*</scrip
 # ---- the HTML report ----------------------------------------------------------------------------
 
 
+def steps_table_html(record: Mapping[str, Any]) -> str:
+    """Every step of a run (planned, then any run beyond the plan) with its status, time, calls and
+    summary, as an HTML table: the report's table, and the notebook's closing summary
+    (`RunSummary`), so a run reads the same in both.
+
+    >>> 'data-status="passed"' in steps_table_html({"steps_planned": ["a"], "steps": [
+    ...     {"id": "a", "step": "a", "status": "passed", "summary": "ok", "duration_s": 1.0}]})
+    True
+    """
+    rows = []
+    for step_id, result in steps_in_order(record):
+        res = result or {}
+        rows.append(f'<tr class="dw-step-row" data-step="{esc(step_id)}"><td>{esc(step_id)}</td>'
+                    f"<td>{status_badge(res.get('status', NOT_RUN))}</td>"
+                    f"<td>{esc(fmt_seconds(res.get('duration_s')) if result else '')}</td>"
+                    f"<td>{len(res.get('calls') or [])}</td><td>{esc(res.get('summary', ''))}</td></tr>")
+    return ("<table><thead><tr><th>step</th><th>status</th><th>time</th><th>calls</th><th>summary</th></tr>"
+            f"</thead><tbody>{''.join(rows)}</tbody></table>")
+
+
+def steps_table_text(record: Mapping[str, Any]) -> str:
+    """The same table as text, columns aligned (headless logs, `dw run`'s closing summary).
+
+    >>> print(steps_table_text({"steps_planned": ["plan", "verify"], "steps": [
+    ...     {"id": "plan", "step": "plan", "status": "passed", "summary": "2 maps", "duration_s": 1.25}]}))
+    step    status        seconds  summary
+    plan    passed            1.2  2 maps
+    verify  not run           0.0
+    """
+    done = {r["step"]: r for r in summary_rows(record.get("steps", []))}
+    ids = [step_id for step_id, _ in steps_in_order(record)]
+    width = max(map(len, ids), default=4)
+    lines = [f"{'step':{width}}  {'status':12} {'seconds':>8}  summary"]
+    for step_id in ids:
+        r = done.get(step_id, {"status": NOT_RUN, "seconds": 0.0, "summary": ""})
+        lines.append(f"{step_id:{width}}  {r['status']:12} {r['seconds']:8.1f}  {r['summary']}".rstrip())
+    return "\n".join(lines)
+
+
+class RunSummary:
+    """A run's steps as its report shows them: the report's styled table in Jupyter (left-aligned,
+    coloured statuses, whole summaries), the aligned text table elsewhere (`Runbook.summary()`).
+
+    >>> summary = RunSummary({"steps_planned": ["plan"], "steps": []})
+    >>> [r["step"] for r in summary.rows], "dw-run-summary" in summary._repr_html_()
+    ([], True)
+    """
+
+    def __init__(self, record: Mapping[str, Any]) -> None:
+        self.record = record
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per step run so far: step, status, seconds, calls, summary."""
+        return summary_rows(self.record.get("steps", []))
+
+    def html(self) -> str:
+        return f'<style>{CSS}</style><div class="dw dw-run-summary">{steps_table_html(self.record)}</div>'
+
+    def _repr_html_(self) -> str:
+        return self.html()
+
+    def __str__(self) -> str:
+        return steps_table_text(self.record)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(str(self))
+
+
 def summary_html(run: Run) -> str:
     """The summary that opens a run's report: header, every step's status, what failed and how to
     fix it, HTTP figures, evidence with sha256."""
     r = run.record
     status = live_status(r)
-    rows = []
-    for step_id, result in steps_in_order(r):
-        res = result or {}
-        rows.append(f"<tr><td>{esc(step_id)}</td><td>{status_badge(res.get('status', NOT_RUN))}</td>"
-                    f"<td>{esc(fmt_seconds(res.get('duration_s')) if result else '')}</td>"
-                    f"<td>{len(res.get('calls') or [])}</td><td>{esc(res.get('summary', ''))}</td></tr>")
-    steps = ("<table><thead><tr><th>step</th><th>status</th><th>time</th><th>calls</th><th>summary</th></tr>"
-             f"</thead><tbody>{''.join(rows)}</tbody></table>")
+    steps = steps_table_html(r)
     failed = next((res for _, res in steps_in_order(r) if res and res["id"] == r.get("failed_step")), None)
     failure = f"<h2>What stopped the run</h2>{result_html(failed)}" if failed else (
         f"<p><b>Error:</b> {esc(r['error'])}</p>" if r.get("error") else "")

@@ -15,7 +15,7 @@ polled for up to `options.gate_timeout_s`.
 Example:
     >>> # rb = Runbook.open("params/sandbox-existing-existing.yaml", {"options.dry_run": True})
     >>> # rb.run("preflight")          # a StepResult: checks, evidence, next action
-    >>> # rb.summary()                 # one row per step run so far
+    >>> # rb.summary()                 # every step so far, as the HTML report shows them
     >>> is_interactive() in (True, False)
     True
 """
@@ -32,16 +32,16 @@ from types import TracebackType
 from typing import Any
 
 import jwt
-import pandas as pd
 
 from dwlib import catalog
 from dwlib.clients import Session, connect, scope_for
 from dwlib.clients.dualwrite import INTEGRATOR_APP, DualWriteAdmin, GatewayAdmin, PortalAdmin
 from dwlib.errors import DwError
 from dwlib.gates import Gates, GateWaiting
-from dwlib.params import Params, ParamsError, load_params
+from dwlib.params import Params, ParamsError, load_params, scenario_problem
 from dwlib.record import RunRecord, default_record_path, evidence_dir, http_summary, new_run_id, utc_now
-from dwlib.render import TextProgress, frame, summary_rows
+from dwlib.render import TextProgress
+from dwlib.report import RunSummary
 from dwlib.scenarios import Scenario, StepRef
 from dwlib.scenarios import scenario as _scenario
 from dwlib.secrets import scrub, scrub_kernel_tracebacks
@@ -137,11 +137,7 @@ class Runbook:
         `is_interactive()`. `scenario`, when given, must be the parameters' scenario (a notebook
         passes its own). `run_id` None → a new one (`dw run` names its files after it).
         """
-        params = cls._params(source, overrides)
-        if scenario is not None and params.scenario != scenario:
-            raise ParamsError([("scenario", f"this runbook is {scenario}, the parameters are for "
-                                            f"{params.scenario}: use notebooks/{params.scenario}.ipynb "
-                                            f"or fix scenario:")])
+        params = cls._params(source, overrides, scenario)
         interactive = is_interactive() if interactive is None else interactive
         run_id = run_id or new_run_id()
         path = Path(record_path) if record_path else default_record_path(params.scenario, run_id)
@@ -194,11 +190,16 @@ or run with `papermill -f FILE` or `dw run`
                         scenario=scenario, run_id=namespace.get("run_id"))
 
     @staticmethod
-    def _params(source: str | Path | Mapping[str, Any] | Params,
-                overrides: Mapping[str, Any] | None) -> Params:
-        if isinstance(source, Params):
-            return load_params(source.model_dump(mode="json"), overrides) if overrides else source
-        return load_params(source, overrides)
+    def _params(source: str | Path | Mapping[str, Any] | Params, overrides: Mapping[str, Any] | None,
+                scenario: str | None) -> Params:
+        if not isinstance(source, Params):
+            return load_params(source, overrides, scenario=scenario)
+        if overrides:
+            return load_params(source.model_dump(mode="json"), overrides, scenario=scenario)
+        problem = scenario_problem(scenario, source.scenario)
+        if problem:
+            raise ParamsError([("scenario", problem)])
+        return source
 
     def _connect(self) -> None:
         params = self.params
@@ -268,8 +269,7 @@ or run with `papermill -f FILE` or `dw run`
         result.calls = [asdict(e) for e in journal.entries()[first:]]
         result.remediation = _remediation(result, error)
         if result.status == Status.WAITING and False in answers and self.interactive:
-            result.next_action = (f"This cannot be undone. Read what it will do above, then press "
-                                  f"Confirm, or run the cell again as rb.run({step_id!r}, confirm=True).")
+            result.next_action += f" Or run the cell again as rb.run({step_id!r}, confirm=True)."
             self.confirmation_button(step_id, result.summary)
         self.results[step_id] = result
         self.record.step_finished(step_id, result.to_dict(), self.gates.shown,
@@ -317,18 +317,11 @@ or run with `papermill -f FILE` or `dw run`
         display(box)
         return box
 
-    def summary(self) -> pd.DataFrame:
-        """One row per step run so far: id, status, seconds, HTTP calls, summary.
-
-        Interactively it also says how to seal the record: only the consultant knows when the
-        notebook is final (saved), so `dw review seal` is theirs to run (headless, `dw run` seals).
-        """
-        if self.interactive:
-            notebook = os.environ.get("JPY_SESSION_NAME") or "THIS-NOTEBOOK.ipynb"
-            _say(f"Once every step is done, save this notebook (Ctrl+S), then seal the record with it, "
-                 f"which writes the HTML report and the notebook's sha256:\n  dw review seal "
-                 f"{self.record.path} --notebook {notebook}")
-        return frame(summary_rows(self.record.data["steps"]))
+    def summary(self) -> RunSummary:
+        """Every step of the run with its status, time, calls and summary: the HTML report's table
+        in Jupyter, aligned text elsewhere (`dwlib.report.RunSummary`). Sealing a run finished
+        interactively is the Seal button of the notebook's closing cell (`dwlib.ui.summary`)."""
+        return RunSummary(self.record.data)
 
     def close(self) -> None:
         """Release the connections (the record stays as written)."""

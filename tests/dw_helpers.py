@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
 from dwlib.clients import HttpConfig, Session, TokenProvider, connect, make_client, scope_for
 from dwlib.params import Params, load_params
@@ -31,6 +32,9 @@ def leaks(data: bytes, secrets: Iterable[str]) -> list[str]:
     """What `data` (bytes something wrote) gives away: any of `secrets`, any access token (JWT)."""
     found = [f"secret {s[:4]}…" for s in secrets if s and s.encode() in data]
     return found + [f"token {m.group()[:12]!r}…" for m in JWT.finditer(data)]
+
+
+PARAMS = Path(__file__).resolve().parents[1] / "params"
 
 
 def runtime_factory(tmp_path: Path) -> MakeRuntime:
@@ -168,11 +172,29 @@ def perform_map_gate(consultant: Consultant, steps: list[str], title: str) -> bo
     return True
 
 
+def run_basics(profile: str, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What parameters of `profile` must say besides the sandbox and what a test `given` says itself,
+    from the project's params/sandbox-<profile>.yaml: the legal entities in scope (an existing F&O
+    links every one, so the file names those to keep) and the companies the scenario creates (those
+    of them in the legal entities in effect)."""
+    own = yaml.safe_load((PARAMS / f"sandbox-{profile}.yaml").read_text(encoding="utf-8"))
+    given = given or {}
+    out: dict[str, Any] = {}
+    if "legal_entities" not in given and "legal_entities" in own:
+        out["legal_entities"] = own["legal_entities"]
+    codes = set(given.get("legal_entities", own.get("legal_entities", [])))
+    kept = [c for c in own.get("companies", []) if c["code"] in codes]
+    if "companies" not in given and kept:
+        out["companies"] = kept
+    return out
+
+
 def sandbox_params(connection: dict[str, Any], **overrides: Any) -> Params:
-    """Parameters that name the sandbox directory and nothing else (as params/sandbox-*.yaml do);
-    `overrides` as for `load_params`, e.g. `**{"auth.method": "certificate"}`."""
-    return load_params({"scenario": connection["profile"], "sandbox": {"dir": connection["state_dir"]}},
-                       overrides)
+    """Parameters that name the sandbox directory and the run's basics (`run_basics`), as
+    params/sandbox-*.yaml do; `overrides` as for `load_params`, e.g. `**{"auth.method": "certificate"}`."""
+    profile = connection["profile"]
+    base = {"scenario": profile, "sandbox": {"dir": connection["state_dir"]}, **run_basics(profile)}
+    return load_params(base, overrides)
 
 
 def session_for(connection: dict[str, Any], **auth: Any) -> Session:

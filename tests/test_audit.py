@@ -129,7 +129,7 @@ def test_errors_shown_by_a_runbook_kernel_are_scrubbed(audited: dict[str, Any], 
     nbformat.write(source, notebook)
     params = tmp_path / "params.yaml"
     params.write_text(f"scenario: {SCENARIO}\nsandbox: {{dir: {audited['connection']['state_dir']}}}\n"
-                      f"auth: {{client_secret: 'env:{SECRET_VAR}'}}\n")
+                      f"auth: {{client_secret: 'env:{SECRET_VAR}'}}\nlegal_entities: [USMF]\n")
     os.environ[SECRET_VAR] = audited["secret"]
     try:
         with this_python_kernel(), pytest.raises(PapermillExecutionError) as failed:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -77,7 +78,8 @@ def test_six_runs_on_two_pairs_then_resume_reruns_only_the_failed_one(tmp_path: 
                                                                       pairs: list[Path]) -> None:
     runs = [{"name": f"p{p + 1}-{i}", "scenario": SCENARIO, "params": str(pairs[p])}
             for i in range(3) for p in range(2)]
-    runs[3]["overrides"] = {"verify.company": "ZZZ"}  # a valid code, but no company of the connection
+    # A valid code, but no legal entity of this F&O: only the environment can say so (preflight fails).
+    runs[3]["overrides"] = {"legal_entities": ["USMF", "GBSI", "DEMF", "FRRT", "ZZZ"]}
     plan, out = write_plan(tmp_path / "plan.yaml", runs), tmp_path / "out"
     first = dw("batch", str(plan), "--max-parallel", "2", "--out", str(out), cwd=tmp_path)
     assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
@@ -148,11 +150,12 @@ def test_a_bad_plan_exits_2_with_every_problem_before_any_run(tmp_path: Path, pa
     (tmp_path / "plan.yaml").write_text(plan.read_text().replace("max_paralel", "max_parallel"))
     result = dw("batch", str(plan), "--out", str(out), cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.startswith(f"dw: error: invalid parameters in {plan}")
-    for text in ("runs[1]: run name ok is also the name of runs[0]",
-                 "runs[2] big: pair1.yaml options.batch_size: must be less than or equal to 1000",
-                 "runs[3] wrong: pair1.yaml scenario: the parameters are for existing-existing, not new-new",
-                 "runs[4] gone: missing.yaml: cannot read"):
-        assert text in result.stderr, result.stderr
+    for text in (r"runs\[1\]: run name ok is also the name of runs\[0\]",
+                 r"runs\[2\] big: pair1.yaml options.batch_size: must be less than or equal to 1000",
+                 r"runs\[3\] wrong: pair1.yaml scenario \(line \d+\): the parameters are for "
+                 r"existing-existing, not new-new",
+                 r"runs\[4\] gone: missing.yaml: cannot read"):
+        assert re.search(text, result.stderr), result.stderr
     assert not out.exists() and result.stdout == ""
 
 

@@ -107,7 +107,7 @@ def test_parameters_of_another_scenario_exit_2(tmp_path: Path, listener: Listene
     path = params_for(tmp_path, listener.port, "")
     result = dw("run", "new-new", "-f", str(path), cwd=tmp_path)
     assert result.returncode == 2
-    assert "scenario: the parameters are for existing-existing, not new-new" in result.stderr
+    assert "scenario (line 1): the parameters are for existing-existing, not new-new" in result.stderr
     assert listener.connections == 0
 
 
@@ -118,6 +118,36 @@ def test_sandbox_runs_check_the_file_before_starting_a_sandbox(tmp_path: Path) -
     assert result.returncode == 2
     assert "bootstrap.tabels" in result.stderr and "did you mean 'tables'" in result.stderr
     assert "sandbox.dir" not in result.stderr and "sandbox new-new started" not in result.stdout
+
+
+def test_with_sandbox_every_problem_of_the_file_is_found_before_a_sandbox_starts(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text((ROOT / "params" / "sandbox-new-new.yaml").read_text()
+                    + "bootstrap: {mapping: {Contoso UK: GBSI}}\nenvironments: {finops_url: https://fo.example}\n")
+    result = dw("run", "existing-new", "-f", str(path), "--sandbox", cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    for where in ("scenario (line", 'bootstrap.mapping["Contoso UK"] (line', "environments.finops_url (line"):
+        assert where in result.stderr, result.stderr
+    assert "(3 problems)" in result.stderr and "started" not in result.stdout
+
+
+def test_a_sandbox_that_is_not_running_is_reported_with_every_other_problem(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("scenario: existing-new\nsandbox: {dir: .dw/sandbox/existing-new}\n"
+                    "legal_entities: [USMF]\ntable_maps: [Contacts V2]\nverify: {company: GBSI}\n")
+    result = dw("run", "existing-new", "-f", str(path), cwd=tmp_path)
+    assert result.returncode == 2 and "(3 problems)" in result.stderr, result.stderr
+    for where in ("sandbox.dir (line 2): ", "table_maps[0].name (line 4): ", "verify.company (line 5): "):
+        assert where in result.stderr
+
+
+def test_a_parameters_file_that_is_not_utf8_exits_2_saying_where(tmp_path: Path, listener: Listener) -> None:
+    path = params_for(tmp_path, listener.port, "legal_entities: [USMF]\n")
+    path.write_bytes(path.read_bytes() + "bootstrap: {mapping: {Société: USMF}}\n".encode("cp1252"))
+    result = dw("run", "existing-existing", "-f", str(path), cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "(line 9): the file is not UTF-8 text: byte 0xe9 in column 27" in result.stderr
+    assert listener.connections == 0
 
 
 def test_the_consultant_refuses_what_it_cannot_do(start_sandbox: Any) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +71,103 @@ def test_each_code_cell_runs_at_most_one_step_and_together_exactly_the_scenario(
     for ref in SCENARIOS[scenario_id].steps:  # a narrative with the Learn link before each step
         about = next(c for c in nb.cells if c.get("id") == f"about-{ref.id}")
         assert "](https://learn.microsoft.com/" in about.source
+
+
+LEARN_LINK = re.compile(r"\[([^\]]+)\]\((https://learn\.microsoft\.com/[^)\s]+)\)")
+
+
+def about(scenario_id: str) -> dict[str, str]:
+    """The Markdown cells of a committed notebook by cell id (intro, about-<step id>, …)."""
+    nb = nbformat.read(ROOT / "notebooks" / f"{scenario_id}.ipynb", as_version=4)
+    return {c["id"]: c.source for c in nb.cells if c.cell_type == "markdown"}
+
+
+@pytest.mark.parametrize("scenario_id", list(SCENARIOS))
+def test_every_learn_link_reads_as_its_pages_title(scenario_id: str) -> None:
+    cells = about(scenario_id)
+    links = [found for text in cells.values() for found in LEARN_LINK.findall(text)]
+    assert len(links) > len(SCENARIOS[scenario_id].steps)
+    for text, url in links:
+        assert text == notebooks.page_title(url), f"{url} is linked as {text!r}"
+    for ref in SCENARIOS[scenario_id].steps:  # each step's page (the bootstrap: its methods'), by title
+        assert LEARN_LINK.search(cells[f"about-{ref.id}"].rpartition("\n\nMicrosoft Learn: ")[2])
+
+
+# What each step does, so that its text can describe no other step: phrases its narrative must carry
+# (what the step's code does) and phrases of a neighbouring step it must not.
+SAYS: dict[str, tuple[list[str], list[str]]] = {
+    "preflight": (["only reads", "before any step writes", "legal entity that finance and operations does "
+                   "not have", "root business unit"], ["Add legal entity"]),
+    "power-platform-integration": (["Power Platform Integration > Setup", "**cannot be reversed**",
+                                    "Dual-write application > Configure",
+                                    "Link to Power Platform environment",
+                                    "RetrieveFinanceAndOperationsIntegrationDetails",
+                                    "table maps are applied"],
+                                   ["Add legal entity", "`legal_entities`"]),
+    "legal-entities": (["`legal_entities`", "Environment details > Legal entities",
+                        "skip their initial writes", "removed", "More than 40 legal entities"],
+                       ["RetrieveFinanceAndOperationsIntegrationDetails", "Configure",
+                        "table maps are applied"]),
+    "create-company": (["`companies`", "accounting currency", "`customer_groups`", "cannot be undone"],
+                       ["Add legal entity"]),
+    "add-company": (["Add legal entity", "skipping its initial writes", "cannot be undone"],
+                    ["accounting currency"]),
+    "map-defaults": (["`table_maps[].defaults`", "stopped, edited and run again without initial sync"],
+                     ["UpdateMultiple"]),
+    "bootstrap-simulate": (["**owning business unit**", "**matching**", "`bootstrap.mapping`", "only reads"],
+                           ["UpdateMultiple"]),
+    "bootstrap-apply": (["UpdateMultiple", "bootstrap-applied.csv", "cannot be undone"], ["only reads"]),
+    "plan": (["500,000", "70,000", "40 legal entities", "It only reads"], ["UpsertMultiple"]),
+    "migrate": (["export package", "UpsertMultiple", "import package", "stopped first"], ["500,000"]),
+    "migrate-new-company": (["created above", "without initial writes", "stopped first"], ["500,000"]),
+    "table-maps": (["dependency order", "Initial Sync check box", "Run dialog"], ["UpsertMultiple"]),
+    "table-maps-new-company": (["skipping the initial sync", "the migration stopped"], ["UpsertMultiple"]),
+    "initial-sync": (["Not running", "top errors", "reconcile"], ["Run dialog"]),
+    "initial-sync-new-company": (["company created above", "bootstrapped"], ["Run dialog"]),
+    "verify": (["counts and keys", "**The round trip writes into both environments**", "confirmation",
+                "`verify.round_trip: never`", "a dry run never writes"], ["UpsertMultiple"]),
+}
+
+
+@pytest.mark.parametrize("scenario_id", list(SCENARIOS))
+def test_each_step_says_what_that_step_does(scenario_id: str) -> None:
+    cells = about(scenario_id)
+    for ref in SCENARIOS[scenario_id].steps:
+        text = cells[f"about-{ref.id}"]
+        must, must_not = SAYS.get(ref.id) or SAYS[ref.step]
+        assert [m for m in must if m not in text] == [], ref.id
+        assert [m for m in must_not if m in text] == [], ref.id
+
+
+@pytest.mark.parametrize("scenario_id", list(SCENARIOS))
+def test_where_the_connection_is_set_up_and_how_it_cannot_be_undone(scenario_id: str) -> None:
+    sc, cells = SCENARIOS[scenario_id], about(scenario_id)
+    intro, link = cells["intro"], cells["about-power-platform-integration"]
+    existing_page = notebooks.link(notebooks.ENABLE_EXISTING)  # the page the guidance links
+    if sc.finops == "existing":
+        assert existing_page in intro and existing_page in link
+        assert "set up from finance and operations" in intro and "Power Platform integration" in intro
+    else:
+        assert existing_page not in intro and notebooks.link(notebooks.LCS) in intro
+    template = ("**Dynamics 365 standard with Dual-write**" if sc.dataverse == "new"
+                else "**use a different Power Platform environment**")
+    assert template in link and "**cannot be reversed**" in link
+    assert notebooks.link(notebooks.PP_NEW if sc.dataverse == "new" else notebooks.PP_EXISTING) in link
+    # The note of the guidance on Human Resources, in every runbook.
+    assert "Human Resources *module* of Dynamics 365 Finance" in intro
+    assert "Dynamics 365 Human Resources *app*" in intro
+
+
+BOOTSTRAPPING = [s for s, sc in SCENARIOS.items() if "bootstrap-apply" in sc.step_ids()]
+
+
+@pytest.mark.parametrize("scenario_id", BOOTSTRAPPING)
+def test_the_bootstrap_links_the_page_of_each_method(scenario_id: str) -> None:
+    cells = about(scenario_id)
+    for step in ("bootstrap-simulate", "bootstrap-apply"):
+        learn = cells[f"about-{step}"].rpartition("Microsoft Learn: ")[2]
+        assert learn == (f"by owning business unit, {notebooks.link(notebooks.BOOTSTRAP_FAQ)}; by matching "
+                         f"account numbers, {notebooks.link(notebooks.DW + 'bootstrap-company-data')}")
 
 
 def test_papermill_sees_every_parameter_the_runbook_reads() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import traceback
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
+from dwlib import params as params_module
 from dwlib.params import Params, ParamsError, load_params
 from dwlib.secrets import SecretError, SecretRef, scrub
 
@@ -27,6 +29,7 @@ def minimal(**extra: Any) -> dict[str, Any]:
                          "dataverse_url": "https://contoso.crm.dynamics.com/",
                          "finops_url": "https://contoso.operations.dynamics.com"},
         "auth": {"client_id": "11111111-2222-3333-4444-555555555555", "client_secret": "env:DW_TEST_SECRET"},
+        "legal_entities": ["DAT"],  # an existing F&O: the legal entities to keep are the file's to say
     }
     data.update(extra)
     return data
@@ -83,7 +86,7 @@ options:
         load_params(write(tmp_path, text))
     found = problems(exc)
     assert set(found) == {"scenario", "environments.dataverse_url", "auth.client_secert", "legal_entities[1]",
-                          "table_maps[1].initial_sync_master", "options.http.timeout_s"}
+                          "table_maps[1].name", "table_maps[1].initial_sync_master", "options.http.timeout_s"}
     assert "did you mean 'existing-existing'" in found["scenario"]
     assert "https" in found["environments.dataverse_url"]
     assert "did you mean 'client_secret'" in found["auth.client_secert"]
@@ -122,8 +125,8 @@ def test_company_codes_accept_1_to_4_alphanumerics_and_warn_unless_3() -> None:
     assert p.legal_entities == ["DAT", "USMF", "A1"]
     assert p.bootstrap.mapping == {"Sales BU": "DAT"}
     assert len(p.warnings) == 2
-    assert p.warnings[0].startswith("legal_entities[1]: company code USMF has 4 characters")
-    assert p.warnings[1].startswith("legal_entities[2]: company code A1 has 2 characters")
+    assert p.warnings[0].startswith("company code USMF has 4 characters (legal_entities[1]);")
+    assert p.warnings[1].startswith("company code A1 has 2 characters (legal_entities[2]);")
     for bad in ["", "US-MF", "USMFX"]:
         with pytest.raises(ParamsError) as exc:
             load_params(minimal(legal_entities=[bad]))
@@ -164,9 +167,59 @@ def test_the_run_retry_budget_has_a_default_and_must_cover_a_5_minute_retry_afte
 
 
 def test_table_maps_accept_a_plain_name() -> None:
-    p = load_params(minimal(table_maps=["Customers V3", {"name": "Contacts", "skip_initial_sync": True}]))
+    p = load_params(minimal(table_maps=["Customers V3", {"name": "Vendors V2 (msdyn_vendors)",
+                                                          "skip_initial_sync": True}]))
     found = [(m.name, m.skip_initial_sync) for m in p.table_maps]
-    assert found == [("Customers V3", False), ("Contacts", True)]
+    assert found == [("Customers V3", False), ("Vendors V2 (msdyn_vendors)", True)]
+
+
+def test_a_table_map_name_must_name_a_map_of_the_catalogue(tmp_path: Path) -> None:
+    typo = "  - {name: Customer grops, skip_initial_sync: true}"
+    text = yaml.safe_dump(minimal()) + ("table_maps:\n  - customers-v3-accounts\n  - Customers V3\n"
+                                        f"  - Contacts V2\n{typo}\n"
+                                        "  - {name: Customers V3, defaults: {CUSTOMERGROUPID: '30'}}\n")
+    path = write(tmp_path, text)
+    with pytest.raises(ParamsError) as exc:
+        load_params(path)
+    lines = path.read_text().splitlines()
+    assert exc.value.problems == [
+        (f"table_maps[2].name (line {lines.index('  - Contacts V2') + 1})",
+         "no table map 'Contacts V2' in the catalogue; did you mean 'CDS Contacts V2 (contacts)'?"),
+        (f"table_maps[3].name (line {lines.index(typo) + 1})",
+         "no table map 'Customer grops' in the catalogue; did you mean 'Customer groups "
+         "(msdyn_customergroups)'?"),
+        (f"table_maps[4].name (line {len(lines)})",
+         "Customers V3 stands for 2 maps; defaults belong to one: name it (Customers V3 (accounts) or "
+         "Customers V3 (contacts))")]
+
+
+def test_a_file_that_is_not_utf8_is_one_problem_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    latin = "bootstrap:\n  mapping: {Société: DAT}\n".encode("latin-1")
+    path.write_bytes(yaml.safe_dump(minimal()).encode() + latin)
+    with pytest.raises(ParamsError) as exc:
+        load_params(path)
+    line = yaml.safe_dump(minimal()).count("\n") + 2
+    ((where, msg),) = exc.value.problems
+    assert where == f"(line {line})" and msg.startswith("the file is not UTF-8 text: byte 0xe9 in column 17")
+    path.write_bytes(b"\xef\xbb\xbf" + yaml.safe_dump(minimal()).encode())  # a byte order mark is UTF-8
+    assert load_params(path).scenario == "existing-existing"
+
+
+def test_company_references_the_file_gets_wrong_are_problems() -> None:
+    with pytest.raises(ParamsError) as exc:
+        load_params(minimal(legal_entities=[], verify={"company": "USMF"}))
+    assert list(problems(exc)) == ["legal_entities"]  # an existing F&O: which ones to keep?
+    with pytest.raises(ParamsError) as exc:
+        load_params(minimal(scenario="new-existing", legal_entities=["USMF"]))
+    assert "scenario new-existing creates a company" in problems(exc)["companies"]
+    with pytest.raises(ParamsError) as exc:
+        load_params(minimal(legal_entities=["USMF"], verify={"company": "GBSI"}))
+    assert problems(exc) == {"verify.company": "company GBSI is not in the run's scope (USMF): choose one of "
+                                               "them, or null"}
+    new = load_params(minimal(scenario="new-existing", legal_entities=["USMF"], verify={"company": "DAT"},
+                              companies=[{"code": "USMF", "name": "Contoso US"}]))
+    assert new.verify.company == "DAT"  # a new F&O is connected for DAT
 
 
 def test_relative_paths_resolve_against_base_dir(tmp_path: Path) -> None:
@@ -272,6 +325,45 @@ def test_the_template_loads_and_documents_every_key() -> None:
     assert missing == []
 
 
+def with_examples(text: str) -> tuple[str, int]:
+    """The template with every commented example enabled, and how many there were. An example is the
+    run of comment lines after a comment ending "Example:", at its indentation; uncommented, it
+    replaces the active key it documents (the line after it, when that sets the same key)."""
+    lines, out, examples, i = text.splitlines(), [], 0, 0
+    while i < len(lines):
+        out.append(lines[i])
+        if not (lines[i].lstrip().startswith("#") and lines[i].rstrip().endswith("Example:")):
+            i += 1
+            continue
+        indent = lines[i][:len(lines[i]) - len(lines[i].lstrip())]
+        i += 1
+        block = []
+        while i < len(lines) and lines[i].startswith(indent + "# "):
+            block.append(indent + lines[i][len(indent) + 2:])
+            i += 1
+        key = block[0].strip().split(":")[0]
+        if i < len(lines) and lines[i].startswith(f"{indent}{key}:"):
+            i += 1  # the active value the example stands in for
+        out += block
+        examples += 1
+    return "\n".join(out) + "\n", examples
+
+
+def test_the_template_runs_with_its_commented_examples_enabled(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / ".secrets").mkdir(parents=True)
+    (tmp_path / "home" / ".secrets" / "dw-app-cert.pem").write_text("the example's certificate")
+    (tmp_path / ".dw" / "sandbox").mkdir(parents=True)
+    fake_sandbox(tmp_path / ".dw" / "sandbox" / "existing-existing")  # the example's sandbox, started
+    text, examples = with_examples((ROOT / "params" / "template.yaml").read_text())
+    assert examples == 4  # certificate, companies, a map's defaults, sandbox
+    p = load_params(write(tmp_path, text), base_dir=tmp_path)
+    assert p.auth.certificate is not None and p.companies[0].code == "USMF"
+    assert p.column_defaults("Customers V3 (accounts)") == {"CUSTOMERGROUPID": "30"}
+    assert p.sandbox is not None and p.environments.dataverse_url == "https://contoso.crm.dynamics.com"
+
+
 def _field_names(model: type[BaseModel]) -> set[str]:
     names: set[str] = set()
     for name, info in model.model_fields.items():
@@ -285,3 +377,55 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
     return [m for arg in getattr(annotation, "__args__", ()) for m in _models_in(arg)]
+
+
+def test_a_sandbox_not_started_is_one_problem_among_the_others(tmp_path: Path) -> None:
+    text = ("scenario: existing-existing\nsandbox: {dir: nowhere}\nlegal_entities: [USMF]\n"
+            "bootstrap: {mapping: {Contoso UK: GBSI}}\ntable_maps: [Contacts V2]\noptions: {concurency: 2}\n")
+    with pytest.raises(ParamsError) as exc:
+        load_params(write(tmp_path, text), base_dir=tmp_path, scenario="new-new")
+    assert [p for p, _ in exc.value.problems] == [
+        "scenario (line 1)", "sandbox.dir (line 2)", 'bootstrap.mapping["Contoso UK"] (line 4)',
+        "table_maps[0].name (line 5)", "options.concurency (line 6)"]
+    assert "start the sandbox first" in problems(exc)["sandbox.dir"]
+    assert problems(exc)["scenario"].startswith("the parameters are for existing-existing, not new-new")
+
+
+def test_a_sandbox_about_to_start_is_stood_in_for_but_environments_of_its_own_are_not(tmp_path: Path) -> None:
+    p = load_params({"scenario": "new-new", "sandbox": {"dir": "nowhere"}}, base_dir=tmp_path,
+                    sandbox_pending=True)
+    assert p.environments.dataverse_url.startswith("https://sandbox.invalid")  # only to check, never to call
+    text = ("scenario: new-new\nsandbox: {dir: nowhere}\nenvironments: {finops_url: https://fo.example}\n"
+            "verify: {company: USMF}\n")
+    with pytest.raises(ParamsError) as exc:
+        load_params(write(tmp_path, text), base_dir=tmp_path, sandbox_pending=True)
+    assert exc.value.problems == [
+        ("environments.finops_url (line 3)", "dw run --sandbox runs against a fresh sandbox, whose "
+                                             "connection.yaml supplies it: remove it, or run without "
+                                             "--sandbox"),
+        ("verify.company (line 4)", "company USMF is not in the run's scope (DAT): choose one of them, "
+                                    "or null")]
+
+
+def test_company_references_are_checked_when_another_part_of_the_file_is_wrong(tmp_path: Path) -> None:
+    data = minimal(legal_entities=["USMF"], bootstrap={"mapping": {"Contoso UK": "GBSI"}})
+    data["environments"]["dataverse_url"] = "http://not-tls.example"
+    data["options"] = {"batch_size": 5000}
+    with pytest.raises(ParamsError) as exc:
+        load_params(data)
+    assert set(problems(exc)) == {"environments.dataverse_url", "options.batch_size",
+                                  'bootstrap.mapping["Contoso UK"]'}
+
+
+def test_a_warning_is_said_once_per_place_however_often_the_file_is_loaded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(params_module, "_said", set())
+    data = minimal(legal_entities=["USMF", "DEMF"], bootstrap={"mapping": {"": "USMF", "Contoso US": "USMF"}})
+    shuffled = minimal(legal_entities=["USMF", "DEMF"],
+                       bootstrap={"mapping": {"Contoso US": "USMF", "": "USMF"}})
+    with caplog.at_level(logging.WARNING, logger="dwlib.params"):
+        for source in (data, shuffled, data):  # dw run, the form (which may reorder keys), the runbook
+            p = load_params(source)
+    assert p.warnings[0].startswith('company code USMF has 4 characters (legal_entities[0], '
+                                    'bootstrap.mapping[""], bootstrap.mapping["Contoso US"]);')
+    assert [r.getMessage() for r in caplog.records] == p.warnings and len(p.warnings) == 2

@@ -21,6 +21,7 @@ from dwlib.clients.dualwrite import GatewayAdmin, PortalAdmin
 from dwlib.params import ParamsError
 from dwlib.record import load_record
 from dwlib.render import RESULT_MIME
+from dwlib.report import steps_table_html
 from dwlib.runbook import Runbook, RunbookError, RunStopped, is_interactive
 from dwlib.scenarios import scenario
 from dwlib.steps import Status
@@ -56,7 +57,8 @@ def test_bad_parameters_fail_before_anything_is_written_or_called(tmp_path: Path
     bad = tmp_path / "bad.yaml"
     bad.write_text("scenario: existing-existing\nenvironments:\n  tenant_id: t\n"
                    "  dataverse_url: https://127.0.0.1:9/dv\n  finops_url: https://127.0.0.1:9/fo\n"
-                   "auth: {client_id: x, client_secret: 'env:NOPE'}\noptions: {dryrun: true}\n")
+                   "auth: {client_id: x, client_secret: 'env:NOPE'}\noptions: {dryrun: true}\n"
+                   "legal_entities: [USMF]\n")
     with pytest.raises(ParamsError) as exc:
         Runbook.open(bad, record_path=tmp_path / "run.json")
     assert exc.value.problems == [("options.dryrun (line 7)", "unknown key; did you mean 'dry_run'?")]
@@ -83,7 +85,8 @@ def test_a_full_run_records_every_step_with_timing_calls_and_evidence(
     assert record["parameters"]["auth"]["client_secret"].startswith("file:")
     secret = Path(sandbox["client_secret_file"]).read_text().strip()
     assert secret not in (tmp_path / "run.json").read_text()
-    assert list(summary["step"]) == rb.step_ids and set(summary["status"]) == {"passed"}
+    assert [r["step"] for r in summary.rows] == rb.step_ids
+    assert {r["status"] for r in summary.rows} == {"passed"}
 
 
 def test_a_second_run_finds_every_step_already_done(sandbox: dict[str, Any], tmp_path: Path) -> None:
@@ -128,19 +131,19 @@ def test_interactively_a_failure_is_shown_and_later_steps_refuse(
         assert rb.run("power-platform-integration").status == Status.PASSED
 
 
-def test_interactively_the_summary_says_how_to_seal_the_record(
-        sandbox: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setenv("JPY_SESSION_NAME", str(tmp_path / "work.ipynb"))
+def test_the_summary_is_the_reports_table_said_once(
+        sandbox: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with open_rb(sandbox, tmp_path, interactive=True) as rb:
         rb.run("preflight")
         capsys.readouterr()
-        rb.summary()
-    said = capsys.readouterr().out
-    assert f"dw review seal {tmp_path / 'run.json'} --notebook {tmp_path / 'work.ipynb'}" in said
-    with open_rb(sandbox, tmp_path, interactive=False) as rb:
-        rb.summary()
-    assert "dw review seal" not in capsys.readouterr().out  # headless, dw run seals by itself
+        summary = rb.summary()
+        shown = summary._repr_html_()
+    assert capsys.readouterr().out == ""  # no shell command to copy: sealing is the notebook's Seal button
+    record = load_record(tmp_path / "run.json")
+    assert steps_table_html(record) in shown  # one table, the HTML report's
+    assert 'data-status="passed"' in shown and "background:#1a7f37" in shown  # coloured statuses
+    assert "text-align:left" in shown and record["steps"][0]["summary"] in shown  # whole, left-aligned
+    assert str(summary).splitlines()[1].split()[:2] == ["preflight", "passed"]
 
 
 def test_irreversible_steps_wait_for_confirmation(
@@ -193,7 +196,7 @@ def test_unknown_step_and_wrong_scenario_are_refused(sandbox: dict[str, Any], tm
     refused = "'create-company' is not a step of existing-existing: use one of preflight, power-platform"
     with open_rb(sandbox, tmp_path, interactive=False) as rb, pytest.raises(RunbookError, match=refused):
         rb.run("create-company")
-    with pytest.raises(ParamsError, match="this runbook is new-new, the parameters are for existing-exist"):
+    with pytest.raises(ParamsError, match="the parameters are for existing-existing, not new-new"):
         open_rb(sandbox, tmp_path, scenario="new-new")
 
 

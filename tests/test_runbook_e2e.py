@@ -89,6 +89,22 @@ def test_a_finished_runbook_run_again_is_already_done_and_writes_nothing(
     assert control.table_rows(root) == before
 
 
+def test_a_company_finance_and_operations_lacks_stops_the_run_at_preflight_before_any_write(
+        start_sandbox: Callable[..., dict[str, Any]], tmp_path: Path) -> None:
+    # ZZZ is a valid company code, so the parameters pass; only finance and operations can say it
+    # has no such legal entity, and preflight, the first step, says so before anything is written.
+    connection = start_sandbox("existing-existing", rows=ROWS, fresh=True)
+    before = control.table_rows(Path(connection["ca_bundle"]).parent)
+    execution = run("existing-existing", connection, tmp_path / "runs",
+                    legal_entities=["USMF", "GBSI", "DEMF", "FRRT", "ZZZ"])
+    data = execution.data
+    assert data is not None and data["failed_step"] == "preflight" and not execution.ok
+    (preflight,) = data["steps"]
+    check = next(c for c in preflight["checks"] if c["name"] == "legal entities in F&O")
+    assert check["status"] == "failed" and "not in F&O: ZZZ" in check["evidence"]
+    assert writes(data) == [] and control.table_rows(Path(connection["ca_bundle"]).parent) == before
+
+
 def row_ids(evidence: Path) -> set[str]:
     """The rows an evidence CSV of the bootstrap lists."""
     with evidence.open(newline="", encoding="utf-8") as fh:

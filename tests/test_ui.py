@@ -10,6 +10,8 @@ widget state.
 from __future__ import annotations
 
 import json
+import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,8 +23,10 @@ import yaml
 from dw_helpers import Consultant
 from test_notebooks import run_faked
 
+from dwlib import params as params_module
 from dwlib import ui
 from dwlib.params import ParamsError, load_params
+from dwlib.record import load_record
 from dwlib.render import TextProgress, attention, result_html, styled_table
 from dwlib.runbook import Runbook
 from dwlib.sandbox.consultant import perform
@@ -120,6 +124,20 @@ def test_an_empty_form_lists_what_is_required_and_cannot_be_saved(tmp_path: Path
     assert "cannot read" in form.status.value
 
 
+def test_the_form_says_warnings_once_and_reads_a_file_that_is_not_utf8_as_a_problem(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(params_module, "_said", set())
+    path = params_file(tmp_path, bootstrap={"mapping": {"": "USMF"}})
+    with caplog.at_level(logging.WARNING, logger="dwlib.params"):
+        form = ui.parameter_form({"params_file": str(path)}, scenario="existing-new")
+        load_params(path)  # the runbook cell opens the same file next
+    assert form.warnings and form.warnings[0] in form.text() and caplog.records == []  # said by the form
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(path.read_bytes() + "# café\n".encode("latin-1"))
+    form.load(str(latin))
+    assert "the file is not UTF-8 text" in form.status.value and form.problems == []
+
+
 # ---- board, progress, gates ----------------------------------------------------------------------
 
 def open_rb(connection: dict[str, Any], tmp_path: Path, overrides: dict[str, Any] | None = None,
@@ -178,15 +196,18 @@ def test_the_widget_progress_bar_moves_and_ends(shown: list[Any]) -> None:
 
 
 def test_a_gate_waits_for_verify_now_and_shows_the_verified_result(
-        start_sandbox: Callable[..., dict[str, Any]], tmp_path: Path, shown: list[Any]) -> None:
+        start_sandbox: Callable[..., dict[str, Any]], tmp_path: Path, shown: list[Any],
+        capsys: pytest.CaptureFixture[str]) -> None:
     connection = start_sandbox("existing-new", rows=12, fresh=True)
     with open_rb(connection, tmp_path, {"options.gate_command": None}, interactive=True) as rb:
         board = ui.step_board(rb)
+        capsys.readouterr()
         result = rb.run("power-platform-integration")  # does not block: no one polls
         assert result.status == Status.WAITING and "waiting for you" in result.summary
         panel = board.panels["power-platform-integration"]
         assert panel.widget in shown
         assert "Set up the Power Platform integration (LCS)" in panel.instruction.value
+        assert "Power Platform" not in capsys.readouterr().out  # said once: by the panel, not printed too
         assert 'href="https://lcs.dynamics.com"' in panel.instruction.value
         panel.button.click()  # nothing done in the portal yet: still waiting, the button stays
         assert 'data-status="waiting"' in panel.status.value and not panel.button.disabled
@@ -261,3 +282,44 @@ def test_papermill_saves_the_final_board_in_the_notebook(sandbox: dict[str, Any]
     assert all(f'data-step="{s}" data-status="passed"' in final for s in steps)
     assert f"{len(steps)} of {len(steps)} done" in final
     assert view["data"]["text/plain"].startswith("Steps of existing-existing: 0 of")  # the log's form
+
+
+# ---- the closing summary and its Seal button ----------------------------------------------------------
+
+def saved_notebook(rb: Runbook, path: Path) -> Path:
+    """The notebook as JupyterLab saves it: every step's result in its cell's output."""
+    cells = [nbformat.v4.new_code_cell(f'rb.run("{step_id}")', outputs=[nbformat.v4.new_output(
+        "display_data", data=result._repr_mimebundle_())]) for step_id, result in rb.results.items()]
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), path)
+    return path
+
+
+def test_the_summary_cell_seals_an_interactive_run_once_its_notebook_is_saved(
+        sandbox: dict[str, Any], tmp_path: Path, shown: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DW_FAKES_STATE", str(tmp_path / "fakes.json"))
+    monkeypatch.setenv("DW_FAKES", "{}")
+    notebook = tmp_path / "work.ipynb"
+    monkeypatch.setenv("JPY_SESSION_NAME", str(notebook))  # what JupyterLab tells its kernel
+    with runbook_fakes.installed(), open_rb(sandbox, tmp_path, interactive=True) as rb:
+        for step_id in rb.step_ids:
+            rb.run(step_id)
+        headless = ui.summary(Runbook(rb.params, rb.record, interactive=False))
+        assert not hasattr(headless, "button") and headless.html() in headless._repr_html_()
+        panel = ui.summary(rb)
+        assert isinstance(panel, ui.SealPanel) and panel.notebook.value == str(notebook)
+        assert 'data-status="passed"' in panel.table.value
+        panel.button.click()  # not saved yet
+        assert panel.state == "unsaved" and "Ctrl+S" in panel.status.value
+        saved_notebook(rb, notebook)
+        record = tmp_path / "run.json"
+        os.utime(notebook, (record.stat().st_mtime - 60,) * 2)  # saved before the last step ended
+        panel.button.click()
+        assert panel.state == "unsaved" and "was saved before the run" in panel.status.value
+        assert load_record(record)["manifest"] is None
+        os.utime(notebook)
+        panel.button.click()
+        assert panel.state == "sealed" and panel.button.disabled
+        assert 'data-state="sealed"' in panel.status.value
+    sealed = load_record(record)
+    assert sealed["manifest"]["notebook"]["path"] == "work.ipynb"
+    assert panel.report == record.with_suffix(".html") and panel.report.is_file()

@@ -246,6 +246,22 @@ def table_map(name_or_id: str) -> TableMap:
     raise CatalogError(f"unknown table map {name_or_id!r}; known maps: {known}")
 
 
+def maps_named(name: str) -> list[TableMap]:
+    """The maps a name in the parameters stands for: a map's UI name or id, or an F&O entity
+    (then all of its maps); CatalogError when it names none.
+
+    >>> [m.name for m in maps_named("Customers V3")]
+    ['Customers V3 (accounts)', 'Customers V3 (contacts)']
+    """
+    try:
+        return [table_map(name)]
+    except CatalogError:
+        same = [m for m in table_maps() if m.finops_entity.lower() == name.strip().lower()]
+        if not same:
+            raise
+        return same
+
+
 def limits() -> Limits:
     """The documented limits of dual-write (initial sync, live sync, pause)."""
     return Limits(**_data()["limits"])

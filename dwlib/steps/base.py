@@ -57,6 +57,9 @@ class Status(StrEnum):
         return self in (Status.PASSED, Status.ALREADY_DONE, Status.SKIPPED, Status.WARNING)
 
 
+UNDONE = "This cannot be undone."
+
+
 class StepError(DwError):
     """A step cannot finish; the message says what is missing and how to fix it."""
 
@@ -232,15 +235,22 @@ class Step(ABC):
         if ctx.dry_run:
             return self.result(Status.SKIPPED, f"dry run — would: {finding.summary}",
                                checks=finding.checks)
-        if self.irreversible and not ctx.confirm(finding.summary):
-            return self.result(
-                Status.WAITING, f"needs confirmation: {finding.summary}", checks=finding.checks,
-                next_action="This cannot be undone. Confirm with the button, or headless with "
-                            "options.confirm_irreversible: true "
-                            "(dw run -p options.confirm_irreversible=true).",
-            )
+        why = self.confirmation(ctx, finding)
+        if why and not ctx.confirm(finding.summary):
+            how = ("Read what it will do above, then press Confirm." if ctx.interactive else
+                   "Confirm headless with options.confirm_irreversible: true "
+                   "(dw run -p options.confirm_irreversible=true).")
+            return self.result(Status.WAITING, f"needs confirmation: {finding.summary}",
+                               checks=finding.checks, next_action=f"{why} {how}")
         self.act(ctx, finding)
         return self.verify(ctx, finding)
+
+    def confirmation(self, ctx: StepContext, finding: Finding) -> str:
+        """Why a person must confirm what `finding` says `act` will do ("" when nobody need): by
+        default, that an irreversible step cannot be undone. The answer comes from the one
+        confirmation of the run (the Confirm button, `rb.run(…, confirm=True)`, headless
+        `options.confirm_irreversible`); a step whose acts need it only sometimes overrides this."""
+        return UNDONE if self.irreversible else ""
 
 
 STEPS: dict[str, type[Step]] = {}

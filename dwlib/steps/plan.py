@@ -176,12 +176,9 @@ def resolve_map(name: str) -> list[str]:
     ['Customers V3 (accounts)', 'Customers V3 (contacts)']
     """
     try:
-        return [catalog.table_map(name).name]
+        return [m.name for m in catalog.maps_named(name)]
     except catalog.CatalogError as exc:
-        same = [m.name for m in catalog.table_maps() if m.finops_entity.lower() == name.strip().lower()]
-        if not same:
-            raise StepError(f"table_maps: {exc}") from None
-        return same
+        raise StepError(f"table_maps: {exc}") from None
 
 
 @dataclass(frozen=True)

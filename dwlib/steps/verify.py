@@ -9,7 +9,9 @@ counts on both sides, how many keys each side misses (with a sample) and a statu
 `verify-missing-keys.csv` lists every missing key, `verify-reconciliation.csv` the table.
 
 The live round trip (`dwlib.steps.roundtrip`) then creates a customer in F&O, waits for it in
-Dataverse, changes it there, waits for the change in F&O, and deletes it on both sides. It runs
+Dataverse, changes it there, waits for the change in F&O, and deletes it on both sides. Those are
+writes into the environments: against real ones (no `sandbox:`) the step waits for the run's
+confirmation first, as irreversible steps do (`Step.confirmation`); a dry run never makes it. It runs
 once per pair of environments (`verify.round_trip: once`, remembered in
 `<runs dir>/.dw-state/round-trips.json`: the runs directory's own state, in a hidden folder so
 nothing takes it for a run record), so a re-run of a finished runbook writes nothing; `always`
@@ -37,7 +39,7 @@ from .base import Check, Finding, Status, Step, StepContext, StepError, StepResu
 from .initialsync import sync_companies
 from .link import environment, worst
 from .reconcile import Reconciliation, company_ids, reconcile
-from .roundtrip import ACCOUNTS, RoundTrip, round_trip
+from .roundtrip import ACCOUNTS, PREFIX, RoundTrip, round_trip
 from .tablemaps import RUNNING, planned_maps
 
 if TYPE_CHECKING:
@@ -163,6 +165,18 @@ class Verify(Step):
         summary = (f"live round trip in {work.company} (create in F&O, change in Dataverse, clean up)"
                    if work.company else f"reconcile only; round trip {work.why_not}")
         return Finding(work.company is None, summary, todo=work, checks=checks + work.notes)
+
+    def confirmation(self, ctx: StepContext, finding: Finding) -> str:
+        """The round trip writes into both environments: against real ones, like every other write
+        the runbook asks about, it waits for the run's confirmation; a local sandbox is disposable."""
+        params, _, _ = environment(ctx)
+        work: VerifyWork = finding.todo
+        if work.company is None or params.sandbox is not None:
+            return ""
+        return (f"The live round trip writes into both environments: a test customer ({PREFIX}-…) is created "
+                f"in finance and operations company {work.company}, changed in Dataverse, then deleted on "
+                "both sides, and live sync hands it to whatever else listens there (plug-ins, flows, "
+                "integrations). To reconcile only, set verify.round_trip: never.")
 
     def act(self, ctx: StepContext, finding: Finding) -> None:
         params, session, _ = environment(ctx)

@@ -5,6 +5,8 @@
 - `connect(rb)`: device-code sign-in (code and link), then who you are on each environment.
 - `step_board(rb)`: every step with its live status, duration and one-line result; interactively
   also the "Verify now" panels of portal gates and progress bars for long steps (`dwlib.ui.board`).
+- `summary(rb)`: the run's steps as its HTML report shows them; interactively with the Seal button
+  that writes the report and seals the record once the notebook is saved (`dwlib.ui.summary`).
 
 Headless (papermill, `dw run`) the same cells run without blocking: gates poll as the parameters
 say, progress prints, and each widget also renders as text; the executed notebook keeps the
@@ -15,8 +17,9 @@ Example:
     >>> # rb = Runbook.from_notebook(globals(), scenario="existing-new")
     >>> # connection = ui.connect(rb)
     >>> # board = ui.step_board(rb); board
+    >>> # ui.summary(rb)
     >>> sorted(n for n in __all__ if not n[0].isupper())
-    ['connect', 'parameter_form', 'step_board']
+    ['connect', 'parameter_form', 'step_board', 'summary']
 """
 
 from __future__ import annotations
@@ -26,12 +29,13 @@ from typing import TYPE_CHECKING
 from dwlib.ui.board import GatePanel, StepBoard, WidgetProgress
 from dwlib.ui.connect import ConnectPanel, connect
 from dwlib.ui.form import ParameterForm, parameter_form
+from dwlib.ui.summary import SealPanel, summary
 
 if TYPE_CHECKING:
     from dwlib.runbook import Runbook
 
-__all__ = ["ConnectPanel", "GatePanel", "ParameterForm", "StepBoard", "WidgetProgress", "connect",
-           "parameter_form", "step_board"]
+__all__ = ["ConnectPanel", "GatePanel", "ParameterForm", "SealPanel", "StepBoard", "WidgetProgress",
+           "connect", "parameter_form", "step_board", "summary"]
 
 
 def step_board(rb: Runbook) -> StepBoard:

@@ -30,7 +30,7 @@ from typing import Any
 import ipywidgets as widgets
 import yaml
 
-from dwlib.params import Params, ParamsError, load_params
+from dwlib.params import Params, ParamsError, load_params, read_text, said
 from dwlib.secrets import SecretError, SecretRef
 
 PARAM_KEYS = tuple(Params.model_fields)
@@ -155,8 +155,12 @@ class ParameterForm:
     def load(self, path: str) -> None:
         """Fill the form from a parameters file (its other keys are kept for saving)."""
         try:
-            raw = yaml.safe_load(Path(path).expanduser().read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
+            raw = yaml.safe_load(read_text(Path(path).expanduser())) or {}
+        except ParamsError as exc:  # unreadable, or not UTF-8: where, and how to fix it
+            self.note = f"cannot read {path}: " + "; ".join(f"{p} {m}".strip() for p, m in exc.problems)
+            self._show()
+            return
+        except yaml.YAMLError as exc:
             self.note = f"cannot read {path}: {exc}"
             self._show()
             return
@@ -170,7 +174,7 @@ class ParameterForm:
 
     def data(self) -> dict[str, Any]:
         """The parameters as the form has them: the loaded keys, with the fields' values over them."""
-        data = yaml.safe_load(yaml.safe_dump(self.raw)) or {}  # a deep copy that stays plain YAML
+        data = yaml.safe_load(yaml.safe_dump(self.raw, sort_keys=False)) or {}  # a plain YAML deep copy
         data["scenario"] = self.scenario
         for f in FIELDS:
             _put(data, f.key, _value(f, self.fields[f.key].value))
@@ -186,6 +190,7 @@ class ParameterForm:
             self.problems, self.warnings = list(exc.problems), []
         else:
             self.problems, self.warnings = [], params.warnings
+            said(self.warnings)  # shown here: the runbook opened next need not say them again
         self._show()
         return self.problems
 
@@ -315,6 +320,6 @@ def parameter_form(namespace: MutableMapping[str, Any], *, scenario: str) -> Par
     display `form` (the cell's last line).
 
     >>> parameter_form({}, scenario="existing-new").text().splitlines()[0]
-    'Parameters of existing-new from the keys set in the parameters cell: 2 problem(s)'
+    'Parameters of existing-new from the keys set in the parameters cell: 3 problem(s)'
     """
     return ParameterForm(namespace, scenario=scenario)

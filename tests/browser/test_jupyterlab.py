@@ -5,7 +5,8 @@ One test runs `notebooks/existing-new.ipynb` cell by cell as a consultant would:
 (loads a parameters file, sees a problem as it is typed, switches to device-code sign-in, clears
 the gate command so gates wait for the consultant, saves), signs in with the device code, performs
 each portal action through the sandbox (`dwlib.sandbox.consultant.perform`) and presses the gate's
-"Verify now", and watches the step board turn green. Another opens a notebook papermill executed
+"Verify now" (the instruction shows once, in the gate panel), watches the step board turn green,
+saves the notebook and presses the closing cell's Seal button. Another opens a notebook papermill executed
 and finds the final board in its saved widget state. Screenshots go to `test-artifacts/browser/`.
 Everything waits on conditions in the page; JupyterLab and its kernels are shut down even on failure.
 """
@@ -248,6 +249,9 @@ def test_a_consultant_runs_the_existing_new_runbook_in_jupyterlab(
             gates.append(instruction["title"])
             panel = step.locator(".dw-gate").last
             expect(panel.locator(".dw-instruction")).to_contain_text(instruction["title"])
+            # Said once: by the panel, not printed above it as well.
+            expect(step.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stdout']",
+                                has_text=instruction["title"])).to_have_count(0)
             shot(tab, f"3-gate-{len(gates)}")
             perform(connection, instruction)  # the consultant does it in the portal
             panel.get_by_role("button", name="Verify now").click()
@@ -267,6 +271,18 @@ def test_a_consultant_runs_the_existing_new_runbook_in_jupyterlab(
     shot(tab, "4-plan")
     board.scroll_into_view_if_needed()
     shot(tab, "5-board-green")
+
+    # The closing cell: the report's table, and the Seal button once the notebook is saved.
+    closing = cell(tab, index["summary"])
+    expect(closing.locator(".dw-run-summary .dw-status[data-status='passed']").first).to_be_visible()
+    tab.keyboard.press("Control+s")
+    expect(tab.locator(".jp-Document.jp-mod-dirty")).to_have_count(0, timeout=30_000)
+    closing.get_by_role("button", name="Seal").click()
+    expect(closing.locator(".dw-seal-status[data-state='sealed']")).to_have_count(1, timeout=CELL_TIMEOUT_MS)
+    shot(tab, "6-sealed")
+    (record,) = runs.glob("*.json")
+    manifest = json.loads(record.read_text())["manifest"]
+    assert manifest["notebook"]["path"].endswith(notebook.name) and record.with_suffix(".html").is_file()
 
 
 def test_an_executed_notebook_shows_its_saved_board(
@@ -290,4 +306,4 @@ def test_an_executed_notebook_shows_its_saved_board(
     steps = len(SCENARIOS["existing-existing"].steps)  # the scenario run_faked executes
     expect(board.locator(".dw-board-row[data-status='passed']")).to_have_count(steps, timeout=60_000)
     expect(board.locator(".dw-board-done")).to_have_text(f"{steps} of {steps} done")
-    shot(tab, "6-executed-board")
+    shot(tab, "7-executed-board")

@@ -26,6 +26,7 @@ def params(**auth: object) -> Params:
         "environments": {"tenant_id": "tenant-1", "authority": AUTHORITY, "dataverse_url": DV,
                          "finops_url": FO},
         "auth": {"client_id": "app-1", "client_secret": "env:DW_TEST_APP_SECRET", **auth},
+        "legal_entities": ["USMF"],
     })
 
 

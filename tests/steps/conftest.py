@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 import yaml
-from dw_helpers import Consultant, session_for
+from dw_helpers import Consultant, run_basics, session_for
 
 from dwlib.clients import HttpConfig, make_client
 from dwlib.clients.dualwrite import INTEGRATOR_APP, GatewayAdmin, Instruction, PortalAdmin
@@ -69,8 +69,8 @@ def step_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MakeConte
              consultant: Callable[[Instruction], None] | None = None,
              timeout_s: float = 5.0, poll_s: float = 0.05, **fields: Any) -> SandboxContext:
         root = Path(connection["ca_bundle"]).parent
-        run_params = load_params({"scenario": connection["profile"], "sandbox": {"dir": str(root)}},
-                                 params)
+        run_params = load_params({"scenario": connection["profile"], "sandbox": {"dir": str(root)},
+                                  **run_basics(connection["profile"], params)}, params)
         session = session_for(connection)
         sessions.append(session)
         instructions: list[Instruction] = []

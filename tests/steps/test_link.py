@@ -10,6 +10,7 @@ from dw_helpers import Consultant
 
 from dwlib import catalog
 from dwlib.clients.dualwrite import DualWriteAdminError
+from dwlib.params import ParamsError
 from dwlib.steps.base import Status, StepError
 from dwlib.steps.link import LegalEntities, PowerPlatformIntegration
 
@@ -135,7 +136,6 @@ def test_more_legal_entities_than_the_limits_are_refused_before_acting(untouched
 
 
 def test_an_existing_finops_needs_legal_entities_in_scope(untouched, step_context) -> None:
-    ctx = step_context(untouched, params={"scenario": "existing-new"})
-    with pytest.raises(StepError, match="legal_entities is empty: scenario existing-new connects an "
-                                        "existing"):
-        LegalEntities().execute(ctx)
+    # The parameters file is refused for it, with its other problems, before any step runs.
+    with pytest.raises(ParamsError, match="legal_entities: scenario existing-new connects an existing"):
+        step_context(untouched, params={"scenario": "existing-new", "legal_entities": []})

@@ -12,7 +12,8 @@ from dw_helpers import Consultant
 from plan_helpers import LES, unquote_customers
 
 from dwlib import catalog
-from dwlib.steps.base import Status, StepError
+from dwlib.params import ParamsError
+from dwlib.steps.base import Status
 from dwlib.steps.plan import (
     ACTIVATE_SKIP,
     BOOTSTRAP_DV,
@@ -223,8 +224,8 @@ def test_parameters_choose_maps_master_and_skip(linked_sandbox, step_context) ->
     # Rows there are not bootstrapped yet: not eligible, reported.
     assert rows[ACCOUNTS].dataverse_without_company > 0
     assert "not synced until bootstrapped" in rows[ACCOUNTS].reason
-    with pytest.raises(StepError, match="unknown table map 'Contacts V9'"):
-        build_plan(step_context(sandbox, params={"legal_entities": LES, "table_maps": ["Contacts V9"]}))
+    with pytest.raises(ParamsError, match="no table map 'Contacts V9'"):  # refused with the file
+        step_context(sandbox, params={"legal_entities": LES, "table_maps": ["Contacts V9"]})
 
 
 def test_created_companies_count_once_in_the_connection(linked_sandbox, step_context) -> None:

@@ -162,3 +162,25 @@ def test_a_failing_direction_is_named_and_the_customer_is_still_cleaned_up(linke
         assert _leftovers(c) == []
     finally:
         c.close()
+
+
+def test_against_real_environments_the_round_trip_waits_for_confirmation(linked_sandbox, step_context,
+                                                                          tmp_path: Path) -> None:
+    sandbox = linked_sandbox("existing-new", rows=12, legal_entities=["USMF"])
+    c = Consultant(sandbox)
+    try:
+        run_maps(c, CUSTOMER_MAPS)
+        ctx = _context(step_context, sandbox, ["USMF"], tmp_path)
+        ctx.params = ctx.params.model_copy(update={"sandbox": None})  # as for environments of a customer
+        waiting = STEPS["verify"]().execute(ctx)
+        assert waiting.status == Status.WAITING and "live round trip in USMF" in waiting.summary
+        assert waiting.next_action.startswith("The live round trip writes into both environments")
+        assert "options.confirm_irreversible" in waiting.next_action
+        ctx.dry_run, ctx.confirm = True, lambda what: True
+        assert STEPS["verify"]().execute(ctx).status == Status.SKIPPED  # a dry run never writes
+        assert _writes(ctx) == []
+        ctx.dry_run = False
+        assert STEPS["verify"]().execute(ctx).status == Status.PASSED  # confirmed: the trip is made
+        assert _writes(ctx) and _leftovers(c) == []
+    finally:
+        c.close()
