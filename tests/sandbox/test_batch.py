@@ -69,8 +69,8 @@ def test_stop_at_first_error_unless_continue_on_error(dv: Service) -> None:
 
 
 def test_content_id_references_in_url_and_bind(dv: Service) -> None:
-    contact = Part("POST", "contacts", json.dumps({"lastname": "L", "parentcustomerid@odata.bind": "$1"}),
-                   "2")
+    contact = Part("POST", "contacts",
+                   json.dumps({"lastname": "L", "parentcustomerid_account@odata.bind": "$1"}), "2")
     rename = Part("PATCH", "$1", json.dumps({"name": "renamed"}), "3")
     r = _send(dv, [[_account("A", "1"), contact, rename]])
     assert [p.status for p in parse_batch(r)] == [204, 204, 204]
@@ -85,7 +85,7 @@ def test_undeclared_content_id_reference(dv: Service) -> None:
     (only,) = parse_batch(r)
     assert json.loads(only.body)["error"]["message"] == (
         "Content-ID Reference: '$2' does not exist in the batch context.")
-    r = _send(dv, [[Part("POST", "contacts", json.dumps({"parentcustomerid@odata.bind": "$9"}))]])
+    r = _send(dv, [[Part("POST", "contacts", json.dumps({"parentcustomerid_account@odata.bind": "$9"}))]])
     assert "'$9' does not exist" in json.loads(parse_batch(r)[0].body)["error"]["message"]
     assert _names(dv) == []
 
