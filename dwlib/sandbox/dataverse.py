@@ -97,7 +97,17 @@ def routes(sbx: Sandbox) -> list[BaseRoute]:
     """
     svc = _Dataverse(sbx)
     return batch.service_routes(API, svc.handle, root_url=svc.root, check=svc.caller,
-                                render=error_response, transaction=sbx.store.transaction)
+                                render=error_response, transaction=sbx.store.transaction,
+                                unreadable=unreadable_stream)
+
+
+def unreadable_stream(entity_set: str) -> ODataError:
+    """The error Dataverse gives for a `$batch` body it cannot read: lines ending in LF only, without
+    two line endings at its end (web-api-client-errors, "Stream was not readable")."""
+    return ODataError(400, f"Error identified in Payload provided by the user for Entity :'{entity_set}', "
+                      "For more information on this error please follow this help link "
+                      "https://go.microsoft.com/fwlink/?linkid=2195293  ---->  InnerException : "
+                      "System.ArgumentException: Stream was not readable.", PAYLOAD)
 
 
 class _Binder:
