@@ -156,6 +156,11 @@ class Batch:
             headers["Prefer"] = "odata.continue-on-error"
         response = self.service.send("POST", "$batch", content=self.encode(boundary).encode(),
                                      headers=headers, safe=self.safe, check=False)
+        return self.read(response, continue_on_error=continue_on_error)
+
+    def read(self, response: httpx.Response, *, continue_on_error: bool = False) -> list[PartResponse]:
+        """The part responses of a `$batch` answer; without `continue_on_error`, a failed part
+        raises `BatchError`, and a body that is not a batch response `ResponseError`."""
         # A stopped batch may answer with the failing part's status, yet still with a multipart body.
         if not response.headers.get("Content-Type", "").lower().startswith("multipart/"):
             if response.status_code >= 300:

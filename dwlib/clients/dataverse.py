@@ -33,6 +33,7 @@ AGGREGATE_LIMIT_EXCEEDED = "0x8004e023"  # AggregateQueryRecordLimit: an aggrega
 _ENTITY_ID = re.compile(r"\(([0-9a-fA-F-]{36})\)\s*$")
 _NOT_LINKED = "0x80048d0b"
 MAX_BULK = 1000  # rows per CreateMultiple/UpdateMultiple/UpsertMultiple request
+MAX_PAGE = 5000  # the service's page size, also its default
 SOLUTION_COLUMNS = ("uniquename", "friendlyname", "version", "ismanaged", "installedon")
 
 
@@ -90,20 +91,22 @@ class DataverseClient(ODataService):
         filter: str | None = None,
         orderby: str | None = None,
         apply: str | None = None,
+        expand: str | None = None,
         top: int | None = None,
         page_size: int | None = None,
     ) -> Iterator[list[Row]]:
         """Pages of a query (`odata.maxpagesize` ≤ 5000), following `@odata.nextLink`.
 
-        With `top`, no page size is asked for: the service ignores `$top` when both are sent
-        (page-results.md), and the first `top` rows are what was asked for.
+        A page size is asked for only below the service's own 5,000 (page-results.md), and never
+        with `top`: the service ignores `$top` when both are sent, and the first `top` rows are
+        what was asked for. `expand` is the `$expand` text, e.g. `primarycontactid($select=fullname)`.
         """
         params = {k: v for k, v in {
             "$select": ",".join(select) if select else None, "$filter": filter, "$orderby": orderby,
-            "$apply": apply, "$top": str(top) if top is not None else None,
+            "$apply": apply, "$expand": expand, "$top": str(top) if top is not None else None,
         }.items() if v is not None}
-        prefer = {} if top is not None else {
-            "Prefer": f"odata.maxpagesize={min(page_size or self.page_size, 5000)}"}
+        size = min(page_size or self.page_size, MAX_PAGE)
+        prefer = {} if top is not None or size == MAX_PAGE else {"Prefer": f"odata.maxpagesize={size}"}
         return self.pages(entity_set, params, prefer)
 
     def query(self, entity_set: str, **options: Any) -> Iterator[Row]:
@@ -177,6 +180,24 @@ class DataverseClient(ODataService):
                             fix="link the environments first: Power Platform integration in LCS for a new "
                                 "F&O environment, or the Power Platform integration setup in F&O") from None
         return result
+
+    def choices(self, logical_name: str, attribute: str) -> dict[int, str]:
+        """The options of a choice (Picklist) column: value → label in the user's language, from
+        its definition (retrieve-metadata-name-metadataid.md).
+
+        >>> # dv.choices("account", "accountcategorycode")  ->  {1: 'Preferred Customer', 2: 'Standard'}
+        """
+        path = (f"EntityDefinitions(LogicalName={literal(logical_name)})/Attributes(LogicalName="
+                f"{literal(attribute)})/Microsoft.Dynamics.CRM.PicklistAttributeMetadata")
+        expand = "OptionSet($select=Options),GlobalOptionSet($select=Options)"
+        response = self.send("GET", path, params={"$select": "LogicalName", "$expand": expand})
+        body = self.decode(response)
+        options = (body.get("OptionSet") or {}).get("Options") if isinstance(body, dict) else None
+        try:
+            return {int(o["Value"]): str((o["Label"].get("UserLocalizedLabel") or {}).get("Label", ""))
+                    for o in options or ()}
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise self.unreadable(response, "an OptionSet without Options of Value and Label") from None
 
     # --- single-row writes -------------------------------------------------------------------------
 

@@ -63,8 +63,16 @@ BULK_MESSAGES = ("CreateMultiple", "UpdateMultiple", "UpsertMultiple")
 _ENUM_LITERAL = re.compile(r"\bMicrosoft\.Dynamics\.CRM\.\w+'([^']*)'")
 
 
+# System definitions keep their MetadataId in every environment; these are the documented ones
+# (retrieve-metadata-name-metadataid.md), so its sample URLs address the same items here.
+_KNOWN_IDS = {"account": "70816501-edb9-4740-a16c-6a5efbc05d84",
+              "account/accountcategorycode": "118771ca-6fb9-4f60-8fd4-99b6124b63ad",
+              "account/accountcategorycode/optionset": "b994cdd8-5ce9-4ab9-bdd3-8888ebdb0407"}
+
+
 def _mid(*parts: str) -> str:
-    return str(uuid.uuid5(_NS, "/".join(parts)))
+    name = "/".join(parts)
+    return _KNOWN_IDS.get(name) or str(uuid.uuid5(_NS, name))
 
 
 def label(text: str, *key: str) -> dict[str, Any]:

@@ -238,6 +238,7 @@ DATAVERSE: tuple[Entity, ...] = (
             "accountcategorycode": "int",
             "customertypecode": "int",
             "creditlimit": "decimal",
+            "revenue": "decimal",
             "description": "string",
             "msdyn_partynumber": "string",
             "telephone1": "string",
@@ -254,7 +255,7 @@ DATAVERSE: tuple[Entity, ...] = (
             Lookup("primarycontactid", "contacts", relationships=("account_primary_contact",)),
         ),
         kinds={"accountcategorycode": "Picklist", "customertypecode": "Picklist", "creditlimit": "Money",
-               "description": "Memo"},
+               "revenue": "Money", "description": "Memo"},
     ),
     _dv(
         "contacts",
