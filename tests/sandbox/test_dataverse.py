@@ -459,7 +459,8 @@ def test_derived_properties_need_a_cast(dv: Service) -> None:
                    "'Microsoft.Dynamics.CRM.AttributeMetadata'.")
     _error(dv.get(f"{base}?$expand=OptionSet"), 400, "0x0")
     money = dv.get(f"{base}/Microsoft.Dynamics.CRM.MoneyAttributeMetadata?$select=LogicalName,Precision")
-    assert [(a["LogicalName"], a["Precision"]) for a in money.json()["value"]] == [("creditlimit", 2)]
+    precision = [(a["LogicalName"], a["Precision"]) for a in money.json()["value"]]
+    assert precision == [("creditlimit", 2), ("revenue", 2)]
     lookups = dv.get(f"{base}/Microsoft.Dynamics.CRM.LookupAttributeMetadata?$select=LogicalName,Targets"
                      "&$filter=AttributeType eq Microsoft.Dynamics.CRM.AttributeTypeCode'Owner'").json()
     owner = [(a["LogicalName"], a["Targets"]) for a in lookups["value"]]
