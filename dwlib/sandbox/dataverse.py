@@ -187,7 +187,9 @@ class _Dataverse:
             return self._service_document()
         head, rest = segments[0], segments[1:]
         if head.name in ("WhoAmI", "RetrieveFinanceAndOperationsIntegrationDetails") and not rest:
-            allow(method, "GET", request)
+            if method != "GET":  # a function called with another method (web-api-client-errors)
+                raise ODataError(404, "No HTTP resource was found that matches the request URI "
+                                 f"'{self.root}{head.name}'.", "")
             return self._who_am_i(user) if head.name == "WhoAmI" else self._link_details()
         if head.name == "EntityDefinitions":
             allow(method, "GET", request)
