@@ -304,7 +304,7 @@ class _Dataverse:
         else:
             head = {"@odata.context": self._context(ent, q.select, expands=expands)}
         if expands:
-            items = [self._expanded(ent, t, expands, hidden) for t in items]
+            items = [self._expanded(ent, t, expands, hidden, conn) for t in items]
         if page.count is not None:
             head["@odata.count"] = min(page.count, COUNT_LIMIT)
             head["@Microsoft.Dynamics.CRM.totalrecordcountlimitexceeded"] = page.count > COUNT_LIMIT
@@ -318,8 +318,9 @@ class _Dataverse:
             headers["Preference-Applied"] = f"odata.maxpagesize={size}"
         return odata_response(collection_json(head, items, tail), headers=headers)
 
-    def _expanded(self, ent: Entity, text: str, expands: list[Expand], hidden: list[str]) -> str:
-        row = apply(self.conn, self.root, ent, json.loads(text), expands, ETAG_SQL)
+    def _expanded(self, ent: Entity, text: str, expands: list[Expand], hidden: list[str],
+                  conn: sqlite3.Connection) -> str:
+        row = apply(conn, self.root, ent, json.loads(text), expands, ETAG_SQL)
         for column in hidden:
             row.pop(column, None)
         return json.dumps(row, separators=(",", ":"))
@@ -353,7 +354,7 @@ class _Dataverse:
         text = fetch_one(conn or self.conn, ent, {ent.key[0]: pk}, columns + hidden, ETAG_SQL)
         assert text is not None
         if expands:
-            text = self._expanded(ent, text, expands, hidden)
+            text = self._expanded(ent, text, expands, hidden, conn or self.conn)
         context = self._context(ent, select, "/$entity", expands)
         return odata_response(with_annotations({"@odata.context": context}, text), status, headers)
 
