@@ -319,26 +319,31 @@ def _body_differences(expected: Message, content_type: str, body: bytes, root: s
     return [] if got == expected.body.json else [f"JSON {got}, the sample sends {expected.body.json}"]
 
 
-def _items_sent(want: list[Item], got: list[Item], root: str) -> list[str]:
+def _paired(want: list[Item], got: list[Item]) -> tuple[list[tuple[str, HttpPart, HttpPart]], list[str]]:
+    """The parts of two batch bodies side by side, or how their grouping into change sets differs."""
     if len(want) != len(got):
-        return [f"{len(got)} batch items, the sample sends {len(want)}"]
-    out = []
+        return [], [f"{len(got)} batch items, the sample has {len(want)}"]
+    pairs, problems = [], []
     for i, (w, g) in enumerate(zip(want, got, strict=True)):
-        if isinstance(w, list) != isinstance(g, list):
-            out.append(f"batch item {i}: {'a change set' if isinstance(w, list) else 'a part'} expected")
+        ws, gs = (w if isinstance(w, list) else [w]), (g if isinstance(g, list) else [g])
+        if isinstance(w, list) != isinstance(g, list) or len(ws) != len(gs):
+            problems.append(f"batch item {i}: another grouping into change sets than the sample's")
             continue
-        for j, (wp, gp) in enumerate(zip(*((w, g) if isinstance(w, list) else ([w], [g])), strict=False)):
-            wm, _, wu = wp.start.partition(" ")
-            gm, _, gu = gp.start.partition(" ")
-            where = f"batch item {i}.{j}"
-            if (wm, _relative(wu, root)) != (gm, _relative(gu, root)):
-                out.append(f"{where}: {gm} {gu}, the sample sends {wm} {wu}")
-            if wp.content_id and wp.content_id != gp.content_id:
-                out.append(f"{where}: Content-ID {gp.content_id}, the sample sends {wp.content_id}")
-            if wp.json() != gp.json():
-                out.append(f"{where}: body {gp.json()}, the sample sends {wp.json()}")
-        if isinstance(w, list) and len(w) != len(g):  # type: ignore[arg-type]
-            out.append(f"batch item {i}: {len(g)} parts in the change set, the sample sends {len(w)}")
+        pairs += [(f"batch item {i}.{j}: ", wp, gp) for j, (wp, gp) in enumerate(zip(ws, gs, strict=True))]
+    return pairs, problems
+
+
+def _items_sent(want: list[Item], got: list[Item], root: str) -> list[str]:
+    pairs, out = _paired(want, got)
+    for where, wp, gp in pairs:
+        wm, _, wu = wp.start.partition(" ")
+        gm, _, gu = gp.start.partition(" ")
+        if (wm, _relative(wu, root)) != (gm, _relative(gu, root)):
+            out.append(f"{where}{gm} {gu}, the sample sends {wm} {wu}")
+        if wp.content_id and wp.content_id != gp.content_id:
+            out.append(f"{where}Content-ID {gp.content_id}, the sample sends {wp.content_id}")
+        if wp.json() != gp.json():
+            out.append(f"{where}body {gp.json()}, the sample sends {wp.json()}")
     return out
 
 
@@ -384,17 +389,10 @@ def _header_differences(expected: dict[str, str], got: dict[str, str], where: st
 
 
 def _items_answered(want: list[Item], got: list[Item], partial: bool) -> list[str]:
-    if len(want) != len(got):
-        return [f"{len(got)} batch items, the sample has {len(want)}"]
-    out = []
-    for i, (w, g) in enumerate(zip(want, got, strict=True)):
-        if isinstance(w, list) != isinstance(g, list) or (isinstance(w, list) and len(w) != len(g)):
-            out.append(f"batch item {i}: another grouping than the sample's")
-            continue
-        for j, (wp, gp) in enumerate(zip(*((w, g) if isinstance(w, list) else ([w], [g])), strict=True)):
-            where = f"batch item {i}.{j}: "
-            if wp.start != gp.start:
-                out.append(f"{where}status {gp.start}, the sample has {wp.start}")
-            out += _header_differences({k: v for k, v in wp.headers.items()}, gp.headers, where)
-            out += [where + d for d in shape_differences(wp.json(), gp.json(), partial=partial)]
+    pairs, out = _paired(want, got)
+    for where, wp, gp in pairs:
+        if wp.start != gp.start:
+            out.append(f"{where}status {gp.start}, the sample has {wp.start}")
+        out += _header_differences(wp.headers, gp.headers, where)
+        out += [where + d for d in shape_differences(wp.json(), gp.json(), partial=partial)]
     return out
