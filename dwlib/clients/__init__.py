@@ -23,6 +23,7 @@ from .errors import (
     DmfError,
     HttpError,
     NotFoundError,
+    ResponseError,
     ThrottledError,
 )
 from .finops import FinOpsClient
@@ -51,6 +52,7 @@ __all__ = [
     "JournalEntry",
     "NotFoundError",
     "PartResponse",
+    "ResponseError",
     "Session",
     "ThrottledError",
     "TokenProvider",

@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -26,7 +27,8 @@ from typing import Any
 
 import httpx
 
-from .errors import BatchError, ClientError
+from .errors import BatchError, ClientError, ResponseError
+from .http import redact_url
 from .odata import ODataService
 
 MAX_PARTS = 1000
@@ -154,11 +156,18 @@ class Batch:
             headers["Prefer"] = "odata.continue-on-error"
         response = self.service.send("POST", "$batch", content=self.encode(boundary).encode(),
                                      headers=headers, safe=self.safe, check=False)
+        return self.read(response, continue_on_error=continue_on_error)
+
+    def read(self, response: httpx.Response, *, continue_on_error: bool = False) -> list[PartResponse]:
+        """The part responses of a `$batch` answer; without `continue_on_error`, a failed part
+        raises `BatchError`, and a body that is not a batch response `ResponseError`."""
         # A stopped batch may answer with the failing part's status, yet still with a multipart body.
         if not response.headers.get("Content-Type", "").lower().startswith("multipart/"):
             if response.status_code >= 300:
                 raise self.service.error(response)
-            raise ValueError(f"$batch answered {response.status_code} without a multipart body")
+            raise ResponseError("POST", redact_url(response.request.url),
+                                f"$batch answered {response.status_code} without a multipart body "
+                                f"(Content-Type {response.headers.get('Content-Type', 'none')!r})")
         parts = parse_multipart(response)
         if not continue_on_error:
             for index, part in enumerate(parts):
@@ -208,49 +217,85 @@ def _encode_part(part: Part) -> list[str]:
 def parse_multipart(response: httpx.Response) -> list[PartResponse]:
     """The part responses of a multipart/mixed `$batch` response, change sets flattened, in order.
 
+    Lines may end in CRLF or in LF alone; a body that is not a readable batch response raises
+    `ResponseError` naming the endpoint.
+
     >>> part = b"Content-Type: application/http\\r\\n\\r\\nHTTP/1.1 204 No Content\\r\\n\\r\\n"
     >>> r = httpx.Response(200, headers={"Content-Type": "multipart/mixed; boundary=b"},
     ...                    content=b"--b\\r\\n" + part + b"\\r\\n--b--")
     >>> [p.status for p in parse_multipart(r)]
     [204]
+    >>> lf = httpx.Response(200, headers={"Content-Type": "multipart/mixed; boundary=b"},
+    ...                     content=b"--b\\n" + part.replace(b"\\r\\n", b"\\n") + b"\\n--b--\\n")
+    >>> [p.status for p in parse_multipart(lf)]
+    [204]
     """
-    return _parse(response.headers.get("Content-Type", ""), response.content)
+    try:
+        return _parse(response.headers.get("Content-Type", ""), response.content)
+    except _Unreadable as exc:
+        request = response.request
+        raise ResponseError(request.method, redact_url(request.url), f"$batch response: {exc}") from None
+
+
+class _Unreadable(Exception):
+    """What is wrong with a batch response body (becomes a `ResponseError`)."""
+
+
+_LINE_END = re.compile(rb"\r?\n")
+_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
 
 
 def _boundary(content_type: str) -> str:
     for piece in content_type.split(";"):
         name, _, value = piece.strip().partition("=")
-        if name.lower() == "boundary":
+        if name.lower() == "boundary" and value.strip('"'):
             return value.strip('"')
-    raise ValueError(f"no boundary in Content-Type {content_type!r}")
+    raise _Unreadable(f"no boundary in Content-Type {content_type!r}")
+
+
+def _split_head(block: bytes) -> tuple[bytes, bytes]:
+    """A block's header lines and what follows the blank line after them (CRLF or LF)."""
+    found = _BLANK_LINE.search(block)
+    if found is None:
+        return block, b""
+    return block[:found.start()], block[found.end():]
 
 
 def _parse(content_type: str, body: bytes) -> list[PartResponse]:
     delimiter = b"--" + _boundary(content_type).encode()
+    chunks = body.split(delimiter)
+    if len(chunks) < 2:
+        raise _Unreadable(f"the boundary {delimiter.decode()!r} of its Content-Type is not in the body")
     out: list[PartResponse] = []
-    for chunk in body.split(delimiter)[1:]:
+    closed = False
+    for chunk in chunks[1:]:
         if chunk.startswith(b"--"):
+            closed = True
             break  # closing delimiter
-        head, _, payload = chunk.lstrip(b"\r\n").partition(b"\r\n\r\n")
+        head, payload = _split_head(chunk.lstrip(b"\r\n"))
         headers = _headers(head)
         ctype = headers.get("content-type", "")
         if ctype.lower().startswith("multipart/mixed"):
             out += _parse(ctype, payload)
         else:
-            out.append(_http_response(payload, headers.get("content-id", "")))
+            out.append(_http_response(payload, headers.get("content-id", ""), len(out)))
+    if not closed:
+        raise _Unreadable(f"it does not end with the closing delimiter {delimiter.decode()}--")
     return out
 
 
-def _http_response(payload: bytes, content_id: str) -> PartResponse:
-    head, _, body = payload.partition(b"\r\n\r\n")
-    status_line, _, header_block = head.partition(b"\r\n")
-    status = int(status_line.split()[1])
-    return PartResponse(status, _headers(header_block), body.rstrip(b"\r\n"), content_id)
+def _http_response(payload: bytes, content_id: str, index: int) -> PartResponse:
+    head, body = _split_head(payload.lstrip(b"\r\n"))
+    status_line, *rest = _LINE_END.split(head, maxsplit=1)
+    pieces = status_line.split()
+    if len(pieces) < 2 or not pieces[0].startswith(b"HTTP/") or not pieces[1].isdigit():
+        raise _Unreadable(f"part {index} has no HTTP status line (it starts {status_line[:40]!r})")
+    return PartResponse(int(pieces[1]), _headers(rest[0] if rest else b""), body.rstrip(b"\r\n"), content_id)
 
 
 def _headers(block: bytes) -> dict[str, str]:
     headers: dict[str, str] = {}
-    for line in block.decode("utf-8", "replace").split("\r\n"):
+    for line in re.split(r"\r?\n", block.decode("utf-8", "replace")):
         name, sep, value = line.partition(":")
         if sep:
             headers[name.strip().lower()] = value.strip()

@@ -83,6 +83,23 @@ class ThrottledError(HttpError):
     """
 
 
+class ResponseError(ClientError):
+    """A service answered with something the client cannot read (not JSON where JSON was due, a
+    `$batch` body that is not multipart, a part without a status line, …); names the endpoint.
+
+    >>> ResponseError("POST", "https://org/api/data/v9.2/$batch", "part 2 has no status line").problem
+    'part 2 has no status line'
+    """
+
+    def __init__(self, method: str, url: str, problem: str, *, fix: str = "") -> None:
+        self.method = method
+        self.url = scrub(url)
+        self.problem = scrub(problem)
+        super().__init__(f"{method} {self.url} answered a response that cannot be read: {self.problem}",
+                         fix=fix or "check that the URL is the service's (a proxy or a wrong path can answer "
+                                    "with a web page); if it is, report the response with its request id")
+
+
 class AuthError(ClientError):
     """Signing in failed, or a service refused the token (wrong secret, expired token, wrong
     audience, app not registered); the message names the fix.

@@ -24,7 +24,7 @@ from urllib.parse import quote, urljoin
 
 import httpx
 
-from .errors import AuthError, HttpError, NotFoundError, ThrottledError, connection_lost
+from .errors import AuthError, HttpError, NotFoundError, ResponseError, ThrottledError, connection_lost
 from .http import REQUEST_ID, RETRY_REFUSED, SAFE_KEY, redact_url
 
 Key = str | uuid.UUID | Mapping[str, Any]
@@ -113,8 +113,23 @@ class ODataService:
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         """`send` and decode the JSON body (None for an empty body)."""
-        response = self.send(method, path, **kwargs)
-        return response.json() if response.content else None
+        return self.decode(self.send(method, path, **kwargs))
+
+    def decode(self, response: httpx.Response) -> Any:
+        """The JSON body of a response (None when empty); `ResponseError` when it is not JSON."""
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            kind = response.headers.get("Content-Type", "no Content-Type")
+            start = re.sub(r"\s+", " ", response.text[:80]).strip()
+            raise self.unreadable(response, f"expected JSON, got {kind}: {start!r}") from None
+
+    def unreadable(self, response: httpx.Response, problem: str) -> ResponseError:
+        """The error for a response of this service that the client cannot read."""
+        request = response.request
+        return ResponseError(request.method, redact_url(request.url), problem)
 
     def delete(self, entity_set: str, key: Key, *, params: Mapping[str, str] | None = None) -> None:
         """Delete a row. A 404 after a repeated attempt means the first attempt did it."""
@@ -131,9 +146,14 @@ class ODataService:
         url: str | None = self.url(path)
         query: Mapping[str, Any] | None = params
         while url:
-            body = self.json("GET", url, params=query, headers=headers)
-            yield body.get("value", [])
-            link = body.get("@odata.nextLink")
+            response = self.send("GET", url, params=query, headers=headers)
+            body = self.decode(response)
+            rows = body.get("value") if isinstance(body, dict) else None
+            link = body.get("@odata.nextLink") if isinstance(body, dict) else None
+            if not isinstance(rows, list) or not isinstance(link, str | None):
+                raise self.unreadable(response, "a collection must be a JSON object with a 'value' list "
+                                                "(and a string @odata.nextLink, if any)")
+            yield rows
             # The link already carries every query option (and the paging cookie): send it as is.
             url = urljoin(self.root + "/", link) if link else None
             query = None

@@ -9,6 +9,11 @@ it, at the start of the URL or as an `@odata.bind` value. Without `Prefer:
 odata.continue-on-error` the batch stops at the first failure and takes its status (api-surface
 §2.8). Parts bypass the app's middleware, so a batch counts once against request limits.
 
+Line endings: a body whose lines end in LF alone parses, but where the service documents that it
+cannot read such a body unless it ends with two line endings (Dataverse: web-api-client-errors,
+"Stream was not readable"), `BatchService.unreadable` says so, and the last request of such a body
+fails with that error.
+
 Parts must not await anything that suspends while a change set is open (route handlers do their
 SQLite work synchronously), so no other request can interleave with an open SAVEPOINT.
 
@@ -65,6 +70,9 @@ class BatchService:
     render: Callable[[ODataError], Response]  # the service's error response
     transaction: Callable[[], AbstractContextManager[None]]  # store SAVEPOINT for change sets
     max_parts: int = 1000
+    # The error of the last request of an LF-only body that does not end in two line endings
+    # (given the entity set of that request), where the service cannot read such bodies.
+    unreadable: Callable[[str], ODataError] | None = None
 
     @property
     def root_path(self) -> str:
@@ -110,6 +118,7 @@ def route(path: str, svc: BatchService) -> Route:
     async def endpoint(request: Request) -> Response:
         try:
             svc.check(request)
+            raw = await request.body()
             message = await _parse(request)
             items = message.get_payload()
             assert isinstance(items, list)
@@ -119,15 +128,19 @@ def route(path: str, svc: BatchService) -> Route:
                                  f"{svc.max_parts}. Split it into smaller batches.", "0x80040203")
         except ODataError as exc:
             return svc.render(exc)
+        unreadable = None
+        if svc.unreadable is not None and b"\r\n" not in raw and not raw.endswith(b"\n\n") and items:
+            last = items[-1].get_payload()[-1] if items[-1].is_multipart() else items[-1]
+            unreadable = (last, svc.unreadable)
         keep_going = "odata.continue-on-error" in parse_prefer(request.headers.getlist("prefer"))
         boundary = f"batchresponse_{uuid.uuid4()}"
         chunks: list[bytes] = []
         status = 200
         for item in items:
             if item.is_multipart():
-                chunk, failed = await _change_set(request, svc, item)
+                chunk, failed = await _change_set(request, svc, item, unreadable)
             else:
-                result = await _single(request, svc, item)
+                result = await _single(request, svc, item, unreadable)
                 chunk, failed = _http_part(result), (result if result.status >= 400 else None)
             chunks.append(f"--{boundary}{CRLF}".encode() + chunk + CRLF.encode())
             if failed is not None and not keep_going:
@@ -151,6 +164,7 @@ def service_routes(
     check: Callable[[Request], object],
     render: Callable[[ODataError], Response],
     transaction: Callable[[], AbstractContextManager[None]],
+    unreadable: Callable[[str], ODataError] | None = None,
 ) -> list[BaseRoute]:
     """A service's routes under `path`: its root and everything below it go to `handle`, and
     `path/$batch` dispatches its parts into those same routes (arguments as for `BatchService`).
@@ -162,7 +176,8 @@ def service_routes(
         Route(path, handle, methods=["GET"]),
         Route(path + "/{path:path}", handle, methods=["GET", "POST", "PATCH", "PUT", "DELETE"]),
     ])
-    svc = BatchService(root_url=root_url, app=inner, check=check, render=render, transaction=transaction)
+    svc = BatchService(root_url=root_url, app=inner, check=check, render=render, transaction=transaction,
+                       unreadable=unreadable)
     return [route(path + "/$batch", svc), *inner.routes]
 
 
@@ -206,9 +221,20 @@ def _error(svc: BatchService, exc: ODataError, content_id: str | None = None) ->
     return _Result(exc.status, list(response.headers.items()), bytes(response.body), content_id)
 
 
-async def _single(request: Request, svc: BatchService, item: Message) -> _Result:
+Unreadable = tuple[Message, Callable[[str], ODataError]] | None  # the part that fails, and its error
+
+
+def _unreadable(part: _Part, item: Message, unreadable: Unreadable) -> None:
+    """Raise the service's error when `item` is the part it cannot read (see the module)."""
+    if unreadable is not None and item is unreadable[0]:
+        path = urlsplit(part.target).path
+        raise unreadable[1](path.rstrip("/").rsplit("/", 1)[-1].partition("(")[0])
+
+
+async def _single(request: Request, svc: BatchService, item: Message, unreadable: Unreadable) -> _Result:
     try:
         part = _read_part(item)
+        _unreadable(part, item, unreadable)
         if part.method == "POST" and part.target.rstrip("/").endswith("$batch"):
             raise ODataError(400, "A batch can't contain another batch request.", "0x80040203")
         if (ref := _ref(part.target)) is not None:
@@ -218,7 +244,8 @@ async def _single(request: Request, svc: BatchService, item: Message) -> _Result
     return await _dispatch(request, svc, part)
 
 
-async def _change_set(request: Request, svc: BatchService, item: Message) -> tuple[bytes, _Result | None]:
+async def _change_set(request: Request, svc: BatchService, item: Message,
+                      unreadable: Unreadable) -> tuple[bytes, _Result | None]:
     boundary = f"changesetresponse_{uuid.uuid4()}"
     ids: dict[str, str] = {}
     results: list[_Result] = []
@@ -230,6 +257,7 @@ async def _change_set(request: Request, svc: BatchService, item: Message) -> tup
                     if sub.is_multipart():
                         raise ODataError(400, "A change set can't contain another change set.", "0x80040203")
                     part = _read_part(sub)
+                    _unreadable(part, sub, unreadable)
                     if part.method == "GET":
                         raise ODataError(400, "A GET request can't be part of a change set: send it as a "
                                          "batch part outside the change set.", "0x80040203")

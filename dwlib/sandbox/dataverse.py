@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 from collections.abc import Mapping
@@ -27,9 +28,12 @@ from starlette.routing import BaseRoute
 
 from . import batch
 from .context import AuthError, Sandbox
+from .dataverse_expand import Expand, apply, lookup_columns, parse_expand
 from .dataverse_metadata import READ_ONLY, Metadata
 from .odata import (
     BAD_QUERY,
+    NO_SEGMENT,
+    UNKNOWN_PROPERTY,
     ODataError,
     Segment,
     WriteEvent,
@@ -51,13 +55,14 @@ from .odata import (
     with_annotations,
 )
 from .odata_sql import (
+    Query,
     count_rows,
     fetch_one,
     fetch_page,
     key_where,
     parse_query,
 )
-from .schema import DATAVERSE, Entity, entity
+from .schema import DATAVERSE, PLATFORM, Entity, Lookup, collection, entity
 from .store import Store, quote
 
 log = logging.getLogger(__name__)
@@ -74,6 +79,8 @@ NOT_A_USER = "0x80072560"
 NOT_LINKED = "0x80048d0b"
 BAD_ARGUMENT = "0x80040203"
 UNEXPECTED = "0x80040216"
+PAYLOAD = "0x80048d19"  # "Error identified in Payload provided by the user …" (web-api-client-errors)
+NOT_SUPPORTED = "0x80040800"  # a message the table does not support (unverified: community reports)
 _BULK = {f"Microsoft.Dynamics.CRM.{m}Multiple": m.lower() for m in ("Create", "Update", "Upsert")}
 
 
@@ -90,7 +97,17 @@ def routes(sbx: Sandbox) -> list[BaseRoute]:
     """
     svc = _Dataverse(sbx)
     return batch.service_routes(API, svc.handle, root_url=svc.root, check=svc.caller,
-                                render=error_response, transaction=sbx.store.transaction)
+                                render=error_response, transaction=sbx.store.transaction,
+                                unreadable=unreadable_stream)
+
+
+def unreadable_stream(entity_set: str) -> ODataError:
+    """The error Dataverse gives for a `$batch` body it cannot read: lines ending in LF only, without
+    two line endings at its end (web-api-client-errors, "Stream was not readable")."""
+    return ODataError(400, f"Error identified in Payload provided by the user for Entity :'{entity_set}', "
+                      "For more information on this error please follow this help link "
+                      "https://go.microsoft.com/fwlink/?linkid=2195293  ---->  InnerException : "
+                      "System.ArgumentException: Stream was not readable.", PAYLOAD)
 
 
 class _Binder:
@@ -100,17 +117,18 @@ class _Binder:
         self.svc = svc
         self.cache: dict[tuple[str, str], str] = {}
 
-    def resolve(self, ref: str, target: Entity, what: str) -> str:
-        hit = self.cache.get((target.name, ref))
+    def resolve(self, ref: str, targets: tuple[str, ...], what: str) -> str:
+        """The primary key of the row `ref` names, which must be a row of one of `targets`."""
+        hit = self.cache.get((targets[0], ref))
         if hit is None:
             ent, key = self.svc.parse_ref(ref)
-            if ent.name != target.name:
-                raise ODataError(400, f"{what} must reference '{target.name}', not '{ent.name}' ({ref}).",
-                                 BAD_QUERY)
+            if ent.name not in targets:
+                raise ODataError(400, f"{what} must reference '{' or '.join(targets)}', not '{ent.name}' "
+                                 f"({ref}).", BAD_QUERY)
             row = self.svc.find(ent, key)
             if row is None:
                 raise self.svc.not_found(ent, key)
-            hit = self.cache[(target.name, ref)] = row[ent.key[0]]
+            hit = self.cache[(targets[0], ref)] = row[ent.key[0]]
         return hit
 
 
@@ -169,14 +187,23 @@ class _Dataverse:
             return self._service_document()
         head, rest = segments[0], segments[1:]
         if head.name in ("WhoAmI", "RetrieveFinanceAndOperationsIntegrationDetails") and not rest:
-            allow(method, "GET", request)
+            if method != "GET":  # a function called with another method (web-api-client-errors)
+                raise ODataError(404, "No HTTP resource was found that matches the request URI "
+                                 f"'{self.root}{head.name}'.", "")
             return self._who_am_i(user) if head.name == "WhoAmI" else self._link_details()
         if head.name == "EntityDefinitions":
             allow(method, "GET", request)
             return self.metadata.get(head.key, rest, request.query_params)
         ent = entity(head.name, "dataverse")
         if ent is None:
-            raise ODataError(404, f"Resource not found for the segment '{head.name}'.", BAD_QUERY)
+            raise ODataError(404, f"Resource not found for the segment '{head.name}'.", NO_SEGMENT)
+        if ent in PLATFORM:  # derived from the schema, read-only
+            allow(method, "GET", request)
+            if rest:
+                raise ODataError(404, f"Resource not found for the segment '{rest[0].name}'.", NO_SEGMENT)
+            if head.key is None:
+                return self._list(request, ent, conn=self.metadata.conn)
+            return self._retrieve(request, ent, parse_key(ent, head.key), conn=self.metadata.conn)
         if head.key is None:
             if not rest:
                 allow(method, ("GET", "POST"), request)
@@ -201,8 +228,11 @@ class _Dataverse:
             if len(rest) == 1 and rest[0].key is None and rest[0].name in ent.all_columns:
                 allow(method, ("GET", "PUT", "DELETE"), request)
                 return await self._property(request, ent, key, rest[0].name)
+            if len(rest) == 1 and rest[0].key is None and (many := collection(ent, rest[0].name)) is not None:
+                allow(method, "GET", request)
+                return self._related(request, ent, key, rest[0].name, *many)
         raise ODataError(404, f"Resource not found for the segment '{rest[0].name if rest else head.name}'.",
-                         BAD_QUERY)
+                         NO_SEGMENT)
 
     # --- functions ----------------------------------------------------------------------------
 
@@ -237,54 +267,96 @@ class _Dataverse:
             return list(ent.all_columns)
         return select + [k for k in ent.key if k not in select]
 
-    def _context(self, ent: Entity, select: list[str] | None, suffix: str = "") -> str:
-        shape = f"({','.join(select)})" if select else ""
+    def _context(self, ent: Entity, select: list[str] | None, suffix: str = "",
+                 expands: list[Expand] | None = None) -> str:
+        parts = [*(select or []), *(e.shape() for e in expands or [])]
+        shape = f"({','.join(parts)})" if parts else ""
         return f"{self.root}$metadata#{ent.name}{shape}{suffix}"
 
-    def _list(self, request: Request, ent: Entity) -> Response:
+    def _query(self, request: Request, ent: Entity) -> tuple[Query, list[Expand]]:
+        q = parse_query(ent, request.query_params, allow_expand=True)
+        return q, (parse_expand(ent, q.expand) if q.expand else [])
+
+    def _list(self, request: Request, ent: Entity, *, conn: sqlite3.Connection | None = None,
+              restrict: tuple[str, list[Any]] | None = None, path: str | None = None) -> Response:
+        """A collection of `ent` (`path` is its URL under the root when it is a filtered one)."""
+        conn = conn or self.conn
         args = request.query_params
-        q = parse_query(ent, args)
+        q, expands = self._query(request, ent)
+        if restrict is not None:
+            q.restrict(*restrict)
         prefer = parse_prefer(request.headers.getlist("prefer"))
         size = page_size(prefer, MAX_PAGE)
-        columns = self._select(ent, q.select)
-        if q.apply is not None and count_rows(self.conn, q) > AGGREGATE_LIMIT:
+        if "odata.maxpagesize" in prefer:
+            q.top = None  # "If you include both, $top is ignored." (page-results.md)
+        if q.apply is not None and count_rows(conn, q) > AGGREGATE_LIMIT:
             raise ODataError(400, "AggregateQueryRecordLimit exceeded. Cannot perform this operation.",
                              AGGREGATE_LIMIT_EXCEEDED)
-        page = fetch_page(self.conn, q, columns, size, ETAG_SQL)
+        columns = self._select(ent, q.select)
+        hidden = [c for c in lookup_columns(expands) if c not in columns]
+        page = fetch_page(conn, q, columns + hidden, size, ETAG_SQL)
+        items = page.items
         if q.apply is not None:
-            shape = [*q.apply.groupby, *q.apply.aggregates]
-            head: dict[str, Any] = {"@odata.context": f"{self.root}$metadata#{ent.name}({','.join(shape)})"}
+            # The service leaves a group's empty key out of its row (aggregate-data.md, Distinct values).
+            items = [json.dumps({k: v for k, v in json.loads(t).items() if v is not None or k not in
+                                 q.apply.groupby}, separators=(",", ":")) for t in items]
+            head: dict[str, Any] = {"@odata.context": f"{self.root}$metadata#{ent.name}"}
         else:
-            head = {"@odata.context": self._context(ent, q.select)}
+            head = {"@odata.context": self._context(ent, q.select, expands=expands)}
+        if expands:
+            items = [self._expanded(ent, t, expands, hidden, conn) for t in items]
         if page.count is not None:
             head["@odata.count"] = min(page.count, COUNT_LIMIT)
             head["@Microsoft.Dynamics.CRM.totalrecordcountlimitexceeded"] = page.count > COUNT_LIMIT
         tail = {}
         if page.next_token:
             keep = [(k, v) for k, v in args.multi_items() if k != "$skiptoken"]
-            tail["@odata.nextLink"] = (f"{self.root}{ent.name}?"
+            tail["@odata.nextLink"] = (f"{self.root}{path or ent.name}?"
                                        f"{query_string([*keep, ('$skiptoken', page.next_token)])}")
         headers = {}
         if "odata.maxpagesize" in prefer:
             headers["Preference-Applied"] = f"odata.maxpagesize={size}"
-        return odata_response(collection_json(head, page.items, tail), headers=headers)
+        return odata_response(collection_json(head, items, tail), headers=headers)
 
-    def _retrieve(self, request: Request, ent: Entity, key: dict[str, Any]) -> Response:
-        q = parse_query(ent, request.query_params)  # validates every option; only $select applies
+    def _expanded(self, ent: Entity, text: str, expands: list[Expand], hidden: list[str],
+                  conn: sqlite3.Connection) -> str:
+        row = apply(conn, self.root, ent, json.loads(text), expands, ETAG_SQL)
+        for column in hidden:
+            row.pop(column, None)
+        return json.dumps(row, separators=(",", ":"))
+
+    def _related(self, request: Request, ent: Entity, key: dict[str, Any], name: str, referencing: Entity,
+                 lookup: Lookup) -> Response:
+        """A collection-valued navigation property: the rows of `referencing` that refer to this row."""
         row = self.find(ent, key)
+        if row is None:
+            raise self.not_found(ent, key)
+        pk = row[ent.key[0]]
+        return self._list(request, referencing, restrict=(f"{quote(lookup.column)} = ?", [pk]),
+                          path=f"{ent.name}({pk})/{name}")
+
+    def _retrieve(self, request: Request, ent: Entity, key: dict[str, Any], *,
+                  conn: sqlite3.Connection | None = None) -> Response:
+        q, expands = self._query(request, ent)  # validates every option; $select and $expand apply
+        row = self.find(ent, key, conn=conn)
         if row is None:
             raise self.not_found(ent, key)
         etag = _etag(row)
         if etag_matches(request.headers.get("if-none-match", ""), etag):
             return odata_response(None, 304, {"ETag": etag})
-        return self._representation(ent, row[ent.key[0]], q.select, 200)
+        return self._representation(ent, row[ent.key[0]], q.select, 200, expands=expands, conn=conn)
 
     def _representation(self, ent: Entity, pk: str, select: list[str] | None, status: int,
-                        headers: Mapping[str, str] | None = None) -> Response:
-        text = fetch_one(self.conn, ent, {ent.key[0]: pk}, self._select(ent, select), ETAG_SQL)
+                        headers: Mapping[str, str] | None = None, *, expands: list[Expand] | None = None,
+                        conn: sqlite3.Connection | None = None) -> Response:
+        columns = self._select(ent, select)
+        hidden = [c for c in lookup_columns(expands or []) if c not in columns]
+        text = fetch_one(conn or self.conn, ent, {ent.key[0]: pk}, columns + hidden, ETAG_SQL)
         assert text is not None
-        body = with_annotations({"@odata.context": self._context(ent, select, "/$entity")}, text)
-        return odata_response(body, status, headers)
+        if expands:
+            text = self._expanded(ent, text, expands, hidden, conn or self.conn)
+        context = self._context(ent, select, "/$entity", expands)
+        return odata_response(with_annotations({"@odata.context": context}, text), status, headers)
 
     async def _property(self, request: Request, ent: Entity, key: dict[str, Any], name: str) -> Response:
         row = self.find(ent, key)
@@ -322,11 +394,12 @@ class _Dataverse:
                              "/<entity set>(<alternate key>=<value>).", BAD_QUERY)
         return target, parse_key(target, segments[0].key)
 
-    def find(self, ent: Entity, key: Mapping[str, Any]) -> dict[str, Any] | None:
+    def find(self, ent: Entity, key: Mapping[str, Any], *,
+             conn: sqlite3.Connection | None = None) -> dict[str, Any] | None:
         """The row at a primary or alternate key (the first by primary key if several), or None."""
         where, params = key_where(key)
-        rows = self.store.query(
-            f"SELECT * FROM {quote(ent.table)} WHERE {where} ORDER BY {quote(ent.key[0])} LIMIT 1", params)
+        sql = f"SELECT * FROM {quote(ent.table)} WHERE {where} ORDER BY {quote(ent.key[0])} LIMIT 1"
+        rows = (conn or self.conn).execute(sql, params).fetchall()
         return Store.from_db(ent, rows[0]) if rows else None
 
     def not_found(self, ent: Entity, key: Mapping[str, Any]) -> ODataError:
@@ -351,32 +424,34 @@ class _Dataverse:
             if "@" in name:
                 prop, _, annotation = name.partition("@")
                 if prop and annotation == "odata.bind":
-                    lookup = ent.lookup_by_nav(prop)
-                    if lookup is None:
-                        raise ODataError(400, f"An undeclared property '{prop}' which only has property "
-                                         "annotations in the payload but no property value was found in "
-                                         "the payload. In OData, only declared navigation properties and "
-                                         "declared named streams can be represented as properties without "
-                                         "values.", BAD_QUERY)
-                    target = entity(lookup.target, "dataverse")
-                    assert target is not None
+                    found = ent.navigation(prop)  # case-sensitive, one per target of a multi-table lookup
+                    if found is None:
+                        raise ODataError(400, f"Error identified in Payload provided by the user for Entity "
+                                         f":'{ent.name}'  ---->  InnerException : Microsoft.OData."
+                                         f"ODataException: An undeclared property '{prop}' which only has "
+                                         "property annotations in the payload but no property value was "
+                                         "found in the payload. In OData, only declared navigation "
+                                         "properties and declared named streams can be represented as "
+                                         "properties without values.", PAYLOAD)
+                    lookup, targets = found
                     if value is not None and not isinstance(value, str):
                         raise ODataError(400, f"{name} takes a reference string like "
-                                         f"\"/{target.name}(<id>)\", or null.", BAD_QUERY)
-                    row[lookup.column] = None if value is None else binder.resolve(value, target, name)
+                                         f"\"/{targets[0]}(<id>)\", or null.", BAD_QUERY)
+                    row[lookup.column] = None if value is None else binder.resolve(value, targets, name)
                 continue  # other instance annotations (@odata.type, …) carry no data
             typ = cols.get(name)
             if typ is None:
-                raise ODataError(400, f"The property '{name}' does not exist on type '{type_name(ent)}'. "
-                                 "Make sure to only use property names that are defined by the type.",
-                                 BAD_QUERY)
+                raise ODataError(400, "An error occurred while validating input parameters: Microsoft.Crm."
+                                 f"CrmException: Invalid property '{name}' was found in entity "
+                                 f"'{type_name(ent)}'. ---> Microsoft.OData.ODataException: Does not support "
+                                 "untyped value in non-open type.", UNKNOWN_PROPERTY)
             if name not in READ_ONLY:
                 row[name] = coerce(ent, name, typ, value)  # type: ignore[arg-type]
         return row
 
     def _owned(self, ent: Entity, row: dict[str, Any], user: sqlite3.Row) -> dict[str, Any]:
         """`row` with owner and owning business unit defaulted to the caller's (owned tables)."""
-        if ent.lookup_by_nav("ownerid") is not None:
+        if ent.lookup("ownerid") is not None:
             row.setdefault("_ownerid_value", user["systemuserid"])
             row.setdefault("_owningbusinessunit_value", user["_businessunitid_value"])
         return row
@@ -466,9 +541,13 @@ class _Dataverse:
     # --- bulk messages ------------------------------------------------------------------------
 
     async def _bulk(self, request: Request, ent: Entity, action: str, user: sqlite3.Row) -> Response:
+        name = f"{action.capitalize()}Multiple"
+        if not ent.bulk:  # as `sdkmessagefilters` says (bulk-operations.md, Availability)
+            raise ODataError(400, f"The '{name}' method does not support entities of type "
+                             f"'{ent.logical_name}'. MessageProcessorCache returned MessageProcessor.Empty. ",
+                             NOT_SUPPORTED)
         body = await json_object(request)
         targets = body.get("Targets")
-        name = f"{action.capitalize()}Multiple"
         if not isinstance(targets, list) or not all(isinstance(t, dict) for t in targets):
             raise ODataError(400, f'{name} takes {{"Targets": [ {{…}}, … ]}}: a list of row objects.',
                              BAD_ARGUMENT)

@@ -289,7 +289,7 @@ def _entity(name: str | None) -> Entity | None:
 
 def _lookup(dv: Entity, text: str) -> LookupRef | None:
     nav, _, column = text.partition(".")
-    lk = dv.lookup_by_nav(nav)
+    lk = dv.lookup(nav)  # maps name the lookup attribute (`parentcustomerid.accountnumber`)
     target = _entity(lk.target) if lk else None
     if lk is None or target is None or column not in target.columns:
         return None

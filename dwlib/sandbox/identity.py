@@ -147,6 +147,7 @@ class EntraIdentity:
             "token_endpoint": self.token_endpoint,
             "device_authorization_endpoint": f"{self.authority}/oauth2/v2.0/devicecode",
             "jwks_uri": f"{self.authority}/discovery/v2.0/keys",
+            "userinfo_endpoint": f"{self.authority}/openid/userinfo",
             "end_session_endpoint": f"{self.authority}/oauth2/v2.0/logout",
             "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt"],
             "grant_types_supported": ["client_credentials", "refresh_token",
@@ -392,8 +393,7 @@ def _error(exc: TokenError, request: Request) -> JSONResponse:
                    f"Correlation ID: {correlation_id}\r\nTimestamp: {stamp}")
     return JSONResponse(
         {"error": exc.error, "error_description": description, "error_codes": [exc.aadsts],
-         "timestamp": stamp, "trace_id": trace_id, "correlation_id": correlation_id,
-         "error_uri": f"https://login.microsoftonline.com/error?code={exc.aadsts}"},
+         "timestamp": stamp, "trace_id": trace_id, "correlation_id": correlation_id},
         status_code=exc.status, headers={"Cache-Control": "no-store"})
 
 

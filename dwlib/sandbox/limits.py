@@ -315,7 +315,8 @@ class Guard:
                 "message": message, "type": f"Microsoft.Dynamics.Platform.Integration.Services.OData.{kind}",
                 "stacktrace": ""}}}
         data = json.dumps(body).encode()
-        headers = [(b"content-type", _ODATA_JSON), (b"content-length", str(len(data)).encode())]
+        headers = [(b"content-type", _ODATA_JSON), (b"content-length", str(len(data)).encode()),
+                   (b"odata-version", b"4.0")]  # an OData answer like any other of the service
         if retry_after is not None:
             headers.append((b"retry-after", str(retry_after).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})

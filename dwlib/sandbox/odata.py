@@ -30,6 +30,8 @@ from .schema import ColumnType, Entity
 
 JSON_TYPE = "application/json; odata.metadata=minimal"
 BAD_QUERY = "0x80060888"  # Dataverse's code for OData query/payload errors
+NO_SEGMENT = "0x8006088a"  # Dataverse: "Resource not found for the segment" (web-api-client-errors)
+UNKNOWN_PROPERTY = "0x0"  # Dataverse: "Could not find a property named …" (web-api-client-errors)
 _EDM = {
     "guid": "Edm.Guid",
     "string": "Edm.String",
@@ -83,8 +85,15 @@ def type_name(ent: Entity) -> str:
 
 
 def no_property(ent: Entity, name: str) -> ODataError:
-    """The error both services give for a property the entity does not have."""
-    return ODataError(400, f"Could not find a property named '{name}' on type '{type_name(ent)}'.", BAD_QUERY)
+    """The error both services give for a property the entity does not have (in `$select`,
+    `$filter`, `$orderby`, `$expand`); Dataverse's code is `0x0`.
+
+    >>> from dwlib.sandbox.schema import ENTITIES
+    >>> no_property(ENTITIES["accounts"], "Name").message
+    "Could not find a property named 'Name' on type 'Microsoft.Dynamics.CRM.account'."
+    """
+    return ODataError(400, f"Could not find a property named '{name}' on type '{type_name(ent)}'.",
+                      UNKNOWN_PROPERTY)
 
 
 def new_request_id() -> str:
@@ -226,7 +235,7 @@ def split_path(path: str) -> list[Segment]:
     for raw in split_top(path.strip("/"), "/"):
         name, paren, rest = raw.partition("(")
         if not _NAME_RE.match(name):
-            raise ODataError(404, f"Resource not found for the segment '{raw}'.", BAD_QUERY)
+            raise ODataError(404, f"Resource not found for the segment '{raw}'.", NO_SEGMENT)
         if not paren:
             segments.append(Segment(name))
             continue

@@ -30,10 +30,14 @@ from odata_query.grammar import ODataLexer, ODataParser
 from odata_query.sql import AstToSqliteSqlVisitor
 
 from .odata import BAD_QUERY, ODataError, iso_utc, no_property, split_top
-from .schema import Entity
+from .schema import Entity, entity
 from .store import quote
 
-_KNOWN_OPTIONS = {"$select", "$filter", "$orderby", "$top", "$skip", "$count", "$apply", "$skiptoken"}
+_KNOWN_OPTIONS = {"$select", "$filter", "$orderby", "$top", "$skip", "$count", "$apply", "$skiptoken",
+                  "$expand"}
+# An enumeration literal (`Microsoft.Dynamics.CRM.AttributeTypeCode'Picklist'`) compares as its name.
+_ENUM_LITERAL = re.compile(r"\b[A-Z]\w*(?:\.\w+)+'([^']*)'")
+_ALIAS = re.compile(r"@([A-Za-z_]\w*)")
 
 
 # --- $filter ------------------------------------------------------------------------------------
@@ -63,9 +67,18 @@ class _FilterSql(AstToSqliteSqlVisitor):
         return quote(node.name)
 
     def visit_Attribute(self, node: ast.Attribute) -> str:
-        raise ODataError(400, f"The sandbox does not filter across navigation properties "
-                         f"('{node.attr}' of a related row): filter on the lookup's _x_value column.",
-                         BAD_QUERY)
+        # `nav/column`: the column of the row a single-valued navigation property refers to
+        # (filter-rows.md, "Filter on values of related records").
+        nav = node.owner.name if isinstance(node.owner, ast.Identifier) and not node.owner.namespace else None
+        found = self.ent.navigation(nav) if nav else None
+        target = entity(found[1][0], self.ent.service) if found else None
+        if found is None or target is None or len(found[1]) != 1:
+            raise ODataError(400, f"The sandbox filters across a single-valued navigation property of one "
+                             f"target table only ('{node.attr}' of '{nav}').", BAD_QUERY)
+        if node.attr not in target.all_columns:
+            raise no_property(target, node.attr)
+        return (f"(SELECT {quote(node.attr)} FROM {quote(target.table)} WHERE {quote(target.key[0])} = "
+                f"{quote(self.ent.table)}.{quote(found[0].column)})")
 
     def visit_String(self, node: ast.String) -> str:
         return self._param(node.val)
@@ -119,6 +132,8 @@ def filter_sql(ent: Entity, text: str) -> tuple[str, list[Any]]:
     >>> filter_sql(ENTITIES["accounts"], "createdon ge 2024-01-01T00:00:00+01:00 and name eq null")
     ('"createdon" >= ? AND "name" IS NULL', ['2023-12-31T23:00:00Z'])
     """
+    if ent.service == "dataverse":
+        text = _ENUM_LITERAL.sub(r"'\1'", text)
     try:
         tree = ODataParser().parse(ODataLexer().tokenize(text))
     except odata_exc.ODataException as exc:
@@ -224,6 +239,7 @@ class Query:
     count: bool = False
     apply: Apply | None = None
     skiptoken: str | None = None
+    expand: str | None = None  # the `$expand` text, where the caller serves it
 
     def restrict(self, sql: str, params: Sequence[Any]) -> None:
         """Add a condition every returned row must meet (e.g. F&O company scoping)."""
@@ -244,10 +260,40 @@ def _int_option(args: Mapping[str, str], name: str) -> int | None:
     return int(raw)
 
 
-def parse_query(ent: Entity, args: Mapping[str, str], *, allow_skip: bool = False) -> Query:
+def _aliases(text: str, args: Mapping[str, str]) -> str:
+    """`text` with each parameter alias (`@table`) replaced by its value from `args`
+    (`&@table='account'`), outside string literals."""
+    out, last = [], 0
+    quoted = _inside_quotes(text)
+    for m in _ALIAS.finditer(text):
+        if m.start() in quoted:
+            continue
+        value = args.get(m.group(0))
+        if value is None:
+            raise ODataError(400, f"The parameter alias {m.group(0)} in $filter has no value: add "
+                             f"&{m.group(0)}=<value> to the query.", BAD_QUERY)
+        out += [text[last:m.start()], value]
+        last = m.end()
+    return "".join(out) + text[last:]
+
+
+def _inside_quotes(text: str) -> set[int]:
+    """The positions of the characters inside quoted literals."""
+    inside, quoted = set(), False
+    for i, ch in enumerate(text):
+        if ch == "'":
+            quoted = not quoted
+        elif quoted:
+            inside.add(i)
+    return inside
+
+
+def parse_query(ent: Entity, args: Mapping[str, str], *, allow_skip: bool = False,
+                allow_expand: bool = False) -> Query:
     """The system query options in `args` (a request's query parameters) for `ent`.
 
-    Unknown `$` options and `$skip` where the service refuses it are 400s; other parameters
+    Unknown `$` options, `$skip` and `$expand` where the service (or the sandbox) refuses them
+    are 400s; parameter aliases (`@name`) are substituted into `$filter`; other parameters
     (`cross-company`, `tag`, …) are left to the caller.
 
     >>> from dwlib.sandbox.schema import ENTITIES
@@ -257,18 +303,20 @@ def parse_query(ent: Entity, args: Mapping[str, str], *, allow_skip: bool = Fals
     for name in args:
         if name.startswith("$") and name not in _KNOWN_OPTIONS:
             raise ODataError(400, f"The query parameter {name} is not supported by the sandbox.", BAD_QUERY)
+    if "$expand" in args and not allow_expand:
+        raise ODataError(400, "The query parameter $expand is not supported by the sandbox here.", BAD_QUERY)
     if "$skip" in args and not allow_skip:
         raise ODataError(400, "The query parameter $skip is not supported: page with "
                          "Prefer: odata.maxpagesize and follow @odata.nextLink.", BAD_QUERY)
     cols = ent.all_columns
-    q = Query(entity=ent, skiptoken=args.get("$skiptoken"))
+    q = Query(entity=ent, skiptoken=args.get("$skiptoken"), expand=args.get("$expand"))
     if (sel := args.get("$select")) is not None:
         q.select = list(dict.fromkeys(s.strip() for s in sel.split(",") if s.strip()))
         for name in q.select:
             if name not in cols:
                 raise no_property(ent, name)
     if (flt := args.get("$filter")) is not None:
-        sql, params = filter_sql(ent, flt)
+        sql, params = filter_sql(ent, _aliases(flt, args))
         q.restrict(sql, params)
     if (app := args.get("$apply")) is not None:
         q.apply = _parse_apply(ent, app, q.where, q.params)

@@ -21,16 +21,44 @@ Service = Literal["dataverse", "finops"]
 ColumnType = Literal["guid", "string", "int", "decimal", "bool", "datetime", "json"]
 
 
+LookupKind = Literal["Lookup", "Customer", "Owner"]
+
+
 @dataclass(frozen=True)
 class Lookup:
-    """A Dataverse single-valued navigation property stored as a `_<name>_value` column."""
+    """A Dataverse lookup column: `_<attribute>_value` holds the id of a row of `target` (or of
+    one of `others`).
 
-    nav: str  # navigation property used in `<nav>@odata.bind`, e.g. "msdyn_company"
-    target: str  # entity set it points at, e.g. "cdm_companies"
+    A plain lookup has one single-valued navigation property, named like the attribute. A Customer
+    lookup (`parentcustomerid`) has one per target table, `parentcustomerid_account` and
+    `parentcustomerid_contact`; an Owner lookup (`ownerid`) has one, `ownerid`, that takes a user
+    or a team (web-api-navigation-properties.md, Multi-table lookups).
+
+    >>> Lookup("parentcustomerid", "accounts", "Customer", ("contacts",),
+    ...        ("parentcustomerid_account", "parentcustomerid_contact")).navigations()
+    {'parentcustomerid_account': ('accounts',), 'parentcustomerid_contact': ('contacts',)}
+    """
+
+    attribute: str  # logical name of the lookup attribute, e.g. "msdyn_company"
+    target: str  # entity set of its (first) target table, e.g. "cdm_companies"
+    kind: LookupKind = "Lookup"
+    others: tuple[str, ...] = ()  # entity sets of further target tables (Customer, Owner)
+    navs: tuple[str, ...] = ()  # navigation property per target, when not the attribute name
+    relationships: tuple[str, ...] = ()  # relationship schema name per navigation property, if known
 
     @property
     def column(self) -> str:
-        return f"_{self.nav.lower()}_value"
+        return f"_{self.attribute}_value"
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return (self.target, *self.others)
+
+    def navigations(self) -> dict[str, tuple[str, ...]]:
+        """Each single-valued navigation property → the entity sets it may refer to."""
+        if self.navs:
+            return {nav: (target,) for nav, target in zip(self.navs, self.targets, strict=True)}
+        return {self.attribute: self.targets}
 
 
 @dataclass(frozen=True)
@@ -45,6 +73,8 @@ class Entity:
     alternate_keys: tuple[tuple[str, ...], ...] = ()
     lookups: tuple[Lookup, ...] = ()
     system_columns: tuple[str, ...] = field(default=())
+    kinds: dict[str, str] = field(default_factory=dict)  # column → Dataverse AttributeType beyond storage
+    bulk: bool = False  # Dataverse: CreateMultiple/UpdateMultiple/UpsertMultiple available
 
     @property
     def table(self) -> str:
@@ -58,11 +88,18 @@ class Entity:
             cols[lk.column] = "guid"
         return cols
 
-    def lookup_by_nav(self, nav: str) -> Lookup | None:
+    def navigation(self, nav: str) -> tuple[Lookup, tuple[str, ...]] | None:
+        """The lookup behind single-valued navigation property `nav` and the entity sets it may
+        refer to; None when there is none. Names match case-sensitively, as the service's do."""
         for lk in self.lookups:
-            if lk.nav.lower() == nav.lower():
-                return lk
+            targets = lk.navigations().get(nav)
+            if targets is not None:
+                return lk, targets
         return None
+
+    def lookup(self, attribute: str) -> Lookup | None:
+        """The lookup whose attribute (logical name) is `attribute`, or None."""
+        return next((lk for lk in self.lookups if lk.attribute == attribute), None)
 
 
 # Columns every Dataverse table has in the emulation.
@@ -73,7 +110,11 @@ _DV_SYSTEM: dict[str, ColumnType] = {
     "statecode": "int",
     "statuscode": "int",
 }
-_DV_OWNED = (Lookup("ownerid", "systemusers"), Lookup("owningbusinessunit", "businessunits"))
+# Owner takes a user or a team (AttributeType Owner); the owning business unit follows the owner.
+_DV_OWNED = (Lookup("ownerid", "systemusers", "Owner", ("teams",)),
+             Lookup("owningbusinessunit", "businessunits"))
+# AttributeTypes the storage type does not tell (dataverse_metadata derives the others).
+_DV_KINDS = {"statecode": "State", "statuscode": "Status", "versionnumber": "BigInt"}
 
 
 def _dv(
@@ -85,6 +126,8 @@ def _dv(
     alternate_keys: tuple[tuple[str, ...], ...] = (),
     lookups: tuple[Lookup, ...] = (),
     owned: bool = True,
+    kinds: dict[str, str] | None = None,
+    bulk: bool = True,
 ) -> Entity:
     cols: dict[str, ColumnType] = {pk: "guid", **columns, **_DV_SYSTEM}
     return Entity(
@@ -96,6 +139,8 @@ def _dv(
         alternate_keys=alternate_keys,
         lookups=lookups + (_DV_OWNED if owned else ()),
         system_columns=tuple(_DV_SYSTEM),
+        kinds={**_DV_KINDS, **(kinds or {})},
+        bulk=bulk,
     )
 
 
@@ -115,6 +160,7 @@ DATAVERSE: tuple[Entity, ...] = (
         "organizationid",
         {"name": "string", "basecurrencyid": "guid"},
         owned=False,
+        bulk=False,
     ),
     _dv(
         "businessunits",
@@ -123,6 +169,7 @@ DATAVERSE: tuple[Entity, ...] = (
         {"name": "string", "divisionname": "string"},
         lookups=(Lookup("parentbusinessunitid", "businessunits"),),
         owned=False,
+        bulk=False,
     ),
     _dv(
         "systemusers",
@@ -138,6 +185,7 @@ DATAVERSE: tuple[Entity, ...] = (
         },
         lookups=(Lookup("businessunitid", "businessunits"),),
         owned=False,
+        bulk=False,
     ),
     _dv(
         "teams",
@@ -146,6 +194,7 @@ DATAVERSE: tuple[Entity, ...] = (
         {"name": "string", "teamtype": "int", "isdefault": "bool"},
         lookups=(Lookup("businessunitid", "businessunits"),),
         owned=False,
+        bulk=False,
     ),
     _dv(
         "transactioncurrencies",
@@ -186,8 +235,10 @@ DATAVERSE: tuple[Entity, ...] = (
         {
             "name": "string",
             "accountnumber": "string",
+            "accountcategorycode": "int",
             "customertypecode": "int",
             "creditlimit": "decimal",
+            "revenue": "decimal",
             "description": "string",
             "msdyn_partynumber": "string",
             "telephone1": "string",
@@ -201,8 +252,10 @@ DATAVERSE: tuple[Entity, ...] = (
             Lookup("transactioncurrencyid", "transactioncurrencies"),
             Lookup("msdyn_customergroupid", "msdyn_customergroups"),
             Lookup("msdyn_paymentterm", "msdyn_paymentterms"),
-            Lookup("primarycontactid", "contacts"),
+            Lookup("primarycontactid", "contacts", relationships=("account_primary_contact",)),
         ),
+        kinds={"accountcategorycode": "Picklist", "customertypecode": "Picklist", "creditlimit": "Money",
+               "revenue": "Money", "description": "Memo"},
     ),
     _dv(
         "contacts",
@@ -221,7 +274,9 @@ DATAVERSE: tuple[Entity, ...] = (
         alternate_keys=(("msdyn_contactpersonid",), ("msdyn_contactpersonid", "_msdyn_company_value")),
         lookups=(
             Lookup("msdyn_company", "cdm_companies"),
-            Lookup("parentcustomerid", "accounts"),
+            Lookup("parentcustomerid", "accounts", "Customer", ("contacts",),
+                   ("parentcustomerid_account", "parentcustomerid_contact"),
+                   ("contact_customer_accounts", "contact_customer_contacts")),
             Lookup("transactioncurrencyid", "transactioncurrencies"),
             Lookup("msdyn_customergroupid", "msdyn_customergroups"),
         ),
@@ -250,6 +305,7 @@ DATAVERSE: tuple[Entity, ...] = (
         },
         alternate_keys=(("uniquename",),),
         owned=False,
+        bulk=False,
     ),
     _dv(
         "msdyn_dualwriteentitymaps",
@@ -262,7 +318,9 @@ DATAVERSE: tuple[Entity, ...] = (
             "msdyn_mapping": "json",
             "ismanaged": "bool",
         },
+        kinds={"msdyn_mapping": "Memo"},
         owned=False,
+        bulk=False,
     ),
     _dv(
         "msdyn_dualwriteruntimeconfigs",
@@ -276,6 +334,7 @@ DATAVERSE: tuple[Entity, ...] = (
             "msdyn_unsecure": "json",
         },
         owned=False,
+        bulk=False,
     ),
 )
 
@@ -371,10 +430,68 @@ FINOPS: tuple[Entity, ...] = (
     ),
 )
 
+# Platform tables the sandbox derives from this schema instead of storing rows (dataverse_metadata):
+# which message each table supports (bulk-operations.md, Availability with standard tables).
+PLATFORM: tuple[Entity, ...] = (
+    _dv("sdkmessages", "sdkmessage", "sdkmessageid", {"name": "string"}, owned=False, bulk=False),
+    _dv("sdkmessagefilters", "sdkmessagefilter", "sdkmessagefilterid",
+        {"primaryobjecttypecode": "string", "iscustomprocessingstepallowed": "bool"},
+        lookups=(Lookup("sdkmessageid", "sdkmessages"),), owned=False, bulk=False),
+)
+
 ENTITIES: dict[str, Entity] = {e.name: e for e in DATAVERSE + FINOPS}
+_ALL: dict[str, Entity] = {**ENTITIES, **{e.name: e for e in PLATFORM}}
 
 
 def entity(name: str, service: Service) -> Entity | None:
-    """The entity set `name` of `service`, matched case-sensitively as OData does."""
-    ent = ENTITIES.get(name)
+    """The entity set `name` of `service` (platform tables included), matched case-sensitively as
+    OData does.
+
+    >>> entity("Accounts", "dataverse") is None, entity("sdkmessagefilters", "dataverse").key
+    (True, ('sdkmessagefilterid',))
+    """
+    ent = _ALL.get(name)
     return ent if ent is not None and ent.service == service else None
+
+
+def relationship_name(ent: Entity, lk: Lookup, nav: str) -> str:
+    """The schema name of the N:1 relationship behind `ent`'s navigation property `nav`; it is
+    also the name of the collection-valued navigation property on the target table.
+
+    >>> contacts = ENTITIES["contacts"]
+    >>> relationship_name(contacts, contacts.lookup("parentcustomerid"), "parentcustomerid_contact")
+    'contact_customer_contacts'
+    """
+    if lk.relationships:
+        return lk.relationships[list(lk.navigations()).index(nav)]
+    if lk.kind == "Owner":  # the platform's names for the system relationships of owned tables
+        return f"owner_{ent.name}"
+    if lk.attribute == "owningbusinessunit":
+        return f"business_unit_{ent.name}"
+    return f"{_ALL[lk.target].logical_name}_{ent.logical_name}_{lk.attribute}"
+
+
+def _collections() -> dict[str, dict[str, tuple[Entity, Lookup]]]:
+    out: dict[str, dict[str, tuple[Entity, Lookup]]] = {}
+    for ent in DATAVERSE:
+        for lk in ent.lookups:
+            if lk.kind == "Owner":
+                continue  # its partner lives on the abstract `principal` type, not on a table
+            for nav, targets in lk.navigations().items():
+                for target in targets:
+                    out.setdefault(target, {})[relationship_name(ent, lk, nav)] = (ent, lk)
+    return out
+
+
+_COLLECTIONS = _collections()
+
+
+def collection(ent: Entity, name: str) -> tuple[Entity, Lookup] | None:
+    """The table and lookup behind `ent`'s collection-valued navigation property `name` (the
+    rows of that table whose lookup refers to a row of `ent`), or None.
+
+    >>> referencing, lk = collection(ENTITIES["accounts"], "contact_customer_accounts")
+    >>> referencing.name, lk.column
+    ('contacts', '_parentcustomerid_value')
+    """
+    return _COLLECTIONS.get(ent.name, {}).get(name)

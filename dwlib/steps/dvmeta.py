@@ -52,6 +52,14 @@ class TableInfo:
     attributes: dict[str, str]  # logical name → AttributeType (String, Integer, Lookup, …)
     lookups: dict[str, Lookup]  # navigation property → lookup
 
+    def navigations(self, name: str) -> list[tuple[str, Lookup]]:
+        """`(navigation property, lookup)` pairs a map's lookup name can mean: the navigation property
+        of that name, else each of the lookup attribute of that name (a multi-table lookup such as
+        `parentcustomerid` has one per target table: `parentcustomerid_account`, …)."""
+        if name in self.lookups:
+            return [(name, self.lookups[name])]
+        return sorted((nav, lk) for nav, lk in self.lookups.items() if lk.attribute == name)
+
     def company_lookup(self) -> tuple[str, Lookup] | None:
         """`(navigation property, lookup)` of the table's company column (`msdyn_company`;
         `msdyn_companyid` on products), or None when the table is not striped by company."""

@@ -157,15 +157,18 @@ class RowMap:
             self.skipped.append(f"{where}: column not on that side")
 
     def _lookup(self, c: catalog.ColumnMapping, tables: Tables, where: str) -> None:
-        nav, target_column = c.lookup or ("", "")
-        found = self.info.lookups.get(nav)
-        if found is None:
+        name, target_column = c.lookup or ("", "")
+        candidates = self.info.navigations(name)
+        if not candidates:
             self.skipped.append(f"{where}: no such lookup in Dataverse")
             return
-        target = tables.of_logical(found.target)
-        if target_column not in target.attributes:
-            self.skipped.append(f"{where}: {target.entity_set} has no {target_column}")
+        # Of a multi-table lookup, the target table that has the matched column.
+        targets = [(nav, lk, tables.of_logical(lk.target)) for nav, lk in candidates]
+        match = next(((nav, lk, t) for nav, lk, t in targets if target_column in t.attributes), None)
+        if match is None:
+            self.skipped.append(f"{where}: {targets[0][2].entity_set} has no {target_column}")
             return
+        nav, found, target = match
         by_company = self.company is not None and target.company_lookup() is not None
         self.lookup_rows.append((c, LookupColumn(nav, found.column, target, target_column, by_company)))
 

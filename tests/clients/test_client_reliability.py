@@ -37,7 +37,7 @@ def test_a_50000_row_bulk_update_under_429s_503s_504s_and_dropped_connections(st
         finally:
             control.admin(conn, "faults", "")
         counts = dv.count_by("accounts", ["_msdyn_company_value"])
-        bulk = [e for e in s.journal.entries() if "UpdateMultiple" in e.url]
+        bulk = [e for e in s.journal.entries() if "CRM.UpdateMultiple" in e.url]
     assert (result.total, result.succeeded, result.failures) == (ROWS, ROWS, [])  # one pass finishes
     assert counts == [{"_msdyn_company_value": company, "count": ROWS}]  # every row, none created twice
     reasons = {r for e in bulk for r in e.retry_reasons}

@@ -16,12 +16,14 @@ from dwlib.clients import (
     AuthError,
     BatchError,
     BulkError,
+    ClientError,
     ConnectionLostError,
     DataverseClient,
     HttpConfig,
     HttpError,
     Journal,
     NotFoundError,
+    ResponseError,
     ThrottledError,
     make_client,
 )
@@ -52,6 +54,18 @@ def entity_definitions(fake: FakeService) -> None:
         assert name is not None
         return httpx.Response(200, json={"value": [{"EntitySetName": name[1], "LogicalName": name[1][:-1],
                                                     "PrimaryIdAttribute": f"{name[1][:-1]}id"}]})
+
+
+def bulk_messages(fake: FakeService, available: bool = True) -> list[dict[str, str]]:
+    """A fake `sdkmessagefilters`: every table takes every bulk message (or none); the queries asked."""
+    asked: list[dict[str, str]] = []
+
+    @fake.on("GET", f"{API}/sdkmessagefilters")
+    def filters(request: httpx.Request, _: re.Match[str]) -> httpx.Response:
+        asked.append(query_of(request))
+        return httpx.Response(200, json={"value": [{"sdkmessagefilterid": GUID}] if available else []})
+
+    return asked
 
 
 def test_query_follows_next_links_with_the_page_size(fake: FakeService) -> None:
@@ -168,6 +182,7 @@ def test_401_becomes_an_auth_error_naming_the_fix(fake: FakeService) -> None:
 
 def test_update_multiple_chunks_with_bounded_concurrency_and_progress(fake: FakeService) -> None:
     entity_definitions(fake)
+    bulk_messages(fake)
     in_flight, peak, sizes = [0], [0], []
     lock = threading.Lock()
 
@@ -196,6 +211,7 @@ def test_update_multiple_chunks_with_bounded_concurrency_and_progress(fake: Fake
 
 
 def test_create_multiple_keeps_input_order_and_reports_failed_chunks(fake: FakeService) -> None:
+    bulk_messages(fake)
     second_done = threading.Event()
 
     @fake.on("POST", f"{API}/accounts/Microsoft\\.Dynamics\\.CRM\\.CreateMultiple")
@@ -216,7 +232,7 @@ def test_create_multiple_keeps_input_order_and_reports_failed_chunks(fake: FakeS
     assert result.ids == ["id-n0", "id-n1", "id-n2", "id-n3", "id-n6", "id-n7"]
     (failure,) = result.failures
     assert (failure.start, failure.rows, failure.error.status) == (4, 2, 429)  # type: ignore[attr-defined]
-    assert len(fake.requests) == 4  # a create is not repeated, even when throttled
+    assert len(fake.requests) == 5  # the availability check, then each create once, even when throttled
     with pytest.raises(BulkError) as exc:
         dv.create_multiple("accounts", rows, logical_name="account")
     assert "2 of " in str(exc.value) and exc.value.result.failed == 2
@@ -224,6 +240,7 @@ def test_create_multiple_keeps_input_order_and_reports_failed_chunks(fake: FakeS
 
 def test_upsert_multiple_addresses_rows_by_alternate_key(fake: FakeService) -> None:
     entity_definitions(fake)
+    bulk_messages(fake)
     fake.on("POST", f"{API}/accounts/Microsoft\\.Dynamics\\.CRM\\.UpsertMultiple")(
         lambda request, m: httpx.Response(204))
     rows = [{"accountnumber": "A'1", "name": "A"}]
@@ -244,7 +261,9 @@ def test_grouped_counts_solutions_and_link_details(fake: FakeService) -> None:
     fake.on("GET", f"{API}/RetrieveFinanceAndOperationsIntegrationDetails")(lambda request, m: httpx.Response(
         400, json={"error": {"code": "0x80048d0b", "message": "Dataverse instance isn't integrated"}}))
     dv = dataverse(fake)
-    assert dv.count_by("accounts", ["_msdyn_company_value"], filter="statecode eq 0") == [{"count": 3}]
+    # aggregate-data.md: the group of an empty value comes without the column
+    counted = dv.count_by("accounts", ["_msdyn_company_value"], filter="statecode eq 0")
+    assert counted == [{"_msdyn_company_value": None, "count": 3}]
     dv.solutions(["Dynamics365Company", "msdyn_DualWriteAppCoreMaps"])
     apply = "filter(statecode eq 0)/groupby((_msdyn_company_value),aggregate($count as count))"
     assert seen[0] == {"$apply": apply}
@@ -280,7 +299,8 @@ def test_count_by_pages_and_counts_when_the_aggregate_limit_refuses(fake: FakeSe
     assert counts == expected
     paged = [r for r in fake.requests if "accounts" in r.url.path and "$apply" not in query_of(r)]
     assert query_of(paged[0]) == {"$select": ",".join(group_by) or "accountid", "$filter": "statecode eq 0"}
-    assert len(paged) == 2 and {r.headers["Prefer"] for r in paged} == {"odata.maxpagesize=5000"}
+    # pages of the service's own 5,000 rows: no page size preference to send
+    assert len(paged) == 2 and not any("Prefer" in r.headers for r in paged)
 
 
 def test_count_by_raises_other_errors(fake: FakeService) -> None:
@@ -350,3 +370,133 @@ def test_a_batch_holds_at_most_1000_parts(fake: FakeService) -> None:
     assert len(batch) == 1000 and batch.safe
     with pytest.raises(ValueError, match="at most 1000"):
         batch.get("accounts")
+
+
+# --- what the conformance corpus exposed ------------------------------------------------------------
+
+
+def _batch_answer(request: httpx.Request, status: int = 204) -> httpx.Response:
+    """A multipart answer with one part per request part (OData-EntityId for POSTs)."""
+    requests = re.findall(rb"^(POST|PATCH|PUT|DELETE|GET) (\S+) HTTP/1.1", request.content, re.M)
+    out = [b"--batchresponse_1\r\nContent-Type: multipart/mixed; boundary=changesetresponse_1\r\n\r\n"]
+    for i, (method, _) in enumerate(requests):
+        entity = f"OData-EntityId: {URL}/api/data/v9.2/accounts(00000000-0000-0000-0000-00000000000{i})\r\n"
+        out.append(f"--changesetresponse_1\r\nContent-Type: application/http\r\n\r\nHTTP/1.1 {status} X\r\n"
+                   f"{entity if method == b'POST' else ''}\r\n\r\n".encode())
+    out.append(b"--changesetresponse_1--\r\n--batchresponse_1--\r\n")
+    return httpx.Response(200, headers={"Content-Type": "multipart/mixed; boundary=batchresponse_1"},
+                          content=b"".join(out))
+
+
+def test_bulk_messages_a_table_does_not_take_go_as_batch_change_sets(fake: FakeService) -> None:
+    """bulk-operations.md: not every standard table takes CreateMultiple/UpdateMultiple/UpsertMultiple;
+    the client asks sdkmessagefilters once per table and message and falls back to $batch."""
+    entity_definitions(fake)
+    asked = bulk_messages(fake, available=False)
+    batches: list[bytes] = []
+
+    @fake.on("POST", f"{API}/\\$batch")
+    def batch(request: httpx.Request, _: re.Match[str]) -> httpx.Response:
+        batches.append(request.content)
+        return _batch_answer(request)
+
+    dv = dataverse(fake, batch_size=2)
+    created = dv.create_multiple("teams", [{"name": "A"}, {"name": "B"}, {"name": "C"}])
+    assert len(created.ids) == 3 and created.chunks == 2
+    dv.update_multiple("teams", [{"teamid": GUID, "name": "x"}])
+    dv.upsert_multiple("teams", [{"name": "T1", "description": "d"}], key=["name"])
+    dv.create_multiple("teams", [{"name": "D"}])
+    assert asked == [  # the documented query, once per table and message
+        {"$select": "sdkmessagefilterid",
+         "$filter": "sdkmessageid/name eq @message and primaryobjecttypecode eq @table",
+         "@message": f"'{message}'", "@table": "'team'"}
+        for message in ("CreateMultiple", "UpdateMultiple", "UpsertMultiple")]
+    text = b"".join(batches).decode()
+    assert "Microsoft.Dynamics.CRM" not in text.replace("Microsoft.Dynamics.CRM.team", "")
+    assert text.count("POST https://org.example/dv/api/data/v9.2/teams HTTP/1.1") == 4
+    assert f"PATCH https://org.example/dv/api/data/v9.2/teams({GUID}) HTTP/1.1\r\n" in text
+    assert "If-Match: *" in text.split(f"teams({GUID})")[1].split("\r\n\r\n")[0]  # update only
+    upsert = text.split("teams(name='T1') HTTP/1.1\r\n")[1].split("--changeset")[0]
+    assert "If-Match" not in upsert and json.loads(upsert.split("\r\n\r\n", 1)[1]) == {"description": "d"}
+
+
+def test_top_is_not_sent_with_a_page_size(fake: FakeService) -> None:
+    """page-results.md: with both, $top is ignored; the client sends $top alone when it wants N rows."""
+    fake.on("GET", f"{API}/accounts")(lambda request, m: httpx.Response(200, json={"value": []}))
+    dv = dataverse(fake, page_size=100)
+    list(dv.query("accounts", top=3))
+    list(dv.query("accounts"))
+    list(dv.query("accounts", page_size=5000))  # the service's own page size: nothing to ask for
+    assert query_of(fake.requests[0]) == {"$top": "3"} and "Prefer" not in fake.requests[0].headers
+    assert fake.requests[1].headers["Prefer"] == "odata.maxpagesize=100"
+    assert "Prefer" not in fake.requests[2].headers
+
+
+def test_navigation_properties_come_from_the_relationships(fake: FakeService) -> None:
+    entity_definitions(fake)
+    relationships = [("parentcustomerid", "account", "parentcustomerid_account"),
+                     ("parentcustomerid", "contact", "parentcustomerid_contact"),
+                     ("ownerid", "owner", "ownerid"), ("msdyn_company", "cdm_company", "msdyn_company")]
+
+    @fake.on("GET", f"{API}/EntityDefinitions\\(LogicalName='contact'\\)/ManyToOneRelationships")
+    def rels(request: httpx.Request, _: re.Match[str]) -> httpx.Response:
+        return httpx.Response(200, json={"value": [
+            {"ReferencingAttribute": a, "ReferencedEntity": t, "ReferencingEntityNavigationPropertyName": n}
+            for a, t, n in relationships]})
+
+    dv = dataverse(fake)
+    assert dv.navigation("contacts", "parentcustomerid", "contact") == "parentcustomerid_contact"
+    assert dv.navigation("contacts", "ownerid", "team") == "ownerid"  # one relationship takes both
+    assert dv.bind("contacts", "parentcustomerid", "accounts", GUID) == {
+        "parentcustomerid_account@odata.bind": f"/accounts({GUID})"}
+    with pytest.raises(ClientError, match="no lookup 'parentcustomerid' to the table 'systemuser'"):
+        dv.navigation("contacts", "parentcustomerid", "systemuser")
+    assert sum("ManyToOne" in str(r.url) for r in fake.requests) == 1  # read once per table
+
+
+def test_an_lf_only_batch_response_parses(fake: FakeService) -> None:
+    @fake.on("POST", f"{API}/\\$batch")
+    def batch(request: httpx.Request, _: re.Match[str]) -> httpx.Response:
+        crlf = _batch_answer(request)
+        return httpx.Response(200, headers=crlf.headers, content=crlf.content.replace(b"\r\n", b"\n"))
+
+    b = dataverse(fake).batch()
+    with b.changeset() as cs:
+        cs.create("accounts", {"name": "A"})
+        cs.update(f"accounts({GUID})", {"name": "B"})
+    parts = b.execute()
+    assert [p.status for p in parts] == [204, 204]
+    assert parts[0].headers["odata-entityid"].endswith("accounts(00000000-0000-0000-0000-000000000000)")
+
+
+@pytest.mark.parametrize(("content_type", "content", "problem"), [
+    ("multipart/mixed; boundary=b", b"--b\r\nContent-Type: application/http\r\n\r\nHTTP/1.1 204\r\n\r\n",
+     "closing delimiter"),
+    ("multipart/mixed; boundary=b", b"--b\r\nContent-Type: application/http\r\n\r\n<html>\r\n--b--",
+     "part 0 has no HTTP status line"),
+    ("multipart/mixed; boundary=b", b"<html>oops</html>", "boundary '--b'"),
+    ("multipart/mixed", b"--b--", "no boundary"),
+    ("text/html", b"<html>oops</html>", "without a multipart body"),
+])
+def test_an_unreadable_batch_response_raises_naming_the_endpoint(
+        fake: FakeService, content_type: str, content: bytes, problem: str) -> None:
+    fake.on("POST", f"{API}/\\$batch")(lambda request, m: httpx.Response(
+        200, headers={"Content-Type": content_type}, content=content))
+    b = dataverse(fake).batch()
+    b.get("accounts")
+    with pytest.raises(ResponseError, match=problem) as exc:
+        b.execute()
+    assert exc.value.url == f"{URL}/api/data/v9.2/$batch" and exc.value.method == "POST"
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    (b"<html>sign in</html>", "expected JSON"),
+    (b'{"value": "not a list"}', "'value' list"),
+    (b"[1, 2]", "'value' list"),
+])
+def test_an_unreadable_query_answer_raises_naming_the_endpoint(
+        fake: FakeService, content: bytes, problem: str) -> None:
+    fake.on("GET", f"{API}/accounts")(lambda request, m: httpx.Response(200, content=content))
+    with pytest.raises(ResponseError, match=problem) as exc:
+        list(dataverse(fake).query("accounts"))
+    assert exc.value.url.startswith(f"{URL}/api/data/v9.2/accounts")

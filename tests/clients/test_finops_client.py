@@ -9,7 +9,7 @@ import httpx
 import pytest
 from client_fakes import FakeService, body
 
-from dwlib.clients import FinOpsClient, HttpConfig, HttpError, make_client
+from dwlib.clients import FinOpsClient, HttpConfig, HttpError, ResponseError, make_client
 
 URL = "https://fo.example/finops"
 DATA = "/finops/data"
@@ -93,3 +93,23 @@ def test_a_create_with_its_key_is_settled_by_reading_the_key_and_never_sent_twic
     with pytest.raises(HttpError, match="504"):  # without a key a create is never repeated
         finops(fake).create("CustomerGroups", {"dataAreaId": "usmf", "CustomerGroupId": "20"})
     assert "20" not in rows
+
+
+def test_unreadable_answers_raise_naming_the_endpoint_and_lf_only_batches_parse(fake: FakeService) -> None:
+    fake.on("GET", f"{DATA}/CustomersV3")(lambda request, m: httpx.Response(200, content=b"<html>AOS</html>"))
+    with pytest.raises(ResponseError, match="expected JSON") as exc:
+        list(finops(fake).query("CustomersV3"))
+    assert exc.value.url.startswith(f"{URL}/data/CustomersV3")
+    answer = (b"--batchresponse_1\nContent-Type: application/http\n\nHTTP/1.1 200 OK\n"
+              b"Content-Type: application/json\n\n{\"value\": []}\n--batchresponse_1--\n")
+    fake.on("POST", f"{DATA}/\\$batch")(lambda request, m: httpx.Response(
+        200, headers={"Content-Type": "multipart/mixed; boundary=batchresponse_1"}, content=answer))
+    batch = finops(fake).batch()
+    batch.get("CustomersV3")
+    (part,) = batch.execute()
+    assert (part.status, part.json()) == (200, {"value": []})
+    fake.routes.clear()
+    fake.on("POST", f"{DATA}/\\$batch")(lambda request, m: httpx.Response(
+        200, headers={"Content-Type": "multipart/mixed; boundary=batchresponse_1"}, content=answer[:-20]))
+    with pytest.raises(ResponseError, match="closing delimiter"):
+        batch.execute()

@@ -91,7 +91,7 @@ def test_rows_alternate_keys_and_a_batch_with_a_change_set(session: Session) -> 
     batch = dv.batch()
     with batch.changeset() as cs:
         ref = cs.create("accounts", {"name": "Parent", "accountnumber": f"P-{number}"})
-        cs.create("contacts", {"lastname": "Child", "parentcustomerid@odata.bind": ref})
+        cs.create("contacts", {"lastname": "Child", "parentcustomerid_account@odata.bind": ref})
     batch.get("accounts", {"$select": "name", "$filter": f"accountnumber eq 'P-{number}'"})
     parts = batch.execute()
     assert [p.status for p in parts] == [204, 204, 200]

@@ -69,8 +69,8 @@ def test_stop_at_first_error_unless_continue_on_error(dv: Service) -> None:
 
 
 def test_content_id_references_in_url_and_bind(dv: Service) -> None:
-    contact = Part("POST", "contacts", json.dumps({"lastname": "L", "parentcustomerid@odata.bind": "$1"}),
-                   "2")
+    contact = Part("POST", "contacts",
+                   json.dumps({"lastname": "L", "parentcustomerid_account@odata.bind": "$1"}), "2")
     rename = Part("PATCH", "$1", json.dumps({"name": "renamed"}), "3")
     r = _send(dv, [[_account("A", "1"), contact, rename]])
     assert [p.status for p in parse_batch(r)] == [204, 204, 204]
@@ -85,7 +85,7 @@ def test_undeclared_content_id_reference(dv: Service) -> None:
     (only,) = parse_batch(r)
     assert json.loads(only.body)["error"]["message"] == (
         "Content-ID Reference: '$2' does not exist in the batch context.")
-    r = _send(dv, [[Part("POST", "contacts", json.dumps({"parentcustomerid@odata.bind": "$9"}))]])
+    r = _send(dv, [[Part("POST", "contacts", json.dumps({"parentcustomerid_account@odata.bind": "$9"}))]])
     assert "'$9' does not exist" in json.loads(parse_batch(r)[0].body)["error"]["message"]
     assert _names(dv) == []
 
@@ -138,3 +138,29 @@ def test_finops_batch_change_set_is_atomic(fo: Service) -> None:
     parts = parse_batch(r)
     assert [p.status for p in parts] == [201, 201, 200]
     assert json.loads(parts[2].body)["value"][0]["CustomerAccount"] == "C1"
+
+
+def _lf_only(items: list[Any], ending: str) -> tuple[str, bytes]:
+    ctype, body = batch_body(items)
+    return ctype, body.decode().replace("\r\n", "\n").rstrip("\n").encode() + ending.encode()
+
+
+def test_an_lf_only_body_is_unreadable_unless_it_ends_with_two_line_endings(dv: Service) -> None:
+    """web-api-client-errors, "Stream was not readable": Dataverse cannot read a batch body whose line
+    endings are not CRLF, unless two line endings end it."""
+    items = [[_account("first")], [_account("second")]]
+    ctype, body = _lf_only(items, "\n")
+    r = dv.post("$batch", content=body, headers={"Content-Type": ctype})
+    assert r.status_code == 400
+    parts = parse_batch(r)
+    assert [p.status for p in parts] == [204, 400]  # the last request is the one that cannot be read
+    error = json.loads(parts[-1].body)["error"]
+    assert error["code"] == "0x80048d19"
+    assert error["message"].startswith("Error identified in Payload provided by the user for Entity "
+                                       ":'accounts', For more information")
+    assert error["message"].endswith("InnerException : System.ArgumentException: Stream was not readable.")
+    assert _names(dv) == ["first"]
+    ctype, body = _lf_only([[_account("third")]], "\n\n")
+    r = dv.post("$batch", content=body, headers={"Content-Type": ctype})
+    assert r.status_code == 200 and [p.status for p in parse_batch(r)] == [204]
+    assert _names(dv) == ["first", "third"]

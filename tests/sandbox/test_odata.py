@@ -91,7 +91,8 @@ def test_unknown_property_has_dataverse_message() -> None:
                                  "'Microsoft.Dynamics.CRM.account'.")
 
 
-@pytest.mark.parametrize("flt", ["name eq", "name eq 'a' and", "msdyn_company/cdm_name eq 'x'"])
+@pytest.mark.parametrize("flt", ["name eq", "name eq 'a' and", "nope/cdm_name eq 'x'",
+                                 "msdyn_company/nope eq 1"])
 def test_bad_filters_are_400(flt: str) -> None:
     with pytest.raises(ODataError) as err:
         filter_sql(ACCOUNTS, flt)
