@@ -284,14 +284,16 @@ class DualWrite:
         return {r["LegalEntityId"].lower(): r for r in self.store.find(ENTITIES["LegalEntities"], {})}
 
     def _check_companies(self) -> None:
+        """Companies with one name, or a blank name, make saving the connection set fail
+        (initial-setup troubleshooting: "multiple legal entities/companies with the same name")."""
         seen: set[str] = set()
         for row in self.store.find(ENTITIES["cdm_companies"], {}):
-            code = (row.get("cdm_companycode") or "").lower()
-            if code in seen or not (row.get("cdm_name") or "").strip():
+            name = (row.get("cdm_name") or "").strip().lower()
+            if not name or name in seen:
                 raise DualWriteError(
                     "Saving connection set failed! An item with the same key has already been added.", 409
                 )
-            seen.add(code)
+            seen.add(name)
 
     def _companies_for(self, codes: Iterable[str]) -> list[str]:
         known = self._finops_legal_entities()

@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import groupby
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dwlib import catalog
 from dwlib.catalog.errors import DOCS_ROOT
@@ -167,27 +167,37 @@ def _app_user_checks(session: Session, setup: Setup) -> list[Check]:
     return out
 
 
+def _code(row: dict[str, Any]) -> str:
+    return row.get("cdm_companycode") or "(no code)"
+
+
 def _company_rows_check(session: Session, installed: bool, setup: Setup) -> Check:
     rows = companies(session)
     if not rows and not installed:
         # The table comes with Dual Write Core; its solution check says whether that is a problem.
         return Check("cdm_companies", Status.SKIPPED, "no cdm_companies rows: " + (
             NOT_YET if setup.later and not setup.linked else "not checked: Dual Write Core is not installed"))
-    codes = Counter((r.get("cdm_companycode") or "").upper() for r in rows)
-    duplicates = sorted(c for c, n in codes.items() if n > 1)
-    blank = sorted((r.get("cdm_companycode") or "(no code)")
-                   for r in rows if not (r.get("cdm_name") or "").strip())
+    # "Dual-write doesn't support multiple companies with the same name" (initial-setup troubleshooting):
+    # names are compared, trimmed and case-insensitively; blank names are the other documented cause.
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if (r.get("cdm_name") or "").strip():
+            by_name.setdefault(r["cdm_name"].strip().lower(), []).append(r)
+    duplicates = sorted(f"'{same[0]['cdm_name'].strip()}' ({', '.join(sorted(_code(r) for r in same))})"
+                        for same in by_name.values() if len(same) > 1)
+    blank = sorted(_code(r) for r in rows if not (r.get("cdm_name") or "").strip())
     if duplicates or blank:
         known = catalog.known_error("duplicate-company")
         evidence = "; ".join(
-            ([f"duplicate codes: {', '.join(duplicates)}"] if duplicates else [])
+            ([f"duplicate names: {', '.join(duplicates)}"] if duplicates else [])
             + ([f"blank names: {', '.join(blank)}"] if blank else []))
         return Check("cdm_companies", Status.FAILED,
                      f"{evidence} — linking fails with \"Saving connection set failed! An item with the same "
                      "key has already been added.\"", fix=known.fix, doc=known.doc_url)
+    codes = sorted((r.get("cdm_companycode") or "").upper() for r in rows)
     return Check("cdm_companies", Status.PASSED,
-                 f"{len(rows)} companies, no duplicate codes or blank names"
-                 + (f": {', '.join(sorted(codes))}" if rows else ""))
+                 f"{len(rows)} companies, no duplicate or blank names"
+                 + (f": {', '.join(codes)}" if rows else ""))
 
 
 def _scope_checks(params: Params, session: Session) -> list[Check]:

@@ -191,8 +191,9 @@ def test_duplicate_company_rows_fail_the_connection_with_the_documented_error(
     make_runtime: MakeRuntime,
 ) -> None:
     rt = make_runtime("new-new", link=False)
-    rt.store.insert(ENTITIES["cdm_companies"], {"cdm_companycode": "DAT", "cdm_name": "one"})
-    rt.store.insert(ENTITIES["cdm_companies"], {"cdm_companycode": "dat", "cdm_name": "two"})
+    # Two companies with one name (the documented cause compares names, not codes).
+    rt.store.insert(ENTITIES["cdm_companies"], {"cdm_companycode": "DAT", "cdm_name": "Contoso"})
+    rt.store.insert(ENTITIES["cdm_companies"], {"cdm_companycode": "USMF", "cdm_name": "contoso "})
     rt.setup_power_platform_integration()
     with pytest.raises(DualWriteError) as exc:
         rt.link()

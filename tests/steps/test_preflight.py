@@ -144,9 +144,10 @@ def test_duplicate_or_blank_companies_fail_with_the_documented_error_and_fix(sta
     sandbox = start_sandbox("existing-existing", rows=20, fresh=True)
     consultant = Consultant(sandbox)
     try:
-        # Left-overs of an earlier setup: a company code twice and a company without a name.
+        # Left-overs of an earlier setup: two companies with one name (the documented cause compares
+        # names, not codes) and a company without a name.
         for row in ({"cdm_companycode": "USMF", "cdm_name": "Contoso US"},
-                    {"cdm_companycode": "usmf", "cdm_name": "Contoso US (old)"},
+                    {"cdm_companycode": "USRT", "cdm_name": "contoso us "},
                     {"cdm_companycode": "GBSI", "cdm_name": " "}):
             assert consultant.dv("POST", "cdm_companies", row).status_code == 204
     finally:
@@ -156,10 +157,11 @@ def test_duplicate_or_blank_companies_fail_with_the_documented_error_and_fix(sta
     companies = _by_name(result)["cdm_companies"]
     assert result.status == Status.FAILED
     assert companies.status == Status.FAILED
-    assert "duplicate codes: USMF" in companies.evidence and "blank names: GBSI" in companies.evidence
+    assert "duplicate names: 'Contoso US' (USMF, USRT)" in companies.evidence
+    assert "blank names: GBSI" in companies.evidence
     assert ("Saving connection set failed! An item with the same key has already been added."
             in companies.evidence)
-    assert "Remove the duplicate or blank-name cdm_company rows" in companies.fix
+    assert "Remove the duplicate cdm_company rows (same name)" in companies.fix
     assert companies.doc.endswith("dual-write-troubleshooting-initial-setup")
     assert [c.name for c in result.checks if c.status == Status.FAILED] == ["cdm_companies"]
 
