@@ -183,8 +183,9 @@ def _company_rows_check(session: Session, installed: bool, setup: Setup) -> Chec
     for r in rows:
         if (r.get("cdm_name") or "").strip():
             by_name.setdefault(r["cdm_name"].strip().lower(), []).append(r)
-    duplicates = sorted(f"'{same[0]['cdm_name'].strip()}' ({', '.join(sorted(_code(r) for r in same))})"
-                        for same in by_name.values() if len(same) > 1)
+    duplicates = sorted(
+        f"'{min(same, key=_code)['cdm_name'].strip()}' ({', '.join(sorted(map(_code, same)))})"
+        for same in by_name.values() if len(same) > 1)
     blank = sorted(_code(r) for r in rows if not (r.get("cdm_name") or "").strip())
     if duplicates or blank:
         known = catalog.known_error("duplicate-company")

@@ -127,7 +127,7 @@ def _missing_reference(c: Consultant) -> tuple[list[str], str]:
 
 
 def _too_many_lookups(c: Consultant) -> tuple[list[str], str]:
-    c.portal("PUT", "/dualwrite/limits", {"max_lookups": 2})
+    c.portal("PUT", "/dualwrite/limits", {"failing_lookups": 2})
     (account,) = c.dv_rows("accounts?$top=1&$select=accountid,accountnumber&$filter=customertypecode eq 3 "
                            "and accountnumber ne null")
     r = c.dv("PATCH", f"accounts({account['accountid']})",
@@ -212,6 +212,9 @@ def test_the_new_company_is_synced_by_running_the_initial_sync_again(linked_sand
         (group,) = c.dv_rows("msdyn_customergroups?$select=msdyn_customergroupid&$filter=msdyn_groupid eq "
                              f"'10' and _msdyn_company_value eq {newc}")
         c.portal("POST", f"/dualwrite/maps/{catalog.table_map(ACCOUNTS).id}/stop")
+        # Below "10 or more lookups" (the documented workaround), so Dataverse rows can be exported.
+        c.portal("PATCH", f"/dualwrite/maps/{catalog.table_map(ACCOUNTS).id}",
+                 {"remove": ["msdyn_salestaxgroup.msdyn_name"]})
         accounts = c.dv_rows("accounts?$top=3&$select=accountid,accountnumber&$orderby=accountnumber&"
                              "$filter=customertypecode eq 3 and accountnumber ne null and "
                              "_msdyn_company_value eq null")
