@@ -57,9 +57,10 @@ INTRO = {
         "initial sync, or migrated around it where the volumes exceed what the initial sync supports."
     ),
     "new-data-existing": (
-        "Both sides hold data. First the finance and operations data goes to Dataverse as for a new "
-        "Dataverse; then the existing Dataverse data gets a company of its own (created, added to the "
-        "connection, bootstrapped) and its own initial sync."
+        "Both sides hold data. The finance and operations data is planned first; then the existing "
+        "Dataverse data gets a company of its own (created, added to the connection, bootstrapped) "
+        "before any map goes live, the plan is made again with that company's volume, and one initial "
+        "sync moves both ways, per legal entity."
     ),
     "existing-new": (
         "An existing finance and operations environment is connected to a new Dataverse environment. "
@@ -69,7 +70,8 @@ INTRO = {
     ),
     "existing-existing": (
         "Both environments exist and hold data. After the link, the existing Dataverse rows get their "
-        "company by owning business unit (bootstrap: simulate, then apply), the plan chooses per table "
+        "company (bootstrap, by account number or owning business unit: simulate, then apply), the plan "
+        "chooses per table "
         "map between the initial sync and a migration around it, the maps are enabled, the initial "
         "sync runs, and both sides are reconciled."
     ),
@@ -94,9 +96,11 @@ NARRATIVE = {
         "still missing."
     ),
     "legal-entities": (
-        "Configure the dual-write application and link the environments, keeping only the companies "
-        "in `legal_entities`. The result is verified, not assumed: the dual-write solutions installed, "
-        "the table maps applied, and one `cdm_company` row in Dataverse per company in scope."
+        "Linking creates no company in Dataverse: the Legal entities (cdm_companies) table map brings "
+        "them. This step runs that map (and the reference maps the bootstrap reads) with its initial "
+        "sync, then reads the legal entities of the dual-write connection and makes them those of "
+        "`legal_entities`. Verified: the connection's legal entities and one `cdm_company` row per "
+        "company, with its owner team."
     ),
     "create-company": (
         "The existing Dataverse data needs a company of its own in finance and operations. This step "
@@ -107,22 +111,28 @@ NARRATIVE = {
     ),
     "add-company": (
         "Add the new company to the dual-write connection (dual-write workspace, Environment details, "
-        "Legal entities). It is done when Dataverse shows its `cdm_company` row, which the bootstrap "
-        "needs next."
+        "Legal entities), with or without initial writes as the data allows; the result says which and "
+        "why. It is done when the connection lists it and Dataverse shows its `cdm_company` row, which "
+        "the bootstrap needs next."
     ),
     "map-defaults": (
-        "The table maps already run, so every Dataverse row the bootstrap stamps with the company goes "
-        "to finance and operations at once, and F&O refuses a customer without a customer group, which "
-        "the existing Dataverse accounts do not have. As consultants do when customizing mappings, "
-        "this step gives the map a Default value for such columns (`table_maps[].defaults`), used when "
-        "the Dataverse value is empty. A map must be stopped to be edited: a running map is stopped, "
-        "edited and run again without initial sync. Verified in the map definitions Dataverse holds."
+        "An explicit option, not part of the documented path: give a table map a Default value for a "
+        "column (`table_maps[].defaults`), used when the Dataverse value is empty. A map must be "
+        "stopped to be edited: a running map is stopped, edited and run again without initial sync."
+    ),
+    "stop-maps": (
+        "The company data goes in before dual-write is enabled. Table maps over the tables to stamp "
+        "that already run (the LCS setup starts them for a new finance and operations environment) "
+        "are stopped first, so no stamped row goes to finance and operations on its own; the plan "
+        "decides next how each map's data moves."
     ),
     "bootstrap-simulate": (
         "Rows created in Dataverse before dual-write have no company, and dual-write ignores rows "
-        "without one. Each row's owning business unit decides its company code (`bootstrap.mapping`), "
-        "as in Microsoft's bootstrap sample. This first pass only simulates: it writes a CSV of every "
-        "change it would make and reports rows it cannot map, without writing anything."
+        "without one. `bootstrap.method` chooses the documented method: by account number (a row that "
+        "is also a finance and operations customer takes that customer's company, so no duplicate is "
+        "made), or by owning business unit (`bootstrap.mapping`), as in Microsoft's bootstrap sample. "
+        "This first pass only simulates: it writes a CSV of every change it would make with the rule "
+        "that matched, and reports rows no rule maps, without writing anything."
     ),
     "bootstrap-apply": (
         "Now write the company lookup on the rows that need it, in bulk (batches of up to 1,000), "
@@ -146,15 +156,6 @@ NARRATIVE = {
         "first (a gate in the dual-write workspace) and left stopped for the next step. When the plan "
         "sends nothing this way, there is nothing to do."
     ),
-    "migrate-new-company": (
-        "The company created above joined the connection without initial writes, so its rows of the "
-        "maps the plan migrates (for example the customer groups created with it) are on one side "
-        "only. Migrate them the same way; the maps with rows to move are stopped first."
-    ),
-    "table-maps-new-company": (
-        "Run again, skipping the initial sync, the maps the migration stopped; maps already running "
-        "are left alone."
-    ),
     "table-maps": (
         "Enable the table maps in dependency order, the way the Customers V3—Contacts example does: "
         "its prerequisites (legal entities, currencies, payment terms, customer groups) first, each "
@@ -166,9 +167,10 @@ NARRATIVE = {
         "with the remediation the documentation gives for them, so they can be fixed and the sync run "
         "again."
     ),
-    "initial-sync-new-company": (
-        "Run the initial sync once more for the company created above, so the bootstrapped Dataverse "
-        "rows reach finance and operations, and follow it to its end with the same error handling."
+    "plan-new-company": (
+        "Plan again now that the new company holds the bootstrapped Dataverse rows: its volume meets "
+        "the same limits (500,000 rows per legal entity, 70,000 into finance and operations for "
+        "single-threaded maps) before its initial sync."
     ),
     "verify": (
         "Reconcile both sides: row counts and keys per company per table map. Then prove live sync "

@@ -256,13 +256,24 @@ class Company(_Model):
 
 
 class Bootstrap(_Model):
-    """Stamping existing Dataverse rows with their company: owning business unit → company code.
+    """Stamping existing Dataverse rows with their company, by one of the two documented methods:
 
-    >>> Bootstrap(mapping={"Contoso US": "usmf"}).mapping
-    {'Contoso US': 'USMF'}
+    - `business-unit` (the bootstrap FAQ's sample): owning business unit → company code, `mapping`;
+    - `account-number` (the current page, Azure Data Factory): a row whose account number (customer
+      account) is an F&O customer's takes that customer's company (DataAreaId) and customer group,
+      which avoids duplicates when the same customers exist on both sides; rows without a match
+      follow `mapping` when it names their business unit, else they are reported.
+
+    `customer_group`: the customer group (of each row's company) given to rows the Customers V3
+    maps sync that have none, because F&O requires one.
+
+    >>> Bootstrap(mapping={"Contoso US": "usmf"}).mapping, Bootstrap().method
+    ({'Contoso US': 'USMF'}, 'business-unit')
     """
 
+    method: Literal["business-unit", "account-number"] = "business-unit"
     mapping: dict[str, CompanyCode] = Field(default_factory=dict)
+    customer_group: str | None = Field(default=None, min_length=1, max_length=10)
     tables: list[str] = Field(default_factory=lambda: ["accounts", "contacts"])
     # FastTrack's sample aborts past 100 failed updates (maxFaultThreshold = 100).
     max_failed_rows: int = Field(default=100, ge=0)

@@ -218,6 +218,8 @@ def seed(
         if spec.dataverse == "existing":
             _seed_dataverse_business(store, rng, settings.rows, platform, tally)
         _seed_finops(store, rng, settings.rows, spec, tally)
+        if spec.dataverse == "existing" and spec.finops == "data":
+            _share_customers(store)
         tally.add("dmf_definition_groups", dmf.seed_definition_groups(store))
         store.kv_set("pp_link", None)
     return tally.counts
@@ -421,6 +423,35 @@ def _contacts(
             kind[i] != "contact", account_ids[i] if parent else None,
             platform.currencies.get(c.currency, usd), uid, bu, stamp, stamp, version + i, 0, 1,
         )
+
+
+SHARED_EVERY = 20  # one Dataverse customer in 20 is also an F&O customer (same account number)
+
+
+def _share_customers(store: Store) -> int:
+    """Make some existing Dataverse customers F&O customers too, as on a real engagement where both
+    sides were fed from one source: every `SHARED_EVERY`-th customer account (and sellable contact)
+    gets the account number of an F&O organization (person) customer. Their owning business unit
+    points at a company chosen independently, so the two documented bootstrap methods differ on
+    them: by business unit a row may land in another company than its F&O customer (a duplicate),
+    by account number it takes the F&O customer's company. Returns the rows changed.
+
+    >>> # _share_customers(store)  → 10 for 100 rows
+    """
+    pairs = (("accounts", "accountid", "accountnumber", "customertypecode = 3", "Organization"),
+             ("contacts", "contactid", "msdyn_contactpersonid", "msdyn_sellable = 1", "Person"))
+    changed = 0
+    for table, pk, key, eligible, party in pairs:
+        ent = ENTITIES[table]
+        fo = [r[0] for r in store.query(
+            f'SELECT "CustomerAccount" FROM "{ENTITIES["CustomersV3"].table}" WHERE "PartyType" = ? '
+            'ORDER BY "dataAreaId", "CustomerAccount"', (party,))]
+        rows = [r[0] for r in store.query(
+            f'SELECT "{pk}" FROM "{ent.table}" WHERE {eligible} AND "{key}" IS NOT NULL ORDER BY "{pk}"')]
+        for account, row_id in zip(fo[::SHARED_EVERY], rows[::SHARED_EVERY], strict=False):
+            store.update(ent, {pk: row_id}, {key: account})
+            changed += 1
+    return changed
 
 
 def _seed_finops(store: Store, rng: random.Random, n: int, spec: Profile, tally: _Tally) -> None:

@@ -367,6 +367,7 @@ FINOPS: tuple[Entity, ...] = (
             "IsDelete": "string",
             "IntegrationKey": "string",
             "QueryFilterExpression": "string",
+            "PartitionMap": "string",
         },
     ),
 )

@@ -79,7 +79,8 @@ ACTIVATE_SKIP = "enable, skip initial sync"
 DEFAULT_MAPS = ("Legal entities (cdm_companies)", "Currencies (transactioncurrencies)",
                 "Customer groups (msdyn_customergroups)", "Terms of payment (msdyn_paymentterms)",
                 "Customers V3 (accounts)", "Customers V3 (contacts)")
-LINKED_BY_DUAL_WRITE = "Legal entities (cdm_companies)"  # cdm_companies rows come with linking
+# Its rows come from its own initial sync, run by the legal-entities step before the plan.
+LINKED_BY_DUAL_WRITE = "Legal entities (cdm_companies)"
 
 # Throughput model of the estimate (see the module docstring).
 THROUGHPUT_DOC = ("https://learn.microsoft.com/en-us/training/modules/extensions-finance-operations-power-"
@@ -414,6 +415,43 @@ def blockers(*, legal_entities: int, lookups: int, dataverse_rows: int, quoted_r
         out.append(f"{quoted_rows} rows hold double quotes in mapped text (they break the initial sync's "
                    "parsing; or remove them)")
     return out
+
+
+def volume_problems(m: catalog.TableMap, finops_rows: int, dataverse_rows: int,
+                    limits: catalog.Limits | None = None) -> list[str]:
+    """Why one legal entity's rows of map `m` are too many for its initial sync: 500,000 rows per
+    legal entity per run, 70,000 into F&O for single-threaded maps.
+
+    >>> volume_problems(catalog.table_map("Customers V3 (accounts)"), 10, 70_000)
+    ['70,000 rows from Dataverse into F&O for a single-threaded map (limit 70,000)']
+    >>> volume_problems(catalog.table_map("Customers V3 (contacts)"), 10, 70_000)
+    []
+    """
+    lim = limits or catalog.limits()
+    out = []
+    if max(finops_rows, dataverse_rows) >= lim.initial_sync_rows_per_legal_entity:
+        out.append(f"{max(finops_rows, dataverse_rows):,} rows in one legal entity (limit "
+                   f"{lim.initial_sync_rows_per_legal_entity:,} per run)")
+    if m.single_threaded and dataverse_rows >= lim.single_threaded_dataverse_to_finops_rows:
+        out.append(f"{dataverse_rows:,} rows from Dataverse into F&O for a single-threaded map (limit "
+                   f"{lim.single_threaded_dataverse_to_finops_rows:,})")
+    return out
+
+
+def initial_write_problems(m: catalog.TableMap, finops_rows: int, dataverse_rows: int, legal_entities: int,
+                           limits: catalog.Limits | None = None) -> list[str]:
+    """Why the initial write of map `m` for one legal entity with these row counts would fail: the
+    volume limits and the global constraints (`blockers`, quotes aside).
+
+    >>> initial_write_problems(catalog.table_map("Customers V3 (contacts)"), 10, 5, 2)
+    []
+    >>> initial_write_problems(catalog.table_map("Customers V3 (contacts)"), 10, 5, 41)
+    ['41 legal entities: initial writes support 40']
+    """
+    lim = limits or catalog.limits()
+    return volume_problems(m, finops_rows, dataverse_rows, lim) + blockers(
+        legal_entities=legal_entities, lookups=m.lookup_count, dataverse_rows=dataverse_rows, quoted_rows=0,
+        limits=lim)
 
 
 def _row(order: int, m: catalog.TableMap, fo: dict[str, int], dv: dict[str, int], without: int, quoted: int,

@@ -77,11 +77,16 @@ def test_portal_admin_gates_each_action_and_verifies_it(env: tuple[Consultant, S
     assert admin.power_platform_link() is None
     link = admin.set_up_power_platform_integration()
     assert link["Url"].rstrip("/") == consultant.connection["finops_url"]
-    assert admin.link(["USMF", "GBSI"]) == ["GBSI", "USMF"]
+    # No map has a project yet, so the connection's legal entities cannot be read, and linking
+    # created no company in Dataverse: the Legal entities map does, when it runs.
+    assert admin.link(["USMF", "GBSI"]) == []
+    assert not admin.connection_legal_entities().readable and admin.dataverse_companies() == []
     assert set(admin.applied_maps()) == {m.name for m in catalog.table_maps()}
     states = admin.run([ACCOUNTS])
     assert list(states) == catalog.dependency_order([ACCOUNTS])
     assert all(s.running and s.source == "msdyn_dualwriteruntimeconfigs" for s in states.values())
+    assert admin.connection_legal_entities().codes == ("GBSI", "USMF")
+    assert admin.dataverse_companies() == ["GBSI", "USMF"]
     assert admin.pause([ACCOUNTS])[ACCOUNTS].state == "Paused"
     assert admin.resume([ACCOUNTS])[ACCOUNTS].state == "Running"
     assert admin.stop([ACCOUNTS])[ACCOUNTS].state == "Not running"

@@ -13,6 +13,7 @@ from dw_helpers import (
     company_id,
     default_transforms,
     perform_map_gate,
+    run_companies_map,
     run_maps,
     session_for,
     stamp,
@@ -78,6 +79,7 @@ def running(start_sandbox: Any) -> Iterator[Consultant]:
     c.portal("POST", "/lcs/power-platform-integration")
     c.portal("POST", "/lcs/dual-write/configure")
     c.portal("POST", "/lcs/dual-write/link", {"start_maps": False})
+    run_companies_map(c)
     c.portal("POST", f"/dualwrite/maps/{catalog.table_map(ACCOUNTS).id}/run",
              {"initial_sync": False, "related": catalog.related_maps(ACCOUNTS)})
     assert c.portal("GET", "/dualwrite/maps/customers-v3-accounts")["state"] == "Running"

@@ -51,11 +51,17 @@ def test_create_then_add_the_company_converges(start_sandbox, step_context, port
         added = AddCompany().execute(ctx)
         assert added.status == Status.PASSED, [c.to_dict() for c in added.checks]
         assert ctx.instructions[-1].title == "Add legal entities to the dual-write connection"
-        skip = "Select 'Skip initial writes for newly added legal entities', then Save."
-        assert skip in ctx.instructions[-1].steps
-        assert added.checks[0].evidence == ("cdm_company USMF 'Contoso US': owner team 'USMF DW' in business "
-                                            "unit 'USMF'")
-        assert ctx.run_state["companies_added"] == ["USMF"]
+        # The LCS setup started the maps and the new company has next to no data: the documented
+        # route is with initial writes, and the running Legal entities map writes its company row.
+        keep = "Clear 'Skip initial writes for newly added legal entities', then Save."
+        assert keep in ctx.instructions[-1].steps
+        checks = {c.name: c for c in added.checks}
+        assert checks["legal entities in the connection"].evidence == \
+            "DualWriteProjectConfigurations.PartitionMap: DAT, USMF"
+        assert checks["add USMF"].evidence.startswith("with initial writes: ")
+        assert "within the initial-sync limits" in checks["add USMF"].evidence
+        assert checks["company USMF in Dataverse"].evidence == (
+            "cdm_company USMF 'Contoso US': owner team 'USMF DW' in business unit 'USMF'")
         assert consultant.portal("GET", "/dualwrite/connection")["legalEntities"] == ["DAT", "USMF"]
         shown = len(ctx.instructions)
         assert AddCompany().execute(ctx).status == Status.ALREADY_DONE

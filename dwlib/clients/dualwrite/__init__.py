@@ -20,6 +20,7 @@ Example:
 from .base import (
     INTEGRATOR_APP,
     STATE_OF_STATUS,
+    ConnectionLegalEntities,
     DualWriteAdmin,
     DualWriteAdminError,
     InitialSyncDetails,
@@ -35,6 +36,7 @@ __all__ = [
     "INTEGRATOR_APP",
     "LCS",
     "STATE_OF_STATUS",
+    "ConnectionLegalEntities",
     "DualWriteAdmin",
     "DualWriteAdminError",
     "GatewayAdmin",
