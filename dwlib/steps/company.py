@@ -98,7 +98,9 @@ class AddRoute:
 
 def add_route(ctx: StepContext, codes: Sequence[str]) -> AddRoute:
     """The documented route for adding `codes` to the connection (edit-legal-entity): running and
-    paused maps re-run the initial write for added companies unless it is skipped.
+    paused maps re-run the initial write for added companies unless it is skipped. Skipped when the
+    connection would exceed 40 legal entities, or when the new companies' rows of a running map
+    break the plan's limits (`initial_write_problems`, with the run's `plan.limits`).
 
     >>> # add_route(ctx, ["USMF"]).skip_initial_writes  → False (small data, maps running)
     """
@@ -117,9 +119,9 @@ def add_route(ctx: StepContext, codes: Sequence[str]) -> AddRoute:
                               f"legal entities in the list is greater than {limit}, initial writes aren't "
                               "processed for the newly added legal entities\"; the Legal entities map's "
                               "initial sync runs again for their companies")
-    planned = {r.name: r for r in ctx.run_state.get("plan") or []}
-    problems = [f"{n}: the plan migrates it outside the initial sync" for n in live
-                if n in planned and planned[n].migrated]
+    # The plan's rules applied to the new companies' own rows of the running maps (a plan made before
+    # they were in the connection does not count them).
+    problems: list[str] = []
     for r in reconcile(session, live, list(codes)):
         problems += [f"{r.map} {r.company}: {p}" for p in initial_write_problems(
             catalog.table_map(r.map), r.finops_rows, r.dataverse_rows, total, lim)]
