@@ -119,10 +119,12 @@ def add_route(ctx: StepContext, codes: Sequence[str]) -> AddRoute:
                               f"legal entities in the list is greater than {limit}, initial writes aren't "
                               "processed for the newly added legal entities\"; the Legal entities map's "
                               "initial sync runs again for their companies")
-    # The plan's rules applied to the new companies' own rows of the running maps (a plan made before
-    # they were in the connection does not count them).
+    # The plan's rules applied to the new companies' own rows of the running company-specific maps (a
+    # plan made before they were in the connection does not count them; global maps copy nothing of
+    # theirs, the Legal entities map one row each).
+    striped = [n for n in live if catalog.table_map(n).company_specific]
     problems: list[str] = []
-    for r in reconcile(session, live, list(codes)):
+    for r in reconcile(session, striped, list(codes)):
         problems += [f"{r.map} {r.company}: {p}" for p in initial_write_problems(
             catalog.table_map(r.map), r.finops_rows, r.dataverse_rows, total, lim)]
     if problems:
