@@ -155,6 +155,12 @@ class Environments(_Model):
     dataverse_url: HttpsUrl
     finops_url: HttpsUrl
     gateway_url: HttpsUrl | None = None  # only for options.admin: gateway
+    # Lifecycle Services: the F&O environment's metadata (build version, type), read by preflight.
+    lcs_api_url: HttpsUrl = "https://lcsapi.lcs.dynamics.com"
+    lcs_project_id: int | None = Field(default=None, ge=1)
+    lcs_environment_id: str | None = Field(default=None, min_length=1)
+    # Power Platform admin API: environment SKU and location, read by preflight.
+    power_platform_api_url: HttpsUrl = "https://api.bap.microsoft.com"
 
     @property
     def authority_url(self) -> str:
@@ -682,6 +688,10 @@ _FROM_CONNECTION = {
     "dataverse_url": ("environments", "dataverse_url"),
     "finops_url": ("environments", "finops_url"),
     "gateway_url": ("environments", "gateway_url"),
+    "lcs_api_url": ("environments", "lcs_api_url"),
+    "lcs_project_id": ("environments", "lcs_project_id"),
+    "lcs_environment_id": ("environments", "lcs_environment_id"),
+    "power_platform_api_url": ("environments", "power_platform_api_url"),
     "client_id": ("auth", "client_id"),
 }
 

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from . import batch
+from . import batch, platform
 from .context import AuthError, Sandbox
 from .dataverse_metadata import READ_ONLY, Metadata
 from .odata import (
@@ -171,6 +171,11 @@ class _Dataverse:
         if head.name in ("WhoAmI", "RetrieveFinanceAndOperationsIntegrationDetails") and not rest:
             allow(method, "GET", request)
             return self._who_am_i(user) if head.name == "WhoAmI" else self._link_details()
+        if head.name == "RetrieveVersion" and head.key in (None, "") and not rest:
+            allow(method, "GET", request)
+            return odata_response({"@odata.context": f"{self.root}$metadata#Microsoft.Dynamics.CRM."
+                                                     "RetrieveVersionResponse",
+                                   "Version": platform.state(self.sbx)["dataverse_version"]})
         if head.name == "EntityDefinitions":
             allow(method, "GET", request)
             return self.metadata.get(head.key, rest, request.query_params)

@@ -29,6 +29,7 @@ from typing import Any
 
 from dwlib import catalog
 
+from . import security
 from .dw_mapping import binding
 from .schema import ENTITIES
 from .store import Store
@@ -72,6 +73,7 @@ def company_owner(store: Store, company: dict[str, Any]) -> str:
             _TEAMS, {"name": f"{code} DW", "teamtype": 0, "isdefault": False, "_businessunitid_value": bu}
         )["teamid"]
     )
+    security.grant_team(store, team, security.dual_write_roles())
     if company.get("_cdm_defaultowningteam_value") != team:
         store.update(
             _COMPANIES,

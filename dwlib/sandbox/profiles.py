@@ -41,7 +41,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from .. import catalog
-from . import dmf
+from . import dmf, security
 from .identity import app_principal, consultant
 from .schema import ENTITIES
 from .state import PROFILES, Settings
@@ -271,6 +271,11 @@ class _Platform:
             {"solutionid": _stable_id(org, f"solution:{u}"), "uniquename": u, "friendlyname": f,
              "version": PRIME_VERSION, "ismanaged": m, "installedon": SEEDED_ON}
             for u, f, m in PRIME_SOLUTIONS])
+        _insert(store, tally, "roles", [
+            {"roleid": _stable_id(org, f"role:{name}"), "name": name, "_businessunitid_value": self.root_bu}
+            for name in security.STANDARD_ROLES])
+        for uid, *_ in users[2:]:  # the app registration and the consultant administer the environment
+            security.grant_user(store, uid, [security.STANDARD_ROLES[0]])
 
 
 def install_dual_write_solutions(store: Store) -> int:
@@ -294,6 +299,10 @@ def install_dual_write_solutions(store: Store) -> int:
     core = catalog.required_solutions([])  # no package named: Dual Write Core alone
     added = 0
     with store.transaction():
+        added += security.register_plugins(store)
+        root_team = store.find(ENTITIES["teams"], {"_businessunitid_value": root, "isdefault": True}, limit=1)
+        if root_team:
+            security.grant_team(store, root_team[0]["teamid"], security.dual_write_roles()[:1])
         for sol in catalog.required_solutions():
             if not any(store.find(solutions, {"uniquename": name}, limit=1) for name in sol.names):
                 version = DUAL_WRITE_CORE_VERSION if sol in core else DUAL_WRITE_PACKAGE_VERSION
@@ -304,10 +313,12 @@ def install_dual_write_solutions(store: Store) -> int:
         for user in catalog.app_users():
             app_id = user.application_id
             if user.side == "dataverse" and not store.find(users, {"applicationid": app_id}, limit=1):
-                store.insert(users, {"systemuserid": _stable_id(root, f"systemuser:{app_id}"),
+                uid = _stable_id(root, f"systemuser:{app_id}")
+                store.insert(users, {"systemuserid": uid,
                                      "fullname": f"# {user.name}", "domainname": f"{app_id}@sandbox",
                                      "applicationid": app_id, "isdisabled": False, "accessmode": 4,
                                      "_businessunitid_value": root})
+                security.grant_user(store, uid, [catalog.requirements().system_administrator])
                 added += 1
     return added
 

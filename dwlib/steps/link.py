@@ -147,6 +147,28 @@ def companies(session: Session) -> list[dict[str, Any]]:
     return dataverse_rows(session, "cdm_companies", select=columns)
 
 
+def roles_of(session: Session, *, user: str = "", team: str = "") -> list[str]:
+    """Names of the security roles of a system user or a team."""
+    table, column, key = (("systemuserrolescollection", "systemuserid", user) if user
+                          else ("teamrolescollection", "teamid", team))
+    ids = {r["roleid"] for r in dataverse_rows(session, table, select=["roleid"],
+                                               filter=f"{column} eq {key}")}
+    names = {r["roleid"]: r["name"] for r in dataverse_rows(session, "roles", select=["roleid", "name"])}
+    return sorted(names[i] for i in ids if i in names)
+
+
+def roles_check(name: str, roles: list[str], fix: str, doc: str, *, none: Status = Status.FAILED) -> Check:
+    """System Administrator, or both dual-write roles (security-roles.md); else a warning (no role at
+    all: `none`)."""
+    req = catalog.requirements()
+    have = {r.lower() for r in roles}
+    ok = req.system_administrator.lower() in have or all(r.lower() in have for r in req.dual_write_roles)
+    evidence = f"roles: {', '.join(roles) or 'none'}"
+    if ok:
+        return Check(name, Status.PASSED, evidence)
+    return Check(name, Status.WARNING if roles else none, evidence, fix=fix, doc=doc)
+
+
 def company_checks(session: Session, codes: Sequence[str]) -> list[Check]:
     """Per code (a legal entity of the connection): its `cdm_companies` row, which the Legal entities
     (cdm_companies) map brings, with the business unit and "<CODE> DW" owner team dual-write creates
@@ -181,6 +203,11 @@ def company_checks(session: Session, codes: Sequence[str]) -> list[Check]:
             out.append(Check(name, Status.WARNING, f"{evidence}, not '{expected}'",
                              fix=f"make sure the owner team has the dual-write runtime and app user roles "
                                  f"(dual-write creates '{expected}' for this)", doc=COMPANY_DOC))
+        roles = " and ".join(catalog.requirements().dual_write_roles)
+        out.append(roles_check(f"roles of the owning team of {code}", roles_of(session, team=team_id),
+                               f"give team '{team['name']}' the {roles} roles and roles for the tables in "
+                               "scope (or System Administrator): rows it owns fail otherwise",
+                               DOCS_ROOT + "security-roles"))
     return out
 
 

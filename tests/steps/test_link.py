@@ -173,3 +173,20 @@ def test_an_existing_finops_needs_legal_entities_in_scope(untouched, step_contex
     with pytest.raises(StepError, match="legal_entities is empty: scenario existing-new connects an "
                                         "existing"):
         LegalEntities().execute(ctx)
+
+
+def test_an_owning_team_without_the_dual_write_roles_is_flagged(linked_sandbox, step_context) -> None:
+    sandbox = linked_sandbox("existing-existing", rows=20, legal_entities=["USMF"])
+    c = Consultant(sandbox)
+    try:
+        (team,) = c.dv_rows("teams?$select=teamid&$filter=name eq 'USMF DW'")
+        rows = c.dv_rows(f"teamrolescollection?$filter=teamid eq {team['teamid']}")
+        assert len(rows) == 2  # the dual-write runtime user and app user roles
+        assert c.dv("DELETE", f"teamrolescollection({rows[0]['teamroleid']})").status_code == 204
+    finally:
+        c.close()
+    result = LegalEntities().execute(step_context(sandbox, params={"legal_entities": ["USMF"]}))
+    roles = {ch.name: ch for ch in result.checks}["roles of the owning team of USMF"]
+    assert result.status == Status.WARNING and roles.status == Status.WARNING
+    assert roles.evidence.startswith("roles: Dual-write")
+    assert "give team 'USMF DW' the Dual-write runtime user and Dual-write app user roles" in roles.fix
