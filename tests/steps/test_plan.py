@@ -274,3 +274,34 @@ def test_created_companies_count_once_in_the_connection(linked_sandbox, step_con
         c.close()
     rows = {r.name: r for r in build_plan(step_context(sandbox, params=params))}
     assert rows[ACCOUNTS].finops_rows == {"DAT": 0, "USMF": customers[("USMF", "Organization")]}
+
+
+def test_the_plan_after_the_bootstrap_counts_the_new_companys_volume_against_the_same_limits(
+        linked_sandbox, step_context) -> None:
+    # new-data-existing: a company of its own for the Dataverse data, created, added, bootstrapped.
+    sandbox = linked_sandbox("new-data-existing", rows=40, legal_entities=["DAT", "USMF"])
+    c = Consultant(sandbox)
+    try:
+        created = c.fo("POST", "LegalEntities", {"LegalEntityId": "CRM", "Name": "Contoso CRM"})
+        assert created.status_code == 201, created.text
+        c.portal("POST", "/dualwrite/legal-entities", {"add": ["CRM"], "skip_initial_writes": False})
+        deadline = time.monotonic() + 30
+        while not (crm := c.dv_rows("cdm_companies?$filter=cdm_companycode eq 'CRM'")):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        accounts = c.dv_rows("accounts?$select=accountid&$filter=customertypecode eq 3 and "
+                             "accountnumber ne null&$top=5")
+        for a in accounts:
+            r = c.dv("PATCH", f"accounts({a['accountid']})",
+                     {"msdyn_company@odata.bind": f"cdm_companies({crm[0]['cdm_companyid']})"})
+            assert r.status_code == 204, r.text
+    finally:
+        c.close()
+    params = {"legal_entities": ["USMF", "CRM"], "companies": [{"code": "CRM", "name": "Contoso CRM"}],
+              "plan.limits.single_threaded_dataverse_to_finops_rows": 5}
+    rows = {r.name: r for r in build_plan(step_context(sandbox, params=params))}
+    assert rows[ACCOUNTS].dataverse_rows["CRM"] == 5
+    # Five bootstrapped rows of CRM going to F&O meet the (lowered) single-threaded limit: migrate.
+    assert rows[ACCOUNTS].action == "migrate"
+    assert rows[ACCOUNTS].matrix_row == ("new F&O / existing Dataverse, single-threaded, 5 rows or more from "
+                                         "Dataverse to F&O")
