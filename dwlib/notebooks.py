@@ -134,10 +134,10 @@ INTRO = {
     ),
     "new-data-existing": (
         "Both sides hold data, and finance and operations is new.",
-        "After the link, the finance and operations data goes to Dataverse as for a new Dataverse (plan, "
-        "migration where needed, table maps, initial sync). Then the existing Dataverse data gets a company "
-        "of its own: created in finance and operations, added to the connection, bootstrapped, and brought "
-        "to finance and operations by an initial sync of its own.",
+        "After the link, the finance and operations data is planned first. Then the existing Dataverse data "
+        "gets a company of its own (created in finance and operations, added to the connection, "
+        "bootstrapped) before any map goes live, the plan is made again with that company's volume, and one "
+        "initial sync per table map moves the data both ways, per legal entity.",
     ),
     "existing-new": (
         "An existing finance and operations environment is connected to a new Dataverse environment.",
@@ -147,9 +147,10 @@ INTRO = {
     ),
     "existing-existing": (
         "Both environments exist and hold data.",
-        "After the link, the existing Dataverse rows get their company (bootstrap: simulate, then apply), "
-        "the plan chooses per table map between the initial sync and a migration around it, the maps are "
-        "enabled, the initial sync runs, and both sides are reconciled.",
+        "After the link, the existing Dataverse rows get their company (bootstrap, by account number or by "
+        "owning business unit: simulate, then apply) before any map goes live, the plan chooses per table "
+        "map between the initial sync and a migration around it, the maps are enabled, the initial sync "
+        "runs, and both sides are reconciled.",
     ),
 }
 
@@ -196,12 +197,13 @@ def _legal_entities(sc: Scenario) -> str:
                  "added later, by its own step), and companies the connection holds outside them are to be "
                  "removed")
     return (
-        f"{start}, in the dual-write workspace (Environment details > Legal entities). Added legal entities "
-        "skip their initial writes: the initial sync is a step of its own. Adding is a gate verified "
-        "through Dataverse; a removal cannot be seen from outside (dual-write keeps a removed company's "
-        "`cdm_company` row), so companies outside the scope stay a warning to check in the workspace. More "
-        "than 40 legal entities when the scenario runs an initial sync, or more than 250, are refused "
-        "before anything changes."
+        f"{start}, in the dual-write workspace (Environment details > Legal entities); that is a gate, read "
+        "back from the connection itself. Linking creates no company in Dataverse: the Legal entities "
+        "(cdm_companies) table map brings them, so this step then runs that map (and the reference maps the "
+        "bootstrap reads) with its initial sync, as the bootstrap page's own steps do. Verified: the "
+        "connection's legal entities, then one `cdm_company` row per company, with its owner team. When the "
+        "connection cannot be read yet, that is a warning, never a pass. More than 40 legal entities when "
+        "the scenario runs an initial sync, or more than 250, are refused before anything changes."
     )
 
 
@@ -214,12 +216,16 @@ NARRATIVE: dict[str, str | Callable[[Scenario], str]] = {
     "preflight": (
         "Before anything changes, the dual-write health check, done from outside with documented reads: both "
         "environments reachable and signed in; the Power Platform integration naming this finance and "
-        "operations environment, in the same Microsoft Entra tenant; the dual-write solutions at the "
-        "versions the table maps need; the application users; `cdm_companies` without duplicate codes or "
-        "blank names; the legal entities in scope present in finance and operations and within the limits "
-        "(40 with an initial sync, 250 for live sync); the default team of the root business unit. What the "
-        "link step installs later is *skipped* until then. Every check shows what it saw and, when something "
-        "is off, the documented fix. This step only reads, and a failure stops the run here, before any step "
+        "operations environment, in the same Microsoft Entra tenant and the same geography; neither a trial "
+        "environment; the finance and operations and Dataverse versions the documentation requires; the "
+        "dual-write solutions at the versions the table maps need, their plug-in steps enabled, and no "
+        "Prospect to cash solution; the application users and the security roles of the app users and the "
+        "owning teams; the finance and operations Microsoft Entra applications; `cdm_companies` without "
+        "duplicate names or blank names; the legal entities in scope present in finance and operations and "
+        "within the limits (40 with an initial sync, 250 for live sync); the default team of the root "
+        "business unit. What the link step installs later is *skipped* until then, and a check that cannot "
+        "read what it needs is a warning, never a pass. Every check shows what it saw and, when something is "
+        "off, the documented fix. This step only reads, and a failure stops the run here, before any step "
         "writes: a legal entity that finance and operations does not have, for example, is found now."
     ),
     "power-platform-integration": _power_platform_integration,
@@ -234,30 +240,40 @@ NARRATIVE: dict[str, str | Callable[[Scenario], str]] = {
     ),
     "add-company": (
         "Add the new company to the dual-write connection (dual-write workspace, Environment details > Legal "
-        "entities > Add legal entity), skipping its initial writes: its Dataverse rows get the company only "
-        "from the bootstrap that follows, and the initial sync comes after that. A portal gate, verified "
-        "through Dataverse (the company's `cdm_company` row and its owner team). It cannot be undone, so it "
-        "asks for confirmation first."
+        "entities > Add legal entity). Its Dataverse rows get the company only from the bootstrap that "
+        "follows, so the route follows the plan's limits: with initial writes when the new company's data "
+        "fits them, else skipping them (the initial sync or the migration comes later); the result says "
+        "which route and why. A portal gate, verified through the connection's legal entities and "
+        "Dataverse (the company's `cdm_company` row and its owner team). It cannot be undone, so it asks "
+        "for confirmation first."
     ),
     "map-defaults": (
-        "Only when the parameters ask for it (`table_maps[].defaults`): a Default value on a map's column, "
-        "written to finance and operations when the Dataverse value is empty, for example a customer group "
-        "for existing Dataverse accounts, which have none while finance and operations' Customers V3 "
-        "requires one. The maps run already here, so every row the bootstrap stamps goes to finance and "
-        "operations at once and needs that value then. A map must be stopped to be edited: a running map is "
-        "stopped, edited and run again without initial sync. Verified in the map definitions Dataverse "
-        "holds; without defaults there is nothing to do."
+        "An explicit option, not part of the documented path, and in no scenario by default: a Default "
+        "value on a map's column (`table_maps[].defaults`), written to finance and operations when the "
+        "Dataverse value is empty. It customises a standard map, and its result says so; the documented "
+        "path gives existing Dataverse customers their customer group in the bootstrap instead "
+        "(`bootstrap.customer_group`). A map must be stopped to be edited: a running map is stopped, "
+        "edited and run again without initial sync. Verified in the map definitions Dataverse holds; "
+        "without defaults there is nothing to do."
+    ),
+    "stop-maps": (
+        "The company data goes in before dual-write is enabled for it (the bootstrap page). Table maps over "
+        "the tables to stamp that already run (the Lifecycle Services setup starts them for a new finance "
+        "and operations environment) are stopped first, so no stamped row goes to finance and operations on "
+        "its own; the plan decides next how each map's data moves. With no such map running there is "
+        "nothing to do."
     ),
     "bootstrap-simulate": (
         "Rows created in Dataverse before dual-write have no company, and dual-write syncs only rows that "
-        "have one. Microsoft documents two ways to give them one: by **owning business unit**, each business "
-        "unit mapped to a company code, as the sample of the bootstrap FAQ does (the Dutch edition of the "
-        "page the guidance links still carries it), and by **matching** the existing rows to finance and "
-        "operations on the account number and taking the company of the matching customer, the method of the "
-        "current English page, which avoids duplicates when the same customers exist on both sides. "
-        "`bootstrap.mapping` maps owning business units to company codes (the key \"\" serves tables without "
-        "an owner). This first pass only reads: it writes a CSV of every change it would make and of every "
-        "row it cannot stamp, with the reason."
+        "have one. Microsoft documents two ways to give them one, and `bootstrap.method` chooses: by "
+        "**account number** (`account-number`), matching the existing rows to finance and operations "
+        "customers and taking the company of the matching customer, the method of the current English "
+        "page, which avoids duplicates when the same customers exist on both sides; or by **owning "
+        "business unit** (`business-unit`), each business unit mapped to a company code in "
+        "`bootstrap.mapping` (the key \"\" serves tables without an owner), as the sample of the bootstrap "
+        "FAQ does (the Dutch edition of the page the guidance links still carries it). This first pass "
+        "only reads: it writes a CSV of every change it would make, with the rule that matched each row, "
+        "and of every row no rule stamps, with the reason."
     ),
     "bootstrap-apply": (
         "Now write the company lookup (`msdyn_company`) on the rows that need it, re-derived from the real "
@@ -287,15 +303,6 @@ NARRATIVE: dict[str, str | Callable[[Scenario], str]] = {
         "dual-write workspace) and left stopped for the next step; `migrate.csv` lists every row written. "
         "When the plan sends nothing this way, there is nothing to do."
     ),
-    "migrate-new-company": (
-        "The company created above joined the connection without initial writes, so its rows of the maps the "
-        "plan migrates (for example the customer groups created with it) are on one side only. Migrate them "
-        "the same way; the maps with rows to move are stopped first."
-    ),
-    "table-maps-new-company": (
-        "Run again, skipping the initial sync, the maps the migration stopped; maps already running are left "
-        "alone."
-    ),
     "table-maps": (
         f"Enable the table maps in dependency order, as the guidance's example in {link(ENABLE_MAPS)} does "
         "for Customers V3—Contacts: the prerequisites (legal entities, currencies, terms of payment, "
@@ -312,9 +319,10 @@ NARRATIVE: dict[str, str | Callable[[Scenario], str]] = {
         "none covered them are copied. When it fails, the top errors are shown with the documented "
         "remediation, so they can be fixed and the step run again."
     ),
-    "initial-sync-new-company": (
-        "Run the initial sync again for the company created above, so its bootstrapped Dataverse rows reach "
-        "finance and operations, and follow it to its end with the same error handling."
+    "plan-new-company": (
+        "Plan again now that the new company holds the bootstrapped Dataverse rows: its volume meets the "
+        "same limits (500,000 rows per legal entity per run, 70,000 into finance and operations for "
+        "single-threaded maps) before its initial sync. It only reads."
     ),
     "verify": (
         "Reconcile both sides: row counts and keys per company per table map, every missing key in "

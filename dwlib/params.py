@@ -160,6 +160,12 @@ class Environments(_Model):
     dataverse_url: HttpsUrl
     finops_url: HttpsUrl
     gateway_url: HttpsUrl | None = None  # only for options.admin: gateway
+    # Lifecycle Services: the F&O environment's metadata (build version, type), read by preflight.
+    lcs_api_url: HttpsUrl = "https://lcsapi.lcs.dynamics.com"
+    lcs_project_id: int | None = Field(default=None, ge=1)
+    lcs_environment_id: str | None = Field(default=None, min_length=1)
+    # Power Platform admin API: environment SKU and location, read by preflight.
+    power_platform_api_url: HttpsUrl = "https://api.bap.microsoft.com"
 
     @property
     def authority_url(self) -> str:
@@ -291,13 +297,24 @@ class Company(_Model):
 
 
 class Bootstrap(_Model):
-    """Stamping existing Dataverse rows with their company: owning business unit → company code.
+    """Stamping existing Dataverse rows with their company, by one of the two documented methods:
 
-    >>> Bootstrap(mapping={"Contoso US": "usmf"}).mapping
-    {'Contoso US': 'USMF'}
+    - `business-unit` (the bootstrap FAQ's sample): owning business unit → company code, `mapping`;
+    - `account-number` (the current page, Azure Data Factory): a row whose account number (customer
+      account) is an F&O customer's takes that customer's company (DataAreaId) and customer group,
+      which avoids duplicates when the same customers exist on both sides; rows without a match
+      follow `mapping` when it names their business unit, else they are reported.
+
+    `customer_group`: the customer group (of each row's company) given to rows the Customers V3
+    maps sync that have none, because F&O requires one.
+
+    >>> Bootstrap(mapping={"Contoso US": "usmf"}).mapping, Bootstrap().method
+    ({'Contoso US': 'USMF'}, 'business-unit')
     """
 
+    method: Literal["business-unit", "account-number"] = "business-unit"
     mapping: dict[str, CompanyCode] = Field(default_factory=dict)
+    customer_group: str | None = Field(default=None, min_length=1, max_length=10)
     tables: list[str] = Field(default_factory=lambda: ["accounts", "contacts"])
     # FastTrack's sample aborts past 100 failed updates (maxFaultThreshold = 100).
     max_failed_rows: int = Field(default=100, ge=0)
@@ -872,6 +889,10 @@ _FROM_CONNECTION = {
     "dataverse_url": ("environments", "dataverse_url"),
     "finops_url": ("environments", "finops_url"),
     "gateway_url": ("environments", "gateway_url"),
+    "lcs_api_url": ("environments", "lcs_api_url"),
+    "lcs_project_id": ("environments", "lcs_project_id"),
+    "lcs_environment_id": ("environments", "lcs_environment_id"),
+    "power_platform_api_url": ("environments", "power_platform_api_url"),
     "client_id": ("auth", "client_id"),
 }
 # Stand-ins for what a sandbox's connection.yaml supplies while there is none (not started yet):

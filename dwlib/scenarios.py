@@ -61,10 +61,14 @@ def _s(*ids: str | tuple[str, str, dict[str, Any]]) -> tuple[StepRef, ...]:
     return tuple(refs)
 
 
+# legal-entities runs the Legal entities (cdm_companies) map: linking creates no company in
+# Dataverse, that map does, before anything reads or stamps a company.
 _LINK = ("preflight", "power-platform-integration", "legal-entities")
-# The maps are live before the bootstrap here, so the Dataverse rows it stamps with the company go
-# to F&O at once: the maps' column defaults (e.g. the customer group F&O requires) come first.
-_NEW_COMPANY = ("create-company", "add-company", "map-defaults", "bootstrap-simulate", "bootstrap-apply")
+# The company data goes in "before you enable dual-write" (bootstrap page): maps over the stamped
+# tables that run (the LCS setup starts them for a new F&O) stop first; the plan then says how each
+# map's data moves, and the maps go live after it.
+_BOOTSTRAP = ("stop-maps", "bootstrap-simulate", "bootstrap-apply")
+_NEW_COMPANY = ("create-company", "add-company", *_BOOTSTRAP)
 
 SCENARIOS: dict[str, Scenario] = {
     s.id: s
@@ -92,14 +96,12 @@ SCENARIOS: dict[str, Scenario] = {
             "New finance and operations environment with data and existing Dataverse environment",
             "new-with-data", "existing",
             _s(
-                *_LINK, "plan", "migrate", "table-maps", "initial-sync",
-                *_NEW_COMPANY,
-                # The new company joined with skip initial writes: its rows of the maps the plan
-                # migrates are migrated too (stopping those maps), and the maps run again.
-                ("migrate-new-company", "migrate", {}),
-                ("table-maps-new-company", "table-maps", {}),
-                ("initial-sync-new-company", "initial-sync", {"companies": "created"}),
-                "verify",
+                # The F&O data is planned first (its volumes decide before anything is created); the
+                # Dataverse data gets its company and is bootstrapped before any map goes live, and
+                # the plan is made again with the new company's bootstrapped volume, which meets the
+                # same limits before the one initial sync (both ways, per legal entity) of all.
+                *_LINK, "plan", *_NEW_COMPANY, ("plan-new-company", "plan", {}),
+                "migrate", "table-maps", "initial-sync", "verify",
             ),
         ),
         Scenario(
@@ -112,8 +114,7 @@ SCENARIOS: dict[str, Scenario] = {
             "existing-existing",
             "Existing finance and operations environment and existing Dataverse environment",
             "existing", "existing",
-            _s(*_LINK, "bootstrap-simulate", "bootstrap-apply", "plan", "migrate", "table-maps",
-               "initial-sync", "verify"),
+            _s(*_LINK, *_BOOTSTRAP, "plan", "migrate", "table-maps", "initial-sync", "verify"),
         ),
     )
 }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -35,14 +36,16 @@ def leaks(data: bytes, secrets: Iterable[str]) -> list[str]:
 
 
 PARAMS = Path(__file__).resolve().parents[1] / "params"
+COMPANIES_MAP = "Legal entities (cdm_companies)"  # the map that brings the companies to Dataverse
 
 
 def runtime_factory(tmp_path: Path) -> MakeRuntime:
     """`make(profile, rows=12, link=True)`: a seeded store and its dual-write runtime.
 
     With `link`, Power Platform integration is set up and dual-write configured and linked for
-    every F&O legal entity (maps not started). 12 rows keep the seeded defects (double quotes in
-    names) out, so tests add the defects they are about.
+    every F&O legal entity, and the Legal entities (cdm_companies) map has run its initial sync,
+    which brings the companies to Dataverse (linking does not); no other map is started. 12 rows
+    keep the seeded defects (double quotes in names) out, so tests add the defects they are about.
     """
     count = 0
 
@@ -57,6 +60,7 @@ def runtime_factory(tmp_path: Path) -> MakeRuntime:
             rt.setup_power_platform_integration()
             rt.configure()
             rt.link(start_maps=False)
+            run_maps(rt, [COMPANIES_MAP])
         return rt
 
     return make
@@ -136,6 +140,16 @@ class Consultant:
 
     def close(self) -> None:
         self.http.close()
+
+
+def run_companies_map(c: Consultant, timeout_s: float = 30) -> None:
+    """Run the Legal entities (cdm_companies) map with its initial sync, through the portal, and
+    wait until it runs: linking creates no company in Dataverse, this map does."""
+    c.portal("POST", "/dualwrite/maps/legal-entities/run", {"initial_sync": True, "master": "finops"})
+    deadline = time.monotonic() + timeout_s
+    while c.portal("GET", "/dualwrite/maps/legal-entities")["state"] != "Running":
+        assert time.monotonic() < deadline, "the Legal entities map did not reach Running"
+        time.sleep(0.05)
 
 
 def stamp(c: Consultant, account: str, code: str) -> Any:

@@ -141,6 +141,15 @@ def test_bootstrap_mapping_must_name_a_listed_legal_entity() -> None:
                              'bootstrap.mapping["Sales BU"]': "company GBSI is not in legal_entities"}
 
 
+def test_the_bootstrap_method_is_one_of_the_two_documented_ones() -> None:
+    assert load_params(minimal()).bootstrap.method == "business-unit"  # the FAQ sample's method
+    p = load_params(minimal(bootstrap={"method": "account-number", "customer_group": "30"}))
+    assert (p.bootstrap.method, p.bootstrap.customer_group) == ("account-number", "30")
+    with pytest.raises(ParamsError) as exc:
+        load_params(minimal(bootstrap={"method": "owner"}))
+    assert "'business-unit' or 'account-number'" in problems(exc)["bootstrap.method"]
+
+
 def test_overrides_take_dotted_paths_and_are_validated_too() -> None:
     p = load_params(minimal(), {"options.dry_run": True, "options.http.retry_attempts": 2})
     assert p.options.dry_run is True and p.options.http.retry_attempts == 2

@@ -26,7 +26,16 @@ from .maps import (
     table_map,
     table_maps,
 )
-from .solutions import AppUser, RequiredSolution, app_users, packages, required_solutions, version_at_least
+from .solutions import (
+    AppUser,
+    RequiredSolution,
+    Requirements,
+    app_users,
+    packages,
+    required_solutions,
+    requirements,
+    version_at_least,
+)
 
 __all__ = [
     "AppUser",
@@ -36,6 +45,7 @@ __all__ = [
     "KnownError",
     "Limits",
     "RequiredSolution",
+    "Requirements",
     "TableMap",
     "app_users",
     "dependency_order",
@@ -49,6 +59,7 @@ __all__ = [
     "parse_finops_filter",
     "related_maps",
     "required_solutions",
+    "requirements",
     "table_map",
     "table_maps",
     "version_at_least",

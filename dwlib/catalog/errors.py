@@ -42,7 +42,7 @@ class KnownError:
     def remediation(self) -> str:
         """One line for a consultant: meaning, fix and the page to read.
 
-        >>> known_error("too-many-lookups").remediation().startswith("The map has more than 10")
+        >>> known_error("too-many-lookups").remediation().startswith("The map has 10 or more")
         True
         """
         return f"{self.meaning} Fix: {self.fix} See {self.doc_url}"

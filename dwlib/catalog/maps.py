@@ -163,7 +163,7 @@ class TableMap:
 
     @property
     def lookup_count(self) -> int:
-        """Lookup columns on the Dataverse side (the initial sync fails above `max_lookups`)."""
+        """Lookup columns on the Dataverse side (the initial sync fails at `failing_lookups` or more)."""
         return sum(1 for m in self.mappings if m.lookup is not None)
 
     @property
@@ -191,7 +191,7 @@ class Limits:
 
     initial_sync_rows_per_legal_entity: int
     single_threaded_dataverse_to_finops_rows: int
-    max_lookups: int
+    failing_lookups: int  # a map with this many Dataverse lookups or more fails the initial sync
     initial_sync_legal_entities: int
     live_sync_legal_entities: int
     top_errors: int

@@ -118,6 +118,31 @@ def required_solutions(package_names: Iterable[str] | None = None) -> list[Requi
     return [s for name in [core, *_with_dependencies(dict.fromkeys(wanted))] for s in pkgs[name]]
 
 
+@dataclass(frozen=True)
+class Requirements:
+    """The other documented prerequisites the preflight checks (see `solutions.yaml`).
+
+    >>> requirements().finops_release, requirements().plugin_assemblies[0]
+    ('10.0.9', 'DualWriteRegistration.Plugins')
+    """
+
+    finops_build: str
+    finops_release: str
+    dataverse_version: str
+    plugin_assemblies: tuple[str, ...]
+    prospect_to_cash: str
+    system_administrator: str
+    dual_write_roles: tuple[str, ...]
+    trial_sku: str
+
+
+@cache
+def requirements() -> Requirements:
+    """The documented prerequisites besides the solutions (versions, plug-ins, roles …)."""
+    raw = dict(_data()["requirements"])
+    return Requirements(**{k: tuple(v) if isinstance(v, list) else str(v) for k, v in raw.items()})
+
+
 def app_users() -> list[AppUser]:
     """The application users dual-write needs in Dataverse and in F&O."""
     return [

@@ -168,6 +168,11 @@ class DataverseClient(ODataService):
         where = " or ".join(f"uniquename eq {literal(n)}" for n in unique_names or ())
         return list(self.query("solutions", select=SOLUTION_COLUMNS, filter=where or None))
 
+    def version(self) -> str:
+        """The environment's version (`RetrieveVersion` function), e.g. `9.2.24012.00206`."""
+        result: Row = self.json("GET", "RetrieveVersion()")
+        return str(result["Version"])
+
     def integration_details(self) -> Row:
         """`RetrieveFinanceAndOperationsIntegrationDetails`: linked F&O `Url`, `TenantId`, `Id`."""
         try:

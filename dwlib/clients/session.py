@@ -21,6 +21,7 @@ from .dataverse import DataverseClient
 from .dmf import DmfClient
 from .finops import FinOpsClient
 from .http import HttpConfig, Journal, RetryBudget, make_client
+from .platform import BAP_RESOURCE, LCS_RESOURCE, PlatformClient
 
 if TYPE_CHECKING:
     from dwlib.params import Params
@@ -31,7 +32,7 @@ class Session:
     """The connected clients of one run; close it (or use `with`) to release connections.
 
     >>> sorted(f for f in Session.__dataclass_fields__ if not f.startswith("_"))
-    ['budget', 'config', 'dataverse', 'dmf', 'finops', 'journal', 'tokens']
+    ['budget', 'config', 'dataverse', 'dmf', 'finops', 'journal', 'platform', 'tokens']
     """
 
     dataverse: DataverseClient
@@ -39,6 +40,7 @@ class Session:
     dmf: DmfClient
     journal: Journal
     tokens: TokenProvider
+    platform: PlatformClient
     config: HttpConfig
     budget: RetryBudget  # the run's retry budget: every client of the session waits through it
     _http: list[httpx.Client] = field(default_factory=list, repr=False)
@@ -98,5 +100,13 @@ def connect(
     dataverse = DataverseClient(dv_http, env.dataverse_url, page_size=options.page_size,
                                 concurrency=options.concurrency, batch_size=options.batch_size)
     finops = FinOpsClient(fo_http, env.finops_url, retry=config, budget=budget)
-    dmf = DmfClient(finops, plain)
-    return Session(dataverse, finops, dmf, journal, tokens, config, budget, [plain, dv_http, fo_http])
+    # LCS only when the parameters name the environment there; the admin API always (it may refuse).
+    lcs_http = (make_client(config, journal, auth=tokens.auth_for(LCS_RESOURCE), transport=transport,
+                            budget=budget)
+                if env.lcs_project_id and env.lcs_environment_id else None)
+    bap_http = make_client(config, journal, auth=tokens.auth_for(BAP_RESOURCE), transport=transport,
+                           budget=budget)
+    platform = PlatformClient(lcs_http, env.lcs_api_url, bap_http, env.power_platform_api_url)
+    opened = [plain, dv_http, fo_http, bap_http, *([lcs_http] if lcs_http else [])]
+    return Session(dataverse, finops, DmfClient(finops, plain), journal, tokens, platform, config, budget,
+                   opened)

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from . import batch
+from . import batch, platform
 from .context import AuthError, Sandbox
 from .dataverse_expand import Expand, apply, lookup_columns, parse_expand
 from .dataverse_metadata import READ_ONLY, Metadata
@@ -191,6 +191,11 @@ class _Dataverse:
                 raise ODataError(404, "No HTTP resource was found that matches the request URI "
                                  f"'{self.root}{head.name}'.", "")
             return self._who_am_i(user) if head.name == "WhoAmI" else self._link_details()
+        if head.name == "RetrieveVersion" and head.key in (None, "") and not rest:
+            allow(method, "GET", request)
+            return odata_response({"@odata.context": f"{self.root}$metadata#Microsoft.Dynamics.CRM."
+                                                     "RetrieveVersionResponse",
+                                   "Version": platform.state(self.sbx)["dataverse_version"]})
         if head.name == "EntityDefinitions":
             allow(method, "GET", request)
             return self.metadata.get(head.key, rest, request.query_params)

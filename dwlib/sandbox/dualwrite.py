@@ -52,6 +52,7 @@ EDIT_REFUSED = (
     "Otherwise, your changes won't be saved."
 )
 RESUME_MODES = ("catchup", "skip-preserve", "skip-discard")
+COMPANIES_MAP = "Legal entities (cdm_companies)"  # the map that brings the companies to Dataverse
 _KEEP_REQUESTS = 10
 _KEEP_ACTIVITY = 50
 
@@ -296,14 +297,16 @@ class DualWrite:
         return {r["LegalEntityId"].lower(): r for r in self.store.find(ENTITIES["LegalEntities"], {})}
 
     def _check_companies(self) -> None:
+        """Companies with one name, or a blank name, make saving the connection set fail
+        (initial-setup troubleshooting: "multiple legal entities/companies with the same name")."""
         seen: set[str] = set()
         for row in self.store.find(ENTITIES["cdm_companies"], {}):
-            code = (row.get("cdm_companycode") or "").lower()
-            if code in seen or not (row.get("cdm_name") or "").strip():
+            name = (row.get("cdm_name") or "").strip().lower()
+            if not name or name in seen:
                 raise DualWriteError(
                     "Saving connection set failed! An item with the same key has already been added.", 409
                 )
-            seen.add(code)
+            seen.add(name)
 
     def _companies_for(self, codes: Iterable[str]) -> list[str]:
         known = self._finops_legal_entities()
@@ -334,7 +337,10 @@ class DualWrite:
         `legal_entities` defaults to every F&O legal entity ("the dual-write connection is created
         for all legal entities"); `start_maps` defaults to what the setup guidance says for the
         scenario (maps live for a new, empty F&O with DAT: profiles new-new and new-existing).
-        Each legal entity gets its `cdm_companies` row, business unit and "<CODE> DW" team.
+        Linking creates no `cdm_companies` row: the Legal entities (cdm_companies) map brings the
+        companies ("Enable the Cdm_companies table map. This synchronizes companies from the Finance
+        and Operations app to Dataverse", bootstrap FAQ), so starting the maps runs that map with its
+        initial sync and the others skipping it (a new F&O has no other data to copy).
         """
         if not self.store.kv_get("dw.solutions_applied", False):
             self.configure()
@@ -345,10 +351,7 @@ class DualWrite:
         )
         self._live_limit(len(codes))
         self._check_companies()
-        known = self._finops_legal_entities()
         with self.store.transaction():
-            for code in codes:
-                dw_records.ensure_company(self.store, code, known[code.lower()].get("Name") or code)
             old = self.connection()
             conn = {
                 "cid": old["cid"] if old else str(uuid.uuid4()),
@@ -361,10 +364,14 @@ class DualWrite:
                 "finopsUrl": self.finops_url,  # the environment linked: a move leaves it behind
             }
             self.store.kv_set("dw.connection", conn)
+            dw_records.set_partitions(self.store, codes)
         if start_maps is None:
             start_maps = self.settings.profile in ("new-new", "new-existing")
         if start_maps:
-            self.run(catalog.dependency_order(m.name for m in catalog.table_maps()), initial_sync=False)
+            companies = catalog.dependency_order([COMPANIES_MAP])
+            self.run(companies, initial_sync=True)
+            others = [m.name for m in catalog.table_maps() if m.name not in companies]
+            self.run(catalog.dependency_order(others, include_dependencies=False), initial_sync=False)
         return conn
 
     def _busy(self, states: Iterable[str], doing: str) -> None:
@@ -396,12 +403,10 @@ class DualWrite:
         total = len(conn["legalEntities"]) + len(new)
         self._live_limit(total)
         self._check_companies()
-        known = self._finops_legal_entities()
         with self.store.transaction():
-            for code in new:
-                dw_records.ensure_company(self.store, code, known[code.lower()].get("Name") or code)
             conn["legalEntities"] = [*conn["legalEntities"], *new]
             self.store.kv_set("dw.connection", conn)
+            dw_records.set_partitions(self.store, conn["legalEntities"])
         writes = bool(new) and not skip_initial_writes and total <= self.limits().initial_sync_legal_entities
         if writes:
             maps = [
@@ -409,8 +414,9 @@ class DualWrite:
                 for m in catalog.table_maps()
                 if self.map_record(m.name)["state"] in ("Running", "Paused")
             ]
-            for name in catalog.dependency_order(maps, include_dependencies=False):
-                self._spawn(self._initial_write(name, new))
+            # One after the other, in dependency order: the Legal entities map writes the new
+            # companies' cdm_companies rows, which the company-specific maps after it need.
+            self._spawn(self._initial_writes(catalog.dependency_order(maps, include_dependencies=False), new))
         return {"added": new, "legalEntities": conn["legalEntities"], "initialWrites": writes}
 
     def remove_legal_entity(self, code: str) -> dict[str, Any]:
@@ -422,6 +428,7 @@ class DualWrite:
             raise DualWriteError(f"legal entity {code!r} is not in the dual-write connection", 404)
         conn["legalEntities"] = kept
         self.store.kv_set("dw.connection", conn)
+        dw_records.set_partitions(self.store, kept)
         return conn
 
     def reset(self, *, force: bool = False, legal_entities: Iterable[str] = ()) -> dict[str, Any]:
@@ -477,7 +484,8 @@ class DualWrite:
             conn = self._need_connection()
             rec["pid"] = str(uuid.uuid4())
             rec["project"] = f"DWM-{conn['cid']}-{rec['pid']}"
-            dw_records.create_project(self.store, m, rec["project"], rec["pid"], self.dataverse_url)
+            dw_records.create_project(self.store, m, rec["project"], rec["pid"], self.dataverse_url,
+                                      conn["legalEntities"])
             self._save(rec)
 
     def init(self, names: Sequence[str]) -> dict[str, Any]:
@@ -594,6 +602,10 @@ class DualWrite:
                 )
                 first_error = first_error or log.record["errors"][0]["errorMessage"]
         self._finish(req, first_error)
+
+    async def _initial_writes(self, names: list[str], legal_entities: list[str]) -> None:
+        for name in names:
+            await self._initial_write(name, legal_entities)
 
     async def _initial_write(self, name: str, legal_entities: list[str]) -> None:
         m = self.effective_map(name)

@@ -263,7 +263,7 @@ async def _sync_scope(
     entry["legs"][FO_TO_DV]["exportRecordCount"] = len(fo_rows)
     entry["legs"][DV_TO_FO]["exportRecordCount"] = len(dv_rows)
 
-    if dv_rows and b.map.lookup_count > lim.max_lookups:
+    if dv_rows and b.map.lookup_count >= lim.failing_lookups:
         log.error(le_name, DV_TO_FO, _lookup_error(scope, b, company))
         return
     for leg, rows in ((FO_TO_DV, fo_rows), (DV_TO_FO, dv_rows)):

@@ -6,7 +6,10 @@
   `msdyn_mapping` holding its column rows in the shape Dual-write-automations reads
   (`entityMappingTasks[].legs[].fieldMappings[].valueTransforms[]`);
 - F&O `DualWriteProjectConfigurations`: two rows per map once it has a project ("two records
-  for every dual-write mapping", here one with `IsDelete` "No" and one with "Yes");
+  for every dual-write mapping", here one with `IsDelete` "No" and one with "Yes"); their
+  `PartitionMap` holds the legal entities of the connection, comma-separated (the column is
+  documented, its content is not: INFERRED from "Unable to get partition map for project DWM-…
+  Exceeds the maximum partitions", the error of too many legal entities);
 - Dataverse `msdyn_dualwriteruntimeconfigs`: one row per project. Community notes say real
   Dataverse holds rows only for maps where Dataverse is a source; the sandbox keeps one for every
   map so that each map's state (and, through `versionnumber`, each state change) is readable.
@@ -29,6 +32,7 @@ from typing import Any
 
 from dwlib import catalog
 
+from . import security
 from .dw_mapping import binding
 from .schema import ENTITIES
 from .store import Store
@@ -74,6 +78,7 @@ def company_owner(store: Store, company: dict[str, Any]) -> str:
             _TEAMS, {"name": f"{code} DW", "teamtype": 0, "isdefault": False, "_businessunitid_value": bu}
         )["teamid"]
     )
+    security.grant_team(store, team, security.dual_write_roles())
     if company.get("_cdm_defaultowningteam_value") != team:
         store.update(
             _COMPANIES,
@@ -81,14 +86,6 @@ def company_owner(store: Store, company: dict[str, Any]) -> str:
             {"_cdm_defaultowningteam_value": team, "_owningbusinessunit_value": bu},
         )
     return team
-
-
-def ensure_company(store: Store, code: str, name: str) -> dict[str, Any]:
-    """The `cdm_companies` row of legal entity `code` (created with its owner team when missing)."""
-    rows = store.find(_COMPANIES, {"cdm_companycode": code}, limit=1)
-    row = rows[0] if rows else store.insert(_COMPANIES, {"cdm_companycode": code, "cdm_name": name})
-    company_owner(store, row)
-    return store.get(_COMPANIES, {"cdm_companyid": row["cdm_companyid"]}) or row
 
 
 def mapping_json(m: catalog.TableMap, project_id: str | None = None) -> dict[str, Any]:
@@ -164,7 +161,22 @@ def write_entity_map(store: Store, m: catalog.TableMap) -> None:
         store.insert(_ENTITY_MAPS, values)
 
 
-def create_project(store: Store, m: catalog.TableMap, project: str, pid: str, dataverse_url: str) -> None:
+def partition_map(legal_entities: list[str]) -> str:
+    """`PartitionMap` of the project rows: the connection's legal entities.
+
+    >>> partition_map(["USMF", "GBSI"])
+    'USMF,GBSI'
+    """
+    return ",".join(legal_entities)
+
+
+def set_partitions(store: Store, legal_entities: list[str]) -> None:
+    """The connection's legal entities changed: every project's `PartitionMap` follows."""
+    store.conn.execute(f'UPDATE "{_PROJECTS.table}" SET "PartitionMap" = ?', (partition_map(legal_entities),))
+
+
+def create_project(store: Store, m: catalog.TableMap, project: str, pid: str, dataverse_url: str,
+                   legal_entities: list[str]) -> None:
     """The F&O project configuration rows (and Dataverse runtime configuration) of a new project."""
     (last,) = store.query(f'SELECT COALESCE(MAX("RecId"), 5637144575) FROM "{_PROJECTS.table}"')[0]
     for offset, is_delete in enumerate(("No", "Yes"), start=1):
@@ -181,6 +193,7 @@ def create_project(store: Store, m: catalog.TableMap, project: str, pid: str, da
                 "IsDelete": is_delete,
                 "IntegrationKey": ",".join(m.integration_key),
                 "QueryFilterExpression": m.source_filter,
+                "PartitionMap": partition_map(legal_entities),
             },
         )
     major, minor, build, revision = (int(p) for p in m.version.split("."))

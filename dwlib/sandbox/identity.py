@@ -38,6 +38,8 @@ from .context import AuthError, Principal, Sandbox
 from .state import Paths, Settings
 
 INTEGRATOR_APP = "https://IntegratorApp.com"  # audience of the dual-write management gateway
+LCS_RESOURCE = "https://lcsapi.lcs.dynamics.com"  # audience of the LCS API (environment metadata)
+BAP_RESOURCE = "https://service.powerapps.com"  # audience of the Power Platform admin API
 DUALWRITE_CLIENT_ID = "2e49aa60-1bd3-43b6-8ab6-03ada3d9f08b"  # first-party app of the dual-write UI
 APP_NAME = "Dual-write runbooks (sandbox)"
 CONSULTANT_UPN = "consultant@dwsandbox.onmicrosoft.com"
@@ -137,7 +139,8 @@ class EntraIdentity:
     @property
     def resources(self) -> tuple[str, ...]:
         """The resources (audiences) this tenant issues tokens for."""
-        return (f"{self.base_url}/dataverse", f"{self.base_url}/finops", INTEGRATOR_APP)
+        return (f"{self.base_url}/dataverse", f"{self.base_url}/finops", INTEGRATOR_APP, LCS_RESOURCE,
+                BAP_RESOURCE)
 
     def openid_configuration(self) -> dict[str, Any]:
         """The discovery document msal reads before its first token request."""

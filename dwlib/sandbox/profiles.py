@@ -41,7 +41,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from .. import catalog
-from . import dmf
+from . import dmf, security
 from .identity import app_principal, consultant
 from .schema import ENTITIES
 from .state import PROFILES, Settings
@@ -218,6 +218,8 @@ def seed(
         if spec.dataverse == "existing":
             _seed_dataverse_business(store, rng, settings.rows, platform, tally)
         _seed_finops(store, rng, settings.rows, spec, tally)
+        if spec.dataverse == "existing" and spec.finops == "data":
+            _share_customers(store)
         tally.add("dmf_definition_groups", dmf.seed_definition_groups(store))
         store.kv_set("pp_link", None)
     return tally.counts
@@ -269,6 +271,11 @@ class _Platform:
             {"solutionid": _stable_id(org, f"solution:{u}"), "uniquename": u, "friendlyname": f,
              "version": PRIME_VERSION, "ismanaged": m, "installedon": SEEDED_ON}
             for u, f, m in PRIME_SOLUTIONS])
+        _insert(store, tally, "roles", [
+            {"roleid": _stable_id(org, f"role:{name}"), "name": name, "_businessunitid_value": self.root_bu}
+            for name in security.STANDARD_ROLES])
+        for uid, *_ in users[2:]:  # the app registration and the consultant administer the environment
+            security.grant_user(store, uid, [security.STANDARD_ROLES[0]])
 
 
 def install_dual_write_solutions(store: Store) -> int:
@@ -292,6 +299,10 @@ def install_dual_write_solutions(store: Store) -> int:
     core = catalog.required_solutions([])  # no package named: Dual Write Core alone
     added = 0
     with store.transaction():
+        added += security.register_plugins(store)
+        root_team = store.find(ENTITIES["teams"], {"_businessunitid_value": root, "isdefault": True}, limit=1)
+        if root_team:
+            security.grant_team(store, root_team[0]["teamid"], security.dual_write_roles()[:1])
         for sol in catalog.required_solutions():
             if not any(store.find(solutions, {"uniquename": name}, limit=1) for name in sol.names):
                 version = DUAL_WRITE_CORE_VERSION if sol in core else DUAL_WRITE_PACKAGE_VERSION
@@ -302,10 +313,12 @@ def install_dual_write_solutions(store: Store) -> int:
         for user in catalog.app_users():
             app_id = user.application_id
             if user.side == "dataverse" and not store.find(users, {"applicationid": app_id}, limit=1):
-                store.insert(users, {"systemuserid": _stable_id(root, f"systemuser:{app_id}"),
+                uid = _stable_id(root, f"systemuser:{app_id}")
+                store.insert(users, {"systemuserid": uid,
                                      "fullname": f"# {user.name}", "domainname": f"{app_id}@sandbox",
                                      "applicationid": app_id, "isdisabled": False, "accessmode": 4,
                                      "_businessunitid_value": root})
+                security.grant_user(store, uid, [catalog.requirements().system_administrator])
                 added += 1
     return added
 
@@ -421,6 +434,35 @@ def _contacts(
             kind[i] != "contact", account_ids[i] if parent else None,
             platform.currencies.get(c.currency, usd), uid, bu, stamp, stamp, version + i, 0, 1,
         )
+
+
+SHARED_EVERY = 20  # one Dataverse customer in 20 is also an F&O customer (same account number)
+
+
+def _share_customers(store: Store) -> int:
+    """Make some existing Dataverse customers F&O customers too, as on a real engagement where both
+    sides were fed from one source: every `SHARED_EVERY`-th customer account (and sellable contact)
+    gets the account number of an F&O organization (person) customer. Their owning business unit
+    points at a company chosen independently, so the two documented bootstrap methods differ on
+    them: by business unit a row may land in another company than its F&O customer (a duplicate),
+    by account number it takes the F&O customer's company. Returns the rows changed.
+
+    >>> # _share_customers(store)  → 10 for 100 rows
+    """
+    pairs = (("accounts", "accountid", "accountnumber", "customertypecode = 3", "Organization"),
+             ("contacts", "contactid", "msdyn_contactpersonid", "msdyn_sellable = 1", "Person"))
+    changed = 0
+    for table, pk, key, eligible, party in pairs:
+        ent = ENTITIES[table]
+        fo = [r[0] for r in store.query(
+            f'SELECT "CustomerAccount" FROM "{ENTITIES["CustomersV3"].table}" WHERE "PartyType" = ? '
+            'ORDER BY "dataAreaId", "CustomerAccount"', (party,))]
+        rows = [r[0] for r in store.query(
+            f'SELECT "{pk}" FROM "{ent.table}" WHERE {eligible} AND "{key}" IS NOT NULL ORDER BY "{pk}"')]
+        for account, row_id in zip(fo[::SHARED_EVERY], rows[::SHARED_EVERY], strict=False):
+            store.update(ent, {pk: row_id}, {key: account})
+            changed += 1
+    return changed
 
 
 def _seed_finops(store: Store, rng: random.Random, n: int, spec: Profile, tally: _Tally) -> None:

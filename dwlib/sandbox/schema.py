@@ -307,6 +307,19 @@ DATAVERSE: tuple[Entity, ...] = (
         owned=False,
         bulk=False,
     ),
+    # Security: roles and their assignment to users and teams (the N:N intersect tables).
+    _dv("roles", "role", "roleid", {"name": "string"},
+        lookups=(Lookup("businessunitid", "businessunits"),), owned=False),
+    _dv("systemuserrolescollection", "systemuserroles", "systemuserroleid",
+        {"systemuserid": "guid", "roleid": "guid"}, owned=False),
+    _dv("teamrolescollection", "teamroles", "teamroleid", {"teamid": "guid", "roleid": "guid"}, owned=False),
+    # Plug-in registration: assemblies, their types and the steps that run them (statecode 1: disabled).
+    _dv("pluginassemblies", "pluginassembly", "pluginassemblyid", {"name": "string", "version": "string"},
+        owned=False),
+    _dv("plugintypes", "plugintype", "plugintypeid", {"typename": "string", "name": "string"},
+        lookups=(Lookup("pluginassemblyid", "pluginassemblies"),), owned=False),
+    _dv("sdkmessageprocessingsteps", "sdkmessageprocessingstep", "sdkmessageprocessingstepid",
+        {"name": "string"}, lookups=(Lookup("plugintypeid", "plugintypes"),), owned=False),
     _dv(
         "msdyn_dualwriteentitymaps",
         "msdyn_dualwriteentitymap",
@@ -426,6 +439,7 @@ FINOPS: tuple[Entity, ...] = (
             "IsDelete": "string",
             "IntegrationKey": "string",
             "QueryFilterExpression": "string",
+            "PartitionMap": "string",
         },
     ),
 )

@@ -39,7 +39,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import SandboxError
-from . import dataverse, dmf, finops, gateway, identity, portal, profiles
+from . import dataverse, dmf, finops, gateway, identity, platform, portal, profiles
 from .context import Sandbox
 from .limits import Faults, Guard
 from .state import PROFILES, Limits, Paths, Settings, new_secret, write_private
@@ -195,6 +195,10 @@ def connection_info(sbx: Sandbox, pid: int) -> dict[str, Any]:
         "dataverse_url": sbx.dataverse_url,
         "finops_url": sbx.finops_url,
         "gateway_url": sbx.gateway_url,
+        "lcs_api_url": f"{sbx.base_url}/lcs",
+        "lcs_project_id": sbx.settings.lcs_project_id,
+        "lcs_environment_id": sbx.settings.finops_environment_id,
+        "power_platform_api_url": f"{sbx.base_url}/bap",
         "admin_url": sbx.admin_url,
         "admin_key_file": str(p.admin_key.resolve()),
         "profile": sbx.settings.profile,
@@ -292,7 +296,8 @@ def build_app(sbx: Sandbox) -> ASGIApp:
         Mount("/dataverse", routes=dataverse.routes(sbx)),
         Mount("/finops", routes=finops.routes(sbx)),
         *dmf.routes(sbx),
-        Mount("/_sandbox", routes=_admin_routes(sbx)),
+        *platform.routes(sbx),  # LCS environment metadata, Power Platform admin environments (first:
+        Mount("/_sandbox", routes=_admin_routes(sbx)),  # its /_sandbox/platform is not the mount's)
         *identity.routes(sbx),
         *portal.routes(sbx), *gateway.routes(sbx),  # dual-write: portal actions, management gateway
     ]

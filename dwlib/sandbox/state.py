@@ -139,6 +139,7 @@ class Settings:
     client_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     organization_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     finops_environment_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    lcs_project_id: int = field(default_factory=lambda: 1_000_000 + secrets.randbelow(9_000_000))
     port: int = 0
     faults: str = ""
     limits: Limits = field(default_factory=Limits)

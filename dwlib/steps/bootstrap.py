@@ -1,14 +1,33 @@
 """Bootstrap: stamp existing Dataverse rows with their company before dual-write syncs them.
 
 "Only rows that have company data are eligible for dual-write", so rows created before dual-write
-(accounts, contacts, …) need their company lookup (`msdyn_company` → `cdm_company`) set. Like
-Microsoft's FastTrack sample, the company follows the row's owning business unit through
-`bootstrap.mapping` (business unit name → company code; the key "" serves tables without an owning
-business unit). Only rows whose company is still empty are touched: the company "becomes
-read-only once saved", and a re-run finds the stamped rows done.
+(accounts, contacts, …) need their company lookup (`msdyn_company` → `cdm_company`) set before the
+maps go live ("you must initialize the Dataverse data ... with company information before you
+enable dual-write"). Both documented methods, chosen by `bootstrap.method`:
 
+- `business-unit` — the bootstrap FAQ's sample (what the nl-NL page describes): the company follows
+  the row's owning business unit through `bootstrap.mapping` (business unit name → company code;
+  the key "" serves tables without an owning business unit);
+- `account-number` — the current English page (Azure Data Factory): a row whose account number is
+  an F&O customer account takes that customer's company (`DataAreaId`) and customer group, so the
+  initial sync merges it with the F&O customer instead of creating a duplicate; the natural key is
+  the integration key of the table's customer map (`accountnumber` = `CustomerAccount` for
+  accounts, `msdyn_contactpersonid` for person customers). Rows without an F&O match follow the
+  business-unit mapping where it names their business unit ("Accounts that exist only in
+  Dataverse are not initialized" by the page's pipeline).
+
+Rows matched by neither rule are reported (with the reason) and stay without a company. Rows the
+Customers V3 maps will send to F&O also need a customer group there (F&O requires one): a matched
+row takes the F&O customer's group, the others `bootstrap.customer_group` of their company, when
+they have none; rows left without one are a warning. Only rows whose company is still empty are
+touched: the company "becomes read-only once saved", and a re-run finds the stamped rows done.
+
+- `stop-maps` first stops the running maps over the tables to stamp (in new-existing the LCS setup
+  started them): a stamped row of a running map would go to F&O at once, one by one, before the
+  plan said how the data moves.
 - `bootstrap-simulate` reads everything and writes `bootstrap-simulation.csv`: every planned
-  change and every row that cannot be mapped, with the reason. It never writes to Dataverse.
+  change with the rule that matched (`rule`), and every row that cannot be mapped, with the
+  reason. It never writes to Dataverse.
 - `bootstrap-apply` (irreversible) re-derives the rows from the real state (not from the CSV, so a
   killed run resumes where it stopped) and stamps them with UpdateMultiple, `options.batch_size`
   rows per request and `options.concurrency` requests in flight. A request refused because of
@@ -18,7 +37,7 @@ read-only once saved", and a re-run finds the stamped rows done.
   record of everything it was told succeeded.
 
 Example:
-    >>> # params: bootstrap: {mapping: {"Contoso US": USMF, "Contoso UK": GBSI}, tables: [accounts]}
+    >>> # params: bootstrap: {method: account-number, mapping: {"Contoso US": USMF}, customer_group: "30"}
     >>> # BootstrapSimulate().execute(ctx).counts      → {"accounts USMF": 40, "unmapped": 2, …}
     >>> # BootstrapApply().execute(ctx).evidence_files → [".../bootstrap-applied.csv"]
     >>> BootstrapApply.irreversible, BootstrapSimulate.read_only
@@ -46,6 +65,8 @@ from .link import companies, environment, worst
 
 if TYPE_CHECKING:
     from dwlib.clients.dataverse import DataverseClient
+    from dwlib.clients.session import Session
+    from dwlib.params import Params
 
 BOOTSTRAP_DOC = DOCS_ROOT + "bootstrap-company-data"
 SIMULATION_CSV = "bootstrap-simulation.csv"
@@ -53,27 +74,33 @@ APPLIED_CSV = "bootstrap-applied.csv"
 FAILED_CSV = "bootstrap-failed.csv"
 UNMAPPED_CSV = "bootstrap-unmapped.csv"
 OWNING_BU = "owningbusinessunit"
-ADD_COMPANY_FIX = ("add the company to the dual-write connection first (dual-write workspace > Environment "
-                   "details > Legal entities > Add legal entity; the add-company step), so that its "
-                   "cdm_companies row exists, then run the bootstrap again")
+BY_ACCOUNT_NUMBER, BY_BUSINESS_UNIT = "account number", "business unit"  # the rule that matched a row
+GROUP_COLUMN = "CustomerGroupId"  # F&O's customer group, mapped to msdyn_customergroupid.msdyn_groupid
+ADD_COMPANY_FIX = ("add the company to the dual-write connection and let the Legal entities (cdm_companies) "
+                   "map bring its row (the legal-entities and add-company steps), then run the bootstrap "
+                   "again")
 
 
 @dataclass(frozen=True)
 class RowChange:
-    """One row of a bootstrapped table and its company (empty `company_code` when unmapped)."""
+    """One row of a bootstrapped table, its company and customer group (empty `company_code` when
+    unmapped), and the rule that gave them."""
 
     table: str
     row_id: str
     key: str
     name: str
     owning_business_unit: str
+    rule: str
     company_code: str
     company_id: str
     prior_company: str
-    reason: str = ""  # why the row cannot be mapped
+    customer_group: str = ""
+    customer_group_id: str = ""
+    reason: str = ""  # why the row cannot be mapped, or why it gets no customer group
 
-    COLUMNS = ("table", "row_id", "key", "name", "owning_business_unit", "company_code", "company_id",
-               "prior_company", "reason")
+    COLUMNS = ("table", "row_id", "key", "name", "owning_business_unit", "rule", "company_code", "company_id",
+               "prior_company", "customer_group", "customer_group_id", "reason")
 
 
 FAILED_COLUMNS = (*RowChange.COLUMNS[:-1], "error", "remediation")
@@ -81,11 +108,14 @@ FAILED_COLUMNS = (*RowChange.COLUMNS[:-1], "error", "remediation")
 
 @dataclass(frozen=True)
 class Target:
-    """A table to stamp: its metadata and company lookup (navigation property and column)."""
+    """A table to stamp: its metadata, company lookup (navigation property and column), and the
+    customer map of the table (with its customer-group lookup), if any."""
 
     info: TableInfo
     nav: str
     lookup: Lookup
+    customer_map: catalog.TableMap | None = None
+    group: tuple[str, Lookup, TableInfo] | None = None  # navigation property, lookup, group table
 
 
 @dataclass
@@ -108,11 +138,21 @@ class BootstrapState:
         """Rows to stamp per `"<table> <company code>"`."""
         return dict(sorted(Counter(f"{s.table} {s.company_code}" for s in self.stamps).items()))
 
+    def per_rule(self) -> dict[str, int]:
+        """Rows per rule that matched them (unmapped rows under "none")."""
+        return dict(sorted(Counter(r.rule or "none" for r in [*self.stamps, *self.unmapped]).items()))
+
     def unmapped_table(self) -> list[dict[str, Any]]:
         """Unmapped rows grouped by table, business unit and reason."""
         groups = Counter((u.table, u.owning_business_unit, u.reason) for u in self.unmapped)
         return [{"table": t, "owning_business_unit": bu, "rows": n, "reason": r}
                 for (t, bu, r), n in sorted(groups.items())]
+
+
+def _customer_map(entity_set: str) -> catalog.TableMap | None:
+    """The company-specific map of the table whose F&O rows are customers (Customers V3 …)."""
+    return next((m for m in catalog.table_maps() if m.dataverse_table == entity_set and m.company_specific
+                 and m.finops_entity_set and any(c.finops == GROUP_COLUMN for c in m.mappings)), None)
 
 
 def _key_columns(info: TableInfo) -> list[str]:
@@ -128,19 +168,74 @@ def _target(tables: Tables, entity_set: str) -> Target:
         raise StepError(f"table {entity_set} has no company lookup (msdyn_company → cdm_company): it is not "
                         "striped by company, so dual-write does not need it bootstrapped. Fix: remove it "
                         "from bootstrap.tables")
-    return Target(info, *found)
+    m = _customer_map(entity_set)
+    group = None
+    row = next((c for c in m.mappings if c.finops == GROUP_COLUMN and c.lookup), None) if m else None
+    if row is not None and row.lookup is not None and row.lookup[0] in info.lookups:
+        lookup = info.lookups[row.lookup[0]]
+        group = (row.lookup[0], lookup, tables.of_logical(lookup.target))
+    return Target(info, *found, customer_map=m, group=group)
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What decides a row's company: the business-unit mapping, and (account-number method) the
+    F&O customers by key → [(company code, customer group)]."""
+
+    mapping: dict[str, str]
+    units: dict[str, str]  # business unit id → name
+    ids: dict[str, str]  # company code → cdm_companyid
+    finops: dict[str, dict[str, list[tuple[str, str]]]] | None  # table → key (lower) → matches
+    customer_group: str | None
+    groups: dict[tuple[str, str], str]  # (table, company id, group id lower) → group row id, per table
+
+
+def _finops_customers(session: Session, m: catalog.TableMap) -> dict[str, list[tuple[str, str]]]:
+    """F&O rows of the customer map `m` by key (lower case): [(company code, customer group)]."""
+    assert m.finops_entity_set is not None
+    key = m.finops_key[0]
+    select = list(dict.fromkeys([key, "dataAreaId", GROUP_COLUMN, *(c.column for c in m.finops_conditions)]))
+    out: dict[str, list[tuple[str, str]]] = {}
+    for row in session.finops.query(m.finops_entity_set, select=select, cross_company=True):
+        if row.get(key) and all(c.matches(row) for c in m.finops_conditions):
+            out.setdefault(str(row[key]).lower(), []).append(
+                (str(row["dataAreaId"]).upper(), str(row.get(GROUP_COLUMN) or "")))
+    return out
+
+
+def _groups(dv: DataverseClient, targets: Iterable[Target]) -> dict[tuple[str, str], str]:
+    """Customer-group rows in Dataverse: (company id, group id lower) → row id."""
+    out: dict[tuple[str, str], str] = {}
+    seen: set[str] = set()
+    for t in targets:
+        if t.group is None or t.group[2].entity_set in seen:
+            continue
+        table = t.group[2]
+        seen.add(table.entity_set)
+        company = table.company_lookup()
+        company_col = company[1].column if company else None
+        key = next(k for k in _key_columns(table))
+        select = [table.primary_id, key, *([company_col] if company_col else [])]
+        for row in dv.query(table.entity_set, select=select):
+            if row.get(key):
+                out[(str(row.get(company_col) or ""), str(row[key]).lower())] = row[table.primary_id]
+    return out
 
 
 def read_state(ctx: StepContext) -> BootstrapState:
-    """Read business units, companies and every in-scope row whose company is empty.
+    """Read business units, companies, (account-number method) F&O customers, and every in-scope
+    row whose company is empty; decide each row's company and customer group.
 
-    Raises StepError when the mapping is empty or names a company Dataverse does not have.
+    Raises StepError when the business-unit mapping is empty (method business-unit) or names a
+    company Dataverse does not have.
     """
     params, session, _ = environment(ctx)
-    mapping = params.bootstrap.mapping
-    if not mapping:
+    options = params.bootstrap
+    mapping = options.mapping
+    if not mapping and options.method == "business-unit":
         raise StepError("bootstrap.mapping is empty: map each owning business unit to a company code, e.g. "
-                        'bootstrap: {mapping: {"Contoso US": USMF}} ("" for tables without an owner)')
+                        'bootstrap: {mapping: {"Contoso US": USMF}} ("" for tables without an owner), or use '
+                        "bootstrap.method: account-number")
     dv = session.dataverse
     ids = {r["cdm_companycode"].upper(): r["cdm_companyid"] for r in companies(session)
            if r.get("cdm_companycode")}
@@ -150,45 +245,102 @@ def read_state(ctx: StepContext) -> BootstrapState:
                         f"Dataverse (it has {', '.join(sorted(ids)) or 'none'}). Fix: {ADD_COMPANY_FIX}")
     units = {r["businessunitid"]: r["name"]
              for r in dv.query("businessunits", select=["businessunitid", "name"])}
-    checks = []
+    checks = [Check("bootstrap method", Status.PASSED, _method_text(params))]
     unknown = sorted(set(mapping) - set(units.values()) - {""})
     if unknown:
         checks.append(Check("business units of the mapping", Status.WARNING,
                             f"not in Dataverse: {', '.join(unknown)}",
                             fix="check the names in bootstrap.mapping against Settings > Business units"))
     tables = Tables(dv)
-    targets = {t: _target(tables, t) for t in params.bootstrap.tables}
+    targets = {t: _target(tables, t) for t in options.tables}
+    finops = ({t: _finops_customers(session, x.customer_map) for t, x in targets.items() if x.customer_map}
+              if options.method == "account-number" else None)
+    rules = Rules(dict(mapping), units, ids, finops, options.customer_group, _groups(dv, targets.values()))
     stamps: list[RowChange] = []
     unmapped: list[RowChange] = []
     for target in targets.values():
-        for change in _changes(dv, target, units, mapping, ids):
+        for change in _changes(dv, target, rules):
             (stamps if change.company_code else unmapped).append(change)
+    state = BootstrapState(targets, stamps, unmapped, checks)
     checks.append(Check("rows without a company", Status.PASSED,
                         f"{len(stamps) + len(unmapped)} rows in {', '.join(targets)} have an empty company: "
-                        f"{len(stamps)} mapped, {len(unmapped)} cannot be mapped"))
-    return BootstrapState(targets, stamps, unmapped, checks)
+                        f"{len(stamps)} mapped, {len(unmapped)} cannot be mapped; by rule: "
+                        + ", ".join(f"{k} {n}" for k, n in state.per_rule().items())))
+    return state
 
 
-def _changes(dv: DataverseClient, target: Target, units: dict[str, str], mapping: dict[str, str],
-             ids: dict[str, str]) -> Iterator[RowChange]:
+def _method_text(params: Params) -> str:
+    if params.bootstrap.method == "account-number":
+        return ("account-number (current English page, Azure Data Factory): rows matching an F&O customer "
+                "account take its company and customer group; the others follow bootstrap.mapping")
+    return "business-unit (bootstrap FAQ sample): owning business unit → company, bootstrap.mapping"
+
+
+def _company(row: dict[str, Any], key: str, target: Target, unit: str, owned: bool,
+             rules: Rules) -> tuple[str, str, str, str]:
+    """(rule, company code, F&O customer group, reason) of one row."""
+    matches = (rules.finops or {}).get(target.info.entity_set, {}).get(key.lower(), []) if key else []
+    companies_found = sorted({c for c, _ in matches})
+    if len(companies_found) > 1:
+        return "", "", "", (f"{key} is a customer account in F&O companies {', '.join(companies_found)}: "
+                            "choose the company by hand")
+    if matches:
+        code, group = matches[0]
+        if code not in rules.ids:
+            return "", "", "", (f"{key} is a customer account of F&O company {code}, which has no "
+                                "cdm_companies row (not in the connection's legal entities)")
+        return BY_ACCOUNT_NUMBER, code, group, ""
+    code = rules.mapping.get(unit)
+    if code is not None:
+        return BY_BUSINESS_UNIT, code, "", ""
+    why = (f"owning business unit '{unit}' is not in bootstrap.mapping" if owned else
+           'the table has no owning business unit and bootstrap.mapping has no "" entry')
+    if rules.finops is not None:
+        why = f"no F&O customer account {key!r}, and {why}" if key else f"no account number, and {why}"
+    return "", "", "", why
+
+
+def _changes(dv: DataverseClient, target: Target, rules: Rules) -> Iterator[RowChange]:
     info = target.info
     keys = _key_columns(info)
     owned = OWNING_BU in info.attributes
     name = info.primary_name if info.primary_name in info.attributes else None
+    m = target.customer_map
+    conditions = m.dataverse_conditions if m else ()
+    match_key = m.dataverse_key[0] if m else None
+    group_col = target.group[1].column if target.group else None
     select = [info.primary_id, target.lookup.column, *(["_owningbusinessunit_value"] if owned else []),
-              *([name] if name else []), *keys]
+              *([name] if name else []), *keys, *(c.column for c in conditions),
+              *([group_col] if group_col else [])]
     for row in dv.query(info.entity_set, select=list(dict.fromkeys(select)),
                         filter=f"{target.lookup.column} eq null"):
-        unit = units.get(row.get("_owningbusinessunit_value") or "", "") if owned else ""
-        code = mapping.get(unit)
-        reason = ""
-        if code is None:
-            reason = (f"owning business unit '{unit}' is not in bootstrap.mapping" if owned else
-                      'the table has no owning business unit and bootstrap.mapping has no "" entry')
-        key = "|".join(str(row[k]) for k in keys if row.get(k))
-        yield RowChange(info.entity_set, row[info.primary_id], key, str(row.get(name) or "") if name else "",
-                        unit, code or "", ids.get(code or "", ""), str(row.get(target.lookup.column) or ""),
-                        reason)
+        unit = rules.units.get(row.get("_owningbusinessunit_value") or "", "") if owned else ""
+        key = str(row.get(match_key) or "") if match_key else ""
+        rule, code, group, reason = _company(row, key, target, unit, owned, rules)
+        company_id = rules.ids.get(code, "")
+        group, group_id, note = _group(row, target, conditions, group_col, company_id, group, rules)
+        natural = "|".join(str(row[k]) for k in keys if row.get(k))
+        label = str(row.get(name) or "") if name else ""
+        prior = str(row.get(target.lookup.column) or "")
+        yield RowChange(info.entity_set, row[info.primary_id], natural, label, unit, rule, code, company_id,
+                        prior, group, group_id, reason or note)
+
+
+def _group(row: dict[str, Any], target: Target, conditions: Sequence[catalog.Condition],
+           group_col: str | None, company_id: str, from_finops: str, rules: Rules) -> tuple[str, str, str]:
+    """(customer group, its Dataverse row id, note) for a row the customer map sends to F&O and that
+    has no group; ("", "", "") when it needs none or has one."""
+    if not company_id or group_col is None or row.get(group_col) or not conditions \
+            or not all(c.matches(row) for c in conditions):
+        return "", "", ""
+    wanted = from_finops or rules.customer_group or ""
+    if not wanted:
+        return "", "", "no customer group: set bootstrap.customer_group (F&O requires one)"
+    group_id = rules.groups.get((company_id, wanted.lower()), "")
+    if not group_id:
+        return wanted, "", (f"customer group {wanted} of its company is not in Dataverse (run the Customer "
+                            "groups map)")
+    return wanted, group_id, ""
 
 
 def _write_rows(ctx: StepContext, name: str, rows: Iterable[RowChange]) -> Path:
@@ -200,10 +352,28 @@ def _unmapped_check(state: BootstrapState, csv_name: str) -> Check:
         return Check("unmapped rows", Status.PASSED, "every row without a company is mapped")
     units = sorted({u.owning_business_unit or "(none)" for u in state.unmapped})
     return Check("unmapped rows", Status.WARNING,
-                 f"{len(state.unmapped)} rows stay without a company (owning business units: "
-                 f"{', '.join(units)}); listed in {csv_name}",
+                 f"{len(state.unmapped)} rows stay without a company, matched by no rule (owning business "
+                 f"units: {', '.join(units)}); listed with the reason in {csv_name}",
                  fix="map these business units in bootstrap.mapping if their rows belong to a company; "
                      "rows without a company are not synced by dual-write", doc=BOOTSTRAP_DOC)
+
+
+def _group_check(state: BootstrapState) -> Check:
+    """Stamped rows the customer maps send to F&O that still get no customer group."""
+    without = [s for s in state.stamps if s.reason]
+    if not without:
+        given = Counter(s.customer_group for s in state.stamps if s.customer_group_id)
+        shown = ", ".join(f"{g} {n}" for g, n in sorted(given.items()))
+        return Check("customer groups", Status.PASSED,
+                     "every stamped row the Customers V3 maps send to F&O has a customer group"
+                     + (f" (set: {shown})" if given else ""))
+    reasons = Counter(s.reason for s in without)
+    return Check("customer groups", Status.WARNING,
+                 f"{len(without)} stamped rows the Customers V3 maps send to F&O get no customer group: "
+                 + "; ".join(f"{r} ({n})" for r, n in sorted(reasons.items())),
+                 fix="F&O requires a customer group: set bootstrap.customer_group to a group every company "
+                     "has (the Customer groups map brings it to Dataverse), or give the rows a group",
+                 doc=BOOTSTRAP_DOC)
 
 
 @register
@@ -233,13 +403,15 @@ class BootstrapSimulate(Step):
     def verify(self, ctx: StepContext, finding: Finding) -> StepResult:
         state: BootstrapState = finding.todo
         path = _write_rows(ctx, SIMULATION_CSV, [*state.stamps, *state.unmapped])
-        checks = [*state.checks, _unmapped_check(state, path.name)]
-        planned = [{"table": k.split(" ")[0], "company": k.split(" ")[1], "rows": n}
-                   for k, n in state.per_company().items()]
+        checks = [*state.checks, _unmapped_check(state, path.name), _group_check(state)]
+        planned = [{"table": table, "company": company, "rule": rule, "rows": n}
+                   for (table, company, rule), n in sorted(Counter(
+                       (s.table, s.company_code, s.rule) for s in state.stamps).items())]
         return self.result(
             worst(checks), f"simulation: would {state.summary()}; nothing was written",
             checks=checks, tables={"planned": planned, "unmapped": state.unmapped_table()},
-            counts={**state.per_company(), "to stamp": len(state.stamps), "unmapped": len(state.unmapped)},
+            counts={**state.per_company(), **{f"rule {k}": n for k, n in state.per_rule().items()},
+                    "to stamp": len(state.stamps), "unmapped": len(state.unmapped)},
             evidence_files=[str(path)],
             next_action="review the CSV, then run bootstrap-apply" if state.stamps else "")
 
@@ -284,8 +456,16 @@ def _stamper(dv: DataverseClient, target: Target, outcome: ApplyOutcome) -> Call
     info = target.info
     bind = f"{target.nav}@odata.bind"
 
+    group = f"{target.group[0]}@odata.bind" if target.group else ""
+
+    def body(r: RowChange) -> dict[str, Any]:
+        out = {info.primary_id: r.row_id, bind: f"cdm_companies({r.company_id})"}
+        if r.customer_group_id and target.group:
+            out[group] = f"{target.group[2].entity_set}({r.customer_group_id})"
+        return out
+
     def update(chunk: list[RowChange]) -> BulkResult:
-        bodies = [{info.primary_id: r.row_id, bind: f"cdm_companies({r.company_id})"} for r in chunk]
+        bodies = [body(r) for r in chunk]
         return dv.update_multiple(info.entity_set, bodies, errors="collect", logical_name=info.logical_name)
 
     def send(chunk: list[RowChange]) -> None:
@@ -337,8 +517,9 @@ class BootstrapApply(Step):
 
     def check(self, ctx: StepContext) -> Finding:
         state = read_state(ctx)
+        _refuse_live(ctx, state)
         return Finding(not state.stamps, state.summary(), todo=state,
-                       checks=[*state.checks, *_running_maps(ctx, state)])
+                       checks=[*state.checks, _group_check(state)])
 
     def act(self, ctx: StepContext, finding: Finding) -> None:
         finding.todo.outcome = apply(ctx, finding.todo)
@@ -381,19 +562,68 @@ class BootstrapApply(Step):
         return self.result(status, summary, checks=checks, tables=tables, counts=counts, evidence_files=files)
 
 
-def _running_maps(ctx: StepContext, state: BootstrapState) -> list[Check]:
-    """Evidence when maps over the bootstrapped tables run: live sync writes each stamped row to F&O.
+LIVE_STATES = ("Running", "Paused", "Resuming")
 
-    Not a warning: the scenarios that bootstrap after the maps run set the maps' column defaults
-    first (map-defaults), and a row F&O still refuses is not stamped, so it fails the step below
-    ("rows stamped") with F&O's error in bootstrap-failed.csv.
-    """
+
+def live_maps(ctx: StepContext, state: BootstrapState) -> list[str]:
+    """The maps over the tables to stamp that are live (they would send each stamped row to F&O)."""
     _, _, admin = environment(ctx)
     names = [m.name for m in catalog.table_maps() if m.dataverse_table in state.targets]
-    running = sorted(n for n, s in admin.map_states(names).items()
-                     if s.state in ("Running", "Paused", "Resuming"))
-    if not running or not state.stamps:
-        return []
-    return [Check("table maps already running", Status.PASSED,
-                  f"{', '.join(running)} run: live sync writes every stamped row to F&O; a row F&O refuses "
-                  f"is not stamped and is listed in {FAILED_CSV} with F&O's error", doc=BOOTSTRAP_DOC)]
+    return sorted(n for n, s in admin.map_states(names).items() if s.state in LIVE_STATES)
+
+
+def _refuse_live(ctx: StepContext, state: BootstrapState) -> None:
+    live = live_maps(ctx, state)
+    if live and state.stamps:
+        raise StepError(f"{', '.join(live)} run: each row stamped now would go to F&O at once, one by one, "
+                        "before the plan says how the data moves (the bootstrap comes \"before you enable "
+                        "dual-write\"). Fix: run the stop-maps step (or Stop these maps), then "
+                        "bootstrap-apply")
+
+
+@register
+class StopMaps(Step):
+    """Stop the live maps over the tables the bootstrap stamps, while it has rows to stamp.
+
+    The LCS setup of a new F&O enables the table maps for live synchronization (new-existing), and
+    a re-run may find them running: the company data must be in place "before you enable
+    dual-write", and the plan then decides how each map's data moves (initial sync, or migration
+    and skip). Only Running maps can be stopped; a Paused or Resuming map is refused with the fix.
+    Done when nothing is left to stamp, or no such map runs.
+
+    Example:
+        >>> # StopMaps().execute(ctx).summary → "stopped Customers V3 (accounts), Customers V3 (contacts)"
+        >>> StopMaps.name
+        'stop-maps'
+    """
+
+    name = "stop-maps"
+    title = "Stop the table maps of the tables to bootstrap"
+    doc_url = BOOTSTRAP_DOC
+
+    def check(self, ctx: StepContext) -> Finding:
+        _, _, admin = environment(ctx)
+        state = read_state(ctx)
+        live = live_maps(ctx, state) if state.stamps else []
+        states = admin.map_states(live)
+        busy = [f"{n} is {states[n].state}" for n in live if states[n].state != "Running"]
+        if busy:
+            raise StepError(f"{'; '.join(busy)}: only Running maps can be stopped. Fix: resume a Paused map "
+                            "(catch up) and wait until it runs, then run this step again")
+        return Finding(not live, f"stop {', '.join(live)} before stamping {len(state.stamps)} rows" if live
+                       else "no live map over the tables to stamp", todo=live)
+
+    def act(self, ctx: StepContext, finding: Finding) -> None:
+        _, _, admin = environment(ctx)
+        admin.stop(finding.todo)
+
+    def verify(self, ctx: StepContext, finding: Finding) -> StepResult:
+        _, _, admin = environment(ctx)
+        stopped: list[str] = finding.todo
+        states = admin.map_states(stopped)
+        checks = [Check(n, Status.PASSED if states[n].state == "Not running" else Status.FAILED,
+                        states[n].state, fix="" if states[n].state == "Not running" else "stop it (Stop)",
+                        doc=BOOTSTRAP_DOC) for n in stopped]
+        summary = (f"stopped {', '.join(stopped)}: the plan runs them again after the bootstrap" if stopped
+                   else "no live map over the tables to stamp")
+        return self.result(worst(checks), summary, checks=checks)

@@ -14,18 +14,17 @@ The step converges on the real state:
   are run with Initial Sync, in dependency order, with the plan's master;
 - Running maps whose rows do not reconcile for the companies in scope (counts and keys per
   company, as verify compares them) get their initial sync again: rows written while no initial
-  sync covered them — e.g. Dataverse rows bootstrapped with a company after the maps went live —
-  are synced only by an initial sync. The map is stopped and run again with Initial Sync (the
-  documented state machine: Running → Stop → Not running → Run), which copies what is missing; rows
-  already equal on both sides are left alone.
-
-With option `companies: "created"` (scenario new-data-existing, step `initial-sync-new-company`)
-the companies are those the run created and added to the connection (skipping initial writes)
-and bootstrapped: their data is synced by running the initial sync again.
+  sync covered them are synced only by an initial sync. The map is stopped and run again with
+  Initial Sync (the documented state machine: Running → Stop → Not running → Run). That rerun
+  cannot be limited to the companies that need it: an initial sync covers every legal entity of
+  the connection, and a rerun is a full push (incremental only with F&O change tracking, which
+  cannot be read from outside; initial-sync-guidance). So the step says which companies need it
+  and which it touches, and refuses when the full push breaks the limits in a company that does
+  not need it (`rerun_problems`): then migrate the needing companies' rows instead. Rows already
+  equal on both sides are compared and left alone.
 
 Example:
     >>> # InitialSync().execute(ctx).tables["initial sync"]  → per map and company: counts, state
-    >>> # InitialSync(companies="created").execute(ctx)      → the new company's rows synced
     >>> InitialSync.name
     'initial-sync'
 """
@@ -42,6 +41,7 @@ from dwlib.catalog.errors import DOCS_ROOT
 
 from .base import Check, Finding, Status, Step, StepContext, StepError, StepResult, register
 from .link import environment, scope, worst
+from .plan import effective_limits, volume_problems
 from .reconcile import Reconciliation, reconcile
 from .tablemaps import (
     INITIALIZING,
@@ -86,26 +86,40 @@ class SyncWork:
         return "; ".join(parts)
 
 
-def sync_companies(ctx: StepContext, which: str | None) -> list[str]:
-    """The companies an initial sync covers: those of the connection in scope, or (`"created"`)
-    the companies the run created and added to the connection.
+def sync_companies(ctx: StepContext) -> list[str]:
+    """The companies an initial sync covers: those in scope (and created by the run) that Dataverse
+    has (the Legal entities map brought their rows).
 
-    >>> # sync_companies(ctx, None), sync_companies(ctx, "created")  → (['DAT', 'USMF'], ['NEWC'])
+    >>> # sync_companies(ctx)  → ['DAT', 'USMF']
     """
     params, _, admin = environment(ctx)
     sc = scope(params)
-    connected = set(admin.legal_entities())
-    if which == "created":
-        missing = [c for c in sc.created if c not in connected]
-        if not sc.created or missing:
-            raise StepError(
-                "the companies of this run are not in the dual-write connection "
-                f"({', '.join(missing) or 'none listed'}): list them under companies and run "
-                "create-company, add-company and the bootstrap first")
-        return list(sc.created)
-    if which is not None:
-        raise StepError(f"initial-sync option companies={which!r} is unknown: use 'created' or leave it out")
-    return [c for c in dict.fromkeys([*sc.codes, *sc.created]) if c in connected]
+    present = set(admin.dataverse_companies())
+    return [c for c in dict.fromkeys([*sc.codes, *sc.created]) if c in present]
+
+
+def rerun_note(companies: Sequence[str], behind: dict[str, list[str]]) -> str:
+    """Why a rerun touches more companies than need it (initial-sync-guidance).
+
+    >>> rerun_note(["USMF", "GBSI"], {"Customers V3 (accounts)": ["GBSI"]})[:61]
+    'Customers V3 (accounts): GBSI need it; the rerun touches USMF'
+    """
+    return "; ".join(
+        f"{m}: {', '.join(need)} need it; the rerun touches {', '.join(companies)} — an initial sync covers "
+        "every legal entity of the connection and a rerun is a full push (incremental only with F&O change "
+        "tracking), so it cannot be limited to these companies; rows already equal are left alone"
+        for m, need in behind.items())
+
+
+def rerun_problems(rows: Sequence[Reconciliation], behind: dict[str, list[str]],
+                   limits: catalog.Limits) -> list[str]:
+    """Why the full push of a rerun would fail in a company that does not even need it (its volume)."""
+    out = []
+    for r in rows:
+        if r.map in behind and r.company not in behind[r.map]:
+            out += [f"{r.map} {r.company}: {p}" for p in volume_problems(
+                catalog.table_map(r.map), r.finops_rows, r.dataverse_rows, limits)]
+    return out
 
 
 def out_of_sync(rows: Sequence[Reconciliation]) -> set[str]:
@@ -117,7 +131,7 @@ def out_of_sync(rows: Sequence[Reconciliation]) -> set[str]:
     return {r.map for r in rows if not r.ok}
 
 
-class _Watch:
+class Watch:
     """Polls map states until no map in `names` is initializing, or the deadline passes."""
 
     def __init__(self, admin: DualWriteAdmin, deadline: float, poll_s: float,
@@ -143,9 +157,6 @@ class _Watch:
 class InitialSync(Step):
     """Start and watch the initial sync of the plan's maps; top errors with remediation on failure.
 
-    Options: `companies="created"` limits it to the companies the run created (the new company of
-    new-data-existing), whose rows are synced by running the initial sync again.
-
     Example:
         >>> # result = InitialSync().execute(ctx)
         >>> # result.status, result.counts  → PASSED, {'maps': 5, 'running': 5, ...}
@@ -158,12 +169,24 @@ class InitialSync(Step):
     doc_url = GUIDANCE_DOC
 
     def check(self, ctx: StepContext) -> Finding:
-        _, session, admin = environment(ctx)
+        params, session, admin = environment(ctx)
         maps = [p for p in planned_maps(ctx) if p.initial_sync]
-        companies = sync_companies(ctx, self.options.get("companies"))
+        companies = sync_companies(ctx)
         states = admin.map_states([p.name for p in maps])
         running = [p for p in maps if states[p.name].state == RUNNING]
-        behind = out_of_sync(reconcile(session, [p.name for p in running], companies))
+        rows = reconcile(session, [p.name for p in running], companies)
+        behind_by_map: dict[str, list[str]] = {}
+        for r in rows:
+            if not r.ok:
+                behind_by_map.setdefault(r.map, []).append(r.company)
+        behind = set(behind_by_map)
+        problems = rerun_problems(rows, behind_by_map, effective_limits(params))
+        if problems:
+            note = rerun_note(companies, behind_by_map)
+            raise StepError(f"these maps need their initial sync again ({note}), but the full push "
+                            "breaks the initial-sync limits where it is not needed: "
+                            + "; ".join(problems) + ". Fix: migrate the rows of the companies that need it "
+                            "(migrate step) and keep the maps running")
         work = SyncWork(
             maps=maps,
             companies=companies,
@@ -175,6 +198,9 @@ class InitialSync(Step):
                         and p.name not in work.watch else Status.WARNING,
                         states[p.name].state + (" — rows not in sync" if p in work.rerun else ""))
                   for p in maps]
+        if behind_by_map:
+            checks.append(Check("initial sync run again", Status.PASSED, rerun_note(companies, behind_by_map),
+                                doc=GUIDANCE_DOC))
         done = not (work.watch or work.start or work.rerun)
         return Finding(done, work.describe() or "every initial sync is complete and reconciled",
                        todo=work, checks=checks)
@@ -185,7 +211,7 @@ class InitialSync(Step):
         options = params.initial_sync
         total = len(work.watch) + len(work.start) + len(work.rerun)
         bar = ctx.progress("initial sync (maps)", total)
-        watch = _Watch(admin, time.monotonic() + options.timeout_s, options.poll_s, bar.update)
+        watch = Watch(admin, time.monotonic() + options.timeout_s, options.poll_s, bar.update)
         try:
             names = [p.name for p in work.maps]
             watch.until_settled(work.watch)
@@ -236,6 +262,7 @@ class InitialSync(Step):
                                next_action=RERUN_POLICY)
         checks = [self._state_check(p.name, states[p.name], params.initial_sync.timeout_s, work.stopped)
                   for p in maps]
+        checks += [c for c in finding.checks if c.name == "initial sync run again"]
         checks += [Check(f"{r.map} {r.company}", Status.FAILED,
                          f"F&O {r.finops_rows} rows, Dataverse {r.dataverse_rows}; missing in Dataverse "
                          f"{len(r.missing_in_dataverse)}, in F&O {len(r.missing_in_finops)}",

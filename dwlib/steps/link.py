@@ -1,5 +1,5 @@
-"""Linking the environments: the Power Platform integration / dual-write link gate, and the
-legal entities of the dual-write connection. Also the reads the company and preflight steps share.
+"""Linking the environments: the Power Platform integration / dual-write link gate, and the reads
+the company, legal-entity and preflight steps share.
 
 Which legal entities a run covers (`scope`): a new F&O environment is connected for DAT by the
 LCS setup ("A dual-write connection is established for DAT company data"); an existing one for
@@ -16,7 +16,7 @@ Example:
     >>> s = scope(p)
     >>> s.codes, s.created, s.linked_by_setup, s.initial_sync
     (('DAT',), ('USMF',), ('DAT',), True)
-    >>> # PowerPlatformIntegration().execute(ctx); LegalEntities().execute(ctx)
+    >>> # PowerPlatformIntegration().execute(ctx)
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 
 from dwlib import catalog
 from dwlib.catalog.errors import DOCS_ROOT
-from dwlib.clients.dualwrite import Instruction
 from dwlib.clients.errors import HttpError
 from dwlib.scenarios import scenario
 
@@ -142,20 +141,38 @@ def dataverse_rows(session: Session, entity_set: str, **options: Any) -> list[di
         raise
 
 
-def linked_codes(admin: DualWriteAdmin) -> set[str]:
-    """Company codes with a `cdm_companies` row, upper case (as F&O shows legal entity ids)."""
-    return {c.upper() for c in admin.legal_entities()}
-
-
 def companies(session: Session) -> list[dict[str, Any]]:
     """The `cdm_companies` rows (code, name, default owning team)."""
     columns = ["cdm_companyid", "cdm_companycode", "cdm_name", "_cdm_defaultowningteam_value"]
     return dataverse_rows(session, "cdm_companies", select=columns)
 
 
+def roles_of(session: Session, *, user: str = "", team: str = "") -> list[str]:
+    """Names of the security roles of a system user or a team."""
+    table, column, key = (("systemuserrolescollection", "systemuserid", user) if user
+                          else ("teamrolescollection", "teamid", team))
+    ids = {r["roleid"] for r in dataverse_rows(session, table, select=["roleid"],
+                                               filter=f"{column} eq {key}")}
+    names = {r["roleid"]: r["name"] for r in dataverse_rows(session, "roles", select=["roleid", "name"])}
+    return sorted(names[i] for i in ids if i in names)
+
+
+def roles_check(name: str, roles: list[str], fix: str, doc: str, *, none: Status = Status.FAILED) -> Check:
+    """System Administrator, or both dual-write roles (security-roles.md); else a warning (no role at
+    all: `none`)."""
+    req = catalog.requirements()
+    have = {r.lower() for r in roles}
+    ok = req.system_administrator.lower() in have or all(r.lower() in have for r in req.dual_write_roles)
+    evidence = f"roles: {', '.join(roles) or 'none'}"
+    if ok:
+        return Check(name, Status.PASSED, evidence)
+    return Check(name, Status.WARNING if roles else none, evidence, fix=fix, doc=doc)
+
+
 def company_checks(session: Session, codes: Sequence[str]) -> list[Check]:
-    """Per code: its `cdm_companies` row with the business unit and "<CODE> DW" owner team dual-write
-    creates (company-data.md)."""
+    """Per code (a legal entity of the connection): its `cdm_companies` row, which the Legal entities
+    (cdm_companies) map brings, with the business unit and "<CODE> DW" owner team dual-write creates
+    for it (company-data.md)."""
     rows = {(r.get("cdm_companycode") or "").upper(): r for r in companies(session)}
     dv = session.dataverse
     out = []
@@ -164,9 +181,10 @@ def company_checks(session: Session, codes: Sequence[str]) -> list[Check]:
         row = rows.get(code)
         if row is None:
             out.append(Check(name, Status.FAILED, f"no cdm_companies row with cdm_companycode {code}",
-                             fix=f"add {code} to the dual-write connection (Environment details > Legal "
-                                 "entities > Add legal entity); dual-write then creates the row",
-                             doc=LEGAL_ENTITIES_DOC))
+                             fix=f"the Legal entities (cdm_companies) map brings it once {code} is in the "
+                                 "connection: run that map with its initial sync (or, when it runs, add "
+                                 f"{code} without skipping initial writes): the legal-entities step does it",
+                             doc=COMPANY_DOC))
             continue
         team_id = row.get("_cdm_defaultowningteam_value")
         if not team_id:
@@ -185,6 +203,11 @@ def company_checks(session: Session, codes: Sequence[str]) -> list[Check]:
             out.append(Check(name, Status.WARNING, f"{evidence}, not '{expected}'",
                              fix=f"make sure the owner team has the dual-write runtime and app user roles "
                                  f"(dual-write creates '{expected}' for this)", doc=COMPANY_DOC))
+        roles = " and ".join(catalog.requirements().dual_write_roles)
+        out.append(roles_check(f"roles of the owning team of {code}", roles_of(session, team=team_id),
+                               f"give team '{team['name']}' the {roles} roles and roles for the tables in "
+                               "scope (or System Administrator): rows it owns fail otherwise",
+                               DOCS_ROOT + "security-roles"))
     return out
 
 
@@ -243,8 +266,33 @@ def link_checks(params: Params, link: dict[str, Any] | None) -> list[Check]:
     return out
 
 
+def connection_check(admin: DualWriteAdmin, codes: Sequence[str], *, pending: str = "") -> Check:
+    """Whether the dual-write connection holds `codes` (its documented state: Environment details >
+    Legal entities), read through `admin.connection_legal_entities`. Not readable: SKIPPED when
+    `pending` names the step that reads it later, else a WARNING (a check that cannot run never
+    passes)."""
+    conn = admin.connection_legal_entities()
+    name = "legal entities in the connection"
+    if not conn.readable:
+        status = Status.SKIPPED if pending else Status.WARNING
+        return Check(name, status, f"{conn.source}: {conn.note}" + (f"; {pending}" if pending else ""),
+                     fix="" if pending else "check Environment details > Legal entities in the dual-write "
+                                            f"workspace: it must list {', '.join(codes)}",
+                     doc=LEGAL_ENTITIES_DOC)
+    missing = conn.missing(codes)
+    seen = f"{conn.source}: {', '.join(conn.codes or ()) or 'none'}"
+    if missing:
+        return Check(name, Status.FAILED, f"{seen}; missing {', '.join(missing)}",
+                     fix=f"add {', '.join(missing)} (Environment details > Legal entities > Add legal "
+                         "entity)",
+                     doc=LEGAL_ENTITIES_DOC)
+    return Check(name, Status.PASSED, seen)
+
+
 def dual_write_checks(session: Session, admin: DualWriteAdmin, codes: Sequence[str]) -> list[Check]:
-    """Dual-write configured and linked: solutions installed, table maps applied, companies present."""
+    """Dual-write configured and linked: solutions installed, table maps applied, and the legal
+    entities `codes` in the connection (read once a map has a project; the legal-entities step
+    reads it after running the Legal entities map)."""
     problems = solution_problems(session)
     out = [Check("dual-write solutions", Status.FAILED if problems else Status.PASSED,
                  "; ".join(problems) if problems else f"{len(catalog.required_solutions())} required "
@@ -255,7 +303,9 @@ def dual_write_checks(session: Session, admin: DualWriteAdmin, codes: Sequence[s
     out.append(Check("table maps applied", Status.PASSED if maps else Status.FAILED,
                      f"{len(maps)} table maps in msdyn_dualwriteentitymaps",
                      fix="" if maps else "select Apply Solution in the dual-write workspace", doc=LCS_DOC))
-    return out + company_checks(session, codes)
+    out.append(connection_check(admin, codes, pending="the legal-entities step reads it after running "
+                                                      "the Legal entities (cdm_companies) map"))
+    return out
 
 
 @register
@@ -263,10 +313,12 @@ class PowerPlatformIntegration(Step):
     """Gate: Power Platform integration and the dual-write link (LCS), verified through Dataverse.
 
     Checks that Dataverse reports integration with the parameters' F&O URL and tenant, and that
-    dual-write is configured (solutions, table maps) and linked (the companies the setup connects:
-    DAT for a new F&O, the legal entities in scope for an existing one). Otherwise shows the LCS
-    steps (Power Platform Integration > Setup; Dual-write application > Configure > Link) and polls
-    until the state is verified. A link to another environment is reported, never changed.
+    dual-write is configured (solutions, table maps) and linked (the legal entities the setup
+    connects: DAT for a new F&O, the legal entities in scope for an existing one, as far as the
+    connection can be read yet). Otherwise shows the LCS steps (Power Platform Integration > Setup;
+    Dual-write application > Configure > Link) and polls until the state is verified. Linking
+    creates no company in Dataverse: the legal-entities step runs the map that does. A link to
+    another environment is reported, never changed.
 
     Example:
         >>> # PowerPlatformIntegration().execute(ctx).status  → Status.PASSED after the consultant linked
@@ -312,69 +364,3 @@ class PowerPlatformIntegration(Step):
                    Status.WARNING: "linked, with warnings",
                    Status.FAILED: "the link is not as expected"}[status]
         return self.result(status, summary, checks=checks)
-
-
-@register
-class LegalEntities(Step):
-    """The dual-write connection holds exactly the legal entities in scope.
-
-    Adds the missing ones (Environment details > Legal entities > Add legal entity, skipping initial
-    writes: the initial sync is its own step) and asks to remove the others. A removal cannot be
-    verified from outside (dual-write keeps a removed company's `cdm_company` row), so companies
-    outside the scope stay a warning. Refuses, before acting, more than 40 legal entities when
-    the scenario runs an initial sync, or more than 250.
-
-    Example:
-        >>> # LegalEntities().execute(ctx).checks[0].evidence
-        >>> # "cdm_company USMF 'Contoso US': owner team 'USMF DW' in business unit 'USMF'"
-        >>> LegalEntities.name
-        'legal-entities'
-    """
-
-    name = "legal-entities"
-    title = "Legal entities in the dual-write connection"
-    doc_url = LEGAL_ENTITIES_DOC
-
-    def check(self, ctx: StepContext) -> Finding:
-        params, session, admin = environment(ctx)
-        sc = scope(params)
-        require_linkable(session, sc.codes, sc.initial_sync,
-                         "correct legal_entities (companies this run creates go under companies)")
-        present = linked_codes(admin)
-        missing = [c for c in sc.codes if c not in present]
-        extra = sorted(present - set(sc.codes) - set(sc.created))
-        what = ([f"add {', '.join(missing)}"] if missing else []) + (
-            [f"remove {', '.join(extra)}"] if extra else [])
-        seen = ", ".join(sorted(present)) or "none"
-        evidence = Check("connection", Status.PASSED,
-                         f"in scope: {', '.join(sc.codes)}; cdm_companies: {seen}")
-        return Finding(not what, "; ".join(what) or "in scope", todo=(missing, extra), checks=[evidence])
-
-    def act(self, ctx: StepContext, finding: Finding) -> None:
-        _, _, admin = environment(ctx)
-        missing, extra = finding.todo
-        if missing:
-            admin.add_legal_entities(missing, skip_initial_writes=True)
-        if extra:
-            admin.notify(Instruction(
-                "Remove legal entities from the dual-write connection",
-                ["In F&O open Data management > Dual-write, then Environment details.",
-                 f"On the Legal entities tab remove {', '.join(extra)} (not in legal_entities), then Save."],
-                {}, "not verifiable from outside (removed companies keep their cdm_company rows)"))
-
-    def verify(self, ctx: StepContext, finding: Finding) -> StepResult:
-        params, session, admin = environment(ctx)
-        sc = scope(params)
-        checks = company_checks(session, sc.codes)
-        extra = sorted(linked_codes(admin) - set(sc.codes) - set(sc.created))
-        if extra:
-            checks.append(Check(
-                "legal entities outside the scope", Status.WARNING,
-                f"cdm_companies also holds {', '.join(extra)}; whether they are still in the connection "
-                "shows only in the dual-write workspace (removed companies keep their cdm_company row)",
-                fix=f"remove {', '.join(extra)} in Environment details > Legal entities, or add them to "
-                    "legal_entities", doc=LEGAL_ENTITIES_DOC))
-        status = worst(checks)
-        return self.result(status, f"connection legal entities: {', '.join(sc.codes)}"
-                           + ("" if status == Status.PASSED else f" ({status})"), checks=checks,
-                           next_action=checks[-1].fix if extra else "")

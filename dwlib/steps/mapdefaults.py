@@ -1,15 +1,17 @@
 """Default value transforms of table maps ("Customizing mappings"), from `table_maps[].defaults`.
 
-A column mapping can carry a *Default* transform: the value written when the source value is
-empty. Existing Dataverse accounts have no customer group, and F&O's Customers V3 requires one, so
-consultants give the Customers V3 (accounts) map a default `CUSTOMERGROUPID` for rows coming from
-Dataverse. Maps must be stopped to be edited ("Before you change table mappings, they must be
-stopped (not running). Otherwise, your changes won't be saved."): a Running map is stopped,
-edited, and run again with the initial sync skipped (nothing to copy: it was running).
+An explicit option, not the documented path: a column mapping can carry a *Default* transform,
+the value written when the source value is empty. Existing Dataverse accounts have no customer
+group, and F&O's Customers V3 requires one; the documented path gives the rows their group in
+Dataverse (the bootstrap's `bootstrap.customer_group`, or the F&O customer's with the
+account-number method), but some consultants prefer a default `CUSTOMERGROUPID` on the map. That
+customises a standard map (it must be carried through upgrades of the map), so the result says
+so. Maps must be stopped to be edited ("Before you change table mappings, they must be stopped
+(not running). Otherwise, your changes won't be saved."): a Running map is stopped, edited, and run
+again with the initial sync skipped (nothing to copy: it was running).
 
-`apply_defaults` is shared by the `table-maps` step (before it runs the maps) and the
-`map-defaults` step, which the scenarios whose maps are live before the bootstrap
-(new-existing, new-data-existing) run before the bootstrap stamps Dataverse rows with a company.
+`apply_defaults` is used by the `table-maps` step (before it runs the maps) and the `map-defaults`
+step (which no scenario lists: run it on its own when wanted).
 
 Example:
     >>> # params: table_maps: [{name: Customers V3 (accounts), defaults: {CUSTOMERGROUPID: "30"}}]
@@ -35,6 +37,8 @@ if TYPE_CHECKING:
     from dwlib.params import Params
 
 CUSTOMIZING_DOC = DOCS_ROOT + "customizing-mappings"
+WHY = ("explicit option table_maps[].defaults: customises a standard map (not needed on the documented "
+       "path, where the bootstrap gives the Dataverse rows what F&O requires)")
 Defaults = dict[str, dict[str, str]]  # map name → F&O column (upper case) → value
 
 
@@ -85,7 +89,8 @@ def apply_defaults(admin: DualWriteAdmin, todo: Defaults) -> None:
 def defaults_checks(admin: DualWriteAdmin, wanted: Defaults) -> list[Check]:
     """One check per map: its Default transforms as the applied map shows them, and its state.
 
-    >>> # defaults_checks(ctx.admin, wanted_defaults(params))[0].evidence → "CUSTOMERGROUPID = '30' (Running)"
+    >>> # defaults_checks(ctx.admin, wanted_defaults(params))[0].evidence
+    >>> # → "CUSTOMERGROUPID = '30' (Running); explicit option table_maps[].defaults: customises …"
     """
     missing = missing_defaults(admin, wanted)
     states = admin.map_states(list(wanted)) if wanted else {}
@@ -99,7 +104,7 @@ def defaults_checks(admin: DualWriteAdmin, wanted: Defaults) -> list[Check]:
                                     "with the value, Save; then run the step again", doc=CUSTOMIZING_DOC))
         else:
             checks.append(Check(f"{name}: column defaults", Status.PASSED,
-                                f"{text} ({states[name].state})"))
+                                f"{text} ({states[name].state}); {WHY}", doc=CUSTOMIZING_DOC))
     return checks
 
 

@@ -4,37 +4,39 @@
 as a pure function. The matrix uses strict "<" and ">" around 70,000 and 500,000 rows, so the
 boundaries are undefined; we take the conservative side: exactly at a limit means migrate.
 "Volume" is the largest row count of the map in one legal entity on either side, because the
-500,000 limit is "per run per legal entity" and the initial sync runs per legal entity.
+500,000 limit is "per run per legal entity" and the initial sync runs per legal entity. The 70,000
+rule of single-threaded tables is about the import into F&O ("don't push more than 70,000 rows
+from Dataverse to finance and operations"), so it looks at the Dataverse side only (`to_finops`).
 
 `build_plan` counts the rows of every map per legal entity on both sides (the same eligibility
 verify uses: key set, source / reversed filter true, company set on the Dataverse side), applies
 `decide` per map, then the global constraints before an initial sync:
 
 - more than 40 legal entities in the connection → migrate (initial writes support 40);
-- more lookups than the catalogue's `max_lookups` (10; "more than 10 lookup fields" fails the
-  Dataverse export) while Dataverse has rows for the map → migrate (or split the lookups);
+- 10 or more lookups (the catalogue's `failing_lookups`; "10 or more lookups" fail the Dataverse
+  export) while Dataverse has rows for the map → migrate (or split the lookups);
 - double quotes in mapped text ("Double quotes in data break parsing") → migrate (or remove them);
 - a migrated map's prerequisites are migrated too (not Legal entities, which linking creates):
   the migrate step runs before any map is enabled, and migrated rows need the rows they refer to.
 
 The plan lists the maps in dependency order with the master for the initial sync (the
 parameters' `initial_sync_master`, else F&O when it holds rows, else Dataverse — the docs'
-default) and an estimated duration. The estimate is an upper bound from documented limits only,
-because the initial sync's own throughput is not documented:
+default) and an estimated duration, with the throughput it assumes beside it (`basis`):
 
-- rows written to Dataverse: 6,000 requests per 5 minutes per user (service protection limits),
-  one row per request (the initial sync's batching is not documented) → 20 rows/s;
-- rows written to F&O by a single-threaded map: "70,000 rows" may take "24 hours" → 0.81 rows/s;
-  multi-threaded maps: no documented rate, assumed like the Dataverse leg (20 rows/s);
-- migration: UpsertMultiple of 1,000 rows at 20 requests/s → 20,000 rows/s into Dataverse; DMF
-  imports into F&O as above;
-- every row is assumed to cross (no row already on the other side), legal entities one by one.
+- initial sync: "it scales to 100 records a minute", one legal entity at a time (Learn training
+  module "Error handling", `THROUGHPUT_DOC`; the dual-write pages give no rate);
+- migration into Dataverse: at most 6,000 requests per 5 minutes per user (service protection
+  limits) with 1,000 rows per UpsertMultiple → 20,000 rows/s, an upper bound, not a measured rate;
+- migration into F&O (DMF import): no documented throughput — ASSUMED as slow as the initial sync;
+- every row is assumed to cross (no row already on the other side).
 
 Example:
-    >>> d = decide("existing", "existing", True, single_threaded=True, volume=70_000)
+    >>> d = decide("existing", "existing", True, single_threaded=True, volume=70_000, to_finops=70_000)
     >>> d.action, d.actions
     ('migrate', ('bootstrap Dataverse data', 'migrate outside the initial sync', 'enable, skip initial sync'))
-    >>> decide("new", "new", False, single_threaded=False, volume=0).action
+    >>> decide("existing", "existing", True, single_threaded=True, volume=90_000, to_finops=10).action
+    'initial-sync'
+    >>> decide("new", "new", False, single_threaded=False, volume=0, to_finops=0).action
     'skip'
     >>> # rows = build_plan(ctx); [(r.name, r.action, r.master) for r in rows]
 """
@@ -77,13 +79,23 @@ ACTIVATE_SKIP = "enable, skip initial sync"
 DEFAULT_MAPS = ("Legal entities (cdm_companies)", "Currencies (transactioncurrencies)",
                 "Customer groups (msdyn_customergroups)", "Terms of payment (msdyn_paymentterms)",
                 "Customers V3 (accounts)", "Customers V3 (contacts)")
-LINKED_BY_DUAL_WRITE = "Legal entities (cdm_companies)"  # cdm_companies rows come with linking
+# Its rows come from its own initial sync, run by the legal-entities step before the plan.
+LINKED_BY_DUAL_WRITE = "Legal entities (cdm_companies)"
 
 # Throughput model of the estimate (see the module docstring).
-DATAVERSE_ROWS_PER_S = 6000 / 300
-SINGLE_THREADED_FINOPS_ROWS_PER_S = 70_000 / 86_400
-MULTI_THREADED_FINOPS_ROWS_PER_S = DATAVERSE_ROWS_PER_S
-MIGRATE_DATAVERSE_ROWS_PER_S = 1000 * DATAVERSE_ROWS_PER_S
+THROUGHPUT_DOC = ("https://learn.microsoft.com/en-us/training/modules/extensions-finance-operations-power-"
+                  "platform/error-handling")
+LIMITS_DOC = "https://learn.microsoft.com/en-us/power-apps/developer/data-platform/api-limits"
+INITIAL_SYNC_ROWS_PER_S = 100 / 60  # "scales to 100 records a minute" (THROUGHPUT_DOC)
+MIGRATE_DATAVERSE_ROWS_PER_S = 6000 / 300 * 1000  # service protection limit × UpsertMultiple size
+MIGRATE_FINOPS_ROWS_PER_S = INITIAL_SYNC_ROWS_PER_S  # ASSUMED: no documented DMF import rate
+BASIS = {
+    "initial-sync": f"100 records a minute, one legal entity at a time (documented: {THROUGHPUT_DOC})",
+    "migrate": ("into Dataverse at most 20,000 rows/s (service protection limits × 1,000 rows per "
+                f"UpsertMultiple, an upper bound: {LIMITS_DOC}); into F&O ASSUMED 100 records a minute "
+                "(no documented DMF import rate)"),
+    "skip": "nothing to move",
+}
 RUNNING = ("Running", "Paused", "Resuming")
 
 
@@ -109,16 +121,19 @@ def decide(
     *,
     single_threaded: bool,
     volume: int,
+    to_finops: int,
     limits: catalog.Limits | None = None,
 ) -> Decision:
     """The initial-sync decision matrix for one map (pure).
 
-    `volume` is the map's largest row count in one legal entity; `limits` default to the
-    documented ones. At exactly a limit the conservative answer (migrate) is given.
+    `volume` is the map's largest row count in one legal entity (either side), `to_finops` its
+    largest Dataverse row count in one legal entity (what would go Dataverse → F&O, the direction
+    the 70,000 rule of single-threaded tables is about); `limits` default to the documented ones.
+    At exactly a limit the conservative answer (migrate) is given.
 
-    >>> decide("new", "existing", True, single_threaded=False, volume=499_999).action
+    >>> decide("new", "existing", True, single_threaded=False, volume=499_999, to_finops=0).action
     'initial-sync'
-    >>> decide("existing", "new", True, single_threaded=False, volume=500_000).matrix_row
+    >>> decide("existing", "new", True, single_threaded=False, volume=500_000, to_finops=0).matrix_row
     'existing F&O / new Dataverse, 500,000 rows or more'
     """
     lim = limits or catalog.limits()
@@ -139,10 +154,14 @@ def decide(
         return Decision((RUN_INITIAL,), f"existing F&O / new Dataverse, fewer than {big:,} rows")
     prefix = (CREATE_FO_COMPANY, BOOTSTRAP_DV) if finops == "new" else (BOOTSTRAP_DV,)
     sides = f"{finops} F&O / existing Dataverse"
-    limit = min(st_big, big) if single_threaded else big  # past 500,000 every map migrates
-    if volume >= limit:
-        return Decision((*prefix, *migrate), f"{sides}, {threading}, {limit:,} rows or more")
-    return Decision((*prefix, RUN_INITIAL), f"{sides}, {threading}, fewer than {limit:,} rows")
+    if volume >= big:  # past 500,000 every map migrates, whichever side holds the rows
+        return Decision((*prefix, *migrate), f"{sides}, {threading}, {big:,} rows or more")
+    if single_threaded and to_finops >= st_big:
+        return Decision((*prefix, *migrate),
+                        f"{sides}, single-threaded, {st_big:,} rows or more from Dataverse to F&O")
+    limit = (f"fewer than {st_big:,} rows from Dataverse to F&O" if single_threaded
+             else f"fewer than {big:,} rows")
+    return Decision((*prefix, RUN_INITIAL), f"{sides}, {threading}, {limit}")
 
 
 def scenario_states(scenario_id: str) -> tuple[State, State]:
@@ -208,7 +227,12 @@ class PlanRow:
     actions: tuple[str, ...] = field(default=())
 
     COLUMNS = ("order", "map", "action", "master", "skip_initial_sync", "state", "finops_rows",
-               "dataverse_rows", "dataverse_without_company", "estimate", "reason")
+               "dataverse_rows", "dataverse_without_company", "estimate", "estimate_basis", "reason")
+
+    @property
+    def estimate_basis(self) -> str:
+        """The throughput the estimate assumes, and where it is documented (or that it is not)."""
+        return BASIS[self.action]
 
     @property
     def initial_sync(self) -> bool:
@@ -236,6 +260,7 @@ class PlanRow:
         out["finops_rows"] = _per_company(self.finops_rows)
         out["dataverse_rows"] = _per_company(self.dataverse_rows)
         out["estimate"] = duration(self.estimate_s)
+        out["estimate_basis"] = self.estimate_basis
         out["actions"] = " → ".join(self.actions)
         return {k: out[k] for k in (*self.COLUMNS, "matrix_row", "actions", "lookups", "quoted_rows")}
 
@@ -256,19 +281,19 @@ def duration(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
 
 
-def estimate(action: Action, single_threaded: bool, finops_rows: int, dataverse_rows: int) -> float:
-    """Seconds for `action` to move `finops_rows` into Dataverse and `dataverse_rows` into F&O.
+def estimate(action: Action, finops_rows: int, dataverse_rows: int) -> float:
+    """Seconds for `action` to move `finops_rows` into Dataverse and `dataverse_rows` into F&O
+    (the throughputs of `BASIS`).
 
-    >>> round(estimate("initial-sync", True, 0, 70_000))
-    86400
-    >>> estimate("migrate", False, 20_000, 0), estimate("skip", False, 10, 10)
+    >>> estimate("initial-sync", 3_000, 3_000) / 3600  # 100 records a minute
+    1.0
+    >>> estimate("migrate", 20_000, 0), estimate("skip", 10, 10)
     (1.0, 0.0)
     """
-    into_finops = SINGLE_THREADED_FINOPS_ROWS_PER_S if single_threaded else MULTI_THREADED_FINOPS_ROWS_PER_S
     if action == "initial-sync":
-        return finops_rows / DATAVERSE_ROWS_PER_S + dataverse_rows / into_finops
+        return (finops_rows + dataverse_rows) / INITIAL_SYNC_ROWS_PER_S
     if action == "migrate":
-        return finops_rows / MIGRATE_DATAVERSE_ROWS_PER_S + dataverse_rows / into_finops
+        return finops_rows / MIGRATE_DATAVERSE_ROWS_PER_S + dataverse_rows / MIGRATE_FINOPS_ROWS_PER_S
     return 0.0
 
 
@@ -368,8 +393,10 @@ def blockers(*, legal_entities: int, lookups: int, dataverse_rows: int, quoted_r
              limits: catalog.Limits | None = None) -> list[str]:
     """Why a map cannot have its initial sync (the global constraints), as readable reasons.
 
-    >>> blockers(legal_entities=41, lookups=10, dataverse_rows=5, quoted_rows=0)
+    >>> blockers(legal_entities=41, lookups=9, dataverse_rows=5, quoted_rows=0)
     ['41 legal entities: initial writes support 40']
+    >>> blockers(legal_entities=4, lookups=10, dataverse_rows=5, quoted_rows=0)[0][:35]
+    '10 lookups on the Dataverse side (1'
     >>> blockers(legal_entities=4, lookups=11, dataverse_rows=0, quoted_rows=0)
     []
     """
@@ -378,8 +405,8 @@ def blockers(*, legal_entities: int, lookups: int, dataverse_rows: int, quoted_r
     if legal_entities > lim.initial_sync_legal_entities:
         out.append(f"{legal_entities} legal entities: initial writes support "
                    f"{lim.initial_sync_legal_entities}")
-    if lookups > lim.max_lookups and dataverse_rows:
-        out.append(f"{lookups} lookups on the Dataverse side (more than {lim.max_lookups} fail the export; "
+    if lookups >= lim.failing_lookups and dataverse_rows:
+        out.append(f"{lookups} lookups on the Dataverse side ({lim.failing_lookups} or more fail the export; "
                    "or split the lookups)")
     if quoted_rows:
         out.append(f"{quoted_rows} rows hold double quotes in mapped text (they break the initial sync's "
@@ -387,11 +414,49 @@ def blockers(*, legal_entities: int, lookups: int, dataverse_rows: int, quoted_r
     return out
 
 
+def volume_problems(m: catalog.TableMap, finops_rows: int, dataverse_rows: int,
+                    limits: catalog.Limits | None = None) -> list[str]:
+    """Why one legal entity's rows of map `m` are too many for its initial sync: 500,000 rows per
+    legal entity per run, 70,000 into F&O for single-threaded maps.
+
+    >>> volume_problems(catalog.table_map("Customers V3 (accounts)"), 10, 70_000)
+    ['70,000 rows from Dataverse into F&O for a single-threaded map (limit 70,000)']
+    >>> volume_problems(catalog.table_map("Customers V3 (contacts)"), 10, 70_000)
+    []
+    """
+    lim = limits or catalog.limits()
+    out = []
+    if max(finops_rows, dataverse_rows) >= lim.initial_sync_rows_per_legal_entity:
+        out.append(f"{max(finops_rows, dataverse_rows):,} rows in one legal entity (limit "
+                   f"{lim.initial_sync_rows_per_legal_entity:,} per run)")
+    if m.single_threaded and dataverse_rows >= lim.single_threaded_dataverse_to_finops_rows:
+        out.append(f"{dataverse_rows:,} rows from Dataverse into F&O for a single-threaded map (limit "
+                   f"{lim.single_threaded_dataverse_to_finops_rows:,})")
+    return out
+
+
+def initial_write_problems(m: catalog.TableMap, finops_rows: int, dataverse_rows: int, legal_entities: int,
+                           limits: catalog.Limits | None = None) -> list[str]:
+    """Why the initial write of map `m` for one legal entity with these row counts would fail: the
+    volume limits and the global constraints (`blockers`, quotes aside).
+
+    >>> initial_write_problems(catalog.table_map("Customers V3 (contacts)"), 10, 5, 2)
+    []
+    >>> initial_write_problems(catalog.table_map("Customers V3 (contacts)"), 10, 5, 41)
+    ['41 legal entities: initial writes support 40']
+    """
+    lim = limits or catalog.limits()
+    return volume_problems(m, finops_rows, dataverse_rows, lim) + blockers(
+        legal_entities=legal_entities, lookups=m.lookup_count, dataverse_rows=dataverse_rows, quoted_rows=0,
+        limits=lim)
+
+
 def _row(order: int, m: catalog.TableMap, fo: dict[str, int], dv: dict[str, int], without: int, quoted: int,
          state: str, states: tuple[State, State], lim: catalog.Limits, companies: int,
          option: Any) -> PlanRow:
     volume = max([*fo.values(), *dv.values(), 0])
-    d = decide(*states, volume > 0, single_threaded=m.single_threaded, volume=volume, limits=lim)
+    d = decide(*states, volume > 0, single_threaded=m.single_threaded, volume=volume,
+               to_finops=max([*dv.values(), 0]), limits=lim)
     reasons = [f"matrix: {d.matrix_row}"]
     action = d.action
     found = blockers(legal_entities=companies, lookups=m.lookup_count, dataverse_rows=sum(dv.values()),
@@ -410,7 +475,7 @@ def _row(order: int, m: catalog.TableMap, fo: dict[str, int], dv: dict[str, int]
               "finops" if sum(fo.values()) else "dataverse")
     return PlanRow(order, m.name, action, master, action != "initial-sync", state, m.single_threaded,
                    m.lookup_count, fo, dv, without, quoted, d.matrix_row, "; ".join(reasons),
-                   estimate(action, m.single_threaded, sum(fo.values()), sum(dv.values())), d.actions)
+                   estimate(action, sum(fo.values()), sum(dv.values())), d.actions)
 
 
 def _propagate(rows: list[PlanRow]) -> list[PlanRow]:
@@ -427,7 +492,7 @@ def _propagate(rows: list[PlanRow]) -> list[PlanRow]:
                 row, action="migrate", skip_initial_sync=True,
                 reason=f"{row.reason}; migrate: prerequisite of {r.name}, which is migrated (its rows must "
                        "exist before the migrated rows refer to them)",
-                estimate_s=estimate("migrate", row.single_threaded, sum(row.finops_rows.values()),
+                estimate_s=estimate("migrate", sum(row.finops_rows.values()),
                                     sum(row.dataverse_rows.values())))
     return [by_name[r.name] for r in rows]
 
@@ -474,7 +539,8 @@ class PlanStep(Step):
         summary = "; ".join(f"{a}: {len(maps)}" for a, maps in by_action.items() if maps)
         return self.result(
             Status.PASSED,
-            f"{len(rows)} maps — {summary}; estimated {duration(total)} under the service limits",
+            f"{len(rows)} maps — {summary}; estimated {duration(total)} (initial sync at the documented "
+            "100 records a minute; see estimate_basis)",
             checks=checks, tables={"plan": [r.row() for r in rows]},
             counts={**{a: len(maps) for a, maps in by_action.items()}, "estimate_s": round(total)},
             evidence_files=[str(path)],

@@ -2,10 +2,14 @@
 
 Each check passes, warns or fails, with the evidence read and the documented fix: both
 environments reachable and signed in; the Power Platform integration (same F&O URL and tenant);
-the dual-write solutions at the required versions and the application users; `cdm_companies`
-without duplicate codes or blank names; the legal entities in scope within the limits (40 with an
-initial sync, 250 live); the root business unit's default team. It never writes, also when run
-again or in a dry run.
+the versions (F&O 10.0.9 / platform update 33 from Lifecycle Services, Dataverse 9.1.0000.11732
+from `RetrieveVersion`); not a trial and the same geography (Power Platform admin API); the
+dual-write solutions at the required versions, no Prospect to cash solution, the dual-write plug-in
+steps enabled; the application users and their security roles, the F&O-side Microsoft Entra
+applications; `cdm_companies` without duplicate or blank names; the legal entities in scope within
+the limits (40 with an initial sync, 250 live); the root business unit's default team and its
+roles. A check that cannot read what it checks warns, saying how to check by hand; it never
+passes. It never writes, also when run again or in a dry run.
 
 What the LCS dual-write setup adds (the integration, the solutions, the app users, the
 `cdm_companies` table) is not a problem while it is missing and a later step of the scenario (the
@@ -24,15 +28,18 @@ Example:
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import groupby
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dwlib import catalog
 from dwlib.catalog.errors import DOCS_ROOT
+from dwlib.clients.dualwrite.base import same_url
 from dwlib.clients.errors import ClientError
+from dwlib.clients.platform import release_of
 from dwlib.scenarios import scenario
 
 from .base import Check, Finding, Status, Step, StepContext, StepError, StepResult, register
@@ -46,6 +53,8 @@ from .link import (
     finops_legal_entities,
     limit_problem,
     link_checks,
+    roles_check,
+    roles_of,
     scope,
     solution_versions,
     worst,
@@ -58,8 +67,12 @@ if TYPE_CHECKING:
 
 REQUIREMENTS_DOC = DOCS_ROOT + "requirements-and-prerequisites"
 SECURITY_DOC = DOCS_ROOT + "security-roles"
-DATAVERSE_CHECKS = ["Power Platform integration", "dual-write solutions", "application users",
-                    "cdm_companies", "legal entities", "root business unit default team"]
+DATAVERSE_CHECKS = ["Power Platform integration", "Dataverse version", "dual-write solutions",
+                    "Prospect to cash", "dual-write plug-in steps", "application users", "cdm_companies",
+                    "legal entities", "root business unit default team"]
+SYSREQ_DOC = DOCS_ROOT + "dual-write-system-req"
+PLATFORM_DOC = ("https://learn.microsoft.com/en-us/dynamics365/fin-ops-core/dev-itpro/power-platform/"
+                "enable-power-platform-integration")
 LIMITS_DOC = DOCS_ROOT + "sync-limits"
 
 
@@ -167,27 +180,38 @@ def _app_user_checks(session: Session, setup: Setup) -> list[Check]:
     return out
 
 
+def _code(row: dict[str, Any]) -> str:
+    return row.get("cdm_companycode") or "(no code)"
+
+
 def _company_rows_check(session: Session, installed: bool, setup: Setup) -> Check:
     rows = companies(session)
     if not rows and not installed:
         # The table comes with Dual Write Core; its solution check says whether that is a problem.
         return Check("cdm_companies", Status.SKIPPED, "no cdm_companies rows: " + (
             NOT_YET if setup.later and not setup.linked else "not checked: Dual Write Core is not installed"))
-    codes = Counter((r.get("cdm_companycode") or "").upper() for r in rows)
-    duplicates = sorted(c for c, n in codes.items() if n > 1)
-    blank = sorted((r.get("cdm_companycode") or "(no code)")
-                   for r in rows if not (r.get("cdm_name") or "").strip())
+    # "Dual-write doesn't support multiple companies with the same name" (initial-setup troubleshooting):
+    # names are compared, trimmed and case-insensitively; blank names are the other documented cause.
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if (r.get("cdm_name") or "").strip():
+            by_name.setdefault(r["cdm_name"].strip().lower(), []).append(r)
+    duplicates = sorted(
+        f"'{min(same, key=_code)['cdm_name'].strip()}' ({', '.join(sorted(map(_code, same)))})"
+        for same in by_name.values() if len(same) > 1)
+    blank = sorted(_code(r) for r in rows if not (r.get("cdm_name") or "").strip())
     if duplicates or blank:
         known = catalog.known_error("duplicate-company")
         evidence = "; ".join(
-            ([f"duplicate codes: {', '.join(duplicates)}"] if duplicates else [])
+            ([f"duplicate names: {', '.join(duplicates)}"] if duplicates else [])
             + ([f"blank names: {', '.join(blank)}"] if blank else []))
         return Check("cdm_companies", Status.FAILED,
                      f"{evidence} — linking fails with \"Saving connection set failed! An item with the same "
                      "key has already been added.\"", fix=known.fix, doc=known.doc_url)
+    codes = sorted((r.get("cdm_companycode") or "").upper() for r in rows)
     return Check("cdm_companies", Status.PASSED,
-                 f"{len(rows)} companies, no duplicate codes or blank names"
-                 + (f": {', '.join(sorted(codes))}" if rows else ""))
+                 f"{len(rows)} companies, no duplicate or blank names"
+                 + (f": {', '.join(codes)}" if rows else ""))
 
 
 def _scope_checks(params: Params, session: Session) -> list[Check]:
@@ -215,20 +239,193 @@ def _scope_checks(params: Params, session: Session) -> list[Check]:
     return out
 
 
-def _root_team_check(session: Session) -> Check:
+def _root_team_check(session: Session, setup: Setup) -> Check:
     name = "root business unit default team"
     roots = dataverse_rows(session, "businessunits", select=["businessunitid", "name"],
                            filter="_parentbusinessunitid_value eq null")
     root = roots[0]["businessunitid"] if roots else None
-    teams = dataverse_rows(session, "teams", select=["name"],
+    teams = dataverse_rows(session, "teams", select=["teamid", "name"],
                            filter=f"isdefault eq true and _businessunitid_value eq {root}") if root else []
     if not teams:
         return Check(name, Status.FAILED, "no default team of the root business unit found",
                      fix="the root business unit's default team becomes the default owner of rows dual-write "
                          "integrates: it must exist, with read permission on all dual-write tables",
                      doc=SECURITY_DOC)
-    return Check(name, Status.PASSED, f"team '{teams[0]['name']}' of root business unit '{roots[0]['name']}' "
-                                      "(give it read permission on all dual-write tables; roles not checked)")
+    roles = roles_of(session, team=teams[0]["teamid"])
+    seen = (f"team '{teams[0]['name']}' of root business unit '{roots[0]['name']}', roles: "
+            f"{', '.join(roles) or 'none'}")
+    if not roles:
+        # The dual-write tables come with the setup: before it, the role to give is not there yet.
+        fix = ("give it a role with read permission on all dual-write tables (it becomes the default owner "
+               "of the rows dual-write integrates)")
+        return setup.check(name, setup.missing(), seen, fix=fix, doc=SECURITY_DOC)
+    return Check(name, Status.PASSED, seen)
+
+
+def release_ok(build: str, req: catalog.Requirements) -> bool:
+    """Whether an F&O application version meets the documented minimum: a build number (four
+    parts) against 10.0.383.20013, a release label (three parts, 10.0.N) against 10.0.9.
+
+    >>> req = catalog.requirements()
+    >>> release_ok("10.0.1935.92", req), release_ok("10.0.38", req), release_ok("10.0.383.1", req)
+    (True, True, False)
+    """
+    have = release_of(build)
+    need = release_of(req.finops_build if len(have) >= 4 else req.finops_release)
+    return have >= need
+
+
+def _finops_version_check(params: Params, session: Session) -> Check:
+    """F&O's version from Lifecycle Services (the documented read of the application build)."""
+    req, env, name = catalog.requirements(), params.environments, "F&O version"
+    by_hand = (f"check in F&O (Help > About) or LCS that the application is {req.finops_release} (build "
+               f"{req.finops_build}) and platform update 33 or later")
+    if not session.platform.lcs_configured or env.lcs_project_id is None or env.lcs_environment_id is None:
+        return Check(name, Status.WARNING, "not read: environments.lcs_project_id and lcs_environment_id "
+                     "are not set", fix=f"set them (LCS API, environment metadata), or {by_hand}",
+                     doc=SYSREQ_DOC)
+    try:
+        meta = session.platform.finops_environment(env.lcs_project_id, env.lcs_environment_id)
+        build = str(meta.get("CurrentApplicationBuildVersion") or "")
+        ok = release_ok(build, req)
+    except ClientError as exc:
+        return Check(name, Status.WARNING, f"not read: {exc}", fix=exc.fix or by_hand, doc=SYSREQ_DOC)
+    evidence = (f"LCS: application build {build}, platform {meta.get('CurrentPlatformVersion')}, "
+                f"{meta.get('EnvironmentType')}")
+    if not ok:
+        return Check(name, Status.FAILED, f"{evidence}: older than {req.finops_release} ({req.finops_build})",
+                     fix=f"update F&O to {req.finops_release} / platform update 33 or later (PU37 for the "
+                         "5-minute export fix, 10.0.30 / PU54 for Reset link)", doc=SYSREQ_DOC)
+    return Check(name, Status.PASSED, f"{evidence}: {req.finops_release} ({req.finops_build}) or later")
+
+
+def _dataverse_version_check(session: Session) -> Check:
+    req, name = catalog.requirements(), "Dataverse version"
+    try:
+        version = session.dataverse.version()
+        ok = release_of(version) >= release_of(req.dataverse_version)
+    except ClientError as exc:
+        return Check(name, Status.WARNING, f"not read: {exc}", fix="check the version in the Power Platform "
+                     f"admin center: {req.dataverse_version} or later", doc=SYSREQ_DOC)
+    if not ok:
+        return Check(name, Status.FAILED, f"RetrieveVersion: {version}, older than {req.dataverse_version}",
+                     fix=f"update the Dataverse environment to {req.dataverse_version} or later",
+                     doc=SYSREQ_DOC)
+    return Check(name, Status.PASSED, f"RetrieveVersion: {version} ({req.dataverse_version} or later)")
+
+
+def _platform_checks(params: Params, session: Session) -> list[Check]:
+    """Not a trial, and the same geography, from the Power Platform admin API."""
+    names, req = ("not a trial environment", "same geography"), catalog.requirements()
+    try:
+        environments = session.platform.environments()
+    except ClientError as exc:
+        return [Check(n, Status.WARNING, f"not read: {exc}",
+                      fix=exc.fix + "; or check in the Power Platform admin center", doc=PLATFORM_DOC)
+                for n in names]
+    env = params.environments
+
+    def props(e: dict[str, Any]) -> dict[str, Any]:
+        return e.get("properties") or {}
+
+    dataverse = [e for e in environments if same_url(
+        str((props(e).get("linkedEnvironmentMetadata") or {}).get("instanceUrl") or ""), env.dataverse_url)]
+    finops = [e for e in environments if e not in dataverse and same_url(
+        str((props(e).get("linkedAppMetadata") or {}).get("url") or ""), env.finops_url)] or [
+        e for e in dataverse if props(e).get("linkedAppMetadata")]
+    if not dataverse or not finops:
+        missing = ("Dataverse environment" if not dataverse
+                   else "Power Platform environment of the F&O environment")
+        return [Check(n, Status.WARNING, f"not read: the admin API lists no {missing}",
+                      fix="sign in with a Power Platform administrator; or check in the admin center",
+                      doc=PLATFORM_DOC) for n in names]
+    trial = [e for e in finops if props(e).get("environmentSku") == req.trial_sku]
+    sku = ", ".join(str(props(e).get("environmentSku")) for e in finops)
+    out = [Check(names[0], Status.FAILED, f"the F&O environment's Power Platform SKU is {sku}",
+                 fix="dual-write is not supported on F&O trial instances: use a sandbox or production "
+                     "environment", doc=SYSREQ_DOC) if trial else
+           Check(names[0], Status.PASSED, f"the F&O environment's Power Platform SKU is {sku}")]
+    where = {"Dataverse": dataverse[0].get("location"), "F&O": finops[0].get("location")}
+    seen = f"Dataverse in {where['Dataverse']}, F&O in {where['F&O']}"
+    out.append(Check(names[1], Status.PASSED, seen) if where["Dataverse"] == where["F&O"] else Check(
+        names[1], Status.FAILED, seen, fix="\"Power Platform environment geography must be the same logical "
+        "geography\" as the F&O environment: use a Dataverse environment in its geography", doc=PLATFORM_DOC))
+    return out
+
+
+def _prospect_to_cash_check(session: Session) -> Check:
+    pattern = re.compile(catalog.requirements().prospect_to_cash, re.IGNORECASE)
+    found = [f"{r['uniquename']} ({r.get('friendlyname')})" for r in session.dataverse.solutions()
+             if pattern.search(f"{r.get('uniquename') or ''} {r.get('friendlyname') or ''}")]
+    if found:
+        return Check("Prospect to cash", Status.FAILED, f"installed: {', '.join(found)}",
+                     fix="Prospect to cash can't run side by side with dual-write: uninstall it (migrate its "
+                         "data first: 'Migrate Prospect to cash data from Data Integrator to dual-write')",
+                     doc=SYSREQ_DOC)
+    return Check("Prospect to cash", Status.PASSED, "no Prospect to cash solution installed")
+
+
+def _plugin_check(session: Session, setup: Setup) -> Check:
+    """"The dual-write registration and runtime plugins are enabled": every step of both assemblies."""
+    name, problems, absent, steps_seen = "dual-write plug-in steps", [], [], 0
+    for assembly in catalog.requirements().plugin_assemblies:
+        found = dataverse_rows(session, "pluginassemblies", select=["pluginassemblyid", "name"],
+                               filter=f"name eq '{assembly}'")
+        if not found:
+            absent.append(assembly)
+            continue
+        types = dataverse_rows(session, "plugintypes", select=["plugintypeid", "typename"],
+                               filter=f"_pluginassemblyid_value eq {found[0]['pluginassemblyid']}")
+        for t in types:
+            steps = dataverse_rows(session, "sdkmessageprocessingsteps", select=["name", "statecode"],
+                                   filter=f"_plugintypeid_value eq {t['plugintypeid']}")
+            steps_seen += len(steps)
+            problems += [f"{assembly}: step '{s['name']}' is disabled" for s in steps
+                         if s.get("statecode") != 0]
+    if absent:
+        return setup.check(name, setup.missing(), f"not registered: {', '.join(absent)}",
+                           fix="install Dual Write Core (it brings the assemblies)", doc=REQUIREMENTS_DOC)
+    if problems:
+        return setup.check(name, setup.problem(), "; ".join(problems),
+                           fix="enable every step of the dual-write plug-in assemblies (Plug-in Registration "
+                               "tool, or reinstall Dual Write Core)", doc=REQUIREMENTS_DOC)
+    assemblies = ", ".join(catalog.requirements().plugin_assemblies)
+    return Check(name, Status.PASSED, f"{steps_seen} steps of {assemblies} enabled")
+
+
+def _app_user_roles_checks(session: Session, setup: Setup) -> list[Check]:
+    out = []
+    req = catalog.requirements()
+    for user in (u for u in catalog.app_users() if u.side == "dataverse"):
+        rows = dataverse_rows(session, "systemusers", select=["systemuserid"],
+                              filter=f"applicationid eq {user.application_id} and isdisabled eq false")
+        if rows:  # missing or disabled users are the application-user check's
+            fix = (f"give it {req.system_administrator} (\"The user is not a member of the organization\" "
+                   f"otherwise), or the {' and '.join(req.dual_write_roles)} roles")
+            out.append(roles_check(f"roles of application user {user.application_id}",
+                                   roles_of(session, user=rows[0]["systemuserid"]), fix,
+                                   catalog.known_error("user-not-member").doc_url, none=setup.problem()))
+    return out
+
+
+def _finops_apps_check(admin: DualWriteAdmin, setup: Setup) -> Check:
+    """The F&O-side Microsoft Entra applications: no documented read from outside. Before the link
+    the LCS setup registers them; once linked, a running map shows dual-write works with them."""
+    name = "F&O Microsoft Entra applications"
+    apps = ", ".join(u.application_id for u in catalog.app_users() if u.side == "finops")
+    by_hand = (f"check in F&O System administration > Setup > Microsoft Entra ID applications that {apps} "
+               "are there, each with an enabled user")
+    if not setup.linked:
+        return setup.check(name, setup.missing(), f"{apps}: not readable from outside", fix=by_hand,
+                           doc=REQUIREMENTS_DOC)
+    running = sorted(n for n, s in admin.map_states().items() if s.running)
+    if running:
+        return Check(name, Status.PASSED, f"{apps}: not readable from outside; dual-write is linked (the "
+                     f"link's health check requires them) and {len(running)} maps run with them "
+                     f"({running[0]}, …)",
+                     doc=REQUIREMENTS_DOC)
+    return Check(name, Status.WARNING, f"{apps}: not readable from outside, and no map runs to show them at "
+                 "work", fix=by_hand, doc=REQUIREMENTS_DOC)
 
 
 def _skipped(names: list[str], why: str) -> list[Check]:
@@ -276,18 +473,23 @@ class Preflight(Step):
         fo_check = _reachable("F&O reachable", "LegalEntities",
                               lambda: f"{len(finops_legal_entities(session))} legal entities",
                               "check environments.finops_url and the app's Microsoft Entra ID application")
-        checks = [dv_check, fo_check]
+        checks = [dv_check, fo_check, _finops_version_check(params, session),
+                  *_platform_checks(params, session)]
         if dv_check.status == Status.FAILED:
             return checks + _skipped(DATAVERSE_CHECKS, "Dataverse is not reachable")
         setup = _setup(params, admin)
         checks += _link_checks(params, admin, setup)
+        checks.append(_dataverse_version_check(session))
         versions = solution_versions(session)
         core = catalog.required_solutions([])  # Dual Write Core alone: it brings cdm_companies
         checks += _solution_checks(versions, setup)
+        checks += [_prospect_to_cash_check(session), _plugin_check(session, setup)]
         checks += _app_user_checks(session, setup)
+        checks += _app_user_roles_checks(session, setup)
+        checks.append(_finops_apps_check(admin, setup))
         checks.append(_company_rows_check(session, any(v for s, v in versions if s in core), setup))
         checks += (_scope_checks(params, session) if fo_check.status == Status.PASSED
                    else _skipped(["legal entities"], "F&O is not reachable"))
-        checks.append(_root_team_check(session))
+        checks.append(_root_team_check(session, setup))
         return checks
 

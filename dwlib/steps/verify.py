@@ -135,7 +135,7 @@ class Verify(Step):
     def check(self, ctx: StepContext) -> Finding:
         params, session, admin = environment(ctx)
         plan = planned_maps(ctx)
-        companies = sync_companies(ctx, None)
+        companies = sync_companies(ctx)
         rows = reconcile(session, [p.name for p in plan if p.moves_data], companies)
         failing = [r for r in rows if not r.ok]
         checks = [Check("reconciliation", Status.FAILED if failing else Status.PASSED,

@@ -33,7 +33,8 @@ def test_required_maps_are_catalogued_with_their_documented_facts() -> None:
 def test_lookup_count_counts_the_dataverse_lookup_rows() -> None:
     accounts = catalog.table_map("customers-v3-accounts")
     lookups = [r.dataverse for r in accounts.mappings if r.dataverse and "." in r.dataverse]
-    assert accounts.lookup_count == len(lookups) == 10  # the pre-GAB map: at the limit, not above it
+    # The pre-GAB map has 10: "10 or more lookups" fail the export when Dataverse has rows.
+    assert accounts.lookup_count == len(lookups) == catalog.limits().failing_lookups == 10
 
 
 def test_filters_parse_into_conditions_that_evaluate_rows() -> None:
@@ -77,7 +78,7 @@ def test_limits_are_the_documented_numbers() -> None:
     assert (
         lim.initial_sync_rows_per_legal_entity,
         lim.single_threaded_dataverse_to_finops_rows,
-        lim.max_lookups,
+        lim.failing_lookups,
         lim.initial_sync_legal_entities,
         lim.live_sync_legal_entities,
         lim.top_errors,
@@ -183,13 +184,73 @@ DOCUMENTED = [
         "reset-link-banner",
     ),
     ("0x80048d0b Dataverse instance isn't integrated with finance and operations.", "not-integrated"),
-    ("DWDVEV1003 Company mismatched between DualWrite and Dataverse", "health-company-mismatch"),
-    ("DWFOEV1005 Missing AX APIHub connection", "health-missing-connection"),
+    ("DWDVEV1001 Missing Dataverse APIHub connection, without ConnectionFix support",
+     "dwdvev1001-dataverse-connection-missing"),
+    ("DWFOEV1001 Missing AX APIHub connection without ConnectionFix support",
+     "dwfoev1001-finops-connection-missing"),
+    ("DWDVEV1003 Company mismatched between DualWrite and Dataverse",
+     "dwdvev1003-company-mismatch-dataverse"),
+    ("DWFOEV1003 Company mismatched between DualWrite and FO", "dwfoev1003-company-mismatch-finops"),
+    ("DWFOEV1005 Missing AX APIHub connection", "dwfoev1005-apihub-connector"),
     (
         "DWDVEV1002 DataVerse deprecated connection is getting used for New Regions",
-        "health-deprecated-connection",
+        "dwdvev1002-deprecated-connection",
     ),
-    ("DWFOEV1004 Stale DualWrite Configuration present in F&O", "health-stale-configuration"),
+    ("DWDVEV1004 Stale DualWrite Configuration present in DV", "dwdvev1004-stale-configuration-dataverse"),
+    ("DWFOEV1004 Stale DualWrite Configuration present in F&O", "dwfoev1004-stale-configuration-finops"),
+    ("DWFOEV1006 Default team name doesn't match its business unit name", "dwfoev1006-default-team-renamed"),
+    ("DWDVEV1007 Default owning team is missing on a company", "dwdvev1007-no-default-owning-team"),
+    (
+        "Dual write failure - Plugin registration failed: [(Unable to get partition map for project "
+        "DWM-1ae35e60-4bc2-4905-88ea-XXXXX. Error Exceeds the maximum partitions allowed for mapping "
+        "DWM-1ae35e60-4bc2-4905-88ea-XXXXX)], One or more errors occurred.",
+        "too-many-legal-entities",
+    ),
+    ("5 Attempts to get data from https://XXXX.azure-apim.net/apim... Failed", "too-many-lookups"),
+    (
+        "Dual write Initial Sync completed with status: Error. Following are the details: Executed leg: From "
+        "AX Financial dimensions to CRM msdyn_dimensionattributes ([Bad Request], The remote server returned "
+        "an error: (400) Bad Request.), AX export encountered an error. Dual write Initial sync failed",
+        "dmf-service-not-running",
+    ),
+    (
+        "[{\\\"error\\\":{\\\"code\\\":\\\"0x80072560\\\",\\\"message\\\":\\\"The user isn't a member of the "
+        "organization.\\\"}}], The remote server returned an error: (403) Forbidden.",
+        "user-not-member",
+    ),
+    ("Payload creation failed with error Invalid URI: The URI is empty.", "payload-uri-empty"),
+    (
+        "An unexpected error occurred from ISV code. (ErrorType = ClientError) Unexpected exception from "
+        "plug-in (Execute): Microsoft.Dynamics.Integrator.DualWriteRuntime.Plugins.PostCommitPlugin: "
+        "System.Exception: failed to process entity account - (A connection attempt failed because the "
+        "connected party did not properly respond",
+        "payload-uri-empty",
+    ),
+    (
+        "SecureConfig Organization (???) doesn't match actual CRM Organization (???).",
+        "secureconfig-mismatch",
+    ),
+    (
+        "Unable to write data to entity aaa_fundingsources. Unable to lookup ebecsfs_contracts with values "
+        "{PC00...}. Writes to aaa_fundingsources failed with error message Exception message: The remote "
+        "server returned an error: (400) Bad Request.",
+        "lookup-in-same-batch",
+    ),
+    (
+        "Unable to write data to entity msdyn_partypostaladdresses.Writes to "
+        "DirPartyPostalAddressLocationCDSEntity failed with error message Request failed with status code "
+        "BadRequest and CDS error code : 0x80040265 response message: An error occurred in plugin. A record "
+        "that has the attribute values Location ID already exists.",
+        "location-id-exists",
+    ),
+    *[(f"Project validation failed. [DIPV{code}] the map is not valid", f"dipv{code}") for code in (
+        "1000", "1001", "1002", "1003", "1004", "1005", "1006", "1007", "1008", "1010", "1011", "1012",
+        "1014", "1015", "1016", "1017", "1018", "1019", "1020", "1021", "1022", "1023", "1024", "1025",
+        "1026", "1027", "1028", "1029", "1030", "1031")],
+    (
+        "Project validation failed. [DIPV1025] Missing destination field msdyn_x in the cached schema",
+        "dipv1025",
+    ),
     (
         '[{\\"error\\":{\\"code\\":\\"0x80072560\\",\\"message\\":\\"The user is not a member of the '
         'organization.\\"}}], The remote server returned an error: (403) Forbidden.',
@@ -253,6 +314,29 @@ def test_every_documented_error_text_maps_to_its_remediation(text: str, error_id
     hit = catalog.match_error(text)
     assert hit is not None and hit.id == error_id
     assert hit.fix and hit.meaning and hit.doc_url.startswith("https://learn.microsoft.com/")
+
+
+# Documented fixes (issue 13, item 10): what each entry must tell the consultant to do.
+FIXES = {
+    "payload-uri-empty": ("DualWriteProjectConfigurationEntity", "run the map again"),
+    "user-not-member": ("System Administrator", "owning team", "00000015-0000-0000-c000-000000000000"),
+    "linked-dataverse-unavailable": ("support ticket", "Not running"),
+    "dwfoev1005-apihub-connector": ("BypassApiHubConnector",),
+    "live-missing-reference-data": ("exists on both sides", "DualWriteProjectConfigurationEntity",
+                                    "run the map again"),
+    "lookup-in-same-batch": ("relationship",),
+}
+
+
+@pytest.mark.parametrize("error_id", sorted(FIXES))
+def test_documented_fixes_are_the_documented_ones(error_id: str) -> None:
+    fix = catalog.known_error(error_id).fix
+    assert all(part.lower() in fix.lower() for part in FIXES[error_id]), fix
+    assert "reset the dual-write link" not in fix.lower() and "reset link and" not in fix.lower()
+
+
+def test_duplicate_companies_are_compared_by_name_as_documented() -> None:
+    assert "same name" in catalog.known_error("duplicate-company").meaning
 
 
 def test_match_error_prefers_the_phase_and_returns_none_for_unknown_text() -> None:

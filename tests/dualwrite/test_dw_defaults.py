@@ -13,6 +13,7 @@ from dw_helpers import (
     company_id,
     default_transforms,
     perform_map_gate,
+    run_companies_map,
     run_maps,
     session_for,
     stamp,
@@ -57,6 +58,7 @@ def test_initial_sync_writes_the_default_only_where_dataverse_is_empty(make_runt
     rt.store.insert(ACC, {"name": "Group 10", "accountnumber": "DV-G10", "customertypecode": 3,
                           "_msdyn_company_value": usmf,
                           "_msdyn_customergroupid_value": group10["msdyn_customergroupid"]})
+    rt.edit(ACCOUNTS, remove=["msdyn_salestaxgroup.msdyn_name"])  # below "10 or more lookups"
     failed = run_maps(rt, [ACCOUNTS])  # without the default F&O refuses the first row
     assert "Field 'Customer group' must be filled in." in failed["errorMessage"]
     assert rt.map_record(ACCOUNTS)["state"] == "NotRunning"
@@ -77,6 +79,7 @@ def running(start_sandbox: Any) -> Iterator[Consultant]:
     c.portal("POST", "/lcs/power-platform-integration")
     c.portal("POST", "/lcs/dual-write/configure")
     c.portal("POST", "/lcs/dual-write/link", {"start_maps": False})
+    run_companies_map(c)
     c.portal("POST", f"/dualwrite/maps/{catalog.table_map(ACCOUNTS).id}/run",
              {"initial_sync": False, "related": catalog.related_maps(ACCOUNTS)})
     assert c.portal("GET", "/dualwrite/maps/customers-v3-accounts")["state"] == "Running"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from dw_helpers import MakeRuntime, run_async
+from dw_helpers import COMPANIES_MAP, MakeRuntime, run_async, run_maps
 
 from dwlib import catalog
 from dwlib.sandbox.dualwrite import EDIT_REFUSED, DualWrite, DualWriteError
@@ -30,10 +30,20 @@ def statuses(rt: DualWrite, name: str) -> tuple[set[str], set[int]]:
     return fo, dv
 
 
-def test_link_creates_companies_with_business_unit_and_dw_owner_team(make_runtime: MakeRuntime) -> None:
-    rt = make_runtime("existing-new")
+def test_link_creates_no_company_the_legal_entities_map_brings_them_with_dw_owner_team(
+    make_runtime: MakeRuntime,
+) -> None:
+    rt = make_runtime("existing-new", link=False)
+    rt.setup_power_platform_integration()
+    rt.link(start_maps=False)
     conn = rt.connection()
     assert conn is not None and sorted(conn["legalEntities"]) == ["DAT", "DEMF", "FRRT", "GBSI", "USMF"]
+    assert rt.store.count(ENTITIES["cdm_companies"]) == 0  # linking creates no company row
+    assert rt.store.count(ENTITIES["DualWriteProjectConfigurations"]) == 0  # no project yet
+    run_maps(rt, [COMPANIES_MAP])
+    # The map's project rows carry the connection's legal entities (PartitionMap).
+    (partitions,) = {r["PartitionMap"] for r in rt.store.find(ENTITIES["DualWriteProjectConfigurations"], {})}
+    assert sorted(partitions.split(",")) == sorted(conn["legalEntities"])
     assert rt.pp_link() == {
         "Url": rt.finops_url,
         "TenantId": rt.settings.tenant_id,
@@ -59,9 +69,18 @@ def test_configure_needs_power_platform_integration(make_runtime: MakeRuntime) -
 def test_new_new_link_starts_the_maps_as_the_setup_guidance_says(make_runtime: MakeRuntime) -> None:
     rt = make_runtime("new-new", link=False)
     rt.setup_power_platform_integration()
-    rt.link()
+
+    async def go() -> None:
+        rt.link()
+        await rt.idle()
+
+    run_async(go())
     assert rt.connection()["legalEntities"] == ["DAT"]  # type: ignore[index]
     assert {m["state"] for m in rt.maps()} == {"Running"}
+    # The Legal entities map ran its initial sync: DAT's company row came with it, not with the link.
+    (job,) = rt.jobs(COMPANIES_MAP)
+    assert job["status"] == "Completed"
+    assert [r["cdm_companycode"] for r in rt.store.find(ENTITIES["cdm_companies"], {})] == ["DAT"]
 
 
 def test_states_follow_the_documented_cycle_and_are_visible_in_both_environments(
@@ -180,7 +199,7 @@ def test_two_hundred_fifty_legal_entities_link_two_hundred_fifty_one_are_refused
 ) -> None:
     rt, codes = _linked_with_many(make_runtime, 250, 249)
     assert len(rt.connection()["legalEntities"]) == 250  # type: ignore[index]
-    assert rt.store.count(ENTITIES["cdm_companies"]) == 250
+    assert rt.store.count(ENTITIES["cdm_companies"]) == 0  # the Legal entities map brings them
     with pytest.raises(DualWriteError, match="up to 250 legal entities; the connection would have 251"):
         rt.add_legal_entities([codes[249]])
     with pytest.raises(DualWriteError, match="would have 251"):
@@ -192,8 +211,9 @@ def test_duplicate_company_rows_fail_the_connection_with_the_documented_error(
     make_runtime: MakeRuntime,
 ) -> None:
     rt = make_runtime("new-new", link=False)
-    rt.store.insert(ENTITIES["cdm_companies"], {"cdm_companycode": "DAT", "cdm_name": "one"})
-    rt.store.insert(ENTITIES["cdm_companies"], {"cdm_companycode": "dat", "cdm_name": "two"})
+    # Two companies with one name (the documented cause compares names, not codes).
+    rt.store.insert(ENTITIES["cdm_companies"], {"cdm_companycode": "DAT", "cdm_name": "Contoso"})
+    rt.store.insert(ENTITIES["cdm_companies"], {"cdm_companycode": "USMF", "cdm_name": "contoso "})
     rt.setup_power_platform_integration()
     with pytest.raises(DualWriteError) as exc:
         rt.link()
@@ -273,5 +293,6 @@ def test_added_legal_entities_get_initial_writes_unless_skipped(make_runtime: Ma
     }
     assert orgs["gbsi"] and orgs["demf"]
     assert accounts_of("GBSI") == orgs["gbsi"]  # initial writes for the new legal entity
-    assert accounts_of("DEMF") == 0  # skipped: only live changes from now on
+    # Skipped: nothing was copied, not even the company row the Legal entities map would write.
+    assert rt.store.find(companies, {"cdm_companycode": "DEMF"}) == []
     assert rt.map_record(ACCOUNTS)["state"] == "Running"

@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 import yaml
-from dw_helpers import Consultant, run_basics, session_for
+from dw_helpers import Consultant, run_basics, run_companies_map, session_for
 
 from dwlib.clients import HttpConfig, make_client
 from dwlib.clients.dualwrite import INTEGRATOR_APP, GatewayAdmin, Instruction, PortalAdmin
@@ -142,8 +142,9 @@ def gateway_admin() -> Iterator[Callable[[SandboxContext], GatewayAdmin]]:
 def linked_sandbox(start_sandbox: Callable[..., dict[str, Any]]) -> Iterator[Callable[..., dict[str, Any]]]:
     """`linked_sandbox(profile, *, rows=50, legal_entities=None, **options)`: a fresh sandbox in the
     state the link steps leave: Power Platform integration set up, dual-write configured and linked
-    for `legal_entities` (default: every F&O legal entity), no map started. `options` go to
-    `start_sandbox` (faults, limits)."""
+    for `legal_entities` (default: every F&O legal entity), the Legal entities (cdm_companies) map
+    run with its initial sync (it brings the companies to Dataverse), no other map started.
+    `options` go to `start_sandbox` (faults, limits)."""
     consultants: list[Consultant] = []
 
     def make(profile: str, *, rows: int = 50, legal_entities: list[str] | None = None,
@@ -155,6 +156,7 @@ def linked_sandbox(start_sandbox: Callable[..., dict[str, Any]]) -> Iterator[Cal
         c.portal("POST", "/lcs/dual-write/configure")
         c.portal("POST", "/lcs/dual-write/link",
                  {"start_maps": False, **({"legal_entities": legal_entities} if legal_entities else {})})
+        run_companies_map(c)
         return connection
 
     yield make

@@ -12,8 +12,14 @@ from dw_helpers import Consultant
 from sync_helpers import ACCOUNTS, CUSTOMER_MAPS, run_maps
 
 from dwlib.steps.base import Status, StepError
-from dwlib.steps.bootstrap import APPLIED_CSV, FAILED_CSV, SIMULATION_CSV, BootstrapApply, BootstrapSimulate
-from dwlib.steps.mapdefaults import MapDefaults
+from dwlib.steps.bootstrap import (
+    APPLIED_CSV,
+    FAILED_CSV,
+    SIMULATION_CSV,
+    BootstrapApply,
+    BootstrapSimulate,
+    StopMaps,
+)
 
 MAPPING = {"Contoso US": "USMF", "Contoso UK": "GBSI", "Contoso DE": "DEMF", "Contoso FR": "FRRT"}
 PARAMS = {"bootstrap": {"mapping": MAPPING}}
@@ -84,7 +90,8 @@ def test_simulate_plans_every_row_and_writes_nothing(linked_sandbox, step_contex
     ids = {r["cdm_companycode"]: r["cdm_companyid"] for r in c.dv_rows("cdm_companies")}
     stamped = [r for r in rows if r["company_code"]]
     assert all(r["company_id"] == ids[r["company_code"]] and r["prior_company"] == "" for r in stamped)
-    assert all(r["key"].startswith("ACC-") for r in stamped if r["table"] == "accounts" and r["key"])
+    assert all(r["rule"] == "business unit" for r in stamped) and all(r["rule"] == "" for r in unmapped)
+    assert result.counts["rule business unit"] == len(stamped)
 
 
 def test_apply_stamps_only_rows_that_need_it_then_is_done(linked_sandbox, step_context, consultant) -> None:
@@ -200,19 +207,96 @@ def test_apply_in_a_dry_run_changes_nothing(linked_sandbox, step_context, consul
     assert _writes(ctx) == [] and _state(consultant(sandbox)) == before
 
 
-def test_running_maps_are_evidence_not_a_warning(linked_sandbox, step_context, consultant,
-                                                 portal_player) -> None:
-    # As in new-existing: the maps run (with their column defaults) before the bootstrap.
+def test_live_maps_are_stopped_before_the_bootstrap(linked_sandbox, step_context, consultant,
+                                                   portal_player) -> None:
+    # As in new-existing: the LCS setup started the maps before the bootstrap.
     sandbox = linked_sandbox("existing-existing", rows=40)
     c = consultant(sandbox)
     run_maps(c, CUSTOMER_MAPS, initial_sync=False)
-    params = {"bootstrap": {"mapping": {**MAPPING, "Contoso": "USMF"}, "tables": ["accounts"]},
-              "table_maps": [{"name": ACCOUNTS, "defaults": {"CUSTOMERGROUPID": "30"}}]}
-    assert MapDefaults().execute(step_context(sandbox, params=params,
-                                              consultant=portal_player(sandbox))).status == Status.PASSED
+    params = {"bootstrap": {"mapping": {**MAPPING, "Contoso": "USMF"}, "tables": ["accounts"]}}
+    with pytest.raises(StepError, match=r"Customers V3 \(accounts\) run: each row stamped now would go to "
+                                        r"F&O at once.*run the stop-maps step"):
+        BootstrapApply().execute(step_context(sandbox, params=params, confirm=lambda what: True))
+    ctx = step_context(sandbox, params=params, consultant=portal_player(sandbox))
+    stopped = StopMaps().execute(ctx)
+    assert stopped.status == Status.PASSED, stopped.summary
+    assert [i.title for i in ctx.instructions] == [f"Stop table maps {ACCOUNTS}"]
+    assert stopped.summary == f"stopped {ACCOUNTS}: the plan runs them again after the bootstrap"
     result = BootstrapApply().execute(step_context(sandbox, params=params, confirm=lambda what: True))
-    checks = {ch.name: ch for ch in result.checks}
+    assert result.counts["stamped"] > 0 and result.counts["failed"] == 0
+    # Nothing stamped went to F&O on its own: the maps were not live.
+    assert c.fo_rows("CustomersV3?cross-company=true&$filter=startswith(CustomerAccount,'ACC-')") == []
+    # Done: nothing left to stamp, so the maps are not stopped again (a re-run leaves them alone).
+    run_maps(c, [ACCOUNTS], initial_sync=False)
+    assert StopMaps().execute(step_context(sandbox, params=params)).status == Status.ALREADY_DONE
+
+
+def _simulate(sandbox: dict[str, Any], step_context: Any, **bootstrap: Any) -> list[dict[str, str]]:
+    mapping = {**MAPPING, "Contoso": "USMF"}
+    ctx = step_context(sandbox, params={"bootstrap": {"mapping": mapping, **bootstrap}})
+    return _rows(BootstrapSimulate().execute(ctx).evidence_files[0])
+
+
+def test_the_two_documented_methods_differ_on_customers_both_sides_have(linked_sandbox, step_context,
+                                                                         consultant) -> None:
+    sandbox = linked_sandbox("existing-existing", rows=300)
+    c = consultant(sandbox)
+    fo = {r["CustomerAccount"]: r for r in c.fo_rows(
+        "CustomersV3?cross-company=true&$select=dataAreaId,CustomerAccount,CustomerGroupId,PartyType")}
+    by_unit = {(r["table"], r["row_id"]): r for r in _simulate(sandbox, step_context)}
+    by_number = {(r["table"], r["row_id"]): r
+                 for r in _simulate(sandbox, step_context, method="account-number")}
+    shared = [k for k, r in by_number.items() if r["rule"] == "account number"]
+    assert {t for t, _ in shared} == {"accounts", "contacts"}  # the profile shares customers both ways
+    for k in shared:
+        row = by_number[k]
+        customer = fo[row["key"].split("|")[0]]
+        # The F&O customer's company and customer group: no duplicate in another company.
+        assert (row["company_code"], row["customer_group"]) == (customer["dataAreaId"].upper(),
+                                                                 customer["CustomerGroupId"])
+        assert by_unit[k]["rule"] == "business unit"
+    differ = [k for k in shared if by_unit[k]["company_code"] != by_number[k]["company_code"]]
+    assert differ  # the business-unit method puts some of them in another company than F&O's
+    assert all(r["rule"] == "business unit" for k, r in by_number.items() if k not in shared)
+
+
+def test_rows_matched_by_neither_rule_are_reported_with_the_reason(linked_sandbox, step_context) -> None:
+    sandbox = linked_sandbox("existing-existing", rows=100)
+    ctx = step_context(sandbox, params={"bootstrap": {"method": "account-number", "mapping": {},
+                                                      "tables": ["accounts"]}})
+    result = BootstrapSimulate().execute(ctx)
+    rows = _rows(result.evidence_files[0])
+    matched = [r for r in rows if r["rule"]]
+    neither = [r for r in rows if not r["rule"]]
+    assert matched and neither and all(r["rule"] == "account number" for r in matched)
+    assert all(r["company_code"] == "" and r["reason"].startswith(("no F&O customer account", "no account"))
+               for r in neither)
+    assert result.status == Status.WARNING
+    assert f"{len(neither)} rows stay without a company, matched by no rule" in \
+        {c.name: c for c in result.checks}["unmapped rows"].evidence
+
+
+def test_the_bootstrap_gives_customers_the_customer_group_finops_requires(linked_sandbox, step_context,
+                                                                          consultant, portal_player) -> None:
+    sandbox = linked_sandbox("existing-existing", rows=60)
+    c = consultant(sandbox)
+    params = {"bootstrap": {"mapping": {**MAPPING, "Contoso": "USMF"}, "tables": ["accounts"]}}
+    # Without a group: the customers the map sends to F&O would be refused there — a warning.
+    bare = BootstrapSimulate().execute(step_context(sandbox, params=params))
+    groups = {ch.name: ch for ch in bare.checks}["customer groups"]
+    assert bare.status == Status.WARNING and groups.status == Status.WARNING
+    assert "no customer group: set bootstrap.customer_group" in groups.evidence
+    # With customer_group 30, once the Customer groups map brought the groups to Dataverse.
+    run_maps(c, ["Terms of payment (msdyn_paymentterms)", "Customer groups (msdyn_customergroups)"])
+    params["bootstrap"]["customer_group"] = "30"
+    result = BootstrapApply().execute(step_context(sandbox, params=params, confirm=lambda what: True))
     assert result.status == Status.PASSED, [ch.to_dict() for ch in result.checks]
-    running = checks["table maps already running"]
-    assert running.status == Status.PASSED and running.evidence.startswith(f"{ACCOUNTS} run: live sync")
-    assert result.counts["stamped"] > 0 and result.counts["failed"] == result.counts["unmapped"] == 0
+    customers = c.dv_rows("accounts?$select=_msdyn_customergroupid_value,_msdyn_company_value&"
+                          "$filter=customertypecode eq 3")
+    thirty = {r["msdyn_customergroupid"]: r["_msdyn_company_value"] for r in c.dv_rows(
+        "msdyn_customergroups?$select=msdyn_customergroupid,_msdyn_company_value&"
+        "$filter=msdyn_groupid eq '30'")}
+    assert customers and all(thirty[r["_msdyn_customergroupid_value"]] == r["_msdyn_company_value"]
+                             for r in customers)
+    others = c.dv_rows("accounts?$select=_msdyn_customergroupid_value&$filter=customertypecode ne 3")
+    assert all(r["_msdyn_customergroupid_value"] is None for r in others)  # not customers: untouched

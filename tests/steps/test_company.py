@@ -52,11 +52,17 @@ def test_create_then_add_the_company_converges(start_sandbox, step_context, port
         added = AddCompany().execute(ctx)
         assert added.status == Status.PASSED, [c.to_dict() for c in added.checks]
         assert ctx.instructions[-1].title == "Add legal entities to the dual-write connection"
-        skip = "Select 'Skip initial writes for newly added legal entities', then Save."
-        assert skip in ctx.instructions[-1].steps
-        assert added.checks[0].evidence == ("cdm_company USMF 'Contoso US': owner team 'USMF DW' in business "
-                                            "unit 'USMF'")
-        assert ctx.run_state["companies_added"] == ["USMF"]
+        # The LCS setup started the maps and the new company has next to no data: the documented
+        # route is with initial writes, and the running Legal entities map writes its company row.
+        keep = "Clear 'Skip initial writes for newly added legal entities', then Save."
+        assert keep in ctx.instructions[-1].steps
+        checks = {c.name: c for c in added.checks}
+        assert checks["legal entities in the connection"].evidence == \
+            "DualWriteProjectConfigurations.PartitionMap: DAT, USMF"
+        assert checks["add USMF"].evidence.startswith("with initial writes: ")
+        assert "within the initial-sync limits" in checks["add USMF"].evidence
+        assert checks["company USMF in Dataverse"].evidence == (
+            "cdm_company USMF 'Contoso US': owner team 'USMF DW' in business unit 'USMF'")
         assert consultant.portal("GET", "/dualwrite/connection")["legalEntities"] == ["DAT", "USMF"]
         shown = len(ctx.instructions)
         assert AddCompany().execute(ctx).status == Status.ALREADY_DONE
@@ -100,5 +106,36 @@ def test_a_missing_accounting_currency_is_created_first_as_dataverse_names_it(st
         assert gbp["Name"] == dv["currencyname"] == "Pound Sterling"
         assert _legal_entity(consultant, "GBSI")[0]["AccountingCurrency"] == "GBP"
         assert CreateCompany().execute(ctx).status == Status.ALREADY_DONE
+    finally:
+        consultant.close()
+
+
+def test_a_new_company_whose_data_breaks_the_limits_is_added_skipping_initial_writes(
+        start_sandbox, step_context, portal_player) -> None:
+    sandbox = start_sandbox("new-existing", rows=20, fresh=True)
+    consultant = Consultant(sandbox)
+    params = {"legal_entities": ["USMF"], "plan.limits.initial_sync_rows_per_legal_entity": 2,
+              "companies": [{"code": "USMF", "name": "Contoso US", "customer_groups": ["30", "31", "32"]}]}
+    try:
+        ctx = step_context(sandbox, consultant=portal_player(sandbox), params=params,
+                           confirm=lambda _what: True)
+        assert PowerPlatformIntegration().execute(ctx).status == Status.PASSED  # the LCS setup runs the maps
+        assert CreateCompany().execute(ctx).status == Status.PASSED
+        added = AddCompany().execute(ctx)
+        assert added.status == Status.PASSED, [c.to_dict() for c in added.checks]
+        skip = "Select 'Skip initial writes for newly added legal entities', then Save."
+        assert skip in ctx.instructions[-3].steps
+        checks = {c.name: c for c in added.checks}
+        # The running Customer groups map would copy 3 rows of USMF, over the (lowered) limit of 2.
+        assert checks["add USMF"].evidence.startswith(
+            "skipping initial writes: the running maps' data of the new companies does not fit an initial "
+            "write (Customer groups (msdyn_customergroups) USMF: 3 rows in one legal entity (limit 2 per "
+            "run)")
+        # Skipped initial writes bring no company row: the Legal entities map's initial sync runs again.
+        assert [i.title for i in ctx.instructions[-2:]] == ["Stop table maps Legal entities (cdm_companies)",
+                                                            "Run table map Legal entities (cdm_companies)"]
+        assert "ran the initial sync of Legal entities (cdm_companies) again for USMF" in added.summary
+        assert checks["company USMF in Dataverse"].status == Status.PASSED
+        assert consultant.dv_rows("msdyn_customergroups?$filter=msdyn_groupid eq '31'") == []  # not copied
     finally:
         consultant.close()

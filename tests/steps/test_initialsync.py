@@ -1,7 +1,8 @@
-"""The initial-sync step against sandboxes: start, watch, reconcile, documented failures, new company."""
+"""The initial-sync step against sandboxes: start, watch, reconcile, documented failures, reruns."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -22,8 +23,8 @@ from sync_helpers import (
 
 from dwlib import catalog
 from dwlib.clients.dualwrite import MapState
-from dwlib.steps import STEPS, Status
-from dwlib.steps.initialsync import _Watch
+from dwlib.steps import STEPS, Status, StepError
+from dwlib.steps.initialsync import Watch
 from dwlib.steps.tablemaps import RERUN_POLICY
 
 FAST = {"initial_sync.poll_s": 0.05, "initial_sync.timeout_s": 60}
@@ -56,8 +57,9 @@ def test_the_step_starts_the_initial_sync_and_reconciles(linked_sandbox, step_co
     set_plan(ctx, [(n, "initial-sync", "finops") for n in CUSTOMER_MAPS])
     result = STEPS["initial-sync"]().execute(ctx)
     assert result.status == Status.PASSED, result.checks
-    assert progress.bars == [("initial sync (maps)", len(CUSTOMER_MAPS))]
-    assert progress.done == len(CUSTOMER_MAPS)
+    # The Legal entities map runs already (the legal-entities step ran it): the others are started.
+    assert progress.bars == [("initial sync (maps)", len(CUSTOMER_MAPS) - 1)]
+    assert progress.done == len(CUSTOMER_MAPS) - 1
     rows = {(r["map"], r["company"]): r for r in result.tables["initial sync"]}
     for company in ("USMF", "GBSI"):
         row = rows[(ACCOUNTS, company)]
@@ -102,11 +104,11 @@ def test_watching_counts_each_map_once_and_stops_at_the_deadline() -> None:
             return {n: MapState(n, s) for n, s in next(states).items()}
 
     done: list[int] = []
-    watch = _Watch(Admin(), deadline=float("inf"), poll_s=0.0, progress=done.append)
+    watch = Watch(Admin(), deadline=float("inf"), poll_s=0.0, progress=done.append)
     assert {n: s.state for n, s in watch.until_settled(["A", "B"]).items()} == {"A": "Running",
                                                                               "B": "Not running"}
     assert done == [1, 1]
-    stuck = _Watch(Admin(), deadline=0.0, poll_s=0.0, progress=done.append)
+    stuck = Watch(Admin(), deadline=0.0, poll_s=0.0, progress=done.append)
     states = iter([{"A": "Initializing", "B": "Initializing"}])
     assert stuck.until_settled(["A", "B"])["A"].state == "Initializing"
 
@@ -127,7 +129,7 @@ def _missing_reference(c: Consultant) -> tuple[list[str], str]:
 
 
 def _too_many_lookups(c: Consultant) -> tuple[list[str], str]:
-    c.portal("PUT", "/dualwrite/limits", {"max_lookups": 2})
+    c.portal("PUT", "/dualwrite/limits", {"failing_lookups": 2})
     (account,) = c.dv_rows("accounts?$top=1&$select=accountid,accountnumber&$filter=customertypecode eq 3 "
                            "and accountnumber ne null")
     r = c.dv("PATCH", f"accounts({account['accountid']})",
@@ -194,53 +196,74 @@ def test_the_portal_adapter_says_where_the_errors_are(linked_sandbox, step_conte
         c.close()
 
 
-def test_the_new_company_is_synced_by_running_the_initial_sync_again(linked_sandbox, step_context,
-                                                                      portal_player) -> None:
+def _stamp(c: Consultant, code: str, group: str, n: int, skip: int = 0) -> list[dict[str, Any]]:
+    """Give `n` Dataverse-only customer accounts company `code` and customer group id `group`."""
+    accounts = c.dv_rows(f"accounts?$top={n + skip}&$select=accountid,accountnumber&$orderby=accountnumber&"
+                         "$filter=customertypecode eq 3 and startswith(accountnumber,'ACC-') and "
+                         "_msdyn_company_value eq null")[skip:]
+    bind = {"msdyn_company@odata.bind": f"/cdm_companies({company_id(c, code)})",
+            "msdyn_customergroupid@odata.bind": f"/msdyn_customergroups({group})"}
+    for a in accounts:
+        r = c.dv("PATCH", f"accounts({a['accountid']})", bind)
+        assert r.status_code == 204, r.text
+    return accounts
+
+
+def test_a_rerun_says_it_is_a_full_push_and_refuses_when_that_breaks_the_limits(
+        linked_sandbox, step_context, portal_player) -> None:
     sandbox = linked_sandbox("new-data-existing", rows=12, legal_entities=["DAT", "USMF"])
     c = Consultant(sandbox)
     try:
         run_maps(c, CUSTOMER_MAPS)
         customers = "CustomersV3?cross-company=true&$select=CustomerAccount&$filter=dataAreaId eq "
         usmf_before = len(c.fo_rows(customers + "'usmf'"))
-        # The company sub-procedure: create, add (skipping initial writes), bootstrap its Dataverse rows.
+        # A new company with rows only Dataverse has, stamped while Customers V3 (accounts) was stopped.
         r = c.fo("POST", "LegalEntities", {"LegalEntityId": "NEWC", "Name": "New company"})
         assert r.status_code == 201, r.text
-        c.portal("POST", "/dualwrite/legal-entities", {"add": ["NEWC"], "skip_initial_writes": True})
+        c.portal("POST", "/dualwrite/legal-entities", {"add": ["NEWC"], "skip_initial_writes": False})
         r = c.fo("POST", "CustomerGroups", {"dataAreaId": "newc", "CustomerGroupId": "10"})
-        assert r.status_code == 201, r.text
-        newc = company_id(c, "NEWC")
+        assert r.status_code == 201, r.text  # live sync brings it to Dataverse
         (group,) = c.dv_rows("msdyn_customergroups?$select=msdyn_customergroupid&$filter=msdyn_groupid eq "
-                             f"'10' and _msdyn_company_value eq {newc}")
+                             f"'10' and _msdyn_company_value eq {company_id(c, 'NEWC')}")
         c.portal("POST", f"/dualwrite/maps/{catalog.table_map(ACCOUNTS).id}/stop")
-        accounts = c.dv_rows("accounts?$top=3&$select=accountid,accountnumber&$orderby=accountnumber&"
-                             "$filter=customertypecode eq 3 and accountnumber ne null and "
-                             "_msdyn_company_value eq null")
-        group_id = group["msdyn_customergroupid"]
-        bind = {"msdyn_company@odata.bind": f"/cdm_companies({newc})",
-                "msdyn_customergroupid@odata.bind": f"/msdyn_customergroups({group_id})"}
-        for a in accounts:
-            r = c.dv("PATCH", f"accounts({a['accountid']})", bind)
-            assert r.status_code == 204, r.text
+        # Below "10 or more lookups" (the documented workaround), so Dataverse rows can be exported.
+        c.portal("PATCH", f"/dualwrite/maps/{catalog.table_map(ACCOUNTS).id}",
+                 {"remove": ["msdyn_salestaxgroup.msdyn_name"]})
+        accounts = _stamp(c, "NEWC", group["msdyn_customergroupid"], 3)
         run_maps(c, [ACCOUNTS], initial_sync=False)
         assert c.fo_rows(customers + "'newc'") == []
 
-        ctx = step_context(sandbox, consultant=portal_player(sandbox), params={
-            "legal_entities": ["USMF", "NEWC"], "companies": [{"code": "NEWC", "name": "New company"}],
-            **FAST})
+        params = {"legal_entities": ["USMF", "NEWC"], "companies": [{"code": "NEWC", "name": "New company"}],
+                  **FAST}
+        ctx = step_context(sandbox, consultant=portal_player(sandbox), params=params)
         set_plan(ctx, [(n, "initial-sync", "finops") for n in CUSTOMER_MAPS])
-        step = STEPS["initial-sync"](companies="created")
+        step = STEPS["initial-sync"]()
         result = step.execute(ctx)
         assert result.status == Status.PASSED, result.checks
-        titles = [i.title for i in ctx.instructions]
-        assert titles == [f"Stop table maps {ACCOUNTS}", f"Run table map {ACCOUNTS}"]
-        assert {r["company"] for r in result.tables["initial sync"]} <= {"NEWC", "(global)"}
+        assert [i.title for i in ctx.instructions] == [f"Stop table maps {ACCOUNTS}",
+                                                       f"Run table map {ACCOUNTS}"]
+        # Only NEWC needs it, but a rerun cannot be limited to it, and the result says so.
+        note = {ch.name: ch for ch in result.checks}["initial sync run again"].evidence
+        assert note.startswith(f"{ACCOUNTS}: NEWC need it; the rerun touches DAT, USMF, NEWC — an initial "
+                               "sync covers every legal entity of the connection and a rerun is a full push")
         synced = c.fo_rows(customers + "'newc'")
         assert sorted(r["CustomerAccount"] for r in synced) == sorted(a["accountnumber"] for a in accounts)
-        assert len(c.fo_rows(customers + "'usmf'")) == usmf_before
+        assert len(c.fo_rows(customers + "'usmf'")) == usmf_before  # touched, left alone
         wait_state(c, CUSTOMER_MAPS, "Running")
-
         seen = len(ctx.instructions)
         assert step.execute(ctx).status == Status.ALREADY_DONE and len(ctx.instructions) == seen
+
+        # NEWC needs it again; USMF, which does not, is past the limit: the full push would fail there.
+        c.portal("POST", f"/dualwrite/maps/{catalog.table_map(ACCOUNTS).id}/stop")
+        _stamp(c, "NEWC", group["msdyn_customergroupid"], 1)
+        run_maps(c, [ACCOUNTS], initial_sync=False)
+        strict = step_context(sandbox, params={**params, "plan.limits.initial_sync_rows_per_legal_entity": 1})
+        set_plan(strict, [(n, "initial-sync", "finops") for n in CUSTOMER_MAPS])
+        refused = (rf"full push breaks the initial-sync limits where it is not needed: {re.escape(ACCOUNTS)} "
+                   r"USMF: .* rows in one legal entity.*migrate the rows of the companies that need it")
+        with pytest.raises(StepError, match=refused):
+            step.execute(strict)
+        assert strict.instructions == []
     finally:
         c.close()
 

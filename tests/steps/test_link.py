@@ -7,12 +7,14 @@ from typing import Any
 
 import pytest
 from dw_helpers import Consultant
+from sync_helpers import wait_state
 
 from dwlib import catalog
 from dwlib.clients.dualwrite import DualWriteAdminError
 from dwlib.params import ParamsError
 from dwlib.steps.base import Status, StepError
-from dwlib.steps.link import LegalEntities, PowerPlatformIntegration
+from dwlib.steps.company import LegalEntities
+from dwlib.steps.link import PowerPlatformIntegration
 
 
 @pytest.fixture(scope="module")
@@ -34,13 +36,25 @@ def test_the_gate_links_a_new_finops_for_dat_and_a_rerun_is_already_done(start_s
     assert checks["Power Platform integration"].evidence.startswith(
         f"Dataverse is integrated with {sandbox['finops_url']}")
     assert checks["dual-write solutions"].status == Status.PASSED
-    assert checks["company DAT in Dataverse"].evidence.endswith("owner team 'DAT DW' in business unit 'DAT'")
+    # The connection's documented state, not a company row: the LCS setup started the maps, so
+    # their projects show the connection's legal entities.
+    assert checks["legal entities in the connection"].evidence == \
+        "DualWriteProjectConfigurations.PartitionMap: DAT"
+    assert not any(name.startswith("company ") for name in checks)  # linking creates no company
 
     again = PowerPlatformIntegration().execute(ctx)
     assert again.status == Status.ALREADY_DONE and len(ctx.instructions) == 2
-    # A new F&O is connected for DAT only: the legal-entities step finds its work done.
+    # A new F&O is connected for DAT only, and the LCS setup ran the Legal entities map, which
+    # brought DAT's company row: the legal-entities step finds its work done.
+    c = Consultant(sandbox)
+    try:
+        wait_state(c, ["Legal entities (cdm_companies)"], "Running")
+    finally:
+        c.close()
     legal = LegalEntities().execute(ctx)
     assert legal.status == Status.ALREADY_DONE and len(ctx.instructions) == 2
+    company = {ch.name: ch for ch in legal.checks}["company DAT in Dataverse"]
+    assert company.evidence.endswith("owner team 'DAT DW' in business unit 'DAT'")
 
 
 def test_the_gate_times_out_saying_what_is_missing(untouched, step_context) -> None:
@@ -96,23 +110,44 @@ def test_legal_entities_are_added_and_unwanted_ones_flagged(start_sandbox, step_
         consultant.portal("POST", "/lcs/dual-write/link", {"legal_entities": ["USMF", "DEMF"]})
         ctx = step_context(sandbox, consultant=portal_player(sandbox),
                            params={"legal_entities": ["USMF", "GBSI"]})
-        assert LegalEntities().execute(step_context(sandbox, dry_run=True, params={
-            "legal_entities": ["USMF", "GBSI"]})).summary == "dry run — would: add GBSI; remove DEMF"
+        # Linking made no company row, and before any map has a project the connection cannot be
+        # read: the step first runs the Legal entities map, which brings the companies.
+        dry = LegalEntities().execute(step_context(sandbox, dry_run=True, params={
+            "legal_entities": ["USMF", "GBSI"]}))
+        assert dry.summary == ("dry run — would: run Legal entities (cdm_companies) with the initial sync; "
+                               "bring the cdm_companies rows of USMF, GBSI")
+        assert consultant.dv_rows("cdm_companies?$select=cdm_companycode") == []
         result = LegalEntities().execute(ctx)
-        assert [i.title for i in ctx.instructions] == ["Add legal entities to the dual-write connection",
+        assert [i.title for i in ctx.instructions] == ["Run table map Legal entities (cdm_companies)",
+                                                       "Add legal entities to the dual-write connection",
                                                        "Remove legal entities from the dual-write connection"]
-        skip = "Select 'Skip initial writes for newly added legal entities', then Save."
-        assert skip in ctx.instructions[0].steps
+        # Only the Legal entities map runs and GBSI has one row for it: with initial writes, which
+        # bring its company row.
+        keep = "Clear 'Skip initial writes for newly added legal entities', then Save."
+        assert keep in ctx.instructions[1].steps
         assert consultant.portal("GET", "/dualwrite/connection")["legalEntities"] == ["USMF", "GBSI"]
     finally:
         consultant.close()
     checks = {c.name: c for c in result.checks}
+    assert result.status == Status.PASSED, [c.to_dict() for c in result.checks]
+    assert checks["legal entities in the connection"].evidence == \
+        "DualWriteProjectConfigurations.PartitionMap: GBSI, USMF"
+    assert checks["add GBSI"].evidence.startswith("with initial writes: Legal entities (cdm_companies) run")
     assert checks["company GBSI in Dataverse"].status == Status.PASSED
     assert "owner team 'GBSI DW'" in checks["company GBSI in Dataverse"].evidence
-    # DEMF keeps its cdm_company row after the removal: the step cannot see the removal, and says so.
-    outside = checks["legal entities outside the scope"]
+    # DEMF keeps the cdm_company row the map brought, but the connection no longer holds it: the
+    # step reads the connection, not the rows, so the removal is verified.
+    assert "legal entities outside the scope" not in checks
+
+
+def test_a_removal_not_done_is_read_from_the_connection(linked_sandbox, step_context) -> None:
+    sandbox = linked_sandbox("existing-existing", rows=20, legal_entities=["USMF", "DEMF"])
+    ctx = step_context(sandbox, params={"legal_entities": ["USMF"]}, timeout_s=0.3)  # nobody acts
+    result = LegalEntities().execute(ctx)
+    assert [i.title for i in ctx.instructions] == ["Remove legal entities from the dual-write connection"]
+    outside = {c.name: c for c in result.checks}["legal entities outside the scope"]
     assert result.status == Status.WARNING and outside.status == Status.WARNING
-    assert "DEMF" in outside.evidence and "dual-write workspace" in outside.evidence
+    assert outside.evidence == "the connection also holds DEMF (DualWriteProjectConfigurations.PartitionMap)"
     assert result.next_action == outside.fix
 
 
@@ -139,3 +174,20 @@ def test_an_existing_finops_needs_legal_entities_in_scope(untouched, step_contex
     # The parameters file is refused for it, with its other problems, before any step runs.
     with pytest.raises(ParamsError, match="legal_entities: scenario existing-new connects an existing"):
         step_context(untouched, params={"scenario": "existing-new", "legal_entities": []})
+
+
+def test_an_owning_team_without_the_dual_write_roles_is_flagged(linked_sandbox, step_context) -> None:
+    sandbox = linked_sandbox("existing-existing", rows=20, legal_entities=["USMF"])
+    c = Consultant(sandbox)
+    try:
+        (team,) = c.dv_rows("teams?$select=teamid&$filter=name eq 'USMF DW'")
+        rows = c.dv_rows(f"teamrolescollection?$filter=teamid eq {team['teamid']}")
+        assert len(rows) == 2  # the dual-write runtime user and app user roles
+        assert c.dv("DELETE", f"teamrolescollection({rows[0]['teamroleid']})").status_code == 204
+    finally:
+        c.close()
+    result = LegalEntities().execute(step_context(sandbox, params={"legal_entities": ["USMF"]}))
+    roles = {ch.name: ch for ch in result.checks}["roles of the owning team of USMF"]
+    assert result.status == Status.WARNING and roles.status == Status.WARNING
+    assert roles.evidence.startswith("roles: Dual-write")
+    assert "give team 'USMF DW' the Dual-write runtime user and Dual-write app user roles" in roles.fix

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -74,7 +75,8 @@ MATRIX = [
 
 @pytest.mark.parametrize(("finops", "dataverse", "has_data", "single", "volume", "actions"), MATRIX)
 def test_every_matrix_row(finops, dataverse, has_data, single, volume, actions) -> None:
-    d = decide(finops, dataverse, has_data, single_threaded=single, volume=volume)
+    # The volume on the Dataverse side, the one going to F&O (the worst case of each row).
+    d = decide(finops, dataverse, has_data, single_threaded=single, volume=volume, to_finops=volume)
     assert d.actions == actions
     expected = ("migrate" if MIGRATE_OUTSIDE in actions else
                 "initial-sync" if RUN_INITIAL in actions else "skip")
@@ -83,15 +85,25 @@ def test_every_matrix_row(finops, dataverse, has_data, single, volume, actions) 
 
 
 def test_matrix_row_names_the_limit_it_used() -> None:
-    assert decide("existing", "existing", True, single_threaded=True, volume=70_000).matrix_row == \
-        "existing F&O / existing Dataverse, single-threaded, 70,000 rows or more"
-    assert decide("new", "existing", True, single_threaded=False, volume=1).matrix_row == \
+    ee = ("existing", "existing", True)
+    assert decide(*ee, single_threaded=True, volume=70_000, to_finops=70_000).matrix_row == \
+        "existing F&O / existing Dataverse, single-threaded, 70,000 rows or more from Dataverse to F&O"
+    assert decide("new", "existing", True, single_threaded=False, volume=1, to_finops=1).matrix_row == \
         "new F&O / existing Dataverse, multi-threaded, fewer than 500,000 rows"
     low = replace(catalog.limits(), initial_sync_rows_per_legal_entity=10)
     # Past the per-legal-entity limit every map migrates, single-threaded ones too.
-    ee = ("existing", "existing", True)
-    assert decide(*ee, single_threaded=True, volume=10, limits=low).action == "migrate"
-    assert decide(*ee, single_threaded=True, volume=9, limits=low).action == "initial-sync"
+    assert decide(*ee, single_threaded=True, volume=10, to_finops=0, limits=low).action == "migrate"
+    assert decide(*ee, single_threaded=True, volume=9, to_finops=9, limits=low).action == "initial-sync"
+
+
+@pytest.mark.parametrize("sides", [("existing", "existing"), ("new", "existing")])
+def test_the_70000_rule_looks_at_the_dataverse_to_finops_direction_only(sides) -> None:
+    # 100,000 customers of one company in F&O go to Dataverse: that direction is multithreaded.
+    fo_heavy = decide(*sides, True, single_threaded=True, volume=100_000, to_finops=500)
+    assert fo_heavy.action == "initial-sync"
+    assert fo_heavy.matrix_row.endswith("fewer than 70,000 rows from Dataverse to F&O")
+    dv_heavy = decide(*sides, True, single_threaded=True, volume=70_000, to_finops=70_000)
+    assert dv_heavy.action == "migrate"
 
 
 @pytest.mark.parametrize(("scenario", "states"), [
@@ -104,14 +116,15 @@ def test_scenarios_give_the_matrix_inputs(scenario, states) -> None:
 
 def test_global_constraints() -> None:
     lim = catalog.limits()
-    assert blockers(legal_entities=40, lookups=10, dataverse_rows=9, quoted_rows=0) == []
-    assert blockers(legal_entities=41, lookups=10, dataverse_rows=9, quoted_rows=0) == \
+    assert blockers(legal_entities=40, lookups=9, dataverse_rows=9, quoted_rows=0) == []
+    assert blockers(legal_entities=41, lookups=9, dataverse_rows=9, quoted_rows=0) == \
         ["41 legal entities: initial writes support 40"]
-    many = lim.max_lookups + 1
-    assert blockers(legal_entities=1, lookups=many, dataverse_rows=1, quoted_rows=0)[0].startswith(
-        f"{many} lookups on the Dataverse side")
+    # "10 or more lookups" is the boundary: 10 blocks, 9 does not.
+    assert lim.failing_lookups == 10
+    assert blockers(legal_entities=1, lookups=10, dataverse_rows=1, quoted_rows=0) == [
+        "10 lookups on the Dataverse side (10 or more fail the export; or split the lookups)"]
     # Lookups only matter when Dataverse has rows to export.
-    assert blockers(legal_entities=1, lookups=lim.max_lookups + 1, dataverse_rows=0, quoted_rows=0) == []
+    assert blockers(legal_entities=1, lookups=lim.failing_lookups + 1, dataverse_rows=0, quoted_rows=0) == []
     assert "double quotes" in blockers(legal_entities=1, lookups=0, dataverse_rows=0, quoted_rows=2)[0]
 
 
@@ -141,9 +154,20 @@ def test_plan_counts_both_sides_and_publishes_the_plan(linked_sandbox, step_cont
     assert by["Legal entities (cdm_companies)"].finops_rows == {"(global)": 4}
     for r in rows:
         assert (r.action, r.master, r.skip_initial_sync) == ("initial-sync", "finops", False)
-        assert r.state == "Not running" and r.quoted_rows == 0
+        # The legal-entities step ran the Legal entities map already: it brings the companies.
+        assert r.state == ("Running" if r.name == "Legal entities (cdm_companies)" else "Not running")
+        assert r.quoted_rows == 0
         assert r.matrix_row == "existing F&O / new Dataverse, fewer than 500,000 rows"
-    assert by[ACCOUNTS].estimate_s == pytest.approx(sum(by[ACCOUNTS].finops_rows.values()) / 20)
+    # The estimate uses the documented "100 records a minute" and says so next to itself.
+    assert by[ACCOUNTS].estimate_s == pytest.approx(sum(by[ACCOUNTS].finops_rows.values()) * 60 / 100)
+    table_row = by[ACCOUNTS].row()
+    columns = list(table_row)
+    assert columns[columns.index("estimate") + 1] == "estimate_basis"
+    assert table_row["estimate_basis"].startswith("100 records a minute")
+    assert "learn.microsoft.com/en-us/training/modules/extensions-finance-operations-power-platform/" \
+           "error-handling" in table_row["estimate_basis"]
+    migrate_basis = replace(by[ACCOUNTS], action="migrate").row()["estimate_basis"]
+    assert "ASSUMED" in migrate_basis and "no documented DMF import rate" in migrate_basis
 
     with open(Path(ctx.evidence_dir) / PLAN_CSV, newline="", encoding="utf-8") as fh:
         table = list(csv.DictReader(fh))
@@ -235,14 +259,50 @@ def test_created_companies_count_once_in_the_connection(linked_sandbox, step_con
     # Before the company steps the connection holds DAT only: the F&O data of USMF … waits for them.
     assert rows[ACCOUNTS].finops_rows == {"DAT": 0} and rows[ACCOUNTS].action == "initial-sync"
     assert rows[ACCOUNTS].matrix_row == \
-        "new F&O / existing Dataverse, single-threaded, fewer than 70,000 rows"
+        "new F&O / existing Dataverse, single-threaded, fewer than 70,000 rows from Dataverse to F&O"
     assert rows[ACCOUNTS].dataverse_without_company > 0  # existing rows, not bootstrapped yet
 
     c = Consultant(sandbox)
     try:
-        c.portal("POST", "/dualwrite/legal-entities", {"add": ["USMF"], "skip_initial_writes": True})
+        # Added with initial writes: the running Legal entities map writes USMF's company row.
+        c.portal("POST", "/dualwrite/legal-entities", {"add": ["USMF"], "skip_initial_writes": False})
+        deadline = time.monotonic() + 30
+        while not c.dv_rows("cdm_companies?$filter=cdm_companycode eq 'USMF'"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         customers = _customers(c)
     finally:
         c.close()
     rows = {r.name: r for r in build_plan(step_context(sandbox, params=params))}
     assert rows[ACCOUNTS].finops_rows == {"DAT": 0, "USMF": customers[("USMF", "Organization")]}
+
+
+def test_the_plan_after_the_bootstrap_counts_the_new_companys_volume_against_the_same_limits(
+        linked_sandbox, step_context) -> None:
+    # new-data-existing: a company of its own for the Dataverse data, created, added, bootstrapped.
+    sandbox = linked_sandbox("new-data-existing", rows=40, legal_entities=["DAT", "USMF"])
+    c = Consultant(sandbox)
+    try:
+        created = c.fo("POST", "LegalEntities", {"LegalEntityId": "CRM", "Name": "Contoso CRM"})
+        assert created.status_code == 201, created.text
+        c.portal("POST", "/dualwrite/legal-entities", {"add": ["CRM"], "skip_initial_writes": False})
+        deadline = time.monotonic() + 30
+        while not (crm := c.dv_rows("cdm_companies?$filter=cdm_companycode eq 'CRM'")):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        accounts = c.dv_rows("accounts?$select=accountid&$filter=customertypecode eq 3 and "
+                             "accountnumber ne null&$top=5")
+        for a in accounts:
+            r = c.dv("PATCH", f"accounts({a['accountid']})",
+                     {"msdyn_company@odata.bind": f"cdm_companies({crm[0]['cdm_companyid']})"})
+            assert r.status_code == 204, r.text
+    finally:
+        c.close()
+    params = {"legal_entities": ["USMF", "CRM"], "companies": [{"code": "CRM", "name": "Contoso CRM"}],
+              "plan.limits.single_threaded_dataverse_to_finops_rows": 5}
+    rows = {r.name: r for r in build_plan(step_context(sandbox, params=params))}
+    assert rows[ACCOUNTS].dataverse_rows["CRM"] == 5
+    # Five bootstrapped rows of CRM going to F&O meet the (lowered) single-threaded limit: migrate.
+    assert rows[ACCOUNTS].action == "migrate"
+    assert rows[ACCOUNTS].matrix_row == ("new F&O / existing Dataverse, single-threaded, 5 rows or more from "
+                                         "Dataverse to F&O")

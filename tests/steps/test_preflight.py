@@ -52,7 +52,9 @@ def test_before_the_link_what_the_link_step_sets_up_is_pending_not_a_warning(fre
     assert companies.status == Status.SKIPPED and companies.evidence.endswith(NOT_YET)
     assert checks["legal-entity count"].status == Status.PASSED
     assert "DAT" in checks["legal entities in F&O"].evidence
-    assert checks["root business unit default team"].status == Status.PASSED
+    # No role yet: the dual-write tables it needs to read come with the setup.
+    root_team = checks["root business unit default team"]
+    assert root_team.status == Status.SKIPPED and "roles: none" in root_team.evidence
     skipped = sum(c.status == Status.SKIPPED for c in result.checks)
     assert f"{skipped} skipped, 0 warnings, 0 failed" in result.summary
     assert _writes(ctx) == []
@@ -144,9 +146,10 @@ def test_duplicate_or_blank_companies_fail_with_the_documented_error_and_fix(sta
     sandbox = start_sandbox("existing-existing", rows=20, fresh=True)
     consultant = Consultant(sandbox)
     try:
-        # Left-overs of an earlier setup: a company code twice and a company without a name.
+        # Left-overs of an earlier setup: two companies with one name (the documented cause compares
+        # names, not codes) and a company without a name.
         for row in ({"cdm_companycode": "USMF", "cdm_name": "Contoso US"},
-                    {"cdm_companycode": "usmf", "cdm_name": "Contoso US (old)"},
+                    {"cdm_companycode": "USRT", "cdm_name": "contoso us "},
                     {"cdm_companycode": "GBSI", "cdm_name": " "}):
             assert consultant.dv("POST", "cdm_companies", row).status_code == 204
     finally:
@@ -156,10 +159,11 @@ def test_duplicate_or_blank_companies_fail_with_the_documented_error_and_fix(sta
     companies = _by_name(result)["cdm_companies"]
     assert result.status == Status.FAILED
     assert companies.status == Status.FAILED
-    assert "duplicate codes: USMF" in companies.evidence and "blank names: GBSI" in companies.evidence
+    assert "duplicate names: 'Contoso US' (USMF, USRT)" in companies.evidence
+    assert "blank names: GBSI" in companies.evidence
     assert ("Saving connection set failed! An item with the same key has already been added."
             in companies.evidence)
-    assert "Remove the duplicate or blank-name cdm_company rows" in companies.fix
+    assert "Remove the duplicate cdm_company rows (same name)" in companies.fix
     assert companies.doc.endswith("dual-write-troubleshooting-initial-setup")
     assert [c.name for c in result.checks if c.status == Status.FAILED] == ["cdm_companies"]
 
@@ -177,3 +181,92 @@ def test_an_unreachable_environment_fails_and_skips_what_depends_on_it(fresh_new
     skipped = [c for c in result.checks if c.status == Status.SKIPPED]
     assert {c.name for c in skipped} >= {"dual-write solutions", "cdm_companies"}
     assert all(c.evidence == "not checked: Dataverse is not reachable" for c in skipped)
+
+
+def _platform(c: Consultant, change: dict[str, Any]) -> None:
+    r = c.http.post(f"{c.base}/_sandbox/platform", headers=c.admin, json=change)
+    assert r.status_code == 200, r.text
+
+
+PLATFORM = ("F&O version", "not a trial environment", "same geography", "Dataverse version",
+            "Prospect to cash")
+
+
+def test_versions_trial_geography_and_prospect_to_cash_are_read_and_can_fail(start_sandbox,
+                                                                             step_context) -> None:
+    sandbox = start_sandbox("existing-existing", rows=20, fresh=True)
+    params = {"legal_entities": ["USMF"]}
+    checks = _by_name(Preflight().execute(step_context(sandbox, params=params)))
+    assert {n: checks[n].status for n in PLATFORM} == dict.fromkeys(PLATFORM, Status.PASSED)
+    assert checks["F&O version"].evidence.startswith("LCS: application build 10.0.1935.92")
+    assert checks["Dataverse version"].evidence.startswith("RetrieveVersion: 9.2.")
+    c = Consultant(sandbox)
+    try:
+        # Each documented requirement broken, as LCS, the admin API and Dataverse would report it.
+        _platform(c, {"finops": {"CurrentApplicationBuildVersion": "10.0.383.1"}, "finops_sku": "Trial",
+                      "dataverse_location": "unitedstates", "dataverse_version": "9.1.0000.11000"})
+        r = c.dv("POST", "solutions", {"uniquename": "msdyn_ProspectToCash", "version": "1.0.0.0",
+                                       "friendlyname": "Prospect to cash", "ismanaged": True})
+        assert r.status_code == 204, r.text
+    finally:
+        c.close()
+    result = Preflight().execute(step_context(sandbox, params=params))
+    checks = _by_name(result)
+    assert {n: checks[n].status for n in PLATFORM} == dict.fromkeys(PLATFORM, Status.FAILED)
+    assert "older than 10.0.9 (10.0.383.20013)" in checks["F&O version"].evidence
+    assert "platform update 33" in checks["F&O version"].fix
+    assert "not supported on F&O trial instances" in checks["not a trial environment"].fix
+    assert checks["same geography"].evidence == "Dataverse in unitedstates, F&O in europe"
+    assert "9.1.0000.11732" in checks["Dataverse version"].fix
+    assert checks["Prospect to cash"].evidence == "installed: msdyn_ProspectToCash (Prospect to cash)"
+    assert result.status == Status.FAILED
+
+
+def test_a_check_that_cannot_read_warns_and_never_passes(start_sandbox, step_context) -> None:
+    sandbox = start_sandbox("existing-existing", rows=20, fresh=True)
+    ctx = step_context(sandbox, params={"legal_entities": ["USMF"], "environments.lcs_project_id": None})
+    version = _by_name(Preflight().execute(ctx))["F&O version"]
+    assert version.status == Status.WARNING
+    assert version.evidence == "not read: environments.lcs_project_id and lcs_environment_id are not set"
+    assert "Help > About" in version.fix
+    wrong = step_context(sandbox, params={"legal_entities": ["USMF"], "environments.lcs_project_id": 1})
+    refused = _by_name(Preflight().execute(wrong))["F&O version"]
+    assert refused.status == Status.WARNING and "LCS answered: Project 1 was not found" in refused.evidence
+
+
+def test_after_the_link_plugins_roles_and_apps_pass_and_each_can_fail(linked_sandbox, step_context) -> None:
+    sandbox = linked_sandbox("existing-existing", rows=20, legal_entities=["USMF"])
+    params = {"legal_entities": ["USMF"]}
+    names = ("dual-write plug-in steps", "roles of application user 00000015-0000-0000-c000-000000000000",
+             "roles of application user 2e49aa60-1bd3-43b6-8ab6-03ada3d9f08b",
+             "F&O Microsoft Entra applications", "root business unit default team")
+    result = Preflight().execute(step_context(sandbox, params=params))
+    checks = _by_name(result)
+    assert {n: checks[n].status for n in names} == dict.fromkeys(names, Status.PASSED), result.summary
+    assert "maps run with them (Legal entities (cdm_companies), …)" in checks[names[3]].evidence
+    c = Consultant(sandbox)
+    try:
+        (step,) = c.dv_rows("sdkmessageprocessingsteps?$select=sdkmessageprocessingstepid,name&$top=1")
+        assert c.dv("PATCH", f"sdkmessageprocessingsteps({step['sdkmessageprocessingstepid']})",
+                    {"statecode": 1}).status_code == 204
+        (user,) = c.dv_rows("systemusers?$select=systemuserid&$filter=applicationid eq "
+                            "00000015-0000-0000-c000-000000000000")
+        for row in c.dv_rows(f"systemuserrolescollection?$filter=systemuserid eq {user['systemuserid']}"):
+            assert c.dv("DELETE", f"systemuserrolescollection({row['systemuserroleid']})").status_code == 204
+        (root,) = c.dv_rows("businessunits?$select=businessunitid&"
+                            "$filter=_parentbusinessunitid_value eq null")
+        (team,) = c.dv_rows(f"teams?$select=teamid&$filter=isdefault eq true and _businessunitid_value eq "
+                            f"{root['businessunitid']}")
+        for row in c.dv_rows(f"teamrolescollection?$select=teamroleid&$filter=teamid eq {team['teamid']}"):
+            assert c.dv("DELETE", f"teamrolescollection({row['teamroleid']})").status_code == 204
+        c.portal("POST", "/dualwrite/maps/legal-entities/stop")  # no map runs: nothing shows the apps at work
+    finally:
+        c.close()
+    checks = _by_name(Preflight().execute(step_context(sandbox, params=params)))
+    assert checks[names[0]].status == Status.FAILED  # linked: a disabled step is a real problem
+    assert f"step '{step['name']}' is disabled" in checks[names[0]].evidence
+    assert checks[names[1]].status == Status.FAILED and checks[names[1]].evidence == "roles: none"
+    assert "System Administrator" in checks[names[1]].fix
+    assert checks[names[2]].status == Status.PASSED
+    assert checks[names[3]].status == Status.WARNING and "no map runs" in checks[names[3]].evidence
+    assert checks[names[4]].status == Status.FAILED and "roles: none" in checks[names[4]].evidence

@@ -20,6 +20,7 @@ Example:
 from .base import (
     INTEGRATOR_APP,
     STATE_OF_STATUS,
+    ConnectionLegalEntities,
     DualWriteAdmin,
     DualWriteAdminError,
     InitialSyncDetails,
@@ -36,6 +37,7 @@ __all__ = [
     "INTEGRATOR_APP",
     "LCS",
     "STATE_OF_STATUS",
+    "ConnectionLegalEntities",
     "DualWriteAdmin",
     "DualWriteAdminError",
     "GatewayAdmin",

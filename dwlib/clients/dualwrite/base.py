@@ -12,6 +12,10 @@ Microsoft's Dual-write-automations (`STATE_OF_NAME`); any other value is a `Dual
 not a guess. The real values of these columns are UNVERIFIED (api-surface.md §5.1): `dw doctor
 --record` captures them from a real environment. `msdyn_mapping` is read in the shape
 Dual-write-automations reads (`entityMappingTasks[].legs[].fieldMappings[].valueTransforms[]`).
+The legal entities of the connection (the Legal entities tab of Environment details) are read
+from the projects' `PartitionMap` column, also documented as a column with an UNVERIFIED content:
+`connection_legal_entities` says when it cannot read them (no project yet, or a value it does not
+understand) instead of guessing.
 
 Example:
     >>> STATE_OF_NAME["InitialSync"].value, STATE_OF_STATUS[4].value
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -127,6 +132,31 @@ def mapping_legs(mapping: Any, *, where: str) -> list[dict[str, Any]]:
 
 
 @dataclass(frozen=True)
+class ConnectionLegalEntities:
+    """The legal entities of the dual-write connection, as far as they can be read from outside.
+
+    >>> ConnectionLegalEntities(None, "DualWriteProjectConfigurations", "no project yet").readable
+    False
+    """
+
+    codes: tuple[str, ...] | None  # upper case; None: not readable (`note` says why)
+    source: str
+    note: str = ""
+
+    @property
+    def readable(self) -> bool:
+        return self.codes is not None
+
+    def missing(self, wanted: Iterable[str]) -> list[str]:
+        """Of `wanted`, the codes the connection lacks ([] when it cannot be read)."""
+        have = set(self.codes or ())
+        return [c for c in wanted if self.readable and c.upper() not in have]
+
+
+_COMPANY_CODE = re.compile(r"^[A-Za-z0-9]{1,8}$")  # F&O legal entity ids: at most 4 in practice
+
+
+@dataclass(frozen=True)
 class SyncError:
     """One initial-sync error, with the catalogue's remediation when the text is known."""
 
@@ -228,10 +258,39 @@ class DualWriteAdmin(ABC):
                 return None
             raise
 
-    def legal_entities(self) -> list[str]:
-        """Company codes of the `cdm_companies` rows (dual-write creates one per linked legal entity)."""
+    def dataverse_companies(self) -> list[str]:
+        """Company codes of the `cdm_companies` rows, upper case: what the Legal entities
+        (cdm_companies) map has brought to Dataverse (not what the connection holds: see
+        `connection_legal_entities`)."""
         rows = self.dataverse.query("cdm_companies", select=["cdm_companycode"])
-        return sorted(r["cdm_companycode"] for r in rows if r.get("cdm_companycode"))
+        return sorted(r["cdm_companycode"].upper() for r in rows if r.get("cdm_companycode"))
+
+    def connection_legal_entities(self) -> ConnectionLegalEntities:
+        """The legal entities of the dual-write connection, from the `PartitionMap` of the F&O
+        project configurations (every project partitions by the connection's legal entities).
+
+        Not readable before any map has a project (they are created when a map first runs), or
+        when the column holds something else than company codes: then `codes` is None and `note`
+        says so, and what depends on it is a warning, never a pass.
+
+        >>> # admin.connection_legal_entities().codes  → ('DAT', 'USMF')
+        """
+        source = "DualWriteProjectConfigurations.PartitionMap"
+        try:
+            rows = list(self.finops.query("DualWriteProjectConfigurations",
+                                          select=["ProjectName", "PartitionMap", "IsDelete"]))
+        except HttpError as exc:
+            return ConnectionLegalEntities(None, source, f"not readable: {exc}")
+        values = {str(r.get("PartitionMap") or "") for r in rows if r.get("IsDelete") != "Yes"} - {""}
+        if not values:
+            return ConnectionLegalEntities(None, source, "no table map has a project yet (a map's first "
+                                                         "Run creates it)")
+        codes = {c.strip() for v in values for c in v.split(",")}
+        unknown = sorted(c for c in codes if not _COMPANY_CODE.match(c))
+        if unknown:
+            return ConnectionLegalEntities(None, source, f"values not understood as company codes: "
+                                                         f"{', '.join(unknown)[:200]}")
+        return ConnectionLegalEntities(tuple(sorted(c.upper() for c in codes)), source)
 
     def applied_maps(self) -> list[str]:
         """Maps in Dataverse (`msdyn_dualwriteentitymaps`): present once the solutions are applied."""
@@ -379,6 +438,14 @@ class DualWriteAdmin(ABC):
         """Resume Paused maps (catch up the queue)."""
 
     # --- waiting ------------------------------------------------------------------------------------
+
+    def wait_for(self, what: str, missing: Callable[[], list[str]]) -> None:
+        """Poll `missing` (what is still missing, as readable lines) every `poll_s` until it lists
+        nothing; DualWriteAdminError naming what is missing after `timeout_s`.
+
+        >>> # admin.wait_for("company rows", lambda: sorted({"USMF"} - set(admin.dataverse_companies())))
+        """
+        self._wait(what, missing)
 
     def _wait(self, what: str, check: Callable[[], list[str]]) -> None:
         """Poll `check` (which lists what is still missing) until it lists nothing or time runs out."""

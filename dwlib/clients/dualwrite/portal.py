@@ -143,19 +143,20 @@ class PortalAdmin(DualWriteAdmin):
                 f"others.",
             ],
             ["LCS environment details", "Dual-write"],
-            f"dual-write solutions installed, table maps applied, companies {', '.join(codes)} in Dataverse",
+            "dual-write solutions installed, table maps applied, and legal entities "
+            f"{', '.join(codes)} in the connection (once a map's project shows them)",
         )
 
         def check() -> list[str]:
             missing = self._solutions_missing()
             if not self.applied_maps():
                 missing.append("no table maps in Dataverse (Apply Solution)")
-            present = set(self.legal_entities())
-            missing += [f"company {c} (cdm_companies)" for c in codes if c not in present]
+            missing += [f"legal entity {c} in the connection"
+                        for c in self.connection_legal_entities().missing(codes)]
             return missing
 
         self._wait("Dual-write link", check)
-        return self.legal_entities()
+        return list(self.connection_legal_entities().codes or ())
 
     def add_legal_entities(self, codes: Sequence[str], *, skip_initial_writes: bool = False) -> list[str]:
         wanted = [c.upper() for c in codes]
@@ -169,13 +170,14 @@ class PortalAdmin(DualWriteAdmin):
                 ", then Save.",
             ],
             ["F&O Data management workspace", "Dual-write"],
-            f"companies {', '.join(wanted)} in Dataverse",
+            f"legal entities {', '.join(wanted)} in the connection (PartitionMap of the map projects)",
         )
         self._wait(
             "Legal entities",
-            lambda: [f"company {c} (cdm_companies)" for c in wanted if c not in set(self.legal_entities())],
+            lambda: [f"legal entity {c} in the connection"
+                     for c in self.connection_legal_entities().missing(wanted)],
         )
-        return self.legal_entities()
+        return list(self.connection_legal_entities().codes or ())
 
     def run(
         self,
