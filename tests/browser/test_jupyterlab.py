@@ -35,6 +35,8 @@ import yaml
 from dw_helpers import launch_chromium
 from playwright.sync_api import Locator, Page, expect, sync_playwright
 
+from dwlib.errors import DwError
+from dwlib.review import record_from_notebook
 from dwlib.sandbox.consultant import perform
 from dwlib.scenarios import SCENARIOS
 
@@ -179,6 +181,23 @@ def field(form: Locator, label: str) -> Locator:
     return form.locator(".widget-inline-hbox").filter(has=named).locator("input, select").first
 
 
+def saved_run_id(notebook: Path) -> str | None:
+    """The run whose step results the notebook file holds (None: none, or not readable yet)."""
+    try:
+        return record_from_notebook(notebook).get("run_id")
+    except (DwError, ValueError, OSError):
+        return None
+
+
+def wait_until(condition: Callable[[], bool], page: Page, *, what: str, timeout_s: float = 30) -> None:
+    """Wait for `condition`, checking it every 100 ms of the page's clock, up to `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        page.wait_for_timeout(100)
+
+
 def shot(page: Page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
@@ -276,11 +295,14 @@ def test_a_consultant_runs_the_existing_new_runbook_in_jupyterlab(
     closing = cell(tab, index["summary"])
     expect(closing.locator(".dw-run-summary .dw-status[data-status='passed']").first).to_be_visible()
     tab.keyboard.press("Control+s")
-    expect(tab.locator(".jp-Document.jp-mod-dirty")).to_have_count(0, timeout=30_000)
+    (record,) = runs.glob("*.json")
+    # JupyterLab saves in the background (the dirty mark can clear before the file is written):
+    # Seal once the file on disk holds this run's step results.
+    wait_until(lambda: saved_run_id(lab.root / "notebooks" / notebook.name)
+               == json.loads(record.read_text())["run_id"], tab, what="the notebook saved with its results")
     closing.get_by_role("button", name="Seal").click()
     expect(closing.locator(".dw-seal-status[data-state='sealed']")).to_have_count(1, timeout=CELL_TIMEOUT_MS)
     shot(tab, "6-sealed")
-    (record,) = runs.glob("*.json")
     manifest = json.loads(record.read_text())["manifest"]
     assert manifest["notebook"]["path"].endswith(notebook.name) and record.with_suffix(".html").is_file()
 
