@@ -158,6 +158,10 @@ def run_cell(page: Page, cells: list[Any], index: int, *, wait: bool = True) -> 
     target = cell(page, index)
     code = cells[index].cell_type == "code"
     prompt = target.locator(".jp-InputPrompt").first
+    dialog = page.locator(".jp-Dialog")
+    if dialog.count():  # JupyterLab asks something of its own: say what, rather than click around it
+        shot(page, "dialog")
+        raise AssertionError(f"a JupyterLab dialog is open: {dialog.first.inner_text()!r}")
     for _attempt in range(2):  # a key press can land while the notebook still settles: press again
         prompt.click()
         page.keyboard.press("Escape")

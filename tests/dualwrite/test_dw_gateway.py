@@ -145,6 +145,7 @@ def test_connection_set_and_reset(gateway: tuple[Consultant, httpx.Client, str])
 
 
 LEGAL, CURRENCIES = "Legal entities (cdm_companies)", "Currencies (transactioncurrencies)"
+TERMS = "Terms of payment (msdyn_paymentterms)"  # not running after the link (unlike LEGAL), needs only LEGAL
 
 
 def _details(rt: DualWrite, params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -160,16 +161,16 @@ def test_each_start_entry_keeps_its_own_parameters(make_runtime: MakeRuntime) ->
 
     async def go() -> None:
         body = {"action": "1", "details": _details(rt, {
-            LEGAL: {"skipInitialSync": False, "conflictResolution": {"option": "1", "master": "AX"}},
+            TERMS: {"skipInitialSync": False, "conflictResolution": {"option": "1", "master": "AX"}},
             CURRENCIES: {"skipInitialSync": True, "conflictResolution": {"option": "1", "master": "CRM"}},
         })}
         sandbox_gateway._start(rt, None, body)  # type: ignore[arg-type]
         await rt.idle()
 
     run_async(go())
-    legal, currencies = rt.map_record(LEGAL), rt.map_record(CURRENCIES)
-    assert (legal["state"], legal["master"]) == ("Running", "finops")
-    assert legal["lastJob"] and rt.job(legal["lastJob"])["status"] == "Completed"  # it had its initial sync
+    terms, currencies = rt.map_record(TERMS), rt.map_record(CURRENCIES)
+    assert (terms["state"], terms["master"]) == ("Running", "finops")
+    assert terms["lastJob"] and rt.job(terms["lastJob"])["status"] == "Completed"  # it had its initial sync
     assert (currencies["state"], currencies["master"]) == ("Running", "dataverse")
     assert currencies["activity"][-1]["event"] == "run, initial sync skipped"
     assert not currencies.get("lastJob")
@@ -196,12 +197,12 @@ def test_each_resume_entry_keeps_its_own_catch_up_choice(make_runtime: MakeRunti
 
 
 @pytest.mark.parametrize(("params", "message"), [
-    ({"skipInitialSync": "no"}, r"skipInitialSync of 'Legal entities \(cdm_companies\)' must be true"),
+    ({"skipInitialSync": "no"}, r"skipInitialSync of 'Terms of payment .*' must be true"),
     ({"conflictResolution": {"master": "FO"}}, "conflictResolution.master of .* must be CRM or AX"),
 ])
 def test_start_parameters_that_make_no_sense_are_refused(make_runtime: MakeRuntime, params: dict[str, Any],
                                                          message: str) -> None:
     rt = make_runtime("existing-new")
     with pytest.raises(sandbox_gateway.DualWriteError, match=message):
-        sandbox_gateway._start(rt, None, {"action": "1", "details": _details(rt, {LEGAL: params})})  # type: ignore[arg-type]
-    assert rt.map_record(LEGAL)["state"] == "NotRunning"
+        sandbox_gateway._start(rt, None, {"action": "1", "details": _details(rt, {TERMS: params})})  # type: ignore[arg-type]
+    assert rt.map_record(TERMS)["state"] == "NotRunning"
