@@ -348,17 +348,24 @@ def row_json_sql(
     ent: Entity, columns: Sequence[str], etag_sql: str | None, embedded: frozenset[str] = frozenset()
 ) -> str:
     """A SQL expression that renders one row as JSON (`@odata.etag` first when given); booleans
-    become true/false, `embedded` columns hold JSON to inline rather than strings."""
+    become true/false, `embedded` columns hold JSON to inline rather than strings. F&O fields are
+    never null ("A field … always has a type and a value", X++ null values): an empty string or 0."""
     types = ent.all_columns
     args = [] if etag_sql is None else ["'@odata.etag'", etag_sql]
     for c in columns:
         expr = quote(c)
+        if ent.service == "finops" and types[c] in _XPP_NULL:
+            expr = f"COALESCE({expr}, {_XPP_NULL[types[c]]})"
         if types[c] == "bool":
             expr = f"json(CASE WHEN {expr} IS NULL THEN NULL WHEN {expr} THEN 'true' ELSE 'false' END)"
         elif c in embedded:
             expr = f"json({expr})"
         args += [f"'{c}'", expr]
     return f"json_object({', '.join(args)})"
+
+
+# The value X++ stores for "no value" of a type (Null Values for Data Types, Dynamics AX developer docs).
+_XPP_NULL = {"string": "''", "int": "0", "decimal": "0"}
 
 
 @dataclass
