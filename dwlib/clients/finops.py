@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -90,7 +91,13 @@ class FinOpsClient(ODataService):
         params: dict[str, str] = {"cross-company": "true"}
         if select:
             params["$select"] = ",".join(select)
-        row: Row = self.json("GET", f"{entity_set}{key_segment(key)}", params=params)
+        return self._row(self.send("GET", f"{entity_set}{key_segment(key)}", params=params))
+
+    def _row(self, response: httpx.Response) -> Row:
+        """The row an answer carries; `ResponseError` naming the endpoint when it is not one."""
+        row = self.decode(response)
+        if not isinstance(row, dict):
+            raise self.unreadable(response, f"a row must be a JSON object, not {type(row).__name__}")
         return row
 
     def create(self, entity_set: str, row: Mapping[str, Any], *, key: Key | None = None) -> Row:
@@ -98,8 +105,7 @@ class FinOpsClient(ODataService):
         create that failed on the way (429/503/504, a lost connection) is settled by reading the key
         — the row there is returned, else the create is sent again (`dwlib.clients.once`)."""
         def post() -> Row:
-            created: Row = self.json("POST", entity_set, json=row, safe=False)
-            return created
+            return self._row(self.send("POST", entity_set, json=row, safe=False))
 
         if key is None:
             return post()
@@ -128,8 +134,13 @@ class FinOpsClient(ODataService):
         super().delete(entity_set, key, params={"cross-company": "true", **(params or {})})
 
     def action(self, path: str, body: Mapping[str, Any], *, safe: bool) -> Any:
-        """POST an OData action and return its `value` (unwrapping nested `{"value": …}`)."""
-        value = self.json("POST", path, json=body, safe=safe)
+        """POST an OData action and return its `value` (unwrapping nested `{"value": …}`); an
+        answer without a `value` is a `ResponseError` naming the action."""
+        response = self.send("POST", path, json=body, safe=safe)
+        value = self.decode(response)
+        if not isinstance(value, dict) or "value" not in value:
+            raise self.unreadable(response, "an action's answer must be a JSON object with a 'value', not "
+                                            f"{json.dumps(value)[:120]}")
         while isinstance(value, dict) and "value" in value:
             value = value["value"]
         return value
