@@ -155,10 +155,12 @@ _AGG_RE = re.compile(r"^\s*(?:(\$count)|(\w+)\s+with\s+(\w+))\s+as\s+(\w+)\s*$")
 
 @dataclass
 class Apply:
-    """A parsed `$apply`: row filters, group-by columns and aggregates (alias → SQL)."""
+    """A parsed `$apply`: row filters, group-by columns and aggregates (alias → SQL, and alias →
+    the column and method it aggregates: `("", "count")` for `$count`)."""
 
     groupby: list[str]
     aggregates: dict[str, str]
+    sources: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 def _call(text: str, name: str) -> str | None:
@@ -214,12 +216,14 @@ def _parse_aggregates(ent: Entity, text: str, into: Apply) -> None:
         count, col, func, alias = m.groups()
         if count:
             into.aggregates[alias] = "COUNT(*)"
+            into.sources[alias] = ("", "count")
             continue
         if col not in ent.all_columns:
             raise no_property(ent, col)
         if func not in _AGG_SQL:
             raise ODataError(400, f"Unsupported aggregation method '{func}'.", BAD_QUERY)
         into.aggregates[alias] = _AGG_SQL[func].format(quote(col))
+        into.sources[alias] = (col, func)
 
 
 # --- query options ------------------------------------------------------------------------------
