@@ -2,9 +2,11 @@
 
 Some behaviours a runbook decision depends on are not documented (docs/fidelity.md, "To verify on
 a real environment"): how a map's state shows in `msdyn_dualwriteruntimeconfigs` and F&O
-`DualWriteProjectConfigurations`, the shape of `msdyn_mapping`, what DMF answers for a job it does
-not know, the shape of `GetExecutionErrors`, … Each `Read` here is one read-only call that shows
-one of them. `examine` makes them all through a run's clients (the same stack, journal and
+`DualWriteProjectConfigurations`, the shape of `msdyn_mapping`, whether `cdm_companycode` is a key,
+the company lookup's navigation property and the bulk messages of each table in scope, the error
+of an aggregate over 50,000 rows, what DMF answers for a job it does not know, the shape of
+`GetExecutionErrors`, … Each `Read` here is one read-only call that shows one of them; its id is the
+one the table names. `examine` makes them all through a run's clients (the same stack, journal and
 retries) and, with a directory, records each request and response, redacted, as fixture
 candidates: `NN-<read>.request.json`, `NN-<read>.response.json`, and `index.json` listing them.
 
@@ -33,6 +35,7 @@ from typing import Any, Literal
 
 import httpx
 
+from dwlib import catalog
 from dwlib.secrets import MASK, scrub
 
 from .clients.errors import ClientError
@@ -79,6 +82,37 @@ class Read:
         return JOB in json.dumps(self.body or {})
 
 
+BULK_MESSAGES = ("CreateMultiple", "UpdateMultiple", "UpsertMultiple")
+AGGREGATE_LIMIT = 50_000  # rows an $apply may cover (aggregate-data.md)
+_RELATIONSHIP_COLUMNS = "ReferencingAttribute,ReferencedEntity,ReferencingEntityNavigationPropertyName"
+
+
+def _company_tables() -> list[str]:
+    """The logical names of the Dataverse tables whose rows the catalogue's maps stripe by company."""
+    return list(dict.fromkeys(m.dataverse_logical for m in catalog.table_maps() if m.company_specific))
+
+
+def _table_reads() -> tuple[Read, ...]:
+    """Per table in scope: its company lookup's navigation property, and each bulk message."""
+    out = []
+    for table in _company_tables():
+        out.append(Read(
+            f"dataverse-company-navigation-{table}", "dataverse",
+            f"the navigation property (and its casing) of {table}'s lookup to cdm_company, which "
+            "bootstrap and migrate bind the company through",
+            f"EntityDefinitions(LogicalName='{table}')/ManyToOneRelationships",
+            params={"$select": _RELATIONSHIP_COLUMNS, "$filter": "ReferencedEntity eq 'cdm_company'"}))
+        out += [Read(
+            f"dataverse-bulk-{message.lower()}-{table}", "dataverse",
+            f"whether {table} takes {message} (a filter listed) or the client sends $batch change sets "
+            "(none)",
+            "sdkmessagefilters",
+            params={"$select": "sdkmessagefilterid",
+                    "$filter": "sdkmessageid/name eq @message and primaryobjecttypecode eq @table",
+                    "@message": f"'{message}'", "@table": f"'{table}'"}) for message in BULK_MESSAGES]
+    return tuple(out)
+
+
 READS: tuple[Read, ...] = (
     Read("dataverse-link", "dataverse",
          "RetrieveFinanceAndOperationsIntegrationDetails: Url/TenantId/Id when linked; the HTTP status "
@@ -106,12 +140,21 @@ READS: tuple[Read, ...] = (
          "valueTransforms[] (Default transforms and their defaultValue)",
          "msdyn_dualwriteentitymaps",
          params={"$select": "msdyn_name,msdyn_version,msdyn_mapping", "$top": "1"}),
+    Read("dataverse-company-key", "dataverse",
+         "cdm_company's alternate keys: cdm_companycode among them (then no two companies share a code)",
+         "EntityDefinitions(LogicalName='cdm_company')/Keys",
+         params={"$select": "LogicalName,KeyAttributes,EntityKeyIndexStatus"}),
+    *_table_reads(),
+    Read("dataverse-aggregate-limit", "dataverse",
+         f"the status, code and message of an $apply over more than {AGGREGATE_LIMIT:,} rows (accounts): "
+         "verified only where accounts has that many rows; elsewhere the answer is the count",
+         "accounts", params={"$apply": "aggregate($count as n)"}),
     Read("finops-project-status", "finops",
          "DualWriteProjectConfigurations: the entity set's name, Status as an enum name (the map state), "
-         "IsDelete 'No'/'Yes', two rows per map",
+         "IsDelete 'No'/'Yes', two rows per map, PartitionMap (the connection's legal entities)",
          "DualWriteProjectConfigurations",
          params={"$select": "ProjectName,Status,IsDelete,InternalEntityName,ExternalEntityName,"
-                            "ExternalEnvironmentURL", "$top": "50", "cross-company": "true"}),
+                            "ExternalEnvironmentURL,PartitionMap", "$top": "50", "cross-company": "true"}),
     Read("finops-page-size", "finops",
          "whether F&O honours Prefer: odata.maxpagesize (one row and a nextLink) or pages by itself",
          "LegalEntities", params={"$select": "LegalEntityId"}, headers={"Prefer": "odata.maxpagesize=1"}),

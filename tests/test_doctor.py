@@ -94,6 +94,29 @@ def test_the_answers_show_what_they_verify(recorded: dict[str, Any]) -> None:
     assert errors and "not found in the related table" in errors[0]["ErrorMessage"]
     mapping = json.loads(by_id["dataverse-entity-map"]["body"]["value"][0]["msdyn_mapping"])
     assert mapping["entityMappingTasks"][0]["legs"][0]["fieldMappings"]
+    options = by_id["dataverse-status-options"]["body"]["OptionSet"]["Options"]
+    labels = {o["Label"]["UserLocalizedLabel"]["Label"] for o in options}
+    assert labels >= {"Running", "Paused", "Not running"}
+    keys = by_id["dataverse-company-key"]["body"]["value"]
+    assert ["cdm_companycode"] in [k["KeyAttributes"] for k in keys]
+
+
+def test_the_reads_per_table_show_its_company_navigation_property_and_its_bulk_messages(
+        recorded: dict[str, Any]) -> None:
+    files = _files(recorded["out"])
+    by_id = {r["id"]: (r["status"], files[r["response"]]["body"]) for r in files["index.json"]["reads"]}
+    tables = ["msdyn_paymentterm", "msdyn_customergroup", "account", "contact", "msdyn_vendor"]
+    for table in tables:
+        status, body = by_id[f"dataverse-company-navigation-{table}"]
+        (relationship,) = body["value"]
+        assert status == 200 and relationship["ReferencingAttribute"] == "msdyn_company"
+        assert relationship["ReferencingEntityNavigationPropertyName"] == "msdyn_company"
+        for message in ("createmultiple", "updatemultiple", "upsertmultiple"):
+            status, body = by_id[f"dataverse-bulk-{message}-{table}"]
+            assert status == 200 and len(body["value"]) == 1  # the sandbox's tables in scope take them all
+    # Under 50,000 rows the aggregate answers (only a larger table shows the limit's error).
+    status, body = by_id["dataverse-aggregate-limit"]
+    assert status == 200 and body["value"][0]["n"] > 0
 
 
 def test_no_secret_token_or_signature_in_any_recorded_byte(recorded: dict[str, Any]) -> None:

@@ -172,8 +172,14 @@ class Batch:
         if not continue_on_error:
             for index, part in enumerate(parts):
                 if part.status >= 400:
-                    raise BatchError(index, self._part_error(part))
+                    raise BatchError(self._request_of(part, index), self._part_error(part))
         return parts
+
+    def _request_of(self, part: PartResponse, index: int) -> int:
+        """The position of the request a part answers: a failed change set answers with its failed
+        request alone, so the answer's position is not the request's; its Content-ID is."""
+        ids = [p.content_id for p in self._parts()]
+        return ids.index(part.content_id) if part.content_id and part.content_id in ids else index
 
     def encode(self, boundary: str) -> str:
         """The multipart/mixed body (CRLF line ends, as the services expect)."""

@@ -47,7 +47,7 @@ from typing import Any, TextIO
 import httpx
 
 from .auth import default_cache_path
-from .errors import ClientError, DmfError, HttpError, connection_lost
+from .errors import ClientError, DmfError, HttpError, ResponseError, connection_lost
 from .finops import FinOpsClient
 from .http import redact_url
 from .once import send_once
@@ -163,15 +163,18 @@ class DmfClient:
     def _action(self, name: str, body: dict[str, Any], *, safe: bool) -> Any:
         return self.finops.action(_ACTION.format(name), body, safe=safe)
 
+    def _unreadable(self, name: str, problem: str) -> ResponseError:
+        """The error for an answer of action `name` in another shape than the documented one."""
+        return ResponseError("POST", self.finops.url(_ACTION.format(name)), problem,
+                             fix=f"the data management API changed its answer; compare with {_DOC}")
+
     def _text(self, name: str, body: dict[str, Any], *, safe: bool = True) -> str:
         """An action whose `value` is a string (FinOpsClient.action unwraps the nested `{"value"}`)."""
         value = self._action(name, body, safe=safe)
         if value is None:
             return ""
         if not isinstance(value, str):
-            raise DmfError(f"{name} answered {json.dumps(value)[:200]}, not the string value it documents",
-                           execution_id=str(body.get("executionId", "")), status="",
-                           fix=f"the data management API changed its answer; compare with {_DOC}")
+            raise self._unreadable(name, f"{json.dumps(value)[:200]}, not the string value it documents")
         return value
 
     def start_export(self, definition_group: str, package_name: str, *, legal_entity: str,
@@ -273,10 +276,8 @@ class DmfClient:
         if value is None:
             return []
         if not isinstance(value, list):
-            raise DmfError(f"GetExecutionErrors answered {json.dumps(value)[:200]}, not a JSON list of "
-                           "errors",
-                           execution_id=execution_id, status="",
-                           fix=f"read the errors in Data management > Job history; see {_DOC}")
+            raise self._unreadable("GetExecutionErrors", f"{json.dumps(value)[:200]}, not a JSON list of "
+                                   f"errors (read job {execution_id}'s in Data management > Job history)")
         return [_error_line(e) for e in value]
 
     def exported_package_url(self, execution_id: str) -> str:
@@ -287,10 +288,14 @@ class DmfClient:
         """`GetAzureWriteUrl`: a signed URL to upload a package to (the value is JSON in a string)."""
         value = self._text("GetAzureWriteUrl", {"uniqueFileName": unique_file_name})
         try:
-            return str(json.loads(value)["BlobUrl"])
+            url = json.loads(value)["BlobUrl"]
         except (json.JSONDecodeError, KeyError, TypeError):
-            raise DmfError(f"GetAzureWriteUrl answered {value[:200]!r}, not the documented JSON with BlobUrl",
-                           execution_id="", status="", fix=f"see {_DOC}") from None
+            url = None
+        if not isinstance(url, str) or not url:
+            # Its text is not shown: it may hold a signed URL.
+            raise self._unreadable("GetAzureWriteUrl", f"a value of {len(value)} characters that is not the "
+                                   "documented JSON document with a BlobUrl")
+        return url
 
     # --- waiting -----------------------------------------------------------------------------------
 

@@ -124,7 +124,8 @@ class ConnectionLostError(ClientError):
 
 
 class BatchError(ClientError):
-    """A `$batch` part failed; `part` is its 0-based position and `error` the part's own error.
+    """A `$batch` part failed; `part` is the 0-based position of its request in the batch, `error`
+    the part's own error.
 
     >>> BatchError(2, ClientError("bad")).part
     2

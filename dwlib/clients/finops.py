@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -65,9 +66,15 @@ class FinOpsClient(ODataService):
         top: int | None = None,
         cross_company: bool = False,
         company: str | None = None,
+        page_size: int | None = None,
     ) -> Iterator[Row]:
         """Rows of an entity, across pages. `company` limits to one legal entity (implies
-        cross-company); `cross_company` reads all the caller may see, else the default company."""
+        cross-company); `cross_company` reads all the caller may see, else the default company.
+        `page_size` asks for smaller pages (`Prefer: odata.maxpagesize`); F&O pages by itself (at
+        most 10,000 rows) and whether it honours the preference is unverified, so the client
+        follows `@odata.nextLink` whatever the page size."""
+        if page_size is not None and page_size < 1:
+            raise ValueError(f"page_size must be 1 or more, not {page_size}")
         if company:
             filter, cross_company = company_filter(company, filter), True
         params = {k: v for k, v in {
@@ -75,7 +82,8 @@ class FinOpsClient(ODataService):
             "$top": str(top) if top is not None else None,
             "cross-company": "true" if cross_company else None,
         }.items() if v is not None}
-        for page in self.pages(entity_set, params):
+        prefer = {"Prefer": f"odata.maxpagesize={page_size}"} if page_size else None
+        for page in self.pages(entity_set, params, prefer):
             yield from page
 
     def get(self, entity_set: str, key: Key, *, select: Sequence[str] | None = None) -> Row:
@@ -83,7 +91,13 @@ class FinOpsClient(ODataService):
         params: dict[str, str] = {"cross-company": "true"}
         if select:
             params["$select"] = ",".join(select)
-        row: Row = self.json("GET", f"{entity_set}{key_segment(key)}", params=params)
+        return self._row(self.send("GET", f"{entity_set}{key_segment(key)}", params=params))
+
+    def _row(self, response: httpx.Response) -> Row:
+        """The row an answer carries; `ResponseError` naming the endpoint when it is not one."""
+        row = self.decode(response)
+        if not isinstance(row, dict):
+            raise self.unreadable(response, f"a row must be a JSON object, not {type(row).__name__}")
         return row
 
     def create(self, entity_set: str, row: Mapping[str, Any], *, key: Key | None = None) -> Row:
@@ -91,8 +105,7 @@ class FinOpsClient(ODataService):
         create that failed on the way (429/503/504, a lost connection) is settled by reading the key
         — the row there is returned, else the create is sent again (`dwlib.clients.once`)."""
         def post() -> Row:
-            created: Row = self.json("POST", entity_set, json=row, safe=False)
-            return created
+            return self._row(self.send("POST", entity_set, json=row, safe=False))
 
         if key is None:
             return post()
@@ -121,8 +134,13 @@ class FinOpsClient(ODataService):
         super().delete(entity_set, key, params={"cross-company": "true", **(params or {})})
 
     def action(self, path: str, body: Mapping[str, Any], *, safe: bool) -> Any:
-        """POST an OData action and return its `value` (unwrapping nested `{"value": …}`)."""
-        value = self.json("POST", path, json=body, safe=safe)
+        """POST an OData action and return its `value` (unwrapping nested `{"value": …}`); an
+        answer without a `value` is a `ResponseError` naming the action."""
+        response = self.send("POST", path, json=body, safe=safe)
+        value = self.decode(response)
+        if not isinstance(value, dict) or "value" not in value:
+            raise self.unreadable(response, "an action's answer must be a JSON object with a 'value', not "
+                                            f"{json.dumps(value)[:120]}")
         while isinstance(value, dict) and "value" in value:
             value = value["value"]
         return value

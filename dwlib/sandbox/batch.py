@@ -6,8 +6,10 @@ part behaves exactly like the request sent alone). Change sets run inside one st
 the first failing part rolls the whole change set back and the change set answers with that one
 error. `Content-ID` values declared in a change set can be referenced as `$n` by later parts of
 it, at the start of the URL or as an `@odata.bind` value. Without `Prefer:
-odata.continue-on-error` the batch stops at the first failure and takes its status (api-surface
-§2.8). Parts bypass the app's middleware, so a batch counts once against request limits.
+odata.continue-on-error` the batch stops at the first failure; Dataverse's batch then takes the
+failure's status (api-surface §2.8), F&O's still answers 200 (its OData batch handler: a failed
+change set answers with its failed request alone, inside its change set response). Parts bypass
+the app's middleware, so a batch counts once against request limits.
 
 Line endings: a body whose lines end in LF alone parses, but where the service documents that it
 cannot read such a body unless it ends with two line endings (Dataverse: web-api-client-errors,
@@ -73,6 +75,10 @@ class BatchService:
     # The error of the last request of an LF-only body that does not end in two line endings
     # (given the entity set of that request), where the service cannot read such bodies.
     unreadable: Callable[[str], ODataError] | None = None
+    # Dataverse: a batch stopped by a failure answers with its status, and a failed change set with
+    # the bare failed response. F&O: 200, and the failed response inside its change set response.
+    failure_status: bool = True
+    failed_change_set_wrapped: bool = False
 
     @property
     def root_path(self) -> str:
@@ -144,7 +150,7 @@ def route(path: str, svc: BatchService) -> Route:
                 chunk, failed = _http_part(result), (result if result.status >= 400 else None)
             chunks.append(f"--{boundary}{CRLF}".encode() + chunk + CRLF.encode())
             if failed is not None and not keep_going:
-                status = failed.status
+                status = failed.status if svc.failure_status else 200
                 break
         body = b"".join(chunks) + f"--{boundary}--{CRLF}".encode()
         rid = new_request_id()
@@ -165,6 +171,8 @@ def service_routes(
     render: Callable[[ODataError], Response],
     transaction: Callable[[], AbstractContextManager[None]],
     unreadable: Callable[[str], ODataError] | None = None,
+    failure_status: bool = True,
+    failed_change_set_wrapped: bool = False,
 ) -> list[BaseRoute]:
     """A service's routes under `path`: its root and everything below it go to `handle`, and
     `path/$batch` dispatches its parts into those same routes (arguments as for `BatchService`).
@@ -177,7 +185,8 @@ def service_routes(
         Route(path + "/{path:path}", handle, methods=["GET", "POST", "PATCH", "PUT", "DELETE"]),
     ])
     svc = BatchService(root_url=root_url, app=inner, check=check, render=render, transaction=transaction,
-                       unreadable=unreadable)
+                       unreadable=unreadable, failure_status=failure_status,
+                       failed_change_set_wrapped=failed_change_set_wrapped)
     return [route(path + "/$batch", svc), *inner.routes]
 
 
@@ -272,10 +281,16 @@ async def _change_set(request: Request, svc: BatchService, item: Message,
                     ids[part.content_id] = entity_url
                 results.append(result)
     except _ChangeSetFailed as failed:
+        if svc.failed_change_set_wrapped:
+            return _change_set_response(boundary, [failed.result]), failed.result
         return _http_part(failed.result), failed.result
+    return _change_set_response(boundary, results), None
+
+
+def _change_set_response(boundary: str, results: list[_Result]) -> bytes:
     inner = b"".join(f"--{boundary}{CRLF}".encode() + _http_part(r) + CRLF.encode() for r in results)
     head = f"Content-Type: multipart/mixed; boundary={boundary}{CRLF}{CRLF}".encode()
-    return head + inner + f"--{boundary}--".encode(), None
+    return head + inner + f"--{boundary}--".encode()
 
 
 def _ref(target: str) -> tuple[str, str] | None:

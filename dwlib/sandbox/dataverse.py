@@ -28,8 +28,10 @@ from starlette.routing import BaseRoute
 
 from . import batch, platform
 from .context import AuthError, Sandbox
+from .dataverse_annotations import PREFERENCE as ANNOTATIONS_PREFERENCE
+from .dataverse_annotations import Annotator, requested
 from .dataverse_expand import Expand, apply, lookup_columns, parse_expand
-from .dataverse_metadata import READ_ONLY, Metadata
+from .dataverse_metadata import READ_ONLY, Metadata, attribute_type
 from .odata import (
     BAD_QUERY,
     NO_SEGMENT,
@@ -270,7 +272,20 @@ class _Dataverse:
     def _select(self, ent: Entity, select: list[str] | None) -> list[str]:
         if select is None:
             return list(ent.all_columns)
-        return select + [k for k in ent.key if k not in select]
+        extra = [*ent.key]
+        # "the _transactioncurrencyid_value lookup property … is included because revenue is a
+        # currency property" (select-columns.md)
+        if ent.lookup("transactioncurrencyid") and any(
+                c in ent.columns and attribute_type(ent, c) == "Money" for c in select):
+            extra.append("_transactioncurrencyid_value")
+        return select + [c for c in extra if c not in select]
+
+    def _annotator(self, request: Request, ent: Entity, conn: sqlite3.Connection,
+                   q: Query | None = None) -> Annotator | None:
+        """The annotations the request's `Prefer: odata.include-annotations` asks for, if any."""
+        names = requested(_prefer(request).get(ANNOTATIONS_PREFERENCE))
+        aggregates = q.apply.sources if q is not None and q.apply is not None else None
+        return Annotator(conn, ent, names, aggregates) if names else None
 
     def _context(self, ent: Entity, select: list[str] | None, suffix: str = "",
                  expands: list[Expand] | None = None) -> str:
@@ -290,7 +305,7 @@ class _Dataverse:
         q, expands = self._query(request, ent)
         if restrict is not None:
             q.restrict(*restrict)
-        prefer = parse_prefer(request.headers.getlist("prefer"))
+        prefer = _prefer(request)
         size = page_size(prefer, MAX_PAGE)
         if "odata.maxpagesize" in prefer:
             q.top = None  # "If you include both, $top is ignored." (page-results.md)
@@ -310,6 +325,8 @@ class _Dataverse:
             head = {"@odata.context": self._context(ent, q.select, expands=expands)}
         if expands:
             items = [self._expanded(ent, t, expands, hidden, conn) for t in items]
+        if (annotator := self._annotator(request, ent, conn, q)) is not None:
+            items = [annotator.text(t) for t in items]
         if page.count is not None:
             head["@odata.count"] = min(page.count, COUNT_LIMIT)
             head["@Microsoft.Dynamics.CRM.totalrecordcountlimitexceeded"] = page.count > COUNT_LIMIT
@@ -318,10 +335,8 @@ class _Dataverse:
             keep = [(k, v) for k, v in args.multi_items() if k != "$skiptoken"]
             tail["@odata.nextLink"] = (f"{self.root}{path or ent.name}?"
                                        f"{query_string([*keep, ('$skiptoken', page.next_token)])}")
-        headers = {}
-        if "odata.maxpagesize" in prefer:
-            headers["Preference-Applied"] = f"odata.maxpagesize={size}"
-        return odata_response(collection_json(head, items, tail), headers=headers)
+        applied = [f"odata.maxpagesize={size}"] if "odata.maxpagesize" in prefer else []
+        return odata_response(collection_json(head, items, tail), headers=_applied(prefer, applied))
 
     def _expanded(self, ent: Entity, text: str, expands: list[Expand], hidden: list[str],
                   conn: sqlite3.Connection) -> str:
@@ -349,17 +364,22 @@ class _Dataverse:
         etag = _etag(row)
         if etag_matches(request.headers.get("if-none-match", ""), etag):
             return odata_response(None, 304, {"ETag": etag})
-        return self._representation(ent, row[ent.key[0]], q.select, 200, expands=expands, conn=conn)
+        annotator = self._annotator(request, ent, conn or self.conn)
+        return self._representation(ent, row[ent.key[0]], q.select, 200, _applied(_prefer(request), []),
+                                    expands=expands, conn=conn, annotator=annotator)
 
     def _representation(self, ent: Entity, pk: str, select: list[str] | None, status: int,
                         headers: Mapping[str, str] | None = None, *, expands: list[Expand] | None = None,
-                        conn: sqlite3.Connection | None = None) -> Response:
+                        conn: sqlite3.Connection | None = None,
+                        annotator: Annotator | None = None) -> Response:
         columns = self._select(ent, select)
         hidden = [c for c in lookup_columns(expands or []) if c not in columns]
         text = fetch_one(conn or self.conn, ent, {ent.key[0]: pk}, columns + hidden, ETAG_SQL)
         assert text is not None
         if expands:
             text = self._expanded(ent, text, expands, hidden, conn or self.conn)
+        if annotator is not None:
+            text = annotator.text(text)
         context = self._context(ent, select, "/$entity", expands)
         return odata_response(with_annotations({"@odata.context": context}, text), status, headers)
 
@@ -492,10 +512,12 @@ class _Dataverse:
     def _written(self, request: Request, ent: Entity, pk: str, status_if_returned: int) -> Response:
         url = f"{self.root}{ent.name}({pk})"
         headers = {"OData-EntityId": url, "Location": url}
-        if parse_prefer(request.headers.getlist("prefer")).get("return") == "representation":
+        prefer = _prefer(request)
+        if prefer.get("return") == "representation":
             q = parse_query(ent, request.query_params)  # validates every option; only $select applies
-            headers["Preference-Applied"] = "return=representation"
-            return self._representation(ent, pk, q.select, status_if_returned, headers)
+            headers.update(_applied(prefer, ["return=representation"]))
+            return self._representation(ent, pk, q.select, status_if_returned, headers,
+                                        annotator=self._annotator(request, ent, self.conn))
         return odata_response(None, 204, headers)
 
     async def _create(self, request: Request, ent: Entity, user: sqlite3.Row) -> Response:
@@ -607,6 +629,17 @@ class _Dataverse:
     def _pk_of(self, ent: Entity, key: Mapping[str, Any]) -> str | None:
         row = self.find(ent, key)
         return None if row is None else row[ent.key[0]]
+
+
+def _prefer(request: Request) -> dict[str, str]:
+    return parse_prefer(request.headers.getlist("prefer"))
+
+
+def _applied(prefer: Mapping[str, str], applied: list[str]) -> dict[str, str]:
+    """`Preference-Applied` for the preferences honoured: `applied`, and the annotations asked for."""
+    if requested(prefer.get(ANNOTATIONS_PREFERENCE)):
+        applied = [f'{ANNOTATIONS_PREFERENCE}="{prefer[ANNOTATIONS_PREFERENCE]}"', *applied]
+    return {"Preference-Applied": ",".join(applied)} if applied else {}
 
 
 def _etag(row: Mapping[str, Any]) -> str:

@@ -54,6 +54,10 @@ _OPTIONS: dict[tuple[str, str], tuple[tuple[int, str], ...]] = {
     ("account", "customertypecode"): ((1, "Competitor"), (2, "Consultant"), (3, "Customer"), (4, "Investor"),
                                       (5, "Partner"), (6, "Influencer"), (7, "Press"), (8, "Prospect"),
                                       (9, "Reseller"), (10, "Supplier"), (11, "Vendor"), (12, "Other")),
+    # A map's state: the codes of DWEnums.MapStatus (Dual-write-automations), the labels the
+    # dual-write page shows (enable-entity-map.md). Both unverified: `dw doctor` reads the real ones.
+    ("msdyn_dualwriteruntimeconfig", "msdyn_status"): ((2, "Initializing"), (3, "Resuming"), (4, "Running"),
+                                                       (5, "Paused"), (6, "Not running")),
 }
 _STATE_OPTIONS = ((0, "Active"), (1, "Inactive"))
 _STATUS_OPTIONS = ((1, "Active"), (2, "Inactive"))
@@ -178,8 +182,33 @@ def attribute_type(ent: Entity, column: str) -> str:
     return ent.kinds.get(column) or _STORAGE_TYPES[ent.columns[column]]
 
 
+def _option_values(logical: str, column: str, kind: str) -> tuple[tuple[int, str], ...]:
+    return _OPTIONS.get((logical, column)) or (_STATE_OPTIONS if kind == "State" else _STATUS_OPTIONS)
+
+
+def choice_label(ent: Entity, column: str, value: int) -> str | None:
+    """The label of a choice (Picklist, State, Status) column's value, None when it has none.
+
+    >>> from dwlib.sandbox.schema import ENTITIES
+    >>> accounts = ENTITIES["accounts"]
+    >>> choice_label(accounts, "customertypecode", 1), choice_label(accounts, "statecode", 0)
+    ('Competitor', 'Active')
+    """
+    return dict(_option_values(ent.logical_name, column, attribute_type(ent, column))).get(value)
+
+
+def primary_name(ent: Entity) -> str | None:
+    """The table's primary name column (`PrimaryNameAttribute`), if it has one.
+
+    >>> from dwlib.sandbox.schema import ENTITIES
+    >>> primary_name(ENTITIES["contacts"]), primary_name(ENTITIES["transactioncurrencies"])
+    ('fullname', 'currencyname')
+    """
+    return next((c for c in _NAME_COLUMNS if c in ent.columns), None)
+
+
 def _options(logical: str, column: str, kind: str) -> dict[str, Any]:
-    values = _OPTIONS.get((logical, column)) or (_STATE_OPTIONS if kind == "State" else _STATUS_OPTIONS)
+    values = _option_values(logical, column, kind)
     name = f"{logical}_{column}"
     options = [{
         "Value": value, "Color": None, "IsManaged": True, "ExternalValue": None, "ParentValues": [],
@@ -196,13 +225,13 @@ def _options(logical: str, column: str, kind: str) -> dict[str, Any]:
 
 def _attribute(ent: Entity, name: str, kind: str, **extra: Any) -> dict[str, Any]:
     logical = ent.logical_name
-    primary_name = next((c for c in _NAME_COLUMNS if c in ent.columns), None)
+    primary = primary_name(ent)
     derived = _DERIVED[kind]
     row: dict[str, Any] = {
         "@odata.type": f"#{CRM}.{derived}AttributeMetadata",
         "MetadataId": _mid(logical, name), "LogicalName": name, "SchemaName": name,
         "EntityLogicalName": logical, "AttributeType": kind, "AttributeTypeName": {"Value": f"{kind}Type"},
-        "AttributeOf": None, "IsPrimaryId": name == ent.key[0], "IsPrimaryName": name == primary_name,
+        "AttributeOf": None, "IsPrimaryId": name == ent.key[0], "IsPrimaryName": name == primary,
         "IsCustomAttribute": "_" in name and not name.startswith("address"),
         "IsValidForCreate": name != ent.key[0] and name not in READ_ONLY,
         "IsValidForRead": True,
@@ -269,8 +298,7 @@ def definitions(ent: Entity) -> dict[str, list[dict[str, Any]]]:
     table = {
         "MetadataId": _mid(logical), "LogicalName": logical, "SchemaName": logical, "EntitySetName": ent.name,
         "LogicalCollectionName": ent.name, "CollectionSchemaName": ent.name,
-        "PrimaryIdAttribute": pk, "PrimaryNameAttribute": next((c for c in _NAME_COLUMNS if c in ent.columns),
-                                                               None),
+        "PrimaryIdAttribute": pk, "PrimaryNameAttribute": primary_name(ent),
         "OwnershipType": "UserOwned" if ent.lookup("ownerid") else "OrganizationOwned",
         "ObjectTypeCode": 10000 + DATAVERSE.index(ent) if ent in DATAVERSE else 4600 + PLATFORM.index(ent),
         "IsCustomEntity": "_" in logical, "IsActivity": False, "IsKnowledgeManagementEnabled": False,

@@ -93,7 +93,8 @@ def routes(sbx: Sandbox) -> list[BaseRoute]:
     sbx.store.conn.create_function(_ETAG_FUNC, -1, _etag, deterministic=True)
     svc = _FinOps(sbx)
     return batch.service_routes(DATA, svc.handle, root_url=svc.root, check=svc.authenticate,
-                                render=error_response, transaction=sbx.store.transaction)
+                                render=error_response, transaction=sbx.store.transaction,
+                                failure_status=False, failed_change_set_wrapped=True)
 
 
 class _FinOps:

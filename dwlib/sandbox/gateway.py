@@ -8,9 +8,12 @@ for the audience `https://IntegratorApp.com`.
 Paths under `gateway_url` (`API` = `api/DualWriteManagement/1.0`):
 
 - `GET API/Environments?targetType=AX&identifier={F&O host}` → `[{cid, cname, targetType,
-  displayName, detail{isSolutionAware}, powerAppsEnvironment, foEnvironment}]`
+  displayName, detail{isSolutionAware}, powerAppsEnvironment}]` (`foEnvironment` of `DWEnvironment`
+  is set by the tool itself)
 - `GET API/Entities?targetType=AX&cid={cid}` → maps `[{leftEntity, rightEntity, detail{tid, tName,
-  pid, state, template, templates, lastRequest, lastRequests, actions, isProjectDeleted}}]`
+  pid, state, template, templates, lastRequest, lastRequests, actions, isProjectDeleted}}]`; a
+  request as `DWMapLastRequest`; `lastRequest` left out while the map has had none (the tool reads
+  it into a struct, which cannot take null)
 - `POST API/Start` `{action, details[{tid, pid, cid, parameters}]}` → `{requestId}`; action 1 start,
   4 stop, 5 pause, 6 resume, 8 init (create the project); each entry's `parameters` apply to its
   own map
@@ -21,8 +24,10 @@ Paths under `gateway_url` (`API` = `api/DualWriteManagement/1.0`):
   {legs[{fieldMappings[{syncDirection, sourceField, destinationField, valueTransforms}]}]}]`), the
   same document as its `msdyn_mapping`
 - `GET api/ProjectExecutionWithCompanies/{pid}` → `{projectName, projectExecutionResponses[
-  {legalEntityId, executionStatus, taskExecutionStatuses[{legs[…, importErrors]}]}]}`
-- `GET api/ConnectionSet/{cname}` → the connection set, `dualWriteDetail.legalEntityMappings`
+  {legalEntityId, executionStatus, taskExecutionStatuses[{legs[…, importErrors]}]}]}` with every
+  field of `InitialSyncDetails.cs` (dates as strings: the tool's DateTime fields take no null)
+- `GET api/ConnectionSet/{cname}` → the connection set with every field of `DWConnectionSet.cs`,
+  `dualWriteDetail.legalEntityMappings`
 - `POST api/ConnectionSet/{cid}/Reset?targetType=AX&forceReset={bool}` `{legalEntities}` → Reset link
 
 Map `state` codes are `DWEnums.MapStatus`: Running 4, Paused 5, NotRunning 6, InitialSync 2, CatchUp 3.
@@ -35,6 +40,7 @@ Example:
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -54,6 +60,7 @@ from .identity import INTEGRATOR_APP
 PREFIX = "/api/DualWriteManagement/1.0"
 _ACTION_NAMES = {"1": "start", "4": "stop", "5": "pause", "6": "resume", "8": "init"}
 _MASTERS = {"CRM": "dataverse", "AX": "finops"}
+_NO_DATE = "0001-01-01T00:00:00Z"  # .NET's DateTime.MinValue: a date not set yet
 _ACTIONS_BY_STATE = {
     "NotRunning": ["1"],
     "Initializing": [],
@@ -92,7 +99,7 @@ def _map(rt: DualWrite, m: catalog.TableMap) -> dict[str, Any]:
         "description": m.name,
         "createdDateTime": "2024-01-15T08:00:00Z",
     }
-    last = [rt.request(r) for r in rec["requests"]]
+    last = [_request_view(rt.request(r)) for r in rec["requests"]]
     return {
         "leftEntity": {"targetType": "AX", "name": m.finops_entity, "displayName": m.finops_entity},
         "rightEntity": {"targetType": "CRM", "name": m.dataverse_table, "displayName": m.dataverse_table},
@@ -104,11 +111,25 @@ def _map(rt: DualWrite, m: catalog.TableMap) -> dict[str, Any]:
             "template": template,
             "pid": rec["pid"],
             "state": str(STATUS_CODES[rec["state"]]),
-            "lastRequest": last[-1] if last else None,
+            **({"lastRequest": last[-1]} if last else {}),
             "lastRequests": last,
             "actions": _ACTIONS_BY_STATE[rec["state"]],
             "isProjectDeleted": False,
         },
+    }
+
+
+def _request_view(req: dict[str, Any]) -> dict[str, Any]:
+    """A request as `DWMapLastRequest` (DWMaps.cs)."""
+    return {
+        "requestId": req["requestId"],
+        "action": req["action"],
+        "createdOn": req["createdOn"],
+        "modifiedOn": req["modifiedOn"],
+        "state": req["state"],
+        "errorMessage": req["errorMessage"],
+        "errorUri": None,
+        "rootActivityId": str(uuid.uuid5(uuid.NAMESPACE_URL, f"dw-activity:{req['requestId']}")),
     }
 
 
@@ -141,7 +162,6 @@ def _environments(rt: DualWrite, request: Request, body: Any) -> Any:
             "displayName": host,
             "detail": {"isSolutionAware": True},
             "powerAppsEnvironment": rt.settings.organization_id,
-            "foEnvironment": host,
         }
     ]
 
@@ -234,80 +254,84 @@ def _prerequisites(rt: DualWrite, request: Request, body: Any) -> Any:
 
 
 def _executions(rt: DualWrite, request: Request, body: Any) -> Any:
+    """`InitialSyncDetails` (InitialSyncDetails.cs): one response per legal entity of each job."""
     m = _by_pid(rt, request.path_params["pid"])
     rec = rt.map_record(m.name)
     responses = []
     for job in rt.jobs(m.name):
         for le in job["legalEntities"]:
-            responses.append(
-                {
-                    "responseId": job["executionId"],
-                    "displayName": m.name,
-                    "projectName": rec["project"],
-                    "legalEntityName": le["legalEntityId"],
-                    "legalEntityId": le["legalEntityId"],
-                    "submittedOn": job["submittedOn"],
-                    "executionStatus": le["status"],
-                    "lastExecutionStatusChangeOn": job["finishedOn"] or job["submittedOn"],
-                    "taskExecutionStatuses": [
-                        {
-                            "name": m.name,
-                            "status": le["status"],
-                            "isRunning": job["status"] == "Executing",
-                            "legs": [
-                                {
-                                    **leg,
-                                    "importErrors": [
-                                        {
-                                            "recordId": e["recordId"],
-                                            "sourceField": e["sourceField"],
-                                            "errorMessage": e["errorMessage"],
-                                        }
-                                        for e in job["errors"]
-                                        if e["legalEntityId"] == le["legalEntityId"] and e["leg"] == name
-                                    ],
-                                }
-                                for name, leg in le["legs"].items()
-                            ],
-                        }
-                    ],
-                    "initialSyncRequestId": job["executionId"],
-                    "id": job["executionId"],
-                    "upsertCount": sum(
-                        leg["importRecordsInsertedCount"] + leg["importRecordsUpdatedCount"]
-                        for leg in le["legs"].values()
-                    ),
-                    "errorCount": le["errorCount"],
-                }
-            )
+            code = le["legalEntityId"]
+            legs = [_leg(job, name, leg, [e for e in job["errors"]
+                                          if e["legalEntityId"] == code and e["leg"] == name])
+                    for name, leg in le["legs"].items()]
+            upserts = sum(leg["importRecordsInsertedCount"] + leg["importRecordsUpdatedCount"]
+                          for leg in le["legs"].values())
+            responses.append(_execution(rt, m, rec, job, code, le["status"], legs, upserts, le["errorCount"]))
         if not job["legalEntities"] and job["errors"]:  # failed before any legal entity was copied
-            responses.append(
-                {
-                    "responseId": job["executionId"],
-                    "displayName": m.name,
-                    "projectName": rec["project"],
-                    "executionStatus": job["status"],
-                    "submittedOn": job["submittedOn"],
-                    "taskExecutionStatuses": [
-                        {
-                            "name": m.name,
-                            "status": job["status"],
-                            "isRunning": False,
-                            "legs": [
-                                {
-                                    "status": "Error",
-                                    "details": job["errors"][0]["errorMessage"],
-                                    "importErrors": [],
-                                }
-                            ],
-                        }
-                    ],
-                    "id": job["executionId"],
-                    "upsertCount": 0,
-                    "errorCount": job["errorCount"],
-                }
-            )
+            failed = {**_leg(job, "", {"status": "Error"}, []), "details": job["errors"][0]["errorMessage"]}
+            responses.append(_execution(rt, m, rec, job, "", job["status"], [failed], 0, job["errorCount"]))
     return {"projectName": rec["project"], "projectExecutionResponses": responses}
+
+
+def _execution(rt: DualWrite, m: catalog.TableMap, rec: dict[str, Any], job: dict[str, Any], company: str,
+               status: str, legs: list[dict[str, Any]], upserts: int, errors: int) -> dict[str, Any]:
+    """One `ProjectExecutionRespons`."""
+    return {
+        "responseId": job["executionId"],
+        "displayName": m.name,
+        "projectName": rec["project"],
+        "legalEntityName": company,
+        "legalEntityId": company,
+        "schedule": None,
+        "submittedOn": job["submittedOn"],
+        "executionStatus": status,
+        "lastExecutionStatusChangeOn": job["finishedOn"] or job["submittedOn"],
+        "taskExecutionStatuses": [
+            {"name": m.name, "status": status, "isRunning": job["status"] == "Executing", "legs": legs}],
+        "runtimeMappingExecutionRequestName": None,
+        "isDataManagementProject": False,
+        "dataManagementOperation": None,
+        "tenant": rt.settings.tenant_id,
+        "initialSyncRequestId": job["executionId"],
+        "id": job["executionId"],
+        "upsertCount": upserts,
+        "errorCount": errors,
+        "owner": None,
+        "createdDateTime": job["submittedOn"],
+        "tags": [],
+    }
+
+
+def _leg(job: dict[str, Any], name: str, leg: dict[str, Any], errors: list[dict[str, Any]]) -> dict[str, Any]:
+    """One `SyncLeg`: its export and its import (the tool's DateTime fields take no null)."""
+    started, finished = job["submittedOn"], job["finishedOn"] or _NO_DATE
+    return {
+        "displayName": leg.get("displayName", name),
+        "status": leg["status"],
+        "details": None,
+        "exportStatus": leg["status"],
+        "exportDetails": None,
+        "exportJob": None,
+        "exportStarted": started,
+        "exportFinished": finished,
+        "exportRecordCount": leg.get("exportRecordCount", 0),
+        "exportRecordErrorCount": 0,
+        "exportNewVersionToken": None,
+        "exportRangeInfo": {"start": None, "end": None},
+        "importStatus": leg["status"],
+        "importDetails": None,
+        "importJob": None,
+        "importStarted": started,
+        "importFinished": finished,
+        "importRecordsInsertedCount": leg.get("importRecordsInsertedCount", 0),
+        "importRecordsUpdatedCount": leg.get("importRecordsUpdatedCount", 0),
+        "importRecordsErrorCount": leg.get("importRecordsErrorCount", 0),
+        "exportErrors": [],
+        "exportUri": None,
+        "importErrors": [{"recordId": e["recordId"], "sourceField": e["sourceField"],
+                          "errorMessage": e["errorMessage"]} for e in errors],
+        "importErrorUri": None,
+    }
 
 
 def _field_mappings(rt: DualWrite, request: Request, body: Any) -> Any:
@@ -316,45 +340,69 @@ def _field_mappings(rt: DualWrite, request: Request, body: Any) -> Any:
 
 
 def _connection_set(rt: DualWrite, request: Request, body: Any) -> Any:
+    """`DWConnectionSet` (DWConnectionSet.cs): both environments and the legal-entity mapping."""
     conn = rt.connection()
     if conn is None or conn["cname"] != request.path_params["cname"]:
         raise DualWriteError(f"unknown connection set {request.path_params['cname']!r}", 404)
     dv_host, fo_host = urlsplit(rt.dataverse_url).netloc, urlsplit(rt.finops_url).netloc
-    envs = {
-        f"{dv_host}/dataverse": {
-            "name": f"{dv_host}/dataverse",
-            "targetType": "CRM",
-            "directUrl": rt.dataverse_url,
-            "powerAppsEnvironment": rt.settings.organization_id,
-            "isDevInstance": False,
-        },
-        fo_host: {
-            "name": fo_host,
-            "targetType": "AX",
-            "directUrl": rt.finops_url,
-            "powerAppsEnvironment": rt.settings.organization_id,
-            "isDevInstance": False,
-        },
-    }
+    dv_name = f"{dv_host}/dataverse"
     return {
         "name": conn["cname"],
         "displayName": conn["cname"],
-        "environments": envs,
+        "environments": {dv_name: _environment(rt, conn, dv_name, "CRM", rt.dataverse_url),
+                         fo_host: _environment(rt, conn, fo_host, "AX", rt.finops_url)},
         "targetTypeList": ["AX", "CRM"],
+        "dataPartitionMappings": [],
         "tenant": rt.settings.tenant_id,
         "forDualWrite": True,
-        "id": conn["cid"],
         "dualWriteDetail": {
-            "isSolutionAware": True,
+            "trialExpiresOn": _NO_DATE,
             "legalEntityMappings": {
                 "leftEnvironment": fo_host,
-                "rightEnvironment": f"{dv_host}/dataverse",
-                "mappings": [
-                    {"left": {"name": c, "id": c}, "right": {"name": c, "id": c}}
-                    for c in conn["legalEntities"]
-                ],
+                "rightEnvironment": dv_name,
+                "mappings": [{"left": {"name": c, "id": c}, "right": {"name": c, "id": c}}
+                             for c in conn["legalEntities"]],
             },
+            "conflictResolution": {"option": "1", "master": "CRM"},
+            "alertSettings": [],
+            "autoPauseThresholdSettings": [],
+            "isOnFirstPartyAuth": True,
+            "isSolutionAware": True,
+            "solutionAwareRequests": [],
+            "actionDetails": [],
+            "errorTableNames": [],
+            "dualWriteScheduleLogicAppRunId": None,
+            "scheduledRequests": [],
+            "isTrialEnvironment": False,
+            "errorTableUpdateInProgress": False,
+            "catchupCleanupTriggerName": None,
         },
+        "bypassApiHubConnector": False,
+        "id": conn["cid"],
+        "owner": None,
+        "createdDateTime": conn["linkedOn"],
+        "tags": [],
+    }
+
+
+def _environment(rt: DualWrite, conn: dict[str, Any], name: str, kind: str, url: str) -> dict[str, Any]:
+    """One `DWConnSetEnvironment` of the connection set."""
+    return {
+        "name": name,
+        "connectionSetName": conn["cname"],
+        "targetType": kind,
+        "sharedEnums": [],
+        "schemas": [],
+        "connectionDisplayName": name,
+        "environmentDisplayName": urlsplit(url).netloc,
+        "metadataUrl": None,
+        "environmentInfo": None,
+        "powerAppsEnvironment": rt.settings.organization_id,
+        "directUrl": url,
+        "isDevInstance": False,
+        "bypassApiHubConnector": False,
+        "needsIntegrationKey": False,
+        "excludeHardCodedIntegrationKeys": False,
     }
 
 

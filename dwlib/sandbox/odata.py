@@ -44,6 +44,7 @@ _EDM = {
 _GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _NAME_RE = re.compile(r"^[$A-Za-z_][\w.]*$")
 _LINK_SAFE = "$,'()"
+_PREFERENCE = re.compile(r'\s*([^=,\s]+)\s*(?:=\s*("[^"]*"|[^,]*))?\s*(?:,|$)')
 
 
 class ODataError(Exception):
@@ -123,15 +124,17 @@ def odata_response(
 
 
 def parse_prefer(values: Sequence[str]) -> dict[str, str]:
-    """The preferences of `Prefer` header values (name → value, '' when it has none).
+    """The preferences of `Prefer` header values (name → value, '' when it has none); a quoted
+    value may hold commas (RFC 7240).
 
     >>> parse_prefer(['return=representation, odata.maxpagesize=10', 'odata.include-annotations="*"'])
     {'return': 'representation', 'odata.maxpagesize': '10', 'odata.include-annotations': '*'}
+    >>> parse_prefer(['odata.include-annotations="a.b,c.d"'])
+    {'odata.include-annotations': 'a.b,c.d'}
     """
     out: dict[str, str] = {}
     for value in values:
-        for item in filter(None, (i.strip() for i in value.split(","))):
-            name, _, val = item.partition("=")
+        for name, val in _PREFERENCE.findall(value):
             out[name.strip().lower()] = val.strip().strip('"')
     return out
 

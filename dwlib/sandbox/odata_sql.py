@@ -155,10 +155,12 @@ _AGG_RE = re.compile(r"^\s*(?:(\$count)|(\w+)\s+with\s+(\w+))\s+as\s+(\w+)\s*$")
 
 @dataclass
 class Apply:
-    """A parsed `$apply`: row filters, group-by columns and aggregates (alias → SQL)."""
+    """A parsed `$apply`: row filters, group-by columns and aggregates (alias → SQL, and alias →
+    the column and method it aggregates: `("", "count")` for `$count`)."""
 
     groupby: list[str]
     aggregates: dict[str, str]
+    sources: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 def _call(text: str, name: str) -> str | None:
@@ -214,12 +216,14 @@ def _parse_aggregates(ent: Entity, text: str, into: Apply) -> None:
         count, col, func, alias = m.groups()
         if count:
             into.aggregates[alias] = "COUNT(*)"
+            into.sources[alias] = ("", "count")
             continue
         if col not in ent.all_columns:
             raise no_property(ent, col)
         if func not in _AGG_SQL:
             raise ODataError(400, f"Unsupported aggregation method '{func}'.", BAD_QUERY)
         into.aggregates[alias] = _AGG_SQL[func].format(quote(col))
+        into.sources[alias] = (col, func)
 
 
 # --- query options ------------------------------------------------------------------------------
@@ -348,17 +352,24 @@ def row_json_sql(
     ent: Entity, columns: Sequence[str], etag_sql: str | None, embedded: frozenset[str] = frozenset()
 ) -> str:
     """A SQL expression that renders one row as JSON (`@odata.etag` first when given); booleans
-    become true/false, `embedded` columns hold JSON to inline rather than strings."""
+    become true/false, `embedded` columns hold JSON to inline rather than strings. F&O fields are
+    never null ("A field … always has a type and a value", X++ null values): an empty string or 0."""
     types = ent.all_columns
     args = [] if etag_sql is None else ["'@odata.etag'", etag_sql]
     for c in columns:
         expr = quote(c)
+        if ent.service == "finops" and types[c] in _XPP_NULL:
+            expr = f"COALESCE({expr}, {_XPP_NULL[types[c]]})"
         if types[c] == "bool":
             expr = f"json(CASE WHEN {expr} IS NULL THEN NULL WHEN {expr} THEN 'true' ELSE 'false' END)"
         elif c in embedded:
             expr = f"json({expr})"
         args += [f"'{c}'", expr]
     return f"json_object({', '.join(args)})"
+
+
+# The value X++ stores for "no value" of a type (Null Values for Data Types, Dynamics AX developer docs).
+_XPP_NULL = {"string": "''", "int": "0", "decimal": "0"}
 
 
 @dataclass

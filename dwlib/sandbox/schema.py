@@ -346,6 +346,7 @@ DATAVERSE: tuple[Entity, ...] = (
             "msdyn_externalentityname": "string",
             "msdyn_unsecure": "json",
         },
+        kinds={"msdyn_status": "Picklist"},
         owned=False,
         bulk=False,
     ),

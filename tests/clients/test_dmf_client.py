@@ -14,13 +14,23 @@ import httpx
 import pytest
 from client_fakes import FakeService, body
 
-from dwlib.clients import DmfClient, DmfError, FinOpsClient, HttpConfig, HttpError, Journal, make_client
+from dwlib.clients import (
+    DmfClient,
+    DmfError,
+    FinOpsClient,
+    HttpConfig,
+    HttpError,
+    Journal,
+    ResponseError,
+    make_client,
+)
 from dwlib.clients.dmf import ExecutionStatus, ImportGate
 from dwlib.clients.http import RetryBudget
 
 URL = "https://fo.example/finops"
 ACTIONS = "/finops/data/DataManagementDefinitionGroups/Microsoft\\.Dynamics\\.DataEntities\\.(\\w+)"
 BLOB = "https://fo.example/blob/dmf/pkg.zip?sv=1&sig=SECRETSIG"
+ACTION_URL = f"{URL}/data/DataManagementDefinitionGroups/Microsoft.Dynamics.DataEntities."
 
 
 def dmf_service(
@@ -327,3 +337,33 @@ def test_the_import_gate_is_exclusive_across_threads_and_processes(tmp_path: Pat
         assert subprocess.run([sys.executable, "-c", probe, str(gate.path)]).returncode == 3
     assert subprocess.run([sys.executable, "-c", probe, str(gate.path)]).returncode == 0  # released
     assert ImportGate("https://FO.example/", tmp_path).path == gate.path  # one gate per environment
+
+
+@pytest.mark.parametrize(("action", "value", "call", "problem"), [
+    ("GetExecutionSummaryStatus", {"status": "Succeeded"}, lambda d: d.status("exec-1"),
+     "not the string value it documents"),
+    ("GetExportedPackageUrl", ["https://x"], lambda d: d.exported_package_url("exec-1"),
+     "not the string value it documents"),
+    ("ImportFromPackage", 42, lambda d: d.start_import(BLOB, "G", legal_entity="USMF", execution_id="e"),
+     "not the string value it documents"),
+    ("GetAzureWriteUrl", BLOB, lambda d: d.write_url("pkg.zip"), "not the documented JSON document"),
+    ("GetAzureWriteUrl", json.dumps({"BlobId": "{X}"}), lambda d: d.write_url("pkg.zip"),
+     "not the documented JSON document with a BlobUrl"),
+    ("GetExecutionErrors", {"errors": 1}, lambda d: d.execution_errors("exec-1"), "not a JSON list"),
+])
+def test_an_answer_in_another_shape_is_a_response_error_naming_the_action(
+        fake: FakeService, tmp_path: Path, action: str, value: object, call: object, problem: str) -> None:
+    @fake.on("POST", ACTIONS)
+    def answer(request: httpx.Request, m: re.Match[str]) -> httpx.Response:
+        return httpx.Response(200, json={"@odata.context": "ctx", "value": value})
+
+    with pytest.raises(ResponseError, match=problem) as exc:
+        call(dmf(fake, lock_dir=tmp_path))  # type: ignore[operator]
+    assert exc.value.url == f"{ACTION_URL}{action}"
+    assert "SECRETSIG" not in str(exc.value)  # a signed URL in the answer is not repeated
+
+
+def test_an_action_answer_without_a_value_is_a_response_error(fake: FakeService) -> None:
+    fake.on("POST", ACTIONS)(lambda request, m: httpx.Response(200, json={"@odata.context": "ctx"}))
+    with pytest.raises(ResponseError, match="'value'"):
+        dmf(fake).status("exec-1")

@@ -113,3 +113,25 @@ def test_unreadable_answers_raise_naming_the_endpoint_and_lf_only_batches_parse(
         200, headers={"Content-Type": "multipart/mixed; boundary=batchresponse_1"}, content=answer[:-20]))
     with pytest.raises(ResponseError, match="closing delimiter"):
         batch.execute()
+
+
+@pytest.mark.parametrize(("method", "path", "call", "content", "problem"), [
+    ("POST", "CustomerGroups", lambda fo: fo.create("CustomerGroups", {"CustomerGroupId": "10"}), b"[]",
+     "a row must be a JSON object, not list"),
+    ("GET", "CustomerGroups\\(.*\\)", lambda fo: fo.get("CustomerGroups", {"dataAreaId": "usmf",
+                                                                          "CustomerGroupId": "10"}),
+     b'"10"', "a row must be a JSON object, not str"),
+    ("POST", "DataManagementDefinitionGroups/.*", lambda fo: fo.action(
+        "DataManagementDefinitionGroups/Microsoft.Dynamics.DataEntities.GetExecutionSummaryStatus",
+        {"executionId": "x"}, safe=True), b'{"status": "Succeeded"}', "must be a JSON object with a 'value'"),
+    ("POST", "DataManagementDefinitionGroups/.*", lambda fo: fo.action(
+        "DataManagementDefinitionGroups/Microsoft.Dynamics.DataEntities.GetExecutionSummaryStatus",
+        {"executionId": "x"}, safe=True), b"<html>sign in</html>", "expected JSON"),
+])
+def test_an_answer_in_another_shape_raises_naming_the_endpoint(
+        fake: FakeService, method: str, path: str, call: object, content: bytes, problem: str) -> None:
+    fake.on(method, f"{DATA}/{path}")(lambda request, m: httpx.Response(200 if method == "GET" else 201,
+                                                                        content=content))
+    with pytest.raises(ResponseError, match=problem) as exc:
+        call(finops(fake))  # type: ignore[operator]
+    assert exc.value.method == method and exc.value.url.startswith(f"{URL}/data/")

@@ -85,9 +85,9 @@ def test_portal_admin_gates_each_action_and_verifies_it(env: tuple[Consultant, S
     assert set(admin.applied_maps()) == {m.name for m in catalog.table_maps()}
     states = admin.run([ACCOUNTS])
     assert list(states) == catalog.dependency_order([ACCOUNTS])
-    # The sandbox's Dataverse gives no formatted values (yet): the state is F&O's Status enum name,
-    # the row version Dataverse's (it moves with each state change).
-    assert all(s.running and s.source == "DualWriteProjectConfigurations" and s.version
+    # The state is msdyn_status's formatted value, as Dataverse gives it when asked, with the row
+    # version that moves with each state change (F&O's Status enum name only when there is none).
+    assert all(s.running and s.source == "msdyn_dualwriteruntimeconfigs" and s.version
                for s in states.values())
     assert admin.connection_legal_entities().codes == ("GBSI", "USMF")
     assert admin.dataverse_companies() == ["GBSI", "USMF"]

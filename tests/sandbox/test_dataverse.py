@@ -10,6 +10,7 @@ import pytest
 
 from dwlib.clients import DataverseClient
 from dwlib.sandbox import dataverse
+from dwlib.sandbox import dataverse_annotations as annotations
 from dwlib.sandbox.context import Sandbox
 from dwlib.sandbox.odata import ODataError, WriteEvent
 from dwlib.sandbox.schema import ENTITIES
@@ -531,3 +532,63 @@ def test_sdkmessagefilters_say_which_tables_take_bulk_messages(dv: Service) -> N
     msg = _error(dv.post(f"teams/{CRM}.CreateMultiple", json={"Targets": [target]}), 400, "0x80040800")
     assert msg.startswith("The 'CreateMultiple' method does not support entities of type 'team'.")
     _error(dv.post("sdkmessagefilters", json={}), 405)
+
+
+# --- annotations ------------------------------------------------------------------------------------
+
+FORMATTED = "OData.Community.Display.V1.FormattedValue"
+LOOKUPS = "Microsoft.Dynamics.CRM.associatednavigationproperty,Microsoft.Dynamics.CRM.lookuplogicalname"
+
+
+def test_formatted_values_and_lookup_annotations_when_asked(dv: Service, sbx: Sandbox) -> None:
+    """select-columns.md, Formatted values and Lookup property data; aggregate-data.md."""
+    currencies = ENTITIES["transactioncurrencies"]
+    euro, dollar = (sbx.store.insert(currencies, {"isocurrencycode": code, "currencyname": name})
+                    [currencies.key[0]] for code, name in (("EUR", "Euro"), ("USD", "US Dollar")))
+    sbx.store.update(ENTITIES["organizations"], {"organizationid": sbx.extras["seed"].organization_id},
+                     {"basecurrencyid": dollar})  # an aggregate of money is in the base currency
+    contact = _id(dv.post("contacts", json={"fullname": "Susanna Stubberod"}))
+    team = sbx.store.insert(ENTITIES["teams"], {"name": "USMF DW"})["teamid"]
+    account = _id(dv.post("accounts", json={
+        "name": "Litware", "revenue": 20000, "customertypecode": 1, "accountcategorycode": 2,
+        "transactioncurrencyid@odata.bind": f"transactioncurrencies({euro})",
+        "primarycontactid@odata.bind": f"contacts({contact})", "ownerid@odata.bind": f"teams({team})"}))
+    query = (f"accounts({account})?$select=name,revenue,customertypecode,_primarycontactid_value,"
+             "_ownerid_value,createdon,statecode")
+    plain = dv.get(query).json()
+    assert not [k for k in plain if "@" in k and k != "@odata.etag" and k != "@odata.context"]
+    assert plain["_transactioncurrencyid_value"] == euro  # a currency column brings its currency
+    r = dv.get(query, headers={"Prefer": f'odata.include-annotations="{FORMATTED}"'})
+    assert r.headers["Preference-Applied"] == f'odata.include-annotations="{FORMATTED}"'
+    row = r.json()
+    created = plain["createdon"]
+    assert {k.split("@")[0]: v for k, v in row.items() if k.endswith("@" + FORMATTED)} == {
+        "revenue": "€20,000.00", "customertypecode": "Competitor",
+        "_primarycontactid_value": "Susanna Stubberod", "_ownerid_value": "USMF DW", "statecode": "Active",
+        "_transactioncurrencyid_value": "Euro",
+        "createdon": annotations.when(created)}
+    assert list(row).index(f"revenue@{FORMATTED}") == list(row).index("revenue") - 1  # before its property
+    assert f"name@{FORMATTED}" not in row  # text has none
+    row = dv.get(query, headers={"Prefer": f'odata.include-annotations="{LOOKUPS}"'}).json()
+    assert row[f"_ownerid_value@{LOOKUPS.split(',')[0]}"] == "ownerid"
+    assert row[f"_ownerid_value@{LOOKUPS.split(',')[1]}"] == "team"
+    assert f"revenue@{FORMATTED}" not in row
+    everything = dv.get(f"contacts?$select=_parentcustomerid_value&$filter=contactid eq {contact}",
+                        headers={"Prefer": 'odata.include-annotations="*"'}).json()["value"][0]
+    assert "_parentcustomerid_value@" + FORMATTED not in everything  # an empty lookup has none
+    dv.patch(f"contacts({contact})", json={"parentcustomerid_account@odata.bind": f"accounts({account})"})
+    everything = dv.get(f"contacts({contact})?$select=_parentcustomerid_value",
+                        headers={"Prefer": 'odata.include-annotations="*"'}).json()
+    assert everything[f"_parentcustomerid_value@{LOOKUPS.split(',')[0]}"] == "parentcustomerid_account"
+    assert everything[f"_parentcustomerid_value@{FORMATTED}"] == "Litware"
+    grouped = "groupby((customertypecode),aggregate($count as n,revenue with sum as total))"
+    counted = dv.get(f"accounts?$apply={grouped}",
+                     headers={"Prefer": f'odata.include-annotations="{FORMATTED}"'}).json()["value"]
+    assert counted == [{f"customertypecode@{FORMATTED}": "Competitor", "customertypecode": 1,
+                        f"n@{FORMATTED}": "1", "n": 1, f"total@{FORMATTED}": "$20,000.00", "total": 20000}]
+    prefer = f'return=representation,odata.include-annotations="{FORMATTED}"'
+    created_row = dv.post("accounts?$select=name,accountcategorycode", headers={"Prefer": prefer},
+                          json={"name": "B", "accountcategorycode": 1})
+    assert created_row.json()[f"accountcategorycode@{FORMATTED}"] == "Preferred Customer"
+    assert created_row.headers["Preference-Applied"] == (f'odata.include-annotations="{FORMATTED}",'
+                                                         "return=representation")
