@@ -280,9 +280,9 @@ def test_every_mapped_column_and_value_map_crosses_both_ways(live: Consultant) -
     rows = {r.finops: r for r in catalog.table_map(ACCOUNTS).mappings}
     hold = dict(rows["OnHoldStatus"].values or ())
     assert acc["msdyn_onholdstatus"] == hold[fo["OnHoldStatus"].lower()]
-    assert (acc["address1_line1"], acc["address1_postalcode"], acc["address1_latitude"], acc["websiteurl"]) == (
-        fo["DeliveryAddressStreet"], fo["DeliveryAddressZipCode"], fo["DeliveryAddressLatitude"],
-        fo["PrimaryContactURL"])
+    columns = ("address1_line1", "address1_postalcode", "address1_latitude", "websiteurl")
+    fields = ("DeliveryAddressStreet", "DeliveryAddressZipCode", "DeliveryAddressLatitude", "PrimaryContactURL")
+    assert [acc[c] for c in columns] == [fo[f] for f in fields]
     assert acc["msdyn_creditlimitismandatory"] is (fo["CreditLimitIsMandatory"] == "Yes")
     r = live.dv("PATCH", f"accounts({acc['accountid']})", {"msdyn_onholdstatus": 806380004,
                                                            "msdyn_onetimecustomer": True})
