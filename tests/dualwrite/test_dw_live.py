@@ -281,7 +281,8 @@ def test_every_mapped_column_and_value_map_crosses_both_ways(live: Consultant) -
     hold = dict(rows["OnHoldStatus"].values or ())
     assert acc["msdyn_onholdstatus"] == hold[fo["OnHoldStatus"].lower()]
     columns = ("address1_line1", "address1_postalcode", "address1_latitude", "websiteurl")
-    fields = ("DeliveryAddressStreet", "DeliveryAddressZipCode", "DeliveryAddressLatitude", "PrimaryContactURL")
+    fields = ("DeliveryAddressStreet", "DeliveryAddressZipCode", "DeliveryAddressLatitude",
+              "PrimaryContactURL")
     assert [acc[c] for c in columns] == [fo[f] for f in fields]
     assert acc["msdyn_creditlimitismandatory"] is (fo["CreditLimitIsMandatory"] == "Yes")
     r = live.dv("PATCH", f"accounts({acc['accountid']})", {"msdyn_onholdstatus": 806380004,
