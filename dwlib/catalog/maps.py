@@ -247,7 +247,15 @@ class TableMap:
 
     @property
     def finops_conditions(self) -> tuple[Condition, ...]:
-        return parse_finops_filter(self.source_filter)
+        """The source filter's conditions, on the fields as the map's rows spell them (filters are
+        published with upper-case names, `CURRENCYCODE != "999"`; OData names are case-sensitive).
+
+        >>> table_map("currencies").finops_conditions
+        (Condition(column='CurrencyCode', op='ne', value='999'),)
+        """
+        fields = {c.finops.upper(): c.finops for c in self.mappings if c.finops}
+        return tuple(Condition(fields.get(c.column.upper(), c.column), c.op, c.value)
+                     for c in parse_finops_filter(self.source_filter))
 
     @property
     def dataverse_conditions(self) -> tuple[Condition, ...]:
