@@ -45,7 +45,7 @@ def column_differences(c: Consultant, map_name: str, fo: dict[str, Any], dv: dic
             dv_value = c.dv("GET", f"{lookup.target}({target})").json()[column] if target else None
             equal = str(fo_value or "").lower() == str(dv_value or "").lower()
         elif row.values is not None:
-            equal = fo_value in (None, "") and dv_value is None or (
+            equal = (fo_value in (None, "") and dv_value is None) or (
                 fo_value not in (None, "") and row.to_dataverse_value(fo_value) == dv_value)
         elif isinstance(fo_value, int | float) or isinstance(dv_value, int | float):
             equal = fo_value is not None and dv_value is not None and float(fo_value) == float(dv_value)
