@@ -213,7 +213,8 @@ def test_every_mapped_column_moves_in_the_packages_locale(linked_sandbox, step_c
     assert result.status == Status.PASSED, [ch.evidence for ch in result.checks if ch.status != "passed"]
     (loc,) = [ch for ch in result.checks if ch.name == "package locale (CSV-Unicode)"]
     assert loc.status == Status.PASSED and "nl-nl" in loc.evidence
-    export = read_package(ctx.evidence_dir / "migrate" / "customers-v3-accounts-usmf-export.zip", "Customers V3")
+    export = read_package(ctx.evidence_dir / "migrate" / "customers-v3-accounts-usmf-export.zip",
+                          "Customers V3")
     assert any("," in r["DELIVERYADDRESSLATITUDE"] for r in export.rows)  # the package really is nl-NL
 
     c = Consultant(sandbox)
