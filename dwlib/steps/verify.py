@@ -11,7 +11,9 @@ differ, a sample of the differing rows with both sides' values. The table shows 
 both sides, how many keys each side misses (with a sample), the checksums, how many rows differ
 and a status per row; `verify-missing-keys.csv` lists every missing key,
 `verify-differences.csv` the differing rows found (one line per column, both values),
-`verify-reconciliation.csv` the table.
+`verify-reconciliation.csv` the table. Existing Dataverse rows that dual-write will not pick up (no
+company, no key, outside the map's filter: `eligibility`) are counted per table, company and reason
+and listed in `verify-ineligible-rows.csv`; they make the step a WARNING with the fix.
 
 The live round trip (`dwlib.steps.roundtrip`) then creates a customer in F&O, waits for it in
 Dataverse, changes it there, waits for the change in F&O, and deletes it on both sides. Those are
@@ -40,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from dwlib.catalog.errors import DOCS_ROOT
 
+from . import eligibility
 from .base import Check, Finding, Status, Step, StepContext, StepError, StepResult, register
 from .dvmeta import Tables
 from .initialsync import sync_companies
@@ -59,6 +62,7 @@ COLUMNS = ["map", "company", "finops_rows", "dataverse_rows", "missing_in_datave
            "sample_missing_in_dataverse", "sample_missing_in_finops", "columns_compared", "differing_rows",
            "sample_differing", "finops_checksum", "dataverse_checksum", "status", "note"]
 DIFFERENCES_CSV = "verify-differences.csv"
+INELIGIBLE_CSV = "verify-ineligible-rows.csv"
 DIFFERENCE_COLUMNS = ["map", "company", "key", "column", "finops_value", "dataverse_value"]
 
 
@@ -70,6 +74,8 @@ class VerifyWork:
     company: str | None
     company_id: str | None
     why_not: str = ""
+    maps: list[str] = field(default_factory=list)  # the plan's maps (their tables are scanned)
+    companies: list[str] = field(default_factory=list)
     trip: RoundTrip | None = None
     notes: list[Check] = field(default_factory=list)
 
@@ -157,7 +163,7 @@ class Verify(Step):
         checks = [Check("reconciliation", Status.FAILED if failing else Status.PASSED,
                         f"{len(rows) - len(failing)} of {len(rows)} map × company rows reconcile (counts, "
                         "keys and the checksums of the mapped columns' values)")]
-        work = VerifyWork(rows, None, None)
+        work = VerifyWork(rows, None, None, maps=[p.name for p in plan], companies=list(companies))
         mode = params.verify.round_trip
         earlier = _earlier_trip(ctx, params) if mode == "once" else None
         enabled = {p.name for p in plan}
@@ -205,7 +211,7 @@ class Verify(Step):
             _remember_trip(ctx, params, work.trip)
 
     def verify(self, ctx: StepContext, finding: Finding) -> StepResult:
-        params, _, _ = environment(ctx)
+        params, session, _ = environment(ctx)
         work: VerifyWork = finding.todo
         sample = params.verify.sample_keys
         table = [r.row(sample) for r in work.rows]
@@ -215,8 +221,10 @@ class Verify(Step):
                                     ["map", "company", "missing_in", "key"])
         differences_csv = ctx.write_csv(DIFFERENCES_CSV, (x for r in work.rows for d in r.differences
                                                           for x in d.rows()), DIFFERENCE_COLUMNS)
+        found, ineligible_csv = eligibility.report(ctx, session, work.maps, work.companies, INELIGIBLE_CSV)
         failing = [r for r in work.rows if not r.ok]
         checks = [self._row_check(r, missing_csv, differences_csv) for r in failing]
+        checks += found.checks(ineligible_csv)
         checks += work.notes + (work.trip.stages if work.trip else [])
         if not work.rows:
             checks.append(Check("reconciliation", Status.PASSED,
@@ -226,19 +234,22 @@ class Verify(Step):
         counts = {"rows_checked": len(work.rows), "rows_failed": len(failing),
                   "missing_keys": sum(len(r.missing_in_dataverse) + len(r.missing_in_finops)
                                       for r in work.rows),
-                  "differing_rows": sum(r.differing for r in work.rows),
+                  "differing_rows": sum(r.differing for r in work.rows), "ineligible_rows": found.total,
                   "finops_rows": sum(r.finops_rows for r in work.rows),
                   "dataverse_rows": sum(r.dataverse_rows for r in work.rows)}
         trip = work.trip
         parts = [f"{len(work.rows) - len(failing)}/{len(work.rows)} reconciled"]
+        if found.total:
+            parts.append(f"{found.total} Dataverse rows dual-write will not pick up")
         if trip is None:
             parts.append(f"round trip {work.why_not}")
         else:
             parts.append("round trip passed" if trip.ok
                          else f"round trip failed ({trip.failed_direction or 'clean-up'})")
-        return self.result(status, "; ".join(parts), checks=checks, tables={"reconciliation": table},
-                           counts=counts,
-                           evidence_files=[str(recon_csv), str(missing_csv), str(differences_csv)],
+        return self.result(status, "; ".join(parts), checks=checks,
+                           tables={"reconciliation": table, "ineligible": found.table()}, counts=counts,
+                           evidence_files=[str(recon_csv), str(missing_csv), str(differences_csv),
+                                           ineligible_csv],
                            next_action=self._next_action(failing, trip, missing_csv))
 
     @staticmethod

@@ -62,9 +62,9 @@ def test_a_good_sync_reconciles_and_the_round_trip_passes_and_cleans_up(linked_s
                                                                              "Dataverse → F&O", "clean-up")}
         assert stages == dict.fromkeys(("F&O → Dataverse", "Dataverse → F&O", "clean-up"), Status.PASSED)
         assert _leftovers(c) == []
-        recon, missing, differing = (Path(p) for p in result.evidence_files)
+        recon, missing, differing, ineligible = (Path(p) for p in result.evidence_files)
         assert len(_csv(recon)) == len(rows)
-        assert _csv(missing) == [] and _csv(differing) == []
+        assert _csv(missing) == [] and _csv(differing) == [] and _csv(ineligible) == []
         # values were compared: every mapped two-way column, equal checksums on both sides
         assert usmf["columns_compared"] > 30 and usmf["finops_checksum"] == usmf["dataverse_checksum"] != ""
 
