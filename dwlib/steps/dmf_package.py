@@ -32,7 +32,7 @@ import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from xml.etree import ElementTree
 
 from dwlib.catalog.locales import LOCALE_DOC, LOCALE_FIX, Locale, LocaleError, locale
@@ -125,13 +125,19 @@ class FormatLocale:
             f"Fix: {LOCALE_FIX.format(format=self.source_format)} ({LOCALE_DOC}), then run the step again")
 
 
+def source_formats(finops: FinOpsClient, source_format: str | None = None) -> list[dict[str, Any]]:
+    """Data management's source data formats (one, or all) with their type and Language locale;
+    ClientError when F&O does not answer the read."""
+    where = f"SourceName eq {literal(source_format)}" if source_format else None
+    return list(finops.query(SOURCE_FORMATS, select=["SourceName", "Type", "LanguageLocale"], filter=where))
+
+
 def format_locale(finops: FinOpsClient, source_format: str = DEFAULT_FORMAT) -> FormatLocale:
     """The Language locale of `source_format` as F&O has it; en-us, with a note why, when F&O does
     not answer the read or the format names none (a package in another locale then fails to parse
     with the fix). StepError for a locale this runbook does not know (with the fix)."""
     try:
-        rows = list(finops.query(SOURCE_FORMATS, select=["SourceName", "LanguageLocale"],
-                                 filter=f"SourceName eq {literal(source_format)}"))
+        rows = source_formats(finops, source_format)
     except ClientError as exc:
         return FormatLocale(source_format, locale("en-us"), f"could not read its Language locale ({exc}): "
                                                             "en-us assumed")
