@@ -219,6 +219,7 @@ class _Mover:
                     values[f"{rm.company[0]}@odata.bind"] = f"cdm_companies({company_id})"
                 to_dv.append((fo[rm.finops_key], values, "create"))
             else:
+                values = rm.for_update(values, existing)
                 values[info.primary_id] = existing[info.primary_id]
                 to_dv.append((fo[rm.finops_key], values, "update"))
         self._upsert(info.entity_set, info.logical_name, company, to_dv)

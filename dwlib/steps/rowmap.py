@@ -256,8 +256,11 @@ class RowMap:
                 except catalog.ValueMapError as exc:
                     missing.append(str(exc))
         for c, lk in self.lookup_rows:
-            value = row.get((c.finops or "").upper(), "") if c.to_dataverse else ""
+            if not c.to_dataverse:
+                continue
+            value = row.get((c.finops or "").upper(), "")
             if not value:
+                out[f"{lk.nav}@odata.bind"] = None  # empty on the source side: none on the other either
                 continue
             target_id = self.lookups.id_of(lk, value, company_id)
             if target_id is None:
@@ -266,13 +269,28 @@ class RowMap:
                 out[f"{lk.nav}@odata.bind"] = f"{lk.target.entity_set}({target_id})"
         return out, missing
 
+    def for_update(self, values: Mapping[str, Any], row: Mapping[str, Any]) -> dict[str, Any]:
+        """`values` to update Dataverse `row` with, without clearing a lookup F&O cannot express: one
+        to a row without the key it is matched on (a primary contact without a contact person id)
+        reads empty in F&O, so an empty F&O value says nothing about it."""
+        out = dict(values)
+        for _, lk in self.lookup_rows:
+            name, target = f"{lk.nav}@odata.bind", row.get(lk.column)
+            if name in out and out[name] is None and target and self.lookups.value_of(lk, target) == "":
+                del out[name]
+        return out
+
     def dataverse_differs(self, values: Mapping[str, Any], row: Mapping[str, Any]) -> bool:
         """Whether the Dataverse `row` holds other values than `values` (from `to_dataverse`); the
         constants of default-value rows (`none >> address1_addresstypecode = 2`) are what a row
         created from F&O gets, not values F&O holds, so they do not count."""
+        values = self.for_update(values, row)
         for _, lk in self.lookup_rows:
-            bind = values.get(f"{lk.nav}@odata.bind")
-            if bind is not None and bind != f"{lk.target.entity_set}({row.get(lk.column)})":
+            name = f"{lk.nav}@odata.bind"
+            if name not in values:
+                continue
+            bind, target = values[name], row.get(lk.column)
+            if bind != (f"{lk.target.entity_set}({target})" if target is not None else None):
                 return True
         constants = {c.dataverse for c in self.plain if c.finops is None}
         return any(not same(v, row.get(k)) for k, v in values.items()
@@ -304,8 +322,11 @@ class RowMap:
                 except catalog.ValueMapError as exc:
                     missing.append(str(exc))
         for c, lk in self.lookup_rows:
-            target_id = row.get(lk.column) if c.to_finops else None
-            if not target_id or c.finops is None:
+            if not c.to_finops or c.finops is None:
+                continue
+            target_id = row.get(lk.column)
+            if not target_id:
+                out[c.finops.upper()] = ""  # empty on the source side: none on the other either
                 continue
             value = self.lookups.value_of(lk, target_id)
             if value is None:
