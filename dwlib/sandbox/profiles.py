@@ -254,7 +254,8 @@ class _Platform:
         rates = {c[0]: c for c in CURRENCIES}
         _insert(store, tally, "transactioncurrencies", [
             {"transactioncurrencyid": cid, "isocurrencycode": code, "currencyname": rates[code][1],
-             "exchangerate": rates[code][3]} for code, cid in self.currencies.items()])
+             "currencysymbol": rates[code][2], "exchangerate": rates[code][3]}
+            for code, cid in self.currencies.items()])
         app, user = app_principal(settings), consultant(settings)
         users = [
             (self.system_user, "SYSTEM", "", None, None, 1),
