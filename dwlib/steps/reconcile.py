@@ -187,7 +187,8 @@ def _dataverse_views(session: Session, m: catalog.TableMap, company_id: str | No
     if m.company_specific:
         clauses.append(company_clause(company_id or ""))
     select = rm.dataverse_select() if rm else [key]
-    rows = session.dataverse.query(m.dataverse_table, select=select, filter=" and ".join(clauses) or None)
+    rows = session.dataverse.query(m.dataverse_table, select=select, filter=" and ".join(clauses) or None,
+                                   expand=rm.dataverse_expand() if rm else None)
     for row in rows:
         value = row.get(key)
         if value in (None, "") or (wanted is not None and str(value).lower() not in wanted):

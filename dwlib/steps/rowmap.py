@@ -366,6 +366,24 @@ class RowMap:
         upper = {k.upper(): v for k, v in row.items()}
         return [canonical(upper.get((c.finops or "").upper()), self.kind(c)) for c in self.compared()]
 
+    def dataverse_expand(self) -> str | None:
+        """`$expand` for the compared lookups: each one's key column, read with the row itself
+        (`msdyn_customergroupid($select=msdyn_groupid)`), so no lookup table is held in memory."""
+        compared = {id(c) for c in self.compared()}
+        parts = [f"{lk.nav}($select={lk.target_column})" for c, lk in self.lookup_rows if id(c) in compared]
+        return ",".join(dict.fromkeys(parts)) or None
+
+    def _target_value(self, lk: LookupColumn, row: Mapping[str, Any]) -> Any:
+        """The key value of the row a lookup refers to: expanded with the row, else read once."""
+        target = row.get(lk.column)
+        if not target:
+            return None
+        if lk.nav in row:  # expanded
+            value = (row.get(lk.nav) or {}).get(lk.target_column)
+            return "" if value is None else value
+        value = self.lookups.value_of(lk, target)
+        return value if value is not None else f"?{target}"  # a row that does not exist: differs
+
     def dataverse_view(self, row: Mapping[str, Any]) -> list[str]:
         """A Dataverse row as F&O would hold it (value maps, lookup keys, Default value transforms),
         in canonical form, in the order of `compared`; a value the value map lacks stays as it is,
@@ -374,10 +392,7 @@ class RowMap:
         out = []
         for c in self.compared():
             if id(c) in lookups:
-                lk = lookups[id(c)]
-                target = row.get(lk.column)
-                value: Any = self.lookups.value_of(lk, target) if target else None
-                value = value if value is not None else (f"?{target}" if target else None)
+                value: Any = self._target_value(lookups[id(c)], row)
             elif c.values is not None:
                 try:
                     value = c.to_finops_value(row.get(c.dataverse or ""))

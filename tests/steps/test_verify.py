@@ -133,8 +133,12 @@ def test_values_that_differ_fail_with_both_sides_values_and_equal_data_in_other_
         assert c.dv("PATCH", f"accounts({same_dv['accountid']})",
                     {"name": f"  {same['OrganizationName']} "}).status_code == 204
         hold = 806380005 if changed["OnHoldStatus"] != "Never" else 806380000
+        group = "90" if changed["CustomerGroupId"] != "90" else "10"
+        (other,) = c.dv_rows(f"msdyn_customergroups?$filter=msdyn_groupid eq '{group}' and "
+                             f"_msdyn_company_value eq {changed_dv['_msdyn_company_value']}")
         assert c.dv("PATCH", f"accounts({changed_dv['accountid']})",
-                    {"msdyn_onholdstatus": hold, "telephone1": "+1 999"}).status_code == 204
+                    {"msdyn_onholdstatus": hold, "telephone1": "+1 999", "msdyn_customergroupid@odata.bind":
+                     f"msdyn_customergroups({other['msdyn_customergroupid']})"}).status_code == 204
 
         ctx = _context(step_context, sandbox, ["USMF"], tmp_path, **{"verify.round_trip": "never"})
         result = STEPS["verify"]().execute(ctx)
@@ -149,7 +153,9 @@ def test_values_that_differ_fail_with_both_sides_values_and_equal_data_in_other_
             (changed["CustomerAccount"], "OnHoldStatus ↔ msdyn_onholdstatus", changed["OnHoldStatus"].lower(),
              "never" if hold == 806380005 else "no"),
             (changed["CustomerAccount"], "PrimaryContactPhone ↔ telephone1", changed["PrimaryContactPhone"],
-             "+1 999")}
+             "+1 999"),
+            (changed["CustomerAccount"], "CustomerGroupId ↔ msdyn_customergroupid.msdyn_groupid",
+             changed["CustomerGroupId"], group)}
         (check,) = [ch for ch in result.checks if ch.status == Status.FAILED]
         assert "values of" in check.evidence and result.evidence_files[2] in check.fix
     finally:
