@@ -336,7 +336,7 @@ NARRATIVE: dict[str, str | Callable[[Scenario], str]] = {
         "single-threaded maps) before its initial sync. It only reads."
     ),
     "verify": (
-        "Reconcile both sides: row counts, keys and values per company per table map. Values are compared "
+        "Reconcile both sides: row counts and keys per company per table map, and their values, compared "
         "through a checksum of every two-way mapped column on each side, computed as the pages arrive (value "
         "maps applied, lookups by the key of the row they refer to, numbers by value, text trimmed, so equal "
         "data in other forms is equal); when they differ, `verify-differences.csv` shows differing rows "
