@@ -11,10 +11,12 @@ import pytest
 
 from dwlib import catalog
 from dwlib.catalog.locales import locale
+from dwlib.errors import SandboxError
 from dwlib.sandbox import dmf, profiles
 from dwlib.sandbox.context import Sandbox
 from dwlib.sandbox.dataverse_metadata import definitions
 from dwlib.sandbox.schema import ENTITIES
+from dwlib.sandbox.server import configure
 from dwlib.sandbox.state import Paths, Settings, write_private
 from dwlib.sandbox.store import Store
 
@@ -86,3 +88,11 @@ def test_packages_write_numbers_and_dates_in_the_source_formats_locale(sbx: Sand
     assert float(nl.parse_number(text["CREDITLIMIT"])) == 1234.5
     customers = [r for r in sbx.store.find(ENTITIES["CustomersV3"], {}) if r.get("AddressLatitude")]
     assert customers and all(isinstance(r["AddressLatitude"], float) for r in customers)
+
+
+def test_the_dmf_locale_setting_is_checked_and_kept(tmp_path: Path) -> None:
+    with pytest.raises(SandboxError, match="--dmf-locale: unknown language locale 'xx-YY'"):
+        configure(tmp_path / "a", profile="new-new", dmf_locale="xx-YY")
+    assert configure(tmp_path / "b", profile="new-new", dmf_locale="nl-NL").dmf_locale == "nl-nl"
+    with pytest.raises(SandboxError, match="seeded with DMF locale nl-nl, not en-us"):
+        configure(tmp_path / "b", dmf_locale="en-us")
