@@ -51,7 +51,7 @@ def _connection_text(started: control.Started) -> str:
 def sandbox_start(args: argparse.Namespace) -> int:
     """`dw sandbox start`: start in the background, wait until it answers, print the connection."""
     started = control.start(args.profile, root=args.dir, rows=args.rows, port=args.port, faults=args.faults,
-                            limits=args.limits, move_port=args.move_port)
+                            limits=args.limits, move_port=args.move_port, dmf_locale=args.dmf_locale)
     c = started.connection
     if started.already_running:
         print(f"the sandbox in {started.root} is already running (pid {c['pid']}); to change its options, "
@@ -68,7 +68,7 @@ def sandbox_start(args: argparse.Namespace) -> int:
 def sandbox_serve(args: argparse.Namespace) -> int:
     """`dw sandbox serve`: run in the foreground until Ctrl+C."""
     control.serve(args.profile, root=args.dir, rows=args.rows, port=args.port, faults=args.faults,
-                  limits=args.limits, move_port=args.move_port)
+                  limits=args.limits, move_port=args.move_port, dmf_locale=args.dmf_locale)
     return 0
 
 

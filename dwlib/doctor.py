@@ -140,6 +140,13 @@ READS: tuple[Read, ...] = (
          "valueTransforms[] (Default transforms and their defaultValue)",
          "msdyn_dualwriteentitymaps",
          params={"$select": "msdyn_name,msdyn_version,msdyn_mapping", "$top": "1"}),
+    Read("dataverse-value-maps", "dataverse",
+         "the value transforms (enum value maps) of the live Customers V3 and CDS Contacts V2 maps: "
+         "INVOICEADDRESS, gendercode and familystatuscode, which the catalogue could not source",
+         "msdyn_dualwriteentitymaps",
+         params={"$select": "msdyn_name,msdyn_version,msdyn_mapping",
+                 "$filter": "startswith(msdyn_name,'Customers V3') or "
+                            "startswith(msdyn_name,'CDS Contacts V2')"}),
     Read("dataverse-company-key", "dataverse",
          "cdm_company's alternate keys: cdm_companycode among them (then no two companies share a code)",
          "EntityDefinitions(LogicalName='cdm_company')/Keys",
@@ -155,6 +162,10 @@ READS: tuple[Read, ...] = (
          "DualWriteProjectConfigurations",
          params={"$select": "ProjectName,Status,IsDelete,InternalEntityName,ExternalEntityName,"
                             "ExternalEnvironmentURL,PartitionMap", "$top": "50", "cross-company": "true"}),
+    Read("finops-source-data-formats", "finops",
+         "DataManagementSourceDataFormats and its LanguageLocale: the locale DMF packages are written in "
+         "(en-us is what the initial sync needs)",
+         "DataManagementSourceDataFormats", params={"$select": "SourceName,Type,LanguageLocale"}),
     Read("finops-page-size", "finops",
          "whether F&O honours Prefer: odata.maxpagesize (one row and a nextLink) or pages by itself",
          "LegalEntities", params={"$select": "LegalEntityId"}, headers={"Prefer": "odata.maxpagesize=1"}),

@@ -62,11 +62,14 @@ class Execution:
 
     @property
     def ok(self) -> bool:
-        """True when every step of the scenario passed or was already done."""
+        """True when every step of the scenario passed, was already done, or finished with warnings
+        (what `dw run` exits 0 for): a warning is said in the summary and the record (status
+        "warning") but sets nothing up wrong, e.g. existing Dataverse rows dual-write will not pick
+        up. A skipped step (a dry run) or one that never ran is not ok."""
         if self.data is None:
             return False
         results = {s["id"]: s["status"] for s in self.data["steps"]}
-        return all(results.get(step) in DONE for step in self.data["steps_planned"])
+        return all(results.get(step) in (*DONE, "warning") for step in self.data["steps_planned"])
 
     def summary(self) -> str:
         """The step summary table (one line per planned step) and the paths of the run."""

@@ -90,6 +90,7 @@ def link(url: str) -> str:
 
 GUIDANCE, LCS, ENABLE_EXISTING = DW + "connection-setup", DW + "lcs-setup", DW + "enable-dual-write"
 SYNC_GUIDANCE, ENABLE_MAPS = DW + "initial-sync-guidance", DW + "enable-entity-map"
+INITIAL_SYNC_TROUBLESHOOTING = DW + "dual-write-troubleshooting-initial-sync"
 PP_NEW = PP + "environment-lifecycle-connect-finops-new-dv"
 PP_EXISTING = PP + "environment-lifecycle-connect-finops-existing-dv"
 
@@ -223,7 +224,9 @@ NARRATIVE: dict[str, str | Callable[[Scenario], str]] = {
         "owning teams; the finance and operations Microsoft Entra applications; `cdm_companies` without "
         "duplicate names or blank names; the legal entities in scope present in finance and operations and "
         "within the limits (40 with an initial sync, 250 for live sync); the default team of the root "
-        "business unit. What the link step installs later is *skipped* until then, and a check that cannot "
+        "business unit; the Language locale of the data management source data formats, which the initial "
+        f"sync needs to be en-us ({link(INITIAL_SYNC_TROUBLESHOOTING)}). What the link step installs later "
+        "is *skipped* until then, and a check that cannot "
         "read what it needs is a warning, never a pass. Every check shows what it saw and, when something is "
         "off, the documented fix. This step only reads, and a failure stops the run here, before any step "
         "writes: a legal entity that finance and operations does not have, for example, is found now."
@@ -292,15 +295,23 @@ NARRATIVE: dict[str, str | Callable[[Scenario], str]] = {
         "quotes in mapped text, and the dependencies between maps. The plan table says for each map, in "
         "dependency order: initial sync (with its master), migrate around it and enable without initial "
         "sync, or enable without initial sync (nothing to copy), with the reason and an estimated duration. "
+        "Existing Dataverse rows that dual-write will not pick up are never left unsaid: rows without a "
+        "company, outside the map's filter (accounts that are not customers, contacts that are not "
+        "sellable) or without their key are counted per table, company and reason, listed in "
+        "`plan-ineligible-rows.csv`, and make the step a warning with the documented fix for each reason. "
         "It only reads."
     ),
     "migrate": (
         "Where the plan sends a map around the initial sync, move its data the documented other way while "
         "the maps do not run, per legal entity: finance and operations to Dataverse from a data management "
         "export package (`migrate.export_project`) written in bulk (UpsertMultiple), Dataverse to finance "
-        "and operations as an import package (`migrate.import_project`). The maps can then be enabled "
-        "without an initial sync. A map that runs and has rows to move is stopped first (a gate in the "
-        "dual-write workspace) and left stopped for the next step; `migrate.csv` lists every row written. "
+        "and operations as an import package (`migrate.import_project`). Every mapped column moves, value "
+        "maps applied both ways (on-hold status, yes/no fields); the packages' numbers and dates are read "
+        "and written in the Language locale finance and operations names for their source data format "
+        "(nl-NL writes decimal commas and day-month-year dates), and a value that does not read in it stops "
+        "the step with the documented fix. The maps can then be enabled without an initial sync. A map that "
+        "runs and has rows to move is stopped first (a gate in the dual-write workspace) and left stopped "
+        "for the next step; `migrate.csv` lists every row written. "
         "When the plan sends nothing this way, there is nothing to do."
     ),
     "table-maps": (
@@ -325,8 +336,13 @@ NARRATIVE: dict[str, str | Callable[[Scenario], str]] = {
         "single-threaded maps) before its initial sync. It only reads."
     ),
     "verify": (
-        "Reconcile both sides: row counts and keys per company per table map, every missing key in "
-        "`verify-missing-keys.csv`. Then prove live sync with a round trip: a test customer created in "
+        "Reconcile both sides: row counts and keys per company per table map, and their values, compared "
+        "through a checksum of every two-way mapped column on each side, computed as the pages arrive (value "
+        "maps applied, lookups by the key of the row they refer to, numbers by value, text trimmed, so equal "
+        "data in other forms is equal); when they differ, `verify-differences.csv` shows differing rows "
+        "with both sides' values. Every missing key is in `verify-missing-keys.csv`; Dataverse rows "
+        "dual-write will not pick up are counted again and listed in `verify-ineligible-rows.csv`, a "
+        "warning with the fix. Then prove live sync with a round trip: a test customer created in "
         "finance and operations must appear in Dataverse, a change made there must come back, and the test "
         "rows are deleted on both sides afterwards. **The round trip writes into both environments**, and "
         "live sync hands the test customer to whatever else listens there, so against real environments it "

@@ -34,6 +34,9 @@ from dwlib.review import catalogue, verify
 ROOT = Path(__file__).resolve().parents[1]
 DW = str(Path(sys.executable).with_name("dw"))
 SCENARIO = "existing-existing"
+# Its Dataverse has rows dual-write will not pick up, which plan and verify report: a run of it
+# finishes with warnings (its record's status; dw run exits 0, the batch counts it passed).
+FINISHED = "warning"
 
 
 def dw(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -92,8 +95,8 @@ def test_six_runs_on_two_pairs_then_resume_reruns_only_the_failed_one(tmp_path: 
         assert Path(entry["record"]).parent == out / entry["name"] and Path(entry["notebook"]).is_file()
         assert "running existing-existing headless" in Path(entry["log"]).read_text()
         assert entry["environments"]["dataverse_url"] == record["environments"]["dataverse_url"]
-        assert record["status"] == ("failed" if entry["name"] == "p2-1" else "passed")
-        if record["status"] == "passed":
+        assert record["status"] == ("failed" if entry["name"] == "p2-1" else FINISHED)
+        if record["status"] == FINISHED:
             assert {s["id"] for s in record["steps"]} == set(record["steps_planned"])
     # One pair's runs never overlap (and go in plan order); the two pairs did run side by side.
     spans = {p: sorted((when(r["started"]), when(r["ended"]), r["name"]) for r in manifest["runs"]
@@ -113,7 +116,7 @@ def test_six_runs_on_two_pairs_then_resume_reruns_only_the_failed_one(tmp_path: 
     again = {r["name"]: r for r in resumed["runs"]}
     assert [p.parent.name for p in records(out) - before] == ["p2-1"]  # one new record
     assert again["p2-1"]["attempt"] == 2 and again["p2-1"]["previous"][0]["status"] == "failed"
-    assert load_record(again["p2-1"]["record"])["status"] == "passed"
+    assert load_record(again["p2-1"]["record"])["status"] == FINISHED
     for old in manifest["runs"]:
         if old["name"] != "p2-1":
             assert again[old["name"]] == old  # untouched: not rerun
@@ -231,7 +234,7 @@ def test_dask_executor_on_a_local_cluster(tmp_path: Path, pairs: list[Path]) -> 
     manifest = json.loads((out / "batch.json").read_text())
     assert manifest["executor"] == "dask" and manifest["status"] == "passed"
     for entry in manifest["runs"]:
-        assert load_record(entry["record"])["status"] == "passed" and Path(entry["log"]).is_file()
+        assert load_record(entry["record"])["status"] == FINISHED and Path(entry["log"]).is_file()
 
 
 class DirHandler:
@@ -276,7 +279,7 @@ def test_dask_outputs_to_a_url_go_through_papermill_io(tmp_path: Path, pairs: li
         (entry,) = result.manifest.data["runs"]
         assert entry["record"].startswith("testfs://nightly/d0/") and entry["log"] == "testfs://nightly/d0/attempt-1.log"
         record = json.loads((store / entry["record"].removeprefix("testfs://")).read_text())
-        assert record["status"] == "passed"
+        assert record["status"] == FINISHED
         assert (store / entry["notebook"].removeprefix("testfs://")).is_file()
         uploaded = store / "nightly" / "d0"
         assert [v.problems for v in verify(uploaded)] == [[]]  # every file arrived byte for byte

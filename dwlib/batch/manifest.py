@@ -29,6 +29,7 @@ KIND = "dw-batch"
 SCHEMA_VERSION = 1
 NAME = "batch.json"
 FAILED = ("failed", "invalid", "timed_out", "cancelled", "error")
+FINISHED = ("passed", "warning")  # record statuses of a run that finished (dw run exits 0)
 ATTEMPT_KEYS = ("attempt", "status", "record", "notebook", "log", "started", "ended", "duration_s",
                 "exit_code", "error", "record_status", "host")
 
@@ -141,18 +142,20 @@ def _left_running(entry: dict[str, Any]) -> str | None:
 
 
 def is_done(entry: dict[str, Any], run: PlannedRun) -> bool:
-    """Whether a resumed entry needs no rerun: it ran as this same run and its record says passed
-    (also when the batch was killed while it ran: its record is then found in its directory)."""
+    """Whether a resumed entry needs no rerun: it ran as this same run and its record says it
+    finished (passed, or with warnings it reports; also when the batch was killed while it ran: its
+    record is then found in its directory)."""
     if {k: entry.get(k) for k in run.definition()} != run.definition():
         return False
     if entry.get("status") == "running":
         record = _left_running(entry)
-        if record is None or _status_of(record) != "passed":
+        found = _status_of(record) if record is not None else None
+        if record is None or found not in FINISHED:
             return False
-        entry.update(status="passed", record=record, record_status="passed",
-                     error="the batch stopped while this run went on; its record says passed")
+        entry.update(status="passed", record=record, record_status=found,
+                     error=f"the batch stopped while this run went on; its record says {found}")
         notebook = Path(record).with_suffix(".ipynb")
         entry["notebook"] = str(notebook) if notebook.is_file() else None
         return True
     record = entry.get("record")
-    return entry.get("status") == "passed" and bool(record) and _status_of(record) == "passed"
+    return entry.get("status") == "passed" and bool(record) and _status_of(record) in FINISHED

@@ -28,22 +28,88 @@ class CatalogError(LookupError):
     """A name that is not in the catalogue."""
 
 
+class ValueMapError(ValueError):
+    """A value a map's value map has no entry for (dual-write cannot convert it either)."""
+
+
+_ENUM_NAME = re.compile(r"^[a-z][A-Za-z]*$")
+
+
+def _finops_name(key: str) -> str:
+    """A value map's F&O value as F&O writes it: the docs list enum names in lower camel case
+    (`currentMth`), F&O OData returns them capitalised (`CurrentMth`); other values (language codes
+    such as `nl-be`) are kept as documented.
+
+    >>> _finops_name("currentMth"), _finops_name("nl-be")
+    ('CurrentMth', 'nl-be')
+    """
+    return key[:1].upper() + key[1:] if _ENUM_NAME.match(key) else key
+
+
 @dataclass(frozen=True)
 class ColumnMapping:
     """One row of a table map: F&O column, map type symbol, Dataverse column, default value.
 
     A Dataverse column written `nav.column` is a lookup: the row refers to the table behind the
     navigation property `nav` by its `column` (e.g. `msdyn_customergroupid.msdyn_groupid`).
+    A row with a value transform (`><`) carries its value map in `values` (F&O enum value →
+    Dataverse value, as the mapping reference lists them); None when no source gives it.
+    `source` says where the row is documented (`OLD`, `REF`, `INFERRED`, `unsourced`).
 
     Example:
         >>> ColumnMapping("CustomerGroupId", "=", "msdyn_customergroupid.msdyn_groupid").lookup
         ('msdyn_customergroupid', 'msdyn_groupid')
+        >>> hold = ColumnMapping("OnHoldStatus", "><", "msdyn_onholdstatus",
+        ...                      values=(("no", 806380000), ("invoice", 806380001)))
+        >>> hold.to_dataverse_value("Invoice"), hold.to_finops_value(806380000)
+        (806380001, 'No')
     """
 
     finops: str | None
     direction: Direction
     dataverse: str | None
     default: Any = None
+    values: tuple[tuple[str, Any], ...] | None = None
+    source: str = ""
+    values_source: str = ""
+
+    @property
+    def transform(self) -> bool:
+        """Whether the row converts values between the sides (a value map) rather than copying."""
+        return self.direction == "><" or (self.values is not None and self.finops is not None
+                                          and self.dataverse is not None)
+
+    @property
+    def value_map_missing(self) -> bool:
+        """A value transform whose value list no source documents: its values cannot be converted."""
+        return self.direction == "><" and self.values is None
+
+    def to_dataverse_value(self, value: Any) -> Any:
+        """The Dataverse value of F&O value `value` (enum names compare case-insensitively);
+        None for an empty value; ValueMapError when the value map has no entry for it."""
+        if value in (None, ""):
+            return None
+        assert self.values is not None
+        wanted = str(value).strip().lower()
+        for name, dv in self.values:
+            if name.lower() == wanted:
+                return dv
+        raise ValueMapError(f"{self.finops} value {value!r} has no entry in the value map of "
+                            f"{self.dataverse} "
+                            f"({', '.join(n for n, _ in self.values)})")
+
+    def to_finops_value(self, value: Any) -> str | None:
+        """The F&O value of Dataverse value `value`; None for an empty value; ValueMapError when the
+        value map has no entry for it."""
+        if value is None or value == "":
+            return None
+        assert self.values is not None
+        for name, dv in self.values:
+            if dv == value and type(dv) is type(value):  # True is not 1 here
+                return _finops_name(name)
+        raise ValueMapError(f"{self.dataverse} value {value!r} has no entry in the value map of "
+                            f"{self.finops} "
+                            f"({', '.join(str(v) for _, v in self.values)})")
 
     @property
     def lookup(self) -> tuple[str, str] | None:
@@ -78,12 +144,21 @@ class Condition:
     value: Any
 
     def matches(self, row: Mapping[str, Any]) -> bool:
-        """OData semantics: `null ne ''` is true, `null eq x` is false unless x is null."""
-        equal = row.get(self.column) == self.value
+        """OData semantics: `null ne ''` is true, `null eq x` is false unless x is null. Text compares
+        case-insensitively, as SQL Server does (enum names of F&O filters included).
+
+        >>> Condition("PartyType", "eq", "Person").matches({"PartyType": "person"})
+        True
+        """
+        found = row.get(self.column)
+        if isinstance(self.value, str) and found is not None and not isinstance(found, bool):
+            equal = str(found).lower() == self.value.lower()
+        else:
+            equal = found == self.value
         return equal if self.op == "eq" else not equal
 
 
-_FO_COND = re.compile(r'^\s*(\w+)\s*(==|!=)\s*"([^"]*)"\s*$')
+_FO_COND = re.compile(r'^\s*(\w+)\s*(==|=|!=)\s*(?:"([^"]*)"|(\w+))\s*$')
 _DV_COND = re.compile(r"^\s*(\w+)\s+(eq|ne)\s+(.+?)\s*$")
 
 
@@ -98,10 +173,13 @@ def _dv_literal(text: str) -> Any:
 
 
 def parse_finops_filter(text: str) -> tuple[Condition, ...]:
-    """Conditions of an F&O source filter such as `((PartyType == "Organization"))`.
+    """Conditions of an F&O source filter such as `((PartyType == "Organization"))` (a bare value,
+    as in CDS Contacts V2's `(AssociatedContactType = 1)`, is compared as text too).
 
     >>> parse_finops_filter('((PartyType == "Person"))')
     (Condition(column='PartyType', op='eq', value='Person'),)
+    >>> parse_finops_filter('(AssociatedContactType = 1)')[0].value
+    '1'
     """
     body = text.strip()
     while body.startswith("(") and body.endswith(")"):
@@ -111,7 +189,7 @@ def parse_finops_filter(text: str) -> tuple[Condition, ...]:
         m = _FO_COND.match(part)
         if not m:
             raise ValueError(f"unsupported F&O filter clause {part!r} in {text!r}")
-        conds.append(Condition(m[1], "eq" if m[2] == "==" else "ne", m[3]))
+        conds.append(Condition(m[1], "ne" if m[2] == "!=" else "eq", m[3] if m[3] is not None else m[4]))
     return tuple(conds)
 
 
@@ -154,6 +232,7 @@ class TableMap:
     dataverse_filter: str
     mappings: tuple[ColumnMapping, ...]
     mappings_complete: bool
+    mappings_source: str
     single_threaded: bool
     depends_on: tuple[str, ...]
     sequence: int
@@ -168,11 +247,25 @@ class TableMap:
 
     @property
     def finops_conditions(self) -> tuple[Condition, ...]:
-        return parse_finops_filter(self.source_filter)
+        """The source filter's conditions, on the fields as the map's rows spell them (filters are
+        published with upper-case names, `CURRENCYCODE != "999"`; OData names are case-sensitive).
+
+        >>> table_map("currencies").finops_conditions
+        (Condition(column='CurrencyCode', op='ne', value='999'),)
+        """
+        fields = {c.finops.upper(): c.finops for c in self.mappings if c.finops}
+        return tuple(Condition(fields.get(c.column.upper(), c.column), c.op, c.value)
+                     for c in parse_finops_filter(self.source_filter))
 
     @property
     def dataverse_conditions(self) -> tuple[Condition, ...]:
         return parse_dataverse_filter(self.dataverse_filter)
+
+    @property
+    def unsourced(self) -> list[ColumnMapping]:
+        """Rows, or value maps, that no Microsoft source documents (kept, and marked, in the YAML)."""
+        return [c for c in self.mappings if c.source == "unsourced" or c.values_source == "unsourced"
+                or c.value_map_missing]
 
     @property
     def dataverse_key(self) -> tuple[str, ...]:
@@ -206,11 +299,15 @@ def _data() -> dict[str, Any]:
     return yaml.safe_load(text)
 
 
+def _row(raw: dict[str, Any], source: str) -> ColumnMapping:
+    values = raw.get("values")
+    return ColumnMapping(raw.get("finops"), raw["dir"], raw.get("dataverse"), raw.get("default"),
+                         tuple(values.items()) if values is not None else None,
+                         raw.get("source", source), raw.get("values_source", ""))
+
+
 def _build(raw: dict[str, Any]) -> TableMap:
-    rows = tuple(
-        ColumnMapping(r.get("finops"), r["dir"], r.get("dataverse"), r.get("default"))
-        for r in raw["mappings"]
-    )
+    rows = tuple(_row(r, raw["mappings_source"].split(":")[0]) for r in raw["mappings"])
     tuples = {"finops_key", "integration_key", "depends_on", "docs"}
     fields = {k: (tuple(v) if k in tuples else v) for k, v in raw.items() if k != "mappings"}
     return TableMap(mappings=rows, **fields)

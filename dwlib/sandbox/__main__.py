@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         control.serve(args.profile, root=args.dir, rows=args.rows, port=args.port, faults=args.faults,
-                      limits=args.limits, owner_pid=args.owner_pid)
+                      limits=args.limits, owner_pid=args.owner_pid, dmf_locale=args.dmf_locale)
     except DwError as exc:
         print(f"dwlib.sandbox: error: {exc}", file=sys.stderr)
         return 1

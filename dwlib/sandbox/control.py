@@ -71,6 +71,9 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--faults", help="e.g. latency=20ms,429=0.05,503=0.02,504=0.01,drop=0.01,seed=7 "
                                           "(also 500=R, and 5xx=R for any of 500/503/504)")
     parser.add_argument("--limits", help="e.g. requests=100,window=10,exec=5,concurrency=4,finops=8")
+    parser.add_argument("--dmf-locale", dest="dmf_locale",
+                        help="Language locale of F&O's DMF source data formats when seeded (default en-us; "
+                             "e.g. nl-NL writes decimal commas and day-month-year dates in packages)")
 
 
 def resolve_dir(profile: str | None, root: Path | None) -> Path:

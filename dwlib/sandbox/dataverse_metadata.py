@@ -25,10 +25,12 @@ import sqlite3
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from starlette.responses import Response
 
+from .. import catalog
 from .odata import ODataError, Segment, odata_response, parse_key, split_top
 from .odata_sql import filter_sql
 from .schema import DATAVERSE, PLATFORM, ColumnType, Entity, Lookup, entity, relationship_name
@@ -43,7 +45,8 @@ _STORAGE_TYPES = {"guid": "Uniqueidentifier", "string": "String", "int": "Intege
                   "bool": "Boolean", "datetime": "DateTime", "json": "Memo"}
 # AttributeType → the derived AttributeMetadata type the service returns for it.
 _DERIVED = {"String": "String", "Memo": "Memo", "Integer": "Integer", "BigInt": "BigInt",
-            "Decimal": "Decimal", "Money": "Money", "Boolean": "Boolean", "DateTime": "DateTime",
+            "Decimal": "Decimal", "Double": "Double", "Money": "Money", "Boolean": "Boolean",
+            "DateTime": "DateTime",
             "Uniqueidentifier": "UniqueIdentifier", "Lookup": "Lookup", "Customer": "Lookup",
             "Owner": "Lookup", "Picklist": "Picklist", "State": "State", "Status": "Status"}
 _ENUMS = frozenset({"Picklist", "State", "Status"})  # EnumAttributeMetadata: OptionSet, GlobalOptionSet
@@ -59,6 +62,8 @@ _OPTIONS: dict[tuple[str, str], tuple[tuple[int, str], ...]] = {
     ("msdyn_dualwriteruntimeconfig", "msdyn_status"): ((2, "Initializing"), (3, "Resuming"), (4, "Running"),
                                                        (5, "Paused"), (6, "Not running")),
 }
+# Address types of accounts and contacts (address1_addresstypecode; the maps write 2 and 3).
+_ADDRESS_TYPES = ((1, "Bill To"), (2, "Ship To"), (3, "Primary"), (4, "Other"))
 _STATE_OPTIONS = ((0, "Active"), (1, "Inactive"))
 _STATUS_OPTIONS = ((1, "Active"), (2, "Inactive"))
 # Messages every table has, and the bulk messages of tables with `bulk` (bulk-operations.md).
@@ -149,6 +154,7 @@ _ATTRIBUTE_TYPES: dict[str, MetaType] = {
         ("Integer", {"MinValue": "int", "MaxValue": "int", "Format": "string"}, frozenset()),
         ("BigInt", {"MinValue": "int", "MaxValue": "int"}, frozenset()),
         ("Decimal", {"Precision": "int", "MinValue": "decimal", "MaxValue": "decimal"}, frozenset()),
+        ("Double", {"Precision": "int", "MinValue": "decimal", "MaxValue": "decimal"}, frozenset()),
         ("Money", {"Precision": "int", "PrecisionSource": "int", "MinValue": "decimal",
                    "MaxValue": "decimal"}, frozenset()),
         ("Boolean", {"DefaultValue": "bool"}, frozenset()),
@@ -182,8 +188,28 @@ def attribute_type(ent: Entity, column: str) -> str:
     return ent.kinds.get(column) or _STORAGE_TYPES[ent.columns[column]]
 
 
-def _option_values(logical: str, column: str, kind: str) -> tuple[tuple[int, str], ...]:
-    return _OPTIONS.get((logical, column)) or (_STATE_OPTIONS if kind == "State" else _STATUS_OPTIONS)
+@cache
+def _mapped_options() -> dict[tuple[str, str], tuple[tuple[int, str], ...]]:
+    """Options of the choice columns the catalogue's value maps write (REF lists each value with the
+    F&O enum name it stands for; the label here is that name)."""
+    out: dict[tuple[str, str], tuple[tuple[int, str], ...]] = {}
+    for m in catalog.table_maps():
+        for row in m.mappings:
+            if row.values and row.dataverse and all(type(v) is int for _, v in row.values):
+                options = dict(out.get((m.dataverse_logical, row.dataverse), ()))
+                options.update({v: name[:1].upper() + name[1:] for name, v in row.values})
+                out[(m.dataverse_logical, row.dataverse)] = tuple(sorted(options.items()))
+    return out
+
+
+def _choices(logical: str, column: str, kind: str) -> tuple[tuple[int, str], ...]:
+    if (logical, column) in _OPTIONS:
+        return _OPTIONS[(logical, column)]
+    if column.endswith("_addresstypecode"):
+        return _ADDRESS_TYPES
+    if kind == "Picklist" and (logical, column) in _mapped_options():
+        return _mapped_options()[(logical, column)]
+    return _STATE_OPTIONS if kind == "State" else _STATUS_OPTIONS
 
 
 def choice_label(ent: Entity, column: str, value: int) -> str | None:
@@ -194,7 +220,7 @@ def choice_label(ent: Entity, column: str, value: int) -> str | None:
     >>> choice_label(accounts, "customertypecode", 1), choice_label(accounts, "statecode", 0)
     ('Competitor', 'Active')
     """
-    return dict(_option_values(ent.logical_name, column, attribute_type(ent, column))).get(value)
+    return dict(_choices(ent.logical_name, column, attribute_type(ent, column))).get(value)
 
 
 def primary_name(ent: Entity) -> str | None:
@@ -208,7 +234,7 @@ def primary_name(ent: Entity) -> str | None:
 
 
 def _options(logical: str, column: str, kind: str) -> dict[str, Any]:
-    values = _option_values(logical, column, kind)
+    values = _choices(logical, column, kind)
     name = f"{logical}_{column}"
     options = [{
         "Value": value, "Color": None, "IsManaged": True, "ExternalValue": None, "ParentValues": [],
@@ -246,6 +272,7 @@ def _attribute(ent: Entity, name: str, kind: str, **extra: Any) -> dict[str, Any
         "Integer": {"MinValue": -2147483648, "MaxValue": 2147483647, "Format": "None"},
         "BigInt": {"MinValue": -9223372036854775808, "MaxValue": 9223372036854775807},
         "Decimal": {"Precision": 2, "MinValue": -100000000000.0, "MaxValue": 100000000000.0},
+        "Double": {"Precision": 5, "MinValue": -180.0, "MaxValue": 180.0},  # latitudes and longitudes
         "Money": {"Precision": 2, "PrecisionSource": 2, "MinValue": -922337203685477.0,
                   "MaxValue": 922337203685477.0},
         "Boolean": {"DefaultValue": False},

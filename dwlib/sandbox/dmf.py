@@ -52,6 +52,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from ..catalog.locales import Locale, LocaleError, locale
 from . import fo_rules
 from .context import Sandbox
 from .odata import ODataError, WriteEvent, run_write_hooks
@@ -133,7 +134,26 @@ class DmfEntity:
 
 DMF_ENTITIES: dict[str, DmfEntity] = {name: DmfEntity(ENTITIES[name], label) for name, label in (
     ("LegalEntities", "Legal entities"), ("Currencies", "Currencies"), ("PaymentTerms", "Terms of payment"),
-    ("CustomerGroups", "Customer groups"), ("CustomersV3", "Customers V3"))}
+    ("CustomerGroups", "Customer groups"), ("CustomersV3", "Customers V3"), ("VendorsV2", "Vendors V2"))}
+PACKAGE_FORMAT = "CSV-Unicode"  # the source data format of every package here
+
+
+def package_locale(store: Store, source_format: str = PACKAGE_FORMAT, *,
+                   user_locale: str = "en-us") -> Locale:
+    """The locale packages of `source_format` are written and read in: the format's Language locale
+    (Data management > Source data formats > Regional settings), else the DMF user's own locale
+    (INFERRED: the docs say only that the format's setting decides; the sandbox's `dmf_locale`).
+
+    >>> import tempfile, pathlib
+    >>> package_locale(Store(pathlib.Path(tempfile.mkdtemp()) / "s.sqlite"), user_locale="nl-NL").name
+    'nl-nl'
+    """
+    rows = store.find(ENTITIES["DataManagementSourceDataFormats"], {"SourceName": source_format}, limit=1)
+    name = (rows[0].get("LanguageLocale") if rows else None) or user_locale
+    try:
+        return locale(name)
+    except LocaleError as exc:
+        raise DmfError(f"Source data format {source_format}: {exc}") from None
 
 
 def find_entity(name: str) -> DmfEntity | None:
@@ -216,16 +236,24 @@ def header_xml(group: str) -> str:
         "<PackageType>DefinitionGroup</PackageType><PackageVersion>2</PackageVersion></DataManagementPackageHeader>")
 
 
-def _cell(value: Any) -> str:
-    return "" if value is None else str(value)
+def _cell(value: Any, typ: str, loc: Locale) -> str:
+    """A stored value as package text: numbers and ISO dates in the locale, text as it is."""
+    if value is None:
+        return ""
+    if typ == "decimal" and isinstance(value, int | float):
+        return loc.format_number(value)
+    if typ == "datetime" and re.match(r"\d{4}-\d\d-\d\d", str(value)):
+        return loc.format_date(str(value))
+    return str(value)
 
 
 def write_package(
-    path: Path, group: str, parts: list[tuple[DmfEntity, Iterator[list[Any]]]]
+    path: Path, group: str, parts: list[tuple[DmfEntity, Iterator[list[Any]]]], loc: Locale | None = None
 ) -> Iterator[tuple[DmfEntity, int]]:
     """Write a package zip to `path` step by step; yields after each chunk: (entity, its rows so far).
 
-    `parts` holds each entity with its rows as lists of values in `DmfEntity.columns` order.
+    `parts` holds each entity with its rows as lists of values in `DmfEntity.columns` order; numbers
+    and dates are written in `loc` (the source data format's Language locale, default en-us).
 
     >>> import tempfile, pathlib
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "p.zip"
@@ -235,6 +263,7 @@ def write_package(
     >>> read_package(path.read_bytes())[1][0].rows
     [['USD', 'US Dollar', '$']]
     """
+    loc = loc or locale("en-us")
     tmp = path.with_name(f".{path.name}.tmp")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("PackageHeader.xml", header_xml(group))
@@ -246,8 +275,10 @@ def write_package(
                 out = csv.writer(text, lineterminator="\r\n")
                 out.writerow(d.fields)
                 written = 0
+                types = [d.entity.columns[c] for c in d.columns]
                 while chunk := [r for _, r in zip(range(CHUNK_ROWS), rows, strict=False)]:
-                    out.writerows([_cell(v) for v in row] for row in chunk)
+                    out.writerows([_cell(v, t, loc) for v, t in zip(row, types, strict=True)]
+                                  for row in chunk)
                     written += len(chunk)
                     text.flush()
                     yield d, written
@@ -699,6 +730,9 @@ class DmfService:
             job["finishedOn"] = utcnow()
             self._save(job)
 
+    def _locale(self) -> Locale:
+        return package_locale(self.store, user_locale=self.sbx.settings.dmf_locale)
+
     def _error(self, job: dict[str, Any], entity: str, line: int, key: str, message: str) -> None:
         job["errorCount"] += 1
         if len(job["errors"]) < self.max_errors:
@@ -715,7 +749,8 @@ class DmfService:
         parts = [(DMF_ENTITIES[name], self._rows(DMF_ENTITIES[name], job["legalEntityId"]))
                  for name in project["entities"]]
         job["entities"] = {d.label: {"status": "Executing", "exported": 0} for d, _ in parts}
-        for d, written in write_package(self.blobs.path(job["package"]), group, parts):
+        loc = self._locale()
+        for d, written in write_package(self.blobs.path(job["package"]), group, parts, loc):
             job["entities"][d.label]["exported"] = written
             yield
         for stats in job["entities"].values():
@@ -753,7 +788,7 @@ class DmfService:
             stats = {"status": "Executing", "staged": len(pe.rows), "created": 0, "updated": 0, "errors": 0}
             job["entities"][pe.dmf.label] = stats
             failed: list[tuple[int, list[str], str]] = []
-            importer = _Importer(self.sbx, pe, job["legalEntityId"].lower())
+            importer = _Importer(self.sbx, pe, job["legalEntityId"].lower(), self._locale())
             for start in range(0, len(pe.rows), CHUNK_ROWS):
                 for line, row, message, key in importer.chunk(start, CHUNK_ROWS, stats):
                     self._error(job, pe.dmf.label, line, key, message)
@@ -810,8 +845,8 @@ class _Importer:
     back alone.
     """
 
-    def __init__(self, sbx: Sandbox, pe: PackageEntity, company: str) -> None:
-        self.sbx, self.store, self.pe, self.company = sbx, sbx.store, pe, company
+    def __init__(self, sbx: Sandbox, pe: PackageEntity, company: str, loc: Locale) -> None:
+        self.sbx, self.store, self.pe, self.company, self.loc = sbx, sbx.store, pe, company, loc
         self.ent = pe.dmf.entity
         self._references = fo_rules.References(sbx.store, cache=True)
 
@@ -852,15 +887,26 @@ class _Importer:
         return counter
 
     def _convert(self, row: list[str]) -> tuple[dict[str, Any], list[str]]:
-        """The row's values by schema column, and the fields that are not valid numbers."""
+        """The row's values by schema column, and the fields that are not valid numbers or dates in
+        the source data format's locale."""
         values: dict[str, Any] = {"dataAreaId": self.company} if self.pe.dmf.company_specific else {}
         problems = []
         for raw, (header, col) in zip(row, self.pe.fields.items(), strict=False):
             text = raw.strip()
             typ = self.ent.columns[col]
             try:
-                values[col] = None if not text else int(text) if typ == "int" else (
-                    float(text) if typ == "decimal" else text)
+                values[col] = None if not text else self._parse(text, typ)
             except ValueError:
-                problems.append(f"The value '{text}' of field '{header}' is not a valid number.")
+                kind = "date" if typ == "datetime" else "number"
+                problems.append(f"The value '{text}' of field '{header}' is not a valid {kind} "
+                                f"({self.loc.name}).")
         return values, problems
+
+    def _parse(self, text: str, typ: str) -> Any:
+        if typ == "int":
+            return int(self.loc.parse_number(text))
+        if typ == "decimal":
+            return float(self.loc.parse_number(text))
+        if typ == "datetime":  # date fields: F&O OData carries them at 12:00 UTC
+            return f"{self.loc.parse_date(text).isoformat()}T12:00:00Z"
+        return text

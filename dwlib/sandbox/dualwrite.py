@@ -31,7 +31,7 @@ from typing import Any
 
 from dwlib import catalog
 
-from . import dw_live, dw_records, profiles
+from . import dmf, dw_live, dw_records, profiles
 from .dw_initial_sync import JobLog, SyncScope, initial_sync
 from .schema import ENTITIES
 from .state import Settings
@@ -558,6 +558,7 @@ class DualWrite:
             running,
             project,
             on_company_created=lambda row: dw_records.company_owner(self.store, row),
+            export_locale=dmf.package_locale(self.store, user_locale=self.settings.dmf_locale),
         )
 
     def _new_job(self, m: catalog.TableMap, rec: dict[str, Any]) -> JobLog:

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from dwlib import catalog
+from dwlib.catalog.locales import Locale, locale
 
 from .dmf import outcome
 from .dw_mapping import COMPANY, Company, MapBinding, Rejected, Resolver, binding, companies
@@ -169,6 +170,7 @@ class SyncScope:
     running: set[str]
     project: str
     on_company_created: Callable[[dict[str, Any]], None] | None = None
+    export_locale: Locale = field(default_factory=lambda: locale("en-us"))  # of the F&O export (DMF)
 
 
 def _rows(store: Store, ent: Entity, where: str, params: Sequence[Any]) -> list[dict[str, Any]]:
@@ -179,6 +181,29 @@ def _rows(store: Store, ent: Entity, where: str, params: Sequence[Any]) -> list[
 
 def _has_quote(row: dict[str, Any], columns: Iterable[str]) -> bool:
     return any(isinstance(row.get(c), str) and '"' in row[c] for c in columns)
+
+
+def decimal_literal_error(b: MapBinding, fo_row: dict[str, Any], loc: Locale) -> Rejected | None:
+    """The documented failure of a number the F&O export wrote in another locale than en-us: the
+    Dataverse leg reads the package's numbers as Edm.Decimal literals (INFERRED from the
+    troubleshooting page, whose example is a zero written '000000'; its fix is Language locale en-us).
+
+    >>> from dwlib import catalog
+    >>> b = binding(catalog.table_map("Customers V3 (accounts)"))
+    >>> decimal_literal_error(b, {"CreditLimit": 1500.5}, locale("nl-NL")).message.split(": ")[-1]
+    "Can't convert the literal '1500,5' to the expected type'Edm.Decimal',..."
+    """
+    if loc.decimal == "." or b.fo is None:
+        return None
+    for x in b.bindings:
+        value = fo_row.get(x.finops or "")
+        if x.to_dataverse and x.finops and b.fo.columns.get(x.finops) == "decimal" and value is not None:
+            literal = loc.format_number(value)
+            if loc.decimal in literal:
+                return Rejected("An error occurred while validating input parameters: "
+                                "Microsoft.OData.ODataException: Can't convert the literal "
+                                f"'{literal}' to the expected type'Edm.Decimal',...", x.finops)
+    return None
 
 
 def _parse_error(leg: str, line: int) -> str:
@@ -304,7 +329,7 @@ async def _sync_scope(
         FO_TO_DV, fo_by_key if fo_ok else {}, dv_index,
         contested=dv_by_key, target_is_master=master == "dataverse",
         differs=lambda fo_row, dv_row: b.differs(fo_row, dv_row, resolver),
-        convert=lambda fo_row, _: b.to_dataverse(fo_row, company, resolver),
+        convert=lambda fo_row, _: _from_export(b, fo_row, scope.export_locale, company, resolver),
         address=lambda dv_row: {b.dv.key[0]: dv_row[b.dv.key[0]]},
         reject=lambda fo_row, exc: reject(FO_TO_DV, fo_row[b.fo_key], exc),
     )
@@ -339,6 +364,14 @@ async def _sync_scope(
     legs[DV_TO_FO]["importRecordsInsertedCount"] += len(fo_inserts)
     legs[DV_TO_FO]["importRecordsUpdatedCount"] += len(fo_updates)
     log.record["upsertCount"] += len(dv_inserts) + len(dv_updates) + len(fo_inserts) + len(fo_updates)
+
+
+def _from_export(b: MapBinding, fo_row: Row, loc: Locale, company: Company | None, resolver: Resolver) -> Row:
+    """An F&O row as the Dataverse leg reads it from the export: refused when a number does not read."""
+    problem = decimal_literal_error(b, fo_row, loc)
+    if problem is not None:
+        raise problem
+    return b.to_dataverse(fo_row, company, resolver)
 
 
 def _writes(

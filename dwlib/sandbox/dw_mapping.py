@@ -46,9 +46,18 @@ class LookupRef:
         return COMPANY in self.target.all_columns
 
 
+class Rejected(Exception):
+    """A row the other side refuses; `field` is the source field the docs' error lists name."""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
 @dataclass(frozen=True)
 class Binding:
-    """One emulated column row of a map."""
+    """One emulated column row of a map; `values` is its value map (a transform), if any."""
 
     finops: str | None
     dataverse: str | None
@@ -57,24 +66,38 @@ class Binding:
     to_finops: bool
     bidirectional: bool
     default: Any  # one-sided row: the value it writes; two-sided: the value for an empty source
+    values: catalog.ColumnMapping | None = None
 
     def finops_value(self, source: Any) -> Any:
-        """The value written to F&O for Dataverse value `source` (the Default transform when empty).
+        """The value written to F&O for Dataverse value `source`: through the value map, and the
+        Default transform when empty. Rejected when the value map has no entry for it.
 
         >>> b = Binding("CustomerGroupId", None, None, True, True, True, "30")
         >>> b.finops_value(None), b.finops_value("10")
         ('30', '10')
         """
+        if self.values is not None:
+            source = self._convert(self.values.to_finops_value, source, self.dataverse)
         return self.default if source in (None, "") and self.default is not None else source
 
+    def dataverse_value(self, source: Any) -> Any:
+        """The value written to Dataverse for F&O value `source` (through the value map, if any).
 
-class Rejected(Exception):
-    """A row the other side refuses; `field` is the source field the docs' error lists name."""
+        >>> row = catalog.ColumnMapping("OnHoldStatus", "><", "msdyn_onholdstatus", values=(("all", 2),))
+        >>> b = Binding("OnHoldStatus", "msdyn_onholdstatus", None, True, True, True, None, row)
+        >>> b.dataverse_value("All")
+        2
+        """
+        if self.values is None:
+            return source
+        return self._convert(self.values.to_dataverse_value, source, self.finops)
 
-    def __init__(self, message: str, field: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        self.field = field
+    @staticmethod
+    def _convert(convert: Any, value: Any, field: str | None) -> Any:
+        try:
+            return convert(value)
+        except catalog.ValueMapError as exc:
+            raise Rejected(f"Value transform failed: {exc}.", field or "") from None
 
 
 @dataclass
@@ -218,7 +241,7 @@ class MapBinding:
                     raise resolver.not_found(b.lookup, value)
                 out[b.lookup.fk] = found
             else:
-                out[b.dataverse or ""] = fo_row.get(b.finops)
+                out[b.dataverse or ""] = b.dataverse_value(fo_row.get(b.finops))
         if company is not None:
             if self.map.company_specific:
                 out[COMPANY] = company.id
@@ -278,9 +301,22 @@ class MapBinding:
                         return True
                 elif _norm(dv_value) != _norm(fo_value):
                     return True
-            elif _norm(fo_row.get(b.finops)) != _norm(b.finops_value(dv_row.get(b.dataverse or ""))):
-                return True
+            else:
+                fo_value = fo_row.get(b.finops)
+                if b.values is not None and isinstance(fo_value, str):
+                    fo_value = fo_value.lower()  # enum names compare case-insensitively
+                if _norm(fo_value) != _norm(self._finops_view(b, dv_row)):
+                    return True
         return False
+
+    @staticmethod
+    def _finops_view(b: Binding, dv_row: dict[str, Any]) -> Any:
+        """A Dataverse value as F&O would hold it; a value the value map lacks is a difference."""
+        try:
+            value = b.finops_value(dv_row.get(b.dataverse or ""))
+        except Rejected:
+            return dv_row.get(b.dataverse or "")
+        return value.lower() if b.values is not None and isinstance(value, str) else value
 
 
 def _entity(name: str | None) -> Entity | None:
@@ -305,6 +341,8 @@ def binding(m: catalog.TableMap) -> MapBinding:
     for r in m.mappings:
         if fo is not None and r.finops is not None and r.finops not in fo.columns:
             continue
+        if r.value_map_missing:
+            continue  # no source gives its values: dual-write's conversion cannot be emulated
         lookup = _lookup(dv, r.dataverse) if r.lookup else None
         if r.dataverse is not None and (lookup is None if r.lookup else r.dataverse not in dv.columns):
             continue
@@ -317,6 +355,7 @@ def binding(m: catalog.TableMap) -> MapBinding:
                 to_finops=r.to_finops,
                 bidirectional=r.direction in ("=", "><"),
                 default=r.default,
+                values=r if r.values is not None and r.finops and r.dataverse else None,
             )
         )
     fo_key = m.finops_key[0]

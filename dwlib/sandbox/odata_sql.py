@@ -365,7 +365,30 @@ def row_json_sql(
         elif c in embedded:
             expr = f"json({expr})"
         args += [f"'{c}'", expr]
-    return f"json_object({', '.join(args)})"
+    return _json_object(args)
+
+
+_PAIRS_PER_CALL = 60  # SQLite functions take at most 127 arguments (SQLITE_MAX_FUNCTION_ARG)
+
+
+def _json_object(args: Sequence[str]) -> str:
+    """`json_object(k1, v1, …)` for any number of pairs: wide tables (a hundred mapped columns)
+    exceed SQLite's argument limit, so the further pairs are added with `json_insert`, which keeps
+    their order and SQL NULL as JSON null.
+
+    >>> import sqlite3
+    >>> pairs = [x for i in range(70) for x in (f"'c{i}'", str(i))]
+    >>> sqlite3.connect(":memory:").execute(f"SELECT {_json_object(pairs)}").fetchone()[0][-9:]
+    '"c69":69}'
+    """
+    step = 2 * _PAIRS_PER_CALL
+    sql = f"json_object({', '.join(args[:step])})"
+    for start in range(step, len(args), step):
+        chunk = args[start:start + step]
+        pairs = zip(chunk[::2], chunk[1::2], strict=True)
+        inserts = [f"'$.\"{key[1:-1]}\"', {value}" for key, value in pairs]
+        sql = f"json_insert({sql}, {', '.join(inserts)})"
+    return sql
 
 
 # The value X++ stores for "no value" of a type (Null Values for Data Types, Dynamics AX developer docs).

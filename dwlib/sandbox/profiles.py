@@ -130,8 +130,9 @@ CURRENCIES: tuple[tuple[str, str, str, float], ...] = (  # code, name, symbol, r
 CUSTOMER_GROUPS = (("10", "Wholesale customers", "Net30"), ("20", "Major customers", "Net45"),
                    ("30", "Retail customers", "Net10"), ("80", "Other customers", "Net30"),
                    ("90", "Intercompany customers", "Net30"))
-PAYMENT_TERMS = (("Net10", "Net 10 days", 10), ("Net30", "Net 30 days", 30), ("Net45", "Net 45 days", 45),
-                 ("COD", "Cash on delivery", 0), ("Month+15", "Current month + 15 days", 15))
+PAYMENT_TERMS = (("Net10", "Net 10 days", 10, "Net"), ("Net30", "Net 30 days", 30, "Net"),
+                 ("Net45", "Net 45 days", 45, "Net"), ("COD", "Cash on delivery", 0, "COD"),
+                 ("Month+15", "Current month + 15 days", 15, "CurrentMth"))
 
 # CRM prime solutions of a provisioned Dataverse with Dynamics 365 apps (uniquename, name, managed).
 PRIME_SOLUTIONS = (
@@ -217,7 +218,7 @@ def seed(
         platform = _Platform(store, settings, spec, tally)
         if spec.dataverse == "existing":
             _seed_dataverse_business(store, rng, settings.rows, platform, tally)
-        _seed_finops(store, rng, settings.rows, spec, tally)
+        _seed_finops(store, rng, settings.rows, spec, tally, settings.dmf_locale)
         if spec.dataverse == "existing" and spec.finops == "data":
             _share_customers(store)
         tally.add("dmf_definition_groups", dmf.seed_definition_groups(store))
@@ -253,7 +254,8 @@ class _Platform:
         rates = {c[0]: c for c in CURRENCIES}
         _insert(store, tally, "transactioncurrencies", [
             {"transactioncurrencyid": cid, "isocurrencycode": code, "currencyname": rates[code][1],
-             "exchangerate": rates[code][3]} for code, cid in self.currencies.items()])
+             "currencysymbol": rates[code][2], "exchangerate": rates[code][3]}
+            for code, cid in self.currencies.items()])
         app, user = app_principal(settings), consultant(settings)
         users = [
             (self.system_user, "SYSTEM", "", None, None, 1),
@@ -371,8 +373,10 @@ _ACCOUNT_COLUMNS = (
     "accountid", "name", "accountnumber", "customertypecode", "creditlimit", "telephone1", "emailaddress1",
     "address1_city", "address1_country", "_transactioncurrencyid_value", "_primarycontactid_value",
     "_ownerid_value", "_owningbusinessunit_value", "createdon", "modifiedon", "versionnumber", "statecode",
-    "statuscode",
+    "statuscode", "address1_line1", "address1_postalcode", "websiteurl", "numberofemployees",
+    "msdyn_onholdstatus", "msdyn_creditlimitismandatory",
 )
+_HOLD_CODES = (806380000,) * 8 + (806380001, 806380002)  # msdyn_onholdstatus (REF #101's value map)
 
 
 def _accounts(
@@ -399,6 +403,9 @@ def _accounts(
             None if i % 41 == 5 else c.cities[i % len(c.cities)], _COUNTRY_NAMES[c.country],
             platform.currencies.get(c.currency, usd), contact_ids[i] if i % 2 == 0 else None,
             uid, bu, stamp, stamp, version + i, 1 if i % 59 == 11 else 0, 2 if i % 59 == 11 else 1,
+            f"{1 + i % 400} Market Street", f"{20000 + (i * 53) % 79999}",
+            None if i % 4 == 1 else f"https://{words[i].lower().replace(' ', '')}.example", 10 + i % 900,
+            _HOLD_CODES[i % 10], i % 13 == 5,
         )
 
 
@@ -406,6 +413,7 @@ _CONTACT_COLUMNS = (
     "contactid", "firstname", "lastname", "fullname", "emailaddress1", "telephone1", "msdyn_contactpersonid",
     "msdyn_sellable", "_parentcustomerid_value", "_transactioncurrencyid_value", "_ownerid_value",
     "_owningbusinessunit_value", "createdon", "modifiedon", "versionnumber", "statecode", "statuscode",
+    "jobtitle", "gendercode", "address1_line1",
 )
 
 
@@ -433,6 +441,7 @@ def _contacts(
             f"{c.phone} {(i * 3) % 10000:04d}", f"CP-{i + 1:07d}" if kind[i] == "sellable" else None,
             kind[i] != "contact", account_ids[i] if parent else None,
             platform.currencies.get(c.currency, usd), uid, bu, stamp, stamp, version + i, 0, 1,
+            ("Buyer", "Owner", "Manager", None)[i % 4], (1, 2, None)[i % 3], f"{1 + i % 300} Park Lane",
         )
 
 
@@ -465,12 +474,24 @@ def _share_customers(store: Store) -> int:
     return changed
 
 
-def _seed_finops(store: Store, rng: random.Random, n: int, spec: Profile, tally: _Tally) -> None:
-    """Legal entities and currencies always; groups, terms and customers for F&O with data.
+# Data management > Source data formats of a new F&O (name, type, file format); the Language locale
+# of the file formats is the sandbox's `dmf_locale`.
+SOURCE_FORMATS = (("CSV", "File", "Delimited"), ("CSV-Unicode", "File", "Delimited"),
+                  ("Excel", "File", "Excel"), ("XML-Element", "File", "XML"),
+                  ("XML-Attribute", "File", "XML"), ("Package", "Package", ""))
+
+
+def _seed_finops(store: Store, rng: random.Random, n: int, spec: Profile, tally: _Tally,
+                 dmf_locale: str = "en-us") -> None:
+    """Source data formats, legal entities and currencies always; groups, terms and customers for
+    F&O with data.
 
     A new (empty) F&O has company DAT and its accounting currency, USD: the base currency of a new
     Dataverse too, so the Currencies map of new-new reconciles.
     """
+    _insert(store, tally, "DataManagementSourceDataFormats", [
+        {"SourceName": name, "Description": name, "Type": kind, "FileFormat": fmt,
+         "LanguageLocale": dmf_locale if kind == "File" else ""} for name, kind, fmt in SOURCE_FORMATS])
     with_data = spec.finops == "data"
     companies = (DAT,) + (COMPANIES if with_data else ())
     _insert(store, tally, "LegalEntities", [
@@ -482,10 +503,15 @@ def _seed_finops(store: Store, rng: random.Random, n: int, spec: Profile, tally:
     if not with_data:
         return
     _insert(store, tally, "PaymentTerms", [
-        {"dataAreaId": c.data_area, "Name": name, "Description": desc, "NumberOfDays": days}
-        for c in COMPANIES for name, desc, days in PAYMENT_TERMS])
+        {"dataAreaId": c.data_area, "Name": name, "Description": desc, "NumberOfDays": days,
+         "NumberOfMonths": 0, "CutOffDayOfMonth": 0, "PaymentMethodType": method,
+         "IsCashPayment": "Yes" if name == "COD" else "No",
+         "IsCertifiedCompanyCheck": "No", "IsDefaultPaymentTerm": "Yes" if name == "Net30" else "No",
+         "CreditCardCreditCheckType": "Normal"}
+        for c in COMPANIES for name, desc, days, method in PAYMENT_TERMS])
     _insert(store, tally, "CustomerGroups", [
-        {"dataAreaId": c.data_area, "CustomerGroupId": gid, "Description": desc, "PaymentTermId": terms}
+        {"dataAreaId": c.data_area, "CustomerGroupId": gid, "Description": desc, "PaymentTermId": terms,
+         "IsSalesTaxIncludedInPrice": "Yes" if gid == "30" else "No"}
         for c in COMPANIES for gid, desc, terms in CUSTOMER_GROUPS])
     tally.add("CustomersV3", store.bulk_load(ENTITIES["CustomersV3"], _CUSTOMER_COLUMNS, _customers(rng, n)))
 
@@ -494,11 +520,20 @@ _CUSTOMER_COLUMNS = (
     "dataAreaId", "CustomerAccount", "PartyType", "OrganizationName", "PersonFirstName", "PersonLastName",
     "NameAlias", "CustomerGroupId", "SalesCurrencyCode", "PaymentTerms", "CreditLimit", "PartyNumber",
     "PrimaryContactEmail", "PrimaryContactPhone", "AddressCity", "AddressCountryRegionId",
+    "AddressCountryRegionISOCode", "AddressStreet", "AddressZipCode", "AddressLatitude", "AddressLongitude",
+    "DeliveryAddressCity", "DeliveryAddressCountryRegionISOCode", "DeliveryAddressStreet",
+    "DeliveryAddressZipCode", "DeliveryAddressLatitude", "DeliveryAddressLongitude", "PrimaryContactURL",
+    "OrganizationNumberOfEmployees", "CreditLimitIsMandatory", "IsOneTimeCustomer", "OnHoldStatus",
+    "PersonGender", "PersonMaritalStatus", "LanguageId",
 )
+_ON_HOLD = ("No",) * 8 + ("Invoice", "All")  # CustVendorBlocked names (REF #101's value map)
+_GENDERS, _MARITAL = ("Male", "Female"), ("Single", "Married", "Divorced", "Widowhood")
 
 
 def _customers(rng: random.Random, n: int) -> Iterator[tuple[Any, ...]]:
-    """Customers across the data companies: 80 % organizations (groups 10/20/80), 20 % persons (30)."""
+    """Customers across the data companies: 80 % organizations (groups 10/20/80), 20 % persons (30),
+    with addresses (coordinates as decimals, which packages write in the DMF locale) and enum values
+    that the maps' value maps convert."""
     company = _pick(rng, COMPANIES, _COMPANY_WEIGHTS, n)
     words, nouns, suffixes = (rng.choices(x, k=n) for x in (_ORG_WORDS, _ORG_NOUNS, _ORG_SUFFIXES))
     firsts, lasts = rng.choices(_FIRST, k=n), rng.choices(_LAST, k=n)
@@ -516,10 +551,18 @@ def _customers(rng: random.Random, n: int) -> Iterator[tuple[Any, ...]]:
                    else f"{words[i]} {nouns[i]} {suffixes[i]}").rstrip()
             pfirst, plast, group = None, None, ("10", "20", "80")[i % 3]
             alias = words[i]
+        city = c.cities[i % len(c.cities)]
+        street, zip_code = f"{1 + i % 250} Main Street", f"{10000 + (i * 37) % 89999}"
+        lat, lon = round(20 + (i * 7919) % 4000 / 100, 4), round(-120 + (i * 104729) % 24000 / 100, 4)
         yield (
             c.data_area, f"{c.account_prefix}-{seq[c]:06d}", "Person" if person[i] else "Organization",
             org, pfirst, plast, alias, group, c.currency, ("Net30", "Net45", "Net10", "COD")[i % 4],
-            float(500 * (i % 40)), f"{i + 1:09d}",
+            float(500 * (i % 40)) + (0.5 if i % 5 == 1 else 0.0), f"{i + 1:09d}",
             None if i % 37 == 9 else f"ap{i + 1}@{c.account_prefix.lower()}.customer.example",
-            f"{c.phone} {(i * 11) % 10000:04d}", c.cities[i % len(c.cities)], c.country,
+            f"{c.phone} {(i * 11) % 10000:04d}", city, c.country, c.country, street, zip_code, lat, lon,
+            None if person[i] else city, None if person[i] else c.country, None if person[i] else street,
+            None if person[i] else zip_code, None if person[i] else lat, None if person[i] else lon,
+            None if person[i] else f"https://www.{words[i].lower().replace(' ', '')}.example",
+            None if person[i] else 5 + i % 500, "Yes" if i % 11 == 3 else "No", "No", _ON_HOLD[i % 10],
+            _GENDERS[i % 2] if person[i] else None, _MARITAL[i % 4] if person[i] else None, "en-us",
         )

@@ -144,6 +144,120 @@ def _dv(
     )
 
 
+def _of(kind: ColumnType, *names: str) -> dict[str, ColumnType]:
+    """`names` with one storage type (the wide mapped tables list their columns this way)."""
+    return dict.fromkeys(names, kind)
+
+
+def _kinds(kind: str, *names: str) -> dict[str, str]:
+    """`names` with one Dataverse AttributeType beyond storage (Picklist, Money, Memo, Double)."""
+    return dict.fromkeys(names, kind)
+
+
+def _reference(name: str, logical: str, column: str = "msdyn_name") -> Entity:
+    """A company-specific reference table a mapped lookup refers to, whose own map is not in the
+    catalogue (payment days, schedules, payment methods, tax and vendor groups): its key column and
+    the company, which the lookup is resolved in."""
+    return _dv(name, logical, f"{logical}id", {column: "string"},
+               alternate_keys=((column, "_msdyn_company_value"),),
+               lookups=(Lookup("msdyn_company", "cdm_companies"),))
+
+
+# Columns of the Customers V3, Vendors V2 and CDS Contacts V2 maps (table_maps.yaml) on each side.
+_ADDRESS = ("city", "country", "county", "stateorprovince", "line1", "postalcode")
+_COORDINATES = tuple(f"address{n}_{c}" for n in (1, 2, 3) for c in ("latitude", "longitude"))
+_ACCOUNT_TEXT = (
+    "name", "accountnumber", "msdyn_partynumber", "telephone1", "emailaddress1", "fax", "primarytwitterid",
+    "websiteurl", *(f"address{n}_{c}" for n in (1, 2) for c in _ADDRESS),
+    "msdyn_creditrating", "msdyn_identificationnumber", "msdyn_partycountry", "msdyn_partystateprovince",
+    "msdyn_primaryfacebookid", "msdyn_faxextension", "msdyn_primarylinkedinid", "msdyn_taxexemptnumber",
+    "msdyn_emailaddress1description", "msdyn_primaryfacebookdescription", "msdyn_faxdescription",
+    "msdyn_primarylinkedindescrption", "msdyn_telephone1description", "msdyn_telephone1extension",
+    "msdyn_primarytwitteriddescription", "msdyn_websiteurldescription",
+)
+_CONTACT_TEXT = (
+    "firstname", "lastname", "middlename", "fullname", "jobtitle", "emailaddress1", "telephone1", "fax",
+    "websiteurl", "msdyn_contactpersonid", "msdyn_partynumber", "address1_postofficebox",
+    *(f"address{n}_{c}" for n in (1, 2, 3) for c in _ADDRESS),
+    "msdyn_emailaddress1description", "msdyn_faxdescription", "msdyn_faxextension",
+    "msdyn_identificationnumber", "msdyn_partycountry", "msdyn_partystateprovince", "msdyn_primaryfacebookid",
+    "msdyn_primaryfacebookdescription", "msdyn_primaryinkedinid", "msdyn_primarylinkedindescrption",
+    "msdyn_telephone1description", "msdyn_telephone1extension", "msdyn_primarytwitterid",
+    "msdyn_primarytwitteriddescription", "msdyn_websiteurldescription", "department", "governmentid",
+    "spousesname",
+)
+_VENDOR_TEXT = (
+    "msdyn_vendoraccountnumber", "msdyn_name", "msdyn_firstname", "msdyn_lastname", "msdyn_middlename",
+    "msdyn_addressbuildingcompliment", "msdyn_childrennames", "msdyn_addresscity",
+    "msdyn_addresscountryregionid", "msdyn_addresscountryregionisocode", "msdyn_addresscountyid",
+    "msdyn_creditrating", "msdyn_addressdescription", "msdyn_addressdistrictname", "msdyn_dunsnumber",
+    "msdyn_ethnicorigin", "msdyn_hobbies", "msdyn_initials", "msdyn_lastnameprefix",
+    "msdyn_organizationnumber", "msdyn_ourvendoraccountnumber", "msdyn_paymentid", "msdyn_phoneticfirstname",
+    "msdyn_phoneticmiddlename", "msdyn_phoneticlastname", "msdyn_organizationphoneticname",
+    "msdyn_addresspostbox", "msdyn_primarycontacturl", "msdyn_primaryemailaddress",
+    "msdyn_primaryemailaddressdescription", "msdyn_primaryfacebook", "msdyn_primaryfacebookdescription",
+    "msdyn_primaryfaxnumber", "msdyn_primaryfaxnumberdescription", "msdyn_primaryfaxnumberextension",
+    "msdyn_primarylinkedin", "msdyn_primarylinkedindescription", "msdyn_pimaryphonenumber",
+    "msdyn_primaryphonenumberdescription", "msdyn_primaryphonenumberextension", "msdyn_primarytelex",
+    "msdyn_primarytelexdescription", "msdyn_primarytwitter", "msdyn_primarytwitterdescription",
+    "msdyn_primaryurldescription", "msdyn_professionalsuffix", "msdyn_professionatitle",
+    "msdyn_addressstateid", "msdyn_addressstreet", "msdyn_addressstreetnumber", "msdyn_vendorknownasname",
+    "msdyn_addresszipcode", "msdyn_vendorpartynumber", "msdyn_addresslocationid",
+)
+_VENDOR_FLAGS = (
+    "msdyn_isperson", "msdyn_isforeignentity", "msdyn_isonetimevendor", "msdyn_hasonlytakenbids",
+    "msdyn_isminorityowned", "msdyn_isvendorlocallyowned", "msdyn_isserviceveteranowned",
+    "msdyn_ownerisdisabled", "msdyn_womanowner", "msdyn_isvendorlocatedinhubzone",
+    "msdyn_priceincludessalestax",
+)
+_VENDOR_NUMBERS = (
+    "msdyn_personanniversaryday", "msdyn_anniversaryyear", "msdyn_birthday", "msdyn_birthyear",
+    "msdyn_numberofemployees", "msdyn_vendorpersonanniversarymonth", "msdyn_vendorpersonbirthmonth",
+)
+_FO_ADDRESS = ("City", "CountryRegionISOCode", "County", "State", "Street", "ZipCode")
+_FO_CONTACT_INFO = (
+    "PrimaryContactEmail", "PrimaryContactEmailDescription", "PrimaryContactFax",
+    "PrimaryContactFaxDescription",
+    "PrimaryContactFaxExtension", "PrimaryContactFacebook", "PrimaryContactFacebookDescription",
+    "PrimaryContactLinkedIn", "PrimaryContactLinkedInDescription", "PrimaryContactPhone",
+    "PrimaryContactPhoneDescription", "PrimaryContactPhoneExtension", "PrimaryContactTwitter",
+    "PrimaryContactTwitterDescription", "PrimaryContactURL", "PrimaryContactURLDescription",
+)
+_FO_CUSTOMER_TEXT = (
+    "dataAreaId", "CustomerAccount", "PartyType", "OrganizationName", "PersonFirstName", "PersonLastName",
+    "PersonMiddleName", "PersonProfessionalTitle", "PersonGender", "PersonMaritalStatus", "NameAlias",
+    "CustomerGroupId", "SalesCurrencyCode", "PaymentTerms", "SalesMemo", "PartyNumber", "ContactPersonId",
+    "LanguageId", "AddressCountryRegionId", "AddressPostBox", "AddressLocationRoles",
+    *(f"{kind}Address{c}" for kind in ("", "Invoice", "Delivery") for c in _FO_ADDRESS), *_FO_CONTACT_INFO,
+    "CreditLimitIsMandatory", "CreditRating", "IdentificationNumber", "InvoiceAccount", "InvoiceAddress",
+    "IsOneTimeCustomer", "OnHoldStatus", "PartyCountry", "PartyState", "PaymentDay", "PaymentMethod",
+    "PaymentSchedule", "TaxExemptNumber", "VendorAccount", "SalesTaxGroup",
+)
+_FO_VENDOR_TEXT = (
+    "dataAreaId", "VendorAccountNumber", "VendorOrganizationName", "VendorGroupId", "CurrencyCode",
+    "VendorPartyType", "PersonFirstName", "PersonLastName", "PersonMiddleName", "IsForeignEntity",
+    "IsOneTimeVendor", "AddressBuildingCompliment", "PersonChildrenNames", "AddressCity",
+    "AddressCountryRegionId", "AddressCountryRegionISOCode", "AddressCountyId", "CreditRating",
+    "AddressDescription", "AddressDistrictName", "DUNSNumber", "EthnicOriginId", "FormattedPrimaryAddress",
+    "PersonHobbies", "PersonInitials", "LanguageId", "PersonLastNamePrefix", "OrganizationNumber",
+    "OurAccountNumber", "PaymentId", "PersonPhoneticFirstName", "PersonPhoneticMiddleName",
+    "PersonPhoneticLastName", "OrganizationPhoneticName", "AddressPostBox", "PrimaryURL",
+    "PrimaryEmailAddress",
+    "PrimaryEmailAddressDescription", "PrimaryFacebook", "PrimaryFacebookDescription", "PrimaryFaxNumber",
+    "PrimaryFaxNumberDescription", "PrimaryFaxNumberExtension", "PrimaryLinkedIn",
+    "PrimaryLinkedInDescription",
+    "PrimaryPhoneNumber", "PrimaryPhoneNumberDescription", "PrimaryPhoneNumberExtension", "PrimaryTelex",
+    "PrimaryTelexDescription", "PrimaryTwitter", "PrimaryTwitterDescription", "PrimaryURLDescription",
+    "PersonProfessionalSuffix", "PersonProfessionalTitle", "AddressStateId", "AddressStreet",
+    "AddressStreetNumber", "VendorKnownAsName", "AddressZipCode", "DefaultPaymentDayName",
+    "DefaultPaymentScheduleName", "DefaultPaymentTermsName", "HasOnlyTakenBids", "IsMinorityOwned",
+    "IsVendorLocallyOwned", "IsServiceVeteranOwned", "IsOwnerDisabled", "IsWomanOwner", "VendorPartyNumber",
+    "AddressLocationId", "PersonMaritalStatus", "OnHoldStatus", "IsVendorLocatedInHUBZone",
+    "DefaultVendorPaymentMethodName", "InvoiceVendorAccountNumber", "PersonGender",
+    "ArePricesIncludingSalesTax", "SalesTaxGroupCode", "PrimaryContactPersonId",
+)
+
+
 def _fo(
     name: str,
     logical: str,
@@ -200,7 +314,8 @@ DATAVERSE: tuple[Entity, ...] = (
         "transactioncurrencies",
         "transactioncurrency",
         "transactioncurrencyid",
-        {"isocurrencycode": "string", "currencyname": "string", "exchangerate": "decimal"},
+        {"isocurrencycode": "string", "currencyname": "string", "currencysymbol": "string",
+         "exchangerate": "decimal"},
         alternate_keys=(("isocurrencycode",),),
         owned=False,
     ),
@@ -216,35 +331,49 @@ DATAVERSE: tuple[Entity, ...] = (
         "msdyn_customergroups",
         "msdyn_customergroup",
         "msdyn_customergroupid",
-        {"msdyn_groupid": "string", "msdyn_description": "string"},
+        {"msdyn_groupid": "string", "msdyn_description": "string", "msdyn_issalestaxincludedinprice": "bool"},
         alternate_keys=(("msdyn_groupid", "_msdyn_company_value"),),
-        lookups=(Lookup("msdyn_company", "cdm_companies"),),
+        lookups=(
+            Lookup("msdyn_company", "cdm_companies"),
+            Lookup("msdyn_paymenttermid", "msdyn_paymentterms"),
+            Lookup("msdyn_clearingperiodpaymenttermname", "msdyn_paymentterms"),
+        ),
     ),
     _dv(
         "msdyn_paymentterms",
         "msdyn_paymentterm",
         "msdyn_paymenttermid",
-        {"msdyn_name": "string", "msdyn_description": "string"},
+        {"msdyn_name": "string", "msdyn_description": "string",
+         **_of("int", "msdyn_numberofmonth", "msdyn_cutoffdayofmonth", "msdyn_days",
+               "msdyn_creditcardpaymenttype", "msdyn_creditcardcreditchecktype", "msdyn_paymentmethodtype"),
+         **_of("bool", "msdyn_iscashpayment", "msdyn_iscertifiedcompanycheck", "msdyn_isdefaultpaymentterm")},
         alternate_keys=(("msdyn_name", "_msdyn_company_value"),),
-        lookups=(Lookup("msdyn_company", "cdm_companies"),),
+        lookups=(
+            Lookup("msdyn_company", "cdm_companies"),
+            Lookup("msdyn_paymentdayname", "msdyn_paymentdays"),
+            Lookup("msdyn_paymentschedulename", "msdyn_paymentschedules"),
+        ),
+        kinds=_kinds("Picklist", "msdyn_creditcardpaymenttype", "msdyn_creditcardcreditchecktype",
+                     "msdyn_paymentmethodtype"),
     ),
+    _reference("msdyn_paymentdays", "msdyn_paymentday"),
+    _reference("msdyn_paymentschedules", "msdyn_paymentschedule"),
+    _reference("msdyn_customerpaymentmethods", "msdyn_customerpaymentmethod"),
+    _reference("msdyn_vendorpaymentmethods", "msdyn_vendorpaymentmethod"),
+    _reference("msdyn_taxgroups", "msdyn_taxgroup"),
+    _reference("msdyn_vendorgroups", "msdyn_vendorgroup", "msdyn_vendorgroup"),
     _dv(
         "accounts",
         "account",
         "accountid",
         {
-            "name": "string",
-            "accountnumber": "string",
-            "accountcategorycode": "int",
-            "customertypecode": "int",
-            "creditlimit": "decimal",
-            "revenue": "decimal",
+            **_of("string", *_ACCOUNT_TEXT),
+            **_of("int", "accountcategorycode", "customertypecode", "address1_addresstypecode",
+                  "numberofemployees", "msdyn_paymenttermsbasedays", "msdyn_invoiceaddress",
+                  "msdyn_onholdstatus"),
+            **_of("decimal", "creditlimit", "revenue", *_COORDINATES[:4]),
+            **_of("bool", "msdyn_creditlimitismandatory", "msdyn_onetimecustomer"),
             "description": "string",
-            "msdyn_partynumber": "string",
-            "telephone1": "string",
-            "emailaddress1": "string",
-            "address1_city": "string",
-            "address1_country": "string",
         },
         alternate_keys=(("accountnumber",), ("accountnumber", "_msdyn_company_value")),
         lookups=(
@@ -253,23 +382,28 @@ DATAVERSE: tuple[Entity, ...] = (
             Lookup("msdyn_customergroupid", "msdyn_customergroups"),
             Lookup("msdyn_paymentterm", "msdyn_paymentterms"),
             Lookup("primarycontactid", "contacts", relationships=("account_primary_contact",)),
+            Lookup("msdyn_billingaccount", "accounts"),
+            Lookup("msdyn_paymentday", "msdyn_paymentdays"),
+            Lookup("msdyn_customerpaymentmethod", "msdyn_customerpaymentmethods"),
+            Lookup("msdyn_paymentschedule", "msdyn_paymentschedules"),
+            Lookup("msdyn_vendor", "msdyn_vendors"),
+            Lookup("msdyn_salestaxgroup", "msdyn_taxgroups"),
         ),
-        kinds={"accountcategorycode": "Picklist", "customertypecode": "Picklist", "creditlimit": "Money",
-               "revenue": "Money", "description": "Memo"},
+        kinds={**_kinds("Picklist", "accountcategorycode", "customertypecode", "address1_addresstypecode",
+                        "msdyn_invoiceaddress", "msdyn_onholdstatus"),
+               **_kinds("Money", "creditlimit", "revenue"), "description": "Memo",
+               **_kinds("Double", *_COORDINATES[:4])},
     ),
     _dv(
         "contacts",
         "contact",
         "contactid",
         {
-            "firstname": "string",
-            "lastname": "string",
-            "fullname": "string",
-            "emailaddress1": "string",
-            "telephone1": "string",
-            "msdyn_contactpersonid": "string",
-            "msdyn_sellable": "bool",
-            "msdyn_partynumber": "string",
+            **_of("string", *_CONTACT_TEXT),
+            **_of("int", "gendercode", "familystatuscode", "address1_addresstypecode"),
+            **_of("decimal", *_COORDINATES[:6]),
+            **_of("bool", "msdyn_sellable", "msdyn_contactforvendor", "donotemail"),
+            "description": "string",
         },
         alternate_keys=(("msdyn_contactpersonid",), ("msdyn_contactpersonid", "_msdyn_company_value")),
         lookups=(
@@ -279,18 +413,43 @@ DATAVERSE: tuple[Entity, ...] = (
                    ("contact_customer_accounts", "contact_customer_contacts")),
             Lookup("transactioncurrencyid", "transactioncurrencies"),
             Lookup("msdyn_customergroupid", "msdyn_customergroups"),
+            Lookup("msdyn_vendorcontactid", "msdyn_vendors"),
         ),
+        kinds={**_kinds("Picklist", "gendercode", "familystatuscode", "address1_addresstypecode"),
+               "description": "Memo",
+               **_kinds("Double", *_COORDINATES[:6])},
     ),
     _dv(
         "msdyn_vendors",
         "msdyn_vendor",
         "msdyn_vendorid",
-        {"msdyn_vendoraccountnumber": "string", "msdyn_vendorname": "string"},
+        {
+            **_of("string", *_VENDOR_TEXT),
+            "msdyn_formattedprimaryaddress": "string",
+            **_of("bool", *_VENDOR_FLAGS),
+            **_of("int", *_VENDOR_NUMBERS, "msdyn_language", "msdyn_maritalstatus", "msdyn_onholdstatus",
+                  "msdyn_gender"),
+            **_of("decimal", "msdyn_vendorcreditlimit", "msdyn_addresslatitude", "msdyn_addresslongitude"),
+            "msdyn_vendoronholdreleasedate": "datetime",
+        },
         alternate_keys=(("msdyn_vendoraccountnumber", "_msdyn_company_value"),),
         lookups=(
             Lookup("msdyn_company", "cdm_companies"),
             Lookup("transactioncurrencyid", "transactioncurrencies"),
+            Lookup("msdyn_currencycode", "transactioncurrencies"),
+            Lookup("msdyn_vendorgroupid", "msdyn_vendorgroups"),
+            Lookup("msdyn_defaultpaymentdayname", "msdyn_paymentdays"),
+            Lookup("msdyn_paymentschedule", "msdyn_paymentschedules"),
+            Lookup("msdyn_paymentterms", "msdyn_paymentterms"),
+            Lookup("msdyn_vendorpaymentmethod", "msdyn_vendorpaymentmethods"),
+            Lookup("msdyn_invoicevendoraccountnumber", "msdyn_vendors"),
+            Lookup("msdyn_taxgroup", "msdyn_taxgroups"),
+            Lookup("msdyn_vendorprimarycontactperson", "contacts"),
         ),
+        kinds={**_kinds("Picklist", "msdyn_language", "msdyn_maritalstatus", "msdyn_onholdstatus",
+                        "msdyn_gender"),
+               "msdyn_vendorcreditlimit": "Money", "msdyn_formattedprimaryaddress": "Memo",
+               **_kinds("Double", "msdyn_addresslatitude", "msdyn_addresslongitude")},
     ),
     _dv(
         "solutions",
@@ -380,37 +539,30 @@ FINOPS: tuple[Entity, ...] = (
             "CustomerGroupId": "string",
             "Description": "string",
             "PaymentTermId": "string",
+            "ClearingPeriodPaymentTermName": "string",
+            "IsSalesTaxIncludedInPrice": "string",  # NoYes: F&O OData carries enum values by name
         },
     ),
     _fo(
         "PaymentTerms",
         "PaymentTerm",
         ("dataAreaId", "Name"),
-        {"dataAreaId": "string", "Name": "string", "Description": "string", "NumberOfDays": "int"},
+        {"dataAreaId": "string", "Name": "string", "Description": "string",
+         **_of("int", "NumberOfDays", "NumberOfMonths", "CutOffDayOfMonth"),
+         # enums (by name) and the names of payment days and schedules
+         **_of("string", "IsCashPayment", "IsCertifiedCompanyCheck", "IsDefaultPaymentTerm",
+               "CreditCardPaymentType", "CreditCardCreditCheckType", "PaymentMethodType", "PaymentDayName",
+               "PaymentScheduleName")},
     ),
     _fo(
         "CustomersV3",
         "CustomerV3",
         ("dataAreaId", "CustomerAccount"),
         {
-            "dataAreaId": "string",
-            "CustomerAccount": "string",
-            "PartyType": "string",
-            "OrganizationName": "string",
-            "PersonFirstName": "string",
-            "PersonLastName": "string",
-            "NameAlias": "string",
-            "CustomerGroupId": "string",
-            "SalesCurrencyCode": "string",
-            "PaymentTerms": "string",
-            "CreditLimit": "decimal",
-            "SalesMemo": "string",
-            "PartyNumber": "string",
-            "ContactPersonId": "string",
-            "PrimaryContactEmail": "string",
-            "PrimaryContactPhone": "string",
-            "AddressCity": "string",
-            "AddressCountryRegionId": "string",
+            **_of("string", *_FO_CUSTOMER_TEXT),
+            **_of("decimal", "CreditLimit", *(f"{kind}Address{c}" for kind in ("", "Invoice", "Delivery")
+                                              for c in ("Latitude", "Longitude"))),
+            **_of("int", "OrganizationNumberOfEmployees", "PaymentTermsBaseDays"),
         },
     ),
     _fo(
@@ -418,12 +570,21 @@ FINOPS: tuple[Entity, ...] = (
         "VendorV2",
         ("dataAreaId", "VendorAccountNumber"),
         {
-            "dataAreaId": "string",
-            "VendorAccountNumber": "string",
-            "VendorOrganizationName": "string",
-            "VendorGroupId": "string",
-            "CurrencyCode": "string",
+            **_of("string", *_FO_VENDOR_TEXT),
+            **_of("decimal", "CreditLimit", "AddressLatitude", "AddressLongitude"),
+            **_of("int", "PersonAnniversaryDay", "PersonAnniversaryYear", "PersonBirthDay", "PersonBirthYear",
+                  "OrganizationEmployeeAmount", "PersonAnniversaryMonth", "PersonBirthMonth"),
+            "VendorHoldReleaseDate": "datetime",
         },
+    ),
+    # Data management > Source data formats (table DMFDataSource): each format's Regional settings,
+    # Language locale among them, decide how packages write numbers and dates. The public collection
+    # and its field names are UNVERIFIED (docs/fidelity.md).
+    _fo(
+        "DataManagementSourceDataFormats",
+        "DataManagementSourceDataFormat",
+        ("SourceName",),
+        _of("string", "SourceName", "Description", "Type", "FileFormat", "LanguageLocale"),
     ),
     _fo(
         "DualWriteProjectConfigurations",

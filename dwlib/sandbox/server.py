@@ -38,6 +38,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..catalog.locales import LocaleError, locale
 from ..errors import SandboxError
 from . import dataverse, dmf, finops, gateway, identity, platform, portal, profiles
 from .context import Sandbox
@@ -95,6 +96,7 @@ class Options(TypedDict, total=False):
     limits: str | None
     token_lifetime_s: int | None
     device_code_approve_after_s: float | None
+    dmf_locale: str | None
 
 
 def configure(root: Path, *, profile: str | None = None, **options: Unpack[Options]) -> Settings:
@@ -127,8 +129,18 @@ new-data-existing, existing-new, existing-existing
         parsed_limits = None if limits is None else Limits.parse(limits)
     except ValueError as exc:
         raise SandboxError(f"--limits: {exc}") from None
+    dmf_locale = options.get("dmf_locale")
+    if dmf_locale is not None:
+        try:
+            dmf_locale = locale(dmf_locale).name
+        except LocaleError as exc:
+            raise SandboxError(f"--dmf-locale: {exc}") from None
     if paths.settings.exists():
         settings = Settings.load(paths.settings)
+        if dmf_locale not in (None, settings.dmf_locale):
+            raise SandboxError(f"{root} was seeded with DMF locale {settings.dmf_locale}, not {dmf_locale}: "
+                               "change the Language locale of the source data format in F&O (Data management "
+                               "> Source data formats), or use another --dir")
         if profile not in (None, settings.profile):
             raise SandboxError(f"{root} holds a sandbox of profile {settings.profile!r}, not {profile!r}: "
                                "use another --dir, or delete that directory to start over")
@@ -138,7 +150,8 @@ new-data-existing, existing-new, existing-existing
     elif profile is None:
         raise SandboxError(f"no sandbox in {root} yet: give --profile to create one")
     else:
-        settings = Settings(profile=profile, rows=DEFAULT_ROWS if rows is None else rows)
+        settings = Settings(profile=profile, rows=DEFAULT_ROWS if rows is None else rows,
+                            dmf_locale=dmf_locale or "en-us")
     if port is not None:
         settings.port = port
     if parsed_faults is not None:

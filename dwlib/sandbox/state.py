@@ -145,6 +145,9 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     token_lifetime_s: int = 3599
     device_code_approve_after_s: float = 1.0
+    # Language locale of the DMF source data formats when seeded (e.g. nl-NL: decimal commas and
+    # day-month-year dates in packages); a runbook reads it from F&O, a consultant can change it there.
+    dmf_locale: str = "en-us"
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))

@@ -6,6 +6,10 @@ ends, `"` as text qualifier and upper-case field names in the header. To import 
 migrate step reuses the header and manifest of an export of the same entity — the usual way to
 move data between environments — with a new data file.
 
+Numbers and dates in the files are in the Language locale of the entity's source data format
+(its `SourceFormat` in the manifest; Data management > Source data formats > Regional settings),
+which `format_locale` reads from F&O: nl-NL writes `1234,5` and `31-01-2024`.
+
 Example:
     >>> import tempfile
     >>> entity = ("<DataManagementPackageEntityData><EntityName>Currencies</EntityName>"
@@ -28,9 +32,20 @@ import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from xml.etree import ElementTree
 
+from dwlib.catalog.locales import LOCALE_DOC, LOCALE_FIX, Locale, LocaleError, locale
+from dwlib.clients.errors import ClientError
+from dwlib.clients.odata import literal
+
 from .base import StepError
+
+if TYPE_CHECKING:
+    from dwlib.clients.finops import FinOpsClient
+
+SOURCE_FORMATS = "DataManagementSourceDataFormats"  # Data management > Source data formats (UNVERIFIED)
+DEFAULT_FORMAT = "CSV-Unicode"
 
 _NS = {"d": "http://schemas.microsoft.com/dynamics/2015/01/DataManagement"}
 
@@ -45,6 +60,7 @@ class Package:
     file: str  # its InputFilePath
     fields: list[str]
     rows: list[dict[str, str]]
+    source_format: str = DEFAULT_FORMAT  # its SourceFormat: the locale of its numbers and dates
 
     def with_rows(self, rows: Iterable[Mapping[str, str]]) -> Package:
         """The same package with other rows (fields the rows lack are left empty)."""
@@ -84,9 +100,52 @@ def read_package(path: Path, entity: str) -> Package:
                         "Fix: the export project must export that entity (Data management > Export)")
     name = entry.findtext("d:EntityName", "", _NS)
     file = entry.findtext("d:InputFilePath", f"{name}.csv", _NS)
+    source_format = entry.findtext("d:SourceFormat", DEFAULT_FORMAT, _NS) or DEFAULT_FORMAT
     raw = zf.read(file)
     encoding = "utf-16" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"  # CSV-Unicode, else CSV
     reader = csv.reader(io.StringIO(raw.decode(encoding), newline=""))
     fields = [h.strip().upper() for h in next(reader, [])]
     rows = [dict(zip(fields, r, strict=False)) for r in reader if any(c.strip() for c in r)]
-    return Package(header, manifest, name, file, fields, rows)
+    return Package(header, manifest, name, file, fields, rows, source_format)
+
+
+@dataclass(frozen=True)
+class FormatLocale:
+    """The locale of a source data format's files, and how it is known (read, or assumed)."""
+
+    source_format: str
+    locale: Locale
+    note: str = ""  # why it is assumed (the read failed, or the format names none); "" when read
+
+    def locale_error(self, problem: LocaleError, where: str) -> StepError:
+        """The step's error for a value that is not a number or date in this locale, with the fix."""
+        return StepError(
+            f"{where}: {problem} — the package's numbers and dates are not in {self.locale.name}, the "
+            f"locale of source data format {self.source_format}{f' ({self.note})' if self.note else ''}. "
+            f"Fix: {LOCALE_FIX.format(format=self.source_format)} ({LOCALE_DOC}), then run the step again")
+
+
+def source_formats(finops: FinOpsClient, source_format: str | None = None) -> list[dict[str, Any]]:
+    """Data management's source data formats (one, or all) with their type and Language locale;
+    ClientError when F&O does not answer the read."""
+    where = f"SourceName eq {literal(source_format)}" if source_format else None
+    return list(finops.query(SOURCE_FORMATS, select=["SourceName", "Type", "LanguageLocale"], filter=where))
+
+
+def format_locale(finops: FinOpsClient, source_format: str = DEFAULT_FORMAT) -> FormatLocale:
+    """The Language locale of `source_format` as F&O has it; en-us, with a note why, when F&O does
+    not answer the read or the format names none (a package in another locale then fails to parse
+    with the fix). StepError for a locale this runbook does not know (with the fix)."""
+    try:
+        rows = source_formats(finops, source_format)
+    except ClientError as exc:
+        return FormatLocale(source_format, locale("en-us"), f"could not read its Language locale ({exc}): "
+                                                            "en-us assumed")
+    name = str(rows[0].get("LanguageLocale") or "") if rows else ""
+    if not name:
+        return FormatLocale(source_format, locale("en-us"), "it names no Language locale: en-us assumed")
+    try:
+        return FormatLocale(source_format, locale(name))
+    except LocaleError as exc:
+        raise StepError(f"source data format {source_format}: {exc}. Fix: "
+                        f"{LOCALE_FIX.format(format=source_format)} ({LOCALE_DOC})") from None

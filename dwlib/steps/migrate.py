@@ -16,6 +16,12 @@ order, so the rows a lookup needs are there first) and legal entity:
 - Dataverse → F&O: rows missing in F&O (or, with Dataverse as master, differing) are written into
   a package with the export's manifest and imported with `migrate.import_project`.
 
+Every mapped column moves, in its direction(s), value maps applied (`rowmap`). Package numbers and
+dates are read and written in the Language locale of the package's source data format, read from
+F&O (Data management > Source data formats): an nl-NL package's `1234,5` is 1234.5. A value that
+is not a number or date in that locale fails the step with the documented fix (Language locale
+en-us, "Troubleshoot issues during initial synchronization").
+
 Eligibility, keys and counts are those of verify (`reconcile`): the step is done when the keys
 of every migrated map reconcile per company, whatever the maps' states (a finished run has them
 Running again), and a re-run finds it so; only maps with rows to move are stopped. Evidence:
@@ -41,12 +47,13 @@ from typing import TYPE_CHECKING, Any
 
 from dwlib import catalog
 from dwlib.catalog.errors import DOCS_ROOT
+from dwlib.catalog.locales import LOCALE_DOC, LocaleError
 from dwlib.clients.bulk import run_chunks
 from dwlib.clients.errors import ClientError, DmfError
 
 from .base import Check, Finding, Status, Step, StepContext, StepError, StepResult, register
 from .bulkwrite import AppendCsv, isolate, progress_of
-from .dmf_package import Package, read_package
+from .dmf_package import FormatLocale, Package, format_locale, read_package
 from .dvmeta import Tables
 from .link import environment, worst
 from .plan import PlanRow, plan_companies, plan_of
@@ -79,6 +86,7 @@ class MigrateOutcome:
     dmf_errors: list[str] = field(default_factory=list)
     failed: int = 0
     skipped_columns: dict[str, list[str]] = field(default_factory=dict)
+    locales: dict[str, FormatLocale] = field(default_factory=dict)  # source data format → its locale
     stop: threading.Event = field(default_factory=threading.Event)  # never set: every row is tried
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -141,6 +149,13 @@ class _Run:
     log: AppendCsv
     outcome: MigrateOutcome
 
+    def locale_of(self, source_format: str) -> FormatLocale:
+        """The locale of a source data format's packages, read from F&O once per run."""
+        known = self.outcome.locales
+        if source_format not in known:
+            known[source_format] = format_locale(self.session.finops, source_format)
+        return known[source_format]
+
 
 class _Mover:
     """Moves one map's rows, legal entity by legal entity, in both directions."""
@@ -149,6 +164,7 @@ class _Mover:
         self.params, self.session, self.ctx = run.params, run.session, run.ctx
         self.codes, self.tables, self.lookups = run.codes, run.tables, run.lookups
         self.log, self.outcome = run.log, run.outcome
+        self.run = run
         self.row = row
         self.map = catalog.table_map(row.name)
 
@@ -172,10 +188,18 @@ class _Mover:
         `pkg`: the company's export; `code`: the legal entity DMF works in; `company`: the
         reconciliation's company (GLOBAL for global maps); `company_id`: its cdm_companyid ("" for
         global maps)."""
+        fmt = self.run.locale_of(pkg.source_format)
         info = self.tables.info(self.map.dataverse_table)
         rm = RowMap(self.map, info, self.tables, pkg.fields, self.lookups,
-                    self.params.column_defaults(self.map.name))
+                    self.params.column_defaults(self.map.name), fmt.locale)
         self.outcome.skipped_columns[self.map.name] = rm.skipped
+        try:
+            return self._move(rm, pkg, code, company, company_id)
+        except LocaleError as exc:
+            raise fmt.locale_error(exc, f"{self.map.name} {company}") from None
+
+    def _move(self, rm: RowMap, pkg: Package, code: str, company: str, company_id: str) -> list[Outgoing]:
+        info = rm.info
         fo_rows = {r[rm.finops_key].lower(): r for r in pkg.rows if rm.finops_eligible(r)}
         dv_rows = {str(r[rm.dataverse_key]).lower(): r for r in self._dataverse_rows(rm, company_id)}
         if self.map.dataverse_table == "cdm_companies":  # the connection's legal entities only
@@ -195,6 +219,7 @@ class _Mover:
                     values[f"{rm.company[0]}@odata.bind"] = f"cdm_companies({company_id})"
                 to_dv.append((fo[rm.finops_key], values, "create"))
             else:
+                values = rm.for_update(values, existing)
                 values[info.primary_id] = existing[info.primary_id]
                 to_dv.append((fo[rm.finops_key], values, "update"))
         self._upsert(info.entity_set, info.logical_name, company, to_dv)
@@ -353,11 +378,17 @@ class Migrate(Step):
             checks += [_stopped(n, s.state) for n, s in admin.map_states(work.stop).items()]
         if out.unresolved:
             top = "; ".join(f"{k} ({n})" for k, n in out.unresolved.most_common(5))
-            checks.append(Check("lookups not found", Status.WARNING,
-                                f"{sum(out.unresolved.values())} lookup values had no row to refer to, left "
-                                f"empty: {top}",
-                                fix="migrate or create the referenced rows, then run migrate again",
-                                doc=MIGRATE_DOC))
+            checks.append(Check("values not converted", Status.WARNING,
+                                f"{sum(out.unresolved.values())} values had no row to refer to or no "
+                                f"entry in the map's value map, left empty: {top}",
+                                fix="migrate or create the referenced rows (or correct the values), then "
+                                    "run migrate again", doc=MIGRATE_DOC))
+        for fmt in out.locales.values():
+            checks.append(Check(f"package locale ({fmt.source_format})",
+                                Status.WARNING if fmt.note else Status.PASSED,
+                                f"numbers and dates read and written in {fmt.locale.name}"
+                                + (f": {fmt.note}" if fmt.note else ", the format's Language locale"),
+                                doc=LOCALE_DOC))
         for error in out.dmf_errors[:5]:
             known = catalog.match_error(error)
             checks.append(Check("F&O import error", Status.FAILED, error,

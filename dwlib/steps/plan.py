@@ -52,6 +52,7 @@ from dwlib import catalog
 from dwlib.catalog.errors import DOCS_ROOT
 from dwlib.scenarios import scenario
 
+from . import eligibility
 from .base import Check, Finding, Status, Step, StepContext, StepError, StepResult, register
 from .dvmeta import Tables
 from .link import environment, scope
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
 
 PLAN_DOC = DOCS_ROOT + "initial-sync-guidance"
 PLAN_CSV = "plan.csv"
+INELIGIBLE_CSV = "plan-ineligible-rows.csv"
 State = Literal["new", "existing"]
 Action = Literal["initial-sync", "migrate", "skip"]
 
@@ -530,18 +532,26 @@ class PlanStep(Step):
         raise AssertionError("read-only step: execute never acts")
 
     def verify(self, ctx: StepContext, finding: Finding) -> StepResult:
+        params, session, _ = environment(ctx)
         rows: list[PlanRow] = finding.todo
         ctx.run_state["plan"] = rows
         path = ctx.write_csv(PLAN_CSV, (r.row() for r in rows), list(rows[0].row()) if rows else ["map"])
+        connected = plan_companies(params, company_ids(session))
+        found, ineligible_csv = eligibility.report(ctx, session, [r.name for r in rows], connected,
+                                                   INELIGIBLE_CSV)
         by_action = {a: [r.name for r in rows if r.action == a] for a in ("initial-sync", "migrate", "skip")}
         checks = [Check(r.name, Status.PASSED, f"{r.action}: {r.reason}", doc=PLAN_DOC) for r in rows]
+        checks += found.checks(ineligible_csv)
         total = sum(r.estimate_s for r in rows)
         summary = "; ".join(f"{a}: {len(maps)}" for a, maps in by_action.items() if maps)
+        left_out = (f"; {found.total} existing Dataverse rows dual-write will not pick up (see "
+                    f"{INELIGIBLE_CSV})" if found.total else "")
         return self.result(
-            Status.PASSED,
+            Status.WARNING if found.total else Status.PASSED,
             f"{len(rows)} maps — {summary}; estimated {duration(total)} (initial sync at the documented "
-            "100 records a minute; see estimate_basis)",
-            checks=checks, tables={"plan": [r.row() for r in rows]},
-            counts={**{a: len(maps) for a, maps in by_action.items()}, "estimate_s": round(total)},
-            evidence_files=[str(path)],
+            f"100 records a minute; see estimate_basis){left_out}",
+            checks=checks, tables={"plan": [r.row() for r in rows], "ineligible": found.table()},
+            counts={**{a: len(maps) for a, maps in by_action.items()}, "estimate_s": round(total),
+                    "ineligible_rows": found.total},
+            evidence_files=[str(path), ineligible_csv],
             next_action="migrate: " + ", ".join(by_action["migrate"]) if by_action["migrate"] else "")

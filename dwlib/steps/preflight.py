@@ -8,7 +8,9 @@ dual-write solutions at the required versions, no Prospect to cash solution, the
 steps enabled; the application users and their security roles, the F&O-side Microsoft Entra
 applications; `cdm_companies` without duplicate or blank names; the legal entities in scope within
 the limits (40 with an initial sync, 250 live); the root business unit's default team and its
-roles. A check that cannot read what it checks warns, saying how to check by hand; it never
+roles; the Language locale of F&O's DMF source data formats, which the initial sync needs en-us
+("Troubleshoot issues during initial synchronization": numbers written in another locale fail).
+A check that cannot read what it checks warns, saying how to check by hand; it never
 passes. It never writes, also when run again or in a dry run.
 
 What the LCS dual-write setup adds (the integration, the solutions, the app users, the
@@ -37,12 +39,14 @@ from typing import TYPE_CHECKING, Any
 
 from dwlib import catalog
 from dwlib.catalog.errors import DOCS_ROOT
+from dwlib.catalog.locales import INITIAL_SYNC_LOCALE, LOCALE_DOC, LOCALE_FIX
 from dwlib.clients.dualwrite.base import same_url
 from dwlib.clients.errors import ClientError
 from dwlib.clients.platform import release_of
 from dwlib.scenarios import scenario
 
 from .base import Check, Finding, Status, Step, StepContext, StepError, StepResult, register
+from .dmf_package import source_formats
 from .link import (
     LINK_CHECK,
     PP_DOC,
@@ -74,6 +78,7 @@ SYSREQ_DOC = DOCS_ROOT + "dual-write-system-req"
 PLATFORM_DOC = ("https://learn.microsoft.com/en-us/dynamics365/fin-ops-core/dev-itpro/power-platform/"
                 "enable-power-platform-integration")
 LIMITS_DOC = DOCS_ROOT + "sync-limits"
+DMF_LOCALE = "DMF language locale"
 
 
 def _reachable(name: str, read: str, call: Callable[[], str], fix: str) -> Check:
@@ -428,6 +433,30 @@ def _finops_apps_check(admin: DualWriteAdmin, setup: Setup) -> Check:
                  "work", fix=by_hand, doc=REQUIREMENTS_DOC)
 
 
+def _dmf_locale_check(session: Session) -> Check:
+    """Every DMF file format in en-us: the initial sync's numbers are read as en-us."""
+    by_hand = ("check in F&O: Data management > Source data formats > each file format > Regional settings: "
+               "Language locale en-us")
+    try:
+        formats = [f for f in source_formats(session.finops) if (f.get("Type") or "File") == "File"]
+    except ClientError as exc:
+        return Check(DMF_LOCALE, Status.WARNING, f"not read: {exc}", fix=by_hand, doc=LOCALE_DOC)
+    other = [f"{f['SourceName']} ({f['LanguageLocale']})" for f in formats
+             if (f.get("LanguageLocale") or "").lower() not in ("", INITIAL_SYNC_LOCALE)]
+    unset = [str(f["SourceName"]) for f in formats if not f.get("LanguageLocale")]
+    fix = LOCALE_FIX.format(format=", ".join(f.split(" (")[0] for f in other) or ", ".join(unset))
+    if other:
+        return Check(DMF_LOCALE, Status.FAILED, f"source data formats in another Language locale than "
+                     f"{INITIAL_SYNC_LOCALE}: {', '.join(other)}; the initial sync fails on their numbers "
+                     "(\"Can't convert the literal … to the expected type 'Edm.Decimal'\")", fix=fix,
+                     doc=LOCALE_DOC)
+    if unset:
+        return Check(DMF_LOCALE, Status.WARNING, f"source data formats that name no Language locale (DMF "
+                     f"then uses its user's): {', '.join(unset)}", fix=fix, doc=LOCALE_DOC)
+    return Check(DMF_LOCALE, Status.PASSED, f"every file format's Language locale is {INITIAL_SYNC_LOCALE} "
+                 f"({', '.join(str(f['SourceName']) for f in formats)})")
+
+
 def _skipped(names: list[str], why: str) -> list[Check]:
     return [Check(n, Status.SKIPPED, f"not checked: {why}") for n in names]
 
@@ -490,6 +519,8 @@ class Preflight(Step):
         checks.append(_company_rows_check(session, any(v for s, v in versions if s in core), setup))
         checks += (_scope_checks(params, session) if fo_check.status == Status.PASSED
                    else _skipped(["legal entities"], "F&O is not reachable"))
+        checks.append(_dmf_locale_check(session) if fo_check.status == Status.PASSED
+                      else _skipped([DMF_LOCALE], "F&O is not reachable")[0])
         checks.append(_root_team_check(session, setup))
         return checks
 

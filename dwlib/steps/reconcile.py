@@ -7,6 +7,11 @@ eligible for dual-write") and passes the reversed filter (e.g. `customertypecode
 compare case-insensitively, as SQL Server does on both sides. Only the key columns are read
 (`$select`), page after page, one company at a time.
 
+With `values` (verify), the mapped columns are read too and each side's values are summed into
+checksums as the pages arrive (`checksum`): a map and company reconcile when the checksums of both
+sides are equal too; when they differ, a second pass finds a sample of the rows whose values differ,
+with both sides' values.
+
 Example:
     >>> r = Reconciliation("Customer groups (msdyn_customergroups)", "USMF",
     ...                    finops={"10": "10", "20": "20"}, dataverse={"10": "10"},
@@ -18,11 +23,15 @@ Example:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dwlib import catalog
+
+from .checksum import SAMPLE_BUCKETS, Checksums, Difference, differences, labels
+from .dvmeta import Tables
+from .rowmap import Lookups, RowMap
 
 if TYPE_CHECKING:
     from dwlib.clients.session import Session
@@ -43,6 +52,11 @@ class Reconciliation:
     finops_rows: int
     dataverse_rows: int
     note: str = ""
+    columns_compared: int = 0  # mapped columns whose values were compared (0: keys only)
+    finops_checksum: str = ""
+    dataverse_checksum: str = ""
+    differing: int = 0  # rows on both sides whose values differ (found in the sampled buckets)
+    differences: tuple[Difference, ...] = ()
 
     @property
     def missing_in_dataverse(self) -> list[str]:
@@ -60,8 +74,13 @@ class Reconciliation:
         return (self.finops_rows - len(self.finops)) + (self.dataverse_rows - len(self.dataverse))
 
     @property
+    def values_ok(self) -> bool:
+        """Whether both sides' checksums are equal (true when values were not compared)."""
+        return self.finops_checksum == self.dataverse_checksum
+
+    @property
     def ok(self) -> bool:
-        return self.finops_rows == self.dataverse_rows and not (
+        return self.finops_rows == self.dataverse_rows and self.values_ok and not (
             self.missing_in_dataverse or self.missing_in_finops or self.duplicates
         )
 
@@ -76,6 +95,11 @@ class Reconciliation:
             "missing_in_finops": len(self.missing_in_finops),
             "sample_missing_in_dataverse": ", ".join(self.missing_in_dataverse[:sample]),
             "sample_missing_in_finops": ", ".join(self.missing_in_finops[:sample]),
+            "columns_compared": self.columns_compared,
+            "differing_rows": self.differing,
+            "sample_differing": ", ".join(d.key for d in self.differences[:sample]),
+            "finops_checksum": self.finops_checksum,
+            "dataverse_checksum": self.dataverse_checksum,
             "status": "PASS" if self.ok else "FAIL",
             "note": self.note,
         }
@@ -91,10 +115,32 @@ class Reconciliation:
 class _Keys:
     keys: dict[str, str] = field(default_factory=dict)
     rows: int = 0
+    sums: Checksums | None = None
 
-    def add(self, value: Any) -> None:
+    def add(self, value: Any, view: list[str] | None = None) -> None:
         self.rows += 1
         self.keys.setdefault(str(value).lower(), str(value))
+        if self.sums is not None and view is not None:
+            self.sums.add(str(value).lower(), view)
+
+
+View = tuple[str, str, list[str]]  # normalised key, key as stored, canonical values (empty: keys only)
+
+
+@dataclass
+class Values:
+    """What comparing values needs: Dataverse metadata, lookup targets, the parameters' Default value
+    transforms, how many differing rows to keep per map and company."""
+
+    tables: Tables
+    lookups: Lookups
+    defaults: Callable[[str], Mapping[str, str]]
+    sample: int = 10
+
+    def rowmap(self, m: catalog.TableMap) -> RowMap:
+        fields = [c.finops for c in m.mappings if c.finops]
+        return RowMap(m, self.tables.info(m.dataverse_table), self.tables, fields, self.lookups,
+                      self.defaults(m.name))
 
 
 def reconcilable(m: catalog.TableMap) -> bool:
@@ -115,65 +161,92 @@ def company_ids(session: Session) -> dict[str, str]:
     return {r["cdm_companycode"].upper(): r["cdm_companyid"] for r in rows if r.get("cdm_companycode")}
 
 
-def _finops_keys(session: Session, m: catalog.TableMap, company: str | None) -> _Keys:
+def _finops_views(session: Session, m: catalog.TableMap, company: str | None, rm: RowMap | None,
+                  wanted: set[str] | None) -> Iterator[View]:
     assert m.finops_entity_set is not None
     key = m.finops_key[0]
     conditions = m.finops_conditions
-    select = list(dict.fromkeys([key, *(c.column for c in conditions)]))
+    values = [c.finops for c in rm.compared() if c.finops] if rm else []
+    select = list(dict.fromkeys([key, *(c.column for c in conditions), *values]))
     # The source filter is applied here, not in $filter: F&O wants enum literals there
     # (Microsoft.Dynamics.DataEntities.DirPartyType'Person'), which differ per enum.
     rows = session.finops.query(m.finops_entity_set, select=select, company=company,
                                 cross_company=company is None)
-    out = _Keys()
     for row in rows:
-        if row.get(key) not in (None, "") and all(c.matches(row) for c in conditions):
-            out.add(row[key])
-    return out
+        value = row.get(key)
+        if value in (None, "") or not all(c.matches(row) for c in conditions):
+            continue
+        if wanted is None or str(value).lower() in wanted:
+            yield str(value).lower(), str(value), rm.finops_view(row) if rm else []
 
 
-def _dataverse_keys(session: Session, m: catalog.TableMap, company_id: str | None) -> _Keys:
+def _dataverse_views(session: Session, m: catalog.TableMap, company_id: str | None, rm: RowMap | None,
+                     wanted: set[str] | None) -> Iterator[View]:
     key = m.dataverse_key[0]
     clauses = [f"({m.dataverse_filter})"] if m.dataverse_filter else []
     if m.company_specific:
         clauses.append(company_clause(company_id or ""))
-    rows = session.dataverse.query(m.dataverse_table, select=[key],
-                                   filter=" and ".join(clauses) or None)
-    out = _Keys()
+    select = rm.dataverse_select() if rm else [key]
+    rows = session.dataverse.query(m.dataverse_table, select=select, filter=" and ".join(clauses) or None,
+                                   expand=rm.dataverse_expand() if rm else None)
     for row in rows:
-        if row.get(key) not in (None, ""):
-            out.add(row[key])
+        value = row.get(key)
+        if value in (None, "") or (wanted is not None and str(value).lower() not in wanted):
+            continue
+        yield str(value).lower(), str(value), rm.dataverse_view(row) if rm else []
+
+
+def _side(views: Iterable[View], rm: RowMap | None) -> _Keys:
+    out = _Keys(sums=Checksums() if rm else None)
+    for _, stored, view in views:
+        out.add(stored, view)
     return out
 
 
-def _only(keys: _Keys, wanted: set[str]) -> _Keys:
-    kept = {k: v for k, v in keys.keys.items() if k in wanted}
-    return _Keys(kept, len(kept))
+def _compared(session: Session, m: catalog.TableMap, company: str, code: str | None, company_id: str | None,
+              rm: RowMap | None, values: Values | None, wanted: set[str] | None) -> Reconciliation:
+    fo = _side(_finops_views(session, m, code, rm, wanted), rm)
+    dv = _side(_dataverse_views(session, m, company_id, rm, wanted), rm)
+    base = Reconciliation(m.name, company, fo.keys, dv.keys, fo.rows, dv.rows)
+    if rm is None or fo.sums is None or dv.sums is None or values is None:
+        return base
+    found: list[Difference] = []
+    count = 0
+    buckets = fo.sums.differing(dv.sums)
+    if buckets:  # second pass over the rows of a few differing buckets only
+        found, count = differences(
+            m.name, company, labels(rm.compared()), buckets[:SAMPLE_BUCKETS],
+            _finops_views(session, m, code, rm, wanted), _dataverse_views(session, m, company_id, rm, wanted),
+            limit=values.sample)
+    note = (f"values differ in {len(buckets)} of {len(fo.sums.sums)} key buckets; {count} differing rows "
+            f"found in {min(len(buckets), SAMPLE_BUCKETS)} of them") if buckets and count else ""
+    return Reconciliation(m.name, company, fo.keys, dv.keys, fo.rows, dv.rows, note, len(rm.compared()),
+                          fo.sums.total, dv.sums.total, count, tuple(found))
 
 
 def reconcile_map(
-    session: Session, m: catalog.TableMap, companies: Sequence[str], ids: dict[str, str]
+    session: Session, m: catalog.TableMap, companies: Sequence[str], ids: dict[str, str],
+    values: Values | None = None,
 ) -> list[Reconciliation]:
     """Reconcile one map: one result per company in `companies` (one `GLOBAL` result for a global
-    map; the Legal entities map is limited to `companies`, the connection's legal entities).
+    map; the Legal entities map is limited to `companies`, the connection's legal entities); with
+    `values`, the mapped columns' checksums too.
 
     >>> # [r.row() for r in reconcile_map(session, catalog.table_map("customer-groups"), ["USMF"], ids)]
     """
+    rm = values.rowmap(m) if values is not None else None
     if not m.company_specific:
-        fo, dv = _finops_keys(session, m, None), _dataverse_keys(session, m, None)
-        if m.dataverse_table == "cdm_companies":
-            wanted = {c.lower() for c in companies}
-            fo, dv = _only(fo, wanted), _only(dv, wanted)
-        return [Reconciliation(m.name, GLOBAL, fo.keys, dv.keys, fo.rows, dv.rows)]
+        wanted = {c.lower() for c in companies} if m.dataverse_table == "cdm_companies" else None
+        return [_compared(session, m, GLOBAL, None, None, rm, values, wanted)]
     out = []
     for code in companies:
-        fo = _finops_keys(session, m, code)
         company_id = ids.get(code.upper())
         if company_id is None:
+            fo = _side(_finops_views(session, m, code, None, None), None)
             out.append(Reconciliation(m.name, code, fo.keys, {}, fo.rows, 0,
                                       note=f"no cdm_companies row for {code} in Dataverse"))
             continue
-        dv = _dataverse_keys(session, m, company_id)
-        out.append(Reconciliation(m.name, code, fo.keys, dv.keys, fo.rows, dv.rows))
+        out.append(_compared(session, m, code, code, company_id, rm, values, None))
     return out
 
 
@@ -183,8 +256,10 @@ def reconcile(
     companies: Sequence[str],
     *,
     on_map: Callable[[str], None] | None = None,
+    values: Values | None = None,
 ) -> list[Reconciliation]:
-    """Reconcile `maps` (names) for `companies` (codes); maps without F&O data are left out.
+    """Reconcile `maps` (names) for `companies` (codes); maps without F&O data are left out; with
+    `values`, the mapped columns' values are compared too (checksums).
 
     >>> # rows = reconcile(session, ["Customers V3 (accounts)"], ["USMF", "GBSI"])
     >>> # [r.row() for r in rows if not r.ok]
@@ -194,7 +269,7 @@ def reconcile(
     for name in maps:
         m = catalog.table_map(name)
         if reconcilable(m):
-            out += reconcile_map(session, m, companies, ids)
+            out += reconcile_map(session, m, companies, ids, values)
         if on_map is not None:
             on_map(m.name)
     return out

@@ -1,29 +1,42 @@
-"""A table map's rows on both sides: F&O package rows ↔ Dataverse rows, by the catalogue's column rows.
+"""A table map's rows on both sides: F&O rows ↔ Dataverse rows, by the catalogue's column rows.
 
 The migrate step moves rows the way the initial sync would: each column row of the map whose
 columns exist on both sides (the F&O fields of the exported package, the Dataverse table's
-attributes) is copied in its direction(s); a lookup (`nav.column`, e.g.
+attributes) is copied in its direction(s); a value transform (`><`, e.g. `ONHOLDSTATUS ><
+msdyn_onholdstatus`) goes through the map's value map, both ways; a lookup (`nav.column`, e.g.
 `msdyn_customergroupid.msdyn_groupid`) is resolved to the Dataverse row with that column value —
 in the row's own company when the target table is striped by company — and back; default-value
 rows (`none >> customertypecode = 3`, `PARTYTYPE << Organization`) set their side, and the Default
 value transforms of the parameters (`table_maps[].defaults`, e.g. `CUSTOMERGROUPID: "30"`) fill
-F&O fields the Dataverse row leaves empty, as dual-write does with the same transforms. Column rows
-with a value transform (`><`) are left out: the catalogue does not hold their value maps.
+F&O fields the Dataverse row leaves empty, as dual-write does with the same transforms. A value
+transform whose value list no source documents is left out (and said so).
+
+Package text is read and written in the locale of the package's source data format (numbers and
+dates; `dwlib.catalog.locales`): a value that is not a number or date there raises LocaleError.
+
+Verify compares the two sides through the same rows (`compared`, `finops_view`, `dataverse_view`):
+every two-way column, each side's value brought to one form (`canonical`: value maps to the F&O
+enum name, lookups to the key of the row they refer to, numbers by value, text trimmed).
 
 Example:
-    >>> to_dataverse_value("1,000.50".replace(",", ""), "Decimal"), to_dataverse_value("Yes", "Boolean")
+    >>> from dwlib.catalog.locales import locale
+    >>> to_dataverse_value("1.000,50", "Decimal", locale("nl-NL")), to_dataverse_value("Yes", "Boolean")
     (1000.5, True)
-    >>> to_finops_text(True), to_finops_text(None), same("500.0", 500), same("", None)
-    ('Yes', '', True, True)
+    >>> to_finops_text(True), to_finops_text(1000.5, "Money", locale("nl-NL")), same("500.0", 500)
+    ('Yes', '1000,5', True)
+    >>> canonical(" Contoso ", "String"), canonical(1500.50, "Money"), canonical("Invoice", ENUM)
+    ('Contoso', '1500.5', 'invoice')
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
 from dwlib import catalog
+from dwlib.catalog.locales import Locale, iso_date, locale
 
 from .dvmeta import TableInfo, Tables
 
@@ -32,27 +45,36 @@ if TYPE_CHECKING:
 
 _INTEGER = ("Integer", "BigInt", "Picklist", "State", "Status")
 _NUMBER = ("Decimal", "Money", "Double")
+ENUM, LOOKUP = "enum", "lookup"  # kinds `canonical` knows besides Dataverse's attribute types
+EN_US = locale("en-us")
 
 
-def to_dataverse_value(text: str, kind: str) -> Any:
-    """A package value (text) as the Dataverse column type `kind` wants it; "" is null."""
+def to_dataverse_value(text: str, kind: str, loc: Locale = EN_US) -> Any:
+    """A package value (text in `loc`) as the Dataverse column type `kind` wants it; "" is null.
+    LocaleError when a number or date is not one in `loc`."""
     if text == "":
         return None
     if kind in _INTEGER:
-        return int(float(text))
+        return int(loc.parse_number(text))
     if kind in _NUMBER:
-        return float(text)
+        return float(loc.parse_number(text))
+    if kind == "DateTime":
+        return iso_date(loc.parse_date(text))
     if kind == "Boolean":
         return text.strip().lower() in ("yes", "true", "1")
     return text
 
 
-def to_finops_text(value: Any) -> str:
-    """A Dataverse value as package text (F&O writes booleans as Yes/No)."""
+def to_finops_text(value: Any, kind: str = "String", loc: Locale = EN_US) -> str:
+    """A Dataverse value as package text in `loc` (F&O writes booleans as Yes/No)."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return "Yes" if value else "No"
+    if kind in _NUMBER and isinstance(value, int | float):
+        return loc.format_number(value)
+    if kind == "DateTime":
+        return loc.format_date(str(value))
     return str(value)
 
 
@@ -65,6 +87,25 @@ def same(a: Any, b: Any) -> bool:
         return float(x) == float(y)
     except ValueError:
         return False
+
+
+def canonical(value: Any, kind: str) -> str:
+    """One form of a value for comparing the sides: "" for empty, numbers by value, dates as ISO
+    dates, enum names and lookup keys case-insensitively, text trimmed."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if kind in _NUMBER or kind in _INTEGER:
+        try:
+            return format(Decimal(str(value)).normalize(), "f")
+        except InvalidOperation:
+            return str(value).strip()
+    if kind == "DateTime":
+        return str(value)[:10]
+    if kind in (ENUM, LOOKUP):
+        return str(value).strip().lower()
+    return str(value).strip()
 
 
 @dataclass(frozen=True)
@@ -118,35 +159,43 @@ class Lookups:
 
 
 class RowMap:
-    """How one map's rows convert between an F&O package and a Dataverse table (see the module)."""
+    """How one map's rows convert between F&O and a Dataverse table (see the module).
+
+    `fields` are the F&O fields there are (a package's upper-case header, or the F&O entity's
+    fields); `loc` the locale package text is in.
+    """
 
     def __init__(self, m: catalog.TableMap, info: TableInfo, tables: Tables, fields: Sequence[str],
-                 lookups: Lookups, defaults: Mapping[str, str] | None = None) -> None:
+                 lookups: Lookups, defaults: Mapping[str, str] | None = None, loc: Locale = EN_US) -> None:
         self.map = m
         self.info = info
         self.lookups = lookups
+        self.loc = loc
         self.company = info.company_lookup() if m.company_specific else None
-        have = set(fields)
+        have = {f.upper() for f in fields}
         # Default value transforms (F&O field → value for an empty Dataverse value), as the map has
         # them in dual-write, for the fields the package holds.
         self.defaults = {k.upper(): v for k, v in (defaults or {}).items() if k.upper() in have}
         self.plain: list[catalog.ColumnMapping] = []
+        self.enums: list[catalog.ColumnMapping] = []
         self.lookup_rows: list[tuple[catalog.ColumnMapping, LookupColumn]] = []
         self.skipped: list[str] = []
         for c in m.mappings:
             where = f"{c.finops or 'none'} {c.direction} {c.dataverse or 'none'}"
-            if c.direction == "><":
-                self.skipped.append(f"{where}: value transform")
+            if c.value_map_missing:
+                self.skipped.append(f"{where}: value map not documented")
             elif c.finops is None or c.dataverse is None:
                 self._default(c, have, where)
             elif c.finops.upper() not in have:
                 self.skipped.append(f"{where}: F&O field not exported")
             elif c.lookup is not None:
                 self._lookup(c, tables, where)
-            elif c.dataverse in info.attributes:
-                self.plain.append(c)
-            else:
+            elif c.dataverse not in info.attributes:
                 self.skipped.append(f"{where}: no such Dataverse column")
+            elif c.values is not None:
+                self.enums.append(c)
+            else:
+                self.plain.append(c)
         self.finops_key = m.finops_key[0].upper()
         self.dataverse_key = m.dataverse_key[0]
 
@@ -172,6 +221,14 @@ class RowMap:
         by_company = self.company is not None and target.company_lookup() is not None
         self.lookup_rows.append((c, LookupColumn(nav, found.column, target, target_column, by_company)))
 
+    def kind(self, c: catalog.ColumnMapping) -> str:
+        """How a row's values compare and convert: ENUM, LOOKUP, or its Dataverse attribute type."""
+        if c.values is not None:
+            return ENUM
+        if c.lookup is not None:
+            return LOOKUP
+        return self.info.attributes.get(c.dataverse or "", "String")
+
     # --- F&O → Dataverse ---------------------------------------------------------------------------
 
     def finops_eligible(self, row: Mapping[str, str]) -> bool:
@@ -182,17 +239,28 @@ class RowMap:
             cond.matches({cond.column: upper.get(cond.column.upper())}) for cond in conditions)
 
     def to_dataverse(self, row: Mapping[str, str], company_id: str) -> tuple[dict[str, Any], list[str]]:
-        """Dataverse values (lookups as `nav@odata.bind`) and the lookup values not found."""
+        """Dataverse values (lookups as `nav@odata.bind`) of a package row, and the values that did
+        not convert (lookups not found, values the value map lacks). LocaleError when a number or
+        date is not one in the package's locale."""
         out: dict[str, Any] = {}
         for c in self.plain:
             if c.dataverse is None or not c.to_dataverse:
                 continue
             out[c.dataverse] = c.default if c.finops is None else to_dataverse_value(
-                row.get(c.finops.upper(), ""), self.info.attributes[c.dataverse])
+                row.get(c.finops.upper(), ""), self.info.attributes[c.dataverse], self.loc)
         missing = []
+        for c in self.enums:
+            if c.to_dataverse and c.finops and c.dataverse:
+                try:
+                    out[c.dataverse] = c.to_dataverse_value(row.get(c.finops.upper(), ""))
+                except catalog.ValueMapError as exc:
+                    missing.append(str(exc))
         for c, lk in self.lookup_rows:
-            value = row.get((c.finops or "").upper(), "") if c.to_dataverse else ""
+            if not c.to_dataverse:
+                continue
+            value = row.get((c.finops or "").upper(), "")
             if not value:
+                out[f"{lk.nav}@odata.bind"] = None  # empty on the source side: none on the other either
                 continue
             target_id = self.lookups.id_of(lk, value, company_id)
             if target_id is None:
@@ -201,34 +269,64 @@ class RowMap:
                 out[f"{lk.nav}@odata.bind"] = f"{lk.target.entity_set}({target_id})"
         return out, missing
 
-    def dataverse_differs(self, values: Mapping[str, Any], row: Mapping[str, Any]) -> bool:
-        """Whether the Dataverse `row` holds other values than `values` (from `to_dataverse`)."""
+    def for_update(self, values: Mapping[str, Any], row: Mapping[str, Any]) -> dict[str, Any]:
+        """`values` to update Dataverse `row` with, without clearing a lookup F&O cannot express: one
+        to a row without the key it is matched on (a primary contact without a contact person id)
+        reads empty in F&O, so an empty F&O value says nothing about it."""
+        out = dict(values)
         for _, lk in self.lookup_rows:
-            bind = values.get(f"{lk.nav}@odata.bind")
-            if bind is not None and bind != f"{lk.target.entity_set}({row.get(lk.column)})":
+            name, target = f"{lk.nav}@odata.bind", row.get(lk.column)
+            if name in out and out[name] is None and target and self.lookups.value_of(lk, target) == "":
+                del out[name]
+        return out
+
+    def dataverse_differs(self, values: Mapping[str, Any], row: Mapping[str, Any]) -> bool:
+        """Whether the Dataverse `row` holds other values than `values` (from `to_dataverse`); the
+        constants of default-value rows (`none >> address1_addresstypecode = 2`) are what a row
+        created from F&O gets, not values F&O holds, so they do not count."""
+        values = self.for_update(values, row)
+        for _, lk in self.lookup_rows:
+            name = f"{lk.nav}@odata.bind"
+            if name not in values:
+                continue
+            bind, target = values[name], row.get(lk.column)
+            if bind != (f"{lk.target.entity_set}({target})" if target is not None else None):
                 return True
-        return any(not same(v, row.get(k)) for k, v in values.items() if not k.endswith("@odata.bind"))
+        constants = {c.dataverse for c in self.plain if c.finops is None}
+        return any(not same(v, row.get(k)) for k, v in values.items()
+                   if not k.endswith("@odata.bind") and k not in constants)
 
     def dataverse_select(self) -> list[str]:
         """The Dataverse columns to read for both directions."""
         company = [self.company[1].column] if self.company else []
-        cols = [self.info.primary_id, self.dataverse_key, *(c.dataverse for c in self.plain if c.dataverse),
+        cols = [self.info.primary_id, self.dataverse_key,
+                *(c.dataverse for c in (*self.plain, *self.enums) if c.dataverse),
                 *(lk.column for _, lk in self.lookup_rows), *company]
         return list(dict.fromkeys(c for c in cols if c))
 
     # --- Dataverse → F&O ---------------------------------------------------------------------------
 
     def to_finops(self, row: Mapping[str, Any]) -> tuple[dict[str, str], list[str]]:
-        """Package values (field → text) and the lookups whose target row was not found."""
+        """Package values (field → text in the locale) and the values that did not convert."""
         out: dict[str, str] = {}
         for c in self.plain:
             if c.finops is None or not c.to_finops:
                 continue
-            out[c.finops.upper()] = to_finops_text(c.default if c.dataverse is None else row.get(c.dataverse))
+            out[c.finops.upper()] = (to_finops_text(c.default) if c.dataverse is None else
+                                     to_finops_text(row.get(c.dataverse), self.kind(c), self.loc))
         missing = []
+        for c in self.enums:
+            if c.to_finops and c.finops and c.dataverse:
+                try:
+                    out[c.finops.upper()] = c.to_finops_value(row.get(c.dataverse)) or ""
+                except catalog.ValueMapError as exc:
+                    missing.append(str(exc))
         for c, lk in self.lookup_rows:
-            target_id = row.get(lk.column) if c.to_finops else None
-            if not target_id or c.finops is None:
+            if not c.to_finops or c.finops is None:
+                continue
+            target_id = row.get(lk.column)
+            if not target_id:
+                out[c.finops.upper()] = ""  # empty on the source side: none on the other either
                 continue
             value = self.lookups.value_of(lk, target_id)
             if value is None:
@@ -242,4 +340,67 @@ class RowMap:
 
     def finops_differs(self, values: Mapping[str, str], row: Mapping[str, str]) -> bool:
         """Whether the F&O package `row` holds other values than `values` (from `to_finops`)."""
-        return any(not same(v, row.get(k, "")) for k, v in values.items())
+        kinds = {(c.finops or "").upper(): self.kind(c) for c in (*self.plain, *self.enums)}
+        constants = {(c.finops or "").upper() for c in self.plain if c.dataverse is None}  # as above
+        return any(self._text(v, kinds.get(k, "String")) != self._text(row.get(k, ""), kinds.get(k, "String"))
+                   for k, v in values.items() if k not in constants)
+
+    def _text(self, text: str, kind: str) -> str:
+        """Package text in one form (numbers and dates parsed in the package's locale)."""
+        if kind in _NUMBER or kind in _INTEGER or kind == "DateTime":
+            text = to_finops_text(to_dataverse_value(text.strip(), kind, self.loc), kind)
+        return canonical(text, kind)
+
+    # --- comparing the sides (verify) --------------------------------------------------------------
+
+    def compared(self) -> list[catalog.ColumnMapping]:
+        """The two-way column rows (`=`, `><`) verify compares: one-way columns legitimately differ
+        for rows the other side created, and the key columns are matched, not compared."""
+        keys = {self.finops_key, self.dataverse_key}
+        return [c for c in (*self.plain, *self.enums, *(c for c, _ in self.lookup_rows))
+                if c.direction in ("=", "><") and c.finops and c.dataverse
+                and c.finops.upper() not in keys and c.dataverse not in keys]
+
+    def finops_view(self, row: Mapping[str, Any]) -> list[str]:
+        """An F&O row (OData values) in canonical form, in the order of `compared`."""
+        upper = {k.upper(): v for k, v in row.items()}
+        return [canonical(upper.get((c.finops or "").upper()), self.kind(c)) for c in self.compared()]
+
+    def dataverse_expand(self) -> str | None:
+        """`$expand` for the compared lookups: each one's key column, read with the row itself
+        (`msdyn_customergroupid($select=msdyn_groupid)`), so no lookup table is held in memory."""
+        compared = {id(c) for c in self.compared()}
+        parts = [f"{lk.nav}($select={lk.target_column})" for c, lk in self.lookup_rows if id(c) in compared]
+        return ",".join(dict.fromkeys(parts)) or None
+
+    def _target_value(self, lk: LookupColumn, row: Mapping[str, Any]) -> Any:
+        """The key value of the row a lookup refers to: expanded with the row, else read once."""
+        target = row.get(lk.column)
+        if not target:
+            return None
+        if lk.nav in row:  # expanded
+            value = (row.get(lk.nav) or {}).get(lk.target_column)
+            return "" if value is None else value
+        value = self.lookups.value_of(lk, target)
+        return value if value is not None else f"?{target}"  # a row that does not exist: differs
+
+    def dataverse_view(self, row: Mapping[str, Any]) -> list[str]:
+        """A Dataverse row as F&O would hold it (value maps, lookup keys, Default value transforms),
+        in canonical form, in the order of `compared`; a value the value map lacks stays as it is,
+        so it differs."""
+        lookups = {id(c): lk for c, lk in self.lookup_rows}
+        out = []
+        for c in self.compared():
+            if id(c) in lookups:
+                value: Any = self._target_value(lookups[id(c)], row)
+            elif c.values is not None:
+                try:
+                    value = c.to_finops_value(row.get(c.dataverse or ""))
+                except catalog.ValueMapError:
+                    value = f"?{row.get(c.dataverse or '')}"
+            else:
+                value = row.get(c.dataverse or "")
+            if value in (None, "") and (c.finops or "").upper() in self.defaults:
+                value = self.defaults[(c.finops or "").upper()]
+            out.append(canonical(value, self.kind(c)))
+        return out

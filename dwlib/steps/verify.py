@@ -1,12 +1,19 @@
-"""Verify the setup: reconcile counts and keys per company per map, then a live round trip.
+"""Verify the setup: reconcile counts, keys and values per company per map, then a live round trip.
 
 Reconciliation covers the maps whose data the run moved (initial sync or migration): per company,
 the rows dual-write syncs on each side (e.g. Customers V3 (accounts): F&O CustomersV3 with
 PartyType Organization per dataAreaId against Dataverse accounts with `customertypecode eq 3` per
 `msdyn_company`; Customers V3 (contacts): persons against sellable contacts; Legal entities
-against `cdm_companies`; customer groups, terms of payment, currencies …). The table shows the
-counts on both sides, how many keys each side misses (with a sample) and a status per row;
-`verify-missing-keys.csv` lists every missing key, `verify-reconciliation.csv` the table.
+against `cdm_companies`; customer groups, terms of payment, currencies …). Values are compared
+too: a checksum per side of every two-way mapped column (value maps applied, lookups by the key
+of the row they refer to, numbers by value, text trimmed), computed page by page; when they
+differ, a sample of the differing rows with both sides' values. The table shows the counts on
+both sides, how many keys each side misses (with a sample), the checksums, how many rows differ
+and a status per row; `verify-missing-keys.csv` lists every missing key,
+`verify-differences.csv` the differing rows found (one line per column, both values),
+`verify-reconciliation.csv` the table. Existing Dataverse rows that dual-write will not pick up (no
+company, no key, outside the map's filter: `eligibility`) are counted per table, company and reason
+and listed in `verify-ineligible-rows.csv`; they make the step a WARNING with the fix.
 
 The live round trip (`dwlib.steps.roundtrip`) then creates a customer in F&O, waits for it in
 Dataverse, changes it there, waits for the change in F&O, and deletes it on both sides. Those are
@@ -35,11 +42,14 @@ from typing import TYPE_CHECKING, Any
 
 from dwlib.catalog.errors import DOCS_ROOT
 
+from . import eligibility
 from .base import Check, Finding, Status, Step, StepContext, StepError, StepResult, register
+from .dvmeta import Tables
 from .initialsync import sync_companies
 from .link import environment, worst
-from .reconcile import Reconciliation, company_ids, reconcile
+from .reconcile import Reconciliation, Values, company_ids, reconcile
 from .roundtrip import ACCOUNTS, PREFIX, RoundTrip, round_trip
+from .rowmap import Lookups
 from .tablemaps import RUNNING, planned_maps
 
 if TYPE_CHECKING:
@@ -49,7 +59,11 @@ TROUBLESHOOT_DOC = DOCS_ROOT + "dual-write-troubleshooting-initial-sync"
 STATE_DIR = ".dw-state"  # state of the runs directory that is not a run record
 MARKER = "round-trips.json"
 COLUMNS = ["map", "company", "finops_rows", "dataverse_rows", "missing_in_dataverse", "missing_in_finops",
-           "sample_missing_in_dataverse", "sample_missing_in_finops", "status", "note"]
+           "sample_missing_in_dataverse", "sample_missing_in_finops", "columns_compared", "differing_rows",
+           "sample_differing", "finops_checksum", "dataverse_checksum", "status", "note"]
+DIFFERENCES_CSV = "verify-differences.csv"
+INELIGIBLE_CSV = "verify-ineligible-rows.csv"
+DIFFERENCE_COLUMNS = ["map", "company", "key", "column", "finops_value", "dataverse_value"]
 
 
 @dataclass
@@ -60,6 +74,8 @@ class VerifyWork:
     company: str | None
     company_id: str | None
     why_not: str = ""
+    maps: list[str] = field(default_factory=list)  # the plan's maps (their tables are scanned)
+    companies: list[str] = field(default_factory=list)
     trip: RoundTrip | None = None
     notes: list[Check] = field(default_factory=list)
 
@@ -94,6 +110,10 @@ def _remember_trip(ctx: StepContext, params: Params, trip: RoundTrip) -> None:
                                     "passed_on": datetime.now(UTC).isoformat(timespec="seconds")}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(known, indent=2))
+
+
+def _differing(column: str, finops: str, dataverse: str) -> str:
+    return f"{column} F&O {finops or '(empty)'} ≠ Dataverse {dataverse or '(empty)'}"
 
 
 def _trip_company(ctx: StepContext, companies: list[str], ids: dict[str, str]) -> str:
@@ -136,11 +156,14 @@ class Verify(Step):
         params, session, admin = environment(ctx)
         plan = planned_maps(ctx)
         companies = sync_companies(ctx)
-        rows = reconcile(session, [p.name for p in plan if p.moves_data], companies)
+        values = Values(Tables(session.dataverse), Lookups(session.dataverse), params.column_defaults,
+                        params.verify.sample_keys)
+        rows = reconcile(session, [p.name for p in plan if p.moves_data], companies, values=values)
         failing = [r for r in rows if not r.ok]
         checks = [Check("reconciliation", Status.FAILED if failing else Status.PASSED,
-                        f"{len(rows) - len(failing)} of {len(rows)} map × company rows reconcile")]
-        work = VerifyWork(rows, None, None)
+                        f"{len(rows) - len(failing)} of {len(rows)} map × company rows reconcile (counts, "
+                        "keys and the checksums of the mapped columns' values)")]
+        work = VerifyWork(rows, None, None, maps=[p.name for p in plan], companies=list(companies))
         mode = params.verify.round_trip
         earlier = _earlier_trip(ctx, params) if mode == "once" else None
         enabled = {p.name for p in plan}
@@ -188,7 +211,7 @@ class Verify(Step):
             _remember_trip(ctx, params, work.trip)
 
     def verify(self, ctx: StepContext, finding: Finding) -> StepResult:
-        params, _, _ = environment(ctx)
+        params, session, _ = environment(ctx)
         work: VerifyWork = finding.todo
         sample = params.verify.sample_keys
         table = [r.row(sample) for r in work.rows]
@@ -196,8 +219,12 @@ class Verify(Step):
         missing_csv = ctx.write_csv("verify-missing-keys.csv",
                                     (m for r in work.rows for m in r.missing_rows()),
                                     ["map", "company", "missing_in", "key"])
+        differences_csv = ctx.write_csv(DIFFERENCES_CSV, (x for r in work.rows for d in r.differences
+                                                          for x in d.rows()), DIFFERENCE_COLUMNS)
+        found, ineligible_csv = eligibility.report(ctx, session, work.maps, work.companies, INELIGIBLE_CSV)
         failing = [r for r in work.rows if not r.ok]
-        checks = [self._row_check(r, missing_csv) for r in failing]
+        checks = [self._row_check(r, missing_csv, differences_csv) for r in failing]
+        checks += found.checks(ineligible_csv)
         checks += work.notes + (work.trip.stages if work.trip else [])
         if not work.rows:
             checks.append(Check("reconciliation", Status.PASSED,
@@ -207,33 +234,45 @@ class Verify(Step):
         counts = {"rows_checked": len(work.rows), "rows_failed": len(failing),
                   "missing_keys": sum(len(r.missing_in_dataverse) + len(r.missing_in_finops)
                                       for r in work.rows),
+                  "differing_rows": sum(r.differing for r in work.rows), "ineligible_rows": found.total,
                   "finops_rows": sum(r.finops_rows for r in work.rows),
                   "dataverse_rows": sum(r.dataverse_rows for r in work.rows)}
         trip = work.trip
         parts = [f"{len(work.rows) - len(failing)}/{len(work.rows)} reconciled"]
+        if found.total:
+            parts.append(f"{found.total} Dataverse rows dual-write will not pick up")
         if trip is None:
             parts.append(f"round trip {work.why_not}")
         else:
             parts.append("round trip passed" if trip.ok
                          else f"round trip failed ({trip.failed_direction or 'clean-up'})")
-        return self.result(status, "; ".join(parts), checks=checks, tables={"reconciliation": table},
-                           counts=counts, evidence_files=[str(recon_csv), str(missing_csv)],
+        return self.result(status, "; ".join(parts), checks=checks,
+                           tables={"reconciliation": table, "ineligible": found.table()}, counts=counts,
+                           evidence_files=[str(recon_csv), str(missing_csv), str(differences_csv),
+                                           ineligible_csv],
                            next_action=self._next_action(failing, trip, missing_csv))
 
     @staticmethod
-    def _row_check(r: Reconciliation, csv: Path) -> Check:
+    def _row_check(r: Reconciliation, csv: Path, differences_csv: Path) -> Check:
         evidence = (f"F&O {r.finops_rows} rows, Dataverse {r.dataverse_rows}; missing in Dataverse "
                     f"{len(r.missing_in_dataverse)} (e.g. {', '.join(r.missing_in_dataverse[:3]) or '-'}), "
                     f"missing in F&O {len(r.missing_in_finops)} "
                     f"(e.g. {', '.join(r.missing_in_finops[:3]) or '-'})")
         if r.duplicates:
             evidence += f"; {r.duplicates} rows share a key with another row"
+        if not r.values_ok:
+            sample = "; ".join(f"{d.key}: " + ", ".join(_differing(c, a, b) for c, a, b in d.columns[:2])
+                               for d in r.differences[:2])
+            evidence += (f"; the values of {r.columns_compared} mapped columns differ (checksums F&O "
+                         f"{r.finops_checksum}, Dataverse {r.dataverse_checksum})"
+                         + (f": {r.differing} rows, e.g. {sample}" if r.differing else ""))
         if r.note:
             evidence += f"; {r.note}"
         return Check(f"{r.map} {r.company}", Status.FAILED, evidence,
                      fix=f"check that the map is Running (table-maps step), then rerun its initial sync "
-                         f"(initial-sync step, or Re-run execution in Initial sync details); every missing "
-                         f"key is in {csv}", doc=TROUBLESHOOT_DOC)
+                         f"(initial-sync step, or Re-run execution in Initial sync details; the master "
+                         f"decides which side's values win); every missing key is in {csv}, every differing "
+                         f"row found, with both sides' values, in {differences_csv}", doc=TROUBLESHOOT_DOC)
 
     @staticmethod
     def _next_action(failing: list[Reconciliation], trip: RoundTrip | None, csv: Path) -> str:

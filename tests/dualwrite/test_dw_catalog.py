@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from dwlib import catalog
+
+FIXTURES = Path(__file__).parent / "fixtures" / "map-columns"
 
 REQUIRED_MAPS = [
     "Legal entities (cdm_companies)",
@@ -35,6 +39,46 @@ def test_lookup_count_counts_the_dataverse_lookup_rows() -> None:
     lookups = [r.dataverse for r in accounts.mappings if r.dataverse and "." in r.dataverse]
     # The pre-GAB map has 10: "10 or more lookups" fail the export when Dataverse has rows.
     assert accounts.lookup_count == len(lookups) == catalog.limits().failing_lookups == 10
+
+
+def _documented(map_id: str) -> list[tuple[str, str, str, str]]:
+    """The rows of a published map page (tests/dualwrite/fixtures/map-columns/<id>.txt)."""
+    lines = (FIXTURES / f"{map_id}.txt").read_text(encoding="utf-8").splitlines()
+    return [tuple(part.strip() for part in line.split("|")) for line in lines  # type: ignore[misc]
+            if line and not line.startswith("#")]
+
+
+@pytest.mark.parametrize("map_id", [m.id for m in catalog.table_maps()])
+def test_every_map_carries_its_published_column_rows(map_id: str) -> None:
+    """Each catalogue map has the rows of its published page, in order: the F&O field (the page's
+    upper-case name), the map type, the Dataverse column and the default."""
+    m = catalog.table_map(map_id)
+    ours = [(c.finops.upper() if c.finops else "none", c.direction, c.dataverse or "none",
+             "" if c.default is None else str(c.default)) for c in m.mappings]
+    assert ours == _documented(map_id)
+    assert m.mappings_complete and m.mappings_source.split(":")[0] in ("OLD", "REF")
+
+
+def test_value_maps_are_the_documented_ones_and_the_unsourced_ones_are_marked() -> None:
+    accounts = catalog.table_map("Customers V3 (accounts)")
+    rows = {c.finops: c for c in accounts.mappings}
+    hold = rows["OnHoldStatus"]
+    assert dict(hold.values or ()) == {"no": 806380000, "invoice": 806380001, "all": 806380002,
+                                       "payment": 806380003, "requisition": 806380004, "never": 806380005}
+    assert hold.to_dataverse_value("Requisition") == 806380004 and hold.to_finops_value(806380002) == "All"
+    assert rows["CreditLimitIsMandatory"].to_dataverse_value("Yes") is True
+    with pytest.raises(catalog.ValueMapError, match="'Sometimes' has no entry"):
+        hold.to_dataverse_value("Sometimes")
+    # No source lists msdyn_invoiceaddress's values: the row is kept, marked and not converted.
+    assert accounts.unsourced == [rows["InvoiceAddress"]] and rows["InvoiceAddress"].value_map_missing
+    terms = {c.finops: c for c in catalog.table_map("terms-of-payment").mappings}
+    assert terms["PaymentMethodType"].to_finops_value(806380992) == "CurrentMth"
+    # Every other transform has its value list, and every row says where it comes from.
+    for m in catalog.table_maps():
+        assert all(c.values is not None for c in m.mappings if c.direction == "><" and c not in m.unsourced)
+        assert all(c.source for c in m.mappings)
+    gender = {c.finops: c for c in catalog.table_map("customers-v3-contacts").mappings}["PersonGender"]
+    assert gender.values_source == "INFERRED"  # the page gives no list: taken from REF #220, marked
 
 
 def test_filters_parse_into_conditions_that_evaluate_rows() -> None:

@@ -148,6 +148,30 @@ def test_double_quotes_in_the_data_break_parsing(make_runtime: MakeRuntime) -> N
     assert rt.store.find(ACC, {"_msdyn_company_value": company_id(rt, "USMF")})
 
 
+def test_numbers_exported_in_another_locale_than_en_us_fail_with_the_documented_error(
+        make_runtime: MakeRuntime) -> None:
+    """A source data format in nl-NL writes 1500,5: the Dataverse leg cannot read it as Edm.Decimal
+    (the documented error, whose fix is Language locale en-us); whole numbers still read."""
+    rt = make_runtime("existing-new", rows=12)
+    prerequisites(rt, ACCOUNTS)
+    rt.store.update(ENTITIES["DataManagementSourceDataFormats"], {"SourceName": "CSV-Unicode"},
+                    {"LanguageLocale": "nl-NL"})
+    orgs = [c for c in rt.store.find(CUST, {"dataAreaId": "usmf"}) if c["PartyType"] == "Organization"]
+    for org in orgs:  # whole numbers only …
+        rt.store.update(CUST, {"dataAreaId": "usmf", "CustomerAccount": org["CustomerAccount"]},
+                        {"CreditLimit": 1500.0, "DeliveryAddressLatitude": None,
+                         "DeliveryAddressLongitude": None})
+    broken = orgs[0]["CustomerAccount"]
+    rt.store.update(CUST, {"dataAreaId": "usmf", "CustomerAccount": broken}, {"CreditLimit": 1500.5})
+    job = expect_failure(rt, [ACCOUNTS], "decimal-literal-locale")
+    usmf = [e for e in job["errors"] if e["legalEntityId"] == "USMF"]
+    assert [e["recordId"] for e in usmf] == [broken]
+    assert "Can't convert the literal '1500,5' to the expected type'Edm.Decimal'" in usmf[0]["errorMessage"]
+    known = catalog.match_error(usmf[0]["errorMessage"])
+    assert known is not None and "Source data formats" in known.fix
+    assert rt.store.find(ACC, {"accountnumber": orgs[1]["CustomerAccount"]})  # 1500 reads in any locale
+
+
 def test_missing_reference_data_fails_the_row_with_the_lookup_error(make_runtime: MakeRuntime) -> None:
     rt = make_runtime("existing-new", rows=12)
     prerequisites(rt, ACCOUNTS)

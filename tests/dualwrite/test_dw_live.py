@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from dw_helpers import Consultant
 
+from dwlib import catalog
+
 ACCOUNTS, CONTACTS = "customers-v3-accounts", "customers-v3-contacts"
 
 
@@ -268,3 +270,26 @@ def test_initial_sync_jobs_appear_in_the_dmf_job_history(live: Consultant) -> No
     assert r.json()["value"] == "Succeeded"
     r = live.fo("POST", action + "GetExecutionErrors", {"executionId": execution})
     assert r.status_code == 200 and r.json()["value"] == "[]"
+
+
+def test_every_mapped_column_and_value_map_crosses_both_ways(live: Consultant) -> None:
+    """The initial sync carried the mapped columns (value maps applied); live sync does too, back."""
+    (fo,) = live.fo_rows("CustomersV3?cross-company=true&$filter=dataAreaId eq 'usmf' and "
+                         "PartyType eq 'Organization'&$top=1&$orderby=CustomerAccount")
+    (acc,) = live.dv_rows(f"accounts?$filter=accountnumber eq '{fo['CustomerAccount']}'")
+    rows = {r.finops: r for r in catalog.table_map(ACCOUNTS).mappings}
+    hold = dict(rows["OnHoldStatus"].values or ())
+    assert acc["msdyn_onholdstatus"] == hold[fo["OnHoldStatus"].lower()]
+    columns = ("address1_line1", "address1_postalcode", "address1_latitude", "websiteurl")
+    fields = ("DeliveryAddressStreet", "DeliveryAddressZipCode", "DeliveryAddressLatitude",
+              "PrimaryContactURL")
+    assert [acc[c] for c in columns] == [fo[f] for f in fields]
+    assert acc["msdyn_creditlimitismandatory"] is (fo["CreditLimitIsMandatory"] == "Yes")
+    r = live.dv("PATCH", f"accounts({acc['accountid']})", {"msdyn_onholdstatus": 806380004,
+                                                           "msdyn_onetimecustomer": True})
+    assert r.status_code == 204, r.text
+    key = f"CustomersV3(dataAreaId='usmf',CustomerAccount='{fo['CustomerAccount']}')?cross-company=true"
+    after = live.fo("GET", key).json()
+    assert (after["OnHoldStatus"], after["IsOneTimeCustomer"]) == ("Requisition", "Yes")
+    r = live.dv("PATCH", f"accounts({acc['accountid']})", {"msdyn_onholdstatus": 1})  # not in the value map
+    assert r.status_code >= 400 and "has no entry in the value map" in r.text

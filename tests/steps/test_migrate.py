@@ -10,11 +10,13 @@ from typing import Any
 
 import pytest
 from dw_helpers import Consultant
-from plan_helpers import LES, unquote_customers
+from plan_helpers import LES, column_differences, unquote_customers
 from sync_helpers import CUSTOMER_MAPS, LE, run_maps, state
 
 from dwlib import catalog
+from dwlib.catalog.locales import LOCALE_DOC
 from dwlib.steps.base import Status, StepError
+from dwlib.steps.dmf_package import read_package
 from dwlib.steps.migrate import MIGRATE_CSV, Migrate
 from dwlib.steps.plan import PlanStep
 from dwlib.steps.tablemaps import TableMaps
@@ -130,6 +132,10 @@ def test_dataverse_to_finops_reports_refused_rows_and_resumes(linked_sandbox, st
             assert len(fo) == 1 and fo[0]["dataAreaId"] == "usmf"
             assert (fo[0]["OrganizationName"], fo[0]["CustomerGroupId"], fo[0]["PartyType"]) == \
                 (account["name"], "10", "Organization")
+            (dv,) = c.dv_rows(f"accounts?$filter=accountid eq {account['accountid']}")
+            # every mapped column, value maps (on-hold status, credit limit mandatory) included
+            assert column_differences(c, ACCOUNTS, fo[0], dv, direction="to_finops") == []
+            assert fo[0]["OnHoldStatus"] in ("No", "Invoice", "All")
 
         fix = c.dv("PATCH", f"accounts({chosen[2]['accountid']})",
                    {"msdyn_customergroupid@odata.bind": f"msdyn_customergroups({group})"})
@@ -195,3 +201,54 @@ def test_a_paused_map_to_migrate_stops_the_step_saying_what_to_do(linked_sandbox
     with pytest.raises(StepError, match=rf"cannot migrate while {re.escape(ACCOUNTS)} is Paused.*Resume"):
         Migrate().execute(ctx)
     assert _writes(ctx) == [] and ctx.instructions == []  # nothing stopped, nothing moved
+
+
+def test_every_mapped_column_moves_in_the_packages_locale(linked_sandbox, step_context) -> None:
+    """nl-NL packages (decimal commas, day-month-year dates): read in the locale F&O names, every
+    mapped column of every migrated map arrives, value maps applied."""
+    sandbox = linked_sandbox("existing-new", rows=30, legal_entities=LES, dmf_locale="nl-NL")
+    ctx = _context(step_context, sandbox, **{"plan.limits.initial_sync_rows_per_legal_entity": 2})
+    PlanStep().execute(ctx)
+    result = Migrate().execute(ctx)
+    assert result.status == Status.PASSED, [ch.evidence for ch in result.checks if ch.status != "passed"]
+    (loc,) = [ch for ch in result.checks if ch.name == "package locale (CSV-Unicode)"]
+    assert loc.status == Status.PASSED and "nl-nl" in loc.evidence
+    export = read_package(ctx.evidence_dir / "migrate" / "customers-v3-accounts-usmf-export.zip",
+                          "Customers V3")
+    assert any("," in r["DELIVERYADDRESSLATITUDE"] for r in export.rows)  # the package really is nl-NL
+
+    c = Consultant(sandbox)
+    try:
+        accounts = {a["accountnumber"]: a for a in c.dv_rows("accounts")}
+        contacts = {a["msdyn_contactpersonid"]: a for a in c.dv_rows("contacts")}
+        for fo in c.fo_rows("CustomersV3?cross-company=true"):
+            name, dv = ((ACCOUNTS, accounts) if fo["PartyType"] == "Organization" else (CONTACTS, contacts))
+            assert column_differences(c, name, fo, dv[fo["CustomerAccount"]], direction="to_dataverse") == []
+        terms = {(t["_msdyn_company_value"], t["msdyn_name"]): t for t in c.dv_rows("msdyn_paymentterms")}
+        ids = {r["cdm_companycode"].lower(): r["cdm_companyid"] for r in c.dv_rows("cdm_companies")}
+        for fo in c.fo_rows("PaymentTerms?cross-company=true"):
+            dv = terms[(ids[fo["dataAreaId"]], fo["Name"])]
+            assert column_differences(c, catalog.table_map("terms-of-payment").name, fo, dv,
+                                      direction="to_dataverse") == []
+    finally:
+        c.close()
+
+
+def test_a_package_in_another_locale_than_f_and_o_names_fails_with_the_documented_fix(
+        linked_sandbox, step_context) -> None:
+    """The source data format names no Language locale (DMF then writes in its user's nl-NL): the
+    runbook reads it as en-us, the numbers do not parse, and the step says what to set."""
+    sandbox = linked_sandbox("existing-new", rows=20, legal_entities=LES, dmf_locale="nl-NL")
+    c = Consultant(sandbox)
+    try:
+        r = c.fo("PATCH", "DataManagementSourceDataFormats(SourceName='CSV-Unicode')", {"LanguageLocale": ""})
+        assert r.status_code == 204, r.text
+    finally:
+        c.close()
+    ctx = _context(step_context, sandbox, **{"plan.limits.initial_sync_rows_per_legal_entity": 2})
+    PlanStep().execute(ctx)
+    with pytest.raises(StepError, match="not a number in en-us") as failed:
+        Migrate().execute(ctx)
+    message = str(failed.value)
+    assert "it names no Language locale" in message and "set Language locale to en-us" in message
+    assert LOCALE_DOC in message

@@ -9,11 +9,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from dw_helpers import Consultant
+from dw_helpers import Consultant, stamp
 from plan_helpers import LES, unquote_customers
+from sync_helpers import set_plan
 
 from dwlib import catalog
 from dwlib.params import ParamsError
+from dwlib.steps import STEPS
 from dwlib.steps.base import Status
 from dwlib.steps.plan import (
     ACTIVATE_SKIP,
@@ -306,3 +308,60 @@ def test_the_plan_after_the_bootstrap_counts_the_new_companys_volume_against_the
     assert rows[ACCOUNTS].action == "migrate"
     assert rows[ACCOUNTS].matrix_row == ("new F&O / existing Dataverse, single-threaded, 5 rows or more from "
                                          "Dataverse to F&O")
+
+
+def test_rows_dual_write_will_not_pick_up_are_counted_listed_and_warned_in_plan_and_verify(
+        linked_sandbox, step_context) -> None:
+    """Existing Dataverse rows without a company, without an account number, not customers or not
+    sellable are counted per table, company and reason, listed in a CSV, and the step warns with the
+    documented fix — in the plan and again in verify."""
+    sandbox = linked_sandbox("existing-existing", rows=40, legal_entities=["USMF"])
+    c = Consultant(sandbox)
+    try:
+        accounts = c.dv_rows("accounts?$select=accountid,accountnumber,customertypecode"
+                             "&$filter=customertypecode eq 3 and accountnumber ne null&$orderby=accountid")
+        customer, prospect, unnumbered = accounts[:3]
+        for account in (customer, prospect, unnumbered):
+            assert stamp(c, account["accountid"], "USMF").status_code == 204
+        assert c.dv("PATCH", f"accounts({prospect['accountid']})", {"customertypecode": 8}).status_code == 204
+        r = c.dv("PATCH", f"accounts({unnumbered['accountid']})", {"accountnumber": None})
+        assert r.status_code == 204
+        (contact,) = c.dv_rows("contacts?$select=contactid&$filter=msdyn_sellable eq false&$top=1")
+        usmf = c.dv_rows("cdm_companies?$filter=cdm_companycode eq 'USMF'")[0]["cdm_companyid"]
+        assert c.dv("PATCH", f"contacts({contact['contactid']})",
+                    {"msdyn_company@odata.bind": f"/cdm_companies({usmf})"}).status_code == 204
+        without_company = len(c.dv_rows("accounts?$select=accountid&$filter=_msdyn_company_value eq null"))
+    finally:
+        c.close()
+
+    plan_ctx = step_context(sandbox, params={"legal_entities": ["USMF"]}, dry_run=True)
+    for result in (PlanStep().execute(plan_ctx), _verify(step_context, sandbox)):
+        assert result.status == Status.WARNING, [ch.evidence for ch in result.checks if ch.status != "passed"]
+        table = {(r["table"], r["company"], r["reason"]): r["rows"] for r in result.tables["ineligible"]}
+        assert table[("accounts", "USMF", "customertypecode not 3")] == 1
+        assert table[("accounts", "USMF", "no accountnumber")] == 1
+        assert table[("accounts", "(none)", "no company")] == without_company
+        assert table[("contacts", "USMF", "msdyn_sellable not true")] == 1
+        assert not any(k[1] == "USMF" and k[0] == "accounts" and v > 1 for k, v in table.items())
+        listed = [r for r in _rows(result.evidence_files[-1]) if r["company"] == "USMF"]
+        assert {(r["table"], r["row_id"], r["reason"]) for r in listed} == {
+            ("accounts", prospect["accountid"], "customertypecode not 3"),
+            ("accounts", unnumbered["accountid"], "no accountnumber"),
+            ("contacts", contact["contactid"], "msdyn_sellable not true")}
+        checks = {ch.name: ch for ch in result.checks if ch.status == Status.WARNING}
+        prospects = checks["accounts: rows dual-write will not pick up (customertypecode not 3)"]
+        assert "Relationship Type to Customer" in prospects.fix and prospects.doc.endswith("customer-mapping")
+        assert checks["accounts: rows dual-write will not pick up (no company)"].doc.endswith("company-data")
+        sellable = checks["contacts: rows dual-write will not pick up (msdyn_sellable not true)"]
+        assert "Sellable to Yes" in sellable.fix
+
+
+def _rows(path: str) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _verify(step_context, sandbox):  # type: ignore[no-untyped-def]
+    ctx = step_context(sandbox, params={"legal_entities": ["USMF"], "verify.round_trip": "never"})
+    set_plan(ctx, [(n, "skip", "finops") for n in catalog.dependency_order(DEFAULT_MAPS)])
+    return STEPS["verify"]().execute(ctx)

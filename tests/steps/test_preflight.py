@@ -4,15 +4,18 @@ it, real problems warn or fail with fixes."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from dw_helpers import Consultant
 
+from dwlib.catalog.locales import LOCALE_DOC
 from dwlib.clients.dataverse import DataverseClient
+from dwlib.clients.errors import ClientError
 from dwlib.steps.base import Check, Status, StepResult
 from dwlib.steps.link import PowerPlatformIntegration
-from dwlib.steps.preflight import NOT_YET, Preflight, Setup
+from dwlib.steps.preflight import DMF_LOCALE, NOT_YET, Preflight, Setup, _dmf_locale_check
 
 
 def _by_name(result: StepResult) -> dict[str, Check]:
@@ -270,3 +273,39 @@ def test_after_the_link_plugins_roles_and_apps_pass_and_each_can_fail(linked_san
     assert checks[names[2]].status == Status.PASSED
     assert checks[names[3]].status == Status.WARNING and "no map runs" in checks[names[3]].evidence
     assert checks[names[4]].status == Status.FAILED and "roles: none" in checks[names[4]].evidence
+
+
+def test_the_dmf_locale_the_initial_sync_needs_is_read_and_can_fail(start_sandbox, step_context) -> None:
+    """en-us passes; an nl-NL source data format fails with the documented fix (Language locale en-us
+    under Source data formats); a format that names none warns."""
+    params = {"legal_entities": ["USMF"]}
+    english = _by_name(Preflight().execute(step_context(start_sandbox("existing-existing", rows=20),
+                                                        params=params)))[DMF_LOCALE]
+    assert english.status == Status.PASSED and "CSV-Unicode" in english.evidence
+    dutch = start_sandbox("existing-existing", rows=20, fresh=True, dmf_locale="nl-NL")
+    result = Preflight().execute(step_context(dutch, params=params))
+    check = _by_name(result)[DMF_LOCALE]
+    assert result.status == Status.FAILED and check.status == Status.FAILED
+    assert "CSV-Unicode (nl-nl)" in check.evidence and "Edm.Decimal" in check.evidence
+    assert "Data management > Source data formats" in check.fix and "Language locale to en-us" in check.fix
+    assert check.doc == LOCALE_DOC
+    c = Consultant(dutch)
+    try:
+        for row in c.fo_rows("DataManagementSourceDataFormats"):
+            r = c.fo("PATCH", f"DataManagementSourceDataFormats(SourceName='{row['SourceName']}')",
+                     {"LanguageLocale": "" if row["SourceName"] == "CSV" else "en-us"})
+            assert r.status_code == 204, r.text
+    finally:
+        c.close()
+    unset = _by_name(Preflight().execute(step_context(dutch, params=params)))[DMF_LOCALE]
+    assert unset.status == Status.WARNING and unset.evidence.endswith(": CSV")
+
+
+def test_a_dmf_locale_that_cannot_be_read_warns() -> None:
+    class _FinOps:
+        def query(self, *args: Any, **kwargs: Any) -> Any:
+            raise ClientError("404 Resource not found for the segment 'DataManagementSourceDataFormats'")
+
+    check = _dmf_locale_check(SimpleNamespace(finops=_FinOps()))  # type: ignore[arg-type]
+    assert check.status == Status.WARNING and check.evidence.startswith("not read: 404")
+    assert "Regional settings: Language locale en-us" in check.fix

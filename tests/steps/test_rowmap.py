@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from dwlib import catalog
 from dwlib.steps.dvmeta import Lookup, TableInfo
 from dwlib.steps.rowmap import Lookups, RowMap
@@ -22,9 +24,13 @@ def _table(entity_set: str, logical: str, columns: list[str], lookups: dict[str,
 
 
 def test_a_multi_table_lookup_binds_through_the_navigation_property_of_the_matched_table() -> None:
-    """CDS Contacts V2 maps `parentcustomerid.accountnumber`: a Customer lookup, which Dataverse
-    exposes as `parentcustomerid_account` and `parentcustomerid_contact` (one per table)."""
-    cds = next(m for m in catalog.table_maps() if m.id == "cds-contacts-v2")
+    """A map row `parentcustomerid.accountnumber` (as a customised contacts map may have) names a
+    Customer lookup, which Dataverse exposes as `parentcustomerid_account` and
+    `parentcustomerid_contact` (one per table)."""
+    documented = catalog.table_map("cds-contacts-v2")
+    cds = replace(documented, mappings=(
+        *(c for c in documented.mappings if c.finops != "AssociatedContactNumber"),
+        catalog.ColumnMapping("AssociatedContactNumber", "=", "parentcustomerid.accountnumber")))
     company = Lookup("msdyn_company", "cdm_company")
     contacts = _table("contacts", "contact", ["msdyn_contactpersonid", "firstname", "lastname"], {
         "parentcustomerid_contact": Lookup("parentcustomerid", "contact"),

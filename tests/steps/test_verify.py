@@ -62,9 +62,11 @@ def test_a_good_sync_reconciles_and_the_round_trip_passes_and_cleans_up(linked_s
                                                                              "Dataverse → F&O", "clean-up")}
         assert stages == dict.fromkeys(("F&O → Dataverse", "Dataverse → F&O", "clean-up"), Status.PASSED)
         assert _leftovers(c) == []
-        recon, missing = (Path(p) for p in result.evidence_files)
+        recon, missing, differing, ineligible = (Path(p) for p in result.evidence_files)
         assert len(_csv(recon)) == len(rows)
-        assert _csv(missing) == []
+        assert _csv(missing) == [] and _csv(differing) == [] and _csv(ineligible) == []
+        # values were compared: every mapped two-way column, equal checksums on both sides
+        assert usmf["columns_compared"] > 30 and usmf["finops_checksum"] == usmf["dataverse_checksum"] != ""
 
         writes = len(_writes(ctx))
         again = STEPS["verify"]().execute(ctx)
@@ -109,6 +111,53 @@ def test_a_row_deleted_on_one_side_fails_with_its_key(linked_sandbox, step_conte
         assert missing_csv in result.next_action and "initial sync" in result.next_action
         (check,) = [ch for ch in result.checks if ch.status == Status.FAILED]
         assert check.name == f"{ACCOUNTS} USMF" and missing_csv in check.fix
+    finally:
+        c.close()
+
+
+def test_values_that_differ_fail_with_both_sides_values_and_equal_data_in_other_forms_passes(
+        linked_sandbox, step_context, tmp_path: Path) -> None:
+    """Same counts and keys, one value changed on one side (live sync stopped): verify fails naming
+    the row and the column with both values; text with spaces around it, or a choice through its
+    value map, is the same data and passes."""
+    sandbox = linked_sandbox("existing-new", rows=20, legal_entities=["USMF"])
+    c = Consultant(sandbox)
+    try:
+        run_maps(c, CUSTOMER_MAPS)
+        c.portal("POST", f"/dualwrite/maps/{catalog.table_map(ACCOUNTS).id}/stop")  # no live sync
+        orgs = c.fo_rows("CustomersV3?cross-company=true&$filter=dataAreaId eq 'usmf' and "
+                         "PartyType eq 'Organization'&$orderby=CustomerAccount")
+        same, changed = orgs[0], orgs[1]
+        (same_dv,) = c.dv_rows(f"accounts?$filter=accountnumber eq '{same['CustomerAccount']}'")
+        (changed_dv,) = c.dv_rows(f"accounts?$filter=accountnumber eq '{changed['CustomerAccount']}'")
+        assert c.dv("PATCH", f"accounts({same_dv['accountid']})",
+                    {"name": f"  {same['OrganizationName']} "}).status_code == 204
+        hold = 806380005 if changed["OnHoldStatus"] != "Never" else 806380000
+        group = "90" if changed["CustomerGroupId"] != "90" else "10"
+        (other,) = c.dv_rows(f"msdyn_customergroups?$filter=msdyn_groupid eq '{group}' and "
+                             f"_msdyn_company_value eq {changed_dv['_msdyn_company_value']}")
+        assert c.dv("PATCH", f"accounts({changed_dv['accountid']})",
+                    {"msdyn_onholdstatus": hold, "telephone1": "+1 999", "msdyn_customergroupid@odata.bind":
+                     f"msdyn_customergroups({other['msdyn_customergroupid']})"}).status_code == 204
+
+        ctx = _context(step_context, sandbox, ["USMF"], tmp_path, **{"verify.round_trip": "never"})
+        result = STEPS["verify"]().execute(ctx)
+        assert result.status == Status.FAILED
+        (row,) = [r for r in result.tables["reconciliation"] if r["status"] == "FAIL"]
+        assert (row["map"], row["finops_rows"], row["missing_in_dataverse"], row["missing_in_finops"]) == \
+            (ACCOUNTS, row["dataverse_rows"], 0, 0)
+        assert row["differing_rows"] == 1 and row["sample_differing"] == changed["CustomerAccount"]
+        assert row["finops_checksum"] != row["dataverse_checksum"]
+        differing = _csv(result.evidence_files[2])
+        assert {(d["key"], d["column"], d["finops_value"], d["dataverse_value"]) for d in differing} == {
+            (changed["CustomerAccount"], "OnHoldStatus ↔ msdyn_onholdstatus", changed["OnHoldStatus"].lower(),
+             "never" if hold == 806380005 else "no"),
+            (changed["CustomerAccount"], "PrimaryContactPhone ↔ telephone1", changed["PrimaryContactPhone"],
+             "+1 999"),
+            (changed["CustomerAccount"], "CustomerGroupId ↔ msdyn_customergroupid.msdyn_groupid",
+             changed["CustomerGroupId"], group)}
+        (check,) = [ch for ch in result.checks if ch.status == Status.FAILED]
+        assert "values of" in check.evidence and result.evidence_files[2] in check.fix
     finally:
         c.close()
 
