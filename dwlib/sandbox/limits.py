@@ -2,7 +2,14 @@
 
 - Dataverse service protection limits (api-surface §2.10), per user (the token's `oid`) over a
   sliding window: number of requests, combined execution time, concurrent requests → 429 with
-  `Retry-After` seconds and the documented code and message.
+  `Retry-After` seconds and the documented code and message. Until a `Retry-After` has passed every
+  request of the user is refused, and one that keeps pushing (arriving more than `PUSH_GRACE_S`
+  after the refusal) extends the wait, doubling with each push. Execution time is the time a
+  request is processed: from its arrival to its response, less the time spent waiting for the
+  network (its body, the client reading the response), so concurrent requests do not inflate each
+  other's. Every counted response says what is left and how parallel to be:
+  `x-ms-ratelimit-burst-remaining-xrm-requests`, `x-ms-ratelimit-time-remaining-xrm-requests`
+  (seconds, as `1,200.00`) and `x-ms-dop-hint`.
 - F&O resource-based throttling (§3.5): more concurrent F&O OData requests than
   `limits.finops_concurrency` → 429 with the documented message. DMF is exempt, as documented.
 - Faults from a spec like `latency=20ms,429=0.05,503=0.02,5xx=0.01,drop=0.01,seed=7,retry=1`:
@@ -26,6 +33,7 @@ import math
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -35,6 +43,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .context import AuthError, Sandbox
 from .state import Limits
 
+BURST_REMAINING = b"x-ms-ratelimit-burst-remaining-xrm-requests"
+TIME_REMAINING = b"x-ms-ratelimit-time-remaining-xrm-requests"
+DOP_HINT = b"x-ms-dop-hint"
+CONCURRENCY_CODE = "0x80072326"
+PUSH_GRACE_S = 1.0  # requests this soon after a refusal were already on their way: no extension
 FINOPS_THROTTLED = ("This request could not be processed at this time due to system experiencing high "
                     "resource utilization.")
 _DMF_PREFIX = "/finops/data/DataManagementDefinitionGroups"  # DIXF/DMF is exempt from throttling
@@ -131,14 +144,67 @@ class Faults:
 
 @dataclass
 class _Window:
-    """One user's recent requests: `[arrival time, execution seconds]` and those in flight."""
+    """One user's recent requests (`[arrival time, execution seconds]`, their execution seconds in
+    `used`), those in flight, and the refusal the user is waiting out.
+
+    >>> w = _Window(); e = w.arrive(0.0); w.finish(e, 2.5); w.used
+    2.5
+    >>> w.prune(10.0, 5.0); w.used, len(w.events)
+    (0.0, 0)
+    """
 
     events: deque[list[float]] = field(default_factory=deque)
     in_flight: int = 0
+    used: float = 0.0
+    penalty_since: float = 0.0
+    penalty_until: float = 0.0
+    pushes: int = 0
+    refusal: tuple[str, str] = ("", "")  # code and message of the refusal being waited out
+
+    def arrive(self, now: float) -> list[float]:
+        event = [now, 0.0]
+        self.events.append(event)
+        return event
+
+    def finish(self, event: list[float], execution_s: float) -> None:
+        event[1] = execution_s
+        self.used += execution_s
 
     def prune(self, now: float, window_s: float) -> None:
         while self.events and self.events[0][0] <= now - window_s:
-            self.events.popleft()
+            self.used -= self.events.popleft()[1]
+        if not self.events:
+            self.used = 0.0  # no float residue once the window is empty
+
+
+class _Meter:
+    """Execution time of one request: time since it arrived, less its waits on the network."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.started = clock()
+        self.waited = 0.0
+
+    def spent(self) -> float:
+        return max(0.0, self.clock() - self.started - self.waited)
+
+    def receive(self, receive: Receive) -> Receive:
+        async def timed() -> Message:
+            t = self.clock()
+            try:
+                return await receive()
+            finally:
+                self.waited += self.clock() - t
+        return timed
+
+    def send(self, send: Send) -> Send:
+        async def timed(message: Message) -> None:
+            t = self.clock()
+            try:
+                await send(message)
+            finally:
+                self.waited += self.clock() - t
+        return timed
 
 
 def _fmt(x: float) -> str:
@@ -159,6 +225,7 @@ class Guard:
         self.sbx = sbx
         self._users: dict[str, _Window] = {}
         self._finops_in_flight = 0
+        self.clock: Callable[[], float] = time.monotonic  # tests replace it
         self.faults = Faults()
         self._rng = random.Random()
         self.set_faults(sbx.settings.faults, persist=False)
@@ -242,42 +309,67 @@ class Guard:
             return
         lim = self.limits
         win = self._users.setdefault(oid, _Window())
-        now = time.monotonic()
+        now = self.clock()
         win.prune(now, lim.window_s)
-        refusal = self._protection(win, now, lim)
+        refusal = self._refusal(win, now, lim)
         if refusal:
             await self._refuse(send, service, 429, *refusal)
             return
-        event = [now, 0.0]
-        win.events.append(event)
+        event = win.arrive(now)
         win.in_flight += 1
-        remaining = str(max(0, lim.requests - len(win.events))).encode()
+        meter = _Meter(self.clock)
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []),
-                                      (b"x-ms-ratelimit-burst-remaining-xrm-requests", remaining)]
+                message["headers"] = [*message.get("headers", []), *self._budget(win, lim, meter.spent())]
             await send(message)
 
         try:
-            await self._run(scope, receive, with_headers)
+            await self._run(scope, meter.receive(receive), meter.send(with_headers))
         finally:
             win.in_flight -= 1
-            event[1] = time.monotonic() - now
+            win.finish(event, meter.spent())
+
+    def _budget(self, win: _Window, lim: Limits, running_s: float) -> list[tuple[bytes, bytes]]:
+        """What is left of the user's window (this request's execution so far included) and the
+        degree of parallelism to use, as response headers."""
+        win.prune(self.clock(), lim.window_s)
+        requests = max(0, lim.requests - len(win.events))
+        seconds = max(0.0, lim.execution_s - win.used - running_s)
+        return [(BURST_REMAINING, str(requests).encode()), (TIME_REMAINING, f"{seconds:,.2f}".encode()),
+                (DOP_HINT, str(min(lim.dop, lim.concurrency)).encode())]
+
+    def _refusal(self, win: _Window, now: float, lim: Limits) -> tuple[int, str, str] | None:
+        """The refusal of a request arriving now: a limit reached, or a Retry-After not waited out.
+
+        A request that arrives before the Retry-After has passed is refused again; one that keeps
+        pushing past `PUSH_GRACE_S` extends the wait by 1, 2, 4, … seconds (a window at most each)."""
+        if now < win.penalty_until:
+            if now - win.penalty_since >= PUSH_GRACE_S:
+                win.pushes += 1
+                win.penalty_until += min(lim.window_s, 2.0 ** (win.pushes - 1))
+            return (math.ceil(win.penalty_until - now), *win.refusal)
+        refusal = self._protection(win, now, lim)
+        if refusal and refusal[1] != CONCURRENCY_CODE:
+            win.penalty_since, win.penalty_until, win.pushes = now, now + refusal[0], 0
+            win.refusal = refusal[1], refusal[2]
+        return refusal
 
     @staticmethod
     def _protection(win: _Window, now: float, lim: Limits) -> tuple[int, str, str] | None:
         """`(retry_after, code, message)` when a service protection limit is reached, else None."""
         if win.in_flight >= lim.concurrency:
-            return 1, "0x80072326", f"Number of concurrent requests exceeded the limit of {lim.concurrency}."
+            return (1, CONCURRENCY_CODE,
+                    f"Number of concurrent requests exceeded the limit of {lim.concurrency}.")
         if len(win.events) >= lim.requests:
             wait = win.events[0][0] + lim.window_s - now
             return (max(1, math.ceil(wait)), "0x80072322",
                     f"Number of requests exceeded the limit of {lim.requests} over time window of "
                     f"{_fmt(lim.window_s)} seconds.")
-        used = sum(e[1] for e in win.events)
+        used = win.used
         if used >= lim.execution_s:
             # Retry when enough execution time has left the window to be under the limit again.
+            wait = lim.window_s
             for t, spent in win.events:
                 used -= spent
                 if used < lim.execution_s:
