@@ -23,6 +23,7 @@ from .batch import Batch
 from .bulk import BulkResult, Progress, run_chunks
 from .errors import HttpError
 from .odata import Key, ODataService, key_segment, literal
+from .pacing import Pacer
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -63,6 +64,7 @@ class DataverseClient(ODataService):
         page_size: int = 5000,
         concurrency: int = 4,
         batch_size: int = 1000,
+        pacer: Pacer | None = None,
     ) -> None:
         if not 1 <= batch_size <= MAX_BULK:
             raise ValueError(f"batch_size must be 1..{MAX_BULK} (rows per bulk request), not {batch_size}")
@@ -71,6 +73,8 @@ class DataverseClient(ODataService):
         self.page_size = page_size
         self.concurrency = concurrency
         self.batch_size = batch_size
+        # One per user and environment, as the service protection limits count: `concurrency` at most.
+        self.pacer = pacer or Pacer(concurrency)
         self._tables: dict[str, TableNames] = {}
 
     # --- reads -------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from .dataverse import DataverseClient
 from .dmf import DmfClient
 from .finops import FinOpsClient
 from .http import HttpConfig, Journal, RetryBudget, make_client
+from .pacing import Pacer
 
 if TYPE_CHECKING:
     from dwlib.params import Params
@@ -76,7 +77,8 @@ def connect(
     """Clients for the run `params` describe, all on one stack, one journal and one retry budget.
 
     Contacts the sign-in authority (discovery) but no environment yet. `transport` replaces the
-    network and `sleep` the waits between retries (`RetryBudget`) for tests.
+    network and `sleep` the waits between retries (`RetryBudget`) and of Dataverse pauses (`Pacer`)
+    for tests.
 
     >>> # with connect(load_params("params/sandbox-new-new.yaml")) as session: session.dataverse.whoami()
     """
@@ -96,7 +98,8 @@ def connect(
                           budget=budget)
     options = params.options
     dataverse = DataverseClient(dv_http, env.dataverse_url, page_size=options.page_size,
-                                concurrency=options.concurrency, batch_size=options.batch_size)
+                                concurrency=options.concurrency, batch_size=options.batch_size,
+                                pacer=Pacer(options.concurrency, sleep=sleep))
     finops = FinOpsClient(fo_http, env.finops_url, retry=config, budget=budget)
     dmf = DmfClient(finops, plain)
     return Session(dataverse, finops, dmf, journal, tokens, config, budget, [plain, dv_http, fo_http])
