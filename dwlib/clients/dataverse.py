@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections import Counter
@@ -34,6 +35,7 @@ AGGREGATE_LIMIT_EXCEEDED = "0x8004e023"  # AggregateQueryRecordLimit: an aggrega
 _ENTITY_ID = re.compile(r"\(([0-9a-fA-F-]{36})\)\s*$")
 _NOT_LINKED = "0x80048d0b"
 MAX_BULK = 1000  # rows per CreateMultiple/UpdateMultiple/UpsertMultiple request
+_JSON = {"Content-Type": "application/json"}
 SOLUTION_COLUMNS = ("uniquename", "friendlyname", "version", "ismanaged", "installedon")
 
 
@@ -252,7 +254,9 @@ class DataverseClient(ODataService):
 
         def send(chunk: list[Mapping[str, Any]]) -> list[str] | None:
             targets = [{"@odata.type": odata_type, **row} for row in chunk]
-            response = self.send("POST", path, json={"Targets": targets}, safe=safe)
+            # Encoded before a slot is taken, while other chunks are on the wire.
+            body = json.dumps({"Targets": targets}).encode()
+            response = self.send("POST", path, content=body, headers=_JSON, safe=safe)
             return response.json().get("Ids") if message == "CreateMultiple" else None
 
         return run_chunks(rows, send, chunk_size=self.batch_size, concurrency=self.concurrency,

@@ -243,7 +243,7 @@ class Pacer:
         self._ok_in_a_row = 0
         if code.lower() == CONCURRENCY_EXCEEDED:
             # More were in flight than the service allows: never send that many again (for a while).
-            self.cap = max(1, ticket.on_wire - 1)
+            self.cap = max(1, min(self.cap or ticket.on_wire, ticket.on_wire - 1))
             self._cap_until = now + CAP_HOLD_S
             self.limit = min(self.limit, self.cap)
             return
