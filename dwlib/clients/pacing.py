@@ -31,7 +31,7 @@ through `clock` and `sleep`, which tests replace.
 Example:
     >>> pacer = Pacer(4)
     >>> with pacer.slot() as ticket:
-    ...     ticket.before_attempt()
+    ...     waited = ticket.before_attempt()
     ...     ticket.after_attempt(httpx.Response(204, headers={"x-ms-dop-hint": "8"}))
     >>> pacer.limit, pacer.hint
     (4, 8)
