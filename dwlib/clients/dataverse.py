@@ -35,6 +35,8 @@ AGGREGATE_LIMIT_EXCEEDED = "0x8004e023"  # AggregateQueryRecordLimit: an aggrega
 _ENTITY_ID = re.compile(r"\(([0-9a-fA-F-]{36})\)\s*$")
 _NOT_LINKED = "0x80048d0b"
 MAX_BULK = 1000  # rows per CreateMultiple/UpdateMultiple/UpsertMultiple request
+# "Message size exceeded when sending context to Sandbox": 116.65 MB (the page also says 116.85).
+MAX_PAYLOAD_BYTES = 116_650_000
 _JSON = {"Content-Type": "application/json"}
 SOLUTION_COLUMNS = ("uniquename", "friendlyname", "version", "ismanaged", "installedon")
 
@@ -55,6 +57,7 @@ class DataverseClient(ODataService):
 
     API = "api/data/v9.2"
     name = "Dataverse"
+    max_payload_bytes = MAX_PAYLOAD_BYTES
     auth_fix = ("the app needs an application user with a security role in this environment "
                 "(Power Platform admin center > Environment > Settings > Application users)")
 
@@ -256,6 +259,12 @@ class DataverseClient(ODataService):
             targets = [{"@odata.type": odata_type, **row} for row in chunk]
             # Encoded before a slot is taken, while other chunks are on the wire.
             body = json.dumps({"Targets": targets}).encode()
+            if safe and len(body) > self.max_payload_bytes and len(chunk) > 1:
+                # Over the payload a transaction may carry (refused once a plug-in, such as
+                # dual-write's, is registered): two requests instead, each safe to repeat.
+                half = len(chunk) // 2
+                send(chunk[:half])
+                return send(chunk[half:])
             response = self.send("POST", path, content=body, headers=_JSON, safe=safe)
             return response.json().get("Ids") if message == "CreateMultiple" else None
 
