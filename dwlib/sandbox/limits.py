@@ -15,7 +15,9 @@
 - Faults from a spec like `latency=20ms,429=0.05,503=0.02,5xx=0.01,drop=0.01,seed=7,retry=1`:
   rates per request (`500`/`503`/`504` one status each, `5xx` any of them), drawn from one seeded
   generator so a run is repeatable. A dropped request *is* processed, then its connection is cut
-  mid-response: the client cannot know whether the write happened.
+  mid-response: the client cannot know whether the write happened. `part429=R` throttles each part
+  of an F&O `$batch` at that rate (F&O's 429 inside a batch that answers 200, api-surface §3.4):
+  the part is not run, and its change set (if any) fails with it.
 
 Identity, admin, blob and portal paths are never throttled nor faulted.
 
@@ -57,7 +59,13 @@ _ODATA_JSON = b"application/json; odata.metadata=minimal"
 # spec key → field, in the order one draw is matched against them
 _RATES = {"429": "throttle", "500": "error_500", "503": "error_503", "504": "error_504",
           "5xx": "server_error", "drop": "drop"}
-_USAGE = "use latency=20ms,429=0.05,503=0.02,504=0.01,500=0.01,5xx=0.02,drop=0.01,seed=7,retry=SECONDS"
+_USAGE = ("use latency=20ms,429=0.05,503=0.02,504=0.01,500=0.01,5xx=0.02,drop=0.01,part429=0.1,seed=7,"
+          "retry=SECONDS")
+PART_THROTTLE = "dw.part_throttle"
+"""Scope key of an F&O `$batch` request (its parts inherit it): a callable that answers the
+Retry-After of a part to throttle, or None."""
+_AX_ODATA = "Microsoft.Dynamics.Platform.Integration.Services.OData"
+THROTTLING_KIND = f"{_AX_ODATA}.AxODataThrottlingException"
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,7 @@ class Faults:
     error_503: float = 0.0
     error_504: float = 0.0
     drop: float = 0.0
+    part_throttle: float = 0.0  # per part of an F&O $batch, drawn apart from the request's fault
     seed: int | None = None
     retry_after_s: int = 1
     spec: str = ""
@@ -102,9 +111,10 @@ class Faults:
                     scale = 1.0 if raw.endswith("s") and not raw.endswith("ms") else 0.001
                     values["latency_s"] = float(raw.removesuffix("ms").removesuffix("s")) * scale
                     ok = values["latency_s"] >= 0
-                elif key in _RATES:
-                    values[_RATES[key]] = float(raw)
-                    ok = 0.0 <= values[_RATES[key]] <= 1.0
+                elif key in _RATES or key == "part429":
+                    name = _RATES.get(key, "part_throttle")
+                    values[name] = float(raw)
+                    ok = 0.0 <= values[name] <= 1.0
                 elif key in ("seed", "retry"):
                     values["seed" if key == "seed" else "retry_after_s"] = int(raw)
                     ok = key == "seed" or int(raw) >= 1
@@ -266,6 +276,8 @@ class Guard:
             await self.app(scope, receive, send)
             return
         f = self.faults
+        if service == "finops" and path.endswith("/$batch"):
+            scope = {**scope, PART_THROTTLE: self._part_throttled}
         fault = f.pick(self._rng.random())
         if fault is None:
             await self._limited(scope, receive, send, service)
@@ -281,6 +293,11 @@ class Guard:
             retry_after = f.retry_after_s if status == 503 else None
             await self._delay()
             await self._refuse(send, service, status, retry_after, code, message)
+
+    def _part_throttled(self) -> int | None:
+        """The Retry-After of a batch part to throttle (`part429`), or None to run it."""
+        rate = self.faults.part_throttle
+        return self.faults.retry_after_s if rate and self._rng.random() < rate else None
 
     async def _delay(self) -> None:
         if self.faults.latency_s:
@@ -404,8 +421,7 @@ class Guard:
         else:
             kind = "AxODataThrottlingException" if status == 429 else "AxODataException"
             body = {"error": {"code": code, "message": message, "innererror": {
-                "message": message, "type": f"Microsoft.Dynamics.Platform.Integration.Services.OData.{kind}",
-                "stacktrace": ""}}}
+                "message": message, "type": f"{_AX_ODATA}.{kind}", "stacktrace": ""}}}
         data = json.dumps(body).encode()
         headers = [(b"content-type", _ODATA_JSON), (b"content-length", str(len(data)).encode())]
         if retry_after is not None:
