@@ -27,6 +27,7 @@ from .errors import (
 )
 from .finops import FinOpsClient
 from .http import SAFE, HttpConfig, Journal, JournalEntry, make_client
+from .pacing import Pacer
 from .session import Session, connect
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "Journal",
     "JournalEntry",
     "NotFoundError",
+    "Pacer",
     "PartResponse",
     "Session",
     "ThrottledError",
