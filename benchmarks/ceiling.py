@@ -168,7 +168,7 @@ class Bench:
             assert len(self.ids) == rows, f"the sandbox has {len(self.ids)} accounts, not {rows}"
             self.companies = [s.dataverse.create("cdm_companies", {"cdm_companycode": f"C{i}",
                                                                     "cdm_name": f"Ceiling {i}"})
-                              for i in range(8)]
+                              for i in range(3 + 2 * ROUNDS)]  # one for each pass over the accounts
             self.token = s.tokens.token(scope_for(self.params.environments.dataverse_url))
         self.used_companies = 0
 
