@@ -202,7 +202,8 @@ class Pacer:
                     self._budget(ticket, response)
                     self._exec_s = (now - ticket.started if not self._exec_s
                                     else (1 - _EWMA) * self._exec_s + _EWMA * (now - ticket.started))
-                    self._increase()
+                    if response.status_code < 400:  # a failure is no sign the service can take more
+                        self._increase()
             self._outstanding.discard(ticket.seq)
             self._cond.notify_all()
 

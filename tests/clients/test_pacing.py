@@ -169,6 +169,10 @@ def test_additive_increase_after_a_multiplicative_decrease() -> None:
         t.before_attempt()
         t.after_attempt(answer())
     assert pacer.limit == 4
+    for _ in range(10):  # failures are no sign the service can take more
+        with started(pacer, 1) as (t,):
+            t.after_attempt(answer(503))
+    assert pacer.limit == 4
     limits = []
     for _ in range(4 + 5 + 6 + 7):  # one more after `limit` answers in a row
         with started(pacer, 1) as (t,):
