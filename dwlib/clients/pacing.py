@@ -16,7 +16,8 @@ extends the wait. `Pacer` turns that into when a request may start:
   `CAP_HOLD_S`, so a limit raised by the service is found again.
 - **Retry-After** pauses every new attempt of the user until it has passed. The refused request is
   retried by the HTTP stack after the same wait and goes first: its answer says how much room there
-  is before the others start.
+  is before the others start. Requests then start no faster than those of the window that just
+  ended (they free their places at that pace), until two windows pass without a 429.
 - **The remaining budget**: a request starts only while the freshest answer leaves room for it
   beyond the requests started after that answer; when there is no room and nothing is in flight,
   one request goes, which finds room again or is told when to come back. So a full window costs
@@ -123,6 +124,12 @@ class Pacer:
         self._exec_s = 0.0
         self._resume_at = -math.inf
         self._halved_at_seq = -1
+        self._gap = 0.0  # least time between two starts, after a full window
+        self._next_start = -math.inf
+        self._wave_start: float | None = None  # when the requests of the current window began
+        self._wave_starts = 0
+        self._period = 0.0  # from the start of the last window's requests to its Retry-After's end
+        self._throttled_at = -math.inf
         self._ok_in_a_row = 0
         self.throttles: list[Throttle] = []
         self.paused_s = 0.0  # waited by requests held back for another request's Retry-After
@@ -179,6 +186,18 @@ class Pacer:
             self._sleep(wait)
             waited += wait
             ticket.covered_until = max(ticket.covered_until, resume_at)
+        with self._cond:
+            now = self.clock()
+            if self._gap and now - self._throttled_at > 2 * self._period:
+                self._gap = 0.0  # two windows without a 429: the limit no longer binds
+            start_at = max(now, self._next_start)
+            self._next_start = start_at + self._gap
+            if self._wave_start is None:
+                self._wave_start = now
+            self._wave_starts += 1
+        if start_at > now:
+            self._sleep(start_at - now)
+            waited += start_at - now
         with self._cond:
             if ticket.attempts:  # a retry is another request for the service's budget
                 self._outstanding.discard(ticket.seq)
@@ -248,15 +267,26 @@ class Pacer:
             self._cap_until = now + CAP_HOLD_S
             self.limit = min(self.limit, self.cap)
             return
-        if ticket.seq > self._halved_at_seq:
+        if ticket.seq > self._halved_at_seq:  # the first 429 of a full window
             self.limit = max(1, self.limit // 2)
             self._halved_at_seq = self._seq
+            self._spacing(now, now + (retry_after or 0.0))
         if retry_after:
             ticket.covered_until = now + retry_after
             self._resume_at = max(self._resume_at, now + retry_after)
         # The retried request goes first after the pause: its answer says how much room there is.
         self._requests_left = self._seconds_left = 0.0
         self._fresh_seq = ticket.seq
+
+
+    def _spacing(self, now: float, resume_at: float) -> None:
+        """After a full window, start requests no faster than the window's did: they free their
+        places in the service's window at that pace, so a faster start would meet a 429 again."""
+        if self._wave_start is not None and self._wave_starts:
+            self._gap = (now - self._wave_start) / self._wave_starts
+            self._period = resume_at - self._wave_start
+        self._throttled_at = now
+        self._wave_start, self._wave_starts = resume_at, 0
 
 
 def _number(value: str | None) -> float | None:

@@ -170,6 +170,8 @@ class _Window:
     penalty_until: float = 0.0
     pushes: int = 0
     refusal: tuple[str, str] = ("", "")  # code and message of the refusal being waited out
+    served: int = 0  # since the sandbox started, for the admin endpoint
+    served_s: float = 0.0
 
     def arrive(self, now: float) -> list[float]:
         event = [now, 0.0]
@@ -179,6 +181,8 @@ class _Window:
     def finish(self, event: list[float], execution_s: float) -> None:
         event[1] = execution_s
         self.used += execution_s
+        self.served += 1
+        self.served_s += execution_s
 
     def prune(self, now: float, window_s: float) -> None:
         while self.events and self.events[0][0] <= now - window_s:
@@ -262,9 +266,12 @@ class Guard:
         return self.limits
 
     def describe(self) -> dict[str, Any]:
-        """Current faults and limits, as the admin endpoints show them."""
+        """Current faults and limits, as the admin endpoints show them, and per Dataverse user (`oid`)
+        the requests served and their execution seconds since the sandbox started."""
         faults = asdict(self.faults)
-        return {"faults": faults, "limits": asdict(self.limits)}
+        usage = {oid: {"requests": w.served, "execution_s": round(w.served_s, 6)}
+                 for oid, w in self._users.items()}
+        return {"faults": faults, "limits": asdict(self.limits), "usage": usage}
 
     # --- the middleware ---------------------------------------------------------------------------
 

@@ -122,6 +122,30 @@ def test_a_full_window_costs_one_429_not_one_per_request_in_flight() -> None:
         assert not pacer.would_start()
 
 
+def test_after_a_full_window_requests_start_no_faster_than_that_window_freed_its_places() -> None:
+    clock = Clock()
+    pacer = Pacer(1, clock=clock, sleep=clock.sleep)
+    for _ in range(4):  # a window of four requests, started 0.5 s apart
+        with started(pacer, 1) as (t,):
+            t.after_attempt(answer(requests=10))
+        clock.now += 0.5
+    with started(pacer, 1) as (t,):  # the fifth finds the window full at 2.0 s
+        t.after_attempt(answer(429, code=REQUESTS, retry_after=10))
+        clock.now = 12.0
+        assert t.before_attempt() == 0  # its retry goes at once
+        t.after_attempt(answer(requests=9))
+    starts = []
+    for _ in range(3):
+        with started(pacer, 1) as (t,):
+            starts.append(round(t.started, 3))
+            t.after_attempt(answer(requests=9))
+    assert starts == [12.4, 12.8, 13.2]  # 2.0 s / 5 starts apart, as in the full window
+    clock.now = 40.0  # two windows without a 429: no more spacing
+    with started(pacer, 1) as (t,):
+        assert t.started == 40.0
+        t.after_attempt(answer(requests=9))
+
+
 def test_the_remaining_execution_time_holds_requests_back() -> None:
     clock = Clock()
     pacer = Pacer(4, clock=clock, sleep=clock.sleep)

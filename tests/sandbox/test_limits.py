@@ -150,6 +150,7 @@ def test_counted_responses_carry_the_remaining_budget_and_the_dop_hint(tmp_path:
                  r.headers["x-ms-ratelimit-time-remaining-xrm-requests"]) for r in seen] == [
             ("9", "0.75"), ("8", "0.50"), ("7", "0.50")]  # a request's own time counts at once
         assert {r.headers["x-ms-dop-hint"] for r in seen} == {"3"}  # never above the concurrency limit
+        assert list(rig.guard.describe()["usage"].values()) == [{"requests": 3, "execution_s": 0.5}]
         refused = [await rig.get("/dataverse/busy") for _ in range(3)]
         assert [r.status_code for r in refused] == [200, 200, 429]
         assert "x-ms-dop-hint" not in refused[-1].headers and _error(refused[-1])[0] == "0x80072321"
