@@ -16,8 +16,9 @@ extends the wait. `Pacer` turns that into when a request may start:
   `CAP_HOLD_S`, so a limit raised by the service is found again.
 - **Retry-After** pauses every new attempt of the user until it has passed. The refused request is
   retried by the HTTP stack after the same wait and goes first: its answer says how much room there
-  is before the others start. Requests then start no faster than those of the window that just
-  ended (they free their places at that pace), until two windows pass without a 429.
+  is before the others start. Requests then start about as fast as those of the window that just
+  ended did (they free their places at that pace; the median gap, a tenth less), until two windows
+  pass without a 429.
 - **The remaining budget**: a request starts only while the freshest answer leaves room for it
   beyond the requests started after that answer; when there is no room and nothing is in flight,
   one request goes, which finds room again or is told when to come back. So a full window costs
@@ -56,6 +57,7 @@ TIME_REMAINING = "x-ms-ratelimit-time-remaining-xrm-requests"
 CONCURRENCY_EXCEEDED = "0x80072326"
 CAP_HOLD_S = 300.0  # the documented window: a learned concurrency cap is tried again after it
 _EWMA = 0.2  # weight of the newest attempt in the estimate of one attempt's execution time
+PACE_SHARE = 0.9  # of the last full window's gap between starts, kept after it
 
 
 @dataclass(frozen=True)
@@ -126,8 +128,7 @@ class Pacer:
         self._halved_at_seq = -1
         self._gap = 0.0  # least time between two starts, after a full window
         self._next_start = -math.inf
-        self._wave_start: float | None = None  # when the requests of the current window began
-        self._wave_starts = 0
+        self._wave: list[float] = []  # when the attempts since the last full window started
         self._period = 0.0  # from the start of the last window's requests to its Retry-After's end
         self._throttled_at = -math.inf
         self._ok_in_a_row = 0
@@ -192,9 +193,7 @@ class Pacer:
                 self._gap = 0.0  # two windows without a 429: the limit no longer binds
             start_at = max(now, self._next_start)
             self._next_start = start_at + self._gap
-            if self._wave_start is None:
-                self._wave_start = now
-            self._wave_starts += 1
+            self._wave.append(start_at)
         if start_at > now:
             self._sleep(start_at - now)
             waited += start_at - now
@@ -280,13 +279,16 @@ class Pacer:
 
 
     def _spacing(self, now: float, resume_at: float) -> None:
-        """After a full window, start requests no faster than the window's did: they free their
-        places in the service's window at that pace, so a faster start would meet a 429 again."""
-        if self._wave_start is not None and self._wave_starts:
-            self._gap = (now - self._wave_start) / self._wave_starts
-            self._period = resume_at - self._wave_start
+        """After a full window, start requests about as fast as the window's did: they free their
+        places in the service's window at that pace, so a much faster start would meet a 429 again.
+        The median gap between its starts (an idle moment before it is not its pace), a tenth less,
+        so the pace can recover."""
+        gaps = sorted(b - a for a, b in zip(self._wave, self._wave[1:], strict=False))
+        median = gaps[len(gaps) // 2] if gaps else 0.0
+        self._gap = PACE_SHARE * median
+        self._period = resume_at - now + median * len(self._wave)  # about the service's window
         self._throttled_at = now
-        self._wave_start, self._wave_starts = resume_at, 0
+        self._wave = []
 
 
 def _number(value: str | None) -> float | None:

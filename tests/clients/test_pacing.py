@@ -125,6 +125,10 @@ def test_a_full_window_costs_one_429_not_one_per_request_in_flight() -> None:
 def test_after_a_full_window_requests_start_no_faster_than_that_window_freed_its_places() -> None:
     clock = Clock()
     pacer = Pacer(1, clock=clock, sleep=clock.sleep)
+    clock.now = -100.0
+    with started(pacer, 1) as (t,):  # long before: not part of the window's pace
+        t.after_attempt(answer(requests=10))
+    clock.now = 0.0
     for _ in range(4):  # a window of four requests, started 0.5 s apart
         with started(pacer, 1) as (t,):
             t.after_attempt(answer(requests=10))
@@ -139,7 +143,7 @@ def test_after_a_full_window_requests_start_no_faster_than_that_window_freed_its
         with started(pacer, 1) as (t,):
             starts.append(round(t.started, 3))
             t.after_attempt(answer(requests=9))
-    assert starts == [12.4, 12.8, 13.2]  # 2.0 s / 5 starts apart, as in the full window
+    assert starts == [12.45, 12.9, 13.35]  # 0.5 s apart as in the full window, a tenth less
     clock.now = 40.0  # two windows without a 429: no more spacing
     with started(pacer, 1) as (t,):
         assert t.started == 40.0
