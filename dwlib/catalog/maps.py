@@ -289,6 +289,9 @@ class Limits:
     live_sync_legal_entities: int
     top_errors: int
     live_transaction_records: int
+    live_transaction_ms: int
+    live_payload_bytes: int
+    initial_sync_export_ms: int
     pause_max_seconds: int
     pause_max_bytes: int
 

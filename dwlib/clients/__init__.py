@@ -28,6 +28,7 @@ from .errors import (
 )
 from .finops import FinOpsClient
 from .http import SAFE, HttpConfig, Journal, JournalEntry, make_client
+from .pacing import Pacer
 from .session import Session, connect
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "Journal",
     "JournalEntry",
     "NotFoundError",
+    "Pacer",
     "PartResponse",
     "ResponseError",
     "Session",

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -196,6 +196,19 @@ class Batch:
                 out += _encode_part(item)
         out.append(f"--{boundary}--")
         return CRLF.join(out) + CRLF
+
+    def items(self) -> list[Part | ChangeSet]:
+        """The batch's requests in order: parts outside change sets, and change sets."""
+        return list(self._items)
+
+    def subset(self, items: Sequence[Part | ChangeSet]) -> Batch:
+        """A batch of some of this batch's `items`, Content-IDs unchanged (e.g. the throttled ones,
+        to send again)."""
+        other = Batch(self.service)
+        other._items = list(items)
+        other._count = sum(len(i.parts) if isinstance(i, ChangeSet) else 1 for i in items)
+        other._content_ids = self._content_ids
+        return other
 
     def _parts(self) -> Iterator[Part]:
         for item in self._items:

@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections import Counter
@@ -23,6 +24,7 @@ from .batch import Batch
 from .bulk import BulkResult, Progress, run_chunks
 from .errors import ClientError, HttpError, ResponseError
 from .odata import Key, ODataService, key_segment, literal
+from .pacing import Pacer
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -34,6 +36,9 @@ _ENTITY_ID = re.compile(r"\(([0-9a-fA-F-]{36})\)\s*$")
 _NOT_LINKED = "0x80048d0b"
 MAX_BULK = 1000  # rows per CreateMultiple/UpdateMultiple/UpsertMultiple request
 MAX_PAGE = 5000  # the service's page size, also its default
+# "Message size exceeded when sending context to Sandbox": 116.65 MB (the page also says 116.85).
+MAX_PAYLOAD_BYTES = 116_650_000
+_JSON = {"Content-Type": "application/json"}
 SOLUTION_COLUMNS = ("uniquename", "friendlyname", "version", "ismanaged", "installedon")
 
 
@@ -53,6 +58,7 @@ class DataverseClient(ODataService):
 
     API = "api/data/v9.2"
     name = "Dataverse"
+    max_payload_bytes = MAX_PAYLOAD_BYTES
     auth_fix = ("the app needs an application user with a security role in this environment "
                 "(Power Platform admin center > Environment > Settings > Application users)")
 
@@ -64,6 +70,7 @@ class DataverseClient(ODataService):
         page_size: int = 5000,
         concurrency: int = 4,
         batch_size: int = 1000,
+        pacer: Pacer | None = None,
     ) -> None:
         if not 1 <= batch_size <= MAX_BULK:
             raise ValueError(f"batch_size must be 1..{MAX_BULK} (rows per bulk request), not {batch_size}")
@@ -72,6 +79,8 @@ class DataverseClient(ODataService):
         self.page_size = page_size
         self.concurrency = concurrency
         self.batch_size = batch_size
+        # One per user and environment, as the service protection limits count: `concurrency` at most.
+        self.pacer = pacer or Pacer(concurrency)
         self._tables: dict[str, TableNames] = {}
         self._messages: dict[tuple[str, str], bool] = {}  # (table, message) → available
         self._relationships: dict[str, list[tuple[str, str, str]]] = {}
@@ -355,11 +364,19 @@ class DataverseClient(ODataService):
 
         def send(chunk: list[Mapping[str, Any]]) -> list[str] | None:
             targets = [{"@odata.type": odata_type, **row} for row in chunk]
-            response = self.send("POST", path, json={"Targets": targets}, safe=safe)
+            # Encoded before a slot is taken, while other chunks are on the wire.
+            body = json.dumps({"Targets": targets}).encode()
+            if safe and len(body) > self.max_payload_bytes and len(chunk) > 1:
+                # Over the payload a transaction may carry (refused once a plug-in, such as
+                # dual-write's, is registered): two requests instead, each safe to repeat.
+                half = len(chunk) // 2
+                send(chunk[:half])
+                return send(chunk[half:])
+            response = self.send("POST", path, content=body, headers=_JSON, safe=safe)
             if message != "CreateMultiple":
                 return None
-            body = self.decode(response)
-            ids = body.get("Ids") if isinstance(body, dict) else None
+            decoded = self.decode(response)
+            ids = decoded.get("Ids") if isinstance(decoded, dict) else None
             if not isinstance(ids, list) or len(ids) != len(chunk):
                 raise self.unreadable(response, f"CreateMultiple of {len(chunk)} rows answered without "
                                                 f"{len(chunk)} Ids")

@@ -19,13 +19,41 @@ from typing import Any
 
 import httpx
 
-from .batch import Batch
-from .errors import ClientError, NotFoundError
+from .batch import Batch, ChangeSet, Part, PartResponse
+from .errors import ClientError, NotFoundError, ThrottledError
 from .http import HttpConfig, RetryBudget
 from .odata import Key, ODataService, key_segment, literal
 from .once import send_once
 
 Row = dict[str, Any]
+
+
+def _per_item(items: Sequence[Part | ChangeSet], responses: Sequence[PartResponse]
+              ) -> list[list[PartResponse]]:
+    """The responses of each item: one for a part, one per part for a change set that went
+    through, one for a change set that failed (its failing part's).
+
+    >>> ok, no = PartResponse(204, {}, b""), PartResponse(429, {}, b"")
+    >>> cs = ChangeSet.__new__(ChangeSet); cs.parts = [Part("PATCH", "a"), Part("PATCH", "b")]
+    >>> [[r.status for r in rs] for rs in _per_item([Part("GET", "x"), cs, cs], [ok, ok, ok, no])]
+    [[204], [204, 204], [429]]
+    """
+    out: list[list[PartResponse]] = []
+    at = 0
+    for item in items:
+        if at >= len(responses):
+            break
+        size = len(item.parts) if isinstance(item, ChangeSet) and responses[at].status < 400 else 1
+        out.append(list(responses[at:at + size]))
+        at += size
+    if len(out) != len(items) or at != len(responses):
+        raise ValueError(f"answered {len(responses)} part responses for {len(items)} requests")
+    return out
+
+
+def _retry_after(part: PartResponse, default_s: float) -> float:
+    value = part.headers.get("retry-after", "").strip()
+    return float(value) if value.isdigit() else default_s
 
 
 def company_filter(company: str, filter: str | None = None) -> str:
@@ -148,3 +176,49 @@ class FinOpsClient(ODataService):
     def batch(self) -> Batch:
         """A `$batch` builder for this environment (see `dwlib.clients.batch`)."""
         return Batch(self)
+
+    def execute(self, batch: Batch) -> list[PartResponse]:
+        """Send `batch` (continuing after a failed part) and send again only the parts F&O
+        throttled inside it: F&O answers the batch 200 and a part 429 with its own Retry-After
+        (api-surface §3.4). A throttled part did not run (a throttled change set ran none of its
+        parts), so each is sent once more, in a new batch of the throttled ones, after the longest
+        Retry-After among them, within the run's retry budget and `retry_attempts`.
+
+        Returns the responses in the batch's order; other failed parts are returned as they are
+        (check `status`). Raises `ThrottledError` when throttling outlasts the attempts or the budget
+        (the budget is not charged for a wait it cannot cover).
+
+        >>> # batch = fo.batch(); batch.get("LegalEntities"); ...; responses = fo.execute(batch)
+        """
+        items = batch.items()
+        answers: dict[int, list[PartResponse]] = {}
+        todo = list(range(len(items)))
+        for attempt in range(self.retry.retry_attempts + 1):
+            responses = batch.subset([items[i] for i in todo]).execute(continue_on_error=True)
+            throttled: list[tuple[int, PartResponse]] = []
+            try:
+                per_item = _per_item([items[i] for i in todo], responses)
+            except ValueError as exc:
+                raise ClientError(f"F&O $batch at {self.url('$batch')} {exc}") from None
+            for i, got in zip(todo, per_item, strict=True):
+                if len(got) == 1 and got[0].status == 429:
+                    throttled.append((i, got[0]))
+                else:
+                    answers[i] = got
+            if not throttled:
+                break
+            wait = max(_retry_after(r, self.retry.backoff_s * 2**attempt) for _, r in throttled)
+            if attempt == self.retry.retry_attempts or not self.budget.take(wait):
+                raise self._throttled(throttled[0][1], len(throttled), attempt + 1, wait)
+            todo = [i for i, _ in throttled]
+        return [r for i in range(len(items)) for r in answers[i]]
+
+    def _throttled(self, part: PartResponse, count: int, attempts: int, wait: float) -> ThrottledError:
+        seen = self.error(httpx.Response(part.status, headers=dict(part.headers), content=part.body,
+                                         request=httpx.Request("POST", self.url("$batch"))))
+        fix = (f"F&O still throttled {count} part(s) of the batch after {attempts} attempt(s) (next wait "
+               f"{wait:g} s, {self.budget.remaining_s:g} s left of options.http.retry_budget_s): run again "
+               "later, or raise the integration's priority (System administration > Setup > Throttling "
+               "priority mapping)")
+        return ThrottledError(part.status, getattr(seen, "code", ""), getattr(seen, "message", str(seen)),
+                              method="POST", url=self.url("$batch"), fix=fix, retry_after_s=wait)

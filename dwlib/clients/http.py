@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote
 
 import httpx
@@ -58,6 +58,8 @@ REQUEST_ID = "x-ms-client-request-id"
 SAFE_KEY = "dw.safe"
 SAFE: dict[str, Any] = {SAFE_KEY: True}
 """Pass as `extensions=SAFE` on a POST/PATCH that may be repeated (upsert, UpdateMultiple, reads)."""
+PACE_KEY = "dw.pace"
+"""Request extension: an `AttemptHook` called around each attempt of the call (`pacing.Ticket`)."""
 RETRY_REFUSED = "dw.retry_refused"
 """Response extension: why the stack gave up at once instead of waiting (the budget cannot cover it)."""
 DEFAULT_RETRY_BUDGET_S = 3600.0
@@ -322,20 +324,45 @@ class _CallRetry(Retry):
             self.tally.throttled_waits += wait
 
 
+class AttemptHook(Protocol):
+    """Told of each attempt of a call, retries included (pass one as `extensions={PACE_KEY: hook}`);
+    `before_attempt` may wait (a pause all calls keep), and says how long it did."""
+
+    def before_attempt(self) -> float: ...
+
+    def after_attempt(self, response: httpx.Response | None) -> None: ...
+
+
 class _BufferedTransport(httpx.BaseTransport):
     """Reads each body inside the transport, so a connection cut mid-body is seen (and retried)
-    by the retry layer instead of surfacing later in `Client.send`."""
+    by the retry layer instead of surfacing later in `Client.send`; calls the request's
+    `AttemptHook` around each attempt."""
 
     def __init__(self, wire: httpx.BaseTransport) -> None:
         self._wire = wire
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        response = self._wire.handle_request(request)
+        hook: AttemptHook | None = request.extensions.get(PACE_KEY)
+        if hook is not None:
+            paused = hook.before_attempt()
+            retry = request.extensions.get("retry")
+            if paused and isinstance(retry, _CallRetry):
+                # A pause for another call's 429 is throttling this call waited out too.
+                retry.tally.waits += paused
+                retry.tally.throttled_waits += paused
         try:
-            response.read()
+            response = self._wire.handle_request(request)
+            try:
+                response.read()
+            except BaseException:
+                response.close()
+                raise
         except BaseException:
-            response.close()
+            if hook is not None:
+                hook.after_attempt(None)
             raise
+        if hook is not None:
+            hook.after_attempt(response)
         return response
 
     def close(self) -> None:

@@ -19,13 +19,15 @@ import json
 import re
 import uuid
 from collections.abc import Iterator, Mapping
+from contextlib import nullcontext
 from typing import Any
 from urllib.parse import quote, urljoin
 
 import httpx
 
 from .errors import AuthError, HttpError, NotFoundError, ResponseError, ThrottledError, connection_lost
-from .http import REQUEST_ID, RETRY_REFUSED, SAFE_KEY, redact_url
+from .http import PACE_KEY, REQUEST_ID, RETRY_REFUSED, SAFE_KEY, redact_url
+from .pacing import Pacer
 
 Key = str | uuid.UUID | Mapping[str, Any]
 _REPEATABLE = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
@@ -73,6 +75,7 @@ class ODataService:
     headers: Mapping[str, str] = {"Accept": "application/json", "OData-MaxVersion": "4.0",
                                   "OData-Version": "4.0"}
     auth_fix = "check that the app is allowed in this environment"
+    pacer: Pacer | None = None  # when set, every request takes one of its slots (see `pacing`)
 
     def __init__(self, http: httpx.Client, root: str) -> None:
         self.http = http
@@ -99,10 +102,13 @@ class ODataService:
         `safe` says whether the request may be repeated (default: by method; POST/PATCH are not).
         """
         url = self.url(path)
-        extensions = {} if safe is None else {SAFE_KEY: safe}
+        extensions: dict[str, Any] = {} if safe is None else {SAFE_KEY: safe}
         try:
-            response = self.http.request(method, url, headers={**self.headers, **(headers or {})},
-                                         extensions=extensions, **kwargs)
+            with self.pacer.slot() if self.pacer else nullcontext() as ticket:
+                if ticket is not None:
+                    extensions[PACE_KEY] = ticket
+                response = self.http.request(method, url, headers={**self.headers, **(headers or {})},
+                                             extensions=extensions, **kwargs)
         except httpx.TransportError as exc:
             repeatable = safe if safe is not None else method in _REPEATABLE
             raise connection_lost(exc, method=method, url=redact_url(httpx.URL(url)),

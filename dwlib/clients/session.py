@@ -21,6 +21,7 @@ from .dataverse import DataverseClient
 from .dmf import DmfClient
 from .finops import FinOpsClient
 from .http import HttpConfig, Journal, RetryBudget, make_client
+from .pacing import Pacer
 from .platform import BAP_RESOURCE, LCS_RESOURCE, PlatformClient
 
 if TYPE_CHECKING:
@@ -78,7 +79,8 @@ def connect(
     """Clients for the run `params` describe, all on one stack, one journal and one retry budget.
 
     Contacts the sign-in authority (discovery) but no environment yet. `transport` replaces the
-    network and `sleep` the waits between retries (`RetryBudget`) for tests.
+    network and `sleep` the waits between retries (`RetryBudget`) and of Dataverse pauses (`Pacer`)
+    for tests.
 
     >>> # with connect(load_params("params/sandbox-new-new.yaml")) as session: session.dataverse.whoami()
     """
@@ -98,7 +100,8 @@ def connect(
                           budget=budget)
     options = params.options
     dataverse = DataverseClient(dv_http, env.dataverse_url, page_size=options.page_size,
-                                concurrency=options.concurrency, batch_size=options.batch_size)
+                                concurrency=options.concurrency, batch_size=options.batch_size,
+                                pacer=Pacer(options.concurrency, sleep=sleep))
     finops = FinOpsClient(fo_http, env.finops_url, retry=config, budget=budget)
     # LCS only when the parameters name the environment there; the admin API always (it may refuse).
     lcs_http = (make_client(config, journal, auth=tokens.auth_for(LCS_RESOURCE), transport=transport,

@@ -33,6 +33,7 @@ from dwlib import catalog
 
 from . import dmf, dw_live, dw_records, profiles
 from .dw_initial_sync import JobLog, SyncScope, initial_sync
+from .dw_limits import RuntimeLimits
 from .schema import ENTITIES
 from .state import Settings
 from .store import Store, utcnow
@@ -116,13 +117,13 @@ class DualWrite:
             elif rec["state"] == "Resuming":
                 self._set_state(m, rec, "Paused", "catch-up interrupted by a sandbox restart: resume again")
 
-    def limits(self) -> catalog.Limits:
+    def limits(self) -> RuntimeLimits:
         """The documented limits, with the overrides a test set (`set_limits`)."""
-        return dataclasses.replace(catalog.limits(), **self.store.kv_get("dw.limits", {}))
+        return RuntimeLimits.documented(**self.store.kv_get("dw.limits", {}))
 
-    def set_limits(self, overrides: dict[str, int]) -> catalog.Limits:
+    def set_limits(self, overrides: dict[str, int]) -> RuntimeLimits:
         """Override limits (tests use small numbers); `{}` restores the documented ones."""
-        names = {f.name for f in dataclasses.fields(catalog.Limits)}
+        names = {f.name for f in dataclasses.fields(RuntimeLimits)}
         bad = [k for k, v in overrides.items() if k not in names or not isinstance(v, int) or v < 0]
         if bad:
             raise DualWriteError(

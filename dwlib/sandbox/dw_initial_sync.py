@@ -5,7 +5,8 @@ filter true) are created in F&O, and rows on both sides with competing values ta
 the *master* side: the master decides conflicts only, never the direction. The documented limits
 and errors apply (dualwrite-facts.md §5): at most 40 legal entities, 500,000 rows per legal
 entity per run, more than 10 lookups fail the Dataverse export, single-threaded maps time out
-pushing more than 70,000 rows into F&O, double quotes break parsing, references that do not
+pushing more than 70,000 rows into F&O, an F&O export taking longer than 5 minutes times out
+(measured, plus the sandbox's `row_ms` a row), double quotes break parsing, references that do not
 resolve fail their row. Rows that convert are written even when others fail (as DMF does); the
 job keeps the total error count and the first five errors.
 
@@ -21,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +31,7 @@ from dwlib import catalog
 from dwlib.catalog.locales import Locale, locale
 
 from .dmf import outcome
+from .dw_limits import RuntimeLimits, elapsed_ms
 from .dw_mapping import COMPANY, Company, MapBinding, Rejected, Resolver, binding, companies
 from .schema import Entity
 from .store import Store, quote, utcnow
@@ -165,7 +168,7 @@ class SyncScope:
 
     store: Store
     dataverse_url: str
-    limits: catalog.Limits
+    limits: RuntimeLimits
     legal_entities: list[str]
     running: set[str]
     project: str
@@ -212,6 +215,18 @@ def _parse_error(leg: str, line: int) -> str:
         f"Type=Microsoft.VisualBasic.FileIO.MalformedLineException, Msg=Line {line} cannot be parsed "
         "using the current Delimiters."
     )
+
+
+def export_timeout(le_name: str, entity: str, export_ms: float, limit_ms: int) -> str:
+    """An F&O export that took longer than an initial sync waits (initial-sync-guidance.md gives
+    the limit, not the text).
+
+    >>> export_timeout("USMF", "CustCustomerV3Entity", 301500, 300000)[-62:]
+    'took 301.5 seconds: an export longer than 300 seconds times out.'
+    """
+    return (f"Initial writes failed for leg:{FO_TO_DV} - Legal Entity {le_name}. The finance and operations "
+            f"data export of {entity} took {export_ms / 1000:.1f} seconds: an export longer than "
+            f"{limit_ms / 1000:g} seconds times out.")
 
 
 def _lookup_error(scope: SyncScope, b: MapBinding, company: Company | None) -> str:
@@ -272,6 +287,7 @@ async def _sync_scope(
     store, lim, master = scope.store, scope.limits, log.record["master"]
     le_name = code or "(all)"
     entry = log.entity(le_name)
+    export_started = time.perf_counter()
     if code:
         fo_all = _rows(store, b.fo, '"dataAreaId" = ?', [company.data_area if company else code.lower()])
         dv_all = _rows(store, b.dv, f"{quote(COMPANY)} = ?", [company.id if company else None])
@@ -283,6 +299,7 @@ async def _sync_scope(
             fo_all = [r for r in fo_all if str(r.get(b.fo_key, "")).lower() in wanted]
             dv_all = [r for r in dv_all if str(r.get(b.dv_key, "")).lower() in wanted]
     fo_rows = [r for r in fo_all if b.fo_eligible(r)]
+    export_ms = elapsed_ms(time.perf_counter() - export_started, rows=len(fo_rows), lim=lim)
     writes_to_fo = any(x.to_finops and x.finops for x in b.bindings if x.dataverse or x.lookup)
     dv_rows = [r for r in dv_all if b.dv_eligible(r)] if writes_to_fo else []
     entry["legs"][FO_TO_DV]["exportRecordCount"] = len(fo_rows)
@@ -303,7 +320,11 @@ async def _sync_scope(
     fo_text = [x.finops for x in b.bindings if x.to_dataverse and x.finops]
     dv_text = [x.dataverse for x in b.bindings if x.to_finops and x.dataverse]
     fo_ok, dv_ok = True, True
-    for line, r in enumerate(fo_rows, start=2):  # line 1 of the exported file is the header
+    if fo_rows and export_ms > lim.initial_sync_export_ms:
+        log.error(le_name, FO_TO_DV, export_timeout(le_name, b.map.finops_data_entity, export_ms,
+                                                    lim.initial_sync_export_ms))
+        fo_ok = False  # nothing exported: the leg writes nothing
+    for line, r in enumerate(fo_rows if fo_ok else [], start=2):  # line 1 of the file is the header
         if _has_quote(r, fo_text):
             log.error(le_name, FO_TO_DV, _parse_error(FO_TO_DV, line), r[b.fo_key])
             fo_ok = False

@@ -6,6 +6,11 @@ hook raises `ODataError`, the whole write rolls back on both sides, and the call
 ("if the sync fails on one of the apps, then the other app will fail as well"). While a map is
 Paused or Resuming its changes are queued in order (`dw_queue`) and applied by `catch_up`.
 
+The documented limits of a live-sync transaction (sync-limits.md) refuse it the same way: more
+than 1,000 records from F&O; from Dataverse, a payload (the mapped values of its rows) over
+116.65 MB, with the documented "Message size exceeded when sending context to Sandbox" error; and
+a transaction that takes longer than 2 minutes (measured, plus the sandbox's `row_ms` a row).
+
 Example:
     >>> finops_message("accounts", "CustCustomerV3Entity", "x")[:48]
     'Cannot save the changes to the database. Unit of'
@@ -15,11 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from dwlib import catalog
 
+from .dw_limits import elapsed_ms
 from .dw_mapping import COMPANY, Company, MapBinding, Rejected, Resolver, binding, companies
 from .dw_records import company_owner
 from .odata import ODataError, WriteEvent
@@ -30,6 +37,7 @@ if TYPE_CHECKING:
 
 LIVE_STATES = ("Running", "Paused", "Resuming")
 ISV_ABORTED = "0x80040265"  # Dataverse: "ISV code aborted the operation" (plug-in failure)
+MESSAGE_SIZE_EXCEEDED = "0x80040216"  # -2147220970, documented with "Message size exceeded …"
 CATCH_UP_BATCH = 200
 
 
@@ -45,6 +53,26 @@ def dataverse_message(fo_entity: str, detail: str) -> str:
     """A live-sync failure reported to a Dataverse writer (the dual-write runtime plug-in)."""
     head = f"Unable to write data to entity {fo_entity}. Writes to {fo_entity}"
     return f"{head} failed with error message {detail}"
+
+
+def message_size_exceeded(size_bytes: int) -> str:
+    """Dataverse's refusal of a payload over its limit when a plug-in (dual-write's) is registered
+    (troubleshoot-plug-in; error code -2147220970, 0x80040216).
+
+    >>> message_size_exceeded(120_400_000)
+    'Message size exceeded when sending context to Sandbox. Message size: 120 Mb'
+    """
+    return f"Message size exceeded when sending context to Sandbox. Message size: {size_bytes / 1e6:.0f} Mb"
+
+
+def transaction_timeout(elapsed_ms: float, limit_ms: int) -> str:
+    """The detail of a live-sync transaction over the time limit (sync-limits.md gives no text).
+
+    >>> transaction_timeout(130_000, 120_000)[:60]
+    'The transaction took 130 seconds, more than the dual-write t'
+    """
+    return (f"The transaction took {elapsed_ms / 1000:.3g} seconds, more than the dual-write transaction "
+            f"time limit of {limit_ms / 1000:g} seconds: its records are rolled back in both apps.")
 
 
 def _maps_for(service: str, entity_set: str) -> list[catalog.TableMap]:
@@ -163,6 +191,9 @@ def on_write(rt: DualWrite, event: WriteEvent) -> None:
         return
     linked = {c.lower() for c in conn["legalEntities"]}
     comps: dict[str, Company] | None = None
+    lim = rt.limits()
+    started = time.perf_counter()
+    synced = 0
     for m in maps:
         rec = rt.map_record(m.name)
         if rec["state"] not in LIVE_STATES:
@@ -172,23 +203,36 @@ def on_write(rt: DualWrite, event: WriteEvent) -> None:
             continue
         comps = companies(rt.store) if comps is None else comps
         rows = [r for r in event.rows if _in_scope(b, origin, r, linked, comps)]
-        limit = rt.limits().live_transaction_records
-        if origin == "finops" and len(rows) > limit:
+        if origin == "finops" and len(rows) > lim.live_transaction_records:
             raise ODataError(
                 400,
                 f"A dual-write transaction from finance and operations to Dataverse supports "
-                f"{limit:,} records; this one has {len(rows):,}. Split it into smaller "
-                "transactions (sync-limits).",
+                f"{lim.live_transaction_records:,} records; this one has {len(rows):,}. Split it into "
+                "smaller transactions (sync-limits).",
                 kind="Microsoft.Dynamics.Ax.Xpp.ErrorException",
             )
+        if origin == "dataverse" and rows:
+            size = _payload_bytes(b, rows)
+            if size > lim.live_payload_bytes:
+                raise ODataError(400, message_size_exceeded(size), MESSAGE_SIZE_EXCEEDED)
         for row in rows:
             if rec["state"] == "Running":
                 try:
                     apply_change(rt, b, origin, event.op, row, comps)
                 except Rejected as exc:
                     raise _reject(b, origin, exc) from None
+                synced += 1
             else:
                 _enqueue(rt, m, rec, origin, event.op, row)
+        took = elapsed_ms(time.perf_counter() - started, rows=synced, lim=lim)
+        if synced and took > lim.live_transaction_ms:
+            raise _reject(b, origin, Rejected(transaction_timeout(took, lim.live_transaction_ms)))
+
+
+def _payload_bytes(b: MapBinding, rows: list[dict[str, Any]]) -> int:
+    """What the dual-write plug-in hands on for `rows`: their mapped Dataverse values, as JSON."""
+    columns = [x.dataverse for x in b.bindings if x.dataverse]
+    return len(json.dumps([{c: r.get(c) for c in columns} for r in rows], default=str).encode())
 
 
 def queued(rt: DualWrite, name: str, limit: int = 100, offset: int = 0) -> dict[str, Any]:

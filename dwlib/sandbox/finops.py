@@ -31,6 +31,7 @@ from . import batch, fo_rules
 from .context import AuthError, Sandbox
 from .dmf import DmfError
 from .fo_rules import COMPANY, SYSTEM_COMPANY
+from .limits import FINOPS_THROTTLED, PART_THROTTLE, THROTTLING_KIND
 from .odata import (
     ODataError,
     Segment,
@@ -127,12 +128,24 @@ class _FinOps:
     async def handle(self, request: Request) -> Response:
         try:
             self.authenticate(request)
+            self._throttle_part(request)
             return await self._route(request, split_path(request.path_params.get("path", "")))
         except ODataError as exc:
             return error_response(exc)
         except Exception as exc:  # a sandbox bug still answers in the service's error shape
             log.exception("F&O %s %s failed", request.method, request.url.path)
             return error_response(ODataError(500, f"{type(exc).__name__}: {exc}", kind="System.Exception"))
+
+    @staticmethod
+    def _throttle_part(request: Request) -> None:
+        """A part of a `$batch` the guard says to throttle gets F&O's 429, before it runs."""
+        throttled = request.scope.get(PART_THROTTLE)
+        if throttled is None or DMF_GROUPS in request.url.path:  # DMF is exempt from throttling
+            return
+        retry_after = throttled()
+        if retry_after is not None:
+            raise ODataError(429, FINOPS_THROTTLED, kind=THROTTLING_KIND,
+                             headers={"Retry-After": str(retry_after)})
 
     async def _route(self, request: Request, segments: list[Segment]) -> Response:
         method = request.method

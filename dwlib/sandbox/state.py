@@ -100,27 +100,31 @@ class Limits:
     concurrency: int = 52
     # F&O resource-based throttling has no published number: concurrent F&O OData requests allowed.
     finops_concurrency: int = 32
+    # x-ms-dop-hint, the degree of parallelism the service recommends (8 in a captured response);
+    # answered no higher than `concurrency`, whose limit a client following the hint "should rarely hit".
+    dop: int = 8
 
     @classmethod
     def parse(cls, spec: str) -> Limits:
-        """Parse `requests=100,window=10,exec=5,concurrency=4,finops=8` (any subset) over the defaults.
+        """Parse `requests=100,window=10,exec=5,concurrency=4,finops=8,dop=4` (any subset) over the
+        defaults.
 
         >>> Limits.parse("requests=100,window=10").requests
         100
         """
         names = {"requests": "requests", "window": "window_s", "exec": "execution_s",
-                 "concurrency": "concurrency", "finops": "finops_concurrency"}
+                 "concurrency": "concurrency", "finops": "finops_concurrency", "dop": "dop"}
         values: dict[str, Any] = {}
         for part in filter(None, (p.strip() for p in spec.split(","))):
             key, sep, raw = part.partition("=")
             if not sep or key not in names:
                 raise ValueError(
                     f"bad limits item {part!r}: use requests=N,window=SECONDS,exec=SECONDS,concurrency=N,"
-                    "finops=N"
+                    "finops=N,dop=N"
                 )
             attr = names[key]
             try:
-                counts = ("requests", "concurrency", "finops_concurrency")
+                counts = ("requests", "concurrency", "finops_concurrency", "dop")
                 values[attr] = int(raw) if attr in counts else float(raw)
             except ValueError:
                 raise ValueError(f"bad limits value {part!r}: {key} takes a number") from None

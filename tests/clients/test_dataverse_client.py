@@ -500,3 +500,21 @@ def test_an_unreadable_query_answer_raises_naming_the_endpoint(
     with pytest.raises(ResponseError, match=problem) as exc:
         list(dataverse(fake).query("accounts"))
     assert exc.value.url.startswith(f"{URL}/api/data/v9.2/accounts")
+
+
+def test_a_bulk_body_over_the_payload_limit_is_sent_as_smaller_requests(fake: FakeService) -> None:
+    sizes: list[int] = []
+
+    @fake.on("POST", f"{API}/accounts/Microsoft\\.Dynamics\\.CRM\\.UpdateMultiple")
+    def update_multiple(request: httpx.Request, m: re.Match[str]) -> httpx.Response:
+        sizes.append(len(request.content))
+        return httpx.Response(204)
+
+    dv = dataverse(fake, batch_size=1000)
+    dv.max_payload_bytes = 20_000  # scaled down from 116.65 MB
+    rows = [{"accountid": f"{i:036}", "description": "x" * 100} for i in range(1000)]
+    result = dv.update_multiple("accounts", rows, logical_name="account")
+    assert result.succeeded == 1000 and len(sizes) > 1 and max(sizes) <= 20_000
+    requests = [r for r in fake.requests if "UpdateMultiple" in str(r.url)]
+    sent = [t["accountid"] for r in requests for t in body(r)["Targets"]]
+    assert sorted(sent) == [r["accountid"] for r in rows]  # each row once

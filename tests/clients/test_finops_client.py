@@ -9,7 +9,16 @@ import httpx
 import pytest
 from client_fakes import FakeService, body
 
-from dwlib.clients import FinOpsClient, HttpConfig, HttpError, ResponseError, make_client
+from dwlib.clients import (
+    Batch,
+    FinOpsClient,
+    HttpConfig,
+    HttpError,
+    ResponseError,
+    ThrottledError,
+    make_client,
+)
+from dwlib.clients.http import RetryBudget
 
 URL = "https://fo.example/finops"
 DATA = "/finops/data"
@@ -135,3 +144,72 @@ def test_an_answer_in_another_shape_raises_naming_the_endpoint(
     with pytest.raises(ResponseError, match=problem) as exc:
         call(finops(fake))  # type: ignore[operator]
     assert exc.value.method == method and exc.value.url.startswith(f"{URL}/data/")
+
+
+# --- $batch: parts F&O throttles inside a batch ------------------------------------------------------
+
+Answer = tuple[int, dict[str, str]]
+
+
+def multipart(items: list[Answer | list[Answer]]) -> httpx.Response:
+    """A `$batch` response: an item is one part's (status, headers), or a change set's list of them."""
+    def part(status: int, headers: dict[str, str]) -> str:
+        lines = [f"HTTP/1.1 {status} X", *(f"{k}: {v}" for k, v in headers.items())]
+        body = '{"error":{"code":"","message":"busy"}}' if status >= 400 else ""
+        return "Content-Type: application/http\r\n\r\n" + "\r\n".join(lines) + "\r\n\r\n" + body + "\r\n"
+
+    out = []
+    for item in items:
+        if isinstance(item, list):
+            inner = "".join(f"--cs\r\n{part(*a)}" for a in item) + "--cs--"
+            out.append(f"--b\r\nContent-Type: multipart/mixed; boundary=cs\r\n\r\n{inner}\r\n")
+        else:
+            out.append(f"--b\r\n{part(*item)}")
+    return httpx.Response(200, headers={"Content-Type": "multipart/mixed; boundary=b"},
+                          content=("".join(out) + "--b--\r\n").encode())
+
+
+def batch_of_three(fo: FinOpsClient) -> Batch:
+    batch = fo.batch()
+    batch.get("LegalEntities")
+    with batch.changeset() as cs:
+        cs.update("CustomerGroups(dataAreaId='usmf',CustomerGroupId='A')", {"Description": "a"})
+    with batch.changeset() as cs:
+        cs.create("CustomerGroups", {"dataAreaId": "usmf", "CustomerGroupId": "B"})
+        cs.update("CustomerGroups(dataAreaId='usmf',CustomerGroupId='C')", {"Description": "c"})
+    return batch
+
+
+def test_only_the_parts_throttled_inside_a_batch_are_sent_again_after_their_retry_after(
+        fake: FakeService, sleeps: list[float]) -> None:
+    sent: list[list[str]] = []
+    answers = [
+        multipart([(200, {}), [(429, {"Retry-After": "3"})], [(429, {"Retry-After": "5"})]]),
+        multipart([[(204, {})], [(201, {}), (204, {})]]),
+    ]
+
+    @fake.on("POST", f"{DATA}/\\$batch")
+    def batch(request: httpx.Request, _: re.Match[str]) -> httpx.Response:
+        sent.append(re.findall(r"(GET|PATCH|POST) \S+/data/(\S+?)[?( ]", request.content.decode()))
+        assert "odata.continue-on-error" in request.headers["Prefer"]
+        return answers.pop(0)
+
+    config = HttpConfig(backoff_s=0.0)
+    fo = FinOpsClient(make_client(config, transport=fake.transport), URL, retry=config,
+                      budget=RetryBudget(600, sleep=sleeps.append))
+    responses = fo.execute(batch_of_three(fo))
+    assert [r.status for r in responses] == [200, 204, 201, 204]
+    assert sent[1] == [("PATCH", "CustomerGroups"), ("POST", "CustomerGroups"), ("PATCH", "CustomerGroups")]
+    assert len(sent[0]) == 4 and sleeps == [5.0]  # the longest Retry-After of the throttled parts
+
+
+def test_throttling_that_outlasts_the_budget_is_one_clear_error_without_waiting(
+        fake: FakeService, sleeps: list[float]) -> None:
+    fake.on("POST", f"{DATA}/\\$batch")(
+        lambda request, _: multipart([(200, {}), [(429, {"Retry-After": "400"})], [(204, {}), (204, {})]]))
+    config = HttpConfig(backoff_s=0.0)
+    fo = FinOpsClient(make_client(config, transport=fake.transport), URL, retry=config,
+                      budget=RetryBudget(300, sleep=sleeps.append))
+    with pytest.raises(ThrottledError, match="still throttled 1 part") as refused:
+        fo.execute(batch_of_three(fo))
+    assert sleeps == [] and "retry_budget_s" in refused.value.fix

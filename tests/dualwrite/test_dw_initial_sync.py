@@ -8,6 +8,7 @@ from dw_helpers import MakeRuntime, company_id, run_maps
 
 from dwlib import catalog
 from dwlib.sandbox.dualwrite import DualWrite
+from dwlib.sandbox.dw_initial_sync import FO_TO_DV
 from dwlib.sandbox.schema import ENTITIES
 
 ACCOUNTS = "Customers V3 (accounts)"
@@ -333,3 +334,19 @@ def test_rerun_after_fixing_the_data_completes(make_runtime: MakeRuntime) -> Non
     assert run_maps(rt, [ACCOUNTS])["state"] == "2"
     orgs = rt.store.count(CUST, '"PartyType" = ?', ["Organization"])
     assert rt.store.count(ACC, '"customertypecode" = 3') == orgs
+
+
+def test_a_finops_export_longer_than_five_minutes_times_out_the_initial_sync(
+        make_runtime: MakeRuntime) -> None:
+    rt = make_runtime("existing-new", rows=12)
+    prerequisites(rt, ACCOUNTS)
+    # A slower environment without waiting: each exported row counts one second.
+    rt.set_limits({"row_ms": 1000, "initial_sync_export_ms": 2000})
+    job = expect_failure(rt, [ACCOUNTS], "initial-sync-export-timeout")
+    timed_out = {e["legalEntityId"] for e in job["errors"]}
+    assert timed_out and {e["leg"] for e in job["errors"]} == {FO_TO_DV}
+    per_le = {le["legalEntityId"]: le["legs"][FO_TO_DV] for le in job["legalEntities"]}
+    assert all(per_le[code]["importRecordsInsertedCount"] == 0 for code in timed_out)  # nothing exported
+    rt.set_limits({"row_ms": 1000})  # the documented 5 minutes: the same export fits
+    assert run_maps(rt, [ACCOUNTS])["state"] == "2"
+    assert last_job(rt, ACCOUNTS)["status"] == "Completed" and last_job(rt, ACCOUNTS)["upsertCount"] > 0

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from dw_helpers import Consultant
+from dw_helpers import Consultant, session_for
 
 from dwlib import catalog
+from dwlib.steps.bulkwrite import isolate
 
 ACCOUNTS, CONTACTS = "customers-v3-accounts", "customers-v3-contacts"
 
@@ -293,3 +295,54 @@ def test_every_mapped_column_and_value_map_crosses_both_ways(live: Consultant) -
     assert (after["OnHoldStatus"], after["IsOneTimeCustomer"]) == ("Requisition", "Yes")
     r = live.dv("PATCH", f"accounts({acc['accountid']})", {"msdyn_onholdstatus": 1})  # not in the value map
     assert r.status_code >= 400 and "has no entry in the value map" in r.text
+
+
+# --- the documented limits of a live-sync transaction (sync-limits.md) ------------------------------
+
+
+def _usmf_accounts(c: Consultant) -> list[dict[str, Any]]:
+    usmf = company(c, "USMF")
+    return c.dv_rows(f"accounts?$filter=_msdyn_company_value eq {usmf} and customertypecode eq 3"
+                     "&$select=accountid,accountnumber")
+
+
+def _stamp_in_chunks(c: Consultant, rows: list[dict[str, Any]], memo: str) -> tuple[list[str], list[str]]:
+    """Update `rows` through the library as the bulk-writing steps do (a refused request split in
+    halves); the account ids written and those refused."""
+    done: list[str] = []
+    refused: list[str] = []
+    with session_for(c.connection) as s:
+        def send(chunk: list[dict[str, Any]]) -> Any:
+            return s.dataverse.update_multiple("accounts", chunk, errors="collect", logical_name="account")
+
+        isolate(send, [{"accountid": r["accountid"], "description": memo} for r in rows],
+                done=lambda part: done.extend(r["accountid"] for r in part),
+                failed=lambda part, _: refused.extend(r["accountid"] for r in part), stop=threading.Event())
+    return done, refused
+
+
+@pytest.mark.parametrize("limits, error_id", [
+    ({"row_ms": 200, "live_transaction_ms": 500}, "live-transaction-timeout"),  # > 2 rows: over 0.5 s
+    ({"live_payload_bytes": 700}, "message-size-exceeded"),  # a few rows' mapped values
+])
+def test_a_transaction_over_a_live_sync_limit_is_refused_and_smaller_chunks_pass(
+        live: Consultant, limits: dict[str, int], error_id: str) -> None:
+    rows = _usmf_accounts(live)
+    assert len(rows) >= 4
+    live.portal("PUT", "/dualwrite/limits", limits)
+    targets = [{"@odata.type": "Microsoft.Dynamics.CRM.account", "accountid": r["accountid"],
+                "description": "big"} for r in rows]
+    refused = live.dv("POST", "accounts/Microsoft.Dynamics.CRM.UpdateMultiple", {"Targets": targets})
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    known = catalog.match_error(error["message"])
+    assert known is not None and known.id == error_id, error
+    if error_id == "message-size-exceeded":
+        assert error["code"] == "0x80040216"  # -2147220970, as documented
+    first = live.dv("GET", f"accounts({rows[0]['accountid']})?$select=description").json()
+    assert first.get("description") != "big"  # rolled back
+    done, failed = _stamp_in_chunks(live, rows, "chunked")
+    assert (sorted(done), failed) == (sorted(r["accountid"] for r in rows), [])
+    memos = {c["CustomerAccount"]: c["SalesMemo"] for c in live.fo_rows(
+        "CustomersV3?cross-company=true&$filter=dataAreaId eq 'usmf'&$select=CustomerAccount,SalesMemo")}
+    assert {memos[r["accountnumber"]] for r in rows} == {"chunked"}  # synced to F&O, chunk by chunk

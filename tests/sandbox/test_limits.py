@@ -22,7 +22,7 @@ from dwlib.errors import SandboxError
 from dwlib.sandbox import control
 from dwlib.sandbox.context import Sandbox
 from dwlib.sandbox.identity import EntraIdentity, app_principal, consultant
-from dwlib.sandbox.limits import FINOPS_THROTTLED, Faults, Guard, _Window
+from dwlib.sandbox.limits import FINOPS_THROTTLED, Faults, Guard, _Meter, _Window
 from dwlib.sandbox.server import ensure_credentials
 from dwlib.sandbox.state import Limits, Paths, Settings
 from dwlib.sandbox.store import Store
@@ -79,15 +79,25 @@ class Rig:
             await asyncio.sleep(0.03)
             return JSONResponse({"ok": True})
 
+        async def busy(request: Request) -> Response:
+            self.now += 0.25  # 250 ms of processing on the fake clock
+            return JSONResponse({"ok": True})
+
         app = Starlette(routes=[
             Route("/dataverse/ok", ok), Route("/dataverse/held", held), Route("/dataverse/slow", slow),
+            Route("/dataverse/busy", busy),
             Route("/finops/data/held", held), Route("/finops/data/DataManagementDefinitionGroups/held", held),
             Route("/tenant/oauth2/v2.0/token", ok, methods=["GET"]), Route("/_sandbox/health", ok),
         ])
         self.guard = Guard(app, self.sbx)
+        self.now = 0.0
         self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.guard), base_url=BASE)
         self.app_token = self.ident.issue(app_principal(settings), f"{BASE}/dataverse")["access_token"]
         self.user_token = self.ident.issue(consultant(settings), f"{BASE}/dataverse")["access_token"]
+
+    def fake_clock(self) -> None:
+        """The guard reads `self.now` as its clock (advanced by the test and the busy route)."""
+        self.guard.clock = lambda: self.now
 
     async def get(self, path: str, token: str | None = "app") -> httpx.Response:
         tokens = {"app": self.app_token, "user": self.user_token}
@@ -119,10 +129,76 @@ def test_request_limit_per_user_with_retry_after_and_recovery(tmp_path: Path) ->
             "0x80072322", "Number of requests exceeded the limit of 3 over time window of 1 seconds.")
         assert (await rig.get("/dataverse/ok", token="user")).status_code == 200  # another user
         assert rig.hits == 4
-        deadline = time.monotonic() + 5
-        while (await rig.get("/dataverse/ok")).status_code == 429:
-            assert time.monotonic() < deadline, "the window never slid"
-            await asyncio.sleep(0.05)
+        await asyncio.sleep(int(refused.headers["retry-after"]))  # waiting out the Retry-After
+        assert (await rig.get("/dataverse/ok")).status_code == 200
+    asyncio.run(scenario())
+
+
+def test_counted_responses_carry_the_remaining_budget_and_the_dop_hint(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        rig = Rig(tmp_path)
+        rig.fake_clock()
+        first = await rig.get("/dataverse/ok")
+        # As in a captured Dataverse response: requests left, seconds left as "1,200.00", the hint.
+        assert [first.headers[h] for h in ("x-ms-ratelimit-burst-remaining-xrm-requests",
+                                           "x-ms-ratelimit-time-remaining-xrm-requests",
+                                           "x-ms-dop-hint")] == ["5999", "1,200.00", "8"]
+        rig = Rig(tmp_path, limits="requests=10,exec=1,window=60,concurrency=3")
+        rig.fake_clock()
+        seen = [await rig.get(p) for p in ("/dataverse/busy", "/dataverse/busy", "/dataverse/ok")]
+        assert [(r.headers["x-ms-ratelimit-burst-remaining-xrm-requests"],
+                 r.headers["x-ms-ratelimit-time-remaining-xrm-requests"]) for r in seen] == [
+            ("9", "0.75"), ("8", "0.50"), ("7", "0.50")]  # a request's own time counts at once
+        assert {r.headers["x-ms-dop-hint"] for r in seen} == {"3"}  # never above the concurrency limit
+        assert list(rig.guard.describe()["usage"].values()) == [{"requests": 3, "execution_s": 0.5}]
+        refused = [await rig.get("/dataverse/busy") for _ in range(3)]
+        assert [r.status_code for r in refused] == [200, 200, 429]
+        assert "x-ms-dop-hint" not in refused[-1].headers and _error(refused[-1])[0] == "0x80072321"
+    asyncio.run(scenario())
+
+
+def test_retry_after_grows_while_the_client_keeps_pushing(tmp_path: Path) -> None:
+    async def retry_after(rig: Rig, at: float) -> int:
+        rig.now = at
+        response = await rig.get("/dataverse/ok")
+        assert response.status_code == 429 and _error(response)[0] == "0x80072322"
+        return int(response.headers["retry-after"])
+
+    async def scenario() -> None:
+        rig = Rig(tmp_path, limits="requests=2,window=60")
+        rig.fake_clock()
+        assert [(await rig.get("/dataverse/ok")).status_code for _ in range(2)] == [200, 200]
+        assert await retry_after(rig, 0.0) == 60
+        assert await retry_after(rig, 0.5) == 60  # already on its way when the first was refused
+        # Pushing on: each early request extends the wait by 1, 2, 4, ... s (a window at most each).
+        assert [await retry_after(rig, t) for t in (2.0, 3.0, 4.0, 5.0, 6.0)] == [59, 60, 63, 70, 85]
+        assert rig.hits == 2
+
+        patient = Rig(tmp_path, limits="requests=2,window=10")
+        patient.fake_clock()
+        assert [(await patient.get("/dataverse/ok")).status_code for _ in range(2)] == [200, 200]
+        assert await retry_after(patient, 0.0) == 10
+        patient.now = 10.0
+        assert (await patient.get("/dataverse/ok")).status_code == 200  # waited out: served at once
+    asyncio.run(scenario())
+
+
+def test_execution_time_leaves_out_waiting_for_the_network() -> None:
+    async def scenario() -> None:
+        now = [0.0]
+        meter = _Meter(lambda: now[0])
+
+        async def slow_body() -> dict[str, Any]:
+            now[0] += 5.0  # the body trickles in, or another request is processed meanwhile
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def slow_reader(message: dict[str, Any]) -> None:
+            now[0] += 3.0
+
+        await meter.receive(slow_body)()
+        now[0] += 0.5  # processing
+        await meter.send(slow_reader)({"type": "http.response.body"})
+        assert now[0] == 8.5 and meter.spent() == 0.5
     asyncio.run(scenario())
 
 
@@ -157,11 +233,13 @@ def test_documented_messages_at_the_documented_defaults() -> None:
     assert Guard._protection(win, 0.0, lim) == (1, "0x80072326",
                                                 "Number of concurrent requests exceeded the limit of 52.")
     win.in_flight = 0
-    win.events.extend([[0.0, 0.2]] * 6000)
+    for _ in range(6000):
+        win.finish(win.arrive(0.0), 0.2)
     assert Guard._protection(win, 1.0, lim) == (
         299, "0x80072322", "Number of requests exceeded the limit of 6000 over time window of 300 seconds.")
-    win.events.clear()
-    win.events.extend([[float(t), 600.0] for t in (10, 20)])
+    win = _Window()
+    for t in (10, 20):
+        win.finish(win.arrive(float(t)), 600.0)
     retry, code, message = Guard._protection(win, 30.0, lim) or (0, "", "")
     assert (retry, code) == (280, "0x80072321")  # once the first 600 s leave the window
     assert message.startswith("Combined execution time of incoming requests exceeded limit of "
@@ -270,10 +348,8 @@ def test_sandbox_throttles_and_recovers(start_sandbox: Callable[..., dict[str, A
         refused = _whoami(conn, http, token)
         assert int(refused.headers["retry-after"]) in (1, 2) and _error(refused)[0] == "0x80072322"
         assert refused.headers["x-ms-service-request-id"]
-        deadline = time.monotonic() + 10
-        while _whoami(conn, http, token).status_code == 429:
-            assert time.monotonic() < deadline, "still throttled after the window"
-            time.sleep(0.2)
+        time.sleep(int(refused.headers["retry-after"]))  # waiting out the Retry-After, as told
+        assert _whoami(conn, http, token).status_code == 200
 
 
 def test_faults_and_limits_change_while_running(start_sandbox: Callable[..., dict[str, Any]],
