@@ -264,6 +264,9 @@ def test_bulk_updates_wait_out_each_full_window_and_lose_nothing(fake: FakeServi
             clock.now = max(clock.now, window.resume_at)
 
     fake.on("POST", r".*/accounts/Microsoft\.Dynamics\.CRM\.UpdateMultiple")(window)
+    # accounts takes UpdateMultiple (the client asks sdkmessagefilters once, before the first chunk)
+    fake.on("GET", r".*/sdkmessagefilters")(
+        lambda request, m: httpx.Response(200, json={"value": [{"sdkmessagefilterid": "f"}]}))
     http = make_client(HttpConfig(), Journal(), transport=fake.transport, budget=RetryBudget(sleep=sleep))
     dv = DataverseClient(http, "https://org.example/dv", concurrency=4, batch_size=10,
                          pacer=Pacer(4, clock=clock, sleep=sleep))

@@ -323,7 +323,7 @@ def _stamp_in_chunks(c: Consultant, rows: list[dict[str, Any]], memo: str) -> tu
 
 @pytest.mark.parametrize("limits, error_id", [
     ({"row_ms": 200, "live_transaction_ms": 500}, "live-transaction-timeout"),  # > 2 rows: over 0.5 s
-    ({"live_payload_bytes": 700}, "message-size-exceeded"),  # a few rows' mapped values
+    ({"live_payload_bytes": 4000}, "message-size-exceeded"),  # a few rows' mapped values
 ])
 def test_a_transaction_over_a_live_sync_limit_is_refused_and_smaller_chunks_pass(
         live: Consultant, limits: dict[str, int], error_id: str) -> None:
