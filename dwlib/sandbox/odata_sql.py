@@ -31,7 +31,7 @@ from odata_query.sql import AstToSqliteSqlVisitor
 
 from .odata import BAD_QUERY, ODataError, iso_utc, no_property, split_top
 from .schema import Entity, entity
-from .store import quote
+from .store import XPP_NULL, quote
 
 _KNOWN_OPTIONS = {"$select", "$filter", "$orderby", "$top", "$skip", "$count", "$apply", "$skiptoken",
                   "$expand"}
@@ -358,8 +358,8 @@ def row_json_sql(
     args = [] if etag_sql is None else ["'@odata.etag'", etag_sql]
     for c in columns:
         expr = quote(c)
-        if ent.service == "finops" and types[c] in _XPP_NULL:
-            expr = f"COALESCE({expr}, {_XPP_NULL[types[c]]})"
+        if ent.service == "finops" and types[c] in XPP_NULL:
+            expr = f"COALESCE({expr}, {XPP_NULL[types[c]]!r})"
         if types[c] == "bool":
             expr = f"json(CASE WHEN {expr} IS NULL THEN NULL WHEN {expr} THEN 'true' ELSE 'false' END)"
         elif c in embedded:
@@ -389,10 +389,6 @@ def _json_object(args: Sequence[str]) -> str:
         inserts = [f"'$.\"{key[1:-1]}\"', {value}" for key, value in pairs]
         sql = f"json_insert({sql}, {', '.join(inserts)})"
     return sql
-
-
-# The value X++ stores for "no value" of a type (Null Values for Data Types, Dynamics AX developer docs).
-_XPP_NULL = {"string": "''", "int": "0", "decimal": "0"}
 
 
 @dataclass

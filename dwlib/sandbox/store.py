@@ -49,6 +49,11 @@ def utcnow() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# F&O fields are never null ("A field … always has a type and a value"): X++ stores an empty string
+# or 0 for "no value" (Null Values for Data Types, Dynamics AX developer documentation).
+XPP_NULL: dict[str, Any] = {"string": "", "int": 0, "decimal": 0}
+
+
 def column_sql(typ: str) -> str:
     """The SQLite declaration of a schema column type, e.g. `TEXT COLLATE NOCASE` for strings."""
     # Dataverse and F&O run on SQL Server with case-insensitive collations: keys, alternate keys,
@@ -200,11 +205,17 @@ class Store:
 
     @staticmethod
     def from_db(ent: Entity, row: sqlite3.Row | dict[str, Any]) -> dict[str, Any]:
-        """SQLite values → Python values (booleans back to bool)."""
+        """SQLite values → Python values (booleans back to bool; an F&O field never null, see
+        `XPP_NULL`), so every reader of F&O rows (OData, DMF packages, dual-write) sees one value."""
         cols = ent.all_columns
+        finops = ent.service == "finops"
         out = dict(row)
         for name, value in out.items():
-            if value is not None and cols.get(name) == "bool":
+            typ = cols.get(name)
+            if value is None:
+                if finops and typ in XPP_NULL:
+                    out[name] = XPP_NULL[typ]
+            elif typ == "bool":
                 out[name] = bool(value)
         return out
 
