@@ -57,7 +57,7 @@ from . import fo_rules
 from .context import Sandbox
 from .odata import ODataError, WriteEvent, run_write_hooks
 from .schema import ENTITIES, Entity
-from .store import Store, utcnow
+from .store import Store, read_sql, utcnow
 
 ACTION_PREFIX = "Microsoft.Dynamics.DataEntities."
 _TERMINAL = {"Succeeded", "PartiallySucceeded", "Failed", "Canceled"}
@@ -759,7 +759,7 @@ class DmfService:
     def _rows(self, d: DmfEntity, company: str) -> Iterator[list[Any]]:
         """Rows of `d` for `company` in key order, read by key ranges (no cursor held across steps)."""
         (key,) = [k for k in d.entity.key if k != "dataAreaId"]
-        cols = ", ".join(_q(c) for c in d.columns)
+        cols = ", ".join(f"{read_sql(d.entity, c)} AS {_q(c)}" for c in d.columns)
         where, params = ("", [])
         if d.company_specific:
             where, params = f"{_q('dataAreaId')} = ? AND ", [company.lower()]

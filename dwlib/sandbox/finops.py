@@ -59,7 +59,7 @@ from .odata_sql import (
     parse_query,
 )
 from .schema import FINOPS, Entity, entity
-from .store import XPP_NULL, quote
+from .store import quote, read_sql
 
 log = logging.getLogger(__name__)
 DATA = "/data"
@@ -84,11 +84,7 @@ def _etag(*values: Any) -> str:
 def etag_sql(ent: Entity) -> str:
     """SQL for a row's ETag: it changes whenever any of the row's values (as read: never null, see
     `store.XPP_NULL`) changes."""
-    def value(c: str) -> str:
-        default = XPP_NULL.get(ent.columns[c])
-        return quote(c) if default is None else f"COALESCE({quote(c)}, {default!r})"
-
-    return f"{_ETAG_FUNC}({', '.join(value(c) for c in ent.columns)})"
+    return f"{_ETAG_FUNC}({', '.join(read_sql(ent, c) for c in ent.columns)})"
 
 
 def routes(sbx: Sandbox) -> list[BaseRoute]:

@@ -31,7 +31,7 @@ from odata_query.sql import AstToSqliteSqlVisitor
 
 from .odata import BAD_QUERY, ODataError, iso_utc, no_property, split_top
 from .schema import Entity, entity
-from .store import XPP_NULL, quote
+from .store import quote, read_sql
 
 _KNOWN_OPTIONS = {"$select", "$filter", "$orderby", "$top", "$skip", "$count", "$apply", "$skiptoken",
                   "$expand"}
@@ -357,9 +357,7 @@ def row_json_sql(
     types = ent.all_columns
     args = [] if etag_sql is None else ["'@odata.etag'", etag_sql]
     for c in columns:
-        expr = quote(c)
-        if ent.service == "finops" and types[c] in XPP_NULL:
-            expr = f"COALESCE({expr}, {XPP_NULL[types[c]]!r})"
+        expr = read_sql(ent, c)
         if types[c] == "bool":
             expr = f"json(CASE WHEN {expr} IS NULL THEN NULL WHEN {expr} THEN 'true' ELSE 'false' END)"
         elif c in embedded:

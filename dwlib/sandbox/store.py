@@ -66,6 +66,17 @@ def quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def read_sql(ent: Entity, column: str) -> str:
+    """The SQL expression that reads `column` of `ent` as every reader sees it: an F&O field is never
+    null (`XPP_NULL`), so a stored NULL reads as its type's empty value.
+
+    >>> read_sql(ENTITIES["CustomersV3"], "PaymentTermsBaseDays")
+    'COALESCE("PaymentTermsBaseDays", 0)'
+    """
+    default = XPP_NULL.get(ent.all_columns[column]) if ent.service == "finops" else None
+    return quote(column) if default is None else f"COALESCE({quote(column)}, {default!r})"
+
+
 def _by_columns(
     items: Sequence[_T], columns: Callable[[_T], dict[str, Any]]
 ) -> list[tuple[list[str], list[_T]]]:

@@ -79,7 +79,15 @@ def to_finops_text(value: Any, kind: str = "String", loc: Locale = EN_US) -> str
 
 
 def same(a: Any, b: Any) -> bool:
-    """Whether two values mean the same across the sides (null = "", numbers by value, Yes = true)."""
+    """Whether two values mean the same across the sides (null = "", numbers by value, Yes = true;
+    a null beside a number is F&O's 0, as in `canonical`).
+
+    >>> same(None, 0), same(None, 0.0), same("", "0"), same(None, 5)
+    (True, True, False, False)
+    """
+    numbers = [v for v in (a, b) if isinstance(v, int | float) and not isinstance(v, bool)]
+    if numbers and None in (a, b):
+        return numbers[0] == 0
     x, y = to_finops_text(a), to_finops_text(b)
     if x == y:
         return True
@@ -91,14 +99,20 @@ def same(a: Any, b: Any) -> bool:
 
 def canonical(value: Any, kind: str) -> str:
     """One form of a value for comparing the sides: "" for empty, numbers by value, dates as ISO
-    dates, enum names and lookup keys case-insensitively, text trimmed."""
+    dates, enum names and lookup keys case-insensitively, text trimmed. A number 0 is empty too: an F&O
+    field is never null (X++ stores 0 for "no value"), so a Dataverse null and F&O's 0 are one value.
+
+    >>> canonical(None, "Money") == canonical(0, "Money") == canonical("0.00", "Integer")
+    True
+    """
     if value is None or (isinstance(value, str) and not value.strip()):
         return ""
     if isinstance(value, bool):
         return "yes" if value else "no"
     if kind in _NUMBER or kind in _INTEGER:
         try:
-            return format(Decimal(str(value)).normalize(), "f")
+            number = Decimal(str(value))
+            return "" if number.is_zero() else format(number.normalize(), "f")
         except InvalidOperation:
             return str(value).strip()
     if kind == "DateTime":

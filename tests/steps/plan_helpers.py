@@ -48,7 +48,8 @@ def column_differences(c: Consultant, map_name: str, fo: dict[str, Any], dv: dic
             equal = (fo_value in (None, "") and dv_value is None) or (
                 fo_value not in (None, "") and row.to_dataverse_value(fo_value) == dv_value)
         elif isinstance(fo_value, int | float) or isinstance(dv_value, int | float):
-            equal = fo_value is not None and dv_value is not None and float(fo_value) == float(dv_value)
+            # an F&O field is never null: X++ keeps 0 for a Dataverse null
+            equal = fo_value is not None and float(fo_value) == float(dv_value or 0)
         elif "date" in row.dataverse:
             equal = str(fo_value or "")[:10] == str(dv_value or "")[:10]
         else:
