@@ -5,7 +5,8 @@ the `nth` request whose method and path match, `before` its route runs or `after
 is made, the response not yet sent: the client dies without hearing that it happened). The signal
 goes to `pid` when given, else to the process that sent the request (found by its TCP connection),
 or to its nearest ancestor whose command line matches `process` (e.g. `ipykernel`: a runbook's
-kernel also when a portal gate's consultant, a child of it, sent the request). A trap fires once;
+kernel also when a portal gate's consultant, a child of it, sent the request); with `group`, to the
+target's whole process group (a kernel and the gate commands it started). A trap fires once;
 the admin endpoint `/_sandbox/traps` sets them and shows which fired, at what and against whom.
 Traps are no part of any emulated service and live only as long as the process.
 
@@ -48,6 +49,7 @@ class Trap(BaseModel):
     pid: int | None = Field(None, description="the process to signal; default: the request's sender")
     process: str | None = Field(None, description="regex on the command line: the sender or its nearest "
                                                    "ancestor that matches gets the signal")
+    group: bool = Field(False, description="signal the target's whole process group (what it started)")
     seen: int = 0
     fired: dict[str, Any] | None = None
 
@@ -116,7 +118,13 @@ def fire(trap: Trap, client: tuple[str, int] | None, server_port: int, request: 
         trap.fired["error"] = "no process to signal: the sender was not found (or no ancestor matched)"
     else:
         try:
-            os.kill(pid, sig)
+            if trap.group:
+                group = os.getpgid(pid)
+                if group == os.getpgid(0):
+                    raise PermissionError("the target shares the sandbox's process group")
+                os.killpg(group, sig)
+            else:
+                os.kill(pid, sig)
         except OSError as exc:
             trap.fired["error"] = f"{type(exc).__name__}: {exc}"
         else:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
+import psutil
 import pytest
 
 from dwlib.errors import SandboxError
@@ -50,16 +53,43 @@ def test_a_trap_kills_the_sender_of_the_nth_matching_request(fresh: dict[str, An
     assert trap["seen"] == 3 and trap["fired"]["pid"] == proc.pid and trap["fired"]["error"] is None
 
 
-def test_a_trap_with_process_signals_the_senders_nearest_matching_ancestor(fresh: dict[str, Any]) -> None:
-    control.traps(fresh, [{"path": "/_sandbox/health$", "signal": "SIGTERM", "process": "subprocess.call"}])
-    parent = subprocess.Popen([sys.executable, "-c", PARENT, CLIENT, fresh["admin_url"], fresh["ca_bundle"]])
+@pytest.mark.parametrize("group", [False, True])
+def test_a_trap_with_process_signals_the_senders_nearest_matching_ancestor(fresh: dict[str, Any],
+                                                                          group: bool) -> None:
+    control.traps(fresh, [{"path": "/_sandbox/health$", "signal": "SIGTERM", "process": "subprocess.call",
+                           "group": group}])
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, CLIENT, fresh["admin_url"], fresh["ca_bundle"]],
+                              start_new_session=True)
     try:
         assert parent.wait(timeout=60) == -signal.SIGTERM
         (trap,) = control.traps(fresh)
-        assert trap["fired"]["pid"] == parent.pid
+        assert trap["fired"]["pid"] == parent.pid and trap["fired"]["error"] is None
+        # With group, the client the parent started got the signal too; without, it goes on.
+        assert (_group_gone(parent.pid) if group else _live_in_group(parent.pid))
     finally:
-        # The orphaned client goes on asking: a trap on its next request stops it.
-        control.traps(fresh, [{"path": "/_sandbox/health$"}])
+        if _live_in_group(parent.pid):
+            os.killpg(parent.pid, signal.SIGKILL)
+
+
+def _live_in_group(group: int) -> bool:
+    """Whether a live (not zombie) process of the process group remains."""
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(proc.pid) == group and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return False
+
+
+def _group_gone(group: int, timeout_s: float = 10) -> bool:
+    """Whether every process of the group is gone within `timeout_s` (a signal takes a moment)."""
+    deadline = time.monotonic() + timeout_s
+    while _live_in_group(group):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def test_bad_traps_are_refused_with_the_reason(fresh: dict[str, Any]) -> None:
