@@ -1,0 +1,133 @@
+"""Killed at any moment: a runbook whose kernel is killed (SIGKILL) in the middle of a writing step
+converges when it is run again, to the end state of a run that was never interrupted.
+
+The moment is exact, not timed: a sandbox trap (`dwlib.sandbox.traps`) kills the kernel's process
+group (the kernel and the portal gate's consultant it started) when the nth request of the step
+arrives, after the sandbox carried it out and before the kernel hears the answer. The second run
+must pass with every map reconciled, hold as many rows in every table as an uninterrupted run of
+the same profile (nothing created twice: no row, no company) and leave no round-trip customer.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dw_helpers import Consultant
+from run_helpers import assert_passed, run, sandbox_dir
+
+from dwlib.sandbox import control
+from dwlib.scenarios import SCENARIOS
+from dwlib.steps.roundtrip import PREFIX
+
+ROWS = 200
+KERNEL = "ipykernel_launcher"  # the command line of a runbook's kernel
+# Small chunks, so a bulk step is killed with some chunks written and others not.
+OPTIONS = {"options.batch_size": 50, "options.concurrency": 2}
+
+
+@pytest.fixture(autouse=True)
+def private_token_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+
+
+@dataclass(frozen=True)
+class Kill:
+    """Where to kill: the step, and the nth request of it (method, path regex) that springs the trap."""
+
+    scenario: str
+    step: str
+    method: str
+    path: str
+    nth: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def trap(self) -> dict[str, Any]:
+        return {"method": self.method, "path": self.path, "nth": self.nth, "at": "after",
+                "signal": "SIGKILL", "process": KERNEL, "group": True}
+
+
+KILLS = {
+    "create-company": Kill("new-existing", "create-company", "POST", r"/finops/data/LegalEntities$", 2),
+    "bootstrap-apply": Kill("existing-existing", "bootstrap-apply", "POST",
+                            r"/accounts/Microsoft\.Dynamics\.CRM\.UpdateMultiple$", 2),
+    "migrate-upsert": Kill("existing-existing", "migrate", "POST",
+                           r"/accounts/Microsoft\.Dynamics\.CRM\.UpsertMultiple$", 2),
+    "migrate-import": Kill("existing-existing", "migrate", "POST", r"ImportFromPackage$", 2),
+    "table-maps": Kill("existing-existing", "table-maps", "POST", r"^/_portal/dualwrite/maps/[^/]+/run$", 2),
+    "verify-round-trip": Kill("new-new", "verify", "POST", r"^/finops/data/CustomersV3$", 1),
+}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(start_sandbox: Callable[..., dict[str, Any]],
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], dict[str, int]]]:
+    """Rows per table after an uninterrupted run of a scenario on a fresh sandbox (once each)."""
+    found: dict[str, dict[str, int]] = {}
+
+    def rows(scenario: str) -> dict[str, int]:
+        if scenario not in found:
+            connection = start_sandbox(scenario, rows=ROWS, fresh=True)
+            assert_passed(run(scenario, connection, tmp_path_factory.mktemp("runs"), **OPTIONS))
+            found[scenario] = control.table_rows(sandbox_dir(connection))
+        return found[scenario]
+
+    yield rows
+
+
+def test_every_kill_point_is_a_step_of_its_scenario() -> None:
+    # Keyed on step ids, not positions: scenarios may gain or lose steps around them.
+    for kill in KILLS.values():
+        assert kill.step in SCENARIOS[kill.scenario].step_ids(), kill
+
+
+@pytest.mark.parametrize("kill", list(KILLS.values()), ids=list(KILLS))
+def test_a_kernel_killed_during_a_writing_step_converges_when_run_again(
+        kill: Kill, start_sandbox: Callable[..., dict[str, Any]], tmp_path: Path,
+        uninterrupted: Callable[[str], dict[str, int]]) -> None:
+    expected = uninterrupted(kill.scenario)
+    connection = start_sandbox(kill.scenario, rows=ROWS, fresh=True)
+    root, out = sandbox_dir(connection), tmp_path / "runs"
+    control.traps(connection, [kill.trap()])
+    killed = run(kill.scenario, connection, out, **OPTIONS)
+    (trap,) = control.traps(connection)
+    assert trap["fired"] is not None and trap["fired"]["error"] is None, trap
+    assert killed.data is not None and not killed.ok and "kernel died" in killed.error
+    assert killed.data["current_step"] == kill.step  # the record says which step was running
+
+    again = assert_passed(run(kill.scenario, connection, out, **OPTIONS))
+    assert control.table_rows(root) == expected  # nothing created twice, nothing missing
+    consultant = Consultant(connection)
+    try:
+        # The round trip's customer is gone from both sides, also when a round trip was killed.
+        where = f"$filter=startswith(accountnumber,'{PREFIX}')"
+        assert consultant.dv_rows(f"accounts?$select=accountnumber&{where}") == []
+        assert consultant.fo_rows(f"CustomersV3?cross-company=true&$select=CustomerAccount"
+                                  f"&$filter=CustomerAccount eq '{PREFIX}-*'") == []
+        if kill.step == "bootstrap-apply":
+            _each_row_stamped_once(out, killed.data, again)
+    finally:
+        consultant.close()
+
+
+def _row_ids(path: Path) -> set[str]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        return {row["row_id"] for row in csv.DictReader(fh)}
+
+
+def _applied(out: Path, data: dict[str, Any]) -> set[str]:
+    """The rows a run's bootstrap-apply evidence says it stamped."""
+    stem = Path(data["run_id"][:8])
+    found = set()
+    for csv_file in out.glob(f"*-{stem}-evidence/bootstrap-applied*.csv"):
+        found |= _row_ids(csv_file)
+    return found
+
+
+def _each_row_stamped_once(out: Path, killed: dict[str, Any], again: dict[str, Any]) -> None:
+    first, second = _applied(out, killed), _applied(out, again)
+    assert first and second and not first & second  # the second run stamped only what was left
