@@ -11,15 +11,22 @@ the same profile (nothing created twice: no row, no company) and leave no round-
 from __future__ import annotations
 
 import csv
+import json
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jsonschema
+import psutil
 import pytest
 from dw_helpers import Consultant
-from run_helpers import assert_passed, run, sandbox_dir
+from run_helpers import ROOT, assert_passed, run, sandbox_dir
 
+from dwlib.cli import INTERRUPTED
+from dwlib.record import SCHEMA_FILE, load_record
 from dwlib.sandbox import control
 from dwlib.scenarios import SCENARIOS
 from dwlib.steps.roundtrip import PREFIX
@@ -131,3 +138,33 @@ def _applied(out: Path, data: dict[str, Any]) -> set[str]:
 def _each_row_stamped_once(out: Path, killed: dict[str, Any], again: dict[str, Any]) -> None:
     first, second = _applied(out, killed), _applied(out, again)
     assert first and second and not first & second  # the second run stamped only what was left
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_dw_run_given_a_signal_stops_its_kernel_and_records_the_interrupted_step(
+        sig: str, start_sandbox: Callable[..., dict[str, Any]], tmp_path: Path) -> None:
+    connection = start_sandbox("existing-existing", rows=ROWS, fresh=True)
+    out = tmp_path / "runs"
+    command = [str(Path(sys.executable).with_name("dw")), "run", "existing-existing",
+               "-f", str(ROOT / "params" / "sandbox-existing-existing.yaml"),
+               "-p", f"sandbox.dir={sandbox_dir(connection)}", "--out", str(out),
+               *(x for k, v in OPTIONS.items() for x in ("-p", f"{k}={v}"))]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # The signal reaches dw run (not its kernel) as the second chunk of the bootstrap arrives.
+    control.traps(connection, [{**KILLS["bootstrap-apply"].trap(), "at": "before", "signal": sig,
+                                "process": None, "group": False, "pid": proc.pid}])
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == INTERRUPTED, output  # not 1, the code of a failed step
+    (record_path,) = out.glob("*.json")
+    record = load_record(record_path)
+    jsonschema.validate(record, json.loads(SCHEMA_FILE.read_text()))
+    assert record["status"] == "interrupted" and record["failed_step"] is None
+    assert record["current_step"] == "bootstrap-apply"
+    assert record["error"] == f"interrupted by {sig} while step bootstrap-apply was running"
+    assert [s["id"] for s in record["steps"]] == SCENARIOS["existing-existing"].step_ids()[:4]
+    assert record["manifest"]["notebook"]  # the partial notebook is written, and sealed
+    notebook = json.loads(record_path.with_suffix(".ipynb").read_text())
+    errors = [o for c in notebook["cells"] for o in c.get("outputs", []) if o["output_type"] == "error"]
+    assert [e["ename"] for e in errors] == ["KeyboardInterrupt"]
+    assert not psutil.pid_exists(record["process"]["pid"])  # the kernel is gone
+    assert f"interrupted by {sig}" in output

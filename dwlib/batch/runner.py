@@ -14,14 +14,10 @@ from __future__ import annotations
 
 import os
 import queue
-import signal
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from dwlib.batch.executors import DaskExecutor, Executor, LocalExecutor
@@ -30,6 +26,7 @@ from dwlib.batch.plan import Plan, load_plan
 from dwlib.batch.storage import Output
 from dwlib.batch.worker import RunSpec
 from dwlib.errors import DwError
+from dwlib.execute import sigterm_interrupts
 
 Echo = Callable[[str], None]
 
@@ -98,23 +95,6 @@ def schedule(executor: Executor, manifest: Manifest, specs: dict[str, RunSpec], 
     return False
 
 
-@contextmanager
-def _sigterm_cancels() -> Iterator[None]:
-    """SIGTERM cancels the batch like Ctrl+C (its runs are stopped, not orphaned)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    before = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, before)
-
-
 def _executor(kind: str, address: str | None, workers: int | None, client: Any) -> Executor:
     if kind == "local":
         return LocalExecutor(workers or os.cpu_count() or 1)
@@ -172,7 +152,7 @@ def run_batch(plan_path: Path, out: str | Path, *, max_parallel: int | None = No
                                       entry["run_dir"], f"attempt-{entry['attempt']}.log", cwd, run.timeout_s)
             echo(f"dw batch: {len(todo)} run(s) on {executor}, at most {limit} at a time, one per "
                  f"environment pair; manifest {output.join(NAME)}")
-            with _sigterm_cancels():
+            with sigterm_interrupts():  # SIGTERM cancels the batch as Ctrl+C does: runs stopped
                 cancelled = schedule(ex, manifest, specs, {r.name: r.pair for r in plan.runs}, limit, echo)
     manifest.close(cancelled)
     echo(summary(manifest))
