@@ -20,11 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from dwlib.batch.executors import DaskExecutor, Executor, LocalExecutor
-from dwlib.batch.manifest import FAILED, NAME, Manifest
+from dwlib.batch.manifest import FAILED, NAME, Manifest, since, still_running
 from dwlib.batch.plan import Plan, load_plan
 from dwlib.batch.storage import Output
-from dwlib.batch.worker import RunSpec
+from dwlib.batch.worker import RunSpec, now, stop_tree
 from dwlib.errors import DwError
 from dwlib.execute import sigterm_interrupts
 
@@ -50,22 +52,25 @@ def schedule(executor: Executor, manifest: Manifest, specs: dict[str, RunSpec], 
              max_parallel: int, echo: Echo) -> bool:
     """Run `specs` (in their order) on `executor`; True when cancelled (Ctrl+C, SIGTERM)."""
     pending, running = list(specs), {}
-    done: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+    # Workers report here; only this thread touches the manifest. (name, "started"|"ended", info)
+    done: queue.Queue[tuple[str, str, dict[str, Any]]] = queue.Queue()
 
     def one(name: str) -> None:
         try:
-            outcome = executor.run(specs[name])
+            outcome = executor.run(specs[name], lambda info: done.put((name, "started", info)))
         except Exception as exc:  # a lost worker or a failed upload: this run's problem, not the batch's
             outcome = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
-        done.put((name, outcome))
+        done.put((name, "ended", outcome))
 
     def collect() -> None:
         while True:
             try:
-                name, outcome = done.get(timeout=0.5)  # a timeout keeps Ctrl+C responsive
-                break
+                name, event, outcome = done.get(timeout=0.5)  # a timeout keeps Ctrl+C responsive
             except queue.Empty:
                 continue
+            if event == "ended":
+                break
+            manifest.started(name, outcome)
         del running[name]
         manifest.finish(name, outcome)
         entry = manifest.run(name)
@@ -103,6 +108,24 @@ def _executor(kind: str, address: str | None, workers: int | None, client: Any) 
     raise DwError(f"unknown executor {kind!r}: use local or dask")
 
 
+def _await_left_running(entry: dict[str, Any], echo: Echo) -> None:
+    """Wait for the `dw run` a killed batch left running for `entry` to end (stopped once its
+    timeout is spent), so that a resumed batch never runs it twice nor beside itself."""
+    proc = still_running(entry)
+    if proc is None:
+        return
+    echo(f"  {entry['name']}: still running from the batch that was stopped (pid {proc.pid}): waiting for it")
+    timeout_s = entry.get("timeout_s")
+    left = None if timeout_s is None else timeout_s - since(entry.get("submitted") or now())
+    try:
+        proc.wait(None if left is None else max(0.0, left))
+    except psutil.TimeoutExpired:
+        echo(f"  {entry['name']}: stopping it: its timeout ({timeout_s} s) is spent")
+        stop_tree(proc)
+    except psutil.NoSuchProcess:
+        pass
+
+
 def _prepare(plan: Plan, out: Output, resume: bool, manifest: Manifest, echo: Echo) -> list[str]:
     """Fill the manifest from the plan (and the manifest resumed); the names of the runs to run."""
     before = Manifest.load(out)
@@ -112,6 +135,8 @@ def _prepare(plan: Plan, out: Output, resume: bool, manifest: Manifest, echo: Ec
     if before is None and resume:
         echo(f"nothing to resume in {out}: starting every run")
     old = {r["name"]: r for r in (before.data["runs"] if before else [])}
+    for entry in old.values():
+        _await_left_running(entry, echo)
     if before is not None:
         manifest.data.update(batch_id=before.data["batch_id"], created=before.data["created"])
         dropped = sorted(set(old) - {r.name for r in plan.runs})
