@@ -2,15 +2,25 @@
 
 `run` executes a scenario's notebook against the sandbox of a connection; `assert_passed` checks
 that every step passed and the verification reconciled; `writes` lists a run's calls that change
-something; `descendants` finds the processes below a pid (a `dw run`'s kernel).
+something; `descendants` finds the processes below a pid (a `dw run`'s kernel); `await_step` waits
+for a `dw run` to reach a step; `outage` restarts a sandbox while its clients knock.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from dwlib import execute
+from dwlib.record import RecordError, load_record
+from dwlib.sandbox import control, server
 
 ROOT = Path(__file__).resolve().parents[1]
 # A call that changes something: any write method, and POSTs other than sign-in and DMF reads.
@@ -61,3 +71,69 @@ def descendants(pid: int) -> list[int]:
         found += kids
         todo += kids
     return found
+
+
+def await_step(out: Path, step: str, proc: subprocess.Popen[Any], deadline_s: float = 600) -> Path:
+    """The record under `out` of a `dw run` (`proc`) once it says `step` is running."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the run ended before step {step} was seen running"
+        for path in out.glob("*.json"):
+            with contextlib.suppress(RecordError):
+                if load_record(path)["current_step"] == step:
+                    return path
+        time.sleep(0.05)
+    raise AssertionError(f"step {step} did not start within {deadline_s} s")
+
+
+def outage(connection: dict[str, Any], proc: subprocess.Popen[Any], *, attempts: int = 3,
+           down_s: float = 0.0, deadline_s: float = 300) -> int:
+    """Stop the sandbox, keep its port refusing service until its clients (the run `proc`, which
+    must not end meanwhile) tried `attempts` times to connect (and at least `down_s` seconds
+    passed), then start it again on the same port.
+
+    While it is down, a listener on the port takes each connection and closes it at once (what a
+    client sees of a restarting service: no TLS handshake), counting them. Returns the count.
+    """
+    root = sandbox_dir(connection)
+    control.stop(root)
+    stub = server.bind(connection["port"])
+    stub.settimeout(0.1)  # so that the thread sees `over` (a blocked accept outlives a close)
+    seen = 0
+    enough, over = threading.Event(), threading.Event()
+
+    def refuse() -> None:
+        nonlocal seen
+        while not over.is_set():
+            try:
+                conn, _ = stub.accept()
+            except TimeoutError:
+                continue
+            conn.close()
+            seen += 1
+            if seen >= attempts:
+                enough.set()
+
+    refusing = threading.Thread(target=refuse, daemon=True)
+    refusing.start()
+    started = time.monotonic()
+    while not enough.wait(0.1):
+        assert proc.poll() is None, f"the run ended while the sandbox was down: {proc.communicate()[0]}"
+        assert time.monotonic() - started < deadline_s, f"no {attempts} tries to connect in {deadline_s} s"
+    if down_s > time.monotonic() - started:
+        time.sleep(down_s - (time.monotonic() - started))  # the outage's length, as asked
+    over.set()
+    refusing.join()
+    stub.close()
+    assert control.start(root=root, owner_pid=os.getpid()).connection["port"] == connection["port"]
+    return seen
+
+
+def dw_run(scenario: str, connection: dict[str, Any], out: Path, **overrides: Any) -> subprocess.Popen[str]:
+    """`dw run` of the scenario against the sandbox of `connection`, as its own process (output piped)."""
+    command = [str(Path(sys.executable).with_name("dw")), "run", scenario,
+               "-f", str(ROOT / "params" / f"sandbox-{scenario}.yaml"),
+               "-p", f"sandbox.dir={sandbox_dir(connection)}", "--out", str(out)]
+    for key, value in overrides.items():
+        command += ["-p", f"{key}={json.dumps(value)}"]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +21,7 @@ import jsonschema
 import psutil
 import pytest
 from dw_helpers import Consultant
-from run_helpers import ROOT, assert_passed, run, sandbox_dir
+from run_helpers import assert_passed, await_step, dw_run, outage, run, sandbox_dir
 
 from dwlib.cli import INTERRUPTED
 from dwlib.record import SCHEMA_FILE, load_record
@@ -145,11 +143,7 @@ def test_dw_run_given_a_signal_stops_its_kernel_and_records_the_interrupted_step
         sig: str, start_sandbox: Callable[..., dict[str, Any]], tmp_path: Path) -> None:
     connection = start_sandbox("existing-existing", rows=ROWS, fresh=True)
     out = tmp_path / "runs"
-    command = [str(Path(sys.executable).with_name("dw")), "run", "existing-existing",
-               "-f", str(ROOT / "params" / "sandbox-existing-existing.yaml"),
-               "-p", f"sandbox.dir={sandbox_dir(connection)}", "--out", str(out),
-               *(x for k, v in OPTIONS.items() for x in ("-p", f"{k}={v}"))]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = dw_run("existing-existing", connection, out, **OPTIONS)
     # The signal reaches dw run (not its kernel) as the second chunk of the bootstrap arrives.
     control.traps(connection, [{**KILLS["bootstrap-apply"].trap(), "at": "before", "signal": sig,
                                 "process": None, "group": False, "pid": proc.pid}])
@@ -168,3 +162,19 @@ def test_dw_run_given_a_signal_stops_its_kernel_and_records_the_interrupted_step
     assert [e["ename"] for e in errors] == ["KeyboardInterrupt"]
     assert not psutil.pid_exists(record["process"]["pid"])  # the kernel is gone
     assert f"interrupted by {sig}" in output
+
+
+def test_a_run_waits_out_a_sandbox_restart_in_the_middle_of_a_step_and_finishes(
+        start_sandbox: Callable[..., dict[str, Any]], tmp_path: Path) -> None:
+    connection = start_sandbox("existing-existing", rows=ROWS, fresh=True)
+    out = tmp_path / "runs"
+    proc = dw_run("existing-existing", connection, out, **OPTIONS)
+    record = await_step(out, "migrate", proc)  # its DMF jobs and upserts under way
+    knocks = outage(connection, proc)  # down until the run tried to connect a few times, then back
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output
+    data = load_record(record)
+    assert data["status"] == "passed" and knocks >= 3
+    assert data["http"]["retry_reasons"].get("ConnectError")  # it waited, within its retry budget
+    verify = next(s for s in data["steps"] if s["id"] == "verify")
+    assert all(r["status"] == "PASS" for r in verify["tables"]["reconciliation"])
