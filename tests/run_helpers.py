@@ -1,9 +1,10 @@
 """Helpers of the tests that run whole runbooks against a sandbox (as `dw run` does).
 
-`run` executes a scenario's notebook against the sandbox of a connection; `assert_passed` checks
-that every step passed and the verification reconciled; `writes` lists a run's calls that change
-something; `descendants` finds the processes below a pid (a `dw run`'s kernel); `await_step` waits
-for a `dw run` to reach a step; `outage` restarts a sandbox while its clients knock.
+`run` executes a scenario's notebook against the sandbox of a connection (`dw_run`: as a `dw run`
+process); `assert_passed` checks that every step passed and the verification reconciled; `writes`
+lists a run's calls that change something; `await_step` waits for a `dw run` to reach a step;
+`outage` restarts a sandbox while its clients knock; `round_trip_leftovers` lists the round trip's
+test customers left behind.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dw_helpers import Consultant
+
 from dwlib import execute
 from dwlib.record import RecordError, load_record
 from dwlib.sandbox import control, server
+from dwlib.steps.roundtrip import PREFIX
 
 ROOT = Path(__file__).resolve().parents[1]
 # A call that changes something: any write method, and POSTs other than sign-in and DMF reads.
@@ -43,6 +47,11 @@ def assert_passed(execution: execute.Execution) -> dict[str, Any]:
     data = execution.data
     assert data is not None, execution.error
     assert execution.ok, execution.summary()
+    return assert_reconciled(data)
+
+
+def assert_reconciled(data: dict[str, Any]) -> dict[str, Any]:
+    """The record `data` says verify reconciled every map and company; `data`."""
     verify = next(s for s in data["steps"] if s["id"] == "verify")
     rows = verify["tables"]["reconciliation"]
     assert rows and all(r["status"] == "PASS" for r in rows), rows
@@ -54,23 +63,6 @@ def writes(data: dict[str, Any]) -> list[str]:
     return [f"{c['method']} {c['url']}" for s in data["steps"] for c in s["calls"]
             if c["method"] in ("PATCH", "PUT", "DELETE")
             or (c["method"] == "POST" and not any(r in c["url"] for r in READ_POSTS))]
-
-
-def descendants(pid: int) -> list[int]:
-    """The processes below `pid` (Linux /proc), children first."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue  # gone meanwhile
-        children.setdefault(ppid, []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        kids = children.get(todo.pop(), [])
-        found += kids
-        todo += kids
-    return found
 
 
 def await_step(out: Path, step: str, proc: subprocess.Popen[Any], deadline_s: float = 600) -> Path:
@@ -137,3 +129,16 @@ def dw_run(scenario: str, connection: dict[str, Any], out: Path, **overrides: An
     for key, value in overrides.items():
         command += ["-p", f"{key}={json.dumps(value)}"]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def round_trip_leftovers(connection: dict[str, Any]) -> list[str]:
+    """The round-trip customers (`DWRT-…`) left in F&O or Dataverse."""
+    consultant = Consultant(connection)
+    try:
+        dv = consultant.dv_rows(f"accounts?$select=accountnumber"
+                                f"&$filter=startswith(accountnumber,'{PREFIX}')")
+        fo = consultant.fo_rows(f"CustomersV3?cross-company=true&$select=CustomerAccount"
+                                f"&$filter=CustomerAccount eq '{PREFIX}-*'")
+        return [f"Dataverse {r['accountnumber']}" for r in dv] + [f"F&O {r['CustomerAccount']}" for r in fo]
+    finally:
+        consultant.close()

@@ -6,7 +6,8 @@ is made, the response not yet sent: the client dies without hearing that it happ
 goes to `pid` when given, else to the process that sent the request (found by its TCP connection),
 or to its nearest ancestor whose command line matches `process` (e.g. `ipykernel`: a runbook's
 kernel also when a portal gate's consultant, a child of it, sent the request); with `group`, to the
-target's whole process group (a kernel and the gate commands it started). A trap fires once;
+target's whole process group (a kernel and the gate commands it started). With `respond`, the
+request is answered with that status (e.g. 429) instead, without running. A trap fires once;
 the admin endpoint `/_sandbox/traps` sets them and shows which fired, at what and against whom.
 Traps are no part of any emulated service and live only as long as the process.
 
@@ -21,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import re
@@ -50,6 +52,8 @@ class Trap(BaseModel):
     process: str | None = Field(None, description="regex on the command line: the sender or its nearest "
                                                    "ancestor that matches gets the signal")
     group: bool = Field(False, description="signal the target's whole process group (what it started)")
+    respond: int | None = Field(None, ge=400, le=599, description="instead of a signal: answer with this "
+                                "status (Retry-After: 1 on 429/503) without running the route")
     seen: int = 0
     fired: dict[str, Any] | None = None
 
@@ -165,6 +169,10 @@ class Traps:
             await self.app(scope, receive, send)
             return
         client, port = scope.get("client"), scope["server"][1]
+        refusal = next((t for t in due if t.respond is not None), None)
+        if refusal is not None:
+            await _refuse(refusal, f"{method} {path}", send)
+            return
 
         async def spring(when: str) -> None:
             for trap in (t for t in due if t.at == when):
@@ -178,3 +186,17 @@ class Traps:
             await send(message)
 
         await self.app(scope, receive, held)
+
+
+async def _refuse(trap: Trap, request: str, send: Send) -> None:
+    """Answer the request with the trap's status and an OData error body; the route never runs."""
+    assert trap.respond is not None
+    trap.fired = {"request": request, "pid": None, "signal": None, "at": "before", "respond": trap.respond,
+                  "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "error": None}
+    message = f"refused by a sandbox trap ({trap.respond})"
+    body = json.dumps({"error": {"code": "", "message": message}}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if trap.respond in (429, 503):
+        headers.append((b"retry-after", b"1"))
+    await send({"type": "http.response.start", "status": trap.respond, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
