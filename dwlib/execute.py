@@ -22,6 +22,7 @@ import os
 import signal
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ POLL_S = 0.5
 # After SIGINT/SIGTERM the kernel gets this long to stop the step it runs (the step notes the
 # interruption in the record) before it is killed; `dw batch` waits longer (`worker.GRACE_S`).
 INTERRUPT_GRACE_S = 5.0
+RESEND_S = 0.25  # an interrupt is sent again this often until the kernel's step notes it
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -156,15 +158,18 @@ class Interrupts:
 
     The first signal interrupts the kernel, as Jupyter's Interrupt does: the step in progress
     stops, notes in the record that it was interrupted, and papermill stops the notebook, writes
-    it and shuts the kernel down. A kernel that has not stopped within `INTERRUPT_GRACE_S` (or at
-    a second signal) is killed. Before a kernel is up there is nothing to stop gracefully, so the
-    signal raises `KeyboardInterrupt` where it lands. `signal` names the first signal received.
+    it and shuts the kernel down. A kernel between two cells ignores an interrupt, so it is sent
+    again until the record notes it (the next cell gets it). A kernel that has not stopped within
+    `grace_s` (or at a second signal) is killed. Before a kernel is up there is nothing to stop
+    gracefully, so the signal raises `KeyboardInterrupt` where it lands. `signal` names the first
+    signal received.
     """
 
-    def __init__(self, grace_s: float = INTERRUPT_GRACE_S) -> None:
-        self.grace_s = grace_s
+    def __init__(self, record: Path, grace_s: float = INTERRUPT_GRACE_S) -> None:
+        self.record, self.grace_s = record, grace_s
         self.signal = ""
-        self._timer: threading.Timer | None = None
+        self._over = threading.Event()
+        self._stopper: threading.Thread | None = None
         self._before: dict[int, Any] = {}
 
     def __enter__(self) -> Interrupts:
@@ -176,24 +181,38 @@ class Interrupts:
                  tb: TracebackType | None) -> None:
         for sig, handler in self._before.items():
             signal.signal(sig, handler)
-        if self._timer is not None:
-            self._timer.cancel()
+        self._over.set()
+        if self._stopper is not None:
+            self._stopper.join()
 
     def _received(self, signum: int, frame: FrameType | None) -> None:
         first = not self.signal
         self.signal = self.signal or signal.Signals(signum).name
-        kernels = _kernels()
-        if not kernels:
+        if not _kernels():
             raise KeyboardInterrupt
         if not first:
             self.kill()
             return
-        for kernel in kernels:
-            with contextlib.suppress(psutil.Error):
-                kernel.send_signal(signal.SIGINT)
-        self._timer = threading.Timer(self.grace_s, self.kill)
-        self._timer.daemon = True
-        self._timer.start()
+        self._stopper = threading.Thread(target=self._stop, name="dw-interrupt", daemon=True)
+        self._stopper.start()
+
+    def _stop(self) -> None:
+        deadline = time.monotonic() + self.grace_s
+        while not self._over.is_set():
+            if time.monotonic() >= deadline:
+                self.kill()
+                return
+            if not self._noted():
+                for kernel in _kernels():
+                    with contextlib.suppress(psutil.Error):
+                        kernel.send_signal(signal.SIGINT)
+            self._over.wait(RESEND_S)
+
+    def _noted(self) -> bool:
+        try:
+            return bool(load_record(self.record)["status"] == "interrupted")
+        except RecordError:
+            return False
 
     @staticmethod
     def kill() -> None:
@@ -264,7 +283,7 @@ def execute(
     error = ""
     watcher = _Watcher(record, echo)
     watcher.start()
-    with Interrupts() as interrupts:
+    with Interrupts(record) as interrupts:
         try:
             with this_python_kernel():
                 papermill.execute_notebook(str(source), str(notebook), parameters=parameters,
@@ -277,16 +296,19 @@ def execute(
             error = "interrupted before the notebook ran"
         finally:
             watcher.stop()
-    if interrupts.signal:
-        error = f"interrupted by {interrupts.signal}"
-        with contextlib.suppress(RecordError):  # no record: stopped before the runbook opened
-            mark_interrupted(record, error)
     try:
         data: dict[str, Any] | None = load_record(record)
     except RecordError:
-        data = None
+        data = None  # none yet: stopped before the runbook opened
+    interrupted = ""
+    # A run that had ended (or failed) before the signal took effect keeps its outcome.
+    if interrupts.signal and (data is None or data["status"] in ("running", "interrupted")):
+        interrupted, error = interrupts.signal, f"interrupted by {interrupts.signal}"
+        if data is not None:
+            mark_interrupted(record, error)
+            data = load_record(record)
     if data is not None and notebook.is_file():
         # The notebook is final now: the HTML report, then the record sealed with both hashes.
         finalize(record, notebook)
         data = load_record(record)
-    return Execution(notebook, record, data, error, interrupted=interrupts.signal)
+    return Execution(notebook, record, data, error, interrupted=interrupted)
