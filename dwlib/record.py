@@ -288,6 +288,9 @@ class RunRecord:
 
     def step_started(self, step_id: str) -> None:
         """Note the step in progress (a killed run's record names it)."""
+        if self.data["status"] == "interrupted":  # run on after an interruption, in the same kernel
+            self.data.update(status="running", error=None)
+            self._ended(None)
         self.data["current_step"] = step_id
         self.write()
 
