@@ -357,7 +357,9 @@ def _batch_parser(commands: Any) -> None:
         "batch", help="run the runbooks of a plan: local processes or a Dask cluster, with a manifest",
         description="Check every run of the plan (exit 2 when any is bad, before any run), then run each "
                     "as its own dw run process, never two of one environment pair at once; write "
-                    "OUT/batch.json and OUT/<run>/; print the summary; exit 0 only when every run passed.",
+                    "OUT/batch.json and OUT/<run>/; print the summary; exit 0 only when every run passed. "
+                    "SIGINT (Ctrl+C) or SIGTERM stops every running run cleanly (exit 130); --resume then "
+                    "reruns what did not pass, and waits first for runs a killed batch left running.",
         epilog="example: dw batch params/batch-sandbox.yaml --max-parallel 2 --out runs/nightly")
     cmd.add_argument("plan", type=Path, metavar="PLAN.yaml", help="the plan file (YAML)")
     cmd.add_argument("--max-parallel", type=int, metavar="N",
