@@ -6,14 +6,17 @@ group (the kernel and the portal gate's consultant it started) when the nth requ
 arrives, after the sandbox carried it out and before the kernel hears the answer. The second run
 must pass with every map reconciled, hold as many rows in every table as an uninterrupted run of
 the same profile (nothing created twice: no row, no company) and leave no round-trip customer.
+
+Also here: `dw run` given SIGTERM or SIGINT stops cleanly and records the interrupted step, and a
+run waits out a restart of its sandbox. (`dw batch` killed or interrupted: `test_batch.py`.)
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +50,6 @@ class Kill:
     method: str
     path: str
     nth: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def trap(self) -> dict[str, Any]:
         return {"method": self.method, "path": self.path, "nth": self.nth, "at": "after",
@@ -68,7 +70,7 @@ KILLS = {
 
 @pytest.fixture(scope="module")
 def uninterrupted(start_sandbox: Callable[..., dict[str, Any]],
-                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], dict[str, int]]]:
+                  tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], dict[str, int]]:
     """Rows per table after an uninterrupted run of a scenario on a fresh sandbox (once each)."""
     found: dict[str, dict[str, int]] = {}
 
@@ -79,7 +81,7 @@ def uninterrupted(start_sandbox: Callable[..., dict[str, Any]],
             found[scenario] = control.table_rows(sandbox_dir(connection))
         return found[scenario]
 
-    yield rows
+    return rows
 
 
 def test_every_kill_point_is_a_step_of_its_scenario() -> None:
@@ -117,16 +119,17 @@ def _row_ids(path: Path) -> set[str]:
 
 def _applied(out: Path, data: dict[str, Any]) -> set[str]:
     """The rows a run's bootstrap-apply evidence says it stamped."""
-    stem = Path(data["run_id"][:8])
     found = set()
-    for csv_file in out.glob(f"*-{stem}-evidence/bootstrap-applied*.csv"):
+    for csv_file in out.glob(f"*-{data['run_id'][:8]}-evidence/bootstrap-applied*.csv"):
         found |= _row_ids(csv_file)
     return found
 
 
 def _each_row_stamped_once(out: Path, killed: dict[str, Any], again: dict[str, Any]) -> None:
+    # The killed run's evidence lists the chunks it heard back about (maybe none: they were in
+    # flight together); the second run stamped only what was left, and something was.
     first, second = _applied(out, killed), _applied(out, again)
-    assert first and second and not first & second  # the second run stamped only what was left
+    assert second and not first & second
 
 
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
@@ -146,7 +149,8 @@ def test_dw_run_given_a_signal_stops_its_kernel_and_records_the_interrupted_step
     assert record["status"] == "interrupted" and record["failed_step"] is None
     assert record["current_step"] == "bootstrap-apply"
     assert record["error"] == f"interrupted by {sig} while step bootstrap-apply was running"
-    assert [s["id"] for s in record["steps"]] == SCENARIOS["existing-existing"].step_ids()[:4]
+    planned = SCENARIOS["existing-existing"].step_ids()
+    assert [s["id"] for s in record["steps"]] == planned[:planned.index("bootstrap-apply")]
     assert record["manifest"]["notebook"]  # the partial notebook is written, and sealed
     notebook = json.loads(record_path.with_suffix(".ipynb").read_text())
     errors = [o for c in notebook["cells"] for o in c.get("outputs", []) if o["output_type"] == "error"]
@@ -161,11 +165,11 @@ def test_a_run_waits_out_a_sandbox_restart_in_the_middle_of_a_step_and_finishes(
     out = tmp_path / "runs"
     proc = dw_run("existing-existing", connection, out, **OPTIONS)
     record = await_step(out, "migrate", proc)  # its DMF jobs and upserts under way
-    knocks = outage(connection, proc)  # down until the run tried to connect a few times, then back
+    outage(connection, proc)  # down until the run tried to connect a few times, then back
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output
     data = load_record(record)
-    assert data["status"] == "passed" and knocks >= 3
+    assert data["status"] == "passed"
     assert data["http"]["retry_reasons"].get("ConnectError")  # it waited, within its retry budget
     verify = next(s for s in data["steps"] if s["id"] == "verify")
     assert all(r["status"] == "PASS" for r in verify["tables"]["reconciliation"])
