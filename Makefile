@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean chromium
+.PHONY: demo test chaos lint install clean chromium
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -29,6 +29,13 @@ test: $(STAMP) chromium
 	$(BIN)/ruff check .
 	@# pytest exits 5 when it collected no test: that is a failure here, not a pass.
 	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected" >&2; exit 1; fi; exit $$rc
+
+# Not part of `make test`: every setup scenario under a random fault profile, its kernel killed at a
+# random step, then run again (tests/chaos.py). A failed round prints the SEED to replay it; narrow
+# it with SCENARIOS=a,b and ROWS=N.
+chaos: $(STAMP)
+	$(BIN)/python tests/chaos.py $(if $(SEED),--seed $(SEED)) $(if $(SCENARIOS),--scenarios $(SCENARIOS)) \
+		$(if $(ROWS),--rows $(ROWS))
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

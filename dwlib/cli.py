@@ -37,6 +37,7 @@ from .scenarios import SCENARIOS
 
 NOT_RUNNING = 3  # exit status of `dw sandbox status` for a stopped sandbox (as LSB `status` does)
 BAD_PARAMETERS = 2  # exit status of `dw run` for parameters that cannot be used (nothing was called)
+INTERRUPTED = 130  # exit status of `dw run`/`dw batch` stopped by SIGINT (Ctrl+C) or SIGTERM (128 + SIGINT)
 DEMO_DIR = Path(".dw") / "sandbox" / "demo"
 DEMO_ROWS = 20_000
 RUNS_DIR = Path("runs")
@@ -143,6 +144,8 @@ def _execute(scenario: str, params_file: Path, overrides: dict[str, Any], out: P
     print(f"running {scenario} headless (papermill); results as each step ends:")
     run = _execution().execute(scenario, params_file, overrides, out)
     print(run.summary())
+    if run.interrupted:
+        return INTERRUPTED
     return 0 if run.ok else 1
 
 
@@ -167,14 +170,16 @@ def run(args: argparse.Namespace) -> int:
     params_file: Path = args.params_file
     try:
         overrides = _overrides(args.param)
-        if not args.sandbox:
-            _execution().check_params(args.scenario, params_file, overrides)
-            return _execute(args.scenario, params_file, overrides, args.out)
-        root = Path(tempfile.mkdtemp(prefix=f"dw-sandbox-{args.scenario}-"))
-        try:
-            return _in_sandbox(args.scenario, root, args.rows, args.faults, params_file, overrides, args.out)
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
+        with _execution().sigterm_interrupts():  # outside the notebook: SIGTERM stops as Ctrl+C does
+            if not args.sandbox:
+                _execution().check_params(args.scenario, params_file, overrides)
+                return _execute(args.scenario, params_file, overrides, args.out)
+            root = Path(tempfile.mkdtemp(prefix=f"dw-sandbox-{args.scenario}-"))
+            try:
+                return _in_sandbox(args.scenario, root, args.rows, args.faults, params_file, overrides,
+                                   args.out)
+            finally:
+                shutil.rmtree(root, ignore_errors=True)
     except ParamsError as exc:
         print(f"dw: error: {exc}", file=sys.stderr)
         return BAD_PARAMETERS
@@ -352,7 +357,9 @@ def _batch_parser(commands: Any) -> None:
         "batch", help="run the runbooks of a plan: local processes or a Dask cluster, with a manifest",
         description="Check every run of the plan (exit 2 when any is bad, before any run), then run each "
                     "as its own dw run process, never two of one environment pair at once; write "
-                    "OUT/batch.json and OUT/<run>/; print the summary; exit 0 only when every run passed.",
+                    "OUT/batch.json and OUT/<run>/; print the summary; exit 0 only when every run passed. "
+                    "SIGINT (Ctrl+C) or SIGTERM stops every running run cleanly (exit 130); --resume then "
+                    "reruns what did not pass, and waits first for runs a killed batch left running.",
         epilog="example: dw batch params/batch-sandbox.yaml --max-parallel 2 --out runs/nightly")
     cmd.add_argument("plan", type=Path, metavar="PLAN.yaml", help="the plan file (YAML)")
     cmd.add_argument("--max-parallel", type=int, metavar="N",
@@ -409,8 +416,14 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="run a scenario's runbook headless (papermill) and keep notebook and record",
         description="Check the parameters (exit 2 when bad, before any call), execute "
                     "notebooks/SCENARIO.ipynb with papermill, write OUT/<time>-<scenario>-<id>.ipynb and "
-                    ".json, print the step summary; exit 0 only when every step passed or was already done.",
-        epilog="example: dw run existing-existing -f params/sandbox-existing-existing.yaml --sandbox "
+                    ".json, print the step summary; exit 0 only when every step passed or was already done. "
+                    "SIGINT (Ctrl+C) or SIGTERM stops the run cleanly: the kernel is interrupted (killed if "
+                    "it does not stop within seconds), the partial notebook and the record are written, and "
+                    "the record says the run was interrupted and which step was running.",
+        epilog="exit status: 0 every step passed or was already done; 1 a step failed or waits for a person, "
+               "or the kernel died; 2 the parameters are wrong (nothing was called); 130 interrupted by "
+               "SIGINT or SIGTERM. "
+               "example: dw run existing-existing -f params/sandbox-existing-existing.yaml --sandbox "
                "--rows 500")
     run_cmd.add_argument("scenario", choices=SCENARIOS, metavar="SCENARIO", help=", ".join(SCENARIOS))
     run_cmd.add_argument("-f", "--params-file", type=Path, required=True, help="parameters file (YAML)")
@@ -466,7 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dw: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        return 130
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@ This is what `dw run` does after checking the parameters: execute `notebooks/<sc
 in a kernel of this very Python (so the notebook uses the same dwlib and packages), passing the
 parameters file, the overrides and the record path; report each step as its result lands in the
 record; and return what happened. It never talks to the environments itself (the notebook does).
+SIGINT and SIGTERM stop a run cleanly (`Interrupts`): the kernel is interrupted (then killed if it
+does not stop), the partial notebook and the record are written, and the record says the run was
+interrupted and in which step.
 
 Example:
     >>> # run = execute("existing-existing", Path("params/sandbox-existing-existing.yaml"), {}, Path("runs"))
@@ -14,16 +17,21 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType, TracebackType
 from typing import Any
 
 import papermill
+import psutil
 from ipykernel.kernelspec import write_kernel_spec
 from nbclient.exceptions import DeadKernelError
 from papermill.exceptions import PapermillExecutionError
@@ -31,12 +39,17 @@ from papermill.exceptions import PapermillExecutionError
 from dwlib.errors import DwError
 from dwlib.notebooks import NOTEBOOKS
 from dwlib.params import Params, load_params
-from dwlib.record import DONE, RecordError, load_record, new_run_id, run_stem
+from dwlib.record import DONE, RecordError, load_record, mark_interrupted, new_run_id, run_stem
 from dwlib.render import summary_rows
 from dwlib.report import finalize, steps_table_text
 
 KERNEL = "python3"
 POLL_S = 0.5
+# After SIGINT/SIGTERM the kernel gets this long to stop the step it runs (the step notes the
+# interruption in the record) before it is killed; `dw batch` waits longer (`worker.GRACE_S`).
+INTERRUPT_GRACE_S = 5.0
+RESEND_S = 0.25  # an interrupt is sent again this often until the kernel's step notes it
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def check_params(scenario: str, params_file: Path, overrides: Mapping[str, Any], *,
@@ -54,6 +67,7 @@ class Execution:
     record: Path
     data: dict[str, Any] | None  # the run record (None when the notebook died before writing it)
     error: str = ""  # why the notebook stopped, when it did
+    interrupted: str = ""  # the signal that stopped the run (SIGINT, SIGTERM), when one did
 
     @property
     def report(self) -> Path:
@@ -78,6 +92,9 @@ class Execution:
             lines += [steps_table_text(self.data), f"run {self.data['run_id']}: {self.data['status']}"]
         if self.error:
             lines.append(f"stopped: {self.error}")
+        if self.interrupted:
+            lines.append("the record says which step was running; run it again to go on: finished steps "
+                         "report already done")
         lines += [f"notebook: {self.notebook}", f"record:   {self.record}"]
         if self.report.is_file():
             lines.append(f"report:   {self.report}")
@@ -104,6 +121,108 @@ def this_python_kernel() -> Iterator[None]:
                 os.environ.pop("JUPYTER_PATH", None)
             else:
                 os.environ["JUPYTER_PATH"] = before
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises `KeyboardInterrupt`, as Ctrl+C does, so that it stops a command cleanly
+    (`finally` blocks run, children are stopped) instead of ending the process on the spot. Main
+    thread only; elsewhere it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def _kernels() -> list[psutil.Process]:
+    """The kernels this process started (papermill's, one per run)."""
+    try:
+        children = psutil.Process().children()
+    except psutil.Error:
+        return []
+    found = []
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            if any("ipykernel" in part for part in child.cmdline()):
+                found.append(child)
+    return found
+
+
+class Interrupts:
+    """SIGINT and SIGTERM while a notebook runs (a context manager; main thread only).
+
+    The first signal interrupts the kernel, as Jupyter's Interrupt does: the step in progress
+    stops, notes in the record that it was interrupted, and papermill stops the notebook, writes
+    it and shuts the kernel down. A kernel between two cells ignores an interrupt, so it is sent
+    again until the record notes it (the next cell gets it). A kernel that has not stopped within
+    `grace_s` (or at a second signal) is killed. Before a kernel is up there is nothing to stop
+    gracefully, so the signal raises `KeyboardInterrupt` where it lands. `signal` names the first
+    signal received.
+    """
+
+    def __init__(self, record: Path, grace_s: float = INTERRUPT_GRACE_S) -> None:
+        self.record, self.grace_s = record, grace_s
+        self.signal = ""
+        self._over = threading.Event()
+        self._stopper: threading.Thread | None = None
+        self._before: dict[int, Any] = {}
+
+    def __enter__(self) -> Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            self._before = {sig: signal.signal(sig, self._received) for sig in SIGNALS}
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        for sig, handler in self._before.items():
+            signal.signal(sig, handler)
+        self._over.set()
+        if self._stopper is not None:
+            self._stopper.join()
+
+    def _received(self, signum: int, frame: FrameType | None) -> None:
+        first = not self.signal
+        self.signal = self.signal or signal.Signals(signum).name
+        if not _kernels():
+            raise KeyboardInterrupt
+        if not first:
+            self.kill()
+            return
+        self._stopper = threading.Thread(target=self._stop, name="dw-interrupt", daemon=True)
+        self._stopper.start()
+
+    def _stop(self) -> None:
+        deadline = time.monotonic() + self.grace_s
+        while not self._over.is_set():
+            if time.monotonic() >= deadline:
+                self.kill()
+                return
+            if not self._noted():
+                for kernel in _kernels():
+                    with contextlib.suppress(psutil.Error):
+                        kernel.send_signal(signal.SIGINT)
+            self._over.wait(RESEND_S)
+
+    def _noted(self) -> bool:
+        try:
+            return bool(load_record(self.record)["status"] == "interrupted")
+        except RecordError:
+            return False
+
+    @staticmethod
+    def kill() -> None:
+        """Kill the kernels at once (papermill then finds them dead and writes the notebook)."""
+        for kernel in _kernels():
+            with contextlib.suppress(psutil.Error):
+                kernel.kill()
 
 
 class _Watcher(threading.Thread):
@@ -167,22 +286,32 @@ def execute(
     error = ""
     watcher = _Watcher(record, echo)
     watcher.start()
-    try:
-        with this_python_kernel():
-            papermill.execute_notebook(str(source), str(notebook), parameters=parameters, kernel_name=KERNEL,
-                                       progress_bar=False)
-    except PapermillExecutionError as exc:
-        error = f"{exc.ename}: {exc.evalue}"
-    except DeadKernelError as exc:
-        error = f"the kernel died ({exc}); the record says which step was running"
-    finally:
-        watcher.stop()
+    with Interrupts(record) as interrupts:
+        try:
+            with this_python_kernel():
+                papermill.execute_notebook(str(source), str(notebook), parameters=parameters,
+                                           kernel_name=KERNEL, progress_bar=False)
+        except PapermillExecutionError as exc:
+            error = f"{exc.ename}: {exc.evalue}"
+        except DeadKernelError as exc:
+            error = f"the kernel died ({exc}); the record says which step was running"
+        except KeyboardInterrupt:
+            error = "interrupted before the notebook ran"
+        finally:
+            watcher.stop()
     try:
         data: dict[str, Any] | None = load_record(record)
     except RecordError:
-        data = None
+        data = None  # none yet: stopped before the runbook opened
+    interrupted = ""
+    # A run that had ended (or failed) before the signal took effect keeps its outcome.
+    if interrupts.signal and (data is None or data["status"] in ("running", "interrupted")):
+        interrupted, error = interrupts.signal, f"interrupted by {interrupts.signal}"
+        if data is not None:
+            mark_interrupted(record, error)
+            data = load_record(record)
     if data is not None and notebook.is_file():
         # The notebook is final now: the HTML report, then the record sealed with both hashes.
         finalize(record, notebook)
         data = load_record(record)
-    return Execution(notebook, record, data, error)
+    return Execution(notebook, record, data, error, interrupted=interrupted)

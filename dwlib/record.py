@@ -4,7 +4,8 @@ It says what was run (scenario, parameters with secret references only, dwlib ve
 revision), against what (environment URLs and the identities observed there), and what each step
 found and changed (its `StepResult.to_dict()` plus the portal gates it showed), with an HTTP
 summary. It is written atomically when a step starts and when it ends, so the record of a killed
-run still says where it stopped. This module sits at the bottom of the package: it imports
+run still says where it stopped; a run stopped by a signal says so (status `interrupted`, with the
+step that was running). This module sits at the bottom of the package: it imports
 nothing of `dwlib` but its errors (results and journal entries arrive as plain dicts).
 
 Integrity: every write lists the run's evidence files with their sha256 and stores a digest of the
@@ -220,6 +221,7 @@ def run_status(data: Mapping[str, Any]) -> tuple[str, str | None]:
 
     running (steps remain), failed / waiting (a step failed / waits for a person), passed (every
     planned step passed or was already done), warning (all ran; some warned or were skipped).
+    `interrupted` is set by `RunRecord.interrupted`, never derived from the steps.
 
     >>> run_status({"steps_planned": ["a", "b"], "steps": [{"id": "a", "status": "failed"}]})
     ('failed', 'a')
@@ -286,6 +288,9 @@ class RunRecord:
 
     def step_started(self, step_id: str) -> None:
         """Note the step in progress (a killed run's record names it)."""
+        if self.data["status"] == "interrupted":  # run on after an interruption, in the same kernel
+            self.data.update(status="running", error=None)
+            self._ended(None)
         self.data["current_step"] = step_id
         self.write()
 
@@ -319,6 +324,17 @@ class RunRecord:
         self.data["waiting"] = {"step": step_id, "since": utc_now(), "instruction": dict(instruction)}
         self.write()
 
+    def interrupted(self, why: str) -> None:
+        """The run was stopped from outside (Ctrl+C, SIGTERM, an interrupted kernel): status
+        `interrupted`, not failed; `current_step` keeps naming the step that was running and
+        `error` says so. A later result of that step (run again in the same kernel) replaces it."""
+        step = self.data["current_step"]
+        self.data.update(status="interrupted", failed_step=None,
+                         error=f"{why} while step {step} was running" if step else f"{why} between steps")
+        self._ended(utc_now())
+        self.data["evidence"] = evidence_entries(self.path, self._hashed)
+        self.write()
+
     def fail(self, message: str) -> None:
         """The run stopped outside any step (e.g. it could not connect); `message` says why."""
         self.data.update(status="failed", error=message, current_step=None)
@@ -347,6 +363,12 @@ class RunRecord:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def mark_interrupted(record_path: Path, why: str) -> None:
+    """Mark the record of a run stopped from outside as interrupted (see `RunRecord.interrupted`):
+    what `dw run` does when a signal stopped its kernel, whether or not the kernel noted it itself."""
+    RunRecord(record_path, load_record(record_path)).interrupted(why)
 
 
 def seconds_between(start: str, end: str) -> float:

@@ -27,7 +27,7 @@ PROGRESS_EVERY_S = 5.0
 TEXT_ROWS = 20  # rows of a table shown in a headless log (the record keeps them all)
 COLOURS = {
     "passed": "#1a7f37", "already_done": "#1a7f37", "skipped": "#6e7781", "waiting": "#9a6700",
-    "warning": "#9a6700", "failed": "#cf222e",
+    "warning": "#9a6700", "failed": "#cf222e", "interrupted": "#9a6700",
 }
 HTML_ROWS = 200  # rows of a table shown in a notebook (the record keeps them all)
 # Background of a table row needing attention (see `attention`), by how bad it is.

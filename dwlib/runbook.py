@@ -258,7 +258,11 @@ or run with `papermill -f FILE` or `dw run`
         try:
             result = self._execute(ref, ctx)
         except KeyboardInterrupt as exc:
-            result, error = self._failure(ref, exc, "interrupted: "), exc
+            # Stopped from outside (Ctrl+C, `dw run` given SIGINT/SIGTERM, Interrupt kernel): the
+            # record says the run was interrupted in this step, which is not a failure of the step.
+            self.record.interrupted("interrupted (KeyboardInterrupt)")
+            self._tell(step_id, self._failure(ref, exc, "interrupted: "))
+            raise
         except GateWaiting as exc:
             result = self._waiting(ref, exc)
         except Exception as exc:
@@ -276,8 +280,6 @@ or run with `papermill -f FILE` or `dw run`
                                   http_summary(journal.as_dicts()))
         result.run = self.record.header()
         self._tell(step_id, result)
-        if isinstance(error, KeyboardInterrupt):
-            raise error
         if not result.status.ok:
             self._blocked = step_id
             if not self.interactive:

@@ -5,7 +5,8 @@ test process: `DW_FAKES` is a JSON object `{step name: behaviour}` (default "pas
 a JSON file that remembers which steps did their work (so a second run finds them done).
 
 Behaviours: "pass" (check → act once → verified), "raise" (act raises a `RuntimeError` whose text is
-a documented dual-write error), "fail" (verify reports FAILED), "irreversible" (like pass, but needs
+a documented dual-write error), "interrupt" (act is interrupted the first time: KeyboardInterrupt),
+"fail" (verify reports FAILED), "irreversible" (like pass, but needs
 confirmation), "gate" (act runs the Power Platform integration gate of `ctx.admin`), "observe"
 (check reads the run record on disk and remembers the `current_step` it names).
 
@@ -72,6 +73,11 @@ def make_fake(step_name: str) -> type[Step]:
             behaviour = _behaviour(self.name)
             if behaviour == "raise":
                 raise RuntimeError(KNOWN_ERROR)
+            if behaviour == "interrupt" and self.name not in _state().get("interrupted", []):
+                state = _state()
+                state.setdefault("interrupted", []).append(self.name)
+                _save(state)
+                raise KeyboardInterrupt  # as Jupyter's Interrupt (or dw run given a signal) lands
             if behaviour == "gate":
                 assert ctx.admin is not None
                 ctx.admin.set_up_power_platform_integration()

@@ -3,8 +3,10 @@ cancellation without leaked kernels, and the Dask executor on a LocalCluster (pa
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import os
 import re
 import signal
 import subprocess
@@ -30,6 +32,8 @@ from dwlib.errors import DwError
 from dwlib.params import ParamsError
 from dwlib.record import load_record
 from dwlib.review import catalogue, verify
+from dwlib.sandbox import control
+from dwlib.scenarios import SCENARIOS
 
 ROOT = Path(__file__).resolve().parents[1]
 DW = str(Path(sys.executable).with_name("dw"))
@@ -188,7 +192,9 @@ class FakeExecutor(Executor):
         self.overlap_of_a_pair: list[tuple[str, str]] = []
         self.cond = threading.Condition()
 
-    def run(self, spec: RunSpec) -> dict[str, Any]:
+    def run(self, spec: RunSpec, on_start: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        assert on_start is not None
+        on_start({"pid": 1000 + int(spec.name[1:]), "host": "fake"})
         with self.cond:
             pair = self.pairs[spec.name]
             self.overlap_of_a_pair += [(spec.name, o) for o in self.active if self.pairs[o] == pair]
@@ -219,6 +225,7 @@ def test_the_scheduler_bounds_runs_and_keeps_each_pair_to_one_run_in_plan_order(
         assert [n for n in fake.started if pairs[n] == pair] == [n for n in names if pairs[n] == pair]
     saved = json.loads((tmp_path / "batch.json").read_text())
     assert [r["status"] for r in saved["runs"]] == ["passed"] * 9
+    assert [r["pid"] for r in saved["runs"]] == [1000 + i for i in range(9)]  # noted as each started
 
 
 def dask_plan(tmp_path: Path, pairs: list[Path]) -> Path:
@@ -304,37 +311,96 @@ def test_dask_missing_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) ->
     assert str(caught.value) == DASK_MISSING and "pip install 'dwlib[dask]'" in DASK_MISSING
 
 
-def wait_for(what: Callable[[], Any], deadline_s: float, message: str) -> Any:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        found = what()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(message)
+UPDATE_ACCOUNTS = r"/accounts/Microsoft\.Dynamics\.CRM\.UpdateMultiple$"  # bootstrap-apply's first write
+
+
+def _batch(plan: Path, out: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([DW, "batch", str(plan), "--out", str(out), *args], cwd=plan.parent, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})  # its lines as they are said
 
 
 def test_cancelling_a_batch_stops_its_runs_and_their_kernels(tmp_path: Path, start_sandbox: Any) -> None:
-    slow = start_sandbox(SCENARIO, rows=50, fresh=True, faults="latency=300ms")  # a run of half a minute
-    plan = write_plan(tmp_path / "plan.yaml", [{"name": "slow", "scenario": SCENARIO,
-                                                "params": str(params_file(tmp_path, slow, "slow"))}])
+    sandbox = start_sandbox(SCENARIO, rows=50, fresh=True)
+    plan = write_plan(tmp_path / "plan.yaml", [{"name": "one", "scenario": SCENARIO,
+                                                "params": str(params_file(tmp_path, sandbox, "one"))}])
     out = tmp_path / "out"
-    batch = subprocess.Popen([DW, "batch", str(plan), "--out", str(out)], cwd=tmp_path, text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    batch = _batch(plan, out)
     me = psutil.Process(batch.pid)
-
-    def kernel_up() -> list[psutil.Process]:
-        tree = me.children(recursive=True)
-        return tree if any("ipykernel" in " ".join(p.cmdline()) for p in tree) else []
-
-    tree = wait_for(kernel_up, 60, "the run's kernel never started")
-    batch.send_signal(signal.SIGTERM)
-    output, _ = batch.communicate(timeout=60)
+    tree: dict[psutil.Process, str] = {}  # what the batch started, with its command line
+    # SIGTERM reaches dw batch (not its run) as the run's bootstrap sends its first write.
+    control.traps(sandbox, [{"path": UPDATE_ACCOUNTS, "at": "before", "signal": "SIGTERM", "pid": batch.pid}])
+    while batch.poll() is None and not control.traps(sandbox)[0]["fired"]:
+        for proc in me.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                tree.setdefault(proc, " ".join(proc.cmdline()))
+        time.sleep(0.1)
+    output, _ = batch.communicate(timeout=120)
     assert batch.returncode == 130, output
-    _, alive = psutil.wait_procs(tree, timeout=10)
+    assert any("ipykernel" in command for command in tree.values())
+    _, alive = psutil.wait_procs(list(tree), timeout=10)
     assert alive == [], [p.cmdline() for p in alive]  # dw run, its kernel and gate commands: all stopped
     manifest = Manifest.load(Output(out))
     assert manifest is not None and manifest.data["status"] == "cancelled"
     (entry,) = manifest.data["runs"]
     assert entry["status"] == "cancelled" and entry["error"] == "stopped: the batch was cancelled"
+    # The batch passed the signal on: the run stopped cleanly, its record says where.
+    record = load_record(entry["record"])
+    step = record["current_step"]  # the run went on a moment after the batch's signal: some step
+    assert record["status"] == "interrupted" and step in SCENARIOS[SCENARIO].step_ids()
+    assert record["error"] == f"interrupted by SIGINT while step {step} was running"
     assert not is_done(entry, load_plan(plan).runs[0])  # --resume runs it again
+
+
+def _fired(sandbox: dict[str, Any], sig: str, deadline_s: float = 300) -> dict[str, Any]:
+    """What the sandbox's trap of signal `sig` did, once it fired."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        fired = next(t for t in control.traps(sandbox) if t["signal"] == sig)["fired"]
+        if fired is not None:
+            return dict(fired)
+        time.sleep(0.1)
+    raise AssertionError(f"the {sig} trap did not fire within {deadline_s} s")
+
+
+def test_a_batch_killed_mid_plan_resumes_without_doubling_a_run(tmp_path: Path, start_sandbox: Any) -> None:
+    sandbox = start_sandbox(SCENARIO, rows=50, fresh=True)
+    params = str(params_file(tmp_path, sandbox, "pair"))
+    # Three runs of one environment pair: they run one after the other, in plan order.
+    plan = write_plan(tmp_path / "plan.yaml", [{"name": n, "scenario": SCENARIO, "params": params}
+                                               for n in ("setup", "recheck", "again")])
+    out = tmp_path / "out"
+    batch = _batch(plan, out)
+    # SIGKILL: no handler runs. The first run's dw run goes on alone (its own session), until its
+    # kernel is held (SIGSTOP) at its next step, so that it is still going when the batch resumes.
+    control.traps(sandbox, [
+        {"path": UPDATE_ACCOUNTS, "at": "before", "signal": "SIGKILL", "pid": batch.pid},
+        {"path": "ExportToPackage$", "at": "before", "signal": "SIGSTOP", "process": "ipykernel"}])
+    output, _ = batch.communicate(timeout=300)
+    assert batch.returncode == -signal.SIGKILL, output
+    killed = json.loads((out / "batch.json").read_text())  # valid, as last written
+    assert [r["status"] for r in killed["runs"]] == ["running", "pending", "pending"]
+    assert psutil.pid_exists(killed["runs"][0]["pid"])  # the first run is still going
+
+    held = _fired(sandbox, "SIGSTOP")
+    resumed = _batch(plan, out, "--resume")
+    assert resumed.stdout is not None
+    try:
+        lines = []
+        for line in resumed.stdout:  # the resumed batch waits for the run left running ...
+            lines.append(line)
+            if "setup: still running from the batch that was stopped" in line:
+                break
+    finally:
+        os.kill(held["pid"], signal.SIGCONT)  # ... which then finishes
+    output, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, "".join(lines) + output
+    manifest = json.loads((out / "batch.json").read_text())
+    assert manifest["status"] == "passed" and manifest["batch_id"] == killed["batch_id"]
+    entries = {r["name"]: r for r in manifest["runs"]}
+    assert {n: (r["status"], r["attempt"]) for n, r in entries.items()} == {
+        "setup": ("passed", 1), "recheck": ("passed", 1), "again": ("passed", 1)}
+    found = sorted(records(out))
+    assert len(found) == 3 and {Path(r["record"]) for r in entries.values()} == set(found)  # none twice
+    spans = sorted((when(d["started"]), when(d["ended"])) for d in map(load_record, found))
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))  # one pair: never two at once

@@ -294,3 +294,23 @@ def test_the_gateway_is_opt_in_and_needs_a_consultant_sign_in(
         assert rb.admin.gateway_url == sandbox["gateway_url"]  # from the sandbox's connection.yaml
     with open_rb(sandbox, tmp_path, interactive=False) as rb:
         assert type(rb.admin) is PortalAdmin
+
+
+def test_an_interrupted_step_is_recorded_as_interrupted_not_failed_and_the_run_goes_on(
+        sandbox: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    behave(monkeypatch, plan="interrupt")
+    path = tmp_path / "run.json"
+    with open_rb(sandbox, tmp_path, interactive=True) as rb:
+        for step_id in rb.step_ids[:rb.step_ids.index("plan")]:
+            rb.run(step_id)
+        with pytest.raises(KeyboardInterrupt):
+            rb.run("plan")
+        record = load_record(path)
+        stopped = (record["status"], record["current_step"], record["failed_step"])
+        assert stopped == ("interrupted", "plan", None)
+        assert record["error"] == "interrupted (KeyboardInterrupt) while step plan was running"
+        assert "plan" not in [s["id"] for s in record["steps"]] and record["ended"]
+        # Run the cell again (as after Jupyter's Interrupt): the run goes on, no longer interrupted.
+        assert rb.run("plan").status == Status.PASSED
+        record = load_record(path)
+        assert (record["status"], record["error"], record["ended"]) == ("running", None, None)

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
 from dwlib.batch.worker import RunSpec, run_one
 from dwlib.errors import DwError
 
+Started = Callable[[dict[str, Any]], None]
 DASK_MISSING = ("--executor dask needs Dask distributed, which is not installed: "
                 "pip install 'dwlib[dask]'")
 
@@ -30,8 +32,9 @@ class Executor:
 
     slots: int  # how many runs it can take at once (the default --max-parallel)
 
-    def run(self, spec: RunSpec) -> dict[str, Any]:
-        """Run `spec` to its end and return `run_one`'s outcome."""
+    def run(self, spec: RunSpec, on_start: Started | None = None) -> dict[str, Any]:
+        """Run `spec` to its end and return `run_one`'s outcome; `on_start` hears the pid and host of
+        its process when the executor can tell (local)."""
         raise NotImplementedError
 
     def cancel(self) -> None:
@@ -56,8 +59,8 @@ class LocalExecutor(Executor):
         self.slots = slots
         self._cancelled = threading.Event()
 
-    def run(self, spec: RunSpec) -> dict[str, Any]:
-        return run_one(spec, self._cancelled.is_set)
+    def run(self, spec: RunSpec, on_start: Started | None = None) -> dict[str, Any]:
+        return run_one(spec, self._cancelled.is_set, on_start)
 
     def cancel(self) -> None:
         self._cancelled.set()
@@ -101,7 +104,8 @@ class DaskExecutor(Executor):
         self.slots = max(1, sum(self.client.nthreads().values()))
         self._event = distributed.Event(f"dw-batch-cancel-{uuid.uuid4()}", client=self.client)
 
-    def run(self, spec: RunSpec) -> dict[str, Any]:
+    def run(self, spec: RunSpec, on_start: Started | None = None) -> dict[str, Any]:
+        # The process runs on a worker: its pid means nothing here, so `on_start` is not told.
         future = self.client.submit(dask_run, spec, self._event.name, pure=False,
                                     key=f"dw-run-{spec.name}-{uuid.uuid4()}")
         result: dict[str, Any] = future.result()

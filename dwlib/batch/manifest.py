@@ -2,9 +2,12 @@
 every change (atomically for a path), so a killed batch still says what ran and how far.
 
 Statuses of a run: pending, running, passed, failed (a step failed), invalid (its parameters no
-longer check), timed_out, cancelled, error (could not start, or the worker was lost). `--resume`
-reruns every run that is not done; a run is done when it passed, its record says passed, and its
-definition (scenario, parameters file, overrides) is the plan's.
+longer check), interrupted (its `dw run` was stopped by a signal from elsewhere), timed_out,
+cancelled, error (could not start, or the worker was lost). `--resume` reruns every run that is not
+done; a run is done when it passed, its record says passed, and its definition (scenario,
+parameters file, overrides) is the plan's. A run whose batch was killed goes on alone: the manifest
+notes its pid and host when it starts, and a resumed batch waits for it to end, then counts it if
+it passed, so no run is made twice.
 
 Example:
     >>> m = Manifest.new(Output("/tmp/b"), plan="/p.yaml", executor="local", max_parallel=2)
@@ -15,10 +18,13 @@ Example:
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from dwlib.batch.plan import PlannedRun
 from dwlib.batch.storage import Output, is_url, read_location
@@ -28,7 +34,7 @@ from dwlib.errors import DwError
 KIND = "dw-batch"
 SCHEMA_VERSION = 1
 NAME = "batch.json"
-FAILED = ("failed", "invalid", "timed_out", "cancelled", "error")
+FAILED = ("failed", "invalid", "interrupted", "timed_out", "cancelled", "error")
 FINISHED = ("passed", "warning")  # record statuses of a run that finished (dw run exits 0)
 ATTEMPT_KEYS = ("attempt", "status", "record", "notebook", "log", "started", "ended", "duration_s",
                 "exit_code", "error", "record_status", "host")
@@ -95,6 +101,11 @@ class Manifest:
         self.run(name).update(status="running", submitted=now())
         self.save()
 
+    def started(self, name: str, process: dict[str, Any]) -> None:
+        """Run `name`'s process runs (`pid`, `host`): a resumed batch finds it if this one is killed."""
+        self.run(name).update(pid=process["pid"], host=process["host"])
+        self.save()
+
     def finish(self, name: str, outcome: dict[str, Any]) -> None:
         """Store a run's outcome (`worker.run_one`'s dict, or an error)."""
         entry = self.run(name)
@@ -113,6 +124,32 @@ class Manifest:
 
 def _time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def since(text: str) -> float:
+    """Seconds from a manifest time (`worker.now()`) until now.
+
+    >>> since(now()) < 5
+    True
+    """
+    return (datetime.now(UTC) - _time(text)).total_seconds()
+
+
+def still_running(entry: dict[str, Any]) -> psutil.Process | None:
+    """The `dw run` process of a run its batch left running when it was killed, if it still runs
+    on this machine (the manifest noted its pid and host when it started)."""
+    if entry.get("status") != "running" or not entry.get("pid") or entry.get("host") != os.uname().nodename:
+        return None
+    try:
+        proc = psutil.Process(int(entry["pid"]))
+        command = proc.cmdline()
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+    except psutil.Error:
+        return None
+    # A recycled pid is some other process: it must be this run's `dw run` (see `worker.command`).
+    ours = "dwlib.cli" in command and entry["scenario"] in command
+    return proc if ours else None
 
 
 def _status_of(record: str) -> str | None:

@@ -14,22 +14,21 @@ from __future__ import annotations
 
 import os
 import queue
-import signal
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
+import psutil
+
 from dwlib.batch.executors import DaskExecutor, Executor, LocalExecutor
-from dwlib.batch.manifest import FAILED, NAME, Manifest
+from dwlib.batch.manifest import FAILED, NAME, Manifest, since, still_running
 from dwlib.batch.plan import Plan, load_plan
 from dwlib.batch.storage import Output
-from dwlib.batch.worker import RunSpec
+from dwlib.batch.worker import RunSpec, now, stop_tree
 from dwlib.errors import DwError
+from dwlib.execute import sigterm_interrupts
 
 Echo = Callable[[str], None]
 
@@ -53,22 +52,25 @@ def schedule(executor: Executor, manifest: Manifest, specs: dict[str, RunSpec], 
              max_parallel: int, echo: Echo) -> bool:
     """Run `specs` (in their order) on `executor`; True when cancelled (Ctrl+C, SIGTERM)."""
     pending, running = list(specs), {}
-    done: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+    # Workers report here; only this thread touches the manifest. (name, "started"|"ended", info)
+    done: queue.Queue[tuple[str, str, dict[str, Any]]] = queue.Queue()
 
     def one(name: str) -> None:
         try:
-            outcome = executor.run(specs[name])
+            outcome = executor.run(specs[name], lambda info: done.put((name, "started", info)))
         except Exception as exc:  # a lost worker or a failed upload: this run's problem, not the batch's
             outcome = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
-        done.put((name, outcome))
+        done.put((name, "ended", outcome))
 
     def collect() -> None:
         while True:
             try:
-                name, outcome = done.get(timeout=0.5)  # a timeout keeps Ctrl+C responsive
-                break
+                name, event, outcome = done.get(timeout=0.5)  # a timeout keeps Ctrl+C responsive
             except queue.Empty:
                 continue
+            if event == "ended":
+                break
+            manifest.started(name, outcome)
         del running[name]
         manifest.finish(name, outcome)
         entry = manifest.run(name)
@@ -98,29 +100,30 @@ def schedule(executor: Executor, manifest: Manifest, specs: dict[str, RunSpec], 
     return False
 
 
-@contextmanager
-def _sigterm_cancels() -> Iterator[None]:
-    """SIGTERM cancels the batch like Ctrl+C (its runs are stopped, not orphaned)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    before = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, before)
-
-
 def _executor(kind: str, address: str | None, workers: int | None, client: Any) -> Executor:
     if kind == "local":
         return LocalExecutor(workers or os.cpu_count() or 1)
     if kind == "dask":
         return DaskExecutor(address, workers or os.cpu_count() or 1, client=client)
     raise DwError(f"unknown executor {kind!r}: use local or dask")
+
+
+def _await_left_running(entry: dict[str, Any], echo: Echo) -> None:
+    """Wait for the `dw run` a killed batch left running for `entry` to end (stopped once its
+    timeout is spent), so that a resumed batch never runs it twice nor beside itself."""
+    proc = still_running(entry)
+    if proc is None:
+        return
+    echo(f"  {entry['name']}: still running from the batch that was stopped (pid {proc.pid}): waiting for it")
+    timeout_s = entry.get("timeout_s")
+    left = None if timeout_s is None else timeout_s - since(entry.get("submitted") or now())
+    try:
+        proc.wait(None if left is None else max(0.0, left))
+    except psutil.TimeoutExpired:
+        echo(f"  {entry['name']}: stopping it: its timeout ({timeout_s} s) is spent")
+        stop_tree(proc)
+    except psutil.NoSuchProcess:
+        pass
 
 
 def _prepare(plan: Plan, out: Output, resume: bool, manifest: Manifest, echo: Echo) -> list[str]:
@@ -132,6 +135,8 @@ def _prepare(plan: Plan, out: Output, resume: bool, manifest: Manifest, echo: Ec
     if before is None and resume:
         echo(f"nothing to resume in {out}: starting every run")
     old = {r["name"]: r for r in (before.data["runs"] if before else [])}
+    for entry in old.values():
+        _await_left_running(entry, echo)
     if before is not None:
         manifest.data.update(batch_id=before.data["batch_id"], created=before.data["created"])
         dropped = sorted(set(old) - {r.name for r in plan.runs})
@@ -172,7 +177,7 @@ def run_batch(plan_path: Path, out: str | Path, *, max_parallel: int | None = No
                                       entry["run_dir"], f"attempt-{entry['attempt']}.log", cwd, run.timeout_s)
             echo(f"dw batch: {len(todo)} run(s) on {executor}, at most {limit} at a time, one per "
                  f"environment pair; manifest {output.join(NAME)}")
-            with _sigterm_cancels():
+            with sigterm_interrupts():  # SIGTERM cancels the batch as Ctrl+C does: runs stopped
                 cancelled = schedule(ex, manifest, specs, {r.name: r.pair for r in plan.runs}, limit, echo)
     manifest.close(cancelled)
     echo(summary(manifest))

@@ -1,8 +1,9 @@
 """Where a batch writes: a local (or shared) directory, or a URL through papermill's I/O handlers.
 
-A local path is written atomically (temporary file, then rename) so a reader never sees half a
-manifest. A URL (`abfs://…`, `s3://…`, or any scheme registered with `papermill.iorw.papermill_io`)
-is written one whole object per call, which object stores make atomic themselves.
+A local path is written atomically (temporary file, fsync, rename, fsync of the directory) so a
+reader never sees half a manifest, even after a crash. A URL (`abfs://…`, `s3://…`, or any scheme
+registered with `papermill.iorw.papermill_io`) is written one whole object per call, which object
+stores make atomic themselves.
 
 Example:
     >>> import tempfile
@@ -75,14 +76,33 @@ class Output:
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
+                # On disk before the rename: a crash (or power loss) then leaves the old file or the
+                # new one, never an empty or half-written one.
+                fh.flush()
+                os.fsync(fh.fileno())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        _sync_dir(path.parent)
 
     def read_text(self, name: str) -> str | None:
         """The text of `name`, or None when there is none."""
         return read_location(self.join(name))
+
+
+def _sync_dir(directory: Path) -> None:
+    """Make a rename in `directory` durable (POSIX: fsync the directory)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # e.g. Windows: directories cannot be opened; the rename is what it is
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def read_location(location: str) -> str | None:

@@ -37,8 +37,11 @@ import psutil
 
 from dwlib.batch.storage import Output, is_url
 
+INTERRUPTED = 130  # `dw run`'s exit status when a signal stopped it (`dwlib.cli.INTERRUPTED`)
 POLL_S = 0.5
-GRACE_S = 10.0  # after SIGINT: papermill stops the kernel and writes the notebook
+# After SIGINT `dw run` interrupts its kernel (killing it after `execute.INTERRUPT_GRACE_S`), then
+# writes the notebook, the record and the report: give it that time before killing everything.
+GRACE_S = 30.0
 
 
 def now() -> str:
@@ -69,14 +72,16 @@ def command(spec: RunSpec, out_dir: str) -> list[str]:
     return [*argv, "--out", out_dir]
 
 
-def stop_tree(proc: subprocess.Popen[bytes]) -> None:
-    """Stop `proc` (a session leader) and everything it started, kernels included."""
+def stop_tree(proc: subprocess.Popen[bytes] | psutil.Process) -> None:
+    """Stop `proc` (a session leader: our child, or a `dw run` a killed batch left running) and
+    everything it started, kernels included."""
     try:
         descendants = psutil.Process(proc.pid).children(recursive=True)
     except psutil.NoSuchProcess:
         descendants = []
-    proc.send_signal(signal.SIGINT)
-    with contextlib.suppress(subprocess.TimeoutExpired):
+    with contextlib.suppress(psutil.NoSuchProcess):
+        proc.send_signal(signal.SIGINT)
+    with contextlib.suppress(subprocess.TimeoutExpired, psutil.TimeoutExpired):
         proc.wait(GRACE_S)
     with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is gone already
         os.killpg(proc.pid, signal.SIGKILL)
@@ -115,11 +120,14 @@ def _record_status(record: Path | None) -> str | None:
         return None
 
 
-def run_one(spec: RunSpec, cancelled: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+def run_one(spec: RunSpec, cancelled: Callable[[], bool] = lambda: False,
+            on_start: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run `spec` as `dw run` in its own process and return its outcome (status, paths, times).
+    `on_start` hears the process's `pid` and `host` as soon as it runs (for the manifest).
 
     status: passed (exit 0), failed (a step failed), invalid (exit 2: the parameters no longer
-    check), cancelled, timed_out, or error (could not start).
+    check), interrupted (exit 130: someone else stopped it), cancelled, timed_out, or error (could
+    not start).
     """
     remote = is_url(spec.run_dir)
     local = Path(tempfile.mkdtemp(prefix=f"dw-batch-{spec.name}-")) if remote else Path(spec.run_dir)
@@ -134,13 +142,15 @@ def run_one(spec: RunSpec, cancelled: Callable[[], bool] = lambda: False) -> dic
                                     stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
                                     env={**os.environ, **spec.env})
             outcome["pid"] = proc.pid
+            if on_start is not None:
+                on_start({"pid": proc.pid, "host": outcome["host"]})
             try:
                 stopped = _wait(proc, spec.timeout_s, cancelled)
             except BaseException:
                 stop_tree(proc)
                 raise
         code = proc.returncode
-        status = stopped or {0: "passed", 2: "invalid"}.get(code, "failed")
+        status = stopped or {0: "passed", 2: "invalid", INTERRUPTED: "interrupted"}.get(code, "failed")
         error = {"timed_out": f"stopped after {spec.timeout_s} s (timeout_s)",
                  "cancelled": "stopped: the batch was cancelled"}.get(status, "")
     except OSError as exc:

@@ -3,12 +3,14 @@
 Layers, outermost first: `_JournalTransport` (request id, one journal entry per call) →
 `httpx_retries.RetryTransport` (429/503/504 and connection errors; `Retry-After` honoured as
 given; exponential backoff with jitter; bounded by attempts, by the waiting of one call and by the
-run's `RetryBudget`) → `_BufferedTransport` (reads the body,
-so a connection cut mid-response is a retryable error) → `httpx.HTTPTransport` (TLS always
-verified, pool sized to the concurrency). Whether a call may be repeated is decided per request:
-GET/HEAD/OPTIONS/PUT/DELETE are repeatable; POST and PATCH only when the caller marks them with
-`extensions=SAFE` (upserts, UpdateMultiple, read-only actions). A call that is not safe to repeat
-is re-sent only when the connection could not even be opened (nothing reached the service).
+run's `RetryBudget`; a refused connection gets a few quick retries, or, from a service that
+answered earlier in the run, the same patience as a 503, so a restart is waited out) →
+`_BufferedTransport` (reads the body, so a connection cut mid-response is a retryable error) →
+`httpx.HTTPTransport` (TLS always verified, pool sized to the concurrency). Whether a call may be
+repeated is decided per request: GET/HEAD/OPTIONS/PUT/DELETE are repeatable; POST and PATCH only
+when the caller marks them with `extensions=SAFE` (upserts, UpdateMultiple, read-only actions). A
+call that is not safe to repeat is re-sent only when the connection could not even be opened
+(nothing reached the service).
 
 Waiting less than a `Retry-After` asks for extends the penalty (Dataverse service protection
 limits), so a wait is never shortened: when what is left of the call's `retry_total_s` or of the
@@ -116,6 +118,8 @@ class RetryBudget:
     the `sleep` those waits go through (tests pass one that records instead of sleeping).
 
     A wait is taken whole or not at all: `take` answers False when what is left cannot cover it.
+    It also remembers which services answered during the run (`answered`): a service that answered
+    and then refuses connections is restarting, and is waited for like a 503.
 
     >>> waited = []
     >>> budget = RetryBudget(300, sleep=waited.append)
@@ -130,6 +134,22 @@ class RetryBudget:
         self._sleep = sleep or (lambda seconds: time.sleep(seconds))
         self._spent = 0.0
         self._lock = threading.Lock()
+        self._answered: set[str] = set()
+
+    def answered(self, url: httpx.URL) -> None:
+        """Note that the service at `url` (scheme, host and port) answered."""
+        with self._lock:
+            self._answered.add(_service(url))
+
+    def has_answered(self, url: httpx.URL) -> bool:
+        """Whether the service at `url` answered earlier in this run.
+
+        >>> b = RetryBudget(); b.answered(httpx.URL("https://h:8443/a"))
+        >>> b.has_answered(httpx.URL("https://h:8443/b")), b.has_answered(httpx.URL("https://h:9443/b"))
+        (True, False)
+        """
+        with self._lock:
+            return _service(url) in self._answered
 
     @property
     def spent_s(self) -> float:
@@ -152,6 +172,10 @@ class RetryBudget:
         if seconds > 0:
             self._sleep(seconds)
         return True
+
+
+def _service(url: httpx.URL) -> str:
+    return f"{url.scheme}://{url.host}:{url.port or ''}"
 
 
 def budget_exhausted(wait_s: float, call_left_s: float, run_left_s: float, *, retry_after: bool) -> str:
@@ -276,6 +300,7 @@ class _CallRetry(Retry):
     tally: _Tally
     safe: bool
     budget: RetryBudget
+    url: httpx.URL  # of the call (httpx's transport errors do not carry their request)
 
     def is_retryable_method(self, method: str) -> bool:
         return True  # the per-call `safe` flag decides, not the method
@@ -286,14 +311,17 @@ class _CallRetry(Retry):
     def is_retryable_exception(self, exception: Exception) -> bool:
         if isinstance(exception, httpx.ConnectError):
             # Nothing was sent, so even a create may be tried again; but an untrusted certificate
-            # stays untrusted, and a service that refuses connections is down, not busy.
-            return not tls_untrusted(exception) and self.attempts_made < _CONNECT_RETRIES
+            # stays untrusted. A service that never answered this run is down or misnamed: give
+            # up soon. One that answered before is restarting: wait for it within the budgets.
+            if tls_untrusted(exception):
+                return False
+            return self.attempts_made < _CONNECT_RETRIES or self.budget.has_answered(self.url)
         return self.safe and super().is_retryable_exception(exception)
 
     def increment(self) -> _CallRetry:
         new = super().increment()
         assert isinstance(new, _CallRetry)
-        new.tally, new.safe, new.budget = self.tally, self.safe, self.budget
+        new.tally, new.safe, new.budget, new.url = self.tally, self.safe, self.budget, self.url
         return new
 
     def _asked(self, response: httpx.Response | Exception) -> float | None:
@@ -382,7 +410,7 @@ class _JournalTransport(httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         request_id = request.headers.setdefault(REQUEST_ID, str(uuid.uuid4()))
         safe = request.extensions.get(SAFE_KEY, request.method in _REPEATABLE_METHODS)
-        retry = self._retry(bool(safe))
+        retry = self._retry(bool(safe), request.url)
         request.extensions["retry"] = retry
         started = datetime.now(UTC).isoformat(timespec="milliseconds")
         t0 = time.perf_counter()
@@ -398,6 +426,7 @@ class _JournalTransport(httpx.BaseTransport):
         except httpx.TransportError as exc:
             self._record(request, started, t0, retry.tally, request_id, None, "", type(exc).__name__)
             raise
+        self._budget.answered(request.url)
         service_id = next((response.headers[h] for h in _SERVICE_REQUEST_IDS if h in response.headers), "")
         self._record(request, started, t0, retry.tally, request_id, response.status_code, service_id, "")
         return response
@@ -405,7 +434,7 @@ class _JournalTransport(httpx.BaseTransport):
     def close(self) -> None:
         self._inner.close()
 
-    def _retry(self, safe: bool) -> _CallRetry:
+    def _retry(self, safe: bool, url: httpx.URL) -> _CallRetry:
         c = self._config
         retry = _CallRetry(
             total=c.retry_attempts,
@@ -414,7 +443,7 @@ class _JournalTransport(httpx.BaseTransport):
             total_timeout=c.retry_total_s,
             status_forcelist=(429, 503, 504),
         )
-        retry.tally, retry.safe, retry.budget = _Tally(), safe, self._budget
+        retry.tally, retry.safe, retry.budget, retry.url = _Tally(), safe, self._budget, url
         return retry
 
     def _record(self, request: httpx.Request, started: str, t0: float, tally: _Tally, request_id: str,

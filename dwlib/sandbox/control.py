@@ -163,6 +163,21 @@ def admin(connection: dict[str, Any], setting: Literal["faults", "limits"], spec
     return dict(response.json())
 
 
+def traps(connection: dict[str, Any], specs: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Read (specs None) or replace the traps of a running sandbox (`dwlib.sandbox.traps.Trap`
+    fields: method, path, nth, at, signal, pid, process); returns them, with `fired` once they went off.
+
+    >>> # traps(conn, [{"method": "POST", "path": "/finops/data/LegalEntities$", "process": "ipykernel"}])
+    """
+    key = Path(connection["admin_key_file"]).read_text().strip()
+    url = f"{connection['admin_url']}/traps"
+    with http_client(connection, timeout=30, headers={server.ADMIN_HEADER: key}) as http:
+        response = http.get(url) if specs is None else http.post(url, json={"traps": specs})
+    if response.status_code != 200:
+        raise SandboxError(f"the sandbox refused the traps {specs!r}: {response.json().get('error')}")
+    return list(response.json()["traps"])
+
+
 def _log_tail(root: Path, lines: int = 25) -> str:
     try:
         text = Paths(root).log.read_text(errors="replace")

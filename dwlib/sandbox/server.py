@@ -45,6 +45,7 @@ from .context import Sandbox
 from .limits import Faults, Guard
 from .state import PROFILES, Limits, Paths, Settings, new_secret, write_private
 from .store import Store
+from .traps import Traps
 
 DEFAULT_ROWS = 1000
 SEEDED_KEY = "sandbox.seeded"
@@ -275,12 +276,17 @@ def _admin_routes(sbx: Sandbox) -> list[BaseRoute]:
         return JSONResponse({"status": "ok", "profile": sbx.settings.profile, "pid": os.getpid(),
                              "tenant_id": sbx.settings.tenant_id})
 
+    def unauthorized(request: Request) -> Response | None:
+        given = request.headers.get(ADMIN_HEADER, "").encode()
+        if hmac.compare_digest(given, admin_key):
+            return None
+        return JSONResponse({"error": f"send header {ADMIN_HEADER} with the content of "
+                                      f"{sbx.paths.admin_key.name}"}, status_code=401)
+
     def admin(setter_name: str) -> Any:
         async def endpoint(request: Request) -> Response:
-            given = request.headers.get(ADMIN_HEADER, "").encode()
-            if not hmac.compare_digest(given, admin_key):
-                return JSONResponse({"error": f"send header {ADMIN_HEADER} with the content of "
-                                              f"{sbx.paths.admin_key.name}"}, status_code=401)
+            if (refused := unauthorized(request)) is not None:
+                return refused
             guard: Guard = sbx.extras["guard"]
             if request.method == "POST":
                 try:
@@ -293,10 +299,25 @@ def _admin_routes(sbx: Sandbox) -> list[BaseRoute]:
             return JSONResponse(guard.describe())
         return endpoint
 
+    async def set_traps(request: Request) -> Response:
+        if (refused := unauthorized(request)) is not None:
+            return refused
+        keeper: Traps = sbx.extras["traps"]
+        if request.method == "POST":
+            try:
+                specs = json.loads(await request.body()).get("traps")
+                if not isinstance(specs, list):
+                    raise ValueError('send a JSON body {"traps": [{"method": ..., "path": ..., ...}]}')
+                keeper.set(specs)
+            except (ValueError, AttributeError) as exc:
+                return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse({"traps": keeper.describe()})
+
     return [
         Route("/health", health, methods=["GET"]),
         Route("/faults", admin("set_faults"), methods=["GET", "POST"]),
         Route("/limits", admin("set_limits"), methods=["GET", "POST"]),
+        Route("/traps", set_traps, methods=["GET", "POST"]),
     ]
 
 
@@ -314,8 +335,11 @@ def build_app(sbx: Sandbox) -> ASGIApp:
         *identity.routes(sbx),
         *portal.routes(sbx), *gateway.routes(sbx),  # dual-write: portal actions, management gateway
     ]
-    guard = Guard(Starlette(routes=routes), sbx)
-    sbx.extras["guard"] = guard
+    # Traps sit inside the guard: a request it refuses (fault, 429) never reaches a route, so it
+    # does not count towards a trap either.
+    traps = Traps(Starlette(routes=routes))
+    guard = Guard(traps, sbx)
+    sbx.extras.update(guard=guard, traps=traps)
     return RequestLog(guard)
 
 

@@ -380,18 +380,21 @@ class CreateCompany(Step):
     def act(self, ctx: StepContext, finding: Finding) -> None:
         _, session, _ = environment(ctx)
         work: CompanyWork = finding.todo
+        # Each create names its key: one that failed on the way (429, a lost connection) is settled
+        # by looking the row up, so it is retried without ever making a second one.
         for code in work.currencies:
-            session.finops.create("Currencies", _currency_row(session, code))
+            session.finops.create("Currencies", _currency_row(session, code), key={"CurrencyCode": code})
         for company in work.companies:
             row = {"LegalEntityId": company.code, "Name": company.name}
             if company.country:
                 row["AddressCountryRegionId"] = company.country.upper()
             if company.currency:
                 row["AccountingCurrency"] = company.currency.upper()
-            session.finops.create("LegalEntities", row)
+            session.finops.create("LegalEntities", row, key={"LegalEntityId": company.code})
         for code, group in work.groups:
-            session.finops.create("CustomerGroups", {"dataAreaId": code.lower(), "CustomerGroupId": group,
-                                                     "Description": f"Customer group {group}"})
+            key = {"dataAreaId": code.lower(), "CustomerGroupId": group}
+            row = {**key, "Description": f"Customer group {group}"}
+            session.finops.create("CustomerGroups", row, key=key)
 
     def verify(self, ctx: StepContext, finding: Finding) -> StepResult:
         params, session, _ = environment(ctx)

@@ -7,6 +7,10 @@
 4. Clean up: delete the customer in F&O, wait for the delete to reach Dataverse (or delete the
    account there), and check both sides hold nothing of it.
 
+A round trip killed before its clean-up leaves its customer (and temporary group) behind:
+`leftovers` finds them by their names (`DWRT-<8 hex>`, the temporary group's description) and
+`clean_up_leftover` removes them the same way, so the next verify starts from a clean slate.
+
 A company without customer groups (a new F&O) gets a temporary one, synced and deleted the same
 way. Each stage is a `Check`; the first that fails names its direction. Clean-up always runs.
 
@@ -20,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -30,7 +35,7 @@ from dwlib import catalog
 from dwlib.clients.errors import ClientError, NotFoundError
 
 from .base import Check, Status
-from .reconcile import company_clause
+from .reconcile import COMPANY_LOOKUP, company_clause
 
 if TYPE_CHECKING:
     from dwlib.clients.session import Session
@@ -39,6 +44,8 @@ T = TypeVar("T")
 ACCOUNTS = "Customers V3 (accounts)"
 GROUPS = "Customer groups (msdyn_customergroups)"
 PREFIX = "DWRT"  # account numbers of round-trip customers: DWRT-<8 hex>
+_OURS = re.compile(rf"{PREFIX}-[0-9A-F]{{8}}")
+TEMPORARY_GROUP = "dual-write round trip (temporary)"  # the description of a temporary customer group
 LIVE_DOC = catalog.known_error("live-missing-reference-data").doc_url
 F2D, D2F = "F&O → Dataverse", "Dataverse → F&O"
 
@@ -76,12 +83,12 @@ class _Trip:
     """One round trip against a session (see the module docstring)."""
 
     def __init__(self, session: Session, company: str, company_id: str, timeout_s: float,
-                 poll_s: float) -> None:
+                 poll_s: float, account: str | None = None) -> None:
         self.fo, self.dv = session.finops, session.dataverse
         self.company, self.company_id = company, company_id
         self.area = company.lower()
         self.timeout_s, self.poll_s = timeout_s, poll_s
-        self.result = RoundTrip(company, f"{PREFIX}-{uuid.uuid4().hex[:8].upper()}")
+        self.result = RoundTrip(company, account or f"{PREFIX}-{uuid.uuid4().hex[:8].upper()}")
 
     def _poll(self, probe: Callable[[], T | None]) -> T | None:
         return poll(probe, timeout_s=self.timeout_s, poll_s=self.poll_s)
@@ -122,8 +129,7 @@ class _Trip:
         group = self.result.account[-4:] + "RT"
         try:
             key = {"dataAreaId": self.area, "CustomerGroupId": group}
-            self.fo.create("CustomerGroups", {**key, "Description": "dual-write round trip (temporary)"},
-                           key=key)
+            self.fo.create("CustomerGroups", {**key, "Description": TEMPORARY_GROUP}, key=key)
         except ClientError as exc:
             self._stage(F2D, False, f"F&O refused the temporary customer group {group}: {exc}",
                         _fix(str(exc), f"check that the {GROUPS} map is Running"))
@@ -170,8 +176,9 @@ class _Trip:
                     f"check that the {ACCOUNTS} map is Running and that F&O accepts the change "
                     "(DualWriteErrorLog with IsDebugMode)")
 
-    def clean_up(self, group: str | None) -> None:
-        """Delete the customer (and a temporary group) in F&O; both sides must hold none of it."""
+    def clean_up(self, group: str | None, stage: str = "clean-up", what: str = "") -> None:
+        """Delete the customer (and a temporary group) in F&O; both sides must hold none of it.
+        `stage` names the check, `what` what it says is gone (default: the customer)."""
         left: list[str] = []
         self._delete(self._fo_customer, lambda: self.fo.delete("CustomersV3", self._fo_key()),
                      self._dv_account, lambda a: self.dv.delete("accounts", a["accountid"]),
@@ -185,8 +192,8 @@ class _Trip:
                              filter=f"msdyn_groupid eq '{group}' and {company_clause(self.company_id)}")),
                          lambda g: self.dv.delete("msdyn_customergroups", g["msdyn_customergroupid"]),
                          f"customer group {group}", left)
-        self._stage("clean-up", not left,
-                    f"nothing of {self.result.account} is left in F&O or Dataverse" if not left
+        self._stage(stage, not left,
+                    f"nothing of {what or self.result.account} is left in F&O or Dataverse" if not left
                     else "still present: " + "; ".join(left),
                     "delete what is listed by hand (F&O: Accounts receivable > Customers; Dataverse: "
                     "Accounts), then run verify again")
@@ -219,6 +226,61 @@ def _get(read: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
 
 def _first(rows: Any) -> dict[str, Any] | None:
     return next(iter(rows), None)
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """What a round trip that never cleaned up (its run was killed) left in one company: its
+    customer (F&O and/or Dataverse) and its temporary customer group, when it made one."""
+
+    company: str
+    account: str | None
+    group: str | None
+
+    def __str__(self) -> str:
+        parts = [f"customer {self.account}" if self.account else "",
+                 f"customer group {self.group}" if self.group else ""]
+        return f"{' and '.join(p for p in parts if p)} in {self.company}"
+
+
+def leftovers(session: Session, ids: dict[str, str]) -> list[Leftover]:
+    """Round-trip customers (`DWRT-…`) and temporary groups still in F&O or Dataverse, per company
+    (`ids`: company code → `cdm_companyid`): what earlier round trips left when they were killed."""
+    found: dict[str, dict[str, set[str]]] = {}
+
+    def note(company: str, kind: str, value: str) -> None:
+        found.setdefault(company.upper(), {"accounts": set(), "groups": set()})[kind].add(value)
+
+    for row in session.finops.query("CustomersV3", select=["CustomerAccount", "dataAreaId"],
+                                    filter=f"CustomerAccount eq '{PREFIX}-*'", cross_company=True):
+        if _OURS.fullmatch(str(row["CustomerAccount"])):
+            note(row["dataAreaId"], "accounts", row["CustomerAccount"])
+    codes = {cid: code for code, cid in ids.items()}
+    for row in session.dataverse.query("accounts", select=["accountnumber", COMPANY_LOOKUP],
+                                       filter=f"startswith(accountnumber,'{PREFIX}-')"):
+        code = codes.get(row.get(COMPANY_LOOKUP) or "")
+        if code and _OURS.fullmatch(str(row["accountnumber"])):
+            note(code, "accounts", row["accountnumber"])
+    for row in session.finops.query("CustomerGroups", select=["CustomerGroupId", "dataAreaId"],
+                                    filter=f"Description eq '{TEMPORARY_GROUP}'", cross_company=True):
+        note(row["dataAreaId"], "groups", row["CustomerGroupId"])
+    out = []
+    for company, kinds in sorted((c, k) for c, k in found.items() if c in ids):
+        groups = set(kinds["groups"])
+        for account in sorted(kinds["accounts"]):
+            group = account[-4:] + "RT"  # the name `_Trip.group` gives a temporary group
+            out.append(Leftover(company, account, group if group in groups else None))
+            groups.discard(group)
+        out += [Leftover(company, None, g) for g in sorted(groups)]
+    return out
+
+
+def clean_up_leftover(session: Session, leftover: Leftover, company_id: str, *, timeout_s: float,
+                      poll_s: float) -> Check:
+    """Delete what a killed round trip left (both sides, as its own clean-up would have)."""
+    trip = _Trip(session, leftover.company, company_id, timeout_s, poll_s, leftover.account)
+    trip.clean_up(leftover.group, stage="earlier round trip cleaned up", what=str(leftover))
+    return trip.result.stages[-1]
 
 
 def round_trip(session: Session, company: str, company_id: str, *, timeout_s: float,

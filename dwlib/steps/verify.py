@@ -22,7 +22,9 @@ confirmation first, as irreversible steps do (`Step.confirmation`); a dry run ne
 once per pair of environments (`verify.round_trip: once`, remembered in
 `<runs dir>/.dw-state/round-trips.json`: the runs directory's own state, in a hidden folder so
 nothing takes it for a run record), so a re-run of a finished runbook writes nothing; `always`
-repeats it, `never` skips it.
+repeats it, `never` skips it. What a round trip killed before its clean-up left behind (its `DWRT-…`
+customer, its temporary customer group) is deleted first, and the reconciliation made again without
+it; with `never` it is only reported.
 
 Example:
     >>> # result = Verify().execute(ctx)
@@ -48,7 +50,7 @@ from .dvmeta import Tables
 from .initialsync import sync_companies
 from .link import environment, worst
 from .reconcile import Reconciliation, Values, company_ids, reconcile
-from .roundtrip import ACCOUNTS, PREFIX, RoundTrip, round_trip
+from .roundtrip import ACCOUNTS, PREFIX, Leftover, RoundTrip, clean_up_leftover, leftovers, round_trip
 from .rowmap import Lookups
 from .tablemaps import RUNNING, planned_maps
 
@@ -78,6 +80,8 @@ class VerifyWork:
     companies: list[str] = field(default_factory=list)
     trip: RoundTrip | None = None
     notes: list[Check] = field(default_factory=list)
+    leftovers: list[Leftover] = field(default_factory=list)  # of earlier round trips, to clean up
+    ids: dict[str, str] = field(default_factory=dict)  # company code → cdm_companyid
 
 
 def round_trips_file(ctx: StepContext) -> Path:
@@ -156,15 +160,24 @@ class Verify(Step):
         params, session, admin = environment(ctx)
         plan = planned_maps(ctx)
         companies = sync_companies(ctx)
+        maps = [p.name for p in plan if p.moves_data]
         values = Values(Tables(session.dataverse), Lookups(session.dataverse), params.column_defaults,
                         params.verify.sample_keys)
-        rows = reconcile(session, [p.name for p in plan if p.moves_data], companies, values=values)
+        rows = reconcile(session, maps, companies, values=values)
         failing = [r for r in rows if not r.ok]
         checks = [Check("reconciliation", Status.FAILED if failing else Status.PASSED,
                         f"{len(rows) - len(failing)} of {len(rows)} map × company rows reconcile (counts, "
                         "keys and the checksums of the mapped columns' values)")]
-        work = VerifyWork(rows, None, None, maps=[p.name for p in plan], companies=list(companies))
+        work = VerifyWork(rows, None, None, ids=company_ids(session), maps=maps, companies=list(companies))
         mode = params.verify.round_trip
+        work.leftovers = leftovers(session, work.ids)
+        if work.leftovers and mode == "never":
+            work.notes.append(Check("earlier round trips", Status.WARNING,
+                                    "left behind by a round trip that was stopped: "
+                                    + "; ".join(map(str, work.leftovers)),
+                                    fix="delete them by hand, or run verify with verify.round_trip: once, "
+                                        "which deletes them first"))
+            work.leftovers = []
         earlier = _earlier_trip(ctx, params) if mode == "once" else None
         enabled = {p.name for p in plan}
         if mode == "never":
@@ -182,20 +195,26 @@ class Verify(Step):
                                     fix="run the table-maps step first"))
             work.why_not = f"{ACCOUNTS} is not Running"
         else:
-            ids = company_ids(session)
-            work.company = _trip_company(ctx, companies, ids)
-            work.company_id = ids[work.company]
+            work.company = _trip_company(ctx, companies, work.ids)
+            work.company_id = work.ids[work.company]
         summary = (f"live round trip in {work.company} (create in F&O, change in Dataverse, clean up)"
                    if work.company else f"reconcile only; round trip {work.why_not}")
-        return Finding(work.company is None, summary, todo=work, checks=checks + work.notes)
+        if work.leftovers:
+            summary = f"delete what earlier round trips left ({len(work.leftovers)}), then {summary}"
+        return Finding(work.company is None and not work.leftovers, summary, todo=work,
+                       checks=checks + work.notes)
 
     def confirmation(self, ctx: StepContext, finding: Finding) -> str:
         """The round trip writes into both environments: against real ones, like every other write
         the runbook asks about, it waits for the run's confirmation; a local sandbox is disposable."""
         params, _, _ = environment(ctx)
         work: VerifyWork = finding.todo
-        if work.company is None or params.sandbox is not None:
+        if params.sandbox is not None:
             return ""
+        if work.company is None:
+            left = "; ".join(map(str, work.leftovers))
+            return (f"Round trips that were stopped left test data ({PREFIX}-…) behind; it is deleted "
+                    f"on both sides: {left}" if left else "")
         return (f"The live round trip writes into both environments: a test customer ({PREFIX}-…) is created "
                 f"in finance and operations company {work.company}, changed in Dataverse, then deleted on "
                 "both sides, and live sync hands it to whatever else listens there (plug-ins, flows, "
@@ -204,9 +223,16 @@ class Verify(Step):
     def act(self, ctx: StepContext, finding: Finding) -> None:
         params, session, _ = environment(ctx)
         work: VerifyWork = finding.todo
-        assert work.company is not None and work.company_id is not None
-        work.trip = round_trip(session, work.company, work.company_id, timeout_s=params.verify.timeout_s,
-                               poll_s=params.verify.poll_s)
+        timing = {"timeout_s": params.verify.timeout_s, "poll_s": params.verify.poll_s}
+        if work.leftovers:
+            work.notes += [clean_up_leftover(session, left, work.ids[left.company], **timing)
+                           for left in work.leftovers]
+            # They were counted on both sides: reconcile again without them.
+            work.rows = reconcile(session, work.maps, work.companies)
+        if work.company is None:
+            return
+        assert work.company_id is not None
+        work.trip = round_trip(session, work.company, work.company_id, **timing)
         if work.trip.ok:
             _remember_trip(ctx, params, work.trip)
 

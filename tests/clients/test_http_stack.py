@@ -187,6 +187,36 @@ def test_journal_exports_entries_as_dicts(sleeps: list[float]) -> None:
 
 
 
+def test_a_service_that_answered_then_refuses_connections_is_waited_for_within_the_budget(
+    sleeps: list[float],
+) -> None:
+    # A restart: the service answered, then refuses connections for a while, then answers again.
+    # (httpx's own transport raises ConnectError without its request, as here.)
+    restarting, refusals = FakeService(), iter(range(6))
+
+    @restarting.on("GET", ".*")
+    @restarting.on("POST", ".*")
+    def answer(request: httpx.Request, _: re.Match[str]) -> httpx.Response:
+        if len(restarting.requests) > 1 and next(refusals, None) is not None:
+            raise httpx.ConnectError("[Errno 111] Connection refused")
+        return httpx.Response(200, json={"ok": True})
+
+    journal = Journal()
+    http = client(restarting, journal, sleeps, run_budget_s=300)
+    assert http.get(URL).status_code == 200  # it answered
+    assert http.post(URL, json={}).status_code == 200  # even a create: nothing was sent meanwhile
+    assert journal.entries()[-1].retry_reasons == ("ConnectError",) * 6
+    assert round(sum(sleeps), 3) == journal.entries()[-1].wait_s > 0  # waited through the run's budget
+
+    # Within the budget only: a wait it cannot cover gives up at once.
+    sleeps.clear()
+    down = flaky([httpx.ConnectError] * 20)
+    http = client(down, Journal(), sleeps, run_budget_s=2)
+    with pytest.raises(httpx.ConnectError):
+        http.get(URL)  # three quick retries: it never answered
+    assert sum(sleeps) <= 2
+
+
 def test_refused_connections_get_few_retries_and_untrusted_certificates_none(
     sleeps: list[float],
 ) -> None:

@@ -8,6 +8,7 @@ import pytest
 from dw_helpers import Consultant
 
 from dwlib.params import ParamsError
+from dwlib.sandbox import control
 from dwlib.steps.base import Status, StepError
 from dwlib.steps.company import AddCompany, CreateCompany
 from dwlib.steps.link import PowerPlatformIntegration
@@ -137,5 +138,29 @@ def test_a_new_company_whose_data_breaks_the_limits_is_added_skipping_initial_wr
         assert "ran the initial sync of Legal entities (cdm_companies) again for USMF" in added.summary
         assert checks["company USMF in Dataverse"].status == Status.PASSED
         assert consultant.dv_rows("msdyn_customergroups?$filter=msdyn_groupid eq '31'") == []  # not copied
+    finally:
+        consultant.close()
+
+
+def test_creates_refused_on_the_way_are_retried_and_make_each_row_once(start_sandbox, step_context,
+                                                                       portal_player) -> None:
+    sandbox = start_sandbox("new-existing", rows=0, fresh=True)
+    consultant = Consultant(sandbox)
+    try:
+        company = {**PARAMS["companies"][0], "currency": "EUR", "customer_groups": ["30"]}
+        ctx = step_context(sandbox, consultant=portal_player(sandbox),
+                           params={**PARAMS, "companies": [company]})
+        assert PowerPlatformIntegration().execute(ctx).status == Status.PASSED
+        # F&O throttles the first try of each create (429: it did nothing); a create is not
+        # repeated blindly, but one that names its key is settled by looking it up, then sent again.
+        control.traps(sandbox, [{"method": "POST", "path": f"^/finops/data/{entity}$", "respond": 429}
+                                for entity in ("Currencies", "LegalEntities", "CustomerGroups")])
+        ctx.confirm = lambda _what: True
+        created = CreateCompany().execute(ctx)
+        assert created.status == Status.PASSED, created.summary
+        assert all(t["fired"] for t in control.traps(sandbox))
+        assert len(_legal_entity(consultant, "USMF")) == 1
+        assert len(consultant.fo_rows("Currencies?$filter=CurrencyCode eq 'EUR'")) == 1
+        assert len(consultant.fo_rows("CustomerGroups?cross-company=true&$filter=dataAreaId eq 'usmf'")) == 1
     finally:
         consultant.close()

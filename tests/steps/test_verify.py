@@ -12,7 +12,7 @@ from sync_helpers import ACCOUNTS, CUR, CUSTOMER_MAPS, GROUPS, LE, TERMS, organi
 
 from dwlib import catalog
 from dwlib.steps import STEPS, Status
-from dwlib.steps.roundtrip import PREFIX
+from dwlib.steps.roundtrip import PREFIX, TEMPORARY_GROUP
 
 FAST = {"verify.poll_s": 0.05, "verify.timeout_s": 10}
 WRITES = ("POST", "PATCH", "PUT", "DELETE")
@@ -231,5 +231,37 @@ def test_against_real_environments_the_round_trip_waits_for_confirmation(linked_
         ctx.dry_run = False
         assert STEPS["verify"]().execute(ctx).status == Status.PASSED  # confirmed: the trip is made
         assert _writes(ctx) and _leftovers(c) == []
+    finally:
+        c.close()
+
+
+def test_what_a_killed_round_trip_left_is_reported_with_never_and_deleted_by_the_next_round_trip(
+        linked_sandbox, step_context, tmp_path: Path) -> None:
+    sandbox = linked_sandbox("new-new", legal_entities=["DAT"])
+    c = Consultant(sandbox)
+    try:
+        run_maps(c, CUSTOMER_MAPS, initial_sync=False)
+        # What a round trip killed after its F&O create leaves: its temporary group and customer,
+        # both synced to Dataverse.
+        customer = {"CustomerAccount": f"{PREFIX}-0000BEEF", "PartyType": "Organization",
+                    "OrganizationName": "killed", "CustomerGroupId": "BEEFRT"}
+        for path, row in (("CustomerGroups", {"CustomerGroupId": "BEEFRT", "Description": TEMPORARY_GROUP}),
+                          ("CustomersV3", customer)):
+            r = c.fo("POST", path, {"dataAreaId": "dat", **row})
+            assert r.status_code == 201, r.text
+        assert len(_leftovers(c)) == 2
+        ctx = _context(step_context, sandbox, ["DAT"], tmp_path, **{"verify.round_trip": "never"})
+        set_plan(ctx, [(n, "skip", "dataverse") for n in CUSTOMER_MAPS])
+        reported = STEPS["verify"]().execute(ctx)
+        assert reported.status == Status.WARNING and _writes(ctx) == []
+        note = {ch.name: ch for ch in reported.checks}["earlier round trips"]
+        assert f"customer {PREFIX}-0000BEEF and customer group BEEFRT in DAT" in note.evidence
+
+        ctx = _context(step_context, sandbox, ["DAT"], tmp_path)
+        set_plan(ctx, [(n, "skip", "dataverse") for n in CUSTOMER_MAPS])
+        result = STEPS["verify"]().execute(ctx)
+        assert result.status == Status.PASSED, result.checks
+        assert {ch.name: ch for ch in result.checks}["earlier round trip cleaned up"].status == Status.PASSED
+        assert _leftovers(c) == [] and c.fo_rows("CustomerGroups?cross-company=true") == []
     finally:
         c.close()

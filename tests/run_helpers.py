@@ -1,0 +1,144 @@
+"""Helpers of the tests that run whole runbooks against a sandbox (as `dw run` does).
+
+`run` executes a scenario's notebook against the sandbox of a connection (`dw_run`: as a `dw run`
+process); `assert_passed` checks that every step passed and the verification reconciled; `writes`
+lists a run's calls that change something; `await_step` waits for a `dw run` to reach a step;
+`outage` restarts a sandbox while its clients knock; `round_trip_leftovers` lists the round trip's
+test customers left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from dw_helpers import Consultant
+
+from dwlib import execute
+from dwlib.record import RecordError, load_record
+from dwlib.sandbox import control, server
+from dwlib.steps.roundtrip import PREFIX
+
+ROOT = Path(__file__).resolve().parents[1]
+# A call that changes something: any write method, and POSTs other than sign-in and DMF reads.
+READ_POSTS = ("/oauth2/", "/Microsoft.Dynamics.DataEntities.Get")
+
+
+def sandbox_dir(connection: dict[str, Any]) -> Path:
+    """The state directory of the sandbox of `connection`."""
+    return Path(connection["ca_bundle"]).parent
+
+
+def run(scenario: str, connection: dict[str, Any], out: Path, **overrides: Any) -> execute.Execution:
+    """The scenario's notebook against the sandbox of `connection`, as `dw run` executes it."""
+    params = ROOT / "params" / f"sandbox-{scenario}.yaml"
+    return execute.execute(scenario, params, {"sandbox.dir": str(sandbox_dir(connection)), **overrides}, out)
+
+
+def assert_passed(execution: execute.Execution) -> dict[str, Any]:
+    """Every step passed or was already done, and the reconciliation holds; the record."""
+    data = execution.data
+    assert data is not None, execution.error
+    assert execution.ok, execution.summary()
+    return assert_reconciled(data)
+
+
+def assert_reconciled(data: dict[str, Any]) -> dict[str, Any]:
+    """The record `data` says verify reconciled every map and company; `data`."""
+    verify = next(s for s in data["steps"] if s["id"] == "verify")
+    rows = verify["tables"]["reconciliation"]
+    assert rows and all(r["status"] == "PASS" for r in rows), rows
+    return data
+
+
+def writes(data: dict[str, Any]) -> list[str]:
+    """The calls of a run that change something (see READ_POSTS)."""
+    return [f"{c['method']} {c['url']}" for s in data["steps"] for c in s["calls"]
+            if c["method"] in ("PATCH", "PUT", "DELETE")
+            or (c["method"] == "POST" and not any(r in c["url"] for r in READ_POSTS))]
+
+
+def await_step(out: Path, step: str, proc: subprocess.Popen[Any], deadline_s: float = 600) -> Path:
+    """The record under `out` of a `dw run` (`proc`) once it says `step` is running."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the run ended before step {step} was seen running"
+        for path in out.glob("*.json"):
+            with contextlib.suppress(RecordError):
+                if load_record(path)["current_step"] == step:
+                    return path
+        time.sleep(0.05)
+    raise AssertionError(f"step {step} did not start within {deadline_s} s")
+
+
+def outage(connection: dict[str, Any], proc: subprocess.Popen[Any], *, attempts: int = 3,
+           down_s: float = 0.0, deadline_s: float = 300) -> int:
+    """Stop the sandbox, keep its port refusing service until its clients (the run `proc`, which
+    must not end meanwhile) tried `attempts` times to connect (and at least `down_s` seconds
+    passed), then start it again on the same port.
+
+    While it is down, a listener on the port takes each connection and closes it at once (what a
+    client sees of a restarting service: no TLS handshake), counting them. Returns the count.
+    """
+    root = sandbox_dir(connection)
+    control.stop(root)
+    stub = server.bind(connection["port"])
+    stub.settimeout(0.1)  # so that the thread sees `over` (a blocked accept outlives a close)
+    seen = 0
+    enough, over = threading.Event(), threading.Event()
+
+    def refuse() -> None:
+        nonlocal seen
+        while not over.is_set():
+            try:
+                conn, _ = stub.accept()
+            except TimeoutError:
+                continue
+            conn.close()
+            seen += 1
+            if seen >= attempts:
+                enough.set()
+
+    refusing = threading.Thread(target=refuse, daemon=True)
+    refusing.start()
+    started = time.monotonic()
+    while not enough.wait(0.1):
+        assert proc.poll() is None, f"the run ended while the sandbox was down: {proc.communicate()[0]}"
+        assert time.monotonic() - started < deadline_s, f"no {attempts} tries to connect in {deadline_s} s"
+    if down_s > time.monotonic() - started:
+        time.sleep(down_s - (time.monotonic() - started))  # the outage's length, as asked
+    over.set()
+    refusing.join()
+    stub.close()
+    assert control.start(root=root, owner_pid=os.getpid()).connection["port"] == connection["port"]
+    return seen
+
+
+def dw_run(scenario: str, connection: dict[str, Any], out: Path, **overrides: Any) -> subprocess.Popen[str]:
+    """`dw run` of the scenario against the sandbox of `connection`, as its own process (output piped)."""
+    command = [str(Path(sys.executable).with_name("dw")), "run", scenario,
+               "-f", str(ROOT / "params" / f"sandbox-{scenario}.yaml"),
+               "-p", f"sandbox.dir={sandbox_dir(connection)}", "--out", str(out)]
+    for key, value in overrides.items():
+        command += ["-p", f"{key}={json.dumps(value)}"]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def round_trip_leftovers(connection: dict[str, Any]) -> list[str]:
+    """The round-trip customers (`DWRT-…`) left in F&O or Dataverse."""
+    consultant = Consultant(connection)
+    try:
+        dv = consultant.dv_rows(f"accounts?$select=accountnumber"
+                                f"&$filter=startswith(accountnumber,'{PREFIX}')")
+        fo = consultant.fo_rows(f"CustomersV3?cross-company=true&$select=CustomerAccount"
+                                f"&$filter=CustomerAccount eq '{PREFIX}-*'")
+        return [f"Dataverse {r['accountnumber']}" for r in dv] + [f"F&O {r['CustomerAccount']}" for r in fo]
+    finally:
+        consultant.close()
