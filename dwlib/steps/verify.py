@@ -82,6 +82,8 @@ class VerifyWork:
     notes: list[Check] = field(default_factory=list)
     leftovers: list[Leftover] = field(default_factory=list)  # of earlier round trips, to clean up
     ids: dict[str, str] = field(default_factory=dict)  # company code → cdm_companyid
+    reconciled: list[str] = field(default_factory=list)  # the maps that moved data (reconciled)
+    values: Values | None = None  # how the mapped columns' values are compared
 
 
 def round_trips_file(ctx: StepContext) -> Path:
@@ -160,15 +162,16 @@ class Verify(Step):
         params, session, admin = environment(ctx)
         plan = planned_maps(ctx)
         companies = sync_companies(ctx)
-        maps = [p.name for p in plan if p.moves_data]
         values = Values(Tables(session.dataverse), Lookups(session.dataverse), params.column_defaults,
                         params.verify.sample_keys)
-        rows = reconcile(session, maps, companies, values=values)
+        reconciled = [p.name for p in plan if p.moves_data]
+        rows = reconcile(session, reconciled, companies, values=values)
         failing = [r for r in rows if not r.ok]
         checks = [Check("reconciliation", Status.FAILED if failing else Status.PASSED,
                         f"{len(rows) - len(failing)} of {len(rows)} map × company rows reconcile (counts, "
                         "keys and the checksums of the mapped columns' values)")]
-        work = VerifyWork(rows, None, None, ids=company_ids(session), maps=maps, companies=list(companies))
+        work = VerifyWork(rows, None, None, maps=[p.name for p in plan], companies=list(companies),
+                          ids=company_ids(session), reconciled=reconciled, values=values)
         mode = params.verify.round_trip
         work.leftovers = leftovers(session, work.ids)
         if work.leftovers and mode == "never":
@@ -228,7 +231,7 @@ class Verify(Step):
             work.notes += [clean_up_leftover(session, left, work.ids[left.company], **timing)
                            for left in work.leftovers]
             # They were counted on both sides: reconcile again without them.
-            work.rows = reconcile(session, work.maps, work.companies)
+            work.rows = reconcile(session, work.reconciled, work.companies, values=work.values)
         if work.company is None:
             return
         assert work.company_id is not None
