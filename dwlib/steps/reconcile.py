@@ -275,6 +275,59 @@ def reconcile(
     return out
 
 
+@dataclass(frozen=True)
+class Counts:
+    """One map's rows dual-write would sync, per company (or `GLOBAL`), on each side."""
+
+    map: str
+    finops: dict[str, int]
+    dataverse: dict[str, int]
+
+
+def _finops_counts(session: Session, m: catalog.TableMap, companies: Sequence[str]) -> dict[str, int]:
+    """F&O rows with their key that pass the source filter, per company: the key and the filter's
+    fields read page by page and counted, nothing kept (F&O's OData has no `$apply`; the source
+    filter is applied here, as in `_finops_views`)."""
+    return {code: sum(1 for _ in _finops_views(session, m, code, None, None)) for code in companies}
+
+
+def _dataverse_counts(session: Session, m: catalog.TableMap, companies: Sequence[str],
+                      ids: Mapping[str, str]) -> dict[str, int]:
+    """Dataverse rows with their key (and the map's filter), per company: one `$apply` aggregate
+    grouped by the company lookup (`count_by`, which counts page by page where the service refuses
+    an aggregate over 50,000 rows)."""
+    key = m.dataverse_key[0]
+    clauses = [f"({m.dataverse_filter})"] if m.dataverse_filter else []
+    clauses.append(f"{key} ne null and {key} ne ''")
+    found = session.dataverse.count_by(m.dataverse_table, [COMPANY_LOOKUP], filter=" and ".join(clauses))
+    by_id = {str(r.get(COMPANY_LOOKUP) or "").lower(): int(r["count"]) for r in found}
+    return {c: by_id.get(ids[c.upper()].lower(), 0) if c.upper() in ids else 0 for c in companies}
+
+
+def count(session: Session, maps: Sequence[str], companies: Sequence[str]) -> list[Counts]:
+    """The row counts `reconcile` would report for `maps` (names) in `companies` (codes), without
+    holding key sets: company-specific maps are counted per company (F&O page by page, Dataverse by
+    one `$apply` aggregate per map); global maps are small reference tables and are reconciled.
+    Maps without F&O data are left out.
+
+    >>> # [(c.map, c.finops, c.dataverse) for c in count(session, ["Customers V3 (accounts)"], ["USMF"])]
+    """
+    ids = company_ids(session)
+    out: list[Counts] = []
+    for name in maps:
+        m = catalog.table_map(name)
+        if not reconcilable(m):
+            continue
+        if m.company_specific:
+            out.append(Counts(m.name, _finops_counts(session, m, companies),
+                              _dataverse_counts(session, m, companies, ids)))
+        else:
+            rec = reconcile_map(session, m, companies, ids)
+            out.append(Counts(m.name, {r.company: r.finops_rows for r in rec},
+                              {r.company: r.dataverse_rows for r in rec}))
+    return out
+
+
 def company_clause(company_id: str) -> str:
     """`$filter` clause for the Dataverse rows of one company (a GUID literal is unquoted).
 
