@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dwlib import catalog
@@ -43,12 +43,16 @@ SAMPLE = 10
 
 @dataclass(frozen=True)
 class Reconciliation:
-    """One map in one company (or `GLOBAL`): the keys each side holds (normalised → as stored)."""
+    """One map in one company (or `GLOBAL`): counts, and the keys missing on either side.
+
+    `finops` and `dataverse` (normalised key → key as stored) are what each side holds; only the
+    missing keys and the number of distinct keys are kept of them, so a run's reconciliations do not
+    hold every key of every table."""
 
     map: str
     company: str
-    finops: dict[str, str]
-    dataverse: dict[str, str]
+    finops: InitVar[Mapping[str, str]]
+    dataverse: InitVar[Mapping[str, str]]
     finops_rows: int
     dataverse_rows: int
     note: str = ""
@@ -57,21 +61,20 @@ class Reconciliation:
     dataverse_checksum: str = ""
     differing: int = 0  # rows on both sides whose values differ (found in the sampled buckets)
     differences: tuple[Difference, ...] = ()
+    missing_in_dataverse: list[str] = field(init=False)  # keys in F&O without a row in Dataverse (sorted)
+    missing_in_finops: list[str] = field(init=False)  # keys in Dataverse without a row in F&O (sorted)
+    distinct_keys: tuple[int, int] = field(init=False)  # (F&O, Dataverse)
 
-    @property
-    def missing_in_dataverse(self) -> list[str]:
-        """Keys in F&O without a row in Dataverse (sorted)."""
-        return sorted(v for k, v in self.finops.items() if k not in self.dataverse)
-
-    @property
-    def missing_in_finops(self) -> list[str]:
-        """Keys in Dataverse without a row in F&O (sorted)."""
-        return sorted(v for k, v in self.dataverse.items() if k not in self.finops)
+    def __post_init__(self, finops: Mapping[str, str], dataverse: Mapping[str, str]) -> None:
+        set_ = object.__setattr__  # frozen: the derived fields are set once, here
+        set_(self, "missing_in_dataverse", sorted(v for k, v in finops.items() if k not in dataverse))
+        set_(self, "missing_in_finops", sorted(v for k, v in dataverse.items() if k not in finops))
+        set_(self, "distinct_keys", (len(finops), len(dataverse)))
 
     @property
     def duplicates(self) -> int:
         """Rows beyond one per key, on both sides (a key must identify one row)."""
-        return (self.finops_rows - len(self.finops)) + (self.dataverse_rows - len(self.dataverse))
+        return (self.finops_rows - self.distinct_keys[0]) + (self.dataverse_rows - self.distinct_keys[1])
 
     @property
     def values_ok(self) -> bool:
