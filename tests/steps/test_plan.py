@@ -33,6 +33,7 @@ from dwlib.steps.plan import (
     decide,
     scenario_states,
 )
+from dwlib.steps.reconcile import count, reconcile
 
 MIGRATE = (MIGRATE_OUTSIDE, ACTIVATE_SKIP)
 NEW_EXISTING = (CREATE_FO_COMPANY, BOOTSTRAP_DV)
@@ -370,18 +371,17 @@ def _verify(step_context, sandbox):  # type: ignore[no-untyped-def]
 def test_plan_counts_as_reconcile_does_without_key_sets(linked_sandbox, step_context) -> None:
     """The plan's counts are reconcile's (key set, source filter, company, map filter), the Dataverse
     side read as one `$apply` aggregate per map instead of every key."""
-    from dwlib.steps.reconcile import count, reconcile
-
     sandbox = linked_sandbox("existing-existing", rows=40, legal_entities=["USMF", "GBSI"])
     c = Consultant(sandbox)
     try:
-        accounts = c.dv_rows("accounts?$select=accountid&$filter=customertypecode eq 3 and accountnumber ne null"
-                             "&$orderby=accountid")
+        accounts = c.dv_rows("accounts?$select=accountid&$orderby=accountid"
+                             "&$filter=customertypecode eq 3 and accountnumber ne null")
         for account, code in zip(accounts[:6], ["USMF"] * 4 + ["GBSI"] * 2, strict=True):
             assert stamp(c, account["accountid"], code).status_code == 204
         # stamped but not eligible: no key, or not a customer
-        assert c.dv("PATCH", f"accounts({accounts[0]['accountid']})", {"accountnumber": None}).status_code == 204
-        assert c.dv("PATCH", f"accounts({accounts[1]['accountid']})", {"customertypecode": 8}).status_code == 204
+        changes = [{"accountnumber": None}, {"customertypecode": 8}]
+        for account, change in zip(accounts[:2], changes, strict=True):
+            assert c.dv("PATCH", f"accounts({account['accountid']})", change).status_code == 204
     finally:
         c.close()
     ctx = step_context(sandbox, params={"legal_entities": ["USMF", "GBSI"]})
