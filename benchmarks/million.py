@@ -9,8 +9,10 @@ For each `--rows` N, runs exactly what an operator runs:
 (a fresh sandbox with N accounts and N contacts in Dataverse and N customers in F&O) and, while it
 runs, samples every process under `dw run` twice a second: the kernel's (`ipykernel_launcher`) peak
 resident memory is its `VmHWM` (/proc/<pid>/status, the kernel's own high-water mark, so no peak
-between two samples is missed), likewise the sandbox's and `dw run`'s own. After the run it reads the
-run record: the status, each step's wall time, and the sizes of the executed notebook and the record.
+between two samples is missed), likewise the sandbox's and `dw run`'s own; the kernel's sampled
+`VmRSS` is attributed to the step that was running (`kernel_rss_by_step_gib`, a lower bound).
+After the run it reads the run record: the status, each step's wall time, and the sizes of the
+executed notebook and the record.
 
 With `--extrapolate M`, each step's time and the kernel's peak are fitted as `a + b·N` through the
 measured sizes (at least two) and given at M rows, marked `extrapolated`: an estimate, not a
@@ -43,15 +45,34 @@ GIB = 1024 ** 3
 TARGET_PEAK_GIB, TARGET_NOTEBOOK_MB = 2.0, 5.0
 
 
-def _hwm_bytes(pid: int) -> int:
-    """The process's peak resident set (VmHWM), 0 when it is gone."""
+def _status_bytes(pid: int, field: str) -> int:
+    """A memory line of /proc/<pid>/status (`VmHWM`: peak resident set, `VmRSS`: current) in
+    bytes, 0 when the process is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
     return 0
+
+
+def _hwm_bytes(pid: int) -> int:
+    return _status_bytes(pid, "VmHWM")
+
+
+def _per_step(samples: list[tuple[float, int]], steps: list[dict[str, Any]]) -> dict[str, float]:
+    """The kernel's largest resident set sampled while each step ran (GiB), by the steps' start
+    times and durations in the run record (samples are half a second apart: a lower bound)."""
+    out: dict[str, float] = {}
+    for s in steps:
+        if not s.get("started") or s.get("duration_s") is None:
+            continue
+        start = datetime.fromisoformat(str(s["started"]).replace("Z", "+00:00")).timestamp()
+        inside = [rss for t, rss in samples if start <= t <= start + s["duration_s"]]
+        if inside:
+            out[s["id"]] = round(max(inside) / GIB, 3)
+    return out
 
 
 def _role(proc: psutil.Process) -> str | None:
@@ -74,6 +95,7 @@ def run(rows: int) -> dict[str, Any]:
                "--sandbox", "--rows", str(rows), "--out", str(out)]
         env = {**os.environ, "PATH": f"{dw.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         peaks = {"kernel": 0, "sandbox": 0, "dw run": 0}
+        samples: list[tuple[float, int]] = []  # (epoch seconds, the kernel's resident set)
         start = time.perf_counter()
         with open(Path(tmp) / "log.txt", "w") as log:
             proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -88,6 +110,8 @@ def run(rows: int) -> dict[str, Any]:
                     role = _role(child)
                     if role:
                         peaks[role] = max(peaks[role], _hwm_bytes(child.pid))
+                    if role == "kernel":
+                        samples.append((time.time(), _status_bytes(child.pid, "VmRSS")))
                 time.sleep(0.5)
         wall = time.perf_counter() - start
         tail = (Path(tmp) / "log.txt").read_text()[-2000:]
@@ -106,6 +130,7 @@ def run(rows: int) -> dict[str, Any]:
         "steps_s": {k: round(v["duration_s"], 2) for k, v in steps.items()},
         "step_status": {k: v["status"] for k, v in steps.items()},
         "kernel_peak_gib": round(peaks["kernel"] / GIB, 3),
+        "kernel_rss_by_step_gib": _per_step(samples, data.get("steps", [])),
         "sandbox_peak_gib": round(peaks["sandbox"] / GIB, 3),
         "dw_run_peak_gib": round(peaks["dw run"] / GIB, 3),
         "notebook_mb": round(notebook_mb, 2) if notebook_mb is not None else None,
