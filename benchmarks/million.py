@@ -14,9 +14,10 @@ between two samples is missed), likewise the sandbox's and `dw run`'s own; the k
 After the run it reads the run record: the status, each step's wall time, and the sizes of the
 executed notebook and the record.
 
-With `--extrapolate M`, each step's time and the kernel's peak are fitted as `a + b·N` through the
-measured sizes (at least two) and given at M rows, marked `extrapolated`: an estimate, not a
-measurement. Targets: kernel peak ≤ 2 GiB, notebook ≤ 5 MB.
+With `--extrapolate M`, each step's time, the kernel's peak and the sizes are fitted as `a + b·N`
+through the runs that finished (from one run: proportional to N) and given at M rows, marked
+`extrapolated`: an estimate, not a measurement.
+A run that did not finish keeps the steps it did. Targets: kernel peak ≤ 2 GiB, notebook ≤ 5 MB.
 
 Prints one JSON object with `--json` (else a table); `--save` writes `benchmarks/results/million.json`
 (measured runs are merged with those already there, by row count).
@@ -150,22 +151,32 @@ def _fit(points: list[tuple[int, float]], at: int) -> float:
 
 
 def extrapolate(runs: list[dict[str, Any]], at: int) -> dict[str, Any] | None:
+    """An estimate at `at` rows from the runs that finished: per quantity a least-squares line
+    through them, or, from one run, proportional to the rows (an upper bound for what does not grow
+    with the rows)."""
     measured = [r for r in runs if not r.get("extrapolated") and r["exit_status"] == 0]
-    if len({r["rows"] for r in measured}) < 2:
+    if not measured:
         return None
+    if len({r["rows"] for r in measured}) == 1:
+        measured = [*measured, {**{k: 0.0 for k in measured[0]}, "rows": 0,
+                                "steps_s": dict.fromkeys(measured[0]["steps_s"], 0.0)}]
+        method = "proportional to the rows, from one run: an estimate, not a measurement"
+    else:
+        method = "per quantity a least-squares line a + b·rows through the measured runs: an estimate"
     steps = [s for s in measured[0]["steps_s"] if all(s in r["steps_s"] for r in measured)]
     fit = {s: round(max(0.0, _fit([(r["rows"], r["steps_s"][s]) for r in measured], at)), 1) for s in steps}
     keys = ("wall_s", "kernel_peak_gib", "notebook_mb", "record_mb")
     return {"rows": at, "extrapolated": True,
-            "from_rows": sorted(r["rows"] for r in measured),
-            "method": "per quantity a least-squares line a + b·rows through the measured runs",
+            "from_rows": sorted(r["rows"] for r in measured if r["rows"]),
+            "method": method,
             "steps_s": fit,
             **{k: round(_fit([(r["rows"], r[k]) for r in measured], at), 3) for k in keys}}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 300_000])
+    parser.add_argument("--rows", type=int, nargs="*", default=[100_000, 300_000],
+                        help="rows per run (none: only extrapolate from the runs in results/million.json)")
     parser.add_argument("--extrapolate", type=int, default=1_000_000,
                         help="rows to extrapolate to from the measured runs (0: none)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -176,7 +187,8 @@ def main() -> int:
     for n in args.rows:
         measured.append(run(n))
         print(f"{n:,} rows: exit {measured[-1]['exit_status']}, {measured[-1]['wall_s']} s", file=sys.stderr)
-    previous = json.loads(RESULTS.read_text()).get("runs", []) if args.save and RESULTS.exists() else []
+    keep = args.save or not args.rows
+    previous = json.loads(RESULTS.read_text()).get("runs", []) if keep and RESULTS.exists() else []
     runs = {r["rows"]: r for r in previous if not r.get("extrapolated")}
     runs.update({r["rows"]: r for r in measured})
     ordered = [runs[k] for k in sorted(runs)]

@@ -43,6 +43,7 @@ from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dwlib import catalog
@@ -185,16 +186,18 @@ class _Mover:
             return [(self.codes[0], GLOBAL, "")]
         return [(code, code, ids[code.upper()]) for code in self.codes if code.upper() in ids]
 
-    def export(self, code: str) -> Package:
+    def export(self, code: str) -> Path:
+        """The company's export package, downloaded (read only when its turn comes: every export
+        starts at once, and a table's packages in memory together would be the whole table)."""
         entity_set = self.map.finops_entity_set or ""
         project = self.params.migrate.export_project.format(entity=entity_set)
         dest = self.ctx.evidence_dir / "migrate" / f"{self.map.id}-{code.lower()}-export.zip"
-        self.session.dmf.export_package(project, dest, legal_entity=code)
-        return read_package(dest, self.map.finops_entity)
+        return self.session.dmf.export_package(project, dest, legal_entity=code)
 
-    def prepare(self, pkg: Package, company_id: str) -> _Prepared:
+    def prepare(self, path: Path, company_id: str) -> _Prepared:
         """The company's package beside its Dataverse rows: what `move` compares (thread-safe, so
         the next company is read while this one is written)."""
+        pkg = read_package(path, self.map.finops_entity)
         fmt = self.run.locale_of(pkg.source_format)
         info = self.tables.info(self.map.dataverse_table)
         rm = RowMap(self.map, info, self.tables, pkg.fields, self.lookups,
@@ -299,11 +302,16 @@ class _Mover:
         finally:
             bar.close()
 
-    def import_rows(self, pkg: Package, code: str, company: str, rows: Sequence[Outgoing]) -> list[str]:
-        """Import `rows` into the company through a package; returns the job's errors (thread-safe)."""
-        dmf = self.session.dmf
+    def package(self, pkg: Package, code: str, rows: Sequence[Outgoing]) -> Path:
+        """`rows` written into a package with the export's manifest, to import into the company."""
         name = f"dw-migrate-{self.map.id}-{code.lower()}-{uuid.uuid4().hex[:8]}.zip"
-        path = pkg.with_rows(v for _, v, _ in rows).write(self.ctx.evidence_dir / "migrate" / name)
+        return pkg.with_rows(v for _, v, _ in rows).write(self.ctx.evidence_dir / "migrate" / name)
+
+    def import_rows(self, path: Path, code: str, company: str, rows: Sequence[tuple[str, str]]) -> list[str]:
+        """Import the package at `path` (`rows`: its keys and operations) into the company; returns
+        the job's errors (thread-safe)."""
+        dmf = self.session.dmf
+        name = path.name
         project = self.params.migrate.import_project.format(entity=self.map.finops_entity_set or "")
         url = dmf.write_url(name)
         dmf.upload(url, path.read_bytes())
@@ -314,7 +322,7 @@ class _Mover:
         except DmfError as exc:
             status, errors = exc.status or "Failed", exc.errors
         self.log.write({"map": self.map.name, "company": company, "direction": TO_FINOPS, "key": k,
-                        "operation": op, "status": f"DMF import {execution} {status}"} for k, _, op in rows)
+                        "operation": op, "status": f"DMF import {execution} {status}"} for k, op in rows)
         return [f"{self.map.name} {company}: {e}" for e in errors]
 
 
@@ -402,10 +410,11 @@ class Migrate(Step):
                         to_fo, written = movers[name].move(current, code, company, company_id, writer)
                         writes += [written] if written else []
                         if to_fo:
-                            mine.append(pool.submit(imported, chain, name, current.package, code, company,
-                                                    to_fo))
+                            path = movers[name].package(current.package, code, to_fo)
+                            keys = [(k, op) for k, _, op in to_fo]
+                            mine.append(pool.submit(imported, chain, name, path, code, company, keys))
                             out.written[f"{name} {TO_FINOPS}"] += len(to_fo)
-                        del current  # the next company's rows are read meanwhile: one company held
+                        del current, to_fo  # the next company's rows are read meanwhile: one held
                     for job in writes:
                         job.result()
                     if writes:
