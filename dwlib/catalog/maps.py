@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 from typing import Any, Literal
 
@@ -245,7 +245,7 @@ class TableMap:
         """Lookup columns on the Dataverse side (the initial sync fails at `failing_lookups` or more)."""
         return sum(1 for m in self.mappings if m.lookup is not None)
 
-    @property
+    @cached_property  # parsed once: every row of a migration is checked against it
     def finops_conditions(self) -> tuple[Condition, ...]:
         """The source filter's conditions, on the fields as the map's rows spell them (filters are
         published with upper-case names, `CURRENCYCODE != "999"`; OData names are case-sensitive).
@@ -257,7 +257,7 @@ class TableMap:
         return tuple(Condition(fields.get(c.column.upper(), c.column), c.op, c.value)
                      for c in parse_finops_filter(self.source_filter))
 
-    @property
+    @cached_property
     def dataverse_conditions(self) -> tuple[Condition, ...]:
         return parse_dataverse_filter(self.dataverse_filter)
 

@@ -41,8 +41,9 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dwlib import catalog
@@ -137,6 +138,16 @@ def _to_stop(admin: DualWriteAdmin, maps: Sequence[str]) -> list[str]:
 
 
 @dataclass
+class _Prepared:
+    """One company's export beside its Dataverse rows, read ahead of its move."""
+
+    package: Package
+    locale: FormatLocale
+    rowmap: RowMap
+    dataverse_rows: list[dict[str, Any]]
+
+
+@dataclass
 class _Run:
     """What the movers of one migration share."""
 
@@ -175,42 +186,58 @@ class _Mover:
             return [(self.codes[0], GLOBAL, "")]
         return [(code, code, ids[code.upper()]) for code in self.codes if code.upper() in ids]
 
-    def export(self, code: str) -> Package:
+    def export(self, code: str) -> Path:
+        """The company's export package, downloaded (read only when its turn comes: every export
+        starts at once, and a table's packages in memory together would be the whole table)."""
         entity_set = self.map.finops_entity_set or ""
         project = self.params.migrate.export_project.format(entity=entity_set)
         dest = self.ctx.evidence_dir / "migrate" / f"{self.map.id}-{code.lower()}-export.zip"
-        self.session.dmf.export_package(project, dest, legal_entity=code)
-        return read_package(dest, self.map.finops_entity)
+        return self.session.dmf.export_package(project, dest, legal_entity=code)
 
-    def move(self, pkg: Package, code: str, company: str, company_id: str) -> list[Outgoing]:
-        """Write the company's rows missing in Dataverse; return those to import into F&O.
-
-        `pkg`: the company's export; `code`: the legal entity DMF works in; `company`: the
-        reconciliation's company (GLOBAL for global maps); `company_id`: its cdm_companyid ("" for
-        global maps)."""
+    def prepare(self, path: Path, company_id: str) -> _Prepared:
+        """The company's package beside its Dataverse rows: what `move` compares (thread-safe, so
+        the next company is read while this one is written)."""
+        pkg = read_package(path, self.map.finops_entity)
         fmt = self.run.locale_of(pkg.source_format)
         info = self.tables.info(self.map.dataverse_table)
         rm = RowMap(self.map, info, self.tables, pkg.fields, self.lookups,
                     self.params.column_defaults(self.map.name), fmt.locale)
-        self.outcome.skipped_columns[self.map.name] = rm.skipped
-        try:
-            return self._move(rm, pkg, code, company, company_id)
-        except LocaleError as exc:
-            raise fmt.locale_error(exc, f"{self.map.name} {company}") from None
+        return _Prepared(pkg, fmt, rm, self._dataverse_rows(rm, company_id))
 
-    def _move(self, rm: RowMap, pkg: Package, code: str, company: str, company_id: str) -> list[Outgoing]:
+    def move(self, prepared: _Prepared, code: str, company: str, company_id: str,
+             writer: ThreadPoolExecutor) -> tuple[list[Outgoing], Future[None] | None]:
+        """Hand the company's rows missing (or, by the map's master, differing) in Dataverse to
+        `writer`; return those to import into F&O and the write's future.
+
+        `code`: the legal entity DMF works in; `company`: the reconciliation's company (GLOBAL for
+        global maps); `company_id`: its cdm_companyid ("" for global maps)."""
+        self.outcome.skipped_columns[self.map.name] = prepared.rowmap.skipped
+        try:
+            to_dv, to_fo = self._move(prepared, code, company, company_id)
+        except LocaleError as exc:
+            raise prepared.locale.locale_error(exc, f"{self.map.name} {company}") from None
+        info = prepared.rowmap.info
+        written = writer.submit(self._upsert, info.entity_set, info.logical_name, company, to_dv) if to_dv \
+            else None
+        return to_fo, written
+
+    def _move(self, prepared: _Prepared, code: str, company: str, company_id: str,
+              ) -> tuple[list[tuple[str, dict[str, Any], str]], list[Outgoing]]:
+        rm, pkg = prepared.rowmap, prepared.package
         info = rm.info
         fo_rows = {r[rm.finops_key].lower(): r for r in pkg.rows if rm.finops_eligible(r)}
-        dv_rows = {str(r[rm.dataverse_key]).lower(): r for r in self._dataverse_rows(rm, company_id)}
+        dv_rows = {str(r[rm.dataverse_key]).lower(): r for r in prepared.dataverse_rows}
         if self.map.dataverse_table == "cdm_companies":  # the connection's legal entities only
             wanted = {c.lower() for c in self.codes}
             fo_rows = {k: v for k, v in fo_rows.items() if k in wanted}
         master = self.row.master
         to_dv: list[tuple[str, dict[str, Any], str]] = []
         for key, fo in fo_rows.items():
-            values, missing = rm.to_dataverse(fo, company_id)
             existing = dv_rows.get(key)
-            if existing is not None and not (master == "finops" and rm.dataverse_differs(values, existing)):
+            if existing is not None and master != "finops":
+                continue  # on both sides, and F&O's values do not win
+            values, missing = rm.to_dataverse(fo, company_id)
+            if existing is not None and not rm.dataverse_differs(values, existing):
                 continue
             self.outcome.unresolved.update(f"{self.map.name}: {m}" for m in missing)
             if existing is None:
@@ -222,19 +249,19 @@ class _Mover:
                 values = rm.for_update(values, existing)
                 values[info.primary_id] = existing[info.primary_id]
                 to_dv.append((fo[rm.finops_key], values, "update"))
-        self._upsert(info.entity_set, info.logical_name, company, to_dv)
         to_fo: list[Outgoing] = []
         for key, dv in dv_rows.items():
-            values, missing = rm.to_finops(dv)
             existing_fo = fo_rows.get(key)
-            if existing_fo is not None and not (master == "dataverse"
-                                                and rm.finops_differs(values, existing_fo)):
+            if existing_fo is not None and master != "dataverse":
+                continue  # on both sides, and Dataverse's values do not win
+            values, missing = rm.to_finops(dv)
+            if existing_fo is not None and not rm.finops_differs(values, existing_fo):
                 continue
             self.outcome.unresolved.update(f"{self.map.name}: {m}" for m in missing)
             if "DATAAREAID" in pkg.fields and self.map.company_specific:
                 values["DATAAREAID"] = code.lower()
             to_fo.append((str(dv[rm.dataverse_key]), values, "create" if existing_fo is None else "update"))
-        return to_fo
+        return to_dv, to_fo
 
     def _dataverse_rows(self, rm: RowMap, company_id: str) -> list[dict[str, Any]]:
         clauses = [f"({self.map.dataverse_filter})"] if self.map.dataverse_filter else []
@@ -274,13 +301,17 @@ class _Mover:
                        progress=progress_of(bar), what=f"migration of {name}")
         finally:
             bar.close()
-        self.lookups.forget(entity_set)
 
-    def import_rows(self, pkg: Package, code: str, company: str, rows: Sequence[Outgoing]) -> list[str]:
-        """Import `rows` into the company through a package; returns the job's errors (thread-safe)."""
-        dmf = self.session.dmf
+    def package(self, pkg: Package, code: str, rows: Sequence[Outgoing]) -> Path:
+        """`rows` written into a package with the export's manifest, to import into the company."""
         name = f"dw-migrate-{self.map.id}-{code.lower()}-{uuid.uuid4().hex[:8]}.zip"
-        path = pkg.with_rows(v for _, v, _ in rows).write(self.ctx.evidence_dir / "migrate" / name)
+        return pkg.with_rows(v for _, v, _ in rows).write(self.ctx.evidence_dir / "migrate" / name)
+
+    def import_rows(self, path: Path, code: str, company: str, rows: Sequence[tuple[str, str]]) -> list[str]:
+        """Import the package at `path` (`rows`: its keys and operations) into the company; returns
+        the job's errors (thread-safe)."""
+        dmf = self.session.dmf
+        name = path.name
         project = self.params.migrate.import_project.format(entity=self.map.finops_entity_set or "")
         url = dmf.write_url(name)
         dmf.upload(url, path.read_bytes())
@@ -291,7 +322,7 @@ class _Mover:
         except DmfError as exc:
             status, errors = exc.status or "Failed", exc.errors
         self.log.write({"map": self.map.name, "company": company, "direction": TO_FINOPS, "key": k,
-                        "operation": op, "status": f"DMF import {execution} {status}"} for k, _, op in rows)
+                        "operation": op, "status": f"DMF import {execution} {status}"} for k, op in rows)
         return [f"{self.map.name} {company}: {e}" for e in errors]
 
 
@@ -342,24 +373,58 @@ class Migrate(Step):
         # (map, DMF legal entity, reconciliation company, cdm_companyid), in dependency order
         pairs = [(r.name, code, company, company_id) for r in work.maps
                  for code, company, company_id in movers[r.name].companies(ids) if (r.name, company) in open_]
-        # DMF jobs are waited for by polling: all exports start at once and the maps are written in
-        # dependency order as their exports arrive; a map's imports run side by side.
+        # DMF jobs are waited for by polling: all exports start at once and the maps are moved in
+        # dependency order as their exports arrive. Per company, three things overlap: the next
+        # company's package and Dataverse rows are read (`reader`), this one's rows are compared and
+        # converted (here), the previous one's are written to Dataverse (`writer`, one company at a
+        # time, each through the bulk path's own concurrency); imports into F&O run beside them. A
+        # map's writes end before the next map is compared, so its lookups find the rows written.
         with ThreadPoolExecutor(max_workers=max(1, min(MAX_DMF_JOBS, len(pairs))),
-                                thread_name_prefix="dw-dmf") as pool:
+                                thread_name_prefix="dw-dmf") as pool, \
+                ThreadPoolExecutor(1, thread_name_prefix="dw-read") as reader, \
+                ThreadPoolExecutor(1, thread_name_prefix="dw-write") as writer:
             exports = [pool.submit(movers[name].export, code) for name, code, _, _ in pairs]
+
+            def prepared(i: int) -> Future[_Prepared]:
+                name, _, _, company_id = pairs[i]
+                return reader.submit(lambda: movers[name].prepare(exports[i].result(), company_id))
+
+            def imported(after: list[Future[list[str]]], *args: Any) -> list[str]:
+                for job in after:  # the previous map's rows are in F&O first (its lookups need them)
+                    job.result()
+                return movers[args[0]].import_rows(*args[1:])
+
+            ahead: Future[_Prepared] | None = prepared(0) if pairs else None
+            jobs: list[Future[list[str]]] = []
+            chain: list[Future[list[str]]] = []  # the imports the next map's imports wait for
             try:
                 for row in work.maps:
-                    imports = []
-                    for (name, code, company, company_id), export in zip(pairs, exports, strict=True):
+                    mine: list[Future[list[str]]] = []
+                    writes: list[Future[None]] = []
+                    for i, (name, code, company, company_id) in enumerate(pairs):
                         if name != row.name:
                             continue
-                        pkg = export.result()
-                        to_fo = movers[name].move(pkg, code, company, company_id)
+                        assert ahead is not None
+                        current = ahead.result()
+                        ahead = prepared(i + 1) if i + 1 < len(pairs) else None
+                        to_fo, written = movers[name].move(current, code, company, company_id, writer)
+                        writes += [written] if written else []
                         if to_fo:
-                            imports.append(pool.submit(movers[name].import_rows, pkg, code, company, to_fo))
+                            path = movers[name].package(current.package, code, to_fo)
+                            keys = [(k, op) for k, _, op in to_fo]
+                            mine.append(pool.submit(imported, chain, name, path, code, company, keys))
                             out.written[f"{name} {TO_FINOPS}"] += len(to_fo)
-                    for job in imports:
-                        out.dmf_errors += job.result()
+                        del current, to_fo  # the next company's rows are read meanwhile: one held
+                    for job in writes:
+                        job.result()
+                    if writes:
+                        run.lookups.forget(catalog.table_map(row.name).dataverse_table)
+                    # The next map's Dataverse side goes on while this map's imports run; its own
+                    # imports wait for them, so F&O gets the maps in dependency order.
+                    jobs += mine
+                    chain = mine or chain
+                for job in jobs:
+                    out.dmf_errors += job.result()
             finally:
                 for export in exports:
                     export.cancel()

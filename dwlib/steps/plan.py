@@ -56,7 +56,7 @@ from . import eligibility
 from .base import Check, Finding, Status, Step, StepContext, StepError, StepResult, register
 from .dvmeta import Tables
 from .link import environment, scope
-from .reconcile import COMPANY_LOOKUP, company_ids, reconcile
+from .reconcile import COMPANY_LOOKUP, company_ids, count
 
 if TYPE_CHECKING:
     from dwlib.clients.dualwrite import DualWriteAdmin
@@ -371,9 +371,8 @@ def build_plan(ctx: StepContext) -> list[PlanRow]:
     ids = company_ids(session)
     codes = plan_companies(params, ids)
     counts: dict[str, tuple[dict[str, int], dict[str, int]]] = defaultdict(lambda: ({}, {}))
-    for rec in reconcile(session, names, codes):
-        counts[rec.map][0][rec.company] = rec.finops_rows
-        counts[rec.map][1][rec.company] = rec.dataverse_rows
+    for found in count(session, names, codes):  # counts only: no key set is held
+        counts[found.map] = (found.finops, found.dataverse)
     states = _states(admin, names)
     tables = Tables(session.dataverse)
     options = {n: t for t in params.table_maps for n in resolve_map(t.name)}

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dwlib import catalog
@@ -43,12 +43,16 @@ SAMPLE = 10
 
 @dataclass(frozen=True)
 class Reconciliation:
-    """One map in one company (or `GLOBAL`): the keys each side holds (normalised → as stored)."""
+    """One map in one company (or `GLOBAL`): counts, and the keys missing on either side.
+
+    `finops` and `dataverse` (normalised key → key as stored) are what each side holds; only the
+    missing keys and the number of distinct keys are kept of them, so a run's reconciliations do not
+    hold every key of every table."""
 
     map: str
     company: str
-    finops: dict[str, str]
-    dataverse: dict[str, str]
+    finops: InitVar[Mapping[str, str]]
+    dataverse: InitVar[Mapping[str, str]]
     finops_rows: int
     dataverse_rows: int
     note: str = ""
@@ -57,21 +61,20 @@ class Reconciliation:
     dataverse_checksum: str = ""
     differing: int = 0  # rows on both sides whose values differ (found in the sampled buckets)
     differences: tuple[Difference, ...] = ()
+    missing_in_dataverse: list[str] = field(init=False)  # keys in F&O without a row in Dataverse (sorted)
+    missing_in_finops: list[str] = field(init=False)  # keys in Dataverse without a row in F&O (sorted)
+    distinct_keys: tuple[int, int] = field(init=False)  # (F&O, Dataverse)
 
-    @property
-    def missing_in_dataverse(self) -> list[str]:
-        """Keys in F&O without a row in Dataverse (sorted)."""
-        return sorted(v for k, v in self.finops.items() if k not in self.dataverse)
-
-    @property
-    def missing_in_finops(self) -> list[str]:
-        """Keys in Dataverse without a row in F&O (sorted)."""
-        return sorted(v for k, v in self.dataverse.items() if k not in self.finops)
+    def __post_init__(self, finops: Mapping[str, str], dataverse: Mapping[str, str]) -> None:
+        set_ = object.__setattr__  # frozen: the derived fields are set once, here
+        set_(self, "missing_in_dataverse", sorted(v for k, v in finops.items() if k not in dataverse))
+        set_(self, "missing_in_finops", sorted(v for k, v in dataverse.items() if k not in finops))
+        set_(self, "distinct_keys", (len(finops), len(dataverse)))
 
     @property
     def duplicates(self) -> int:
         """Rows beyond one per key, on both sides (a key must identify one row)."""
-        return (self.finops_rows - len(self.finops)) + (self.dataverse_rows - len(self.dataverse))
+        return (self.finops_rows - self.distinct_keys[0]) + (self.dataverse_rows - self.distinct_keys[1])
 
     @property
     def values_ok(self) -> bool:
@@ -272,6 +275,59 @@ def reconcile(
             out += reconcile_map(session, m, companies, ids, values)
         if on_map is not None:
             on_map(m.name)
+    return out
+
+
+@dataclass(frozen=True)
+class Counts:
+    """One map's rows dual-write would sync, per company (or `GLOBAL`), on each side."""
+
+    map: str
+    finops: dict[str, int]
+    dataverse: dict[str, int]
+
+
+def _finops_counts(session: Session, m: catalog.TableMap, companies: Sequence[str]) -> dict[str, int]:
+    """F&O rows with their key that pass the source filter, per company: the key and the filter's
+    fields read page by page and counted, nothing kept (F&O's OData has no `$apply`; the source
+    filter is applied here, as in `_finops_views`)."""
+    return {code: sum(1 for _ in _finops_views(session, m, code, None, None)) for code in companies}
+
+
+def _dataverse_counts(session: Session, m: catalog.TableMap, companies: Sequence[str],
+                      ids: Mapping[str, str]) -> dict[str, int]:
+    """Dataverse rows with their key (and the map's filter), per company: one `$apply` aggregate
+    grouped by the company lookup (`count_by`, which counts page by page where the service refuses
+    an aggregate over 50,000 rows)."""
+    key = m.dataverse_key[0]
+    clauses = [f"({m.dataverse_filter})"] if m.dataverse_filter else []
+    clauses.append(f"{key} ne null and {key} ne ''")
+    found = session.dataverse.count_by(m.dataverse_table, [COMPANY_LOOKUP], filter=" and ".join(clauses))
+    by_id = {str(r.get(COMPANY_LOOKUP) or "").lower(): int(r["count"]) for r in found}
+    return {c: by_id.get(ids[c.upper()].lower(), 0) if c.upper() in ids else 0 for c in companies}
+
+
+def count(session: Session, maps: Sequence[str], companies: Sequence[str]) -> list[Counts]:
+    """The row counts `reconcile` would report for `maps` (names) in `companies` (codes), without
+    holding key sets: company-specific maps are counted per company (F&O page by page, Dataverse by
+    one `$apply` aggregate per map); global maps are small reference tables and are reconciled.
+    Maps without F&O data are left out.
+
+    >>> # [(c.map, c.finops, c.dataverse) for c in count(session, ["Customers V3 (accounts)"], ["USMF"])]
+    """
+    ids = company_ids(session)
+    out: list[Counts] = []
+    for name in maps:
+        m = catalog.table_map(name)
+        if not reconcilable(m):
+            continue
+        if m.company_specific:
+            out.append(Counts(m.name, _finops_counts(session, m, companies),
+                              _dataverse_counts(session, m, companies, ids)))
+        else:
+            rec = reconcile_map(session, m, companies, ids)
+            out.append(Counts(m.name, {r.company: r.finops_rows for r in rec},
+                              {r.company: r.dataverse_rows for r in rec}))
     return out
 
 

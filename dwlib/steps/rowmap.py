@@ -212,6 +212,20 @@ class RowMap:
                 self.plain.append(c)
         self.finops_key = m.finops_key[0].upper()
         self.dataverse_key = m.dataverse_key[0]
+        # Worked out once, not per row: a migration converts every row of a table.
+        self._kinds = {id(c): self._kind(c) for c in m.mappings}
+        self._conditions = [(cond, cond.column.upper()) for cond in m.finops_conditions]
+        self._compared = self._compare()
+        # Default-value rows' constants: what a row created from the other side gets, not data.
+        self._dv_constants = {c.dataverse for c in self.plain if c.finops is None}
+        self._fo_constants = {(c.finops or "").upper() for c in self.plain if c.dataverse is None}
+        self._fo_kinds = {(c.finops or "").upper(): self.kind(c) for c in (*self.plain, *self.enums)}
+        # (Dataverse column, F&O field, type, constant) of the plain columns each way.
+        self._plain_to_dv = [(c.dataverse, c.finops.upper() if c.finops else None,
+                              self.info.attributes[c.dataverse] if c.finops else "", c.default)
+                             for c in self.plain if c.dataverse is not None and c.to_dataverse]
+        self._plain_to_fo = [(c.finops.upper(), c.dataverse, self.kind(c), to_finops_text(c.default))
+                             for c in self.plain if c.finops is not None and c.to_finops]
 
     def _default(self, c: catalog.ColumnMapping, have: set[str], where: str) -> None:
         if (c.dataverse and c.dataverse in self.info.attributes) or (c.finops and c.finops.upper() in have):
@@ -237,6 +251,10 @@ class RowMap:
 
     def kind(self, c: catalog.ColumnMapping) -> str:
         """How a row's values compare and convert: ENUM, LOOKUP, or its Dataverse attribute type."""
+        kind = self._kinds.get(id(c))
+        return kind if kind is not None else self._kind(c)
+
+    def _kind(self, c: catalog.ColumnMapping) -> str:
         if c.values is not None:
             return ENUM
         if c.lookup is not None:
@@ -247,21 +265,24 @@ class RowMap:
 
     def finops_eligible(self, row: Mapping[str, str]) -> bool:
         """Key set and the map's source filter true (what the initial sync exports)."""
-        upper = {k.upper(): v for k, v in row.items()}
-        conditions = self.map.finops_conditions
-        return bool(row.get(self.finops_key)) and all(
-            cond.matches({cond.column: upper.get(cond.column.upper())}) for cond in conditions)
+        if not row.get(self.finops_key):
+            return False
+        for cond, upper in self._conditions:
+            # A package's header is upper case; other rows spell the fields as the entity does.
+            value = row[upper] if upper in row else next(
+                (v for k, v in row.items() if k.upper() == upper), None)
+            if not cond.matches({cond.column: value}):
+                return False
+        return True
 
     def to_dataverse(self, row: Mapping[str, str], company_id: str) -> tuple[dict[str, Any], list[str]]:
         """Dataverse values (lookups as `nav@odata.bind`) of a package row, and the values that did
         not convert (lookups not found, values the value map lacks). LocaleError when a number or
         date is not one in the package's locale."""
         out: dict[str, Any] = {}
-        for c in self.plain:
-            if c.dataverse is None or not c.to_dataverse:
-                continue
-            out[c.dataverse] = c.default if c.finops is None else to_dataverse_value(
-                row.get(c.finops.upper(), ""), self.info.attributes[c.dataverse], self.loc)
+        for column, field_, kind, constant in self._plain_to_dv:
+            out[column] = (constant if field_ is None else
+                           to_dataverse_value(row.get(field_, ""), kind, self.loc))
         missing = []
         for c in self.enums:
             if c.to_dataverse and c.finops and c.dataverse:
@@ -306,9 +327,8 @@ class RowMap:
             bind, target = values[name], row.get(lk.column)
             if bind != (f"{lk.target.entity_set}({target})" if target is not None else None):
                 return True
-        constants = {c.dataverse for c in self.plain if c.finops is None}
         return any(not same(v, row.get(k)) for k, v in values.items()
-                   if not k.endswith("@odata.bind") and k not in constants)
+                   if not k.endswith("@odata.bind") and k not in self._dv_constants)
 
     def dataverse_select(self) -> list[str]:
         """The Dataverse columns to read for both directions."""
@@ -323,11 +343,8 @@ class RowMap:
     def to_finops(self, row: Mapping[str, Any]) -> tuple[dict[str, str], list[str]]:
         """Package values (field → text in the locale) and the values that did not convert."""
         out: dict[str, str] = {}
-        for c in self.plain:
-            if c.finops is None or not c.to_finops:
-                continue
-            out[c.finops.upper()] = (to_finops_text(c.default) if c.dataverse is None else
-                                     to_finops_text(row.get(c.dataverse), self.kind(c), self.loc))
+        for field_, column, kind, constant in self._plain_to_fo:
+            out[field_] = constant if column is None else to_finops_text(row.get(column), kind, self.loc)
         missing = []
         for c in self.enums:
             if c.to_finops and c.finops and c.dataverse:
@@ -354,8 +371,7 @@ class RowMap:
 
     def finops_differs(self, values: Mapping[str, str], row: Mapping[str, str]) -> bool:
         """Whether the F&O package `row` holds other values than `values` (from `to_finops`)."""
-        kinds = {(c.finops or "").upper(): self.kind(c) for c in (*self.plain, *self.enums)}
-        constants = {(c.finops or "").upper() for c in self.plain if c.dataverse is None}  # as above
+        kinds, constants = self._fo_kinds, self._fo_constants
         return any(self._text(v, kinds.get(k, "String")) != self._text(row.get(k, ""), kinds.get(k, "String"))
                    for k, v in values.items() if k not in constants)
 
@@ -370,6 +386,9 @@ class RowMap:
     def compared(self) -> list[catalog.ColumnMapping]:
         """The two-way column rows (`=`, `><`) verify compares: one-way columns legitimately differ
         for rows the other side created, and the key columns are matched, not compared."""
+        return self._compared
+
+    def _compare(self) -> list[catalog.ColumnMapping]:
         keys = {self.finops_key, self.dataverse_key}
         return [c for c in (*self.plain, *self.enums, *(c for c, _ in self.lookup_rows))
                 if c.direction in ("=", "><") and c.finops and c.dataverse

@@ -18,6 +18,8 @@ from corpus import Fixture
 
 from dwlib.clients import PartResponse, TokenProvider
 from dwlib.clients.batch import Batch
+from dwlib.clients.finops import FinOpsClient
+from dwlib.clients.http import RetryBudget
 from dwlib.clients.odata import ODataService
 
 
@@ -56,6 +58,17 @@ def batch(client: ODataService, fixture: Fixture, items: list[dict[str, Any]],
                 else:
                     cs.delete(op["delete"])
     return b.execute(continue_on_error=continue_on_error)
+
+
+def execute(client: FinOpsClient, fixture: Fixture, items: list[dict[str, Any]]) -> list[PartResponse]:
+    """`{get: path, params: {…}}` items sent by `FinOpsClient.execute`, which sends the parts F&O
+    throttled inside the batch again after their Retry-After (not slept here) until its attempts
+    are spent."""
+    client.budget = RetryBudget(client.retry.retry_budget_s, sleep=lambda s: None)
+    b = client.batch()
+    for item in items:
+        b.get(item["get"], item.get("params"))
+    return client.execute(b)
 
 
 def replay(client: ODataService, fixture: Fixture) -> Any:

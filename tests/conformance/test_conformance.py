@@ -138,6 +138,8 @@ def test_the_sandbox_answers_with_the_same_shape(fixture_id: str, sandbox: Sandb
     app = server.build_app(sandbox)
     if limits := fixture.sandbox.get("limits"):
         sandbox.extras["guard"].set_limits(limits)
+    if faults := fixture.sandbox.get("faults"):
+        sandbox.extras["guard"].set_faults(faults, persist=False)
     request = fixture.request
     skip = ("authorization", "content-length")
     headers = {k: v for k, v in request.headers.items() if k.lower() not in skip}

@@ -33,6 +33,7 @@ from dwlib.steps.plan import (
     decide,
     scenario_states,
 )
+from dwlib.steps.reconcile import count, reconcile
 
 MIGRATE = (MIGRATE_OUTSIDE, ACTIVATE_SKIP)
 NEW_EXISTING = (CREATE_FO_COMPANY, BOOTSTRAP_DV)
@@ -365,3 +366,34 @@ def _verify(step_context, sandbox):  # type: ignore[no-untyped-def]
     ctx = step_context(sandbox, params={"legal_entities": ["USMF"], "verify.round_trip": "never"})
     set_plan(ctx, [(n, "skip", "finops") for n in catalog.dependency_order(DEFAULT_MAPS)])
     return STEPS["verify"]().execute(ctx)
+
+
+def test_plan_counts_as_reconcile_does_without_key_sets(linked_sandbox, step_context) -> None:
+    """The plan's counts are reconcile's (key set, source filter, company, map filter), the Dataverse
+    side read as one `$apply` aggregate per map instead of every key."""
+    sandbox = linked_sandbox("existing-existing", rows=40, legal_entities=["USMF", "GBSI"])
+    c = Consultant(sandbox)
+    try:
+        accounts = c.dv_rows("accounts?$select=accountid&$orderby=accountid"
+                             "&$filter=customertypecode eq 3 and accountnumber ne null")
+        for account, code in zip(accounts[:6], ["USMF"] * 4 + ["GBSI"] * 2, strict=True):
+            assert stamp(c, account["accountid"], code).status_code == 204
+        # stamped but not eligible: no key, or not a customer
+        changes = [{"accountnumber": None}, {"customertypecode": 8}]
+        for account, change in zip(accounts[:2], changes, strict=True):
+            assert c.dv("PATCH", f"accounts({account['accountid']})", change).status_code == 204
+    finally:
+        c.close()
+    ctx = step_context(sandbox, params={"legal_entities": ["USMF", "GBSI"]})
+    names = [ACCOUNTS, "Customers V3 (contacts)", "Currencies (transactioncurrencies)"]
+    journal = ctx.session.journal
+    first = len(journal)
+    counted = {r.map: r for r in count(ctx.session, names, ["USMF", "GBSI"])}
+    applied = [e.url for e in journal.entries()[first:] if "$apply" in e.url or "%24apply" in e.url]
+    assert len(applied) == 2, applied  # one aggregate per company-specific map
+    expected: dict[str, tuple[dict[str, int], dict[str, int]]] = {}
+    for rec in reconcile(ctx.session, names, ["USMF", "GBSI"]):
+        fo, dv = expected.setdefault(rec.map, ({}, {}))
+        fo[rec.company], dv[rec.company] = rec.finops_rows, rec.dataverse_rows
+    assert {m: (r.finops, r.dataverse) for m, r in counted.items()} == expected
+    assert counted[ACCOUNTS].dataverse == {"USMF": 2, "GBSI": 2}

@@ -1,0 +1,238 @@
+"""Migrate benchmark: the migrate step's rows/s beside the bulk path's, and where its time goes.
+
+Run: `python benchmarks/migrate.py [--rows N] [--json] [--save] [--profile FILE]`
+
+Starts a fresh `existing-existing` sandbox (N accounts and N contacts in Dataverse, N customers in
+F&O) in a temporary directory, opens the runbook in this process (`Runbook.open` with
+`params/sandbox-existing-existing.yaml`, the sandbox consultant answering the gates) and runs its
+steps up to `migrate`. Then, in one run:
+
+- **migrate**: the `migrate` step (check → act → verify), its phases timed by wrapping the step's
+  own functions: `reconcile before` (check), `export` (the DMF export job and the package's
+  download), `parse` (reading the package), `dataverse read` (the Dataverse rows of the map),
+  `transform` (comparing and converting rows), `upsert` (UpsertMultiple into Dataverse),
+  `dmf import` (packages into F&O), `reconcile after` (verify). Exports, reads, writes and
+  imports overlap, so each phase is given twice: `phases_s`, its calls' seconds summed over
+  threads (a nested phase's time taken out of its parent's), and `wall_s`, the wall seconds during
+  which at least one of its calls ran (with `step check`, `step act` and `step verify`, the step's
+  own three parts, which do not overlap);
+- **bulk**: the client's bulk path (`update_multiple`, the same batch size and concurrency)
+  updating every account once, on the same sandbox right after the migration.
+
+`ratio` = migrate rows/s ÷ bulk rows/s, where migrate rows are the rows the step wrote (both
+directions). `--profile FILE` also writes a cProfile of the migrate step.
+
+Prints one JSON object with `--json` (else a table); `--save` also writes it to
+`benchmarks/results/migrate-<N>.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from dwlib.runbook import Runbook  # noqa: E402
+from dwlib.sandbox import control  # noqa: E402
+from dwlib.steps import migrate as migrate_mod  # noqa: E402
+
+SCENARIO = "existing-existing"
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+class Phases:
+    """Seconds per phase, summed over threads; nested phases are subtracted from their parent."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.spans: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    def busy(self) -> dict[str, float]:
+        """Per phase, the wall seconds during which at least one call of it ran (the union of its
+        calls' spans, nested phases included): what overlapping calls took of the clock."""
+        out = {}
+        for name, spans in self.spans.items():
+            total, end = 0.0, float("-inf")
+            for a, b in sorted(spans):
+                if b > end:
+                    total += b - max(a, end)
+                    end = b
+            out[name] = total
+        return out
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        stack = self._local.__dict__.setdefault("stack", [])
+        stack.append(name)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            end = time.perf_counter()
+            spent = end - start
+            stack.pop()
+            with self._lock:
+                self.seconds[name] += spent
+                self.spans[name].append((start, end))
+                if stack:
+                    self.seconds[stack[-1]] -= spent
+
+    def wrap(self, owner: Any, attr: str, name: str) -> Callable[[], None]:
+        original = getattr(owner, attr)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            with self.phase(name):
+                return original(*args, **kwargs)
+
+        setattr(owner, attr, timed)
+        return lambda: setattr(owner, attr, original)
+
+
+def instrument(phases: Phases) -> list[Callable[[], None]]:
+    """Wrap the migrate step's functions with phase timers; returns the undo functions."""
+    m = migrate_mod
+    undo = [
+        phases.wrap(m._Mover, "export", "export"),
+        phases.wrap(m, "read_package", "parse"),
+        phases.wrap(m._Mover, "_dataverse_rows", "dataverse read"),
+        phases.wrap(m._Mover, "_move", "transform"),
+        phases.wrap(m._Mover, "_upsert", "upsert"),
+        phases.wrap(m._Mover, "import_rows", "dmf import"),
+        phases.wrap(m.Migrate, "check", "step check"),
+        phases.wrap(m.Migrate, "act", "step act"),
+        phases.wrap(m.Migrate, "verify", "step verify"),
+    ]
+    reconcile = m.reconcile
+    calls = {"n": 0}
+
+    def timed_reconcile(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        with phases.phase("reconcile before" if calls["n"] == 1 else "reconcile after"):
+            return reconcile(*args, **kwargs)
+
+    m.reconcile = timed_reconcile
+    undo.append(lambda: setattr(m, "reconcile", reconcile))
+    return undo
+
+
+def bulk(rb: Runbook) -> tuple[int, float]:
+    """Every account updated once through the client's bulk path; (rows, seconds)."""
+    dv = rb.session.dataverse
+    ids = [r["accountid"] for r in dv.query("accounts", select=["accountid"])]
+    start = time.perf_counter()
+    dv.update_multiple("accounts", ({"accountid": i, "description": "bench"} for i in ids))
+    return len(ids), time.perf_counter() - start
+
+
+def run(rows: int, profile: Path | None) -> dict[str, Any]:
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    with tempfile.TemporaryDirectory(prefix="dw-bench-") as tmp:
+        root = Path(tmp) / "sandbox"
+        start = time.perf_counter()
+        control.start(SCENARIO, root=root, rows=rows, port=0, owner_pid=os.getpid())
+        sandbox_s = time.perf_counter() - start
+        try:
+            rb = Runbook.open(ROOT / "params" / f"sandbox-{SCENARIO}.yaml", {"sandbox.dir": str(root)},
+                              record_path=Path(tmp) / "runs" / "run.json", interactive=False)
+            before: dict[str, float] = {}
+            with rb:
+                for step in rb.step_ids:
+                    if step == "migrate":
+                        break
+                    before[step] = rb.run(step).duration_s
+                phases = Phases()
+                undo = instrument(phases)
+                profiler = cProfile.Profile() if profile else None
+                start = time.perf_counter()
+                if profiler:
+                    profiler.enable()
+                try:
+                    result = rb.run("migrate")
+                finally:
+                    if profiler:
+                        profiler.disable()
+                        profiler.dump_stats(profile)
+                    for u in undo:
+                        u()
+                migrate_s = time.perf_counter() - start
+                bulk_rows, bulk_s = bulk(rb)
+        finally:
+            control.stop(root)
+    counts = result.counts
+    moved = sum(v for k, v in counts.items() if "→" in k)
+    migrate_rate = moved / migrate_s
+    bulk_rate = bulk_rows / bulk_s
+    return {
+        "rows": rows,
+        "status": result.status.value if hasattr(result.status, "value") else str(result.status),
+        "sandbox_start_s": round(sandbox_s, 2),
+        "steps_before_s": {k: round(v, 2) for k, v in before.items()},
+        "migrate_s": round(migrate_s, 2),
+        "migrate_rows": moved,
+        "migrate_counts": counts,
+        "migrate_rows_per_s": round(migrate_rate, 1),
+        "phases_s": {k: round(v, 2) for k, v in sorted(phases.seconds.items(), key=lambda kv: -kv[1])
+                     if not k.startswith("step ")},
+        "wall_s": {k: round(v, 2) for k, v in sorted(phases.busy().items(), key=lambda kv: -kv[1])},
+        "bulk_rows": bulk_rows,
+        "bulk_s": round(bulk_s, 2),
+        "bulk_rows_per_s": round(bulk_rate, 1),
+        "ratio": round(migrate_rate / bulk_rate, 3),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--save", action="store_true", help="write benchmarks/results/migrate-<N>.json")
+    parser.add_argument("--profile", type=Path, help="write a cProfile of the migrate step to this file")
+    parser.add_argument("--label", default="", help="a note saved with the result (e.g. before/after)")
+    args = parser.parse_args()
+    os.environ.setdefault("XDG_CACHE_HOME", tempfile.mkdtemp(prefix="dw-bench-cache-"))
+    measured = run(args.rows, args.profile)
+    result = {
+        "benchmark": "migrate",
+        "when": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "label": args.label,
+        "machine": {"python": platform.python_version(), "platform": platform.platform(),
+                    "cpus": os.cpu_count()},
+        "scenario": SCENARIO,
+        **measured,
+    }
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        r = measured
+        print(f"migrate at {r['rows']:,} rows per table: {r['status']}, {r['migrate_rows']:,} rows in "
+              f"{r['migrate_s']:.1f} s = {r['migrate_rows_per_s']:,.0f} rows/s")
+        print(f"bulk path: {r['bulk_rows']:,} rows in {r['bulk_s']:.1f} s = "
+              f"{r['bulk_rows_per_s']:,.0f} rows/s")
+        print(f"ratio {r['ratio']}")
+        print(f"  {'phase':18} {'summed':>9} {'of the clock':>13}")
+        for name, seconds in r["wall_s"].items():
+            print(f"  {name:18} {r['phases_s'].get(name, seconds):8.2f} s {seconds:11.2f} s")
+    if args.save:
+        (RESULTS / f"migrate-{args.rows}.json").write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
