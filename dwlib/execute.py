@@ -39,6 +39,7 @@ from papermill.exceptions import PapermillExecutionError
 
 from dwlib.extras import MissingExtra
 from dwlib.packaged import notebook as find_notebook
+from dwlib.packaged import pinned_note
 from dwlib.params import Params, load_params
 from dwlib.record import DONE, RecordError, load_record, mark_interrupted, new_run_id, run_stem, seal
 from dwlib.render import summary_rows
@@ -275,6 +276,8 @@ def execute(
     Check the parameters first (`check_params`): this function assumes they are valid.
     """
     source = find_notebook(f"{scenario}.ipynb")
+    if note := pinned_note(source):
+        echo(note)
     run_id = run_id or new_run_id()
     stem = run_stem(scenario, run_id)
     out_dir.mkdir(parents=True, exist_ok=True)
