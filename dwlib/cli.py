@@ -443,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     try:
         control: ModuleType | None = _control()
     except MissingExtra:
-        control = None  # `dw sandbox start|serve` then say how to install it, whatever the options
+        control = None  # `main` says how to install it before parsing the options
     for name, func, text, example in (
         ("start", sandbox_start, "start a sandbox in the background and print its connection",
          "dw sandbox start --profile existing-existing --rows 20000 --faults 429=0.02,seed=1"),
@@ -451,9 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
          "dw sandbox serve --profile new-new --port 8443"),
     ):
         verb = verbs.add_parser(name, help=text, description=text, epilog=f"example: {example}")
-        if control is None:
-            verb.add_argument("options", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-        else:
+        if control is not None:
             control.add_options(verb)
         verb.set_defaults(func=func)
     for name, func, text, example in (
@@ -554,10 +552,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     >>> # main(["sandbox", "status", "--dir", ".dw/sandbox/new-new"])
     """
-    args = build_parser().parse_args(_default_verb(_papermill_pairs(list(sys.argv[1:] if argv is None
-                                                                          else argv))))
-    func: Callable[[argparse.Namespace], int] = args.func
+    words = _default_verb(_papermill_pairs(list(sys.argv[1:] if argv is None else argv)))
     try:
+        if words[:1] == ["sandbox"] and words[1:2] in (["start"], ["serve"]):
+            _control()  # without the sandbox extra their options cannot even be parsed
+        args = build_parser().parse_args(words)
+        func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
     except DwError as exc:
         print(f"dw: error: {exc}", file=sys.stderr)

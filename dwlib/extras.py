@@ -9,7 +9,7 @@ Example:
     >>> require("json", "review", "reading JSON").__name__
     'json'
     >>> print(missing_text("review", "the HTML report", "nbconvert"))
-    the HTML report needs nbconvert, which is not installed: pip install 'dwlib[review]'
+    the HTML report needs nbconvert (not installed): pip install 'dwlib[review]'
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class MissingExtra(DwError):
 
 def missing_text(extra: str, feature: str, package: str) -> str:
     """What to say when `feature` lacks `package` of `extra`."""
-    return f"{feature} needs {package}, which is not installed: pip install 'dwlib[{extra}]'"
+    return f"{feature} needs {package} (not installed): pip install 'dwlib[{extra}]'"
 
 
 def require(module: str, extra: str, feature: str, package: str | None = None) -> ModuleType:
