@@ -4,6 +4,7 @@ Every command prints one clear message on stderr and exits non-zero when somethi
 tracebacks are for bugs only.
 
 Example:
+    $ dw init contoso-uat && cd contoso-uat   # an engagement folder: parameters, pinned notebooks
     $ dw sandbox start --profile existing-existing --rows 2000
     $ dw sandbox status --dir .dw/sandbox/existing-existing
     $ dw run existing-existing -f params/sandbox-existing-existing.yaml
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -147,11 +149,17 @@ def _papermill_pairs(argv: list[str]) -> list[str]:
 
     >>> _papermill_pairs(["run", "new-new", "-p", "options.dry_run", "true", "-p", "rows=5"])
     ['run', 'new-new', '-p', 'options.dry_run=true', '-p', 'rows=5']
+    >>> _papermill_pairs(["run", "new-new", "-p", "options.dry_run", "-f", "x.yaml"])  # KEY alone: an error
+    ['run', 'new-new', '-p', 'options.dry_run', '-f', 'x.yaml']
+    >>> _papermill_pairs(["run", "-p"])
+    ['run', '-p']
     """
     out, i = [], 0
     while i < len(argv):
         word = argv[i]
-        if word in ("-p", "--param") and i + 2 < len(argv) and "=" not in argv[i + 1]:
+        value = argv[i + 2] if i + 2 < len(argv) else "-"
+        # An option after KEY is not its value (a negative number is).
+        if word in ("-p", "--param") and not re.match(r"-(?!\d)", value) and "=" not in argv[i + 1]:
             out += [word, f"{argv[i + 1]}={argv[i + 2]}"]
             i += 3
             continue

@@ -1,7 +1,7 @@
 """`dw init DIR`: an engagement folder a consultant works in.
 
 What it holds: `params/` (the template, one parameters file per chosen scenario to fill in, and the
-sandbox's parameters, which run as-is), a copy of the runbook notebooks pinned to the installed
+sandbox's parameters and batch plan, which run as-is), a copy of the runbook notebooks pinned to the installed
 dwlib (`notebooks/.dwlib-version` says which; `dw run` in the folder runs this copy, see
 `dwlib.packaged.notebook`), a `.gitignore` that keeps runs, sandbox state and secrets out of git,
 nbstripout as the git filter for notebooks (the folder becomes a git repository if it is none), and
@@ -22,6 +22,8 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import yaml
 
 from dwlib.errors import DwError
 from dwlib.packaged import VERSION_FILE, notebooks_dir, params_dir, version
@@ -101,6 +103,10 @@ def _write_params(target: Path, scenarios: Sequence[str]) -> list[Path]:
         sandbox = source / f"sandbox-{sc}.yaml"
         if sandbox.is_file():
             written.append(Path(shutil.copyfile(sandbox, folder / sandbox.name)))
+    batch = source / "batch-sandbox.yaml"  # the example plan, when the folder has every file it runs
+    plan = yaml.safe_load(batch.read_text(encoding="utf-8"))
+    if {run["scenario"] for run in plan["runs"]} <= set(scenarios):
+        written.append(Path(shutil.copyfile(batch, folder / batch.name)))
     return written
 
 

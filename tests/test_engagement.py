@@ -51,7 +51,7 @@ def test_init_makes_an_engagement_folder(tmp_path: Path, capsys: pytest.CaptureF
 
 def test_init_defaults_to_every_scenario(tmp_path: Path) -> None:
     init(tmp_path / "all", list(SCENARIOS), say=lambda _line: None)
-    assert {p.stem for p in (tmp_path / "all" / "params").glob("*.yaml")} >= set(SCENARIOS)
+    assert {p.stem for p in (tmp_path / "all" / "params").glob("*.yaml")} >= {*SCENARIOS, "batch-sandbox"}
     assert cli.build_parser().parse_args(["init", "x"]).scenario is None  # None: all of them
 
 

@@ -2,7 +2,7 @@
 Playwright, against a JupyterLab started from this virtualenv and a sandbox.
 
 One test runs `notebooks/existing-new.ipynb` cell by cell as a consultant would: fills the form
-(loads a parameters file, sees a problem as it is typed, switches to device-code sign-in, clears
+(loads a parameters file, sees a problem as it is typed, switches to device-code sign-in, sets
 portal gates to show so they wait for the consultant, saves), signs in with the device code, performs
 each portal action through the sandbox (`dwlib.sandbox.consultant.perform`) and presses the gate's
 "Verify now" (the instruction shows once, in the gate panel), watches the step board turn green,
