@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test chaos lint install clean chromium
 
+# Everything: every extra (lab, sandbox, review, dask) and the test tools.
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
