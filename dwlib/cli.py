@@ -51,9 +51,10 @@ DEMO_ROWS = 20_000
 RUNS_DIR = Path("runs")
 
 
-def _control() -> ModuleType:
-    """`dwlib.sandbox.control` (imported on use: the sandbox is the `sandbox` extra)."""
-    return require("dwlib.sandbox.control", "sandbox", "the local sandbox", "starlette, uvicorn and trustme")
+def _control(module: str = "control") -> ModuleType:
+    """`dwlib.sandbox.<module>` (imported on use: the sandbox is the `sandbox` extra)."""
+    return require(f"dwlib.sandbox.{module}", "sandbox", "the local sandbox",
+                   "starlette, uvicorn and trustme")
 
 
 def _connection_text(started: control_.Started) -> str:
@@ -82,7 +83,7 @@ def sandbox_start(args: argparse.Namespace) -> int:
 def sandbox_serve(args: argparse.Namespace) -> int:
     """`dw sandbox serve`: run in the foreground until Ctrl+C."""
     _control().serve(args.profile, root=args.dir, rows=args.rows, port=args.port, faults=args.faults,
-                  limits=args.limits, move_port=args.move_port, dmf_locale=args.dmf_locale)
+                     limits=args.limits, move_port=args.move_port, dmf_locale=args.dmf_locale)
     return 0
 
 
@@ -125,8 +126,7 @@ def sandbox_stop(args: argparse.Namespace) -> int:
 def sandbox_consultant(args: argparse.Namespace) -> int:
     """`dw sandbox consultant`: perform the portal gate read as JSON on stdin (what a run whose
     parameters say `options.gates: sandbox-consultant` runs at each gate)."""
-    consultant = require("dwlib.sandbox.consultant", "sandbox", "the local sandbox",
-                         "starlette, uvicorn and trustme")
+    consultant = _control("consultant")
     try:
         payload = json.load(sys.stdin)
     except ValueError as exc:

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+import typing
 from pathlib import Path
 
 import pytest
 
 from dwlib.clients.dualwrite import Instruction
-from dwlib.gates import GATE_ENV, Gates, gate_command
-from dwlib.params import GATE_COMMAND_REFUSED, ParamsError, load_params
+from dwlib.gates import GATE_ENV, HANDLERS, Gates, gate_command
+from dwlib.params import GATE_COMMAND_REFUSED, Options, ParamsError, load_params
 from dwlib.record import RunRecord
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +43,7 @@ def test_the_handlers_and_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
     assert gate_command("show") is None
     assert gate_command("sandbox-consultant") == ["dw", "sandbox", "consultant"]
     assert load_params(BASE).options.gates == "show"
+    assert set(HANDLERS) == set(typing.get_args(Options.model_fields["gates"].annotation))
     monkeypatch.setenv(GATE_ENV, "page-me --team 'dual write'")
     assert gate_command("show") == gate_command("sandbox-consultant") == ["page-me", "--team", "dual write"]
 
