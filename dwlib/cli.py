@@ -4,6 +4,7 @@ Every command prints one clear message on stderr and exits non-zero when somethi
 tracebacks are for bugs only.
 
 Example:
+    $ dw init contoso-uat && cd contoso-uat   # an engagement folder: parameters, pinned notebooks
     $ dw sandbox start --profile existing-existing --rows 2000
     $ dw sandbox status --dir .dw/sandbox/existing-existing
     $ dw run existing-existing -f params/sandbox-existing-existing.yaml
@@ -20,20 +21,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from .errors import DwError, SandboxError
+from .extras import MissingExtra, require
+from .gates import GATE_ENV
+from .packaged import param_file
 from .params import ParamsError
-from .sandbox import consultant, control
 from .scenarios import SCENARIOS
+
+if TYPE_CHECKING:
+    from .sandbox import control as control_
 
 NOT_RUNNING = 3  # exit status of `dw sandbox status` for a stopped sandbox (as LSB `status` does)
 BAD_PARAMETERS = 2  # exit status of `dw run` for parameters that cannot be used (nothing was called)
@@ -41,16 +49,22 @@ INTERRUPTED = 130  # exit status of `dw run`/`dw batch` stopped by SIGINT (Ctrl+
 DEMO_DIR = Path(".dw") / "sandbox" / "demo"
 DEMO_ROWS = 20_000
 RUNS_DIR = Path("runs")
-PARAMS = Path(__file__).resolve().parents[1] / "params"
 
 
-def _connection_text(started: control.Started) -> str:
+def _control(module: str = "control") -> ModuleType:
+    """`dwlib.sandbox.<module>` (imported on use: the sandbox is the `sandbox` extra)."""
+    return require(f"dwlib.sandbox.{module}", "sandbox", "the local sandbox",
+                   "starlette, uvicorn and trustme")
+
+
+def _connection_text(started: control_.Started) -> str:
     path = started.root / "connection.yaml"
     return f"connection: {path}\n{yaml.safe_dump(started.connection, sort_keys=False)}"
 
 
 def sandbox_start(args: argparse.Namespace) -> int:
     """`dw sandbox start`: start in the background, wait until it answers, print the connection."""
+    control = _control()
     started = control.start(args.profile, root=args.dir, rows=args.rows, port=args.port, faults=args.faults,
                             limits=args.limits, move_port=args.move_port, dmf_locale=args.dmf_locale)
     c = started.connection
@@ -68,13 +82,14 @@ def sandbox_start(args: argparse.Namespace) -> int:
 
 def sandbox_serve(args: argparse.Namespace) -> int:
     """`dw sandbox serve`: run in the foreground until Ctrl+C."""
-    control.serve(args.profile, root=args.dir, rows=args.rows, port=args.port, faults=args.faults,
-                  limits=args.limits, move_port=args.move_port, dmf_locale=args.dmf_locale)
+    _control().serve(args.profile, root=args.dir, rows=args.rows, port=args.port, faults=args.faults,
+                     limits=args.limits, move_port=args.move_port, dmf_locale=args.dmf_locale)
     return 0
 
 
 def sandbox_status(args: argparse.Namespace) -> int:
     """`dw sandbox status`: running or not, URLs, rows per table; exit 3 when not running."""
+    control = _control()
     root = control.resolve_dir(args.profile, args.dir)
     st = control.status(root, with_rows=True)
     if st.profile is None:
@@ -99,6 +114,7 @@ def sandbox_status(args: argparse.Namespace) -> int:
 
 def sandbox_stop(args: argparse.Namespace) -> int:
     """`dw sandbox stop`: graceful, then forced; succeeds when nothing runs."""
+    control = _control()
     root = control.resolve_dir(args.profile, args.dir)
     if control.stop(root):
         print(f"stopped the sandbox in {root}")
@@ -108,7 +124,9 @@ def sandbox_stop(args: argparse.Namespace) -> int:
 
 
 def sandbox_consultant(args: argparse.Namespace) -> int:
-    """`dw sandbox consultant`: perform the portal gate read as JSON on stdin (an `options.gate_command`)."""
+    """`dw sandbox consultant`: perform the portal gate read as JSON on stdin (what a run whose
+    parameters say `options.gates: sandbox-consultant` runs at each gate)."""
+    consultant = _control("consultant")
     try:
         payload = json.load(sys.stdin)
     except ValueError as exc:
@@ -126,13 +144,38 @@ def _execution() -> ModuleType:
     return execute
 
 
+def _papermill_pairs(argv: list[str]) -> list[str]:
+    """papermill's `-p KEY VALUE` written as `-p KEY=VALUE` (a KEY holds no `=`), so both forms work.
+
+    >>> _papermill_pairs(["run", "new-new", "-p", "options.dry_run", "true", "-p", "rows=5"])
+    ['run', 'new-new', '-p', 'options.dry_run=true', '-p', 'rows=5']
+    >>> _papermill_pairs(["run", "new-new", "-p", "options.dry_run", "-f", "x.yaml"])  # KEY alone: an error
+    ['run', 'new-new', '-p', 'options.dry_run', '-f', 'x.yaml']
+    >>> _papermill_pairs(["run", "-p"])
+    ['run', '-p']
+    """
+    out, i = [], 0
+    while i < len(argv):
+        word = argv[i]
+        value = argv[i + 2] if i + 2 < len(argv) else "-"
+        # An option after KEY is not its value (a negative number is).
+        if word in ("-p", "--param") and not re.match(r"-(?!\d)", value) and "=" not in argv[i + 1]:
+            out += [word, f"{argv[i + 1]}={argv[i + 2]}"]
+            i += 3
+            continue
+        out.append(word)
+        i += 1
+    return out
+
+
 def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
     """`-p KEY=VALUE` pairs as dotted-key overrides, each value parsed as YAML."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ParamsError([(pair, "-p takes KEY=VALUE with a dotted key, e.g. -p options.dry_run=true")])
+            raise ParamsError([(pair, "-p takes KEY=VALUE or KEY VALUE with a dotted key, e.g. "
+                                      "-p options.dry_run=true")])
         try:
             out[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError as exc:
@@ -155,6 +198,7 @@ def _in_sandbox(scenario: str, root: Path, rows: int | None, faults: str | None,
     `root`, run the runbook against it, stop it."""
     overrides = {**overrides, "sandbox.dir": str(root)}
     _execution().check_params(scenario, params_file, overrides, sandbox_pending=True)
+    control = _control()
     started = control.start(scenario, root=root, rows=rows, port=0, faults=faults)
     print(f"sandbox {scenario} started in {root} ({started.connection['dataverse_url'].rsplit('/', 1)[0]})")
     try:
@@ -168,6 +212,10 @@ def run(args: argparse.Namespace) -> int:
     """`dw run`: check the parameters (exit 2 if bad, before any call), run the notebook headless,
     print the step summary; exit 0 only when every step passed or was already done."""
     params_file: Path = args.params_file
+    if args.gate_command:
+        os.environ[GATE_ENV] = args.gate_command  # the kernel inherits it (dwlib.gates)
+    if args.sandbox:
+        _control()  # a missing sandbox extra is said before anything else
     try:
         overrides = _overrides(args.param)
         with _execution().sigterm_interrupts():  # outside the notebook: SIGTERM stops as Ctrl+C does
@@ -189,12 +237,25 @@ def demo(args: argparse.Namespace) -> int:
     """`dw demo`: the existing-existing runbook, headless, against a fresh sandbox of 20,000 rows."""
     scenario = "existing-existing"
     root: Path = args.dir
+    control = _control()
     if control.read_connection(root) is not None or (root / "sandbox.json").exists():
         control.stop(root)
         shutil.rmtree(root)  # the demo's own directory: start from the profile's seed every time
     print(f"dw demo: scenario {scenario}, {args.rows:,} accounts and {args.rows:,} contacts, all steps "
           f"headless; sandbox state kept in {root}")
-    return _in_sandbox(scenario, root, args.rows, None, PARAMS / f"sandbox-{scenario}.yaml", {}, args.out)
+    return _in_sandbox(scenario, root, args.rows, None, param_file(f"sandbox-{scenario}.yaml"), {}, args.out)
+
+
+def init(args: argparse.Namespace) -> int:
+    """`dw init DIR`: an engagement folder (parameters, pinned notebooks, git hygiene, README)."""
+    from .engagement import init as make
+
+    scenarios = args.scenario or list(SCENARIOS)
+    written = make(args.directory, scenarios, force=args.force)
+    print(f"made the engagement folder {args.directory} ({len(written)} files) for {', '.join(scenarios)}; "
+          f"next: cd {args.directory} and read README.md (dw demo, dw run {scenarios[0]} -f "
+          f"params/sandbox-{scenarios[0]}.yaml --sandbox)")
+    return 0
 
 
 def doctor(args: argparse.Namespace) -> int:
@@ -234,8 +295,8 @@ def _report() -> ModuleType:
 
 
 def _emit(args: argparse.Namespace, formats: dict[str, Callable[[], str]]) -> int:
-    """Print (or write to `--out`) the text of the chosen `--format`."""
-    _review().write_text(formats[args.format](), args.out)
+    """Print (or write to the file `--to`) the text of the chosen `--format`."""
+    _review().write_text(formats[args.format](), args.to)
     return 0
 
 
@@ -243,7 +304,7 @@ def review_list(args: argparse.Namespace) -> int:
     """`dw review DIR`: the catalogue of the runs under DIR as a table, JSON or an HTML page."""
     review = _review()
     rows = review.catalogue(args.dir)
-    base = args.out.parent.resolve() if args.out else None
+    base = args.to.parent.resolve() if args.to else None
     return _emit(args, {"json": lambda: review.catalogue_json(rows),
                         "html": lambda: review.catalogue_html(rows, base),
                         "table": lambda: review.catalogue_text(rows)})
@@ -252,7 +313,7 @@ def review_list(args: argparse.Namespace) -> int:
 def review_show(args: argparse.Namespace) -> int:
     """`dw review show RUN`: one run step by step (text), its record (json) or its report (html)."""
     review, report = _review(), _report()
-    run = review.find_run(args.run, args.dir)
+    run = review.find_run(args.run, args.runs)
     return _emit(args, {"json": lambda: json.dumps(run.record, indent=1, default=str),
                         "html": lambda: report.report_html(run), "text": lambda: review.show_text(run)})
 
@@ -260,7 +321,8 @@ def review_show(args: argparse.Namespace) -> int:
 def review_compare(args: argparse.Namespace) -> int:
     """`dw review compare RUN_A RUN_B`: parameter, environment, step status and count differences."""
     review = _review()
-    comparison = review.compare(review.find_run(args.run_a, args.dir), review.find_run(args.run_b, args.dir))
+    runs = args.runs
+    comparison = review.compare(review.find_run(args.run_a, runs), review.find_run(args.run_b, runs))
     return _emit(args, {"json": lambda: json.dumps(comparison, indent=1, default=str),
                         "text": lambda: review.comparison_text(comparison)})
 
@@ -268,7 +330,7 @@ def review_compare(args: argparse.Namespace) -> int:
 def review_verify(args: argparse.Namespace) -> int:
     """`dw review verify RUN|DIR`: recompute every hash; exit 1 when anything changed since the run."""
     review = _review()
-    target = args.target if args.target.exists() else review.find_run(str(args.target), args.dir).record_path
+    target = args.target if args.target.exists() else review.find_run(str(args.target), args.runs).record_path
     if target is None:
         raise DwError(f"{args.target} has no run record to verify (only a notebook)")
     results = review.verify(target)
@@ -296,8 +358,8 @@ def _review_parser(commands: Any) -> None:
         "review", help="catalogue, show, compare and verify recorded runs",
         description="Review runs from their records. `dw review DIR` (= `dw review list DIR`) lists the runs "
                     "under DIR; show, compare, verify and seal work on one run: a record (.json), its "
-                    "notebook (.ipynb) or a run id (a prefix will do) found under --dir.",
-        epilog="examples: dw review runs --format html --out runs/index.html; dw review show 0123abcd; "
+                    "notebook (.ipynb) or a run id (a prefix will do) found under --runs.",
+        epilog="examples: dw review runs --format html --to runs/index.html; dw review show 0123abcd; "
                "dw review compare test-run.json prod-run.json; dw review verify runs")
     verbs = review.add_subparsers(dest="verb", required=True, metavar="VERB")
 
@@ -306,10 +368,11 @@ def _review_parser(commands: Any) -> None:
         parser = verbs.add_parser(name, help=text, description=text)
         if formats:
             parser.add_argument("--format", choices=formats, default=formats[0], help="output format")
-            parser.add_argument("--out", type=Path, help="write to FILE instead of the terminal")
+            parser.add_argument("--to", type=Path, metavar="FILE",
+                                help="write to FILE instead of the terminal")
         if name != "list":
-            parser.add_argument("--dir", type=Path, default=RUNS_DIR,
-                                help=f"where to look for a run given by id (default {RUNS_DIR})")
+            parser.add_argument("--runs", type=Path, default=RUNS_DIR, metavar="DIR",
+                                help=f"the runs directory where a run id is looked up (default {RUNS_DIR})")
         parser.set_defaults(func=func)
         return parser
 
@@ -385,6 +448,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sandbox = commands.add_parser("sandbox", help="start, inspect and stop local sandboxes")
     verbs = sandbox.add_subparsers(dest="verb", required=True, metavar="VERB")
+    try:
+        control: ModuleType | None = _control()
+    except MissingExtra:
+        control = None  # `main` says how to install it before parsing the options
     for name, func, text, example in (
         ("start", sandbox_start, "start a sandbox in the background and print its connection",
          "dw sandbox start --profile existing-existing --rows 20000 --faults 429=0.02,seed=1"),
@@ -392,7 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
          "dw sandbox serve --profile new-new --port 8443"),
     ):
         verb = verbs.add_parser(name, help=text, description=text, epilog=f"example: {example}")
-        control.add_options(verb)
+        if control is not None:
+            control.add_options(verb)
         verb.set_defaults(func=func)
     for name, func, text, example in (
         ("status", sandbox_status, "show whether a sandbox runs, its URLs and rows per table (exit 3: "
@@ -407,8 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     verb = verbs.add_parser("consultant", help="play the consultant for one portal gate (JSON on stdin)",
                             description="Perform the portal gate instruction a runbook passes on stdin "
-                                        "(options.gate_command) through the sandbox's portal endpoints.",
-                            epilog="example (params): options: {gate_command: [dw, sandbox, consultant]}")
+                                        "through the sandbox's portal endpoints: what a run whose parameters "
+                                        "say options.gates: sandbox-consultant runs at each gate.",
+                            epilog="example (params): options: {gates: sandbox-consultant}")
     verb.add_argument("--dir", type=Path, help="the sandbox (default: the run's sandbox.dir)")
     verb.set_defaults(func=sandbox_consultant)
 
@@ -428,13 +497,17 @@ def build_parser() -> argparse.ArgumentParser:
     run_cmd.add_argument("scenario", choices=SCENARIOS, metavar="SCENARIO", help=", ".join(SCENARIOS))
     run_cmd.add_argument("-f", "--params-file", type=Path, required=True, help="parameters file (YAML)")
     run_cmd.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
-                         help="override a parameter by dotted key; the value is YAML (repeatable)")
+                         help="override a parameter by dotted key; the value is YAML (repeatable); "
+                              "papermill's -p KEY VALUE works too")
     run_cmd.add_argument("--sandbox", action="store_true",
                          help="start a fresh sandbox of the scenario's profile, run against it, stop it")
     run_cmd.add_argument("--rows", type=int, help="with --sandbox: rows to seed per main table")
     run_cmd.add_argument("--faults", help="with --sandbox: faults to inject, e.g. 429=0.05,5xx=0.02,seed=7")
-    run_cmd.add_argument("--out", type=Path, default=RUNS_DIR,
-                         help=f"where runs are written (default {RUNS_DIR})")
+    run_cmd.add_argument("--out", type=Path, default=RUNS_DIR, metavar="DIR",
+                         help=f"the runs directory, where runs are written (default {RUNS_DIR})")
+    run_cmd.add_argument("--gate-command", metavar="'CMD ARGS'",
+                         help="run this command at each portal gate, the instruction as JSON on stdin (no "
+                              f"shell; also ${GATE_ENV}); parameters files cannot name one")
     run_cmd.set_defaults(func=run)
 
     demo_cmd = commands.add_parser("demo", help="run the existing-existing runbook against a fresh sandbox",
@@ -443,8 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help=f"the demo's sandbox directory, recreated each time (default {DEMO_DIR})")
     demo_cmd.add_argument("--rows", type=int, default=DEMO_ROWS,
                           help=f"accounts and contacts (default {DEMO_ROWS:,})")
-    demo_cmd.add_argument("--out", type=Path, default=RUNS_DIR,
-                          help=f"where the run is written (default {RUNS_DIR})")
+    demo_cmd.add_argument("--out", type=Path, default=RUNS_DIR, metavar="DIR",
+                          help=f"the runs directory, where the run is written (default {RUNS_DIR})")
     demo_cmd.set_defaults(func=demo)
     doctor_cmd = commands.add_parser(
         "doctor", help="read-only calls that verify, on real environments, what the sandbox only assumes",
@@ -455,12 +528,28 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: dw doctor -f params/my-engagement.yaml --record doctor/contoso-uat")
     doctor_cmd.add_argument("-f", "--params-file", type=Path, required=True, help="parameters file (YAML)")
     doctor_cmd.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
-                            help="override a parameter by dotted key; the value is YAML (repeatable)")
+                            help="override a parameter by dotted key; the value is YAML (repeatable); "
+                                 "papermill's -p KEY VALUE works too")
     doctor_cmd.add_argument("--record", type=Path, metavar="DIR", help="save the redacted responses in DIR")
     doctor_cmd.add_argument("--execution-id", metavar="ID",
                             help="a DMF job (Job ID in Data management; best one that failed) to read its "
                                  "status, errors and package URL too")
     doctor_cmd.set_defaults(func=doctor)
+    init_cmd = commands.add_parser(
+        "init", help="make an engagement folder: parameters, the notebooks of this version, git hygiene",
+        description="Make DIR an engagement folder: params/ (the template, one file per scenario to fill "
+                    "in, the sandbox's parameters), notebooks/ copied from this dwlib (dw run in DIR runs "
+                    "them; notebooks/.dwlib-version says which version), a .gitignore for runs, .dw/ and "
+                    "secrets, nbstripout as git's notebook filter (DIR becomes a git repository if it is "
+                    "none) and a README of the next commands. DIR must be new or empty unless --force.",
+        epilog="example: dw init contoso-uat --scenario existing-existing --scenario existing-new")
+    init_cmd.add_argument("directory", type=Path, metavar="DIR", help="the engagement folder")
+    init_cmd.add_argument("--scenario", action="append", choices=SCENARIOS, metavar="SCENARIO",
+                          help=f"a scenario to prepare parameters for (repeatable; default all: "
+                               f"{', '.join(SCENARIOS)})")
+    init_cmd.add_argument("--force", action="store_true",
+                          help="write into a non-empty DIR (files of the same name are replaced)")
+    init_cmd.set_defaults(func=init)
     _review_parser(commands)
     _batch_parser(commands)
     return parser
@@ -471,9 +560,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     >>> # main(["sandbox", "status", "--dir", ".dw/sandbox/new-new"])
     """
-    args = build_parser().parse_args(_default_verb(list(sys.argv[1:] if argv is None else argv)))
-    func: Callable[[argparse.Namespace], int] = args.func
+    words = _default_verb(_papermill_pairs(list(sys.argv[1:] if argv is None else argv)))
     try:
+        if words[:1] == ["sandbox"] and words[1:2] in (["start"], ["serve"]):
+            _control()  # without the sandbox extra their options cannot even be parsed
+        args = build_parser().parse_args(words)
+        func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
     except DwError as exc:
         print(f"dw: error: {exc}", file=sys.stderr)

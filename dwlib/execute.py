@@ -1,6 +1,7 @@
 """Run a scenario's notebook headless with papermill: the executed notebook plus its run record.
 
-This is what `dw run` does after checking the parameters: execute `notebooks/<scenario>.ipynb`
+This is what `dw run` does after checking the parameters: execute `<scenario>.ipynb` (the working
+directory's `notebooks/`, else the packaged one: `dwlib.packaged.notebook`)
 in a kernel of this very Python (so the notebook uses the same dwlib and packages), passing the
 parameters file, the overrides and the record path; report each step as its result lands in the
 record; and return what happened. It never talks to the environments itself (the notebook does).
@@ -36,10 +37,11 @@ from ipykernel.kernelspec import write_kernel_spec
 from nbclient.exceptions import DeadKernelError
 from papermill.exceptions import PapermillExecutionError
 
-from dwlib.errors import DwError
-from dwlib.notebooks import NOTEBOOKS
+from dwlib.extras import MissingExtra
+from dwlib.packaged import notebook as find_notebook
+from dwlib.packaged import pinned_note
 from dwlib.params import Params, load_params
-from dwlib.record import DONE, RecordError, load_record, mark_interrupted, new_run_id, run_stem
+from dwlib.record import DONE, RecordError, load_record, mark_interrupted, new_run_id, run_stem, seal
 from dwlib.render import summary_rows
 from dwlib.report import finalize, steps_table_text
 
@@ -273,10 +275,9 @@ def execute(
 
     Check the parameters first (`check_params`): this function assumes they are valid.
     """
-    source = NOTEBOOKS / f"{scenario}.ipynb"
-    if not source.is_file():
-        raise DwError(f"{source} not found: run dw from a checkout of the project (the notebooks live in "
-                      "notebooks/)")
+    source = find_notebook(f"{scenario}.ipynb")
+    if note := pinned_note(source):
+        echo(note)
     run_id = run_id or new_run_id()
     stem = run_stem(scenario, run_id)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -312,6 +313,10 @@ def execute(
             data = load_record(record)
     if data is not None and notebook.is_file():
         # The notebook is final now: the HTML report, then the record sealed with both hashes.
-        finalize(record, notebook)
+        try:
+            finalize(record, notebook)
+        except MissingExtra as exc:  # a core install: the run stands, sealed without its report
+            seal(record, notebook)
+            echo(f"no HTML report: {exc}")
         data = load_record(record)
     return Execution(notebook, record, data, error, interrupted=interrupted)

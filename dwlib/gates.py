@@ -3,9 +3,11 @@
 `dwlib.clients.dualwrite.PortalAdmin` calls `notify` with an `Instruction` whenever a portal-only
 action is needed, then polls the documented reads until the result is verified. `Gates` is that
 `notify` for a runbook: it shows the instruction, notes in the run record that the step waits for
-it, keeps it for the step's entry in the record, and runs `options.gate_command` (if any) with
-the instruction as JSON on stdin, e.g. to page the consultant, or `dw sandbox consultant`, which
-plays the consultant against a local sandbox.
+it, keeps it for the step's entry in the record, and runs the gate command (if any) with the
+instruction as JSON on stdin: the one the environment names (`DW_GATE_COMMAND`, which
+`dw run --gate-command` sets), e.g. to page the consultant, else the built-in handler the
+parameters choose (`options.gates: sandbox-consultant` runs `dw sandbox consultant`, which plays
+the consultant against a local sandbox). A parameters file never names a command itself.
 
 Interactively (`hold=True`) and without a gate command, nobody should sit through the polling:
 a kernel that polls cannot receive the click of a button. `notify` then raises `GateWaiting`, the
@@ -16,15 +18,19 @@ then the gate panel's to show, once; it is printed only where no panel shows it.
 Example:
     >>> program(["no-such-program-anywhere"])
     ['no-such-program-anywhere']
+    >>> gate_command("sandbox-consultant", {"DW_GATE_COMMAND": "notify-me --team dw"})
+    ['notify-me', '--team', 'dw']
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +46,16 @@ def program(argv: list[str]) -> list[str]:
         return argv
     beside = Path(sys.executable).parent / argv[0]
     return [str(beside), *argv[1:]] if beside.is_file() else argv
+
+
+GATE_ENV = "DW_GATE_COMMAND"  # a command line (shell words, no shell) run at each gate
+HANDLERS = {"show": None, "sandbox-consultant": ["dw", "sandbox", "consultant"]}  # options.gates
+
+
+def gate_command(gates: str, environ: Mapping[str, str] | None = None) -> list[str] | None:
+    """The command a gate runs: `DW_GATE_COMMAND` when set, else the built-in handler `gates`."""
+    given = (os.environ if environ is None else environ).get(GATE_ENV, "").strip()
+    return shlex.split(given) if given else HANDLERS[gates]
 
 
 class GateWaiting(Exception):  # not an error: the step waits for a person
@@ -72,12 +88,12 @@ class Gates:
         self.step, self.shown = step_id, []
 
     def notify(self, instruction: Instruction) -> None:
-        """Show and record the instruction, then run the gate command if the parameters name one (or,
-        holding, raise `GateWaiting`)."""
+        """Show and record the instruction, then run the gate command if there is one (or, holding,
+        raise `GateWaiting`)."""
         payload = {"title": instruction.title, "steps": list(instruction.steps),
                    "links": dict(instruction.links), "verify": instruction.verify}
         self.shown.append(payload)
-        command = self.params.options.gate_command
+        command = gate_command(self.params.options.gates)
         if command or not self.hold:
             # Held without a command, the step board's gate panel shows the instruction, with its
             # links and the Verify now button: printed as well, it would be said twice.

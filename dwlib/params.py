@@ -413,6 +413,13 @@ class Verify(_Model):
     sample_keys: int = Field(default=10, ge=0, le=1000)  # missing keys shown per row (the CSV has all)
 
 
+GATE_COMMAND_REFUSED = (
+    "gate_command: parameters cannot name a command to run (a shared parameters file would run it "
+    "on whoever opens the runbook); against a local sandbox set options.gates: sandbox-consultant, "
+    "for a command of your own run dw run --gate-command 'CMD …' or set the environment variable "
+    "DW_GATE_COMMAND")
+
+
 class Options(_Model):
     """How a run behaves.
 
@@ -427,11 +434,24 @@ class Options(_Model):
     admin: Literal["portal", "gateway"] = "portal"
     gate_timeout_s: float = Field(default=1800.0, gt=0)
     gate_poll_s: float = Field(default=5.0, gt=0)
-    gate_command: list[str] | None = Field(default=None, min_length=1)
+    # Who acts on a portal gate besides the person reading it (`dwlib.gates`): "show" nobody (the
+    # instruction is shown and recorded, the gate polls); "sandbox-consultant" plays the consultant
+    # on a local sandbox. A command of one's own comes only from the command line or the
+    # environment (DW_GATE_COMMAND), never from a file.
+    gates: Literal["show", "sandbox-consultant"] = "show"
     concurrency: int = Field(default=4, ge=1, le=32)
     batch_size: int = Field(default=1000, ge=1, le=1000)
     page_size: int = Field(default=5000, ge=1, le=5000)
     http: HttpOptions = Field(default_factory=HttpOptions)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_command(cls, data: Any) -> Any:
+        # Parameter files travel by email and in repositories: one that names a command to run
+        # would run it on whoever opens the runbook.
+        if isinstance(data, Mapping) and "gate_command" in data:
+            raise ValueError(GATE_COMMAND_REFUSED)
+        return data
 
 
 class SandboxRef(_Model):

@@ -24,6 +24,7 @@ from typing import Any
 import nbformat
 import pandas as pd
 
+from dwlib.extras import require
 from dwlib.record import load_record, seal
 from dwlib.render import result_html, summary_rows
 from dwlib.review import (
@@ -151,10 +152,9 @@ def summary_html(run: Run) -> str:
 def notebook_html(path: Path) -> str:
     """An executed notebook rendered to standalone HTML by nbconvert (the JupyterLab look), its
     widgets drawn from their saved state and no script fetched from elsewhere."""
-    from nbconvert import HTMLExporter
-
+    nbconvert = require("nbconvert", "review", "a run's HTML report")
     notebook = widgets_as_html(nbformat.read(path, as_version=4))
-    body, _resources = HTMLExporter(template_name="lab").from_notebook_node(notebook)
+    body, _resources = nbconvert.HTMLExporter(template_name="lab").from_notebook_node(notebook)
     return _REMOTE_SCRIPT.sub("", body)
 
 
@@ -263,7 +263,7 @@ class Chart:
 
 
 def _bar_chart(frame: pd.DataFrame, x: str, ys: Sequence[str], title: str, xlabel: str) -> Chart:
-    from matplotlib.figure import Figure
+    Figure = require("matplotlib.figure", "review", "the review charts", "matplotlib").Figure
 
     height = max(2.0, 0.35 * len(frame) + 1.0)
     figure = Figure(figsize=(8, height))

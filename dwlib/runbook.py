@@ -9,7 +9,7 @@ headless, `run` raises `RunStopped` after recording it, so papermill marks the c
 interactively, later steps refuse to run until it is fixed (or `force=True`).
 
 Portal-only actions are gates (`dwlib.clients.dualwrite.PortalAdmin`): the instructions are shown
-and recorded, `options.gate_command` is run if set (`dwlib.gates`), and the documented reads are
+and recorded, the gate command is run if there is one (`dwlib.gates`), and the documented reads are
 polled for up to `options.gate_timeout_s`.
 
 Example:

@@ -96,6 +96,8 @@ def test_bad_parameters_exit_2_with_one_message_and_no_connection(tmp_path: Path
     (["-p", "options.dry_run"], "-p takes KEY=VALUE"),
     (["-p", "options.dry_run=[unclosed"], "options.dry_run: the value is not valid YAML"),
     (["-p", "options.batch_size=5000"], "options.batch_size: must be less than or equal to 1000"),
+    # papermill's form
+    (["-p", "options.batch_size", "5000"], "options.batch_size: must be less than or equal to 1000"),
 ])
 def test_bad_overrides_exit_2(tmp_path: Path, listener: Listener, args: list[str], message: str) -> None:
     path = params_for(tmp_path, listener.port, "")

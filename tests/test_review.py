@@ -216,7 +216,7 @@ def test_dw_review_lists_runs_as_table_json_and_html(runs: Path) -> None:
     assert {"run_id", "scenario", "status", "started", "duration_s", "failed_step"} <= set(as_json[0])
     assert [r["status"] for r in as_json] == ["passed", "failed"]
     page = runs / "index.html"
-    assert dw("review", str(runs), "--format", "html", "--out", str(page)).returncode == 0
+    assert dw("review", str(runs), "--format", "html", "--to", str(page)).returncode == 0
     text = page.read_text()
     assert text.count('class="dw-status"') == 2
     assert 'href="20260101T000000Z-existing-existing-aaaa1111.ipynb"' in text  # relative to the page
@@ -238,7 +238,7 @@ def test_show_gives_every_planned_step_and_finds_runs_by_id(runs: Path) -> None:
         review.find_run("zzz", runs)
     custom = make_run(runs, "custom-name", notebook=False)  # a record not named after its run id
     assert review.find_run("name-0000", runs).record_path == custom  # found by its run id all the same
-    cli = dw("review", "show", "bbbb", "--dir", str(runs), "--format", "json")
+    cli = dw("review", "show", "bbbb", "--runs", str(runs), "--format", "json")
     assert json.loads(cli.stdout)["failed_step"] == "bootstrap-apply"
 
 
@@ -270,7 +270,7 @@ def test_compare_shows_parameter_step_and_count_differences(runs: Path) -> None:
     assert {"step": "bootstrap-apply", "count": "stamped", "a": 600, "b": 20_000,
             "difference": 19_400} in c["counts"]
     assert c["parameters"] == []  # same parameters
-    text = dw("review", "compare", "aaaa", "bbbb", "--dir", str(runs)).stdout
+    text = dw("review", "compare", "aaaa", "bbbb", "--runs", str(runs)).stdout
     assert "bootstrap-apply stamped: 600 → 20000 (+19,400)" in text and "parameters: no differences" in text
 
 

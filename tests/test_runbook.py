@@ -264,7 +264,7 @@ def test_a_gate_nobody_answers_fails_saying_what_is_missing(
     behave(monkeypatch, power_platform_integration="gate")
     path = ROOT / "params" / "sandbox-existing-new.yaml"
     root = str(Path(fresh_existing_new["ca_bundle"]).parent)
-    overrides = {"sandbox.dir": root, "options.gate_command": None, "options.gate_timeout_s": 0.5}
+    overrides = {"sandbox.dir": root, "options.gates": "show", "options.gate_timeout_s": 0.5}
     with Runbook.open(path, overrides, record_path=tmp_path / "run.json", interactive=True) as rb:
         result = rb.run("power-platform-integration")
     assert result.status == Status.FAILED

@@ -199,7 +199,7 @@ def test_a_gate_waits_for_verify_now_and_shows_the_verified_result(
         start_sandbox: Callable[..., dict[str, Any]], tmp_path: Path, shown: list[Any],
         capsys: pytest.CaptureFixture[str]) -> None:
     connection = start_sandbox("existing-new", rows=12, fresh=True)
-    with open_rb(connection, tmp_path, {"options.gate_command": None}, interactive=True) as rb:
+    with open_rb(connection, tmp_path, {"options.gates": "show"}, interactive=True) as rb:
         board = ui.step_board(rb)
         capsys.readouterr()
         result = rb.run("power-platform-integration")  # does not block: no one polls

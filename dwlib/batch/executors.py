@@ -21,10 +21,10 @@ from typing import Any
 
 from dwlib.batch.worker import RunSpec, run_one
 from dwlib.errors import DwError
+from dwlib.extras import missing_text, require
 
 Started = Callable[[dict[str, Any]], None]
-DASK_MISSING = ("--executor dask needs Dask distributed, which is not installed: "
-                "pip install 'dwlib[dask]'")
+DASK_MISSING = missing_text("dask", "--executor dask", "Dask distributed")
 
 
 class Executor:
@@ -76,11 +76,7 @@ def dask_run(spec: RunSpec, cancel_event: str) -> dict[str, Any]:
 
 def import_distributed() -> Any:
     """The `distributed` module, or a `DwError` saying how to install it."""
-    try:
-        import distributed
-    except ImportError:
-        raise DwError(DASK_MISSING) from None
-    return distributed
+    return require("distributed", "dask", "--executor dask", "Dask distributed")
 
 
 class DaskExecutor(Executor):

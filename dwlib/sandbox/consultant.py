@@ -1,7 +1,7 @@
 """A stand-in for the consultant: does what a portal gate's instruction says, on a local sandbox.
 
 The runbook shows each portal-only action as an instruction (title, numbered steps, links, what
-is verified) and can hand it to `options.gate_command` as JSON. `dw sandbox consultant` is such a
+is verified) and can hand it to a gate command as JSON. `dw sandbox consultant` is such a
 command: it reads the instruction and performs it through the sandbox's portal endpoints
 (`/_portal/…`, docs/sandbox.md), as a person clicking in LCS and the dual-write workspace would.
 The instruction texts are those of `dwlib.clients.dualwrite.PortalAdmin`; an instruction it does

@@ -30,6 +30,7 @@ from typing import Any
 import ipywidgets as widgets
 import yaml
 
+from dwlib.gates import HANDLERS
 from dwlib.params import Params, ParamsError, load_params, read_text, said
 from dwlib.secrets import SecretError, SecretRef
 
@@ -43,7 +44,7 @@ class Field:
 
     key: str
     label: str
-    # text | secret | list (comma-separated) | words (space-separated) | method | dry_run | bool
+    # text | secret | list (comma-separated) | method | gates | dry_run | bool
     kind: str = "text"
     help: str = ""
 
@@ -62,8 +63,7 @@ FIELDS = (
     Field("legal_entities", "Legal entities", "list", help="company codes, comma-separated"),
     Field("options.dry_run", "Dry run", "dry_run"),
     Field("options.confirm_irreversible", "Confirm irreversible steps without asking", "bool"),
-    Field("options.gate_command", "Gate command", "words",
-          help="empty: portal gates wait for you and the Verify now button"),
+    Field("options.gates", "Portal gates", "gates"),
 )
 
 
@@ -281,6 +281,8 @@ def _widget(f: Field) -> widgets.Widget:
         return widgets.Dropdown(options=["client_secret", "certificate", "device_code"], **common)
     if f.kind == "dry_run":
         return widgets.Dropdown(options=list(DRY_RUN), **common)
+    if f.kind == "gates":  # show: the gates wait for you and the Verify now button
+        return widgets.Dropdown(options=list(HANDLERS), **common)
     if f.kind == "bool":
         return widgets.Checkbox(description=f.label, indent=False)
     # Secrets update on Enter or leaving the field, so a reference is checked whole, not per key.
@@ -293,6 +295,8 @@ def _shown(f: Field, value: Any) -> Any:
     """A parameter's value as its widget shows it."""
     if f.kind == "method":
         return value or "client_secret"
+    if f.kind == "gates":
+        return value or next(iter(HANDLERS))
     if f.kind == "dry_run":
         return next((k for k, v in DRY_RUN.items() if v is value), next(iter(DRY_RUN)))
     if f.kind == "bool":
@@ -306,12 +310,10 @@ def _value(f: Field, shown: Any) -> Any:
     """A widget's value as the parameter (None: leave the key out)."""
     if f.kind == "dry_run":
         return DRY_RUN[shown]
-    if f.kind in ("method", "bool"):
+    if f.kind in ("method", "gates", "bool"):
         return shown
     if f.kind == "list":
         return [v.strip() for v in shown.split(",") if v.strip()] or None
-    if f.kind == "words":
-        return shown.split() or None
     return shown.strip() or None
 
 

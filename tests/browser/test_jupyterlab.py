@@ -2,8 +2,8 @@
 Playwright, against a JupyterLab started from this virtualenv and a sandbox.
 
 One test runs `notebooks/existing-new.ipynb` cell by cell as a consultant would: fills the form
-(loads a parameters file, sees a problem as it is typed, switches to device-code sign-in, clears
-the gate command so gates wait for the consultant, saves), signs in with the device code, performs
+(loads a parameters file, sees a problem as it is typed, switches to device-code sign-in, sets
+portal gates to show so they wait for the consultant, saves), signs in with the device code, performs
 each portal action through the sandbox (`dwlib.sandbox.consultant.perform`) and presses the gate's
 "Verify now" (the instruction shows once, in the gate panel), watches the step board turn green,
 saves the notebook and presses the closing cell's Seal button. Another opens a notebook papermill executed
@@ -233,7 +233,7 @@ def test_a_consultant_runs_the_existing_new_runbook_in_jupyterlab(
         "must be an https:// URL (TLS is always on)")
     dataverse.fill("")  # the sandbox supplies it
     field(form, "Sign-in").select_option("device_code")
-    field(form, "Gate command").fill("")
+    field(form, "Portal gates").select_option("show")
     expect(status).to_have_attribute("data-state", "valid")
     field(form, "Save as").fill("my-existing-new.yaml")
     form.get_by_role("button", name="Save").click()
