@@ -45,7 +45,7 @@ from dwlib.report import RunSummary
 from dwlib.scenarios import Scenario, StepRef
 from dwlib.scenarios import scenario as _scenario
 from dwlib.secrets import scrub, scrub_kernel_tracebacks
-from dwlib.steps import STEPS, Status, StepContext, StepResult
+from dwlib.steps import STEPS, StepContext, StepResult, StepStatus
 from dwlib.steps.base import ProgressFactory
 
 PARAM_KEYS = tuple(Params.model_fields)  # the top-level keys of a parameters file (papermill -f)
@@ -64,7 +64,7 @@ def is_interactive() -> bool:
     return bool(os.environ.get("JPY_SESSION_NAME"))
 
 
-def _said(status: Status) -> str:
+def _said(status: StepStatus) -> str:
     return status.value.replace("_", " ")
 
 
@@ -272,7 +272,7 @@ or run with `papermill -f FILE` or `dw run`
         result.duration_s = round(time.monotonic() - clock, 3)
         result.calls = [asdict(e) for e in journal.entries()[first:]]
         result.remediation = _remediation(result, error)
-        if result.status == Status.WAITING and False in answers and self.interactive:
+        if result.status == StepStatus.WAITING and False in answers and self.interactive:
             result.next_action += f" Or run the cell again as rb.run({step_id!r}, confirm=True)."
             self.confirmation_button(step_id, result.summary)
         self.results[step_id] = result
@@ -378,7 +378,7 @@ or run with `papermill -f FILE` or `dw run`
     def _execute(self, ref: StepRef, ctx: StepContext) -> StepResult:
         step_class = STEPS.get(ref.step)
         if step_class is None:
-            return StepResult(step=ref.step, title=ref.step, status=Status.FAILED,
+            return StepResult(step=ref.step, title=ref.step, status=StepStatus.FAILED,
                               summary=f"no step named {ref.step!r} is registered in dwlib.steps",
                               error=f"unknown step {ref.step!r}",
                               next_action="install a dwlib that implements it, or report the bug")
@@ -392,7 +392,7 @@ or run with `papermill -f FILE` or `dw run`
         """A gate that waits for the consultant (interactive runs): WAITING, with what to do next."""
         step_class = STEPS.get(ref.step)
         return StepResult(
-            step=ref.step, title=step_class.title if step_class else ref.step, status=Status.WAITING,
+            step=ref.step, title=step_class.title if step_class else ref.step, status=StepStatus.WAITING,
             summary=f"waiting for you: {waiting.instruction['title']}",
             doc_url=step_class.doc_url if step_class else "",
             next_action="Do what the instruction above says, then press Verify now (or run this cell "
@@ -404,7 +404,7 @@ or run with `papermill -f FILE` or `dw run`
         step_class = STEPS.get(ref.step)
         message = scrub(f"{type(exc).__name__}: {exc}".strip().removesuffix(":"))
         return StepResult(
-            step=ref.step, title=step_class.title if step_class else ref.step, status=Status.FAILED,
+            step=ref.step, title=step_class.title if step_class else ref.step, status=StepStatus.FAILED,
             summary=prefix + message, error=message,
             doc_url=step_class.doc_url if step_class else "",
             next_action="Fix the cause shown above, then run the runbook again: finished steps will "
@@ -429,13 +429,13 @@ or run with `papermill -f FILE` or `dw run`
 def _remediation(result: StepResult, error: BaseException | None) -> list[dict[str, Any]]:
     """The step's own remediation, plus the known-error catalogue's for what went wrong."""
     out = list(result.remediation)
-    if result.status in (Status.PASSED, Status.ALREADY_DONE, Status.SKIPPED):
+    if result.status in (StepStatus.PASSED, StepStatus.ALREADY_DONE, StepStatus.SKIPPED):
         return out
     fix = getattr(error, "fix", "")
     if fix:
         out.append({"id": "", "meaning": "", "fix": fix, "doc": ""})
     texts = [result.error, result.summary,
-             *(c.evidence for c in result.checks if c.status in (Status.FAILED, Status.WARNING))]
+             *(c.evidence for c in result.checks if c.status in (StepStatus.FAILED, StepStatus.WARNING))]
     seen = {r.get("id") for r in out}
     for text in texts:
         known = catalog.match_error(text) if text else None

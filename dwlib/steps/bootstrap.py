@@ -58,7 +58,7 @@ from dwlib.catalog.errors import DOCS_ROOT
 from dwlib.clients.bulk import BulkResult, run_chunks
 from dwlib.clients.errors import ClientError
 
-from .base import Check, Finding, Status, Step, StepContext, StepError, StepResult, register
+from .base import Check, Finding, Step, StepContext, StepError, StepResult, StepStatus, register
 from .bulkwrite import AppendCsv, isolate, progress_of
 from .dvmeta import Lookup, TableInfo, Tables
 from .link import companies, environment, worst
@@ -245,10 +245,10 @@ def read_state(ctx: StepContext) -> BootstrapState:
                         f"Dataverse (it has {', '.join(sorted(ids)) or 'none'}). Fix: {ADD_COMPANY_FIX}")
     units = {r["businessunitid"]: r["name"]
              for r in dv.query("businessunits", select=["businessunitid", "name"])}
-    checks = [Check("bootstrap method", Status.PASSED, _method_text(params))]
+    checks = [Check("bootstrap method", StepStatus.PASSED, _method_text(params))]
     unknown = sorted(set(mapping) - set(units.values()) - {""})
     if unknown:
-        checks.append(Check("business units of the mapping", Status.WARNING,
+        checks.append(Check("business units of the mapping", StepStatus.WARNING,
                             f"not in Dataverse: {', '.join(unknown)}",
                             fix="check the names in bootstrap.mapping against Settings > Business units"))
     tables = Tables(dv)
@@ -262,7 +262,7 @@ def read_state(ctx: StepContext) -> BootstrapState:
         for change in _changes(dv, target, rules):
             (stamps if change.company_code else unmapped).append(change)
     state = BootstrapState(targets, stamps, unmapped, checks)
-    checks.append(Check("rows without a company", Status.PASSED,
+    checks.append(Check("rows without a company", StepStatus.PASSED,
                         f"{len(stamps) + len(unmapped)} rows in {', '.join(targets)} have an empty company: "
                         f"{len(stamps)} mapped, {len(unmapped)} cannot be mapped; by rule: "
                         + ", ".join(f"{k} {n}" for k, n in state.per_rule().items())))
@@ -349,9 +349,9 @@ def _write_rows(ctx: StepContext, name: str, rows: Iterable[RowChange]) -> Path:
 
 def _unmapped_check(state: BootstrapState, csv_name: str) -> Check:
     if not state.unmapped:
-        return Check("unmapped rows", Status.PASSED, "every row without a company is mapped")
+        return Check("unmapped rows", StepStatus.PASSED, "every row without a company is mapped")
     units = sorted({u.owning_business_unit or "(none)" for u in state.unmapped})
-    return Check("unmapped rows", Status.WARNING,
+    return Check("unmapped rows", StepStatus.WARNING,
                  f"{len(state.unmapped)} rows stay without a company, matched by no rule (owning business "
                  f"units: {', '.join(units)}); listed with the reason in {csv_name}",
                  fix="map these business units in bootstrap.mapping if their rows belong to a company; "
@@ -364,11 +364,11 @@ def _group_check(state: BootstrapState) -> Check:
     if not without:
         given = Counter(s.customer_group for s in state.stamps if s.customer_group_id)
         shown = ", ".join(f"{g} {n}" for g, n in sorted(given.items()))
-        return Check("customer groups", Status.PASSED,
+        return Check("customer groups", StepStatus.PASSED,
                      "every stamped row the Customers V3 maps send to F&O has a customer group"
                      + (f" (set: {shown})" if given else ""))
     reasons = Counter(s.reason for s in without)
-    return Check("customer groups", Status.WARNING,
+    return Check("customer groups", StepStatus.WARNING,
                  f"{len(without)} stamped rows the Customers V3 maps send to F&O get no customer group: "
                  + "; ".join(f"{r} ({n})" for r, n in sorted(reasons.items())),
                  fix="F&O requires a customer group: set bootstrap.customer_group to a group every company "
@@ -540,20 +540,21 @@ class BootstrapApply(Step):
                   "unmapped": after.unmapped_table()}
         if outcome and outcome.stop.is_set():
             checks.append(Check(
-                "fault threshold", Status.FAILED,
+                "fault threshold", StepStatus.FAILED,
                 f"{failed} rows failed, more than bootstrap.max_failed_rows ({outcome.limit}); stopped with "
                 f"{len(after.stamps)} rows left. First errors: " + " | ".join(outcome.errors[:3]),
                 fix=f"read {FAILED_CSV} for each failed row and its error, fix the cause, then run "
                     "bootstrap-apply again (it picks up where it stopped)", doc=BOOTSTRAP_DOC))
-            return self.result(Status.FAILED, f"stopped after {failed} failed rows (limit {outcome.limit}); "
+            return self.result(StepStatus.FAILED,
+                               f"stopped after {failed} failed rows (limit {outcome.limit}); "
                                f"{stamped} rows stamped, {len(after.stamps)} left; see {FAILED_CSV}",
                                checks=checks, tables=tables, counts=counts, evidence_files=files)
         if after.stamps:
-            checks.append(Check("rows stamped", Status.FAILED,
+            checks.append(Check("rows stamped", StepStatus.FAILED,
                                 f"{len(after.stamps)} mapped rows still have no company ({failed} failed)",
                                 fix=f"read {FAILED_CSV}, fix the cause, and run bootstrap-apply again"))
         else:
-            checks.append(Check("rows stamped", Status.PASSED,
+            checks.append(Check("rows stamped", StepStatus.PASSED,
                                 f"{stamped} rows stamped; no mapped row is left without a company"))
         status = worst(checks)
         summary = (f"{len(after.stamps)} rows still without company; see {FAILED_CSV}" if after.stamps else
@@ -621,7 +622,7 @@ class StopMaps(Step):
         _, _, admin = environment(ctx)
         stopped: list[str] = finding.todo
         states = admin.map_states(stopped)
-        checks = [Check(n, Status.PASSED if states[n].state == "Not running" else Status.FAILED,
+        checks = [Check(n, StepStatus.PASSED if states[n].state == "Not running" else StepStatus.FAILED,
                         states[n].state, fix="" if states[n].state == "Not running" else "stop it (Stop)",
                         doc=BOOTSTRAP_DOC) for n in stopped]
         summary = (f"stopped {', '.join(stopped)}: the plan runs them again after the bootstrap" if stopped

@@ -41,7 +41,7 @@ from dwlib import catalog
 from dwlib.clients.dualwrite import Instruction
 from dwlib.scenarios import GUIDE
 
-from .base import Check, Finding, Status, Step, StepContext, StepError, StepResult, register
+from .base import Check, Finding, Step, StepContext, StepError, StepResult, StepStatus, register
 from .initialsync import WATCHED, Watch
 from .link import (
     LEGAL_ENTITIES_DOC,
@@ -92,7 +92,7 @@ class AddRoute:
 
     def check(self, codes: Sequence[str]) -> Check:
         how = "skipping initial writes" if self.skip_initial_writes else "with initial writes"
-        return Check(f"add {', '.join(codes)}", Status.PASSED, f"{how}: {self.reason}",
+        return Check(f"add {', '.join(codes)}", StepStatus.PASSED, f"{how}: {self.reason}",
                      doc=LEGAL_ENTITIES_DOC)
 
 
@@ -180,10 +180,10 @@ def _states_check(admin: DualWriteAdmin, maps: Sequence[str]) -> Check:
     states = admin.map_states(maps)
     off = [f"{n} is {states[n].state}" for n in maps if states[n].state != RUNNING]
     if off:
-        return Check("reference maps", Status.FAILED, "; ".join(off),
+        return Check("reference maps", StepStatus.FAILED, "; ".join(off),
                      fix="run them with their initial sync (Run dialog, master F&O), then run the step again",
                      doc=catalog.known_error("lookup-metadata").doc_url)
-    return Check("reference maps", Status.PASSED, f"Running: {', '.join(maps)}")
+    return Check("reference maps", StepStatus.PASSED, f"Running: {', '.join(maps)}")
 
 
 @dataclass
@@ -279,7 +279,7 @@ class LegalEntities(Step):
         extra = sorted(set(conn.codes or ()) - set(sc.codes) - set(sc.created))
         if extra:
             checks.append(Check(
-                "legal entities outside the scope", Status.WARNING,
+                "legal entities outside the scope", StepStatus.WARNING,
                 f"the connection also holds {', '.join(extra)} ({conn.source})",
                 fix=f"remove {', '.join(extra)} in Environment details > Legal entities, or add them to "
                     "legal_entities", doc=LEGAL_ENTITIES_DOC))
@@ -287,7 +287,7 @@ class LegalEntities(Step):
         summary = f"connection legal entities: {', '.join(sc.codes)}"
         if work.done:
             summary += " — " + "; ".join(work.done)
-        return self.result(status, summary + ("" if status == Status.PASSED else f" ({status})"),
+        return self.result(status, summary + ("" if status == StepStatus.PASSED else f" ({status})"),
                            checks=checks, next_action=checks[-1].fix if extra else "")
 
 
@@ -407,31 +407,31 @@ class CreateCompany(Step):
         ctx.run_state["companies_created"] = [c.code for c in chosen if c.code in known]
         status = worst(checks)
         return self.result(status, f"companies in F&O: {', '.join(ctx.run_state['companies_created'])}"
-                           if status != Status.FAILED else "a company is missing in F&O", checks=checks)
+                           if status != StepStatus.FAILED else "a company is missing in F&O", checks=checks)
 
 
 def _company_check(company: Company, row: dict[str, Any] | None, doc: str) -> Check:
     name = f"company {company.code} in F&O"
     if row is None:
-        return Check(name, Status.FAILED, f"LegalEntities has no {company.code}",
+        return Check(name, StepStatus.FAILED, f"LegalEntities has no {company.code}",
                      fix="create it in F&O (Organization administration > Legal entities > New), then run "
                          "the step again", doc=doc)
     if row.get("Name") != company.name:
-        return Check(name, Status.WARNING,
+        return Check(name, StepStatus.WARNING,
                      f"LegalEntities {company.code} is named '{row.get('Name')}', not '{company.name}'",
                      fix="it existed already: check it is the company meant for the Dataverse data, or "
                          "choose another code")
-    return Check(name, Status.PASSED, f"LegalEntities {company.code} '{row.get('Name')}'")
+    return Check(name, StepStatus.PASSED, f"LegalEntities {company.code} '{row.get('Name')}'")
 
 
 def _groups_check(company: Company, absent: list[str]) -> Check:
     name = f"customer groups of {company.code}"
     if absent:
-        return Check(name, Status.FAILED, f"CustomerGroups {', '.join(absent)} missing in {company.code}",
+        return Check(name, StepStatus.FAILED, f"CustomerGroups {', '.join(absent)} missing in {company.code}",
                      fix="create them in F&O (Accounts receivable > Setup > Customer groups), then run "
                          "the step again")
     groups = ", ".join(company.customer_groups)
-    return Check(name, Status.PASSED, f"CustomerGroups {groups} in {company.code}")
+    return Check(name, StepStatus.PASSED, f"CustomerGroups {groups} in {company.code}")
 
 
 @register
@@ -492,7 +492,8 @@ class AddCompany(Step):
         checks += company_checks(session, codes)
         status = worst(checks)
         summary = (f"in the dual-write connection and in Dataverse: {', '.join(codes)}"
-                   if status != Status.FAILED else "a company is missing in the connection or in Dataverse")
+                   if status != StepStatus.FAILED
+                   else "a company is missing in the connection or in Dataverse")
         return self.result(status, summary + "".join(f"; {d}" for d in work.done), checks=checks)
 
 

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from dwlib import catalog
 from dwlib.catalog.errors import DOCS_ROOT
 
-from .base import Check, Finding, Status, Step, StepContext, StepError, StepResult, register
+from .base import Check, Finding, Step, StepContext, StepError, StepResult, StepStatus, register
 from .link import environment, scope, worst
 from .plan import effective_limits, volume_problems
 from .reconcile import Reconciliation, reconcile
@@ -55,7 +55,7 @@ from .tablemaps import (
 )
 
 if TYPE_CHECKING:
-    from dwlib.clients.dualwrite import DualWriteAdmin, MapState
+    from dwlib.clients.dualwrite import DualWriteAdmin, MapSnapshot
 
 GUIDANCE_DOC = DOCS_ROOT + "initial-sync-guidance"
 WATCHED = (INITIALIZING, "Resuming")  # states that end by themselves
@@ -138,7 +138,7 @@ class Watch:
                  progress: Callable[[int], None]) -> None:
         self.admin, self.deadline, self.poll_s, self.progress = admin, deadline, poll_s, progress
 
-    def until_settled(self, names: Sequence[str]) -> dict[str, MapState]:
+    def until_settled(self, names: Sequence[str]) -> dict[str, MapSnapshot]:
         if not names:
             return {}
         pending = set(names)
@@ -194,12 +194,13 @@ class InitialSync(Step):
             start=[p for p in maps if states[p.name].state not in (RUNNING, *WATCHED)],
             rerun=[p for p in running if p.name in behind],
         )
-        checks = [Check(p.name, Status.PASSED if p not in work.start and p not in work.rerun
-                        and p.name not in work.watch else Status.WARNING,
+        checks = [Check(p.name, StepStatus.PASSED if p not in work.start and p not in work.rerun
+                        and p.name not in work.watch else StepStatus.WARNING,
                         states[p.name].state + (" — rows not in sync" if p in work.rerun else ""))
                   for p in maps]
         if behind_by_map:
-            checks.append(Check("initial sync run again", Status.PASSED, rerun_note(companies, behind_by_map),
+            checks.append(Check("initial sync run again", StepStatus.PASSED,
+                                rerun_note(companies, behind_by_map),
                                 doc=GUIDANCE_DOC))
         done = not (work.watch or work.start or work.rerun)
         return Finding(done, work.describe() or "every initial sync is complete and reconciled",
@@ -240,7 +241,7 @@ class InitialSync(Step):
         work: SyncWork = finding.todo
         maps = work.maps
         if not maps:
-            return self.result(Status.SKIPPED, "the plan runs no initial sync (maps skip it or are "
+            return self.result(StepStatus.SKIPPED, "the plan runs no initial sync (maps skip it or are "
                                "migrated outside it)")
         states = admin.map_states([p.name for p in maps])
         running = [p.name for p in maps if states[p.name].state == RUNNING]
@@ -257,13 +258,13 @@ class InitialSync(Step):
                   and (p.name in work.failed or p.name in work.watch)]
         if failed:
             checks, remediation = sync_failure_report(admin, failed)
-            return self.result(Status.FAILED, f"initial sync failed: {', '.join(failed)}", checks=checks,
+            return self.result(StepStatus.FAILED, f"initial sync failed: {', '.join(failed)}", checks=checks,
                                tables=tables, counts=counts, remediation=remediation,
                                next_action=RERUN_POLICY)
         checks = [self._state_check(p.name, states[p.name], params.initial_sync.timeout_s, work.stopped)
                   for p in maps]
         checks += [c for c in finding.checks if c.name == "initial sync run again"]
-        checks += [Check(f"{r.map} {r.company}", Status.FAILED,
+        checks += [Check(f"{r.map} {r.company}", StepStatus.FAILED,
                          f"F&O {r.finops_rows} rows, Dataverse {r.dataverse_rows}; missing in Dataverse "
                          f"{len(r.missing_in_dataverse)}, in F&O {len(r.missing_in_finops)}",
                          fix="run this step again (it reruns the initial sync of the map); if the rows "
@@ -271,26 +272,26 @@ class InitialSync(Step):
                    for r in rows if not r.ok]
         status = worst(checks)
         summary = (f"initial sync complete for {len(running)} maps, rows reconciled for "
-                   f"{', '.join(work.companies)}" if status == Status.PASSED
+                   f"{', '.join(work.companies)}" if status == StepStatus.PASSED
                    else "initial sync not complete")
         return self.result(status, summary, checks=checks, tables=tables, counts=counts,
-                           next_action="" if status == Status.PASSED else
+                           next_action="" if status == StepStatus.PASSED else
                            "Run this step again once the maps are Running; see the checks for each map.")
 
     @staticmethod
-    def _row(r: Reconciliation, states: dict[str, MapState]) -> dict[str, Any]:
+    def _row(r: Reconciliation, states: dict[str, MapSnapshot]) -> dict[str, Any]:
         return {"map": r.map, "company": r.company, "state": states[r.map].state,
                 "finops_rows": r.finops_rows, "dataverse_rows": r.dataverse_rows,
                 "in_sync": "yes" if r.ok else "no"}
 
     @staticmethod
-    def _state_check(name: str, state: MapState, timeout_s: float, stopped: str) -> Check:
+    def _state_check(name: str, state: MapSnapshot, timeout_s: float, stopped: str) -> Check:
         if state.state == RUNNING:
-            return Check(name, Status.PASSED, "Running: initial sync complete")
+            return Check(name, StepStatus.PASSED, "Running: initial sync complete")
         if state.state in WATCHED:
-            return Check(name, Status.FAILED, f"still {state.state} after {timeout_s:g} s",
+            return Check(name, StepStatus.FAILED, f"still {state.state} after {timeout_s:g} s",
                          fix="the initial sync is still running: run this step again to keep watching "
                              "(or raise initial_sync.timeout_s)", doc=GUIDANCE_DOC)
-        return Check(name, Status.FAILED, f"{state.state}" + (f": {stopped}" if stopped else ""),
+        return Check(name, StepStatus.FAILED, f"{state.state}" + (f": {stopped}" if stopped else ""),
                      fix="run the map with Initial Sync after the maps before it run (Run dialog), then "
                          "run this step again", doc=catalog.known_error("lookup-metadata").doc_url)

@@ -29,7 +29,7 @@ from dwlib import catalog
 from dwlib.catalog.errors import DOCS_ROOT
 from dwlib.clients.dualwrite import DualWriteAdminError
 
-from .base import Check, Finding, Status, Step, StepContext, StepResult, register
+from .base import Check, Finding, Step, StepContext, StepResult, StepStatus, register
 from .link import environment, worst
 
 if TYPE_CHECKING:
@@ -98,12 +98,12 @@ def defaults_checks(admin: DualWriteAdmin, wanted: Defaults) -> list[Check]:
     for name, defaults in wanted.items():
         text = ", ".join(f"{c} = '{v}'" for c, v in defaults.items())
         if name in missing:
-            checks.append(Check(f"{name}: column defaults", Status.FAILED,
+            checks.append(Check(f"{name}: column defaults", StepStatus.FAILED,
                                 f"missing {', '.join(missing[name])} (want {text})",
                                 fix="open the map (stopped), add a Default transform to each column "
                                     "with the value, Save; then run the step again", doc=CUSTOMIZING_DOC))
         else:
-            checks.append(Check(f"{name}: column defaults", Status.PASSED,
+            checks.append(Check(f"{name}: column defaults", StepStatus.PASSED,
                                 f"{text} ({states[name].state}); {WHY}", doc=CUSTOMIZING_DOC))
     return checks
 
@@ -146,5 +146,5 @@ class MapDefaults(Step):
         status = worst(checks)
         summary = (f"column defaults in place: {', '.join(wanted)}" if wanted
                    else "the parameters set no column defaults")
-        return self.result(status, summary if status != Status.FAILED else "column defaults missing",
+        return self.result(status, summary if status != StepStatus.FAILED else "column defaults missing",
                            checks=checks)

@@ -51,7 +51,7 @@ from dwlib.catalog.locales import LOCALE_DOC, LocaleError
 from dwlib.clients.bulk import run_chunks
 from dwlib.clients.errors import ClientError, DmfError
 
-from .base import Check, Finding, Status, Step, StepContext, StepError, StepResult, register
+from .base import Check, Finding, Step, StepContext, StepError, StepResult, StepStatus, register
 from .bulkwrite import AppendCsv, isolate, progress_of
 from .dmf_package import FormatLocale, Package, format_locale, read_package
 from .dvmeta import Tables
@@ -369,8 +369,8 @@ class Migrate(Step):
         params, session, admin = environment(ctx)
         work: MigrateWork = finding.todo
         if not work.maps:
-            return self.result(Status.PASSED, "no map needs migration",
-                               checks=[Check("plan", Status.PASSED, "the plan marks no map 'migrate'")])
+            return self.result(StepStatus.PASSED, "no map needs migration",
+                               checks=[Check("plan", StepStatus.PASSED, "the plan marks no map 'migrate'")])
         after = reconcile(session, [m.name for m in work.maps], plan_companies(params, company_ids(session)))
         out = work.outcome
         checks = [_reconciled(r) for r in after]
@@ -378,25 +378,25 @@ class Migrate(Step):
             checks += [_stopped(n, s.state) for n, s in admin.map_states(work.stop).items()]
         if out.unresolved:
             top = "; ".join(f"{k} ({n})" for k, n in out.unresolved.most_common(5))
-            checks.append(Check("values not converted", Status.WARNING,
+            checks.append(Check("values not converted", StepStatus.WARNING,
                                 f"{sum(out.unresolved.values())} values had no row to refer to or no "
                                 f"entry in the map's value map, left empty: {top}",
                                 fix="migrate or create the referenced rows (or correct the values), then "
                                     "run migrate again", doc=MIGRATE_DOC))
         for fmt in out.locales.values():
             checks.append(Check(f"package locale ({fmt.source_format})",
-                                Status.WARNING if fmt.note else Status.PASSED,
+                                StepStatus.WARNING if fmt.note else StepStatus.PASSED,
                                 f"numbers and dates read and written in {fmt.locale.name}"
                                 + (f": {fmt.note}" if fmt.note else ", the format's Language locale"),
                                 doc=LOCALE_DOC))
         for error in out.dmf_errors[:5]:
             known = catalog.match_error(error)
-            checks.append(Check("F&O import error", Status.FAILED, error,
+            checks.append(Check("F&O import error", StepStatus.FAILED, error,
                                 fix=known.remediation() if known else "fix the row in Dataverse, then run "
                                 "migrate again (Data management > Job history shows every error)"))
         skipped = [f"{m}: {c}" for m, cols in out.skipped_columns.items() for c in cols]
         if skipped:
-            checks.append(Check("column rows not migrated", Status.PASSED, "; ".join(skipped)))
+            checks.append(Check("column rows not migrated", StepStatus.PASSED, "; ".join(skipped)))
         status = worst(checks)
         files = [str(p) for p in (ctx.evidence_dir / MIGRATE_CSV,) if p.exists()]
         counts = {**dict(out.written), "failed": out.failed,
@@ -413,9 +413,10 @@ class Migrate(Step):
 def _stopped(name: str, state: str) -> Check:
     """A map stopped for the migration must still be Not running (table-maps runs it next)."""
     if state == NOT_RUNNING:
-        return Check(f"{name}: stopped for the migration", Status.PASSED,
+        return Check(f"{name}: stopped for the migration", StepStatus.PASSED,
                      "Not running: table-maps runs it skipping the initial sync")
-    return Check(f"{name}: stopped for the migration", Status.FAILED, f"{state} again during the migration",
+    return Check(f"{name}: stopped for the migration", StepStatus.FAILED,
+                 f"{state} again during the migration",
                  fix="stop the map (Stop in the table map list) and run migrate again; table-maps runs it "
                      "afterwards skipping the initial sync", doc=MIGRATE_DOC)
 
@@ -424,11 +425,11 @@ def _reconciled(r: Reconciliation) -> Check:
     row = r.row()
     evidence = f"F&O {r.finops_rows}, Dataverse {r.dataverse_rows}"
     if r.ok:
-        return Check(f"{r.map} {r.company}", Status.PASSED, evidence)
+        return Check(f"{r.map} {r.company}", StepStatus.PASSED, evidence)
     parts = [evidence,
              f"missing in Dataverse {row['missing_in_dataverse']} ({row['sample_missing_in_dataverse']})",
              f"missing in F&O {row['missing_in_finops']} ({row['sample_missing_in_finops']})",
              *([f"{r.duplicates} duplicate keys"] if r.duplicates else []), *([r.note] if r.note else [])]
-    return Check(f"{r.map} {r.company}", Status.FAILED, "; ".join(parts),
+    return Check(f"{r.map} {r.company}", StepStatus.FAILED, "; ".join(parts),
                  fix=f"read {MIGRATE_CSV} and the F&O import errors, fix the rows, then run migrate again",
                  doc=MIGRATE_DOC)

@@ -53,7 +53,7 @@ from dwlib.catalog.errors import DOCS_ROOT
 from dwlib.scenarios import scenario
 
 from . import eligibility
-from .base import Check, Finding, Status, Step, StepContext, StepError, StepResult, register
+from .base import Check, Finding, Step, StepContext, StepError, StepResult, StepStatus, register
 from .dvmeta import Tables
 from .link import environment, scope
 from .reconcile import COMPANY_LOOKUP, company_ids, reconcile
@@ -540,14 +540,14 @@ class PlanStep(Step):
         found, ineligible_csv = eligibility.report(ctx, session, [r.name for r in rows], connected,
                                                    INELIGIBLE_CSV)
         by_action = {a: [r.name for r in rows if r.action == a] for a in ("initial-sync", "migrate", "skip")}
-        checks = [Check(r.name, Status.PASSED, f"{r.action}: {r.reason}", doc=PLAN_DOC) for r in rows]
+        checks = [Check(r.name, StepStatus.PASSED, f"{r.action}: {r.reason}", doc=PLAN_DOC) for r in rows]
         checks += found.checks(ineligible_csv)
         total = sum(r.estimate_s for r in rows)
         summary = "; ".join(f"{a}: {len(maps)}" for a, maps in by_action.items() if maps)
         left_out = (f"; {found.total} existing Dataverse rows dual-write will not pick up (see "
                     f"{INELIGIBLE_CSV})" if found.total else "")
         return self.result(
-            Status.WARNING if found.total else Status.PASSED,
+            StepStatus.WARNING if found.total else StepStatus.PASSED,
             f"{len(rows)} maps — {summary}; estimated {duration(total)} (initial sync at the documented "
             f"100 records a minute; see estimate_basis){left_out}",
             checks=checks, tables={"plan": [r.row() for r in rows], "ineligible": found.table()},

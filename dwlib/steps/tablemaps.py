@@ -32,13 +32,13 @@ from dwlib import catalog
 from dwlib.catalog.errors import DOCS_ROOT
 from dwlib.clients.dualwrite import DualWriteAdminError
 
-from .base import Check, Finding, Status, Step, StepContext, StepResult, register
+from .base import Check, Finding, Step, StepContext, StepResult, StepStatus, register
 from .link import environment, worst
 from .mapdefaults import Defaults, apply_defaults, defaults_checks, missing_defaults, wanted_defaults
 from .plan import plan_of
 
 if TYPE_CHECKING:
-    from dwlib.clients.dualwrite import DualWriteAdmin, MapState
+    from dwlib.clients.dualwrite import DualWriteAdmin, MapSnapshot
 
 ENABLE_DOC = DOCS_ROOT + "enable-entity-map"
 ERRORS_DOC = DOCS_ROOT + "errors-and-alerts"
@@ -144,7 +144,7 @@ def sync_failure_report(
     for name in names:
         details = admin.initial_sync_details(name)
         if not details.errors:
-            checks.append(Check(f"{name}: initial sync", Status.FAILED,
+            checks.append(Check(f"{name}: initial sync", StepStatus.FAILED,
                                 f"the map is {details.state}; last initial sync: {details.status}. "
                                 f"{details.note}".strip(), fix=RERUN_POLICY, doc=ERRORS_DOC))
             continue
@@ -152,7 +152,7 @@ def sync_failure_report(
             known = err.known or catalog.match_error(err.message, "initial-sync")
             where = " ".join(p for p in (err.legal_entity, err.record_id, err.field) if p)
             checks.append(Check(
-                f"{name}: error {i} of {len(details.errors)}", Status.FAILED,
+                f"{name}: error {i} of {len(details.errors)}", StepStatus.FAILED,
                 f"{where}: {err.message}" if where else err.message,
                 fix=known.fix if known else "not a documented error: read the message, fix the data, "
                                             "then rerun the initial sync",
@@ -175,11 +175,11 @@ class MapWork:
     outcome: EnableOutcome = field(default_factory=EnableOutcome)
 
 
-def state_row(p: PlannedMap, s: MapState) -> dict[str, Any]:
+def state_row(p: PlannedMap, s: MapSnapshot) -> dict[str, Any]:
     """One row of the table-map table.
 
-    >>> from dwlib.clients.dualwrite import MapState
-    >>> state_row(PlannedMap("Currencies (transactioncurrencies)", False), MapState("x", "Running"))
+    >>> from dwlib.clients.dualwrite import MapSnapshot
+    >>> state_row(PlannedMap("Currencies (transactioncurrencies)", False), MapSnapshot("x", MapState.RUNNING))
     ... # doctest: +ELLIPSIS
     {'map': 'Currencies (transactioncurrencies)', 'initial_sync': 'skipped', ...}
     """
@@ -214,7 +214,7 @@ class TableMaps(Step):
         states = admin.map_states([p.name for p in plan])
         todo = [p for p in plan if states[p.name].state not in (RUNNING, INITIALIZING)]
         defaults = missing_defaults(admin, wanted_defaults(params))
-        checks = [Check(p.name, Status.PASSED if p not in todo else Status.WARNING,
+        checks = [Check(p.name, StepStatus.PASSED if p not in todo else StepStatus.WARNING,
                         f"{states[p.name].state}", fix="" if p not in todo else "run it") for p in plan]
         parts = [f"set column defaults of {', '.join(defaults)}"] if defaults else []
         if todo:
@@ -246,18 +246,18 @@ class TableMaps(Step):
         tables = {"table maps": rows}
         if failed:
             checks, remediation = sync_failure_report(admin, failed)
-            return self.result(Status.FAILED, f"initial sync failed for {', '.join(failed)}",
+            return self.result(StepStatus.FAILED, f"initial sync failed for {', '.join(failed)}",
                                checks=checks, tables=tables, counts=counts, remediation=remediation,
                                next_action=RERUN_POLICY)
-        if worst(defaults) == Status.FAILED:
-            return self.result(Status.FAILED, "column defaults missing", tables=tables, counts=counts,
+        if worst(defaults) == StepStatus.FAILED:
+            return self.result(StepStatus.FAILED, "column defaults missing", tables=tables, counts=counts,
                                checks=defaults, next_action="Set the column defaults the checks name, then "
                                                             "run this step again.")
         if waiting:
             stopped = work.outcome.stopped
             return self.result(
-                Status.FAILED, f"not running: {', '.join(waiting)}", tables=tables, counts=counts,
-                checks=[Check(n, Status.FAILED, states[n].state + (f" ({stopped})" if stopped else ""),
+                StepStatus.FAILED, f"not running: {', '.join(waiting)}", tables=tables, counts=counts,
+                checks=[Check(n, StepStatus.FAILED, states[n].state + (f" ({stopped})" if stopped else ""),
                               fix="run the map as the instructions say (Run dialog), then run this "
                                   "step again", doc=ENABLE_DOC) for n in waiting],
                 next_action="Run the maps still not running (in the order of the table), then run "
@@ -266,6 +266,6 @@ class TableMaps(Step):
         if syncing:
             summary += (f"; initial sync still running for {', '.join(syncing)} "
                         "(the initial-sync step watches it)")
-        return self.result(Status.PASSED, summary, tables=tables, counts=counts,
-                           checks=[Check(r["map"], Status.PASSED, f"{r['state']} ({r['initial_sync']} "
+        return self.result(StepStatus.PASSED, summary, tables=tables, counts=counts,
+                           checks=[Check(r["map"], StepStatus.PASSED, f"{r['state']} ({r['initial_sync']} "
                                          f"initial sync, master {r['master']})") for r in rows] + defaults)

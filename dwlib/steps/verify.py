@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 from dwlib.catalog.errors import DOCS_ROOT
 
 from . import eligibility
-from .base import Check, Finding, Status, Step, StepContext, StepError, StepResult, register
+from .base import Check, Finding, Step, StepContext, StepError, StepResult, StepStatus, register
 from .dvmeta import Tables
 from .initialsync import sync_companies
 from .link import environment, worst
@@ -165,14 +165,14 @@ class Verify(Step):
                         params.verify.sample_keys)
         rows = reconcile(session, maps, companies, values=values)
         failing = [r for r in rows if not r.ok]
-        checks = [Check("reconciliation", Status.FAILED if failing else Status.PASSED,
+        checks = [Check("reconciliation", StepStatus.FAILED if failing else StepStatus.PASSED,
                         f"{len(rows) - len(failing)} of {len(rows)} map × company rows reconcile (counts, "
                         "keys and the checksums of the mapped columns' values)")]
         work = VerifyWork(rows, None, None, ids=company_ids(session), maps=maps, companies=list(companies))
         mode = params.verify.round_trip
         work.leftovers = leftovers(session, work.ids)
         if work.leftovers and mode == "never":
-            work.notes.append(Check("earlier round trips", Status.WARNING,
+            work.notes.append(Check("earlier round trips", StepStatus.WARNING,
                                     "left behind by a round trip that was stopped: "
                                     + "; ".join(map(str, work.leftovers)),
                                     fix="delete them by hand, or run verify with verify.round_trip: once, "
@@ -184,14 +184,14 @@ class Verify(Step):
             work.why_not = "off (verify.round_trip: never)"
         elif ACCOUNTS not in enabled:
             work.why_not = f"not possible: the plan does not enable {ACCOUNTS}"
-            work.notes.append(Check("round trip", Status.WARNING, work.why_not,
+            work.notes.append(Check("round trip", StepStatus.WARNING, work.why_not,
                                     fix=f"enable {ACCOUNTS} to prove live sync end to end"))
         elif earlier is not None:
             work.why_not = (f"passed on {earlier['passed_on']} in {earlier['company']} "
                             f"({earlier['account']}, cleaned up)")
-            work.notes.append(Check("round trip", Status.PASSED, work.why_not))
+            work.notes.append(Check("round trip", StepStatus.PASSED, work.why_not))
         elif admin.map_states([ACCOUNTS])[ACCOUNTS].state != RUNNING:
-            work.notes.append(Check("round trip", Status.FAILED, f"{ACCOUNTS} is not Running",
+            work.notes.append(Check("round trip", StepStatus.FAILED, f"{ACCOUNTS} is not Running",
                                     fix="run the table-maps step first"))
             work.why_not = f"{ACCOUNTS} is not Running"
         else:
@@ -253,7 +253,7 @@ class Verify(Step):
         checks += found.checks(ineligible_csv)
         checks += work.notes + (work.trip.stages if work.trip else [])
         if not work.rows:
-            checks.append(Check("reconciliation", Status.PASSED,
+            checks.append(Check("reconciliation", StepStatus.PASSED,
                                 "no map moved data (maps went live with skip initial sync): nothing to "
                                 "reconcile"))
         status = worst(checks)
@@ -294,7 +294,7 @@ class Verify(Step):
                          + (f": {r.differing} rows, e.g. {sample}" if r.differing else ""))
         if r.note:
             evidence += f"; {r.note}"
-        return Check(f"{r.map} {r.company}", Status.FAILED, evidence,
+        return Check(f"{r.map} {r.company}", StepStatus.FAILED, evidence,
                      fix=f"check that the map is Running (table-maps step), then rerun its initial sync "
                          f"(initial-sync step, or Re-run execution in Initial sync details; the master "
                          f"decides which side's values win); every missing key is in {csv}, every differing "
@@ -309,6 +309,6 @@ class Verify(Step):
                            f"initial sync of those maps (run the initial-sync step again), then verify "
                            f"again. Missing keys: {csv}.")
         if trip is not None and not trip.ok:
-            failed = next(c for c in trip.stages if c.status != Status.PASSED)
+            failed = next(c for c in trip.stages if c.status != StepStatus.PASSED)
             actions.append(f"The round trip failed at '{failed.name}': {failed.fix}")
         return " ".join(actions)

@@ -29,7 +29,7 @@ import ipywidgets as widgets
 from IPython.display import display
 
 from dwlib.render import COLOURS, MARKS, TextProgress
-from dwlib.steps import Status, StepResult
+from dwlib.steps import StepResult, StepStatus
 
 if TYPE_CHECKING:
     from dwlib.runbook import Runbook
@@ -96,7 +96,7 @@ class StepBoard:
         panel = self.panels.get(step_id)
         if panel is not None and panel.verifying:
             return  # the panel's own button ran the step: it shows the outcome itself
-        if result.status == Status.WAITING and self.rb.gates.hold and self.rb.gates.shown:
+        if result.status == StepStatus.WAITING and self.rb.gates.hold and self.rb.gates.shown:
             self.panels[step_id] = GatePanel(self.rb, step_id, self.rb.gates.shown[-1])
             display(self.panels[step_id].widget)
 
@@ -110,7 +110,8 @@ class StepBoard:
 
     def done(self) -> int:
         """How many steps finished in a way the run may go on from."""
-        return sum(1 for r in self.rows if r["status"] not in (PENDING, RUNNING) and Status(r["status"]).ok)
+        return sum(1 for r in self.rows
+                   if r["status"] not in (PENDING, RUNNING) and StepStatus(r["status"]).ok)
 
     def html(self) -> str:
         """The board as an HTML table (`data-step` and `data-status` on each row)."""
@@ -173,7 +174,7 @@ class GatePanel:
         status = str(result.status)
         said = "verified: " + status.replace("_", " ") if result.status.ok else status.replace("_", " ")
         self.status.value = _gate_status(status, said, self.attempts)
-        if result.status == Status.WAITING and self.rb.gates.shown:
+        if result.status == StepStatus.WAITING and self.rb.gates.shown:
             self.instruction.value = instruction_html(self.rb.gates.shown[-1])
         self.button.disabled = result.status.ok
         return result

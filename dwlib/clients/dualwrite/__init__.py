@@ -13,7 +13,7 @@ Example:
     >>> # admin = PortalAdmin(session.dataverse, session.finops, notify=print, timeout_s=1800)
     >>> # admin.run(["Customers V3 (contacts)"], initial_sync=True, master="dataverse")
     >>> # admin.map_states(["Customers V3 (contacts)"])["Customers V3 (contacts)"].state
-    >>> MapRunState("Running") == STATE_OF_STATUS[4] == "Running"
+    >>> MapState("Running") == STATE_OF_STATUS[4] == "Running"
     True
 """
 
@@ -25,7 +25,7 @@ from .base import (
     DualWriteAdminError,
     InitialSyncDetails,
     Instruction,
-    MapRunState,
+    MapSnapshot,
     MapState,
     SyncError,
 )
@@ -43,7 +43,7 @@ __all__ = [
     "GatewayAdmin",
     "InitialSyncDetails",
     "Instruction",
-    "MapRunState",
+    "MapSnapshot",
     "MapState",
     "PortalAdmin",
     "SyncError",

@@ -29,7 +29,7 @@ from ..dataverse import DataverseClient
 from ..errors import ResponseError
 from ..finops import FinOpsClient
 from ..http import RETRY_REFUSED, redact_url
-from .base import DualWriteAdminError, InitialSyncDetails, MapState, SyncError, host, map_names
+from .base import DualWriteAdminError, InitialSyncDetails, MapSnapshot, SyncError, host, map_names
 from .portal import PortalAdmin
 
 ACTION_CODES = {"start": "1", "stop": "4", "pause": "5", "resume": "6"}  # the gateway's Start actions
@@ -252,7 +252,7 @@ class GatewayAdmin(PortalAdmin):
         initial_sync: bool = True,
         master: str = "dataverse",
         include_related: bool = True,
-    ) -> dict[str, MapState]:
+    ) -> dict[str, MapSnapshot]:
         order, states, todo = self._run_plan(names, include_related)
         params = {
             "skipInitialSync": not initial_sync,
@@ -263,16 +263,16 @@ class GatewayAdmin(PortalAdmin):
         self._act(ACTION_CODES["start"], [n for n in todo if n not in paused], params)
         return self._wait_states("Run table maps", order, "Running")
 
-    def stop(self, names: Sequence[str]) -> dict[str, MapState]:
+    def stop(self, names: Sequence[str]) -> dict[str, MapSnapshot]:
         return self._switch("stop", names, "Not running")
 
-    def pause(self, names: Sequence[str]) -> dict[str, MapState]:
+    def pause(self, names: Sequence[str]) -> dict[str, MapSnapshot]:
         return self._switch("pause", names, "Paused")
 
-    def resume(self, names: Sequence[str]) -> dict[str, MapState]:
+    def resume(self, names: Sequence[str]) -> dict[str, MapSnapshot]:
         return self._switch("resume", names, "Running")
 
-    def _switch(self, action: str, names: Sequence[str], target: str) -> dict[str, MapState]:
+    def _switch(self, action: str, names: Sequence[str], target: str) -> dict[str, MapSnapshot]:
         maps = map_names(names)
         self._act(ACTION_CODES[action], maps)
         return self._wait_states(f"{action.capitalize()} table maps", maps, target)

@@ -28,7 +28,7 @@ from .base import (
     DualWriteAdminError,
     InitialSyncDetails,
     Instruction,
-    MapState,
+    MapSnapshot,
     host,
     map_names,
     same_url,
@@ -186,7 +186,7 @@ class PortalAdmin(DualWriteAdmin):
         initial_sync: bool = True,
         master: str = "dataverse",
         include_related: bool = True,
-    ) -> dict[str, MapState]:
+    ) -> dict[str, MapSnapshot]:
         _, before, todo = self._run_plan(names, include_related)
         if not todo:
             return before
@@ -254,7 +254,7 @@ class PortalAdmin(DualWriteAdmin):
 
     def _simple(
         self, action: str, button: str, names: Sequence[str], target: str, extra: str = ""
-    ) -> dict[str, MapState]:
+    ) -> dict[str, MapSnapshot]:
         maps = map_names(names)
         self._gate(
             f"{action} table maps {', '.join(maps)}",
@@ -267,13 +267,13 @@ class PortalAdmin(DualWriteAdmin):
         )
         return self._wait_states(f"{action} table maps", maps, target)
 
-    def stop(self, names: Sequence[str]) -> dict[str, MapState]:
+    def stop(self, names: Sequence[str]) -> dict[str, MapSnapshot]:
         return self._simple("Stop", "Stop", names, "Not running")
 
-    def pause(self, names: Sequence[str]) -> dict[str, MapState]:
+    def pause(self, names: Sequence[str]) -> dict[str, MapSnapshot]:
         return self._simple("Pause", "Pause", names, "Paused")
 
-    def resume(self, names: Sequence[str]) -> dict[str, MapState]:
+    def resume(self, names: Sequence[str]) -> dict[str, MapSnapshot]:
         return self._simple(
             "Resume", "Run", names, "Running", " Choose 'Catch up synchronization of queued records'."
         )
