@@ -303,7 +303,7 @@ def _review_parser(commands: Any) -> None:
 
     def verb(name: str, func: Callable[[argparse.Namespace], int], text: str,
              formats: tuple[str, ...] = ()) -> argparse.ArgumentParser:
-        parser = verbs.add_parser(name, help=text, description=text)
+        parser: argparse.ArgumentParser = verbs.add_parser(name, help=text, description=text)
         if formats:
             parser.add_argument("--format", choices=formats, default=formats[0], help="output format")
             parser.add_argument("--out", type=Path, help="write to FILE instead of the terminal")

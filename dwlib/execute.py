@@ -39,9 +39,10 @@ from papermill.exceptions import PapermillExecutionError
 from dwlib.errors import DwError
 from dwlib.notebooks import NOTEBOOKS
 from dwlib.params import Params, load_params
-from dwlib.record import DONE, RecordError, load_record, mark_interrupted, new_run_id, run_stem
+from dwlib.record import RecordError, load_record, mark_interrupted, new_run_id, run_stem
 from dwlib.render import summary_rows
 from dwlib.report import finalize, steps_table_text
+from dwlib.vocab import RunStatus, StepStatus
 
 KERNEL = "python3"
 POLL_S = 0.5
@@ -82,8 +83,9 @@ class Execution:
         up. A skipped step (a dry run) or one that never ran is not ok."""
         if self.data is None:
             return False
-        results = {s["id"]: s["status"] for s in self.data["steps"]}
-        return all(results.get(step) in (*DONE, "warning") for step in self.data["steps_planned"])
+        results = {s["id"]: StepStatus(s["status"]) for s in self.data["steps"]}
+        return all(step in results and (results[step].done or results[step] is StepStatus.WARNING)
+                   for step in self.data["steps_planned"])
 
     def summary(self) -> str:
         """The step summary table (one line per planned step) and the paths of the run."""
@@ -213,7 +215,7 @@ class Interrupts:
 
     def _noted(self) -> bool:
         try:
-            return bool(load_record(self.record)["status"] == "interrupted")
+            return bool(load_record(self.record)["status"] == RunStatus.INTERRUPTED)
         except RecordError:
             return False
 
@@ -305,7 +307,7 @@ def execute(
         data = None  # none yet: stopped before the runbook opened
     interrupted = ""
     # A run that had ended (or failed) before the signal took effect keeps its outcome.
-    if interrupts.signal and (data is None or data["status"] in ("running", "interrupted")):
+    if interrupts.signal and (data is None or RunStatus(data["status"]).active):
         interrupted, error = interrupts.signal, f"interrupted by {interrupts.signal}"
         if data is not None:
             mark_interrupted(record, error)

@@ -31,7 +31,7 @@ import logging
 import re
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -87,9 +87,9 @@ class ParamsError(DwError):
 class _KeyProblems(ValueError):
     """Raised by cross-field checks so each problem keeps its own path below the model's."""
 
-    def __init__(self, items: list[tuple[Loc, str]]) -> None:
+    def __init__(self, items: Sequence[tuple[Loc, str]]) -> None:
         super().__init__("; ".join(msg for _, msg in items))
-        self.items = items
+        self.items = list(items)
 
 
 # ---- field types -------------------------------------------------------------------------------
@@ -578,9 +578,9 @@ def company_problems(p: Params | References) -> list[tuple[Loc, str]]:
             problems.append((where, f"company {company.code} is listed twice"))
         seen.add(company.code)
     in_scope = known | seen | ({NEW_FINOPS_COMPANY} if sc.finops != "existing" else set())
-    code = p.verify.company
-    if code is not None and in_scope and code not in in_scope:
-        problems.append((("verify", "company"), f"company {code} is not in the run's scope "
+    checked = p.verify.company
+    if checked is not None and in_scope and checked not in in_scope:
+        problems.append((("verify", "company"), f"company {checked} is not in the run's scope "
                          f"({', '.join(sorted(in_scope))}): choose one of them, or null"))
     return problems
 
@@ -916,7 +916,8 @@ def _merge_sandbox(data: dict[str, Any], base: Path, *, pending: bool) -> list[t
     path = (base / Path(sandbox["dir"]).expanduser()).resolve() / "connection.yaml"
     if pending:
         conn: dict[str, Any] = _STAND_IN
-        own = data.get("environments") if isinstance(data.get("environments"), dict) else {}
+        own = data.get("environments")
+        own = own if isinstance(own, dict) else {}
         problems += [(("environments", field), "dw run --sandbox runs against a fresh sandbox, whose "
                       "connection.yaml supplies it: remove it, or run without --sandbox")
                      for key, (section, field) in _FROM_CONNECTION.items()

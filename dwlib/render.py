@@ -2,7 +2,8 @@
 
 Both work on the JSON form of a result (`StepResult.to_dict()`, as the run record stores it), so
 a result renders the same live in a notebook and later from a record. Tables become pandas
-DataFrames. This module sits at the bottom of the package: it imports nothing of `dwlib`.
+DataFrames. This module sits at the bottom of the package: it imports nothing of `dwlib` but
+its vocabulary (`dwlib.vocab`).
 
 Example:
     >>> print(result_text({"step": "plan", "title": "Plan the initial sync", "status": "passed",
@@ -20,19 +21,23 @@ from typing import Any
 
 import pandas as pd
 
+from dwlib.vocab import RunStatus, StepStatus
+
 # The machine-readable copy of a step result inside a notebook's outputs: with it, the executed
 # notebook alone is enough to review a run (`dwlib.review` reads it when the record is missing).
 RESULT_MIME = "application/vnd.dwlib.step-result+json"
 PROGRESS_EVERY_S = 5.0
 TEXT_ROWS = 20  # rows of a table shown in a headless log (the record keeps them all)
-COLOURS = {
-    "passed": "#1a7f37", "already_done": "#1a7f37", "skipped": "#6e7781", "waiting": "#9a6700",
-    "warning": "#9a6700", "failed": "#cf222e", "interrupted": "#9a6700",
+COLOURS: dict[str, str] = {
+    StepStatus.PASSED: "#1a7f37", StepStatus.ALREADY_DONE: "#1a7f37", StepStatus.SKIPPED: "#6e7781",
+    StepStatus.WAITING: "#9a6700", StepStatus.WARNING: "#9a6700", StepStatus.FAILED: "#cf222e",
+    RunStatus.INTERRUPTED: "#9a6700",
 }
 HTML_ROWS = 200  # rows of a table shown in a notebook (the record keeps them all)
 # Background of a table row needing attention (see `attention`), by how bad it is.
-ATTENTION = {"failed": "#ffebe9", "warning": "#fff8c5"}
-MARKS = {"passed": "✓", "already_done": "✓", "skipped": "–", "waiting": "…", "warning": "!", "failed": "✗"}
+ATTENTION: dict[str, str] = {StepStatus.FAILED: "#ffebe9", StepStatus.WARNING: "#fff8c5"}
+MARKS: dict[str, str] = {StepStatus.PASSED: "✓", StepStatus.ALREADY_DONE: "✓", StepStatus.SKIPPED: "–",
+                         StepStatus.WAITING: "…", StepStatus.WARNING: "!", StepStatus.FAILED: "✗"}
 
 
 class TextProgress:
@@ -102,18 +107,18 @@ def attention(row: Mapping[str, Any]) -> str:
     without a company, rows with double quotes (a documented initial-sync error).
 
     >>> attention({"map": "a", "status": "PASS"}), attention({"missing_in_finops": 2, "status": "FAIL"})
-    ('', 'failed')
+    ('', <StepStatus.FAILED: 'failed'>)
     >>> attention({"map": "b", "action": "migrate"})
-    'warning'
+    <StepStatus.WARNING: 'warning'>
     """
     status = str(row.get("status", "")).lower()
     missing = any(k.startswith("missing_in_") and isinstance(v, int) and v > 0 for k, v in row.items())
-    if status in ("fail", "failed", "error") or missing:
-        return "failed"
+    if status in ("fail", StepStatus.FAILED, "error") or missing:
+        return StepStatus.FAILED
     counts = (row.get("dataverse_without_company"), row.get("quoted_rows"))
-    if (status in ("warn", "warning", "waiting") or row.get("action") == "migrate"
+    if (status in ("warn", StepStatus.WARNING, StepStatus.WAITING) or row.get("action") == "migrate"
             or any(isinstance(n, int) and n > 0 for n in counts)):
-        return "warning"
+        return StepStatus.WARNING
     return ""
 
 
@@ -135,7 +140,7 @@ def styled_table(rows: Sequence[Mapping[str, Any]], limit: int = HTML_ROWS) -> s
               .set_td_classes(classes).hide(axis="index")
               .set_table_attributes('class="dataframe dw-table"'))
     more = f"<p>… {len(rows) - limit} more rows in the run record</p>" if len(rows) > limit else ""
-    return styler.to_html() + more
+    return str(styler.to_html()) + more
 
 
 def result_text(r: Mapping[str, Any]) -> str:
@@ -144,7 +149,7 @@ def result_text(r: Mapping[str, Any]) -> str:
     if r.get("error") and r["error"] != r.get("summary"):
         lines.append(f"  error: {r['error']}")
     for c in r.get("checks") or []:
-        fix = f" — fix: {c['fix']}" if c.get("fix") and c["status"] not in ("passed", "already_done") else ""
+        fix = f" — fix: {c['fix']}" if c.get("fix") and not StepStatus(c["status"]).done else ""
         lines.append(f"  {MARKS.get(c['status'], '?')} {c['name']}: {c['evidence']}{fix}")
     for name, rows in (r.get("tables") or {}).items():
         lines.append(f"  {name} ({len(rows)} row{'s' if len(rows) != 1 else ''}):")

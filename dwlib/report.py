@@ -162,7 +162,7 @@ def widgets_as_html(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """A copy of `notebook` whose widget outputs are static HTML of the widgets' final saved state
     (or their text when no state was saved), without the widget state itself: nothing is left
     that needs the widget JavaScript."""
-    out = nbformat.from_dict(copy.deepcopy(dict(notebook)))
+    out: nbformat.NotebookNode = nbformat.from_dict(copy.deepcopy(dict(notebook)))
     saved = out.metadata.pop("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
     for cell in out.cells:
         for output in cell.get("outputs", []):

@@ -40,6 +40,7 @@ from dwlib.record import (
     run_status,
 )
 from dwlib.render import COLOURS, RESULT_MIME, result_text
+from dwlib.vocab import RunStatus, StepStatus
 
 CATALOGUE_COLUMNS = ("run_id", "scenario", "status", "started", "ended", "duration_s", "failed_step",
                      "error", "dataverse_url", "finops_url", "organization_id", "tenant_id", "dry_run",
@@ -123,13 +124,13 @@ def live_status(record: Mapping[str, Any]) -> str:
     machine) is `interrupted`: it was killed and will never finish its record.
 
     >>> live_status({"status": "running", "process": {"host": socket.gethostname(), "pid": 2**22 + 7}})
-    'interrupted'
+    <RunStatus.INTERRUPTED: 'interrupted'>
     """
     status = record.get("status", "unknown")
     process = record.get("process") or {}
-    if status == "running" and process.get("host") == socket.gethostname() and process.get("pid"):
-        return "running" if pid_alive(int(process["pid"])) else "interrupted"
-    return status
+    if status == RunStatus.RUNNING and process.get("host") == socket.gethostname() and process.get("pid"):
+        return RunStatus.RUNNING if pid_alive(int(process["pid"])) else RunStatus.INTERRUPTED
+    return str(status)
 
 
 def step_error(record: Mapping[str, Any], step_id: str | None) -> str:
@@ -146,7 +147,7 @@ def catalogue_row(record: Mapping[str, Any], record_path: Path) -> dict[str, Any
     """One catalogue row of a record (see `CATALOGUE_COLUMNS`)."""
     env = record.get("environments") or {}
     observed = env.get("observed") or {}
-    done = {s["id"] for s in record.get("steps", []) if s.get("status") in ("passed", "already_done")}
+    done = {s["id"] for s in record.get("steps", []) if StepStatus(s["status"]).done}
     notebook = notebook_beside(record_path, record)
     return {
         "run_id": record["run_id"], "scenario": record.get("scenario"), "status": live_status(record),
@@ -581,7 +582,7 @@ def verify_record(path: Path, data: Any = None) -> Verification:
     if not manifest:
         status = live_status(record)
         out.notes.append("not sealed: the executed notebook's sha256 was never recorded "
-                         + ("(the run has not finished)" if status == "running" else
+                         + ("(the run has not finished)" if status == RunStatus.RUNNING else
                             "(run outside dw run/dw batch: once the notebook is final, seal it with "
                             "`dw review seal RECORD --notebook NB`)"))
     else:

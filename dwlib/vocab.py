@@ -71,6 +71,13 @@ class RunStatus(StrEnum):
         return self in (RunStatus.PASSED, RunStatus.WARNING)
 
 
+class Progress(StrEnum):
+    """Where a step stands before it has a result (a row of the runbook's board)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+
+
 class BatchStatus(StrEnum):
     """The status of one run of a batch (and of the batch as a whole) in its manifest."""
 
@@ -107,12 +114,12 @@ class MapState(StrEnum):
     @property
     def live(self) -> bool:
         """True when the map tracks changes (running, paused with a queue, or catching up)."""
-        return self in (MapState.RUNNING, MapState.PAUSED, MapState.RESUMING)
+        return self in LIVE_MAP_STATES
 
     @property
     def settling(self) -> bool:
         """True for the states that end by themselves (initial write, catch-up)."""
-        return self in (MapState.INITIALIZING, MapState.RESUMING)
+        return self in SETTLING_MAP_STATES
 
     @classmethod
     def of(cls, name: str) -> MapState | None:
@@ -129,3 +136,6 @@ _MAP_STATE_OF_NAME: dict[str, MapState] = {
     "CatchUp": MapState.RESUMING,
 }
 MAP_STATE_NAMES: tuple[str, ...] = tuple(_MAP_STATE_OF_NAME)
+# As tuples too, for `in` tests on values that may still be plain strings (read from JSON).
+LIVE_MAP_STATES = (MapState.RUNNING, MapState.PAUSED, MapState.RESUMING)
+SETTLING_MAP_STATES = (MapState.INITIALIZING, MapState.RESUMING)

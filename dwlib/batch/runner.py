@@ -23,12 +23,13 @@ from typing import Any
 import psutil
 
 from dwlib.batch.executors import DaskExecutor, Executor, LocalExecutor
-from dwlib.batch.manifest import FAILED, NAME, Manifest, since, still_running
+from dwlib.batch.manifest import NAME, Manifest, since, still_running
 from dwlib.batch.plan import Plan, load_plan
 from dwlib.batch.storage import Output
 from dwlib.batch.worker import RunSpec, now, stop_tree
 from dwlib.errors import DwError
 from dwlib.execute import sigterm_interrupts
+from dwlib.vocab import BatchStatus
 
 Echo = Callable[[str], None]
 
@@ -45,13 +46,13 @@ class BatchResult:
         """0 when every run passed, 130 when cancelled, 1 otherwise."""
         if self.cancelled:
             return 130
-        return 0 if self.manifest.data["status"] == "passed" else 1
+        return 0 if self.manifest.data["status"] == BatchStatus.PASSED else 1
 
 
 def schedule(executor: Executor, manifest: Manifest, specs: dict[str, RunSpec], pairs: dict[str, Any],
              max_parallel: int, echo: Echo) -> bool:
     """Run `specs` (in their order) on `executor`; True when cancelled (Ctrl+C, SIGTERM)."""
-    pending, running = list(specs), {}
+    pending, running = list(specs), dict[str, Any]()
     # Workers report here; only this thread touches the manifest. (name, "started"|"ended", info)
     done: queue.Queue[tuple[str, str, dict[str, Any]]] = queue.Queue()
 
@@ -59,7 +60,7 @@ def schedule(executor: Executor, manifest: Manifest, specs: dict[str, RunSpec], 
         try:
             outcome = executor.run(specs[name], lambda info: done.put((name, "started", info)))
         except Exception as exc:  # a lost worker or a failed upload: this run's problem, not the batch's
-            outcome = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
+            outcome = {"status": BatchStatus.ERROR, "error": f"{type(exc).__name__}: {exc}"}
         done.put((name, "ended", outcome))
 
     def collect() -> None:
@@ -203,7 +204,7 @@ def summary(manifest: Manifest) -> str:
     lines.append(f"batch {manifest.data['status']}: {len(runs)} runs: "
                  + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     for r in runs:
-        if r["status"] in FAILED or r["status"] in ("pending", "running"):
+        if BatchStatus(r["status"]) != BatchStatus.PASSED:
             lines.append(f"  {r['name']}: {r['status']}" + (f": {r['error']}" if r["error"] else "")
                          + (f" (log {r['log']})" if r["log"] else ""))
     lines.append(f"manifest: {out.join(NAME)}" + ("" if out.is_url else f"; review: dw review {out}"))

@@ -299,7 +299,8 @@ class Limits:
 @cache
 def _data() -> dict[str, Any]:
     text = resources.files("dwlib.catalog").joinpath("table_maps.yaml").read_text(encoding="utf-8")
-    return yaml.safe_load(text)
+    data: dict[str, Any] = yaml.safe_load(text)
+    return data
 
 
 def _row(raw: dict[str, Any], source: str) -> ColumnMapping:
@@ -312,7 +313,7 @@ def _row(raw: dict[str, Any], source: str) -> ColumnMapping:
 def _build(raw: dict[str, Any]) -> TableMap:
     rows = tuple(_row(r, raw["mappings_source"].split(":")[0]) for r in raw["mappings"])
     tuples = {"finops_key", "integration_key", "depends_on", "docs"}
-    fields = {k: (tuple(v) if k in tuples else v) for k, v in raw.items() if k != "mappings"}
+    fields: dict[str, Any] = {k: (tuple(v) if k in tuples else v) for k, v in raw.items() if k != "mappings"}
     return TableMap(mappings=rows, **fields)
 
 

@@ -79,7 +79,7 @@ def default_cache_path() -> Path:
     return Path(base) / "dwlib" / "msal_cache.bin"
 
 
-class TokenCacheFile(msal.SerializableTokenCache):
+class TokenCacheFile(msal.SerializableTokenCache):  # type: ignore[misc]  # msal ships no types
     """msal's token cache, persisted in an owner-only file outside any repository.
 
     >>> import tempfile
@@ -107,7 +107,7 @@ class TokenCacheFile(msal.SerializableTokenCache):
     def save(self) -> None:
         """Write the cache if it changed (atomically, mode 0600)."""
         with self._file_lock:
-            if not self.has_state_changed:
+            if not getattr(self, "has_state_changed", True):
                 return
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
@@ -209,7 +209,7 @@ class TokenProvider:
                 return memo[0]
             force = memo is not None  # renewing a known token: skip msal's cache
             result = self._acquire(scope, force=force)
-            token = result["access_token"]
+            token = str(result["access_token"])
             lifetime = float(result.get("expires_in", 3599))
             self._memo[scope] = (token, self._clock() + lifetime - min(_REFRESH_MARGIN_S, lifetime / 2))
             remember(token)
@@ -234,20 +234,22 @@ class TokenProvider:
                                   repeatable=True) from None
         if not result or "access_token" not in result:
             raise _auth_error(result or {}, scope, app.client_id)
-        return result
+        return dict(result)
 
     def _device_code(self, app: msal.ClientApplication, scope: str, *, force: bool) -> dict[str, Any]:
         assert isinstance(app, msal.PublicClientApplication)
         accounts = app.get_accounts()
         if accounts:
-            result = app.acquire_token_silent([scope], account=accounts[0], force_refresh=force)
+            result: dict[str, Any] | None = app.acquire_token_silent([scope], account=accounts[0],
+                                                                     force_refresh=force)
             if result and "access_token" in result:
                 return result
-        flow = app.initiate_device_flow(scopes=[scope])
+        flow: dict[str, Any] = app.initiate_device_flow(scopes=[scope])
         if "user_code" not in flow:
             return flow  # an error dict, explained by the caller
         self._prompt(flow["message"])
-        return app.acquire_token_by_device_flow(flow)
+        answer: dict[str, Any] = app.acquire_token_by_device_flow(flow)
+        return answer
 
 
 def _print_prompt(message: str) -> None:

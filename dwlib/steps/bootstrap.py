@@ -57,8 +57,9 @@ from dwlib import catalog
 from dwlib.catalog.errors import DOCS_ROOT
 from dwlib.clients.bulk import BulkResult, run_chunks
 from dwlib.clients.errors import ClientError
+from dwlib.vocab import LIVE_MAP_STATES, MapState, StepStatus
 
-from .base import Check, Finding, Step, StepContext, StepError, StepResult, StepStatus, register
+from .base import Check, Finding, Step, StepContext, StepError, StepResult, register
 from .bulkwrite import AppendCsv, isolate, progress_of
 from .dvmeta import Lookup, TableInfo, Tables
 from .link import companies, environment, worst
@@ -218,7 +219,8 @@ def _groups(dv: DataverseClient, targets: Iterable[Target]) -> dict[tuple[str, s
         select = [table.primary_id, key, *([company_col] if company_col else [])]
         for row in dv.query(table.entity_set, select=select):
             if row.get(key):
-                out[(str(row.get(company_col) or ""), str(row[key]).lower())] = row[table.primary_id]
+                company_id = str(row.get(company_col) or "") if company_col else ""
+                out[(company_id, str(row[key]).lower())] = row[table.primary_id]
     return out
 
 
@@ -290,9 +292,9 @@ def _company(row: dict[str, Any], key: str, target: Target, unit: str, owned: bo
             return "", "", "", (f"{key} is a customer account of F&O company {code}, which has no "
                                 "cdm_companies row (not in the connection's legal entities)")
         return BY_ACCOUNT_NUMBER, code, group, ""
-    code = rules.mapping.get(unit)
-    if code is not None:
-        return BY_BUSINESS_UNIT, code, "", ""
+    mapped = rules.mapping.get(unit)
+    if mapped is not None:
+        return BY_BUSINESS_UNIT, mapped, "", ""
     why = (f"owning business unit '{unit}' is not in bootstrap.mapping" if owned else
            'the table has no owning business unit and bootstrap.mapping has no "" entry')
     if rules.finops is not None:
@@ -563,14 +565,13 @@ class BootstrapApply(Step):
         return self.result(status, summary, checks=checks, tables=tables, counts=counts, evidence_files=files)
 
 
-LIVE_STATES = ("Running", "Paused", "Resuming")
 
 
 def live_maps(ctx: StepContext, state: BootstrapState) -> list[str]:
     """The maps over the tables to stamp that are live (they would send each stamped row to F&O)."""
     _, _, admin = environment(ctx)
     names = [m.name for m in catalog.table_maps() if m.dataverse_table in state.targets]
-    return sorted(n for n, s in admin.map_states(names).items() if s.state in LIVE_STATES)
+    return sorted(n for n, s in admin.map_states(names).items() if s.state in LIVE_MAP_STATES)
 
 
 def _refuse_live(ctx: StepContext, state: BootstrapState) -> None:
@@ -607,7 +608,7 @@ class StopMaps(Step):
         state = read_state(ctx)
         live = live_maps(ctx, state) if state.stamps else []
         states = admin.map_states(live)
-        busy = [f"{n} is {states[n].state}" for n in live if states[n].state != "Running"]
+        busy = [f"{n} is {states[n].state}" for n in live if states[n].state != MapState.RUNNING]
         if busy:
             raise StepError(f"{'; '.join(busy)}: only Running maps can be stopped. Fix: resume a Paused map "
                             "(catch up) and wait until it runs, then run this step again")
@@ -622,8 +623,9 @@ class StopMaps(Step):
         _, _, admin = environment(ctx)
         stopped: list[str] = finding.todo
         states = admin.map_states(stopped)
-        checks = [Check(n, StepStatus.PASSED if states[n].state == "Not running" else StepStatus.FAILED,
-                        states[n].state, fix="" if states[n].state == "Not running" else "stop it (Stop)",
+        off = {n: states[n].state == MapState.NOT_RUNNING for n in stopped}
+        checks = [Check(n, StepStatus.PASSED if off[n] else StepStatus.FAILED,
+                        states[n].state, fix="" if off[n] else "stop it (Stop)",
                         doc=BOOTSTRAP_DOC) for n in stopped]
         summary = (f"stopped {', '.join(stopped)}: the plan runs them again after the bootstrap" if stopped
                    else "no live map over the tables to stamp")

@@ -40,9 +40,10 @@ from typing import TYPE_CHECKING, Any
 from dwlib import catalog
 from dwlib.clients.dualwrite import Instruction
 from dwlib.scenarios import GUIDE
+from dwlib.vocab import SETTLING_MAP_STATES, MapState, StepStatus
 
-from .base import Check, Finding, Step, StepContext, StepError, StepResult, StepStatus, register
-from .initialsync import WATCHED, Watch
+from .base import Check, Finding, Step, StepContext, StepError, StepResult, register
+from .initialsync import Watch
 from .link import (
     LEGAL_ENTITIES_DOC,
     company_checks,
@@ -57,7 +58,7 @@ from .link import (
 )
 from .plan import effective_limits, initial_write_problems
 from .reconcile import reconcile
-from .tablemaps import RUNNING, PlannedMap, enable
+from .tablemaps import PlannedMap, enable
 
 if TYPE_CHECKING:
     from dwlib.clients.dualwrite import DualWriteAdmin
@@ -66,7 +67,8 @@ if TYPE_CHECKING:
 
 COMPANIES_MAP = "Legal entities (cdm_companies)"
 CUSTOMER_GROUPS_MAP = "Customer groups (msdyn_customergroups)"
-LIVE = ("Running", "Paused")  # states in which a map re-runs the initial write for added companies
+# states in which a map re-runs the initial write for added companies
+LIVE = (MapState.RUNNING, MapState.PAUSED)
 
 
 def reference_maps(params: Params) -> list[str]:
@@ -154,9 +156,9 @@ def bring_companies(ctx: StepContext, maps: Sequence[str], codes: Sequence[str],
     watch = Watch(admin, time.monotonic() + options.timeout_s, options.poll_s, lambda _n: None)
     done: list[str] = []
     states = admin.map_states(maps)
-    watch.until_settled([n for n in maps if states[n].state in WATCHED])
+    watch.until_settled([n for n in maps if states[n].state in SETTLING_MAP_STATES])
     states = admin.map_states(maps)
-    start = [n for n in maps if states[n].state != RUNNING]
+    start = [n for n in maps if states[n].state != MapState.RUNNING]
     if start:
         outcome = enable(admin, [PlannedMap(n, True, "finops") for n in start])
         watch.until_settled(outcome.attempted)
@@ -178,7 +180,7 @@ def bring_companies(ctx: StepContext, maps: Sequence[str], codes: Sequence[str],
 
 def _states_check(admin: DualWriteAdmin, maps: Sequence[str]) -> Check:
     states = admin.map_states(maps)
-    off = [f"{n} is {states[n].state}" for n in maps if states[n].state != RUNNING]
+    off = [f"{n} is {states[n].state}" for n in maps if states[n].state != MapState.RUNNING]
     if off:
         return Check("reference maps", StepStatus.FAILED, "; ".join(off),
                      fix="run them with their initial sync (Run dialog, master F&O), then run the step again",
@@ -238,8 +240,8 @@ class LegalEntities(Step):
         states = admin.map_states(maps)
         conn = admin.connection_legal_entities()
         extra = sorted(set(conn.codes or ()) - set(sc.codes) - set(sc.created))
-        work = ConnectionWork(maps, [n for n in maps if states[n].state != RUNNING], conn.missing(sc.codes),
-                              extra, lacking_companies(admin, sc.codes))
+        work = ConnectionWork(maps, [n for n in maps if states[n].state != MapState.RUNNING],
+                              conn.missing(sc.codes), extra, lacking_companies(admin, sc.codes))
         pending = "" if conn.readable else "read after the Legal entities map runs"
         checks = [connection_check(admin, sc.codes, pending=pending)]
         return Finding(not work.describe(), work.describe() or "in scope and in Dataverse", todo=work,

@@ -65,7 +65,7 @@ class TableInfo:
         `msdyn_companyid` on products), or None when the table is not striped by company."""
         found = sorted((nav, lk) for nav, lk in self.lookups.items() if lk.target == COMPANY_TABLE)
         preferred = [f for f in found if f[0] in ("msdyn_company", "msdyn_companyid")]
-        return (preferred or found or [None])[0]
+        return (preferred or found)[0] if found else None
 
 
 class Tables:

@@ -38,16 +38,14 @@ from typing import TYPE_CHECKING, Any
 
 from dwlib import catalog
 from dwlib.catalog.errors import DOCS_ROOT
+from dwlib.vocab import SETTLING_MAP_STATES, MapState, StepStatus
 
-from .base import Check, Finding, Step, StepContext, StepError, StepResult, StepStatus, register
+from .base import Check, Finding, Step, StepContext, StepError, StepResult, register
 from .link import environment, scope, worst
 from .plan import effective_limits, volume_problems
 from .reconcile import Reconciliation, reconcile
 from .tablemaps import (
-    INITIALIZING,
-    NOT_RUNNING,
     RERUN_POLICY,
-    RUNNING,
     PlannedMap,
     enable,
     planned_maps,
@@ -58,7 +56,6 @@ if TYPE_CHECKING:
     from dwlib.clients.dualwrite import DualWriteAdmin, MapSnapshot
 
 GUIDANCE_DOC = DOCS_ROOT + "initial-sync-guidance"
-WATCHED = (INITIALIZING, "Resuming")  # states that end by themselves
 
 
 @dataclass
@@ -144,7 +141,7 @@ class Watch:
         pending = set(names)
         while True:
             states = self.admin.map_states(names)
-            done = {n for n in pending if states[n].state not in WATCHED}
+            done = {n for n in pending if states[n].state not in SETTLING_MAP_STATES}
             if done:
                 self.progress(len(done))
                 pending -= done
@@ -173,7 +170,7 @@ class InitialSync(Step):
         maps = [p for p in planned_maps(ctx) if p.initial_sync]
         companies = sync_companies(ctx)
         states = admin.map_states([p.name for p in maps])
-        running = [p for p in maps if states[p.name].state == RUNNING]
+        running = [p for p in maps if states[p.name].state == MapState.RUNNING]
         rows = reconcile(session, [p.name for p in running], companies)
         behind_by_map: dict[str, list[str]] = {}
         for r in rows:
@@ -190,8 +187,8 @@ class InitialSync(Step):
         work = SyncWork(
             maps=maps,
             companies=companies,
-            watch=[p.name for p in maps if states[p.name].state in WATCHED],
-            start=[p for p in maps if states[p.name].state not in (RUNNING, *WATCHED)],
+            watch=[p.name for p in maps if states[p.name].state in SETTLING_MAP_STATES],
+            start=[p for p in maps if states[p.name].state not in (MapState.RUNNING, *SETTLING_MAP_STATES)],
             rerun=[p for p in running if p.name in behind],
         )
         checks = [Check(p.name, StepStatus.PASSED if p not in work.start and p not in work.rerun
@@ -223,7 +220,8 @@ class InitialSync(Step):
             while time.monotonic() < watch.deadline:
                 states = admin.map_states(names)
                 todo = [p for p in work.maps
-                        if states[p.name].state not in (RUNNING, *WATCHED) and p.name not in work.attempted]
+                        if states[p.name].state not in (MapState.RUNNING, *SETTLING_MAP_STATES)
+                        and p.name not in work.attempted]
                 if not todo:
                     break
                 outcome = enable(admin, todo)
@@ -231,7 +229,8 @@ class InitialSync(Step):
                 work.failed += outcome.failed
                 work.stopped = outcome.stopped
                 settled = watch.until_settled(outcome.attempted)
-                if outcome.stopped and not any(settled[n].state in WATCHED for n in outcome.attempted):
+                if outcome.stopped and not any(settled[n].state in SETTLING_MAP_STATES
+                                               for n in outcome.attempted):
                     break  # a failure or a gate nobody did: verify reports it
         finally:
             bar.close()
@@ -244,7 +243,7 @@ class InitialSync(Step):
             return self.result(StepStatus.SKIPPED, "the plan runs no initial sync (maps skip it or are "
                                "migrated outside it)")
         states = admin.map_states([p.name for p in maps])
-        running = [p.name for p in maps if states[p.name].state == RUNNING]
+        running = [p.name for p in maps if states[p.name].state == MapState.RUNNING]
         rows = reconcile(session, running, work.companies)
         table = [self._row(r, states) for r in rows]
         table += [{"map": p.name, "company": "", "state": states[p.name].state} for p in maps
@@ -254,7 +253,7 @@ class InitialSync(Step):
                   "rows_dataverse": sum(r.dataverse_rows for r in rows)}
         tables = {"initial sync": table}
         # Failed: seen failing by `enable`, or watched from Initializing to Not running.
-        failed = [p.name for p in maps if states[p.name].state == NOT_RUNNING
+        failed = [p.name for p in maps if states[p.name].state == MapState.NOT_RUNNING
                   and (p.name in work.failed or p.name in work.watch)]
         if failed:
             checks, remediation = sync_failure_report(admin, failed)
@@ -286,9 +285,9 @@ class InitialSync(Step):
 
     @staticmethod
     def _state_check(name: str, state: MapSnapshot, timeout_s: float, stopped: str) -> Check:
-        if state.state == RUNNING:
+        if state.state == MapState.RUNNING:
             return Check(name, StepStatus.PASSED, "Running: initial sync complete")
-        if state.state in WATCHED:
+        if state.state in SETTLING_MAP_STATES:
             return Check(name, StepStatus.FAILED, f"still {state.state} after {timeout_s:g} s",
                          fix="the initial sync is still running: run this step again to keep watching "
                              "(or raise initial_sync.timeout_s)", doc=GUIDANCE_DOC)

@@ -29,8 +29,9 @@ from dwlib import catalog
 from dwlib.catalog.errors import DOCS_ROOT
 from dwlib.clients.errors import HttpError
 from dwlib.scenarios import scenario
+from dwlib.vocab import StepStatus
 
-from .base import Check, Finding, Step, StepContext, StepError, StepResult, StepStatus, register
+from .base import Check, Finding, Step, StepContext, StepError, StepResult, register
 
 if TYPE_CHECKING:
     from dwlib.clients.dualwrite import DualWriteAdmin

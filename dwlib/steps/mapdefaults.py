@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING
 from dwlib import catalog
 from dwlib.catalog.errors import DOCS_ROOT
 from dwlib.clients.dualwrite import DualWriteAdminError
+from dwlib.vocab import MapState, StepStatus
 
-from .base import Check, Finding, Step, StepContext, StepResult, StepStatus, register
+from .base import Check, Finding, Step, StepContext, StepResult, register
 from .link import environment, worst
 
 if TYPE_CHECKING:
@@ -73,16 +74,16 @@ def apply_defaults(admin: DualWriteAdmin, todo: Defaults) -> None:
     """
     for name, defaults in todo.items():
         state = admin.map_states([name])[name].state
-        if state not in ("Running", "Not running"):
+        if state not in (MapState.RUNNING, MapState.NOT_RUNNING):
             raise DualWriteAdminError(
                 f"'{name}' is {state}: its column mappings can be changed only when it is stopped, and "
                 "only a Running map can be stopped",
                 fix="wait until it is Running (or resume it), then run the step again",
             )
-        if state == "Running":
+        if state == MapState.RUNNING:
             admin.stop([name])
         admin.set_column_defaults(name, defaults)
-        if state == "Running":
+        if state == MapState.RUNNING:
             admin.run([name], initial_sync=False, include_related=False)
 
 

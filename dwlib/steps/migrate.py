@@ -49,9 +49,11 @@ from dwlib import catalog
 from dwlib.catalog.errors import DOCS_ROOT
 from dwlib.catalog.locales import LOCALE_DOC, LocaleError
 from dwlib.clients.bulk import run_chunks
+from dwlib.clients.dmf import ExecutionStatus
 from dwlib.clients.errors import ClientError, DmfError
+from dwlib.vocab import MapState, StepStatus
 
-from .base import Check, Finding, Step, StepContext, StepError, StepResult, StepStatus, register
+from .base import Check, Finding, Step, StepContext, StepError, StepResult, register
 from .bulkwrite import AppendCsv, isolate, progress_of
 from .dmf_package import FormatLocale, Package, format_locale, read_package
 from .dvmeta import Tables
@@ -69,7 +71,6 @@ MIGRATE_DOC = DOCS_ROOT + "initial-sync-guidance"
 MIGRATE_CSV = "migrate.csv"
 COLUMNS = ("map", "company", "direction", "key", "operation", "row_id", "status", "error")
 TO_DATAVERSE, TO_FINOPS = "F&O → Dataverse", "Dataverse → F&O"
-RUNNING, NOT_RUNNING = "Running", "Not running"
 MAX_DMF_JOBS = 16  # DMF jobs waited for at once (each wait is a status poll every few seconds)
 _IDS = uuid.UUID("5b1c7c1e-3f5d-4c47-9d0e-7a4e1c2b9f10")  # namespace of the ids of migrated rows
 
@@ -127,13 +128,14 @@ def _to_stop(admin: DualWriteAdmin, maps: Sequence[str]) -> list[str]:
     """The maps of `maps` (with rows to move) that run and must stop first; StepError for a map in
     a state Stop is not available in (Paused, Resuming, Initializing)."""
     states = admin.map_states(maps)
-    busy = [f"{n} is {states[n].state}" for n in maps if states[n].state not in (RUNNING, NOT_RUNNING)]
+    busy = [f"{n} is {states[n].state}" for n in maps
+            if states[n].state not in (MapState.RUNNING, MapState.NOT_RUNNING)]
     if busy:
         raise StepError(f"cannot migrate while {'; '.join(busy)}: no map may run while its data is "
                         "migrated, and Stop is available only for Running maps. Resume a Paused map "
                         "(catch up) or wait until an initial sync ends, then run migrate again (it stops "
                         "the Running maps itself)")
-    return [n for n in maps if states[n].state == RUNNING]
+    return [n for n in maps if states[n].state == MapState.RUNNING]
 
 
 @dataclass
@@ -263,7 +265,8 @@ class _Mover:
 
         def failed(chunk: list[tuple[str, dict[str, Any], str]], error: ClientError) -> None:
             self.log.write({"map": name, "company": company, "direction": TO_DATAVERSE, "key": k,
-                            "operation": op, "status": "failed", "error": str(error)} for k, _, op in chunk)
+                            "operation": op, "status": StepStatus.FAILED, "error": str(error)}
+                           for k, _, op in chunk)
             self.outcome.count(name, len(chunk), failed=True)
 
         bar = self.ctx.progress(f"migrate {name} {company} → Dataverse", len(rows))
@@ -286,8 +289,8 @@ class _Mover:
         dmf.upload(url, path.read_bytes())
         execution = dmf.start_import(url, project, legal_entity=code)
         try:
-            status = dmf.wait(execution)
-            errors = dmf.execution_errors(execution) if status != "Succeeded" else []
+            status: str = dmf.wait(execution)
+            errors = dmf.execution_errors(execution) if status != ExecutionStatus.SUCCEEDED else []
         except DmfError as exc:
             status, errors = exc.status or "Failed", exc.errors
         self.log.write({"map": self.map.name, "company": company, "direction": TO_FINOPS, "key": k,
@@ -412,7 +415,7 @@ class Migrate(Step):
 
 def _stopped(name: str, state: str) -> Check:
     """A map stopped for the migration must still be Not running (table-maps runs it next)."""
-    if state == NOT_RUNNING:
+    if state == MapState.NOT_RUNNING:
         return Check(f"{name}: stopped for the migration", StepStatus.PASSED,
                      "Not running: table-maps runs it skipping the initial sync")
     return Check(f"{name}: stopped for the migration", StepStatus.FAILED,

@@ -51,9 +51,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from dwlib import catalog
 from dwlib.catalog.errors import DOCS_ROOT
 from dwlib.scenarios import scenario
+from dwlib.vocab import LIVE_MAP_STATES, StepStatus
 
 from . import eligibility
-from .base import Check, Finding, Step, StepContext, StepError, StepResult, StepStatus, register
+from .base import Check, Finding, Step, StepContext, StepError, StepResult, register
 from .dvmeta import Tables
 from .link import environment, scope
 from .reconcile import COMPANY_LOOKUP, company_ids, reconcile
@@ -98,7 +99,6 @@ BASIS = {
                 "(no documented DMF import rate)"),
     "skip": "nothing to move",
 }
-RUNNING = ("Running", "Paused", "Resuming")
 
 
 @dataclass(frozen=True)
@@ -471,10 +471,11 @@ def _row(order: int, m: catalog.TableMap, fo: dict[str, int], dv: dict[str, int]
         reasons.append("table_maps: skip_initial_sync")
     if without:
         reasons.append(f"{without} Dataverse rows have no company and are not synced until bootstrapped")
-    if state in RUNNING:
+    if state in LIVE_MAP_STATES:
         reasons.append(f"already {state}")
-    master = (option.initial_sync_master if option is not None and option.initial_sync_master else
-              "finops" if sum(fo.values()) else "dataverse")
+    master: Literal["finops", "dataverse"] = (
+        option.initial_sync_master if option is not None and option.initial_sync_master else
+        "finops" if sum(fo.values()) else "dataverse")
     return PlanRow(order, m.name, action, master, action != "initial-sync", state, m.single_threaded,
                    m.lookup_count, fo, dv, without, quoted, d.matrix_row, "; ".join(reasons),
                    estimate(action, sum(fo.values()), sum(dv.values())), d.actions)

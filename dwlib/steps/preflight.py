@@ -44,8 +44,9 @@ from dwlib.clients.dualwrite.base import same_url
 from dwlib.clients.errors import ClientError
 from dwlib.clients.platform import release_of
 from dwlib.scenarios import scenario
+from dwlib.vocab import StepStatus
 
-from .base import Check, Finding, Step, StepContext, StepError, StepResult, StepStatus, register
+from .base import Check, Finding, Step, StepContext, StepError, StepResult, register
 from .dmf_package import source_formats
 from .link import (
     LINK_CHECK,

@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from dwlib import catalog
 from dwlib.clients.errors import ClientError, NotFoundError
+from dwlib.vocab import StepStatus
 
-from .base import Check, StepStatus
+from .base import Check
 from .reconcile import COMPANY_LOOKUP, company_clause
 
 if TYPE_CHECKING:

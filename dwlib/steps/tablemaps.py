@@ -31,8 +31,9 @@ from typing import TYPE_CHECKING, Any
 from dwlib import catalog
 from dwlib.catalog.errors import DOCS_ROOT
 from dwlib.clients.dualwrite import DualWriteAdminError
+from dwlib.vocab import MapState, StepStatus
 
-from .base import Check, Finding, Step, StepContext, StepResult, StepStatus, register
+from .base import Check, Finding, Step, StepContext, StepResult, register
 from .link import environment, worst
 from .mapdefaults import Defaults, apply_defaults, defaults_checks, missing_defaults, wanted_defaults
 from .plan import plan_of
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 
 ENABLE_DOC = DOCS_ROOT + "enable-entity-map"
 ERRORS_DOC = DOCS_ROOT + "errors-and-alerts"
-RUNNING, INITIALIZING, NOT_RUNNING = "Running", "Initializing", "Not running"
 RERUN_POLICY = (
     "Fix the data as each remediation says, then rerun the initial sync: in the map's Initial sync "
     "details select Re-run execution (retries the whole execution, the failed records included), or "
@@ -122,7 +122,8 @@ def enable(admin: DualWriteAdmin, maps: Sequence[PlannedMap]) -> EnableOutcome:
                       include_related=False)
         except DualWriteAdminError as exc:
             after = admin.map_states(group.names)
-            out.failed = [n for n in group.names if group.initial_sync and after[n].state == NOT_RUNNING
+            out.failed = [n for n in group.names
+                          if group.initial_sync and after[n].state == MapState.NOT_RUNNING
                           and after[n].version != before[n].version]
             out.stopped = str(exc)
             break
@@ -183,7 +184,7 @@ def state_row(p: PlannedMap, s: MapSnapshot) -> dict[str, Any]:
     ... # doctest: +ELLIPSIS
     {'map': 'Currencies (transactioncurrencies)', 'initial_sync': 'skipped', ...}
     """
-    return {"map": p.name, "initial_sync": "yes" if p.initial_sync else "skipped",
+    return {"map": p.name, "initial_sync": "yes" if p.initial_sync else StepStatus.SKIPPED,
             "master": "F&O" if p.master == "finops" else "Dataverse", "state": s.state,
             "project": s.project or ""}
 
@@ -212,7 +213,7 @@ class TableMaps(Step):
         params, _, admin = environment(ctx)
         plan = planned_maps(ctx)
         states = admin.map_states([p.name for p in plan])
-        todo = [p for p in plan if states[p.name].state not in (RUNNING, INITIALIZING)]
+        todo = [p for p in plan if states[p.name].state not in (MapState.RUNNING, MapState.INITIALIZING)]
         defaults = missing_defaults(admin, wanted_defaults(params))
         checks = [Check(p.name, StepStatus.PASSED if p not in todo else StepStatus.WARNING,
                         f"{states[p.name].state}", fix="" if p not in todo else "run it") for p in plan]
@@ -237,10 +238,11 @@ class TableMaps(Step):
         defaults = defaults_checks(admin, wanted_defaults(params))
         states = admin.map_states([p.name for p in plan])
         rows = [state_row(p, states[p.name]) for p in plan]
-        failed = [n for n in work.outcome.failed if states[n].state == NOT_RUNNING]
-        waiting = [p.name for p in plan if states[p.name].state not in (RUNNING, INITIALIZING)
+        failed = [n for n in work.outcome.failed if states[n].state == MapState.NOT_RUNNING]
+        waiting = [p.name for p in plan
+                   if states[p.name].state not in (MapState.RUNNING, MapState.INITIALIZING)
                    and p.name not in failed]
-        syncing = [p.name for p in plan if states[p.name].state == INITIALIZING]
+        syncing = [p.name for p in plan if states[p.name].state == MapState.INITIALIZING]
         counts = {"maps": len(plan), "running": sum(s.running for s in states.values()),
                   "initializing": len(syncing)}
         tables = {"table maps": rows}

@@ -43,16 +43,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dwlib.catalog.errors import DOCS_ROOT
+from dwlib.vocab import MapState, StepStatus
 
 from . import eligibility
-from .base import Check, Finding, Step, StepContext, StepError, StepResult, StepStatus, register
+from .base import Check, Finding, Step, StepContext, StepError, StepResult, register
 from .dvmeta import Tables
 from .initialsync import sync_companies
 from .link import environment, worst
 from .reconcile import Reconciliation, Values, company_ids, reconcile
 from .roundtrip import ACCOUNTS, PREFIX, Leftover, RoundTrip, clean_up_leftover, leftovers, round_trip
 from .rowmap import Lookups
-from .tablemaps import RUNNING, planned_maps
+from .tablemaps import planned_maps
 
 if TYPE_CHECKING:
     from dwlib.params import Params
@@ -99,7 +100,8 @@ def _environments(params: Params) -> str:
 
 def _earlier_trip(ctx: StepContext, params: Params) -> dict[str, Any] | None:
     try:
-        return json.loads(round_trips_file(ctx).read_text()).get(_environments(params))
+        trips: dict[str, dict[str, Any]] = json.loads(round_trips_file(ctx).read_text())
+        return trips.get(_environments(params))
     except (OSError, ValueError):
         return None
 
@@ -190,7 +192,7 @@ class Verify(Step):
             work.why_not = (f"passed on {earlier['passed_on']} in {earlier['company']} "
                             f"({earlier['account']}, cleaned up)")
             work.notes.append(Check("round trip", StepStatus.PASSED, work.why_not))
-        elif admin.map_states([ACCOUNTS])[ACCOUNTS].state != RUNNING:
+        elif admin.map_states([ACCOUNTS])[ACCOUNTS].state != MapState.RUNNING:
             work.notes.append(Check("round trip", StepStatus.FAILED, f"{ACCOUNTS} is not Running",
                                     fix="run the table-maps step first"))
             work.why_not = f"{ACCOUNTS} is not Running"

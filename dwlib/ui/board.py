@@ -30,11 +30,11 @@ from IPython.display import display
 
 from dwlib.render import COLOURS, MARKS, TextProgress
 from dwlib.steps import StepResult, StepStatus
+from dwlib.vocab import Progress
 
 if TYPE_CHECKING:
     from dwlib.runbook import Runbook
 
-PENDING, RUNNING = "pending", "running"
 SUMMARY_CHARS = 140  # one line of the board
 PROGRESS_EVERY_S = 0.25  # a bar moves at most this often: every move is a message to the browser
 _GREY, _BLUE = "#6e7781", "#0969da"
@@ -53,7 +53,7 @@ def row_text(row: Mapping[str, Any]) -> str:
 
 
 def _badge(status: str) -> str:
-    colour = COLOURS.get(status, _BLUE if status == RUNNING else _GREY)
+    colour = COLOURS.get(status, _BLUE if status == Progress.RUNNING else _GREY)
     return (f'<span class="dw-badge" style="background:{colour};color:#fff;border-radius:4px;'
             f'padding:1px 6px;font-weight:600">{html.escape(status.replace("_", " "))}</span>')
 
@@ -76,7 +76,8 @@ class StepBoard:
         self.rb = rb
         titles = {ref.id: ref.step for ref in rb.scenario.steps}
         self.rows: list[dict[str, Any]] = [
-            {"id": step_id, "step": titles[step_id], "status": PENDING, "seconds": None, "summary": ""}
+            {"id": step_id, "step": titles[step_id], "status": Progress.PENDING, "seconds": None,
+             "summary": ""}
             for step_id in rb.step_ids]
         for step_id, result in rb.results.items():  # a board made after some steps ran
             self._set(step_id, result)
@@ -103,7 +104,7 @@ class StepBoard:
     def _set(self, step_id: str, result: StepResult | None) -> None:
         row = next(r for r in self.rows if r["id"] == step_id)
         if result is None:
-            row.update(status=RUNNING, seconds=None, summary="")
+            row.update(status=Progress.RUNNING, seconds=None, summary="")
         else:
             row.update(status=str(result.status), seconds=result.duration_s,
                        summary=_one_line(result.summary))
@@ -111,7 +112,7 @@ class StepBoard:
     def done(self) -> int:
         """How many steps finished in a way the run may go on from."""
         return sum(1 for r in self.rows
-                   if r["status"] not in (PENDING, RUNNING) and StepStatus(r["status"]).ok)
+                   if r["status"] not in (Progress.PENDING, Progress.RUNNING) and StepStatus(r["status"]).ok)
 
     def html(self) -> str:
         """The board as an HTML table (`data-step` and `data-status` on each row)."""
@@ -152,7 +153,7 @@ class GatePanel:
         self.instruction = widgets.HTML(instruction_html(instruction))
         self.button = widgets.Button(description="Verify now", button_style="primary", icon="refresh",
                                      tooltip=f"run {step_id} again: it checks the portal action's result")
-        self.status = widgets.HTML(_gate_status("waiting", "waiting for you", 0))
+        self.status = widgets.HTML(_gate_status(StepStatus.WAITING, "waiting for you", 0))
         self.output = widgets.Output()
         self.button.on_click(lambda _button: self.verify())
         self.widget = widgets.VBox([self.instruction, widgets.HBox([self.button, self.status]), self.output],
@@ -162,7 +163,7 @@ class GatePanel:
     def verify(self) -> StepResult:
         """Run the step again and show what it verified (a new instruction if it still waits)."""
         self.verifying, self.button.disabled = True, True
-        self.status.value = _gate_status("running", "verifying…", self.attempts)
+        self.status.value = _gate_status(Progress.RUNNING, "verifying…", self.attempts)
         try:
             with self.output:
                 self.output.clear_output()

@@ -17,6 +17,8 @@ Example:
     True
 """
 
+from dwlib.vocab import MapState
+
 from .base import (
     INTEGRATOR_APP,
     STATE_OF_STATUS,
@@ -26,7 +28,6 @@ from .base import (
     InitialSyncDetails,
     Instruction,
     MapSnapshot,
-    MapState,
     SyncError,
 )
 from .gateway import GatewayAdmin

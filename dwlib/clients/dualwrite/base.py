@@ -456,7 +456,7 @@ class DualWriteAdmin(ABC):
                 failed = [
                     n
                     for n in names
-                    if result[n].state == "Not running" and result[n].version != before[n].version
+                    if result[n].state == MapState.NOT_RUNNING and result[n].version != before[n].version
                 ]
                 if failed:
                     raise self._failure(failed)

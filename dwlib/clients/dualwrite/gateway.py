@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 
 from dwlib import catalog
+from dwlib.vocab import MapState
 
 from ..dataverse import DataverseClient
 from ..errors import ResponseError
@@ -258,19 +259,19 @@ class GatewayAdmin(PortalAdmin):
             "skipInitialSync": not initial_sync,
             "conflictResolution": {"option": "1", "master": {"dataverse": "CRM", "finops": "AX"}[master]},
         }
-        paused = [n for n in todo if states[n].state == "Paused"]
+        paused = [n for n in todo if states[n].state == MapState.PAUSED]
         self._act(ACTION_CODES["resume"], paused)
         self._act(ACTION_CODES["start"], [n for n in todo if n not in paused], params)
-        return self._wait_states("Run table maps", order, "Running")
+        return self._wait_states("Run table maps", order, MapState.RUNNING)
 
     def stop(self, names: Sequence[str]) -> dict[str, MapSnapshot]:
-        return self._switch("stop", names, "Not running")
+        return self._switch("stop", names, MapState.NOT_RUNNING)
 
     def pause(self, names: Sequence[str]) -> dict[str, MapSnapshot]:
-        return self._switch("pause", names, "Paused")
+        return self._switch("pause", names, MapState.PAUSED)
 
     def resume(self, names: Sequence[str]) -> dict[str, MapSnapshot]:
-        return self._switch("resume", names, "Running")
+        return self._switch("resume", names, MapState.RUNNING)
 
     def _switch(self, action: str, names: Sequence[str], target: str) -> dict[str, MapSnapshot]:
         maps = map_names(names)
