@@ -6,7 +6,8 @@ found and changed (its `StepResult.to_dict()` plus the portal gates it showed), 
 summary. It is written atomically when a step starts and when it ends, so the record of a killed
 run still says where it stopped; a run stopped by a signal says so (status `interrupted`, with the
 step that was running). This module sits at the bottom of the package: it imports
-nothing of `dwlib` but its errors and its vocabulary (results and journal entries arrive as plain dicts).
+nothing of `dwlib` but its errors and its vocabulary (`dwlib.vocab`, and the record's shape
+as types in `dwlib.record_types`) (results and journal entries arrive as plain dicts).
 
 Integrity: every write lists the run's evidence files with their sha256 and stores a digest of the
 record's own content (`integrity.sha256`, over canonical JSON of everything else); once the
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from dwlib.errors import DwError
+from dwlib.record_types import DwlibIdentity, HashedFile, HttpSummary
 from dwlib.vocab import RunStatus, StepStatus
 
 SCHEMA_VERSION = 2
@@ -138,7 +140,7 @@ def relative_to(path: str | Path, base: Path) -> str:
 HashCache = dict[Path, tuple[int, int, str]]  # file → (size, mtime in ns, sha256)
 
 
-def evidence_entries(record_path: Path, cache: HashCache | None = None) -> list[dict[str, Any]]:
+def evidence_entries(record_path: Path, cache: HashCache | None = None) -> list[HashedFile]:
     """Every file of a run's evidence directory with its size and sha256, paths relative to the
     record's directory (the record and its evidence move together). With `cache`, a file whose
     size and modification time are unchanged since it was last hashed is not read again (the
@@ -147,7 +149,7 @@ def evidence_entries(record_path: Path, cache: HashCache | None = None) -> list[
     if not folder.is_dir():
         return []
     cache = {} if cache is None else cache
-    entries = []
+    entries: list[HashedFile] = []
     for f in sorted(folder.rglob("*")):
         if not f.is_file():
             continue
@@ -159,15 +161,15 @@ def evidence_entries(record_path: Path, cache: HashCache | None = None) -> list[
     return entries
 
 
-def dwlib_identity() -> dict[str, Any]:
+def dwlib_identity() -> DwlibIdentity:
     """The version of dwlib, the Python running it and, from a git checkout, the revision (and
     whether the checkout has local edits)."""
     try:
         version = metadata.version("dwlib")
     except metadata.PackageNotFoundError:
         version = None
-    found: dict[str, Any] = {"version": version, "python": sys.executable, "git_revision": None,
-                             "git_dirty": None}
+    found: DwlibIdentity = {"version": version, "python": sys.executable, "git_revision": None,
+                            "git_dirty": None}
     here = Path(__file__).resolve().parent
     try:
         head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
@@ -177,7 +179,7 @@ def dwlib_identity() -> dict[str, Any]:
     except (OSError, subprocess.TimeoutExpired):
         return found
     if head.returncode == 0:
-        found.update(git_revision=head.stdout.strip(), git_dirty=bool(dirty.stdout.strip()))
+        found["git_revision"], found["git_dirty"] = head.stdout.strip(), bool(dirty.stdout.strip())
     return found
 
 
@@ -190,7 +192,7 @@ def endpoint(method: str, url: str) -> str:
     return f"{method} {_KEY_SEGMENT.sub('(…)', url.split('?', 1)[0])}"
 
 
-def http_summary(entries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+def http_summary(entries: Iterable[Mapping[str, Any]]) -> HttpSummary:
     """Calls by endpoint and status, retries and time spent waiting (in all, and on throttling),
     from journal entries (dicts).
 
