@@ -7,10 +7,11 @@ say) does not load the HTTP stack it does not use.
 
 Example:
     >>> import dwlib
-    >>> # params = dwlib.load_params("params/sandbox-existing-existing.yaml")
-    >>> # with dwlib.connect(params) as session:
-    >>> #     session.dataverse.whoami()["UserId"]
-    >>> # with dwlib.Runbook.open("params/sandbox-new-new.yaml") as rb: rb.run("preflight")
+
+    params = dwlib.load_params("params/sandbox-existing-existing.yaml")
+    with dwlib.connect(params) as session:
+        session.dataverse.whoami()["UserId"]
+    with dwlib.Runbook.open("params/sandbox-new-new.yaml") as rb: rb.run("preflight")
     >>> dwlib.SCENARIOS[0], issubclass(dwlib.HttpError, dwlib.DwError)
     ('new-new', True)
 """

@@ -469,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `dw` with `argv` (default: the command line); returns the exit status.
 
-    >>> # main(["sandbox", "status", "--dir", ".dw/sandbox/new-new"])
+    main(["sandbox", "status", "--dir", ".dw/sandbox/new-new"])
     """
     args = build_parser().parse_args(_default_verb(list(sys.argv[1:] if argv is None else argv)))
     func: Callable[[argparse.Namespace], int] = args.func

@@ -9,8 +9,8 @@ does not stop), the partial notebook and the record are written, and the record 
 interrupted and in which step.
 
 Example:
-    >>> # run = execute("existing-existing", Path("params/sandbox-existing-existing.yaml"), {}, Path("runs"))
-    >>> # run.ok, run.notebook, run.record
+    run = execute("existing-existing", Path("params/sandbox-existing-existing.yaml"), {}, Path("runs"))
+    run.ok, run.notebook, run.record
     >>> Execution.__doc__.splitlines()[0]
     'A finished headless run: where its notebook and record are, and how it went.'
 """

@@ -176,7 +176,7 @@ class Environments(_Model):
 class Certificate(_Model):
     """A certificate credential of the app registration (PEM files).
 
-    >>> # auth: {method: certificate, certificate: {path: cert.pem, private_key: "file:key.pem"}}
+    auth: {method: certificate, certificate: {path: cert.pem, private_key: "file:key.pem"}}
     >>> sorted(Certificate.model_fields)
     ['passphrase', 'path', 'private_key', 'thumbprint']
     """
@@ -437,7 +437,7 @@ class Options(_Model):
 class SandboxRef(_Model):
     """A local sandbox whose `connection.yaml` supplies URLs, CA bundle and credentials.
 
-    >>> # sandbox: {dir: .dw/sandbox/existing-existing}
+    sandbox: {dir: .dw/sandbox/existing-existing}
     >>> list(SandboxRef.model_fields)
     ['dir']
     """
@@ -448,7 +448,7 @@ class SandboxRef(_Model):
 class Params(_Model):
     """Everything a runbook needs to know, validated. Build it with `load_params`.
 
-    >>> # params = load_params("params/sandbox-existing-existing.yaml", {"options.dry_run": True})
+    params = load_params("params/sandbox-existing-existing.yaml", {"options.dry_run": True})
     >>> "scenario" in Params.model_fields
     True
     """
@@ -472,7 +472,7 @@ class Params(_Model):
         """The Default value transforms the parameters give map `map_name` (F&O column in upper
         case → value; {} when none), whichever way the map is named.
 
-        >>> # params.column_defaults("customers-v3-accounts")  → {'CUSTOMERGROUPID': '30'}
+        params.column_defaults("customers-v3-accounts")  → {'CUSTOMERGROUPID': '30'}
         """
         out: dict[str, str] = {}
         for t in self.table_maps:

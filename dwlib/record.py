@@ -387,7 +387,7 @@ def seal(record_path: Path, notebook: Path, report: Path | None = None) -> dict[
     HTML report's), refresh the evidence list, rewrite the record with its digest. Returns the
     manifest. Call it only once the notebook is written for good.
 
-    >>> # seal(Path("runs/x.json"), Path("runs/x.ipynb"), Path("runs/x.html"))
+    seal(Path("runs/x.json"), Path("runs/x.ipynb"), Path("runs/x.html"))
     """
     record = RunRecord(record_path, load_record(record_path))
     base = record_path.parent

@@ -7,8 +7,8 @@ Jupyter or network: widget outputs are drawn from the notebook's saved widget st
 (`widgets_as_html`) and scripts from CDNs are left out. `finalize` writes it and seals the record.
 
 Example:
-    >>> # report = finalize(Path("runs/x.json"), Path("runs/x.ipynb"))   # what dw run does last
-    >>> # chart_step_durations(find_run("0123abcd"))                     # a PNG in the notebook
+    report = finalize(Path("runs/x.json"), Path("runs/x.ipynb"))   # what dw run does last
+    chart_step_durations(find_run("0123abcd"))                     # a PNG in the notebook
     >>> static_widget({"w": {"model_name": "ButtonModel", "state": {"description": "Save"}}}, "w")
     '<button disabled>Save</button>'
 """

@@ -6,11 +6,11 @@ run has no record (its outputs embed every step result, `dwlib.render.RESULT_MIM
 is the command-line face of this module.
 
 Example:
-    >>> # rows = catalogue(Path("runs"))          # one dict per run, newest last
-    >>> # print(catalogue_text(rows))
-    >>> # run = find_run("e43c47f1", Path("runs")); print(show_text(run))
-    >>> # print(comparison_text(compare(find_run("test-run"), find_run("prod-run"))))
-    >>> # [v for v in verify(Path("runs")) if not v.ok]   # records, notebooks, evidence changed
+    rows = catalogue(Path("runs"))          # one dict per run, newest last
+    print(catalogue_text(rows))
+    run = find_run("e43c47f1", Path("runs")); print(show_text(run))
+    print(comparison_text(compare(find_run("test-run"), find_run("prod-run"))))
+    [v for v in verify(Path("runs")) if not v.ok]   # records, notebooks, evidence changed
     >>> fmt_seconds(3725.0)
     '1 h 2 min'
 """
@@ -478,8 +478,8 @@ def compare(a: Run, b: Run) -> dict[str, Any]:
     """What differs between two runs: parameters, environments, step statuses and step counts
     (rows planned, stamped, migrated, reconciled …), e.g. the same runbook on test and production.
 
-    >>> # compare(find_run("test-run"), find_run("prod-run"))["counts"][:1]
-    >>> # [{'step': 'bootstrap-apply', 'count': 'stamped', 'a': 600, 'b': 20000, 'difference': 19400}]
+    compare(find_run("test-run"), find_run("prod-run"))["counts"][:1]
+    [{'step': 'bootstrap-apply', 'count': 'stamped', 'a': 600, 'b': 20000, 'difference': 19400}]
     """
     ra, rb = a.record, b.record
     steps = []

@@ -13,9 +13,9 @@ and recorded, `options.gate_command` is run if set (`dwlib.gates`), and the docu
 polled for up to `options.gate_timeout_s`.
 
 Example:
-    >>> # rb = Runbook.open("params/sandbox-existing-existing.yaml", {"options.dry_run": True})
-    >>> # rb.run("preflight")          # a StepResult: checks, evidence, next action
-    >>> # rb.summary()                 # every step so far, as the HTML report shows them
+    rb = Runbook.open("params/sandbox-existing-existing.yaml", {"options.dry_run": True})
+    rb.run("preflight")          # a StepResult: checks, evidence, next action
+    rb.summary()                 # every step so far, as the HTML report shows them
     >>> is_interactive() in (True, False)
     True
 """
@@ -89,8 +89,8 @@ class Runbook:
     notebook); close it (or use `with`) to release the connections.
 
     Example:
-        >>> # with Runbook.open("params/sandbox-new-new.yaml") as rb:
-        >>> #     for step_id in rb.step_ids: rb.run(step_id)
+        with Runbook.open("params/sandbox-new-new.yaml") as rb:
+            for step_id in rb.step_ids: rb.run(step_id)
         >>> "run" in dir(Runbook)
         True
     """
@@ -300,7 +300,7 @@ or run with `papermill -f FILE` or `dw run`
         The cell does not block: the button runs `rb.run(step_id, confirm=True)` and shows the
         result beneath it. Returns the widget (tests press it with `.children[1].click()`).
 
-        >>> # rb.run("bootstrap-apply")  # waiting → a Confirm button appears under the result
+        rb.run("bootstrap-apply")  # waiting → a Confirm button appears under the result
         """
         import ipywidgets as widgets
         from IPython.display import display

@@ -4,8 +4,8 @@ Scheduling happens here, on the client side, whatever the executor: at most `max
 once, never two runs of one environment pair at once, and the runs of a pair in plan order.
 
 Example:
-    >>> # result = run_batch(Path("params/batch-sandbox.yaml"), "runs/nightly", max_parallel=2)
-    >>> # result.exit_code, result.manifest.data["status"]
+    result = run_batch(Path("params/batch-sandbox.yaml"), "runs/nightly", max_parallel=2)
+    result.exit_code, result.manifest.data["status"]
     >>> BatchResult.__doc__.splitlines()[0]
     'What a batch did: its manifest, whether it was cancelled, and the exit status of `dw batch`.'
 """

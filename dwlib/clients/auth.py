@@ -8,8 +8,8 @@ so a sandbox needs nothing special: its https authority and CA bundle come from 
 `BearerAuth` puts the token on each request and, on a 401, retries once with a fresh token.
 
 Example:
-    >>> # tokens = TokenProvider.from_params(params, make_client(HttpConfig.from_params(params)))
-    >>> # client = make_client(config, auth=tokens.auth_for(params.environments.dataverse_url))
+    tokens = TokenProvider.from_params(params, make_client(HttpConfig.from_params(params)))
+    client = make_client(config, auth=tokens.auth_for(params.environments.dataverse_url))
     >>> scope_for("https://contoso.crm.dynamics.com/")
     'https://contoso.crm.dynamics.com/.default'
 """
@@ -122,7 +122,7 @@ class MsalHttp:
     """msal's `http_client` over an `httpx.Client`: token calls marked safe to repeat, and form values
     msal hands over as bytes (the certificate assertion) sent as text, not as "b'…'".
 
-    >>> # msal.ConfidentialClientApplication(client_id, ..., http_client=MsalHttp(make_client(config)))
+    msal.ConfidentialClientApplication(client_id, ..., http_client=MsalHttp(make_client(config)))
     """
 
     def __init__(self, client: httpx.Client) -> None:
@@ -150,8 +150,8 @@ def _httpx_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 class TokenProvider:
     """Access tokens for one identity, per scope; thread-safe; renewed before expiry.
 
-    >>> # tokens = TokenProvider.from_params(params, make_client(HttpConfig.from_params(params)))
-    >>> # tokens.token(scope_for(params.environments.dataverse_url))
+    tokens = TokenProvider.from_params(params, make_client(HttpConfig.from_params(params)))
+    tokens.token(scope_for(params.environments.dataverse_url))
     """
 
     def __init__(

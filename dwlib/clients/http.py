@@ -95,7 +95,7 @@ class HttpConfig:
     def from_params(cls, params: Params) -> HttpConfig:
         """The stack settings a run's parameters ask for (pool sized to `options.concurrency`).
 
-        >>> # config = HttpConfig.from_params(load_params("params/my-run.yaml"))
+        config = HttpConfig.from_params(load_params("params/my-run.yaml"))
         >>> HttpConfig().max_connections
         8
         """
@@ -199,7 +199,7 @@ def budget_exhausted(wait_s: float, call_left_s: float, run_left_s: float, *, re
 class JournalEntry:
     """One HTTP call as the journal keeps it: no headers, no bodies, no secrets in the URL.
 
-    >>> # for e in session.journal.entries(): print(e.method, e.url, e.status, e.retries, e.wait_s)
+    for e in session.journal.entries(): print(e.method, e.url, e.status, e.retries, e.wait_s)
     >>> "request_id" in JournalEntry.__dataclass_fields__
     True
     """

@@ -37,9 +37,9 @@ touched: the company "becomes read-only once saved", and a re-run finds the stam
   record of everything it was told succeeded.
 
 Example:
-    >>> # params: bootstrap: {method: account-number, mapping: {"Contoso US": USMF}, customer_group: "30"}
-    >>> # BootstrapSimulate().execute(ctx).counts      → {"accounts USMF": 40, "unmapped": 2, …}
-    >>> # BootstrapApply().execute(ctx).evidence_files → [".../bootstrap-applied.csv"]
+    params: bootstrap: {method: account-number, mapping: {"Contoso US": USMF}, customer_group: "30"}
+    BootstrapSimulate().execute(ctx).counts      → {"accounts USMF": 40, "unmapped": 2, …}
+    BootstrapApply().execute(ctx).evidence_files → [".../bootstrap-applied.csv"]
     >>> BootstrapApply.irreversible, BootstrapSimulate.read_only
     (True, True)
 """
@@ -383,9 +383,9 @@ class BootstrapSimulate(Step):
     """Plan the company of every Dataverse row without one; writes a CSV, changes nothing.
 
     Example:
-        >>> # r = BootstrapSimulate().execute(ctx)
-        >>> # r.evidence_files → [".../bootstrap-simulation.csv"]; r.tables["planned"][0]
-        >>> # {"table": "accounts", "company": "USMF", "rows": 40}
+        r = BootstrapSimulate().execute(ctx)
+        r.evidence_files → [".../bootstrap-simulation.csv"]; r.tables["planned"][0]
+        {"table": "accounts", "company": "USMF", "rows": 40}
         >>> BootstrapSimulate.name
         'bootstrap-simulate'
     """
@@ -506,8 +506,8 @@ class BootstrapApply(Step):
     """Stamp the Dataverse rows without a company, in bulk, from the real state. Irreversible.
 
     Example:
-        >>> # r = BootstrapApply().execute(ctx)   # WAITING until confirmed
-        >>> # r.counts → {"stamped": 294, "failed": 0, "remaining": 0, "unmapped": 6, …}
+        r = BootstrapApply().execute(ctx)   # WAITING until confirmed
+        r.counts → {"stamped": 294, "failed": 0, "remaining": 0, "unmapped": 6, …}
         >>> BootstrapApply.name
         'bootstrap-apply'
     """
@@ -594,7 +594,7 @@ class StopMaps(Step):
     Done when nothing is left to stamp, or no such map runs.
 
     Example:
-        >>> # StopMaps().execute(ctx).summary → "stopped Customers V3 (accounts), Customers V3 (contacts)"
+        StopMaps().execute(ctx).summary → "stopped Customers V3 (accounts), Customers V3 (contacts)"
         >>> StopMaps.name
         'stop-maps'
     """

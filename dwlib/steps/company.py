@@ -20,12 +20,12 @@ over every company of the connection (initial-sync-guidance), which for this map
 themselves, compared and left alone where equal.
 
 Example:
-    >>> # params: companies: [{code: USMF, name: Contoso US, country: USA, currency: USD,
-    >>> #                      customer_groups: ["30"]}]
-    >>> # LegalEntities().execute(ctx)  → the connection holds the scope; cdm_companies rows present
-    >>> # CreateCompany().execute(ctx)  → creates USMF in F&O LegalEntities and its customer
-    >>> #                                 group 30 (needs confirmation)
-    >>> # AddCompany().execute(ctx)     → Add legal entity USMF (initial writes as add_route says)
+    params: companies: [{code: USMF, name: Contoso US, country: USA, currency: USD,
+                         customer_groups: ["30"]}]
+    LegalEntities().execute(ctx)  → the connection holds the scope; cdm_companies rows present
+    CreateCompany().execute(ctx)  → creates USMF in F&O LegalEntities and its customer
+                                    group 30 (needs confirmation)
+    AddCompany().execute(ctx)     → Add legal entity USMF (initial writes as add_route says)
     >>> CreateCompany.irreversible, AddCompany.irreversible
     (True, True)
 """
@@ -77,7 +77,7 @@ def reference_maps(params: Params) -> list[str]:
     (the Azure Data Factory bootstrap's prerequisite: "Company, Customer groups, Terms of payment"
     copied by the initial write).
 
-    >>> # reference_maps(params)  → ['Legal entities (cdm_companies)']
+    reference_maps(params)  → ['Legal entities (cdm_companies)']
     """
     wanted = [COMPANIES_MAP]
     if params.bootstrap.customer_group or params.bootstrap.method == "account-number":
@@ -104,7 +104,7 @@ def add_route(ctx: StepContext, codes: Sequence[str]) -> AddRoute:
     connection would exceed 40 legal entities, or when the new companies' rows of a running map
     break the plan's limits (`initial_write_problems`, with the run's `plan.limits`).
 
-    >>> # add_route(ctx, ["USMF"]).skip_initial_writes  → False (small data, maps running)
+    add_route(ctx, ["USMF"]).skip_initial_writes  → False (small data, maps running)
     """
     params, session, admin = environment(ctx)
     states = admin.map_states()
@@ -221,8 +221,8 @@ class LegalEntities(Step):
     when the scenario runs an initial sync, or more than 250.
 
     Example:
-        >>> # LegalEntities().execute(ctx).checks[-1].evidence
-        >>> # "cdm_company USMF 'Contoso US': owner team 'USMF DW' in business unit 'USMF'"
+        LegalEntities().execute(ctx).checks[-1].evidence
+        "cdm_company USMF 'Contoso US': owner team 'USMF DW' in business unit 'USMF'"
         >>> LegalEntities.name
         'legal-entities'
     """
@@ -308,7 +308,7 @@ def missing_groups(session: Session, companies: list[Company]) -> list[tuple[str
     """(company, CustomerGroupId) of the parameters' `customer_groups` that F&O lacks (companies F&O
     lacks lack all of theirs).
 
-    >>> # missing_groups(session, params.companies) → [('USMF', '30')] before create-company
+    missing_groups(session, params.companies) → [('USMF', '30')] before create-company
     """
     out: list[tuple[str, str]] = []
     for c in companies:
@@ -324,7 +324,7 @@ def missing_currencies(session: Session, companies: list[Company]) -> list[str]:
     """The companies' accounting currencies F&O lacks (a new F&O has only DAT's): F&O refuses a
     legal entity whose currency is not in its Currencies table.
 
-    >>> # missing_currencies(session, params.companies) → ['GBP', 'EUR'] in a new F&O
+    missing_currencies(session, params.companies) → ['GBP', 'EUR'] in a new F&O
     """
     wanted = dict.fromkeys(c.currency.upper() for c in companies if c.currency)
     rows = session.finops.query("Currencies", select=["CurrencyCode"])
@@ -356,8 +356,8 @@ class CreateCompany(Step):
     their accounting currencies when F&O lacks them; only the missing ones. Irreversible.
 
     Example:
-        >>> # result = CreateCompany().execute(ctx)   # WAITING until confirmed, then PASSED
-        >>> # result.checks[0].evidence  → "LegalEntities USMF 'Contoso US'"
+        result = CreateCompany().execute(ctx)   # WAITING until confirmed, then PASSED
+        result.checks[0].evidence  → "LegalEntities USMF 'Contoso US'"
         >>> CreateCompany.name
         'create-company'
     """
@@ -448,8 +448,8 @@ class AddCompany(Step):
     connection's legal entities and each company's row with its "<CODE> DW" owner team.
 
     Example:
-        >>> # AddCompany().execute(ctx).checks[1].evidence
-        >>> # "with initial writes: Legal entities (cdm_companies), … run: they copy …"
+        AddCompany().execute(ctx).checks[1].evidence
+        "with initial writes: Legal entities (cdm_companies), … run: they copy …"
         >>> AddCompany.name
         'add-company'
     """

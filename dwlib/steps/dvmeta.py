@@ -5,10 +5,10 @@ key, primary name, column types and lookups come from the environment itself rat
 assumptions, so a customised table works too.
 
 Example:
-    >>> # tables = Tables(session.dataverse)
-    >>> # info = tables.info("accounts")
-    >>> # info.primary_id, info.lookups["msdyn_company"]
-    >>> # ('accountid', Lookup(attribute='msdyn_company', target='cdm_company'))
+    tables = Tables(session.dataverse)
+    info = tables.info("accounts")
+    info.primary_id, info.lookups["msdyn_company"]
+    ('accountid', Lookup(attribute='msdyn_company', target='cdm_company'))
     >>> Lookup("msdyn_company", "cdm_company").column
     '_msdyn_company_value'
 """

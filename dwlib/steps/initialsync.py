@@ -24,7 +24,7 @@ The step converges on the real state:
   equal on both sides are compared and left alone.
 
 Example:
-    >>> # InitialSync().execute(ctx).tables["initial sync"]  → per map and company: counts, state
+    InitialSync().execute(ctx).tables["initial sync"]  → per map and company: counts, state
     >>> InitialSync.name
     'initial-sync'
 """
@@ -87,7 +87,7 @@ def sync_companies(ctx: StepContext) -> list[str]:
     """The companies an initial sync covers: those in scope (and created by the run) that Dataverse
     has (the Legal entities map brought their rows).
 
-    >>> # sync_companies(ctx)  → ['DAT', 'USMF']
+    sync_companies(ctx)  → ['DAT', 'USMF']
     """
     params, _, admin = environment(ctx)
     sc = scope(params)
@@ -155,8 +155,8 @@ class InitialSync(Step):
     """Start and watch the initial sync of the plan's maps; top errors with remediation on failure.
 
     Example:
-        >>> # result = InitialSync().execute(ctx)
-        >>> # result.status, result.counts  → PASSED, {'maps': 5, 'running': 5, ...}
+        result = InitialSync().execute(ctx)
+        result.status, result.counts  → PASSED, {'maps': 5, 'running': 5, ...}
         >>> InitialSync.title
         'Run and watch the initial sync'
     """

@@ -16,7 +16,8 @@ Example:
     >>> s = scope(p)
     >>> s.codes, s.created, s.linked_by_setup, s.initial_sync
     (('DAT',), ('USMF',), ('DAT',), True)
-    >>> # PowerPlatformIntegration().execute(ctx)
+
+    PowerPlatformIntegration().execute(ctx)
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def require_linkable(session: Session, codes: Sequence[str], initial_sync: bool,
     """StepError when `codes` exceed the connection's limits or F&O lacks any of them (`hint`: the fix).
 
     Example:
-        >>> # require_linkable(session, ("USMF",), True, "correct legal_entities")  → None
+        require_linkable(session, ("USMF",), True, "correct legal_entities")  → None
     """
     problem = limit_problem(len(codes), initial_sync)
     if problem:
@@ -324,7 +325,7 @@ class PowerPlatformIntegration(Step):
     another environment is reported, never changed.
 
     Example:
-        >>> # PowerPlatformIntegration().execute(ctx).status  → Status.PASSED after the consultant linked
+        PowerPlatformIntegration().execute(ctx).status  → StepStatus.PASSED after the consultant linked
         >>> PowerPlatformIntegration.name
         'power-platform-integration'
     """

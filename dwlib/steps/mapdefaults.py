@@ -14,9 +14,9 @@ again with the initial sync skipped (nothing to copy: it was running).
 step (which no scenario lists: run it on its own when wanted).
 
 Example:
-    >>> # params: table_maps: [{name: Customers V3 (accounts), defaults: {CUSTOMERGROUPID: "30"}}]
-    >>> # MapDefaults().execute(ctx).checks[0].evidence
-    >>> # "CUSTOMERGROUPID = '30' (Running)"
+    params: table_maps: [{name: Customers V3 (accounts), defaults: {CUSTOMERGROUPID: "30"}}]
+    MapDefaults().execute(ctx).checks[0].evidence
+    "CUSTOMERGROUPID = '30' (Running)"
     >>> MapDefaults.name
     'map-defaults'
 """
@@ -46,7 +46,7 @@ Defaults = dict[str, dict[str, str]]  # map name → F&O column (upper case) →
 def wanted_defaults(params: Params) -> Defaults:
     """The Default transforms the parameters give, by catalogue map name.
 
-    >>> # wanted_defaults(params) → {'Customers V3 (accounts)': {'CUSTOMERGROUPID': '30'}}
+    wanted_defaults(params) → {'Customers V3 (accounts)': {'CUSTOMERGROUPID': '30'}}
     """
     names = {catalog.table_map(t.name).name for t in params.table_maps if t.defaults}
     return {n: params.column_defaults(n) for n in sorted(names)}
@@ -55,7 +55,7 @@ def wanted_defaults(params: Params) -> Defaults:
 def missing_defaults(admin: DualWriteAdmin, wanted: Defaults) -> Defaults:
     """Of `wanted`, the transforms the maps do not carry yet (read from the applied maps).
 
-    >>> # missing_defaults(ctx.admin, wanted_defaults(params)) → {} once they are set
+    missing_defaults(ctx.admin, wanted_defaults(params)) → {} once they are set
     """
     out: Defaults = {}
     for name, defaults in wanted.items():
@@ -70,7 +70,7 @@ def apply_defaults(admin: DualWriteAdmin, todo: Defaults) -> None:
     """Set the transforms of `todo`: a Running map is stopped, edited and run again with the
     initial sync skipped; a Not running map is only edited (whoever runs it later syncs it).
 
-    >>> # apply_defaults(ctx.admin, {"Customers V3 (accounts)": {"CUSTOMERGROUPID": "30"}})
+    apply_defaults(ctx.admin, {"Customers V3 (accounts)": {"CUSTOMERGROUPID": "30"}})
     """
     for name, defaults in todo.items():
         state = admin.map_states([name])[name].state
@@ -90,8 +90,8 @@ def apply_defaults(admin: DualWriteAdmin, todo: Defaults) -> None:
 def defaults_checks(admin: DualWriteAdmin, wanted: Defaults) -> list[Check]:
     """One check per map: its Default transforms as the applied map shows them, and its state.
 
-    >>> # defaults_checks(ctx.admin, wanted_defaults(params))[0].evidence
-    >>> # → "CUSTOMERGROUPID = '30' (Running); explicit option table_maps[].defaults: customises …"
+    defaults_checks(ctx.admin, wanted_defaults(params))[0].evidence
+    → "CUSTOMERGROUPID = '30' (Running); explicit option table_maps[].defaults: customises …"
     """
     missing = missing_defaults(admin, wanted)
     states = admin.map_states(list(wanted)) if wanted else {}
@@ -118,8 +118,8 @@ class MapDefaults(Step):
     Verify: every transform in place, the maps back in their state.
 
     Example:
-        >>> # MapDefaults().execute(ctx).summary
-        >>> # "column defaults in place: Customers V3 (accounts)"
+        MapDefaults().execute(ctx).summary
+        "column defaults in place: Customers V3 (accounts)"
         >>> MapDefaults.title
         'Set default values on table maps'
     """

@@ -29,8 +29,8 @@ Running again), and a re-run finds it so; only maps with rows to move are stoppe
 `migrate/`.
 
 Example:
-    >>> # plan marks Customers V3 (accounts) "migrate" (e.g. > 70,000 rows in one legal entity)
-    >>> # r = Migrate().execute(ctx); r.tables["reconciliation"] → one row per map and company
+    plan marks Customers V3 (accounts) "migrate" (e.g. > 70,000 rows in one legal entity)
+    r = Migrate().execute(ctx); r.tables["reconciliation"] → one row per map and company
     >>> Migrate.name
     'migrate'
 """
@@ -303,7 +303,7 @@ class Migrate(Step):
     """Migrate the data of the maps the plan marks "migrate", both ways, outside the initial sync.
 
     Example:
-        >>> # Migrate().execute(ctx).counts → {"Customers V3 (accounts) F&O → Dataverse": 120, …}
+        Migrate().execute(ctx).counts → {"Customers V3 (accounts) F&O → Dataverse": 120, …}
         >>> Migrate.title
         'Migrate data outside the initial sync'
     """

@@ -38,7 +38,8 @@ Example:
     'initial-sync'
     >>> decide("new", "new", False, single_threaded=False, volume=0, to_finops=0).action
     'skip'
-    >>> # rows = build_plan(ctx); [(r.name, r.action, r.master) for r in rows]
+
+    rows = build_plan(ctx); [(r.name, r.action, r.master) for r in rows]
 """
 
 from __future__ import annotations
@@ -362,7 +363,7 @@ def build_plan(ctx: StepContext) -> list[PlanRow]:
 
     Steps after the plan call this on a resumed run, where `ctx.run_state` has no plan.
 
-    >>> # rows = build_plan(ctx); [r.name for r in rows if r.action == "migrate"]
+    rows = build_plan(ctx); [r.name for r in rows if r.action == "migrate"]
     """
     params, session, admin = environment(ctx)
     finops_state, dataverse_state = scenario_states(params.scenario)
@@ -514,7 +515,7 @@ class PlanStep(Step):
     migrate, table-maps and initial-sync steps follow it.
 
     Example:
-        >>> # r = PlanStep().execute(ctx); r.tables["plan"][0]["action"]
+        r = PlanStep().execute(ctx); r.tables["plan"][0]["action"]
         >>> PlanStep.name, PlanStep.read_only
         ('plan', True)
     """

@@ -21,9 +21,9 @@ solution installed at a version older than required, or a disabled app user, is 
 a warning before the link, a failure after it.
 
 Example:
-    >>> # result = Preflight().execute(ctx)
-    >>> # [(c.name, str(c.status)) for c in result.checks][:2]
-    >>> # [('Dataverse reachable', 'passed'), ('F&O reachable', 'passed')]
+    result = Preflight().execute(ctx)
+    [(c.name, str(c.status)) for c in result.checks][:2]
+    [('Dataverse reachable', 'passed'), ('F&O reachable', 'passed')]
     >>> Preflight.read_only
     True
 """
@@ -477,7 +477,7 @@ class Preflight(Step):
     step sets up are SKIPPED until then). Read-only.
 
     Example:
-        >>> # Preflight().execute(ctx).summary  → "13 checks: 8 passed, 5 skipped, 0 warnings, 0 failed"
+        Preflight().execute(ctx).summary  → "13 checks: 8 passed, 5 skipped, 0 warnings, 0 failed"
         >>> Preflight.name
         'preflight'
     """

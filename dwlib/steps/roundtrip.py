@@ -15,9 +15,9 @@ A company without customer groups (a new F&O) gets a temporary one, synced and d
 way. Each stage is a `Check`; the first that fails names its direction. Clean-up always runs.
 
 Example:
-    >>> # trip = round_trip(session, "USMF", "10", company_id, timeout_s=300, poll_s=2)
-    >>> # trip.ok, [c.name for c in trip.stages]
-    >>> # (True, ['F&O → Dataverse', 'Dataverse → F&O', 'clean-up'])
+    trip = round_trip(session, "USMF", "10", company_id, timeout_s=300, poll_s=2)
+    trip.ok, [c.name for c in trip.stages]
+    (True, ['F&O → Dataverse', 'Dataverse → F&O', 'clean-up'])
     >>> poll(lambda: 42, timeout_s=1, poll_s=0.1)
     42
 """

@@ -27,9 +27,9 @@ customer, its temporary customer group) is deleted first, and the reconciliation
 it; with `never` it is only reported.
 
 Example:
-    >>> # result = Verify().execute(ctx)
-    >>> # result.tables["reconciliation"][0]  → {'map': …, 'company': 'USMF', 'finops_rows': 40, …}
-    >>> # result.evidence_files               → ['…/verify-reconciliation.csv', '…/verify-missing-keys.csv']
+    result = Verify().execute(ctx)
+    result.tables["reconciliation"][0]  → {'map': …, 'company': 'USMF', 'finops_rows': 40, …}
+    result.evidence_files               → ['…/verify-reconciliation.csv', '…/verify-missing-keys.csv']
     >>> Verify.name
     'verify'
 """
@@ -149,7 +149,7 @@ class Verify(Step):
     of the round trip fails (naming it).
 
     Example:
-        >>> # Verify().execute(ctx).counts  → {'rows_checked': 10, 'rows_failed': 0, 'missing_keys': 0, …}
+        Verify().execute(ctx).counts  → {'rows_checked': 10, 'rows_failed': 0, 'missing_keys': 0, …}
         >>> Verify.title
         'Verify: reconcile both sides and a live round trip'
     """

@@ -13,11 +13,11 @@ say, progress prints, and each widget also renders as text; the executed noteboo
 widgets' final state, so a reviewer sees the final board.
 
 Example:
-    >>> # form = ui.parameter_form(globals(), scenario="existing-new"); form
-    >>> # rb = Runbook.from_notebook(globals(), scenario="existing-new")
-    >>> # connection = ui.connect(rb)
-    >>> # board = ui.step_board(rb); board
-    >>> # ui.summary(rb)
+    form = ui.parameter_form(globals(), scenario="existing-new"); form
+    rb = Runbook.from_notebook(globals(), scenario="existing-new")
+    connection = ui.connect(rb)
+    board = ui.step_board(rb); board
+    ui.summary(rb)
     >>> sorted(n for n in __all__ if not n[0].isupper())
     ['connect', 'parameter_form', 'step_board', 'summary']
 """
@@ -41,6 +41,6 @@ __all__ = ["ConnectPanel", "GatePanel", "ParameterForm", "SealPanel", "StepBoard
 def step_board(rb: Runbook) -> StepBoard:
     """The board cell: a `StepBoard` subscribed to `rb` (display it as the cell's last line).
 
-    >>> # board = ui.step_board(rb); board
+    board = ui.step_board(rb); board
     """
     return StepBoard(rb)

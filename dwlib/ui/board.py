@@ -14,7 +14,7 @@ Headless nothing waits for a person and nothing blocks: gates poll as the parame
 progress stays text (`dwlib.render.TextProgress`).
 
 Example:
-    >>> # board = StepBoard(rb); board   # in the notebook's board cell
+    board = StepBoard(rb); board   # in the notebook's board cell
     >>> row_text({"id": "plan", "status": "passed", "seconds": 1.25, "summary": "2 maps"})
     '✓ plan  passed  1.2 s  2 maps'
 """
@@ -69,7 +69,7 @@ class StepBoard:
     Creating it subscribes it to the runbook; displaying it shows the widget (and, as text, the
     rows as they were then). `rows` is the state, `widget` the `ipywidgets.HTML` showing it.
 
-    >>> # board = StepBoard(rb); rb.run("preflight"); board.rows[0]["status"]  → 'passed'
+    board = StepBoard(rb); rb.run("preflight"); board.rows[0]["status"]  → 'passed'
     """
 
     def __init__(self, rb: Runbook) -> None:
@@ -143,7 +143,7 @@ class GatePanel:
     """A portal gate that waits for the consultant: what to do (steps, links, what is verified), a
     "Verify now" button that runs the step again, and the result it verified.
 
-    >>> # panel = GatePanel(rb, "power-platform-integration", rb.gates.shown[-1]); panel.button.click()
+    panel = GatePanel(rb, "power-platform-integration", rb.gates.shown[-1]); panel.button.click()
     """
 
     def __init__(self, rb: Runbook, step_id: str, instruction: Mapping[str, Any]) -> None:
@@ -205,7 +205,7 @@ def instruction_html(instruction: Mapping[str, Any]) -> str:
 class WidgetProgress(TextProgress):
     """Progress as a bar under the running cell (a `dwlib.steps.base.ProgressFactory` for JupyterLab).
 
-    >>> # rb.progress = WidgetProgress   (StepBoard does this for interactive runs)
+    rb.progress = WidgetProgress   (StepBoard does this for interactive runs)
     """
 
     every_s = PROGRESS_EVERY_S

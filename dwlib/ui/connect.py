@@ -54,7 +54,7 @@ def _identity(rb: Runbook, url: str) -> str:
 def whoami(rb: Runbook) -> list[dict[str, str]]:
     """One row per environment: its URL, who you are there, and what it says about you.
 
-    >>> # whoami(rb)[0] → {'environment': 'Dataverse', 'url': …, 'signed in as': …, 'details': …}
+    whoami(rb)[0] → {'environment': 'Dataverse', 'url': …, 'signed in as': …, 'details': …}
     """
     assert rb.session is not None
     env = rb.params.environments
@@ -74,7 +74,7 @@ def whoami(rb: Runbook) -> list[dict[str, str]]:
 class ConnectPanel:
     """The connect cell's widget: the device code and link while signing in, then who you are.
 
-    >>> # panel = ConnectPanel(rb); panel.sign_in(); panel.rows[1]["signed in as"]
+    panel = ConnectPanel(rb); panel.sign_in(); panel.rows[1]["signed in as"]
     """
 
     def __init__(self, rb: Runbook) -> None:
@@ -135,7 +135,7 @@ class ConnectPanel:
 def connect(rb: Runbook) -> ConnectPanel:
     """The connect cell: show the panel, sign in, show who you are; returns the panel.
 
-    >>> # connection = ui.connect(rb)
+    connection = ui.connect(rb)
     """
     from IPython.display import display
 

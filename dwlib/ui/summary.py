@@ -9,7 +9,7 @@ record and records the notebook's and the report's sha256 (`dwlib.report.finaliz
 saved before the run's last step ended, saying what to do.
 
 Example:
-    >>> # ui.summary(rb)          # the notebook's last cell
+    ui.summary(rb)          # the notebook's last cell
     >>> saved_problem(Path("/nowhere/run.ipynb"), Path("/nowhere/run.json"), "r-1")[:29]
     '/nowhere/run.ipynb not found:'
 """
@@ -52,7 +52,7 @@ def saved_problem(notebook: Path, record: Path, run_id: str) -> str:
 class SealPanel:
     """The steps table with a Seal button under it (see the module docstring).
 
-    >>> # panel = SealPanel(rb, Path("work.ipynb")); panel.button.click(); panel.state  → 'sealed'
+    panel = SealPanel(rb, Path("work.ipynb")); panel.button.click(); panel.state  → 'sealed'
     """
 
     def __init__(self, rb: Runbook, notebook: Path | None) -> None:

@@ -10,9 +10,9 @@ return), two implementations:
   `https://IntegratorApp.com`; the portal gates stay for LCS actions.
 
 Example:
-    >>> # admin = PortalAdmin(session.dataverse, session.finops, notify=print, timeout_s=1800)
-    >>> # admin.run(["Customers V3 (contacts)"], initial_sync=True, master="dataverse")
-    >>> # admin.map_states(["Customers V3 (contacts)"])["Customers V3 (contacts)"].state
+    admin = PortalAdmin(session.dataverse, session.finops, notify=print, timeout_s=1800)
+    admin.run(["Customers V3 (contacts)"], initial_sync=True, master="dataverse")
+    admin.map_states(["Customers V3 (contacts)"])["Customers V3 (contacts)"].state
     >>> MapState("Running") == STATE_OF_STATUS[4] == "Running"
     True
 """

@@ -255,7 +255,7 @@ class DualWriteAdmin(ABC):
         when the column holds something else than company codes: then `codes` is None and `note`
         says so, and what depends on it is a warning, never a pass.
 
-        >>> # admin.connection_legal_entities().codes  → ('DAT', 'USMF')
+        admin.connection_legal_entities().codes  → ('DAT', 'USMF')
         """
         source = "DualWriteProjectConfigurations.PartitionMap"
         try:
@@ -288,7 +288,7 @@ class DualWriteAdmin(ABC):
         F&O column, as `msdyn_dualwriteentitymaps.msdyn_mapping` shows them ({} before Apply
         Solution). Constant rows (`PARTYTYPE << none = Organization`) are not listed.
 
-        >>> # admin.column_defaults("Customers V3 (accounts)")  → {'CustomerGroupId': '30'}
+        admin.column_defaults("Customers V3 (accounts)")  → {'CustomerGroupId': '30'}
         """
         m = catalog.table_map(name)
         rows = self.dataverse.query(
@@ -403,8 +403,8 @@ class DualWriteAdmin(ABC):
         """Give column rows of a Not running map a Default value transform (F&O column → value,
         written to F&O when the Dataverse value is empty); returns the verified defaults.
 
-        >>> # admin.set_column_defaults("Customers V3 (accounts)", {"CUSTOMERGROUPID": "30"})
-        >>> # → {'CustomerGroupId': '30'}
+        admin.set_column_defaults("Customers V3 (accounts)", {"CUSTOMERGROUPID": "30"})
+        → {'CustomerGroupId': '30'}
         """
 
     @abstractmethod
@@ -425,7 +425,7 @@ class DualWriteAdmin(ABC):
         """Poll `missing` (what is still missing, as readable lines) every `poll_s` until it lists
         nothing; DualWriteAdminError naming what is missing after `timeout_s`.
 
-        >>> # admin.wait_for("company rows", lambda: sorted({"USMF"} - set(admin.dataverse_companies())))
+        admin.wait_for("company rows", lambda: sorted({"USMF"} - set(admin.dataverse_companies())))
         """
         self._wait(what, missing)
 

@@ -6,7 +6,7 @@ Its reads take the shapes Dual-write-automations deserializes (`DWLibary/Struct/
 in another shape, or not JSON, is a `ResponseError` naming the endpoint, never a KeyError.
 
 Example:
-    >>> # admin = GatewayAdmin(dv, fo, http=gateway_http, gateway_url=url)  # UserWarning
+    admin = GatewayAdmin(dv, fo, http=gateway_http, gateway_url=url)  # UserWarning
     >>> ACTION_CODES["stop"], RequestState("2").name
     ('4', 'COMPLETED')
 """
@@ -64,7 +64,7 @@ class GatewayAdmin(PortalAdmin):
     portal gates. Constructing it warns.
 
     Example:
-        >>> # admin = GatewayAdmin(dv, fo, http=gateway_http, gateway_url=url)  # UserWarning
+        admin = GatewayAdmin(dv, fo, http=gateway_http, gateway_url=url)  # UserWarning
     """
 
     def __init__(

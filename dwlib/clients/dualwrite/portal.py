@@ -7,8 +7,8 @@ passes. Headless, nobody reads the instructions: it waits for the verified state
 what is still missing.
 
 Example:
-    >>> # admin = PortalAdmin(session.dataverse, session.finops, notify=print, timeout_s=1800)
-    >>> # admin.run(["Customers V3 (contacts)"], initial_sync=True, master="dataverse")
+    admin = PortalAdmin(session.dataverse, session.finops, notify=print, timeout_s=1800)
+    admin.run(["Customers V3 (contacts)"], initial_sync=True, master="dataverse")
     >>> LCS
     'https://lcs.dynamics.com/V2'
 """
