@@ -600,6 +600,21 @@ def code_warnings(p: Params) -> list[str]:
 
 # ---- loading -----------------------------------------------------------------------------------
 
+PARAM_KEYS = tuple(Params.model_fields)  # the top-level keys of a parameters file (papermill -f)
+
+
+def notebook_parameters(namespace: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """What a notebook's globals say about its parameters: the `params_file` it names (what `dw run`
+    sets), and the keys of a parameters file given inline (what papermill's `-f FILE` injects).
+
+    >>> notebook_parameters({"params_file": None, "scenario": "new-new", "options": None, "x": 1})
+    (None, {'scenario': 'new-new'})
+    """
+    source = namespace.get("params_file")
+    inline = {k: namespace[k] for k in PARAM_KEYS if namespace.get(k) is not None}
+    return (str(source) if source else None), inline
+
+
 def load_params(
     source: str | Path | Mapping[str, Any],
     overrides: Mapping[str, Any] | None = None,

@@ -38,7 +38,7 @@ from dwlib.clients import Session, connect, scope_for
 from dwlib.clients.dualwrite import INTEGRATOR_APP, DualWriteAdmin, GatewayAdmin, PortalAdmin
 from dwlib.errors import DwError
 from dwlib.gates import Gates, GateWaiting
-from dwlib.params import Params, ParamsError, load_params, scenario_problem
+from dwlib.params import Params, ParamsError, load_params, notebook_parameters, scenario_problem
 from dwlib.record import RunRecord, default_record_path, evidence_dir, http_summary, new_run_id, utc_now
 from dwlib.render import TextProgress
 from dwlib.report import RunSummary
@@ -47,8 +47,6 @@ from dwlib.scenarios import scenario as _scenario
 from dwlib.secrets import scrub, scrub_kernel_tracebacks
 from dwlib.steps import STEPS, StepContext, StepResult, StepStatus
 from dwlib.steps.base import ProgressFactory
-
-PARAM_KEYS = tuple(Params.model_fields)  # the top-level keys of a parameters file (papermill -f)
 
 
 class RunbookError(DwError):
@@ -175,8 +173,7 @@ class Runbook:
 or run with `papermill -f FILE` or `dw run`
         """
         scrub_kernel_tracebacks()
-        inline = {k: namespace[k] for k in PARAM_KEYS if namespace.get(k) is not None}
-        params_file = namespace.get("params_file")
+        params_file, inline = notebook_parameters(namespace)
         if params_file and inline:
             raise ParamsError([("params_file", "give the parameters either as params_file or as the keys "
                                                "of a parameters file (papermill -f), not both: "

@@ -30,10 +30,9 @@ from typing import Any
 import ipywidgets as widgets
 import yaml
 
-from dwlib.params import Params, ParamsError, load_params, read_text, said
+from dwlib.params import PARAM_KEYS, ParamsError, load_params, notebook_parameters, read_text, said
 from dwlib.secrets import SecretError, SecretRef
 
-PARAM_KEYS = tuple(Params.model_fields)
 DRY_RUN = {"as the parameters decide": None, "yes: only check and plan": True, "no: make the changes": False}
 
 
@@ -125,7 +124,7 @@ class ParameterForm:
         self._filling = False  # set while the form fills itself: no validation per field then
         self.fields: dict[str, widgets.Widget] = {f.key: _widget(f) for f in FIELDS}
         self.errors: dict[str, widgets.HTML] = {f.key: widgets.HTML("") for f in FIELDS}
-        source = namespace.get("params_file")
+        source, inline = notebook_parameters(namespace)
         self.path = widgets.Text(str(source or ""), description="Parameters file",
                                  placeholder="params/….yaml", style={"description_width": "initial"},
                                  layout=widgets.Layout(width="60%"))
@@ -142,9 +141,8 @@ class ParameterForm:
         rows += [widgets.HBox([self.save_path, self.save_button]), self.status]
         self.widget = widgets.VBox([widgets.HTML(f"<b>Parameters of {html.escape(scenario)}</b>"), *rows])
         self.widget.add_class("dw-form")
-        inline = {k: namespace[k] for k in PARAM_KEYS if namespace.get(k) is not None}
         if source:
-            self.load(str(source))
+            self.load(source)
         else:
             self._fill(inline)
         for f in FIELDS:
