@@ -40,7 +40,7 @@ from dwlib.errors import DwError
 from dwlib.notebooks import NOTEBOOKS
 from dwlib.params import Params, load_params
 from dwlib.record import RecordError, load_record, mark_interrupted, new_run_id, run_stem
-from dwlib.render import summary_rows
+from dwlib.render import seconds_text, summary_rows
 from dwlib.report import finalize, steps_table_text
 from dwlib.vocab import RunStatus, StepStatus
 
@@ -249,7 +249,7 @@ class _Watcher(threading.Thread):
             key = (r["step"], r["status"], str(r["seconds"]))
             if key not in self._seen:
                 self._seen.add(key)
-                self.echo(f"  {r['step']}: {r['status']} ({r['seconds']:.1f} s) {r['summary']}")
+                self.echo(f"  {r['step']}: {r['status']} ({seconds_text(r['seconds'])}) {r['summary']}")
         waiting = data.get("waiting")
         if waiting and ("gate", waiting["step"], waiting["since"]) not in self._seen:
             self._seen.add(("gate", waiting["step"], waiting["since"]))

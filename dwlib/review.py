@@ -17,7 +17,6 @@ Example:
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import socket
@@ -39,7 +38,7 @@ from dwlib.record import (
     relative_to,
     run_status,
 )
-from dwlib.render import COLOURS, RESULT_MIME, result_text
+from dwlib.render import RESULT_MIME, badge, esc, fmt_seconds, result_text
 from dwlib.vocab import RunStatus, StepStatus
 
 CATALOGUE_COLUMNS = ("run_id", "scenario", "status", "started", "ended", "duration_s", "failed_step",
@@ -254,22 +253,6 @@ def find_run(target: str | Path, directory: Path = Path("runs")) -> Run:
 # ---- catalogue as text, JSON and HTML ------------------------------------------------------------------
 
 
-def fmt_seconds(seconds: float | None) -> str:
-    """Seconds for people: `42 s`, `3 min 5 s`, `1 h 2 min`.
-
-    >>> fmt_seconds(185), fmt_seconds(None)
-    ('3 min 5 s', '')
-    """
-    if seconds is None:
-        return ""
-    s = round(seconds)
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min {s % 60} s"
-    return f"{s // 3600} h {s % 3600 // 60} min"
-
-
 def _host(url: str | None) -> str:
     return (url or "").split("://", 1)[-1]
 
@@ -321,18 +304,6 @@ padding:3px 8px;text-align:left !important;vertical-align:top;font-size:.9rem}.d
 """
 
 
-def esc(value: Any) -> str:
-    """`value` as escaped HTML text (None: empty)."""
-    return html.escape("" if value is None else str(value))
-
-
-def status_badge(status: str) -> str:
-    """A coloured status label (HTML)."""
-    colour = COLOURS.get(status, "#6e7781")
-    return (f'<span class="dw-status" data-status="{esc(status)}" style="background:{colour}">'
-            f"{esc(status)}</span>")
-
-
 def page(title: str, body: str) -> str:
     """A standalone HTML page (inline CSS, no scripts): opens anywhere without Jupyter or network."""
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
@@ -357,7 +328,7 @@ def catalogue_html(rows: Sequence[Mapping[str, Any]], base: Path | None = None) 
             _link(r.get("notebook"), base, "notebook"), _link(r.get("record"), base, "record")]))
         body.append(
             f"<tr><td>{esc(r['started'])}</td><td><code>{esc((r['run_id'] or '')[:8])}</code></td>"
-            f"<td>{esc(r['scenario'])}</td><td>{status_badge(r['status'])}</td>"
+            f"<td>{esc(r['scenario'])}</td><td>{badge(r['status'])}</td>"
             f"<td>{esc(fmt_seconds(r['duration_s']))}</td><td>{esc(_host(r['dataverse_url']))}<br>"
             f"{esc(_host(r['finops_url']))}</td><td>{esc(r['failed_step'])}</td><td>{esc(r['error'])}</td>"
             f"<td>{links}</td></tr>")

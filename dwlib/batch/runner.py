@@ -29,6 +29,7 @@ from dwlib.batch.storage import Output
 from dwlib.batch.worker import RunSpec, now, stop_tree
 from dwlib.errors import DwError
 from dwlib.execute import sigterm_interrupts
+from dwlib.render import seconds_text
 from dwlib.vocab import BatchStatus
 
 Echo = Callable[[str], None]
@@ -75,7 +76,7 @@ def schedule(executor: Executor, manifest: Manifest, specs: dict[str, RunSpec], 
         del running[name]
         manifest.finish(name, outcome)
         entry = manifest.run(name)
-        took = f" in {entry['duration_s']:.1f} s" if entry["duration_s"] else ""
+        took = f" in {seconds_text(entry['duration_s'])}" if entry["duration_s"] else ""
         echo(f"  {name}: {entry['status']}{took}" + (f" ({entry['error']})" if entry["error"] else ""))
 
     with ThreadPoolExecutor(max_parallel, thread_name_prefix="dw-batch") as pool:

@@ -21,14 +21,13 @@ Example:
 
 from __future__ import annotations
 
-import html
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 from IPython.display import display
 
-from dwlib.render import COLOURS, MARKS, TextProgress
+from dwlib.render import MARKS, TextProgress, badge, esc, seconds_text
 from dwlib.steps import StepResult, StepStatus
 from dwlib.vocab import Progress
 
@@ -37,11 +36,10 @@ if TYPE_CHECKING:
 
 SUMMARY_CHARS = 140  # one line of the board
 PROGRESS_EVERY_S = 0.25  # a bar moves at most this often: every move is a message to the browser
-_GREY, _BLUE = "#6e7781", "#0969da"
 
 
 def _seconds(row: Mapping[str, Any]) -> str:
-    return "" if row.get("seconds") is None else f"{row['seconds']:.1f} s"
+    return "" if row.get("seconds") is None else seconds_text(row["seconds"])
 
 
 def row_text(row: Mapping[str, Any]) -> str:
@@ -50,12 +48,6 @@ def row_text(row: Mapping[str, Any]) -> str:
     summary = f"  {row['summary']}" if row.get("summary") else ""
     mark = MARKS.get(row["status"], "·")
     return f"{mark} {row['id']}  {row['status'].replace('_', ' ')}{seconds}{summary}"
-
-
-def _badge(status: str) -> str:
-    colour = COLOURS.get(status, _BLUE if status == Progress.RUNNING else _GREY)
-    return (f'<span class="dw-badge" style="background:{colour};color:#fff;border-radius:4px;'
-            f'padding:1px 6px;font-weight:600">{html.escape(status.replace("_", " "))}</span>')
 
 
 def _one_line(text: str) -> str:
@@ -117,11 +109,11 @@ class StepBoard:
     def html(self) -> str:
         """The board as an HTML table (`data-step` and `data-status` on each row)."""
         body = "".join(
-            f'<tr class="dw-board-row" data-step="{html.escape(r["id"])}" data-status="{r["status"]}">'
-            f"<td>{i}</td><td><code>{html.escape(r['id'])}</code></td><td>{_badge(r['status'])}</td>"
-            f'<td style="text-align:right">{_seconds(r)}</td><td>{html.escape(r["summary"])}</td></tr>'
+            f'<tr class="dw-board-row" data-step="{esc(r["id"])}" data-status="{r["status"]}">'
+            f"<td>{i}</td><td><code>{esc(r['id'])}</code></td><td>{badge(r['status'])}</td>"
+            f'<td style="text-align:right">{_seconds(r)}</td><td>{esc(r["summary"])}</td></tr>'
             for i, r in enumerate(self.rows, 1))
-        head = (f"<p><b>Steps of {html.escape(self.rb.scenario.id)}</b>: "
+        head = (f"<p><b>Steps of {esc(self.rb.scenario.id)}</b>: "
                 f'<span class="dw-board-done">{self.done()} of {len(self.rows)} done</span></p>')
         return (f'<div class="dw-board">{head}<table><thead><tr><th>#</th><th>step</th><th>status</th>'
                 f"<th>time</th><th>result</th></tr></thead><tbody>{body}</tbody></table></div>")
@@ -183,7 +175,7 @@ class GatePanel:
 
 def _gate_status(status: str, said: str, attempts: int) -> str:
     return (f'<span class="dw-gate-status" data-status="{status}" data-attempt="{attempts}">'
-            f"{html.escape(said)}</span>")
+            f"{esc(said)}</span>")
 
 
 def instruction_html(instruction: Mapping[str, Any]) -> str:
@@ -194,12 +186,12 @@ def instruction_html(instruction: Mapping[str, Any]) -> str:
     >>> "<ol><li>a</li></ol>" in shown, 'href="https://lcs"' in shown
     (True, True)
     """
-    steps = "".join(f"<li>{html.escape(s)}</li>" for s in instruction.get("steps", []))
-    links = " · ".join(f'<a href="{html.escape(url)}" target="_blank" rel="noopener">{html.escape(name)}</a>'
+    steps = "".join(f"<li>{esc(s)}</li>" for s in instruction.get("steps", []))
+    links = " · ".join(f'<a href="{esc(url)}" target="_blank" rel="noopener">{esc(name)}</a>'
                        for name, url in instruction.get("links", {}).items())
-    return (f'<div class="dw-instruction"><p><b>{html.escape(instruction["title"])}</b></p><ol>{steps}</ol>'
+    return (f'<div class="dw-instruction"><p><b>{esc(instruction["title"])}</b></p><ol>{steps}</ol>'
             + (f"<p>Open: {links}</p>" if links else "")
-            + f"<p>Verified automatically: {html.escape(instruction.get('verify', ''))}</p></div>")
+            + f"<p>Verified automatically: {esc(instruction.get('verify', ''))}</p></div>")
 
 
 class WidgetProgress(TextProgress):

@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import html
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +27,7 @@ import jwt
 
 from dwlib.clients import scope_for
 from dwlib.errors import DwError
+from dwlib.render import esc
 from dwlib.secrets import scrub
 
 if TYPE_CHECKING:
@@ -91,11 +91,11 @@ class ConnectPanel:
         """Show msal's device-code message: the link to open and the code to enter (also printed,
         for logs and for viewers without widgets)."""
         url, code = parse_device_message(message)
-        link = f'<a href="{html.escape(url)}" target="_blank" rel="noopener">{html.escape(url)}</a>'
-        shown = html.escape(message)
+        link = f'<a href="{esc(url)}" target="_blank" rel="noopener">{esc(url)}</a>'
+        shown = esc(message)
         if url and code:
             shown = (f'To sign in, open {link} and enter the code '
-                     f'<code class="dw-user-code" style="font-size:1.3em">{html.escape(code)}</code>')
+                     f'<code class="dw-user-code" style="font-size:1.3em">{esc(code)}</code>')
         self.code.value = f'<p class="dw-device-code">{shown}</p>'
         print(message, flush=True)
 
@@ -107,10 +107,10 @@ class ConnectPanel:
         except DwError as exc:
             self.error = scrub(str(exc))
             self.who.value = (f'<p class="dw-who" data-state="failed" style="color:#cf222e">Sign-in failed: '
-                              f"{html.escape(self.error)}</p>")
+                              f"{esc(self.error)}</p>")
             return []
         cells = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(r[k])}</td>" for k in ("environment", "url", "signed in as",
+            "<tr>" + "".join(f"<td>{esc(r[k])}</td>" for k in ("environment", "url", "signed in as",
                                                                        "details")) + "</tr>"
             for r in self.rows)
         self.who.value = ('<div class="dw-who" data-state="signed-in"><table><thead><tr><th>environment</th>'

@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import html
 import logging
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
@@ -31,6 +30,7 @@ import ipywidgets as widgets
 import yaml
 
 from dwlib.params import PARAM_KEYS, ParamsError, load_params, notebook_parameters, read_text, said
+from dwlib.render import esc
 from dwlib.secrets import SecretError, SecretRef
 
 DRY_RUN = {"as the parameters decide": None, "yes: only check and plan": True, "no: make the changes": False}
@@ -139,7 +139,7 @@ class ParameterForm:
         for f in FIELDS:
             rows.append(widgets.VBox([self.fields[f.key], self.errors[f.key]]))
         rows += [widgets.HBox([self.save_path, self.save_button]), self.status]
-        self.widget = widgets.VBox([widgets.HTML(f"<b>Parameters of {html.escape(scenario)}</b>"), *rows])
+        self.widget = widgets.VBox([widgets.HTML(f"<b>Parameters of {esc(scenario)}</b>"), *rows])
         self.widget.add_class("dw-form")
         if source:
             self.load(source)
@@ -244,13 +244,13 @@ class ParameterForm:
             mine = [f"{p}: {m}" for p, m in self.problems if p == f.key or p.startswith(f.key + ".")]
             self.errors[f.key].value = "".join(_error(m) for m in mine)
         if self.problems:
-            items = "".join(f'<li data-path="{html.escape(p)}">{html.escape(f"{p}: {m}" if p else m)}</li>'
+            items = "".join(f'<li data-path="{esc(p)}">{esc(f"{p}: {m}" if p else m)}</li>'
                             for p, m in self.problems)
             state, body = "invalid", f"<b>{len(self.problems)} problem(s):</b><ul>{items}</ul>"
         else:
-            warned = "".join(f"<li>{html.escape(w)}</li>" for w in self.warnings)
+            warned = "".join(f"<li>{esc(w)}</li>" for w in self.warnings)
             state, body = "valid", "<b>✓ valid</b>" + (f"<ul>{warned}</ul>" if warned else "")
-        note = f'<p class="dw-form-note">{html.escape(self.note)}</p>' if self.note else ""
+        note = f'<p class="dw-form-note">{esc(self.note)}</p>' if self.note else ""
         self.status.value = f'<div class="dw-form-status" data-state="{state}">{body}{note}</div>'
 
     def text(self) -> str:
@@ -269,7 +269,7 @@ class ParameterForm:
 
 
 def _error(message: str) -> str:
-    return f'<span class="dw-field-error" style="color:#cf222e">{html.escape(message)}</span>'
+    return f'<span class="dw-field-error" style="color:#cf222e">{esc(message)}</span>'
 
 
 def _widget(f: Field) -> widgets.Widget:

@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import html
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +24,7 @@ import ipywidgets as widgets
 
 from dwlib.errors import DwError
 from dwlib.record import load_record
+from dwlib.render import esc
 from dwlib.report import RunSummary, finalize
 from dwlib.review import record_from_notebook
 
@@ -91,7 +91,7 @@ class SealPanel:
 
     def _show(self, text: str) -> None:
         self.status.value = (f'<p class="dw-seal-status" data-state="{self.state}">'
-                             f"{html.escape(text)}</p>")
+                             f"{esc(text)}</p>")
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
         bundle: dict[str, Any] = self.widget._repr_mimebundle_(**kwargs)
