@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import html
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -31,11 +30,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import jwt
-
 from dwlib import catalog
-from dwlib.clients import Session, connect, scope_for
-from dwlib.clients.dualwrite import INTEGRATOR_APP, DualWriteAdmin, GatewayAdmin, PortalAdmin
+from dwlib.clients import Session, connect
+from dwlib.clients.dualwrite import DualWriteAdmin, open_admin
 from dwlib.errors import DwError
 from dwlib.gates import Gates, GateWaiting
 from dwlib.params import Params, ParamsError, load_params, notebook_parameters, scenario_problem
@@ -100,8 +97,9 @@ class Runbook:
         self.scenario: Scenario = _scenario(params.scenario)
         self.results: dict[str, StepResult] = {}
         self.run_state: dict[str, Any] = {}
-        # Issue 7's confirmation button plugs in here: called with what the step will do.
-        self.confirmer: Callable[[str], bool] | None = None
+        # Steps whose last run waits for a confirmation the consultant can give with a button
+        # (`dwlib.ui.confirm` listens for them).
+        self.awaiting_confirmation: set[str] = set()
         # dwlib.ui plugs in here: who hears of each step starting (result None) and ending, how
         # progress shows, where the device-code sign-in message goes.
         self.listeners: list[Callable[[str, StepResult | None], None]] = []
@@ -201,17 +199,7 @@ or run with `papermill -f FILE` or `dw run`
     def _connect(self) -> None:
         params = self.params
         self.session = connect(params, device_prompt=lambda message: self.device_prompt(message))
-        options = params.options
-        common: dict[str, Any] = {"notify": self.gates.notify, "timeout_s": options.gate_timeout_s,
-                                  "poll_s": options.gate_poll_s}
-        dv, fo = self.session.dataverse, self.session.finops
-        if options.admin == "gateway":
-            assert params.environments.gateway_url is not None  # Params checks it
-            http = self.session.http(auth=self.session.tokens.auth_for(INTEGRATOR_APP))
-            self.admin = GatewayAdmin(dv, fo, http=http, gateway_url=params.environments.gateway_url,
-                                      **common)
-        else:
-            self.admin = PortalAdmin(dv, fo, **common)
+        self.admin = open_admin(self.session, params, notify=self.gates.notify)
 
     # ---- what the notebook uses ------------------------------------------------------------------
 
@@ -271,7 +259,9 @@ or run with `papermill -f FILE` or `dw run`
         result.remediation = _remediation(result, error)
         if result.status == StepStatus.WAITING and False in answers and self.interactive:
             result.next_action += f" Or run the cell again as rb.run({step_id!r}, confirm=True)."
-            self.confirmation_button(step_id, result.summary)
+            self.awaiting_confirmation.add(step_id)
+        else:
+            self.awaiting_confirmation.discard(step_id)
         self.results[step_id] = result
         self.record.step_finished(step_id, result.to_dict(), self.gates.shown,
                                   http_summary(journal.as_dicts()))
@@ -290,31 +280,6 @@ or run with `papermill -f FILE` or `dw run`
             self._blocked = None
         self._observe()
         return result
-
-    def confirmation_button(self, step_id: str, what: str) -> Any:
-        """Show a Confirm button under a step waiting for confirmation; pressing it runs the step.
-
-        The cell does not block: the button runs `rb.run(step_id, confirm=True)` and shows the
-        result beneath it. Returns the widget (tests press it with `.children[1].click()`).
-
-        rb.run("bootstrap-apply")  # waiting → a Confirm button appears under the result
-        """
-        import ipywidgets as widgets
-        from IPython.display import display
-
-        button = widgets.Button(description="Confirm and run", button_style="danger",
-                                tooltip=f"{step_id}: {what}", icon="check")
-        out = widgets.Output()
-
-        def confirmed(_button: widgets.Button) -> None:
-            button.disabled = True
-            with out:
-                display(self.run(step_id, confirm=True))
-
-        button.on_click(confirmed)
-        box = widgets.VBox([widgets.HTML(f"<b>{html.escape(what)}</b>"), button, out])
-        display(box)
-        return box
 
     def summary(self) -> RunSummary:
         """Every step of the run with its status, time, calls and summary: the HTML report's table
@@ -356,12 +321,7 @@ or run with `papermill -f FILE` or `dw run`
 
     def _context(self, confirm: bool | None, answers: list[bool]) -> StepContext:
         def confirmed(what: str) -> bool:
-            if confirm is not None:
-                answer = confirm
-            elif self.confirmer is not None:
-                answer = self.confirmer(what)
-            else:
-                answer = self.params.options.confirm_irreversible
+            answer = self.params.options.confirm_irreversible if confirm is None else confirm
             answers.append(answer)
             return answer
 
@@ -414,9 +374,8 @@ or run with `papermill -f FILE` or `dw run`
             return
         try:
             who = self.session.dataverse.whoami()
-            token = self.session.tokens.token(scope_for(self.params.environments.dataverse_url))
-            claims = jwt.decode(token, options={"verify_signature": False})
-        except (DwError, jwt.PyJWTError):
+            claims = self.session.tokens.claims(self.params.environments.dataverse_url)
+        except DwError:
             return  # tried again after the next step; preflight reports reachability itself
         self.record.observe({"organization_id": who.get("OrganizationId"), "user_id": who.get("UserId"),
                              "business_unit_id": who.get("BusinessUnitId"), "tenant_id": claims.get("tid")})

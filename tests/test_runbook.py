@@ -25,6 +25,7 @@ from dwlib.report import steps_table_html
 from dwlib.runbook import Runbook, RunbookError, RunStopped, is_interactive
 from dwlib.scenarios import scenario
 from dwlib.steps import StepStatus
+from dwlib.ui.confirm import offer_confirmation
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIO = "existing-existing"
@@ -160,8 +161,10 @@ def test_interactively_the_confirm_button_runs_the_waiting_step(
         sandbox: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     behave(monkeypatch, bootstrap_apply="irreversible")
     shown: list[Any] = []
-    monkeypatch.setattr("IPython.display.display", lambda *objs, **kw: shown.extend(objs))
+    for where in ("dwlib.ui.confirm.display", "IPython.display.display"):
+        monkeypatch.setattr(where, lambda *objs, **kw: shown.extend(objs))
     with open_rb(sandbox, tmp_path, {"options.confirm_irreversible": False}, interactive=True) as rb:
+        offer_confirmation(rb)  # what the notebook's board cell (ui.step_board) subscribes
         assert rb.run("bootstrap-apply").status == StepStatus.WAITING
         (box,) = [o for o in shown if hasattr(o, "children")]
         assert rb.results["bootstrap-apply"].status == StepStatus.WAITING

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import jwt
 import msal
 
 from dwlib.secrets import remember
@@ -215,6 +216,22 @@ class TokenProvider:
             remember(token)
             self._cache.save()
             return token
+
+    def claims(self, resource_url: str) -> dict[str, Any]:
+        """What the access token for `resource_url` says about who signed in (`tid`, `upn`, `appid`
+        …). Decoded without checking its signature: read only to say who this is, never trusted
+        for access (the service checks the token). AuthError for a token that is not a JWT."""
+        try:
+            claims: dict[str, Any] = jwt.decode(self.token(scope_for(resource_url)),
+                                                options={"verify_signature": False})
+        except jwt.PyJWTError as exc:
+            raise AuthError(f"the access token for {resource_url} is not a readable JWT ({exc})") from None
+        return claims
+
+    def signed_in_as(self, resource_url: str) -> str:
+        """Who signed in for `resource_url`: a user's UPN or name, else the app's name or id."""
+        c = self.claims(resource_url)
+        return str(c.get("upn") or c.get("name") or c.get("app_displayname") or c.get("appid"))
 
     def auth_for(self, resource_url: str) -> BearerAuth:
         """An `httpx.Auth` for the resource at `resource_url` (scope `{url}/.default`)."""

@@ -23,9 +23,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
-import jwt
 
-from dwlib.clients import scope_for
 from dwlib.errors import DwError
 from dwlib.render import esc
 from dwlib.secrets import scrub
@@ -43,14 +41,6 @@ def parse_device_message(message: str) -> tuple[str, str]:
     return (url.group(0).rstrip(".,") if url else "", code.group(1) if code else "")
 
 
-def _identity(rb: Runbook, url: str) -> str:
-    """Who the access token for `url` says the caller is (a user's UPN, or the app's name)."""
-    assert rb.session is not None
-    claims = jwt.decode(rb.session.tokens.token(scope_for(url)), options={"verify_signature": False})
-    return str(claims.get("upn") or claims.get("name") or claims.get("app_displayname")
-               or claims.get("appid"))
-
-
 def whoami(rb: Runbook) -> list[dict[str, str]]:
     """One row per environment: its URL, who you are there, and what it says about you.
 
@@ -60,13 +50,13 @@ def whoami(rb: Runbook) -> list[dict[str, str]]:
     env = rb.params.environments
     me = rb.session.dataverse.whoami()
     dataverse = {"environment": "Dataverse", "url": env.dataverse_url,
-                 "signed in as": _identity(rb, env.dataverse_url),
+                 "signed in as": rb.session.tokens.signed_in_as(env.dataverse_url),
                  "details": f"user {me.get('UserId')}, business unit {me.get('BusinessUnitId')}, "
                             f"organization {me.get('OrganizationId')}"}
     codes = [r["LegalEntityId"] for r in rb.session.finops.query("LegalEntities", select=["LegalEntityId"])]
     shown = ", ".join(codes[:LEGAL_ENTITIES_SHOWN]) + (" …" if len(codes) > LEGAL_ENTITIES_SHOWN else "")
     finops = {"environment": "Finance and operations", "url": env.finops_url,
-              "signed in as": _identity(rb, env.finops_url),
+              "signed in as": rb.session.tokens.signed_in_as(env.finops_url),
               "details": f"{len(codes)} legal entities: {shown}"}
     return [dataverse, finops]
 

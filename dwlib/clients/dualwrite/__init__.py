@@ -17,6 +17,11 @@ Example:
     True
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 from dwlib.vocab import MapState
 
 from .base import (
@@ -33,6 +38,10 @@ from .base import (
 from .gateway import GatewayAdmin
 from .portal import DUAL_WRITE_UI, LCS, PortalAdmin
 
+if TYPE_CHECKING:
+    from dwlib.clients.session import Session
+    from dwlib.params import Params
+
 __all__ = [
     "DUAL_WRITE_UI",
     "INTEGRATOR_APP",
@@ -48,4 +57,18 @@ __all__ = [
     "MapState",
     "PortalAdmin",
     "SyncError",
+    "open_admin",
 ]
+
+
+def open_admin(session: Session, params: Params, *, notify: Callable[[Instruction], None]) -> DualWriteAdmin:
+    """The dual-write admin a run's parameters choose (`options.admin`): the portal gates, or the
+    unsupported gateway signed in for `https://IntegratorApp.com` on the session's HTTP stack."""
+    options = params.options
+    dv, fo = session.dataverse, session.finops
+    if options.admin == "gateway":
+        assert params.environments.gateway_url is not None  # Params checks it
+        http = session.http(auth=session.tokens.auth_for(INTEGRATOR_APP))
+        return GatewayAdmin(dv, fo, http=http, gateway_url=params.environments.gateway_url, notify=notify,
+                            timeout_s=options.gate_timeout_s, poll_s=options.gate_poll_s)
+    return PortalAdmin(dv, fo, notify=notify, timeout_s=options.gate_timeout_s, poll_s=options.gate_poll_s)
