@@ -74,12 +74,6 @@ class ColumnMapping:
     values_source: str = ""
 
     @property
-    def transform(self) -> bool:
-        """Whether the row converts values between the sides (a value map) rather than copying."""
-        return self.direction == "><" or (self.values is not None and self.finops is not None
-                                          and self.dataverse is not None)
-
-    @property
     def value_map_missing(self) -> bool:
         """A value transform whose value list no source documents: its values cannot be converted."""
         return self.direction == "><" and self.values is None

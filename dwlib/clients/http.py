@@ -147,11 +147,6 @@ class RetryBudget:
         with self._lock:
             return _service(url) in self._answered
 
-    @property
-    def spent_s(self) -> float:
-        """Seconds waited (or reserved) so far."""
-        with self._lock:
-            return self._spent
 
     @property
     def remaining_s(self) -> float:

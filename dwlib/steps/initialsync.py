@@ -119,15 +119,6 @@ def rerun_problems(rows: Sequence[Reconciliation], behind: dict[str, list[str]],
     return out
 
 
-def out_of_sync(rows: Sequence[Reconciliation]) -> set[str]:
-    """Maps with a company (or the global row) whose counts or keys differ.
-
-    >>> out_of_sync([Reconciliation("M", "USMF", {"a": "A"}, {}, 1, 0)])
-    {'M'}
-    """
-    return {r.map for r in rows if not r.ok}
-
-
 class Watch:
     """Polls map states until no map in `names` is initializing, or the deadline passes."""
 
