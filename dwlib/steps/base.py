@@ -246,3 +246,22 @@ def register(cls: type[Step]) -> type[Step]:
         raise ValueError(f"step name {cls.name!r} registered twice")
     STEPS[cls.name] = cls
     return cls
+
+
+# Helpers every step family shares.
+
+def environment(ctx: StepContext) -> tuple[Params, Session, DualWriteAdmin]:
+    """The parameters, clients and dual-write admin a step needs (StepError if the context lacks them)."""
+    if ctx.params is None or ctx.session is None or ctx.admin is None:
+        raise StepError("this step needs parameters, connected environments and a dual-write admin: "
+                        "run it through a Runbook (dwlib.runbook) or build a full StepContext")
+    return ctx.params, ctx.session, ctx.admin
+
+
+def worst(checks: Iterable[Check]) -> StepStatus:
+    """FAILED if any check failed, WARNING if any warned, else PASSED."""
+    found = {c.status for c in checks}
+    for status in (StepStatus.FAILED, StepStatus.WARNING):
+        if status in found:
+            return status
+    return StepStatus.PASSED

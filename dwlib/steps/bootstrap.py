@@ -59,10 +59,10 @@ from dwlib.clients.bulk import BulkResult, run_chunks
 from dwlib.clients.errors import ClientError
 from dwlib.vocab import LIVE_MAP_STATES, MapState, StepStatus
 
-from .base import Check, Finding, Step, StepContext, StepError, StepResult, register
+from .base import Check, Finding, Step, StepContext, StepError, StepResult, environment, register, worst
 from .bulkwrite import AppendCsv, isolate, progress_of
 from .dvmeta import Lookup, TableInfo, Tables
-from .link import companies, environment, worst
+from .link import companies
 
 if TYPE_CHECKING:
     from dwlib.clients.dataverse import DataverseClient

@@ -42,19 +42,17 @@ from dwlib.clients.dualwrite import Instruction
 from dwlib.scenarios import GUIDE
 from dwlib.vocab import SETTLING_MAP_STATES, MapState, StepStatus
 
-from .base import Check, Finding, Step, StepContext, StepError, StepResult, register
+from .base import Check, Finding, Step, StepContext, StepError, StepResult, environment, register, worst
 from .initialsync import Watch
 from .link import (
     LEGAL_ENTITIES_DOC,
     company_checks,
     connection_check,
-    environment,
     finops_legal_entities,
     limit_problem,
     require_in_finops,
     require_linkable,
     scope,
-    worst,
 )
 from .plan import effective_limits, initial_write_problems
 from .reconcile import reconcile

@@ -40,8 +40,8 @@ from dwlib import catalog
 from dwlib.catalog.errors import DOCS_ROOT
 from dwlib.vocab import SETTLING_MAP_STATES, MapState, StepStatus
 
-from .base import Check, Finding, Step, StepContext, StepError, StepResult, register
-from .link import environment, scope, worst
+from .base import Check, Finding, Step, StepContext, StepError, StepResult, environment, register, worst
+from .link import scope
 from .plan import effective_limits, volume_problems
 from .reconcile import Reconciliation, reconcile
 from .tablemaps import (

@@ -32,7 +32,7 @@ from dwlib.clients.errors import HttpError
 from dwlib.scenarios import scenario
 from dwlib.vocab import StepStatus
 
-from .base import Check, Finding, Step, StepContext, StepError, StepResult, register
+from .base import Check, Finding, Step, StepContext, StepError, StepResult, environment, register, worst
 
 if TYPE_CHECKING:
     from dwlib.clients.dualwrite import DualWriteAdmin
@@ -70,23 +70,6 @@ def scope(params: Params) -> Scope:
         raise StepError(f"legal_entities is empty: scenario {sc.id} connects an existing F&O environment, "
                         "so list the legal entities (company codes) to keep in the dual-write connection")
     return Scope(codes, created, (DEFAULT_COMPANY,) if new_finops else codes, "initial-sync" in steps)
-
-
-def environment(ctx: StepContext) -> tuple[Params, Session, DualWriteAdmin]:
-    """The parameters, clients and dual-write admin a step needs (StepError if the context lacks them)."""
-    if ctx.params is None or ctx.session is None or ctx.admin is None:
-        raise StepError("this step needs parameters, connected environments and a dual-write admin: "
-                        "run it through a Runbook (dwlib.runbook) or build a full StepContext")
-    return ctx.params, ctx.session, ctx.admin
-
-
-def worst(checks: Iterable[Check]) -> StepStatus:
-    """FAILED if any check failed, WARNING if any warned, else PASSED."""
-    found = {c.status for c in checks}
-    for status in (StepStatus.FAILED, StepStatus.WARNING):
-        if status in found:
-            return status
-    return StepStatus.PASSED
 
 
 def limit_problem(count: int, initial_sync: bool) -> str | None:

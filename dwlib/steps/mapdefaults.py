@@ -30,8 +30,7 @@ from dwlib.catalog.errors import DOCS_ROOT
 from dwlib.clients.dualwrite import DualWriteAdminError
 from dwlib.vocab import MapState, StepStatus
 
-from .base import Check, Finding, Step, StepContext, StepResult, register
-from .link import environment, worst
+from .base import Check, Finding, Step, StepContext, StepResult, environment, register, worst
 
 if TYPE_CHECKING:
     from dwlib.clients.dualwrite import DualWriteAdmin

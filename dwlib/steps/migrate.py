@@ -53,11 +53,10 @@ from dwlib.clients.dmf import ExecutionStatus
 from dwlib.clients.errors import ClientError, DmfError
 from dwlib.vocab import MapState, StepStatus
 
-from .base import Check, Finding, Step, StepContext, StepError, StepResult, register
+from .base import Check, Finding, Step, StepContext, StepError, StepResult, environment, register, worst
 from .bulkwrite import AppendCsv, isolate, progress_of
 from .dmf_package import FormatLocale, Package, format_locale, read_package
 from .dvmeta import Tables
-from .link import environment, worst
 from .plan import PlanRow, plan_companies, plan_of
 from .reconcile import GLOBAL, Reconciliation, company_clause, company_ids, reconcile
 from .rowmap import Lookups, RowMap

@@ -55,9 +55,9 @@ from dwlib.scenarios import scenario
 from dwlib.vocab import LIVE_MAP_STATES, StepStatus
 
 from . import eligibility
-from .base import Check, Finding, Step, StepContext, StepError, StepResult, register
+from .base import Check, Finding, Step, StepContext, StepError, StepResult, environment, register
 from .dvmeta import Tables
-from .link import environment, scope
+from .link import scope
 from .reconcile import COMPANY_LOOKUP, company_ids, reconcile
 
 if TYPE_CHECKING:

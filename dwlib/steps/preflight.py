@@ -46,7 +46,7 @@ from dwlib.clients.platform import release_of
 from dwlib.scenarios import scenario
 from dwlib.vocab import StepStatus
 
-from .base import Check, Finding, Step, StepContext, StepError, StepResult, register
+from .base import Check, Finding, Step, StepContext, StepError, StepResult, environment, register, worst
 from .dmf_package import source_formats
 from .link import (
     LINK_CHECK,
@@ -54,7 +54,6 @@ from .link import (
     PowerPlatformIntegration,
     companies,
     dataverse_rows,
-    environment,
     finops_legal_entities,
     limit_problem,
     link_checks,
@@ -62,7 +61,6 @@ from .link import (
     roles_of,
     scope,
     solution_versions,
-    worst,
 )
 
 if TYPE_CHECKING:

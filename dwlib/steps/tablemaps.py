@@ -34,8 +34,7 @@ from dwlib.catalog.errors import DOCS_ROOT
 from dwlib.clients.dualwrite import DualWriteAdminError
 from dwlib.vocab import MapState, StepStatus
 
-from .base import Check, Finding, Step, StepContext, StepResult, register
-from .link import environment, worst
+from .base import Check, Finding, Step, StepContext, StepResult, environment, register, worst
 from .mapdefaults import Defaults, apply_defaults, defaults_checks, missing_defaults, wanted_defaults
 from .plan import plan_of
 

@@ -46,10 +46,9 @@ from dwlib.catalog.errors import DOCS_ROOT
 from dwlib.vocab import MapState, StepStatus
 
 from . import eligibility
-from .base import Check, Finding, Step, StepContext, StepError, StepResult, register
+from .base import Check, Finding, Step, StepContext, StepError, StepResult, environment, register, worst
 from .dvmeta import Tables
 from .initialsync import sync_companies
-from .link import environment, worst
 from .reconcile import Reconciliation, Values, company_ids, reconcile
 from .roundtrip import ACCOUNTS, PREFIX, Leftover, RoundTrip, clean_up_leftover, leftovers, round_trip
 from .rowmap import Lookups
