@@ -53,14 +53,14 @@ from pydantic import (
 
 from dwlib import catalog
 from dwlib.errors import DwError
+from dwlib.scenarios import SCENARIOS
 from dwlib.scenarios import scenario as _scenario
 from dwlib.secrets import REFERENCE_FORMS, SecretError, SecretRef
 
 log = logging.getLogger(__name__)
 
-SCENARIOS = ("new-new", "new-existing", "new-data-new", "new-data-existing", "existing-new",
-             "existing-existing")
-Scenario = Literal["new-new", "new-existing", "new-data-new", "new-data-existing", "existing-new",
+# The scenario ids as a type (the scenarios themselves: `dwlib.scenarios.SCENARIOS`).
+ScenarioId = Literal["new-new", "new-existing", "new-data-new", "new-data-existing", "existing-new",
                    "existing-existing"]
 DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
 # The company a new F&O environment is connected for: "A dual-write connection is established for
@@ -453,7 +453,7 @@ class Params(_Model):
     True
     """
 
-    scenario: Scenario
+    scenario: ScenarioId
     environments: Environments
     auth: Auth
     legal_entities: list[CompanyCode] = Field(default_factory=list)
@@ -529,7 +529,7 @@ class References(_Model):
 
     model_config = ConfigDict(extra="ignore", frozen=True, hide_input_in_errors=True)
 
-    scenario: Scenario
+    scenario: ScenarioId
     legal_entities: list[CompanyCode] = Field(default_factory=list)
     companies: list[Company] = Field(default_factory=list)
     bootstrap: Bootstrap = Field(default_factory=Bootstrap)

@@ -89,3 +89,16 @@ def test_map_state_names() -> None:
     assert MapState.of("CatchUp") is MapState.RESUMING and MapState.of("Suspended") is None
     assert [s for s in MapState if s.live] == [MapState.RUNNING, MapState.PAUSED, MapState.RESUMING]
     assert json.dumps({"state": MapState.NOT_RUNNING}) == '{"state": "Not running"}'
+
+
+def test_one_list_of_scenarios() -> None:
+    """The scenario ids the parameters accept, the record schema's and the scenarios are the same."""
+    from typing import get_args
+
+    import dwlib
+    from dwlib.params import ScenarioId
+    from dwlib.scenarios import SCENARIOS
+
+    schema = json.loads(SCHEMA_FILE.read_text())
+    assert set(get_args(ScenarioId)) == set(SCENARIOS) == set(schema["properties"]["scenario"]["enum"])
+    assert dwlib.SCENARIOS is SCENARIOS

@@ -36,7 +36,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from dwlib.params import ParamsError, Scenario, read_yaml, validation_problems
+from dwlib.params import ParamsError, ScenarioId, read_yaml, validation_problems
 from dwlib.params import log as params_log
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -67,7 +67,7 @@ class RunEntry(_Model):
     """One entry of `runs:` (one run, or one per `each` key)."""
 
     name: Name
-    scenario: Scenario
+    scenario: ScenarioId
     params: Path
     overrides: Overrides = Field(default_factory=dict)
     each: dict[Name, Overrides] | None = Field(default=None, min_length=1)
