@@ -216,16 +216,16 @@ def _map_name(name: str) -> str:
     return name
 
 
-class TableMap(_Model):
+class TableMapChoice(_Model):
     """A dual-write table map to enable; a plain string is shorthand for `{name: …}`.
 
     `defaults` gives column rows a Default value transform: F&O column → the value written to F&O
     when the Dataverse value is empty (dual-write "Customizing mappings"), e.g. a customer group
     for accounts that have none; the migration applies them too.
 
-    >>> TableMap.model_validate("Customers V3 (contacts)").name
+    >>> TableMapChoice.model_validate("Customers V3 (contacts)").name
     'Customers V3 (contacts)'
-    >>> TableMap(name="Customers V3 (accounts)", defaults={"customergroupid": "30"}).defaults
+    >>> TableMapChoice(name="Customers V3 (accounts)", defaults={"customergroupid": "30"}).defaults
     {'CUSTOMERGROUPID': '30'}
     """
 
@@ -244,7 +244,7 @@ class TableMap(_Model):
         return {"name": data} if isinstance(data, str) else data
 
     @model_validator(mode="after")
-    def _default_columns(self) -> TableMap:
+    def _default_columns(self) -> TableMapChoice:
         if not self.defaults:
             return self
         maps = catalog.maps_named(self.name)
@@ -332,21 +332,21 @@ class PlanLimits(_Model):
     single_threaded_dataverse_to_finops_rows: int | None = Field(default=None, ge=1)
 
 
-class Plan(_Model):
+class PlanOptions(_Model):
     """How the plan step decides between initial sync and migration.
 
-    >>> Plan().limits.initial_sync_rows_per_legal_entity is None
+    >>> PlanOptions().limits.initial_sync_rows_per_legal_entity is None
     True
     """
 
     limits: PlanLimits = Field(default_factory=PlanLimits)
 
 
-class Migrate(_Model):
+class MigrateOptions(_Model):
     """The F&O data projects the migrate step exports from and imports into; `{entity}` is the
     entity's OData collection (e.g. CustomersV3).
 
-    >>> Migrate().export_project.format(entity="CustomersV3")
+    >>> MigrateOptions().export_project.format(entity="CustomersV3")
     'CustomersV3-Export'
     """
 
@@ -388,10 +388,10 @@ class HttpOptions(_Model):
         return self
 
 
-class InitialSync(_Model):
+class InitialSyncOptions(_Model):
     """Watching the initial sync: how long it may run before the step gives up, how often to look.
 
-    >>> InitialSync().timeout_s
+    >>> InitialSyncOptions().timeout_s
     14400.0
     """
 
@@ -399,10 +399,10 @@ class InitialSync(_Model):
     poll_s: float = Field(default=10.0, gt=0)
 
 
-class Verify(_Model):
+class VerifyOptions(_Model):
     """The verification: the live round trip (once per environments, always, or never) and its company.
 
-    >>> Verify().round_trip
+    >>> VerifyOptions().round_trip
     'once'
     """
 
@@ -457,13 +457,13 @@ class Params(_Model):
     environments: Environments
     auth: Auth
     legal_entities: list[CompanyCode] = Field(default_factory=list)
-    table_maps: list[TableMap] = Field(default_factory=list)
+    table_maps: list[TableMapChoice] = Field(default_factory=list)
     companies: list[Company] = Field(default_factory=list)
     bootstrap: Bootstrap = Field(default_factory=Bootstrap)
-    plan: Plan = Field(default_factory=Plan)
-    migrate: Migrate = Field(default_factory=Migrate)
-    initial_sync: InitialSync = Field(default_factory=InitialSync)
-    verify: Verify = Field(default_factory=Verify)
+    plan: PlanOptions = Field(default_factory=PlanOptions)
+    migrate: MigrateOptions = Field(default_factory=MigrateOptions)
+    initial_sync: InitialSyncOptions = Field(default_factory=InitialSyncOptions)
+    verify: VerifyOptions = Field(default_factory=VerifyOptions)
     options: Options = Field(default_factory=Options)
     sandbox: SandboxRef | None = None
     _warnings: list[str] = PrivateAttr(default_factory=list)
@@ -533,7 +533,7 @@ class References(_Model):
     legal_entities: list[CompanyCode] = Field(default_factory=list)
     companies: list[Company] = Field(default_factory=list)
     bootstrap: Bootstrap = Field(default_factory=Bootstrap)
-    verify: Verify = Field(default_factory=Verify)
+    verify: VerifyOptions = Field(default_factory=VerifyOptions)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> References:

@@ -69,7 +69,7 @@ class DwlibIdentity(TypedDict):
     git_dirty: bool | None
 
 
-class Environments(TypedDict):
+class RecordEnvironments(TypedDict):
     """The environments of the run, and the identities they reported."""
 
     dataverse_url: Any
@@ -97,7 +97,7 @@ class Process(TypedDict):
     pid: int
 
 
-class Manifest(TypedDict):
+class RecordManifest(TypedDict):
     """Added once the executed notebook is final (`dwlib.record.seal`)."""
 
     sealed: str
@@ -128,7 +128,7 @@ class RunRecordData(TypedDict):
     interactive: bool
     dwlib: DwlibIdentity
     parameters: dict[str, Any]
-    environments: Environments
+    environments: RecordEnvironments
     steps_planned: list[str]
     current_step: str | None
     waiting: dict[str, Any] | None
@@ -136,5 +136,5 @@ class RunRecordData(TypedDict):
     http: HttpSummary
     process: Process
     evidence: list[HashedFile]
-    manifest: Manifest | None
+    manifest: RecordManifest | None
     integrity: Integrity

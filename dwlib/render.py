@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from dwlib.vocab import Progress, RunStatus, StepStatus
+from dwlib.vocab import RunStatus, StepStatus, Unfinished
 
 # The machine-readable copy of a step result inside a notebook's outputs: with it, the executed
 # notebook alone is enough to review a run (`dwlib.review` reads it when the record is missing).
@@ -91,7 +91,7 @@ def badge(status: str, label: str | None = None) -> str:
     '<span class="dw-status" data-status="already_done" style="background:#1a7f37;color:#fff;\
 border-radius:4px;padding:1px 6px;font-weight:600">already done</span>'
     """
-    colour = COLOURS.get(status, _BLUE if status == Progress.RUNNING else _GREY)
+    colour = COLOURS.get(status, _BLUE if status == Unfinished.RUNNING else _GREY)
     text = label or status.replace("_", " ")
     return (f'<span class="dw-status" data-status="{esc(status)}" style="background:{colour};color:#fff;'
             f'border-radius:4px;padding:1px 6px;font-weight:600">{esc(text)}</span>')

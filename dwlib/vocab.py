@@ -71,7 +71,7 @@ class RunStatus(StrEnum):
         return self in (RunStatus.PASSED, RunStatus.WARNING)
 
 
-class Progress(StrEnum):
+class Unfinished(StrEnum):
     """Where a step stands before it has a result (a row of the runbook's board)."""
 
     PENDING = "pending"

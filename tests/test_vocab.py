@@ -10,11 +10,11 @@ import pytest
 
 from dwlib import vocab
 from dwlib.record import SCHEMA_FILE
-from dwlib.vocab import BatchStatus, MapState, Progress, RunStatus, StepStatus
+from dwlib.vocab import BatchStatus, MapState, RunStatus, StepStatus, Unfinished
 
 DWLIB = Path(vocab.__file__).parent
 # Every value of the vocabulary, and the other names the service gives map states.
-WORDS = {str(m) for enum in (StepStatus, RunStatus, BatchStatus, Progress, MapState) for m in enum} | set(
+WORDS = {str(m) for enum in (StepStatus, RunStatus, BatchStatus, Unfinished, MapState) for m in enum} | set(
     vocab.MAP_STATE_NAMES)
 # Also a word for something else: the key of every error message, the parameters form's state.
 WORDS -= {"error", "invalid"}

@@ -29,7 +29,7 @@ from IPython.display import display
 
 from dwlib.render import MARKS, TextProgress, badge, esc, seconds_text
 from dwlib.steps import StepResult, StepStatus
-from dwlib.vocab import Progress
+from dwlib.vocab import Unfinished
 
 if TYPE_CHECKING:
     from dwlib.runbook import Runbook
@@ -68,7 +68,7 @@ class StepBoard:
         self.rb = rb
         titles = {ref.id: ref.step for ref in rb.scenario.steps}
         self.rows: list[dict[str, Any]] = [
-            {"id": step_id, "step": titles[step_id], "status": Progress.PENDING, "seconds": None,
+            {"id": step_id, "step": titles[step_id], "status": Unfinished.PENDING, "seconds": None,
              "summary": ""}
             for step_id in rb.step_ids]
         for step_id, result in rb.results.items():  # a board made after some steps ran
@@ -96,7 +96,7 @@ class StepBoard:
     def _set(self, step_id: str, result: StepResult | None) -> None:
         row = next(r for r in self.rows if r["id"] == step_id)
         if result is None:
-            row.update(status=Progress.RUNNING, seconds=None, summary="")
+            row.update(status=Unfinished.RUNNING, seconds=None, summary="")
         else:
             row.update(status=str(result.status), seconds=result.duration_s,
                        summary=_one_line(result.summary))
@@ -104,7 +104,7 @@ class StepBoard:
     def done(self) -> int:
         """How many steps finished in a way the run may go on from."""
         return sum(1 for r in self.rows
-                   if r["status"] not in (Progress.PENDING, Progress.RUNNING) and StepStatus(r["status"]).ok)
+                   if r["status"] not in tuple(Unfinished) and StepStatus(r["status"]).ok)
 
     def html(self) -> str:
         """The board as an HTML table (`data-step` and `data-status` on each row)."""
@@ -155,7 +155,7 @@ class GatePanel:
     def verify(self) -> StepResult:
         """Run the step again and show what it verified (a new instruction if it still waits)."""
         self.verifying, self.button.disabled = True, True
-        self.status.value = _gate_status(Progress.RUNNING, "verifying…", self.attempts)
+        self.status.value = _gate_status(Unfinished.RUNNING, "verifying…", self.attempts)
         try:
             with self.output:
                 self.output.clear_output()
