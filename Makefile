@@ -28,6 +28,7 @@ chromium:
 
 test: $(STAMP) chromium
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	@# pytest exits 5 when it collected no test: that is a failure here, not a pass.
 	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected" >&2; exit 1; fi; exit $$rc
 
@@ -40,6 +41,7 @@ chaos: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .dw runs

@@ -7,11 +7,12 @@ say) does not load the HTTP stack it does not use.
 
 Example:
     >>> import dwlib
-    >>> # params = dwlib.load_params("params/sandbox-existing-existing.yaml")
-    >>> # with dwlib.connect(params) as session:
-    >>> #     session.dataverse.whoami()["UserId"]
-    >>> # with dwlib.Runbook.open("params/sandbox-new-new.yaml") as rb: rb.run("preflight")
-    >>> dwlib.SCENARIOS[0], issubclass(dwlib.HttpError, dwlib.DwError)
+
+    params = dwlib.load_params("params/sandbox-existing-existing.yaml")
+    with dwlib.connect(params) as session:
+        session.dataverse.whoami()["UserId"]
+    with dwlib.Runbook.open("params/sandbox-new-new.yaml") as rb: rb.run("preflight")
+    >>> dwlib.SCENARIOS["new-new"].id, issubclass(dwlib.HttpError, dwlib.DwError)
     ('new-new', True)
 """
 
@@ -24,7 +25,8 @@ from .errors import DwError as DwError
 from .errors import SandboxError as SandboxError
 
 _EXPORTS = {
-    "dwlib.params": ("SCENARIOS", "Params", "ParamsError", "load_params"),
+    "dwlib.params": ("Params", "ParamsError", "load_params"),
+    "dwlib.scenarios": ("SCENARIOS",),
     "dwlib.clients": (
         "AuthError", "ClientError", "ConnectionLostError", "DataverseClient", "DmfClient", "FinOpsClient",
         "HttpConfig", "HttpError", "Journal", "NotFoundError", "Session", "ThrottledError", "TokenProvider",

@@ -365,7 +365,7 @@ def _review_parser(commands: Any) -> None:
 
     def verb(name: str, func: Callable[[argparse.Namespace], int], text: str,
              formats: tuple[str, ...] = ()) -> argparse.ArgumentParser:
-        parser = verbs.add_parser(name, help=text, description=text)
+        parser: argparse.ArgumentParser = verbs.add_parser(name, help=text, description=text)
         if formats:
             parser.add_argument("--format", choices=formats, default=formats[0], help="output format")
             parser.add_argument("--to", type=Path, metavar="FILE",
@@ -558,7 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `dw` with `argv` (default: the command line); returns the exit status.
 
-    >>> # main(["sandbox", "status", "--dir", ".dw/sandbox/new-new"])
+    main(["sandbox", "status", "--dir", ".dw/sandbox/new-new"])
     """
     words = _default_verb(_papermill_pairs(list(sys.argv[1:] if argv is None else argv)))
     try:

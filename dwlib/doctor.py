@@ -202,7 +202,7 @@ def examine(session: Session, record: Path | None = None, *, execution_id: str |
     """Make every read (those about a real job only with `execution_id`); with `record`, save each
     request and response there, redacted, with `index.json`.
 
-    >>> # with connect(load_params("params/my-engagement.yaml")) as s: examine(s, Path("doctor"))
+    with connect(load_params("params/my-engagement.yaml")) as s: examine(s, Path("doctor"))
     """
     values = {UNKNOWN_JOB: f"dw-doctor-{uuid.uuid4()}", JOB: execution_id or ""}
     services: dict[Service, ODataService] = {"dataverse": session.dataverse, "finops": session.finops}

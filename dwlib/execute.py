@@ -10,8 +10,8 @@ does not stop), the partial notebook and the record are written, and the record 
 interrupted and in which step.
 
 Example:
-    >>> # run = execute("existing-existing", Path("params/sandbox-existing-existing.yaml"), {}, Path("runs"))
-    >>> # run.ok, run.notebook, run.record
+    run = execute("existing-existing", Path("params/sandbox-existing-existing.yaml"), {}, Path("runs"))
+    run.ok, run.notebook, run.record
     >>> Execution.__doc__.splitlines()[0]
     'A finished headless run: where its notebook and record are, and how it went.'
 """
@@ -41,9 +41,10 @@ from dwlib.extras import MissingExtra
 from dwlib.packaged import notebook as find_notebook
 from dwlib.packaged import pinned_note
 from dwlib.params import Params, load_params
-from dwlib.record import DONE, RecordError, load_record, mark_interrupted, new_run_id, run_stem, seal
-from dwlib.render import summary_rows
+from dwlib.record import RecordError, load_record, mark_interrupted, new_run_id, run_stem, seal
+from dwlib.render import seconds_text, summary_rows
 from dwlib.report import finalize, steps_table_text
+from dwlib.vocab import RunStatus, StepStatus
 
 KERNEL = "python3"
 POLL_S = 0.5
@@ -84,8 +85,9 @@ class Execution:
         up. A skipped step (a dry run) or one that never ran is not ok."""
         if self.data is None:
             return False
-        results = {s["id"]: s["status"] for s in self.data["steps"]}
-        return all(results.get(step) in (*DONE, "warning") for step in self.data["steps_planned"])
+        results = {s["id"]: StepStatus(s["status"]) for s in self.data["steps"]}
+        return all(step in results and (results[step].done or results[step] is StepStatus.WARNING)
+                   for step in self.data["steps_planned"])
 
     def summary(self) -> str:
         """The step summary table (one line per planned step) and the paths of the run."""
@@ -215,7 +217,7 @@ class Interrupts:
 
     def _noted(self) -> bool:
         try:
-            return bool(load_record(self.record)["status"] == "interrupted")
+            return bool(load_record(self.record)["status"] == RunStatus.INTERRUPTED)
         except RecordError:
             return False
 
@@ -249,7 +251,7 @@ class _Watcher(threading.Thread):
             key = (r["step"], r["status"], str(r["seconds"]))
             if key not in self._seen:
                 self._seen.add(key)
-                self.echo(f"  {r['step']}: {r['status']} ({r['seconds']:.1f} s) {r['summary']}")
+                self.echo(f"  {r['step']}: {r['status']} ({seconds_text(r['seconds'])}) {r['summary']}")
         waiting = data.get("waiting")
         if waiting and ("gate", waiting["step"], waiting["since"]) not in self._seen:
             self._seen.add(("gate", waiting["step"], waiting["since"]))
@@ -306,7 +308,7 @@ def execute(
         data = None  # none yet: stopped before the runbook opened
     interrupted = ""
     # A run that had ended (or failed) before the signal took effect keeps its outcome.
-    if interrupts.signal and (data is None or data["status"] in ("running", "interrupted")):
+    if interrupts.signal and (data is None or RunStatus(data["status"]).active):
         interrupted, error = interrupts.signal, f"interrupted by {interrupts.signal}"
         if data is not None:
             mark_interrupted(record, error)

@@ -367,11 +367,12 @@ _METADATA = {"kernelspec": {"display_name": "Python 3 (ipykernel)", "language": 
 
 
 def _md(cell_id: str, text: str) -> NotebookNode:
-    return nbformat.v4.new_markdown_cell(text, id=cell_id)
+    cell: NotebookNode = nbformat.v4.new_markdown_cell(text, id=cell_id)
+    return cell
 
 
 def _code(cell_id: str, source: str, tags: Sequence[str] = ()) -> NotebookNode:
-    cell = nbformat.v4.new_code_cell(source, id=cell_id)
+    cell: NotebookNode = nbformat.v4.new_code_cell(source, id=cell_id)
     if tags:
         cell.metadata["tags"] = list(tags)
     return cell
@@ -452,7 +453,8 @@ def build(scenario_id: str) -> NotebookNode:
     for number, ref in enumerate(sc.steps, 1):
         cells += _step_cells(sc, number, ref)
     cells += [_md("about-summary", SUMMARY), _code("summary", "ui.summary(rb)")]
-    return nbformat.v4.new_notebook(cells=cells, metadata=_METADATA)
+    notebook: NotebookNode = nbformat.v4.new_notebook(cells=cells, metadata=_METADATA)
+    return notebook
 
 
 REVIEW = "review"
@@ -496,12 +498,13 @@ def build_review() -> NotebookNode:
                             "report, recomputed now: CHANGED means something was edited after the run."),
         _code("verify", "report.verification_frame(review.verify(Path(runs_dir)))"),
     ]
-    return nbformat.v4.new_notebook(cells=cells, metadata=_METADATA)
+    notebook: NotebookNode = nbformat.v4.new_notebook(cells=cells, metadata=_METADATA)
+    return notebook
 
 
 def render(name: str) -> str:
     """The notebook `name` (a scenario id, or `review`) as the text committed in `notebooks/`."""
-    return nbformat.writes(build_review() if name == REVIEW else build(name)) + "\n"
+    return str(nbformat.writes(build_review() if name == REVIEW else build(name))) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,7 +31,7 @@ import logging
 import re
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -53,14 +53,14 @@ from pydantic import (
 
 from dwlib import catalog
 from dwlib.errors import DwError
+from dwlib.scenarios import SCENARIOS
 from dwlib.scenarios import scenario as _scenario
 from dwlib.secrets import REFERENCE_FORMS, SecretError, SecretRef
 
 log = logging.getLogger(__name__)
 
-SCENARIOS = ("new-new", "new-existing", "new-data-new", "new-data-existing", "existing-new",
-             "existing-existing")
-Scenario = Literal["new-new", "new-existing", "new-data-new", "new-data-existing", "existing-new",
+# The scenario ids as a type (the scenarios themselves: `dwlib.scenarios.SCENARIOS`).
+ScenarioId = Literal["new-new", "new-existing", "new-data-new", "new-data-existing", "existing-new",
                    "existing-existing"]
 DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
 # The company a new F&O environment is connected for: "A dual-write connection is established for
@@ -87,9 +87,9 @@ class ParamsError(DwError):
 class _KeyProblems(ValueError):
     """Raised by cross-field checks so each problem keeps its own path below the model's."""
 
-    def __init__(self, items: list[tuple[Loc, str]]) -> None:
+    def __init__(self, items: Sequence[tuple[Loc, str]]) -> None:
         super().__init__("; ".join(msg for _, msg in items))
-        self.items = items
+        self.items = list(items)
 
 
 # ---- field types -------------------------------------------------------------------------------
@@ -176,7 +176,7 @@ class Environments(_Model):
 class Certificate(_Model):
     """A certificate credential of the app registration (PEM files).
 
-    >>> # auth: {method: certificate, certificate: {path: cert.pem, private_key: "file:key.pem"}}
+    auth: {method: certificate, certificate: {path: cert.pem, private_key: "file:key.pem"}}
     >>> sorted(Certificate.model_fields)
     ['passphrase', 'path', 'private_key', 'thumbprint']
     """
@@ -216,16 +216,16 @@ def _map_name(name: str) -> str:
     return name
 
 
-class TableMap(_Model):
+class TableMapChoice(_Model):
     """A dual-write table map to enable; a plain string is shorthand for `{name: …}`.
 
     `defaults` gives column rows a Default value transform: F&O column → the value written to F&O
     when the Dataverse value is empty (dual-write "Customizing mappings"), e.g. a customer group
     for accounts that have none; the migration applies them too.
 
-    >>> TableMap.model_validate("Customers V3 (contacts)").name
+    >>> TableMapChoice.model_validate("Customers V3 (contacts)").name
     'Customers V3 (contacts)'
-    >>> TableMap(name="Customers V3 (accounts)", defaults={"customergroupid": "30"}).defaults
+    >>> TableMapChoice(name="Customers V3 (accounts)", defaults={"customergroupid": "30"}).defaults
     {'CUSTOMERGROUPID': '30'}
     """
 
@@ -244,7 +244,7 @@ class TableMap(_Model):
         return {"name": data} if isinstance(data, str) else data
 
     @model_validator(mode="after")
-    def _default_columns(self) -> TableMap:
+    def _default_columns(self) -> TableMapChoice:
         if not self.defaults:
             return self
         maps = catalog.maps_named(self.name)
@@ -332,21 +332,21 @@ class PlanLimits(_Model):
     single_threaded_dataverse_to_finops_rows: int | None = Field(default=None, ge=1)
 
 
-class Plan(_Model):
+class PlanOptions(_Model):
     """How the plan step decides between initial sync and migration.
 
-    >>> Plan().limits.initial_sync_rows_per_legal_entity is None
+    >>> PlanOptions().limits.initial_sync_rows_per_legal_entity is None
     True
     """
 
     limits: PlanLimits = Field(default_factory=PlanLimits)
 
 
-class Migrate(_Model):
+class MigrateOptions(_Model):
     """The F&O data projects the migrate step exports from and imports into; `{entity}` is the
     entity's OData collection (e.g. CustomersV3).
 
-    >>> Migrate().export_project.format(entity="CustomersV3")
+    >>> MigrateOptions().export_project.format(entity="CustomersV3")
     'CustomersV3-Export'
     """
 
@@ -388,10 +388,10 @@ class HttpOptions(_Model):
         return self
 
 
-class InitialSync(_Model):
+class InitialSyncOptions(_Model):
     """Watching the initial sync: how long it may run before the step gives up, how often to look.
 
-    >>> InitialSync().timeout_s
+    >>> InitialSyncOptions().timeout_s
     14400.0
     """
 
@@ -399,10 +399,10 @@ class InitialSync(_Model):
     poll_s: float = Field(default=10.0, gt=0)
 
 
-class Verify(_Model):
+class VerifyOptions(_Model):
     """The verification: the live round trip (once per environments, always, or never) and its company.
 
-    >>> Verify().round_trip
+    >>> VerifyOptions().round_trip
     'once'
     """
 
@@ -457,7 +457,7 @@ class Options(_Model):
 class SandboxRef(_Model):
     """A local sandbox whose `connection.yaml` supplies URLs, CA bundle and credentials.
 
-    >>> # sandbox: {dir: .dw/sandbox/existing-existing}
+    sandbox: {dir: .dw/sandbox/existing-existing}
     >>> list(SandboxRef.model_fields)
     ['dir']
     """
@@ -468,22 +468,22 @@ class SandboxRef(_Model):
 class Params(_Model):
     """Everything a runbook needs to know, validated. Build it with `load_params`.
 
-    >>> # params = load_params("params/sandbox-existing-existing.yaml", {"options.dry_run": True})
+    params = load_params("params/sandbox-existing-existing.yaml", {"options.dry_run": True})
     >>> "scenario" in Params.model_fields
     True
     """
 
-    scenario: Scenario
+    scenario: ScenarioId
     environments: Environments
     auth: Auth
     legal_entities: list[CompanyCode] = Field(default_factory=list)
-    table_maps: list[TableMap] = Field(default_factory=list)
+    table_maps: list[TableMapChoice] = Field(default_factory=list)
     companies: list[Company] = Field(default_factory=list)
     bootstrap: Bootstrap = Field(default_factory=Bootstrap)
-    plan: Plan = Field(default_factory=Plan)
-    migrate: Migrate = Field(default_factory=Migrate)
-    initial_sync: InitialSync = Field(default_factory=InitialSync)
-    verify: Verify = Field(default_factory=Verify)
+    plan: PlanOptions = Field(default_factory=PlanOptions)
+    migrate: MigrateOptions = Field(default_factory=MigrateOptions)
+    initial_sync: InitialSyncOptions = Field(default_factory=InitialSyncOptions)
+    verify: VerifyOptions = Field(default_factory=VerifyOptions)
     options: Options = Field(default_factory=Options)
     sandbox: SandboxRef | None = None
     _warnings: list[str] = PrivateAttr(default_factory=list)
@@ -492,7 +492,7 @@ class Params(_Model):
         """The Default value transforms the parameters give map `map_name` (F&O column in upper
         case → value; {} when none), whichever way the map is named.
 
-        >>> # params.column_defaults("customers-v3-accounts")  → {'CUSTOMERGROUPID': '30'}
+        params.column_defaults("customers-v3-accounts")  → {'CUSTOMERGROUPID': '30'}
         """
         out: dict[str, str] = {}
         for t in self.table_maps:
@@ -549,11 +549,11 @@ class References(_Model):
 
     model_config = ConfigDict(extra="ignore", frozen=True, hide_input_in_errors=True)
 
-    scenario: Scenario
+    scenario: ScenarioId
     legal_entities: list[CompanyCode] = Field(default_factory=list)
     companies: list[Company] = Field(default_factory=list)
     bootstrap: Bootstrap = Field(default_factory=Bootstrap)
-    verify: Verify = Field(default_factory=Verify)
+    verify: VerifyOptions = Field(default_factory=VerifyOptions)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> References:
@@ -598,9 +598,9 @@ def company_problems(p: Params | References) -> list[tuple[Loc, str]]:
             problems.append((where, f"company {company.code} is listed twice"))
         seen.add(company.code)
     in_scope = known | seen | ({NEW_FINOPS_COMPANY} if sc.finops != "existing" else set())
-    code = p.verify.company
-    if code is not None and in_scope and code not in in_scope:
-        problems.append((("verify", "company"), f"company {code} is not in the run's scope "
+    checked = p.verify.company
+    if checked is not None and in_scope and checked not in in_scope:
+        problems.append((("verify", "company"), f"company {checked} is not in the run's scope "
                          f"({', '.join(sorted(in_scope))}): choose one of them, or null"))
     return problems
 
@@ -619,6 +619,21 @@ def code_warnings(p: Params) -> list[str]:
 
 
 # ---- loading -----------------------------------------------------------------------------------
+
+PARAM_KEYS = tuple(Params.model_fields)  # the top-level keys of a parameters file (papermill -f)
+
+
+def notebook_parameters(namespace: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """What a notebook's globals say about its parameters: the `params_file` it names (what `dw run`
+    sets), and the keys of a parameters file given inline (what papermill's `-f FILE` injects).
+
+    >>> notebook_parameters({"params_file": None, "scenario": "new-new", "options": None, "x": 1})
+    (None, {'scenario': 'new-new'})
+    """
+    source = namespace.get("params_file")
+    inline = {k: namespace[k] for k in PARAM_KEYS if namespace.get(k) is not None}
+    return (str(source) if source else None), inline
+
 
 def load_params(
     source: str | Path | Mapping[str, Any],
@@ -936,7 +951,8 @@ def _merge_sandbox(data: dict[str, Any], base: Path, *, pending: bool) -> list[t
     path = (base / Path(sandbox["dir"]).expanduser()).resolve() / "connection.yaml"
     if pending:
         conn: dict[str, Any] = _STAND_IN
-        own = data.get("environments") if isinstance(data.get("environments"), dict) else {}
+        own = data.get("environments")
+        own = own if isinstance(own, dict) else {}
         problems += [(("environments", field), "dw run --sandbox runs against a fresh sandbox, whose "
                       "connection.yaml supplies it: remove it, or run without --sandbox")
                      for key, (section, field) in _FROM_CONNECTION.items()

@@ -6,7 +6,8 @@ found and changed (its `StepResult.to_dict()` plus the portal gates it showed), 
 summary. It is written atomically when a step starts and when it ends, so the record of a killed
 run still says where it stopped; a run stopped by a signal says so (status `interrupted`, with the
 step that was running). This module sits at the bottom of the package: it imports
-nothing of `dwlib` but its errors (results and journal entries arrive as plain dicts).
+nothing of `dwlib` but its errors and its vocabulary (`dwlib.vocab`, and the record's shape
+as types in `dwlib.record_types`) (results and journal entries arrive as plain dicts).
 
 Integrity: every write lists the run's evidence files with their sha256 and stores a digest of the
 record's own content (`integrity.sha256`, over canonical JSON of everything else); once the
@@ -44,11 +45,11 @@ from pathlib import Path
 from typing import Any
 
 from dwlib.errors import DwError
+from dwlib.record_types import DwlibIdentity, HashedFile, HttpSummary
+from dwlib.vocab import RunStatus, StepStatus
 
 SCHEMA_VERSION = 2
 SCHEMA_FILE = Path(__file__).with_name("record.schema.json")  # the JSON Schema of this version
-OK = ("passed", "already_done", "skipped", "warning")  # statuses after which a run may go on
-DONE = ("passed", "already_done")
 _KEY_SEGMENT = re.compile(r"\([^)]*\)")  # accounts(…guid…) → accounts(…)
 
 
@@ -139,7 +140,7 @@ def relative_to(path: str | Path, base: Path) -> str:
 HashCache = dict[Path, tuple[int, int, str]]  # file → (size, mtime in ns, sha256)
 
 
-def evidence_entries(record_path: Path, cache: HashCache | None = None) -> list[dict[str, Any]]:
+def evidence_entries(record_path: Path, cache: HashCache | None = None) -> list[HashedFile]:
     """Every file of a run's evidence directory with its size and sha256, paths relative to the
     record's directory (the record and its evidence move together). With `cache`, a file whose
     size and modification time are unchanged since it was last hashed is not read again (the
@@ -148,7 +149,7 @@ def evidence_entries(record_path: Path, cache: HashCache | None = None) -> list[
     if not folder.is_dir():
         return []
     cache = {} if cache is None else cache
-    entries = []
+    entries: list[HashedFile] = []
     for f in sorted(folder.rglob("*")):
         if not f.is_file():
             continue
@@ -160,15 +161,15 @@ def evidence_entries(record_path: Path, cache: HashCache | None = None) -> list[
     return entries
 
 
-def dwlib_identity() -> dict[str, Any]:
+def dwlib_identity() -> DwlibIdentity:
     """The version of dwlib, the Python running it and, from a git checkout, the revision (and
     whether the checkout has local edits)."""
     try:
         version = metadata.version("dwlib")
     except metadata.PackageNotFoundError:
         version = None
-    found: dict[str, Any] = {"version": version, "python": sys.executable, "git_revision": None,
-                             "git_dirty": None}
+    found: DwlibIdentity = {"version": version, "python": sys.executable, "git_revision": None,
+                            "git_dirty": None}
     here = Path(__file__).resolve().parent
     try:
         head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
@@ -178,7 +179,7 @@ def dwlib_identity() -> dict[str, Any]:
     except (OSError, subprocess.TimeoutExpired):
         return found
     if head.returncode == 0:
-        found.update(git_revision=head.stdout.strip(), git_dirty=bool(dirty.stdout.strip()))
+        found["git_revision"], found["git_dirty"] = head.stdout.strip(), bool(dirty.stdout.strip())
     return found
 
 
@@ -191,7 +192,7 @@ def endpoint(method: str, url: str) -> str:
     return f"{method} {_KEY_SEGMENT.sub('(…)', url.split('?', 1)[0])}"
 
 
-def http_summary(entries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+def http_summary(entries: Iterable[Mapping[str, Any]]) -> HttpSummary:
     """Calls by endpoint and status, retries and time spent waiting (in all, and on throttling),
     from journal entries (dicts).
 
@@ -216,7 +217,7 @@ def http_summary(entries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-def run_status(data: Mapping[str, Any]) -> tuple[str, str | None]:
+def run_status(data: Mapping[str, Any]) -> tuple[RunStatus, str | None]:
     """The overall status of a record's run and the step that stopped it.
 
     running (steps remain), failed / waiting (a step failed / waits for a person), passed (every
@@ -224,16 +225,16 @@ def run_status(data: Mapping[str, Any]) -> tuple[str, str | None]:
     `interrupted` is set by `RunRecord.interrupted`, never derived from the steps.
 
     >>> run_status({"steps_planned": ["a", "b"], "steps": [{"id": "a", "status": "failed"}]})
-    ('failed', 'a')
+    (<RunStatus.FAILED: 'failed'>, 'a')
     """
-    results = {s["id"]: s["status"] for s in data.get("steps", [])}
+    results = {s["id"]: StepStatus(s["status"]) for s in data.get("steps", [])}
     for step_id, status in results.items():
-        if status not in OK:
-            return status, step_id
+        if not status.ok:
+            return RunStatus(status), step_id
     planned = data.get("steps_planned", [])
     if any(p not in results for p in planned):
-        return "running", None
-    return ("passed" if all(results[p] in DONE for p in planned) else "warning"), None
+        return RunStatus.RUNNING, None
+    return (RunStatus.PASSED if all(results[p].done for p in planned) else RunStatus.WARNING), None
 
 
 class RunRecord:
@@ -262,7 +263,7 @@ class RunRecord:
             "schema_version": SCHEMA_VERSION,
             "run_id": run_id,
             "scenario": scenario,
-            "status": "running",
+            "status": RunStatus.RUNNING,
             "failed_step": None,
             "error": None,
             "started": utc_now(),
@@ -288,8 +289,8 @@ class RunRecord:
 
     def step_started(self, step_id: str) -> None:
         """Note the step in progress (a killed run's record names it)."""
-        if self.data["status"] == "interrupted":  # run on after an interruption, in the same kernel
-            self.data.update(status="running", error=None)
+        if self.data["status"] == RunStatus.INTERRUPTED:  # run on after an interruption, in the same kernel
+            self.data.update(status=RunStatus.RUNNING, error=None)
             self._ended(None)
         self.data["current_step"] = step_id
         self.write()
@@ -311,7 +312,7 @@ class RunRecord:
         if http is not None:
             self.data["http"] = dict(http)
         self.data["status"], self.data["failed_step"] = run_status(self.data)
-        self._ended(None if self.data["status"] == "running" else utc_now())
+        self._ended(None if self.data["status"] == RunStatus.RUNNING else utc_now())
         self.data["evidence"] = evidence_entries(self.path, self._hashed)
         self.write()
 
@@ -329,7 +330,7 @@ class RunRecord:
         `interrupted`, not failed; `current_step` keeps naming the step that was running and
         `error` says so. A later result of that step (run again in the same kernel) replaces it."""
         step = self.data["current_step"]
-        self.data.update(status="interrupted", failed_step=None,
+        self.data.update(status=RunStatus.INTERRUPTED, failed_step=None,
                          error=f"{why} while step {step} was running" if step else f"{why} between steps")
         self._ended(utc_now())
         self.data["evidence"] = evidence_entries(self.path, self._hashed)
@@ -337,7 +338,7 @@ class RunRecord:
 
     def fail(self, message: str) -> None:
         """The run stopped outside any step (e.g. it could not connect); `message` says why."""
-        self.data.update(status="failed", error=message, current_step=None)
+        self.data.update(status=RunStatus.FAILED, error=message, current_step=None)
         self._ended(utc_now())
         self.write()
 
@@ -386,7 +387,7 @@ def seal(record_path: Path, notebook: Path, report: Path | None = None) -> dict[
     HTML report's), refresh the evidence list, rewrite the record with its digest. Returns the
     manifest. Call it only once the notebook is written for good.
 
-    >>> # seal(Path("runs/x.json"), Path("runs/x.ipynb"), Path("runs/x.html"))
+    seal(Path("runs/x.json"), Path("runs/x.ipynb"), Path("runs/x.html"))
     """
     record = RunRecord(record_path, load_record(record_path))
     base = record_path.parent
@@ -415,7 +416,7 @@ def load_record(path: Path | str) -> dict[str, Any]:
 def check_record(data: Any, path: Path | str) -> dict[str, Any]:
     """`data` (parsed JSON from `path`) if it is a run record this dwlib reads, else `RecordError`."""
     version = data.get("schema_version") if isinstance(data, dict) else None
-    if version != SCHEMA_VERSION:
+    if not isinstance(data, dict) or version != SCHEMA_VERSION:
         raise RecordError(f"{path} is not a run record of schema version {SCHEMA_VERSION} "
                           f"(schema_version: {version!r}): review it with the dwlib that wrote it")
     return data

@@ -2,7 +2,8 @@
 
 Both work on the JSON form of a result (`StepResult.to_dict()`, as the run record stores it), so
 a result renders the same live in a notebook and later from a record. Tables become pandas
-DataFrames. This module sits at the bottom of the package: it imports nothing of `dwlib`.
+DataFrames. This module sits at the bottom of the package: it imports nothing of `dwlib` but
+its vocabulary (`dwlib.vocab`).
 
 Example:
     >>> print(result_text({"step": "plan", "title": "Plan the initial sync", "status": "passed",
@@ -20,19 +21,24 @@ from typing import Any
 
 import pandas as pd
 
+from dwlib.vocab import RunStatus, StepStatus, Unfinished
+
 # The machine-readable copy of a step result inside a notebook's outputs: with it, the executed
 # notebook alone is enough to review a run (`dwlib.review` reads it when the record is missing).
 RESULT_MIME = "application/vnd.dwlib.step-result+json"
 PROGRESS_EVERY_S = 5.0
 TEXT_ROWS = 20  # rows of a table shown in a headless log (the record keeps them all)
-COLOURS = {
-    "passed": "#1a7f37", "already_done": "#1a7f37", "skipped": "#6e7781", "waiting": "#9a6700",
-    "warning": "#9a6700", "failed": "#cf222e", "interrupted": "#9a6700",
+_GREY, _BLUE = "#6e7781", "#0969da"
+COLOURS: dict[str, str] = {
+    StepStatus.PASSED: "#1a7f37", StepStatus.ALREADY_DONE: "#1a7f37", StepStatus.SKIPPED: "#6e7781",
+    StepStatus.WAITING: "#9a6700", StepStatus.WARNING: "#9a6700", StepStatus.FAILED: "#cf222e",
+    RunStatus.INTERRUPTED: "#9a6700",
 }
 HTML_ROWS = 200  # rows of a table shown in a notebook (the record keeps them all)
 # Background of a table row needing attention (see `attention`), by how bad it is.
-ATTENTION = {"failed": "#ffebe9", "warning": "#fff8c5"}
-MARKS = {"passed": "✓", "already_done": "✓", "skipped": "–", "waiting": "…", "warning": "!", "failed": "✗"}
+ATTENTION: dict[str, str] = {StepStatus.FAILED: "#ffebe9", StepStatus.WARNING: "#fff8c5"}
+MARKS: dict[str, str] = {StepStatus.PASSED: "✓", StepStatus.ALREADY_DONE: "✓", StepStatus.SKIPPED: "–",
+                         StepStatus.WAITING: "…", StepStatus.WARNING: "!", StepStatus.FAILED: "✗"}
 
 
 class TextProgress:
@@ -68,9 +74,57 @@ def _label(status: str) -> str:
     return status.replace("_", " ").upper()
 
 
+def esc(value: Any) -> str:
+    """`value` as escaped HTML text (None: empty).
+
+    >>> esc("<b> & co"), esc(None)
+    ('&lt;b&gt; &amp; co', '')
+    """
+    return html.escape("" if value is None else str(value))
+
+
+def badge(status: str, label: str | None = None) -> str:
+    """A status as a coloured label (HTML, styled inline so it needs no page CSS): the status's
+    colour, blue while running, grey for a status without one; `label` defaults to the status.
+
+    >>> badge("already_done")
+    '<span class="dw-status" data-status="already_done" style="background:#1a7f37;color:#fff;\
+border-radius:4px;padding:1px 6px;font-weight:600">already done</span>'
+    """
+    colour = COLOURS.get(status, _BLUE if status == Unfinished.RUNNING else _GREY)
+    text = label or status.replace("_", " ")
+    return (f'<span class="dw-status" data-status="{esc(status)}" style="background:{colour};color:#fff;'
+            f'border-radius:4px;padding:1px 6px;font-weight:600">{esc(text)}</span>')
+
+
+def seconds_text(seconds: float) -> str:
+    """A measured duration, to a tenth of a second (step and run timings).
+
+    >>> seconds_text(1.25)
+    '1.2 s'
+    """
+    return f"{seconds:.1f} s"
+
+
+def fmt_seconds(seconds: float | None) -> str:
+    """Seconds for people: `42 s`, `3 min 5 s`, `1 h 2 min`.
+
+    >>> fmt_seconds(185), fmt_seconds(None)
+    ('3 min 5 s', '')
+    """
+    if seconds is None:
+        return ""
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60} min"
+
+
 def _head(r: Mapping[str, Any]) -> str:
     calls = len(r.get("calls") or [])
-    timing = f"{r.get('duration_s', 0.0):.1f} s, {calls} call{'s' if calls != 1 else ''}"
+    timing = f"{seconds_text(r.get('duration_s', 0.0))}, {calls} call{'s' if calls != 1 else ''}"
     return f"{r['step']}: {r.get('title', '')} ({timing})"
 
 
@@ -102,18 +156,18 @@ def attention(row: Mapping[str, Any]) -> str:
     without a company, rows with double quotes (a documented initial-sync error).
 
     >>> attention({"map": "a", "status": "PASS"}), attention({"missing_in_finops": 2, "status": "FAIL"})
-    ('', 'failed')
+    ('', <StepStatus.FAILED: 'failed'>)
     >>> attention({"map": "b", "action": "migrate"})
-    'warning'
+    <StepStatus.WARNING: 'warning'>
     """
     status = str(row.get("status", "")).lower()
     missing = any(k.startswith("missing_in_") and isinstance(v, int) and v > 0 for k, v in row.items())
-    if status in ("fail", "failed", "error") or missing:
-        return "failed"
+    if status in ("fail", StepStatus.FAILED, "error") or missing:
+        return StepStatus.FAILED
     counts = (row.get("dataverse_without_company"), row.get("quoted_rows"))
-    if (status in ("warn", "warning", "waiting") or row.get("action") == "migrate"
+    if (status in ("warn", StepStatus.WARNING, StepStatus.WAITING) or row.get("action") == "migrate"
             or any(isinstance(n, int) and n > 0 for n in counts)):
-        return "warning"
+        return StepStatus.WARNING
     return ""
 
 
@@ -135,7 +189,7 @@ def styled_table(rows: Sequence[Mapping[str, Any]], limit: int = HTML_ROWS) -> s
               .set_td_classes(classes).hide(axis="index")
               .set_table_attributes('class="dataframe dw-table"'))
     more = f"<p>… {len(rows) - limit} more rows in the run record</p>" if len(rows) > limit else ""
-    return styler.to_html() + more
+    return str(styler.to_html()) + more
 
 
 def result_text(r: Mapping[str, Any]) -> str:
@@ -144,7 +198,7 @@ def result_text(r: Mapping[str, Any]) -> str:
     if r.get("error") and r["error"] != r.get("summary"):
         lines.append(f"  error: {r['error']}")
     for c in r.get("checks") or []:
-        fix = f" — fix: {c['fix']}" if c.get("fix") and c["status"] not in ("passed", "already_done") else ""
+        fix = f" — fix: {c['fix']}" if c.get("fix") and not StepStatus(c["status"]).done else ""
         lines.append(f"  {MARKS.get(c['status'], '?')} {c['name']}: {c['evidence']}{fix}")
     for name, rows in (r.get("tables") or {}).items():
         lines.append(f"  {name} ({len(rows)} row{'s' if len(rows) != 1 else ''}):")
@@ -164,18 +218,10 @@ def result_text(r: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _e(value: Any) -> str:
-    return html.escape(str(value))
-
-
-def _badge(status: str) -> str:
-    colour = COLOURS.get(status, "#6e7781")
-    return (f'<span style="background:{colour};color:#fff;border-radius:4px;padding:1px 6px;'
-            f'font-weight:600">{_e(_label(status))}</span>')
 
 
 def _link(url: str, text: str | None = None) -> str:
-    return f'<a href="{_e(url)}" target="_blank" rel="noopener">{_e(text or url)}</a>' if url else ""
+    return f'<a href="{esc(url)}" target="_blank" rel="noopener">{esc(text or url)}</a>' if url else ""
 
 
 def _items(title: str, items: Iterable[str]) -> str:
@@ -185,27 +231,29 @@ def _items(title: str, items: Iterable[str]) -> str:
 
 def result_html(r: Mapping[str, Any]) -> str:
     """The HTML form of a result, for Jupyter: badge, summary, checks, tables, next action."""
-    parts = [f'<div class="dw-step-result" data-status="{_e(r["status"])}">',
-             f"<p>{_badge(r['status'])} <b>{_e(_head(r))}</b></p>", f"<p>{_e(r.get('summary', ''))}</p>"]
+    parts = [f'<div class="dw-step-result" data-status="{esc(r["status"])}">',
+             f"<p>{badge(r['status'], _label(r['status']))} <b>{esc(_head(r))}</b></p>",
+             f"<p>{esc(r.get('summary', ''))}</p>"]
     if r.get("error") and r["error"] != r.get("summary"):
-        parts.append(f"<p><b>Error:</b> <code>{_e(r['error'])}</code></p>")
+        parts.append(f"<p><b>Error:</b> <code>{esc(r['error'])}</code></p>")
     checks = r.get("checks") or []
     if checks:
         rows = "".join(
-            f"<tr><td>{_badge(c['status'])}</td><td>{_e(c['name'])}</td><td>{_e(c['evidence'])}</td>"
-            f"<td>{_e(c.get('fix', ''))} {_link(c.get('doc', ''), 'docs')}</td></tr>" for c in checks)
+            f"<tr><td>{badge(c['status'], _label(c['status']))}</td><td>{esc(c['name'])}</td>"
+            f"<td>{esc(c['evidence'])}</td>"
+            f"<td>{esc(c.get('fix', ''))} {_link(c.get('doc', ''), 'docs')}</td></tr>" for c in checks)
         parts.append("<table><thead><tr><th>status</th><th>check</th><th>evidence</th><th>fix</th></tr>"
                      f"</thead><tbody>{rows}</tbody></table>")
     for name, rows in (r.get("tables") or {}).items():
-        parts.append(f"<p><b>{_e(name)}</b> ({len(rows)} rows)</p>")
+        parts.append(f"<p><b>{esc(name)}</b> ({len(rows)} rows)</p>")
         if rows:
             parts.append(styled_table(rows))
     if r.get("counts"):
-        parts.append(_items("Counts", (f"{_e(k)}: {v:,}" for k, v in r["counts"].items())))
-    parts.append(_items("Evidence files", (_e(f) for f in r.get("evidence_files") or [])))
-    parts.append(_items("Remediation", (_e(line) for line in _remediation_lines(r))))
+        parts.append(_items("Counts", (f"{esc(k)}: {v:,}" for k, v in r["counts"].items())))
+    parts.append(_items("Evidence files", (esc(f) for f in r.get("evidence_files") or [])))
+    parts.append(_items("Remediation", (esc(line) for line in _remediation_lines(r))))
     if r.get("next_action"):
-        parts.append(f"<p><b>Next:</b> {_e(r['next_action'])}</p>")
+        parts.append(f"<p><b>Next:</b> {esc(r['next_action'])}</p>")
     if r.get("doc_url"):
         parts.append(f"<p>Microsoft Learn: {_link(r['doc_url'])}</p>")
     parts.append("</div>")

@@ -7,8 +7,8 @@ Jupyter or network: widget outputs are drawn from the notebook's saved widget st
 (`widgets_as_html`) and scripts from CDNs are left out. `finalize` writes it and seals the record.
 
 Example:
-    >>> # report = finalize(Path("runs/x.json"), Path("runs/x.ipynb"))   # what dw run does last
-    >>> # chart_step_durations(find_run("0123abcd"))                     # a PNG in the notebook
+    report = finalize(Path("runs/x.json"), Path("runs/x.ipynb"))   # what dw run does last
+    chart_step_durations(find_run("0123abcd"))                     # a PNG in the notebook
     >>> static_widget({"w": {"model_name": "ButtonModel", "state": {"description": "Save"}}}, "w")
     '<button disabled>Save</button>'
 """
@@ -26,19 +26,16 @@ import pandas as pd
 
 from dwlib.extras import require
 from dwlib.record import load_record, seal
-from dwlib.render import result_html, summary_rows
+from dwlib.render import badge, esc, fmt_seconds, result_html, summary_rows
 from dwlib.review import (
     CSS,
     NOT_RUN,
     Run,
     Verification,
-    esc,
-    fmt_seconds,
     header_lines,
     live_status,
     page,
     rows_per_company,
-    status_badge,
     step_durations,
     steps_in_order,
     throttling,
@@ -66,7 +63,7 @@ def steps_table_html(record: Mapping[str, Any]) -> str:
     for step_id, result in steps_in_order(record):
         res = result or {}
         rows.append(f'<tr class="dw-step-row" data-step="{esc(step_id)}"><td>{esc(step_id)}</td>'
-                    f"<td>{status_badge(res.get('status', NOT_RUN))}</td>"
+                    f"<td>{badge(res.get('status', NOT_RUN))}</td>"
                     f"<td>{esc(fmt_seconds(res.get('duration_s')) if result else '')}</td>"
                     f"<td>{len(res.get('calls') or [])}</td><td>{esc(res.get('summary', ''))}</td></tr>")
     return ("<table><thead><tr><th>step</th><th>status</th><th>time</th><th>calls</th><th>summary</th></tr>"
@@ -137,7 +134,7 @@ def summary_html(run: Run) -> str:
     head = "".join(f"<li>{esc(line.strip())}</li>" for line in header_lines(run)[1:])
     files = len(r.get("evidence") or [])
     return (f'<style>{CSS}</style><section id="dw-summary" class="dw">'
-            f'<h1>Run summary: {esc(r.get("scenario"))} {status_badge(status)}</h1>'
+            f'<h1>Run summary: {esc(r.get("scenario"))} {badge(status)}</h1>'
             f"<p>run <code>{esc(r['run_id'])}</code></p><ul>{head}</ul><h2>Steps</h2>{steps}{failure}"
             f"<h2>HTTP</h2><p>{http.get('calls', 0)} calls, {http.get('failed', 0)} answered ≥ 400, "
             f"{http.get('retries', 0)} retries ({http.get('throttled_retries', 0)} throttled), "
@@ -162,7 +159,7 @@ def widgets_as_html(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """A copy of `notebook` whose widget outputs are static HTML of the widgets' final saved state
     (or their text when no state was saved), without the widget state itself: nothing is left
     that needs the widget JavaScript."""
-    out = nbformat.from_dict(copy.deepcopy(dict(notebook)))
+    out: nbformat.NotebookNode = nbformat.from_dict(copy.deepcopy(dict(notebook)))
     saved = out.metadata.pop("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
     for cell in out.cells:
         for output in cell.get("outputs", []):

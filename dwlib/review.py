@@ -6,18 +6,17 @@ run has no record (its outputs embed every step result, `dwlib.render.RESULT_MIM
 is the command-line face of this module.
 
 Example:
-    >>> # rows = catalogue(Path("runs"))          # one dict per run, newest last
-    >>> # print(catalogue_text(rows))
-    >>> # run = find_run("e43c47f1", Path("runs")); print(show_text(run))
-    >>> # print(comparison_text(compare(find_run("test-run"), find_run("prod-run"))))
-    >>> # [v for v in verify(Path("runs")) if not v.ok]   # records, notebooks, evidence changed
+    rows = catalogue(Path("runs"))          # one dict per run, newest last
+    print(catalogue_text(rows))
+    run = find_run("e43c47f1", Path("runs")); print(show_text(run))
+    print(comparison_text(compare(find_run("test-run"), find_run("prod-run"))))
+    [v for v in verify(Path("runs")) if not v.ok]   # records, notebooks, evidence changed
     >>> fmt_seconds(3725.0)
     '1 h 2 min'
 """
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import socket
@@ -39,7 +38,8 @@ from dwlib.record import (
     relative_to,
     run_status,
 )
-from dwlib.render import COLOURS, RESULT_MIME, result_text
+from dwlib.render import RESULT_MIME, badge, esc, fmt_seconds, result_text
+from dwlib.vocab import RunStatus, StepStatus
 
 CATALOGUE_COLUMNS = ("run_id", "scenario", "status", "started", "ended", "duration_s", "failed_step",
                      "error", "dataverse_url", "finops_url", "organization_id", "tenant_id", "dry_run",
@@ -123,13 +123,13 @@ def live_status(record: Mapping[str, Any]) -> str:
     machine) is `interrupted`: it was killed and will never finish its record.
 
     >>> live_status({"status": "running", "process": {"host": socket.gethostname(), "pid": 2**22 + 7}})
-    'interrupted'
+    <RunStatus.INTERRUPTED: 'interrupted'>
     """
     status = record.get("status", "unknown")
     process = record.get("process") or {}
-    if status == "running" and process.get("host") == socket.gethostname() and process.get("pid"):
-        return "running" if pid_alive(int(process["pid"])) else "interrupted"
-    return status
+    if status == RunStatus.RUNNING and process.get("host") == socket.gethostname() and process.get("pid"):
+        return RunStatus.RUNNING if pid_alive(int(process["pid"])) else RunStatus.INTERRUPTED
+    return str(status)
 
 
 def step_error(record: Mapping[str, Any], step_id: str | None) -> str:
@@ -146,7 +146,7 @@ def catalogue_row(record: Mapping[str, Any], record_path: Path) -> dict[str, Any
     """One catalogue row of a record (see `CATALOGUE_COLUMNS`)."""
     env = record.get("environments") or {}
     observed = env.get("observed") or {}
-    done = {s["id"] for s in record.get("steps", []) if s.get("status") in ("passed", "already_done")}
+    done = {s["id"] for s in record.get("steps", []) if StepStatus(s["status"]).done}
     notebook = notebook_beside(record_path, record)
     return {
         "run_id": record["run_id"], "scenario": record.get("scenario"), "status": live_status(record),
@@ -253,22 +253,6 @@ def find_run(target: str | Path, directory: Path = Path("runs")) -> Run:
 # ---- catalogue as text, JSON and HTML ------------------------------------------------------------------
 
 
-def fmt_seconds(seconds: float | None) -> str:
-    """Seconds for people: `42 s`, `3 min 5 s`, `1 h 2 min`.
-
-    >>> fmt_seconds(185), fmt_seconds(None)
-    ('3 min 5 s', '')
-    """
-    if seconds is None:
-        return ""
-    s = round(seconds)
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min {s % 60} s"
-    return f"{s // 3600} h {s % 3600 // 60} min"
-
-
 def _host(url: str | None) -> str:
     return (url or "").split("://", 1)[-1]
 
@@ -320,18 +304,6 @@ padding:3px 8px;text-align:left !important;vertical-align:top;font-size:.9rem}.d
 """
 
 
-def esc(value: Any) -> str:
-    """`value` as escaped HTML text (None: empty)."""
-    return html.escape("" if value is None else str(value))
-
-
-def status_badge(status: str) -> str:
-    """A coloured status label (HTML)."""
-    colour = COLOURS.get(status, "#6e7781")
-    return (f'<span class="dw-status" data-status="{esc(status)}" style="background:{colour}">'
-            f"{esc(status)}</span>")
-
-
 def page(title: str, body: str) -> str:
     """A standalone HTML page (inline CSS, no scripts): opens anywhere without Jupyter or network."""
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
@@ -356,7 +328,7 @@ def catalogue_html(rows: Sequence[Mapping[str, Any]], base: Path | None = None) 
             _link(r.get("notebook"), base, "notebook"), _link(r.get("record"), base, "record")]))
         body.append(
             f"<tr><td>{esc(r['started'])}</td><td><code>{esc((r['run_id'] or '')[:8])}</code></td>"
-            f"<td>{esc(r['scenario'])}</td><td>{status_badge(r['status'])}</td>"
+            f"<td>{esc(r['scenario'])}</td><td>{badge(r['status'])}</td>"
             f"<td>{esc(fmt_seconds(r['duration_s']))}</td><td>{esc(_host(r['dataverse_url']))}<br>"
             f"{esc(_host(r['finops_url']))}</td><td>{esc(r['failed_step'])}</td><td>{esc(r['error'])}</td>"
             f"<td>{links}</td></tr>")
@@ -477,8 +449,8 @@ def compare(a: Run, b: Run) -> dict[str, Any]:
     """What differs between two runs: parameters, environments, step statuses and step counts
     (rows planned, stamped, migrated, reconciled …), e.g. the same runbook on test and production.
 
-    >>> # compare(find_run("test-run"), find_run("prod-run"))["counts"][:1]
-    >>> # [{'step': 'bootstrap-apply', 'count': 'stamped', 'a': 600, 'b': 20000, 'difference': 19400}]
+    compare(find_run("test-run"), find_run("prod-run"))["counts"][:1]
+    [{'step': 'bootstrap-apply', 'count': 'stamped', 'a': 600, 'b': 20000, 'difference': 19400}]
     """
     ra, rb = a.record, b.record
     steps = []
@@ -581,7 +553,7 @@ def verify_record(path: Path, data: Any = None) -> Verification:
     if not manifest:
         status = live_status(record)
         out.notes.append("not sealed: the executed notebook's sha256 was never recorded "
-                         + ("(the run has not finished)" if status == "running" else
+                         + ("(the run has not finished)" if status == RunStatus.RUNNING else
                             "(run outside dw run/dw batch: once the notebook is final, seal it with "
                             "`dw review seal RECORD --notebook NB`)"))
     else:

@@ -13,16 +13,15 @@ and recorded, the gate command is run if there is one (`dwlib.gates`), and the d
 polled for up to `options.gate_timeout_s`.
 
 Example:
-    >>> # rb = Runbook.open("params/sandbox-existing-existing.yaml", {"options.dry_run": True})
-    >>> # rb.run("preflight")          # a StepResult: checks, evidence, next action
-    >>> # rb.summary()                 # every step so far, as the HTML report shows them
+    rb = Runbook.open("params/sandbox-existing-existing.yaml", {"options.dry_run": True})
+    rb.run("preflight")          # a StepResult: checks, evidence, next action
+    rb.summary()                 # every step so far, as the HTML report shows them
     >>> is_interactive() in (True, False)
     True
 """
 
 from __future__ import annotations
 
-import html
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -31,24 +30,20 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import jwt
-
 from dwlib import catalog
-from dwlib.clients import Session, connect, scope_for
-from dwlib.clients.dualwrite import INTEGRATOR_APP, DualWriteAdmin, GatewayAdmin, PortalAdmin
+from dwlib.clients import Session, connect
+from dwlib.clients.dualwrite import DualWriteAdmin, open_admin
 from dwlib.errors import DwError
 from dwlib.gates import Gates, GateWaiting
-from dwlib.params import Params, ParamsError, load_params, scenario_problem
+from dwlib.params import Params, ParamsError, load_params, notebook_parameters, scenario_problem
 from dwlib.record import RunRecord, default_record_path, evidence_dir, http_summary, new_run_id, utc_now
 from dwlib.render import TextProgress
 from dwlib.report import RunSummary
 from dwlib.scenarios import Scenario, StepRef
 from dwlib.scenarios import scenario as _scenario
 from dwlib.secrets import scrub, scrub_kernel_tracebacks
-from dwlib.steps import STEPS, Status, StepContext, StepResult
+from dwlib.steps import STEPS, StepContext, StepResult, StepStatus
 from dwlib.steps.base import ProgressFactory
-
-PARAM_KEYS = tuple(Params.model_fields)  # the top-level keys of a parameters file (papermill -f)
 
 
 class RunbookError(DwError):
@@ -64,7 +59,7 @@ def is_interactive() -> bool:
     return bool(os.environ.get("JPY_SESSION_NAME"))
 
 
-def _said(status: Status) -> str:
+def _said(status: StepStatus) -> str:
     return status.value.replace("_", " ")
 
 
@@ -89,8 +84,8 @@ class Runbook:
     notebook); close it (or use `with`) to release the connections.
 
     Example:
-        >>> # with Runbook.open("params/sandbox-new-new.yaml") as rb:
-        >>> #     for step_id in rb.step_ids: rb.run(step_id)
+        with Runbook.open("params/sandbox-new-new.yaml") as rb:
+            for step_id in rb.step_ids: rb.run(step_id)
         >>> "run" in dir(Runbook)
         True
     """
@@ -102,8 +97,9 @@ class Runbook:
         self.scenario: Scenario = _scenario(params.scenario)
         self.results: dict[str, StepResult] = {}
         self.run_state: dict[str, Any] = {}
-        # Issue 7's confirmation button plugs in here: called with what the step will do.
-        self.confirmer: Callable[[str], bool] | None = None
+        # Steps whose last run waits for a confirmation the consultant can give with a button
+        # (`dwlib.ui.confirm` listens for them).
+        self.awaiting_confirmation: set[str] = set()
         # dwlib.ui plugs in here: who hears of each step starting (result None) and ending, how
         # progress shows, where the device-code sign-in message goes.
         self.listeners: list[Callable[[str, StepResult | None], None]] = []
@@ -175,8 +171,7 @@ class Runbook:
 or run with `papermill -f FILE` or `dw run`
         """
         scrub_kernel_tracebacks()
-        inline = {k: namespace[k] for k in PARAM_KEYS if namespace.get(k) is not None}
-        params_file = namespace.get("params_file")
+        params_file, inline = notebook_parameters(namespace)
         if params_file and inline:
             raise ParamsError([("params_file", "give the parameters either as params_file or as the keys "
                                                "of a parameters file (papermill -f), not both: "
@@ -204,17 +199,7 @@ or run with `papermill -f FILE` or `dw run`
     def _connect(self) -> None:
         params = self.params
         self.session = connect(params, device_prompt=lambda message: self.device_prompt(message))
-        options = params.options
-        common: dict[str, Any] = {"notify": self.gates.notify, "timeout_s": options.gate_timeout_s,
-                                  "poll_s": options.gate_poll_s}
-        dv, fo = self.session.dataverse, self.session.finops
-        if options.admin == "gateway":
-            assert params.environments.gateway_url is not None  # Params checks it
-            http = self.session.http(auth=self.session.tokens.auth_for(INTEGRATOR_APP))
-            self.admin = GatewayAdmin(dv, fo, http=http, gateway_url=params.environments.gateway_url,
-                                      **common)
-        else:
-            self.admin = PortalAdmin(dv, fo, **common)
+        self.admin = open_admin(self.session, params, notify=self.gates.notify)
 
     # ---- what the notebook uses ------------------------------------------------------------------
 
@@ -272,9 +257,11 @@ or run with `papermill -f FILE` or `dw run`
         result.duration_s = round(time.monotonic() - clock, 3)
         result.calls = [asdict(e) for e in journal.entries()[first:]]
         result.remediation = _remediation(result, error)
-        if result.status == Status.WAITING and False in answers and self.interactive:
+        if result.status == StepStatus.WAITING and False in answers and self.interactive:
             result.next_action += f" Or run the cell again as rb.run({step_id!r}, confirm=True)."
-            self.confirmation_button(step_id, result.summary)
+            self.awaiting_confirmation.add(step_id)
+        else:
+            self.awaiting_confirmation.discard(step_id)
         self.results[step_id] = result
         self.record.step_finished(step_id, result.to_dict(), self.gates.shown,
                                   http_summary(journal.as_dicts()))
@@ -293,31 +280,6 @@ or run with `papermill -f FILE` or `dw run`
             self._blocked = None
         self._observe()
         return result
-
-    def confirmation_button(self, step_id: str, what: str) -> Any:
-        """Show a Confirm button under a step waiting for confirmation; pressing it runs the step.
-
-        The cell does not block: the button runs `rb.run(step_id, confirm=True)` and shows the
-        result beneath it. Returns the widget (tests press it with `.children[1].click()`).
-
-        >>> # rb.run("bootstrap-apply")  # waiting → a Confirm button appears under the result
-        """
-        import ipywidgets as widgets
-        from IPython.display import display
-
-        button = widgets.Button(description="Confirm and run", button_style="danger",
-                                tooltip=f"{step_id}: {what}", icon="check")
-        out = widgets.Output()
-
-        def confirmed(_button: widgets.Button) -> None:
-            button.disabled = True
-            with out:
-                display(self.run(step_id, confirm=True))
-
-        button.on_click(confirmed)
-        box = widgets.VBox([widgets.HTML(f"<b>{html.escape(what)}</b>"), button, out])
-        display(box)
-        return box
 
     def summary(self) -> RunSummary:
         """Every step of the run with its status, time, calls and summary: the HTML report's table
@@ -359,12 +321,7 @@ or run with `papermill -f FILE` or `dw run`
 
     def _context(self, confirm: bool | None, answers: list[bool]) -> StepContext:
         def confirmed(what: str) -> bool:
-            if confirm is not None:
-                answer = confirm
-            elif self.confirmer is not None:
-                answer = self.confirmer(what)
-            else:
-                answer = self.params.options.confirm_irreversible
+            answer = self.params.options.confirm_irreversible if confirm is None else confirm
             answers.append(answer)
             return answer
 
@@ -378,7 +335,7 @@ or run with `papermill -f FILE` or `dw run`
     def _execute(self, ref: StepRef, ctx: StepContext) -> StepResult:
         step_class = STEPS.get(ref.step)
         if step_class is None:
-            return StepResult(step=ref.step, title=ref.step, status=Status.FAILED,
+            return StepResult(step=ref.step, title=ref.step, status=StepStatus.FAILED,
                               summary=f"no step named {ref.step!r} is registered in dwlib.steps",
                               error=f"unknown step {ref.step!r}",
                               next_action="install a dwlib that implements it, or report the bug")
@@ -392,7 +349,7 @@ or run with `papermill -f FILE` or `dw run`
         """A gate that waits for the consultant (interactive runs): WAITING, with what to do next."""
         step_class = STEPS.get(ref.step)
         return StepResult(
-            step=ref.step, title=step_class.title if step_class else ref.step, status=Status.WAITING,
+            step=ref.step, title=step_class.title if step_class else ref.step, status=StepStatus.WAITING,
             summary=f"waiting for you: {waiting.instruction['title']}",
             doc_url=step_class.doc_url if step_class else "",
             next_action="Do what the instruction above says, then press Verify now (or run this cell "
@@ -404,7 +361,7 @@ or run with `papermill -f FILE` or `dw run`
         step_class = STEPS.get(ref.step)
         message = scrub(f"{type(exc).__name__}: {exc}".strip().removesuffix(":"))
         return StepResult(
-            step=ref.step, title=step_class.title if step_class else ref.step, status=Status.FAILED,
+            step=ref.step, title=step_class.title if step_class else ref.step, status=StepStatus.FAILED,
             summary=prefix + message, error=message,
             doc_url=step_class.doc_url if step_class else "",
             next_action="Fix the cause shown above, then run the runbook again: finished steps will "
@@ -417,9 +374,8 @@ or run with `papermill -f FILE` or `dw run`
             return
         try:
             who = self.session.dataverse.whoami()
-            token = self.session.tokens.token(scope_for(self.params.environments.dataverse_url))
-            claims = jwt.decode(token, options={"verify_signature": False})
-        except (DwError, jwt.PyJWTError):
+            claims = self.session.tokens.claims(self.params.environments.dataverse_url)
+        except DwError:
             return  # tried again after the next step; preflight reports reachability itself
         self.record.observe({"organization_id": who.get("OrganizationId"), "user_id": who.get("UserId"),
                              "business_unit_id": who.get("BusinessUnitId"), "tenant_id": claims.get("tid")})
@@ -429,13 +385,13 @@ or run with `papermill -f FILE` or `dw run`
 def _remediation(result: StepResult, error: BaseException | None) -> list[dict[str, Any]]:
     """The step's own remediation, plus the known-error catalogue's for what went wrong."""
     out = list(result.remediation)
-    if result.status in (Status.PASSED, Status.ALREADY_DONE, Status.SKIPPED):
+    if result.status in (StepStatus.PASSED, StepStatus.ALREADY_DONE, StepStatus.SKIPPED):
         return out
     fix = getattr(error, "fix", "")
     if fix:
         out.append({"id": "", "meaning": "", "fix": fix, "doc": ""})
     texts = [result.error, result.summary,
-             *(c.evidence for c in result.checks if c.status in (Status.FAILED, Status.WARNING))]
+             *(c.evidence for c in result.checks if c.status in (StepStatus.FAILED, StepStatus.WARNING))]
     seen = {r.get("id") for r in out}
     for text in texts:
         known = catalog.match_error(text) if text else None

@@ -136,7 +136,7 @@ class SecretRef:
             raise SecretError(f"must be a secret reference ({REFERENCE_FORMS}), not the secret itself")
         if scheme == "keyring" and "/" not in target:
             raise SecretError("keyring references take the form keyring:service/user")
-        return cls(scheme, target.strip())  # type: ignore[arg-type]  # scheme checked above
+        return cls(scheme, target.strip())
 
     def __str__(self) -> str:
         return f"{self.scheme}:{self.target}"

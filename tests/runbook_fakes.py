@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from dwlib.scenarios import SCENARIOS
-from dwlib.steps import STEPS, Check, Finding, Status, Step, StepContext, StepResult
+from dwlib.steps import STEPS, Check, Finding, Step, StepContext, StepResult, StepStatus
 
 KNOWN_ERROR = "Error Exceeds the maximum partitions allowed for mapping DWM-1-2"
 
@@ -88,10 +88,10 @@ def make_fake(step_name: str) -> type[Step]:
 
         def verify(self, ctx: StepContext, finding: Finding) -> StepResult:
             if _behaviour(self.name) == "fail":
-                missing = Check("thing", Status.FAILED, "the thing is missing", fix="add it")
-                return self.result(Status.FAILED, "verification failed", checks=[missing])
-            return self.result(Status.PASSED, f"{self.name} done",
-                               checks=[Check("thing", Status.PASSED, "present")],
+                missing = Check("thing", StepStatus.FAILED, "the thing is missing", fix="add it")
+                return self.result(StepStatus.FAILED, "verification failed", checks=[missing])
+            return self.result(StepStatus.PASSED, f"{self.name} done",
+                               checks=[Check("thing", StepStatus.PASSED, "present")],
                                tables={"rows": [{"map": "a", "rows": 1}, {"map": "b", "rows": 2}]},
                                counts={"rows": 3})
 

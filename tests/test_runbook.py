@@ -24,7 +24,8 @@ from dwlib.render import RESULT_MIME
 from dwlib.report import steps_table_html
 from dwlib.runbook import Runbook, RunbookError, RunStopped, is_interactive
 from dwlib.scenarios import scenario
-from dwlib.steps import Status
+from dwlib.steps import StepStatus
+from dwlib.ui.confirm import offer_confirmation
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIO = "existing-existing"
@@ -71,7 +72,7 @@ def test_a_full_run_records_every_step_with_timing_calls_and_evidence(
         assert not rb.dry_run  # sandbox parameters: a real run unless they say otherwise
         results = [rb.run(step_id) for step_id in rb.step_ids]
         summary = rb.summary()
-    assert [r.status for r in results] == [Status.PASSED] * len(results)
+    assert [r.status for r in results] == [StepStatus.PASSED] * len(results)
     record = load_record(tmp_path / "run.json")
     assert record["status"] == "passed" and record["ended"] and record["current_step"] is None
     assert [s["id"] for s in record["steps"]] == scenario(SCENARIO).step_ids() == record["steps_planned"]
@@ -93,7 +94,7 @@ def test_a_second_run_finds_every_step_already_done(sandbox: dict[str, Any], tmp
     for _ in range(2):
         with open_rb(sandbox, tmp_path, interactive=False) as rb:
             statuses = {rb.run(step_id).status for step_id in rb.step_ids}
-    assert statuses == {Status.ALREADY_DONE}
+    assert statuses == {StepStatus.ALREADY_DONE}
 
 
 def test_a_raising_step_fails_with_remediation_and_stops_the_run_headless(
@@ -107,7 +108,7 @@ def test_a_raising_step_fails_with_remediation_and_stops_the_run_headless(
             rb.run("plan")
         with pytest.raises(RunbookError, match=r"step plan failed.*force=True"):
             rb.run("migrate")
-        assert rb.run("migrate", force=True).status == Status.PASSED
+        assert rb.run("migrate", force=True).status == StepStatus.PASSED
     text = (tmp_path / "run.json").read_text()
     record = json.loads(text)
     assert record["status"] == "failed" and record["failed_step"] == "plan"
@@ -123,12 +124,12 @@ def test_interactively_a_failure_is_shown_and_later_steps_refuse(
     behave(monkeypatch, preflight="fail")
     with open_rb(sandbox, tmp_path, interactive=True) as rb:
         result = rb.run("preflight")
-        assert result.status == Status.FAILED and result.checks[0].fix == "add it"
+        assert result.status == StepStatus.FAILED and result.checks[0].fix == "add it"
         with pytest.raises(RunbookError, match=r"step preflight failed: verification failed\. Fix it"):
             rb.run("power-platform-integration")
         monkeypatch.setenv("DW_FAKES", "{}")  # the consultant fixed it: the same step runs again
         assert rb.run("preflight").status.ok
-        assert rb.run("power-platform-integration").status == Status.PASSED
+        assert rb.run("power-platform-integration").status == StepStatus.PASSED
 
 
 def test_the_summary_is_the_reports_table_said_once(
@@ -151,22 +152,24 @@ def test_irreversible_steps_wait_for_confirmation(
     behave(monkeypatch, bootstrap_apply="irreversible")
     with open_rb(sandbox, tmp_path, {"options.confirm_irreversible": False}, interactive=True) as rb:
         waiting = rb.run("bootstrap-apply")
-        assert waiting.status == Status.WAITING
+        assert waiting.status == StepStatus.WAITING
         assert 'rb.run(\'bootstrap-apply\', confirm=True)' in waiting.next_action
-        assert rb.run("bootstrap-apply", confirm=True).status == Status.PASSED
+        assert rb.run("bootstrap-apply", confirm=True).status == StepStatus.PASSED
 
 
 def test_interactively_the_confirm_button_runs_the_waiting_step(
         sandbox: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     behave(monkeypatch, bootstrap_apply="irreversible")
     shown: list[Any] = []
-    monkeypatch.setattr("IPython.display.display", lambda *objs, **kw: shown.extend(objs))
+    for where in ("dwlib.ui.confirm.display", "IPython.display.display"):
+        monkeypatch.setattr(where, lambda *objs, **kw: shown.extend(objs))
     with open_rb(sandbox, tmp_path, {"options.confirm_irreversible": False}, interactive=True) as rb:
-        assert rb.run("bootstrap-apply").status == Status.WAITING
+        offer_confirmation(rb)  # what the notebook's board cell (ui.step_board) subscribes
+        assert rb.run("bootstrap-apply").status == StepStatus.WAITING
         (box,) = [o for o in shown if hasattr(o, "children")]
-        assert rb.results["bootstrap-apply"].status == Status.WAITING
+        assert rb.results["bootstrap-apply"].status == StepStatus.WAITING
         box.children[1].click()  # the consultant presses Confirm
-        assert rb.results["bootstrap-apply"].status == Status.PASSED
+        assert rb.results["bootstrap-apply"].status == StepStatus.PASSED
         assert box.children[1].disabled
     with open_rb(sandbox, tmp_path, {"options.confirm_irreversible": False}, interactive=False) as rb, \
             pytest.raises(RunStopped, match="step bootstrap-simulate waiting: needs confirmation"):
@@ -178,7 +181,7 @@ def test_dry_run_changes_nothing(sandbox: dict[str, Any], tmp_path: Path, fakes:
     with open_rb(sandbox, tmp_path, {"options.dry_run": True}, interactive=False) as rb:
         assert rb.dry_run
         result = rb.run("preflight")
-    assert result.status == Status.SKIPPED and result.summary == "dry run — would: do preflight"
+    assert result.status == StepStatus.SKIPPED and result.summary == "dry run — would: do preflight"
     assert not fakes.exists()  # act never ran
     assert load_record(tmp_path / "run.json")["dry_run"] is True
 
@@ -247,7 +250,7 @@ def test_a_gate_is_recorded_and_played_by_the_gate_command(
     with Runbook.open(path, {"sandbox.dir": root}, record_path=tmp_path / "run.json",
                       interactive=False) as rb:
         result = rb.run("power-platform-integration")
-    assert result.status == Status.PASSED, str(result)  # verified through Dataverse by the admin
+    assert result.status == StepStatus.PASSED, str(result)  # verified through Dataverse by the admin
     record = load_record(tmp_path / "run.json")
     gates = record["steps"][0]["gates"]
     assert [g["title"] for g in gates] == ["Set up the Power Platform integration (LCS)"]
@@ -267,7 +270,7 @@ def test_a_gate_nobody_answers_fails_saying_what_is_missing(
     overrides = {"sandbox.dir": root, "options.gates": "show", "options.gate_timeout_s": 0.5}
     with Runbook.open(path, overrides, record_path=tmp_path / "run.json", interactive=True) as rb:
         result = rb.run("power-platform-integration")
-    assert result.status == Status.FAILED
+    assert result.status == StepStatus.FAILED
     assert "not verified after 0 s; still missing: RetrieveFinanceAndOperationsIntegrationDetails" \
         in result.summary
     assert [r["id"] for r in result.remediation][:1] == [""]  # the admin error's own fix comes first
@@ -311,6 +314,6 @@ def test_an_interrupted_step_is_recorded_as_interrupted_not_failed_and_the_run_g
         assert record["error"] == "interrupted (KeyboardInterrupt) while step plan was running"
         assert "plan" not in [s["id"] for s in record["steps"]] and record["ended"]
         # Run the cell again (as after Jupyter's Interrupt): the run goes on, no longer interrupted.
-        assert rb.run("plan").status == Status.PASSED
+        assert rb.run("plan").status == StepStatus.PASSED
         record = load_record(path)
         assert (record["status"], record["error"], record["ended"]) == ("running", None, None)

@@ -31,7 +31,7 @@ from dwlib.render import TextProgress, attention, result_html, styled_table
 from dwlib.runbook import Runbook
 from dwlib.sandbox.consultant import perform
 from dwlib.scenarios import SCENARIOS
-from dwlib.steps import Status
+from dwlib.steps import StepStatus
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
@@ -203,7 +203,7 @@ def test_a_gate_waits_for_verify_now_and_shows_the_verified_result(
         board = ui.step_board(rb)
         capsys.readouterr()
         result = rb.run("power-platform-integration")  # does not block: no one polls
-        assert result.status == Status.WAITING and "waiting for you" in result.summary
+        assert result.status == StepStatus.WAITING and "waiting for you" in result.summary
         panel = board.panels["power-platform-integration"]
         assert panel.widget in shown
         assert "Set up the Power Platform integration (LCS)" in panel.instruction.value

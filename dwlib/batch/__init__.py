@@ -7,8 +7,8 @@
 - `runner`: scheduling (bounded, one run per environment pair at a time) and the summary.
 
 Example:
-    >>> # from dwlib.batch import run_batch
-    >>> # run_batch(Path("params/batch-sandbox.yaml"), "runs/batch", max_parallel=2).exit_code
+    from dwlib.batch import run_batch
+    run_batch(Path("params/batch-sandbox.yaml"), "runs/batch", max_parallel=2).exit_code
     >>> from dwlib.batch import load_plan, run_batch
 """
 

@@ -30,12 +30,11 @@ from dwlib.batch.plan import PlannedRun
 from dwlib.batch.storage import Output, is_url, read_location
 from dwlib.batch.worker import now
 from dwlib.errors import DwError
+from dwlib.vocab import BatchStatus, RunStatus
 
 KIND = "dw-batch"
 SCHEMA_VERSION = 1
 NAME = "batch.json"
-FAILED = ("failed", "invalid", "interrupted", "timed_out", "cancelled", "error")
-FINISHED = ("passed", "warning")  # record statuses of a run that finished (dw run exits 0)
 ATTEMPT_KEYS = ("attempt", "status", "record", "notebook", "log", "started", "ended", "duration_s",
                 "exit_code", "error", "record_status", "host")
 
@@ -52,7 +51,7 @@ class Manifest:
         """A manifest with no runs yet (not written)."""
         return cls(out, {"kind": KIND, "schema_version": SCHEMA_VERSION, "batch_id": str(uuid.uuid4()),
                          "plan": plan, "out": str(out), "executor": executor, "max_parallel": max_parallel,
-                         "status": "running", "created": now(), "updated": None, "runs": []})
+                         "status": BatchStatus.RUNNING, "created": now(), "updated": None, "runs": []})
 
     @classmethod
     def load(cls, out: Output) -> Manifest | None:
@@ -91,14 +90,14 @@ class Manifest:
             "name": run.name, **run.definition(),
             "environments": {"dataverse_url": run.pair[0], "finops_url": run.pair[1]},
             "timeout_s": run.timeout_s, "run_dir": self.out.join(run.name),
-            "attempt": len(previous) + 1, "status": "pending",
+            "attempt": len(previous) + 1, "status": BatchStatus.PENDING,
             **dict.fromkeys(ATTEMPT_KEYS[2:]), "submitted": None, "pid": None, "previous": previous,
         })
         return True
 
     def start(self, name: str) -> None:
         """Run `name` was handed to the executor."""
-        self.run(name).update(status="running", submitted=now())
+        self.run(name).update(status=BatchStatus.RUNNING, submitted=now())
         self.save()
 
     def started(self, name: str, process: dict[str, Any]) -> None:
@@ -117,8 +116,9 @@ class Manifest:
     def close(self, cancelled: bool) -> None:
         """Set the batch's own status once no run is running any more."""
         statuses = [r["status"] for r in self.data["runs"]]
-        self.data["status"] = ("cancelled" if cancelled else
-                               "failed" if any(s in FAILED for s in statuses) else "passed")
+        self.data["status"] = (BatchStatus.CANCELLED if cancelled else
+                               BatchStatus.FAILED if any(BatchStatus(s).failed for s in statuses)
+                               else BatchStatus.PASSED)
         self.save()
 
 
@@ -138,7 +138,8 @@ def since(text: str) -> float:
 def still_running(entry: dict[str, Any]) -> psutil.Process | None:
     """The `dw run` process of a run its batch left running when it was killed, if it still runs
     on this machine (the manifest noted its pid and host when it started)."""
-    if entry.get("status") != "running" or not entry.get("pid") or entry.get("host") != os.uname().nodename:
+    if (entry.get("status") != BatchStatus.RUNNING or not entry.get("pid")
+            or entry.get("host") != os.uname().nodename):
         return None
     try:
         proc = psutil.Process(int(entry["pid"]))
@@ -152,10 +153,11 @@ def still_running(entry: dict[str, Any]) -> psutil.Process | None:
     return proc if ours else None
 
 
-def _status_of(record: str) -> str | None:
+def _status_of(record: str) -> RunStatus | None:
     text = read_location(record)
     try:
-        return json.loads(text).get("status") if text is not None else None
+        status = json.loads(text).get("status") if text is not None else None
+        return None if status is None else RunStatus(status)
     except (ValueError, AttributeError):
         return None
 
@@ -184,15 +186,18 @@ def is_done(entry: dict[str, Any], run: PlannedRun) -> bool:
     record is then found in its directory)."""
     if {k: entry.get(k) for k in run.definition()} != run.definition():
         return False
-    if entry.get("status") == "running":
+    if entry.get("status") == BatchStatus.RUNNING:
         record = _left_running(entry)
         found = _status_of(record) if record is not None else None
-        if record is None or found not in FINISHED:
+        if record is None or found is None or not found.succeeded:
             return False
-        entry.update(status="passed", record=record, record_status=found,
+        entry.update(status=BatchStatus.PASSED, record=record, record_status=found,
                      error=f"the batch stopped while this run went on; its record says {found}")
         notebook = Path(record).with_suffix(".ipynb")
         entry["notebook"] = str(notebook) if notebook.is_file() else None
         return True
     record = entry.get("record")
-    return entry.get("status") == "passed" and bool(record) and _status_of(record) in FINISHED
+    if entry.get("status") != BatchStatus.PASSED or not record:
+        return False
+    found = _status_of(record)
+    return found is not None and found.succeeded

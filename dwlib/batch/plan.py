@@ -18,8 +18,8 @@ in one `ParamsError` before any run starts. A run's environment pair is the (Dat
 of its validated parameters; a sandbox parameters file takes them from its `connection.yaml`.
 
 Example:
-    >>> # plan = load_plan(Path("params/batch-sandbox.yaml"))
-    >>> # [(r.name, r.pair) for r in plan.runs]
+    plan = load_plan(Path("params/batch-sandbox.yaml"))
+    [(r.name, r.pair) for r in plan.runs]
     >>> PlanFile.model_validate({"runs": [{"name": "a", "scenario": "new-new", "params": "p.yaml"}]}).version
     1
 """
@@ -36,7 +36,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from dwlib.params import ParamsError, Scenario, read_yaml, validation_problems
+from dwlib.params import ParamsError, ScenarioId, read_yaml, validation_problems
 from dwlib.params import log as params_log
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -67,7 +67,7 @@ class RunEntry(_Model):
     """One entry of `runs:` (one run, or one per `each` key)."""
 
     name: Name
-    scenario: Scenario
+    scenario: ScenarioId
     params: Path
     overrides: Overrides = Field(default_factory=dict)
     each: dict[Name, Overrides] | None = Field(default=None, min_length=1)
@@ -134,7 +134,7 @@ def _expand(plan: PlanFile) -> list[tuple[str, RunEntry, str, dict[str, Any]]]:
 def load_plan(path: Path) -> Plan:
     """Read the plan and check every run's parameters; `ParamsError` lists every problem found.
 
-    >>> # load_plan(Path("params/batch-sandbox.yaml")).runs[0].pair
+    load_plan(Path("params/batch-sandbox.yaml")).runs[0].pair
     """
     from dwlib.execute import check_params  # papermill and the notebooks: only once the plan reads well
 

@@ -4,8 +4,8 @@ Scheduling happens here, on the client side, whatever the executor: at most `max
 once, never two runs of one environment pair at once, and the runs of a pair in plan order.
 
 Example:
-    >>> # result = run_batch(Path("params/batch-sandbox.yaml"), "runs/nightly", max_parallel=2)
-    >>> # result.exit_code, result.manifest.data["status"]
+    result = run_batch(Path("params/batch-sandbox.yaml"), "runs/nightly", max_parallel=2)
+    result.exit_code, result.manifest.data["status"]
     >>> BatchResult.__doc__.splitlines()[0]
     'What a batch did: its manifest, whether it was cancelled, and the exit status of `dw batch`.'
 """
@@ -23,12 +23,14 @@ from typing import Any
 import psutil
 
 from dwlib.batch.executors import DaskExecutor, Executor, LocalExecutor
-from dwlib.batch.manifest import FAILED, NAME, Manifest, since, still_running
+from dwlib.batch.manifest import NAME, Manifest, since, still_running
 from dwlib.batch.plan import Plan, load_plan
 from dwlib.batch.storage import Output
 from dwlib.batch.worker import RunSpec, now, stop_tree
 from dwlib.errors import DwError
 from dwlib.execute import sigterm_interrupts
+from dwlib.render import seconds_text
+from dwlib.vocab import BatchStatus
 
 Echo = Callable[[str], None]
 
@@ -45,13 +47,13 @@ class BatchResult:
         """0 when every run passed, 130 when cancelled, 1 otherwise."""
         if self.cancelled:
             return 130
-        return 0 if self.manifest.data["status"] == "passed" else 1
+        return 0 if self.manifest.data["status"] == BatchStatus.PASSED else 1
 
 
 def schedule(executor: Executor, manifest: Manifest, specs: dict[str, RunSpec], pairs: dict[str, Any],
              max_parallel: int, echo: Echo) -> bool:
     """Run `specs` (in their order) on `executor`; True when cancelled (Ctrl+C, SIGTERM)."""
-    pending, running = list(specs), {}
+    pending, running = list(specs), dict[str, Any]()
     # Workers report here; only this thread touches the manifest. (name, "started"|"ended", info)
     done: queue.Queue[tuple[str, str, dict[str, Any]]] = queue.Queue()
 
@@ -59,7 +61,7 @@ def schedule(executor: Executor, manifest: Manifest, specs: dict[str, RunSpec], 
         try:
             outcome = executor.run(specs[name], lambda info: done.put((name, "started", info)))
         except Exception as exc:  # a lost worker or a failed upload: this run's problem, not the batch's
-            outcome = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
+            outcome = {"status": BatchStatus.ERROR, "error": f"{type(exc).__name__}: {exc}"}
         done.put((name, "ended", outcome))
 
     def collect() -> None:
@@ -74,7 +76,7 @@ def schedule(executor: Executor, manifest: Manifest, specs: dict[str, RunSpec], 
         del running[name]
         manifest.finish(name, outcome)
         entry = manifest.run(name)
-        took = f" in {entry['duration_s']:.1f} s" if entry["duration_s"] else ""
+        took = f" in {seconds_text(entry['duration_s'])}" if entry["duration_s"] else ""
         echo(f"  {name}: {entry['status']}{took}" + (f" ({entry['error']})" if entry["error"] else ""))
 
     with ThreadPoolExecutor(max_parallel, thread_name_prefix="dw-batch") as pool:
@@ -203,7 +205,7 @@ def summary(manifest: Manifest) -> str:
     lines.append(f"batch {manifest.data['status']}: {len(runs)} runs: "
                  + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     for r in runs:
-        if r["status"] in FAILED or r["status"] in ("pending", "running"):
+        if BatchStatus(r["status"]) != BatchStatus.PASSED:
             lines.append(f"  {r['name']}: {r['status']}" + (f": {r['error']}" if r["error"] else "")
                          + (f" (log {r['log']})" if r["log"] else ""))
     lines.append(f"manifest: {out.join(NAME)}" + ("" if out.is_url else f"; review: dw review {out}"))

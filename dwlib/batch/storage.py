@@ -113,6 +113,6 @@ def read_location(location: str) -> str | None:
         except FileNotFoundError:
             return None
     try:
-        return papermill_io.read(location, extensions=[])
+        return str(papermill_io.read(location, extensions=[]))
     except (OSError, KeyError):  # handlers say "missing" their own way: a FileNotFoundError or a KeyError
         return None

@@ -36,6 +36,7 @@ from typing import Any
 import psutil
 
 from dwlib.batch.storage import Output, is_url
+from dwlib.vocab import BatchStatus
 
 INTERRUPTED = 130  # `dw run`'s exit status when a signal stopped it (`dwlib.cli.INTERRUPTED`)
 POLL_S = 0.5
@@ -93,7 +94,7 @@ def stop_tree(proc: subprocess.Popen[bytes] | psutil.Process) -> None:
 
 
 def _wait(proc: subprocess.Popen[bytes], timeout_s: float | None,
-          cancelled: Callable[[], bool]) -> str | None:
+          cancelled: Callable[[], bool]) -> BatchStatus | None:
     """Wait for `proc`; stop it and say why ("cancelled", "timed_out") when it must not go on."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
@@ -102,8 +103,8 @@ def _wait(proc: subprocess.Popen[bytes], timeout_s: float | None,
             return None
         except subprocess.TimeoutExpired:
             pass
-        reason = ("cancelled" if cancelled() else
-                  "timed_out" if deadline is not None and time.monotonic() > deadline else None)
+        reason = (BatchStatus.CANCELLED if cancelled() else
+                  BatchStatus.TIMED_OUT if deadline is not None and time.monotonic() > deadline else None)
         if reason:
             stop_tree(proc)
             return reason
@@ -150,11 +151,12 @@ def run_one(spec: RunSpec, cancelled: Callable[[], bool] = lambda: False,
                 stop_tree(proc)
                 raise
         code = proc.returncode
-        status = stopped or {0: "passed", 2: "invalid", INTERRUPTED: "interrupted"}.get(code, "failed")
-        error = {"timed_out": f"stopped after {spec.timeout_s} s (timeout_s)",
-                 "cancelled": "stopped: the batch was cancelled"}.get(status, "")
+        status = stopped or {0: BatchStatus.PASSED, 2: BatchStatus.INVALID,
+                             INTERRUPTED: BatchStatus.INTERRUPTED}.get(code, BatchStatus.FAILED)
+        error = {BatchStatus.TIMED_OUT: f"stopped after {spec.timeout_s} s (timeout_s)",
+                 BatchStatus.CANCELLED: "stopped: the batch was cancelled"}.get(status, "")
     except OSError as exc:
-        code, status, error = None, "error", f"could not start dw run: {exc}"
+        code, status, error = None, BatchStatus.ERROR, f"could not start dw run: {exc}"
     records = [p for p in _new_files(local, before) if p.suffix == ".json" and p.parent == local
                and f"-{spec.scenario}-" in p.name]
     record = records[-1] if records else None

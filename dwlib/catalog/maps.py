@@ -74,12 +74,6 @@ class ColumnMapping:
     values_source: str = ""
 
     @property
-    def transform(self) -> bool:
-        """Whether the row converts values between the sides (a value map) rather than copying."""
-        return self.direction == "><" or (self.values is not None and self.finops is not None
-                                          and self.dataverse is not None)
-
-    @property
     def value_map_missing(self) -> bool:
         """A value transform whose value list no source documents: its values cannot be converted."""
         return self.direction == "><" and self.values is None
@@ -299,7 +293,8 @@ class Limits:
 @cache
 def _data() -> dict[str, Any]:
     text = resources.files("dwlib.catalog").joinpath("table_maps.yaml").read_text(encoding="utf-8")
-    return yaml.safe_load(text)
+    data: dict[str, Any] = yaml.safe_load(text)
+    return data
 
 
 def _row(raw: dict[str, Any], source: str) -> ColumnMapping:
@@ -312,7 +307,7 @@ def _row(raw: dict[str, Any], source: str) -> ColumnMapping:
 def _build(raw: dict[str, Any]) -> TableMap:
     rows = tuple(_row(r, raw["mappings_source"].split(":")[0]) for r in raw["mappings"])
     tuples = {"finops_key", "integration_key", "depends_on", "docs"}
-    fields = {k: (tuple(v) if k in tuples else v) for k, v in raw.items() if k != "mappings"}
+    fields: dict[str, Any] = {k: (tuple(v) if k in tuples else v) for k, v in raw.items() if k != "mappings"}
     return TableMap(mappings=rows, **fields)
 
 

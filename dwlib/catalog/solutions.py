@@ -70,7 +70,8 @@ def version_at_least(version: str, required: str) -> bool:
 @cache
 def _data() -> dict[str, Any]:
     text = resources.files("dwlib.catalog").joinpath("solutions.yaml").read_text(encoding="utf-8")
-    return yaml.safe_load(text)
+    data: dict[str, Any] = yaml.safe_load(text)
+    return data
 
 
 def _solutions(pkg: dict[str, Any]) -> list[RequiredSolution]:
@@ -140,7 +141,8 @@ class Requirements:
 def requirements() -> Requirements:
     """The documented prerequisites besides the solutions (versions, plug-ins, roles …)."""
     raw = dict(_data()["requirements"])
-    return Requirements(**{k: tuple(v) if isinstance(v, list) else str(v) for k, v in raw.items()})
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else str(v) for k, v in raw.items()}
+    return Requirements(**fields)
 
 
 def app_users() -> list[AppUser]:

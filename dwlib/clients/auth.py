@@ -8,8 +8,8 @@ so a sandbox needs nothing special: its https authority and CA bundle come from 
 `BearerAuth` puts the token on each request and, on a 401, retries once with a fresh token.
 
 Example:
-    >>> # tokens = TokenProvider.from_params(params, make_client(HttpConfig.from_params(params)))
-    >>> # client = make_client(config, auth=tokens.auth_for(params.environments.dataverse_url))
+    tokens = TokenProvider.from_params(params, make_client(HttpConfig.from_params(params)))
+    client = make_client(config, auth=tokens.auth_for(params.environments.dataverse_url))
     >>> scope_for("https://contoso.crm.dynamics.com/")
     'https://contoso.crm.dynamics.com/.default'
 """
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import jwt
 import msal
 
 from dwlib.secrets import remember
@@ -79,7 +80,7 @@ def default_cache_path() -> Path:
     return Path(base) / "dwlib" / "msal_cache.bin"
 
 
-class TokenCacheFile(msal.SerializableTokenCache):
+class TokenCacheFile(msal.SerializableTokenCache):  # type: ignore[misc]  # msal ships no types
     """msal's token cache, persisted in an owner-only file outside any repository.
 
     >>> import tempfile
@@ -107,7 +108,7 @@ class TokenCacheFile(msal.SerializableTokenCache):
     def save(self) -> None:
         """Write the cache if it changed (atomically, mode 0600)."""
         with self._file_lock:
-            if not self.has_state_changed:
+            if not getattr(self, "has_state_changed", True):
                 return
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
@@ -122,7 +123,7 @@ class MsalHttp:
     """msal's `http_client` over an `httpx.Client`: token calls marked safe to repeat, and form values
     msal hands over as bytes (the certificate assertion) sent as text, not as "b'…'".
 
-    >>> # msal.ConfidentialClientApplication(client_id, ..., http_client=MsalHttp(make_client(config)))
+    msal.ConfidentialClientApplication(client_id, ..., http_client=MsalHttp(make_client(config)))
     """
 
     def __init__(self, client: httpx.Client) -> None:
@@ -150,8 +151,8 @@ def _httpx_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 class TokenProvider:
     """Access tokens for one identity, per scope; thread-safe; renewed before expiry.
 
-    >>> # tokens = TokenProvider.from_params(params, make_client(HttpConfig.from_params(params)))
-    >>> # tokens.token(scope_for(params.environments.dataverse_url))
+    tokens = TokenProvider.from_params(params, make_client(HttpConfig.from_params(params)))
+    tokens.token(scope_for(params.environments.dataverse_url))
     """
 
     def __init__(
@@ -209,12 +210,28 @@ class TokenProvider:
                 return memo[0]
             force = memo is not None  # renewing a known token: skip msal's cache
             result = self._acquire(scope, force=force)
-            token = result["access_token"]
+            token = str(result["access_token"])
             lifetime = float(result.get("expires_in", 3599))
             self._memo[scope] = (token, self._clock() + lifetime - min(_REFRESH_MARGIN_S, lifetime / 2))
             remember(token)
             self._cache.save()
             return token
+
+    def claims(self, resource_url: str) -> dict[str, Any]:
+        """What the access token for `resource_url` says about who signed in (`tid`, `upn`, `appid`
+        …). Decoded without checking its signature: read only to say who this is, never trusted
+        for access (the service checks the token). AuthError for a token that is not a JWT."""
+        try:
+            claims: dict[str, Any] = jwt.decode(self.token(scope_for(resource_url)),
+                                                options={"verify_signature": False})
+        except jwt.PyJWTError as exc:
+            raise AuthError(f"the access token for {resource_url} is not a readable JWT ({exc})") from None
+        return claims
+
+    def signed_in_as(self, resource_url: str) -> str:
+        """Who signed in for `resource_url`: a user's UPN or name, else the app's name or id."""
+        c = self.claims(resource_url)
+        return str(c.get("upn") or c.get("name") or c.get("app_displayname") or c.get("appid"))
 
     def auth_for(self, resource_url: str) -> BearerAuth:
         """An `httpx.Auth` for the resource at `resource_url` (scope `{url}/.default`)."""
@@ -234,20 +251,22 @@ class TokenProvider:
                                   repeatable=True) from None
         if not result or "access_token" not in result:
             raise _auth_error(result or {}, scope, app.client_id)
-        return result
+        return dict(result)
 
     def _device_code(self, app: msal.ClientApplication, scope: str, *, force: bool) -> dict[str, Any]:
         assert isinstance(app, msal.PublicClientApplication)
         accounts = app.get_accounts()
         if accounts:
-            result = app.acquire_token_silent([scope], account=accounts[0], force_refresh=force)
+            result: dict[str, Any] | None = app.acquire_token_silent([scope], account=accounts[0],
+                                                                     force_refresh=force)
             if result and "access_token" in result:
                 return result
-        flow = app.initiate_device_flow(scopes=[scope])
+        flow: dict[str, Any] = app.initiate_device_flow(scopes=[scope])
         if "user_code" not in flow:
             return flow  # an error dict, explained by the caller
         self._prompt(flow["message"])
-        return app.acquire_token_by_device_flow(flow)
+        answer: dict[str, Any] = app.acquire_token_by_device_flow(flow)
+        return answer
 
 
 def _print_prompt(message: str) -> None:

@@ -72,7 +72,7 @@ class PartResponse:
 class ChangeSet:
     """Parts that succeed or fail together; `create` returns a `$n` reference for later parts.
 
-    >>> # with batch.changeset() as cs: ref = cs.create("accounts", {...}); cs.update(f"{ref}/x", {...})
+    with batch.changeset() as cs: ref = cs.create("accounts", {...}); cs.update(f"{ref}/x", {...})
     """
 
     def __init__(self, batch: Batch) -> None:
@@ -106,7 +106,7 @@ _ENTRY = {"Content-Type": "application/json; type=entry"}
 class Batch:
     """A `$batch` request under construction; `execute()` sends it and returns the part responses.
 
-    >>> # batch = dataverse.batch(); batch.get("accounts", {"$top": "1"}); parts = batch.execute()
+    batch = dataverse.batch(); batch.get("accounts", {"$top": "1"}); parts = batch.execute()
     """
 
     def __init__(self, service: ODataService) -> None:

@@ -1,10 +1,10 @@
 """Dataverse Web API v9.2: queries, rows, `$batch`, bulk messages and the dual-write reads.
 
 Example:
-    >>> # dv = DataverseClient(http, "https://contoso.crm.dynamics.com")
-    >>> # dv.whoami()["UserId"]
-    >>> # for row in dv.query("accounts", select=["name"], filter="statecode eq 0"): ...
-    >>> # dv.update_multiple("accounts", [{"accountid": i, "description": "x"} for i in ids])
+    dv = DataverseClient(http, "https://contoso.crm.dynamics.com")
+    dv.whoami()["UserId"]
+    for row in dv.query("accounts", select=["name"], filter="statecode eq 0"): ...
+    dv.update_multiple("accounts", [{"accountid": i, "description": "x"} for i in ids])
     >>> DataverseClient.API
     'api/data/v9.2'
 """
@@ -148,8 +148,8 @@ class DataverseClient(ODataService):
         group whose value is empty comes back from the service without that column
         (aggregate-data.md): it is reported with None.
 
-        >>> # dv.count_by("accounts", ["_msdyn_company_value"], filter="customertypecode eq 3")
-        >>> # [{"_msdyn_company_value": None, "count": 12}, {"_msdyn_company_value": "5f…", "count": 70211}]
+        dv.count_by("accounts", ["_msdyn_company_value"], filter="customertypecode eq 3")
+        [{"_msdyn_company_value": None, "count": 12}, {"_msdyn_company_value": "5f…", "count": 70211}]
         """
         aggregate = "aggregate($count as count)"
         steps = [f"filter({filter})"] if filter else []
@@ -199,7 +199,7 @@ class DataverseClient(ODataService):
         """The options of a choice (Picklist) column: value → label in the user's language, from
         its definition (retrieve-metadata-name-metadataid.md).
 
-        >>> # dv.choices("account", "accountcategorycode")  ->  {1: 'Preferred Customer', 2: 'Standard'}
+        dv.choices("account", "accountcategorycode")  ->  {1: 'Preferred Customer', 2: 'Standard'}
         """
         path = (f"EntityDefinitions(LogicalName={literal(logical_name)})/Attributes(LogicalName="
                 f"{literal(attribute)})/Microsoft.Dynamics.CRM.PicklistAttributeMetadata")
@@ -259,7 +259,7 @@ class DataverseClient(ODataService):
         """The table's logical name (for `@odata.type`) and primary id column, read once from
         EntityDefinitions.
 
-        >>> # dv.table("accounts")  ->  TableNames(logical_name='account', primary_id='accountid')
+        dv.table("accounts")  ->  TableNames(logical_name='account', primary_id='accountid')
         """
         if entity_set not in self._tables:
             found = list(self.query("EntityDefinitions", select=["LogicalName", "PrimaryIdAttribute"],
@@ -278,7 +278,7 @@ class DataverseClient(ODataService):
         """Whether the table takes `message` (`CreateMultiple`, …): one `sdkmessagefilters` read per
         table and message (bulk-operations.md, Availability with standard tables).
 
-        >>> # dv.supports("account", "UpsertMultiple")  ->  True
+        dv.supports("account", "UpsertMultiple")  ->  True
         """
         key = (logical_name, message)
         if key not in self._messages:
@@ -301,7 +301,7 @@ class DataverseClient(ODataService):
         `parentcustomerid_account`); a lookup with a single relationship answers it whatever the
         target (an Owner lookup takes users and teams through `ownerid`).
 
-        >>> # dv.navigation("contacts", "parentcustomerid", "account")  ->  'parentcustomerid_account'
+        dv.navigation("contacts", "parentcustomerid", "account")  ->  'parentcustomerid_account'
         """
         if entity_set not in self._relationships:
             logical = self.logical_name(entity_set)
@@ -324,8 +324,8 @@ class DataverseClient(ODataService):
         """`{"<navigation property>@odata.bind": "/<target_set>(<key>)"}`, to set the lookup
         `attribute` of a row of `entity_set` to the row `key` of `target_set`.
 
-        >>> # dv.bind("contacts", "parentcustomerid", "accounts", account_id)
-        >>> # {'parentcustomerid_account@odata.bind': '/accounts(6f1b…)'}
+        dv.bind("contacts", "parentcustomerid", "accounts", account_id)
+        {'parentcustomerid_account@odata.bind': '/accounts(6f1b…)'}
         """
         nav = self.navigation(entity_set, attribute, self.logical_name(target_set))
         return {f"{nav}@odata.bind": f"/{target_set}{key_segment(key)}"}

@@ -23,9 +23,9 @@ polling stays parallel. Runs on other machines are not covered: F&O's refusal of
 import becomes a `DmfError` that says so.
 
 Example:
-    >>> # dmf = DmfClient(finops, blob_http)
-    >>> # path = dmf.export_package("Customers export", Path("customers.zip"), legal_entity="USMF")
-    >>> # status = dmf.import_package(Path("customers.zip"), "Customers import", legal_entity="USMF")
+    dmf = DmfClient(finops, blob_http)
+    path = dmf.export_package("Customers export", Path("customers.zip"), legal_entity="USMF")
+    status = dmf.import_package(Path("customers.zip"), "Customers import", legal_entity="USMF")
     >>> sorted(s.value for s in TERMINAL)
     ['Canceled', 'Failed', 'PartiallySucceeded', 'Succeeded']
 """
@@ -137,8 +137,8 @@ def default_lock_dir() -> Path:
 class DmfClient:
     """The package API of one F&O environment; `blob_http` is a stack client without auth.
 
-    >>> # dmf = DmfClient(session.finops, make_client(config, journal), poll_s=5)
-    >>> # dmf.wait(dmf.start_export("CustomerGroups-Export", "groups", legal_entity="USMF"))
+    dmf = DmfClient(session.finops, make_client(config, journal), poll_s=5)
+    dmf.wait(dmf.start_export("CustomerGroups-Export", "groups", legal_entity="USMF"))
     """
 
     def __init__(

@@ -4,9 +4,9 @@ F&O pages server-side (≤ 10,000 rows per page) and answers errors with an `inn
 message carries the Infolog text; both are handled by the shared OData layer.
 
 Example:
-    >>> # fo = FinOpsClient(http, "https://contoso.operations.dynamics.com")
-    >>> # fo.query("CustomersV3", select=["CustomerAccount"], company="USMF")
-    >>> # fo.update("CustomersV3", {"dataAreaId": "usmf", "CustomerAccount": "US-001"}, {"SalesMemo": "x"})
+    fo = FinOpsClient(http, "https://contoso.operations.dynamics.com")
+    fo.query("CustomersV3", select=["CustomerAccount"], company="USMF")
+    fo.update("CustomersV3", {"dataAreaId": "usmf", "CustomerAccount": "US-001"}, {"SalesMemo": "x"})
     >>> company_filter("USMF", "CustomerGroupId eq '10'")
     "dataAreaId eq 'usmf' and (CustomerGroupId eq '10')"
 """
@@ -188,7 +188,7 @@ class FinOpsClient(ODataService):
         (check `status`). Raises `ThrottledError` when throttling outlasts the attempts or the budget
         (the budget is not charged for a wait it cannot cover).
 
-        >>> # batch = fo.batch(); batch.get("LegalEntities"); ...; responses = fo.execute(batch)
+        batch = fo.batch(); batch.get("LegalEntities"); ...; responses = fo.execute(batch)
         """
         items = batch.items()
         answers: dict[int, list[PartResponse]] = {}

@@ -47,6 +47,7 @@ from urllib.parse import unquote
 import httpx
 from httpx_retries import Retry, RetryTransport
 
+from dwlib.params import HttpOptions
 from dwlib.secrets import MASK, scrub
 
 from .errors import tls_untrusted
@@ -64,7 +65,9 @@ PACE_KEY = "dw.pace"
 """Request extension: an `AttemptHook` called around each attempt of the call (`pacing.Ticket`)."""
 RETRY_REFUSED = "dw.retry_refused"
 """Response extension: why the stack gave up at once instead of waiting (the budget cannot cover it)."""
-DEFAULT_RETRY_BUDGET_S = 3600.0
+# The defaults are the parameters model's (`options.http`), declared there once.
+_DEFAULTS = HttpOptions()
+DEFAULT_RETRY_BUDGET_S = _DEFAULTS.retry_budget_s
 _CONNECT_RETRIES = 3
 _REPEATABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _SERVICE_REQUEST_IDS = ("x-ms-service-request-id", "REQ_ID", "x-ms-request-id", "request-id")
@@ -81,12 +84,12 @@ class HttpConfig:
     3
     """
 
-    timeout_s: float = 60.0
-    connect_timeout_s: float = 10.0
-    retry_attempts: int = 8
-    retry_total_s: float = 600.0  # cap on the sum of waits of one call
-    backoff_s: float = 0.5  # first backoff step without Retry-After; doubles each retry
-    max_wait_s: float = 120.0  # cap on one backoff wait (a Retry-After is honoured as given)
+    timeout_s: float = _DEFAULTS.timeout_s
+    connect_timeout_s: float = _DEFAULTS.connect_timeout_s
+    retry_attempts: int = _DEFAULTS.retry_attempts
+    retry_total_s: float = _DEFAULTS.retry_total_s  # cap on the sum of waits of one call
+    backoff_s: float = _DEFAULTS.backoff_s  # first backoff step without Retry-After; doubles each retry
+    max_wait_s: float = _DEFAULTS.max_wait_s  # cap on one backoff wait (a Retry-After is honoured as given)
     retry_budget_s: float = DEFAULT_RETRY_BUDGET_S  # the run's total waiting, over all its calls
     max_connections: int = 8
     ca_bundle: Path | None = None  # None: the default trust store
@@ -95,19 +98,12 @@ class HttpConfig:
     def from_params(cls, params: Params) -> HttpConfig:
         """The stack settings a run's parameters ask for (pool sized to `options.concurrency`).
 
-        >>> # config = HttpConfig.from_params(load_params("params/my-run.yaml"))
+        config = HttpConfig.from_params(load_params("params/my-run.yaml"))
         >>> HttpConfig().max_connections
         8
         """
-        http = params.options.http
         return cls(
-            timeout_s=http.timeout_s,
-            connect_timeout_s=http.connect_timeout_s,
-            retry_attempts=http.retry_attempts,
-            retry_total_s=http.retry_total_s,
-            backoff_s=http.backoff_s,
-            max_wait_s=http.max_wait_s,
-            retry_budget_s=http.retry_budget_s,
+            **params.options.http.model_dump(),
             max_connections=params.options.concurrency + 2,  # + token and polling calls
             ca_bundle=params.environments.ca_bundle,
         )
@@ -151,11 +147,6 @@ class RetryBudget:
         with self._lock:
             return _service(url) in self._answered
 
-    @property
-    def spent_s(self) -> float:
-        """Seconds waited (or reserved) so far."""
-        with self._lock:
-            return self._spent
 
     @property
     def remaining_s(self) -> float:
@@ -199,7 +190,7 @@ def budget_exhausted(wait_s: float, call_left_s: float, run_left_s: float, *, re
 class JournalEntry:
     """One HTTP call as the journal keeps it: no headers, no bodies, no secrets in the URL.
 
-    >>> # for e in session.journal.entries(): print(e.method, e.url, e.status, e.retries, e.wait_s)
+    for e in session.journal.entries(): print(e.method, e.url, e.status, e.retries, e.wait_s)
     >>> "request_id" in JournalEntry.__dataclass_fields__
     True
     """

@@ -44,7 +44,7 @@ def passing_wait(exc: ClientError, attempt: int, config: HttpConfig) -> float | 
             return exc.retry_after_s
     elif not isinstance(exc, ConnectionLostError):
         return None
-    return min(config.backoff_s * 2 ** (attempt - 1), config.max_wait_s)
+    return float(min(config.backoff_s * 2 ** (attempt - 1), config.max_wait_s))
 
 
 def send_once(

@@ -1,8 +1,8 @@
 """Wire the clients of a run from its parameters: one journal, one token provider, three clients.
 
 Example:
-    >>> # with connect(load_params("params/sandbox-new-new.yaml")) as env:
-    >>> #     env.dataverse.whoami(); env.finops.query("LegalEntities"); env.journal.totals()
+    with connect(load_params("params/sandbox-new-new.yaml")) as env:
+        env.dataverse.whoami(); env.finops.query("LegalEntities"); env.journal.totals()
     >>> Session.__doc__.splitlines()[0]
     'The connected clients of one run; close it (or use `with`) to release connections.'
 """
@@ -49,7 +49,7 @@ class Session:
     def http(self, *, auth: httpx.Auth | None = None) -> httpx.Client:
         """Another client on the session's stack, journal and retry budget (closed with the session).
 
-        >>> # gateway = session.http(auth=session.tokens.auth_for(INTEGRATOR_APP))
+        gateway = session.http(auth=session.tokens.auth_for(INTEGRATOR_APP))
         """
         client = make_client(self.config, self.journal, auth=auth, budget=self.budget)
         self._http.append(client)
@@ -82,7 +82,7 @@ def connect(
     network and `sleep` the waits between retries (`RetryBudget`) and of Dataverse pauses (`Pacer`)
     for tests.
 
-    >>> # with connect(load_params("params/sandbox-new-new.yaml")) as session: session.dataverse.whoami()
+    with connect(load_params("params/sandbox-new-new.yaml")) as session: session.dataverse.whoami()
     """
     config = HttpConfig.from_params(params)
     journal = journal if journal is not None else Journal()

@@ -18,7 +18,7 @@ from . import control
 def main(argv: list[str] | None = None) -> int:
     """Parse `serve` options and run the sandbox until SIGINT/SIGTERM; 1 on a DwError.
 
-    >>> # main(["serve", "--dir", "/tmp/sbx"])
+    main(["serve", "--dir", "/tmp/sbx"])
     """
     parser = argparse.ArgumentParser(prog="python -m dwlib.sandbox")
     commands = parser.add_subparsers(dest="command", required=True)

@@ -118,7 +118,7 @@ class _ChangeSetFailed(Exception):
 def route(path: str, svc: BatchService) -> Route:
     """The `$batch` route of a service, mounted at `path` (e.g. `/api/data/v9.2/$batch`).
 
-    >>> # in a route module: routes.append(batch.route(f"{API}/$batch", service))
+    in a route module: routes.append(batch.route(f"{API}/$batch", service))
     """
 
     async def endpoint(request: Request) -> Response:
@@ -126,9 +126,9 @@ def route(path: str, svc: BatchService) -> Route:
             svc.check(request)
             raw = await request.body()
             message = await _parse(request)
-            items = message.get_payload()
+            items = _parts(message)
             assert isinstance(items, list)
-            total = sum(len(p.get_payload()) if p.is_multipart() else 1 for p in items)
+            total = sum(len(_parts(p)) if p.is_multipart() else 1 for p in items)
             if total > svc.max_parts:
                 raise ODataError(400, f"The batch contains {total} requests; a batch can contain at most "
                                  f"{svc.max_parts}. Split it into smaller batches.", "0x80040203")
@@ -136,7 +136,7 @@ def route(path: str, svc: BatchService) -> Route:
             return svc.render(exc)
         unreadable = None
         if svc.unreadable is not None and b"\r\n" not in raw and not raw.endswith(b"\n\n") and items:
-            last = items[-1].get_payload()[-1] if items[-1].is_multipart() else items[-1]
+            last = _parts(items[-1])[-1] if items[-1].is_multipart() else items[-1]
             unreadable = (last, svc.unreadable)
         keep_going = "odata.continue-on-error" in parse_prefer(request.headers.getlist("prefer"))
         boundary = f"batchresponse_{uuid.uuid4()}"
@@ -177,8 +177,8 @@ def service_routes(
     """A service's routes under `path`: its root and everything below it go to `handle`, and
     `path/$batch` dispatches its parts into those same routes (arguments as for `BatchService`).
 
-    >>> # return batch.service_routes(API, svc.handle, root_url=svc.root, check=svc.caller,
-    >>> #                             render=error_response, transaction=sbx.store.transaction)
+    return batch.service_routes(API, svc.handle, root_url=svc.root, check=svc.caller,
+                                render=error_response, transaction=sbx.store.transaction)
     """
     inner = Router(routes=[
         Route(path, handle, methods=["GET"]),
@@ -188,6 +188,12 @@ def service_routes(
                        unreadable=unreadable, failure_status=failure_status,
                        failed_change_set_wrapped=failed_change_set_wrapped)
     return [route(path + "/$batch", svc), *inner.routes]
+
+
+def _parts(message: Message) -> list[Message]:
+    """The parts of a multipart message (`get_payload` is typed for every kind of message)."""
+    parts: list[Message] = message.get_payload()  # type: ignore[assignment]
+    return parts
 
 
 async def _parse(request: Request) -> Message:

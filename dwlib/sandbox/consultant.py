@@ -11,7 +11,8 @@ Example:
     >>> parse_codes("On the Legal entities tab select Add legal entity and add USMF, GBSI.",
     ...             "add legal entity and add ")
     ['USMF', 'GBSI']
-    >>> # perform(connection, {"title": "Set up the Power Platform integration (LCS)", "steps": [], ...})
+
+    perform(connection, {"title": "Set up the Power Platform integration (LCS)", "steps": [], ...})
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def actions(instruction: Mapping[str, Any]) -> list[tuple[str, str, dict[str, An
                   "master": "finops" if "Finance and Operations apps" in text else "dataverse"})]
     if title.startswith("Set default values of table map "):
         name = title.removeprefix("Set default values of table map ")
-        defaults = dict(m.groups() for s in steps if (m := _DEFAULT_STEP.match(s)))
+        defaults = {m[1]: m[2] for s in steps if (m := _DEFAULT_STEP.match(s))}
         return [("PATCH", f"/dualwrite/maps/{_map_id(name)}", {"defaults": defaults})]
     for verb in ("Stop", "Pause", "Resume"):
         if title.startswith(f"{verb} table maps "):

@@ -8,11 +8,11 @@ Clients sign in with `dwlib.clients` (parameters `sandbox: {dir: …}` take ever
 `connection.yaml`); the sandbox never imports the library's clients.
 
 Example:
-    >>> # conn = start("existing-existing", root=Path("/tmp/sbx"), rows=100).connection
-    >>> # with dwlib.clients.connect(load_params({"scenario": "existing-existing",
-    >>> #                                         "sandbox": {"dir": "/tmp/sbx"}})) as session:
-    >>> #     session.dataverse.whoami()["UserId"]
-    >>> # stop(Path("/tmp/sbx"))
+    conn = start("existing-existing", root=Path("/tmp/sbx"), rows=100).connection
+    with dwlib.clients.connect(load_params({"scenario": "existing-existing",
+                                            "sandbox": {"dir": "/tmp/sbx"}})) as session:
+        session.dataverse.whoami()["UserId"]
+    stop(Path("/tmp/sbx"))
     >>> default_dir("new-new").as_posix()
     '.dw/sandbox/new-new'
 """
@@ -131,8 +131,8 @@ def _alive(pid: int) -> bool:
 def http_client(connection: dict[str, Any], **kwargs: Any) -> httpx.Client:
     """An `httpx.Client` that trusts the sandbox CA (TLS stays verified).
 
-    >>> # with http_client(conn, timeout=30) as http:
-    >>> #     http.get(conn["dataverse_url"] + "/api/data/v9.2/WhoAmI")
+    with http_client(conn, timeout=30) as http:
+        http.get(conn["dataverse_url"] + "/api/data/v9.2/WhoAmI")
     """
     return httpx.Client(verify=ssl.create_default_context(cafile=connection["ca_bundle"]), **kwargs)
 
@@ -152,7 +152,7 @@ def admin(connection: dict[str, Any], setting: Literal["faults", "limits"], spec
 
     Returns the sandbox's current faults and limits. Raises SandboxError when it refuses the spec.
 
-    >>> # admin(conn, "faults", "429=0.1,seed=3")["faults"]["throttle"]
+    admin(conn, "faults", "429=0.1,seed=3")["faults"]["throttle"]
     """
     key = Path(connection["admin_key_file"]).read_text().strip()
     url = f"{connection['admin_url']}/{setting}"
@@ -167,7 +167,7 @@ def traps(connection: dict[str, Any], specs: list[dict[str, Any]] | None = None)
     """Read (specs None) or replace the traps of a running sandbox (`dwlib.sandbox.traps.Trap`
     fields: method, path, nth, at, signal, pid, process); returns them, with `fired` once they went off.
 
-    >>> # traps(conn, [{"method": "POST", "path": "/finops/data/LegalEntities$", "process": "ipykernel"}])
+    traps(conn, [{"method": "POST", "path": "/finops/data/LegalEntities$", "process": "ipykernel"}])
     """
     key = Path(connection["admin_key_file"]).read_text().strip()
     url = f"{connection['admin_url']}/traps"
@@ -259,7 +259,7 @@ def start(
     message ends with the tail of `sandbox.log`). With `owner_pid` the sandbox stops by itself once
     that process has ended (test fixtures).
 
-    >>> # started = start("existing-existing", rows=100, faults="latency=5ms")
+    started = start("existing-existing", rows=100, faults="latency=5ms")
     """
     root = resolve_dir(profile, root)
     current = status(root)
@@ -318,7 +318,7 @@ def serve(profile: str | None = None, *, root: Path | None = None, owner_pid: in
           move_port: bool = False, **options: Unpack[server.Options]) -> None:
     """Run a sandbox in the foreground (`dw sandbox serve`) until Ctrl+C; options as for `start`.
 
-    >>> # serve("new-new", root=Path("/tmp/sbx"), port=8443)
+    serve("new-new", root=Path("/tmp/sbx"), port=8443)
     """
     root = resolve_dir(profile, root)
     current = status(root)

@@ -8,7 +8,7 @@ and messages of api-surface §2. Every request is authenticated for the Datavers
 runs as the caller's `systemusers` row (application user by app id, user by object id).
 
 Example:
-    >>> # server.py: Mount("/dataverse", routes=dataverse.routes(sbx))
+    server.py: Mount("/dataverse", routes=dataverse.routes(sbx))
     >>> API
     '/api/data/v9.2'
 """
@@ -95,7 +95,7 @@ def error_response(exc: ODataError) -> Response:
 def routes(sbx: Sandbox) -> list[BaseRoute]:
     """The Web API routes, to mount at the path of `sbx.dataverse_url` (`/dataverse`).
 
-    >>> # app = Starlette(routes=[Mount("/dataverse", routes=routes(sbx))])
+    app = Starlette(routes=[Mount("/dataverse", routes=routes(sbx))])
     """
     svc = _Dataverse(sbx)
     return batch.service_routes(API, svc.handle, root_url=svc.root, check=svc.caller,

@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 from starlette.responses import Response
 
@@ -146,7 +146,8 @@ _RELATIONSHIP = MetaType("OneToManyRelationshipMetadata", {
     "ReferencingEntityNavigationPropertyName": "string", "IsHierarchical": "bool"})
 # The derived attribute types a URL may cast to, with the properties each adds.
 _ATTRIBUTE_TYPES: dict[str, MetaType] = {
-    name: MetaType(f"{name}AttributeMetadata", {**_ATTRIBUTE.scalars, **extra}, _ATTRIBUTE.complex | complex_,
+    name: MetaType(f"{name}AttributeMetadata", {**_ATTRIBUTE.scalars, **cast("dict[str, ColumnType]", extra)},
+                   _ATTRIBUTE.complex | complex_,
                    frozenset({"OptionSet", "GlobalOptionSet"}) if name in _ENUMS else frozenset())
     for name, extra, complex_ in (
         ("String", {"MaxLength": "int", "Format": "string"}, frozenset()),
@@ -236,7 +237,7 @@ def primary_name(ent: Entity) -> str | None:
 def _options(logical: str, column: str, kind: str) -> dict[str, Any]:
     values = _choices(logical, column, kind)
     name = f"{logical}_{column}"
-    options = [{
+    options: list[dict[str, Any]] = [{
         "Value": value, "Color": None, "IsManaged": True, "ExternalValue": None, "ParentValues": [],
         "Tag": None, "IsHidden": False, "MetadataId": None, "HasChanged": None,
         "Label": label(text, name, str(value)), "Description": dict(_NO_LABEL),
@@ -267,7 +268,7 @@ def _attribute(ent: Entity, name: str, kind: str, **extra: Any) -> dict[str, Any
                           "ManagedPropertyLogicalName": "canmodifyrequirementlevelsettings"},
         "DisplayName": label(_title(name), logical, name),
     }
-    defaults = {
+    by_type: dict[str, dict[str, Any]] = {
         "String": {"MaxLength": 100, "Format": "Text"}, "Memo": {"MaxLength": 2000, "Format": "TextArea"},
         "Integer": {"MinValue": -2147483648, "MaxValue": 2147483647, "Format": "None"},
         "BigInt": {"MinValue": -9223372036854775808, "MaxValue": 9223372036854775807},
@@ -280,8 +281,8 @@ def _attribute(ent: Entity, name: str, kind: str, **extra: Any) -> dict[str, Any
         "Lookup": {"Format": "None"},
         "Picklist": {"DefaultFormValue": -1}, "State": {"DefaultFormValue": -1},
         "Status": {"DefaultFormValue": -1},
-    }.get(derived, {})
-    row.update(defaults)
+    }
+    row.update(by_type.get(derived, {}))
     row.update(extra)
     if kind in _ENUMS:
         row["OptionSet"] = row["GlobalOptionSet"] = _options(logical, name, kind)
@@ -389,8 +390,8 @@ class Metadata:
             for name, rows in definitions(ent).items():
                 self._load("Relationships" if name.endswith("Relationships") else name, tables, rows)
         for ent in PLATFORM:
-            cols = ", ".join(f"{quote(c)} {column_sql(t)}" for c, t in ent.all_columns.items())
-            self.conn.execute(f"CREATE TABLE {quote(ent.table)} ({cols})")
+            columns = ", ".join(f"{quote(c)} {column_sql(t)}" for c, t in ent.all_columns.items())
+            self.conn.execute(f"CREATE TABLE {quote(ent.table)} ({columns})")
         for set_name, rows in _platform_rows().items():
             ent = _by_set(set_name)
             for row in rows:

@@ -455,7 +455,7 @@ def _storage_error(exc: BlobAuthError) -> Response:
 def routes(sbx: Sandbox) -> list[BaseRoute]:
     """The blob endpoint `/blob/dmf/{name}` (PUT BlockBlob, GET); also creates `sbx.extras["dmf"]`.
 
-    >>> # server.py: Starlette(routes=[*dmf.routes(sbx), ...])
+    server.py: Starlette(routes=[*dmf.routes(sbx), ...])
     """
     service = service_of(sbx)
 
@@ -503,8 +503,8 @@ def _blob_headers(path: Path) -> dict[str, str]:
 def service_of(sbx: Sandbox) -> DmfService:
     """The sandbox's one DmfService (created on first use, kept in `sbx.extras["dmf"]`).
 
-    >>> # service_of(sbx).call("Microsoft.Dynamics.DataEntities.GetExecutionSummaryStatus",
-    >>> #                      {"executionId": "x"})["value"]  → 'Unknown'
+    service_of(sbx).call("Microsoft.Dynamics.DataEntities.GetExecutionSummaryStatus",
+                         {"executionId": "x"})["value"]  → 'Unknown'
     """
     if "dmf" not in sbx.extras:
         sbx.extras["dmf"] = DmfService(sbx)
@@ -523,7 +523,7 @@ class DmfService:
     Jobs run one after another (`NotRun` while queued), each in chunks of `CHUNK_ROWS` rows with
     `step_delay_s` between chunks, so clients see `Executing` and the server stays responsive.
 
-    >>> # svc = service_of(sbx); svc.call(ACTION_PREFIX + "ExportToPackage", {...})
+    svc = service_of(sbx); svc.call(ACTION_PREFIX + "ExportToPackage", {...})
     """
 
     step_delay_s = 0.02
@@ -785,7 +785,8 @@ class DmfService:
                                                 "entities": [p.dmf.entity.name for p in entities]}
             self.store.kv_set(_GROUPS_KEY, groups)
         for pe in entities:
-            stats = {"status": "Executing", "staged": len(pe.rows), "created": 0, "updated": 0, "errors": 0}
+            stats: dict[str, Any] = {"status": "Executing", "staged": len(pe.rows), "created": 0,
+                                     "updated": 0, "errors": 0}
             job["entities"][pe.dmf.label] = stats
             failed: list[tuple[int, list[str], str]] = []
             importer = _Importer(self.sbx, pe, job["legalEntityId"].lower(), self._locale())
@@ -851,7 +852,7 @@ class _Importer:
         self._references = fo_rules.References(sbx.store, cache=True)
 
     def chunk(
-        self, start: int, size: int, stats: dict[str, int]
+        self, start: int, size: int, stats: dict[str, Any]
     ) -> Iterator[tuple[int, list[str], str, str]]:
         """Import rows `start`…`start+size`; yields (line, row, message, key) of each failed row."""
         with self.store.transaction():

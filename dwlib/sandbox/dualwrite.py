@@ -483,9 +483,9 @@ class DualWrite:
     def _ensure_project(self, m: catalog.TableMap, rec: dict[str, Any]) -> None:
         if rec["pid"] is None:
             conn = self._need_connection()
-            rec["pid"] = str(uuid.uuid4())
-            rec["project"] = f"DWM-{conn['cid']}-{rec['pid']}"
-            dw_records.create_project(self.store, m, rec["project"], rec["pid"], self.dataverse_url,
+            pid = rec["pid"] = str(uuid.uuid4())
+            rec["project"] = f"DWM-{conn['cid']}-{pid}"
+            dw_records.create_project(self.store, m, rec["project"], pid, self.dataverse_url,
                                       conn["legalEntities"])
             self._save(rec)
 

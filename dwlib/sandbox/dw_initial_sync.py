@@ -172,7 +172,7 @@ class SyncScope:
     legal_entities: list[str]
     running: set[str]
     project: str
-    on_company_created: Callable[[dict[str, Any]], None] | None = None
+    on_company_created: Callable[[dict[str, Any]], object] | None = None
     export_locale: Locale = field(default_factory=lambda: locale("en-us"))  # of the F&O export (DMF)
 
 
@@ -221,7 +221,7 @@ def export_timeout(le_name: str, entity: str, export_ms: float, limit_ms: int) -
     """An F&O export that took longer than an initial sync waits (initial-sync-guidance.md gives
     the limit, not the text).
 
-    >>> export_timeout("USMF", "CustCustomerV3Entity", 301500, 300000)[-62:]
+    >>> export_timeout("USMF", "CustCustomerV3Entity", 301500, 300000)[-64:]
     'took 301.5 seconds: an export longer than 300 seconds times out.'
     """
     return (f"Initial writes failed for leg:{FO_TO_DV} - Legal Entity {le_name}. The finance and operations "
@@ -240,7 +240,7 @@ def _lookup_error(scope: SyncScope, b: MapBinding, company: Company | None) -> s
     )
 
 
-async def _chunked(items: list[Any], write: Callable[[list[Any]], None]) -> None:
+async def _chunked(items: list[Any], write: Callable[[list[Any]], object]) -> None:
     for start in range(0, len(items), CHUNK):
         write(items[start : start + CHUNK])
         await asyncio.sleep(0)

@@ -343,7 +343,7 @@ def binding(m: catalog.TableMap) -> MapBinding:
             continue
         if r.value_map_missing:
             continue  # no source gives its values: dual-write's conversion cannot be emulated
-        lookup = _lookup(dv, r.dataverse) if r.lookup else None
+        lookup = _lookup(dv, r.dataverse) if r.lookup and r.dataverse is not None else None
         if r.dataverse is not None and (lookup is None if r.lookup else r.dataverse not in dv.columns):
             continue
         rows.append(

@@ -8,7 +8,7 @@ write errors in the `innererror` shape (api-surface §3), `$batch`, and the DMF 
 under `DataManagementDefinitionGroups`, which are handed to `sbx.extras["dmf"]` (see `dmf.py`).
 
 Example:
-    >>> # server.py: Mount("/finops", routes=finops.routes(sbx))
+    server.py: Mount("/finops", routes=finops.routes(sbx))
     >>> DATA, MAX_PAGE
     ('/data', 10000)
 """
@@ -90,7 +90,7 @@ def etag_sql(ent: Entity) -> str:
 def routes(sbx: Sandbox) -> list[BaseRoute]:
     """The OData routes, to mount at the path of `sbx.finops_url` (`/finops`).
 
-    >>> # app = Starlette(routes=[Mount("/finops", routes=routes(sbx))])
+    app = Starlette(routes=[Mount("/finops", routes=routes(sbx))])
     """
     sbx.store.conn.create_function(_ETAG_FUNC, -1, _etag, deterministic=True)
     svc = _FinOps(sbx)

@@ -105,7 +105,7 @@ class References:
     Only found rows are remembered, so a reference created later is seen (bulk writers such as
     DMF imports and initial syncs check the same few values for many rows).
 
-    >>> # exists = References(store, cache=True); exists(ENTITIES["Currencies"], "CurrencyCode", "USD", None)
+    exists = References(store, cache=True); exists(ENTITIES["Currencies"], "CurrencyCode", "USD", None)
     """
 
     def __init__(self, store: Store, *, cache: bool = False) -> None:
@@ -180,7 +180,7 @@ def validate(
 ) -> None:
     """Raise F&O's write error (`ODataError` 400) when `problems` finds any.
 
-    >>> # validate(store, ENTITIES["CustomersV3"], {**existing, **changes})
+    validate(store, ENTITIES["CustomersV3"], {**existing, **changes})
     """
     found = problems(store, ent, row, exists=exists)
     if found:

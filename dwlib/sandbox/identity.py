@@ -209,7 +209,7 @@ class EntraIdentity:
     def authenticate(self, request: Request, audience: str) -> Principal:
         """The principal of the request's bearer token for `audience`, or raise AuthError.
 
-        >>> # in a route: principal = sbx.identity.authenticate(request, sbx.dataverse_url)
+        in a route: principal = sbx.identity.authenticate(request, sbx.dataverse_url)
         """
         header = request.headers.get("authorization", "")
         if not header:
@@ -408,7 +408,7 @@ async def _form(request: Request) -> dict[str, str]:
 def routes(sbx: Sandbox) -> list[BaseRoute]:
     """The identity endpoints of the tenant `sbx.settings.tenant_id` (mounted at the root).
 
-    >>> # Starlette(routes=[*identity.routes(sbx), ...])  # sbx.identity is an EntraIdentity
+    Starlette(routes=[*identity.routes(sbx), ...])  # sbx.identity is an EntraIdentity
     """
     ident = sbx.identity
     assert isinstance(ident, EntraIdentity), "server.py gives the sandbox an EntraIdentity"

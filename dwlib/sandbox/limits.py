@@ -231,7 +231,7 @@ class Guard:
     `server.py` wraps the Starlette app with it and keeps it in `sbx.extras["guard"]`, where the
     admin endpoints find it to change faults and limits while the sandbox runs.
 
-    >>> # app = Guard(starlette_app, sbx); guard.set_faults("latency=5ms,seed=1")
+    app = Guard(starlette_app, sbx); guard.set_faults("latency=5ms,seed=1")
     """
 
     def __init__(self, app: ASGIApp, sbx: Sandbox) -> None:

@@ -30,7 +30,7 @@ Solution, legal entities, Run / Stop / Pause / Resume, map edits, Reset link). T
 Default value transform (`{"CUSTOMERGROUPID": "30"}`, null removes it).
 
 Example:
-    >>> [r.path for r in routes_for_doc()][:2]
+    >>> [path for _, path, _ in _ROUTES][:2]
     ['/', '/lcs/power-platform-integration']
 """
 
@@ -214,11 +214,6 @@ def _endpoint(sbx: Sandbox, key: bytes, handler: Handler) -> Callable[[Request],
         return JSONResponse(result)
 
     return endpoint
-
-
-def routes_for_doc() -> list[Route]:
-    """The portal's routes without a sandbox (for documentation and tests of the table above)."""
-    return [Route(path, lambda r: Response(), methods=[method]) for method, path, _ in _ROUTES]
 
 
 def routes(sbx: Sandbox) -> list[BaseRoute]:

@@ -456,7 +456,7 @@ def _share_customers(store: Store) -> int:
     them: by business unit a row may land in another company than its F&O customer (a duplicate),
     by account number it takes the F&O customer's company. Returns the rows changed.
 
-    >>> # _share_customers(store)  → 10 for 100 rows
+    _share_customers(store)  → 10 for 100 rows
     """
     pairs = (("accounts", "accountid", "accountnumber", "customertypecode = 3", "Organization"),
              ("contacts", "contactid", "msdyn_contactpersonid", "msdyn_sellable = 1", "Person"))

@@ -10,7 +10,8 @@ Example:
     >>> root = pathlib.Path(tempfile.mkdtemp())
     >>> configure(root, profile="new-new", rows=0).profile
     'new-new'
-    >>> # serve(root)  # blocks; `dw sandbox start` runs it in the background
+
+    serve(root)  # blocks; `dw sandbox start` runs it in the background
 """
 
 from __future__ import annotations
@@ -195,7 +196,7 @@ def bind(port: int) -> socket.socket:
 def connection_info(sbx: Sandbox, pid: int) -> dict[str, Any]:
     """What `connection.yaml` holds: URLs, ids and the paths of the credential files.
 
-    >>> # connection_info(sbx, os.getpid())["dataverse_url"]  -> 'https://127.0.0.1:PORT/dataverse'
+    connection_info(sbx, os.getpid())["dataverse_url"]  -> 'https://127.0.0.1:PORT/dataverse'
     """
     p = sbx.paths
     return {
@@ -237,7 +238,7 @@ class RequestLog:
 
     The line has method, path (never the query string: SAS signatures live there), status and ms.
 
-    >>> # uvicorn.Config(RequestLog(Guard(starlette_app, sbx)), ...)
+    uvicorn.Config(RequestLog(Guard(starlette_app, sbx)), ...)
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -324,7 +325,7 @@ def _admin_routes(sbx: Sandbox) -> list[BaseRoute]:
 def build_app(sbx: Sandbox) -> ASGIApp:
     """The whole sandbox as one ASGI app: routes of every module, limits and request ids around it.
 
-    >>> # uvicorn.Config(build_app(sbx), ssl_certfile=..., ssl_keyfile=...)
+    uvicorn.Config(build_app(sbx), ssl_certfile=..., ssl_keyfile=...)
     """
     routes: list[BaseRoute] = [
         Mount("/dataverse", routes=dataverse.routes(sbx)),
@@ -371,7 +372,7 @@ def serve(root: Path, owner_pid: int | None = None) -> None:
     `connection.yaml`; removes both when it stops. Logs to stderr. With `owner_pid` it also stops
     when that process has ended (tests: a killed test run leaves no sandbox behind).
 
-    >>> # configure(root, profile="new-new", rows=0); serve(root)
+    configure(root, profile="new-new", rows=0); serve(root)
     """
     paths = Paths(root.resolve())
     if not paths.settings.exists():

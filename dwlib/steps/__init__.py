@@ -9,6 +9,8 @@ Example:
     ['add-company', 'bootstrap-apply', 'bootstrap-simulate']
 """
 
+from dwlib.vocab import StepStatus
+
 from . import (
     bootstrap,
     company,
@@ -21,10 +23,20 @@ from . import (
     tablemaps,
     verify,
 )
-from .base import STEPS, Check, Finding, Status, Step, StepContext, StepError, StepResult, register
+from .base import STEPS, Check, Finding, Step, StepContext, StepError, StepResult, register
 
 # The modules whose import registers the steps (a new step family is added here).
 MODULES = (bootstrap, company, initialsync, link, mapdefaults, migrate, plan, preflight, tablemaps, verify)
 
-__all__ = ["MODULES", "STEPS", "Check", "Finding", "Status", "Step", "StepContext", "StepError", "StepResult",
-           "register"]
+__all__ = [
+    "MODULES",
+    "STEPS",
+    "Check",
+    "Finding",
+    "Step",
+    "StepContext",
+    "StepError",
+    "StepResult",
+    "StepStatus",
+    "register",
+]

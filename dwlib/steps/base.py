@@ -17,9 +17,9 @@ Example:
     ...         ctx.run_state["greeted"] = True
     ...     def verify(self, ctx, finding):
     ...         ok = ctx.run_state.get("greeted", False)
-    ...         return self.result(Status.PASSED if ok else Status.FAILED, "greeted")
+    ...         return self.result(StepStatus.PASSED if ok else StepStatus.FAILED, "greeted")
     >>> Hello().execute(StepContext.bare()).status
-    <Status.PASSED: 'passed'>
+    <StepStatus.PASSED: 'passed'>
 """
 
 from __future__ import annotations
@@ -28,33 +28,17 @@ import csv
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from dwlib.errors import DwError
 from dwlib.render import result_bundle, result_text
+from dwlib.vocab import StepStatus
 
 if TYPE_CHECKING:
     from dwlib.clients.dualwrite import DualWriteAdmin
     from dwlib.clients.session import Session
     from dwlib.params import Params
-
-
-class Status(StrEnum):
-    """Outcome of a step (and of each check inside it)."""
-
-    PASSED = "passed"
-    ALREADY_DONE = "already_done"
-    SKIPPED = "skipped"
-    WAITING = "waiting"  # a person must act (gate or confirmation) before the step can finish
-    WARNING = "warning"
-    FAILED = "failed"
-
-    @property
-    def ok(self) -> bool:
-        """True when the run may go on after this outcome."""
-        return self in (Status.PASSED, Status.ALREADY_DONE, Status.SKIPPED, Status.WARNING)
 
 
 UNDONE = "This cannot be undone."
@@ -69,7 +53,7 @@ class Check:
     """One line of evidence inside a step: what was checked, what was seen, the documented fix."""
 
     name: str
-    status: Status
+    status: StepStatus
     evidence: str
     fix: str = ""
     doc: str = ""
@@ -95,7 +79,7 @@ class StepResult:
 
     step: str
     title: str
-    status: Status
+    status: StepStatus
     summary: str
     checks: list[Check] = field(default_factory=list)
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # e.g. the plan
@@ -217,7 +201,7 @@ class Step(ABC):
     def verify(self, ctx: StepContext, finding: Finding) -> StepResult:
         """Read the state again and report (status PASSED when the work is in place)."""
 
-    def result(self, status: Status, summary: str, **fields: Any) -> StepResult:
+    def result(self, status: StepStatus, summary: str, **fields: Any) -> StepResult:
         """A StepResult of this step."""
         return StepResult(step=self.name, title=self.title, status=status, summary=summary,
                           doc_url=self.doc_url, **fields)
@@ -229,18 +213,18 @@ class Step(ABC):
             return self.verify(ctx, finding)
         if finding.done:
             res = self.verify(ctx, finding)
-            if res.status == Status.PASSED:
-                res.status = Status.ALREADY_DONE
+            if res.status == StepStatus.PASSED:
+                res.status = StepStatus.ALREADY_DONE
             return res
         if ctx.dry_run:
-            return self.result(Status.SKIPPED, f"dry run — would: {finding.summary}",
+            return self.result(StepStatus.SKIPPED, f"dry run — would: {finding.summary}",
                                checks=finding.checks)
         why = self.confirmation(ctx, finding)
         if why and not ctx.confirm(finding.summary):
             how = ("Read what it will do above, then press Confirm." if ctx.interactive else
                    "Confirm headless with options.confirm_irreversible: true "
                    "(dw run -p options.confirm_irreversible=true).")
-            return self.result(Status.WAITING, f"needs confirmation: {finding.summary}",
+            return self.result(StepStatus.WAITING, f"needs confirmation: {finding.summary}",
                                checks=finding.checks, next_action=f"{why} {how}")
         self.act(ctx, finding)
         return self.verify(ctx, finding)
@@ -262,3 +246,22 @@ def register(cls: type[Step]) -> type[Step]:
         raise ValueError(f"step name {cls.name!r} registered twice")
     STEPS[cls.name] = cls
     return cls
+
+
+# Helpers every step family shares.
+
+def environment(ctx: StepContext) -> tuple[Params, Session, DualWriteAdmin]:
+    """The parameters, clients and dual-write admin a step needs (StepError if the context lacks them)."""
+    if ctx.params is None or ctx.session is None or ctx.admin is None:
+        raise StepError("this step needs parameters, connected environments and a dual-write admin: "
+                        "run it through a Runbook (dwlib.runbook) or build a full StepContext")
+    return ctx.params, ctx.session, ctx.admin
+
+
+def worst(checks: Iterable[Check]) -> StepStatus:
+    """FAILED if any check failed, WARNING if any warned, else PASSED."""
+    found = {c.status for c in checks}
+    for status in (StepStatus.FAILED, StepStatus.WARNING):
+        if status in found:
+            return status
+    return StepStatus.PASSED

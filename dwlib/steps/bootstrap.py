@@ -37,9 +37,9 @@ touched: the company "becomes read-only once saved", and a re-run finds the stam
   record of everything it was told succeeded.
 
 Example:
-    >>> # params: bootstrap: {method: account-number, mapping: {"Contoso US": USMF}, customer_group: "30"}
-    >>> # BootstrapSimulate().execute(ctx).counts      → {"accounts USMF": 40, "unmapped": 2, …}
-    >>> # BootstrapApply().execute(ctx).evidence_files → [".../bootstrap-applied.csv"]
+    params: bootstrap: {method: account-number, mapping: {"Contoso US": USMF}, customer_group: "30"}
+    BootstrapSimulate().execute(ctx).counts      → {"accounts USMF": 40, "unmapped": 2, …}
+    BootstrapApply().execute(ctx).evidence_files → [".../bootstrap-applied.csv"]
     >>> BootstrapApply.irreversible, BootstrapSimulate.read_only
     (True, True)
 """
@@ -58,11 +58,12 @@ from dwlib import catalog
 from dwlib.catalog.errors import DOCS_ROOT
 from dwlib.clients.bulk import BulkResult, run_chunks
 from dwlib.clients.errors import ClientError
+from dwlib.vocab import LIVE_MAP_STATES, MapState, StepStatus
 
-from .base import Check, Finding, Status, Step, StepContext, StepError, StepResult, register
+from .base import Check, Finding, Step, StepContext, StepError, StepResult, environment, register, worst
 from .bulkwrite import AppendCsv, isolate, progress_of
 from .dvmeta import Lookup, TableInfo, Tables
-from .link import companies, environment, worst
+from .link import companies
 
 if TYPE_CHECKING:
     from dwlib.clients.dataverse import DataverseClient
@@ -219,7 +220,8 @@ def _groups(dv: DataverseClient, targets: Iterable[Target]) -> dict[tuple[str, s
         select = [table.primary_id, key, *([company_col] if company_col else [])]
         for row in dv.query(table.entity_set, select=select):
             if row.get(key):
-                out[(str(row.get(company_col) or ""), str(row[key]).lower())] = row[table.primary_id]
+                company_id = str(row.get(company_col) or "") if company_col else ""
+                out[(company_id, str(row[key]).lower())] = row[table.primary_id]
     return out
 
 
@@ -246,10 +248,10 @@ def read_state(ctx: StepContext) -> BootstrapState:
                         f"Dataverse (it has {', '.join(sorted(ids)) or 'none'}). Fix: {ADD_COMPANY_FIX}")
     units = {r["businessunitid"]: r["name"]
              for r in dv.query("businessunits", select=["businessunitid", "name"])}
-    checks = [Check("bootstrap method", Status.PASSED, _method_text(params))]
+    checks = [Check("bootstrap method", StepStatus.PASSED, _method_text(params))]
     unknown = sorted(set(mapping) - set(units.values()) - {""})
     if unknown:
-        checks.append(Check("business units of the mapping", Status.WARNING,
+        checks.append(Check("business units of the mapping", StepStatus.WARNING,
                             f"not in Dataverse: {', '.join(unknown)}",
                             fix="check the names in bootstrap.mapping against Settings > Business units"))
     tables = Tables(dv)
@@ -263,7 +265,7 @@ def read_state(ctx: StepContext) -> BootstrapState:
         for change in _changes(dv, target, rules):
             (stamps if change.company_code else unmapped).append(change)
     state = BootstrapState(targets, stamps, unmapped, checks)
-    checks.append(Check("rows without a company", Status.PASSED,
+    checks.append(Check("rows without a company", StepStatus.PASSED,
                         f"{len(stamps) + len(unmapped)} rows in {', '.join(targets)} have an empty company: "
                         f"{len(stamps)} mapped, {len(unmapped)} cannot be mapped; by rule: "
                         + ", ".join(f"{k} {n}" for k, n in state.per_rule().items())))
@@ -291,9 +293,9 @@ def _company(row: dict[str, Any], key: str, target: Target, unit: str, owned: bo
             return "", "", "", (f"{key} is a customer account of F&O company {code}, which has no "
                                 "cdm_companies row (not in the connection's legal entities)")
         return BY_ACCOUNT_NUMBER, code, group, ""
-    code = rules.mapping.get(unit)
-    if code is not None:
-        return BY_BUSINESS_UNIT, code, "", ""
+    mapped = rules.mapping.get(unit)
+    if mapped is not None:
+        return BY_BUSINESS_UNIT, mapped, "", ""
     why = (f"owning business unit '{unit}' is not in bootstrap.mapping" if owned else
            'the table has no owning business unit and bootstrap.mapping has no "" entry')
     if rules.finops is not None:
@@ -352,9 +354,9 @@ def _write_rows(ctx: StepContext, name: str, rows: Iterable[RowChange]) -> Path:
 
 def _unmapped_check(state: BootstrapState, csv_name: str) -> Check:
     if not state.unmapped:
-        return Check("unmapped rows", Status.PASSED, "every row without a company is mapped")
+        return Check("unmapped rows", StepStatus.PASSED, "every row without a company is mapped")
     units = sorted({u.owning_business_unit or "(none)" for u in state.unmapped})
-    return Check("unmapped rows", Status.WARNING,
+    return Check("unmapped rows", StepStatus.WARNING,
                  f"{len(state.unmapped)} rows stay without a company, matched by no rule (owning business "
                  f"units: {', '.join(units)}); listed with the reason in {csv_name}",
                  fix="map these business units in bootstrap.mapping if their rows belong to a company; "
@@ -367,11 +369,11 @@ def _group_check(state: BootstrapState) -> Check:
     if not without:
         given = Counter(s.customer_group for s in state.stamps if s.customer_group_id)
         shown = ", ".join(f"{g} {n}" for g, n in sorted(given.items()))
-        return Check("customer groups", Status.PASSED,
+        return Check("customer groups", StepStatus.PASSED,
                      "every stamped row the Customers V3 maps send to F&O has a customer group"
                      + (f" (set: {shown})" if given else ""))
     reasons = Counter(s.reason for s in without)
-    return Check("customer groups", Status.WARNING,
+    return Check("customer groups", StepStatus.WARNING,
                  f"{len(without)} stamped rows the Customers V3 maps send to F&O get no customer group: "
                  + "; ".join(f"{r} ({n})" for r, n in sorted(reasons.items())),
                  fix="F&O requires a customer group: set bootstrap.customer_group to a group every company "
@@ -384,9 +386,9 @@ class BootstrapSimulate(Step):
     """Plan the company of every Dataverse row without one; writes a CSV, changes nothing.
 
     Example:
-        >>> # r = BootstrapSimulate().execute(ctx)
-        >>> # r.evidence_files → [".../bootstrap-simulation.csv"]; r.tables["planned"][0]
-        >>> # {"table": "accounts", "company": "USMF", "rows": 40}
+        r = BootstrapSimulate().execute(ctx)
+        r.evidence_files → [".../bootstrap-simulation.csv"]; r.tables["planned"][0]
+        {"table": "accounts", "company": "USMF", "rows": 40}
         >>> BootstrapSimulate.name
         'bootstrap-simulate'
     """
@@ -507,8 +509,8 @@ class BootstrapApply(Step):
     """Stamp the Dataverse rows without a company, in bulk, from the real state. Irreversible.
 
     Example:
-        >>> # r = BootstrapApply().execute(ctx)   # WAITING until confirmed
-        >>> # r.counts → {"stamped": 294, "failed": 0, "remaining": 0, "unmapped": 6, …}
+        r = BootstrapApply().execute(ctx)   # WAITING until confirmed
+        r.counts → {"stamped": 294, "failed": 0, "remaining": 0, "unmapped": 6, …}
         >>> BootstrapApply.name
         'bootstrap-apply'
     """
@@ -543,20 +545,21 @@ class BootstrapApply(Step):
                   "unmapped": after.unmapped_table()}
         if outcome and outcome.stop.is_set():
             checks.append(Check(
-                "fault threshold", Status.FAILED,
+                "fault threshold", StepStatus.FAILED,
                 f"{failed} rows failed, more than bootstrap.max_failed_rows ({outcome.limit}); stopped with "
                 f"{len(after.stamps)} rows left. First errors: " + " | ".join(outcome.errors[:3]),
                 fix=f"read {FAILED_CSV} for each failed row and its error, fix the cause, then run "
                     "bootstrap-apply again (it picks up where it stopped)", doc=BOOTSTRAP_DOC))
-            return self.result(Status.FAILED, f"stopped after {failed} failed rows (limit {outcome.limit}); "
+            return self.result(StepStatus.FAILED,
+                               f"stopped after {failed} failed rows (limit {outcome.limit}); "
                                f"{stamped} rows stamped, {len(after.stamps)} left; see {FAILED_CSV}",
                                checks=checks, tables=tables, counts=counts, evidence_files=files)
         if after.stamps:
-            checks.append(Check("rows stamped", Status.FAILED,
+            checks.append(Check("rows stamped", StepStatus.FAILED,
                                 f"{len(after.stamps)} mapped rows still have no company ({failed} failed)",
                                 fix=f"read {FAILED_CSV}, fix the cause, and run bootstrap-apply again"))
         else:
-            checks.append(Check("rows stamped", Status.PASSED,
+            checks.append(Check("rows stamped", StepStatus.PASSED,
                                 f"{stamped} rows stamped; no mapped row is left without a company"))
         status = worst(checks)
         summary = (f"{len(after.stamps)} rows still without company; see {FAILED_CSV}" if after.stamps else
@@ -565,14 +568,13 @@ class BootstrapApply(Step):
         return self.result(status, summary, checks=checks, tables=tables, counts=counts, evidence_files=files)
 
 
-LIVE_STATES = ("Running", "Paused", "Resuming")
 
 
 def live_maps(ctx: StepContext, state: BootstrapState) -> list[str]:
     """The maps over the tables to stamp that are live (they would send each stamped row to F&O)."""
     _, _, admin = environment(ctx)
     names = [m.name for m in catalog.table_maps() if m.dataverse_table in state.targets]
-    return sorted(n for n, s in admin.map_states(names).items() if s.state in LIVE_STATES)
+    return sorted(n for n, s in admin.map_states(names).items() if s.state in LIVE_MAP_STATES)
 
 
 def _refuse_live(ctx: StepContext, state: BootstrapState) -> None:
@@ -595,7 +597,7 @@ class StopMaps(Step):
     Done when nothing is left to stamp, or no such map runs.
 
     Example:
-        >>> # StopMaps().execute(ctx).summary → "stopped Customers V3 (accounts), Customers V3 (contacts)"
+        StopMaps().execute(ctx).summary → "stopped Customers V3 (accounts), Customers V3 (contacts)"
         >>> StopMaps.name
         'stop-maps'
     """
@@ -609,7 +611,7 @@ class StopMaps(Step):
         state = read_state(ctx)
         live = live_maps(ctx, state) if state.stamps else []
         states = admin.map_states(live)
-        busy = [f"{n} is {states[n].state}" for n in live if states[n].state != "Running"]
+        busy = [f"{n} is {states[n].state}" for n in live if states[n].state != MapState.RUNNING]
         if busy:
             raise StepError(f"{'; '.join(busy)}: only Running maps can be stopped. Fix: resume a Paused map "
                             "(catch up) and wait until it runs, then run this step again")
@@ -624,8 +626,9 @@ class StopMaps(Step):
         _, _, admin = environment(ctx)
         stopped: list[str] = finding.todo
         states = admin.map_states(stopped)
-        checks = [Check(n, Status.PASSED if states[n].state == "Not running" else Status.FAILED,
-                        states[n].state, fix="" if states[n].state == "Not running" else "stop it (Stop)",
+        off = {n: states[n].state == MapState.NOT_RUNNING for n in stopped}
+        checks = [Check(n, StepStatus.PASSED if off[n] else StepStatus.FAILED,
+                        states[n].state, fix="" if off[n] else "stop it (Stop)",
                         doc=BOOTSTRAP_DOC) for n in stopped]
         summary = (f"stopped {', '.join(stopped)}: the plan runs them again after the bootstrap" if stopped
                    else "no live map over the tables to stamp")

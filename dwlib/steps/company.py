@@ -20,12 +20,12 @@ over every company of the connection (initial-sync-guidance), which for this map
 themselves, compared and left alone where equal.
 
 Example:
-    >>> # params: companies: [{code: USMF, name: Contoso US, country: USA, currency: USD,
-    >>> #                      customer_groups: ["30"]}]
-    >>> # LegalEntities().execute(ctx)  → the connection holds the scope; cdm_companies rows present
-    >>> # CreateCompany().execute(ctx)  → creates USMF in F&O LegalEntities and its customer
-    >>> #                                 group 30 (needs confirmation)
-    >>> # AddCompany().execute(ctx)     → Add legal entity USMF (initial writes as add_route says)
+    params: companies: [{code: USMF, name: Contoso US, country: USA, currency: USD,
+                         customer_groups: ["30"]}]
+    LegalEntities().execute(ctx)  → the connection holds the scope; cdm_companies rows present
+    CreateCompany().execute(ctx)  → creates USMF in F&O LegalEntities and its customer
+                                    group 30 (needs confirmation)
+    AddCompany().execute(ctx)     → Add legal entity USMF (initial writes as add_route says)
     >>> CreateCompany.irreversible, AddCompany.irreversible
     (True, True)
 """
@@ -40,24 +40,23 @@ from typing import TYPE_CHECKING, Any
 from dwlib import catalog
 from dwlib.clients.dualwrite import Instruction
 from dwlib.scenarios import GUIDE
+from dwlib.vocab import SETTLING_MAP_STATES, MapState, StepStatus
 
-from .base import Check, Finding, Status, Step, StepContext, StepError, StepResult, register
-from .initialsync import WATCHED, Watch
+from .base import Check, Finding, Step, StepContext, StepError, StepResult, environment, register, worst
+from .initialsync import Watch
 from .link import (
     LEGAL_ENTITIES_DOC,
     company_checks,
     connection_check,
-    environment,
     finops_legal_entities,
     limit_problem,
     require_in_finops,
     require_linkable,
     scope,
-    worst,
 )
 from .plan import effective_limits, initial_write_problems
 from .reconcile import reconcile
-from .tablemaps import RUNNING, PlannedMap, enable
+from .tablemaps import PlannedMap, enable
 
 if TYPE_CHECKING:
     from dwlib.clients.dualwrite import DualWriteAdmin
@@ -66,7 +65,8 @@ if TYPE_CHECKING:
 
 COMPANIES_MAP = "Legal entities (cdm_companies)"
 CUSTOMER_GROUPS_MAP = "Customer groups (msdyn_customergroups)"
-LIVE = ("Running", "Paused")  # states in which a map re-runs the initial write for added companies
+# states in which a map re-runs the initial write for added companies
+LIVE = (MapState.RUNNING, MapState.PAUSED)
 
 
 def reference_maps(params: Params) -> list[str]:
@@ -75,7 +75,7 @@ def reference_maps(params: Params) -> list[str]:
     (the Azure Data Factory bootstrap's prerequisite: "Company, Customer groups, Terms of payment"
     copied by the initial write).
 
-    >>> # reference_maps(params)  → ['Legal entities (cdm_companies)']
+    reference_maps(params)  → ['Legal entities (cdm_companies)']
     """
     wanted = [COMPANIES_MAP]
     if params.bootstrap.customer_group or params.bootstrap.method == "account-number":
@@ -92,7 +92,7 @@ class AddRoute:
 
     def check(self, codes: Sequence[str]) -> Check:
         how = "skipping initial writes" if self.skip_initial_writes else "with initial writes"
-        return Check(f"add {', '.join(codes)}", Status.PASSED, f"{how}: {self.reason}",
+        return Check(f"add {', '.join(codes)}", StepStatus.PASSED, f"{how}: {self.reason}",
                      doc=LEGAL_ENTITIES_DOC)
 
 
@@ -102,7 +102,7 @@ def add_route(ctx: StepContext, codes: Sequence[str]) -> AddRoute:
     connection would exceed 40 legal entities, or when the new companies' rows of a running map
     break the plan's limits (`initial_write_problems`, with the run's `plan.limits`).
 
-    >>> # add_route(ctx, ["USMF"]).skip_initial_writes  → False (small data, maps running)
+    add_route(ctx, ["USMF"]).skip_initial_writes  → False (small data, maps running)
     """
     params, session, admin = environment(ctx)
     states = admin.map_states()
@@ -154,9 +154,9 @@ def bring_companies(ctx: StepContext, maps: Sequence[str], codes: Sequence[str],
     watch = Watch(admin, time.monotonic() + options.timeout_s, options.poll_s, lambda _n: None)
     done: list[str] = []
     states = admin.map_states(maps)
-    watch.until_settled([n for n in maps if states[n].state in WATCHED])
+    watch.until_settled([n for n in maps if states[n].state in SETTLING_MAP_STATES])
     states = admin.map_states(maps)
-    start = [n for n in maps if states[n].state != RUNNING]
+    start = [n for n in maps if states[n].state != MapState.RUNNING]
     if start:
         outcome = enable(admin, [PlannedMap(n, True, "finops") for n in start])
         watch.until_settled(outcome.attempted)
@@ -178,12 +178,12 @@ def bring_companies(ctx: StepContext, maps: Sequence[str], codes: Sequence[str],
 
 def _states_check(admin: DualWriteAdmin, maps: Sequence[str]) -> Check:
     states = admin.map_states(maps)
-    off = [f"{n} is {states[n].state}" for n in maps if states[n].state != RUNNING]
+    off = [f"{n} is {states[n].state}" for n in maps if states[n].state != MapState.RUNNING]
     if off:
-        return Check("reference maps", Status.FAILED, "; ".join(off),
+        return Check("reference maps", StepStatus.FAILED, "; ".join(off),
                      fix="run them with their initial sync (Run dialog, master F&O), then run the step again",
                      doc=catalog.known_error("lookup-metadata").doc_url)
-    return Check("reference maps", Status.PASSED, f"Running: {', '.join(maps)}")
+    return Check("reference maps", StepStatus.PASSED, f"Running: {', '.join(maps)}")
 
 
 @dataclass
@@ -219,8 +219,8 @@ class LegalEntities(Step):
     when the scenario runs an initial sync, or more than 250.
 
     Example:
-        >>> # LegalEntities().execute(ctx).checks[-1].evidence
-        >>> # "cdm_company USMF 'Contoso US': owner team 'USMF DW' in business unit 'USMF'"
+        LegalEntities().execute(ctx).checks[-1].evidence
+        "cdm_company USMF 'Contoso US': owner team 'USMF DW' in business unit 'USMF'"
         >>> LegalEntities.name
         'legal-entities'
     """
@@ -238,8 +238,8 @@ class LegalEntities(Step):
         states = admin.map_states(maps)
         conn = admin.connection_legal_entities()
         extra = sorted(set(conn.codes or ()) - set(sc.codes) - set(sc.created))
-        work = ConnectionWork(maps, [n for n in maps if states[n].state != RUNNING], conn.missing(sc.codes),
-                              extra, lacking_companies(admin, sc.codes))
+        work = ConnectionWork(maps, [n for n in maps if states[n].state != MapState.RUNNING],
+                              conn.missing(sc.codes), extra, lacking_companies(admin, sc.codes))
         pending = "" if conn.readable else "read after the Legal entities map runs"
         checks = [connection_check(admin, sc.codes, pending=pending)]
         return Finding(not work.describe(), work.describe() or "in scope and in Dataverse", todo=work,
@@ -279,7 +279,7 @@ class LegalEntities(Step):
         extra = sorted(set(conn.codes or ()) - set(sc.codes) - set(sc.created))
         if extra:
             checks.append(Check(
-                "legal entities outside the scope", Status.WARNING,
+                "legal entities outside the scope", StepStatus.WARNING,
                 f"the connection also holds {', '.join(extra)} ({conn.source})",
                 fix=f"remove {', '.join(extra)} in Environment details > Legal entities, or add them to "
                     "legal_entities", doc=LEGAL_ENTITIES_DOC))
@@ -287,7 +287,7 @@ class LegalEntities(Step):
         summary = f"connection legal entities: {', '.join(sc.codes)}"
         if work.done:
             summary += " — " + "; ".join(work.done)
-        return self.result(status, summary + ("" if status == Status.PASSED else f" ({status})"),
+        return self.result(status, summary + ("" if status == StepStatus.PASSED else f" ({status})"),
                            checks=checks, next_action=checks[-1].fix if extra else "")
 
 
@@ -306,7 +306,7 @@ def missing_groups(session: Session, companies: list[Company]) -> list[tuple[str
     """(company, CustomerGroupId) of the parameters' `customer_groups` that F&O lacks (companies F&O
     lacks lack all of theirs).
 
-    >>> # missing_groups(session, params.companies) → [('USMF', '30')] before create-company
+    missing_groups(session, params.companies) → [('USMF', '30')] before create-company
     """
     out: list[tuple[str, str]] = []
     for c in companies:
@@ -322,7 +322,7 @@ def missing_currencies(session: Session, companies: list[Company]) -> list[str]:
     """The companies' accounting currencies F&O lacks (a new F&O has only DAT's): F&O refuses a
     legal entity whose currency is not in its Currencies table.
 
-    >>> # missing_currencies(session, params.companies) → ['GBP', 'EUR'] in a new F&O
+    missing_currencies(session, params.companies) → ['GBP', 'EUR'] in a new F&O
     """
     wanted = dict.fromkeys(c.currency.upper() for c in companies if c.currency)
     rows = session.finops.query("Currencies", select=["CurrencyCode"])
@@ -354,8 +354,8 @@ class CreateCompany(Step):
     their accounting currencies when F&O lacks them; only the missing ones. Irreversible.
 
     Example:
-        >>> # result = CreateCompany().execute(ctx)   # WAITING until confirmed, then PASSED
-        >>> # result.checks[0].evidence  → "LegalEntities USMF 'Contoso US'"
+        result = CreateCompany().execute(ctx)   # WAITING until confirmed, then PASSED
+        result.checks[0].evidence  → "LegalEntities USMF 'Contoso US'"
         >>> CreateCompany.name
         'create-company'
     """
@@ -407,31 +407,31 @@ class CreateCompany(Step):
         ctx.run_state["companies_created"] = [c.code for c in chosen if c.code in known]
         status = worst(checks)
         return self.result(status, f"companies in F&O: {', '.join(ctx.run_state['companies_created'])}"
-                           if status != Status.FAILED else "a company is missing in F&O", checks=checks)
+                           if status != StepStatus.FAILED else "a company is missing in F&O", checks=checks)
 
 
 def _company_check(company: Company, row: dict[str, Any] | None, doc: str) -> Check:
     name = f"company {company.code} in F&O"
     if row is None:
-        return Check(name, Status.FAILED, f"LegalEntities has no {company.code}",
+        return Check(name, StepStatus.FAILED, f"LegalEntities has no {company.code}",
                      fix="create it in F&O (Organization administration > Legal entities > New), then run "
                          "the step again", doc=doc)
     if row.get("Name") != company.name:
-        return Check(name, Status.WARNING,
+        return Check(name, StepStatus.WARNING,
                      f"LegalEntities {company.code} is named '{row.get('Name')}', not '{company.name}'",
                      fix="it existed already: check it is the company meant for the Dataverse data, or "
                          "choose another code")
-    return Check(name, Status.PASSED, f"LegalEntities {company.code} '{row.get('Name')}'")
+    return Check(name, StepStatus.PASSED, f"LegalEntities {company.code} '{row.get('Name')}'")
 
 
 def _groups_check(company: Company, absent: list[str]) -> Check:
     name = f"customer groups of {company.code}"
     if absent:
-        return Check(name, Status.FAILED, f"CustomerGroups {', '.join(absent)} missing in {company.code}",
+        return Check(name, StepStatus.FAILED, f"CustomerGroups {', '.join(absent)} missing in {company.code}",
                      fix="create them in F&O (Accounts receivable > Setup > Customer groups), then run "
                          "the step again")
     groups = ", ".join(company.customer_groups)
-    return Check(name, Status.PASSED, f"CustomerGroups {groups} in {company.code}")
+    return Check(name, StepStatus.PASSED, f"CustomerGroups {groups} in {company.code}")
 
 
 @register
@@ -446,8 +446,8 @@ class AddCompany(Step):
     connection's legal entities and each company's row with its "<CODE> DW" owner team.
 
     Example:
-        >>> # AddCompany().execute(ctx).checks[1].evidence
-        >>> # "with initial writes: Legal entities (cdm_companies), … run: they copy …"
+        AddCompany().execute(ctx).checks[1].evidence
+        "with initial writes: Legal entities (cdm_companies), … run: they copy …"
         >>> AddCompany.name
         'add-company'
     """
@@ -492,7 +492,8 @@ class AddCompany(Step):
         checks += company_checks(session, codes)
         status = worst(checks)
         summary = (f"in the dual-write connection and in Dataverse: {', '.join(codes)}"
-                   if status != Status.FAILED else "a company is missing in the connection or in Dataverse")
+                   if status != StepStatus.FAILED
+                   else "a company is missing in the connection or in Dataverse")
         return self.result(status, summary + "".join(f"; {d}" for d in work.done), checks=checks)
 
 

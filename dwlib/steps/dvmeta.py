@@ -5,10 +5,10 @@ key, primary name, column types and lookups come from the environment itself rat
 assumptions, so a customised table works too.
 
 Example:
-    >>> # tables = Tables(session.dataverse)
-    >>> # info = tables.info("accounts")
-    >>> # info.primary_id, info.lookups["msdyn_company"]
-    >>> # ('accountid', Lookup(attribute='msdyn_company', target='cdm_company'))
+    tables = Tables(session.dataverse)
+    info = tables.info("accounts")
+    info.primary_id, info.lookups["msdyn_company"]
+    ('accountid', Lookup(attribute='msdyn_company', target='cdm_company'))
     >>> Lookup("msdyn_company", "cdm_company").column
     '_msdyn_company_value'
 """
@@ -65,7 +65,7 @@ class TableInfo:
         `msdyn_companyid` on products), or None when the table is not striped by company."""
         found = sorted((nav, lk) for nav, lk in self.lookups.items() if lk.target == COMPANY_TABLE)
         preferred = [f for f in found if f[0] in ("msdyn_company", "msdyn_companyid")]
-        return (preferred or found or [None])[0]
+        return (preferred or found)[0] if found else None
 
 
 class Tables:

@@ -30,8 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 from dwlib import catalog
 from dwlib.catalog.errors import DOCS_ROOT
+from dwlib.vocab import StepStatus
 
-from .base import Check, Status, StepContext
+from .base import Check, StepContext
 from .dvmeta import Tables
 from .reconcile import COMPANY_LOOKUP, GLOBAL, company_ids
 
@@ -131,7 +132,7 @@ class Ineligible:
         out = []
         for (t, r), per in grouped.items():
             reason = self.reasons[r]
-            out.append(Check(f"{t}: rows dual-write will not pick up ({r})", Status.WARNING,
+            out.append(Check(f"{t}: rows dual-write will not pick up ({r})", StepStatus.WARNING,
                              f"{sum(n for _, n in per)} rows: " + ", ".join(f"{co} {n}" for co, n in per)
                              + f"; every row in {csv}", fix=reason.fix, doc=reason.doc))
         return out

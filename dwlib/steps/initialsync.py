@@ -24,7 +24,7 @@ The step converges on the real state:
   equal on both sides are compared and left alone.
 
 Example:
-    >>> # InitialSync().execute(ctx).tables["initial sync"]  → per map and company: counts, state
+    InitialSync().execute(ctx).tables["initial sync"]  → per map and company: counts, state
     >>> InitialSync.name
     'initial-sync'
 """
@@ -38,16 +38,14 @@ from typing import TYPE_CHECKING, Any
 
 from dwlib import catalog
 from dwlib.catalog.errors import DOCS_ROOT
+from dwlib.vocab import SETTLING_MAP_STATES, MapState, StepStatus
 
-from .base import Check, Finding, Status, Step, StepContext, StepError, StepResult, register
-from .link import environment, scope, worst
+from .base import Check, Finding, Step, StepContext, StepError, StepResult, environment, register, worst
+from .link import scope
 from .plan import effective_limits, volume_problems
 from .reconcile import Reconciliation, reconcile
 from .tablemaps import (
-    INITIALIZING,
-    NOT_RUNNING,
     RERUN_POLICY,
-    RUNNING,
     PlannedMap,
     enable,
     planned_maps,
@@ -55,10 +53,9 @@ from .tablemaps import (
 )
 
 if TYPE_CHECKING:
-    from dwlib.clients.dualwrite import DualWriteAdmin, MapState
+    from dwlib.clients.dualwrite import DualWriteAdmin, MapSnapshot
 
 GUIDANCE_DOC = DOCS_ROOT + "initial-sync-guidance"
-WATCHED = (INITIALIZING, "Resuming")  # states that end by themselves
 
 
 @dataclass
@@ -90,7 +87,7 @@ def sync_companies(ctx: StepContext) -> list[str]:
     """The companies an initial sync covers: those in scope (and created by the run) that Dataverse
     has (the Legal entities map brought their rows).
 
-    >>> # sync_companies(ctx)  → ['DAT', 'USMF']
+    sync_companies(ctx)  → ['DAT', 'USMF']
     """
     params, _, admin = environment(ctx)
     sc = scope(params)
@@ -122,15 +119,6 @@ def rerun_problems(rows: Sequence[Reconciliation], behind: dict[str, list[str]],
     return out
 
 
-def out_of_sync(rows: Sequence[Reconciliation]) -> set[str]:
-    """Maps with a company (or the global row) whose counts or keys differ.
-
-    >>> out_of_sync([Reconciliation("M", "USMF", {"a": "A"}, {}, 1, 0)])
-    {'M'}
-    """
-    return {r.map for r in rows if not r.ok}
-
-
 class Watch:
     """Polls map states until no map in `names` is initializing, or the deadline passes."""
 
@@ -138,13 +126,13 @@ class Watch:
                  progress: Callable[[int], None]) -> None:
         self.admin, self.deadline, self.poll_s, self.progress = admin, deadline, poll_s, progress
 
-    def until_settled(self, names: Sequence[str]) -> dict[str, MapState]:
+    def until_settled(self, names: Sequence[str]) -> dict[str, MapSnapshot]:
         if not names:
             return {}
         pending = set(names)
         while True:
             states = self.admin.map_states(names)
-            done = {n for n in pending if states[n].state not in WATCHED}
+            done = {n for n in pending if states[n].state not in SETTLING_MAP_STATES}
             if done:
                 self.progress(len(done))
                 pending -= done
@@ -158,8 +146,8 @@ class InitialSync(Step):
     """Start and watch the initial sync of the plan's maps; top errors with remediation on failure.
 
     Example:
-        >>> # result = InitialSync().execute(ctx)
-        >>> # result.status, result.counts  → PASSED, {'maps': 5, 'running': 5, ...}
+        result = InitialSync().execute(ctx)
+        result.status, result.counts  → PASSED, {'maps': 5, 'running': 5, ...}
         >>> InitialSync.title
         'Run and watch the initial sync'
     """
@@ -173,7 +161,7 @@ class InitialSync(Step):
         maps = [p for p in planned_maps(ctx) if p.initial_sync]
         companies = sync_companies(ctx)
         states = admin.map_states([p.name for p in maps])
-        running = [p for p in maps if states[p.name].state == RUNNING]
+        running = [p for p in maps if states[p.name].state == MapState.RUNNING]
         rows = reconcile(session, [p.name for p in running], companies)
         behind_by_map: dict[str, list[str]] = {}
         for r in rows:
@@ -190,16 +178,17 @@ class InitialSync(Step):
         work = SyncWork(
             maps=maps,
             companies=companies,
-            watch=[p.name for p in maps if states[p.name].state in WATCHED],
-            start=[p for p in maps if states[p.name].state not in (RUNNING, *WATCHED)],
+            watch=[p.name for p in maps if states[p.name].state in SETTLING_MAP_STATES],
+            start=[p for p in maps if states[p.name].state not in (MapState.RUNNING, *SETTLING_MAP_STATES)],
             rerun=[p for p in running if p.name in behind],
         )
-        checks = [Check(p.name, Status.PASSED if p not in work.start and p not in work.rerun
-                        and p.name not in work.watch else Status.WARNING,
+        checks = [Check(p.name, StepStatus.PASSED if p not in work.start and p not in work.rerun
+                        and p.name not in work.watch else StepStatus.WARNING,
                         states[p.name].state + (" — rows not in sync" if p in work.rerun else ""))
                   for p in maps]
         if behind_by_map:
-            checks.append(Check("initial sync run again", Status.PASSED, rerun_note(companies, behind_by_map),
+            checks.append(Check("initial sync run again", StepStatus.PASSED,
+                                rerun_note(companies, behind_by_map),
                                 doc=GUIDANCE_DOC))
         done = not (work.watch or work.start or work.rerun)
         return Finding(done, work.describe() or "every initial sync is complete and reconciled",
@@ -222,7 +211,8 @@ class InitialSync(Step):
             while time.monotonic() < watch.deadline:
                 states = admin.map_states(names)
                 todo = [p for p in work.maps
-                        if states[p.name].state not in (RUNNING, *WATCHED) and p.name not in work.attempted]
+                        if states[p.name].state not in (MapState.RUNNING, *SETTLING_MAP_STATES)
+                        and p.name not in work.attempted]
                 if not todo:
                     break
                 outcome = enable(admin, todo)
@@ -230,7 +220,8 @@ class InitialSync(Step):
                 work.failed += outcome.failed
                 work.stopped = outcome.stopped
                 settled = watch.until_settled(outcome.attempted)
-                if outcome.stopped and not any(settled[n].state in WATCHED for n in outcome.attempted):
+                if outcome.stopped and not any(settled[n].state in SETTLING_MAP_STATES
+                                               for n in outcome.attempted):
                     break  # a failure or a gate nobody did: verify reports it
         finally:
             bar.close()
@@ -240,10 +231,10 @@ class InitialSync(Step):
         work: SyncWork = finding.todo
         maps = work.maps
         if not maps:
-            return self.result(Status.SKIPPED, "the plan runs no initial sync (maps skip it or are "
+            return self.result(StepStatus.SKIPPED, "the plan runs no initial sync (maps skip it or are "
                                "migrated outside it)")
         states = admin.map_states([p.name for p in maps])
-        running = [p.name for p in maps if states[p.name].state == RUNNING]
+        running = [p.name for p in maps if states[p.name].state == MapState.RUNNING]
         rows = reconcile(session, running, work.companies)
         table = [self._row(r, states) for r in rows]
         table += [{"map": p.name, "company": "", "state": states[p.name].state} for p in maps
@@ -253,17 +244,17 @@ class InitialSync(Step):
                   "rows_dataverse": sum(r.dataverse_rows for r in rows)}
         tables = {"initial sync": table}
         # Failed: seen failing by `enable`, or watched from Initializing to Not running.
-        failed = [p.name for p in maps if states[p.name].state == NOT_RUNNING
+        failed = [p.name for p in maps if states[p.name].state == MapState.NOT_RUNNING
                   and (p.name in work.failed or p.name in work.watch)]
         if failed:
             checks, remediation = sync_failure_report(admin, failed)
-            return self.result(Status.FAILED, f"initial sync failed: {', '.join(failed)}", checks=checks,
+            return self.result(StepStatus.FAILED, f"initial sync failed: {', '.join(failed)}", checks=checks,
                                tables=tables, counts=counts, remediation=remediation,
                                next_action=RERUN_POLICY)
         checks = [self._state_check(p.name, states[p.name], params.initial_sync.timeout_s, work.stopped)
                   for p in maps]
         checks += [c for c in finding.checks if c.name == "initial sync run again"]
-        checks += [Check(f"{r.map} {r.company}", Status.FAILED,
+        checks += [Check(f"{r.map} {r.company}", StepStatus.FAILED,
                          f"F&O {r.finops_rows} rows, Dataverse {r.dataverse_rows}; missing in Dataverse "
                          f"{len(r.missing_in_dataverse)}, in F&O {len(r.missing_in_finops)}",
                          fix="run this step again (it reruns the initial sync of the map); if the rows "
@@ -271,26 +262,26 @@ class InitialSync(Step):
                    for r in rows if not r.ok]
         status = worst(checks)
         summary = (f"initial sync complete for {len(running)} maps, rows reconciled for "
-                   f"{', '.join(work.companies)}" if status == Status.PASSED
+                   f"{', '.join(work.companies)}" if status == StepStatus.PASSED
                    else "initial sync not complete")
         return self.result(status, summary, checks=checks, tables=tables, counts=counts,
-                           next_action="" if status == Status.PASSED else
+                           next_action="" if status == StepStatus.PASSED else
                            "Run this step again once the maps are Running; see the checks for each map.")
 
     @staticmethod
-    def _row(r: Reconciliation, states: dict[str, MapState]) -> dict[str, Any]:
+    def _row(r: Reconciliation, states: dict[str, MapSnapshot]) -> dict[str, Any]:
         return {"map": r.map, "company": r.company, "state": states[r.map].state,
                 "finops_rows": r.finops_rows, "dataverse_rows": r.dataverse_rows,
                 "in_sync": "yes" if r.ok else "no"}
 
     @staticmethod
-    def _state_check(name: str, state: MapState, timeout_s: float, stopped: str) -> Check:
-        if state.state == RUNNING:
-            return Check(name, Status.PASSED, "Running: initial sync complete")
-        if state.state in WATCHED:
-            return Check(name, Status.FAILED, f"still {state.state} after {timeout_s:g} s",
+    def _state_check(name: str, state: MapSnapshot, timeout_s: float, stopped: str) -> Check:
+        if state.state == MapState.RUNNING:
+            return Check(name, StepStatus.PASSED, "Running: initial sync complete")
+        if state.state in SETTLING_MAP_STATES:
+            return Check(name, StepStatus.FAILED, f"still {state.state} after {timeout_s:g} s",
                          fix="the initial sync is still running: run this step again to keep watching "
                              "(or raise initial_sync.timeout_s)", doc=GUIDANCE_DOC)
-        return Check(name, Status.FAILED, f"{state.state}" + (f": {stopped}" if stopped else ""),
+        return Check(name, StepStatus.FAILED, f"{state.state}" + (f": {stopped}" if stopped else ""),
                      fix="run the map with Initial Sync after the maps before it run (Run dialog), then "
                          "run this step again", doc=catalog.known_error("lookup-metadata").doc_url)

@@ -16,7 +16,8 @@ Example:
     >>> s = scope(p)
     >>> s.codes, s.created, s.linked_by_setup, s.initial_sync
     (('DAT',), ('USMF',), ('DAT',), True)
-    >>> # PowerPlatformIntegration().execute(ctx)
+
+    PowerPlatformIntegration().execute(ctx)
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from dwlib import catalog
 from dwlib.catalog.errors import DOCS_ROOT
 from dwlib.clients.errors import HttpError
 from dwlib.scenarios import scenario
+from dwlib.vocab import StepStatus
 
-from .base import Check, Finding, Status, Step, StepContext, StepError, StepResult, register
+from .base import Check, Finding, Step, StepContext, StepError, StepResult, environment, register, worst
 
 if TYPE_CHECKING:
     from dwlib.clients.dualwrite import DualWriteAdmin
@@ -70,23 +72,6 @@ def scope(params: Params) -> Scope:
     return Scope(codes, created, (DEFAULT_COMPANY,) if new_finops else codes, "initial-sync" in steps)
 
 
-def environment(ctx: StepContext) -> tuple[Params, Session, DualWriteAdmin]:
-    """The parameters, clients and dual-write admin a step needs (StepError if the context lacks them)."""
-    if ctx.params is None or ctx.session is None or ctx.admin is None:
-        raise StepError("this step needs parameters, connected environments and a dual-write admin: "
-                        "run it through a Runbook (dwlib.runbook) or build a full StepContext")
-    return ctx.params, ctx.session, ctx.admin
-
-
-def worst(checks: Iterable[Check]) -> Status:
-    """FAILED if any check failed, WARNING if any warned, else PASSED."""
-    found = {c.status for c in checks}
-    for status in (Status.FAILED, Status.WARNING):
-        if status in found:
-            return status
-    return Status.PASSED
-
-
 def limit_problem(count: int, initial_sync: bool) -> str | None:
     """Why `count` legal entities are too many for the connection (None when they fit)."""
     lim = catalog.limits()
@@ -123,7 +108,7 @@ def require_linkable(session: Session, codes: Sequence[str], initial_sync: bool,
     """StepError when `codes` exceed the connection's limits or F&O lacks any of them (`hint`: the fix).
 
     Example:
-        >>> # require_linkable(session, ("USMF",), True, "correct legal_entities")  → None
+        require_linkable(session, ("USMF",), True, "correct legal_entities")  → None
     """
     problem = limit_problem(len(codes), initial_sync)
     if problem:
@@ -157,7 +142,8 @@ def roles_of(session: Session, *, user: str = "", team: str = "") -> list[str]:
     return sorted(names[i] for i in ids if i in names)
 
 
-def roles_check(name: str, roles: list[str], fix: str, doc: str, *, none: Status = Status.FAILED) -> Check:
+def roles_check(name: str, roles: list[str], fix: str, doc: str, *,
+                none: StepStatus = StepStatus.FAILED) -> Check:
     """System Administrator, or both dual-write roles (security-roles.md); else a warning (no role at
     all: `none`)."""
     req = catalog.requirements()
@@ -165,8 +151,8 @@ def roles_check(name: str, roles: list[str], fix: str, doc: str, *, none: Status
     ok = req.system_administrator.lower() in have or all(r.lower() in have for r in req.dual_write_roles)
     evidence = f"roles: {', '.join(roles) or 'none'}"
     if ok:
-        return Check(name, Status.PASSED, evidence)
-    return Check(name, Status.WARNING if roles else none, evidence, fix=fix, doc=doc)
+        return Check(name, StepStatus.PASSED, evidence)
+    return Check(name, StepStatus.WARNING if roles else none, evidence, fix=fix, doc=doc)
 
 
 def company_checks(session: Session, codes: Sequence[str]) -> list[Check]:
@@ -180,7 +166,7 @@ def company_checks(session: Session, codes: Sequence[str]) -> list[Check]:
         name = f"company {code} in Dataverse"
         row = rows.get(code)
         if row is None:
-            out.append(Check(name, Status.FAILED, f"no cdm_companies row with cdm_companycode {code}",
+            out.append(Check(name, StepStatus.FAILED, f"no cdm_companies row with cdm_companycode {code}",
                              fix=f"the Legal entities (cdm_companies) map brings it once {code} is in the "
                                  "connection: run that map with its initial sync (or, when it runs, add "
                                  f"{code} without skipping initial writes): the legal-entities step does it",
@@ -188,7 +174,7 @@ def company_checks(session: Session, codes: Sequence[str]) -> list[Check]:
             continue
         team_id = row.get("_cdm_defaultowningteam_value")
         if not team_id:
-            out.append(Check(name, Status.FAILED, f"cdm_company {code} '{row.get('cdm_name')}' has no "
+            out.append(Check(name, StepStatus.FAILED, f"cdm_company {code} '{row.get('cdm_name')}' has no "
                              "Default owning team", fix="set the company's Default owning team (the "
                              f"'{code} DW' team dual-write creates); it cannot stay empty", doc=COMPANY_DOC))
             continue
@@ -198,9 +184,9 @@ def company_checks(session: Session, codes: Sequence[str]) -> list[Check]:
                     f"unit '{bu['name']}'")
         expected = f"{code} DW"
         if team["name"] == expected:
-            out.append(Check(name, Status.PASSED, evidence))
+            out.append(Check(name, StepStatus.PASSED, evidence))
         else:
-            out.append(Check(name, Status.WARNING, f"{evidence}, not '{expected}'",
+            out.append(Check(name, StepStatus.WARNING, f"{evidence}, not '{expected}'",
                              fix=f"make sure the owner team has the dual-write runtime and app user roles "
                                  f"(dual-write creates '{expected}' for this)", doc=COMPANY_DOC))
         roles = " and ".join(catalog.requirements().dual_write_roles)
@@ -228,7 +214,7 @@ def link_checks(params: Params, link: dict[str, Any] | None) -> list[Check]:
     """Whether `RetrieveFinanceAndOperationsIntegrationDetails` names our F&O URL and tenant."""
     name = LINK_CHECK
     if link is None:
-        return [Check(name, Status.WARNING,
+        return [Check(name, StepStatus.WARNING,
                       "RetrieveFinanceAndOperationsIntegrationDetails: 0x80048d0b \"Dataverse instance isn't "
                       "integrated with finance and operations\"",
                       fix="the power-platform-integration step sets this up (LCS Environment details > "
@@ -237,10 +223,11 @@ def link_checks(params: Params, link: dict[str, Any] | None) -> list[Check]:
     actual = (link.get("Url") or "").rstrip("/")
     out = []
     if actual.lower() == expected.lower():
-        out.append(Check(name, Status.PASSED, f"Dataverse is integrated with {actual} (Id {link.get('Id')})"))
+        out.append(Check(name, StepStatus.PASSED,
+                         f"Dataverse is integrated with {actual} (Id {link.get('Id')})"))
     else:
         out.append(Check(
-            name, Status.FAILED, f"Dataverse is integrated with {actual}, not {expected} "
+            name, StepStatus.FAILED, f"Dataverse is integrated with {actual}, not {expected} "
             "(environments.finops_url)",
             fix="a Dataverse environment links to one F&O environment. If this F&O environment moved (its "
                 "URL changed), the link still names the old URL: relink it (LCS Power Platform Integration "
@@ -250,14 +237,14 @@ def link_checks(params: Params, link: dict[str, Any] | None) -> list[Check]:
     tenant = params.environments.tenant_id
     actual_tenant = str(link.get("TenantId") or "")
     if "." in tenant:  # a domain name: the integration reports the tenant's GUID
-        out.append(Check("same tenant", Status.WARNING,
+        out.append(Check("same tenant", StepStatus.WARNING,
                          f"integration tenant {actual_tenant}; environments.tenant_id is the domain {tenant}",
                          fix=f"set environments.tenant_id to {actual_tenant} if that is your tenant's id, "
                              "so the check can compare", doc=DOCS_ROOT + "dual-write-system-req"))
     elif actual_tenant.lower() == tenant.lower():
-        out.append(Check("same tenant", Status.PASSED, f"tenant {actual_tenant} on both sides"))
+        out.append(Check("same tenant", StepStatus.PASSED, f"tenant {actual_tenant} on both sides"))
     else:
-        out.append(Check("same tenant", Status.FAILED,
+        out.append(Check("same tenant", StepStatus.FAILED,
                          f"the integration is in tenant {actual_tenant}, environments.tenant_id is {tenant}",
                          fix="\"Cross-tenant scenarios aren't currently supported\": both environments "
                              "must be in one Microsoft Entra tenant; correct environments.tenant_id or the "
@@ -274,7 +261,7 @@ def connection_check(admin: DualWriteAdmin, codes: Sequence[str], *, pending: st
     conn = admin.connection_legal_entities()
     name = "legal entities in the connection"
     if not conn.readable:
-        status = Status.SKIPPED if pending else Status.WARNING
+        status = StepStatus.SKIPPED if pending else StepStatus.WARNING
         return Check(name, status, f"{conn.source}: {conn.note}" + (f"; {pending}" if pending else ""),
                      fix="" if pending else "check Environment details > Legal entities in the dual-write "
                                             f"workspace: it must list {', '.join(codes)}",
@@ -282,11 +269,11 @@ def connection_check(admin: DualWriteAdmin, codes: Sequence[str], *, pending: st
     missing = conn.missing(codes)
     seen = f"{conn.source}: {', '.join(conn.codes or ()) or 'none'}"
     if missing:
-        return Check(name, Status.FAILED, f"{seen}; missing {', '.join(missing)}",
+        return Check(name, StepStatus.FAILED, f"{seen}; missing {', '.join(missing)}",
                      fix=f"add {', '.join(missing)} (Environment details > Legal entities > Add legal "
                          "entity)",
                      doc=LEGAL_ENTITIES_DOC)
-    return Check(name, Status.PASSED, seen)
+    return Check(name, StepStatus.PASSED, seen)
 
 
 def dual_write_checks(session: Session, admin: DualWriteAdmin, codes: Sequence[str]) -> list[Check]:
@@ -294,13 +281,13 @@ def dual_write_checks(session: Session, admin: DualWriteAdmin, codes: Sequence[s
     entities `codes` in the connection (read once a map has a project; the legal-entities step
     reads it after running the Legal entities map)."""
     problems = solution_problems(session)
-    out = [Check("dual-write solutions", Status.FAILED if problems else Status.PASSED,
+    out = [Check("dual-write solutions", StepStatus.FAILED if problems else StepStatus.PASSED,
                  "; ".join(problems) if problems else f"{len(catalog.required_solutions())} required "
                  "solutions at the required versions",
                  fix="LCS Environment details > Power Platform Integration > Dual-write application > "
                      "Configure installs them", doc=LCS_DOC)]
     maps = admin.applied_maps()
-    out.append(Check("table maps applied", Status.PASSED if maps else Status.FAILED,
+    out.append(Check("table maps applied", StepStatus.PASSED if maps else StepStatus.FAILED,
                      f"{len(maps)} table maps in msdyn_dualwriteentitymaps",
                      fix="" if maps else "select Apply Solution in the dual-write workspace", doc=LCS_DOC))
     out.append(connection_check(admin, codes, pending="the legal-entities step reads it after running "
@@ -321,7 +308,7 @@ class PowerPlatformIntegration(Step):
     another environment is reported, never changed.
 
     Example:
-        >>> # PowerPlatformIntegration().execute(ctx).status  → Status.PASSED after the consultant linked
+        PowerPlatformIntegration().execute(ctx).status  → StepStatus.PASSED after the consultant linked
         >>> PowerPlatformIntegration.name
         'power-platform-integration'
     """
@@ -336,11 +323,11 @@ class PowerPlatformIntegration(Step):
         require_linkable(session, sc.linked_by_setup, sc.initial_sync, "correct legal_entities")
         link = admin.power_platform_link()
         checks = link_checks(params, link)
-        if worst(checks) == Status.FAILED:
+        if worst(checks) == StepStatus.FAILED:
             # Linked elsewhere: not ours to change; verify reports both values and the fix.
             return Finding(True, "the Power Platform integration points elsewhere", checks=checks)
         dual_write = dual_write_checks(session, admin, sc.linked_by_setup)
-        integrate, link_up = link is None, worst(dual_write) == Status.FAILED
+        integrate, link_up = link is None, worst(dual_write) == StepStatus.FAILED
         what = (["set up the Power Platform integration"] if integrate else []) + (
             [f"configure dual-write and link it for {', '.join(sc.linked_by_setup)}"] if link_up else [])
         return Finding(not what, "; ".join(what) or "linked", todo=(integrate, link_up),
@@ -357,10 +344,10 @@ class PowerPlatformIntegration(Step):
     def verify(self, ctx: StepContext, finding: Finding) -> StepResult:
         params, session, admin = environment(ctx)
         checks = link_checks(params, admin.power_platform_link())
-        if worst(checks) != Status.FAILED:
+        if worst(checks) != StepStatus.FAILED:
             checks += dual_write_checks(session, admin, scope(params).linked_by_setup)
         status = worst(checks)
-        summary = {Status.PASSED: "Dataverse is integrated with F&O and dual-write is linked",
-                   Status.WARNING: "linked, with warnings",
-                   Status.FAILED: "the link is not as expected"}[status]
+        summary = {StepStatus.PASSED: "Dataverse is integrated with F&O and dual-write is linked",
+                   StepStatus.WARNING: "linked, with warnings",
+                   StepStatus.FAILED: "the link is not as expected"}[status]
         return self.result(status, summary, checks=checks)

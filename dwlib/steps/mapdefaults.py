@@ -14,9 +14,9 @@ again with the initial sync skipped (nothing to copy: it was running).
 step (which no scenario lists: run it on its own when wanted).
 
 Example:
-    >>> # params: table_maps: [{name: Customers V3 (accounts), defaults: {CUSTOMERGROUPID: "30"}}]
-    >>> # MapDefaults().execute(ctx).checks[0].evidence
-    >>> # "CUSTOMERGROUPID = '30' (Running)"
+    params: table_maps: [{name: Customers V3 (accounts), defaults: {CUSTOMERGROUPID: "30"}}]
+    MapDefaults().execute(ctx).checks[0].evidence
+    "CUSTOMERGROUPID = '30' (Running)"
     >>> MapDefaults.name
     'map-defaults'
 """
@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING
 from dwlib import catalog
 from dwlib.catalog.errors import DOCS_ROOT
 from dwlib.clients.dualwrite import DualWriteAdminError
+from dwlib.vocab import MapState, StepStatus
 
-from .base import Check, Finding, Status, Step, StepContext, StepResult, register
-from .link import environment, worst
+from .base import Check, Finding, Step, StepContext, StepResult, environment, register, worst
 
 if TYPE_CHECKING:
     from dwlib.clients.dualwrite import DualWriteAdmin
@@ -45,7 +45,7 @@ Defaults = dict[str, dict[str, str]]  # map name → F&O column (upper case) →
 def wanted_defaults(params: Params) -> Defaults:
     """The Default transforms the parameters give, by catalogue map name.
 
-    >>> # wanted_defaults(params) → {'Customers V3 (accounts)': {'CUSTOMERGROUPID': '30'}}
+    wanted_defaults(params) → {'Customers V3 (accounts)': {'CUSTOMERGROUPID': '30'}}
     """
     names = {catalog.table_map(t.name).name for t in params.table_maps if t.defaults}
     return {n: params.column_defaults(n) for n in sorted(names)}
@@ -54,7 +54,7 @@ def wanted_defaults(params: Params) -> Defaults:
 def missing_defaults(admin: DualWriteAdmin, wanted: Defaults) -> Defaults:
     """Of `wanted`, the transforms the maps do not carry yet (read from the applied maps).
 
-    >>> # missing_defaults(ctx.admin, wanted_defaults(params)) → {} once they are set
+    missing_defaults(ctx.admin, wanted_defaults(params)) → {} once they are set
     """
     out: Defaults = {}
     for name, defaults in wanted.items():
@@ -69,28 +69,28 @@ def apply_defaults(admin: DualWriteAdmin, todo: Defaults) -> None:
     """Set the transforms of `todo`: a Running map is stopped, edited and run again with the
     initial sync skipped; a Not running map is only edited (whoever runs it later syncs it).
 
-    >>> # apply_defaults(ctx.admin, {"Customers V3 (accounts)": {"CUSTOMERGROUPID": "30"}})
+    apply_defaults(ctx.admin, {"Customers V3 (accounts)": {"CUSTOMERGROUPID": "30"}})
     """
     for name, defaults in todo.items():
         state = admin.map_states([name])[name].state
-        if state not in ("Running", "Not running"):
+        if state not in (MapState.RUNNING, MapState.NOT_RUNNING):
             raise DualWriteAdminError(
                 f"'{name}' is {state}: its column mappings can be changed only when it is stopped, and "
                 "only a Running map can be stopped",
                 fix="wait until it is Running (or resume it), then run the step again",
             )
-        if state == "Running":
+        if state == MapState.RUNNING:
             admin.stop([name])
         admin.set_column_defaults(name, defaults)
-        if state == "Running":
+        if state == MapState.RUNNING:
             admin.run([name], initial_sync=False, include_related=False)
 
 
 def defaults_checks(admin: DualWriteAdmin, wanted: Defaults) -> list[Check]:
     """One check per map: its Default transforms as the applied map shows them, and its state.
 
-    >>> # defaults_checks(ctx.admin, wanted_defaults(params))[0].evidence
-    >>> # → "CUSTOMERGROUPID = '30' (Running); explicit option table_maps[].defaults: customises …"
+    defaults_checks(ctx.admin, wanted_defaults(params))[0].evidence
+    → "CUSTOMERGROUPID = '30' (Running); explicit option table_maps[].defaults: customises …"
     """
     missing = missing_defaults(admin, wanted)
     states = admin.map_states(list(wanted)) if wanted else {}
@@ -98,12 +98,12 @@ def defaults_checks(admin: DualWriteAdmin, wanted: Defaults) -> list[Check]:
     for name, defaults in wanted.items():
         text = ", ".join(f"{c} = '{v}'" for c, v in defaults.items())
         if name in missing:
-            checks.append(Check(f"{name}: column defaults", Status.FAILED,
+            checks.append(Check(f"{name}: column defaults", StepStatus.FAILED,
                                 f"missing {', '.join(missing[name])} (want {text})",
                                 fix="open the map (stopped), add a Default transform to each column "
                                     "with the value, Save; then run the step again", doc=CUSTOMIZING_DOC))
         else:
-            checks.append(Check(f"{name}: column defaults", Status.PASSED,
+            checks.append(Check(f"{name}: column defaults", StepStatus.PASSED,
                                 f"{text} ({states[name].state}); {WHY}", doc=CUSTOMIZING_DOC))
     return checks
 
@@ -117,8 +117,8 @@ class MapDefaults(Step):
     Verify: every transform in place, the maps back in their state.
 
     Example:
-        >>> # MapDefaults().execute(ctx).summary
-        >>> # "column defaults in place: Customers V3 (accounts)"
+        MapDefaults().execute(ctx).summary
+        "column defaults in place: Customers V3 (accounts)"
         >>> MapDefaults.title
         'Set default values on table maps'
     """
@@ -146,5 +146,5 @@ class MapDefaults(Step):
         status = worst(checks)
         summary = (f"column defaults in place: {', '.join(wanted)}" if wanted
                    else "the parameters set no column defaults")
-        return self.result(status, summary if status != Status.FAILED else "column defaults missing",
+        return self.result(status, summary if status != StepStatus.FAILED else "column defaults missing",
                            checks=checks)

@@ -29,8 +29,8 @@ Running again), and a re-run finds it so; only maps with rows to move are stoppe
 `migrate/`.
 
 Example:
-    >>> # plan marks Customers V3 (accounts) "migrate" (e.g. > 70,000 rows in one legal entity)
-    >>> # r = Migrate().execute(ctx); r.tables["reconciliation"] → one row per map and company
+    plan marks Customers V3 (accounts) "migrate" (e.g. > 70,000 rows in one legal entity)
+    r = Migrate().execute(ctx); r.tables["reconciliation"] → one row per map and company
     >>> Migrate.name
     'migrate'
 """
@@ -50,13 +50,14 @@ from dwlib import catalog
 from dwlib.catalog.errors import DOCS_ROOT
 from dwlib.catalog.locales import LOCALE_DOC, LocaleError
 from dwlib.clients.bulk import run_chunks
+from dwlib.clients.dmf import ExecutionStatus
 from dwlib.clients.errors import ClientError, DmfError
+from dwlib.vocab import MapState, StepStatus
 
-from .base import Check, Finding, Status, Step, StepContext, StepError, StepResult, register
+from .base import Check, Finding, Step, StepContext, StepError, StepResult, environment, register, worst
 from .bulkwrite import AppendCsv, isolate, progress_of
 from .dmf_package import FormatLocale, Package, format_locale, read_package
 from .dvmeta import Tables
-from .link import environment, worst
 from .plan import PlanRow, plan_companies, plan_of
 from .reconcile import GLOBAL, Reconciliation, company_clause, company_ids, reconcile
 from .rowmap import Lookups, RowMap
@@ -70,7 +71,6 @@ MIGRATE_DOC = DOCS_ROOT + "initial-sync-guidance"
 MIGRATE_CSV = "migrate.csv"
 COLUMNS = ("map", "company", "direction", "key", "operation", "row_id", "status", "error")
 TO_DATAVERSE, TO_FINOPS = "F&O → Dataverse", "Dataverse → F&O"
-RUNNING, NOT_RUNNING = "Running", "Not running"
 MAX_DMF_JOBS = 16  # DMF jobs waited for at once (each wait is a status poll every few seconds)
 _IDS = uuid.UUID("5b1c7c1e-3f5d-4c47-9d0e-7a4e1c2b9f10")  # namespace of the ids of migrated rows
 
@@ -128,13 +128,14 @@ def _to_stop(admin: DualWriteAdmin, maps: Sequence[str]) -> list[str]:
     """The maps of `maps` (with rows to move) that run and must stop first; StepError for a map in
     a state Stop is not available in (Paused, Resuming, Initializing)."""
     states = admin.map_states(maps)
-    busy = [f"{n} is {states[n].state}" for n in maps if states[n].state not in (RUNNING, NOT_RUNNING)]
+    busy = [f"{n} is {states[n].state}" for n in maps
+            if states[n].state not in (MapState.RUNNING, MapState.NOT_RUNNING)]
     if busy:
         raise StepError(f"cannot migrate while {'; '.join(busy)}: no map may run while its data is "
                         "migrated, and Stop is available only for Running maps. Resume a Paused map "
                         "(catch up) or wait until an initial sync ends, then run migrate again (it stops "
                         "the Running maps itself)")
-    return [n for n in maps if states[n].state == RUNNING]
+    return [n for n in maps if states[n].state == MapState.RUNNING]
 
 
 @dataclass
@@ -290,7 +291,8 @@ class _Mover:
 
         def failed(chunk: list[tuple[str, dict[str, Any], str]], error: ClientError) -> None:
             self.log.write({"map": name, "company": company, "direction": TO_DATAVERSE, "key": k,
-                            "operation": op, "status": "failed", "error": str(error)} for k, _, op in chunk)
+                            "operation": op, "status": StepStatus.FAILED, "error": str(error)}
+                           for k, _, op in chunk)
             self.outcome.count(name, len(chunk), failed=True)
 
         bar = self.ctx.progress(f"migrate {name} {company} → Dataverse", len(rows))
@@ -317,8 +319,8 @@ class _Mover:
         dmf.upload(url, path.read_bytes())
         execution = dmf.start_import(url, project, legal_entity=code)
         try:
-            status = dmf.wait(execution)
-            errors = dmf.execution_errors(execution) if status != "Succeeded" else []
+            status: str = dmf.wait(execution)
+            errors = dmf.execution_errors(execution) if status != ExecutionStatus.SUCCEEDED else []
         except DmfError as exc:
             status, errors = exc.status or "Failed", exc.errors
         self.log.write({"map": self.map.name, "company": company, "direction": TO_FINOPS, "key": k,
@@ -331,7 +333,7 @@ class Migrate(Step):
     """Migrate the data of the maps the plan marks "migrate", both ways, outside the initial sync.
 
     Example:
-        >>> # Migrate().execute(ctx).counts → {"Customers V3 (accounts) F&O → Dataverse": 120, …}
+        Migrate().execute(ctx).counts → {"Customers V3 (accounts) F&O → Dataverse": 120, …}
         >>> Migrate.title
         'Migrate data outside the initial sync'
     """
@@ -415,8 +417,8 @@ class Migrate(Step):
                             mine.append(pool.submit(imported, chain, name, path, code, company, keys))
                             out.written[f"{name} {TO_FINOPS}"] += len(to_fo)
                         del current, to_fo  # the next company's rows are read meanwhile: one held
-                    for job in writes:
-                        job.result()
+                    for write in writes:
+                        write.result()
                     if writes:
                         run.lookups.forget(catalog.table_map(row.name).dataverse_table)
                     # The next map's Dataverse side goes on while this map's imports run; its own
@@ -434,8 +436,8 @@ class Migrate(Step):
         params, session, admin = environment(ctx)
         work: MigrateWork = finding.todo
         if not work.maps:
-            return self.result(Status.PASSED, "no map needs migration",
-                               checks=[Check("plan", Status.PASSED, "the plan marks no map 'migrate'")])
+            return self.result(StepStatus.PASSED, "no map needs migration",
+                               checks=[Check("plan", StepStatus.PASSED, "the plan marks no map 'migrate'")])
         after = reconcile(session, [m.name for m in work.maps], plan_companies(params, company_ids(session)))
         out = work.outcome
         checks = [_reconciled(r) for r in after]
@@ -443,25 +445,25 @@ class Migrate(Step):
             checks += [_stopped(n, s.state) for n, s in admin.map_states(work.stop).items()]
         if out.unresolved:
             top = "; ".join(f"{k} ({n})" for k, n in out.unresolved.most_common(5))
-            checks.append(Check("values not converted", Status.WARNING,
+            checks.append(Check("values not converted", StepStatus.WARNING,
                                 f"{sum(out.unresolved.values())} values had no row to refer to or no "
                                 f"entry in the map's value map, left empty: {top}",
                                 fix="migrate or create the referenced rows (or correct the values), then "
                                     "run migrate again", doc=MIGRATE_DOC))
         for fmt in out.locales.values():
             checks.append(Check(f"package locale ({fmt.source_format})",
-                                Status.WARNING if fmt.note else Status.PASSED,
+                                StepStatus.WARNING if fmt.note else StepStatus.PASSED,
                                 f"numbers and dates read and written in {fmt.locale.name}"
                                 + (f": {fmt.note}" if fmt.note else ", the format's Language locale"),
                                 doc=LOCALE_DOC))
         for error in out.dmf_errors[:5]:
             known = catalog.match_error(error)
-            checks.append(Check("F&O import error", Status.FAILED, error,
+            checks.append(Check("F&O import error", StepStatus.FAILED, error,
                                 fix=known.remediation() if known else "fix the row in Dataverse, then run "
                                 "migrate again (Data management > Job history shows every error)"))
         skipped = [f"{m}: {c}" for m, cols in out.skipped_columns.items() for c in cols]
         if skipped:
-            checks.append(Check("column rows not migrated", Status.PASSED, "; ".join(skipped)))
+            checks.append(Check("column rows not migrated", StepStatus.PASSED, "; ".join(skipped)))
         status = worst(checks)
         files = [str(p) for p in (ctx.evidence_dir / MIGRATE_CSV,) if p.exists()]
         counts = {**dict(out.written), "failed": out.failed,
@@ -477,10 +479,11 @@ class Migrate(Step):
 
 def _stopped(name: str, state: str) -> Check:
     """A map stopped for the migration must still be Not running (table-maps runs it next)."""
-    if state == NOT_RUNNING:
-        return Check(f"{name}: stopped for the migration", Status.PASSED,
+    if state == MapState.NOT_RUNNING:
+        return Check(f"{name}: stopped for the migration", StepStatus.PASSED,
                      "Not running: table-maps runs it skipping the initial sync")
-    return Check(f"{name}: stopped for the migration", Status.FAILED, f"{state} again during the migration",
+    return Check(f"{name}: stopped for the migration", StepStatus.FAILED,
+                 f"{state} again during the migration",
                  fix="stop the map (Stop in the table map list) and run migrate again; table-maps runs it "
                      "afterwards skipping the initial sync", doc=MIGRATE_DOC)
 
@@ -489,11 +492,11 @@ def _reconciled(r: Reconciliation) -> Check:
     row = r.row()
     evidence = f"F&O {r.finops_rows}, Dataverse {r.dataverse_rows}"
     if r.ok:
-        return Check(f"{r.map} {r.company}", Status.PASSED, evidence)
+        return Check(f"{r.map} {r.company}", StepStatus.PASSED, evidence)
     parts = [evidence,
              f"missing in Dataverse {row['missing_in_dataverse']} ({row['sample_missing_in_dataverse']})",
              f"missing in F&O {row['missing_in_finops']} ({row['sample_missing_in_finops']})",
              *([f"{r.duplicates} duplicate keys"] if r.duplicates else []), *([r.note] if r.note else [])]
-    return Check(f"{r.map} {r.company}", Status.FAILED, "; ".join(parts),
+    return Check(f"{r.map} {r.company}", StepStatus.FAILED, "; ".join(parts),
                  fix=f"read {MIGRATE_CSV} and the F&O import errors, fix the rows, then run migrate again",
                  doc=MIGRATE_DOC)

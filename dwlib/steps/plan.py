@@ -38,7 +38,8 @@ Example:
     'initial-sync'
     >>> decide("new", "new", False, single_threaded=False, volume=0, to_finops=0).action
     'skip'
-    >>> # rows = build_plan(ctx); [(r.name, r.action, r.master) for r in rows]
+
+    rows = build_plan(ctx); [(r.name, r.action, r.master) for r in rows]
 """
 
 from __future__ import annotations
@@ -51,11 +52,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from dwlib import catalog
 from dwlib.catalog.errors import DOCS_ROOT
 from dwlib.scenarios import scenario
+from dwlib.vocab import LIVE_MAP_STATES, StepStatus
 
 from . import eligibility
-from .base import Check, Finding, Status, Step, StepContext, StepError, StepResult, register
+from .base import Check, Finding, Step, StepContext, StepError, StepResult, environment, register
 from .dvmeta import Tables
-from .link import environment, scope
+from .link import scope
 from .reconcile import COMPANY_LOOKUP, company_ids, count
 
 if TYPE_CHECKING:
@@ -98,7 +100,6 @@ BASIS = {
                 "(no documented DMF import rate)"),
     "skip": "nothing to move",
 }
-RUNNING = ("Running", "Paused", "Resuming")
 
 
 @dataclass(frozen=True)
@@ -362,7 +363,7 @@ def build_plan(ctx: StepContext) -> list[PlanRow]:
 
     Steps after the plan call this on a resumed run, where `ctx.run_state` has no plan.
 
-    >>> # rows = build_plan(ctx); [r.name for r in rows if r.action == "migrate"]
+    rows = build_plan(ctx); [r.name for r in rows if r.action == "migrate"]
     """
     params, session, admin = environment(ctx)
     finops_state, dataverse_state = scenario_states(params.scenario)
@@ -470,10 +471,11 @@ def _row(order: int, m: catalog.TableMap, fo: dict[str, int], dv: dict[str, int]
         reasons.append("table_maps: skip_initial_sync")
     if without:
         reasons.append(f"{without} Dataverse rows have no company and are not synced until bootstrapped")
-    if state in RUNNING:
+    if state in LIVE_MAP_STATES:
         reasons.append(f"already {state}")
-    master = (option.initial_sync_master if option is not None and option.initial_sync_master else
-              "finops" if sum(fo.values()) else "dataverse")
+    master: Literal["finops", "dataverse"] = (
+        option.initial_sync_master if option is not None and option.initial_sync_master else
+        "finops" if sum(fo.values()) else "dataverse")
     return PlanRow(order, m.name, action, master, action != "initial-sync", state, m.single_threaded,
                    m.lookup_count, fo, dv, without, quoted, d.matrix_row, "; ".join(reasons),
                    estimate(action, sum(fo.values()), sum(dv.values())), d.actions)
@@ -512,7 +514,7 @@ class PlanStep(Step):
     migrate, table-maps and initial-sync steps follow it.
 
     Example:
-        >>> # r = PlanStep().execute(ctx); r.tables["plan"][0]["action"]
+        r = PlanStep().execute(ctx); r.tables["plan"][0]["action"]
         >>> PlanStep.name, PlanStep.read_only
         ('plan', True)
     """
@@ -539,14 +541,14 @@ class PlanStep(Step):
         found, ineligible_csv = eligibility.report(ctx, session, [r.name for r in rows], connected,
                                                    INELIGIBLE_CSV)
         by_action = {a: [r.name for r in rows if r.action == a] for a in ("initial-sync", "migrate", "skip")}
-        checks = [Check(r.name, Status.PASSED, f"{r.action}: {r.reason}", doc=PLAN_DOC) for r in rows]
+        checks = [Check(r.name, StepStatus.PASSED, f"{r.action}: {r.reason}", doc=PLAN_DOC) for r in rows]
         checks += found.checks(ineligible_csv)
         total = sum(r.estimate_s for r in rows)
         summary = "; ".join(f"{a}: {len(maps)}" for a, maps in by_action.items() if maps)
         left_out = (f"; {found.total} existing Dataverse rows dual-write will not pick up (see "
                     f"{INELIGIBLE_CSV})" if found.total else "")
         return self.result(
-            Status.WARNING if found.total else Status.PASSED,
+            StepStatus.WARNING if found.total else StepStatus.PASSED,
             f"{len(rows)} maps — {summary}; estimated {duration(total)} (initial sync at the documented "
             f"100 records a minute; see estimate_basis){left_out}",
             checks=checks, tables={"plan": [r.row() for r in rows], "ineligible": found.table()},

@@ -21,9 +21,9 @@ solution installed at a version older than required, or a disabled app user, is 
 a warning before the link, a failure after it.
 
 Example:
-    >>> # result = Preflight().execute(ctx)
-    >>> # [(c.name, str(c.status)) for c in result.checks][:2]
-    >>> # [('Dataverse reachable', 'passed'), ('F&O reachable', 'passed')]
+    result = Preflight().execute(ctx)
+    [(c.name, str(c.status)) for c in result.checks][:2]
+    [('Dataverse reachable', 'passed'), ('F&O reachable', 'passed')]
     >>> Preflight.read_only
     True
 """
@@ -44,8 +44,9 @@ from dwlib.clients.dualwrite.base import same_url
 from dwlib.clients.errors import ClientError
 from dwlib.clients.platform import release_of
 from dwlib.scenarios import scenario
+from dwlib.vocab import StepStatus
 
-from .base import Check, Finding, Status, Step, StepContext, StepError, StepResult, register
+from .base import Check, Finding, Step, StepContext, StepError, StepResult, environment, register, worst
 from .dmf_package import source_formats
 from .link import (
     LINK_CHECK,
@@ -53,7 +54,6 @@ from .link import (
     PowerPlatformIntegration,
     companies,
     dataverse_rows,
-    environment,
     finops_legal_entities,
     limit_problem,
     link_checks,
@@ -61,7 +61,6 @@ from .link import (
     roles_of,
     scope,
     solution_versions,
-    worst,
 )
 
 if TYPE_CHECKING:
@@ -87,8 +86,8 @@ def _reachable(name: str, read: str, call: Callable[[], str], fix: str) -> Check
     try:
         seen = call()
     except ClientError as exc:
-        return Check(name, Status.FAILED, f"{read}: {exc}", fix=exc.fix or fix, doc=REQUIREMENTS_DOC)
-    return Check(name, Status.PASSED, f"{read}: {seen}")
+        return Check(name, StepStatus.FAILED, f"{read}: {exc}", fix=exc.fix or fix, doc=REQUIREMENTS_DOC)
+    return Check(name, StepStatus.PASSED, f"{read}: {seen}")
 
 
 def _whoami(session: Session) -> str:
@@ -101,25 +100,25 @@ class Setup:
     """How far dual-write is set up, and whether a later step of the scenario sets it up.
 
     >>> Setup(linked=False, later=True).missing(), Setup(linked=True, later=True).missing()
-    (<Status.SKIPPED: 'skipped'>, <Status.FAILED: 'failed'>)
+    (<StepStatus.SKIPPED: 'skipped'>, <StepStatus.FAILED: 'failed'>)
     """
 
     linked: bool  # table maps applied: dual-write is configured and linked
     later: bool  # the power-platform-integration step comes after preflight in this scenario
 
-    def missing(self) -> Status:
+    def missing(self) -> StepStatus:
         """A part the LCS setup adds is absent: pending (SKIPPED) when a later step adds it."""
         if self.linked:
-            return Status.FAILED
-        return Status.SKIPPED if self.later else Status.WARNING
+            return StepStatus.FAILED
+        return StepStatus.SKIPPED if self.later else StepStatus.WARNING
 
-    def problem(self) -> Status:
+    def problem(self) -> StepStatus:
         """A part is there but wrong (old version, disabled): the setup does not repair it."""
-        return Status.FAILED if self.linked else Status.WARNING
+        return StepStatus.FAILED if self.linked else StepStatus.WARNING
 
-    def check(self, name: str, status: Status, evidence: str, fix: str, doc: str) -> Check:
+    def check(self, name: str, status: StepStatus, evidence: str, fix: str, doc: str) -> Check:
         """A check of a setup part; a pending one says which step installs it, with nothing to fix."""
-        if status == Status.SKIPPED:
+        if status == StepStatus.SKIPPED:
             return Check(name, status, f"{evidence}; {NOT_YET}", doc=doc)
         return Check(name, status, evidence, fix=fix, doc=doc)
 
@@ -138,7 +137,7 @@ def _link_checks(params: Params, admin: DualWriteAdmin, setup: Setup) -> list[Ch
     link = admin.power_platform_link()
     checks = link_checks(params, link)
     if link is None and setup.later:
-        return [Check(LINK_CHECK, Status.SKIPPED, f"{checks[0].evidence}; not set up yet: the "
+        return [Check(LINK_CHECK, StepStatus.SKIPPED, f"{checks[0].evidence}; not set up yet: the "
                       f"{PowerPlatformIntegration.name} step sets it up (LCS Environment details > Power "
                       "Platform Integration > Setup)", doc=PP_DOC)]
     return checks
@@ -160,7 +159,7 @@ def _solution_checks(versions: list[tuple[catalog.RequiredSolution, str | None]]
                                        "dual-write workspace",
                                    doc=DOCS_ROOT + "separated-solutions"))
         else:
-            out.append(Check(f"solutions: {package}", Status.PASSED,
+            out.append(Check(f"solutions: {package}", StepStatus.PASSED,
                              "; ".join(f"{s.uniquename} {v}" for s, v in pairs)))
     return out
 
@@ -173,7 +172,7 @@ def _app_user_checks(session: Session, setup: Setup) -> list[Check]:
         enabled = [r for r in rows if not r.get("isdisabled")]
         name = f"application user {user.application_id}"
         if enabled:
-            out.append(Check(name, Status.PASSED, f"App user with id {user.application_id} exists "
+            out.append(Check(name, StepStatus.PASSED, f"App user with id {user.application_id} exists "
                                                   f"('{enabled[0].get('fullname')}')"))
         else:
             seen, status = ("disabled", setup.problem()) if rows else ("missing", setup.missing())
@@ -193,7 +192,7 @@ def _company_rows_check(session: Session, installed: bool, setup: Setup) -> Chec
     rows = companies(session)
     if not rows and not installed:
         # The table comes with Dual Write Core; its solution check says whether that is a problem.
-        return Check("cdm_companies", Status.SKIPPED, "no cdm_companies rows: " + (
+        return Check("cdm_companies", StepStatus.SKIPPED, "no cdm_companies rows: " + (
             NOT_YET if setup.later and not setup.linked else "not checked: Dual Write Core is not installed"))
     # "Dual-write doesn't support multiple companies with the same name" (initial-setup troubleshooting):
     # names are compared, trimmed and case-insensitively; blank names are the other documented cause.
@@ -210,11 +209,11 @@ def _company_rows_check(session: Session, installed: bool, setup: Setup) -> Chec
         evidence = "; ".join(
             ([f"duplicate names: {', '.join(duplicates)}"] if duplicates else [])
             + ([f"blank names: {', '.join(blank)}"] if blank else []))
-        return Check("cdm_companies", Status.FAILED,
+        return Check("cdm_companies", StepStatus.FAILED,
                      f"{evidence} — linking fails with \"Saving connection set failed! An item with the same "
                      "key has already been added.\"", fix=known.fix, doc=known.doc_url)
     codes = sorted((r.get("cdm_companycode") or "").upper() for r in rows)
-    return Check("cdm_companies", Status.PASSED,
+    return Check("cdm_companies", StepStatus.PASSED,
                  f"{len(rows)} companies, no duplicate or blank names"
                  + (f": {', '.join(codes)}" if rows else ""))
 
@@ -223,7 +222,8 @@ def _scope_checks(params: Params, session: Session) -> list[Check]:
     try:
         sc = scope(params)
     except StepError as exc:
-        return [Check("legal entities in scope", Status.FAILED, str(exc), doc=DOCS_ROOT + "connection-setup")]
+        return [Check("legal entities in scope", StepStatus.FAILED,
+                      str(exc), doc=DOCS_ROOT + "connection-setup")]
     known = finops_legal_entities(session)
     final = list(dict.fromkeys([*sc.codes, *sc.created]))
     problem = limit_problem(len(final), sc.initial_sync)
@@ -231,11 +231,11 @@ def _scope_checks(params: Params, session: Session) -> list[Check]:
     within = (f"{len(final)} legal entities ({', '.join(final)}); limits {lim.initial_sync_legal_entities} "
               f"with an initial sync, {lim.live_sync_legal_entities} live"
               + ("" if sc.initial_sync else " (no initial sync)"))
-    out = [Check("legal-entity count", Status.FAILED if problem else Status.PASSED, problem or within,
+    out = [Check("legal-entity count", StepStatus.FAILED if problem else StepStatus.PASSED, problem or within,
                  doc=LIMITS_DOC)]
     absent = [c for c in sc.codes if c not in known]
     out.append(Check(
-        "legal entities in F&O", Status.FAILED if absent else Status.PASSED,
+        "legal entities in F&O", StepStatus.FAILED if absent else StepStatus.PASSED,
         (f"not in F&O: {', '.join(absent)}; " if absent else "")
         + f"F&O has {len(known)}: {', '.join(sorted(known))}"
         + (f"; created by the run: {', '.join(sc.created)}" if sc.created else ""),
@@ -252,7 +252,7 @@ def _root_team_check(session: Session, setup: Setup) -> Check:
     teams = dataverse_rows(session, "teams", select=["teamid", "name"],
                            filter=f"isdefault eq true and _businessunitid_value eq {root}") if root else []
     if not teams:
-        return Check(name, Status.FAILED, "no default team of the root business unit found",
+        return Check(name, StepStatus.FAILED, "no default team of the root business unit found",
                      fix="the root business unit's default team becomes the default owner of rows dual-write "
                          "integrates: it must exist, with read permission on all dual-write tables",
                      doc=SECURITY_DOC)
@@ -264,7 +264,7 @@ def _root_team_check(session: Session, setup: Setup) -> Check:
         fix = ("give it a role with read permission on all dual-write tables (it becomes the default owner "
                "of the rows dual-write integrates)")
         return setup.check(name, setup.missing(), seen, fix=fix, doc=SECURITY_DOC)
-    return Check(name, Status.PASSED, seen)
+    return Check(name, StepStatus.PASSED, seen)
 
 
 def release_ok(build: str, req: catalog.Requirements) -> bool:
@@ -286,7 +286,7 @@ def _finops_version_check(params: Params, session: Session) -> Check:
     by_hand = (f"check in F&O (Help > About) or LCS that the application is {req.finops_release} (build "
                f"{req.finops_build}) and platform update 33 or later")
     if not session.platform.lcs_configured or env.lcs_project_id is None or env.lcs_environment_id is None:
-        return Check(name, Status.WARNING, "not read: environments.lcs_project_id and lcs_environment_id "
+        return Check(name, StepStatus.WARNING, "not read: environments.lcs_project_id and lcs_environment_id "
                      "are not set", fix=f"set them (LCS API, environment metadata), or {by_hand}",
                      doc=SYSREQ_DOC)
     try:
@@ -294,14 +294,15 @@ def _finops_version_check(params: Params, session: Session) -> Check:
         build = str(meta.get("CurrentApplicationBuildVersion") or "")
         ok = release_ok(build, req)
     except ClientError as exc:
-        return Check(name, Status.WARNING, f"not read: {exc}", fix=exc.fix or by_hand, doc=SYSREQ_DOC)
+        return Check(name, StepStatus.WARNING, f"not read: {exc}", fix=exc.fix or by_hand, doc=SYSREQ_DOC)
     evidence = (f"LCS: application build {build}, platform {meta.get('CurrentPlatformVersion')}, "
                 f"{meta.get('EnvironmentType')}")
     if not ok:
-        return Check(name, Status.FAILED, f"{evidence}: older than {req.finops_release} ({req.finops_build})",
+        return Check(name, StepStatus.FAILED,
+                     f"{evidence}: older than {req.finops_release} ({req.finops_build})",
                      fix=f"update F&O to {req.finops_release} / platform update 33 or later (PU37 for the "
                          "5-minute export fix, 10.0.30 / PU54 for Reset link)", doc=SYSREQ_DOC)
-    return Check(name, Status.PASSED, f"{evidence}: {req.finops_release} ({req.finops_build}) or later")
+    return Check(name, StepStatus.PASSED, f"{evidence}: {req.finops_release} ({req.finops_build}) or later")
 
 
 def _dataverse_version_check(session: Session) -> Check:
@@ -310,13 +311,15 @@ def _dataverse_version_check(session: Session) -> Check:
         version = session.dataverse.version()
         ok = release_of(version) >= release_of(req.dataverse_version)
     except ClientError as exc:
-        return Check(name, Status.WARNING, f"not read: {exc}", fix="check the version in the Power Platform "
+        return Check(name, StepStatus.WARNING,
+                     f"not read: {exc}", fix="check the version in the Power Platform "
                      f"admin center: {req.dataverse_version} or later", doc=SYSREQ_DOC)
     if not ok:
-        return Check(name, Status.FAILED, f"RetrieveVersion: {version}, older than {req.dataverse_version}",
+        return Check(name, StepStatus.FAILED,
+                     f"RetrieveVersion: {version}, older than {req.dataverse_version}",
                      fix=f"update the Dataverse environment to {req.dataverse_version} or later",
                      doc=SYSREQ_DOC)
-    return Check(name, Status.PASSED, f"RetrieveVersion: {version} ({req.dataverse_version} or later)")
+    return Check(name, StepStatus.PASSED, f"RetrieveVersion: {version} ({req.dataverse_version} or later)")
 
 
 def _platform_checks(params: Params, session: Session) -> list[Check]:
@@ -325,7 +328,7 @@ def _platform_checks(params: Params, session: Session) -> list[Check]:
     try:
         environments = session.platform.environments()
     except ClientError as exc:
-        return [Check(n, Status.WARNING, f"not read: {exc}",
+        return [Check(n, StepStatus.WARNING, f"not read: {exc}",
                       fix=exc.fix + "; or check in the Power Platform admin center", doc=PLATFORM_DOC)
                 for n in names]
     env = params.environments
@@ -341,20 +344,21 @@ def _platform_checks(params: Params, session: Session) -> list[Check]:
     if not dataverse or not finops:
         missing = ("Dataverse environment" if not dataverse
                    else "Power Platform environment of the F&O environment")
-        return [Check(n, Status.WARNING, f"not read: the admin API lists no {missing}",
+        return [Check(n, StepStatus.WARNING, f"not read: the admin API lists no {missing}",
                       fix="sign in with a Power Platform administrator; or check in the admin center",
                       doc=PLATFORM_DOC) for n in names]
     trial = [e for e in finops if props(e).get("environmentSku") == req.trial_sku]
     sku = ", ".join(str(props(e).get("environmentSku")) for e in finops)
-    out = [Check(names[0], Status.FAILED, f"the F&O environment's Power Platform SKU is {sku}",
+    out = [Check(names[0], StepStatus.FAILED, f"the F&O environment's Power Platform SKU is {sku}",
                  fix="dual-write is not supported on F&O trial instances: use a sandbox or production "
                      "environment", doc=SYSREQ_DOC) if trial else
-           Check(names[0], Status.PASSED, f"the F&O environment's Power Platform SKU is {sku}")]
+           Check(names[0], StepStatus.PASSED, f"the F&O environment's Power Platform SKU is {sku}")]
     where = {"Dataverse": dataverse[0].get("location"), "F&O": finops[0].get("location")}
     seen = f"Dataverse in {where['Dataverse']}, F&O in {where['F&O']}"
-    out.append(Check(names[1], Status.PASSED, seen) if where["Dataverse"] == where["F&O"] else Check(
-        names[1], Status.FAILED, seen, fix="\"Power Platform environment geography must be the same logical "
-        "geography\" as the F&O environment: use a Dataverse environment in its geography", doc=PLATFORM_DOC))
+    out.append(Check(names[1], StepStatus.PASSED, seen) if where["Dataverse"] == where["F&O"] else Check(
+        names[1], StepStatus.FAILED, seen,
+        fix="\"Power Platform environment geography must be the same logical geography\" as the F&O "
+            "environment: use a Dataverse environment in its geography", doc=PLATFORM_DOC))
     return out
 
 
@@ -363,11 +367,11 @@ def _prospect_to_cash_check(session: Session) -> Check:
     found = [f"{r['uniquename']} ({r.get('friendlyname')})" for r in session.dataverse.solutions()
              if pattern.search(f"{r.get('uniquename') or ''} {r.get('friendlyname') or ''}")]
     if found:
-        return Check("Prospect to cash", Status.FAILED, f"installed: {', '.join(found)}",
+        return Check("Prospect to cash", StepStatus.FAILED, f"installed: {', '.join(found)}",
                      fix="Prospect to cash can't run side by side with dual-write: uninstall it (migrate its "
                          "data first: 'Migrate Prospect to cash data from Data Integrator to dual-write')",
                      doc=SYSREQ_DOC)
-    return Check("Prospect to cash", Status.PASSED, "no Prospect to cash solution installed")
+    return Check("Prospect to cash", StepStatus.PASSED, "no Prospect to cash solution installed")
 
 
 def _plugin_check(session: Session, setup: Setup) -> Check:
@@ -395,7 +399,7 @@ def _plugin_check(session: Session, setup: Setup) -> Check:
                            fix="enable every step of the dual-write plug-in assemblies (Plug-in Registration "
                                "tool, or reinstall Dual Write Core)", doc=REQUIREMENTS_DOC)
     assemblies = ", ".join(catalog.requirements().plugin_assemblies)
-    return Check(name, Status.PASSED, f"{steps_seen} steps of {assemblies} enabled")
+    return Check(name, StepStatus.PASSED, f"{steps_seen} steps of {assemblies} enabled")
 
 
 def _app_user_roles_checks(session: Session, setup: Setup) -> list[Check]:
@@ -425,11 +429,12 @@ def _finops_apps_check(admin: DualWriteAdmin, setup: Setup) -> Check:
                            doc=REQUIREMENTS_DOC)
     running = sorted(n for n, s in admin.map_states().items() if s.running)
     if running:
-        return Check(name, Status.PASSED, f"{apps}: not readable from outside; dual-write is linked (the "
+        return Check(name, StepStatus.PASSED, f"{apps}: not readable from outside; dual-write is linked (the "
                      f"link's health check requires them) and {len(running)} maps run with them "
                      f"({running[0]}, …)",
                      doc=REQUIREMENTS_DOC)
-    return Check(name, Status.WARNING, f"{apps}: not readable from outside, and no map runs to show them at "
+    return Check(name, StepStatus.WARNING,
+                 f"{apps}: not readable from outside, and no map runs to show them at "
                  "work", fix=by_hand, doc=REQUIREMENTS_DOC)
 
 
@@ -440,25 +445,26 @@ def _dmf_locale_check(session: Session) -> Check:
     try:
         formats = [f for f in source_formats(session.finops) if (f.get("Type") or "File") == "File"]
     except ClientError as exc:
-        return Check(DMF_LOCALE, Status.WARNING, f"not read: {exc}", fix=by_hand, doc=LOCALE_DOC)
+        return Check(DMF_LOCALE, StepStatus.WARNING, f"not read: {exc}", fix=by_hand, doc=LOCALE_DOC)
     other = [f"{f['SourceName']} ({f['LanguageLocale']})" for f in formats
              if (f.get("LanguageLocale") or "").lower() not in ("", INITIAL_SYNC_LOCALE)]
     unset = [str(f["SourceName"]) for f in formats if not f.get("LanguageLocale")]
     fix = LOCALE_FIX.format(format=", ".join(f.split(" (")[0] for f in other) or ", ".join(unset))
     if other:
-        return Check(DMF_LOCALE, Status.FAILED, f"source data formats in another Language locale than "
+        return Check(DMF_LOCALE, StepStatus.FAILED, f"source data formats in another Language locale than "
                      f"{INITIAL_SYNC_LOCALE}: {', '.join(other)}; the initial sync fails on their numbers "
                      "(\"Can't convert the literal … to the expected type 'Edm.Decimal'\")", fix=fix,
                      doc=LOCALE_DOC)
     if unset:
-        return Check(DMF_LOCALE, Status.WARNING, f"source data formats that name no Language locale (DMF "
+        return Check(DMF_LOCALE, StepStatus.WARNING, f"source data formats that name no Language locale (DMF "
                      f"then uses its user's): {', '.join(unset)}", fix=fix, doc=LOCALE_DOC)
-    return Check(DMF_LOCALE, Status.PASSED, f"every file format's Language locale is {INITIAL_SYNC_LOCALE} "
+    return Check(DMF_LOCALE, StepStatus.PASSED,
+                 f"every file format's Language locale is {INITIAL_SYNC_LOCALE} "
                  f"({', '.join(str(f['SourceName']) for f in formats)})")
 
 
 def _skipped(names: list[str], why: str) -> list[Check]:
-    return [Check(n, Status.SKIPPED, f"not checked: {why}") for n in names]
+    return [Check(n, StepStatus.SKIPPED, f"not checked: {why}") for n in names]
 
 
 @register
@@ -469,7 +475,7 @@ class Preflight(Step):
     step sets up are SKIPPED until then). Read-only.
 
     Example:
-        >>> # Preflight().execute(ctx).summary  → "13 checks: 8 passed, 5 skipped, 0 warnings, 0 failed"
+        Preflight().execute(ctx).summary  → "13 checks: 8 passed, 5 skipped, 0 warnings, 0 failed"
         >>> Preflight.name
         'preflight'
     """
@@ -490,10 +496,11 @@ class Preflight(Step):
         checks = finding.checks
         count = Counter(c.status for c in checks)
         status = worst(checks)
-        fixes = [f"{c.name}: {c.fix}" for c in checks if c.status == Status.FAILED and c.fix]
+        fixes = [f"{c.name}: {c.fix}" for c in checks if c.status == StepStatus.FAILED and c.fix]
         return self.result(
-            status, f"{len(checks)} checks: {count[Status.PASSED]} passed, {count[Status.SKIPPED]} skipped, "
-                    f"{count[Status.WARNING]} warnings, {count[Status.FAILED]} failed", checks=checks,
+            status, f"{len(checks)} checks: {count[StepStatus.PASSED]} passed, "
+                    f"{count[StepStatus.SKIPPED]} skipped, {count[StepStatus.WARNING]} warnings, "
+                    f"{count[StepStatus.FAILED]} failed", checks=checks,
             next_action="; ".join(fixes))
 
     def _checks(self, params: Params, session: Session, admin: DualWriteAdmin) -> list[Check]:
@@ -504,7 +511,7 @@ class Preflight(Step):
                               "check environments.finops_url and the app's Microsoft Entra ID application")
         checks = [dv_check, fo_check, _finops_version_check(params, session),
                   *_platform_checks(params, session)]
-        if dv_check.status == Status.FAILED:
+        if dv_check.status == StepStatus.FAILED:
             return checks + _skipped(DATAVERSE_CHECKS, "Dataverse is not reachable")
         setup = _setup(params, admin)
         checks += _link_checks(params, admin, setup)
@@ -517,9 +524,9 @@ class Preflight(Step):
         checks += _app_user_roles_checks(session, setup)
         checks.append(_finops_apps_check(admin, setup))
         checks.append(_company_rows_check(session, any(v for s, v in versions if s in core), setup))
-        checks += (_scope_checks(params, session) if fo_check.status == Status.PASSED
+        checks += (_scope_checks(params, session) if fo_check.status == StepStatus.PASSED
                    else _skipped(["legal entities"], "F&O is not reachable"))
-        checks.append(_dmf_locale_check(session) if fo_check.status == Status.PASSED
+        checks.append(_dmf_locale_check(session) if fo_check.status == StepStatus.PASSED
                       else _skipped([DMF_LOCALE], "F&O is not reachable")[0])
         checks.append(_root_team_check(session, setup))
         return checks

@@ -158,7 +158,7 @@ def reconcilable(m: catalog.TableMap) -> bool:
 def company_ids(session: Session) -> dict[str, str]:
     """Company code (upper case) → `cdm_companyid`, from Dataverse `cdm_companies`.
 
-    >>> # company_ids(session)["USMF"]  → '6f1b0c57-…'
+    company_ids(session)["USMF"]  → '6f1b0c57-…'
     """
     rows = session.dataverse.query("cdm_companies", select=["cdm_companyid", "cdm_companycode"])
     return {r["cdm_companycode"].upper(): r["cdm_companyid"] for r in rows if r.get("cdm_companycode")}
@@ -235,7 +235,7 @@ def reconcile_map(
     map; the Legal entities map is limited to `companies`, the connection's legal entities); with
     `values`, the mapped columns' checksums too.
 
-    >>> # [r.row() for r in reconcile_map(session, catalog.table_map("customer-groups"), ["USMF"], ids)]
+    [r.row() for r in reconcile_map(session, catalog.table_map("customer-groups"), ["USMF"], ids)]
     """
     rm = values.rowmap(m) if values is not None else None
     if not m.company_specific:
@@ -264,8 +264,8 @@ def reconcile(
     """Reconcile `maps` (names) for `companies` (codes); maps without F&O data are left out; with
     `values`, the mapped columns' values are compared too (checksums).
 
-    >>> # rows = reconcile(session, ["Customers V3 (accounts)"], ["USMF", "GBSI"])
-    >>> # [r.row() for r in rows if not r.ok]
+    rows = reconcile(session, ["Customers V3 (accounts)"], ["USMF", "GBSI"])
+    [r.row() for r in rows if not r.ok]
     """
     ids = company_ids(session)
     out: list[Reconciliation] = []

@@ -15,9 +15,9 @@ A company without customer groups (a new F&O) gets a temporary one, synced and d
 way. Each stage is a `Check`; the first that fails names its direction. Clean-up always runs.
 
 Example:
-    >>> # trip = round_trip(session, "USMF", "10", company_id, timeout_s=300, poll_s=2)
-    >>> # trip.ok, [c.name for c in trip.stages]
-    >>> # (True, ['F&O → Dataverse', 'Dataverse → F&O', 'clean-up'])
+    trip = round_trip(session, "USMF", "10", company_id, timeout_s=300, poll_s=2)
+    trip.ok, [c.name for c in trip.stages]
+    (True, ['F&O → Dataverse', 'Dataverse → F&O', 'clean-up'])
     >>> poll(lambda: 42, timeout_s=1, poll_s=0.1)
     42
 """
@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from dwlib import catalog
 from dwlib.clients.errors import ClientError, NotFoundError
+from dwlib.vocab import StepStatus
 
-from .base import Check, Status
+from .base import Check
 from .reconcile import COMPANY_LOOKUP, company_clause
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ class RoundTrip:
 
     @property
     def ok(self) -> bool:
-        return all(c.status == Status.PASSED for c in self.stages)
+        return all(c.status == StepStatus.PASSED for c in self.stages)
 
 
 def _fix(message: str, default: str) -> str:
@@ -94,7 +95,7 @@ class _Trip:
         return poll(probe, timeout_s=self.timeout_s, poll_s=self.poll_s)
 
     def _stage(self, name: str, ok: bool, evidence: str, fix: str = "") -> bool:
-        self.result.stages.append(Check(name, Status.PASSED if ok else Status.FAILED, evidence,
+        self.result.stages.append(Check(name, StepStatus.PASSED if ok else StepStatus.FAILED, evidence,
                                         fix="" if ok else fix, doc="" if ok else LIVE_DOC))
         if not ok and name in (F2D, D2F) and not self.result.failed_direction:
             self.result.failed_direction = name

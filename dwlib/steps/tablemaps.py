@@ -19,7 +19,8 @@ Example:
     ...     PlannedMap("Legal entities (cdm_companies)", True, "finops"),
     ...     PlannedMap("Customers V3 (accounts)", False, "finops")])]
     [(True, 2), (False, 1)]
-    >>> # TableMaps().execute(ctx).tables["table maps"][0]["state"]  → 'Running'
+
+    TableMaps().execute(ctx).tables["table maps"][0]["state"]  → 'Running'
 """
 
 from __future__ import annotations
@@ -31,18 +32,17 @@ from typing import TYPE_CHECKING, Any
 from dwlib import catalog
 from dwlib.catalog.errors import DOCS_ROOT
 from dwlib.clients.dualwrite import DualWriteAdminError
+from dwlib.vocab import MapState, StepStatus
 
-from .base import Check, Finding, Status, Step, StepContext, StepResult, register
-from .link import environment, worst
+from .base import Check, Finding, Step, StepContext, StepResult, environment, register, worst
 from .mapdefaults import Defaults, apply_defaults, defaults_checks, missing_defaults, wanted_defaults
 from .plan import plan_of
 
 if TYPE_CHECKING:
-    from dwlib.clients.dualwrite import DualWriteAdmin, MapState
+    from dwlib.clients.dualwrite import DualWriteAdmin, MapSnapshot
 
 ENABLE_DOC = DOCS_ROOT + "enable-entity-map"
 ERRORS_DOC = DOCS_ROOT + "errors-and-alerts"
-RUNNING, INITIALIZING, NOT_RUNNING = "Running", "Initializing", "Not running"
 RERUN_POLICY = (
     "Fix the data as each remediation says, then rerun the initial sync: in the map's Initial sync "
     "details select Re-run execution (retries the whole execution, the failed records included), or "
@@ -77,8 +77,8 @@ def planned_maps(ctx: StepContext) -> list[PlannedMap]:
     """The maps the plan enables, in dependency order (the plan step's result, or recomputed from
     the real state when the run resumed after the plan step).
 
-    >>> # [(p.name, p.initial_sync, p.master) for p in planned_maps(ctx)][0]
-    >>> # ('Currencies (transactioncurrencies)', True, 'finops')
+    [(p.name, p.initial_sync, p.master) for p in planned_maps(ctx)][0]
+    ('Currencies (transactioncurrencies)', True, 'finops')
     """
     enabled = {r.name: PlannedMap(r.name, r.initial_sync, r.master, r.moves_data) for r in plan_of(ctx)}
     return [enabled[n] for n in catalog.dependency_order(enabled, include_dependencies=False)]
@@ -111,7 +111,7 @@ def enable(admin: DualWriteAdmin, maps: Sequence[PlannedMap]) -> EnableOutcome:
     the maps after it may depend on it. A map of that group whose state row changed and that is
     Not running again ran its initial sync and failed.
 
-    >>> # outcome = enable(ctx.admin, planned_maps(ctx)); outcome.failed, outcome.stopped
+    outcome = enable(ctx.admin, planned_maps(ctx)); outcome.failed, outcome.stopped
     """
     out = EnableOutcome()
     for group in run_groups(maps):
@@ -122,7 +122,8 @@ def enable(admin: DualWriteAdmin, maps: Sequence[PlannedMap]) -> EnableOutcome:
                       include_related=False)
         except DualWriteAdminError as exc:
             after = admin.map_states(group.names)
-            out.failed = [n for n in group.names if group.initial_sync and after[n].state == NOT_RUNNING
+            out.failed = [n for n in group.names
+                          if group.initial_sync and after[n].state == MapState.NOT_RUNNING
                           and after[n].version != before[n].version]
             out.stopped = str(exc)
             break
@@ -135,8 +136,8 @@ def sync_failure_report(
     """For maps whose initial sync failed: a check per top error (at most 5 per map) with the
     catalogue's remediation, and the remediation entries of the result.
 
-    >>> # checks, remediation = sync_failure_report(admin, ["Customers V3 (accounts)"])
-    >>> # remediation[0]["id"]  → 'double-quotes-in-data'
+    checks, remediation = sync_failure_report(admin, ["Customers V3 (accounts)"])
+    remediation[0]["id"]  → 'double-quotes-in-data'
     """
     top = catalog.limits().top_errors
     checks: list[Check] = []
@@ -144,7 +145,7 @@ def sync_failure_report(
     for name in names:
         details = admin.initial_sync_details(name)
         if not details.errors:
-            checks.append(Check(f"{name}: initial sync", Status.FAILED,
+            checks.append(Check(f"{name}: initial sync", StepStatus.FAILED,
                                 f"the map is {details.state}; last initial sync: {details.status}. "
                                 f"{details.note}".strip(), fix=RERUN_POLICY, doc=ERRORS_DOC))
             continue
@@ -152,7 +153,7 @@ def sync_failure_report(
             known = err.known or catalog.match_error(err.message, "initial-sync")
             where = " ".join(p for p in (err.legal_entity, err.record_id, err.field) if p)
             checks.append(Check(
-                f"{name}: error {i} of {len(details.errors)}", Status.FAILED,
+                f"{name}: error {i} of {len(details.errors)}", StepStatus.FAILED,
                 f"{where}: {err.message}" if where else err.message,
                 fix=known.fix if known else "not a documented error: read the message, fix the data, "
                                             "then rerun the initial sync",
@@ -175,15 +176,17 @@ class MapWork:
     outcome: EnableOutcome = field(default_factory=EnableOutcome)
 
 
-def state_row(p: PlannedMap, s: MapState) -> dict[str, Any]:
+def state_row(p: PlannedMap, s: MapSnapshot) -> dict[str, Any]:
     """One row of the table-map table.
 
-    >>> from dwlib.clients.dualwrite import MapState
-    >>> state_row(PlannedMap("Currencies (transactioncurrencies)", False), MapState("x", "Running"))
-    ... # doctest: +ELLIPSIS
-    {'map': 'Currencies (transactioncurrencies)', 'initial_sync': 'skipped', ...}
+    >>> import json
+    >>> from dwlib.clients.dualwrite import MapSnapshot
+    >>> row = state_row(PlannedMap("Currencies (transactioncurrencies)", False),
+    ...                 MapSnapshot("x", MapState.RUNNING))
+    >>> json.dumps(row)[46:]
+    '"initial_sync": "skipped", "master": "Dataverse", "state": "Running", "project": ""}'
     """
-    return {"map": p.name, "initial_sync": "yes" if p.initial_sync else "skipped",
+    return {"map": p.name, "initial_sync": "yes" if p.initial_sync else StepStatus.SKIPPED,
             "master": "F&O" if p.master == "finops" else "Dataverse", "state": s.state,
             "project": s.project or ""}
 
@@ -199,7 +202,7 @@ class TableMaps(Step):
     errors, remediation and the rerun policy are shown.
 
     Example:
-        >>> # TableMaps().execute(ctx).summary  → '6 table maps Running'
+        TableMaps().execute(ctx).summary  → '6 table maps Running'
         >>> TableMaps.name
         'table-maps'
     """
@@ -212,9 +215,9 @@ class TableMaps(Step):
         params, _, admin = environment(ctx)
         plan = planned_maps(ctx)
         states = admin.map_states([p.name for p in plan])
-        todo = [p for p in plan if states[p.name].state not in (RUNNING, INITIALIZING)]
+        todo = [p for p in plan if states[p.name].state not in (MapState.RUNNING, MapState.INITIALIZING)]
         defaults = missing_defaults(admin, wanted_defaults(params))
-        checks = [Check(p.name, Status.PASSED if p not in todo else Status.WARNING,
+        checks = [Check(p.name, StepStatus.PASSED if p not in todo else StepStatus.WARNING,
                         f"{states[p.name].state}", fix="" if p not in todo else "run it") for p in plan]
         parts = [f"set column defaults of {', '.join(defaults)}"] if defaults else []
         if todo:
@@ -237,27 +240,28 @@ class TableMaps(Step):
         defaults = defaults_checks(admin, wanted_defaults(params))
         states = admin.map_states([p.name for p in plan])
         rows = [state_row(p, states[p.name]) for p in plan]
-        failed = [n for n in work.outcome.failed if states[n].state == NOT_RUNNING]
-        waiting = [p.name for p in plan if states[p.name].state not in (RUNNING, INITIALIZING)
+        failed = [n for n in work.outcome.failed if states[n].state == MapState.NOT_RUNNING]
+        waiting = [p.name for p in plan
+                   if states[p.name].state not in (MapState.RUNNING, MapState.INITIALIZING)
                    and p.name not in failed]
-        syncing = [p.name for p in plan if states[p.name].state == INITIALIZING]
+        syncing = [p.name for p in plan if states[p.name].state == MapState.INITIALIZING]
         counts = {"maps": len(plan), "running": sum(s.running for s in states.values()),
                   "initializing": len(syncing)}
         tables = {"table maps": rows}
         if failed:
             checks, remediation = sync_failure_report(admin, failed)
-            return self.result(Status.FAILED, f"initial sync failed for {', '.join(failed)}",
+            return self.result(StepStatus.FAILED, f"initial sync failed for {', '.join(failed)}",
                                checks=checks, tables=tables, counts=counts, remediation=remediation,
                                next_action=RERUN_POLICY)
-        if worst(defaults) == Status.FAILED:
-            return self.result(Status.FAILED, "column defaults missing", tables=tables, counts=counts,
+        if worst(defaults) == StepStatus.FAILED:
+            return self.result(StepStatus.FAILED, "column defaults missing", tables=tables, counts=counts,
                                checks=defaults, next_action="Set the column defaults the checks name, then "
                                                             "run this step again.")
         if waiting:
             stopped = work.outcome.stopped
             return self.result(
-                Status.FAILED, f"not running: {', '.join(waiting)}", tables=tables, counts=counts,
-                checks=[Check(n, Status.FAILED, states[n].state + (f" ({stopped})" if stopped else ""),
+                StepStatus.FAILED, f"not running: {', '.join(waiting)}", tables=tables, counts=counts,
+                checks=[Check(n, StepStatus.FAILED, states[n].state + (f" ({stopped})" if stopped else ""),
                               fix="run the map as the instructions say (Run dialog), then run this "
                                   "step again", doc=ENABLE_DOC) for n in waiting],
                 next_action="Run the maps still not running (in the order of the table), then run "
@@ -266,6 +270,6 @@ class TableMaps(Step):
         if syncing:
             summary += (f"; initial sync still running for {', '.join(syncing)} "
                         "(the initial-sync step watches it)")
-        return self.result(Status.PASSED, summary, tables=tables, counts=counts,
-                           checks=[Check(r["map"], Status.PASSED, f"{r['state']} ({r['initial_sync']} "
+        return self.result(StepStatus.PASSED, summary, tables=tables, counts=counts,
+                           checks=[Check(r["map"], StepStatus.PASSED, f"{r['state']} ({r['initial_sync']} "
                                          f"initial sync, master {r['master']})") for r in rows] + defaults)

@@ -27,9 +27,9 @@ customer, its temporary customer group) is deleted first, and the reconciliation
 it; with `never` it is only reported.
 
 Example:
-    >>> # result = Verify().execute(ctx)
-    >>> # result.tables["reconciliation"][0]  → {'map': …, 'company': 'USMF', 'finops_rows': 40, …}
-    >>> # result.evidence_files               → ['…/verify-reconciliation.csv', '…/verify-missing-keys.csv']
+    result = Verify().execute(ctx)
+    result.tables["reconciliation"][0]  → {'map': …, 'company': 'USMF', 'finops_rows': 40, …}
+    result.evidence_files               → ['…/verify-reconciliation.csv', '…/verify-missing-keys.csv']
     >>> Verify.name
     'verify'
 """
@@ -43,16 +43,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dwlib.catalog.errors import DOCS_ROOT
+from dwlib.vocab import MapState, StepStatus
 
 from . import eligibility
-from .base import Check, Finding, Status, Step, StepContext, StepError, StepResult, register
+from .base import Check, Finding, Step, StepContext, StepError, StepResult, environment, register, worst
 from .dvmeta import Tables
 from .initialsync import sync_companies
-from .link import environment, worst
 from .reconcile import Reconciliation, Values, company_ids, reconcile
 from .roundtrip import ACCOUNTS, PREFIX, Leftover, RoundTrip, clean_up_leftover, leftovers, round_trip
 from .rowmap import Lookups
-from .tablemaps import RUNNING, planned_maps
+from .tablemaps import planned_maps
 
 if TYPE_CHECKING:
     from dwlib.params import Params
@@ -101,7 +101,8 @@ def _environments(params: Params) -> str:
 
 def _earlier_trip(ctx: StepContext, params: Params) -> dict[str, Any] | None:
     try:
-        return json.loads(round_trips_file(ctx).read_text()).get(_environments(params))
+        trips: dict[str, dict[str, Any]] = json.loads(round_trips_file(ctx).read_text())
+        return trips.get(_environments(params))
     except (OSError, ValueError):
         return None
 
@@ -149,7 +150,7 @@ class Verify(Step):
     of the round trip fails (naming it).
 
     Example:
-        >>> # Verify().execute(ctx).counts  → {'rows_checked': 10, 'rows_failed': 0, 'missing_keys': 0, …}
+        Verify().execute(ctx).counts  → {'rows_checked': 10, 'rows_failed': 0, 'missing_keys': 0, …}
         >>> Verify.title
         'Verify: reconcile both sides and a live round trip'
     """
@@ -167,7 +168,7 @@ class Verify(Step):
         reconciled = [p.name for p in plan if p.moves_data]
         rows = reconcile(session, reconciled, companies, values=values)
         failing = [r for r in rows if not r.ok]
-        checks = [Check("reconciliation", Status.FAILED if failing else Status.PASSED,
+        checks = [Check("reconciliation", StepStatus.FAILED if failing else StepStatus.PASSED,
                         f"{len(rows) - len(failing)} of {len(rows)} map × company rows reconcile (counts, "
                         "keys and the checksums of the mapped columns' values)")]
         work = VerifyWork(rows, None, None, maps=[p.name for p in plan], companies=list(companies),
@@ -175,7 +176,7 @@ class Verify(Step):
         mode = params.verify.round_trip
         work.leftovers = leftovers(session, work.ids)
         if work.leftovers and mode == "never":
-            work.notes.append(Check("earlier round trips", Status.WARNING,
+            work.notes.append(Check("earlier round trips", StepStatus.WARNING,
                                     "left behind by a round trip that was stopped: "
                                     + "; ".join(map(str, work.leftovers)),
                                     fix="delete them by hand, or run verify with verify.round_trip: once, "
@@ -187,14 +188,14 @@ class Verify(Step):
             work.why_not = "off (verify.round_trip: never)"
         elif ACCOUNTS not in enabled:
             work.why_not = f"not possible: the plan does not enable {ACCOUNTS}"
-            work.notes.append(Check("round trip", Status.WARNING, work.why_not,
+            work.notes.append(Check("round trip", StepStatus.WARNING, work.why_not,
                                     fix=f"enable {ACCOUNTS} to prove live sync end to end"))
         elif earlier is not None:
             work.why_not = (f"passed on {earlier['passed_on']} in {earlier['company']} "
                             f"({earlier['account']}, cleaned up)")
-            work.notes.append(Check("round trip", Status.PASSED, work.why_not))
-        elif admin.map_states([ACCOUNTS])[ACCOUNTS].state != RUNNING:
-            work.notes.append(Check("round trip", Status.FAILED, f"{ACCOUNTS} is not Running",
+            work.notes.append(Check("round trip", StepStatus.PASSED, work.why_not))
+        elif admin.map_states([ACCOUNTS])[ACCOUNTS].state != MapState.RUNNING:
+            work.notes.append(Check("round trip", StepStatus.FAILED, f"{ACCOUNTS} is not Running",
                                     fix="run the table-maps step first"))
             work.why_not = f"{ACCOUNTS} is not Running"
         else:
@@ -256,7 +257,7 @@ class Verify(Step):
         checks += found.checks(ineligible_csv)
         checks += work.notes + (work.trip.stages if work.trip else [])
         if not work.rows:
-            checks.append(Check("reconciliation", Status.PASSED,
+            checks.append(Check("reconciliation", StepStatus.PASSED,
                                 "no map moved data (maps went live with skip initial sync): nothing to "
                                 "reconcile"))
         status = worst(checks)
@@ -297,7 +298,7 @@ class Verify(Step):
                          + (f": {r.differing} rows, e.g. {sample}" if r.differing else ""))
         if r.note:
             evidence += f"; {r.note}"
-        return Check(f"{r.map} {r.company}", Status.FAILED, evidence,
+        return Check(f"{r.map} {r.company}", StepStatus.FAILED, evidence,
                      fix=f"check that the map is Running (table-maps step), then rerun its initial sync "
                          f"(initial-sync step, or Re-run execution in Initial sync details; the master "
                          f"decides which side's values win); every missing key is in {csv}, every differing "
@@ -312,6 +313,6 @@ class Verify(Step):
                            f"initial sync of those maps (run the initial-sync step again), then verify "
                            f"again. Missing keys: {csv}.")
         if trip is not None and not trip.ok:
-            failed = next(c for c in trip.stages if c.status != Status.PASSED)
+            failed = next(c for c in trip.stages if c.status != StepStatus.PASSED)
             actions.append(f"The round trip failed at '{failed.name}': {failed.fix}")
         return " ".join(actions)

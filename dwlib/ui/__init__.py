@@ -13,11 +13,11 @@ say, progress prints, and each widget also renders as text; the executed noteboo
 widgets' final state, so a reviewer sees the final board.
 
 Example:
-    >>> # form = ui.parameter_form(globals(), scenario="existing-new"); form
-    >>> # rb = Runbook.from_notebook(globals(), scenario="existing-new")
-    >>> # connection = ui.connect(rb)
-    >>> # board = ui.step_board(rb); board
-    >>> # ui.summary(rb)
+    form = ui.parameter_form(globals(), scenario="existing-new"); form
+    rb = Runbook.from_notebook(globals(), scenario="existing-new")
+    connection = ui.connect(rb)
+    board = ui.step_board(rb); board
+    ui.summary(rb)
     >>> sorted(n for n in __all__ if not n[0].isupper())
     ['connect', 'parameter_form', 'step_board', 'summary']
 """
@@ -27,6 +27,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from dwlib.ui.board import GatePanel, StepBoard, WidgetProgress
+from dwlib.ui.confirm import offer_confirmation
 from dwlib.ui.connect import ConnectPanel, connect
 from dwlib.ui.form import ParameterForm, parameter_form
 from dwlib.ui.summary import SealPanel, summary
@@ -39,8 +40,10 @@ __all__ = ["ConnectPanel", "GatePanel", "ParameterForm", "SealPanel", "StepBoard
 
 
 def step_board(rb: Runbook) -> StepBoard:
-    """The board cell: a `StepBoard` subscribed to `rb` (display it as the cell's last line).
+    """The board cell: a `StepBoard` subscribed to `rb` (display it as the cell's last line), and a
+    Confirm button under each step that waits for a confirmation.
 
-    >>> # board = ui.step_board(rb); board
+    board = ui.step_board(rb); board
     """
+    offer_confirmation(rb)
     return StepBoard(rb)

@@ -14,34 +14,32 @@ Headless nothing waits for a person and nothing blocks: gates poll as the parame
 progress stays text (`dwlib.render.TextProgress`).
 
 Example:
-    >>> # board = StepBoard(rb); board   # in the notebook's board cell
+    board = StepBoard(rb); board   # in the notebook's board cell
     >>> row_text({"id": "plan", "status": "passed", "seconds": 1.25, "summary": "2 maps"})
     '✓ plan  passed  1.2 s  2 maps'
 """
 
 from __future__ import annotations
 
-import html
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 from IPython.display import display
 
-from dwlib.render import COLOURS, MARKS, TextProgress
-from dwlib.steps import Status, StepResult
+from dwlib.render import MARKS, TextProgress, badge, esc, seconds_text
+from dwlib.steps import StepResult, StepStatus
+from dwlib.vocab import Unfinished
 
 if TYPE_CHECKING:
     from dwlib.runbook import Runbook
 
-PENDING, RUNNING = "pending", "running"
 SUMMARY_CHARS = 140  # one line of the board
 PROGRESS_EVERY_S = 0.25  # a bar moves at most this often: every move is a message to the browser
-_GREY, _BLUE = "#6e7781", "#0969da"
 
 
 def _seconds(row: Mapping[str, Any]) -> str:
-    return "" if row.get("seconds") is None else f"{row['seconds']:.1f} s"
+    return "" if row.get("seconds") is None else seconds_text(row["seconds"])
 
 
 def row_text(row: Mapping[str, Any]) -> str:
@@ -50,12 +48,6 @@ def row_text(row: Mapping[str, Any]) -> str:
     summary = f"  {row['summary']}" if row.get("summary") else ""
     mark = MARKS.get(row["status"], "·")
     return f"{mark} {row['id']}  {row['status'].replace('_', ' ')}{seconds}{summary}"
-
-
-def _badge(status: str) -> str:
-    colour = COLOURS.get(status, _BLUE if status == RUNNING else _GREY)
-    return (f'<span class="dw-badge" style="background:{colour};color:#fff;border-radius:4px;'
-            f'padding:1px 6px;font-weight:600">{html.escape(status.replace("_", " "))}</span>')
 
 
 def _one_line(text: str) -> str:
@@ -69,14 +61,15 @@ class StepBoard:
     Creating it subscribes it to the runbook; displaying it shows the widget (and, as text, the
     rows as they were then). `rows` is the state, `widget` the `ipywidgets.HTML` showing it.
 
-    >>> # board = StepBoard(rb); rb.run("preflight"); board.rows[0]["status"]  → 'passed'
+    board = StepBoard(rb); rb.run("preflight"); board.rows[0]["status"]  → 'passed'
     """
 
     def __init__(self, rb: Runbook) -> None:
         self.rb = rb
         titles = {ref.id: ref.step for ref in rb.scenario.steps}
         self.rows: list[dict[str, Any]] = [
-            {"id": step_id, "step": titles[step_id], "status": PENDING, "seconds": None, "summary": ""}
+            {"id": step_id, "step": titles[step_id], "status": Unfinished.PENDING, "seconds": None,
+             "summary": ""}
             for step_id in rb.step_ids]
         for step_id, result in rb.results.items():  # a board made after some steps ran
             self._set(step_id, result)
@@ -96,30 +89,31 @@ class StepBoard:
         panel = self.panels.get(step_id)
         if panel is not None and panel.verifying:
             return  # the panel's own button ran the step: it shows the outcome itself
-        if result.status == Status.WAITING and self.rb.gates.hold and self.rb.gates.shown:
+        if result.status == StepStatus.WAITING and self.rb.gates.hold and self.rb.gates.shown:
             self.panels[step_id] = GatePanel(self.rb, step_id, self.rb.gates.shown[-1])
             display(self.panels[step_id].widget)
 
     def _set(self, step_id: str, result: StepResult | None) -> None:
         row = next(r for r in self.rows if r["id"] == step_id)
         if result is None:
-            row.update(status=RUNNING, seconds=None, summary="")
+            row.update(status=Unfinished.RUNNING, seconds=None, summary="")
         else:
             row.update(status=str(result.status), seconds=result.duration_s,
                        summary=_one_line(result.summary))
 
     def done(self) -> int:
         """How many steps finished in a way the run may go on from."""
-        return sum(1 for r in self.rows if r["status"] not in (PENDING, RUNNING) and Status(r["status"]).ok)
+        return sum(1 for r in self.rows
+                   if r["status"] not in tuple(Unfinished) and StepStatus(r["status"]).ok)
 
     def html(self) -> str:
         """The board as an HTML table (`data-step` and `data-status` on each row)."""
         body = "".join(
-            f'<tr class="dw-board-row" data-step="{html.escape(r["id"])}" data-status="{r["status"]}">'
-            f"<td>{i}</td><td><code>{html.escape(r['id'])}</code></td><td>{_badge(r['status'])}</td>"
-            f'<td style="text-align:right">{_seconds(r)}</td><td>{html.escape(r["summary"])}</td></tr>'
+            f'<tr class="dw-board-row" data-step="{esc(r["id"])}" data-status="{r["status"]}">'
+            f"<td>{i}</td><td><code>{esc(r['id'])}</code></td><td>{badge(r['status'])}</td>"
+            f'<td style="text-align:right">{_seconds(r)}</td><td>{esc(r["summary"])}</td></tr>'
             for i, r in enumerate(self.rows, 1))
-        head = (f"<p><b>Steps of {html.escape(self.rb.scenario.id)}</b>: "
+        head = (f"<p><b>Steps of {esc(self.rb.scenario.id)}</b>: "
                 f'<span class="dw-board-done">{self.done()} of {len(self.rows)} done</span></p>')
         return (f'<div class="dw-board">{head}<table><thead><tr><th>#</th><th>step</th><th>status</th>'
                 f"<th>time</th><th>result</th></tr></thead><tbody>{body}</tbody></table></div>")
@@ -141,7 +135,7 @@ class GatePanel:
     """A portal gate that waits for the consultant: what to do (steps, links, what is verified), a
     "Verify now" button that runs the step again, and the result it verified.
 
-    >>> # panel = GatePanel(rb, "power-platform-integration", rb.gates.shown[-1]); panel.button.click()
+    panel = GatePanel(rb, "power-platform-integration", rb.gates.shown[-1]); panel.button.click()
     """
 
     def __init__(self, rb: Runbook, step_id: str, instruction: Mapping[str, Any]) -> None:
@@ -151,7 +145,7 @@ class GatePanel:
         self.instruction = widgets.HTML(instruction_html(instruction))
         self.button = widgets.Button(description="Verify now", button_style="primary", icon="refresh",
                                      tooltip=f"run {step_id} again: it checks the portal action's result")
-        self.status = widgets.HTML(_gate_status("waiting", "waiting for you", 0))
+        self.status = widgets.HTML(_gate_status(StepStatus.WAITING, "waiting for you", 0))
         self.output = widgets.Output()
         self.button.on_click(lambda _button: self.verify())
         self.widget = widgets.VBox([self.instruction, widgets.HBox([self.button, self.status]), self.output],
@@ -161,7 +155,7 @@ class GatePanel:
     def verify(self) -> StepResult:
         """Run the step again and show what it verified (a new instruction if it still waits)."""
         self.verifying, self.button.disabled = True, True
-        self.status.value = _gate_status("running", "verifying…", self.attempts)
+        self.status.value = _gate_status(Unfinished.RUNNING, "verifying…", self.attempts)
         try:
             with self.output:
                 self.output.clear_output()
@@ -173,7 +167,7 @@ class GatePanel:
         status = str(result.status)
         said = "verified: " + status.replace("_", " ") if result.status.ok else status.replace("_", " ")
         self.status.value = _gate_status(status, said, self.attempts)
-        if result.status == Status.WAITING and self.rb.gates.shown:
+        if result.status == StepStatus.WAITING and self.rb.gates.shown:
             self.instruction.value = instruction_html(self.rb.gates.shown[-1])
         self.button.disabled = result.status.ok
         return result
@@ -181,7 +175,7 @@ class GatePanel:
 
 def _gate_status(status: str, said: str, attempts: int) -> str:
     return (f'<span class="dw-gate-status" data-status="{status}" data-attempt="{attempts}">'
-            f"{html.escape(said)}</span>")
+            f"{esc(said)}</span>")
 
 
 def instruction_html(instruction: Mapping[str, Any]) -> str:
@@ -192,18 +186,18 @@ def instruction_html(instruction: Mapping[str, Any]) -> str:
     >>> "<ol><li>a</li></ol>" in shown, 'href="https://lcs"' in shown
     (True, True)
     """
-    steps = "".join(f"<li>{html.escape(s)}</li>" for s in instruction.get("steps", []))
-    links = " · ".join(f'<a href="{html.escape(url)}" target="_blank" rel="noopener">{html.escape(name)}</a>'
+    steps = "".join(f"<li>{esc(s)}</li>" for s in instruction.get("steps", []))
+    links = " · ".join(f'<a href="{esc(url)}" target="_blank" rel="noopener">{esc(name)}</a>'
                        for name, url in instruction.get("links", {}).items())
-    return (f'<div class="dw-instruction"><p><b>{html.escape(instruction["title"])}</b></p><ol>{steps}</ol>'
+    return (f'<div class="dw-instruction"><p><b>{esc(instruction["title"])}</b></p><ol>{steps}</ol>'
             + (f"<p>Open: {links}</p>" if links else "")
-            + f"<p>Verified automatically: {html.escape(instruction.get('verify', ''))}</p></div>")
+            + f"<p>Verified automatically: {esc(instruction.get('verify', ''))}</p></div>")
 
 
 class WidgetProgress(TextProgress):
     """Progress as a bar under the running cell (a `dwlib.steps.base.ProgressFactory` for JupyterLab).
 
-    >>> # rb.progress = WidgetProgress   (StepBoard does this for interactive runs)
+    rb.progress = WidgetProgress   (StepBoard does this for interactive runs)
     """
 
     every_s = PROGRESS_EVERY_S

@@ -19,15 +19,13 @@ Example:
 
 from __future__ import annotations
 
-import html
 import re
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
-import jwt
 
-from dwlib.clients import scope_for
 from dwlib.errors import DwError
+from dwlib.render import esc
 from dwlib.secrets import scrub
 
 if TYPE_CHECKING:
@@ -43,30 +41,22 @@ def parse_device_message(message: str) -> tuple[str, str]:
     return (url.group(0).rstrip(".,") if url else "", code.group(1) if code else "")
 
 
-def _identity(rb: Runbook, url: str) -> str:
-    """Who the access token for `url` says the caller is (a user's UPN, or the app's name)."""
-    assert rb.session is not None
-    claims = jwt.decode(rb.session.tokens.token(scope_for(url)), options={"verify_signature": False})
-    return str(claims.get("upn") or claims.get("name") or claims.get("app_displayname")
-               or claims.get("appid"))
-
-
 def whoami(rb: Runbook) -> list[dict[str, str]]:
     """One row per environment: its URL, who you are there, and what it says about you.
 
-    >>> # whoami(rb)[0] → {'environment': 'Dataverse', 'url': …, 'signed in as': …, 'details': …}
+    whoami(rb)[0] → {'environment': 'Dataverse', 'url': …, 'signed in as': …, 'details': …}
     """
     assert rb.session is not None
     env = rb.params.environments
     me = rb.session.dataverse.whoami()
     dataverse = {"environment": "Dataverse", "url": env.dataverse_url,
-                 "signed in as": _identity(rb, env.dataverse_url),
+                 "signed in as": rb.session.tokens.signed_in_as(env.dataverse_url),
                  "details": f"user {me.get('UserId')}, business unit {me.get('BusinessUnitId')}, "
                             f"organization {me.get('OrganizationId')}"}
     codes = [r["LegalEntityId"] for r in rb.session.finops.query("LegalEntities", select=["LegalEntityId"])]
     shown = ", ".join(codes[:LEGAL_ENTITIES_SHOWN]) + (" …" if len(codes) > LEGAL_ENTITIES_SHOWN else "")
     finops = {"environment": "Finance and operations", "url": env.finops_url,
-              "signed in as": _identity(rb, env.finops_url),
+              "signed in as": rb.session.tokens.signed_in_as(env.finops_url),
               "details": f"{len(codes)} legal entities: {shown}"}
     return [dataverse, finops]
 
@@ -74,7 +64,7 @@ def whoami(rb: Runbook) -> list[dict[str, str]]:
 class ConnectPanel:
     """The connect cell's widget: the device code and link while signing in, then who you are.
 
-    >>> # panel = ConnectPanel(rb); panel.sign_in(); panel.rows[1]["signed in as"]
+    panel = ConnectPanel(rb); panel.sign_in(); panel.rows[1]["signed in as"]
     """
 
     def __init__(self, rb: Runbook) -> None:
@@ -91,11 +81,11 @@ class ConnectPanel:
         """Show msal's device-code message: the link to open and the code to enter (also printed,
         for logs and for viewers without widgets)."""
         url, code = parse_device_message(message)
-        link = f'<a href="{html.escape(url)}" target="_blank" rel="noopener">{html.escape(url)}</a>'
-        shown = html.escape(message)
+        link = f'<a href="{esc(url)}" target="_blank" rel="noopener">{esc(url)}</a>'
+        shown = esc(message)
         if url and code:
             shown = (f'To sign in, open {link} and enter the code '
-                     f'<code class="dw-user-code" style="font-size:1.3em">{html.escape(code)}</code>')
+                     f'<code class="dw-user-code" style="font-size:1.3em">{esc(code)}</code>')
         self.code.value = f'<p class="dw-device-code">{shown}</p>'
         print(message, flush=True)
 
@@ -107,10 +97,10 @@ class ConnectPanel:
         except DwError as exc:
             self.error = scrub(str(exc))
             self.who.value = (f'<p class="dw-who" data-state="failed" style="color:#cf222e">Sign-in failed: '
-                              f"{html.escape(self.error)}</p>")
+                              f"{esc(self.error)}</p>")
             return []
         cells = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(r[k])}</td>" for k in ("environment", "url", "signed in as",
+            "<tr>" + "".join(f"<td>{esc(r[k])}</td>" for k in ("environment", "url", "signed in as",
                                                                        "details")) + "</tr>"
             for r in self.rows)
         self.who.value = ('<div class="dw-who" data-state="signed-in"><table><thead><tr><th>environment</th>'
@@ -135,7 +125,7 @@ class ConnectPanel:
 def connect(rb: Runbook) -> ConnectPanel:
     """The connect cell: show the panel, sign in, show who you are; returns the panel.
 
-    >>> # connection = ui.connect(rb)
+    connection = ui.connect(rb)
     """
     from IPython.display import display
 

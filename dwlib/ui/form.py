@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import html
 import logging
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
@@ -31,10 +30,10 @@ import ipywidgets as widgets
 import yaml
 
 from dwlib.gates import HANDLERS
-from dwlib.params import Params, ParamsError, load_params, read_text, said
+from dwlib.params import PARAM_KEYS, ParamsError, load_params, notebook_parameters, read_text, said
+from dwlib.render import esc
 from dwlib.secrets import SecretError, SecretRef
 
-PARAM_KEYS = tuple(Params.model_fields)
 DRY_RUN = {"as the parameters decide": None, "yes: only check and plan": True, "no: make the changes": False}
 
 
@@ -125,7 +124,7 @@ class ParameterForm:
         self._filling = False  # set while the form fills itself: no validation per field then
         self.fields: dict[str, widgets.Widget] = {f.key: _widget(f) for f in FIELDS}
         self.errors: dict[str, widgets.HTML] = {f.key: widgets.HTML("") for f in FIELDS}
-        source = namespace.get("params_file")
+        source, inline = notebook_parameters(namespace)
         self.path = widgets.Text(str(source or ""), description="Parameters file",
                                  placeholder="params/….yaml", style={"description_width": "initial"},
                                  layout=widgets.Layout(width="60%"))
@@ -140,11 +139,10 @@ class ParameterForm:
         for f in FIELDS:
             rows.append(widgets.VBox([self.fields[f.key], self.errors[f.key]]))
         rows += [widgets.HBox([self.save_path, self.save_button]), self.status]
-        self.widget = widgets.VBox([widgets.HTML(f"<b>Parameters of {html.escape(scenario)}</b>"), *rows])
+        self.widget = widgets.VBox([widgets.HTML(f"<b>Parameters of {esc(scenario)}</b>"), *rows])
         self.widget.add_class("dw-form")
-        inline = {k: namespace[k] for k in PARAM_KEYS if namespace.get(k) is not None}
         if source:
-            self.load(str(source))
+            self.load(source)
         else:
             self._fill(inline)
         for f in FIELDS:
@@ -246,13 +244,13 @@ class ParameterForm:
             mine = [f"{p}: {m}" for p, m in self.problems if p == f.key or p.startswith(f.key + ".")]
             self.errors[f.key].value = "".join(_error(m) for m in mine)
         if self.problems:
-            items = "".join(f'<li data-path="{html.escape(p)}">{html.escape(f"{p}: {m}" if p else m)}</li>'
+            items = "".join(f'<li data-path="{esc(p)}">{esc(f"{p}: {m}" if p else m)}</li>'
                             for p, m in self.problems)
             state, body = "invalid", f"<b>{len(self.problems)} problem(s):</b><ul>{items}</ul>"
         else:
-            warned = "".join(f"<li>{html.escape(w)}</li>" for w in self.warnings)
+            warned = "".join(f"<li>{esc(w)}</li>" for w in self.warnings)
             state, body = "valid", "<b>✓ valid</b>" + (f"<ul>{warned}</ul>" if warned else "")
-        note = f'<p class="dw-form-note">{html.escape(self.note)}</p>' if self.note else ""
+        note = f'<p class="dw-form-note">{esc(self.note)}</p>' if self.note else ""
         self.status.value = f'<div class="dw-form-status" data-state="{state}">{body}{note}</div>'
 
     def text(self) -> str:
@@ -271,7 +269,7 @@ class ParameterForm:
 
 
 def _error(message: str) -> str:
-    return f'<span class="dw-field-error" style="color:#cf222e">{html.escape(message)}</span>'
+    return f'<span class="dw-field-error" style="color:#cf222e">{esc(message)}</span>'
 
 
 def _widget(f: Field) -> widgets.Widget:

@@ -9,14 +9,13 @@ record and records the notebook's and the report's sha256 (`dwlib.report.finaliz
 saved before the run's last step ended, saying what to do.
 
 Example:
-    >>> # ui.summary(rb)          # the notebook's last cell
+    ui.summary(rb)          # the notebook's last cell
     >>> saved_problem(Path("/nowhere/run.ipynb"), Path("/nowhere/run.json"), "r-1")[:29]
     '/nowhere/run.ipynb not found:'
 """
 
 from __future__ import annotations
 
-import html
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +24,7 @@ import ipywidgets as widgets
 
 from dwlib.errors import DwError
 from dwlib.record import load_record
+from dwlib.render import esc
 from dwlib.report import RunSummary, finalize
 from dwlib.review import record_from_notebook
 
@@ -52,7 +52,7 @@ def saved_problem(notebook: Path, record: Path, run_id: str) -> str:
 class SealPanel:
     """The steps table with a Seal button under it (see the module docstring).
 
-    >>> # panel = SealPanel(rb, Path("work.ipynb")); panel.button.click(); panel.state  → 'sealed'
+    panel = SealPanel(rb, Path("work.ipynb")); panel.button.click(); panel.state  → 'sealed'
     """
 
     def __init__(self, rb: Runbook, notebook: Path | None) -> None:
@@ -91,7 +91,7 @@ class SealPanel:
 
     def _show(self, text: str) -> None:
         self.status.value = (f'<p class="dw-seal-status" data-state="{self.state}">'
-                             f"{html.escape(text)}</p>")
+                             f"{esc(text)}</p>")
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
         bundle: dict[str, Any] = self.widget._repr_mimebundle_(**kwargs)

@@ -12,7 +12,7 @@ import pytest
 from client_fakes import FakeService
 
 from dwlib.clients import DataverseClient, FinOpsClient, HttpConfig, make_client
-from dwlib.clients.dualwrite import DualWriteAdminError, MapRunState, PortalAdmin
+from dwlib.clients.dualwrite import DualWriteAdminError, MapState, PortalAdmin
 
 DV, FO = "https://org.example/dv", "https://fo.example/fo"
 ACCOUNTS = "Customers V3 (accounts)"
@@ -43,7 +43,7 @@ def project_row(status: Any) -> dict[str, Any]:
 
 def test_the_state_is_the_formatted_value_dataverse_gives_when_asked(fake: FakeService) -> None:
     state = admin(fake, [runtime_row(**{FORMATTED: "Paused"})], []).map_states([ACCOUNTS])[ACCOUNTS]
-    assert (state.state, state.source) == (MapRunState.PAUSED, "msdyn_dualwriteruntimeconfigs")
+    assert (state.state, state.source) == (MapState.PAUSED, "msdyn_dualwriteruntimeconfigs")
     assert state.version == 7
     (asked,) = [r for r in fake.requests if "msdyn_dualwriteruntimeconfigs" in r.url.path]
     assert asked.headers["Prefer"] == 'odata.include-annotations="OData.Community.Display.V1.FormattedValue"'
@@ -51,11 +51,11 @@ def test_the_state_is_the_formatted_value_dataverse_gives_when_asked(fake: FakeS
 
 
 @pytest.mark.parametrize(("status", "expected"), [
-    ("InitialSync", MapRunState.INITIALIZING), ("CatchUp", MapRunState.RESUMING),
-    ("NotRunning", MapRunState.NOT_RUNNING), ("Running", MapRunState.RUNNING),
+    ("InitialSync", MapState.INITIALIZING), ("CatchUp", MapState.RESUMING),
+    ("NotRunning", MapState.NOT_RUNNING), ("Running", MapState.RUNNING),
 ])
 def test_without_a_formatted_value_the_state_is_the_f_and_o_enum_name(fake: FakeService, status: str,
-                                                                     expected: MapRunState) -> None:
+                                                                     expected: MapState) -> None:
     state = admin(fake, [runtime_row()], [project_row(status)]).map_states([ACCOUNTS])[ACCOUNTS]
     assert (state.state, state.source, state.version) == (expected, "DualWriteProjectConfigurations", 7)
 
@@ -75,7 +75,7 @@ def test_a_state_value_the_client_does_not_know_is_an_error_not_not_running(
 
 def test_a_map_without_any_configuration_has_never_run(fake: FakeService) -> None:
     state = admin(fake, [], []).map_states([ACCOUNTS])[ACCOUNTS]
-    assert state.state == MapRunState.NOT_RUNNING and state.source == "no project configuration yet"
+    assert state.state == MapState.NOT_RUNNING and state.source == "no project configuration yet"
 
 
 def _mapping(transforms: list[dict[str, Any]]) -> str:

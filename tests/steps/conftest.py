@@ -20,7 +20,7 @@ Example:
     def test_link(start_sandbox, step_context, portal_player):
         sandbox = start_sandbox("new-new", fresh=True)
         ctx = step_context(sandbox, consultant=portal_player(sandbox))
-        assert STEPS["power-platform-integration"]().execute(ctx).status == Status.PASSED
+        assert STEPS["power-platform-integration"]().execute(ctx).status == StepStatus.PASSED
         assert ctx.instructions[0].title.startswith("Set up the Power Platform integration")
 """
 

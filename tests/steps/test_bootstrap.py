@@ -11,7 +11,7 @@ import pytest
 from dw_helpers import Consultant
 from sync_helpers import ACCOUNTS, CUSTOMER_MAPS, run_maps
 
-from dwlib.steps.base import Status, StepError
+from dwlib.steps.base import StepError, StepStatus
 from dwlib.steps.bootstrap import (
     APPLIED_CSV,
     FAILED_CSV,
@@ -86,7 +86,7 @@ def test_simulate_plans_every_row_and_writes_nothing(linked_sandbox, step_contex
     assert unmapped and all(r["reason"] == "owning business unit 'Contoso' is not in bootstrap.mapping"
                             for r in unmapped)
     assert result.counts["unmapped"] == len(unmapped)
-    assert result.status == Status.WARNING  # the root business unit's rows stay without company
+    assert result.status == StepStatus.WARNING  # the root business unit's rows stay without company
     ids = {r["cdm_companycode"]: r["cdm_companyid"] for r in c.dv_rows("cdm_companies")}
     stamped = [r for r in rows if r["company_code"]]
     assert all(r["company_id"] == ids[r["company_code"]] and r["prior_company"] == "" for r in stamped)
@@ -109,7 +109,7 @@ def test_apply_stamps_only_rows_that_need_it_then_is_done(linked_sandbox, step_c
     expected = _expected(c, "accounts")
 
     unconfirmed = BootstrapApply().execute(step_context(sandbox, params=PARAMS))
-    assert unconfirmed.status == Status.WAITING and _state(c) == before
+    assert unconfirmed.status == StepStatus.WAITING and _state(c) == before
     bars: dict[str, list[int]] = {}
 
     class Bar:
@@ -128,7 +128,7 @@ def test_apply_stamps_only_rows_that_need_it_then_is_done(linked_sandbox, step_c
     result = BootstrapApply().execute(ctx)
 
     after = _state(c)
-    assert result.status == Status.WARNING, result.summary  # unmapped root-BU rows remain
+    assert result.status == StepStatus.WARNING, result.summary  # unmapped root-BU rows remain
     applied = _rows(Path(ctx.evidence_dir) / APPLIED_CSV)
     changed = {i for i in after if after[i]["versionnumber"] != before[i]["versionnumber"]}
     assert {r["row_id"] for r in applied if r["table"] == "accounts"} == changed
@@ -152,7 +152,7 @@ def test_apply_stamps_only_rows_that_need_it_then_is_done(linked_sandbox, step_c
     again_ctx = step_context(sandbox, params=PARAMS, confirm=lambda what: True)
     again = BootstrapApply().execute(again_ctx)
     assert again.counts["stamped"] == 0 and again.counts["remaining"] == 0
-    assert again.status == Status.WARNING  # nothing to do; the unmapped rows are still reported
+    assert again.status == StepStatus.WARNING  # nothing to do; the unmapped rows are still reported
     assert _writes(again_ctx) == [] and _state(c) == after
 
 
@@ -174,7 +174,7 @@ def test_fault_threshold_stops_and_a_rerun_resumes(linked_sandbox, step_context,
     ctx = step_context(sandbox, params=params, confirm=confirm_then_delete)
     result = BootstrapApply().execute(ctx)
 
-    assert result.status == Status.FAILED
+    assert result.status == StepStatus.FAILED
     assert "stopped after 4 failed rows (limit 3)" in result.summary and FAILED_CSV in result.summary
     failed = _rows(Path(ctx.evidence_dir) / FAILED_CSV)
     assert {r["row_id"] for r in failed} <= set(victims) and len(failed) == 4
@@ -183,7 +183,7 @@ def test_fault_threshold_stops_and_a_rerun_resumes(linked_sandbox, step_context,
 
     rerun = BootstrapApply().execute(step_context(sandbox, params=params, confirm=lambda what: True))
     assert rerun.counts["remaining"] == 0 and rerun.counts["failed"] == 0
-    assert rerun.status == Status.WARNING  # done; unmapped root-BU rows remain
+    assert rerun.status == StepStatus.WARNING  # done; unmapped root-BU rows remain
     assert _expected(c, "accounts").keys() <= {"unmapped"}
 
 
@@ -203,7 +203,7 @@ def test_apply_in_a_dry_run_changes_nothing(linked_sandbox, step_context, consul
     before = _state(consultant(sandbox))
     ctx = step_context(sandbox, params=PARAMS, dry_run=True, confirm=lambda what: True)
     result = BootstrapApply().execute(ctx)
-    assert result.status == Status.SKIPPED and "stamp" in result.summary
+    assert result.status == StepStatus.SKIPPED and "stamp" in result.summary
     assert _writes(ctx) == [] and _state(consultant(sandbox)) == before
 
 
@@ -219,7 +219,7 @@ def test_live_maps_are_stopped_before_the_bootstrap(linked_sandbox, step_context
         BootstrapApply().execute(step_context(sandbox, params=params, confirm=lambda what: True))
     ctx = step_context(sandbox, params=params, consultant=portal_player(sandbox))
     stopped = StopMaps().execute(ctx)
-    assert stopped.status == Status.PASSED, stopped.summary
+    assert stopped.status == StepStatus.PASSED, stopped.summary
     assert [i.title for i in ctx.instructions] == [f"Stop table maps {ACCOUNTS}"]
     assert stopped.summary == f"stopped {ACCOUNTS}: the plan runs them again after the bootstrap"
     result = BootstrapApply().execute(step_context(sandbox, params=params, confirm=lambda what: True))
@@ -228,7 +228,7 @@ def test_live_maps_are_stopped_before_the_bootstrap(linked_sandbox, step_context
     assert c.fo_rows("CustomersV3?cross-company=true&$filter=startswith(CustomerAccount,'ACC-')") == []
     # Done: nothing left to stamp, so the maps are not stopped again (a re-run leaves them alone).
     run_maps(c, [ACCOUNTS], initial_sync=False)
-    assert StopMaps().execute(step_context(sandbox, params=params)).status == Status.ALREADY_DONE
+    assert StopMaps().execute(step_context(sandbox, params=params)).status == StepStatus.ALREADY_DONE
 
 
 def _simulate(sandbox: dict[str, Any], step_context: Any, **bootstrap: Any) -> list[dict[str, str]]:
@@ -271,7 +271,7 @@ def test_rows_matched_by_neither_rule_are_reported_with_the_reason(linked_sandbo
     assert matched and neither and all(r["rule"] == "account number" for r in matched)
     assert all(r["company_code"] == "" and r["reason"].startswith(("no F&O customer account", "no account"))
                for r in neither)
-    assert result.status == Status.WARNING
+    assert result.status == StepStatus.WARNING
     assert f"{len(neither)} rows stay without a company, matched by no rule" in \
         {c.name: c for c in result.checks}["unmapped rows"].evidence
 
@@ -284,13 +284,13 @@ def test_the_bootstrap_gives_customers_the_customer_group_finops_requires(linked
     # Without a group: the customers the map sends to F&O would be refused there — a warning.
     bare = BootstrapSimulate().execute(step_context(sandbox, params=params))
     groups = {ch.name: ch for ch in bare.checks}["customer groups"]
-    assert bare.status == Status.WARNING and groups.status == Status.WARNING
+    assert bare.status == StepStatus.WARNING and groups.status == StepStatus.WARNING
     assert "no customer group: set bootstrap.customer_group" in groups.evidence
     # With customer_group 30, once the Customer groups map brought the groups to Dataverse.
     run_maps(c, ["Terms of payment (msdyn_paymentterms)", "Customer groups (msdyn_customergroups)"])
     params["bootstrap"]["customer_group"] = "30"
     result = BootstrapApply().execute(step_context(sandbox, params=params, confirm=lambda what: True))
-    assert result.status == Status.PASSED, [ch.to_dict() for ch in result.checks]
+    assert result.status == StepStatus.PASSED, [ch.to_dict() for ch in result.checks]
     customers = c.dv_rows("accounts?$select=_msdyn_customergroupid_value,_msdyn_company_value&"
                           "$filter=customertypecode eq 3")
     thirty = {r["msdyn_customergroupid"]: r["_msdyn_company_value"] for r in c.dv_rows(

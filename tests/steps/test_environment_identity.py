@@ -14,7 +14,7 @@ import pytest
 
 from dwlib.errors import SandboxError
 from dwlib.sandbox import control
-from dwlib.steps.base import Status
+from dwlib.steps.base import StepStatus
 from dwlib.steps.link import PowerPlatformIntegration
 from dwlib.steps.preflight import Preflight
 
@@ -45,7 +45,7 @@ def _linked(root: Path, step_context: Any, portal_player: Any) -> dict[str, Any]
     """A sandbox whose Power Platform integration and dual-write link are set up, then stopped."""
     first = _start(root).connection
     assert PowerPlatformIntegration().execute(step_context(first, consultant=portal_player(first))).status \
-        == Status.PASSED
+        == StepStatus.PASSED
     control.stop(root)
     return first
 
@@ -59,8 +59,9 @@ def test_a_restarted_sandbox_keeps_its_port_and_the_preflight_still_passes(root:
         first["port"], first["finops_url"], first["dataverse_url"])
     result = Preflight().execute(step_context(again.connection))
     checks = {c.name: c for c in result.checks}
-    assert checks[LINK].status == Status.PASSED and first["finops_url"] in checks[LINK].evidence
-    assert result.status == Status.PASSED, [c.to_dict() for c in result.checks if c.status != Status.PASSED]
+    assert checks[LINK].status == StepStatus.PASSED and first["finops_url"] in checks[LINK].evidence
+    assert result.status == StepStatus.PASSED, (
+        [c.to_dict() for c in result.checks if c.status != StepStatus.PASSED])
 
 
 def test_a_taken_port_is_one_clear_error_naming_it_and_how_to_move(root: Path) -> None:
@@ -84,7 +85,7 @@ def test_a_moved_sandbox_needs_a_relink_and_the_link_check_says_so(root: Path, s
     new_url = moved.connection["finops_url"]
     result = Preflight().execute(step_context(moved.connection))
     link = {c.name: c for c in result.checks}[LINK]
-    assert result.status == Status.FAILED and link.status == Status.FAILED
+    assert result.status == StepStatus.FAILED and link.status == StepStatus.FAILED
     assert link.evidence.startswith(f"Dataverse is integrated with {first['finops_url']}, not {new_url}")
     assert "moved (its URL changed)" in link.fix and "relink" in link.fix
     assert link.doc.endswith("relink-environments")

@@ -22,8 +22,8 @@ from sync_helpers import (
 )
 
 from dwlib import catalog
-from dwlib.clients.dualwrite import MapState
-from dwlib.steps import STEPS, Status, StepError
+from dwlib.clients.dualwrite import MapSnapshot
+from dwlib.steps import STEPS, StepError, StepStatus
 from dwlib.steps.initialsync import Watch
 from dwlib.steps.tablemaps import RERUN_POLICY
 
@@ -56,7 +56,7 @@ def test_the_step_starts_the_initial_sync_and_reconciles(linked_sandbox, step_co
                        params={"legal_entities": ["USMF", "GBSI"], **FAST})
     set_plan(ctx, [(n, "initial-sync", "finops") for n in CUSTOMER_MAPS])
     result = STEPS["initial-sync"]().execute(ctx)
-    assert result.status == Status.PASSED, result.checks
+    assert result.status == StepStatus.PASSED, result.checks
     # The Legal entities map runs already (the legal-entities step ran it): the others are started.
     assert progress.bars == [("initial sync (maps)", len(CUSTOMER_MAPS) - 1)]
     assert progress.done == len(CUSTOMER_MAPS) - 1
@@ -68,7 +68,7 @@ def test_the_step_starts_the_initial_sync_and_reconciles(linked_sandbox, step_co
 
     seen = len(ctx.instructions)
     again = STEPS["initial-sync"]().execute(ctx)
-    assert again.status == Status.ALREADY_DONE and len(ctx.instructions) == seen
+    assert again.status == StepStatus.ALREADY_DONE and len(ctx.instructions) == seen
 
 
 def test_running_maps_with_rows_out_of_sync_get_their_initial_sync_again(linked_sandbox, step_context,
@@ -82,7 +82,7 @@ def test_running_maps_with_rows_out_of_sync_get_their_initial_sync_again(linked_
                            params={"legal_entities": ["USMF"], **FAST})
         set_plan(ctx, [(n, "initial-sync", "finops") for n in CUSTOMER_MAPS])
         result = STEPS["initial-sync"]().execute(ctx)
-        assert result.status == Status.PASSED, result.checks
+        assert result.status == StepStatus.PASSED, result.checks
         titles = [i.title for i in ctx.instructions]
         assert titles == [f"Stop table maps {ACCOUNTS}", f"Run table map {ACCOUNTS}"]
         assert "keep Initial Sync selected" in ctx.instructions[1].text()
@@ -100,8 +100,8 @@ def test_watching_counts_each_map_once_and_stops_at_the_deadline() -> None:
                    {"A": "Running", "B": "Not running"}])
 
     class Admin:
-        def map_states(self, names: list[str]) -> dict[str, MapState]:
-            return {n: MapState(n, s) for n, s in next(states).items()}
+        def map_states(self, names: list[str]) -> dict[str, MapSnapshot]:
+            return {n: MapSnapshot(n, s) for n, s in next(states).items()}
 
     done: list[int] = []
     watch = Watch(Admin(), deadline=float("inf"), poll_s=0.0, progress=done.append)
@@ -165,7 +165,7 @@ def test_each_documented_failure_shows_its_top_errors_and_remediation(
         ctx.admin = gateway_admin(ctx)
         set_plan(ctx, [(n, "initial-sync", "finops") for n in plan])
         result = STEPS["initial-sync"]().execute(ctx)
-        assert result.status == Status.FAILED, result.checks
+        assert result.status == StepStatus.FAILED, result.checks
         assert result.summary == f"initial sync failed: {ACCOUNTS}"
         errors = [ch for ch in result.checks if ch.name.startswith(f"{ACCOUNTS}: error")]
         assert 1 <= len(errors) <= catalog.limits().top_errors
@@ -189,7 +189,7 @@ def test_the_portal_adapter_says_where_the_errors_are(linked_sandbox, step_conte
                            params={"legal_entities": ["USMF"], **FAST})
         set_plan(ctx, [(ACCOUNTS, "initial-sync", "finops")])
         result = STEPS["initial-sync"]().execute(ctx)
-        assert result.status == Status.FAILED
+        assert result.status == StepStatus.FAILED
         (check,) = result.checks
         assert "Initial sync details" in check.evidence and check.fix == RERUN_POLICY
     finally:
@@ -239,7 +239,7 @@ def test_a_rerun_says_it_is_a_full_push_and_refuses_when_that_breaks_the_limits(
         set_plan(ctx, [(n, "initial-sync", "finops") for n in CUSTOMER_MAPS])
         step = STEPS["initial-sync"]()
         result = step.execute(ctx)
-        assert result.status == Status.PASSED, result.checks
+        assert result.status == StepStatus.PASSED, result.checks
         assert [i.title for i in ctx.instructions] == [f"Stop table maps {ACCOUNTS}",
                                                        f"Run table map {ACCOUNTS}"]
         # Only NEWC needs it, but a rerun cannot be limited to it, and the result says so.
@@ -251,7 +251,7 @@ def test_a_rerun_says_it_is_a_full_push_and_refuses_when_that_breaks_the_limits(
         assert len(c.fo_rows(customers + "'usmf'")) == usmf_before  # touched, left alone
         wait_state(c, CUSTOMER_MAPS, "Running")
         seen = len(ctx.instructions)
-        assert step.execute(ctx).status == Status.ALREADY_DONE and len(ctx.instructions) == seen
+        assert step.execute(ctx).status == StepStatus.ALREADY_DONE and len(ctx.instructions) == seen
 
         # NEWC needs it again; USMF, which does not, is past the limit: the full push would fail there.
         c.portal("POST", f"/dualwrite/maps/{catalog.table_map(ACCOUNTS).id}/stop")
@@ -274,15 +274,15 @@ def test_after_the_plan_step_table_maps_and_initial_sync_converge(linked_sandbox
     ctx = step_context(sandbox, consultant=portal_player(sandbox),
                        params={"legal_entities": ["USMF", "GBSI"], **FAST})
     plan = STEPS["plan"]().execute(ctx)
-    assert plan.status == Status.PASSED, plan.checks
+    assert plan.status == StepStatus.PASSED, plan.checks
     planned = {r["map"]: r["action"] for r in plan.tables["plan"]}
     assert planned[ACCOUNTS] == "initial-sync"
-    assert STEPS["table-maps"]().execute(ctx).status == Status.PASSED
+    assert STEPS["table-maps"]().execute(ctx).status == StepStatus.PASSED
     # The table-maps step ran the initial syncs to the end (the portal gate waits for Running).
     synced = STEPS["initial-sync"]().execute(ctx)
-    assert synced.status == Status.ALREADY_DONE, synced.checks
+    assert synced.status == StepStatus.ALREADY_DONE, synced.checks
     assert {r["map"] for r in synced.tables["initial sync"]} == {
         m for m, action in planned.items() if action == "initial-sync"}
     ctx.run_state.clear()  # a resumed run: the steps rebuild the plan from the real state
-    assert STEPS["table-maps"]().execute(ctx).status == Status.ALREADY_DONE
-    assert STEPS["initial-sync"]().execute(ctx).status == Status.ALREADY_DONE
+    assert STEPS["table-maps"]().execute(ctx).status == StepStatus.ALREADY_DONE
+    assert STEPS["initial-sync"]().execute(ctx).status == StepStatus.ALREADY_DONE

@@ -12,7 +12,7 @@ from sync_helpers import wait_state
 from dwlib import catalog
 from dwlib.clients.dualwrite import DualWriteAdminError
 from dwlib.params import ParamsError
-from dwlib.steps.base import Status, StepError
+from dwlib.steps.base import StepError, StepStatus
 from dwlib.steps.company import LegalEntities
 from dwlib.steps.link import PowerPlatformIntegration
 
@@ -28,14 +28,14 @@ def test_the_gate_links_a_new_finops_for_dat_and_a_rerun_is_already_done(start_s
     sandbox = start_sandbox("new-existing", rows=20, fresh=True)
     ctx = step_context(sandbox, consultant=portal_player(sandbox))
     result = PowerPlatformIntegration().execute(ctx)
-    assert result.status == Status.PASSED, [c.to_dict() for c in result.checks]
+    assert result.status == StepStatus.PASSED, [c.to_dict() for c in result.checks]
     assert [i.title for i in ctx.instructions] == ["Set up the Power Platform integration (LCS)",
                                                    "Configure dual-write and link the environments (LCS)"]
     assert any("keep these legal entities: DAT;" in s for s in ctx.instructions[1].steps)
     checks = {c.name: c for c in result.checks}
     assert checks["Power Platform integration"].evidence.startswith(
         f"Dataverse is integrated with {sandbox['finops_url']}")
-    assert checks["dual-write solutions"].status == Status.PASSED
+    assert checks["dual-write solutions"].status == StepStatus.PASSED
     # The connection's documented state, not a company row: the LCS setup started the maps, so
     # their projects show the connection's legal entities.
     assert checks["legal entities in the connection"].evidence == \
@@ -43,7 +43,7 @@ def test_the_gate_links_a_new_finops_for_dat_and_a_rerun_is_already_done(start_s
     assert not any(name.startswith("company ") for name in checks)  # linking creates no company
 
     again = PowerPlatformIntegration().execute(ctx)
-    assert again.status == Status.ALREADY_DONE and len(ctx.instructions) == 2
+    assert again.status == StepStatus.ALREADY_DONE and len(ctx.instructions) == 2
     # A new F&O is connected for DAT only, and the LCS setup ran the Legal entities map, which
     # brought DAT's company row: the legal-entities step finds its work done.
     c = Consultant(sandbox)
@@ -52,7 +52,7 @@ def test_the_gate_links_a_new_finops_for_dat_and_a_rerun_is_already_done(start_s
     finally:
         c.close()
     legal = LegalEntities().execute(ctx)
-    assert legal.status == Status.ALREADY_DONE and len(ctx.instructions) == 2
+    assert legal.status == StepStatus.ALREADY_DONE and len(ctx.instructions) == 2
     company = {ch.name: ch for ch in legal.checks}["company DAT in Dataverse"]
     assert company.evidence.endswith("owner team 'DAT DW' in business unit 'DAT'")
 
@@ -69,7 +69,7 @@ def test_the_gate_times_out_saying_what_is_missing(untouched, step_context) -> N
 def test_a_dry_run_says_what_it_would_do_and_shows_no_gate(untouched, step_context) -> None:
     ctx = step_context(untouched, dry_run=True)
     result = PowerPlatformIntegration().execute(ctx)
-    assert result.status == Status.SKIPPED
+    assert result.status == StepStatus.SKIPPED
     assert result.summary == ("dry run — would: set up the Power Platform integration; configure dual-write "
                               "and link it for DAT")
     assert ctx.instructions == []
@@ -88,12 +88,12 @@ def test_a_link_to_other_environments_fails_naming_both_values(start_sandbox, st
         "environments.tenant_id": "11111111-2222-3333-4444-555555555555"})
     result = PowerPlatformIntegration().execute(ctx)
     checks = {c.name: c for c in result.checks}
-    assert result.status == Status.FAILED  # also in a dry run: there is nothing to do but fix it
+    assert result.status == StepStatus.FAILED  # also in a dry run: there is nothing to do but fix it
     assert checks["Power Platform integration"].evidence == (
         f"Dataverse is integrated with {sandbox['finops_url']}, not {other} (environments.finops_url)")
     assert "check environments.dataverse_url and finops_url name the linked pair" in \
         checks["Power Platform integration"].fix
-    assert checks["same tenant"].status == Status.FAILED
+    assert checks["same tenant"].status == StepStatus.FAILED
     assert sandbox["tenant_id"] in checks["same tenant"].evidence
     assert "Cross-tenant scenarios aren't currently supported" in checks["same tenant"].fix
     assert ctx.instructions == []
@@ -129,11 +129,11 @@ def test_legal_entities_are_added_and_unwanted_ones_flagged(start_sandbox, step_
     finally:
         consultant.close()
     checks = {c.name: c for c in result.checks}
-    assert result.status == Status.PASSED, [c.to_dict() for c in result.checks]
+    assert result.status == StepStatus.PASSED, [c.to_dict() for c in result.checks]
     assert checks["legal entities in the connection"].evidence == \
         "DualWriteProjectConfigurations.PartitionMap: GBSI, USMF"
     assert checks["add GBSI"].evidence.startswith("with initial writes: Legal entities (cdm_companies) run")
-    assert checks["company GBSI in Dataverse"].status == Status.PASSED
+    assert checks["company GBSI in Dataverse"].status == StepStatus.PASSED
     assert "owner team 'GBSI DW'" in checks["company GBSI in Dataverse"].evidence
     # DEMF keeps the cdm_company row the map brought, but the connection no longer holds it: the
     # step reads the connection, not the rows, so the removal is verified.
@@ -146,7 +146,7 @@ def test_a_removal_not_done_is_read_from_the_connection(linked_sandbox, step_con
     result = LegalEntities().execute(ctx)
     assert [i.title for i in ctx.instructions] == ["Remove legal entities from the dual-write connection"]
     outside = {c.name: c for c in result.checks}["legal entities outside the scope"]
-    assert result.status == Status.WARNING and outside.status == Status.WARNING
+    assert result.status == StepStatus.WARNING and outside.status == StepStatus.WARNING
     assert outside.evidence == "the connection also holds DEMF (DualWriteProjectConfigurations.PartitionMap)"
     assert result.next_action == outside.fix
 
@@ -188,6 +188,6 @@ def test_an_owning_team_without_the_dual_write_roles_is_flagged(linked_sandbox, 
         c.close()
     result = LegalEntities().execute(step_context(sandbox, params={"legal_entities": ["USMF"]}))
     roles = {ch.name: ch for ch in result.checks}["roles of the owning team of USMF"]
-    assert result.status == Status.WARNING and roles.status == Status.WARNING
+    assert result.status == StepStatus.WARNING and roles.status == StepStatus.WARNING
     assert roles.evidence.startswith("roles: Dual-write")
     assert "give team 'USMF DW' the Dual-write runtime user and Dual-write app user roles" in roles.fix

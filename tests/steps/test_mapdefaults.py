@@ -9,7 +9,7 @@ from dw_helpers import Consultant, default_transforms, stamp
 from plan_helpers import LES
 from sync_helpers import ACCOUNTS, CUSTOMER_MAPS, run_maps, set_plan, state
 
-from dwlib.steps.base import Status
+from dwlib.steps.base import StepStatus
 from dwlib.steps.company import CreateCompany
 from dwlib.steps.mapdefaults import MapDefaults
 from dwlib.steps.migrate import Migrate
@@ -37,7 +37,7 @@ def test_map_defaults_stops_a_running_map_edits_it_and_runs_it_again(linked_sand
         ctx = step_context(sandbox, consultant=portal_player(sandbox),
                            params={"legal_entities": ["USMF"], **DEFAULTS})
         result = MapDefaults().execute(ctx)
-        assert result.status == Status.PASSED, [ch.to_dict() for ch in result.checks]
+        assert result.status == StepStatus.PASSED, [ch.to_dict() for ch in result.checks]
         titles = [i.title for i in ctx.instructions]
         assert titles == [f"Stop table maps {ACCOUNTS}", f"Set default values of table map {ACCOUNTS}",
                           f"Run table map {ACCOUNTS}"]
@@ -52,7 +52,7 @@ def test_map_defaults_stops_a_running_map_edits_it_and_runs_it_again(linked_sand
             "requires)")
 
         shown = len(ctx.instructions)
-        assert MapDefaults().execute(ctx).status == Status.ALREADY_DONE
+        assert MapDefaults().execute(ctx).status == StepStatus.ALREADY_DONE
         assert len(ctx.instructions) == shown
     finally:
         c.close()
@@ -75,16 +75,16 @@ def test_table_maps_sets_the_defaults_before_the_initial_sync(linked_sandbox, st
                            params={"legal_entities": ["USMF"], **DEFAULTS})
         set_plan(ctx, [(name, "initial-sync", "finops") for name in CUSTOMER_MAPS])
         result = TableMaps().execute(ctx)
-        assert result.status == Status.PASSED, (result.summary, [ch.to_dict() for ch in result.checks])
+        assert result.status == StepStatus.PASSED, (result.summary, [ch.to_dict() for ch in result.checks])
         titles = [i.title for i in ctx.instructions]
         assert titles[0] == f"Set default values of table map {ACCOUNTS}"  # Not running: no stop
         assert any(t.startswith("Run table map") for t in titles[1:])
         (fo,) = c.fo_rows(f"CustomersV3?cross-company=true&$filter=CustomerAccount eq "
                           f"'{account['accountnumber']}'")
         assert (fo["dataAreaId"], fo["CustomerGroupId"]) == ("usmf", "30")
-        assert any(ch.name == f"{ACCOUNTS}: column defaults" and ch.status == Status.PASSED
+        assert any(ch.name == f"{ACCOUNTS}: column defaults" and ch.status == StepStatus.PASSED
                    for ch in result.checks)
-        assert TableMaps().execute(ctx).status == Status.ALREADY_DONE
+        assert TableMaps().execute(ctx).status == StepStatus.ALREADY_DONE
     finally:
         c.close()
 
@@ -103,8 +103,8 @@ def test_migrate_writes_the_default_customer_group_into_finops(linked_sandbox, s
         PlanStep().execute(ctx)
         assert any(r.name == ACCOUNTS and r.migrated for r in ctx.run_state["plan"])
         result = Migrate().execute(ctx)
-        assert result.status == Status.PASSED, [ch.evidence for ch in result.checks
-                                                if ch.status != Status.PASSED]
+        assert result.status == StepStatus.PASSED, [ch.evidence for ch in result.checks
+                                                if ch.status != StepStatus.PASSED]
         for account in chosen:
             (fo,) = c.fo_rows(f"CustomersV3?cross-company=true&$filter=CustomerAccount eq "
                               f"'{account['accountnumber']}'")
@@ -121,15 +121,15 @@ def test_create_company_creates_its_missing_customer_groups(start_sandbox, step_
             {"code": "USMF", "name": "Contoso US", "currency": "USD", "customer_groups": ["30", "80"]}]}
         ctx = step_context(sandbox, params=params, confirm=lambda _what: True)
         created = CreateCompany().execute(ctx)
-        assert created.status == Status.PASSED, [ch.to_dict() for ch in created.checks]
+        assert created.status == StepStatus.PASSED, [ch.to_dict() for ch in created.checks]
         groups = c.fo_rows("CustomerGroups?cross-company=true&$filter=dataAreaId eq 'usmf'")
         assert sorted(g["CustomerGroupId"] for g in groups) == ["30", "80"]
-        assert CreateCompany().execute(ctx).status == Status.ALREADY_DONE
+        assert CreateCompany().execute(ctx).status == StepStatus.ALREADY_DONE
 
         r = c.fo("DELETE", "CustomerGroups(dataAreaId='usmf',CustomerGroupId='80')?cross-company=true")
         assert r.status_code == 204, r.text
         again = CreateCompany().execute(ctx)  # only the missing group is created again
-        assert again.status == Status.PASSED
+        assert again.status == StepStatus.PASSED
         posts = [e.url for e in ctx.session.journal.entries() if e.method == "POST"
                  and ("LegalEntities" in e.url or "CustomerGroups" in e.url)]
         assert len(posts) == 4 and posts[-1].endswith("/CustomerGroups")

@@ -15,7 +15,7 @@ from sync_helpers import CUSTOMER_MAPS, LE, run_maps, state
 
 from dwlib import catalog
 from dwlib.catalog.locales import LOCALE_DOC
-from dwlib.steps.base import Status, StepError
+from dwlib.steps.base import StepError, StepStatus
 from dwlib.steps.dmf_package import read_package
 from dwlib.steps.migrate import MIGRATE_CSV, Migrate
 from dwlib.steps.plan import PlanStep
@@ -45,7 +45,7 @@ def test_nothing_to_migrate(linked_sandbox, step_context) -> None:
         c.close()
     ctx = _context(step_context, sandbox)
     result = Migrate().execute(ctx)  # the plan is recomputed: every map has its initial sync
-    assert result.status == Status.ALREADY_DONE and result.summary == "no map needs migration"
+    assert result.status == StepStatus.ALREADY_DONE and result.summary == "no map needs migration"
     assert _writes(ctx) == []
 
 
@@ -57,7 +57,7 @@ def test_finops_to_dataverse_round_trip(linked_sandbox, step_context) -> None:
     assert ACCOUNTS in migrated and CONTACTS in migrated, plan.tables
 
     result = Migrate().execute(ctx)
-    assert result.status == Status.PASSED, (result.summary, [c.evidence for c in result.checks])
+    assert result.status == StepStatus.PASSED, (result.summary, [c.evidence for c in result.checks])
     assert all(r["status"] == "PASS" for r in result.tables["reconciliation"])
 
     c = Consultant(sandbox)
@@ -94,7 +94,7 @@ def test_finops_to_dataverse_round_trip(linked_sandbox, step_context) -> None:
 
     again_ctx = _context(step_context, sandbox, **{"plan.limits.initial_sync_rows_per_legal_entity": 2})
     again = Migrate().execute(again_ctx)
-    assert again.status == Status.ALREADY_DONE and _writes(again_ctx) == []
+    assert again.status == StepStatus.ALREADY_DONE and _writes(again_ctx) == []
 
 
 def test_dataverse_to_finops_reports_refused_rows_and_resumes(linked_sandbox, step_context) -> None:
@@ -120,7 +120,7 @@ def test_dataverse_to_finops_reports_refused_rows_and_resumes(linked_sandbox, st
         assert any(r.name == ACCOUNTS and r.migrated for r in ctx.run_state["plan"])
         result = Migrate().execute(ctx)
 
-        assert result.status == Status.FAILED
+        assert result.status == StepStatus.FAILED
         usmf_row = next(r for r in result.tables["reconciliation"]
                         if r["map"] == ACCOUNTS and r["company"] == "USMF")
         assert usmf_row["sample_missing_in_finops"] == chosen[2]["accountnumber"]
@@ -142,8 +142,8 @@ def test_dataverse_to_finops_reports_refused_rows_and_resumes(linked_sandbox, st
         assert fix.status_code == 204
         resumed = Migrate().execute(_context(step_context, sandbox,
                                              **{"plan.limits.initial_sync_rows_per_legal_entity": 2}))
-        problems = [ch.evidence for ch in resumed.checks if ch.status != Status.PASSED]
-        assert resumed.status == Status.PASSED, problems
+        problems = [ch.evidence for ch in resumed.checks if ch.status != StepStatus.PASSED]
+        assert resumed.status == StepStatus.PASSED, problems
         assert resumed.counts == {f"{ACCOUNTS} Dataverse → F&O": 1, "failed": 0, "missing": 0}
     finally:
         c.close()
@@ -162,7 +162,8 @@ def test_running_maps_are_stopped_migrated_and_left_for_table_maps(linked_sandbo
         assert ACCOUNTS in migrated
 
         result = Migrate().execute(ctx)
-        assert result.status == Status.PASSED, [ch.evidence for ch in result.checks if ch.status != "passed"]
+        assert result.status == StepStatus.PASSED, (
+            [ch.evidence for ch in result.checks if ch.status != "passed"])
         assert all(r["status"] == "PASS" for r in result.tables["reconciliation"])
         (stop,) = [i for i in ctx.instructions if i.title.startswith("Stop table maps")]
         # The running maps with rows to move; Legal entities (rows made by linking) already reconciled.
@@ -174,7 +175,7 @@ def test_running_maps_are_stopped_migrated_and_left_for_table_maps(linked_sandbo
             [f"{n}: stopped for the migration" for n in stopped]
 
         maps = TableMaps().execute(ctx)
-        assert maps.status == Status.PASSED, maps.checks
+        assert maps.status == StepStatus.PASSED, maps.checks
         (run,) = [i for i in ctx.instructions if i.title.startswith("Run table map")]
         assert "clear Initial Sync (skip initial sync)." in " ".join(run.steps)
         assert all(n in run.title for n in stopped)
@@ -182,7 +183,7 @@ def test_running_maps_are_stopped_migrated_and_left_for_table_maps(linked_sandbo
 
         again_ctx = _context(step_context, sandbox, portal_player(sandbox), **limits)
         again = Migrate().execute(again_ctx)
-        assert again.status == Status.ALREADY_DONE and _writes(again_ctx) == []
+        assert again.status == StepStatus.ALREADY_DONE and _writes(again_ctx) == []
         assert again_ctx.instructions == []  # reconciled Running maps are left alone
     finally:
         c.close()
@@ -210,9 +211,9 @@ def test_every_mapped_column_moves_in_the_packages_locale(linked_sandbox, step_c
     ctx = _context(step_context, sandbox, **{"plan.limits.initial_sync_rows_per_legal_entity": 2})
     PlanStep().execute(ctx)
     result = Migrate().execute(ctx)
-    assert result.status == Status.PASSED, [ch.evidence for ch in result.checks if ch.status != "passed"]
+    assert result.status == StepStatus.PASSED, [ch.evidence for ch in result.checks if ch.status != "passed"]
     (loc,) = [ch for ch in result.checks if ch.name == "package locale (CSV-Unicode)"]
-    assert loc.status == Status.PASSED and "nl-nl" in loc.evidence
+    assert loc.status == StepStatus.PASSED and "nl-nl" in loc.evidence
     export = read_package(ctx.evidence_dir / "migrate" / "customers-v3-accounts-usmf-export.zip",
                           "Customers V3")
     assert any("," in r["DELIVERYADDRESSLATITUDE"] for r in export.rows)  # the package really is nl-NL

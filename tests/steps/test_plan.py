@@ -16,7 +16,7 @@ from sync_helpers import set_plan
 from dwlib import catalog
 from dwlib.params import ParamsError
 from dwlib.steps import STEPS
-from dwlib.steps.base import Status
+from dwlib.steps.base import StepStatus
 from dwlib.steps.plan import (
     ACTIVATE_SKIP,
     BOOTSTRAP_DV,
@@ -146,7 +146,7 @@ def test_plan_counts_both_sides_and_publishes_the_plan(linked_sandbox, step_cont
         c.close()
     ctx = step_context(sandbox, params={"legal_entities": LES}, dry_run=True)  # the plan runs in dry runs
     result = PlanStep().execute(ctx)
-    assert result.status == Status.PASSED
+    assert result.status == StepStatus.PASSED
 
     rows = ctx.run_state["plan"]
     assert [r.name for r in rows] == catalog.dependency_order(DEFAULT_MAPS)
@@ -337,7 +337,8 @@ def test_rows_dual_write_will_not_pick_up_are_counted_listed_and_warned_in_plan_
 
     plan_ctx = step_context(sandbox, params={"legal_entities": ["USMF"]}, dry_run=True)
     for result in (PlanStep().execute(plan_ctx), _verify(step_context, sandbox)):
-        assert result.status == Status.WARNING, [ch.evidence for ch in result.checks if ch.status != "passed"]
+        assert result.status == StepStatus.WARNING, (
+            [ch.evidence for ch in result.checks if ch.status != "passed"])
         table = {(r["table"], r["company"], r["reason"]): r["rows"] for r in result.tables["ineligible"]}
         assert table[("accounts", "USMF", "customertypecode not 3")] == 1
         assert table[("accounts", "USMF", "no accountnumber")] == 1
@@ -349,7 +350,7 @@ def test_rows_dual_write_will_not_pick_up_are_counted_listed_and_warned_in_plan_
             ("accounts", prospect["accountid"], "customertypecode not 3"),
             ("accounts", unnumbered["accountid"], "no accountnumber"),
             ("contacts", contact["contactid"], "msdyn_sellable not true")}
-        checks = {ch.name: ch for ch in result.checks if ch.status == Status.WARNING}
+        checks = {ch.name: ch for ch in result.checks if ch.status == StepStatus.WARNING}
         prospects = checks["accounts: rows dual-write will not pick up (customertypecode not 3)"]
         assert "Relationship Type to Customer" in prospects.fix and prospects.doc.endswith("customer-mapping")
         assert checks["accounts: rows dual-write will not pick up (no company)"].doc.endswith("company-data")

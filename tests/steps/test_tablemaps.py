@@ -8,7 +8,7 @@ from dw_helpers import Consultant
 from sync_helpers import ACCOUNTS, CONTACTS, CUR, CUSTOMER_MAPS, GROUPS, LE, TERMS, quote_a_customer, set_plan
 
 from dwlib import catalog
-from dwlib.steps import STEPS, Status
+from dwlib.steps import STEPS, StepStatus
 
 
 def _maps(c: Consultant) -> dict[str, dict[str, Any]]:
@@ -27,7 +27,7 @@ def test_maps_run_in_dependency_order_with_master_and_skip_per_map(linked_sandbo
                        (ACCOUNTS, "migrate", "finops"), (LE, "initial-sync", "finops"),
                        (TERMS, "initial-sync", "finops"), (CUR, "initial-sync", "finops")])
         result = STEPS["table-maps"]().execute(ctx)
-        assert result.status == Status.PASSED, (result.summary, result.checks)
+        assert result.status == StepStatus.PASSED, (result.summary, result.checks)
 
         runs = [i for i in ctx.instructions if i.title.startswith("Run table map")]
         order = [n for i in runs for n in i.title.split(" ", 3)[3].split(", ")]
@@ -49,7 +49,7 @@ def test_maps_run_in_dependency_order_with_master_and_skip_per_map(linked_sandbo
 
         seen = len(ctx.instructions)
         again = STEPS["table-maps"]().execute(ctx)
-        assert again.status == Status.ALREADY_DONE and len(ctx.instructions) == seen
+        assert again.status == StepStatus.ALREADY_DONE and len(ctx.instructions) == seen
     finally:
         c.close()
 
@@ -64,7 +64,7 @@ def test_only_maps_not_running_are_run_and_paused_ones_resume(linked_sandbox, st
         ctx = step_context(sandbox, consultant=portal_player(sandbox))
         set_plan(ctx, [(n, "skip", "dataverse") for n in CUSTOMER_MAPS])
         result = STEPS["table-maps"]().execute(ctx)
-        assert result.status == Status.PASSED, result.checks
+        assert result.status == StepStatus.PASSED, result.checks
         (run,) = [i for i in ctx.instructions if i.title.startswith("Run table map")]
         assert run.title.endswith(f"{CUR}, {LE}, {ACCOUNTS}")  # Terms, groups were Running already
         assert all(_maps(c)[n]["displayState"] == "Running" for n in CUSTOMER_MAPS)
@@ -82,7 +82,7 @@ def test_a_failed_initial_sync_shows_the_top_errors_with_remediation(linked_sand
         account = quote_a_customer(c, "usmf")
         set_plan(ctx, [(n, "initial-sync", "finops") for n in CUSTOMER_MAPS])
         result = STEPS["table-maps"]().execute(ctx)
-        assert result.status == Status.FAILED
+        assert result.status == StepStatus.FAILED
         assert result.summary == f"initial sync failed for {ACCOUNTS}"
         (error,) = [ch for ch in result.checks if ch.name.startswith(ACCOUNTS)]
         assert "MalformedLineException" in error.evidence and account in error.evidence
@@ -100,7 +100,7 @@ def test_a_gate_nobody_does_fails_naming_the_maps(linked_sandbox, step_context) 
     ctx = step_context(sandbox, timeout_s=0.3)
     set_plan(ctx, [(CUR, "skip", "dataverse"), (TERMS, "skip", "dataverse")])
     result = STEPS["table-maps"]().execute(ctx)
-    assert result.status == Status.FAILED
+    assert result.status == StepStatus.FAILED
     assert result.summary == f"not running: {CUR}, {TERMS}"
     assert "not verified after" in result.checks[0].evidence
     assert ctx.instructions[0].title == f"Run table maps {CUR}, {TERMS}"

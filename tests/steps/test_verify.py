@@ -11,7 +11,7 @@ from dw_helpers import Consultant
 from sync_helpers import ACCOUNTS, CUR, CUSTOMER_MAPS, GROUPS, LE, TERMS, organization, run_maps, set_plan
 
 from dwlib import catalog
-from dwlib.steps import STEPS, Status
+from dwlib.steps import STEPS, StepStatus
 from dwlib.steps.roundtrip import PREFIX, TEMPORARY_GROUP
 
 FAST = {"verify.poll_s": 0.05, "verify.timeout_s": 10}
@@ -48,7 +48,7 @@ def test_a_good_sync_reconciles_and_the_round_trip_passes_and_cleans_up(linked_s
         run_maps(c, CUSTOMER_MAPS)
         ctx = _context(step_context, sandbox, ["USMF", "GBSI"], tmp_path)
         result = STEPS["verify"]().execute(ctx)
-        assert result.status == Status.PASSED, result.checks
+        assert result.status == StepStatus.PASSED, result.checks
         rows = {(r["map"], r["company"]): r for r in result.tables["reconciliation"]}
         assert set(rows) == {(CUR, "(global)"), (LE, "(global)")} | {
             (m, co) for m in (TERMS, GROUPS, ACCOUNTS) for co in ("USMF", "GBSI")}
@@ -60,7 +60,7 @@ def test_a_good_sync_reconciles_and_the_round_trip_passes_and_cleans_up(linked_s
         assert all(r["status"] == "PASS" for r in rows.values())
         stages = {ch.name: ch.status for ch in result.checks if ch.name in ("F&O → Dataverse",
                                                                              "Dataverse → F&O", "clean-up")}
-        assert stages == dict.fromkeys(("F&O → Dataverse", "Dataverse → F&O", "clean-up"), Status.PASSED)
+        assert stages == dict.fromkeys(("F&O → Dataverse", "Dataverse → F&O", "clean-up"), StepStatus.PASSED)
         assert _leftovers(c) == []
         recon, missing, differing, ineligible = (Path(p) for p in result.evidence_files)
         assert len(_csv(recon)) == len(rows)
@@ -70,7 +70,7 @@ def test_a_good_sync_reconciles_and_the_round_trip_passes_and_cleans_up(linked_s
 
         writes = len(_writes(ctx))
         again = STEPS["verify"]().execute(ctx)
-        assert again.status == Status.ALREADY_DONE, again.checks
+        assert again.status == StepStatus.ALREADY_DONE, again.checks
         assert len(_writes(ctx)) == writes  # the round trip is not repeated
         assert "round trip passed on" in again.summary
         runs = tmp_path / "runs"
@@ -99,7 +99,7 @@ def test_a_row_deleted_on_one_side_fails_with_its_key(linked_sandbox, step_conte
 
         ctx = _context(step_context, sandbox, ["USMF"], tmp_path, **{"verify.round_trip": "never"})
         result = STEPS["verify"]().execute(ctx)
-        assert result.status == Status.FAILED
+        assert result.status == StepStatus.FAILED
         (row,) = [r for r in result.tables["reconciliation"] if r["status"] == "FAIL"]
         assert (row["map"], row["company"]) == (ACCOUNTS, "USMF")
         assert row["finops_rows"] == row["dataverse_rows"]  # same counts, different keys
@@ -109,7 +109,7 @@ def test_a_row_deleted_on_one_side_fails_with_its_key(linked_sandbox, step_conte
         assert [(m["missing_in"], m["key"]) for m in _csv(missing_csv)] == [
             ("Dataverse", gone_in_dv), ("F&O", gone_in_fo)]
         assert missing_csv in result.next_action and "initial sync" in result.next_action
-        (check,) = [ch for ch in result.checks if ch.status == Status.FAILED]
+        (check,) = [ch for ch in result.checks if ch.status == StepStatus.FAILED]
         assert check.name == f"{ACCOUNTS} USMF" and missing_csv in check.fix
     finally:
         c.close()
@@ -142,7 +142,7 @@ def test_values_that_differ_fail_with_both_sides_values_and_equal_data_in_other_
 
         ctx = _context(step_context, sandbox, ["USMF"], tmp_path, **{"verify.round_trip": "never"})
         result = STEPS["verify"]().execute(ctx)
-        assert result.status == Status.FAILED
+        assert result.status == StepStatus.FAILED
         (row,) = [r for r in result.tables["reconciliation"] if r["status"] == "FAIL"]
         assert (row["map"], row["finops_rows"], row["missing_in_dataverse"], row["missing_in_finops"]) == \
             (ACCOUNTS, row["dataverse_rows"], 0, 0)
@@ -156,7 +156,7 @@ def test_values_that_differ_fail_with_both_sides_values_and_equal_data_in_other_
              "+1 999"),
             (changed["CustomerAccount"], "CustomerGroupId ↔ msdyn_customergroupid.msdyn_groupid",
              changed["CustomerGroupId"], group)}
-        (check,) = [ch for ch in result.checks if ch.status == Status.FAILED]
+        (check,) = [ch for ch in result.checks if ch.status == StepStatus.FAILED]
         assert "values of" in check.evidence and result.evidence_files[2] in check.fix
     finally:
         c.close()
@@ -171,7 +171,7 @@ def test_a_new_company_gets_a_temporary_customer_group_for_the_round_trip(linked
         ctx = _context(step_context, sandbox, ["DAT"], tmp_path)
         set_plan(ctx, [(n, "skip", "dataverse") for n in CUSTOMER_MAPS])
         result = STEPS["verify"]().execute(ctx)
-        assert result.status == Status.PASSED, result.checks
+        assert result.status == StepStatus.PASSED, result.checks
         assert result.tables["reconciliation"] == []  # nothing moved: live sync is what is proven
         creates = [w for w in _writes(ctx) if w.startswith("POST") and w.endswith("/CustomerGroups")]
         assert len(creates) == 1
@@ -193,12 +193,12 @@ def test_a_failing_direction_is_named_and_the_customer_is_still_cleaned_up(linke
         run_maps(c, [ACCOUNTS], initial_sync=False)
         ctx = _context(step_context, sandbox, ["USMF"], tmp_path, **{"verify.timeout_s": 0.5})
         result = STEPS["verify"]().execute(ctx)
-        assert result.status == Status.FAILED
+        assert result.status == StepStatus.FAILED
         assert result.summary.endswith("round trip failed (Dataverse → F&O)")
         stages = {ch.name: ch for ch in result.checks}
-        assert stages["F&O → Dataverse"].status == Status.PASSED
+        assert stages["F&O → Dataverse"].status == StepStatus.PASSED
         assert "did not show the name changed in Dataverse" in stages["Dataverse → F&O"].evidence
-        assert stages["clean-up"].status == Status.PASSED and _leftovers(c) == []
+        assert stages["clean-up"].status == StepStatus.PASSED and _leftovers(c) == []
         assert "'Dataverse → F&O'" in result.next_action
 
         c.portal("POST", f"/dualwrite/maps/{catalog.table_map(GROUPS).id}/stop")
@@ -222,14 +222,14 @@ def test_against_real_environments_the_round_trip_waits_for_confirmation(linked_
         ctx = _context(step_context, sandbox, ["USMF"], tmp_path)
         ctx.params = ctx.params.model_copy(update={"sandbox": None})  # as for environments of a customer
         waiting = STEPS["verify"]().execute(ctx)
-        assert waiting.status == Status.WAITING and "live round trip in USMF" in waiting.summary
+        assert waiting.status == StepStatus.WAITING and "live round trip in USMF" in waiting.summary
         assert waiting.next_action.startswith("The live round trip writes into both environments")
         assert "options.confirm_irreversible" in waiting.next_action
         ctx.dry_run, ctx.confirm = True, lambda what: True
-        assert STEPS["verify"]().execute(ctx).status == Status.SKIPPED  # a dry run never writes
+        assert STEPS["verify"]().execute(ctx).status == StepStatus.SKIPPED  # a dry run never writes
         assert _writes(ctx) == []
         ctx.dry_run = False
-        assert STEPS["verify"]().execute(ctx).status == Status.PASSED  # confirmed: the trip is made
+        assert STEPS["verify"]().execute(ctx).status == StepStatus.PASSED  # confirmed: the trip is made
         assert _writes(ctx) and _leftovers(c) == []
     finally:
         c.close()
@@ -253,15 +253,16 @@ def test_what_a_killed_round_trip_left_is_reported_with_never_and_deleted_by_the
         ctx = _context(step_context, sandbox, ["DAT"], tmp_path, **{"verify.round_trip": "never"})
         set_plan(ctx, [(n, "skip", "dataverse") for n in CUSTOMER_MAPS])
         reported = STEPS["verify"]().execute(ctx)
-        assert reported.status == Status.WARNING and _writes(ctx) == []
+        assert reported.status == StepStatus.WARNING and _writes(ctx) == []
         note = {ch.name: ch for ch in reported.checks}["earlier round trips"]
         assert f"customer {PREFIX}-0000BEEF and customer group BEEFRT in DAT" in note.evidence
 
         ctx = _context(step_context, sandbox, ["DAT"], tmp_path)
         set_plan(ctx, [(n, "skip", "dataverse") for n in CUSTOMER_MAPS])
         result = STEPS["verify"]().execute(ctx)
-        assert result.status == Status.PASSED, result.checks
-        assert {ch.name: ch for ch in result.checks}["earlier round trip cleaned up"].status == Status.PASSED
+        assert result.status == StepStatus.PASSED, result.checks
+        cleaned = {ch.name: ch for ch in result.checks}["earlier round trip cleaned up"]
+        assert cleaned.status == StepStatus.PASSED
         assert _leftovers(c) == [] and c.fo_rows("CustomerGroups?cross-company=true") == []
     finally:
         c.close()

@@ -10,12 +10,19 @@ return), two implementations:
   `https://IntegratorApp.com`; the portal gates stay for LCS actions.
 
 Example:
-    >>> # admin = PortalAdmin(session.dataverse, session.finops, notify=print, timeout_s=1800)
-    >>> # admin.run(["Customers V3 (contacts)"], initial_sync=True, master="dataverse")
-    >>> # admin.map_states(["Customers V3 (contacts)"])["Customers V3 (contacts)"].state
-    >>> MapRunState("Running") == STATE_OF_STATUS[4] == "Running"
+    admin = PortalAdmin(session.dataverse, session.finops, notify=print, timeout_s=1800)
+    admin.run(["Customers V3 (contacts)"], initial_sync=True, master="dataverse")
+    admin.map_states(["Customers V3 (contacts)"])["Customers V3 (contacts)"].state
+    >>> MapState("Running") == STATE_OF_STATUS[4] == "Running"
     True
 """
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from dwlib.vocab import MapState
 
 from .base import (
     INTEGRATOR_APP,
@@ -25,12 +32,15 @@ from .base import (
     DualWriteAdminError,
     InitialSyncDetails,
     Instruction,
-    MapRunState,
-    MapState,
+    MapSnapshot,
     SyncError,
 )
 from .gateway import GatewayAdmin
 from .portal import DUAL_WRITE_UI, LCS, PortalAdmin
+
+if TYPE_CHECKING:
+    from dwlib.clients.session import Session
+    from dwlib.params import Params
 
 __all__ = [
     "DUAL_WRITE_UI",
@@ -43,8 +53,22 @@ __all__ = [
     "GatewayAdmin",
     "InitialSyncDetails",
     "Instruction",
-    "MapRunState",
+    "MapSnapshot",
     "MapState",
     "PortalAdmin",
     "SyncError",
+    "open_admin",
 ]
+
+
+def open_admin(session: Session, params: Params, *, notify: Callable[[Instruction], None]) -> DualWriteAdmin:
+    """The dual-write admin a run's parameters choose (`options.admin`): the portal gates, or the
+    unsupported gateway signed in for `https://IntegratorApp.com` on the session's HTTP stack."""
+    options = params.options
+    dv, fo = session.dataverse, session.finops
+    if options.admin == "gateway":
+        assert params.environments.gateway_url is not None  # Params checks it
+        http = session.http(auth=session.tokens.auth_for(INTEGRATOR_APP))
+        return GatewayAdmin(dv, fo, http=http, gateway_url=params.environments.gateway_url, notify=notify,
+                            timeout_s=options.gate_timeout_s, poll_s=options.gate_poll_s)
+    return PortalAdmin(dv, fo, notify=notify, timeout_s=options.gate_timeout_s, poll_s=options.gate_poll_s)

@@ -7,8 +7,8 @@ State is read from documented sources: `RetrieveFinanceAndOperationsIntegrationD
 documented representations of those status columns, never from a raw code: the Dataverse choice's
 formatted value (`OData.Community.Display.V1.FormattedValue`, asked for with `Prefer:
 odata.include-annotations`), else the F&O enum's name (F&O OData carries enums by name). Both are
-mapped to `MapRunState` by name: the states the dual-write page shows, or the `MapStatus` names of
-Microsoft's Dual-write-automations (`STATE_OF_NAME`); any other value is a `DualWriteAdminError`,
+mapped to `dwlib.vocab.MapState` by name: the states the dual-write page shows, or the `MapStatus` names of
+Microsoft's Dual-write-automations (`MapState.of`); any other value is a `DualWriteAdminError`,
 not a guess. The real values of these columns are UNVERIFIED (api-surface.md §5.1): `dw doctor
 --record` captures them from a real environment. `msdyn_mapping` is read in the shape
 Dual-write-automations reads (`entityMappingTasks[].legs[].fieldMappings[].valueTransforms[]`).
@@ -18,7 +18,7 @@ from the projects' `PartitionMap` column, also documented as a column with an UN
 understand) instead of guessing.
 
 Example:
-    >>> STATE_OF_NAME["InitialSync"].value, STATE_OF_STATUS[4].value
+    >>> MapState.of("InitialSync").value, STATE_OF_STATUS[4].value
     ('Initializing', 'Running')
 """
 
@@ -31,11 +31,11 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
 from dwlib import catalog
+from dwlib.vocab import MAP_STATE_NAMES, MapState
 
 from ..dataverse import DataverseClient
 from ..errors import ClientError, HttpError
@@ -44,32 +44,14 @@ from ..odata import literal
 
 log = logging.getLogger(__name__)
 
-class MapRunState(StrEnum):
-    """A table map's state as the dual-write page shows it (enable-entity-map.md)."""
-
-    NOT_RUNNING = "Not running"
-    INITIALIZING = "Initializing"
-    RUNNING = "Running"
-    PAUSED = "Paused"
-    RESUMING = "Resuming"
-
-
-# The page's labels, and the names of `DWEnums.MapStatus` in Microsoft's Dual-write-automations.
-STATE_OF_NAME: dict[str, MapRunState] = {
-    **{s.value: s for s in MapRunState},
-    "NotRunning": MapRunState.NOT_RUNNING,
-    "Stopped": MapRunState.NOT_RUNNING,
-    "InitialSync": MapRunState.INITIALIZING,
-    "CatchUp": MapRunState.RESUMING,
-}
 # The gateway's `MapStatus` codes (its `detail.state`), Dual-write-automations' DWEnums.cs.
-STATE_OF_STATUS: dict[int, MapRunState] = {
-    1: MapRunState.NOT_RUNNING,
-    2: MapRunState.INITIALIZING,
-    3: MapRunState.RESUMING,
-    4: MapRunState.RUNNING,
-    5: MapRunState.PAUSED,
-    6: MapRunState.NOT_RUNNING,
+STATE_OF_STATUS: dict[int, MapState] = {
+    1: MapState.NOT_RUNNING,
+    2: MapState.INITIALIZING,
+    3: MapState.RESUMING,
+    4: MapState.RUNNING,
+    5: MapState.PAUSED,
+    6: MapState.NOT_RUNNING,
 }
 FORMATTED_VALUE = "OData.Community.Display.V1.FormattedValue"
 INTEGRATOR_APP = "https://IntegratorApp.com"
@@ -80,36 +62,36 @@ class DualWriteAdminError(ClientError):
 
 
 @dataclass(frozen=True)
-class MapState:
+class MapSnapshot:
     """A table map's state as the documented configuration tables show it."""
 
     name: str
-    state: MapRunState
+    state: MapState
     project: str | None = None
     version: int | None = None  # Dataverse row version of its runtime configuration: changes with the state
     source: str = ""
 
     @property
     def running(self) -> bool:
-        return self.state == MapRunState.RUNNING
+        return self.state == MapState.RUNNING
 
 
-def map_state_of(value: Any, *, where: str) -> MapRunState:
+def map_state_of(value: Any, *, where: str) -> MapState:
     """The state a status column's documented representation names; DualWriteAdminError for a
     value this client does not know (never a guess such as "Not running").
 
     >>> map_state_of("Paused", where="x")
-    <MapRunState.PAUSED: 'Paused'>
+    <MapState.PAUSED: 'Paused'>
     >>> map_state_of(4, where="Status")
     Traceback (most recent call last):
     ...
     dwlib.clients.dualwrite.base.DualWriteAdminError: Status holds the map state 4, which this client ...
     """
-    state = STATE_OF_NAME.get(value) if isinstance(value, str) else None
+    state = MapState.of(value) if isinstance(value, str) else None
     if state is None:
         raise DualWriteAdminError(
             f"{where} holds the map state {value!r}, which this client does not know "
-            f"(known: {', '.join(STATE_OF_NAME)})",
+            f"(known: {', '.join(MAP_STATE_NAMES)})",
             fix="read the map's state on the dual-write page and report the value, so the client can learn "
                 "it (`dw doctor --record` captures it)")
     return state
@@ -273,7 +255,7 @@ class DualWriteAdmin(ABC):
         when the column holds something else than company codes: then `codes` is None and `note`
         says so, and what depends on it is a warning, never a pass.
 
-        >>> # admin.connection_legal_entities().codes  → ('DAT', 'USMF')
+        admin.connection_legal_entities().codes  → ('DAT', 'USMF')
         """
         source = "DualWriteProjectConfigurations.PartitionMap"
         try:
@@ -306,7 +288,7 @@ class DualWriteAdmin(ABC):
         F&O column, as `msdyn_dualwriteentitymaps.msdyn_mapping` shows them ({} before Apply
         Solution). Constant rows (`PARTYTYPE << none = Organization`) are not listed.
 
-        >>> # admin.column_defaults("Customers V3 (accounts)")  → {'CustomerGroupId': '30'}
+        admin.column_defaults("Customers V3 (accounts)")  → {'CustomerGroupId': '30'}
         """
         m = catalog.table_map(name)
         rows = self.dataverse.query(
@@ -330,7 +312,7 @@ class DualWriteAdmin(ABC):
                             out[f["sourceField"]] = t.get("defaultValue")
         return out
 
-    def map_states(self, names: Iterable[str] | None = None) -> dict[str, MapState]:
+    def map_states(self, names: Iterable[str] | None = None) -> dict[str, MapSnapshot]:
         """State of each map (all catalogue maps by default) from the runtime configurations:
         Dataverse `msdyn_dualwriteruntimeconfigs` (the choice's formatted value, and the row version
         that moves with each change), else F&O `DualWriteProjectConfigurations` (the enum's name)."""
@@ -341,7 +323,7 @@ class DualWriteAdmin(ABC):
             "msdyn_dualwriteruntimeconfigs", {"$select": ",".join(columns)},
             {"Prefer": f'odata.include-annotations="{FORMATTED_VALUE}"'}) for r in page]
         fo: list[dict[str, Any]] | None = None
-        out: dict[str, MapState] = {}
+        out: dict[str, MapSnapshot] = {}
         for m in maps:
             rows = [r for r in dv if r.get("msdyn_internalentityname") == m.finops_entity
                     and r.get("msdyn_externalentityname") == m.dataverse_table]
@@ -349,7 +331,7 @@ class DualWriteAdmin(ABC):
             label = row.get(f"msdyn_status@{FORMATTED_VALUE}") if row else None
             if row is not None and label is not None:
                 state = map_state_of(label, where="msdyn_dualwriteruntimeconfigs.msdyn_status")
-                out[m.name] = MapState(m.name, state, row["msdyn_name"], row.get("versionnumber"),
+                out[m.name] = MapSnapshot(m.name, state, row["msdyn_name"], row.get("versionnumber"),
                                        "msdyn_dualwriteruntimeconfigs")
                 continue
             if fo is None:
@@ -362,7 +344,7 @@ class DualWriteAdmin(ABC):
                 project = max(mine, key=lambda r: r["RecId"])
                 state = map_state_of(project.get("Status"), where="DualWriteProjectConfigurations.Status")
                 version = row.get("versionnumber") if row else None
-                out[m.name] = MapState(m.name, state, project["ProjectName"], version,
+                out[m.name] = MapSnapshot(m.name, state, project["ProjectName"], version,
                                        "DualWriteProjectConfigurations")
             elif row is not None:
                 raise DualWriteAdminError(
@@ -371,7 +353,7 @@ class DualWriteAdmin(ABC):
                     fix="check the map on the dual-write page; Reset link repairs a half-removed "
                         "configuration")
             else:
-                out[m.name] = MapState(m.name, MapRunState.NOT_RUNNING, source="no project configuration yet")
+                out[m.name] = MapSnapshot(m.name, MapState.NOT_RUNNING, source="no project configuration yet")
         return out
 
     def dependency_order(self, names: Iterable[str]) -> list[str]:
@@ -380,7 +362,7 @@ class DualWriteAdmin(ABC):
 
     def _run_plan(
         self, names: Sequence[str], include_related: bool
-    ) -> tuple[list[str], dict[str, MapState], list[str]]:
+    ) -> tuple[list[str], dict[str, MapSnapshot], list[str]]:
         """What Run covers: the maps in order (prerequisites first when `include_related`), their
         states now, and those of them not Running yet."""
         order = self.dependency_order(names) if include_related else map_names(names)
@@ -413,7 +395,7 @@ class DualWriteAdmin(ABC):
         initial_sync: bool = True,
         master: str = "dataverse",
         include_related: bool = True,
-    ) -> dict[str, MapState]:
+    ) -> dict[str, MapSnapshot]:
         """Run maps (with their not-running prerequisites first); returns their verified states."""
 
     @abstractmethod
@@ -421,20 +403,20 @@ class DualWriteAdmin(ABC):
         """Give column rows of a Not running map a Default value transform (F&O column → value,
         written to F&O when the Dataverse value is empty); returns the verified defaults.
 
-        >>> # admin.set_column_defaults("Customers V3 (accounts)", {"CUSTOMERGROUPID": "30"})
-        >>> # → {'CustomerGroupId': '30'}
+        admin.set_column_defaults("Customers V3 (accounts)", {"CUSTOMERGROUPID": "30"})
+        → {'CustomerGroupId': '30'}
         """
 
     @abstractmethod
-    def stop(self, names: Sequence[str]) -> dict[str, MapState]:
+    def stop(self, names: Sequence[str]) -> dict[str, MapSnapshot]:
         """Stop Running maps."""
 
     @abstractmethod
-    def pause(self, names: Sequence[str]) -> dict[str, MapState]:
+    def pause(self, names: Sequence[str]) -> dict[str, MapSnapshot]:
         """Pause Running maps (their changes queue)."""
 
     @abstractmethod
-    def resume(self, names: Sequence[str]) -> dict[str, MapState]:
+    def resume(self, names: Sequence[str]) -> dict[str, MapSnapshot]:
         """Resume Paused maps (catch up the queue)."""
 
     # --- waiting ------------------------------------------------------------------------------------
@@ -443,7 +425,7 @@ class DualWriteAdmin(ABC):
         """Poll `missing` (what is still missing, as readable lines) every `poll_s` until it lists
         nothing; DualWriteAdminError naming what is missing after `timeout_s`.
 
-        >>> # admin.wait_for("company rows", lambda: sorted({"USMF"} - set(admin.dataverse_companies())))
+        admin.wait_for("company rows", lambda: sorted({"USMF"} - set(admin.dataverse_companies())))
         """
         self._wait(what, missing)
 
@@ -462,11 +444,11 @@ class DualWriteAdmin(ABC):
             self._sleep(self.poll_s)
 
     def _wait_states(
-        self, what: str, names: Sequence[str], target: str, before: dict[str, MapState] | None = None
-    ) -> dict[str, MapState]:
+        self, what: str, names: Sequence[str], target: str, before: dict[str, MapSnapshot] | None = None
+    ) -> dict[str, MapSnapshot]:
         """Wait until every map is in `target`; a map that went back to Not running after an
         attempt (its row version moved) failed: raise with the initial-sync errors known."""
-        result: dict[str, MapState] = {}
+        result: dict[str, MapSnapshot] = {}
 
         def check() -> list[str]:
             result.update(self.map_states(names))
@@ -474,7 +456,7 @@ class DualWriteAdmin(ABC):
                 failed = [
                     n
                     for n in names
-                    if result[n].state == "Not running" and result[n].version != before[n].version
+                    if result[n].state == MapState.NOT_RUNNING and result[n].version != before[n].version
                 ]
                 if failed:
                     raise self._failure(failed)

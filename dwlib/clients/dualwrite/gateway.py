@@ -6,7 +6,7 @@ Its reads take the shapes Dual-write-automations deserializes (`DWLibary/Struct/
 in another shape, or not JSON, is a `ResponseError` naming the endpoint, never a KeyError.
 
 Example:
-    >>> # admin = GatewayAdmin(dv, fo, http=gateway_http, gateway_url=url)  # UserWarning
+    admin = GatewayAdmin(dv, fo, http=gateway_http, gateway_url=url)  # UserWarning
     >>> ACTION_CODES["stop"], RequestState("2").name
     ('4', 'COMPLETED')
 """
@@ -24,12 +24,13 @@ from typing import Any
 import httpx
 
 from dwlib import catalog
+from dwlib.vocab import MapState
 
 from ..dataverse import DataverseClient
 from ..errors import ResponseError
 from ..finops import FinOpsClient
 from ..http import RETRY_REFUSED, redact_url
-from .base import DualWriteAdminError, InitialSyncDetails, MapState, SyncError, host, map_names
+from .base import DualWriteAdminError, InitialSyncDetails, MapSnapshot, SyncError, host, map_names
 from .portal import PortalAdmin
 
 ACTION_CODES = {"start": "1", "stop": "4", "pause": "5", "resume": "6"}  # the gateway's Start actions
@@ -63,7 +64,7 @@ class GatewayAdmin(PortalAdmin):
     portal gates. Constructing it warns.
 
     Example:
-        >>> # admin = GatewayAdmin(dv, fo, http=gateway_http, gateway_url=url)  # UserWarning
+        admin = GatewayAdmin(dv, fo, http=gateway_http, gateway_url=url)  # UserWarning
     """
 
     def __init__(
@@ -252,27 +253,27 @@ class GatewayAdmin(PortalAdmin):
         initial_sync: bool = True,
         master: str = "dataverse",
         include_related: bool = True,
-    ) -> dict[str, MapState]:
+    ) -> dict[str, MapSnapshot]:
         order, states, todo = self._run_plan(names, include_related)
         params = {
             "skipInitialSync": not initial_sync,
             "conflictResolution": {"option": "1", "master": {"dataverse": "CRM", "finops": "AX"}[master]},
         }
-        paused = [n for n in todo if states[n].state == "Paused"]
+        paused = [n for n in todo if states[n].state == MapState.PAUSED]
         self._act(ACTION_CODES["resume"], paused)
         self._act(ACTION_CODES["start"], [n for n in todo if n not in paused], params)
-        return self._wait_states("Run table maps", order, "Running")
+        return self._wait_states("Run table maps", order, MapState.RUNNING)
 
-    def stop(self, names: Sequence[str]) -> dict[str, MapState]:
-        return self._switch("stop", names, "Not running")
+    def stop(self, names: Sequence[str]) -> dict[str, MapSnapshot]:
+        return self._switch("stop", names, MapState.NOT_RUNNING)
 
-    def pause(self, names: Sequence[str]) -> dict[str, MapState]:
-        return self._switch("pause", names, "Paused")
+    def pause(self, names: Sequence[str]) -> dict[str, MapSnapshot]:
+        return self._switch("pause", names, MapState.PAUSED)
 
-    def resume(self, names: Sequence[str]) -> dict[str, MapState]:
-        return self._switch("resume", names, "Running")
+    def resume(self, names: Sequence[str]) -> dict[str, MapSnapshot]:
+        return self._switch("resume", names, MapState.RUNNING)
 
-    def _switch(self, action: str, names: Sequence[str], target: str) -> dict[str, MapState]:
+    def _switch(self, action: str, names: Sequence[str], target: str) -> dict[str, MapSnapshot]:
         maps = map_names(names)
         self._act(ACTION_CODES[action], maps)
         return self._wait_states(f"{action.capitalize()} table maps", maps, target)

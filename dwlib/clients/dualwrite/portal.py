@@ -7,8 +7,8 @@ passes. Headless, nobody reads the instructions: it waits for the verified state
 what is still missing.
 
 Example:
-    >>> # admin = PortalAdmin(session.dataverse, session.finops, notify=print, timeout_s=1800)
-    >>> # admin.run(["Customers V3 (contacts)"], initial_sync=True, master="dataverse")
+    admin = PortalAdmin(session.dataverse, session.finops, notify=print, timeout_s=1800)
+    admin.run(["Customers V3 (contacts)"], initial_sync=True, master="dataverse")
     >>> LCS
     'https://lcs.dynamics.com/V2'
 """
@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import quote
 
 from dwlib import catalog
+from dwlib.vocab import MapState
 
 from ..dataverse import DataverseClient
 from ..finops import FinOpsClient
@@ -28,7 +29,7 @@ from .base import (
     DualWriteAdminError,
     InitialSyncDetails,
     Instruction,
-    MapState,
+    MapSnapshot,
     host,
     map_names,
     same_url,
@@ -77,7 +78,8 @@ class PortalAdmin(DualWriteAdmin):
 
     def initial_sync_details(self, name: str) -> InitialSyncDetails:
         state = self.map_states([name])[name]
-        status = {"Running": "Completed", "Initializing": "Executing"}.get(state.state, "Unknown")
+        status = {MapState.RUNNING: "Completed", MapState.INITIALIZING: "Executing"}.get(
+            state.state, "Unknown")
         return InitialSyncDetails(
             catalog.table_map(name).name,
             state.state,
@@ -186,7 +188,7 @@ class PortalAdmin(DualWriteAdmin):
         initial_sync: bool = True,
         master: str = "dataverse",
         include_related: bool = True,
-    ) -> dict[str, MapState]:
+    ) -> dict[str, MapSnapshot]:
         _, before, todo = self._run_plan(names, include_related)
         if not todo:
             return before
@@ -209,12 +211,12 @@ class PortalAdmin(DualWriteAdmin):
             ["F&O Data management workspace", "Dual-write"],
             f"{', '.join(todo)} Running",
         )
-        return self._wait_states("Run table maps", todo, "Running", before)
+        return self._wait_states("Run table maps", todo, MapState.RUNNING, before)
 
     def set_column_defaults(self, name: str, defaults: Mapping[str, Any]) -> dict[str, Any]:
         selected = catalog.table_map(name).name
         state = self.map_states([selected])[selected].state
-        if state != "Not running":
+        if state != MapState.NOT_RUNNING:
             raise DualWriteAdminError(
                 f"'{selected}' is {state}: table mappings can be changed only when the map is stopped "
                 "(Not running), otherwise the changes are not saved (customizing-mappings)",
@@ -254,7 +256,7 @@ class PortalAdmin(DualWriteAdmin):
 
     def _simple(
         self, action: str, button: str, names: Sequence[str], target: str, extra: str = ""
-    ) -> dict[str, MapState]:
+    ) -> dict[str, MapSnapshot]:
         maps = map_names(names)
         self._gate(
             f"{action} table maps {', '.join(maps)}",
@@ -267,13 +269,13 @@ class PortalAdmin(DualWriteAdmin):
         )
         return self._wait_states(f"{action} table maps", maps, target)
 
-    def stop(self, names: Sequence[str]) -> dict[str, MapState]:
-        return self._simple("Stop", "Stop", names, "Not running")
+    def stop(self, names: Sequence[str]) -> dict[str, MapSnapshot]:
+        return self._simple("Stop", "Stop", names, MapState.NOT_RUNNING)
 
-    def pause(self, names: Sequence[str]) -> dict[str, MapState]:
-        return self._simple("Pause", "Pause", names, "Paused")
+    def pause(self, names: Sequence[str]) -> dict[str, MapSnapshot]:
+        return self._simple("Pause", "Pause", names, MapState.PAUSED)
 
-    def resume(self, names: Sequence[str]) -> dict[str, MapState]:
+    def resume(self, names: Sequence[str]) -> dict[str, MapSnapshot]:
         return self._simple(
-            "Resume", "Run", names, "Running", " Choose 'Catch up synchronization of queued records'."
+            "Resume", "Run", names, MapState.RUNNING, " Choose 'Catch up synchronization of queued records'."
         )
