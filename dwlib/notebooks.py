@@ -89,7 +89,7 @@ def text_name(ref: StepRef, language: str = "en") -> str:
     >>> text_name(scenario("new-data-existing").steps[9])
     'plan-new-company'
     """
-    return ref.id if text.has_step(language, ref.id) else ref.step
+    return text.step_for(language, ref.id, ref.step).name
 
 
 def narrative(sc: Scenario, ref: StepRef, language: str = "en") -> str:

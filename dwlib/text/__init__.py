@@ -128,6 +128,21 @@ def has_step(language: str, name: str) -> bool:
     return _file(language, "steps", f"{name}.md").is_file()
 
 
+def step_for(language: str, step_id: str, step_name: str) -> Text:
+    """The text of a scenario's step: its step id's own file where it has one, else its step's."""
+    return step(language, step_id if has_step(language, step_id) else step_name)
+
+
+def localize(url: str, language: str) -> str:
+    """A Learn URL in `language`'s locale (`/nl-nl/`); other URLs as they are.
+
+    >>> localize("https://learn.microsoft.com/en-us/dynamics365/x", "nl")
+    'https://learn.microsoft.com/nl-nl/dynamics365/x'
+    """
+    return re.sub(r"^https://learn\.microsoft\.com/(?:[a-z]{2}-[a-z]{2}/)?",
+                  f"https://learn.microsoft.com/{LOCALES[_language(language)]}/", url)
+
+
 def scenario(language: str, scenario_id: str) -> Text:
     """The introduction of scenario `scenario_id` (`title`, `situation`; the body says what it does)."""
     return _markdown(language, "scenarios", scenario_id)
@@ -223,3 +238,45 @@ def expand(text: str, language: str, *, parts: Mapping[str, Mapping[str, str]] |
         return values[name]
 
     return _PLACEHOLDER.sub(fill, text)
+
+
+@cache
+def _gate_rules(language: str) -> tuple[tuple[re.Pattern[str], str], ...]:
+    if language == "en" or not _file(language, "gates.yaml").is_file():
+        return ()
+    return tuple((re.compile(rule["en"]), str(rule[language])) for rule in data(language, "gates"))
+
+
+def gate_sentence(language: str, sentence: str) -> str | None:
+    """`sentence` of an English portal instruction in `language` (`<language>/gates.yaml`); None when
+    no rule covers it (English: the sentence itself).
+
+    >>> gate_sentence("nl", "Stop table maps Customers V3 (accounts)")
+    'Tabeltoewijzingen stoppen: Customers V3 (accounts)'
+    """
+    if language == "en":
+        return sentence
+    for pattern, template in _gate_rules(language):
+        found = pattern.fullmatch(sentence)
+        if found:
+            return template.format(**found.groupdict())
+    return None
+
+
+def instruction(language: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+    """A portal instruction (`title`, `steps`, `links`, `verify`) in `language`; a sentence without a
+    rule stays English. Another language keeps the English `title` and `steps` under `en`: what a
+    program acting on the instruction (the sandbox consultant) reads.
+
+    >>> instruction("nl", {"title": "Select Save.", "steps": [], "links": {}, "verify": "x Running"})["title"]
+    'Selecteer Save.'
+    """
+    if language == "en":
+        return dict(payload)
+
+    def say(sentence: str) -> str:
+        return gate_sentence(language, sentence) or sentence
+
+    return {"title": say(payload["title"]), "steps": [say(s) for s in payload["steps"]],
+            "links": {say(k): v for k, v in payload["links"].items()}, "verify": say(payload["verify"]),
+            "en": {"title": payload["title"], "steps": list(payload["steps"])}}
