@@ -156,9 +156,12 @@ def _in_sandbox(scenario: str, root: Path, rows: int | None, faults: str | None,
     `root`, run the runbook against it, stop it."""
     overrides = {**overrides, "sandbox.dir": str(root)}
     _execution().check_params(scenario, params_file, overrides, sandbox_pending=True)
-    started = control.start(scenario, root=root, rows=rows, port=0, faults=faults)
+    from . import prepare  # the operations runbooks' sandboxes: a setup run first (imports execute)
+
+    started = control.start(prepare.profile(scenario), root=root, rows=rows, port=0, faults=faults)
     print(f"sandbox {scenario} started in {root} ({started.connection['dataverse_url'].rsplit('/', 1)[0]})")
     try:
+        prepare.prepare(scenario, root)
         _execution().check_params(scenario, params_file, overrides)
         return _execute(scenario, params_file, overrides, out)
     finally:

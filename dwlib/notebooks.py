@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -72,7 +73,7 @@ def link(url: str) -> str:
 
 def _facts(sc: Scenario) -> dict[str, str]:
     """What a text's variants (`parts`) choose by: `finops=existing`, `dataverse=new`, …"""
-    return {"finops": sc.finops, "dataverse": sc.dataverse, "scenario": sc.id}
+    return {"finops": sc.finops, "dataverse": sc.dataverse, "scenario": sc.id, "kind": sc.kind}
 
 
 def _shared(language: str, key: str, sc: Scenario | None = None, **values: str) -> str:
@@ -175,10 +176,12 @@ def build(scenario_id: str, language: str = "en") -> NotebookNode:
         connection=_shared(language, "connection", sc),
         then=text.expand(about.body, language, where=where),
         hr_note=_shared(language, "hr_note"),
-        guide=text.link(language, f"dw/connection-setup#{sc.id}"),
+        guide=text.link(language, str(about.meta.get("guide") or f"dw/connection-setup#{sc.id}")),
         notebook=notebook_path(sc.id, language, Path("notebooks")).as_posix(),
         lang_option="" if language == "en" else f" --lang {language}",
     )
+    # An operations runbook has no connection text or note: no blank paragraph or space stays for them.
+    intro = re.sub(r"\n{3,}", "\n\n", re.sub(r"(?<=\S)  (?=\S)", " ", intro))
     cells = [
         _md("intro", intro),
         _code("parameters", _parameters(), tags=["parameters"]),

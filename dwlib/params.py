@@ -60,9 +60,9 @@ from dwlib.text import Language
 log = logging.getLogger(__name__)
 
 SCENARIOS = ("new-new", "new-existing", "new-data-new", "new-data-existing", "existing-new",
-             "existing-existing")
+             "existing-existing", "health-check")
 Scenario = Literal["new-new", "new-existing", "new-data-new", "new-data-existing", "existing-new",
-                   "existing-existing"]
+                   "existing-existing", "health-check"]
 DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
 # The company a new F&O environment is connected for: "A dual-write connection is established for
 # DAT company data" (the seed page); in the scope of every scenario with a new F&O.
@@ -414,6 +414,18 @@ class Verify(_Model):
     sample_keys: int = Field(default=10, ge=0, le=1000)  # missing keys shown per row (the CSV has all)
 
 
+class Health(_Model):
+    """The health check (scenario `health-check`): how much drift between the sides it tolerates.
+
+    >>> Health().max_drift_rows
+    0
+    """
+
+    # Rows out of sync (missing on a side, or values differing) per map and company above which the
+    # health check fails (dw run exits 1); what it finds below is a warning.
+    max_drift_rows: int = Field(default=0, ge=0)
+
+
 class Options(_Model):
     """How a run behaves.
 
@@ -467,6 +479,7 @@ class Params(_Model):
     migrate: Migrate = Field(default_factory=Migrate)
     initial_sync: InitialSync = Field(default_factory=InitialSync)
     verify: Verify = Field(default_factory=Verify)
+    health: Health = Field(default_factory=Health)
     options: Options = Field(default_factory=Options)
     sandbox: SandboxRef | None = None
     _warnings: list[str] = PrivateAttr(default_factory=list)

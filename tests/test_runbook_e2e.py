@@ -32,7 +32,7 @@ def private_token_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 
 
 @pytest.mark.parametrize("language", LANGUAGES)
-@pytest.mark.parametrize("scenario", list(SCENARIOS))
+@pytest.mark.parametrize("scenario", [s for s, sc in SCENARIOS.items() if sc.kind == "setup"])
 def test_each_notebook_sets_up_a_fresh_sandbox_and_reconciles(
         scenario: str, language: str, start_sandbox: Callable[..., dict[str, Any]], tmp_path: Path) -> None:
     connection = start_sandbox(scenario, rows=ROWS, fresh=True)

@@ -12,6 +12,7 @@ Example:
 from . import (
     bootstrap,
     company,
+    health,
     initialsync,
     link,
     mapdefaults,
@@ -24,7 +25,8 @@ from . import (
 from .base import STEPS, Check, Finding, Status, Step, StepContext, StepError, StepResult, register
 
 # The modules whose import registers the steps (a new step family is added here).
-MODULES = (bootstrap, company, initialsync, link, mapdefaults, migrate, plan, preflight, tablemaps, verify)
+MODULES = (bootstrap, company, health, initialsync, link, mapdefaults, migrate, plan, preflight, tablemaps,
+           verify)
 
 __all__ = ["MODULES", "STEPS", "Check", "Finding", "Status", "Step", "StepContext", "StepError", "StepResult",
            "register"]
