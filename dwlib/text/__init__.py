@@ -3,7 +3,8 @@
 Layout (see README.md beside this file): `<language>/steps/<step id>.md` (one per step id, or per
 registered step name when every use of the step says the same), `<language>/scenarios/<id>.md`,
 `<language>/notebook.yaml` (the cells every notebook shares), `<language>/pages.yaml` (the titles of
-the Microsoft Learn pages linked) and `<language>/gates.yaml` (the portal instructions). A Markdown
+the Microsoft Learn pages linked) and, but for English (the code's own), `<language>/gates.yaml`
+(the portal instructions, sentence by sentence). A Markdown
 file is front matter (YAML between `---` lines: `title`, optional `parts`, `learn`, …) and a body.
 Lines of one paragraph are joined, so a translator may wrap them anywhere.
 
