@@ -60,9 +60,9 @@ from dwlib.text import Language
 log = logging.getLogger(__name__)
 
 SCENARIOS = ("new-new", "new-existing", "new-data-new", "new-data-existing", "existing-new",
-             "existing-existing", "health-check")
+             "existing-existing", "health-check", "troubleshoot")
 Scenario = Literal["new-new", "new-existing", "new-data-new", "new-data-existing", "existing-new",
-                   "existing-existing", "health-check"]
+                   "existing-existing", "health-check", "troubleshoot"]
 DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
 # The company a new F&O environment is connected for: "A dual-write connection is established for
 # DAT company data" (the seed page); in the scope of every scenario with a new F&O.

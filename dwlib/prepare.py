@@ -20,7 +20,7 @@ from pathlib import Path
 from dwlib import execute
 from dwlib.errors import DwError
 from dwlib.notebooks import NOTEBOOKS
-from dwlib.sandbox import drift
+from dwlib.sandbox import drift, sync_errors
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,9 @@ class Preparation:
 PREPARATIONS: dict[str, Preparation] = {
     "health-check": Preparation("new-data-new", lambda root: drift.seed(root, rows=3),
                                 "maps running, then 3 USMF customers renamed in F&O outside dual-write"),
+    "troubleshoot": Preparation("new-data-new", sync_errors.seed,
+                                "Customers V3 (accounts) run again with an initial sync that fails (nl-NL "
+                                "source data format)"),
 }
 SETUP_PARAMS = NOTEBOOKS.parent / "params"
 

@@ -1,5 +1,5 @@
 """The six setup scenarios of "Guidance for dual-write setup", and the operations runbooks after
-setup (`health-check`), as ordered step lists (data).
+setup (`health-check`, `troubleshoot`), as ordered step lists (data).
 
 Each scenario lists its steps in the order the guidance gives them, including its
 sub-procedures (create the company, add it to the connection, bootstrap with the company code,
@@ -68,7 +68,7 @@ def _s(*ids: str | tuple[str, str, dict[str, Any]]) -> tuple[StepRef, ...]:
 
 
 # The runbooks after setup: their sandbox is prepared by a setup run first (`dw run … --sandbox`).
-OPERATIONS = ("health-check",)
+OPERATIONS = ("health-check", "troubleshoot")
 
 # legal-entities runs the Legal entities (cdm_companies) map: linking creates no company in
 # Dataverse, that map does, before anything reads or stamps a company.
@@ -133,6 +133,13 @@ SCENARIOS: dict[str, Scenario] = {
             "Dual-write health check (read-only, nightly)",
             "existing", "existing",
             _s("health-configuration", "health-drift"),
+        ),
+        # Read-only: findings matched to the known-error catalogue, then a support bundle.
+        Scenario(
+            "troubleshoot",
+            "Troubleshoot dual-write (read-only)",
+            "existing", "existing",
+            _s("troubleshoot-findings", "troubleshoot-bundle"),
         ),
     )
 }

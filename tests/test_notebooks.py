@@ -158,6 +158,10 @@ SAYS: dict[str, tuple[list[str], list[str]]] = {
                               "1 GB", "It only reads"], ["checksum"]),
     "health-drift": (["checksum", "previous health check", "`health.max_drift_rows`", "`dw review compare`",
                       "exits 1", "It only reads"], ["DWDVEV1003"]),
+    "troubleshoot-findings": (["known-error catalogue", "documented fix", "`IsDebugMode`", "error log",
+                               "It only reads"], ["support-bundle.zip"]),
+    "troubleshoot-bundle": (["`support-bundle.zip`", "every byte", "client secret", "tokens"],
+                            ["IsDebugMode"]),
 }
 
 

@@ -20,13 +20,14 @@ from . import (
     plan,
     preflight,
     tablemaps,
+    troubleshoot,
     verify,
 )
 from .base import STEPS, Check, Finding, Status, Step, StepContext, StepError, StepResult, register
 
 # The modules whose import registers the steps (a new step family is added here).
 MODULES = (bootstrap, company, health, initialsync, link, mapdefaults, migrate, plan, preflight, tablemaps,
-           verify)
+           troubleshoot, verify)
 
 __all__ = ["MODULES", "STEPS", "Check", "Finding", "Status", "Step", "StepContext", "StepError", "StepResult",
            "register"]
