@@ -39,6 +39,7 @@ from .gates import GATE_ENV
 from .packaged import param_file
 from .params import ParamsError
 from .scenarios import SCENARIOS
+from .text import LANGUAGES
 
 if TYPE_CHECKING:
     from .sandbox import control as control_
@@ -199,9 +200,12 @@ def _in_sandbox(scenario: str, root: Path, rows: int | None, faults: str | None,
     overrides = {**overrides, "sandbox.dir": str(root)}
     _execution().check_params(scenario, params_file, overrides, sandbox_pending=True)
     control = _control()
-    started = control.start(scenario, root=root, rows=rows, port=0, faults=faults)
+    from . import prepare  # the operations runbooks' sandboxes: a setup run first (imports execute)
+
+    started = control.start(prepare.profile(scenario), root=root, rows=rows, port=0, faults=faults)
     print(f"sandbox {scenario} started in {root} ({started.connection['dataverse_url'].rsplit('/', 1)[0]})")
     try:
+        prepare.prepare(scenario, root)
         _execution().check_params(scenario, params_file, overrides)
         return _execute(scenario, params_file, overrides, out)
     finally:
@@ -218,6 +222,8 @@ def run(args: argparse.Namespace) -> int:
         _control()  # a missing sandbox extra is said before anything else
     try:
         overrides = _overrides(args.param)
+        if args.lang:
+            overrides["language"] = args.lang
         with _execution().sigterm_interrupts():  # outside the notebook: SIGTERM stops as Ctrl+C does
             if not args.sandbox:
                 _execution().check_params(args.scenario, params_file, overrides)
@@ -499,6 +505,9 @@ def build_parser() -> argparse.ArgumentParser:
     run_cmd.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                          help="override a parameter by dotted key; the value is YAML (repeatable); "
                               "papermill's -p KEY VALUE works too")
+    run_cmd.add_argument("--lang", choices=LANGUAGES,
+                         help="the runbook's language (sets the parameter language): "
+                              "notebooks/SCENARIO.ipynb is English, notebooks/nl/SCENARIO.ipynb Dutch")
     run_cmd.add_argument("--sandbox", action="store_true",
                          help="start a fresh sandbox of the scenario's profile, run against it, stop it")
     run_cmd.add_argument("--rows", type=int, help="with --sandbox: rows to seed per main table")

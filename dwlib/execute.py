@@ -38,6 +38,7 @@ from nbclient.exceptions import DeadKernelError
 from papermill.exceptions import PapermillExecutionError
 
 from dwlib.extras import MissingExtra
+from dwlib.notebooks import notebook_path
 from dwlib.packaged import notebook as find_notebook
 from dwlib.packaged import pinned_note
 from dwlib.params import Params, load_params
@@ -277,7 +278,8 @@ def execute(
 
     Check the parameters first (`check_params`): this function assumes they are valid.
     """
-    source = find_notebook(f"{scenario}.ipynb")
+    language = check_params(scenario, params_file, overrides).language
+    source = find_notebook(notebook_path(scenario, language, Path()).as_posix())
     if note := pinned_note(source):
         echo(note)
     run_id = run_id or new_run_id()

@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from dwlib import text
 from dwlib.clients.dualwrite import Instruction
 from dwlib.params import Params
 from dwlib.record import RunRecord
@@ -88,16 +89,19 @@ class Gates:
         self.step, self.shown = step_id, []
 
     def notify(self, instruction: Instruction) -> None:
-        """Show and record the instruction, then run the gate command if there is one (or, holding,
-        raise `GateWaiting`)."""
-        payload = {"title": instruction.title, "steps": list(instruction.steps),
-                   "links": dict(instruction.links), "verify": instruction.verify}
+        """Show and record the instruction, then run the gate command if there is one (or,
+        holding, raise `GateWaiting`)."""
+        # In the run's language; an English copy stays in it for programs that act on it.
+        payload = text.instruction(self.params.language, {
+            "title": instruction.title, "steps": list(instruction.steps),
+            "links": dict(instruction.links), "verify": instruction.verify})
         self.shown.append(payload)
         command = gate_command(self.params.options.gates)
         if command or not self.hold:
             # Held without a command, the step board's gate panel shows the instruction, with its
             # links and the Verify now button: printed as well, it would be said twice.
-            self.say(instruction.text())
+            self.say(Instruction(payload["title"], payload["steps"], payload["links"],
+                                 payload["verify"]).text())
         if self.step is not None:
             self.record.waiting(self.step, payload)
         if command:

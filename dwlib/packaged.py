@@ -66,9 +66,11 @@ def notebook(name: str, cwd: Path | None = None) -> Path:
 
 def pinned_note(notebook: Path) -> str:
     """A note when `notebook` is an engagement's copy made by another dwlib version ("" otherwise)."""
-    pinned = notebook.parent / VERSION_FILE
-    if not pinned.is_file():
+    # a language's notebooks are in notebooks/<language>/, the version file in notebooks/
+    found = [p for p in (notebook.parent, notebook.parent.parent) if (p / VERSION_FILE).is_file()]
+    if not found:
         return ""
+    pinned = found[0] / VERSION_FILE
     made, now = pinned.read_text(encoding="utf-8").strip(), version()
     if made == now:
         return ""

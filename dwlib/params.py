@@ -56,12 +56,13 @@ from dwlib.errors import DwError
 from dwlib.scenarios import SCENARIOS
 from dwlib.scenarios import scenario as _scenario
 from dwlib.secrets import REFERENCE_FORMS, SecretError, SecretRef
+from dwlib.text import Language
 
 log = logging.getLogger(__name__)
 
 # The scenario ids as a type (the scenarios themselves: `dwlib.scenarios.SCENARIOS`).
 ScenarioId = Literal["new-new", "new-existing", "new-data-new", "new-data-existing", "existing-new",
-                   "existing-existing"]
+                     "existing-existing", "health-check", "troubleshoot"]
 DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
 # The company a new F&O environment is connected for: "A dual-write connection is established for
 # DAT company data" (the seed page); in the scope of every scenario with a new F&O.
@@ -420,6 +421,18 @@ GATE_COMMAND_REFUSED = (
     "DW_GATE_COMMAND")
 
 
+class Health(_Model):
+    """The health check (scenario `health-check`): how much drift between the sides it tolerates.
+
+    >>> Health().max_drift_rows
+    0
+    """
+
+    # Rows out of sync (missing on a side, or values differing) per map and company above which the
+    # health check fails (dw run exits 1); what it finds below is a warning.
+    max_drift_rows: int = Field(default=0, ge=0)
+
+
 class Options(_Model):
     """How a run behaves.
 
@@ -474,6 +487,8 @@ class Params(_Model):
     """
 
     scenario: ScenarioId
+    # The runbook's language: notebooks/<scenario>.ipynb (en) or notebooks/<language>/<scenario>.ipynb.
+    language: Language = "en"
     environments: Environments
     auth: Auth
     legal_entities: list[CompanyCode] = Field(default_factory=list)
@@ -484,6 +499,7 @@ class Params(_Model):
     migrate: MigrateOptions = Field(default_factory=MigrateOptions)
     initial_sync: InitialSyncOptions = Field(default_factory=InitialSyncOptions)
     verify: VerifyOptions = Field(default_factory=VerifyOptions)
+    health: Health = Field(default_factory=Health)
     options: Options = Field(default_factory=Options)
     sandbox: SandboxRef | None = None
     _warnings: list[str] = PrivateAttr(default_factory=list)

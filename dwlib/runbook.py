@@ -44,6 +44,7 @@ from dwlib.scenarios import scenario as _scenario
 from dwlib.secrets import scrub, scrub_kernel_tracebacks
 from dwlib.steps import STEPS, StepContext, StepResult, StepStatus
 from dwlib.steps.base import ProgressFactory
+from dwlib.text import localize, step_for
 
 
 class RunbookError(DwError):
@@ -253,6 +254,9 @@ or run with `papermill -f FILE` or `dw run`
         except Exception as exc:
             result, error = self._failure(ref, exc), exc
         result.id = step_id
+        if self.params.language != "en":  # the record and the board speak the run's language
+            result.title = step_for(self.params.language, step_id, ref.step).title
+            result.doc_url = localize(result.doc_url, self.params.language) if result.doc_url else ""
         result.started = started
         result.duration_s = round(time.monotonic() - clock, 3)
         result.calls = [asdict(e) for e in journal.entries()[first:]]

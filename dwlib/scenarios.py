@@ -1,4 +1,5 @@
-"""The six setup scenarios of "Guidance for dual-write setup", as ordered step lists (data).
+"""The six setup scenarios of "Guidance for dual-write setup", and the operations runbooks after
+setup (`health-check`, `troubleshoot`), as ordered step lists (data).
 
 Each scenario lists its steps in the order the guidance gives them, including its
 sub-procedures (create the company, add it to the connection, bootstrap with the company code,
@@ -45,6 +46,11 @@ class Scenario:
     def doc_url(self) -> str:
         return f"{GUIDE}#{self.id}"
 
+    @property
+    def kind(self) -> Literal["setup", "operations"]:
+        """`setup` for the six scenarios of the guidance, `operations` for the runbooks after setup."""
+        return "operations" if self.id in OPERATIONS else "setup"
+
     def step_ids(self) -> list[str]:
         """The step ids in order (what a notebook must run, one cell each)."""
         return [s.id for s in self.steps]
@@ -60,6 +66,9 @@ def _s(*ids: str | tuple[str, str, dict[str, Any]]) -> tuple[StepRef, ...]:
             refs.append(StepRef(ref_id, step, MappingProxyType(options)))
     return tuple(refs)
 
+
+# The runbooks after setup: their sandbox is prepared by a setup run first (`dw run … --sandbox`).
+OPERATIONS = ("health-check", "troubleshoot")
 
 # legal-entities runs the Legal entities (cdm_companies) map: linking creates no company in
 # Dataverse, that map does, before anything reads or stamps a company.
@@ -115,6 +124,22 @@ SCENARIOS: dict[str, Scenario] = {
             "Existing finance and operations environment and existing Dataverse environment",
             "existing", "existing",
             _s(*_LINK, *_BOOTSTRAP, "plan", "migrate", "table-maps", "initial-sync", "verify"),
+        ),
+        # After setup: read-only, for nightly `dw batch`. Microsoft's health check (its codes), the
+        # maps' states, then counts and checksums per company per map and the drift since the
+        # previous health check of the same pair of environments.
+        Scenario(
+            "health-check",
+            "Dual-write health check (read-only, nightly)",
+            "existing", "existing",
+            _s("health-configuration", "health-drift"),
+        ),
+        # Read-only: findings matched to the known-error catalogue, then a support bundle.
+        Scenario(
+            "troubleshoot",
+            "Troubleshoot dual-write (read-only)",
+            "existing", "existing",
+            _s("troubleshoot-findings", "troubleshoot-bundle"),
         ),
     )
 }

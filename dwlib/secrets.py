@@ -69,6 +69,16 @@ def remember(value: str) -> None:
             _known.update(line for line in value.splitlines() if len(line) >= _MIN_SCRUB_LEN * 4)
 
 
+def known_secrets() -> list[str]:
+    """Every secret value and token registered so far (`remember`), e.g. to scan written bytes for.
+
+    >>> remember("yet-another-secret-2"); "yet-another-secret-2" in known_secrets()
+    True
+    """
+    with _lock:
+        return sorted(_known)
+
+
 def scrub(text: str) -> str:
     """`text` with every remembered secret, bearer token and JWT replaced by `***`.
 

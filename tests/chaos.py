@@ -146,7 +146,8 @@ def play(chosen: Round, rows: int, work: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, help="replay the rounds of this seed (default: a new one)")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+    setups = ",".join(s for s, sc in SCENARIOS.items() if sc.kind == "setup")
+    parser.add_argument("--scenarios", default=setups,
                         help="comma-separated scenarios (default: all six)")
     parser.add_argument("--rows", type=int, default=ROWS, help=f"rows per main table (default {ROWS})")
     parser.add_argument("--keep", type=Path, help="keep each round's sandbox and runs under this directory")

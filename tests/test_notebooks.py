@@ -22,7 +22,7 @@ import papermill
 import pytest
 from papermill.exceptions import PapermillExecutionError
 
-from dwlib import notebooks
+from dwlib import notebooks, text
 from dwlib.params import Params
 from dwlib.record import load_record
 from dwlib.scenarios import SCENARIOS
@@ -53,16 +53,23 @@ def test_every_step_the_scenarios_name_is_implemented() -> None:
     assert all(STEPS[name].doc_url.startswith("https://learn.microsoft.com/") for name in named)
 
 
-@pytest.mark.parametrize("scenario_id", list(SCENARIOS))
-def test_committed_notebook_is_what_the_builder_makes(scenario_id: str) -> None:
-    path = ROOT / "notebooks" / f"{scenario_id}.ipynb"
-    assert path.read_text(encoding="utf-8") == notebooks.render(scenario_id), (
-        f"{path.name} is stale or edited by hand: run python -m dwlib.notebooks")
+@pytest.mark.parametrize(("name", "language"), notebooks.generated())
+def test_committed_notebook_is_what_the_builder_makes(name: str, language: str) -> None:
+    path = notebooks.notebook_path(name, language, ROOT / "notebooks")
+    assert path.read_text(encoding="utf-8") == notebooks.render(name, language), (
+        f"{path} is stale or edited by hand: run python -m dwlib.notebooks")
 
 
+def test_every_scenario_has_an_english_and_a_dutch_notebook() -> None:
+    assert set(notebooks.generated()) == {(s, lang) for s in SCENARIOS for lang in ("en", "nl")} | {
+        (notebooks.REVIEW, "en")}
+
+
+@pytest.mark.parametrize("language", ["en", "nl"])
 @pytest.mark.parametrize("scenario_id", list(SCENARIOS))
-def test_each_code_cell_runs_at_most_one_step_and_together_exactly_the_scenario(scenario_id: str) -> None:
-    nb = nbformat.read(ROOT / "notebooks" / f"{scenario_id}.ipynb", as_version=4)
+def test_each_code_cell_runs_at_most_one_step_and_together_exactly_the_scenario(scenario_id: str,
+                                                                                language: str) -> None:
+    nb = nbformat.read(notebooks.notebook_path(scenario_id, language, ROOT / "notebooks"), as_version=4)
     calls = step_calls(nb)
     assert all(len(c) <= 1 for c in calls)
     assert [c[0] for c in calls if c] == SCENARIOS[scenario_id].step_ids()
@@ -83,12 +90,29 @@ def about(scenario_id: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("scenario_id", list(SCENARIOS))
+def test_the_dutch_notebook_links_learn_in_dutch_with_dutch_titles(scenario_id: str) -> None:
+    nb = nbformat.read(notebooks.notebook_path(scenario_id, "nl", ROOT / "notebooks"), as_version=4)
+    links = [found for c in nb.cells if c.cell_type == "markdown" for found in LEARN_LINK.findall(c.source)]
+    assert links
+    for title, url in links:  # /nl-nl/ but where only the English edition describes it (said so)
+        assert "/nl-nl/" in url or "/en-us/dynamics365/fin-ops-core/dev-itpro/data-entities/dual-write/" \
+            "bootstrap-company-data" in url, url
+        assert title == text.title(url)
+    english = nbformat.read(ROOT / "notebooks" / f"{scenario_id}.ipynb", as_version=4)
+    assert [c.source for c in nb.cells if c.cell_type == "code"] == [
+        c.source for c in english.cells if c.cell_type == "code"]  # the same runbook, only the words differ
+    about = {c["id"]: c.source for c in nb.cells if c.cell_type == "markdown"}
+    assert about["intro"].startswith(f"# {text.scenario('nl', scenario_id).title}")
+    assert "--lang nl" in about["intro"] and "notebooks/nl/" in about["intro"]
+
+
+@pytest.mark.parametrize("scenario_id", list(SCENARIOS))
 def test_every_learn_link_reads_as_its_pages_title(scenario_id: str) -> None:
     cells = about(scenario_id)
-    links = [found for text in cells.values() for found in LEARN_LINK.findall(text)]
+    links = [found for shown in cells.values() for found in LEARN_LINK.findall(shown)]
     assert len(links) > len(SCENARIOS[scenario_id].steps)
-    for text, url in links:
-        assert text == notebooks.page_title(url), f"{url} is linked as {text!r}"
+    for shown, url in links:
+        assert shown == notebooks.page_title(url), f"{url} is linked as {shown!r}"
     for ref in SCENARIOS[scenario_id].steps:  # each step's page (the bootstrap: its methods'), by title
         assert LEARN_LINK.search(cells[f"about-{ref.id}"].rpartition("\n\nMicrosoft Learn: ")[2])
 
@@ -130,6 +154,14 @@ SAYS: dict[str, tuple[list[str], list[str]]] = {
     "initial-sync": (["Not running", "top errors", "reconcile"], ["Run dialog"]),
     "verify": (["counts and keys", "**The round trip writes into both environments**", "confirmation",
                 "`verify.round_trip: never`", "a dry run never writes"], ["UpsertMultiple"]),
+    "health-configuration": (["DWDVEV1003", "DWFOEV1003", "DWDVEV1007", "*skipped*", "Paused", "one day",
+                              "1 GB", "It only reads"], ["checksum"]),
+    "health-drift": (["checksum", "previous health check", "`health.max_drift_rows`", "`dw review compare`",
+                      "exits 1", "It only reads"], ["DWDVEV1003"]),
+    "troubleshoot-findings": (["known-error catalogue", "documented fix", "`IsDebugMode`", "error log",
+                               "It only reads"], ["support-bundle.zip"]),
+    "troubleshoot-bundle": (["`support-bundle.zip`", "every byte", "client secret", "tokens"],
+                            ["IsDebugMode"]),
 }
 
 
@@ -143,7 +175,10 @@ def test_each_step_says_what_that_step_does(scenario_id: str) -> None:
         assert [m for m in must_not if m in text] == [], ref.id
 
 
-@pytest.mark.parametrize("scenario_id", list(SCENARIOS))
+SETUPS = [s for s, sc in SCENARIOS.items() if sc.kind == "setup"]
+
+
+@pytest.mark.parametrize("scenario_id", SETUPS)
 def test_where_the_connection_is_set_up_and_how_it_cannot_be_undone(scenario_id: str) -> None:
     sc, cells = SCENARIOS[scenario_id], about(scenario_id)
     intro, link = cells["intro"], cells["about-power-platform-integration"]

@@ -12,14 +12,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import nbformat
 import pytest
 from run_helpers import assert_passed, run, writes
 
+from dwlib import text
 from dwlib.sandbox import control
 from dwlib.scenarios import SCENARIOS
 from dwlib.steps import STEPS
 
 ROWS = 200
+LANGUAGES = ["en", "nl"]
+GUIDE_EN = "https://learn.microsoft.com/en-us/dynamics365/fin-ops-core/dev-itpro/data-entities/dual-write/connection-setup"
 
 
 @pytest.fixture(autouse=True)
@@ -27,12 +31,28 @@ def private_token_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
 
 
-@pytest.mark.parametrize("scenario", list(SCENARIOS))
+@pytest.mark.parametrize("language", LANGUAGES)
+@pytest.mark.parametrize("scenario", [s for s, sc in SCENARIOS.items() if sc.kind == "setup"])
 def test_each_notebook_sets_up_a_fresh_sandbox_and_reconciles(
-        scenario: str, start_sandbox: Callable[..., dict[str, Any]], tmp_path: Path) -> None:
+        scenario: str, language: str, start_sandbox: Callable[..., dict[str, Any]], tmp_path: Path) -> None:
     connection = start_sandbox(scenario, rows=ROWS, fresh=True)
-    data = assert_passed(run(scenario, connection, tmp_path / "runs"))
+    execution = run(scenario, connection, tmp_path / "runs", language=language)
+    data = assert_passed(execution)
     assert [s["id"] for s in data["steps"]] == SCENARIOS[scenario].step_ids()
+    # The notebook of the run's language ran: its narrative, its step titles and its portal
+    # instructions, each of them translated (none left in English), while the consultant acted.
+    cells = nbformat.read(execution.notebook, as_version=4).cells
+    assert f"Microsoft's [{text.title(GUIDE_EN)}]" in cells[0].source if language == "en" else \
+        "Dit runbook volgt het scenario" in cells[0].source
+    for step in data["steps"]:
+        ref = next(r for r in SCENARIOS[scenario].steps if r.id == step["id"])
+        assert step["title"] == text.step_for(language, ref.id, ref.step).title
+        for gate in step.get("gates") or []:
+            sentences = [gate["title"], *gate["steps"], gate["verify"], *gate["links"]]
+            if language != "en":
+                assert [s for s in gate["en"]["steps"] if text.gate_sentence(language, s) is None] == []
+                assert text.gate_sentence(language, gate["en"]["title"]) == gate["title"]
+            assert all(sentences)
 
 
 def test_a_finished_runbook_run_again_is_already_done_and_writes_nothing(

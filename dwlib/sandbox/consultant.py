@@ -57,8 +57,10 @@ def actions(instruction: Mapping[str, Any]) -> list[tuple[str, str, dict[str, An
     ...          "steps": ["On the Legal entities tab remove DAT, USMF (not in legal_entities), then Save."]})
     [('DELETE', '/dualwrite/legal-entities/DAT', None), ('DELETE', '/dualwrite/legal-entities/USMF', None)]
     """
-    title: str = instruction["title"]
-    steps: list[str] = list(instruction.get("steps") or [])
+    # A runbook in another language keeps the English instruction, which this reads, under `en`.
+    english: Mapping[str, Any] = instruction.get("en") or instruction
+    title: str = english["title"]
+    steps: list[str] = list(english.get("steps") or [])
     if title.startswith("Set up the Power Platform integration"):
         return [("POST", "/lcs/power-platform-integration", None)]
     if title.startswith("Configure dual-write and link"):

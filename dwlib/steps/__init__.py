@@ -14,6 +14,7 @@ from dwlib.vocab import StepStatus
 from . import (
     bootstrap,
     company,
+    health,
     initialsync,
     link,
     mapdefaults,
@@ -21,12 +22,14 @@ from . import (
     plan,
     preflight,
     tablemaps,
+    troubleshoot,
     verify,
 )
 from .base import STEPS, Check, Finding, Step, StepContext, StepError, StepResult, register
 
 # The modules whose import registers the steps (a new step family is added here).
-MODULES = (bootstrap, company, initialsync, link, mapdefaults, migrate, plan, preflight, tablemaps, verify)
+MODULES = (bootstrap, company, health, initialsync, link, mapdefaults, migrate, plan, preflight, tablemaps,
+           troubleshoot, verify)
 
 __all__ = [
     "MODULES",

@@ -1,0 +1,176 @@
+"""Troubleshoot dual-write, read-only: findings matched to the known-error catalogue, a support bundle.
+
+`troubleshoot-findings` reads what the dual-write page shows and documented reads can reach: every
+table map's state, the initial-sync details of each map that is not Running (the error texts where
+the admin can read them: the gateway; the portal shows them only in the workspace, so the step says
+where), and whether debug mode (`IsDebugMode` of the project configurations) is on. Each finding's
+text is looked up in the known-error catalogue (`dwlib/catalog/known_errors.yaml`) and shown with
+its documented fix. The dual-write error log (`DualWriteErrorLog`) has no documented OData route:
+the finding names its table-browser page.
+
+`troubleshoot-bundle` writes a support bundle beside the run's evidence: a zip of the run record so
+far, the evidence files and the HTTP calls of the run (method, URL without secrets, status, request
+id), every text scrubbed of secrets and tokens; then scans every byte of the zip for them.
+
+Example:
+    >>> error_log_url("https://contoso.operations.dynamics.com/")
+    'https://contoso.operations.dynamics.com/?mi=SysTableBrowser&tableName=DualWriteErrorLog'
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dwlib import catalog
+from dwlib.catalog.errors import DOCS_ROOT
+from dwlib.secrets import known_secrets, scrub
+from dwlib.vocab import MapState, StepStatus
+
+from .base import Check, Finding, Step, StepContext, StepResult, environment, register, worst
+from .health import maps_in_scope, state_checks
+
+TROUBLESHOOT_DOC = DOCS_ROOT + "dual-write-troubleshooting"
+BUNDLE = "support-bundle.zip"
+FINDING_COLUMNS = ["source", "map", "text", "known_error", "fix", "doc"]
+
+
+def error_log_url(finops_url: str) -> str:
+    """The table browser page of the dual-write error log (dual-write-troubleshooting.md)."""
+    return f"{finops_url.rstrip('/')}/?mi=SysTableBrowser&tableName=DualWriteErrorLog"
+
+
+def finding(source: str, map_name: str, text: str) -> dict[str, Any]:
+    """One finding, with the catalogue's known error and documented fix when the text is known."""
+    known = catalog.match_error(text)
+    return {"source": source, "map": map_name, "text": scrub(text),
+            "known_error": known.id if known else "", "fix": known.fix if known else "",
+            "doc": known.doc_url if known else ""}
+
+
+class _ReadOnly(Step):
+    read_only = True
+
+    def act(self, ctx: StepContext, finding: Finding) -> None:
+        raise AssertionError("read-only step: execute never acts")
+
+
+@register
+class TroubleshootFindings(_ReadOnly):
+    """Map states, initial-sync details and debug mode, each finding matched to a known error.
+
+    Example:
+        >>> TroubleshootFindings.read_only
+        True
+    """
+
+    name = "troubleshoot-findings"
+    title = "Troubleshoot: findings and their documented fixes"
+    doc_url = TROUBLESHOOT_DOC
+
+    def check(self, ctx: StepContext) -> Finding:
+        params, session, admin = environment(ctx)
+        maps = maps_in_scope(params)
+        checks, _ = state_checks(admin, maps)
+        rows = []
+        for name, state in admin.map_states(maps).items():
+            if state.state == MapState.RUNNING:
+                continue
+            details = admin.initial_sync_details(name)
+            rows += [finding("initial sync", name, e.message) for e in details.errors]
+            if not details.errors:
+                rows.append(finding("initial sync", name, f"{name} is {state.state} after its initial sync "
+                                                          f"({details.status}); {details.note}".rstrip("; ")))
+        debug = _debug_modes(session)
+        checks.append(Check("debug mode (IsDebugMode)",
+                            StepStatus.WARNING if debug else StepStatus.PASSED,
+                            f"on for {', '.join(debug)}" if debug else "off in every project configuration",
+                            fix="" if not debug else "set IsDebugMode back to No once the scenario is "
+                                "reproduced: verbose logging stays on until then",
+                            doc=TROUBLESHOOT_DOC))
+        checks.append(Check("dual-write error log", StepStatus.SKIPPED,
+                            f"no documented OData route: read it at "
+                            f"{error_log_url(str(params.environments.finops_url))}",
+                            fix="switch debug mode on for the project (IsDebugMode = Yes), reproduce, read "
+                                "the log, switch it off", doc=TROUBLESHOOT_DOC))
+        return Finding(True, "read-only", todo=rows, checks=checks)
+
+    def verify(self, ctx: StepContext, finding: Finding) -> StepResult:
+        rows: list[dict[str, Any]] = finding.todo
+        checks = list(finding.checks)
+        for row in rows:
+            checks.append(Check(f"{row['source']} {row['map']}", StepStatus.FAILED, row["text"],
+                                fix=row["fix"] or "not in the known-error catalogue: search the text on "
+                                                  "Microsoft Learn and the dual-write troubleshooting pages",
+                                doc=row["doc"] or TROUBLESHOOT_DOC))
+        csv = ctx.write_csv("troubleshoot-findings.csv", rows, FINDING_COLUMNS)
+        known = sum(bool(r["known_error"]) for r in rows)
+        status = worst(checks) if checks else StepStatus.PASSED
+        # Findings are what the runbook is for: the run reports them, it does not stop on them.
+        status = StepStatus.WARNING if status == StepStatus.FAILED else status
+        return self.result(status, f"{len(rows)} findings, {known} of them known errors with their fix",
+                           checks=checks, tables={"findings": rows},
+                           counts={"findings": len(rows), "known_errors": known},
+                           evidence_files=[str(csv)])
+
+
+def _debug_modes(session: Any) -> list[str]:
+    rows = session.finops.query("DualWriteProjectConfigurations", select=["ProjectName", "IsDebugMode"],
+                                cross_company=True)
+    return sorted({r["ProjectName"] for r in rows if str(r.get("IsDebugMode")) == "Yes"})
+
+
+@dataclass
+class Bundle:
+    path: Path
+    secrets: list[str]
+
+
+@register
+class TroubleshootBundle(_ReadOnly):
+    """A support bundle (zip: record, evidence, the run's HTTP calls) that holds no secret.
+
+    Example:
+        >>> TroubleshootBundle.name
+        'troubleshoot-bundle'
+    """
+
+    name = "troubleshoot-bundle"
+    title = "Troubleshoot: support bundle"
+    doc_url = TROUBLESHOOT_DOC
+
+    def check(self, ctx: StepContext) -> Finding:
+        stem = ctx.evidence_dir.name.removesuffix("-evidence")
+        record = ctx.evidence_dir.parent / f"{stem}.json"
+        path = ctx.evidence_dir / BUNDLE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+            if record.is_file():
+                data = json.loads(record.read_text(encoding="utf-8"))
+                zf.writestr("record.json", scrub(json.dumps(data, indent=2)))
+                calls = [c for s in data.get("steps") or [] for c in s.get("calls") or []]
+                zf.writestr("responses.json", scrub(json.dumps(calls, indent=2)))
+            for file in sorted(ctx.evidence_dir.rglob("*")):
+                if file.is_file() and file.name != BUNDLE:
+                    zf.writestr(f"evidence/{file.relative_to(ctx.evidence_dir)}",
+                                scrub(file.read_text(encoding="utf-8", errors="replace")))
+        path.write_bytes(buffer.getvalue())
+        return Finding(True, "read-only", todo=Bundle(path, known_secrets()))
+
+    def verify(self, ctx: StepContext, finding: Finding) -> StepResult:
+        bundle: Bundle = finding.todo
+        raw = bundle.path.read_bytes()
+        with zipfile.ZipFile(bundle.path) as zf:
+            texts = b"".join(zf.read(n) for n in zf.namelist())
+        leaked = [s for s in bundle.secrets if s and (s.encode() in raw or s.encode() in texts)]
+        check = Check("no secret in the bundle", StepStatus.FAILED if leaked else StepStatus.PASSED,
+                      f"{len(leaked)} secret(s) found" if leaked
+                      else f"every byte scanned for {len(bundle.secrets)} secret(s) and token(s): none")
+        return self.result(check.status, f"support bundle {bundle.path.name} ({len(raw):,} bytes)",
+                           checks=[check], evidence_files=[str(bundle.path)],
+                           counts={"bundle_bytes": len(raw)})
