@@ -7,8 +7,9 @@ alone, and nothing syncs them (dual-write-troubleshooting-live-sync.md: a change
 `seed` makes such changes in the sandbox's state database directly, bypassing its emulated live
 sync: F&O customers renamed, so their Dataverse accounts differ in value.
 
-Example:
-    >>> # seed(Path(".dw/sandbox/health-check"), rows=3)  → {'USMF': 3}
+`seed(Path(".dw/sandbox/health-check"), rows=3)` renames three customers per company and returns
+their number per company ({'USMF': 3}); the renamed ones end with `MARK`:
+
     >>> MARK
     ' (changed outside dual-write)'
 """

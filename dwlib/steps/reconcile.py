@@ -311,9 +311,8 @@ def count(session: Session, maps: Sequence[str], companies: Sequence[str]) -> li
     """The row counts `reconcile` would report for `maps` (names) in `companies` (codes), without
     holding key sets: company-specific maps are counted per company (F&O page by page, Dataverse by
     one `$apply` aggregate per map); global maps are small reference tables and are reconciled.
-    Maps without F&O data are left out.
-
-    >>> # [(c.map, c.finops, c.dataverse) for c in count(session, ["Customers V3 (accounts)"], ["USMF"])]
+    Maps without F&O data are left out. Usage:
+    `[(c.map, c.finops, c.dataverse) for c in count(session, ["Customers V3 (accounts)"], ["USMF"])]`.
     """
     ids = company_ids(session)
     out: list[Counts] = []
