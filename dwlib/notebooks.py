@@ -33,7 +33,7 @@ import nbformat
 from nbformat import NotebookNode
 
 from dwlib.params import Params
-from dwlib.scenarios import SCENARIOS, Scenario, StepRef, scenario
+from dwlib.scenarios import OPERATIONS, SCENARIOS, Scenario, StepRef, scenario
 from dwlib.steps import STEPS
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -65,6 +65,10 @@ PAGES = {
     DW + "initial-sync-guidance": "Considerations for initial synchronization",
     DW + "enable-entity-map": "Enable table maps for dual-write",
     DW + "dual-write-troubleshooting-initial-sync": "Troubleshoot issues during initial synchronization",
+    DW + "relink-environments": "Unlink and relink dual-write environments",
+    DW + "reset": "Reset dual-write connections",
+    DW + "pause-for-maintenance": "Pause dual-write for maintenance",
+    DW + "errors-and-alerts": "Error management and alert notifications",
 }
 
 
@@ -152,6 +156,30 @@ INTRO = {
         "owning business unit: simulate, then apply) before any map goes live, the plan chooses per table "
         "map between the initial sync and a migration around it, the maps are enabled, the initial sync "
         "runs, and both sides are reconciled.",
+    ),
+    "refresh-relink": (
+        "A database of finance and operations or Dataverse was refreshed or copied (for example production "
+        "copied to a test environment): the copied dual-write configuration may still name the source's "
+        "environments.",
+        "The runbook detects that from outside, stops the maps and resets the link as the documentation "
+        f"prescribes after a backup and restore ({link(DW + 'relink-environments')}, {link(DW + 'reset')}), "
+        "then relinks as a setup does: the Legal entities map, the plan's rules for each map's initial "
+        "sync, the maps, and a reconciliation of both sides. A refresh that cannot be relinked stops at the "
+        "first step, with the reason.",
+    ),
+    "maintenance": (
+        "Dual-write runs, and finance and operations or Dataverse is about to go into maintenance.",
+        "The runbook records every map's state, pauses the running maps (their changes queue, at most one "
+        f"day and 1 GB: {link(DW + 'pause-for-maintenance')}), waits at a gate until you confirm that the "
+        "maintenance is over, resumes the maps with catch-up, watches the queues drain, and reconciles both "
+        "sides.",
+    ),
+    "add-legal-entity": (
+        "Dual-write runs for some legal entities, and another company is to be added to the connection.",
+        "The runbook creates the company in finance and operations if it does not exist yet, adds it to the "
+        f"connection ({link(DW + 'edit-legal-entity')}) with initial writes where the volumes allow, "
+        "bootstraps its Dataverse rows if there are any, lets the plan decide how its data moves, and "
+        "reconciles that company only.",
     ),
 }
 
@@ -249,6 +277,50 @@ NARRATIVE: dict[str, str | Callable[[Scenario], str]] = {
         "which route and why. A portal gate, verified through the connection's legal entities and "
         "Dataverse (the company's `cdm_company` row and its owner team). It cannot be undone, so it asks "
         "for confirmation first."
+    ),
+    "detect-refresh": (
+        "Read only. Whether this pair was refreshed or copied: the Power Platform integration must name this "
+        "finance and operations environment (Reset link restores the connection from it, so otherwise the "
+        "refresh cannot be relinked and the run stops here, saying why), and the finance and operations "
+        "project configurations must name this Dataverse environment. Project configurations that name "
+        "another one are the stale configuration a database copy leaves; the next steps clean it up."
+    ),
+    "stop-all-maps": (
+        "Reset link needs every table map stopped. With a stale configuration, the maps that show Running "
+        "are stopped (a portal gate, verified through the map states); a map that is Paused, Resuming or "
+        "in its initial sync cannot be stopped, and the step says what to do. Without a stale "
+        "configuration there is nothing to reset and nothing is stopped."
+    ),
+    "reset-link": (
+        "The documented clean-up after a backup and restore: Reset link clears the finance and operations "
+        "key tables (DualWriteProjectConfiguration, DualWriteProjectFieldConfiguration, "
+        "BusinessEventsDefinition) and the Dataverse runtime configurations, and restores the connection "
+        "from the Power Platform integration with the legal entities in `legal_entities`; Apply Solution "
+        "brings the table maps back. A portal gate, verified by no project configuration naming another "
+        "Dataverse environment. It cannot be undone, so it asks for confirmation first."
+    ),
+    "map-states": (
+        "Read only. Every table map's state before the maintenance, as a table and an evidence CSV in the "
+        "run record: the maps of the window are those Running (or already Paused) now."
+    ),
+    "pause-maps": (
+        "Pause the running maps of the window: their creates and updates queue and are replayed in order on "
+        "resume. A pause is meant for maintenance and has documented limits: at most one day, and a queue of "
+        "at most 1 GB; past either, further records are blocked until the map is resumed and changes can be "
+        "lost. The step checks both (the queue's size estimated from the Dataverse rows changed since the "
+        "pause) and warns at three quarters of a limit."
+    ),
+    "maintenance-over": (
+        "A gate: the run goes on only when you confirm that the maintenance of both environments is over "
+        "(the Confirm button; headless `options.confirm_irreversible`, or run again with it once the window "
+        "has closed). Verified by both environments answering. The pause's limits are checked again here: "
+        "a pause past its limit is reported, and the run goes on to resume, which is the fix."
+    ),
+    "resume-maps": (
+        "Resume the paused maps with *Catch up synchronization of queued records* and wait until each is "
+        "Running again, which means its queue has drained. Records the target refuses during catch-up stay "
+        "on the map's Catch-up errors tab for a day (retry them there with Retry All); they have no API, so "
+        "the verify step's reconciliation shows any record that did not arrive."
     ),
     "map-defaults": (
         "An explicit option, not part of the documented path, and in no scenario by default: a Default "
@@ -416,8 +488,9 @@ def build(scenario_id: str) -> NotebookNode:
     sc = scenario(scenario_id)
     steps = "\n".join(f"{i}. `{ref.id}`" for i, ref in enumerate(sc.steps, 1))
     situation, then = INTRO[sc.id]
+    connection = "" if sc.id in OPERATIONS else _connection(sc)
     intro = (
-        f"# {sc.title}\n\n{' '.join((situation, _connection(sc), then))}\n\n{HR_NOTE}\n\nThis runbook "
+        f"# {sc.title}\n\n{' '.join(filter(None, (situation, connection, then)))}\n\n{HR_NOTE}\n\nThis runbook "
         f"follows the scenario `{sc.id}` of Microsoft's {link(sc.doc_url)}. Each step first checks the real "
         "state and changes only what is missing, so running the notebook again is safe: finished steps "
         "report *already done*.\n\n**Run it** in JupyterLab: set `params_file` below (copy "

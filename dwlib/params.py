@@ -59,9 +59,9 @@ from dwlib.secrets import REFERENCE_FORMS, SecretError, SecretRef
 log = logging.getLogger(__name__)
 
 SCENARIOS = ("new-new", "new-existing", "new-data-new", "new-data-existing", "existing-new",
-             "existing-existing")
+             "existing-existing", "refresh-relink", "maintenance", "add-legal-entity")
 Scenario = Literal["new-new", "new-existing", "new-data-new", "new-data-existing", "existing-new",
-                   "existing-existing"]
+                   "existing-existing", "refresh-relink", "maintenance", "add-legal-entity"]
 DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
 # The company a new F&O environment is connected for: "A dual-write connection is established for
 # DAT company data" (the seed page); in the scope of every scenario with a new F&O.

@@ -116,8 +116,34 @@ SCENARIOS: dict[str, Scenario] = {
             "existing", "existing",
             _s(*_LINK, *_BOOTSTRAP, "plan", "migrate", "table-maps", "initial-sync", "verify"),
         ),
+        # After setup (operations): an existing, linked pair.
+        Scenario(
+            "refresh-relink",
+            "Relink after a database refresh or copy of finance and operations or Dataverse",
+            "existing", "existing",
+            # Detect, stop, Reset link (the documented clean-up), then relink as a setup does: the
+            # Legal entities map first, the plan's rules for initial sync or not, the maps, verify.
+            _s("detect-refresh", "stop-all-maps", "reset-link", "legal-entities", "plan", "migrate",
+               "table-maps", "initial-sync", "verify"),
+        ),
+        Scenario(
+            "maintenance",
+            "Pause and resume the table maps around a maintenance window",
+            "existing", "existing",
+            _s("map-states", "pause-maps", "maintenance-over", "resume-maps", "verify"),
+        ),
+        Scenario(
+            "add-legal-entity",
+            "Add a legal entity to an existing dual-write connection",
+            "existing", "existing",
+            # The new company's own steps of new-existing, then the plan decides how its data moves;
+            # verify covers the added companies only.
+            _s(*_NEW_COMPANY, "plan", "migrate", "table-maps",
+               ("verify", "verify", {"companies": "added"})),
+        ),
     )
 }
+OPERATIONS = ("refresh-relink", "maintenance", "add-legal-entity")
 
 
 def scenario(scenario_id: str) -> Scenario:

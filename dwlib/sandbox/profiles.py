@@ -74,6 +74,10 @@ PROFILE_SPECS: dict[str, Profile] = {p.name: p for p in (
     Profile("new-data-existing", "data", "existing"),
     Profile("existing-new", "data", "new"),
     Profile("existing-existing", "data", "existing"),
+    # Operations: an existing pair with data, linked and running before the runbook (prepare.py).
+    Profile("refresh-relink", "data", "new"),
+    Profile("maintenance", "data", "new"),
+    Profile("add-legal-entity", "data", "new"),
 )}
 assert tuple(PROFILE_SPECS) == PROFILES
 

@@ -14,17 +14,20 @@ from . import (
     company,
     initialsync,
     link,
+    maintenance,
     mapdefaults,
     migrate,
     plan,
     preflight,
+    relink,
     tablemaps,
     verify,
 )
 from .base import STEPS, Check, Finding, Status, Step, StepContext, StepError, StepResult, register
 
 # The modules whose import registers the steps (a new step family is added here).
-MODULES = (bootstrap, company, initialsync, link, mapdefaults, migrate, plan, preflight, tablemaps, verify)
+MODULES = (bootstrap, company, initialsync, link, maintenance, mapdefaults, migrate, plan, preflight, relink,
+           tablemaps, verify)
 
 __all__ = ["MODULES", "STEPS", "Check", "Finding", "Status", "Step", "StepContext", "StepError", "StepResult",
            "register"]

@@ -48,7 +48,7 @@ from . import eligibility
 from .base import Check, Finding, Status, Step, StepContext, StepError, StepResult, register
 from .dvmeta import Tables
 from .initialsync import sync_companies
-from .link import environment, worst
+from .link import environment, scope, worst
 from .reconcile import Reconciliation, Values, company_ids, reconcile
 from .roundtrip import ACCOUNTS, PREFIX, Leftover, RoundTrip, clean_up_leftover, leftovers, round_trip
 from .rowmap import Lookups
@@ -160,6 +160,8 @@ class Verify(Step):
         params, session, admin = environment(ctx)
         plan = planned_maps(ctx)
         companies = sync_companies(ctx)
+        if self.options.get("companies") == "added":  # add-legal-entity: the added companies only
+            companies = [c for c in companies if c in scope(params).created]
         maps = [p.name for p in plan if p.moves_data]
         values = Values(Tables(session.dataverse), Lookups(session.dataverse), params.column_defaults,
                         params.verify.sample_keys)

@@ -292,6 +292,31 @@ class DualWriteAdmin(ABC):
                                                          f"{', '.join(unknown)[:200]}")
         return ConnectionLegalEntities(tuple(sorted(c.upper() for c in codes)), source)
 
+    def stale_configuration(self) -> list[str]:
+        """The F&O project configurations (`DualWriteProjectConfigurations`) that name another
+        Dataverse environment (`ExternalEnvironmentURL`) than the one linked: what a database
+        refresh or copy leaves behind (relink-environments, "Backup and restore"). One line each.
+
+        >>> # admin.stale_configuration()  → ['DWM-1 (CustCustomerV3Entity) names https://prod…']
+        """
+        rows = self.finops.query("DualWriteProjectConfigurations",
+                                 select=["ProjectName", "InternalEntityName", "ExternalEnvironmentURL"])
+        return sorted({f"{r['ProjectName']} ({r.get('InternalEntityName')}) names {r['ExternalEnvironmentURL']}"
+                       for r in rows if r.get("ExternalEnvironmentURL")
+                       and not same_url(str(r["ExternalEnvironmentURL"]), self.dataverse.environment_url)})
+
+    def answering(self) -> list[str]:
+        """What does not answer of the two environments ([] when both do): WhoAmI in Dataverse, a
+        read of LegalEntities in F&O. A maintenance window is over when both answer."""
+        down = []
+        for name, probe in (("Dataverse", self.dataverse.whoami),
+                            ("finance and operations", lambda: self.finops.query("LegalEntities", top=1))):
+            try:
+                probe()
+            except (ClientError, OSError) as exc:
+                down.append(f"{name} does not answer: {exc}")
+        return down
+
     def applied_maps(self) -> list[str]:
         """Maps in Dataverse (`msdyn_dualwriteentitymaps`): present once the solutions are applied."""
         return sorted(
@@ -424,6 +449,11 @@ class DualWriteAdmin(ABC):
         >>> # admin.set_column_defaults("Customers V3 (accounts)", {"CUSTOMERGROUPID": "30"})
         >>> # → {'CustomerGroupId': '30'}
         """
+
+    @abstractmethod
+    def reset_link(self, legal_entities: Sequence[str]) -> None:
+        """Reset link (maps stopped), then Apply Solution: the stale configuration is cleared and the
+        connection restored from the Power Platform integration with `legal_entities` (reset.md)."""
 
     @abstractmethod
     def stop(self, names: Sequence[str]) -> dict[str, MapState]:
