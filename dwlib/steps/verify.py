@@ -78,6 +78,7 @@ class VerifyWork:
     why_not: str = ""
     maps: list[str] = field(default_factory=list)  # the plan's maps (their tables are scanned)
     companies: list[str] = field(default_factory=list)
+    connected: list[str] = field(default_factory=list)  # the run's companies in the connection
     trip: RoundTrip | None = None
     notes: list[Check] = field(default_factory=list)
     leftovers: list[Leftover] = field(default_factory=list)  # of earlier round trips, to clean up
@@ -159,9 +160,10 @@ class Verify(Step):
     def check(self, ctx: StepContext) -> Finding:
         params, session, admin = environment(ctx)
         plan = planned_maps(ctx)
-        companies = sync_companies(ctx)
+        connected = sync_companies(ctx)
+        companies = connected
         if self.options.get("companies") == "added":  # add-legal-entity: the added companies only
-            companies = [c for c in companies if c in scope(params).created]
+            companies = [c for c in connected if c in scope(params).created]
         maps = [p.name for p in plan if p.moves_data]
         values = Values(Tables(session.dataverse), Lookups(session.dataverse), params.column_defaults,
                         params.verify.sample_keys)
@@ -170,7 +172,8 @@ class Verify(Step):
         checks = [Check("reconciliation", Status.FAILED if failing else Status.PASSED,
                         f"{len(rows) - len(failing)} of {len(rows)} map × company rows reconcile (counts, "
                         "keys and the checksums of the mapped columns' values)")]
-        work = VerifyWork(rows, None, None, ids=company_ids(session), maps=maps, companies=list(companies))
+        work = VerifyWork(rows, None, None, ids=company_ids(session), maps=maps, companies=list(companies),
+                          connected=connected)
         mode = params.verify.round_trip
         work.leftovers = leftovers(session, work.ids)
         if work.leftovers and mode == "never":
@@ -249,7 +252,7 @@ class Verify(Step):
                                     ["map", "company", "missing_in", "key"])
         differences_csv = ctx.write_csv(DIFFERENCES_CSV, (x for r in work.rows for d in r.differences
                                                           for x in d.rows()), DIFFERENCE_COLUMNS)
-        found, ineligible_csv = eligibility.report(ctx, session, work.maps, work.companies, INELIGIBLE_CSV)
+        found, ineligible_csv = eligibility.report(ctx, session, work.maps, work.connected, INELIGIBLE_CSV)
         failing = [r for r in work.rows if not r.ok]
         checks = [self._row_check(r, missing_csv, differences_csv) for r in failing]
         checks += found.checks(ineligible_csv)
