@@ -34,6 +34,7 @@ from .errors import DwError, SandboxError
 from .params import ParamsError
 from .sandbox import consultant, control, prepare
 from .scenarios import SCENARIOS
+from .text import LANGUAGES
 
 NOT_RUNNING = 3  # exit status of `dw sandbox status` for a stopped sandbox (as LSB `status` does)
 BAD_PARAMETERS = 2  # exit status of `dw run` for parameters that cannot be used (nothing was called)
@@ -181,6 +182,8 @@ def run(args: argparse.Namespace) -> int:
     params_file: Path = args.params_file
     try:
         overrides = _overrides(args.param)
+        if args.lang:
+            overrides["language"] = args.lang
         with _execution().sigterm_interrupts():  # outside the notebook: SIGTERM stops as Ctrl+C does
             if not args.sandbox:
                 _execution().check_params(args.scenario, params_file, overrides)
@@ -450,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     run_cmd.add_argument("-f", "--params-file", type=Path, required=True, help="parameters file (YAML)")
     run_cmd.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                          help="override a parameter by dotted key; the value is YAML (repeatable)")
+    run_cmd.add_argument("--lang", choices=LANGUAGES,
+                         help="the runbook's language (sets the parameter language): "
+                              "notebooks/SCENARIO.ipynb is English, notebooks/nl/SCENARIO.ipynb Dutch")
     run_cmd.add_argument("--sandbox", action="store_true",
                          help="start a fresh sandbox of the scenario's profile, run against it, stop it")
     run_cmd.add_argument("--rows", type=int, help="with --sandbox: rows to seed per main table")

@@ -37,7 +37,7 @@ from nbclient.exceptions import DeadKernelError
 from papermill.exceptions import PapermillExecutionError
 
 from dwlib.errors import DwError
-from dwlib.notebooks import NOTEBOOKS
+from dwlib.notebooks import notebook_path
 from dwlib.params import Params, load_params
 from dwlib.record import DONE, RecordError, load_record, mark_interrupted, new_run_id, run_stem
 from dwlib.render import summary_rows
@@ -273,7 +273,7 @@ def execute(
 
     Check the parameters first (`check_params`): this function assumes they are valid.
     """
-    source = NOTEBOOKS / f"{scenario}.ipynb"
+    source = notebook_path(scenario, check_params(scenario, params_file, overrides).language)
     if not source.is_file():
         raise DwError(f"{source} not found: run dw from a checkout of the project (the notebooks live in "
                       "notebooks/)")

@@ -55,6 +55,7 @@ from dwlib import catalog
 from dwlib.errors import DwError
 from dwlib.scenarios import scenario as _scenario
 from dwlib.secrets import REFERENCE_FORMS, SecretError, SecretRef
+from dwlib.text import Language
 
 log = logging.getLogger(__name__)
 
@@ -454,6 +455,8 @@ class Params(_Model):
     """
 
     scenario: Scenario
+    # The runbook's language: notebooks/<scenario>.ipynb (en) or notebooks/<language>/<scenario>.ipynb.
+    language: Language = "en"
     environments: Environments
     auth: Auth
     legal_entities: list[CompanyCode] = Field(default_factory=list)

@@ -25,7 +25,7 @@ from papermill.exceptions import PapermillExecutionError
 from dwlib import notebooks
 from dwlib.params import Params
 from dwlib.record import load_record
-from dwlib.scenarios import SCENARIOS
+from dwlib.scenarios import OPERATIONS, SCENARIOS
 from dwlib.steps import STEPS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,6 +128,15 @@ SAYS: dict[str, tuple[list[str], list[str]]] = {
     "plan-new-company": (["Plan again", "bootstrapped", "500,000", "70,000", "It only reads"],
                          ["UpsertMultiple"]),
     "initial-sync": (["Not running", "top errors", "reconcile"], ["Run dialog"]),
+    "detect-refresh": (["Read only", "cannot be relinked", "stale configuration"], ["UpsertMultiple"]),
+    "stop-all-maps": (["Reset link needs every table map stopped", "Paused"], ["UpsertMultiple"]),
+    "reset-link": (["DualWriteProjectConfiguration", "Dataverse runtime configurations", "Apply Solution",
+                    "cannot be undone"], ["UpsertMultiple"]),
+    "map-states": (["Read only", "evidence CSV"], ["UpsertMultiple"]),
+    "pause-maps": (["at most one day", "1 GB", "blocked"], ["UpsertMultiple"]),
+    "maintenance-over": (["gate", "Confirm", "past its limit is reported"], ["UpsertMultiple"]),
+    "resume-maps": (["*Catch up synchronization of queued records*", "Catch-up errors", "Retry All"],
+                    ["UpsertMultiple"]),
     "verify": (["counts and keys", "**The round trip writes into both environments**", "confirmation",
                 "`verify.round_trip: never`", "a dry run never writes"], ["UpsertMultiple"]),
 }
@@ -143,7 +152,15 @@ def test_each_step_says_what_that_step_does(scenario_id: str) -> None:
         assert [m for m in must_not if m in text] == [], ref.id
 
 
-@pytest.mark.parametrize("scenario_id", list(SCENARIOS))
+@pytest.mark.parametrize("scenario_id", OPERATIONS)
+def test_an_operations_runbook_sets_up_no_connection_and_follows_its_own_page(scenario_id: str) -> None:
+    intro = about(scenario_id)["intro"]
+    assert "The connection is set up" not in intro and "set up from finance and operations" not in intro
+    assert "connection-setup#" not in intro  # not a scenario of the setup guidance
+    assert "Human Resources *module* of Dynamics 365 Finance" in intro
+
+
+@pytest.mark.parametrize("scenario_id", [s for s in SCENARIOS if s not in OPERATIONS])
 def test_where_the_connection_is_set_up_and_how_it_cannot_be_undone(scenario_id: str) -> None:
     sc, cells = SCENARIOS[scenario_id], about(scenario_id)
     intro, link = cells["intro"], cells["about-power-platform-integration"]
