@@ -423,7 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     verb = verbs.add_parser("refresh", help=text, description=text + " (data copied with --from, or kept; "
                             "environment ids and URLs change; the Power Platform integration names the "
                             "sandbox's own F&O)",
-                            epilog="example: dw sandbox refresh --dir .dw/sandbox/test --from .dw/sandbox/prod")
+                            epilog="example: dw sandbox refresh --dir .dw/sandbox/test "
+                                   "--from .dw/sandbox/prod")
     verb.add_argument("--dir", type=Path, help="state directory (default .dw/sandbox/<profile>)")
     verb.add_argument("--profile", help="find the sandbox in .dw/sandbox/<profile>")
     verb.add_argument("--from", dest="source", type=Path, help="copy the data of this stopped sandbox")

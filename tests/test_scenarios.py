@@ -66,6 +66,7 @@ def test_maintenance_pauses_and_resumes_around_its_gate() -> None:
 def test_add_legal_entity_reuses_the_new_company_steps_and_verifies_only_that_company() -> None:
     steps = SCENARIOS["add-legal-entity"].steps
     names = [r.step for r in steps]
-    assert names[:5] == ["create-company", "add-company", "stop-maps", "bootstrap-simulate", "bootstrap-apply"]
+    assert names[:5] == ["create-company", "add-company", "stop-maps", "bootstrap-simulate",
+                         "bootstrap-apply"]
     assert names.index("plan") < names.index("table-maps") < names.index("verify")
     assert steps[-1].options == {"companies": "added"}

@@ -73,7 +73,8 @@ def actions(instruction: Mapping[str, Any]) -> list[tuple[str, str, dict[str, An
         codes = parse_codes(step.split(" (", 1)[0], "tab remove ")
         return [("DELETE", f"/dualwrite/legal-entities/{code}", None) for code in codes]
     if title == "Reset the dual-write link":
-        codes = parse_codes(_step(steps, "on select legal entities select"), "on select legal entities select ")
+        step = _step(steps, "on select legal entities select")
+        codes = parse_codes(step, "on select legal entities select ")
         return [("POST", "/dualwrite/reset", {"legal_entities": codes}),
                 ("POST", "/dualwrite/apply-solution", None)]
     if title.startswith("Run table map"):

@@ -459,7 +459,8 @@ class DualWrite:
             self.store.conn.execute("DELETE FROM dw_queue")
             self.store.kv_set("dw.solutions_applied", False)
             # The connection set is restored from the Power Platform integration setup (reset.md).
-            conn.update(legalEntities=codes, solutionsApplied=False, resetOn=utcnow(), finopsUrl=self.finops_url)
+            conn.update(legalEntities=codes, solutionsApplied=False, resetOn=utcnow(),
+                        finopsUrl=self.finops_url)
             self.store.kv_set("dw.connection", conn)
         return conn
 

@@ -10,8 +10,8 @@ profile:
 | profile | what the runbook finds |
 |---|---|
 | `maintenance` | the maps Running; writes made while they are paused queue |
-| `add-legal-entity` | linked for USMF and GBSI; DEMF, a legal entity of F&O with customers, is the company to add |
-| `refresh-relink` | the set-up pair, then `refresh`: a copy with other identities and URLs whose dual-write configuration still names the old pair |
+| `add-legal-entity` | linked for USMF and GBSI; DEMF (in F&O, with customers) is the company to add |
+| `refresh-relink` | set up, then `refresh`ed: other identities and URLs, a configuration naming the old |
 
 `refresh(root, source)` simulates a database refresh on a stopped sandbox, as LCS and the Power
 Platform admin center leave a pair (operations-facts.md §1): the data (with its dual-write
@@ -79,7 +79,8 @@ def set_up(connection: Mapping[str, Any], profile: str, *, timeout: float = 300.
         def call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
             r = http.request(method, base + path, headers=headers, json=body)
             if r.status_code >= 300:
-                raise SandboxError(f"preparing the {profile} sandbox: {method} {path} refused: {r.text[:300]}")
+                raise SandboxError(f"preparing the {profile} sandbox: {method} {path} refused: "
+                                   f"{r.text[:300]}")
             return r.json()
 
         for method, path, body in calls:
@@ -87,7 +88,8 @@ def set_up(connection: Mapping[str, Any], profile: str, *, timeout: float = 300.
             done.append(f"{method} {path}")
         deadline = time.monotonic() + timeout
         while True:
-            states = {m["name"]: m["displayState"] for m in call("GET", "/dualwrite/maps") if m["name"] in maps}
+            states = {m["name"]: m["displayState"] for m in call("GET", "/dualwrite/maps")
+                      if m["name"] in maps}
             if all(s == "Running" for s in states.values()):
                 break
             if time.monotonic() > deadline or "Not running" in states.values():
@@ -104,10 +106,12 @@ def refresh(root: Path, source: Path | None = None) -> Settings:
 
     for where in filter(None, (root, source)):
         if control.status(where).running:
-            raise SandboxError(f"the sandbox in {where} is running: stop it first (dw sandbox stop --dir {where}); "
+            raise SandboxError(f"the sandbox in {where} is running: stop it first (dw sandbox stop --dir "
+                               f"{where}); "
                                "a database is copied while its environment is offline")
         if not Paths(where).db.exists():
-            raise SandboxError(f"there is no sandbox in {where}: create it with dw sandbox start --dir {where}")
+            raise SandboxError(f"there is no sandbox in {where}: create it with dw sandbox start --dir "
+                               f"{where}")
     paths = Paths(root)
     settings = Settings.load(paths.settings)
     if source is not None:

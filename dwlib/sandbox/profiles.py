@@ -59,7 +59,7 @@ class Profile:
     """What each side of a profile holds: `finops` "new" (DAT only) or "data"; `dataverse`.
 
     >>> PROFILE_SPECS["new-data-existing"]
-    Profile(name='new-data-existing', finops='data', dataverse='existing')
+    Profile(name='new-data-existing', finops='data', dataverse='existing', quoted_names=True)
     """
 
     name: str
@@ -520,7 +520,8 @@ def _seed_finops(store: Store, rng: random.Random, n: int, spec: Profile, tally:
         {"dataAreaId": c.data_area, "CustomerGroupId": gid, "Description": desc, "PaymentTermId": terms,
          "IsSalesTaxIncludedInPrice": "Yes" if gid == "30" else "No"}
         for c in COMPANIES for gid, desc, terms in CUSTOMER_GROUPS])
-    tally.add("CustomersV3", store.bulk_load(ENTITIES["CustomersV3"], _CUSTOMER_COLUMNS, _customers(rng, n, spec.quoted_names)))
+    tally.add("CustomersV3", store.bulk_load(ENTITIES["CustomersV3"], _CUSTOMER_COLUMNS,
+                                             _customers(rng, n, spec.quoted_names)))
 
 
 _CUSTOMER_COLUMNS = (

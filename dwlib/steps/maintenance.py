@@ -53,8 +53,8 @@ def age_check(age_s: float, limit_s: int) -> Check:
     hours, limit_h = age_s / 3600, limit_s / 3600
     if age_s > limit_s:
         return Check("pause duration", Status.FAILED,
-                     f"paused for {hours:.1f} h, past the documented maximum of {limit_h:g} h: further records "
-                     "are blocked and queued changes can be lost",
+                     f"paused for {hours:.1f} h, past the documented maximum of {limit_h:g} h: further "
+                     "records are blocked and queued changes can be lost",
                      fix="resume now with catch-up, then reconcile both sides (verify) and bring what is "
                          "missing (initial sync rerun or migration)", doc=PAUSE_DOC)
     status = Status.WARNING if age_s > WARN_AT * limit_s else Status.PASSED
@@ -68,7 +68,8 @@ def size_check(estimate: int, limit: int) -> Check:
               else Status.PASSED)
     return Check("queue size", status,
                  f"about {estimate:,} bytes queued from Dataverse (estimate: the rows of the paused maps "
-                 f"changed since the pause) of at most {limit:,}; the Queued records tab shows the real total",
+                 f"changed since the pause) of at most {limit:,}; the Queued records tab shows the real "
+                 "total",
                  fix="" if status == Status.PASSED else "resume now with catch-up: past 1 GB further records "
                                                         "are blocked", doc=PAUSE_DOC)
 
@@ -163,7 +164,8 @@ class PauseMaps(Step):
         maps = window_maps(ctx)
         states = admin.map_states(maps)
         running = [n for n in maps if states[n].state == MapRunState.RUNNING]
-        return Finding(not running, f"pause {', '.join(running)}" if running else "nothing runs", todo=running)
+        return Finding(not running, f"pause {', '.join(running)}" if running else "nothing runs",
+                       todo=running)
 
     def act(self, ctx: StepContext, finding: Finding) -> None:
         _, _, admin = environment(ctx)
@@ -218,9 +220,10 @@ class MaintenanceOver(Step):
     def verify(self, ctx: StepContext, finding: Finding) -> StepResult:
         _, _, admin = environment(ctx)
         down = admin.answering()
-        checks = [*finding.checks, Check("environments answer", Status.FAILED if down else Status.PASSED,
-                                         "; ".join(down) or "Dataverse and finance and operations answer",
-                                         fix="wait for the maintenance to finish, then run again" if down else "")]
+        answer = Check("environments answer", Status.FAILED if down else Status.PASSED,
+                       "; ".join(down) or "Dataverse and finance and operations answer",
+                       fix="wait for the maintenance to finish, then run again" if down else "")
+        checks = [*finding.checks, answer]
         return self.result(going_on(checks),
                            "the maintenance is over" if not down else "an environment does not answer yet",
                            checks=checks)
@@ -254,7 +257,8 @@ class ResumeMaps(Step):
         paused = [n for n in finding.todo if admin.map_states([n])[n].state == MapRunState.PAUSED]
         if paused:
             admin.resume(paused)  # verified once every map is Running: its queue has drained
-        admin.wait_for("catch-up", lambda: [f"{n} is {s.state}" for n, s in admin.map_states(finding.todo).items()
+        admin.wait_for("catch-up", lambda: [f"{n} is {s.state}"
+                                            for n, s in admin.map_states(finding.todo).items()
                                             if s.state != MapRunState.RUNNING])
 
     def verify(self, ctx: StepContext, finding: Finding) -> StepResult:
@@ -263,14 +267,16 @@ class ResumeMaps(Step):
         states = admin.map_states(maps)
         checks = [*finding.checks]
         checks += [Check(n, Status.PASSED if s.state == MapRunState.RUNNING else Status.FAILED, str(s.state),
-                         fix="" if s.running else "resume it (catch up) on the dual-write page", doc=PAUSE_DOC)
+                         fix="" if s.running else "resume it (catch up) on the dual-write page",
+                         doc=PAUSE_DOC)
                    for n, s in states.items()]
         if finding.todo:
             checks.append(Check("catch-up errors", Status.PASSED,
                                 "records the target refused during catch-up stay on the Catch-up errors tab "
                                 "(kept one day); the verify step reconciles both sides",
                                 fix="on the dual-write page open each map's Catch-up errors tab and select "
-                                    "Retry All; Retry status Completed means it went through", doc=ALERTS_DOC))
+                                    "Retry All; Retry status Completed means it went through",
+                                doc=ALERTS_DOC))
         summary = (f"resumed {', '.join(finding.todo)}: queues drained, live sync again" if finding.todo
                    else "no map was paused")
         return self.result(going_on(checks), summary, checks=checks)

@@ -114,9 +114,9 @@ class StopAllMaps(Step):
         busy = [f"{n} is {s.state}" for n, s in states.items()
                 if s.state not in (MapRunState.RUNNING, MapRunState.NOT_RUNNING)]
         if busy:
-            raise StepError(f"{'; '.join(busy)}: Stop is available only for Running maps. Fix: wait for an "
-                            "initial sync to end, resume a Paused map (catch up), then run this step again; or "
-                            "select Force Reset in the Reset link wizard")
+            raise StepError(f"{'; '.join(busy)}: Stop is available only for Running maps. Fix: wait for "
+                            "an initial sync to end, resume a Paused map (catch up), then run this step "
+                            "again; or select Force Reset in the Reset link wizard")
         running = [n for n, s in states.items() if s.state == MapRunState.RUNNING]
         return Finding(not running, f"stop {', '.join(running)}" if running else "no map runs", todo=running)
 
@@ -155,7 +155,6 @@ class ResetLink(Step):
     irreversible = True
 
     def check(self, ctx: StepContext) -> Finding:
-        _, _, admin = environment(ctx)
         check = stale_check(ctx)
         return Finding(check.status == Status.PASSED, "Reset link and Apply Solution"
                        if check.status != Status.PASSED else "no stale configuration", checks=[check])
@@ -172,7 +171,9 @@ class ResetLink(Step):
         maps = admin.applied_maps()
         checks.append(Check("table maps applied", Status.PASSED if maps else Status.FAILED,
                             f"{len(maps)} table maps in msdyn_dualwriteentitymaps",
-                            fix="" if maps else "select Apply Solution on the dual-write page", doc=RESET_DOC))
+                            fix="" if maps else "select Apply Solution on the dual-write page",
+                            doc=RESET_DOC))
         status = worst(checks)
-        return self.result(status, "the link is reset: the next steps relink the maps" if status == Status.PASSED
-                           else "the reset is not complete", checks=checks)
+        summary = ("the link is reset: the next steps relink the maps" if status == Status.PASSED
+                   else "the reset is not complete")
+        return self.result(status, summary, checks=checks)

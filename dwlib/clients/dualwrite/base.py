@@ -301,7 +301,8 @@ class DualWriteAdmin(ABC):
         """
         rows = self.finops.query("DualWriteProjectConfigurations",
                                  select=["ProjectName", "InternalEntityName", "ExternalEnvironmentURL"])
-        return sorted({f"{r['ProjectName']} ({r.get('InternalEntityName')}) names {r['ExternalEnvironmentURL']}"
+        return sorted({f"{r['ProjectName']} ({r.get('InternalEntityName')}) names "
+                       f"{r['ExternalEnvironmentURL']}"
                        for r in rows if r.get("ExternalEnvironmentURL")
                        and not same_url(str(r["ExternalEnvironmentURL"]), self.dataverse.environment_url)})
 
