@@ -1,0 +1,127 @@
+"""The operations runbooks (refresh-relink, maintenance, add-legal-entity) against sandboxes
+prepared for them: each passes headless, a re-run converges, and the failure paths say why."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from run_helpers import ROOT, assert_passed, run, sandbox_dir
+
+from dwlib.runbook import Runbook
+from dwlib.sandbox import control, prepare
+from dwlib.steps import Status
+from dwlib.steps.maintenance import PAUSED_AT, age_check, size_check
+
+ROWS = 30
+OK = ("passed", "already_done")
+
+
+def _statuses(data: dict[str, Any]) -> dict[str, str]:
+    return {s["id"]: s["status"] for s in data["steps"]}
+
+
+def _open(scenario: str, connection: dict[str, Any], tmp_path: Path, **overrides: Any) -> Runbook:
+    return Runbook.open(ROOT / "params" / f"sandbox-{scenario}.yaml",
+                        {"sandbox.dir": str(sandbox_dir(connection)), **overrides},
+                        record_path=tmp_path / "run.json")
+
+
+@pytest.mark.parametrize("scenario", ["refresh-relink", "maintenance", "add-legal-entity"])
+def test_an_operations_runbook_passes_on_its_sandbox_and_a_rerun_converges(
+        scenario: str, start_sandbox: Any, tmp_path: Path) -> None:
+    connection = start_sandbox(scenario, rows=ROWS, fresh=True)
+    first = assert_passed(run(scenario, connection, tmp_path / "first"))
+    again = assert_passed(run(scenario, connection, tmp_path / "again"))
+    assert set(_statuses(first).values()) <= set(OK)
+    assert set(_statuses(again).values()) <= set(OK)
+    # The second run finds the work done (a maintenance run pauses and resumes again: its job).
+    if scenario == "refresh-relink":
+        assert _statuses(first)["reset-link"] == "passed"
+        assert _statuses(again)["reset-link"] == "already_done"
+        assert _statuses(again)["stop-all-maps"] == "already_done"
+    if scenario == "add-legal-entity":
+        assert _statuses(again)["add-company"] == "already_done"
+        verify = next(s for s in first["steps"] if s["id"] == "verify")
+        assert {r["company"] for r in verify["tables"]["reconciliation"]} == {"DEMF"}
+
+
+def test_writes_made_during_the_maintenance_queue_and_arrive_after_the_resume(
+        start_sandbox: Any, tmp_path: Path) -> None:
+    connection = start_sandbox("maintenance", rows=ROWS, fresh=True)
+    with _open("maintenance", connection, tmp_path) as rb:
+        for step in ("map-states", "pause-maps"):
+            assert rb.run(step).status == Status.PASSED
+        fo, dv = rb.session.finops, rb.session.dataverse
+        customer = next(iter(fo.query("CustomersV3", select=["dataAreaId", "CustomerAccount"], top=1,
+                                      cross_company=True)))
+        key = {"dataAreaId": customer["dataAreaId"], "CustomerAccount": customer["CustomerAccount"]}
+        fo.update("CustomersV3", key, {"OrganizationName": "Renamed during maintenance"})
+        account = next(iter(dv.query("accounts", select=["name"],
+                                     filter=f"accountnumber eq '{customer['CustomerAccount']}'")))
+        assert account["name"] != "Renamed during maintenance"  # queued, not written
+        for step in ("maintenance-over", "resume-maps"):
+            assert rb.run(step).status == Status.PASSED
+        account = next(iter(dv.query("accounts", select=["name"],
+                                     filter=f"accountnumber eq '{customer['CustomerAccount']}'")))
+        assert account["name"] == "Renamed during maintenance"
+        assert rb.run("verify").status == Status.PASSED
+
+
+def test_a_pause_past_its_limit_is_reported_and_the_maps_are_still_resumed(
+        start_sandbox: Any, tmp_path: Path) -> None:
+    connection = start_sandbox("maintenance", rows=ROWS, fresh=True)
+    with _open("maintenance", connection, tmp_path) as rb:
+        rb.run("map-states")
+        rb.run("pause-maps")
+        # The pause started two days ago (the documented maximum is one day).
+        rb.run_state[PAUSED_AT] = (datetime.now(UTC) - timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        over = rb.run("maintenance-over")
+        assert over.status == Status.WARNING
+        (past,) = [c for c in over.checks if c.name == "pause duration"]
+        assert past.status == Status.FAILED and "past the documented maximum of 24 h" in past.evidence
+        resumed = rb.run("resume-maps")
+        assert resumed.status == Status.WARNING
+        assert all(c.status == Status.PASSED for c in resumed.checks if c.name.startswith("Customers"))
+
+
+def test_the_limits_of_a_pause_warn_before_they_are_reached() -> None:
+    assert age_check(0.8 * 86400, 86400).status == Status.WARNING
+    assert age_check(0.5 * 86400, 86400).status == Status.PASSED
+    assert size_check(2 * 1024**3, 1024**3).status == Status.FAILED
+    assert size_check(900 * 1024**2, 1024**3).status == Status.WARNING
+    assert size_check(1000, 1024**3).status == Status.PASSED
+
+
+def test_a_refresh_that_cannot_be_relinked_stops_with_the_reason(start_sandbox: Any, tmp_path: Path) -> None:
+    connection = start_sandbox("refresh-relink", rows=ROWS, fresh=True)
+    root = sandbox_dir(connection)
+    # Moved without a refresh: the Power Platform integration still names the old F&O URL, so
+    # Reset link (which restores the connection from it) would connect the wrong environment.
+    control.stop(root)
+    moved = control.start(root=root, move_port=True).connection
+    execution = run("refresh-relink", moved, tmp_path / "run")
+    assert execution.data is not None and not execution.ok
+    statuses = _statuses(execution.data)
+    assert statuses["detect-refresh"] == "failed" and statuses.get("reset-link") != "passed"
+    detect = next(s for s in execution.data["steps"] if s["id"] == "detect-refresh")
+    assert detect["summary"].startswith("the refresh cannot be relinked: Dataverse is integrated with")
+    assert "Power Platform integration" in detect["checks"][0]["fix"]
+
+
+def test_refresh_from_another_sandbox_copies_its_stale_configuration(
+        start_sandbox: Any, tmp_path: Path) -> None:
+    production = sandbox_dir(start_sandbox("maintenance", rows=ROWS, fresh=True))
+    target = sandbox_dir(start_sandbox("existing-new", rows=ROWS, fresh=True))
+    with pytest.raises(Exception, match="is running: stop it first"):
+        prepare.refresh(target, production)
+    control.stop(production)
+    control.stop(target)
+    prepare.refresh(target, production)
+    connection = control.start(root=target).connection
+    with _open("refresh-relink", connection, tmp_path) as rb:
+        detect = rb.run("detect-refresh")
+    assert detect.status == Status.PASSED and detect.summary.startswith("refreshed:")
+    assert "name another Dataverse environment" in detect.checks[-1].evidence
