@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from run_helpers import ROOT, assert_passed, run, sandbox_dir
 
+from dwlib.clients.dualwrite import PortalAdmin
 from dwlib.runbook import Runbook
-from dwlib.sandbox import control, prepare
+from dwlib.sandbox import consultant, control, prepare
 from dwlib.steps import Status
 from dwlib.steps.maintenance import PAUSED_AT, age_check, size_check
 
@@ -45,7 +46,7 @@ def test_an_operations_runbook_passes_on_its_sandbox_and_a_rerun_converges(
     if scenario == "add-legal-entity":
         assert _statuses(again)["add-company"] == "already_done"
         verify = next(s for s in first["steps"] if s["id"] == "verify")
-        assert {r["company"] for r in verify["tables"]["reconciliation"]} == {"DEMF"}
+        assert {r["company"] for r in verify["tables"]["reconciliation"]} - {"(global)"} == {"DEMF"}
 
 
 def test_writes_made_during_the_maintenance_queue_and_arrive_after_the_resume(
@@ -55,18 +56,18 @@ def test_writes_made_during_the_maintenance_queue_and_arrive_after_the_resume(
         for step in ("map-states", "pause-maps"):
             assert rb.run(step).status == Status.PASSED
         fo, dv = rb.session.finops, rb.session.dataverse
-        customer = next(iter(fo.query("CustomersV3", select=["dataAreaId", "CustomerAccount"], top=1,
-                                      cross_company=True)))
-        key = {"dataAreaId": customer["dataAreaId"], "CustomerAccount": customer["CustomerAccount"]}
-        fo.update("CustomersV3", key, {"OrganizationName": "Renamed during maintenance"})
-        account = next(iter(dv.query("accounts", select=["name"],
-                                     filter=f"accountnumber eq '{customer['CustomerAccount']}'")))
-        assert account["name"] != "Renamed during maintenance"  # queued, not written
+        account = next(iter(dv.query("accounts", select=["accountid", "accountnumber", "name"], top=1)))
+        dv.update("accounts", account["accountid"], {"name": "Renamed during maintenance"})
+
+        def in_finops() -> str:
+            (customer,) = fo.query("CustomersV3", select=["OrganizationName"], cross_company=True,
+                                   filter=f"CustomerAccount eq '{account['accountnumber']}'")
+            return str(customer["OrganizationName"])
+
+        assert in_finops() == account["name"]  # queued, not written
         for step in ("maintenance-over", "resume-maps"):
             assert rb.run(step).status == Status.PASSED
-        account = next(iter(dv.query("accounts", select=["name"],
-                                     filter=f"accountnumber eq '{customer['CustomerAccount']}'")))
-        assert account["name"] == "Renamed during maintenance"
+        assert in_finops() == "Renamed during maintenance"
         assert rb.run("verify").status == Status.PASSED
 
 
@@ -125,3 +126,30 @@ def test_refresh_from_another_sandbox_copies_its_stale_configuration(
         detect = rb.run("detect-refresh")
     assert detect.status == Status.PASSED and detect.summary.startswith("refreshed:")
     assert "name another Dataverse environment" in detect.checks[-1].evidence
+
+
+class _Reads:
+    """A client that answers `query` from canned rows (no HTTP)."""
+
+    def __init__(self, url: str, rows: dict[str, list[dict[str, Any]]]) -> None:
+        self.environment_url, self.rows = url, rows
+
+    def query(self, entity_set: str, **_options: Any) -> Any:
+        return iter(self.rows.get(entity_set, []))
+
+
+def test_the_reset_gate_says_what_to_click_and_the_sandbox_consultant_can_play_it() -> None:
+    shown: list[Any] = []
+    dataverse = _Reads("https://dv.example", {"msdyn_dualwriteentitymaps": [{"msdyn_name": "m"}]})
+    finops = _Reads("https://fo.example", {"DualWriteProjectConfigurations": [
+        {"ProjectName": "DWM-1", "InternalEntityName": "E", "ExternalEnvironmentURL": "https://dv.example/"}]})
+    admin = PortalAdmin(dataverse, finops, notify=shown.append, timeout_s=0, poll_s=0)  # type: ignore[arg-type]
+    admin.reset_link(["usmf", "gbsi"])
+    (instruction,) = shown
+    assert "Acknowledge Reset" in " ".join(instruction.steps)
+    assert consultant.actions({"title": instruction.title, "steps": instruction.steps}) == [
+        ("POST", "/dualwrite/reset", {"legal_entities": ["USMF", "GBSI"]}),
+        ("POST", "/dualwrite/apply-solution", None)]
+    # A project of another Dataverse environment is what stays to clean up.
+    finops.rows["DualWriteProjectConfigurations"][0]["ExternalEnvironmentURL"] = "https://prod.example"
+    assert admin.stale_configuration() == ["DWM-1 (E) names https://prod.example"]

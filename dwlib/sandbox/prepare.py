@@ -119,6 +119,11 @@ def refresh(root: Path, source: Path | None = None) -> Settings:
             raise SandboxError("--from names the sandbox being refreshed: give the directory of another one")
         with sqlite3.connect(Paths(source).db) as src, sqlite3.connect(paths.db) as dst:
             src.backup(dst)
+        # A copy within one tenant, signed in to with the same app registration: its application
+        # user came with the copied Dataverse.
+        origin = Settings.load(Paths(source).settings)
+        settings.tenant_id, settings.client_id = origin.tenant_id, origin.client_id
+        settings.save(paths.settings)
         if Paths(source).blobs.is_dir():
             shutil.copytree(Paths(source).blobs, paths.blobs, dirs_exist_ok=True)
     else:
