@@ -25,6 +25,7 @@ def _statuses(data: dict[str, Any]) -> dict[str, str]:
 
 
 def _open(scenario: str, connection: dict[str, Any], tmp_path: Path, **overrides: Any) -> Runbook:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     return Runbook.open(ROOT / "params" / f"sandbox-{scenario}.yaml",
                         {"sandbox.dir": str(sandbox_dir(connection)), **overrides},
                         record_path=tmp_path / "run.json")
@@ -49,25 +50,35 @@ def test_an_operations_runbook_passes_on_its_sandbox_and_a_rerun_converges(
         assert {r["company"] for r in verify["tables"]["reconciliation"]} - {"(global)"} == {"DEMF"}
 
 
+def _in_finops(rb: Runbook, account_number: str) -> str:
+    """The F&O name of the customer `account_number`."""
+    assert rb.session is not None
+    (customer,) = rb.session.finops.query("CustomersV3", select=["OrganizationName"], cross_company=True,
+                                          filter=f"CustomerAccount eq '{account_number}'")
+    return str(customer["OrganizationName"])
+
+
 def test_writes_made_during_the_maintenance_queue_and_arrive_after_the_resume(
         start_sandbox: Any, tmp_path: Path) -> None:
     connection = start_sandbox("maintenance", rows=ROWS, fresh=True)
-    with _open("maintenance", connection, tmp_path) as rb:
+    # Before the window: one run pauses the maps; users go on working.
+    with _open("maintenance", connection, tmp_path / "before") as rb:
         for step in ("map-states", "pause-maps"):
             assert rb.run(step).status == Status.PASSED
-        fo, dv = rb.session.finops, rb.session.dataverse
+        dv = rb.session.dataverse
         account = next(iter(dv.query("accounts", select=["accountid", "accountnumber", "name"], top=1)))
         dv.update("accounts", account["accountid"], {"name": "Renamed during maintenance"})
-
-        def in_finops() -> str:
-            (customer,) = fo.query("CustomersV3", select=["OrganizationName"], cross_company=True,
-                                   filter=f"CustomerAccount eq '{account['accountnumber']}'")
-            return str(customer["OrganizationName"])
-
-        assert in_finops() == account["name"]  # queued, not written
-        for step in ("maintenance-over", "resume-maps"):
-            assert rb.run(step).status == Status.PASSED
-        assert in_finops() == "Renamed during maintenance"
+        assert _in_finops(rb, account["accountnumber"]) == account["name"]  # queued, not written
+    # After the window: another run finds the maps paused, knows since when, and resumes them.
+    with _open("maintenance", connection, tmp_path / "after") as rb:
+        assert rb.run("map-states").status == Status.PASSED
+        assert rb.run("pause-maps").status == Status.ALREADY_DONE
+        over = rb.run("maintenance-over")
+        assert over.status == Status.PASSED
+        (duration,) = [c for c in over.checks if c.name == "pause duration"]
+        assert duration.evidence.startswith("paused for 0.0")
+        assert rb.run("resume-maps").status == Status.PASSED
+        assert _in_finops(rb, account["accountnumber"]) == "Renamed during maintenance"
         assert rb.run("verify").status == Status.PASSED
 
 

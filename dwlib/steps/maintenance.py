@@ -82,12 +82,21 @@ def queue_estimate(ctx: StepContext, maps: list[str], since: str) -> int:
                for r in session.dataverse.query(t, filter=f"modifiedon ge {since}"))
 
 
+def paused_since(ctx: StepContext, paused: list[str]) -> str | None:
+    """When the first of `paused` paused, as its Dataverse runtime configuration row last changed
+    (`modifiedon`, which moves with the state): a pause from before this run (a run resumed after the
+    window). None when no row says it."""
+    _, _, admin = environment(ctx)
+    stamps = [s.changed_on for s in admin.map_states(paused).values() if s.changed_on]
+    return min(stamps) if stamps else None
+
+
 def pause_checks(ctx: StepContext, paused: list[str]) -> list[Check]:
     """The documented limits of a pause, for the maps of `paused` (none when nothing is paused)."""
     if not paused:
         return []
     lim = catalog.limits()
-    since = ctx.run_state.get(PAUSED_AT)
+    since = ctx.run_state.get(PAUSED_AT) or paused_since(ctx, paused)
     if since is None:
         return [Check("pause duration", Status.WARNING, "paused before this run: when is not known here",
                       fix="read the Activity log of each map on the dual-write page; resume within one day",

@@ -88,6 +88,7 @@ class MapState:
     project: str | None = None
     version: int | None = None  # Dataverse row version of its runtime configuration: changes with the state
     source: str = ""
+    changed_on: str | None = None  # `modifiedon` of that row: when the state last changed (ISO 8601, UTC)
 
     @property
     def running(self) -> bool:
@@ -362,7 +363,7 @@ class DualWriteAdmin(ABC):
         that moves with each change), else F&O `DualWriteProjectConfigurations` (the enum's name)."""
         maps = [catalog.table_map(n) for n in names] if names is not None else list(catalog.table_maps())
         columns = ["msdyn_name", "msdyn_status", "msdyn_internalentityname", "msdyn_externalentityname",
-                   "versionnumber"]
+                   "versionnumber", "modifiedon"]
         dv = [r for page in self.dataverse.pages(
             "msdyn_dualwriteruntimeconfigs", {"$select": ",".join(columns)},
             {"Prefer": f'odata.include-annotations="{FORMATTED_VALUE}"'}) for r in page]
@@ -376,7 +377,7 @@ class DualWriteAdmin(ABC):
             if row is not None and label is not None:
                 state = map_state_of(label, where="msdyn_dualwriteruntimeconfigs.msdyn_status")
                 out[m.name] = MapState(m.name, state, row["msdyn_name"], row.get("versionnumber"),
-                                       "msdyn_dualwriteruntimeconfigs")
+                                       "msdyn_dualwriteruntimeconfigs", row.get("modifiedon"))
                 continue
             if fo is None:
                 fo = list(self.finops.query("DualWriteProjectConfigurations", select=[
