@@ -77,7 +77,8 @@ def test_profile_table_matches_the_design(tmp_path: Path) -> None:
         "new-data-new": ("data", "new"), "new-data-existing": ("data", "existing"),
         "existing-new": ("data", "new"), "existing-existing": ("data", "existing"),
         # The operations runbooks: a pair with data, linked before the runbook (prepare.py).
-        "refresh-relink": ("data", "new"), "maintenance": ("data", "new"), "add-legal-entity": ("data", "new"),
+        "refresh-relink": ("data", "new"), "maintenance": ("data", "new"),
+        "add-legal-entity": ("data", "new"),
     }
 
 
