@@ -5,7 +5,8 @@ Pause keeps the changes of a Running map in a queue that is replayed in order on
 (pause-for-maintenance). Its documented limits (`catalog.limits()`): a pause lasts at most one day
 and the queue holds at most 1 GB; past either, further records are blocked until the map is
 resumed and catches up, and changes can be lost. The steps check both and say so: the pause's age
-from the time this run paused (a pause from before the run: the Activity log tells), and the
+from the time this run paused, or, for a pause from before the run, from when the maps' Dataverse
+runtime configuration rows last changed (`modifiedon`: INFERRED to move with the state); and the
 queue's size estimated from the Dataverse rows of the paused maps changed since then (the Queued
 records tab, the real figure, has no API).
 
