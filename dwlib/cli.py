@@ -124,6 +124,17 @@ def sandbox_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def sandbox_refresh(args: argparse.Namespace) -> int:
+    """`dw sandbox refresh`: simulate a database refresh of a stopped sandbox (`sandbox.prepare.refresh`)."""
+    root = _control().resolve_dir(args.profile, args.dir)
+    settings = _control("prepare").refresh(root, args.source)
+    what = f"copied from {args.source}" if args.source else "kept, with new environment ids and URLs"
+    print(f"refreshed the sandbox in {root} (profile {settings.profile}): data {what}; its dual-write "
+          f"configuration is stale. Start it (dw sandbox start --dir {root}), then run the refresh-relink "
+          "runbook")
+    return 0
+
+
 def sandbox_consultant(args: argparse.Namespace) -> int:
     """`dw sandbox consultant`: perform the portal gate read as JSON on stdin (what a run whose
     parameters say `options.gates: sandbox-consultant` runs at each gate)."""
@@ -478,6 +489,17 @@ def build_parser() -> argparse.ArgumentParser:
         verb.add_argument("--dir", type=Path, help="state directory (default .dw/sandbox/<profile>)")
         verb.add_argument("--profile", help="find the sandbox in .dw/sandbox/<profile>")
         verb.set_defaults(func=func)
+
+    text = "simulate a database refresh of a stopped sandbox: its dual-write configuration goes stale"
+    verb = verbs.add_parser("refresh", help=text, description=text + " (data copied with --from, or kept; "
+                            "environment ids and URLs change; the Power Platform integration names the "
+                            "sandbox's own F&O)",
+                            epilog="example: dw sandbox refresh --dir .dw/sandbox/test "
+                                   "--from .dw/sandbox/prod")
+    verb.add_argument("--dir", type=Path, help="state directory (default .dw/sandbox/<profile>)")
+    verb.add_argument("--profile", help="find the sandbox in .dw/sandbox/<profile>")
+    verb.add_argument("--from", dest="source", type=Path, help="copy the data of this stopped sandbox")
+    verb.set_defaults(func=sandbox_refresh)
 
     verb = verbs.add_parser("consultant", help="play the consultant for one portal gate (JSON on stdin)",
                             description="Perform the portal gate instruction a runbook passes on stdin "

@@ -177,7 +177,8 @@ def build(scenario_id: str, language: str = "en") -> NotebookNode:
         connection=_shared(language, "connection", sc),
         then=text.expand(about.body, language, where=where),
         hr_note=_shared(language, "hr_note"),
-        guide=text.link(language, str(about.meta.get("guide") or f"dw/connection-setup#{sc.id}")),
+        # An operations runbook follows its own page; a setup, its scenario of the setup guidance.
+        guide=text.link(language, str(about.meta.get("guide", f"dw/connection-setup#{sc.id}"))),
         notebook=notebook_path(sc.id, language, Path("notebooks")).as_posix(),
         lang_option="" if language == "en" else f" --lang {language}",
     )

@@ -62,7 +62,8 @@ log = logging.getLogger(__name__)
 
 # The scenario ids as a type (the scenarios themselves: `dwlib.scenarios.SCENARIOS`).
 ScenarioId = Literal["new-new", "new-existing", "new-data-new", "new-data-existing", "existing-new",
-                     "existing-existing", "health-check", "troubleshoot"]
+                     "existing-existing", "health-check", "troubleshoot", "refresh-relink", "maintenance",
+                     "add-legal-entity"]
 DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
 # The company a new F&O environment is connected for: "A dual-write connection is established for
 # DAT company data" (the seed page); in the scope of every scenario with a new F&O.

@@ -67,8 +67,8 @@ def _s(*ids: str | tuple[str, str, dict[str, Any]]) -> tuple[StepRef, ...]:
     return tuple(refs)
 
 
-# The runbooks after setup: their sandbox is prepared by a setup run first (`dw run … --sandbox`).
-OPERATIONS = ("health-check", "troubleshoot")
+# The runbooks after setup (operations), on an existing linked pair; the first two only read.
+OPERATIONS = ("health-check", "troubleshoot", "refresh-relink", "maintenance", "add-legal-entity")
 
 # legal-entities runs the Legal entities (cdm_companies) map: linking creates no company in
 # Dataverse, that map does, before anything reads or stamps a company.
@@ -140,6 +140,31 @@ SCENARIOS: dict[str, Scenario] = {
             "Troubleshoot dual-write (read-only)",
             "existing", "existing",
             _s("troubleshoot-findings", "troubleshoot-bundle"),
+        ),
+        # After setup (operations): an existing, linked pair.
+        Scenario(
+            "refresh-relink",
+            "Relink after a database refresh or copy of finance and operations or Dataverse",
+            "existing", "existing",
+            # Detect, stop, Reset link (the documented clean-up), then relink as a setup does: the
+            # Legal entities map first, the plan's rules for initial sync or not, the maps, verify.
+            _s("detect-refresh", "stop-all-maps", "reset-link", "legal-entities", "plan", "migrate",
+               "table-maps", "initial-sync", "verify"),
+        ),
+        Scenario(
+            "maintenance",
+            "Pause and resume the table maps around a maintenance window",
+            "existing", "existing",
+            _s("map-states", "pause-maps", "maintenance-over", "resume-maps", "verify"),
+        ),
+        Scenario(
+            "add-legal-entity",
+            "Add a legal entity to an existing dual-write connection",
+            "existing", "existing",
+            # The new company's own steps of new-existing, then the plan decides how its data moves;
+            # verify covers the added companies only.
+            _s(*_NEW_COMPANY, "plan", "migrate", "table-maps",
+               ("verify", "verify", {"companies": "added"})),
         ),
     )
 }

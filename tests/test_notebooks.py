@@ -25,7 +25,7 @@ from papermill.exceptions import PapermillExecutionError
 from dwlib import notebooks, text
 from dwlib.params import Params
 from dwlib.record import load_record
-from dwlib.scenarios import SCENARIOS
+from dwlib.scenarios import OPERATIONS, SCENARIOS
 from dwlib.steps import STEPS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,6 +152,15 @@ SAYS: dict[str, tuple[list[str], list[str]]] = {
     "plan-new-company": (["Plan again", "bootstrapped", "500,000", "70,000", "It only reads"],
                          ["UpsertMultiple"]),
     "initial-sync": (["Not running", "top errors", "reconcile"], ["Run dialog"]),
+    "detect-refresh": (["Read only", "cannot be relinked", "stale configuration"], ["UpsertMultiple"]),
+    "stop-all-maps": (["Reset link needs every table map stopped", "Paused"], ["UpsertMultiple"]),
+    "reset-link": (["DualWriteProjectConfiguration", "Dataverse runtime configurations", "Apply Solution",
+                    "cannot be undone"], ["UpsertMultiple"]),
+    "map-states": (["Read only", "evidence CSV"], ["UpsertMultiple"]),
+    "pause-maps": (["at most one day", "1 GB", "blocked"], ["UpsertMultiple"]),
+    "maintenance-over": (["gate", "Confirm", "past its limit is reported"], ["UpsertMultiple"]),
+    "resume-maps": (["*Catch up synchronization of queued records*", "Catch-up errors", "Retry All"],
+                    ["UpsertMultiple"]),
     "verify": (["counts and keys", "**The round trip writes into both environments**", "confirmation",
                 "`verify.round_trip: never`", "a dry run never writes"], ["UpsertMultiple"]),
     "health-configuration": (["DWDVEV1003", "DWFOEV1003", "DWDVEV1007", "*skipped*", "Paused", "one day",
@@ -176,6 +185,17 @@ def test_each_step_says_what_that_step_does(scenario_id: str) -> None:
 
 
 SETUPS = [s for s, sc in SCENARIOS.items() if sc.kind == "setup"]
+
+
+@pytest.mark.parametrize("scenario_id", OPERATIONS)
+def test_an_operations_runbook_sets_up_no_connection_and_follows_its_own_page(scenario_id: str) -> None:
+    intro = about(scenario_id)["intro"]
+    assert "The connection is set up" not in intro and "set up from finance and operations" not in intro
+    assert "connection-setup#" not in intro  # not a scenario of the setup guidance
+    # the note on Human Resources matters to the runbooks that write, not to those that only read
+    writes = scenario_id not in ("health-check", "troubleshoot")
+    assert ("Human Resources *module* of Dynamics 365 Finance" in intro) == writes
+    assert ("It only reads" in intro) == (not writes)
 
 
 @pytest.mark.parametrize("scenario_id", SETUPS)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from dwlib.scenarios import SCENARIOS
+from dwlib.scenarios import OPERATIONS, SCENARIOS
 
-BOOTSTRAPPED = [s.id for s in SCENARIOS.values() if any(r.step == "bootstrap-apply" for r in s.steps)]
+BOOTSTRAPPED = [s.id for s in SCENARIOS.values()
+                if s.id not in OPERATIONS and any(r.step == "bootstrap-apply" for r in s.steps)]
 
 
 def _at(scenario: str, step: str) -> list[int]:
@@ -48,3 +49,24 @@ def test_new_data_existing_plans_again_after_the_new_company_is_bootstrapped() -
     assert SCENARIOS["new-data-existing"].steps[second].id == "plan-new-company"
     # One initial sync, both ways, after the second plan.
     assert _at("new-data-existing", "initial-sync") == [len(SCENARIOS["new-data-existing"].steps) - 2]
+
+
+def test_refresh_relink_resets_before_it_relinks_with_the_setup_steps() -> None:
+    steps = [r.step for r in SCENARIOS["refresh-relink"].steps]
+    # relink-environments: stop all maps, clean up (Reset link), then relink and enable the maps.
+    assert steps[:3] == ["detect-refresh", "stop-all-maps", "reset-link"]
+    assert steps[3:] == ["legal-entities", "plan", "migrate", "table-maps", "initial-sync", "verify"]
+
+
+def test_maintenance_pauses_and_resumes_around_its_gate() -> None:
+    assert [r.step for r in SCENARIOS["maintenance"].steps] == [
+        "map-states", "pause-maps", "maintenance-over", "resume-maps", "verify"]
+
+
+def test_add_legal_entity_reuses_the_new_company_steps_and_verifies_only_that_company() -> None:
+    steps = SCENARIOS["add-legal-entity"].steps
+    names = [r.step for r in steps]
+    assert names[:5] == ["create-company", "add-company", "stop-maps", "bootstrap-simulate",
+                         "bootstrap-apply"]
+    assert names.index("plan") < names.index("table-maps") < names.index("verify")
+    assert steps[-1].options == {"companies": "added"}

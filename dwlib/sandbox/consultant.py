@@ -75,6 +75,11 @@ def actions(instruction: Mapping[str, Any]) -> list[tuple[str, str, dict[str, An
         step = _step(steps, "tab remove ")
         codes = parse_codes(step.split(" (", 1)[0], "tab remove ")
         return [("DELETE", f"/dualwrite/legal-entities/{code}", None) for code in codes]
+    if title == "Reset the dual-write link":
+        step = _step(steps, "on select legal entities select")
+        codes = parse_codes(step, "on select legal entities select ")
+        return [("POST", "/dualwrite/reset", {"legal_entities": codes}),
+                ("POST", "/dualwrite/apply-solution", None)]
     if title.startswith("Run table map"):
         selected = _step(steps, "Select '").split("'")[1]
         order = _step(steps, "in this order:").split(": ", 1)[1].rstrip(".").split(" → ")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import sqlite3
@@ -36,7 +37,7 @@ import httpx
 import yaml
 
 from ..errors import SandboxError
-from . import server
+from . import prepare, server
 from .schema import ENTITIES
 from .state import Paths, Settings
 
@@ -292,7 +293,23 @@ def start(
         timeout = 120.0 + settings.rows / 5000  # seeding runs at well over 10,000 rows a second
     connection = _await_ready(root, proc.pid, timeout)
     moved = before if before and before != connection["port"] else None
+    if settings.profile in prepare.LINKED and not prepare.prepared(root):
+        return _prepare(root, settings.profile, connection, timeout, owner_pid)
     return Started(root, connection, moved_from=moved)
+
+
+def _prepare(root: Path, profile: str, connection: dict[str, Any], timeout: float,
+             owner_pid: int | None) -> Started:
+    """Play the history of an operations profile once (`prepare`): set up, and for refresh-relink
+    stop, refresh and start again (at its new URLs)."""
+    prepare.set_up(connection, profile)
+    if profile == "refresh-relink":
+        stop(root)
+        prepare.refresh(root)
+    (root / prepare.PREPARED).write_text(json.dumps({"profile": profile}))
+    if profile != "refresh-relink":
+        return Started(root, connection)
+    return start(root=root, timeout=timeout, owner_pid=owner_pid)
 
 
 def _await_ready(root: Path, pid: int, timeout: float) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from dwlib import catalog
 from . import dmf, dw_live, dw_records, profiles
 from .dw_initial_sync import JobLog, SyncScope, initial_sync
 from .dw_limits import RuntimeLimits
+from .prepare import REFRESH_KEY
 from .schema import ENTITIES
 from .state import Settings
 from .store import Store, utcnow
@@ -109,7 +110,14 @@ class DualWrite:
     # --- persistence ----------------------------------------------------------------------------
 
     def _recover(self) -> None:
-        """Jobs and catch-ups do not survive a restart: say so, and leave maps in a state with actions."""
+        """Jobs and catch-ups do not survive a restart: say so, and leave maps in a state with actions.
+        After a database refresh (`prepare.refresh`) the Power Platform integration names this
+        environment again: lifecycle actions do not affect it (environment-lifecycle-database-movements)."""
+        if self.store.kv_get(REFRESH_KEY) is not None:
+            with self.store.transaction():
+                if self.pp_link() is not None:
+                    self.setup_power_platform_integration()
+                self.store.kv_set(REFRESH_KEY, None)
         for m in catalog.table_maps():
             rec = self.map_record(m.name)
             if rec["state"] == "Initializing":
@@ -450,7 +458,9 @@ class DualWrite:
                 self.store.conn.execute("DELETE FROM _kv WHERE k = ?", (key,))
             self.store.conn.execute("DELETE FROM dw_queue")
             self.store.kv_set("dw.solutions_applied", False)
-            conn.update(legalEntities=codes, solutionsApplied=False, resetOn=utcnow())
+            # The connection set is restored from the Power Platform integration setup (reset.md).
+            conn.update(legalEntities=codes, solutionsApplied=False, resetOn=utcnow(),
+                        finopsUrl=self.finops_url)
             self.store.kv_set("dw.connection", conn)
         return conn
 

@@ -59,12 +59,15 @@ class Profile:
     """What each side of a profile holds: `finops` "new" (DAT only) or "data"; `dataverse`.
 
     >>> PROFILE_SPECS["new-data-existing"]
-    Profile(name='new-data-existing', finops='data', dataverse='existing')
+    Profile(name='new-data-existing', finops='data', dataverse='existing', quoted_names=True)
     """
 
     name: str
     finops: Literal["new", "data"]
     dataverse: Literal["new", "existing"]
+    # Names with double quotes, which break an initial sync: the operations profiles' data went
+    # through a setup already, so it has none.
+    quoted_names: bool = True
 
 
 PROFILE_SPECS: dict[str, Profile] = {p.name: p for p in (
@@ -74,6 +77,10 @@ PROFILE_SPECS: dict[str, Profile] = {p.name: p for p in (
     Profile("new-data-existing", "data", "existing"),
     Profile("existing-new", "data", "new"),
     Profile("existing-existing", "data", "existing"),
+    # Operations: an existing pair with data, linked and running before the runbook (prepare.py).
+    Profile("refresh-relink", "data", "new", quoted_names=False),
+    Profile("maintenance", "data", "new", quoted_names=False),
+    Profile("add-legal-entity", "data", "new", quoted_names=False),
 )}
 assert tuple(PROFILE_SPECS) == PROFILES
 
@@ -513,7 +520,8 @@ def _seed_finops(store: Store, rng: random.Random, n: int, spec: Profile, tally:
         {"dataAreaId": c.data_area, "CustomerGroupId": gid, "Description": desc, "PaymentTermId": terms,
          "IsSalesTaxIncludedInPrice": "Yes" if gid == "30" else "No"}
         for c in COMPANIES for gid, desc, terms in CUSTOMER_GROUPS])
-    tally.add("CustomersV3", store.bulk_load(ENTITIES["CustomersV3"], _CUSTOMER_COLUMNS, _customers(rng, n)))
+    tally.add("CustomersV3", store.bulk_load(ENTITIES["CustomersV3"], _CUSTOMER_COLUMNS,
+                                             _customers(rng, n, spec.quoted_names)))
 
 
 _CUSTOMER_COLUMNS = (
@@ -530,7 +538,7 @@ _ON_HOLD = ("No",) * 8 + ("Invoice", "All")  # CustVendorBlocked names (REF #101
 _GENDERS, _MARITAL = ("Male", "Female"), ("Single", "Married", "Divorced", "Widowhood")
 
 
-def _customers(rng: random.Random, n: int) -> Iterator[tuple[Any, ...]]:
+def _customers(rng: random.Random, n: int, quoted_names: bool = True) -> Iterator[tuple[Any, ...]]:
     """Customers across the data companies: 80 % organizations (groups 10/20/80), 20 % persons (30),
     with addresses (coordinates as decimals, which packages write in the DMF locale) and enum values
     that the maps' value maps convert."""
@@ -542,7 +550,7 @@ def _customers(rng: random.Random, n: int) -> Iterator[tuple[Any, ...]]:
     for i in range(n):
         c = company[i]
         seq[c] += 1
-        quoted = i % 101 == 19
+        quoted = quoted_names and i % 101 == 19
         if person[i]:
             org, pfirst, plast, group = None, firsts[i], lasts[i], "30"
             alias = lasts[i]

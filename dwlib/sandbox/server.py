@@ -112,7 +112,7 @@ def configure(root: Path, *, profile: str | None = None, **options: Unpack[Optio
     Traceback (most recent call last):
     ...
     dwlib.errors.SandboxError: unknown profile 'nope': use one of new-new, new-existing, new-data-new, \
-new-data-existing, existing-new, existing-existing
+new-data-existing, existing-new, existing-existing, refresh-relink, maintenance, add-legal-entity
     """
     paths = Paths(root)
     rows, port = options.get("rows"), options.get("port")

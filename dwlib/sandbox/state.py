@@ -24,6 +24,10 @@ PROFILES = (
     "new-data-existing",
     "existing-new",
     "existing-existing",
+    # The operations runbooks' sandboxes: F&O with data, already linked (`dwlib.sandbox.prepare`).
+    "refresh-relink",
+    "maintenance",
+    "add-legal-entity",
 )
 
 

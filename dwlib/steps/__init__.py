@@ -17,10 +17,12 @@ from . import (
     health,
     initialsync,
     link,
+    maintenance,
     mapdefaults,
     migrate,
     plan,
     preflight,
+    relink,
     tablemaps,
     troubleshoot,
     verify,
@@ -28,8 +30,8 @@ from . import (
 from .base import STEPS, Check, Finding, Step, StepContext, StepError, StepResult, register
 
 # The modules whose import registers the steps (a new step family is added here).
-MODULES = (bootstrap, company, health, initialsync, link, mapdefaults, migrate, plan, preflight, tablemaps,
-           troubleshoot, verify)
+MODULES = (bootstrap, company, health, initialsync, link, maintenance, mapdefaults, migrate, plan, preflight,
+           relink, tablemaps, troubleshoot, verify)
 
 __all__ = [
     "MODULES",

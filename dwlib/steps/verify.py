@@ -49,6 +49,7 @@ from . import eligibility
 from .base import Check, Finding, Step, StepContext, StepError, StepResult, environment, register, worst
 from .dvmeta import Tables
 from .initialsync import sync_companies
+from .link import scope
 from .reconcile import Reconciliation, Values, company_ids, reconcile
 from .roundtrip import ACCOUNTS, PREFIX, Leftover, RoundTrip, clean_up_leftover, leftovers, round_trip
 from .rowmap import Lookups
@@ -78,6 +79,7 @@ class VerifyWork:
     why_not: str = ""
     maps: list[str] = field(default_factory=list)  # the plan's maps (their tables are scanned)
     companies: list[str] = field(default_factory=list)
+    connected: list[str] = field(default_factory=list)  # the run's companies in the connection
     trip: RoundTrip | None = None
     notes: list[Check] = field(default_factory=list)
     leftovers: list[Leftover] = field(default_factory=list)  # of earlier round trips, to clean up
@@ -162,7 +164,10 @@ class Verify(Step):
     def check(self, ctx: StepContext) -> Finding:
         params, session, admin = environment(ctx)
         plan = planned_maps(ctx)
-        companies = sync_companies(ctx)
+        connected = sync_companies(ctx)
+        companies = connected
+        if self.options.get("companies") == "added":  # add-legal-entity: the added companies only
+            companies = [c for c in connected if c in scope(params).created]
         values = Values(Tables(session.dataverse), Lookups(session.dataverse), params.column_defaults,
                         params.verify.sample_keys)
         reconciled = [p.name for p in plan if p.moves_data]
@@ -172,7 +177,7 @@ class Verify(Step):
                         f"{len(rows) - len(failing)} of {len(rows)} map × company rows reconcile (counts, "
                         "keys and the checksums of the mapped columns' values)")]
         work = VerifyWork(rows, None, None, maps=[p.name for p in plan], companies=list(companies),
-                          ids=company_ids(session), reconciled=reconciled, values=values)
+                          ids=company_ids(session), reconciled=reconciled, values=values, connected=connected)
         mode = params.verify.round_trip
         work.leftovers = leftovers(session, work.ids)
         if work.leftovers and mode == "never":
@@ -251,7 +256,7 @@ class Verify(Step):
                                     ["map", "company", "missing_in", "key"])
         differences_csv = ctx.write_csv(DIFFERENCES_CSV, (x for r in work.rows for d in r.differences
                                                           for x in d.rows()), DIFFERENCE_COLUMNS)
-        found, ineligible_csv = eligibility.report(ctx, session, work.maps, work.companies, INELIGIBLE_CSV)
+        found, ineligible_csv = eligibility.report(ctx, session, work.maps, work.connected, INELIGIBLE_CSV)
         failing = [r for r in work.rows if not r.ok]
         checks = [self._row_check(r, missing_csv, differences_csv) for r in failing]
         checks += found.checks(ineligible_csv)

@@ -70,6 +70,7 @@ class MapSnapshot:
     project: str | None = None
     version: int | None = None  # Dataverse row version of its runtime configuration: changes with the state
     source: str = ""
+    changed_on: str | None = None  # `modifiedon` of that row: when the state last changed (ISO 8601, UTC)
 
     @property
     def running(self) -> bool:
@@ -274,6 +275,32 @@ class DualWriteAdmin(ABC):
                                                          f"{', '.join(unknown)[:200]}")
         return ConnectionLegalEntities(tuple(sorted(c.upper() for c in codes)), source)
 
+    def stale_configuration(self) -> list[str]:
+        """The F&O project configurations (`DualWriteProjectConfigurations`) that name another
+        Dataverse environment (`ExternalEnvironmentURL`) than the one linked: what a database
+        refresh or copy leaves behind (relink-environments, "Backup and restore"). One line each.
+
+        Usage: `admin.stale_configuration()` → `['DWM-1 (CustCustomerV3Entity) names https://prod…']`.
+        """
+        rows = self.finops.query("DualWriteProjectConfigurations",
+                                 select=["ProjectName", "InternalEntityName", "ExternalEnvironmentURL"])
+        return sorted({f"{r['ProjectName']} ({r.get('InternalEntityName')}) names "
+                       f"{r['ExternalEnvironmentURL']}"
+                       for r in rows if r.get("ExternalEnvironmentURL")
+                       and not same_url(str(r["ExternalEnvironmentURL"]), self.dataverse.environment_url)})
+
+    def answering(self) -> list[str]:
+        """What does not answer of the two environments ([] when both do): WhoAmI in Dataverse, a
+        read of LegalEntities in F&O. A maintenance window is over when both answer."""
+        down = []
+        for name, probe in (("Dataverse", self.dataverse.whoami),
+                            ("finance and operations", lambda: self.finops.query("LegalEntities", top=1))):
+            try:
+                probe()
+            except (ClientError, OSError) as exc:
+                down.append(f"{name} does not answer: {exc}")
+        return down
+
     def applied_maps(self) -> list[str]:
         """Maps in Dataverse (`msdyn_dualwriteentitymaps`): present once the solutions are applied."""
         return sorted(
@@ -318,7 +345,7 @@ class DualWriteAdmin(ABC):
         that moves with each change), else F&O `DualWriteProjectConfigurations` (the enum's name)."""
         maps = [catalog.table_map(n) for n in names] if names is not None else list(catalog.table_maps())
         columns = ["msdyn_name", "msdyn_status", "msdyn_internalentityname", "msdyn_externalentityname",
-                   "versionnumber"]
+                   "versionnumber", "modifiedon"]
         dv = [r for page in self.dataverse.pages(
             "msdyn_dualwriteruntimeconfigs", {"$select": ",".join(columns)},
             {"Prefer": f'odata.include-annotations="{FORMATTED_VALUE}"'}) for r in page]
@@ -332,7 +359,7 @@ class DualWriteAdmin(ABC):
             if row is not None and label is not None:
                 state = map_state_of(label, where="msdyn_dualwriteruntimeconfigs.msdyn_status")
                 out[m.name] = MapSnapshot(m.name, state, row["msdyn_name"], row.get("versionnumber"),
-                                       "msdyn_dualwriteruntimeconfigs")
+                                          "msdyn_dualwriteruntimeconfigs", row.get("modifiedon"))
                 continue
             if fo is None:
                 fo = list(self.finops.query("DualWriteProjectConfigurations", select=[
@@ -406,6 +433,11 @@ class DualWriteAdmin(ABC):
         admin.set_column_defaults("Customers V3 (accounts)", {"CUSTOMERGROUPID": "30"})
         → {'CustomerGroupId': '30'}
         """
+
+    @abstractmethod
+    def reset_link(self, legal_entities: Sequence[str]) -> None:
+        """Reset link (maps stopped), then Apply Solution: the stale configuration is cleared and the
+        connection restored from the Power Platform integration with `legal_entities` (reset.md)."""
 
     @abstractmethod
     def stop(self, names: Sequence[str]) -> dict[str, MapSnapshot]:

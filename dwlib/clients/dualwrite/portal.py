@@ -254,6 +254,24 @@ class PortalAdmin(DualWriteAdmin):
         self._wait("Column defaults", check)
         return self.column_defaults(selected)
 
+    def reset_link(self, legal_entities: Sequence[str]) -> None:
+        codes = [c.upper() for c in legal_entities]
+        self._gate(
+            "Reset the dual-write link",
+            [
+                "In F&O open Data management > Dual-write; every table map shows Not running.",
+                "Select Reset link. On Choose environment select Acknowledge Reset (check that the Power "
+                f"Platform Link Dataverse Environment is {self.dataverse.environment_url}), then Next.",
+                f"On Select legal entities select {', '.join(codes)}; then Next through Health check and "
+                "Summary, and Finish.",
+                "When the reset has finished, select Apply Solution to bring the table maps back.",
+            ],
+            ["F&O Data management workspace", "Dual-write"],
+            "no project configuration names another Dataverse environment, and the table maps are applied",
+        )
+        self._wait("Reset link", lambda: self.stale_configuration()
+                   + ([] if self.applied_maps() else ["no table maps in Dataverse (Apply Solution)"]))
+
     def _simple(
         self, action: str, button: str, names: Sequence[str], target: str, extra: str = ""
     ) -> dict[str, MapSnapshot]:
