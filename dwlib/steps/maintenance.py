@@ -21,12 +21,16 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from dwlib import catalog
 from dwlib.catalog.errors import DOCS_ROOT
 from dwlib.vocab import MapState, StepStatus
 
 from .base import Check, Finding, Step, StepContext, StepResult, environment, register, worst
+
+if TYPE_CHECKING:
+    from dwlib.clients.dualwrite import MapSnapshot
 
 PAUSE_DOC = DOCS_ROOT + "pause-for-maintenance"
 ALERTS_DOC = DOCS_ROOT + "errors-and-alerts"
@@ -46,6 +50,19 @@ def window_maps(ctx: StepContext) -> list[str]:
     if WINDOW in ctx.run_state:
         return list(ctx.run_state[WINDOW])
     return [n for n, s in admin.map_states().items() if s.state in LIVE]
+
+
+def window_states(ctx: StepContext) -> tuple[list[str], dict[str, MapSnapshot]]:
+    """The maps of the window (`window_maps`) and their states now."""
+    _, _, admin = environment(ctx)
+    maps = window_maps(ctx)
+    return maps, admin.map_states(maps)
+
+
+def in_state(ctx: StepContext, state: MapState) -> tuple[list[str], dict[str, MapSnapshot]]:
+    """The maps of the window that are in `state` now, and every window map's state."""
+    maps, states = window_states(ctx)
+    return [n for n in maps if states[n].state == state], states
 
 
 def age_check(age_s: float, limit_s: int) -> Check:
@@ -170,10 +187,7 @@ class PauseMaps(Step):
     doc_url = PAUSE_DOC
 
     def check(self, ctx: StepContext) -> Finding:
-        _, _, admin = environment(ctx)
-        maps = window_maps(ctx)
-        states = admin.map_states(maps)
-        running = [n for n in maps if states[n].state == MapState.RUNNING]
+        running, _ = in_state(ctx, MapState.RUNNING)
         return Finding(not running, f"pause {', '.join(running)}" if running else "nothing runs",
                        todo=running)
 
@@ -183,10 +197,8 @@ class PauseMaps(Step):
         admin.pause(finding.todo)
 
     def verify(self, ctx: StepContext, finding: Finding) -> StepResult:
-        _, _, admin = environment(ctx)
-        maps = window_maps(ctx)
-        states = admin.map_states(maps)
-        paused = [n for n in maps if states[n].state == MapState.PAUSED]
+        paused, states = in_state(ctx, MapState.PAUSED)
+        maps = list(states)
         checks = [Check(n, StepStatus.PASSED if n in paused else StepStatus.FAILED, str(states[n].state),
                         fix="" if n in paused else "pause it (Pause is available only for Running maps)",
                         doc=PAUSE_DOC) for n in maps]
@@ -212,10 +224,7 @@ class MaintenanceOver(Step):
     doc_url = PAUSE_DOC
 
     def check(self, ctx: StepContext) -> Finding:
-        _, _, admin = environment(ctx)
-        maps = window_maps(ctx)
-        states = admin.map_states(maps)
-        paused = [n for n in maps if states[n].state == MapState.PAUSED]
+        paused, _ = in_state(ctx, MapState.PAUSED)
         return Finding(not paused, "the maintenance of both environments is over: resume the paused maps "
                        f"({', '.join(paused)})" if paused else "no map is paused", todo=paused,
                        checks=pause_checks(ctx, paused))
