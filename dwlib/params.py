@@ -434,6 +434,19 @@ class Health(_Model):
     max_drift_rows: int = Field(default=0, ge=0)
 
 
+DEBUG_MINUTES_MAX = 60  # verbose logging may hold personal data: a bound, not an open end
+
+
+class Troubleshoot(_Model):
+    """The troubleshoot runbook: minutes of debug mode (`IsDebugMode`) to reproduce in; 0 = none.
+
+    >>> Troubleshoot().debug_minutes
+    0.0
+    """
+
+    debug_minutes: float = Field(default=0.0, ge=0, le=DEBUG_MINUTES_MAX)
+
+
 class Options(_Model):
     """How a run behaves.
 
@@ -501,6 +514,7 @@ class Params(_Model):
     initial_sync: InitialSyncOptions = Field(default_factory=InitialSyncOptions)
     verify: VerifyOptions = Field(default_factory=VerifyOptions)
     health: Health = Field(default_factory=Health)
+    troubleshoot: Troubleshoot = Field(default_factory=Troubleshoot)
     options: Options = Field(default_factory=Options)
     sandbox: SandboxRef | None = None
     _warnings: list[str] = PrivateAttr(default_factory=list)

@@ -134,12 +134,13 @@ SCENARIOS: dict[str, Scenario] = {
             "existing", "existing",
             _s("health-configuration", "health-drift"),
         ),
-        # Read-only: findings matched to the known-error catalogue, then a support bundle.
+        # Findings matched to the known-error catalogue, debug mode for a bounded time only when asked
+        # (and confirmed), then a support bundle.
         Scenario(
             "troubleshoot",
-            "Troubleshoot dual-write (read-only)",
+            "Troubleshoot dual-write",
             "existing", "existing",
-            _s("troubleshoot-findings", "troubleshoot-bundle"),
+            _s("troubleshoot-findings", "troubleshoot-debug", "troubleshoot-bundle"),
         ),
         # After setup (operations): an existing, linked pair.
         Scenario(

@@ -169,6 +169,8 @@ SAYS: dict[str, tuple[list[str], list[str]]] = {
                       "exits 1", "It only reads"], ["DWDVEV1003"]),
     "troubleshoot-findings": (["known-error catalogue", "documented fix", "`IsDebugMode`", "error log",
                                "It only reads"], ["support-bundle.zip"]),
+    "troubleshoot-debug": (["`troubleshoot.debug_minutes`", "`IsDebugMode`", "switches it off again",
+                            "`DualWriteErrorLog`", "`options.confirm_irreversible`"], ["support-bundle.zip"]),
     "troubleshoot-bundle": (["`support-bundle.zip`", "every byte", "client secret", "tokens"],
                             ["IsDebugMode"]),
 }

@@ -1,5 +1,6 @@
-"""The troubleshoot runbook: read-only findings matched to the known-error catalogue, and a support
-bundle that holds no secret (every byte scanned for the client secret and the run's tokens).
+"""The troubleshoot runbook: read-only findings matched to the known-error catalogue, debug mode for a
+bounded time only when asked and confirmed (and always off again), and a support bundle that holds
+no secret (every byte scanned for the client secret and the run's tokens).
 
 The sandbox is prepared as `dw run troubleshoot --sandbox` prepares it (`dwlib.prepare`): the
 new-data-new setup runbook, then a documented initial-sync error seeded (`dwlib.sandbox.sync_errors`).
@@ -13,10 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dw_helpers import Consultant, sandbox_params, session_for
 from run_helpers import run, sandbox_dir, writes
 
 from dwlib import prepare
+from dwlib.clients.dualwrite import PortalAdmin
+from dwlib.params import ParamsError, load_params
 from dwlib.sandbox import control
+from dwlib.steps.base import StepContext
+from dwlib.steps.troubleshoot import TroubleshootDebug
+from dwlib.vocab import StepStatus
 
 SCENARIO = "troubleshoot"
 ROWS = 100
@@ -27,17 +34,35 @@ def private_token_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
 
 
-def test_findings_are_matched_to_known_errors_and_the_bundle_holds_no_secret(
-        start_sandbox: Callable[..., dict[str, Any]], tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def troubleshooting(start_sandbox: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    """A sandbox prepared as `dw run troubleshoot --sandbox` prepares it (each test leaves debug off)."""
     connection = start_sandbox(prepare.profile(SCENARIO), rows=ROWS, fresh=True)
+    prepare.prepare(SCENARIO, sandbox_dir(connection))
+    return connection
+
+
+def debug_modes(connection: dict[str, Any]) -> dict[int, str]:
+    """IsDebugMode of every project configuration, as F&O OData reads it (RecId → No/Yes)."""
+    consultant = Consultant(connection)
+    try:
+        rows = consultant.fo_rows("DualWriteProjectConfigurations?cross-company=true")
+    finally:
+        consultant.close()
+    return {r["RecId"]: r["IsDebugMode"] for r in rows}
+
+
+def test_findings_are_matched_to_known_errors_and_the_bundle_holds_no_secret(
+        troubleshooting: dict[str, Any], tmp_path: Path) -> None:
+    connection = troubleshooting
     root = sandbox_dir(connection)
-    prepare.prepare(SCENARIO, root)
     before = control.table_rows(root)
     execution = run(SCENARIO, connection, tmp_path / "runs")
     data = execution.data
     assert data is not None and execution.ok, execution.summary()
     assert writes(data) == [] and control.table_rows(root) == before  # read-only
     steps = {s["id"]: s for s in data["steps"]}
+    assert steps["troubleshoot-debug"]["status"] == StepStatus.ALREADY_DONE  # not asked: left alone
     findings = steps["troubleshoot-findings"]["tables"]["findings"]
     accounts = [f for f in findings if f["map"] == "Customers V3 (accounts)"]
     assert accounts and all(f["known_error"] and f["fix"] for f in accounts), findings
@@ -54,3 +79,55 @@ def test_findings_are_matched_to_known_errors_and_the_bundle_holds_no_secret(
     raw = bundle.read_bytes() + content
     assert secret and secret.encode() not in raw
     assert b"Bearer ey" not in raw and b"eyJ0eX" not in raw  # no access token (JWT) either
+
+
+def test_debug_mode_asked_and_confirmed_is_on_for_its_minutes_and_off_again(
+        troubleshooting: dict[str, Any], tmp_path: Path) -> None:
+    connection = troubleshooting
+    projects = debug_modes(connection)
+    assert projects and set(projects.values()) == {"No"}
+    asked = {"troubleshoot.debug_minutes": 0.02}  # 1.2 s: the window is the parameter, not a guess
+
+    unconfirmed = run(SCENARIO, connection, tmp_path / "unconfirmed", **asked)
+    assert unconfirmed.data is not None
+    step = next(s for s in unconfirmed.data["steps"] if s["id"] == "troubleshoot-debug")
+    assert step["status"] == StepStatus.WAITING and "personal data" in step["next_action"]
+    assert writes(unconfirmed.data) == [] and set(debug_modes(connection).values()) == {"No"}
+
+    confirmed = run(SCENARIO, connection, tmp_path / "confirmed", **asked,
+                    **{"options.confirm_irreversible": True})
+    data = confirmed.data
+    assert data is not None and confirmed.ok, confirmed.summary()
+    step = next(s for s in data["steps"] if s["id"] == "troubleshoot-debug")
+    assert step["status"] == StepStatus.PASSED, step
+    assert step["counts"] == {"switched_on": len(projects), "switched_off": len(projects)}
+    patched = [w for w in writes(data) if "DualWriteProjectConfigurations" in w]
+    assert len(patched) == len(writes(data)) == 2 * len(projects)  # on, then off: nothing else
+    assert all(w.startswith("PATCH ") for w in patched)
+    assert set(debug_modes(connection).values()) == {"No"}
+    assert "tableName=DualWriteErrorLog" in step["next_action"]
+
+
+def test_an_interrupted_window_still_switches_debug_mode_off(troubleshooting: dict[str, Any]) -> None:
+    connection = troubleshooting
+    session = session_for(connection)
+    seen: list[set[str]] = []
+
+    def interrupted(seconds: float) -> None:
+        seen.append(set(debug_modes(connection).values()))
+        raise KeyboardInterrupt
+
+    admin = PortalAdmin(session.dataverse, session.finops, poll_s=1, sleep=interrupted)
+    params = sandbox_params(connection, **{"troubleshoot.debug_minutes": 60})
+    ctx = StepContext(params=params, session=session, admin=admin, evidence_dir=Path("unused"),
+                      confirm=lambda _what: True)
+    with pytest.raises(KeyboardInterrupt):
+        TroubleshootDebug().execute(ctx)
+    assert seen == [{"Yes"}]  # it was on while the window ran
+    assert set(debug_modes(connection).values()) == {"No"}
+
+
+@pytest.mark.parametrize("minutes", [61, -1])
+def test_debug_minutes_outside_zero_to_sixty_are_refused(minutes: float) -> None:
+    with pytest.raises(ParamsError, match=r"troubleshoot\.debug_minutes"):
+        load_params({"scenario": SCENARIO}, {"troubleshoot.debug_minutes": minutes}, scenario=SCENARIO)

@@ -64,7 +64,10 @@ REFERENCES: dict[str, tuple[Reference, ...]] = {
     ),
 }
 REQUIRED = {"CustomersV3": ("CustomerGroupId",)}  # mandatory besides the key
-CHOICES = {"CustomersV3": {"PartyType": ("Organization", "Person")}}  # enum columns
+CHOICES = {  # enum columns
+    "CustomersV3": {"PartyType": ("Organization", "Person")},
+    "DualWriteProjectConfigurations": {"IsDebugMode": ("No", "Yes"), "IsDelete": ("No", "Yes")},
+}
 
 # (related entity set, its column, value, company or None) → whether such a row exists
 Exists = Callable[[Entity, str, Any, "str | None"], bool]

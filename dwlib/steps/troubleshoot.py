@@ -1,4 +1,4 @@
-"""Troubleshoot dual-write, read-only: findings matched to the known-error catalogue, a support bundle.
+"""Troubleshoot dual-write: findings matched to the known-error catalogue, debug mode when asked, a bundle.
 
 `troubleshoot-findings` reads what the dual-write page shows and documented reads can reach: every
 table map's state, the initial-sync details of each map that is not Running (the error texts where
@@ -7,6 +7,13 @@ where), and whether debug mode (`IsDebugMode` of the project configurations) is 
 text is looked up in the known-error catalogue (`dwlib/catalog/known_errors.yaml`) and shown with
 its documented fix. The dual-write error log (`DualWriteErrorLog`) has no documented OData route:
 the finding names its table-browser page.
+
+`troubleshoot-debug` acts only when `troubleshoot.debug_minutes` asks for it and the consultant
+confirms: it switches debug mode on (`IsDebugMode` = Yes on every project configuration, the write the
+documented Excel add-in route makes through the data entity), holds for those minutes (at most 60)
+while the consultant reproduces the problem, then switches it off again, also when the wait is
+interrupted, and reads `IsDebugMode` again to verify. The verbose errors land in `DualWriteErrorLog`,
+which has no documented OData route: the step names its table-browser page and the window's times.
 
 `troubleshoot-bundle` writes a support bundle beside the run's evidence: a zip of the run record so
 far, the evidence files and the HTTP calls of the run (method, URL without secrets, status, request
@@ -23,20 +30,26 @@ import io
 import json
 import zipfile
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from dwlib import catalog
 from dwlib.catalog.errors import DOCS_ROOT
+from dwlib.errors import DwError
 from dwlib.secrets import known_secrets, scrub
 from dwlib.vocab import MapState, StepStatus
 
-from .base import Check, Finding, Step, StepContext, StepResult, environment, register, worst
+from .base import Check, Finding, Step, StepContext, StepError, StepResult, environment, register, worst
 from .health import maps_in_scope, state_checks
 
 TROUBLESHOOT_DOC = DOCS_ROOT + "dual-write-troubleshooting"
 BUNDLE = "support-bundle.zip"
 FINDING_COLUMNS = ["source", "map", "text", "known_error", "fix", "doc"]
+PROJECTS = "DualWriteProjectConfigurations"
+DEBUG_ON, DEBUG_OFF = "Yes", "No"  # IsDebugMode as F&O OData carries a NoYes enum: by name
+DEBUG_BY_HAND = ("set IsDebugMode = No on every project of the DualWriteProjectConfigurationEntity entity "
+                 "(Excel add-in), then run the runbook again: verbose logging stays on until then")
 
 
 def error_log_url(finops_url: str) -> str:
@@ -118,10 +131,91 @@ class TroubleshootFindings(_ReadOnly):
                            evidence_files=[str(csv)])
 
 
+def _projects(session: Any) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = list(session.finops.query(
+        PROJECTS, select=["RecId", "ProjectName", "IsDebugMode"], cross_company=True))
+    return rows
+
+
 def _debug_modes(session: Any) -> list[str]:
-    rows = session.finops.query("DualWriteProjectConfigurations", select=["ProjectName", "IsDebugMode"],
-                                cross_company=True)
-    return sorted({r["ProjectName"] for r in rows if str(r.get("IsDebugMode")) == "Yes"})
+    return sorted({r["ProjectName"] for r in _projects(session) if str(r.get("IsDebugMode")) == DEBUG_ON})
+
+
+def _switch_debug(session: Any, value: str) -> int:
+    """Set IsDebugMode to `value` on every project configuration not at it yet; how many changed."""
+    rows = [r for r in _projects(session) if str(r.get("IsDebugMode")) != value]
+    for row in rows:
+        session.finops.update(PROJECTS, {"RecId": row["RecId"]}, {"IsDebugMode": value})
+    return len(rows)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@register
+class TroubleshootDebug(Step):
+    """Debug mode for `troubleshoot.debug_minutes` (confirmed), then off again, whatever happens.
+
+    Example:
+        >>> TroubleshootDebug.name, TroubleshootDebug.read_only
+        ('troubleshoot-debug', False)
+    """
+
+    name = "troubleshoot-debug"
+    title = "Troubleshoot: debug mode for a bounded time"
+    doc_url = TROUBLESHOOT_DOC
+
+    def check(self, ctx: StepContext) -> Finding:
+        params, _, _ = environment(ctx)
+        minutes = params.troubleshoot.debug_minutes
+        if not minutes:
+            return Finding(True, "debug mode not asked (troubleshoot.debug_minutes: 0)", todo=minutes)
+        return Finding(False, f"switch debug mode (IsDebugMode) on for {minutes:g} minute(s) while the "
+                              f"scenario is reproduced, then off again", todo=minutes)
+
+    def confirmation(self, ctx: StepContext, finding: Finding) -> str:
+        return (f"Debug mode writes verbose errors, which can hold personal data, to the dual-write error "
+                f"log of finance and operations for {finding.todo:g} minute(s); the step switches it off "
+                f"again afterwards.")
+
+    def act(self, ctx: StepContext, finding: Finding) -> None:
+        params, session, admin = environment(ctx)
+        log = error_log_url(str(params.environments.finops_url))
+        window: dict[str, Any] = {"from": _now()}
+        ctx.run_state[self.name] = window
+        try:
+            window["switched_on"] = _switch_debug(session, DEBUG_ON)
+            ctx.say(f"Debug mode is on until {finding.todo:g} minute(s) have passed: reproduce the scenario "
+                    f"now. The verbose errors land in the dual-write error log: {log}")
+            admin.hold(finding.todo * 60)
+        finally:
+            window["to"] = _now()
+            try:
+                window["switched_off"] = _switch_debug(session, DEBUG_OFF)
+            except DwError as exc:
+                raise StepError(f"debug mode could not be switched off again ({exc}): "
+                                f"{DEBUG_BY_HAND}") from exc
+
+    def verify(self, ctx: StepContext, finding: Finding) -> StepResult:
+        params, session, _ = environment(ctx)
+        on = _debug_modes(session)
+        window: dict[str, Any] = ctx.run_state.get(self.name, {}) if not finding.done else {}
+        checks = [Check("debug mode off (IsDebugMode)", StepStatus.PASSED if not on else
+                        StepStatus.WARNING if finding.done else StepStatus.FAILED,
+                        f"on for {', '.join(on)}" if on else "off in every project configuration",
+                        fix=DEBUG_BY_HAND if on else "", doc=TROUBLESHOOT_DOC)]
+        if not window:
+            return self.result(worst(checks), finding.summary, checks=checks)
+        log = error_log_url(str(params.environments.finops_url))
+        checks.append(Check("dual-write error log", StepStatus.SKIPPED,
+                            f"debug mode was on from {window['from']} to {window['to']} (UTC): read the "
+                            f"log's rows of that window at {log}", doc=TROUBLESHOOT_DOC))
+        summary = f"debug mode was on for {finding.todo:g} minute(s) and is off again"
+        return self.result(worst(checks), summary,
+                           checks=checks, next_action=f"Read the dual-write error log at {log}",
+                           counts={"switched_on": window.get("switched_on", 0),
+                                   "switched_off": window.get("switched_off", 0)})
 
 
 @dataclass

@@ -160,6 +160,17 @@ def test_record_id_keys_are_generated(fo: Service) -> None:
     assert fo.get(f"DualWriteProjectConfigurations({rec})").json()["ProjectName"] == "p"
 
 
+def test_debug_mode_is_a_no_yes_enum_that_can_be_patched(fo: Service) -> None:
+    rec = fo.post("DualWriteProjectConfigurations",
+                  json={"ProjectName": "p", "Status": "NotRunning", "IsDebugMode": "No"}).json()["RecId"]
+    url = f"DualWriteProjectConfigurations({rec})"
+    assert fo.patch(url, json={"IsDebugMode": "Yes"}).status_code == 204
+    assert fo.get(url).json()["IsDebugMode"] == "Yes"
+    refused = _inner(fo.patch(url, json={"IsDebugMode": "On"}), 400)["message"]
+    assert "The value 'On' in field 'IsDebugMode' is not valid: use No or Yes." in refused
+    assert fo.get(url).json()["IsDebugMode"] == "Yes"
+
+
 class _FakeDmf:
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []

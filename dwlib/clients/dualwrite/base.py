@@ -461,6 +461,13 @@ class DualWriteAdmin(ABC):
         """
         self._wait(what, missing)
 
+    def hold(self, seconds: float) -> None:
+        """Let `seconds` pass (a window for the consultant to act in), in steps of at most `poll_s`
+        through the same clock and sleep as the waits, so an interrupt lands within one poll."""
+        deadline = self._clock() + seconds
+        while (left := deadline - self._clock()) > 0:
+            self._sleep(min(self.poll_s, left))
+
     def _wait(self, what: str, check: Callable[[], list[str]]) -> None:
         """Poll `check` (which lists what is still missing) until it lists nothing or time runs out."""
         deadline = self._clock() + self.timeout_s
