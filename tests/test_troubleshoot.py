@@ -1,7 +1,7 @@
 """The troubleshoot runbook: read-only findings matched to the known-error catalogue, and a support
 bundle that holds no secret (every byte scanned for the client secret and the run's tokens).
 
-The sandbox is prepared as `dw run troubleshoot --sandbox` prepares it (`dwlib.prepare`): the
+The sandbox is prepared as `dw run troubleshoot --sandbox` prepares it (`dwlib.sandbox.prepare`): the
 new-data-new setup runbook, then a documented initial-sync error seeded (`dwlib.sandbox.sync_errors`).
 """
 
@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 from run_helpers import run, sandbox_dir, writes
 
-from dwlib import prepare
-from dwlib.sandbox import control
+from dwlib.sandbox import control, prepare
 
 SCENARIO = "troubleshoot"
 ROWS = 100
