@@ -210,9 +210,7 @@ def _in_sandbox(scenario: str, root: Path, rows: int | None, faults: str | None,
     `root`, run the runbook against it, stop it."""
     overrides = {**overrides, "sandbox.dir": str(root)}
     _execution().check_params(scenario, params_file, overrides, sandbox_pending=True)
-    control = _control()
-    from . import prepare  # the operations runbooks' sandboxes: a setup run first (imports execute)
-
+    control, prepare = _control(), _control("prepare")  # prepare: the operations runbooks' sandboxes
     started = control.start(prepare.profile(scenario), root=root, rows=rows, port=0, faults=faults)
     print(f"sandbox {scenario} started in {root} ({started.connection['dataverse_url'].rsplit('/', 1)[0]})")
     try:

@@ -1,7 +1,7 @@
 """The health-check runbook: read-only, Microsoft's health-check codes, drift since the previous
 check of the same environments, and a failure (dw run exits 1) above `health.max_drift_rows`.
 
-The sandbox is prepared as `dw run health-check --sandbox` prepares it (`dwlib.prepare`): the
+The sandbox is prepared as `dw run health-check --sandbox` prepares it (`dwlib.sandbox.prepare`): the
 new-data-new setup runbook run to its end, then customers renamed in F&O outside dual-write.
 """
 
@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from run_helpers import run, sandbox_dir, writes
 
-from dwlib import cli, prepare, review
-from dwlib.sandbox import control, drift
+from dwlib import cli, review
+from dwlib.sandbox import control, drift, prepare
 from dwlib.steps.health import DRIFT_STEP, SCENARIO, previous_check
 
 ROOT = Path(__file__).resolve().parents[1]

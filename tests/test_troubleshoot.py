@@ -2,7 +2,7 @@
 bounded time only when asked and confirmed (and always off again), and a support bundle that holds
 no secret (every byte scanned for the client secret and the run's tokens).
 
-The sandbox is prepared as `dw run troubleshoot --sandbox` prepares it (`dwlib.prepare`): the
+The sandbox is prepared as `dw run troubleshoot --sandbox` prepares it (`dwlib.sandbox.prepare`): the
 new-data-new setup runbook, then a documented initial-sync error seeded (`dwlib.sandbox.sync_errors`).
 """
 
@@ -17,10 +17,9 @@ import pytest
 from dw_helpers import Consultant, sandbox_params, session_for
 from run_helpers import run, sandbox_dir, writes
 
-from dwlib import prepare
 from dwlib.clients.dualwrite import PortalAdmin
 from dwlib.params import ParamsError, load_params
-from dwlib.sandbox import control
+from dwlib.sandbox import control, prepare
 from dwlib.steps.base import StepContext
 from dwlib.steps.troubleshoot import TroubleshootDebug
 from dwlib.vocab import StepStatus

@@ -293,21 +293,22 @@ def start(
         timeout = 120.0 + settings.rows / 5000  # seeding runs at well over 10,000 rows a second
     connection = _await_ready(root, proc.pid, timeout)
     moved = before if before and before != connection["port"] else None
-    if settings.profile in prepare.LINKED and not prepare.prepared(root):
-        return _prepare(root, settings.profile, connection, timeout, owner_pid)
+    prep = prepare.played(settings.profile)
+    if prep is not None and not prepare.prepared(root):
+        return _prepare(root, settings.profile, prep, connection, timeout, owner_pid)
     return Started(root, connection, moved_from=moved)
 
 
-def _prepare(root: Path, profile: str, connection: dict[str, Any], timeout: float,
-             owner_pid: int | None) -> Started:
-    """Play the history of an operations profile once (`prepare`): set up, and for refresh-relink
-    stop, refresh and start again (at its new URLs)."""
+def _prepare(root: Path, profile: str, prep: prepare.Preparation, connection: dict[str, Any],
+             timeout: float, owner_pid: int | None) -> Started:
+    """Play the history of a portal-played profile once (`prepare.PREPARATIONS`): set up, and when
+    it is refreshed stop, refresh and start again (at its new URLs)."""
     prepare.set_up(connection, profile)
-    if profile == "refresh-relink":
+    if prep.refreshed:
         stop(root)
         prepare.refresh(root)
     (root / prepare.PREPARED).write_text(json.dumps({"profile": profile}))
-    if profile != "refresh-relink":
+    if not prep.refreshed:
         return Started(root, connection)
     return start(root=root, timeout=timeout, owner_pid=owner_pid)
 

@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 
 from dwlib import catalog
-from dwlib.sandbox import identity, profiles
+from dwlib.sandbox import identity, prepare, profiles
 from dwlib.sandbox.schema import ENTITIES
 from dwlib.sandbox.state import PROFILES, Settings
 from dwlib.sandbox.store import Store
+from dwlib.scenarios import OPERATIONS
 
 ROWS = 300
 
@@ -80,6 +81,18 @@ def test_profile_table_matches_the_design(tmp_path: Path) -> None:
         "refresh-relink": ("data", "new"), "maintenance": ("data", "new"),
         "add-legal-entity": ("data", "new"),
     }
+
+
+def test_every_operations_runbook_has_one_preparation_on_a_known_profile() -> None:
+    assert set(prepare.PREPARATIONS) == set(OPERATIONS)
+    for scenario, prep in prepare.PREPARATIONS.items():
+        assert prep.profile in PROFILES, scenario
+        # A portal play links companies; a setup run sets its own up and then seeds a state.
+        played = prep.history is prepare.History.PORTAL
+        assert bool(prep.linked) == played and (prep.seed is None) == played, scenario
+    # The profiles played at their start are the operations runbooks' own; a setup's is its runbook's.
+    assert {p for p in PROFILES if prepare.played(p)} == {"refresh-relink", "maintenance", "add-legal-entity"}
+    assert prepare.profile("health-check") == "new-data-new" and prepare.profile("new-new") == "new-new"
 
 
 def test_the_operations_profiles_seed_no_names_that_break_an_initial_sync(tmp_path: Path) -> None:
