@@ -162,7 +162,14 @@ def _dump(path: Path) -> dict[str, list[tuple[Any, ...]]]:
         conn.close()
 
 
-def test_seeding_is_deterministic(tmp_path: Path) -> None:
+def test_seeding_is_deterministic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The stamps of the time of seeding (createdon, installedon) are the clock's: held still, so two
+    # seedings that straddle a second compare equal and only the seeded data is compared.
+    from dwlib.sandbox import profiles
+    from dwlib.sandbox import store as store_module
+
+    for module in (store_module, profiles):
+        monkeypatch.setattr(module, "utcnow", lambda: "2026-01-01T00:00:00Z")
     ids = {"tenant_id": "3f2a3c1e-0000-4000-8000-000000000001",
            "client_id": "3f2a3c1e-0000-4000-8000-000000000002",
            "organization_id": "3f2a3c1e-0000-4000-8000-000000000003"}
