@@ -21,9 +21,10 @@ from typing import Any
 
 from dw_helpers import Consultant
 
-from dwlib import execute
+from dwlib import execute, text
 from dwlib.record import RecordError, load_record
 from dwlib.sandbox import control, server
+from dwlib.scenarios import SCENARIOS
 from dwlib.steps.roundtrip import PREFIX
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +56,23 @@ def assert_reconciled(data: dict[str, Any]) -> dict[str, Any]:
     verify = next(s for s in data["steps"] if s["id"] == "verify")
     rows = verify["tables"]["reconciliation"]
     assert rows and all(r["status"] == "PASS" for r in rows), rows
+    return data
+
+
+def assert_in_language(data: dict[str, Any], language: str) -> dict[str, Any]:
+    """The run `data` spoke `language`: its step titles, and its portal instructions each translated
+    (none left in English) while the consultant acted on them; `data`."""
+    sc = SCENARIOS[data["scenario"]]
+    assert data["parameters"]["language"] == language
+    for step in data["steps"]:
+        ref = next(r for r in sc.steps if r.id == step["id"])
+        assert step["title"] == text.step_for(language, ref.id, ref.step).title
+        for gate in step.get("gates") or []:
+            sentences = [gate["title"], *gate["steps"], gate["verify"], *gate["links"]]
+            if language != "en":
+                assert [s for s in gate["en"]["steps"] if text.gate_sentence(language, s) is None] == []
+                assert text.gate_sentence(language, gate["en"]["title"]) == gate["title"]
+            assert all(sentences)
     return data
 
 

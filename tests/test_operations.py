@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from run_helpers import ROOT, assert_passed, run, sandbox_dir
+from run_helpers import ROOT, assert_in_language, assert_passed, run, sandbox_dir
 
 from dwlib.clients.dualwrite import PortalAdmin
 from dwlib.runbook import Runbook
@@ -35,8 +35,10 @@ def _open(scenario: str, connection: dict[str, Any], tmp_path: Path, **overrides
 def test_an_operations_runbook_passes_on_its_sandbox_and_a_rerun_converges(
         scenario: str, start_sandbox: Any, tmp_path: Path) -> None:
     connection = start_sandbox(scenario, rows=ROWS, fresh=True)
-    first = assert_passed(run(scenario, connection, tmp_path / "first"))
-    again = assert_passed(run(scenario, connection, tmp_path / "again"))
+    # In Dutch first (the portal instructions of its gates translated), then again in English.
+    first = assert_in_language(assert_passed(run(scenario, connection, tmp_path / "first", language="nl")),
+                               "nl")
+    again = assert_in_language(assert_passed(run(scenario, connection, tmp_path / "again")), "en")
     assert set(_statuses(first).values()) <= set(OK)
     assert set(_statuses(again).values()) <= set(OK)
     # The second run finds the work done (a maintenance run pauses and resumes again: its job).

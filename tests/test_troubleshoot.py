@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from dw_helpers import Consultant, sandbox_params, session_for
-from run_helpers import run, sandbox_dir, writes
+from run_helpers import assert_in_language, run, sandbox_dir, writes
 
 from dwlib.clients.dualwrite import PortalAdmin
 from dwlib.params import ParamsError, load_params
@@ -56,9 +56,10 @@ def test_findings_are_matched_to_known_errors_and_the_bundle_holds_no_secret(
     connection = troubleshooting
     root = sandbox_dir(connection)
     before = control.table_rows(root)
-    execution = run(SCENARIO, connection, tmp_path / "runs")
+    execution = run(SCENARIO, connection, tmp_path / "runs", language="nl")  # the Dutch runbook
     data = execution.data
     assert data is not None and execution.ok, execution.summary()
+    assert_in_language(data, "nl")
     assert writes(data) == [] and control.table_rows(root) == before  # read-only
     steps = {s["id"]: s for s in data["steps"]}
     assert steps["troubleshoot-debug"]["status"] == StepStatus.ALREADY_DONE  # not asked: left alone
