@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from dw_helpers import Consultant
-from run_helpers import assert_reconciled, dw_run, round_trip_leftovers
+from run_helpers import ELIGIBILITY, assert_reconciled, dw_run, round_trip_leftovers
 
 from dwlib.record import RecordError, load_record
 from dwlib.sandbox import control
@@ -133,7 +133,11 @@ def play(chosen: Round, rows: int, work: Path) -> str:
         assert second.returncode == 0, f"{what}; the second run did not pass:\n{output[-4000:]}"
         (again,) = set(out.glob("*.json")) - {record}
         data = load_record(again)
-        assert data["status"] == "passed", f"{what}; the second run is {data['status']}"
+        # Passed, or done with the warnings the seeded data brings (Dataverse rows dual-write will
+        # not pick up): nothing else may warn.
+        warned = [c["name"] for s in data["steps"] for c in s["checks"] if c["status"] == "warning"]
+        assert data["status"] in ("passed", "warning"), f"{what}; the second run is {data['status']}"
+        assert all(ELIGIBILITY in name for name in warned), f"{what}; the second run warns: {warned}"
         assert_reconciled(data)
         control.admin(connection, "faults", "")  # the checks below read without the runbooks' retries
         doubles = _doubles(connection)
