@@ -198,10 +198,9 @@ class PauseMaps(Step):
 
     def verify(self, ctx: StepContext, finding: Finding) -> StepResult:
         paused, states = in_state(ctx, MapState.PAUSED)
-        maps = list(states)
         checks = [Check(n, StepStatus.PASSED if n in paused else StepStatus.FAILED, str(states[n].state),
                         fix="" if n in paused else "pause it (Pause is available only for Running maps)",
-                        doc=PAUSE_DOC) for n in maps]
+                        doc=PAUSE_DOC) for n in states]
         checks += pause_checks(ctx, paused)
         summary = (f"paused {', '.join(paused)}: their changes queue until resumed (at most one day, 1 GB)"
                    if paused else "no map to pause")
