@@ -168,6 +168,7 @@ SAYS: dict[str, tuple[list[str], list[str]]] = {
     "health-drift": (["checksum", "previous health check", "`health.max_drift_rows`", "`dw review compare`",
                       "exits 1", "It only reads"], ["DWDVEV1003"]),
     "troubleshoot-findings": (["known-error catalogue", "documented fix", "`IsDebugMode`", "error log",
+                               "**Catch-up errors**",
                                "It only reads"], ["support-bundle.zip"]),
     "troubleshoot-debug": (["`troubleshoot.debug_minutes`", "`IsDebugMode`", "switches it off again",
                             "`DualWriteErrorLog`", "`options.confirm_irreversible`"], ["support-bundle.zip"]),

@@ -66,7 +66,11 @@ def test_findings_are_matched_to_known_errors_and_the_bundle_holds_no_secret(
     findings = steps["troubleshoot-findings"]["tables"]["findings"]
     accounts = [f for f in findings if f["map"] == "Customers V3 (accounts)"]
     assert accounts and all(f["known_error"] and f["fix"] for f in accounts), findings
-    assert steps["troubleshoot-findings"]["status"] == "warning"
+    assert steps["troubleshoot-findings"]["status"] == StepStatus.WARNING
+    checks = {c["name"]: c for c in steps["troubleshoot-findings"]["checks"]}
+    # no documented read: the step names where the consultant reads them, and the page
+    assert "Catch-up errors tab" in checks["catch-up errors"]["evidence"]
+    assert checks["catch-up errors"]["doc"].endswith("/errors-and-alerts")
 
     bundle = execution.record.parent / next(f for f in steps["troubleshoot-bundle"]["evidence_files"]
                                             if f.endswith(".zip"))
