@@ -2,8 +2,10 @@
 
 Both work on the JSON form of a result (`StepResult.to_dict()`, as the run record stores it), so
 a result renders the same live in a notebook and later from a record. Tables become pandas
-DataFrames. This module sits at the bottom of the package: it imports nothing of `dwlib` but
-its vocabulary (`dwlib.vocab`).
+DataFrames. Results render in the run's language (its `language` parameter): statuses, column and
+section names come from `dwlib/text/<language>/labels.yaml`. This module sits at the bottom of the
+package: it imports nothing of `dwlib` but its vocabulary (`dwlib.vocab`) and those words
+(`dwlib.text`).
 
 Example:
     >>> print(result_text({"step": "plan", "title": "Plan the initial sync", "status": "passed",
@@ -21,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 
+from dwlib.text import status_word, word
 from dwlib.vocab import RunStatus, StepStatus, Unfinished
 
 # The machine-readable copy of a step result inside a notebook's outputs: with it, the executed
@@ -70,8 +73,8 @@ class TextProgress:
         print(f"{self.label}: {self.done:,}{of}", flush=True)
 
 
-def _label(status: str) -> str:
-    return status.replace("_", " ").upper()
+def _label(status: str, language: str = "en") -> str:
+    return status_word(language, status).upper()
 
 
 def esc(value: Any) -> str:
@@ -122,16 +125,18 @@ def fmt_seconds(seconds: float | None) -> str:
     return f"{s // 3600} h {s % 3600 // 60} min"
 
 
-def _head(r: Mapping[str, Any]) -> str:
+def _head(r: Mapping[str, Any], language: str = "en") -> str:
     calls = len(r.get("calls") or [])
-    timing = f"{seconds_text(r.get('duration_s', 0.0))}, {calls} call{'s' if calls != 1 else ''}"
+    said = word(language, "call" if calls == 1 else "calls")
+    timing = f"{seconds_text(r.get('duration_s', 0.0))}, {calls} {said}"
     return f"{r['step']}: {r.get('title', '')} ({timing})"
 
 
-def _remediation_lines(r: Mapping[str, Any]) -> list[str]:
+def _remediation_lines(r: Mapping[str, Any], language: str = "en") -> list[str]:
     out = []
+    fix = word(language, "fix").capitalize()
     for rem in r.get("remediation") or []:
-        parts = [rem.get("meaning", ""), f"Fix: {rem['fix']}" if rem.get("fix") else "", rem.get("doc", "")]
+        parts = [rem.get("meaning", ""), f"{fix}: {rem['fix']}" if rem.get("fix") else "", rem.get("doc", "")]
         out.append(" ".join(p for p in parts if p))
     return out
 
@@ -171,7 +176,7 @@ def attention(row: Mapping[str, Any]) -> str:
     return ""
 
 
-def styled_table(rows: Sequence[Mapping[str, Any]], limit: int = HTML_ROWS) -> str:
+def styled_table(rows: Sequence[Mapping[str, Any]], limit: int = HTML_ROWS, language: str = "en") -> str:
     """A result table as HTML (pandas Styler): rows needing attention (`attention`) get a background
     and the class `dw-attention dw-<level>`; at most `limit` rows, values escaped.
 
@@ -188,36 +193,50 @@ def styled_table(rows: Sequence[Mapping[str, Any]], limit: int = HTML_ROWS) -> s
                                   if levels[row.name] else ""] * len(row), axis=1)
               .set_td_classes(classes).hide(axis="index")
               .set_table_attributes('class="dataframe dw-table"'))
-    more = f"<p>… {len(rows) - limit} more rows in the run record</p>" if len(rows) > limit else ""
+    more = f"<p>{esc(word(language, 'more', n=len(rows) - limit))}</p>" if len(rows) > limit else ""
     return str(styler.to_html()) + more
 
 
-def result_text(r: Mapping[str, Any]) -> str:
+def language_of(run: Mapping[str, Any] | None) -> str:
+    """The language a run speaks (its `language` parameter; English without one).
+
+    >>> language_of({"parameters": {"language": "nl"}}), language_of(None)
+    ('nl', 'en')
+    """
+    return str(((run or {}).get("parameters") or {}).get("language") or "en")
+
+
+def _rows(n: int, language: str) -> str:
+    return f"{n} {word(language, 'row' if n == 1 else 'rows')}"
+
+
+def result_text(r: Mapping[str, Any], language: str = "en") -> str:
     """The plain-text form of a result: status, summary, checks, tables, next action."""
-    lines = [f"[{_label(r['status'])}] {_head(r)}", f"  {r.get('summary', '')}"]
+    lines = [f"[{_label(r['status'], language)}] {_head(r, language)}", f"  {r.get('summary', '')}"]
     if r.get("error") and r["error"] != r.get("summary"):
-        lines.append(f"  error: {r['error']}")
+        lines.append(f"  {word(language, 'error').lower()}: {r['error']}")
     for c in r.get("checks") or []:
-        fix = f" — fix: {c['fix']}" if c.get("fix") and not StepStatus(c["status"]).done else ""
+        fix = (f" — {word(language, 'fix')}: {c['fix']}"
+               if c.get("fix") and not StepStatus(c["status"]).done else "")
         lines.append(f"  {MARKS.get(c['status'], '?')} {c['name']}: {c['evidence']}{fix}")
     for name, rows in (r.get("tables") or {}).items():
-        lines.append(f"  {name} ({len(rows)} row{'s' if len(rows) != 1 else ''}):")
+        lines.append(f"  {name} ({_rows(len(rows), language)}):")
         if rows:
             shown = frame(rows[:TEXT_ROWS]).to_string(index=False)
             lines += [f"    {line}" for line in shown.splitlines()]
             if len(rows) > TEXT_ROWS:
-                lines.append(f"    … {len(rows) - TEXT_ROWS} more in the run record")
+                lines.append(f"    {word(language, 'more', n=len(rows) - TEXT_ROWS)}")
     if r.get("counts"):
-        lines.append("  counts: " + ", ".join(f"{k}={v:,}" for k, v in r["counts"].items()))
-    lines += [f"  evidence: {f}" for f in r.get("evidence_files") or []]
-    lines += [f"  remediation: {line}" for line in _remediation_lines(r)]
+        counts = ", ".join(f"{k}={v:,}" for k, v in r["counts"].items())
+        lines.append(f"  {word(language, 'counts').lower()}: {counts}")
+    lines += [f"  {word(language, 'evidence')}: {f}" for f in r.get("evidence_files") or []]
+    remedy = word(language, "remediation").lower()
+    lines += [f"  {remedy}: {line}" for line in _remediation_lines(r, language)]
     if r.get("next_action"):
-        lines.append(f"  next: {r['next_action']}")
+        lines.append(f"  {word(language, 'next').lower()}: {r['next_action']}")
     if r.get("doc_url"):
-        lines.append(f"  docs: {r['doc_url']}")
+        lines.append(f"  {word(language, 'docs')}: {r['doc_url']}")
     return "\n".join(lines)
-
-
 
 
 def _link(url: str, text: str | None = None) -> str:
@@ -229,31 +248,35 @@ def _items(title: str, items: Iterable[str]) -> str:
     return f"<p><b>{title}</b></p><ul>{body}</ul>" if body else ""
 
 
-def result_html(r: Mapping[str, Any]) -> str:
+def result_html(r: Mapping[str, Any], language: str = "en") -> str:
     """The HTML form of a result, for Jupyter: badge, summary, checks, tables, next action."""
+    def w(key: str) -> str:
+        return esc(word(language, key))
+
     parts = [f'<div class="dw-step-result" data-status="{esc(r["status"])}">',
-             f"<p>{badge(r['status'], _label(r['status']))} <b>{esc(_head(r))}</b></p>",
+             f"<p>{badge(r['status'], _label(r['status'], language))} <b>{esc(_head(r, language))}</b></p>",
              f"<p>{esc(r.get('summary', ''))}</p>"]
     if r.get("error") and r["error"] != r.get("summary"):
-        parts.append(f"<p><b>Error:</b> <code>{esc(r['error'])}</code></p>")
+        parts.append(f"<p><b>{w('error')}:</b> <code>{esc(r['error'])}</code></p>")
     checks = r.get("checks") or []
     if checks:
         rows = "".join(
-            f"<tr><td>{badge(c['status'], _label(c['status']))}</td><td>{esc(c['name'])}</td>"
+            f"<tr><td>{badge(c['status'], _label(c['status'], language))}</td><td>{esc(c['name'])}</td>"
             f"<td>{esc(c['evidence'])}</td>"
-            f"<td>{esc(c.get('fix', ''))} {_link(c.get('doc', ''), 'docs')}</td></tr>" for c in checks)
-        parts.append("<table><thead><tr><th>status</th><th>check</th><th>evidence</th><th>fix</th></tr>"
-                     f"</thead><tbody>{rows}</tbody></table>")
+            f"<td>{esc(c.get('fix', ''))} {_link(c.get('doc', ''), word(language, 'docs'))}</td></tr>"
+            for c in checks)
+        parts.append(f"<table><thead><tr><th>{w('status')}</th><th>{w('check')}</th><th>{w('evidence')}</th>"
+                     f"<th>{w('fix')}</th></tr></thead><tbody>{rows}</tbody></table>")
     for name, rows in (r.get("tables") or {}).items():
-        parts.append(f"<p><b>{esc(name)}</b> ({len(rows)} rows)</p>")
+        parts.append(f"<p><b>{esc(name)}</b> ({esc(_rows(len(rows), language))})</p>")
         if rows:
-            parts.append(styled_table(rows))
+            parts.append(styled_table(rows, language=language))
     if r.get("counts"):
-        parts.append(_items("Counts", (f"{esc(k)}: {v:,}" for k, v in r["counts"].items())))
-    parts.append(_items("Evidence files", (esc(f) for f in r.get("evidence_files") or [])))
-    parts.append(_items("Remediation", (esc(line) for line in _remediation_lines(r))))
+        parts.append(_items(w("counts"), (f"{esc(k)}: {v:,}" for k, v in r["counts"].items())))
+    parts.append(_items(w("evidence_files"), (esc(f) for f in r.get("evidence_files") or [])))
+    parts.append(_items(w("remediation"), (esc(line) for line in _remediation_lines(r, language))))
     if r.get("next_action"):
-        parts.append(f"<p><b>Next:</b> {esc(r['next_action'])}</p>")
+        parts.append(f"<p><b>{w('next')}:</b> {esc(r['next_action'])}</p>")
     if r.get("doc_url"):
         parts.append(f"<p>Microsoft Learn: {_link(r['doc_url'])}</p>")
     parts.append("</div>")
@@ -261,13 +284,14 @@ def result_html(r: Mapping[str, Any]) -> str:
 
 
 def result_bundle(r: Mapping[str, Any], run: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """A result as a Jupyter MIME bundle: text, HTML and the JSON (with the run's header, i.e. the
-    record without its steps, as it stood when the step ended).
+    """A result as a Jupyter MIME bundle in the run's language: text, HTML and the JSON (with the run's
+    header, i.e. the record without its steps, as it stood when the step ended).
 
     >>> sorted(result_bundle({"step": "plan", "status": "passed"}))
     ['application/vnd.dwlib.step-result+json', 'text/html', 'text/plain']
     """
-    return {"text/plain": result_text(r), "text/html": result_html(r),
+    language = language_of(run)
+    return {"text/plain": result_text(r, language), "text/html": result_html(r, language),
             RESULT_MIME: {"run": dict(run) if run is not None else None, "result": dict(r)}}
 
 

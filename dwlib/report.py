@@ -26,7 +26,7 @@ import pandas as pd
 
 from dwlib.extras import require
 from dwlib.record import load_record, seal
-from dwlib.render import badge, esc, fmt_seconds, result_html, summary_rows
+from dwlib.render import badge, esc, fmt_seconds, language_of, result_html, summary_rows
 from dwlib.review import (
     CSS,
     NOT_RUN,
@@ -40,6 +40,7 @@ from dwlib.review import (
     steps_in_order,
     throttling,
 )
+from dwlib.text import status_word, word
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
@@ -59,15 +60,18 @@ def steps_table_html(record: Mapping[str, Any]) -> str:
     ...     {"id": "a", "step": "a", "status": "passed", "summary": "ok", "duration_s": 1.0}]})
     True
     """
+    language = language_of(record)
     rows = []
     for step_id, result in steps_in_order(record):
         res = result or {}
+        status = res.get("status", NOT_RUN)
         rows.append(f'<tr class="dw-step-row" data-step="{esc(step_id)}"><td>{esc(step_id)}</td>'
-                    f"<td>{badge(res.get('status', NOT_RUN))}</td>"
+                    f"<td>{badge(status, status_word(language, status))}</td>"
                     f"<td>{esc(fmt_seconds(res.get('duration_s')) if result else '')}</td>"
                     f"<td>{len(res.get('calls') or [])}</td><td>{esc(res.get('summary', ''))}</td></tr>")
-    return ("<table><thead><tr><th>step</th><th>status</th><th>time</th><th>calls</th><th>summary</th></tr>"
-            f"</thead><tbody>{''.join(rows)}</tbody></table>")
+    columns = ("step", "status", "time", "calls", "summary")
+    head = "".join(f"<th>{esc(word(language, k))}</th>" for k in columns)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
 def steps_table_text(record: Mapping[str, Any]) -> str:
@@ -75,17 +79,20 @@ def steps_table_text(record: Mapping[str, Any]) -> str:
 
     >>> print(steps_table_text({"steps_planned": ["plan", "verify"], "steps": [
     ...     {"id": "plan", "step": "plan", "status": "passed", "summary": "2 maps", "duration_s": 1.25}]}))
-    step    status        seconds  summary
-    plan    passed            1.2  2 maps
-    verify  not run           0.0
+    step    status          seconds  summary
+    plan    passed              1.2  2 maps
+    verify  not run             0.0
     """
+    language = language_of(record)
     done = {r["step"]: r for r in summary_rows(record.get("steps", []))}
     ids = [step_id for step_id, _ in steps_in_order(record)]
-    width = max(map(len, ids), default=4)
-    lines = [f"{'step':{width}}  {'status':12} {'seconds':>8}  summary"]
+    step, status, seconds, summary = (word(language, k) for k in ("step", "status", "seconds", "summary"))
+    width = max(map(len, [*ids, step]))
+    lines = [f"{step:{width}}  {status:14} {seconds:>8}  {summary}"]
     for step_id in ids:
         r = done.get(step_id, {"status": NOT_RUN, "seconds": 0.0, "summary": ""})
-        lines.append(f"{step_id:{width}}  {r['status']:12} {r['seconds']:8.1f}  {r['summary']}".rstrip())
+        said = status_word(language, r["status"])
+        lines.append(f"{step_id:{width}}  {said:14} {r['seconds']:8.1f}  {r['summary']}".rstrip())
     return "\n".join(lines)
 
 
@@ -126,7 +133,7 @@ def summary_html(run: Run) -> str:
     status = live_status(r)
     steps = steps_table_html(r)
     failed = next((res for _, res in steps_in_order(r) if res and res["id"] == r.get("failed_step")), None)
-    failure = f"<h2>What stopped the run</h2>{result_html(failed)}" if failed else (
+    failure = f"<h2>What stopped the run</h2>{result_html(failed, language_of(r))}" if failed else (
         f"<p><b>Error:</b> {esc(r['error'])}</p>" if r.get("error") else "")
     http = r.get("http") or {}
     evidence = "".join(f"<tr><td>{esc(e['path'])}</td><td>{e['bytes']:,}</td>"
@@ -223,7 +230,8 @@ def report_html(run: Run) -> str:
     ran (or, without a notebook, every step's result from the record)."""
     summary = summary_html(run)
     if run.notebook_path is None:
-        steps = "".join(result_html(res) for _, res in steps_in_order(run.record) if res)
+        language = language_of(run.record)
+        steps = "".join(result_html(res, language) for _, res in steps_in_order(run.record) if res)
         return page(f"Run {run.record['run_id']}", summary + steps)
     body = notebook_html(run.notebook_path)
     opened = body.find("<main>")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import nbformat
 from dw_helpers import Consultant
 
 from dwlib import execute, text
@@ -63,9 +65,34 @@ def assert_reconciled(data: dict[str, Any]) -> dict[str, Any]:
 ELIGIBILITY = "rows dual-write will not pick up"
 
 
-def assert_in_language(data: dict[str, Any], language: str) -> dict[str, Any]:
+def rendered(notebook: Path, css_class: str) -> list[str]:
+    """The HTML outputs of an executed notebook that hold an element of `css_class`."""
+    cells = nbformat.read(notebook, as_version=4).cells
+    return [o["data"]["text/html"] for c in cells if c.cell_type == "code" for o in c.get("outputs", [])
+            if f'class="{css_class}' in o.get("data", {}).get("text/html", "")
+            or f'class="dw {css_class}' in o.get("data", {}).get("text/html", "")]
+
+
+def assert_rendered_in_language(notebook: Path, language: str) -> None:
+    """The executed `notebook` shows its step results and closing summary in `language`: each status
+    badge and each column name as `dwlib/text/<language>/labels.yaml` words them."""
+    results = rendered(notebook, "dw-step-result")
+    assert results, f"no step result in {notebook}"
+    for html in results:
+        status, said = re.search(r'data-status="(\w+)" style="[^"]*">([^<]*)</span>', html).groups()
+        assert said == text.status_word(language, status).upper(), (status, said)
+        if "<thead>" in html:
+            assert all(f"<th>{text.word(language, k)}</th>" in html for k in ("check", "evidence", "fix"))
+    summaries = rendered(notebook, "dw-run-summary")
+    assert summaries and all(f"<th>{text.word(language, 'summary')}</th>" in h for h in summaries)
+
+
+def assert_in_language(data: dict[str, Any], language: str, notebook: Path | None = None) -> dict[str, Any]:
     """The run `data` spoke `language`: its step titles, and its portal instructions each translated
-    (none left in English) while the consultant acted on them; `data`."""
+    (none left in English) while the consultant acted on them, and, given its executed `notebook`, the
+    words of its rendered results (`assert_rendered_in_language`); `data`."""
+    if notebook is not None:
+        assert_rendered_in_language(notebook, language)
     sc = SCENARIOS[data["scenario"]]
     assert data["parameters"]["language"] == language
     for step in data["steps"]:

@@ -36,9 +36,10 @@ def test_an_operations_runbook_passes_on_its_sandbox_and_a_rerun_converges(
         scenario: str, start_sandbox: Any, tmp_path: Path) -> None:
     connection = start_sandbox(scenario, rows=ROWS, fresh=True)
     # In Dutch first (the portal instructions of its gates translated), then again in English.
-    first = assert_in_language(assert_passed(run(scenario, connection, tmp_path / "first", language="nl")),
-                               "nl")
-    again = assert_in_language(assert_passed(run(scenario, connection, tmp_path / "again")), "en")
+    dutch = run(scenario, connection, tmp_path / "first", language="nl")
+    first = assert_in_language(assert_passed(dutch), "nl", dutch.notebook)
+    english = run(scenario, connection, tmp_path / "again")
+    again = assert_in_language(assert_passed(english), "en", english.notebook)
     assert set(_statuses(first).values()) <= set(OK)
     assert set(_statuses(again).values()) <= set(OK)
     # The second run finds the work done (a maintenance run pauses and resumes again: its job).

@@ -44,7 +44,7 @@ def test_each_notebook_sets_up_a_fresh_sandbox_and_reconciles(
     cells = nbformat.read(execution.notebook, as_version=4).cells
     assert f"Microsoft's [{text.title(GUIDE_EN)}]" in cells[0].source if language == "en" else \
         "Dit runbook volgt het scenario" in cells[0].source
-    assert_in_language(data, language)
+    assert_in_language(data, language, execution.notebook)
 
 
 def test_a_finished_runbook_run_again_is_already_done_and_writes_nothing(

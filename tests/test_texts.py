@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 
 from dwlib import notebooks, text
+from dwlib.report import NOT_RUN
 from dwlib.scenarios import SCENARIOS
 from dwlib.steps import STEPS
+from dwlib.vocab import RunStatus, StepStatus, Unfinished
 
 
 def step_texts_needed(language: str) -> set[str]:
@@ -56,6 +58,16 @@ def test_both_languages_have_the_same_files_and_parts() -> None:
         assert set(en.meta.get("parts", {})) == set(nl.meta.get("parts", {})), name
         assert ("learn" in en.meta) == ("learn" in nl.meta), name
     assert set(text.data("en", "pages")) <= set(text.data("nl", "pages"))
+    for part in ("status", "words"):
+        assert set(text.data("en", "labels")[part]) == set(text.data("nl", "labels")[part]), part
+
+
+@pytest.mark.parametrize("language", text.LANGUAGES)
+def test_every_status_has_its_word(language: str) -> None:
+    statuses = {*StepStatus, *RunStatus, *Unfinished, NOT_RUN}
+    assert {text.status_word(language, s) for s in statuses}
+    with pytest.raises(text.TextError, match=r"labels\.yaml"):
+        text.status_word(language, "half_done")
 
 
 def test_the_dutch_texts_use_the_dutch_ui_labels_and_dutch_learn_links() -> None:

@@ -59,7 +59,7 @@ def test_findings_are_matched_to_known_errors_and_the_bundle_holds_no_secret(
     execution = run(SCENARIO, connection, tmp_path / "runs", language="nl")  # the Dutch runbook
     data = execution.data
     assert data is not None and execution.ok, execution.summary()
-    assert_in_language(data, "nl")
+    assert_in_language(data, "nl", execution.notebook)
     assert writes(data) == [] and control.table_rows(root) == before  # read-only
     steps = {s["id"]: s for s in data["steps"]}
     assert steps["troubleshoot-debug"]["status"] == StepStatus.ALREADY_DONE  # not asked: left alone

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from dwlib.errors import DwError
-from dwlib.render import result_bundle, result_text
+from dwlib.render import language_of, result_bundle, result_text
 from dwlib.vocab import StepStatus
 
 if TYPE_CHECKING:
@@ -110,7 +110,7 @@ class StepResult:
 
     def __str__(self) -> str:
         """The text form headless logs show (`dwlib.render.result_text`)."""
-        return result_text(self.to_dict())
+        return result_text(self.to_dict(), language_of(self.run))
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text(str(self))  # IPython's text/plain: the readable form, not the dataclass repr

@@ -151,11 +151,37 @@ def scenario(language: str, scenario_id: str) -> Text:
 
 @cache
 def data(language: str, name: str) -> Mapping[str, Any]:
-    """A YAML file of `<language>/` (`notebook`, `pages`, `gates`) as a mapping."""
+    """A YAML file of `<language>/` (`notebook`, `pages`, `labels`, `gates`) as a mapping."""
     path = _file(language, f"{name}.yaml")
     if not path.is_file():
         raise TextError(f"no text dwlib/text/{language}/{name}.yaml")
     return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+
+def word(language: str, key: str, **values: Any) -> str:
+    """A word of the rendered results, summaries and board in `language` (`labels.yaml`, `words:`),
+    with `{name}` filled from `values`.
+
+    >>> word("nl", "evidence_files"), word("nl", "more", n=3)
+    ('Bewijsbestanden', '… nog 3 rijen in het uitvoeringsrecord')
+    """
+    words = data(language, "labels")["words"]
+    if key not in words:
+        raise TextError(f"no word {key!r} in dwlib/text/{language}/labels.yaml: add it under words:")
+    return str(words[key]).format(**values)
+
+
+def status_word(language: str, status: str) -> str:
+    """A status (`dwlib.vocab`) as `language` names it (`labels.yaml`, `status:`).
+
+    >>> status_word("nl", "already_done"), status_word("en", "already_done")
+    ('al gedaan', 'already done')
+    """
+    statuses = data(language, "labels")["status"]
+    key = status.replace(" ", "_")
+    if key not in statuses:
+        raise TextError(f"no status {key!r} in dwlib/text/{language}/labels.yaml: add it under status:")
+    return str(statuses[key])
 
 
 def learn_url(language: str, key: str) -> str:
