@@ -570,15 +570,17 @@ class BootstrapApply(Step):
 
 
 
-def live_maps(ctx: StepContext, state: BootstrapState) -> list[str]:
-    """The maps over the tables to stamp that are live (they would send each stamped row to F&O)."""
-    _, _, admin = environment(ctx)
-    names = [m.name for m in catalog.table_maps() if m.dataverse_table in state.targets]
+def live_maps(ctx: StepContext) -> list[str]:
+    """The maps over the tables to stamp (`bootstrap.tables`) that are live (they would send each
+    stamped row to F&O)."""
+    params, _, admin = environment(ctx)
+    tables = set(params.bootstrap.tables)
+    names = [m.name for m in catalog.table_maps() if m.dataverse_table in tables]
     return sorted(n for n, s in admin.map_states(names).items() if s.state in LIVE_MAP_STATES)
 
 
 def _refuse_live(ctx: StepContext, state: BootstrapState) -> None:
-    live = live_maps(ctx, state)
+    live = live_maps(ctx)
     if live and state.stamps:
         raise StepError(f"{', '.join(live)} run: each row stamped now would go to F&O at once, one by one, "
                         "before the plan says how the data moves (the bootstrap comes \"before you enable "
@@ -608,14 +610,16 @@ class StopMaps(Step):
 
     def check(self, ctx: StepContext) -> Finding:
         _, _, admin = environment(ctx)
-        state = read_state(ctx)
-        live = live_maps(ctx, state) if state.stamps else []
+        live = live_maps(ctx)
+        # Reading every row without a company is the expensive part: only when a map is live.
+        stamps = len(read_state(ctx).stamps) if live else 0
+        live = live if stamps else []
         states = admin.map_states(live)
         busy = [f"{n} is {states[n].state}" for n in live if states[n].state != MapState.RUNNING]
         if busy:
             raise StepError(f"{'; '.join(busy)}: only Running maps can be stopped. Fix: resume a Paused map "
                             "(catch up) and wait until it runs, then run this step again")
-        return Finding(not live, f"stop {', '.join(live)} before stamping {len(state.stamps)} rows" if live
+        return Finding(not live, f"stop {', '.join(live)} before stamping {stamps} rows" if live
                        else "no live map over the tables to stamp", todo=live)
 
     def act(self, ctx: StepContext, finding: Finding) -> None:

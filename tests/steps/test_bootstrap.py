@@ -231,6 +231,17 @@ def test_live_maps_are_stopped_before_the_bootstrap(linked_sandbox, step_context
     assert StopMaps().execute(step_context(sandbox, params=params)).status == StepStatus.ALREADY_DONE
 
 
+def test_stop_maps_reads_no_rows_while_no_map_is_live(linked_sandbox, step_context) -> None:
+    # Reading every row without a company costs minutes at a million rows: only a live map needs it.
+    sandbox = linked_sandbox("existing-existing", rows=40)
+    ctx = step_context(sandbox, params={"bootstrap": {"mapping": {**MAPPING, "Contoso": "USMF"}}})
+    result = StopMaps().execute(ctx)
+    assert result.status == StepStatus.ALREADY_DONE, result.summary
+    assert result.summary == "no live map over the tables to stamp"
+    read = [e.url for e in ctx.session.journal.entries() if "/accounts" in e.url or "/contacts" in e.url]
+    assert read == []
+
+
 def _simulate(sandbox: dict[str, Any], step_context: Any, **bootstrap: Any) -> list[dict[str, str]]:
     mapping = {**MAPPING, "Contoso": "USMF"}
     ctx = step_context(sandbox, params={"bootstrap": {"mapping": mapping, **bootstrap}})
