@@ -27,7 +27,7 @@ from dwlib import execute, text
 from dwlib.record import RecordError, load_record
 from dwlib.sandbox import control, server
 from dwlib.scenarios import SCENARIOS
-from dwlib.steps.roundtrip import PREFIX
+from dwlib.steps.support.roundtrip import PREFIX
 
 ROOT = Path(__file__).resolve().parents[1]
 # A call that changes something: any write method, and POSTs other than sign-in and DMF reads.

@@ -10,7 +10,6 @@ Example:
 """
 
 from .auth import BearerAuth, TokenProvider, default_cache_path, scope_for
-from .batch import Batch, ChangeSet, PartResponse
 from .bulk import BulkResult, ChunkFailure
 from .dataverse import DataverseClient
 from .dmf import DmfClient
@@ -28,6 +27,7 @@ from .errors import (
 )
 from .finops import FinOpsClient
 from .http import SAFE, HttpConfig, Journal, JournalEntry, make_client
+from .odata_batch import Batch, ChangeSet, PartResponse
 from .pacing import Pacer
 from .session import Session, connect
 

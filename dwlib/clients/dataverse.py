@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import httpx
 
-from .batch import Batch
 from .bulk import BulkResult, Progress, run_chunks
 from .errors import ClientError, HttpError, ResponseError
 from .odata import Key, ODataService, key_segment, literal
+from .odata_batch import Batch
 from .pacing import Pacer
 
 if TYPE_CHECKING:
@@ -233,7 +233,7 @@ class DataverseClient(ODataService):
         self.send("PATCH", f"{entity_set}{key_segment(key)}", json=row, safe=True)
 
     def batch(self) -> Batch:
-        """A `$batch` builder for this environment (see `dwlib.clients.batch`)."""
+        """A `$batch` builder for this environment (see `dwlib.clients.odata_batch`)."""
         return Batch(self)
 
     # --- bulk messages -----------------------------------------------------------------------------

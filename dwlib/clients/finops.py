@@ -19,10 +19,10 @@ from typing import Any
 
 import httpx
 
-from .batch import Batch, ChangeSet, Part, PartResponse
 from .errors import ClientError, NotFoundError, ThrottledError
 from .http import HttpConfig, RetryBudget
 from .odata import Key, ODataService, key_segment, literal
+from .odata_batch import Batch, ChangeSet, Part, PartResponse
 from .once import send_once
 
 Row = dict[str, Any]
@@ -174,7 +174,7 @@ class FinOpsClient(ODataService):
         return value
 
     def batch(self) -> Batch:
-        """A `$batch` builder for this environment (see `dwlib.clients.batch`)."""
+        """A `$batch` builder for this environment (see `dwlib.clients.odata_batch`)."""
         return Batch(self)
 
     def execute(self, batch: Batch) -> list[PartResponse]:

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from . import batch, platform
+from . import odata_batch, platform
 from .context import AuthError, Sandbox
 from .dataverse_annotations import PREFERENCE as ANNOTATIONS_PREFERENCE
 from .dataverse_annotations import Annotator, requested
@@ -98,9 +98,9 @@ def routes(sbx: Sandbox) -> list[BaseRoute]:
     app = Starlette(routes=[Mount("/dataverse", routes=routes(sbx))])
     """
     svc = _Dataverse(sbx)
-    return batch.service_routes(API, svc.handle, root_url=svc.root, check=svc.caller,
-                                render=error_response, transaction=sbx.store.transaction,
-                                unreadable=unreadable_stream)
+    return odata_batch.service_routes(API, svc.handle, root_url=svc.root, check=svc.caller,
+                                      render=error_response, transaction=sbx.store.transaction,
+                                      unreadable=unreadable_stream)
 
 
 def unreadable_stream(entity_set: str) -> ODataError:

@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from . import batch, fo_rules
+from . import fo_rules, odata_batch
 from .context import AuthError, Sandbox
 from .dmf import DmfError
 from .fo_rules import COMPANY, SYSTEM_COMPANY
@@ -94,9 +94,9 @@ def routes(sbx: Sandbox) -> list[BaseRoute]:
     """
     sbx.store.conn.create_function(_ETAG_FUNC, -1, _etag, deterministic=True)
     svc = _FinOps(sbx)
-    return batch.service_routes(DATA, svc.handle, root_url=svc.root, check=svc.authenticate,
-                                render=error_response, transaction=sbx.store.transaction,
-                                failure_status=False, failed_change_set_wrapped=True)
+    return odata_batch.service_routes(DATA, svc.handle, root_url=svc.root, check=svc.authenticate,
+                                      render=error_response, transaction=sbx.store.transaction,
+                                      failure_status=False, failed_change_set_wrapped=True)
 
 
 class _FinOps:

@@ -61,9 +61,9 @@ from dwlib.clients.errors import ClientError
 from dwlib.vocab import LIVE_MAP_STATES, MapState, StepStatus
 
 from .base import Check, Finding, Step, StepContext, StepError, StepResult, environment, register, worst
-from .bulkwrite import AppendCsv, isolate, progress_of
-from .dvmeta import Lookup, TableInfo, Tables
 from .link import companies
+from .support.bulkwrite import AppendCsv, isolate, progress_of
+from .support.dvmeta import Lookup, TableInfo, Tables
 
 if TYPE_CHECKING:
     from dwlib.clients.dataverse import DataverseClient

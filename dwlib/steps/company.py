@@ -55,7 +55,7 @@ from .link import (
     scope,
 )
 from .plan import effective_limits, initial_write_problems
-from .reconcile import reconcile
+from .support.reconcile import reconcile
 from .tablemaps import PlannedMap, enable
 
 if TYPE_CHECKING:

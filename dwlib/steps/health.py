@@ -33,10 +33,10 @@ from dwlib.catalog.errors import DOCS_ROOT
 from dwlib.vocab import MapState, StepStatus
 
 from .base import Check, Finding, Step, StepContext, StepResult, environment, register, worst
-from .dvmeta import Tables
 from .link import company_checks, connection_check, finops_legal_entities
-from .reconcile import Reconciliation, Values, reconcile
-from .rowmap import Lookups
+from .support.dvmeta import Tables
+from .support.reconcile import Reconciliation, Values, reconcile
+from .support.rowmap import Lookups
 from .verify import COLUMNS
 
 if TYPE_CHECKING:

@@ -43,7 +43,7 @@ from dwlib.vocab import SETTLING_MAP_STATES, MapState, StepStatus
 from .base import Check, Finding, Step, StepContext, StepError, StepResult, environment, register, worst
 from .link import scope
 from .plan import effective_limits, volume_problems
-from .reconcile import Reconciliation, reconcile
+from .support.reconcile import Reconciliation, reconcile
 from .tablemaps import (
     RERUN_POLICY,
     PlannedMap,

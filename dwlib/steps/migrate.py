@@ -55,12 +55,12 @@ from dwlib.clients.errors import ClientError, DmfError
 from dwlib.vocab import MapState, StepStatus
 
 from .base import Check, Finding, Step, StepContext, StepError, StepResult, environment, register, worst
-from .bulkwrite import AppendCsv, isolate, progress_of
-from .dmf_package import FormatLocale, Package, format_locale, read_package
-from .dvmeta import Tables
 from .plan import PlanRow, plan_companies, plan_of
-from .reconcile import GLOBAL, Reconciliation, company_clause, company_ids, reconcile
-from .rowmap import Lookups, RowMap
+from .support.bulkwrite import AppendCsv, isolate, progress_of
+from .support.dmf_package import FormatLocale, Package, format_locale, read_package
+from .support.dvmeta import Tables
+from .support.reconcile import GLOBAL, Reconciliation, company_clause, company_ids, reconcile
+from .support.rowmap import Lookups, RowMap
 
 if TYPE_CHECKING:
     from dwlib.clients.dualwrite import DualWriteAdmin

@@ -54,11 +54,11 @@ from dwlib.catalog.errors import DOCS_ROOT
 from dwlib.scenarios import scenario
 from dwlib.vocab import LIVE_MAP_STATES, StepStatus
 
-from . import eligibility
 from .base import Check, Finding, Step, StepContext, StepError, StepResult, environment, register
-from .dvmeta import Tables
 from .link import scope
-from .reconcile import COMPANY_LOOKUP, company_ids, count
+from .support import eligibility
+from .support.dvmeta import Tables
+from .support.reconcile import COMPANY_LOOKUP, company_ids, count
 
 if TYPE_CHECKING:
     from dwlib.clients.dualwrite import DualWriteAdmin

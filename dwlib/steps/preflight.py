@@ -47,7 +47,6 @@ from dwlib.scenarios import scenario
 from dwlib.vocab import StepStatus
 
 from .base import Check, Finding, Step, StepContext, StepError, StepResult, environment, register, worst
-from .dmf_package import source_formats
 from .link import (
     LINK_CHECK,
     PP_DOC,
@@ -62,6 +61,7 @@ from .link import (
     scope,
     solution_versions,
 )
+from .support.dmf_package import source_formats
 
 if TYPE_CHECKING:
     from dwlib.clients.dualwrite import DualWriteAdmin

@@ -15,7 +15,7 @@ and a status per row; `verify-missing-keys.csv` lists every missing key,
 company, no key, outside the map's filter: `eligibility`) are counted per table, company and reason
 and listed in `verify-ineligible-rows.csv`; they make the step a WARNING with the fix.
 
-The live round trip (`dwlib.steps.roundtrip`) then creates a customer in F&O, waits for it in
+The live round trip (`dwlib.steps.support.roundtrip`) then creates a customer in F&O, waits for it in
 Dataverse, changes it there, waits for the change in F&O, and deletes it on both sides. Those are
 writes into the environments: against real ones (no `sandbox:`) the step waits for the run's
 confirmation first, as irreversible steps do (`Step.confirmation`); a dry run never makes it. It runs
@@ -45,14 +45,14 @@ from typing import TYPE_CHECKING, Any
 from dwlib.catalog.errors import DOCS_ROOT
 from dwlib.vocab import MapState, StepStatus
 
-from . import eligibility
 from .base import Check, Finding, Step, StepContext, StepError, StepResult, environment, register, worst
-from .dvmeta import Tables
 from .initialsync import sync_companies
 from .link import scope
-from .reconcile import Reconciliation, Values, company_ids, reconcile
-from .roundtrip import ACCOUNTS, PREFIX, Leftover, RoundTrip, clean_up_leftover, leftovers, round_trip
-from .rowmap import Lookups
+from .support import eligibility
+from .support.dvmeta import Tables
+from .support.reconcile import Reconciliation, Values, company_ids, reconcile
+from .support.roundtrip import ACCOUNTS, PREFIX, Leftover, RoundTrip, clean_up_leftover, leftovers, round_trip
+from .support.rowmap import Lookups
 from .tablemaps import planned_maps
 
 if TYPE_CHECKING:

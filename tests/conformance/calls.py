@@ -17,10 +17,10 @@ from typing import Any
 from corpus import Fixture
 
 from dwlib.clients import PartResponse, TokenProvider
-from dwlib.clients.batch import Batch
 from dwlib.clients.finops import FinOpsClient
 from dwlib.clients.http import RetryBudget
 from dwlib.clients.odata import ODataService
+from dwlib.clients.odata_batch import Batch
 
 
 def normalize(value: Any, take: int | None = None) -> Any:

@@ -11,7 +11,7 @@ import pytest
 from dw_helpers import Consultant, session_for
 
 from dwlib import catalog
-from dwlib.steps.bulkwrite import isolate
+from dwlib.steps.support.bulkwrite import isolate
 
 ACCOUNTS, CONTACTS = "customers-v3-accounts", "customers-v3-contacts"
 

@@ -16,9 +16,9 @@ from sync_helpers import CUSTOMER_MAPS, LE, run_maps, state
 from dwlib import catalog
 from dwlib.catalog.locales import LOCALE_DOC
 from dwlib.steps.base import StepError, StepStatus
-from dwlib.steps.dmf_package import read_package
 from dwlib.steps.migrate import MIGRATE_CSV, Migrate
 from dwlib.steps.plan import PlanStep
+from dwlib.steps.support.dmf_package import read_package
 from dwlib.steps.tablemaps import TableMaps
 
 ACCOUNTS, CONTACTS = "Customers V3 (accounts)", "Customers V3 (contacts)"

@@ -33,7 +33,7 @@ from dwlib.steps.plan import (
     decide,
     scenario_states,
 )
-from dwlib.steps.reconcile import count, reconcile
+from dwlib.steps.support.reconcile import count, reconcile
 
 MIGRATE = (MIGRATE_OUTSIDE, ACTIVATE_SKIP)
 NEW_EXISTING = (CREATE_FO_COMPANY, BOOTSTRAP_DV)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from dwlib import catalog
-from dwlib.steps.dvmeta import Lookup, TableInfo
-from dwlib.steps.rowmap import Lookups, RowMap
+from dwlib.steps.support.dvmeta import Lookup, TableInfo
+from dwlib.steps.support.rowmap import Lookups, RowMap
 
 
 class _Tables:

@@ -12,7 +12,7 @@ from sync_helpers import ACCOUNTS, CUR, CUSTOMER_MAPS, GROUPS, LE, TERMS, organi
 
 from dwlib import catalog
 from dwlib.steps import STEPS, StepStatus
-from dwlib.steps.roundtrip import PREFIX, TEMPORARY_GROUP
+from dwlib.steps.support.roundtrip import PREFIX, TEMPORARY_GROUP
 
 FAST = {"verify.poll_s": 0.05, "verify.timeout_s": 10}
 WRITES = ("POST", "PATCH", "PUT", "DELETE")

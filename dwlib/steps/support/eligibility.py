@@ -32,7 +32,7 @@ from dwlib import catalog
 from dwlib.catalog.errors import DOCS_ROOT
 from dwlib.vocab import StepStatus
 
-from .base import Check, StepContext
+from ..base import Check, StepContext
 from .dvmeta import Tables
 from .reconcile import COMPANY_LOOKUP, GLOBAL, company_ids
 

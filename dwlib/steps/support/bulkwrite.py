@@ -25,7 +25,7 @@ from typing import Any, TextIO, TypeVar
 from dwlib.clients.bulk import BulkResult
 from dwlib.clients.errors import ClientError, HttpError
 
-from .base import Progress
+from ..base import Progress
 
 T = TypeVar("T")
 

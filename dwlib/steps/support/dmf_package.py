@@ -39,7 +39,7 @@ from dwlib.catalog.locales import LOCALE_DOC, LOCALE_FIX, Locale, LocaleError, l
 from dwlib.clients.errors import ClientError
 from dwlib.clients.odata import literal
 
-from .base import StepError
+from ..base import StepError
 
 if TYPE_CHECKING:
     from dwlib.clients.finops import FinOpsClient

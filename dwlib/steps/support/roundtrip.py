@@ -35,7 +35,7 @@ from dwlib import catalog
 from dwlib.clients.errors import ClientError, NotFoundError
 from dwlib.vocab import StepStatus
 
-from .base import Check
+from ..base import Check
 from .reconcile import COMPANY_LOOKUP, company_clause
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from dwlib.clients.odata import literal
 
-from .base import StepError
+from ..base import StepError
 
 if TYPE_CHECKING:
     from dwlib.clients.dataverse import DataverseClient

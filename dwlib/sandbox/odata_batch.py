@@ -118,7 +118,7 @@ class _ChangeSetFailed(Exception):
 def route(path: str, svc: BatchService) -> Route:
     """The `$batch` route of a service, mounted at `path` (e.g. `/api/data/v9.2/$batch`).
 
-    in a route module: routes.append(batch.route(f"{API}/$batch", service))
+    in a route module: routes.append(odata_batch.route(f"{API}/$batch", service))
     """
 
     async def endpoint(request: Request) -> Response:
@@ -177,8 +177,8 @@ def service_routes(
     """A service's routes under `path`: its root and everything below it go to `handle`, and
     `path/$batch` dispatches its parts into those same routes (arguments as for `BatchService`).
 
-    return batch.service_routes(API, svc.handle, root_url=svc.root, check=svc.caller,
-                                render=error_response, transaction=sbx.store.transaction)
+    return odata_batch.service_routes(API, svc.handle, root_url=svc.root, check=svc.caller,
+                                      render=error_response, transaction=sbx.store.transaction)
     """
     inner = Router(routes=[
         Route(path, handle, methods=["GET"]),
