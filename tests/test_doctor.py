@@ -15,7 +15,7 @@ from dw_helpers import Consultant, leaks, session_for
 
 from dwlib import doctor
 from dwlib.clients import DmfError
-from dwlib.sandbox import dmf
+from dwlib.sandbox import dmf_package
 
 ROOT = Path(__file__).resolve().parents[1]
 DW = str(Path(sys.executable).with_name("dw"))
@@ -24,10 +24,10 @@ SECRET_VAR = "DW_DOCTOR_SECRET"
 
 def _failed_import(connection: dict[str, Any], tmp_path: Path) -> str:
     """A DMF import with a row F&O refuses: a job with errors to read."""
-    customers = dmf.DMF_ENTITIES["CustomersV3"]
+    customers = dmf_package.DMF_ENTITIES["CustomersV3"]
     row = {"CustomerAccount": "US-DOC1", "PartyType": "Organization", "CustomerGroupId": "ZZ"}
     package = tmp_path / "bad.zip"
-    for _ in dmf.write_package(package, "CustomersV3-Import", [(customers, iter([[row.get(c) for c in
+    for _ in dmf_package.write_package(package, "CustomersV3-Import", [(customers, iter([[row.get(c) for c in
                                                                                   customers.columns]]))]):
         pass
     with session_for(connection) as s:

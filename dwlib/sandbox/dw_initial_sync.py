@@ -30,7 +30,7 @@ from typing import Any
 from dwlib import catalog
 from dwlib.catalog.locales import Locale, locale
 
-from .dmf import outcome
+from .dmf_jobs import outcome
 from .dw_limits import RuntimeLimits, elapsed_ms
 from .dw_mapping import COMPANY, Company, MapBinding, Rejected, Resolver, binding, companies
 from .schema import Entity
@@ -138,7 +138,7 @@ class JobLog:
         return self.record["status"] == "Completed"
 
     def dmf_job(self) -> dict[str, Any]:
-        """The finished job as F&O's DMF job history keeps it (`dmf.job.<id>`, see dmf.py): the
+        """The finished job as F&O's DMF job history keeps it (`dmf.job.<id>`, see dmf_jobs.py): the
         initial sync runs as DMF packages, and its FinOps job name is the execution id."""
         job = self.record
         legs = [leg for le in job["legalEntities"] for leg in le["legs"].values()]

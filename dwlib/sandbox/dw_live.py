@@ -33,7 +33,7 @@ from .odata import ODataError, WriteEvent
 from .store import utcnow
 
 if TYPE_CHECKING:
-    from .dualwrite import DualWrite
+    from .dw_runtime import RuntimeBase
 
 LIVE_STATES = ("Running", "Paused", "Resuming")
 ISV_ABORTED = "0x80040265"  # Dataverse: "ISV code aborted the operation" (plug-in failure)
@@ -101,7 +101,7 @@ def _in_scope(
 
 
 def apply_change(
-    rt: DualWrite,
+    rt: RuntimeBase,
     b: MapBinding,
     origin: str,
     op: str,
@@ -156,7 +156,7 @@ def _reject(b: MapBinding, origin: str, exc: Rejected) -> ODataError:
 
 
 def _enqueue(
-    rt: DualWrite, m: catalog.TableMap, rec: dict[str, Any], origin: str, op: str, row: dict[str, Any]
+    rt: RuntimeBase, m: catalog.TableMap, rec: dict[str, Any], origin: str, op: str, row: dict[str, Any]
 ) -> None:
     lim = rt.limits()
     payload = json.dumps(row, default=str)
@@ -182,7 +182,7 @@ def _enqueue(
     )
 
 
-def on_write(rt: DualWrite, event: WriteEvent) -> None:
+def on_write(rt: RuntimeBase, event: WriteEvent) -> None:
     """The write hook: sync (or queue) every row of `event` for each map that covers its table."""
     origin = event.entity.service
     maps = _maps_for(origin, event.entity.name)
@@ -235,7 +235,7 @@ def _payload_bytes(b: MapBinding, rows: list[dict[str, Any]]) -> int:
     return len(json.dumps([{c: r.get(c) for c in columns} for r in rows], default=str).encode())
 
 
-def queued(rt: DualWrite, name: str, limit: int = 100, offset: int = 0) -> dict[str, Any]:
+def queued(rt: RuntimeBase, name: str, limit: int = 100, offset: int = 0) -> dict[str, Any]:
     """The Queued records tab: total count and a page of records in queue order."""
     m = catalog.table_map(name)
     (total,) = rt.store.query("SELECT COUNT(*) FROM dw_queue WHERE map_id = ?", [m.id])[0]
@@ -251,22 +251,22 @@ def queued(rt: DualWrite, name: str, limit: int = 100, offset: int = 0) -> dict[
     }
 
 
-def _catch_up_errors(rt: DualWrite, m: catalog.TableMap) -> list[dict[str, Any]]:
+def _catch_up_errors(rt: RuntimeBase, m: catalog.TableMap) -> list[dict[str, Any]]:
     return rt.store.kv_get(f"dw.catchup.{m.id}", [])
 
 
-def catch_up_errors(rt: DualWrite, name: str) -> list[dict[str, Any]]:
+def catch_up_errors(rt: RuntimeBase, name: str) -> list[dict[str, Any]]:
     """The Catch-up errors tab of a map."""
     return _catch_up_errors(rt, catalog.table_map(name))
 
 
-def _record_error(rt: DualWrite, m: catalog.TableMap, entry: dict[str, Any], message: str) -> None:
+def _record_error(rt: RuntimeBase, m: catalog.TableMap, entry: dict[str, Any], message: str) -> None:
     errors = _catch_up_errors(rt, m)
     errors.append({**entry, "error": message, "time": utcnow()})
     rt.store.kv_set(f"dw.catchup.{m.id}", errors)
 
 
-def drop_queue(rt: DualWrite, name: str, *, keep_as_errors: bool) -> int:
+def drop_queue(rt: RuntimeBase, name: str, *, keep_as_errors: bool) -> int:
     """Empty a map's queue (skip to live sync), keeping the records as catch-up errors if asked."""
     m = catalog.table_map(name)
     rows = rt.store.query("SELECT seq, origin, op, row FROM dw_queue WHERE map_id = ? ORDER BY seq", [m.id])
@@ -282,7 +282,7 @@ def drop_queue(rt: DualWrite, name: str, *, keep_as_errors: bool) -> int:
     return len(rows)
 
 
-async def catch_up(rt: DualWrite, name: str) -> None:
+async def catch_up(rt: RuntimeBase, name: str) -> None:
     """Apply the queued changes of a Resuming map in order, then set it Running.
 
     Writes arriving meanwhile keep queueing behind; a record the other side rejects becomes a
@@ -312,7 +312,7 @@ async def catch_up(rt: DualWrite, name: str) -> None:
         await asyncio.sleep(0)
 
 
-def retry_catch_up_errors(rt: DualWrite, name: str) -> dict[str, Any]:
+def retry_catch_up_errors(rt: RuntimeBase, name: str) -> dict[str, Any]:
     """Retry All on the Catch-up errors tab: apply each again; what still fails stays."""
     m = catalog.table_map(name)
     b = binding(rt.effective_map(name))

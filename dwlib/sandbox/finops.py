@@ -5,7 +5,7 @@ DualWriteProjectConfigurations) with composite keys including `dataAreaId`, comp
 caller's default company unless `cross-company=true`), lower-case `dataAreaId` values, pages of
 at most 10,000 rows, `$skip`, `@odata.etag`, 201 on create and 204 on update/delete, Infolog-style
 write errors in the `innererror` shape (api-surface §3), `$batch`, and the DMF package actions
-under `DataManagementDefinitionGroups`, which are handed to `sbx.extras["dmf"]` (see `dmf.py`).
+under `DataManagementDefinitionGroups`, which are handed to `sbx.extras["dmf"]` (see `dmf_jobs.py`).
 
 Example:
     server.py: Mount("/finops", routes=finops.routes(sbx))
@@ -29,7 +29,7 @@ from starlette.routing import BaseRoute
 
 from . import fo_rules, odata_batch
 from .context import AuthError, Sandbox
-from .dmf import DmfError
+from .dmf_package import DmfError
 from .fo_rules import COMPANY, SYSTEM_COMPANY
 from .limits import FINOPS_THROTTLED, PART_THROTTLE, THROTTLING_KIND
 from .odata import (

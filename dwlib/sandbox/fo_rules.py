@@ -1,7 +1,7 @@
 """F&O table validation: mandatory fields, allowed values and table relations, as Infolog lines.
 
 One set of rules for every path that writes F&O rows: OData writes (`finops.py`), DMF package
-imports (`dmf.py`) and the dual-write runtime's writes into F&O (`dw_mapping.py`, used by live
+imports (`dmf_import.py`) and the dual-write runtime's writes into F&O (`dw_mapping.py`, used by live
 sync and initial sync). `problems` lists what F&O would refuse about a row; `validate` raises
 it as F&O's OData write error ("Write failed for table row of type '…'. Infolog: …").
 

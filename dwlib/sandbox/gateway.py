@@ -53,8 +53,9 @@ from dwlib import catalog
 
 from . import dw_records
 from .context import AuthError, Sandbox
-from .dualwrite import DualWrite, DualWriteError, RunChoice, runtime_of
+from .dualwrite import DualWrite, runtime_of
 from .dw_records import STATUS_CODES
+from .dw_runtime import DualWriteError, RunChoice
 from .identity import INTEGRATOR_APP
 
 PREFIX = "/api/DualWriteManagement/1.0"

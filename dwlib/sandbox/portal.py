@@ -49,7 +49,8 @@ from dwlib import catalog
 
 from . import dw_live
 from .context import Sandbox
-from .dualwrite import DualWrite, DualWriteError, runtime_of
+from .dualwrite import DualWrite, runtime_of
+from .dw_runtime import DualWriteError
 
 ADMIN_HEADER = "X-Sandbox-Admin"
 Handler = Callable[[DualWrite, Request, dict[str, Any]], Any]

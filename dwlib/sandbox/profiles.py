@@ -41,7 +41,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from .. import catalog
-from . import dmf, security
+from . import dmf_jobs, security
 from .identity import app_principal, consultant
 from .schema import ENTITIES
 from .state import PROFILES, Settings
@@ -205,7 +205,7 @@ def seed(
     """Fill an empty store with the rows of `settings.profile`; returns rows seeded per table.
 
     `progress(table, rows)` is called after each table's load (logging, benchmarks).
-    Runs in one transaction. Also seeds the DMF data projects (`dmf.seed_definition_groups`)
+    Runs in one transaction. Also seeds the DMF data projects (`dmf_jobs.seed_definition_groups`)
     and records that Power Platform integration is not set up (`kv pp_link = None`).
 
     >>> import tempfile, pathlib
@@ -228,7 +228,7 @@ def seed(
         _seed_finops(store, rng, settings.rows, spec, tally, settings.dmf_locale)
         if spec.dataverse == "existing" and spec.finops == "data":
             _share_customers(store)
-        tally.add("dmf_definition_groups", dmf.seed_definition_groups(store))
+        tally.add("dmf_definition_groups", dmf_jobs.seed_definition_groups(store))
         store.kv_set("pp_link", None)
     return tally.counts
 

@@ -23,7 +23,7 @@ from corpus import Fixture
 from dwlib.clients import DataverseClient, DmfClient, FinOpsClient, TokenProvider
 from dwlib.clients.auth import MsalHttp, TokenCacheFile
 from dwlib.clients.dualwrite import GatewayAdmin
-from dwlib.sandbox import dmf
+from dwlib.sandbox import dmf_jobs
 from dwlib.sandbox.context import Sandbox
 from dwlib.sandbox.dualwrite import runtime_of
 from dwlib.sandbox.identity import INTEGRATOR_APP, EntraIdentity, app_principal, consultant
@@ -85,7 +85,7 @@ def _issue(sbx: Sandbox, audience: str, *, user: bool = False) -> str:
 def _dmf_values(sbx: Sandbox) -> dict[str, str]:
     # The sandbox's own signed URL: ImportFromPackage refuses a package URL it did not sign.
     return {"[Finance and Operations URI]": sbx.finops_url,
-            "[Package URL]": dmf.service_of(sbx).blobs.url("customers-import.zip", "rw")}
+            "[Package URL]": dmf_jobs.service_of(sbx).blobs.url("customers-import.zip", "rw")}
 
 
 # The gateway samples' maps: one run with its initial sync (it has executions and a request), two

@@ -21,7 +21,7 @@ from dw_helpers import (
 
 from dwlib import catalog
 from dwlib.clients.dualwrite import DualWriteAdminError, Instruction, PortalAdmin
-from dwlib.sandbox.dualwrite import EDIT_REFUSED, DualWriteError
+from dwlib.sandbox.dw_runtime import EDIT_REFUSED, DualWriteError
 from dwlib.sandbox.schema import ENTITIES
 
 ACCOUNTS = "Customers V3 (accounts)"

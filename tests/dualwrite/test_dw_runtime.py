@@ -8,8 +8,9 @@ import pytest
 from dw_helpers import COMPANIES_MAP, MakeRuntime, run_async, run_maps
 
 from dwlib import catalog
-from dwlib.sandbox.dualwrite import EDIT_REFUSED, DualWrite, DualWriteError
+from dwlib.sandbox.dualwrite import DualWrite
 from dwlib.sandbox.dw_records import FINOPS_STATUS, STATUS_CODES
+from dwlib.sandbox.dw_runtime import EDIT_REFUSED, DualWriteError
 from dwlib.sandbox.schema import ENTITIES
 
 ACCOUNTS = "Customers V3 (accounts)"

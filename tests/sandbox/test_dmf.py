@@ -18,13 +18,13 @@ import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 
-from dwlib.sandbox import control, dmf, profiles
+from dwlib.sandbox import control, dmf, dmf_blobs, dmf_jobs, dmf_package, profiles
 from dwlib.sandbox.context import AuthError, Principal, Sandbox
 from dwlib.sandbox.schema import ENTITIES
 from dwlib.sandbox.state import Paths, Settings, write_private
 from dwlib.sandbox.store import Store
 
-CUSTOMERS = dmf.DMF_ENTITIES["CustomersV3"]
+CUSTOMERS = dmf_package.DMF_ENTITIES["CustomersV3"]
 ACTION = "/data/DataManagementDefinitionGroups/Microsoft.Dynamics.DataEntities."
 
 
@@ -50,13 +50,13 @@ def _customer(**values: Any) -> list[Any]:
 
 
 def _package(path: Path, rows: list[list[Any]], group: str = "CustomersV3-Import") -> Path:
-    for _ in dmf.write_package(path, group, [(CUSTOMERS, iter(rows))]):
+    for _ in dmf_package.write_package(path, group, [(CUSTOMERS, iter(rows))]):
         pass
     return path
 
 
-def _call(svc: dmf.DmfService, action: str, body: dict[str, Any]) -> Any:
-    return svc.call(dmf.ACTION_PREFIX + action, body)
+def _call(svc: dmf_jobs.DmfService, action: str, body: dict[str, Any]) -> Any:
+    return svc.call(dmf_jobs.ACTION_PREFIX + action, body)
 
 
 def _nested(result: dict[str, Any]) -> Any:
@@ -65,7 +65,7 @@ def _nested(result: dict[str, Any]) -> Any:
     return result["value"]["value"]
 
 
-async def _finish(svc: dmf.DmfService, execution_id: str, timeout: float = 20.0) -> str:
+async def _finish(svc: dmf_jobs.DmfService, execution_id: str, timeout: float = 20.0) -> str:
     deadline = time.monotonic() + timeout
     while (status := _call(svc, "GetExecutionSummaryStatus", {"executionId": execution_id})["value"]) \
             not in ("Succeeded", "PartiallySucceeded", "Failed", "Canceled"):
@@ -86,7 +86,7 @@ def test_package_round_trip_is_csv_unicode(tmp_path: Path) -> None:
     raw = zf.read("Customers V3.csv")
     assert raw.startswith(b"\xff\xfe") and raw.decode("utf-16").startswith("CUSTOMERACCOUNT,PARTYTYPE,")
     assert "\r\n" in raw.decode("utf-16") and "DATAAREAID" not in raw.decode("utf-16")
-    group, entities = dmf.read_package(data)
+    group, entities = dmf_package.read_package(data)
     (pe,) = entities
     assert group == "CustomersV3-Import" and pe.dmf is CUSTOMERS
     values = dict(zip(pe.fields.values(), pe.rows[0], strict=True))
@@ -102,7 +102,7 @@ def _zip(files: dict[str, bytes]) -> bytes:
 
 
 def _manifest(entity: str) -> bytes:
-    return dmf.manifest_xml("G", [CUSTOMERS], "Import").replace("Customers V3", entity).encode()
+    return dmf_package.manifest_xml("G", [CUSTOMERS], "Import").replace("Customers V3", entity).encode()
 
 
 @pytest.mark.parametrize(
@@ -121,39 +121,39 @@ def _manifest(entity: str) -> bytes:
 )
 def test_bad_packages_are_refused_with_the_reason(files: dict[str, bytes], message: str | None) -> None:
     if message is None:  # a manifest without entities is an empty, valid package
-        assert dmf.read_package(_zip(files))[1] == []
+        assert dmf_package.read_package(_zip(files))[1] == []
         return
-    with pytest.raises(dmf.DmfError, match=message):
-        dmf.read_package(_zip(files))
-    with pytest.raises(dmf.DmfError, match="not a data package"):
-        dmf.read_package(b"not a zip")
+    with pytest.raises(dmf_package.DmfError, match=message):
+        dmf_package.read_package(_zip(files))
+    with pytest.raises(dmf_package.DmfError, match="not a data package"):
+        dmf_package.read_package(b"not a zip")
 
 
 # --- blobs -----------------------------------------------------------------------------------------
 
 
 def test_blob_signatures(tmp_path: Path) -> None:
-    blobs = dmf.Blobs(tmp_path, b"k" * 32, "https://127.0.0.1:9")
+    blobs = dmf_blobs.Blobs(tmp_path, b"k" * 32, "https://127.0.0.1:9")
     url = urlsplit(blobs.url("a.zip", "rw"))
     blobs.check("a.zip", url.query, "w")
     blobs.check("a.zip", url.query, "r")
-    with pytest.raises(dmf.BlobAuthError, match="authenticate") as bad:
+    with pytest.raises(dmf_blobs.BlobAuthError, match="authenticate") as bad:
         blobs.check("b.zip", url.query, "r")  # signed for another blob
     assert bad.value.status == 403 and bad.value.code == "AuthenticationFailed"
-    with pytest.raises(dmf.BlobAuthError) as forged:
+    with pytest.raises(dmf_blobs.BlobAuthError) as forged:
         blobs.check("a.zip", url.query.replace("sp=rw", "sp=rwd"), "r")
     assert forged.value.code == "AuthenticationFailed"
-    with pytest.raises(dmf.BlobAuthError) as expired:
+    with pytest.raises(dmf_blobs.BlobAuthError) as expired:
         blobs.check("a.zip", urlsplit(blobs.url("a.zip", "rw", ttl_s=-5)).query, "r")
     assert "Signed expiry time" in expired.value.detail
-    with pytest.raises(dmf.BlobAuthError) as read_only:
+    with pytest.raises(dmf_blobs.BlobAuthError) as read_only:
         blobs.check("a.zip", urlsplit(blobs.url("a.zip", "r")).query, "w")
     assert read_only.value.code == "AuthorizationPermissionMismatch"
-    other_key = dmf.Blobs(tmp_path, b"x" * 32, "https://127.0.0.1:9")
-    with pytest.raises(dmf.BlobAuthError):
+    other_key = dmf_blobs.Blobs(tmp_path, b"x" * 32, "https://127.0.0.1:9")
+    with pytest.raises(dmf_blobs.BlobAuthError):
         other_key.check("a.zip", url.query, "r")
     for name in ("../x", "a/b", ""):
-        with pytest.raises(dmf.BlobAuthError, match="invalid characters"):
+        with pytest.raises(dmf_blobs.BlobAuthError, match="invalid characters"):
             blobs.path(name)
 
 
@@ -192,7 +192,7 @@ def test_blob_endpoint_in_process(sbx: Sandbox) -> None:
 
 
 def test_export_runs_as_a_job_and_builds_the_package(sbx: Sandbox) -> None:
-    svc = dmf.service_of(sbx)
+    svc = dmf_jobs.service_of(sbx)
 
     async def go() -> str:
         eid = _nested(_call(svc, "ExportToPackage", {
@@ -207,7 +207,7 @@ def test_export_runs_as_a_job_and_builds_the_package(sbx: Sandbox) -> None:
     eid = asyncio.run(go())
     url = _nested(_call(svc, "GetExportedPackageUrl", {"executionId": eid}))
     name = urlsplit(url).path.removeprefix("/blob/dmf/")
-    _, (pe,) = dmf.read_package((sbx.paths.blobs / name).read_bytes())
+    _, (pe,) = dmf_package.read_package((sbx.paths.blobs / name).read_bytes())
     expected = sbx.store.find(ENTITIES["CustomersV3"], {"dataAreaId": "gbsi"})
     assert expected and sorted(r[0] for r in pe.rows) == sorted(c["CustomerAccount"] for c in expected)
     assert json.loads(_call(svc, "GetExecutionErrors", {"executionId": eid})["value"]) == []
@@ -216,7 +216,7 @@ def test_export_runs_as_a_job_and_builds_the_package(sbx: Sandbox) -> None:
 
 
 def test_import_upserts_and_reports_row_errors(sbx: Sandbox) -> None:
-    svc = dmf.service_of(sbx)
+    svc = dmf_jobs.service_of(sbx)
     existing = sbx.store.find(ENTITIES["CustomersV3"], {"dataAreaId": "usmf"}, limit=1)[0]
     rows = [
         _customer(CustomerAccount="US-NEW1", PartyType="Organization", OrganizationName="New Co",
@@ -265,7 +265,7 @@ def test_import_upserts_and_reports_row_errors(sbx: Sandbox) -> None:
 
 
 def test_import_where_every_row_fails_is_failed_and_a_missing_package_fails_the_job(sbx: Sandbox) -> None:
-    svc = dmf.service_of(sbx)
+    svc = dmf_jobs.service_of(sbx)
     _package(sbx.paths.blobs / "bad.zip",
              [_customer(CustomerAccount="X", PartyType="Person", CustomerGroupId="ZZ")])
 
@@ -302,12 +302,12 @@ def test_import_where_every_row_fails_is_failed_and_a_missing_package_fails_the_
     ],
 )
 def test_bad_calls_are_refused(sbx: Sandbox, action: str, body: dict[str, Any], message: str) -> None:
-    with pytest.raises(dmf.DmfError, match=message):
-        dmf.service_of(sbx).call(dmf.ACTION_PREFIX + action, body)
+    with pytest.raises(dmf_package.DmfError, match=message):
+        dmf_jobs.service_of(sbx).call(dmf_jobs.ACTION_PREFIX + action, body)
 
 
 def test_one_job_per_execution_id_and_unknown_ids_are_unknown(sbx: Sandbox) -> None:
-    svc = dmf.service_of(sbx)
+    svc = dmf_jobs.service_of(sbx)
     assert _call(svc, "GetExecutionSummaryStatus", {"executionId": "nope"})["value"] == "Unknown"
     assert _call(svc, "GetExecutionErrors", {"executionId": "nope"})["value"] == "[]"
     body = {"definitionGroupId": "Currencies-Export", "packageName": "cur", "executionId": "e1",
@@ -325,15 +325,16 @@ def test_one_job_per_execution_id_and_unknown_ids_are_unknown(sbx: Sandbox) -> N
         finished = svc.job("e1")
         assert _nested(_call(svc, "ExportToPackage", body)) == "e1"
         assert svc.job("e1") == finished  # not run again
-        with pytest.raises(dmf.DmfError, match="Execution e1 already exists for Export of Currencies-Export"):
+        with pytest.raises(dmf_package.DmfError,
+                           match="Execution e1 already exists for Export of Currencies-Export"):
             _call(svc, "ExportToPackage", {**body, "definitionGroupId": "CustomerGroups-Export"})
-        with pytest.raises(dmf.DmfError, match="Execution e1 already exists"):
+        with pytest.raises(dmf_package.DmfError, match="Execution e1 already exists"):
             _call(svc, "ExportToPackage", {**body, "legalEntityId": "GBSI"})
         _call(svc, "ExportToPackage", {**body, "reExecute": True})  # re-executing a finished job runs it
         assert svc.job("e1")["status"] == "NotRun"  # type: ignore[index]
         assert await _finish(svc, "e1") == "Succeeded"
         url = svc.blobs.url("x.zip", "rw")
-        with pytest.raises(dmf.DmfError, match="execute=false"):
+        with pytest.raises(dmf_package.DmfError, match="execute=false"):
             _call(svc, "ImportFromPackage", {"packageUrl": url, "definitionGroupId": "G", "execute": False})
 
     asyncio.run(go())
@@ -350,7 +351,7 @@ def test_an_import_is_refused_while_another_import_is_queued_or_running(sbx: San
     from dwlib.sandbox import finops
 
     sbx.identity = _AnyToken()  # type: ignore[assignment]
-    svc = dmf.service_of(sbx)
+    svc = dmf_jobs.service_of(sbx)
     _package(sbx.paths.blobs / "a.zip", [_customer(CustomerAccount="US-PAR1", PartyType="Organization",
                                                    CustomerGroupId="10")])
     body = {"packageUrl": svc.blobs.url("a.zip", "rw"), "definitionGroupId": "CustomersV3-Import",
@@ -360,7 +361,7 @@ def test_an_import_is_refused_while_another_import_is_queued_or_running(sbx: San
     async def go() -> None:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=sbx.base_url) as http:
             async def start(eid: str) -> httpx.Response:
-                return await http.post(f"/data/DataManagementDefinitionGroups/{dmf.ACTION_PREFIX}"
+                return await http.post(f"/data/DataManagementDefinitionGroups/{dmf_jobs.ACTION_PREFIX}"
                                        "ImportFromPackage", json={**body, "executionId": eid})
 
             assert (await start("first")).json()["value"] == "first"
@@ -385,7 +386,7 @@ def test_an_import_is_refused_while_another_import_is_queued_or_running(sbx: San
 
 
 def test_history_survives_a_restart_and_unfinished_jobs_resume(sbx: Sandbox) -> None:
-    first = dmf.service_of(sbx)
+    first = dmf_jobs.service_of(sbx)
 
     async def start() -> tuple[str, str]:
         done = _nested(_call(first, "ExportToPackage", {"definitionGroupId": "Currencies-Export",
@@ -397,7 +398,7 @@ def test_history_survives_a_restart_and_unfinished_jobs_resume(sbx: Sandbox) -> 
     done, queued = asyncio.run(start())  # the loop ends (the process "stops") with `queued` unfinished
     assert first.job(queued)["status"] == "NotRun"
     sbx.extras.clear()
-    second = dmf.service_of(sbx)
+    second = dmf_jobs.service_of(sbx)
     assert second is not first
 
     async def after_restart() -> str:
@@ -420,7 +421,7 @@ def test_import_goes_through_the_write_hooks(sbx: Sandbox) -> None:
         seen.append((event.op, account))
 
     sbx.extras["write_hooks"] = [hook]
-    svc = dmf.service_of(sbx)
+    svc = dmf_jobs.service_of(sbx)
     _package(sbx.paths.blobs / "h.zip", [
         _customer(CustomerAccount=a, PartyType="Organization", CustomerGroupId="10")
         for a in ("US-OK", "US-REFUSED")])
@@ -490,7 +491,7 @@ def test_import_and_export_through_https(start_sandbox: Any, sandbox_token: Any,
         url = act("GetExportedPackageUrl", {"executionId": eid})["value"]["value"]
         got = http.get(url)
         assert got.status_code == 200
-        _, (pe,) = dmf.read_package(got.content)
+        _, (pe,) = dmf_package.read_package(got.content)
         accounts = {r[0] for r in pe.rows}
         assert "FR-NEW" in accounts and "FR-BAD" not in accounts
         listed = http.get(f"{fo}/data/CustomersV3?cross-company=true&$filter=dataAreaId eq 'frrt'&$count=true"

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from dwlib.sandbox.context import Sandbox
-from dwlib.sandbox.dmf import DmfError
+from dwlib.sandbox.dmf_package import DmfError
 from dwlib.sandbox.schema import ENTITIES
 
 from .conftest import Service

@@ -12,7 +12,7 @@ import pytest
 from dwlib import catalog
 from dwlib.catalog.locales import locale
 from dwlib.errors import SandboxError
-from dwlib.sandbox import dmf, profiles
+from dwlib.sandbox import dmf_package, profiles
 from dwlib.sandbox.context import Sandbox
 from dwlib.sandbox.dataverse_metadata import definitions
 from dwlib.sandbox.schema import ENTITIES
@@ -73,15 +73,15 @@ def test_packages_write_numbers_and_dates_in_the_source_formats_locale(sbx: Sand
     """nl-NL: decimal commas and day-month-year dates; reading them back in nl-NL gives the values."""
     (fmt,) = sbx.store.find(ENTITIES["DataManagementSourceDataFormats"], {"SourceName": "CSV-Unicode"})
     assert fmt["LanguageLocale"].lower() == "nl-nl"
-    loc = dmf.package_locale(sbx.store)
-    vendor = dmf.DMF_ENTITIES["VendorsV2"]
+    loc = dmf_package.package_locale(sbx.store)
+    vendor = dmf_package.DMF_ENTITIES["VendorsV2"]
     row = {c: None for c in vendor.columns} | {"VendorAccountNumber": "V-1", "CreditLimit": 1234.5,
                                                "VendorHoldReleaseDate": "2024-01-31T12:00:00Z"}
     path = tmp_path / "v.zip"
-    for _ in dmf.write_package(path, "VendorsV2-Export", [(vendor, iter([[row[c] for c in vendor.columns]]))],
-                               loc):
+    parts = [(vendor, iter([[row[c] for c in vendor.columns]]))]
+    for _ in dmf_package.write_package(path, "VendorsV2-Export", parts, loc):
         pass
-    _, (pe,) = dmf.read_package(path.read_bytes())
+    _, (pe,) = dmf_package.read_package(path.read_bytes())
     text = dict(zip(vendor.fields, pe.rows[0], strict=True))
     assert (text["CREDITLIMIT"], text["VENDORHOLDRELEASEDATE"]) == ("1234,5", "31-01-2024")
     nl = locale("nl-NL")
