@@ -34,6 +34,16 @@ if TYPE_CHECKING:
 
 PAUSE_DOC = DOCS_ROOT + "pause-for-maintenance"
 ALERTS_DOC = DOCS_ROOT + "errors-and-alerts"
+
+
+def catch_up_check(status: StepStatus, evidence: str) -> Check:
+    """Where a resumed map's catch-up errors are read and retried: no documented read reaches them,
+    only the map's Catch-up errors tab (errors-and-alerts.md)."""
+    return Check("catch-up errors", status,
+                 "records the target refused while a map caught up after a pause stay on its Catch-up errors "
+                 f"tab (kept one day); {evidence}",
+                 fix="on the dual-write page open each map's Catch-up errors tab and select Retry All; Retry "
+                     "status Completed means it went through", doc=ALERTS_DOC)
 PAUSED_AT = "maintenance.paused_at"  # run_state: when this run paused the maps (ISO 8601, UTC)
 WINDOW = "maintenance.maps"  # run_state: the maps of the window (Running or Paused when recorded)
 WARN_AT = 0.75  # of a limit: alert before it is reached
@@ -290,12 +300,7 @@ class ResumeMaps(Step):
                          doc=PAUSE_DOC)
                    for n, s in states.items()]
         if finding.todo:
-            checks.append(Check("catch-up errors", StepStatus.PASSED,
-                                "records the target refused during catch-up stay on the Catch-up errors tab "
-                                "(kept one day); the verify step reconciles both sides",
-                                fix="on the dual-write page open each map's Catch-up errors tab and select "
-                                    "Retry All; Retry status Completed means it went through",
-                                doc=ALERTS_DOC))
+            checks.append(catch_up_check(StepStatus.PASSED, "the verify step reconciles both sides"))
         summary = (f"resumed {', '.join(finding.todo)}: queues drained, live sync again" if finding.todo
                    else "no map was paused")
         return self.result(going_on(checks), summary, checks=checks)

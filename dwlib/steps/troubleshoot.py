@@ -42,7 +42,7 @@ from dwlib.vocab import MapState, StepStatus
 
 from .base import Check, Finding, Step, StepContext, StepError, StepResult, environment, register, worst
 from .health import maps_in_scope, state_checks
-from .maintenance import ALERTS_DOC
+from .maintenance import catch_up_check
 
 TROUBLESHOOT_DOC = DOCS_ROOT + "dual-write-troubleshooting"
 BUNDLE = "support-bundle.zip"
@@ -111,12 +111,7 @@ class TroubleshootFindings(_ReadOnly):
                             f"{error_log_url(str(params.environments.finops_url))}",
                             fix="switch debug mode on for the project (IsDebugMode = Yes), reproduce, read "
                                 "the log, switch it off", doc=TROUBLESHOOT_DOC))
-        checks.append(Check("catch-up errors", StepStatus.SKIPPED,
-                            "no documented read: records a map refused while catching up after a pause stay "
-                            "on its Catch-up errors tab (kept one day)",
-                            fix="on the dual-write page open each map that was paused, then its Catch-up "
-                                "errors tab; Retry All, and Retry status Completed means it went through",
-                            doc=ALERTS_DOC))
+        checks.append(catch_up_check(StepStatus.SKIPPED, "no documented read reaches them"))
         return Finding(True, "read-only", todo=rows, checks=checks)
 
     def verify(self, ctx: StepContext, finding: Finding) -> StepResult:
