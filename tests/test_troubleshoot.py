@@ -20,8 +20,8 @@ from run_helpers import assert_in_language, run, sandbox_dir, writes
 from dwlib.clients.dualwrite import PortalAdmin
 from dwlib.params import ParamsError, load_params
 from dwlib.sandbox import control, prepare
-from dwlib.steps.base import StepContext
-from dwlib.steps.troubleshoot import TroubleshootDebug
+from dwlib.steps.base import StepContext, StepError
+from dwlib.steps.troubleshoot import TroubleshootDebug, TroubleshootFindings, trace_setting
 from dwlib.vocab import StepStatus
 
 SCENARIO = "troubleshoot"
@@ -66,11 +66,16 @@ def test_findings_are_matched_to_known_errors_and_the_bundle_holds_no_secret(
     findings = steps["troubleshoot-findings"]["tables"]["findings"]
     accounts = [f for f in findings if f["map"] == "Customers V3 (accounts)"]
     assert accounts and all(f["known_error"] and f["fix"] for f in accounts), findings
+    # The seeded save Dataverse refused through live sync, read from the plug-in trace log.
+    (traced,) = [f for f in findings if f["source"] == "live sync (plug-in trace log)"]
+    assert traced["known_error"] == "finops-mandatory-field-live" and "Customer group" in traced["text"]
     assert steps["troubleshoot-findings"]["status"] == StepStatus.WARNING
     checks = {c["name"]: c for c in steps["troubleshoot-findings"]["checks"]}
     # no documented read: the step names where the consultant reads them, and the page
     assert "Catch-up errors tab" in checks["catch-up errors"]["evidence"]
     assert checks["catch-up errors"]["doc"].endswith("/errors-and-alerts")
+    assert checks["plug-in trace log"]["status"] == StepStatus.PASSED
+    assert checks["plug-in trace log"]["evidence"].startswith("Exception: 1 refused live-sync write")
 
     bundle = execution.record.parent / next(f for f in steps["troubleshoot-bundle"]["evidence_files"]
                                             if f.endswith(".zip"))
@@ -135,3 +140,34 @@ def test_an_interrupted_window_still_switches_debug_mode_off(troubleshooting: di
 def test_debug_minutes_outside_zero_to_sixty_are_refused(minutes: float) -> None:
     with pytest.raises(ParamsError, match=r"troubleshoot\.debug_minutes"):
         load_params({"scenario": SCENARIO}, {"troubleshoot.debug_minutes": minutes}, scenario=SCENARIO)
+
+
+def test_with_tracing_off_the_findings_say_how_to_turn_it_on(troubleshooting: dict[str, Any]) -> None:
+    connection = troubleshooting
+    session = session_for(connection)
+    dv = session.dataverse
+    (org,) = dv.query("organizations", select=["organizationid", "plugintracelogsetting"])
+    dv.update("organizations", org["organizationid"], {"plugintracelogsetting": 0})
+    try:
+        ctx = StepContext(params=sandbox_params(connection), session=session,
+                          admin=PortalAdmin(session.dataverse, session.finops), evidence_dir=Path("unused"))
+        finding = TroubleshootFindings().check(ctx)
+        (check,) = [c for c in finding.checks if c.name == "plug-in trace log"]
+        assert check.status == StepStatus.SKIPPED and "Exception" in check.fix
+        assert not [f for f in finding.todo if f["source"].startswith("live sync")]
+    finally:
+        dv.update("organizations", org["organizationid"],
+                  {"plugintracelogsetting": org["plugintracelogsetting"]})
+        session.close()
+
+
+def test_a_trace_setting_the_documentation_does_not_name_is_an_error() -> None:
+    class Dataverse:
+        def query(self, entity_set: str, **options: Any) -> list[dict[str, Any]]:
+            return [{"plugintracelogsetting": 7}]
+
+    class Session:
+        dataverse = Dataverse()
+
+    with pytest.raises(StepError, match=r"plugintracelogsetting is 7.*0 Off, 1 Exception, 2 All"):
+        trace_setting(Session())

@@ -66,6 +66,7 @@ from .odata_sql import (
 )
 from .schema import DATAVERSE, PLATFORM, Entity, Lookup, collection, entity
 from .store import Store, quote
+from .tracelog import SERVICE_WRITTEN
 
 log = logging.getLogger(__name__)
 API = "/api/data/v9.2"
@@ -211,6 +212,8 @@ class _Dataverse:
             if head.key is None:
                 return self._list(request, ent, conn=self.metadata.conn)
             return self._retrieve(request, ent, parse_key(ent, head.key), conn=self.metadata.conn)
+        if ent.name in SERVICE_WRITTEN:  # the service writes them: GET and DELETE only
+            allow(method, ("GET",) if head.key is None else ("GET", "DELETE"), request)
         if head.key is None:
             if not rest:
                 allow(method, ("GET", "POST"), request)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from dwlib import catalog
 
+from . import tracelog
 from .dw_limits import elapsed_ms
 from .dw_mapping import COMPANY, Company, MapBinding, Rejected, Resolver, binding, companies
 from .dw_records import company_owner
@@ -183,7 +184,18 @@ def _enqueue(
 
 
 def on_write(rt: RuntimeBase, event: WriteEvent) -> None:
-    """The write hook: sync (or queue) every row of `event` for each map that covers its table."""
+    """The write hook: sync (or queue) every row of `event` for each map that covers its table. A
+    refused Dataverse write is a failure of the dual-write plug-in: the trace log keeps it when the
+    organization's setting asks for it (`tracelog`)."""
+    try:
+        _sync(rt, event)
+    except ODataError as exc:
+        if event.entity.service == "dataverse":
+            tracelog.trace_failure(rt.store, event, exc)
+        raise
+
+
+def _sync(rt: RuntimeBase, event: WriteEvent) -> None:
     origin = event.entity.service
     maps = _maps_for(origin, event.entity.name)
     conn = rt.connection() if maps else None

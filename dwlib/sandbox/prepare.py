@@ -7,7 +7,7 @@ one of two ways (`History`), then `seed` makes the state the runbook is for:
 | id | profile | history | then (`seed`) |
 |---|---|---|---|
 | `health-check` | `new-data-new` | `SETUP_RUN` | 3 USMF customers renamed in F&O outside dual-write |
-| `troubleshoot` | `new-data-new` | `SETUP_RUN` | Customers V3 (accounts) fails its initial sync again |
+| `troubleshoot` | `new-data-new` | `SETUP_RUN` | a Dataverse save refused by live sync (plug-in tracing on), then Customers V3 (accounts) fails its initial sync again |
 | `maintenance` | `maintenance` | `PORTAL` | - (linked for USMF and GBSI, maps Running) |
 | `add-legal-entity` | `add-legal-entity` | `PORTAL` | - (DEMF, in F&O with customers, to add) |
 | `refresh-relink` | `refresh-relink` | `PORTAL`, `refresh`ed | - (new ids and URLs, a stale configuration) |
@@ -98,7 +98,8 @@ PREPARATIONS: dict[str, Preparation] = {
     "health-check": Preparation("new-data-new", History.SETUP_RUN, seed=_drift,
                                 says="maps running, then 3 USMF customers renamed in F&O outside dual-write"),
     "troubleshoot": Preparation("new-data-new", History.SETUP_RUN, seed=_sync_errors,
-                                says="Customers V3 (accounts) run again with an initial sync that fails "
+                                says="a Dataverse save live sync refuses, in the plug-in trace log; then "
+                                     "Customers V3 (accounts) run again with an initial sync that fails "
                                      "(nl-NL source data format)"),
     "maintenance": Preparation("maintenance", History.PORTAL, linked=_PAIR,
                                says="linked for USMF and GBSI, the maps Running"),

@@ -41,7 +41,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from .. import catalog
-from . import dmf_jobs, security
+from . import dmf_jobs, security, tracelog
 from .identity import app_principal, consultant
 from .schema import ENTITIES
 from .state import PROFILES, Settings
@@ -252,7 +252,8 @@ class _Platform:
                            for code in (("USD", "GBP", "EUR") if existing else ("USD",))}
         self.system_user = _stable_id(org, "systemuser:SYSTEM")
         _insert(store, tally, "organizations", [
-            {"organizationid": org, "name": self.org_name, "basecurrencyid": self.currencies["USD"]}])
+            {"organizationid": org, "name": self.org_name, "basecurrencyid": self.currencies["USD"],
+             "plugintracelogsetting": tracelog.OFF}])
         _insert(store, tally, "businessunits", [
             {"businessunitid": self.root_bu, "name": self.org_name, "_parentbusinessunitid_value": None}])
         _insert(store, tally, "teams", [

@@ -272,7 +272,21 @@ DATAVERSE: tuple[Entity, ...] = (
         "organizations",
         "organization",
         "organizationid",
-        {"name": "string", "basecurrencyid": "guid"},
+        # plugintracelogsetting: 0 Off, 1 Exception, 2 All (logging-tracing.md, "Enable trace logging")
+        {"name": "string", "basecurrencyid": "guid", "plugintracelogsetting": "int"},
+        kinds={"plugintracelogsetting": "Picklist"},
+        owned=False,
+        bulk=False,
+    ),
+    # Plug-in Trace Log: written by the service, read (GET) and deleted (DELETE) through the Web API
+    # (webapi/reference/plugintracelog); `dwlib.sandbox.tracelog` writes it.
+    _dv(
+        "plugintracelogs",
+        "plugintracelog",
+        "plugintracelogid",
+        {"typename": "string", "messagename": "string", "primaryentity": "string",
+         "exceptiondetails": "string", "messageblock": "string", "correlationid": "guid",
+         "mode": "int", "operationtype": "int", "depth": "int"},
         owned=False,
         bulk=False,
     ),

@@ -98,6 +98,7 @@ class Store:
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self._depth = 0
         self._savepoints = itertools.count()
+        self._kept: list[Callable[[], object]] = []
         self._create_tables()
         self._rowversion = self._max_rowversion()
 
@@ -178,7 +179,8 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """All-or-nothing block; nests (inner blocks are SAVEPOINTs)."""
+        """All-or-nothing block; nests (inner blocks are SAVEPOINTs). Writes given to `keep` inside
+        it run once the outermost block has ended, however it ended."""
         name = f"sp{next(self._savepoints)}"
         self.conn.execute(f"SAVEPOINT {name}")
         self._depth += 1
@@ -192,6 +194,18 @@ class Store:
             self.conn.execute(f"RELEASE {name}")
         finally:
             self._depth -= 1
+            if not self._depth:
+                kept, self._kept = self._kept, []
+                for write in kept:
+                    write()
+
+    def keep(self, write: Callable[[], object]) -> None:
+        """Run `write` outside the open transaction, so a rollback does not undo it (what a service
+        writes beside a request that fails, e.g. Dataverse's plug-in trace log); now when none is open."""
+        if self._depth:
+            self._kept.append(write)
+        else:
+            write()
 
     # --- value conversion -----------------------------------------------------------------------
 

@@ -1,5 +1,8 @@
 """Seeded sync errors, as a sandbox for the troubleshoot runbook needs them.
 
+First a write made in Dataverse that live sync refuses, with plug-in tracing on (`refuse_live_write`):
+the Dataverse plug-in trace log keeps the dual-write plug-in's failure. Then:
+
 The documented failure of an initial sync whose source data format is not in en-us: the export
 writes a decimal with the locale's separator and the Dataverse leg cannot read it ("Can't convert
 the literal '1500,5' to the expected type 'Edm.Decimal'"; the fix is Language locale en-us,
@@ -18,8 +21,9 @@ import sqlite3
 from pathlib import Path
 
 from dwlib import catalog
+from dwlib.errors import SandboxError
 
-from . import control
+from . import control, tracelog
 from .schema import ENTITIES
 from .state import Paths
 
@@ -36,8 +40,35 @@ def _portal(root: Path, method: str, path: str, body: dict[str, object] | None =
         http.request(method, f"{base}/_portal{path}", headers=headers, json=body).raise_for_status()
 
 
+def refuse_live_write(root: Path) -> None:
+    """Turn plug-in tracing to Exception, as a program does (logging-tracing.md), and save a USMF
+    customer account without a customer group in Dataverse: live sync refuses it (F&O requires one),
+    the save rolls back, and the trace log keeps the dual-write plug-in's failure."""
+    from dwlib.clients.errors import ClientError  # the sandbox's server never needs the clients
+    from dwlib.clients.session import connect
+    from dwlib.notebooks import NOTEBOOKS
+    from dwlib.params import load_params
+
+    params_file = NOTEBOOKS.parent / "params" / "sandbox-troubleshoot.yaml"
+    params = load_params(params_file, {"sandbox.dir": str(root)})
+    with connect(params) as session:
+        dv = session.dataverse
+        (org,) = dv.query("organizations", select=["organizationid"], top=1)
+        dv.update("organizations", org["organizationid"], {"plugintracelogsetting": tracelog.EXCEPTION})
+        (usmf,) = dv.query("cdm_companies", select=["cdm_companyid"], filter="cdm_companycode eq 'USMF'")
+        try:
+            dv.create("accounts", {"name": "Saved without a customer group", "accountnumber": "TS-0001",
+                                   "customertypecode": 3,
+                                   "msdyn_company@odata.bind": f"/cdm_companies({usmf['cdm_companyid']})"})
+        except ClientError:
+            return  # refused by live sync: what the trace log is to show
+    raise SandboxError("seeding the troubleshoot sandbox: live sync took an account without a customer group")
+
+
 def seed(root: Path) -> None:
-    """Make the next initial sync of Customers V3 (accounts) fail for one USMF customer, and run it."""
+    """A refused live-sync write in the plug-in trace log (`refuse_live_write`), then the next initial
+    sync of Customers V3 (accounts) made to fail for one USMF customer, and run."""
+    refuse_live_write(root)
     formats, customers = ENTITIES["DataManagementSourceDataFormats"].table, ENTITIES["CustomersV3"].table
     conn = sqlite3.connect(Paths(root).db, timeout=30, isolation_level=None)
     try:

@@ -5,8 +5,11 @@ table map's state, the initial-sync details of each map that is not Running (the
 the admin can read them: the gateway; the portal shows them only in the workspace, so the step says
 where), and whether debug mode (`IsDebugMode` of the project configurations) is on. Each finding's
 text is looked up in the known-error catalogue (`dwlib/catalog/known_errors.yaml`) and shown with
-its documented fix. The dual-write error log (`DualWriteErrorLog`) has no documented OData route:
-the finding names its table-browser page.
+its documented fix. Failed live-sync writes made in Dataverse are read where a documented route
+reaches them: the Dataverse plug-in trace log (`plugintracelogs`, the dual-write runtime's plug-in,
+newest first), once the organization's `plugintracelogsetting` is Exception or All (when it is Off,
+the step says how to turn it on). The dual-write error log (`DualWriteErrorLog`) has no documented
+OData route: the finding names its table-browser page.
 
 `troubleshoot-debug` acts only when `troubleshoot.debug_minutes` asks for it and the consultant
 confirms: it switches debug mode on (`IsDebugMode` = Yes on every project configuration, the write the
@@ -48,6 +51,16 @@ TROUBLESHOOT_DOC = DOCS_ROOT + "dual-write-troubleshooting"
 BUNDLE = "support-bundle.zip"
 FINDING_COLUMNS = ["source", "map", "text", "known_error", "fix", "doc"]
 PROJECTS = "DualWriteProjectConfigurations"
+# The plug-in trace log (logging-tracing.md): the organization's setting, and the dual-write runtime's
+# plug-ins as dual-write-troubleshooting.md names them (…DualWriteRuntime.Plugins.PreCommmitPlugin).
+TRACE_SETTINGS = {0: "Off", 1: "Exception", 2: "All"}
+TRACING_OFF = TRACE_SETTINGS[0]
+TRACING_DOC = "https://learn.microsoft.com/power-apps/developer/data-platform/logging-tracing"
+TRACING_FIX = ("to see why live sync refuses writes made in Dataverse, set Settings > Administration > "
+               "System Settings > Customization > plug-in and custom workflow activity tracing to Exception, "
+               "reproduce, run this runbook again, then set it back to Off (the log uses storage)")
+DUAL_WRITE_PLUGINS = "Microsoft.Dynamics.Integrator.DualWriteRuntime"
+TRACE_ROWS = 50
 DEBUG_ON, DEBUG_OFF = "Yes", "No"  # IsDebugMode as F&O OData carries a NoYes enum: by name
 DEBUG_BY_HAND = ("set IsDebugMode = No on every project of the DualWriteProjectConfigurationEntity entity "
                  "(Excel add-in), then run the runbook again: verbose logging stays on until then")
@@ -58,9 +71,10 @@ def error_log_url(finops_url: str) -> str:
     return f"{finops_url.rstrip('/')}/?mi=SysTableBrowser&tableName=DualWriteErrorLog"
 
 
-def finding(source: str, map_name: str, text: str) -> dict[str, Any]:
-    """One finding, with the catalogue's known error and documented fix when the text is known."""
-    known = catalog.match_error(text)
+def finding(source: str, map_name: str, text: str, phase: str | None = None) -> dict[str, Any]:
+    """One finding, with the catalogue's known error and documented fix when the text is known (an
+    error of `phase` first)."""
+    known = catalog.match_error(text, phase)
     return {"source": source, "map": map_name, "text": scrub(text),
             "known_error": known.id if known else "", "fix": known.fix if known else "",
             "doc": known.doc_url if known else ""}
@@ -112,6 +126,22 @@ class TroubleshootFindings(_ReadOnly):
                             fix="switch debug mode on for the project (IsDebugMode = Yes), reproduce, read "
                                 "the log, switch it off", doc=TROUBLESHOOT_DOC))
         checks.append(catch_up_check(StepStatus.SKIPPED, "no documented read reaches them"))
+        tracing = trace_setting(session)
+        if tracing == TRACING_OFF:
+            checks.append(Check("plug-in trace log", StepStatus.SKIPPED,
+                                "off (organization setting Off): a live-sync write refused from Dataverse "
+                                "leaves no trace", fix=TRACING_FIX, doc=TRACING_DOC))
+        else:
+            traces = live_sync_failures(session)
+            rows += [finding("live sync (plug-in trace log)", _traced_map(maps, t.get("primaryentity")),
+                             f"{t.get('createdon', '')} {t.get('messagename', '')} "
+                             f"{t.get('primaryentity', '')}: {t.get('exceptiondetails', '')}", "live-sync")
+                     for t in traces]
+            checks.append(Check("plug-in trace log", StepStatus.PASSED,
+                                f"{tracing}: {len(traces)} refused live-sync writes from Dataverse "
+                                f"(the newest {TRACE_ROWS} at most)",
+                                fix="set plug-in tracing back to Off once the problem is understood: the "
+                                    "log uses the organization's storage", doc=TRACING_DOC))
         return Finding(True, "read-only", todo=rows, checks=checks)
 
     def verify(self, ctx: StepContext, finding: Finding) -> StepResult:
@@ -137,6 +167,33 @@ def _projects(session: Any) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = list(session.finops.query(
         PROJECTS, select=["RecId", "ProjectName", "IsDebugMode"], cross_company=True))
     return rows
+
+
+def trace_setting(session: Any) -> str:
+    """The organization's plug-in trace log setting by name (Off, Exception, All). StepError on a value
+    the documentation does not name."""
+    rows = list(session.dataverse.query("organizations", select=["plugintracelogsetting"], top=1))
+    value = rows[0].get("plugintracelogsetting") if rows else None
+    if value not in TRACE_SETTINGS:
+        known = ", ".join(f"{k} {v}" for k, v in TRACE_SETTINGS.items())
+        raise StepError(f"the organization's plugintracelogsetting is {value!r}, which is none of the values "
+                        f"logging-tracing.md documents ({known}): check the environment, and this runbook's "
+                        "version")
+    return TRACE_SETTINGS[value]
+
+
+def live_sync_failures(session: Any) -> list[dict[str, Any]]:
+    """The dual-write plug-in's failures in the Dataverse plug-in trace log, newest first."""
+    return list(session.dataverse.query(
+        "plugintracelogs", select=["createdon", "messagename", "primaryentity", "exceptiondetails"],
+        filter=f"startswith(typename,'{DUAL_WRITE_PLUGINS}') and exceptiondetails ne null",
+        orderby="createdon desc", top=TRACE_ROWS))
+
+
+def _traced_map(maps: list[str], table: str | None) -> str:
+    """The maps in scope over Dataverse table `table` (logical name), or the table when none is."""
+    over = [n for n in maps if catalog.table_map(n).dataverse_logical == table]
+    return ", ".join(over) or str(table or "")
 
 
 def _debug_modes(session: Any) -> list[str]:

@@ -9,9 +9,9 @@ file is front matter (YAML between `---` lines: `title`, optional `parts`, `lear
 Lines of one paragraph are joined, so a translator may wrap them anywhere.
 
 Placeholders in the texts: `{link:dw/PAGE}` (a dual-write page), `{link:pp/PAGE}` (Power Platform
-integration) and `{link:nl-faq/PAGE}` / `{link:en-dw/PAGE}` (a page whose text only the Dutch /
-English edition carries) become a Markdown link in the file's language (`/en-us/`, `/nl-nl/`)
-whose text is the page's title;
+integration), `{link:pa/PAGE}` (a Dataverse developer page) and `{link:nl-faq/PAGE}` /
+`{link:en-dw/PAGE}` (a page whose text only the Dutch / English edition carries) become a Markdown
+link in the file's language (`/en-us/`, `/nl-nl/`) whose text is the page's title;
 `{part:NAME}` becomes the variant of `parts: NAME:` whose condition fits the scenario
 (`finops=existing`, `dataverse=new`, … or `else`); `{NAME}` a value the caller gives.
 
@@ -37,13 +37,15 @@ Language = Literal["en", "nl"]
 LANGUAGES: tuple[Language, ...] = get_args(Language)
 LOCALES: dict[str, str] = {"en": "en-us", "nl": "nl-nl"}
 
-_ROOT = "https://learn.microsoft.com/{locale}/dynamics365/fin-ops-core/dev-itpro/"
+_ROOT = "https://learn.microsoft.com/{locale}/"
+_FINOPS = "dynamics365/fin-ops-core/dev-itpro/"
 # Where each kind of page key lives on Learn, and in which locale when not the file's own.
 _KINDS: dict[str, tuple[str, str | None]] = {
-    "dw": ("data-entities/dual-write/", None),
-    "pp": ("power-platform/", None),
-    "nl-faq": ("data-entities/dual-write/", "nl-nl"),
-    "en-dw": ("data-entities/dual-write/", "en-us"),
+    "dw": (_FINOPS + "data-entities/dual-write/", None),
+    "pp": (_FINOPS + "power-platform/", None),
+    "pa": ("power-apps/developer/data-platform/", None),  # Dataverse developer pages (plug-in tracing)
+    "nl-faq": (_FINOPS + "data-entities/dual-write/", "nl-nl"),
+    "en-dw": (_FINOPS + "data-entities/dual-write/", "en-us"),
 }
 _PLACEHOLDER = re.compile(r"\{(?:(link|part):)?([A-Za-z0-9_#./-]+)\}")
 _BLOCK = re.compile(r"(#|>|-|\*|\d+\.)\s")
@@ -185,29 +187,31 @@ def status_word(language: str, status: str) -> str:
 
 
 def learn_url(language: str, key: str) -> str:
-    """The Learn URL of page `key` (`dw/…`, `pp/…`, `nl-faq/…`, `en-dw/…`, optionally with `#anchor`)."""
+    """The Learn URL of page `key` (`dw/…`, `pp/…`, `pa/…`, `nl-faq/…`, `en-dw/…`, optionally with
+    `#anchor`)."""
     kind, _, page = key.partition("/")
     if kind not in _KINDS or not page:
-        raise TextError(f"unknown Learn page {key!r}: write dw/PAGE, pp/PAGE, nl-faq/PAGE or en-dw/PAGE")
+        raise TextError(f"unknown Learn page {key!r}: write dw/PAGE, pp/PAGE, pa/PAGE, nl-faq/PAGE or "
+                        "en-dw/PAGE")
     folder, locale = _KINDS[kind]
     return _ROOT.format(locale=locale or LOCALES[_language(language)]) + folder + page
 
 
 def page_key(url: str) -> tuple[Language, str]:
     """The language of a Learn URL's page (by its locale; none is English) and its key (`dw/…`, `pp/…`,
-    with the URL's anchor).
+    `pa/…`, with the URL's anchor).
 
     >>> page_key("https://learn.microsoft.com/dynamics365/fin-ops-core/dev-itpro/power-platform/x#y")
     ('en', 'pp/x#y')
     """
-    found = re.match(r"https://learn\.microsoft\.com/(?:([a-z]{2})-[a-z]{2}/)?dynamics365/fin-ops-core/"
-                     r"dev-itpro/([^?]+)", url)
+    found = re.match(r"https://learn\.microsoft\.com/(?:([a-z]{2})-[a-z]{2}/)?([^?]+)", url)
     if found:
-        for kind in ("dw", "pp"):
+        for kind in ("dw", "pp", "pa"):
             folder = _KINDS[kind][0]
             if found[2].startswith(folder):
                 return _language(found[1] or "en"), f"{kind}/{found[2].removeprefix(folder)}"
-    raise TextError(f"{url} is not a Learn page of the finance and operations documentation")
+    raise TextError(f"{url} is not a Learn page of the finance and operations or Dataverse documentation "
+                    "the runbooks link (dw/, pp/, pa/)")
 
 
 def title(url: str) -> str:

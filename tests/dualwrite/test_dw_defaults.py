@@ -130,3 +130,27 @@ def test_portal_admin_refuses_a_running_map_and_verifies_the_defaults(running: C
             idle.set_column_defaults(ACCOUNTS, {"CUSTOMERGROUPID": "40"})
     finally:
         session.close()
+
+
+def test_a_refused_live_sync_write_is_in_the_plug_in_trace_log_with_tracing_on(running: Consultant) -> None:
+    c = running
+    first, second = c.dv_rows("accounts?$filter=customertypecode eq 3 and _msdyn_company_value eq null and "
+                              "accountnumber ne null&$select=accountid,accountnumber&$orderby=accountnumber"
+                              "&$top=2")
+    (org,) = c.dv_rows("organizations?$select=organizationid,plugintracelogsetting")
+    assert org["plugintracelogsetting"] == 0  # Off: the refusal leaves no trace
+    assert stamp(c, first["accountid"], "USMF").status_code == 400
+    assert c.dv_rows("plugintracelogs") == []
+    # Exception, as a program sets it (logging-tracing.md): the refused write rolls back, its trace stays
+    assert c.dv("PATCH", f"organizations({org['organizationid']})", {"plugintracelogsetting": 1}).is_success
+    assert stamp(c, second["accountid"], "USMF").status_code == 400
+    (trace,) = c.dv_rows("plugintracelogs?$filter=startswith(typename,'Microsoft.Dynamics.Integrator."
+                         "DualWriteRuntime')&$orderby=createdon desc")
+    assert (trace["messagename"], trace["primaryentity"]) == ("Update", "account")
+    assert "Field 'Customer group' must be filled in." in trace["exceptiondetails"]
+    acc = c.dv("GET", f"accounts({second['accountid']})?$select=_msdyn_company_value").json()
+    assert acc["_msdyn_company_value"] is None  # the write itself rolled back
+    # The service writes the log: the Web API reads and deletes its rows, and creates none.
+    assert c.dv("POST", "plugintracelogs", {"typename": "x"}).status_code == 405
+    assert c.dv("DELETE", f"plugintracelogs({trace['plugintracelogid']})").status_code == 204
+    assert c.dv_rows("plugintracelogs") == []
