@@ -167,7 +167,7 @@ class Runbook:
         >>> Runbook.from_notebook({"params_file": None}, scenario="new-new")
         Traceback (most recent call last):
         ...
-        dwlib.params.ParamsError: invalid parameters (1 problem):
+        dwlib.params.load.ParamsError: invalid parameters (1 problem):
           params_file: no parameters: set params_file to a parameters file (see params/template.yaml), \
 or run with `papermill -f FILE` or `dw run`
         """

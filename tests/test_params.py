@@ -14,8 +14,8 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from dwlib import params as params_module
 from dwlib.params import Params, ParamsError, load_params
+from dwlib.params import load as params_load
 from dwlib.secrets import SecretError, SecretRef, scrub
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -428,7 +428,7 @@ def test_company_references_are_checked_when_another_part_of_the_file_is_wrong(t
 
 def test_a_warning_is_said_once_per_place_however_often_the_file_is_loaded(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(params_module, "_said", set())
+    monkeypatch.setattr(params_load, "_said", set())
     data = minimal(legal_entities=["USMF", "DEMF"], bootstrap={"mapping": {"": "USMF", "Contoso US": "USMF"}})
     shuffled = minimal(legal_entities=["USMF", "DEMF"],
                        bootstrap={"mapping": {"Contoso US": "USMF", "": "USMF"}})

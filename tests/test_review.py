@@ -20,7 +20,16 @@ import pytest
 
 from dwlib import report, review
 from dwlib.clients.http import JournalEntry
-from dwlib.record import SCHEMA_FILE, RunRecord, evidence_dir, load_record, seal
+from dwlib.record import (
+    SCHEMA_FILE,
+    RecordError,
+    RunRecord,
+    content_sha256,
+    evidence_dir,
+    file_sha256,
+    load_record,
+    seal,
+)
 from dwlib.render import result_bundle
 
 DW = str(Path(sys.executable).with_name("dw"))
@@ -95,13 +104,13 @@ def test_every_write_stores_the_content_digest_and_the_evidence_hashes(tmp_path:
     jsonschema.validate(data, schema)
     with pytest.raises(jsonschema.ValidationError, match="is not one of"):
         jsonschema.validate({**data, "status": "done"}, schema)  # the schema can say no
-    assert data["integrity"]["sha256"] == review.content_sha256(data)
+    assert data["integrity"]["sha256"] == content_sha256(data)
     assert [e["path"] for e in data["evidence"]] == [f"r-evidence/{s}.csv" for s in sorted(STEPS)]
     assert data["steps"][0]["evidence_files"] == ["r-evidence/preflight.csv"]  # relative: moves with the run
     assert data["manifest"] is None and data["duration_s"] is not None
     manifest = seal(path, path.with_suffix(".ipynb"))
     assert load_record(path)["manifest"] == manifest
-    assert manifest["notebook"]["sha256"] == review.file_sha256(path.with_suffix(".ipynb"))
+    assert manifest["notebook"]["sha256"] == file_sha256(path.with_suffix(".ipynb"))
 
 
 def test_evidence_is_hashed_again_only_when_it_changed(tmp_path: Path,
@@ -256,7 +265,7 @@ def test_a_notebook_without_its_record_is_enough_to_review(runs: Path) -> None:
     assert "rebuilt from the notebook" in review.show_text(run)
     empty = runs / "empty.ipynb"
     nbformat.write(nbformat.v4.new_notebook(), empty)
-    with pytest.raises(review.RecordError, match="carries no dwlib step results"):
+    with pytest.raises(RecordError, match="carries no dwlib step results"):
         review.find_run(empty)
 
 

@@ -23,9 +23,9 @@ import yaml
 from dw_helpers import Consultant
 from test_notebooks import run_faked
 
-from dwlib import params as params_module
 from dwlib import ui
 from dwlib.params import ParamsError, load_params
+from dwlib.params import load as params_load
 from dwlib.record import load_record
 from dwlib.render import TextProgress, attention, result_html, styled_table
 from dwlib.runbook import Runbook
@@ -126,7 +126,7 @@ def test_an_empty_form_lists_what_is_required_and_cannot_be_saved(tmp_path: Path
 
 def test_the_form_says_warnings_once_and_reads_a_file_that_is_not_utf8_as_a_problem(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(params_module, "_said", set())
+    monkeypatch.setattr(params_load, "_said", set())
     path = params_file(tmp_path, bootstrap={"mapping": {"": "USMF"}})
     with caplog.at_level(logging.WARNING, logger="dwlib.params"):
         form = ui.parameter_form({"params_file": str(path)}, scenario="existing-new")

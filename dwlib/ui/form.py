@@ -31,6 +31,7 @@ import yaml
 
 from dwlib.gates import HANDLERS
 from dwlib.params import PARAM_KEYS, ParamsError, load_params, notebook_parameters, read_text, said
+from dwlib.params import log as params_log
 from dwlib.render import esc
 from dwlib.secrets import SecretError, SecretRef
 
@@ -182,7 +183,7 @@ class ParameterForm:
         """Validate with the headless rules (`load_params`, with the notebook's `overrides` as the
         runbook will be opened); the problems (path, message)."""
         try:
-            with _quiet(logging.getLogger("dwlib.params")):
+            with _quiet(params_log):
                 params = load_params(self.data(), self.namespace.get("overrides") or None)
         except ParamsError as exc:
             self.problems, self.warnings = list(exc.problems), []
