@@ -7,7 +7,7 @@ one of two ways (`History`), then `seed` makes the state the runbook is for:
 | id | profile | history | then (`seed`) |
 |---|---|---|---|
 | `health-check` | `new-data-new` | `SETUP_RUN` | 3 USMF customers renamed in F&O outside dual-write |
-| `troubleshoot` | `new-data-new` | `SETUP_RUN` | a Dataverse save refused by live sync (plug-in tracing on), then Customers V3 (accounts) fails its initial sync again |
+| `troubleshoot` | `new-data-new` | `SETUP_RUN` | a traced live-sync refusal; accounts fail initial sync |
 | `maintenance` | `maintenance` | `PORTAL` | - (linked for USMF and GBSI, maps Running) |
 | `add-legal-entity` | `add-legal-entity` | `PORTAL` | - (DEMF, in F&O with customers, to add) |
 | `refresh-relink` | `refresh-relink` | `PORTAL`, `refresh`ed | - (new ids and URLs, a stale configuration) |
