@@ -1,9 +1,11 @@
 """Optional dependencies (pyproject.toml's extras): import one, or fail saying how to install it.
 
 The core installs what a headless run against real environments needs; the rest comes with an
-extra: `lab` (JupyterLab), `sandbox` (the local emulator), `review` (the HTML report, charts),
-`dask` (`dw batch --executor dask`), `all`. Every feature that needs one imports it through
-`require`, so a missing package is one message with the exact command to run.
+extra: `lab` (JupyterLab and ipywidgets), `sandbox` (the local emulator), `review` (the HTML
+report, charts), `dask` (`dw batch --executor dask`), `all`. Every feature that needs one imports
+it through `require`, so a missing package is one message with the exact command to run. (The
+runbooks' panels are the exception that degrades instead: without ipywidgets a headless run draws
+them as plain HTML, `dwlib.ui.view`.)
 
 Example:
     >>> require("json", "review", "reading JSON").__name__

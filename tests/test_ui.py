@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,9 +23,11 @@ import pytest
 import runbook_fakes
 import yaml
 from dw_helpers import Consultant
+from IPython.utils.dir2 import get_real_method
 from test_notebooks import run_faked
 
 from dwlib import ui
+from dwlib.extras import MissingExtra
 from dwlib.params import ParamsError, load_params
 from dwlib.params import load as params_load
 from dwlib.record import load_record
@@ -283,6 +287,118 @@ def test_papermill_saves_the_final_board_in_the_notebook(sandbox: dict[str, Any]
     assert f"{len(steps)} of {len(steps)} done" in final
     assert view["data"]["text/plain"].startswith("Steps of existing-existing: 0 of")  # the log's form
 
+
+
+# ---- without ipywidgets (a core install): the same panels as HTML, replaced in place --------------
+
+@pytest.fixture
+def no_ipywidgets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # `import ipywidgets` fails as if absent
+
+
+class Handle:
+    """What `display(…, display_id=True)` returns: every update is kept in `shown`."""
+
+    def __init__(self, shown: list[dict[str, str]]) -> None:
+        self.shown = shown
+
+    def update(self, bundle: dict[str, str], **kwargs: Any) -> None:
+        assert kwargs == {"raw": True}
+        self.shown.append(bundle)
+
+
+@pytest.fixture
+def displayed(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, str]]:
+    """The bundles a panel shows without ipywidgets: first displayed, then each replacement."""
+    shown: list[dict[str, str]] = []
+
+    def display(bundle: dict[str, str], **kwargs: Any) -> Handle:
+        assert kwargs == {"raw": True, "display_id": True}
+        shown.append(bundle)
+        return Handle(shown)
+
+    monkeypatch.setattr("dwlib.ui.view.display", display)
+    return shown
+
+
+def row_statuses(html: str) -> list[str]:
+    return re.findall(r'<tr class="dw-board-row" data-step="[^"]+" data-status="(\w+)"', html)
+
+
+def test_without_ipywidgets_the_headless_board_is_html_replaced_in_place(
+        sandbox: dict[str, Any], tmp_path: Path, fakes: Any, no_ipywidgets: None,
+        displayed: list[dict[str, str]]) -> None:
+    with open_rb(sandbox, tmp_path, interactive=False) as rb:
+        board = ui.step_board(rb)
+        assert board.widget is None and rb.progress is TextProgress
+        show = get_real_method(board, "_ipython_display_")  # what IPython calls for the cell's last line
+        assert show is not None
+        show()
+        (first,) = displayed
+        assert row_statuses(first["text/html"]) == ["pending"] * len(rb.step_ids)
+        assert first["text/plain"] == board.text() and "0 of" in first["text/plain"]
+        rb.run("preflight")
+        assert [row_statuses(b["text/html"])[0] for b in displayed] == ["pending", "running", "passed"]
+        last = displayed[-1]
+        assert 'data-step="preflight" data-status="passed"' in last["text/html"]
+        assert last["text/html"] == board.html() and last["text/plain"].splitlines()[1].startswith(
+            "✓ preflight  passed")
+
+
+def test_with_ipywidgets_the_board_is_the_widget_not_html_under_a_display_id(
+        sandbox: dict[str, Any], tmp_path: Path, fakes: Any) -> None:
+    with open_rb(sandbox, tmp_path, interactive=False) as rb:
+        board = ui.step_board(rb)
+        assert get_real_method(board, "_ipython_display_") is None  # IPython takes _repr_mimebundle_
+        assert "application/vnd.jupyter.widget-view+json" in board._repr_mimebundle_()
+
+
+def test_without_ipywidgets_an_interactive_board_names_the_extra(
+        sandbox: dict[str, Any], tmp_path: Path, fakes: Any, no_ipywidgets: None) -> None:
+    with open_rb(sandbox, tmp_path, interactive=True) as rb, \
+            pytest.raises(MissingExtra, match=r"pip install 'dwlib\[lab\]'"):
+        ui.step_board(rb)
+
+
+def test_without_ipywidgets_the_form_shows_the_same_problems_as_html(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, displayed: list[dict[str, str]]) -> None:
+    namespace: dict[str, Any] = {"params_file": str(params_file(tmp_path, legal_entities=["US-MF"]))}
+    with_widgets = ui.parameter_form(namespace, scenario="existing-new")
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)
+    form = ui.parameter_form(namespace, scenario="existing-new")
+    assert form.widget is None and form.fields == {}
+    assert form.problems == with_widgets.problems and [p for p, _ in form.problems] == ["legal_entities[0]"]
+    assert form.data() == with_widgets.data()
+    bundle = form.bundle()
+    assert bundle["text/html"].startswith('<div class="dw-form"><b>Parameters of existing-new</b>')
+    html = bundle["text/html"]
+    assert 'data-state="invalid"' in html and 'data-path="legal_entities[0]"' in html
+    assert bundle["text/plain"] == form.text()
+
+
+def test_without_ipywidgets_papermill_saves_the_final_panels_as_html(
+        sandbox: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "no-ipywidgets"  # the kernel starts as a core install's would: no ipywidgets
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text("import sys\nsys.modules['ipywidgets'] = None\n")
+    path = os.pathsep.join(filter(None, [str(blocker), os.environ.get("PYTHONPATH")]))
+    monkeypatch.setenv("PYTHONPATH", path)
+    monkeypatch.setenv("DW_FAKES_STATE", str(tmp_path / "fakes.json"))
+    monkeypatch.setenv("DW_FAKES", "{}")
+    out, record = run_faked(sandbox, tmp_path)
+    assert load_record(record)["status"] == "passed"
+    executed = nbformat.read(out, as_version=4)
+    assert "widgets" not in executed.metadata
+    cells = {c.get("id"): c for c in executed.cells}
+    (board,) = [o for o in cells["board"].outputs if "text/html" in o.get("data", {})]
+    steps = SCENARIOS["existing-existing"].step_ids()
+    assert all(f'data-step="{s}" data-status="passed"' in board["data"]["text/html"] for s in steps)
+    done = f"Steps of existing-existing: {len(steps)} of {len(steps)} done"
+    assert board["data"]["text/plain"].startswith(done)
+    (form,) = [o for o in cells["form"].outputs if "text/html" in o.get("data", {})]
+    assert 'data-state="valid"' in form["data"]["text/html"]
+    (connect,) = [o for o in cells["connect"].outputs if "text/html" in o.get("data", {})]
+    assert 'data-state="signed-in"' in connect["data"]["text/html"]
 
 # ---- the closing summary and its Seal button ----------------------------------------------------------
 

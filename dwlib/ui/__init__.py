@@ -9,8 +9,10 @@
   that writes the report and seals the record once the notebook is saved (`dwlib.ui.summary`).
 
 Headless (papermill, `dw run`) the same cells run without blocking: gates poll as the parameters
-say, progress prints, and each widget also renders as text; the executed notebook keeps the
-widgets' final state, so a reviewer sees the final board.
+say, progress prints, and each panel also renders as text; the executed notebook keeps the
+widgets' final state, so a reviewer sees the final board. Without ipywidgets (a core install,
+which only runs headless) the form, sign-in and board are plain HTML replaced in place instead
+(`dwlib.ui.view`); the buttons and bars a person uses need the `lab` extra.
 
 Example:
     form = ui.parameter_form(globals(), scenario="existing-new"); form

@@ -3,7 +3,9 @@
 `StepBoard(rb)` listens to the runbook (`Runbook.listeners`): every step of the scenario is a row
 with its live status, duration and one-line result, updated as each `rb.run` starts and ends. It
 is one `ipywidgets.HTML`, so the executed notebook keeps its final state in the saved widget
-state (papermill stores it), and reviewers see the final board. Interactively it also
+state (papermill stores it), and reviewers see the final board; without ipywidgets (a core
+install, headless) it is plain HTML replaced in place (`dwlib.ui.view.Panel`), which the executed
+notebook keeps just the same. Interactively (which needs ipywidgets, the `lab` extra) it also
 
 - shows a `GatePanel` under a step whose portal gate waits (`dwlib.gates.GateWaiting`): the
   instruction with its links and a "Verify now" button that runs the step again (it checks first,
@@ -24,12 +26,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import ipywidgets as widgets
 from IPython.display import display
 
 from dwlib.render import MARKS, TextProgress, badge, esc, seconds_text
 from dwlib.steps import StepResult, StepStatus
 from dwlib.vocab import Unfinished
+
+from .view import Panel, interactive_widgets
 
 if TYPE_CHECKING:
     from dwlib.runbook import Runbook
@@ -55,16 +58,20 @@ def _one_line(text: str) -> str:
     return line if len(line) <= SUMMARY_CHARS else line[:SUMMARY_CHARS - 1] + "…"
 
 
-class StepBoard:
+class StepBoard(Panel):
     """Every step of a runbook's scenario with its live status, duration and one-line result.
 
-    Creating it subscribes it to the runbook; displaying it shows the widget (and, as text, the
-    rows as they were then). `rows` is the state, `widget` the `ipywidgets.HTML` showing it.
+    Creating it subscribes it to the runbook; displaying it shows the board (and, as text, the
+    rows as they were then). `rows` is the state, `view` the HTML showing it: the widget (an
+    `ipywidgets.HTML`), or without ipywidgets the panel's one part.
 
     board = StepBoard(rb); rb.run("preflight"); board.rows[0]["status"]  → 'passed'
     """
 
     def __init__(self, rb: Runbook) -> None:
+        if rb.interactive:  # fail before subscribing, with the command that installs the buttons
+            interactive_widgets("an interactive runbook's step board (Verify now, progress bars)")
+        super().__init__()
         self.rb = rb
         titles = {ref.id: ref.step for ref in rb.scenario.steps}
         self.rows: list[dict[str, Any]] = [
@@ -73,7 +80,8 @@ class StepBoard:
             for step_id in rb.step_ids]
         for step_id, result in rb.results.items():  # a board made after some steps ran
             self._set(step_id, result)
-        self.widget = widgets.HTML(self.html())
+        self.view = self.html_part(self.html())
+        self.widget = self.view if self.ipywidgets is not None else None
         self.panels: dict[str, GatePanel] = {}
         rb.listeners.append(self.update)
         if rb.interactive:  # the board gives gates their Verify now button, and long steps a bar
@@ -83,7 +91,7 @@ class StepBoard:
     def update(self, step_id: str, result: StepResult | None) -> None:
         """The runbook's listener: a step started (`result` None) or ended."""
         self._set(step_id, result)
-        self.widget.value = self.html()
+        self.view.value = self.html()
         if result is None or not self.rb.interactive:
             return
         panel = self.panels.get(step_id)
@@ -123,13 +131,6 @@ class StepBoard:
         return "\n".join([f"Steps of {self.rb.scenario.id}: {self.done()} of {len(self.rows)} done",
                           *(row_text(r) for r in self.rows)])
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
-        # The widget for JupyterLab (its final state is saved with the notebook); readable text
-        # instead of the widget's repr for logs and viewers without widgets.
-        bundle: dict[str, Any] = self.widget._repr_mimebundle_(**kwargs)
-        bundle["text/plain"] = self.text()
-        return bundle
-
 
 class GatePanel:
     """A portal gate that waits for the consultant: what to do (steps, links, what is verified), a
@@ -142,6 +143,7 @@ class GatePanel:
         self.rb, self.step_id = rb, step_id
         self.verifying = False
         self.attempts = 0  # presses of Verify now that finished (data-attempt: a page can wait on it)
+        widgets = interactive_widgets("a portal gate's Verify now button")
         self.instruction = widgets.HTML(instruction_html(instruction))
         self.button = widgets.Button(description="Verify now", button_style="primary", icon="refresh",
                                      tooltip=f"run {step_id} again: it checks the portal action's result")
@@ -204,6 +206,7 @@ class WidgetProgress(TextProgress):
 
     def __init__(self, label: str, total: int | None) -> None:
         super().__init__(label, total)
+        widgets = interactive_widgets("a progress bar")
         self.bar = widgets.IntProgress(value=0, min=0, max=max(total or 0, 1), description=label,
                                        bar_style="info", style={"description_width": "initial"})
         self.count = widgets.Label(self._said())

@@ -8,26 +8,28 @@ Confirm button under that step's result. The cell does not block: pressing the b
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import ipywidgets as widgets
 from IPython.display import display
 
 from dwlib.render import esc
 from dwlib.steps import StepResult
 
+from .view import interactive_widgets
+
 if TYPE_CHECKING:
     from dwlib.runbook import Runbook
 
 
-def confirmation_button(rb: Runbook, step_id: str, what: str) -> widgets.VBox:
-    """Show a Confirm button for `step_id` (doing `what`); returns the box (its `children[1]` is
-    the button)."""
+def confirmation_button(rb: Runbook, step_id: str, what: str) -> Any:
+    """Show a Confirm button for `step_id` (doing `what`); returns the box (an `ipywidgets.VBox`:
+    its `children[1]` is the button)."""
+    widgets = interactive_widgets("the Confirm button of an irreversible step")
     button = widgets.Button(description="Confirm and run", button_style="danger",
                             tooltip=f"{step_id}: {what}", icon="check")
     out = widgets.Output()
 
-    def confirmed(_button: widgets.Button) -> None:
+    def confirmed(_button: Any) -> None:
         button.disabled = True
         with out:
             display(rb.run(step_id, confirm=True))

@@ -20,13 +20,13 @@ Example:
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
-
-import ipywidgets as widgets
+from typing import TYPE_CHECKING
 
 from dwlib.errors import DwError
 from dwlib.render import esc
 from dwlib.secrets import scrub
+
+from .view import Panel
 
 if TYPE_CHECKING:
     from dwlib.runbook import Runbook
@@ -61,20 +61,24 @@ def whoami(rb: Runbook) -> list[dict[str, str]]:
     return [dataverse, finops]
 
 
-class ConnectPanel:
+class ConnectPanel(Panel):
     """The connect cell's widget: the device code and link while signing in, then who you are.
 
     panel = ConnectPanel(rb); panel.sign_in(); panel.rows[1]["signed in as"]
     """
 
+    css_class = "dw-connect"
+
     def __init__(self, rb: Runbook) -> None:
+        super().__init__()
         self.rb = rb
         self.rows: list[dict[str, str]] = []
         self.error = ""
-        self.code = widgets.HTML("")
-        self.who = widgets.HTML('<p class="dw-who" data-state="signing-in">Signing in…</p>')
-        self.widget = widgets.VBox([self.code, self.who])
-        self.widget.add_class("dw-connect")
+        self.code = self.html_part("")
+        self.who = self.html_part('<p class="dw-who" data-state="signing-in">Signing in…</p>')
+        if self.ipywidgets is not None:
+            self.widget = self.ipywidgets.VBox([self.code, self.who])
+            self.widget.add_class(self.css_class)
         rb.device_prompt = self.prompt
 
     def prompt(self, message: str) -> None:
@@ -115,11 +119,6 @@ class ConnectPanel:
             return f"Sign-in failed: {self.error}"
         return "\n".join(f"{r['environment']} ({r['url']}): signed in as {r['signed in as']}; {r['details']}"
                          for r in self.rows) or "Not signed in yet."
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
-        bundle: dict[str, Any] = self.widget._repr_mimebundle_(**kwargs)
-        bundle["text/plain"] = self.text()
-        return bundle
 
 
 def connect(rb: Runbook) -> ConnectPanel:

@@ -8,6 +8,10 @@ value that is not one is cleared at once, so a pasted secret never stays in the 
 saved notebook keeps. Saving refuses while any problem remains, writes the YAML and points the
 notebook's `params_file` at it, for the next cell to open the runbook with.
 
+The form's state is `values` (each field as shown); the widgets edit it. Without ipywidgets (a
+core install, headless) there is nothing to edit: the form shows where the parameters come from
+and their problems as HTML (`dwlib.ui.view.Panel`), validated by the same rules.
+
 Example:
     >>> form = ParameterForm({"params_file": None}, scenario="new-new")
     >>> form.problems[0]
@@ -26,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import ipywidgets as widgets
 import yaml
 
 from dwlib.gates import HANDLERS
@@ -34,6 +37,8 @@ from dwlib.params import PARAM_KEYS, ParamsError, load_params, notebook_paramete
 from dwlib.params import log as params_log
 from dwlib.render import esc
 from dwlib.secrets import SecretError, SecretRef
+
+from .view import Panel
 
 DRY_RUN = {"as the parameters decide": None, "yes: only check and plan": True, "no: make the changes": False}
 
@@ -65,6 +70,7 @@ FIELDS = (
     Field("options.confirm_irreversible", "Confirm irreversible steps without asking", "bool"),
     Field("options.gates", "Portal gates", "gates"),
 )
+KINDS = {f.key: f.kind for f in FIELDS}
 
 
 def _get(data: Mapping[str, Any], key: str) -> Any:
@@ -108,14 +114,17 @@ def _quiet(logger: logging.Logger) -> Iterator[None]:
         logger.setLevel(level)
 
 
-class ParameterForm:
+class ParameterForm(Panel):
     """The form of one notebook's parameters; `namespace` is the notebook's globals().
 
     Prefilled from `namespace["params_file"]` (or the keys papermill injected); `load(path)`
     fills it from another file; `save(path)` writes the file and sets `params_file`.
     """
 
+    css_class = "dw-form"
+
     def __init__(self, namespace: MutableMapping[str, Any], *, scenario: str) -> None:
+        super().__init__()
         self.namespace = namespace
         self.scenario = scenario
         self.raw: dict[str, Any] = {}
@@ -123,31 +132,42 @@ class ParameterForm:
         self.warnings: list[str] = []
         self.note = ""
         self._filling = False  # set while the form fills itself: no validation per field then
-        self.fields: dict[str, widgets.Widget] = {f.key: _widget(f) for f in FIELDS}
-        self.errors: dict[str, widgets.HTML] = {f.key: widgets.HTML("") for f in FIELDS}
+        self.values: dict[str, Any] = {f.key: _shown(f, None) for f in FIELDS}
+        # The editing widgets (none without ipywidgets: nothing edits the form then).
+        self.fields: dict[str, Any] = {}
+        self.errors: dict[str, Any] = {}
         source, inline = notebook_parameters(namespace)
-        self.path = widgets.Text(str(source or ""), description="Parameters file",
+        title = self.html_part(f"<b>Parameters of {esc(scenario)}</b>")
+        self.status = self.html_part("")
+        if self.ipywidgets is not None:
+            self.widget = self._widgets(self.ipywidgets, title, str(source or ""))
+        if source:
+            self.load(source)
+        else:
+            self._fill(inline)
+        for key, field in self.fields.items():
+            field.observe(lambda change, key=key: self._changed(key, change), names="value")
+
+    def _widgets(self, widgets: Any, title: Any, source: str) -> Any:
+        """The form as widgets: a field and its errors per parameter, Load and Save."""
+        self.fields = {f.key: _widget(widgets, f) for f in FIELDS}
+        self.errors = {f.key: widgets.HTML("") for f in FIELDS}
+        self.path = widgets.Text(source, description="Parameters file",
                                  placeholder="params/….yaml", style={"description_width": "initial"},
                                  layout=widgets.Layout(width="60%"))
         self.load_button = widgets.Button(description="Load", icon="folder-open")
         self.save_path = widgets.Text("", description="Save as", style={"description_width": "initial"},
                                       layout=widgets.Layout(width="60%"))
         self.save_button = widgets.Button(description="Save", button_style="success", icon="save")
-        self.status = widgets.HTML("")
         self.load_button.on_click(lambda _b: self.load(self.path.value))
         self.save_button.on_click(lambda _b: self.save(self.save_path.value))
         rows = [widgets.HBox([self.path, self.load_button])]
         for f in FIELDS:
             rows.append(widgets.VBox([self.fields[f.key], self.errors[f.key]]))
         rows += [widgets.HBox([self.save_path, self.save_button]), self.status]
-        self.widget = widgets.VBox([widgets.HTML(f"<b>Parameters of {esc(scenario)}</b>"), *rows])
-        self.widget.add_class("dw-form")
-        if source:
-            self.load(source)
-        else:
-            self._fill(inline)
-        for f in FIELDS:
-            self.fields[f.key].observe(lambda change, f=f: self._changed(f, change), names="value")
+        box = widgets.VBox([title, *rows])
+        box.add_class(self.css_class)
+        return box
 
     # ---- reading and writing -----------------------------------------------------------------
 
@@ -168,7 +188,8 @@ class ParameterForm:
             self._show()
             return
         self.note = f"loaded {path}"
-        self.save_path.value = str(Path(path).with_name(f"{Path(path).stem}-edited.yaml"))
+        if self.widget is not None:
+            self.save_path.value = str(Path(path).with_name(f"{Path(path).stem}-edited.yaml"))
         self._fill(raw)
 
     def data(self) -> dict[str, Any]:
@@ -176,7 +197,7 @@ class ParameterForm:
         data = yaml.safe_load(yaml.safe_dump(self.raw, sort_keys=False)) or {}  # a plain YAML deep copy
         data["scenario"] = self.scenario
         for f in FIELDS:
-            _put(data, f.key, _value(f, self.fields[f.key].value))
+            _put(data, f.key, _value(f, self.values[f.key]))
         return data
 
     def validate(self) -> list[tuple[str, str]]:
@@ -215,35 +236,38 @@ class ParameterForm:
         self._show()
         return target
 
-    # ---- widgets -----------------------------------------------------------------------------
+    # ---- showing ----------------------------------------------------------------------------
 
     def _fill(self, raw: Mapping[str, Any]) -> None:
         self.raw = dict(raw)
         self._filling = True
         try:
             for f in FIELDS:
-                self.fields[f.key].value = _shown(f, _get(raw, f.key))
+                self.values[f.key] = _shown(f, _get(raw, f.key))
+                if f.key in self.fields:
+                    self.fields[f.key].value = self.values[f.key]
         finally:
             self._filling = False
         self.validate()
 
-    def _changed(self, f: Field, change: Mapping[str, Any]) -> None:
+    def _changed(self, key: str, change: Mapping[str, Any]) -> None:
         if self._filling:
             return
-        if f.kind == "secret" and change["new"]:
+        self.values[key] = change["new"]
+        if KINDS[key] == "secret" and change["new"]:
             try:
                 SecretRef.parse(change["new"])
             except SecretError as exc:
-                self.fields[f.key].value = ""  # never keep a pasted secret in the widget state
+                self.fields[key].value = ""  # never keep a pasted secret in the widget state
                 self.validate()
-                self.errors[f.key].value = _error(f"{f.key}: {exc} (the value was cleared)")
+                self.errors[key].value = _error(f"{key}: {exc} (the value was cleared)")
                 return
         self.validate()
 
     def _show(self) -> None:
-        for f in FIELDS:
-            mine = [f"{p}: {m}" for p, m in self.problems if p == f.key or p.startswith(f.key + ".")]
-            self.errors[f.key].value = "".join(_error(m) for m in mine)
+        for key, errors in self.errors.items():
+            mine = [f"{p}: {m}" for p, m in self.problems if p == key or p.startswith(key + ".")]
+            errors.value = "".join(_error(m) for m in mine)
         if self.problems:
             items = "".join(f'<li data-path="{esc(p)}">{esc(f"{p}: {m}" if p else m)}</li>'
                             for p, m in self.problems)
@@ -263,17 +287,12 @@ class ParameterForm:
         lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
-        bundle: dict[str, Any] = self.widget._repr_mimebundle_(**kwargs)
-        bundle["text/plain"] = self.text()
-        return bundle
-
 
 def _error(message: str) -> str:
     return f'<span class="dw-field-error" style="color:#cf222e">{esc(message)}</span>'
 
 
-def _widget(f: Field) -> widgets.Widget:
+def _widget(widgets: Any, f: Field) -> Any:
     common: dict[str, Any] = {"description": f.label, "style": {"description_width": "14em"},
                               "layout": widgets.Layout(width="80%")}
     if f.kind == "method":

@@ -20,13 +20,13 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import ipywidgets as widgets
-
 from dwlib.errors import DwError
 from dwlib.record import load_record
 from dwlib.render import esc
 from dwlib.report import RunSummary, finalize
 from dwlib.review import record_from_notebook
+
+from .view import interactive_widgets
 
 if TYPE_CHECKING:
     from dwlib.runbook import Runbook
@@ -59,6 +59,7 @@ class SealPanel:
         self.rb = rb
         self.state = "ready"
         self.report: Path | None = None
+        widgets = interactive_widgets("the Seal button")
         self.table = widgets.HTML(rb.summary().html())
         self.notebook = widgets.Text(str(notebook or ""), description="Notebook",
                                      placeholder="the path of this notebook (.ipynb)",
