@@ -73,7 +73,7 @@ def rendered(notebook: Path, css_class: str) -> list[str]:
             or f'class="dw {css_class}' in o.get("data", {}).get("text/html", "")]
 
 
-def assert_rendered_in_language(notebook: Path, language: str) -> None:
+def assert_rendered_in_language(notebook: Path, language: str, scenario: str) -> None:
     """The executed `notebook` shows its step results and closing summary in `language`: each status
     badge and each column name as `dwlib/text/<language>/labels.yaml` words them."""
     results = rendered(notebook, "dw-step-result")
@@ -85,6 +85,25 @@ def assert_rendered_in_language(notebook: Path, language: str) -> None:
             assert all(f"<th>{text.word(language, k)}</th>" in html for k in ("check", "evidence", "fix"))
     summaries = rendered(notebook, "dw-run-summary")
     assert summaries and all(f"<th>{text.word(language, 'summary')}</th>" in h for h in summaries)
+    board = final_board(notebook)
+    assert text.word(language, "steps_of", scenario=scenario) in board, board[:300]
+    assert f"<th>{text.word(language, 'result')}</th>" in board
+
+
+def final_board(notebook: Path) -> str:
+    """The step board's HTML as the executed `notebook` keeps it: the widget's saved state, or the
+    HTML output replaced in place (without ipywidgets)."""
+    nb = nbformat.read(notebook, as_version=4)
+    cell = next(c for c in nb.cells if c.get("id") == "board")
+    for output in cell.outputs:
+        data = output.get("data", {})
+        if "application/vnd.jupyter.widget-view+json" in data:
+            model = data["application/vnd.jupyter.widget-view+json"]["model_id"]
+            states = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+            return str(states[model]["state"]["value"])
+        if 'class="dw-board"' in data.get("text/html", ""):
+            return str(data["text/html"])
+    raise AssertionError(f"no step board in {notebook}")
 
 
 def assert_in_language(data: dict[str, Any], language: str, notebook: Path | None = None) -> dict[str, Any]:
@@ -92,7 +111,7 @@ def assert_in_language(data: dict[str, Any], language: str, notebook: Path | Non
     (none left in English) while the consultant acted on them, and, given its executed `notebook`, the
     words of its rendered results (`assert_rendered_in_language`); `data`."""
     if notebook is not None:
-        assert_rendered_in_language(notebook, language)
+        assert_rendered_in_language(notebook, language, data["scenario"])
     sc = SCENARIOS[data["scenario"]]
     assert data["parameters"]["language"] == language
     for step in data["steps"]:

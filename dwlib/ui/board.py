@@ -30,6 +30,7 @@ from IPython.display import display
 
 from dwlib.render import MARKS, TextProgress, badge, esc, seconds_text
 from dwlib.steps import StepResult, StepStatus
+from dwlib.text import status_word, word
 from dwlib.vocab import Unfinished
 
 from .view import Panel, interactive_widgets
@@ -45,12 +46,12 @@ def _seconds(row: Mapping[str, Any]) -> str:
     return "" if row.get("seconds") is None else seconds_text(row["seconds"])
 
 
-def row_text(row: Mapping[str, Any]) -> str:
-    """One board row as text (the headless form of the board)."""
+def row_text(row: Mapping[str, Any], language: str = "en") -> str:
+    """One board row as text (the headless form of the board), its status in `language`."""
     seconds = f"  {_seconds(row)}" if row.get("seconds") is not None else ""
     summary = f"  {row['summary']}" if row.get("summary") else ""
     mark = MARKS.get(row["status"], "·")
-    return f"{mark} {row['id']}  {row['status'].replace('_', ' ')}{seconds}{summary}"
+    return f"{mark} {row['id']}  {status_word(language, row['status'])}{seconds}{summary}"
 
 
 def _one_line(text: str) -> str:
@@ -114,22 +115,35 @@ class StepBoard(Panel):
         return sum(1 for r in self.rows
                    if r["status"] not in tuple(Unfinished) and StepStatus(r["status"]).ok)
 
+    @property
+    def language(self) -> str:
+        """The run's language: the board's words (`dwlib/text/<language>/labels.yaml`)."""
+        return str(self.rb.params.language)
+
+    def _head(self) -> tuple[str, str]:
+        lang = self.language
+        return (word(lang, "steps_of", scenario=self.rb.scenario.id),
+                word(lang, "done_of", done=self.done(), total=len(self.rows)))
+
     def html(self) -> str:
         """The board as an HTML table (`data-step` and `data-status` on each row)."""
+        lang = self.language
         body = "".join(
             f'<tr class="dw-board-row" data-step="{esc(r["id"])}" data-status="{r["status"]}">'
-            f"<td>{i}</td><td><code>{esc(r['id'])}</code></td><td>{badge(r['status'])}</td>"
+            f"<td>{i}</td><td><code>{esc(r['id'])}</code></td>"
+            f"<td>{badge(r['status'], status_word(lang, r['status']))}</td>"
             f'<td style="text-align:right">{_seconds(r)}</td><td>{esc(r["summary"])}</td></tr>'
             for i, r in enumerate(self.rows, 1))
-        head = (f"<p><b>Steps of {esc(self.rb.scenario.id)}</b>: "
-                f'<span class="dw-board-done">{self.done()} of {len(self.rows)} done</span></p>')
-        return (f'<div class="dw-board">{head}<table><thead><tr><th>#</th><th>step</th><th>status</th>'
-                f"<th>time</th><th>result</th></tr></thead><tbody>{body}</tbody></table></div>")
+        title, done = self._head()
+        head = f'<p><b>{esc(title)}</b>: <span class="dw-board-done">{esc(done)}</span></p>'
+        columns = "".join(f"<th>{esc(word(lang, k))}</th>" for k in ("step", "status", "time", "result"))
+        return (f'<div class="dw-board">{head}<table><thead><tr><th>#</th>{columns}</tr></thead>'
+                f"<tbody>{body}</tbody></table></div>")
 
     def text(self) -> str:
         """The board as text lines."""
-        return "\n".join([f"Steps of {self.rb.scenario.id}: {self.done()} of {len(self.rows)} done",
-                          *(row_text(r) for r in self.rows)])
+        title, done = self._head()
+        return "\n".join([f"{title}: {done}", *(row_text(r, self.language) for r in self.rows)])
 
 
 class GatePanel:
