@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 Service = Literal["dataverse", "finops"]
@@ -81,12 +82,20 @@ class Entity:
         prefix = "dv" if self.service == "dataverse" else "fo"
         return f"{prefix}_{self.name.lower()}"
 
-    @property
+    @cached_property  # read for every row written or read; do not change the dict it returns
     def all_columns(self) -> dict[str, ColumnType]:
         cols = dict(self.columns)
         for lk in self.lookups:
             cols[lk.column] = "guid"
         return cols
+
+    @cached_property
+    def columns_by_type(self) -> dict[ColumnType, tuple[str, ...]]:
+        """The names of `all_columns` by their type."""
+        out: dict[ColumnType, tuple[str, ...]] = {}
+        for name, typ in self.all_columns.items():
+            out[typ] = (*out.get(typ, ()), name)
+        return out
 
     def navigation(self, nav: str) -> tuple[Lookup, tuple[str, ...]] | None:
         """The lookup behind single-valued navigation property `nav` and the entity sets it may
