@@ -23,7 +23,8 @@ steps up to `migrate`. Then, in one run:
 directions). `cpu_s`: the CPU seconds the sandbox process and this one (the client) used during
 the step: on 2 cores, the step cannot end before either has done its share. `--profile FILE` also
 writes a cProfile of the migrate step (this process); with `DW_BENCH_PY_SPY=<py-spy binary>`, py-spy
-records the sandbox process during the step (flame graph in `DW_BENCH_PY_SPY_OUT`).
+records the sandbox process during the step (flame graph in `DW_BENCH_PY_SPY_OUT`;
+`DW_BENCH_PY_SPY_FORMAT=raw`: collapsed stacks).
 
 Prints one JSON object with `--json` (else a table); `--save` also writes it to
 `benchmarks/results/migrate-<N>.json`.
@@ -164,7 +165,9 @@ def _spy(pid: int) -> subprocess.Popen[bytes] | None:
     if not binary:
         return None
     out = os.environ.get("DW_BENCH_PY_SPY_OUT", "sandbox-migrate.svg")
-    return subprocess.Popen([binary, "record", "--pid", str(pid), "--output", out, "--rate", "50"])
+    fmt = os.environ.get("DW_BENCH_PY_SPY_FORMAT", "flamegraph")  # or raw: collapsed stacks
+    return subprocess.Popen([binary, "record", "--pid", str(pid), "--output", out, "--rate", "50",
+                             "--format", fmt])
 
 
 def bulk(rb: Runbook) -> tuple[int, float]:

@@ -497,7 +497,7 @@ class _Dataverse:
         self._hooks(ent, "update", [k for k, _ in items])
 
     def _hooks(self, ent: Entity, op: str, keys: list[dict[str, Any]]) -> None:
-        def event() -> WriteEvent:
+        def rows() -> list[dict[str, Any]]:  # read only if a hook asks for them
             pk = ent.key[0]
             ids = list(dict.fromkeys(k[pk] for k in keys))
             found: dict[str, dict[str, Any]] = {}
@@ -505,9 +505,9 @@ class _Dataverse:
                 chunk = ids[start:start + 500]
                 sql = f"SELECT * FROM {quote(ent.table)} WHERE {quote(pk)} IN ({', '.join('?' * len(chunk))})"
                 found.update((r[pk], Store.from_db(ent, r)) for r in self.store.query(sql, chunk))
-            return WriteEvent(ent, op, [found[i] for i in ids if i in found])
+            return [found[i] for i in ids if i in found]
 
-        run_write_hooks(self.sbx.extras, event)
+        run_write_hooks(self.sbx.extras, lambda: WriteEvent(ent, op, rows))
 
     def _written(self, request: Request, ent: Entity, pk: str, status_if_returned: int) -> Response:
         url = f"{self.root}{ent.name}({pk})"
