@@ -100,11 +100,15 @@ class Entity:
     def navigation(self, nav: str) -> tuple[Lookup, tuple[str, ...]] | None:
         """The lookup behind single-valued navigation property `nav` and the entity sets it may
         refer to; None when there is none. Names match case-sensitively, as the service's do."""
+        return self._navigations.get(nav)
+
+    @cached_property  # looked up for every bound lookup of every row written
+    def _navigations(self) -> dict[str, tuple[Lookup, tuple[str, ...]]]:
+        out: dict[str, tuple[Lookup, tuple[str, ...]]] = {}
         for lk in self.lookups:
-            targets = lk.navigations().get(nav)
-            if targets is not None:
-                return lk, targets
-        return None
+            for nav, targets in lk.navigations().items():
+                out.setdefault(nav, (lk, targets))  # the first lookup naming it, as before
+        return out
 
     def lookup(self, attribute: str) -> Lookup | None:
         """The lookup whose attribute (logical name) is `attribute`, or None."""
