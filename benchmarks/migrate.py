@@ -21,7 +21,10 @@ steps up to `migrate`. Then, in one run:
 
 `ratio` = migrate rows/s ÷ bulk rows/s, where migrate rows are the rows the step wrote (both
 directions). `cpu_s`: the CPU seconds the sandbox process and this one (the client) used during
-the step: on 2 cores, the step cannot end before either has done its share. `--profile FILE` also
+the step: on 2 cores, the step cannot end before either has done its share; `bulk_cpu_s` the
+same for the bulk path, and `sandbox_cpu_ratio` = (migrate rows ÷ the sandbox's CPU seconds in
+migrate) ÷ (bulk rows ÷ its CPU seconds in bulk): the ratio the sandbox's work per row allows at
+best, much less dependent on what else runs on the machine than `ratio`. `--profile FILE` also
 writes a cProfile of the migrate step (this process); with `DW_BENCH_PY_SPY=<py-spy binary>`, py-spy
 records the sandbox process during the step (flame graph in `DW_BENCH_PY_SPY_OUT`;
 `DW_BENCH_PY_SPY_FORMAT=raw`: collapsed stacks).
@@ -217,7 +220,9 @@ def run(rows: int, profile: Path | None) -> dict[str, Any]:
                         spy.wait()
                 migrate_s = time.perf_counter() - start
                 migrate_cpu = cpu.mark()
+                cpu.mark()
                 bulk_rows, bulk_s = bulk(rb)
+                bulk_cpu = cpu.mark()
         finally:
             control.stop(root)
     counts = result.counts
@@ -241,6 +246,10 @@ def run(rows: int, profile: Path | None) -> dict[str, Any]:
         "bulk_s": round(bulk_s, 2),
         "bulk_rows_per_s": round(bulk_rate, 1),
         "ratio": round(migrate_rate / bulk_rate, 3),
+        "bulk_cpu_s": bulk_cpu,
+        # Rows per second of sandbox CPU, migrate ÷ bulk: the ratio the sandbox's work per row
+        # allows at best, whatever else runs on the machine.
+        "sandbox_cpu_ratio": round((moved / migrate_cpu["sandbox"]) / (bulk_rows / bulk_cpu["sandbox"]), 3),
     }
 
 
