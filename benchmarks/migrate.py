@@ -20,7 +20,14 @@ steps up to `migrate`. Then, in one run:
   updating every account once, on the same sandbox right after the migration.
 
 `ratio` = migrate rows/s ÷ bulk rows/s, where migrate rows are the rows the step wrote (both
-directions). `--profile FILE` also writes a cProfile of the migrate step.
+directions). `cpu_s`: the CPU seconds the sandbox process and this one (the client) used during
+the step: on 2 cores, the step cannot end before either has done its share; `bulk_cpu_s` the
+same for the bulk path, and `sandbox_cpu_ratio` = (migrate rows ÷ the sandbox's CPU seconds in
+migrate) ÷ (bulk rows ÷ its CPU seconds in bulk): the ratio the sandbox's work per row allows at
+best, much less dependent on what else runs on the machine than `ratio`. `--profile FILE` also
+writes a cProfile of the migrate step (this process); with `DW_BENCH_PY_SPY=<py-spy binary>`, py-spy
+records the sandbox process during the step (flame graph in `DW_BENCH_PY_SPY_OUT`;
+`DW_BENCH_PY_SPY_FORMAT=raw`: collapsed stacks).
 
 Prints one JSON object with `--json` (else a table); `--save` also writes it to
 `benchmarks/results/migrate-<N>.json`.
@@ -33,6 +40,8 @@ import cProfile
 import json
 import os
 import platform
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -43,6 +52,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
@@ -132,6 +143,36 @@ def instrument(phases: Phases) -> list[Callable[[], None]]:
     return undo
 
 
+class Cpu:
+    """CPU seconds (user + system) of the sandbox process and of this one, between two marks."""
+
+    def __init__(self, sandbox_pid: int) -> None:
+        self.procs = {"sandbox": psutil.Process(sandbox_pid), "client": psutil.Process()}
+        self.last = self._now()
+
+    def _now(self) -> dict[str, float]:
+        return {k: sum(p.cpu_times()[:2]) for k, p in self.procs.items()}
+
+    def mark(self) -> dict[str, float]:
+        """The seconds each used since the last mark."""
+        now = self._now()
+        spent = {k: round(now[k] - self.last[k], 2) for k in now}
+        self.last = now
+        return spent
+
+
+def _spy(pid: int) -> subprocess.Popen[bytes] | None:
+    """py-spy recording the sandbox during the step, when `DW_BENCH_PY_SPY` names its binary (the
+    flame graph goes to `DW_BENCH_PY_SPY_OUT`)."""
+    binary = os.environ.get("DW_BENCH_PY_SPY")
+    if not binary:
+        return None
+    out = os.environ.get("DW_BENCH_PY_SPY_OUT", "sandbox-migrate.svg")
+    fmt = os.environ.get("DW_BENCH_PY_SPY_FORMAT", "flamegraph")  # or raw: collapsed stacks
+    return subprocess.Popen([binary, "record", "--pid", str(pid), "--output", out, "--rate", "50",
+                             "--format", fmt])
+
+
 def bulk(rb: Runbook) -> tuple[int, float]:
     """Every account updated once through the client's bulk path; (rows, seconds)."""
     dv = rb.session.dataverse
@@ -146,7 +187,8 @@ def run(rows: int, profile: Path | None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="dw-bench-") as tmp:
         root = Path(tmp) / "sandbox"
         start = time.perf_counter()
-        control.start(SCENARIO, root=root, rows=rows, port=0, owner_pid=os.getpid())
+        started = control.start(SCENARIO, root=root, rows=rows, port=0, owner_pid=os.getpid())
+        cpu = Cpu(started.connection["pid"])
         sandbox_s = time.perf_counter() - start
         try:
             rb = Runbook.open(ROOT / "params" / f"sandbox-{SCENARIO}.yaml", {"sandbox.dir": str(root)},
@@ -160,7 +202,9 @@ def run(rows: int, profile: Path | None) -> dict[str, Any]:
                 phases = Phases()
                 undo = instrument(phases)
                 profiler = cProfile.Profile() if profile else None
+                spy = _spy(started.connection["pid"])
                 start = time.perf_counter()
+                cpu.mark()
                 if profiler:
                     profiler.enable()
                 try:
@@ -171,8 +215,14 @@ def run(rows: int, profile: Path | None) -> dict[str, Any]:
                         profiler.dump_stats(profile)
                     for u in undo:
                         u()
+                    if spy is not None:
+                        spy.send_signal(signal.SIGINT)
+                        spy.wait()
                 migrate_s = time.perf_counter() - start
+                migrate_cpu = cpu.mark()
+                cpu.mark()
                 bulk_rows, bulk_s = bulk(rb)
+                bulk_cpu = cpu.mark()
         finally:
             control.stop(root)
     counts = result.counts
@@ -188,6 +238,7 @@ def run(rows: int, profile: Path | None) -> dict[str, Any]:
         "migrate_rows": moved,
         "migrate_counts": counts,
         "migrate_rows_per_s": round(migrate_rate, 1),
+        "cpu_s": migrate_cpu,
         "phases_s": {k: round(v, 2) for k, v in sorted(phases.seconds.items(), key=lambda kv: -kv[1])
                      if not k.startswith("step ")},
         "wall_s": {k: round(v, 2) for k, v in sorted(phases.busy().items(), key=lambda kv: -kv[1])},
@@ -195,6 +246,10 @@ def run(rows: int, profile: Path | None) -> dict[str, Any]:
         "bulk_s": round(bulk_s, 2),
         "bulk_rows_per_s": round(bulk_rate, 1),
         "ratio": round(migrate_rate / bulk_rate, 3),
+        "bulk_cpu_s": bulk_cpu,
+        # Rows per second of sandbox CPU, migrate ÷ bulk: the ratio the sandbox's work per row
+        # allows at best, whatever else runs on the machine.
+        "sandbox_cpu_ratio": round((moved / migrate_cpu["sandbox"]) / (bulk_rows / bulk_cpu["sandbox"]), 3),
     }
 
 

@@ -28,6 +28,7 @@ import re
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
+from functools import cached_property
 from typing import Any
 
 INITIAL_SYNC_LOCALE = "en-us"  # the Language locale the initial sync needs (troubleshooting page)
@@ -63,14 +64,18 @@ class Locale:
     def parse_number(self, text: str) -> Decimal:
         """The number `text` holds in this locale; LocaleError when it is not one."""
         body = text.strip()
-        g, d = re.escape(self.group), re.escape(self.decimal)
-        if not re.fullmatch(rf"[-+]?(\d+|\d{{1,3}}({g}\d{{3}})+)({d}\d+)?", body):
+        if not self._number.fullmatch(body):
             raise LocaleError(f"{text!r} is not a number in {self.name} (decimal separator "
                               f"{self.decimal!r}, group separator {self.group!r})")
         try:
             return Decimal(body.replace(self.group, "").replace(self.decimal, "."))
         except InvalidOperation:  # pragma: no cover - the pattern admits only numbers
             raise LocaleError(f"{text!r} is not a number in {self.name}") from None
+
+    @cached_property
+    def _number(self) -> re.Pattern[str]:
+        g, d = re.escape(self.group), re.escape(self.decimal)
+        return re.compile(rf"[-+]?(\d+|\d{{1,3}}({g}\d{{3}})+)({d}\d+)?")
 
     def format_date(self, value: str | date) -> str:
         """A date (an ISO date or date-time, as OData carries it) as DMF writes it in this locale."""

@@ -77,6 +77,24 @@ _ACTION = "DataManagementDefinitionGroups/Microsoft.Dynamics.DataEntities.{}"
 _DOC = "https://learn.microsoft.com/dynamics365/fin-ops-core/dev-itpro/data-entities/data-management-api"
 
 
+FIRST_POLL_S = 0.25  # the first pause of a wait for a DMF job (see `pauses`)
+
+
+def pauses(poll_s: float) -> Iterator[float]:
+    """The pauses between the status polls of one wait: from `FIRST_POLL_S`, doubling up to
+    `poll_s`. A job that ends within seconds is seen ending within a fraction of a second; a long
+    one costs three status calls more than polling every `poll_s` from the start.
+
+    >>> from itertools import islice
+    >>> list(islice(pauses(2.0), 6))
+    [0.25, 0.5, 1.0, 2.0, 2.0, 2.0]
+    """
+    pause = min(FIRST_POLL_S, poll_s)
+    while True:
+        yield pause
+        pause = min(pause * 2, poll_s)
+
+
 class ImportGate:
     """One `ImportFromPackage` start at a time per F&O environment, across the threads and
     processes of this machine: an exclusive lock on a file named after the environment, which
@@ -217,6 +235,7 @@ class DmfClient:
         """Wait until the import `execution_id` (started before, by any run here) is NotRun or
         Executing no more: F&O refuses an import beside it."""
         deadline = time.monotonic() + self.timeout_s
+        pause = pauses(self.poll_s)
         while (status := self.status(execution_id)) in RUNNING:
             if time.monotonic() >= deadline:
                 raise DmfError(f"the import {execution_id} started before in this environment is still "
@@ -224,7 +243,7 @@ class DmfClient:
                                "parallel", execution_id=execution_id, status=status,
                                fix="let that job finish (Data management > Job history), then run the step "
                                    "again")
-            self._sleep(self.poll_s)
+            self._sleep(next(pause))
 
     def _start(self, action: str, body: dict[str, Any], *, re_execute: bool = False) -> str:
         """Start a job once: send the start again only while DMF does not know the job."""
@@ -304,6 +323,7 @@ class DmfClient:
         """Poll until the job ends; returns Succeeded or PartiallySucceeded, raises `DmfError` otherwise."""
         deadline = time.monotonic() + (timeout_s or self.timeout_s)
         last = ""
+        pause = pauses(self.poll_s)
         while True:
             status = self.status(execution_id)
             if status != last and on_status is not None:
@@ -320,7 +340,7 @@ class DmfClient:
                                execution_id=execution_id, status=status,
                                fix="look at the job in Data management > Job history; wait longer with "
                                    "timeout_s, or re-run (steps check what was done)")
-            self._sleep(self.poll_s)
+            self._sleep(next(pause))
         if status in _FAILED:
             raise DmfError(f"DMF job {execution_id} ended {status}", execution_id=execution_id, status=status,
                            errors=self.execution_errors(execution_id),
@@ -336,12 +356,13 @@ class DmfClient:
         execution_id = self.start_export(definition_group, dest.stem, legal_entity=legal_entity)
         self.wait(execution_id, on_status=on_status)
         deadline = time.monotonic() + self.timeout_s
+        pause = pauses(self.poll_s)
         while not (url := self.exported_package_url(execution_id)):  # may lag the final status
             if time.monotonic() >= deadline:
                 raise DmfError(f"DMF job {execution_id} finished but its package URL stayed empty",
                                execution_id=execution_id, status="Succeeded",
                                fix="download the package from Data management > Job history")
-            self._sleep(self.poll_s)
+            self._sleep(next(pause))
         self.download(url, dest)
         return dest
 

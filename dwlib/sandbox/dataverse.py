@@ -500,7 +500,7 @@ class _Dataverse:
         self._hooks(ent, "update", [k for k, _ in items])
 
     def _hooks(self, ent: Entity, op: str, keys: list[dict[str, Any]]) -> None:
-        def event() -> WriteEvent:
+        def rows() -> list[dict[str, Any]]:  # read only if a hook asks for them
             pk = ent.key[0]
             ids = list(dict.fromkeys(k[pk] for k in keys))
             found: dict[str, dict[str, Any]] = {}
@@ -508,9 +508,9 @@ class _Dataverse:
                 chunk = ids[start:start + 500]
                 sql = f"SELECT * FROM {quote(ent.table)} WHERE {quote(pk)} IN ({', '.join('?' * len(chunk))})"
                 found.update((r[pk], Store.from_db(ent, r)) for r in self.store.query(sql, chunk))
-            return WriteEvent(ent, op, [found[i] for i in ids if i in found])
+            return [found[i] for i in ids if i in found]
 
-        run_write_hooks(self.sbx.extras, event)
+        run_write_hooks(self.sbx.extras, lambda: WriteEvent(ent, op, rows))
 
     def _written(self, request: Request, ent: Entity, pk: str, status_if_returned: int) -> Response:
         url = f"{self.root}{ent.name}({pk})"
@@ -596,6 +596,7 @@ class _Dataverse:
                 return odata_response({"@odata.context": ctx, "Ids": [r[pk] for r in stored]})
             creates: list[dict[str, Any]] = []
             updates: list[tuple[dict[str, Any], dict[str, Any]]] = []
+            planned: list[tuple[dict[str, Any], dict[str, Any] | None, Any]] = []  # row, key, found
             for i, t in enumerate(targets):
                 row = self._row(ent, t, binder)
                 key = self._target_key(ent, t, row)
@@ -603,10 +604,18 @@ class _Dataverse:
                     raise ODataError(400, f"Targets[{i}] of UpdateMultiple has no primary key ({pk}) "
                                      "or @odata.id.", BAD_ARGUMENT)
                 found = None
-                if key is not None:
+                if key is not None and is_primary(ent, key) and action == "upsert":
+                    found = _LOOKED_UP  # every upsert by id is looked up in one query below
+                elif key is not None:
                     found = key[pk] if is_primary(ent, key) and action == "update" else self._pk_of(ent, key)
                 if found is None and action == "update":
                     raise self.not_found(ent, key or {})
+                planned.append((row, key, found))
+            # No write happens before the last lookup, so one query sees what each lookup would.
+            known = self._ids(ent, [key[pk] for _, key, found in planned if found is _LOOKED_UP and key])
+            for row, key, found in planned:
+                if found is _LOOKED_UP and key:
+                    found = known.get(str(key[pk]).lower())
                 if found is None:
                     creates.append(self._owned(ent, {**row, **(key or {})}, user))
                 else:
@@ -629,9 +638,23 @@ class _Dataverse:
         pk = ent.key[0]
         return {pk: row[pk]} if row.get(pk) else None
 
+    def _ids(self, ent: Entity, ids: list[Any]) -> dict[str, str]:
+        """Of the primary ids `ids`, those that exist: lower case → as stored (a few IN queries)."""
+        pk = ent.key[0]
+        out: dict[str, str] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ", ".join("?" * len(chunk))
+            sql = f"SELECT {quote(pk)} FROM {quote(ent.table)} WHERE {quote(pk)} IN ({marks})"
+            out.update((str(r[0]).lower(), r[0]) for r in self.store.query(sql, chunk))
+        return out
+
     def _pk_of(self, ent: Entity, key: Mapping[str, Any]) -> str | None:
         row = self.find(ent, key)
         return None if row is None else row[ent.key[0]]
+
+
+_LOOKED_UP = object()  # a bulk target whose primary id is looked up with the others (see `_bulk`)
 
 
 def _prefer(request: Request) -> dict[str, str]:

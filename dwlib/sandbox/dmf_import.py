@@ -16,6 +16,8 @@ from .context import Sandbox
 from .dmf_package import PackageEntity
 from .odata import ODataError, WriteEvent, run_write_hooks
 
+_PARSED = ("int", "decimal", "datetime")  # the column types whose text is parsed in the locale
+
 
 class Importer:
     """Validates and upserts the rows of one package entity into its F&O table (see the module)."""
@@ -24,11 +26,13 @@ class Importer:
         self.sbx, self.store, self.pe, self.company, self.loc = sbx, sbx.store, pe, company, loc
         self.ent = pe.dmf.entity
         self._references = fo_rules.References(sbx.store, cache=True)
+        self._fields = [(header, col, self.ent.columns[col]) for header, col in pe.fields.items()]
 
     def chunk(
         self, start: int, size: int, stats: dict[str, Any]
     ) -> Iterator[tuple[int, list[str], str, str]]:
         """Import rows `start`…`start+size`; yields (line, row, message, key) of each failed row."""
+        batch: dict[Any, Any] = {}  # the hooks' cache for this step (see `WriteEvent`)
         with self.store.transaction():
             for offset, row in enumerate(self.pe.rows[start:start + size]):
                 line = start + offset + 2  # line 1 is the header
@@ -41,14 +45,15 @@ class Importer:
                     self.store, self.ent, after, exists=self._references)]
                 if not problems:
                     try:
-                        stats[self._write(key, values, existing is None)] += 1
+                        stats[self._write(key, values, existing is None, batch)] += 1
                         continue
                     except ODataError as exc:
                         problems.append(exc.message)
                 stats["errors"] += 1
                 yield line, row, " ".join(problems), record
 
-    def _write(self, key: dict[str, Any], values: dict[str, Any], creating: bool) -> str:
+    def _write(self, key: dict[str, Any], values: dict[str, Any], creating: bool,
+               batch: dict[Any, Any]) -> str:
         """Upsert one row with its hooks in a savepoint; "created" or "updated"."""
         with self.store.transaction():
             if creating:
@@ -57,8 +62,8 @@ class Importer:
             else:
                 counter, op = "updated", "update"
                 self.store.update_rows(self.ent, [(key, {k: v for k, v in values.items() if k not in key})])
-            run_write_hooks(self.sbx.extras,
-                            lambda: WriteEvent(self.ent, op, [self.store.get(self.ent, key) or values]))
+            run_write_hooks(self.sbx.extras, lambda: WriteEvent(
+                self.ent, op, lambda: [self.store.get(self.ent, key) or values], batch))
         return counter
 
     def _convert(self, row: list[str]) -> tuple[dict[str, Any], list[str]]:
@@ -66,11 +71,10 @@ class Importer:
         the source data format's locale."""
         values: dict[str, Any] = {"dataAreaId": self.company} if self.pe.dmf.company_specific else {}
         problems = []
-        for raw, (header, col) in zip(row, self.pe.fields.items(), strict=False):
+        for raw, (header, col, typ) in zip(row, self._fields, strict=False):
             text = raw.strip()
-            typ = self.ent.columns[col]
             try:
-                values[col] = None if not text else self._parse(text, typ)
+                values[col] = None if not text else text if typ not in _PARSED else self._parse(text, typ)
             except ValueError:
                 kind = "date" if typ == "datetime" else "number"
                 problems.append(f"The value '{text}' of field '{header}' is not a valid {kind} "

@@ -21,13 +21,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from dwlib import catalog
 
 from . import tracelog
-from .dw_limits import elapsed_ms
+from .dw_limits import RuntimeLimits, elapsed_ms
 from .dw_mapping import COMPANY, Company, MapBinding, Rejected, Resolver, binding, companies
 from .dw_records import company_owner
 from .odata import ODataError, WriteEvent
@@ -183,10 +184,39 @@ def _enqueue(
     )
 
 
+@dataclass(frozen=True)
+class _Live:
+    """What the write hook needs to know about one table: the connection's legal entities, the
+    limits, and each live map covering the table with its record and binding."""
+
+    linked: set[str]
+    lim: RuntimeLimits
+    maps: list[tuple[catalog.TableMap, dict[str, Any], MapBinding]]
+
+
+def _live(rt: RuntimeBase, origin: str, entity_set: str) -> _Live | None:
+    maps = _maps_for(origin, entity_set)
+    conn = rt.connection() if maps else None
+    if conn is None:
+        return None
+    live = []
+    for m in maps:
+        rec = rt.map_record(m.name)
+        if rec["state"] not in LIVE_STATES:
+            continue
+        b = binding(rt.effective_map(m.name))
+        if b.has_data:
+            live.append((m, rec, b))
+    return _Live({c.lower() for c in conn["legalEntities"]}, rt.limits(), live)
+
+
 def on_write(rt: RuntimeBase, event: WriteEvent) -> None:
     """The write hook: sync (or queue) every row of `event` for each map that covers its table. A
     refused Dataverse write is a failure of the dual-write plug-in: the trace log keeps it when the
-    organization's setting asks for it (`tracelog`)."""
+    organization's setting asks for it (`tracelog`).
+
+    The connection, limits and map records are read once per `event.batch` (e.g. a DMF import
+    step: rows written in one block, where no action can change them in between)."""
     try:
         _sync(rt, event)
     except ODataError as exc:
@@ -197,22 +227,17 @@ def on_write(rt: RuntimeBase, event: WriteEvent) -> None:
 
 def _sync(rt: RuntimeBase, event: WriteEvent) -> None:
     origin = event.entity.service
-    maps = _maps_for(origin, event.entity.name)
-    conn = rt.connection() if maps else None
-    if conn is None:
+    key = (__name__, origin, event.entity.name)
+    if key not in event.batch:
+        event.batch[key] = _live(rt, origin, event.entity.name)
+    live: _Live | None = event.batch[key]
+    if live is None:
         return
-    linked = {c.lower() for c in conn["legalEntities"]}
+    linked, lim = live.linked, live.lim
     comps: dict[str, Company] | None = None
-    lim = rt.limits()
     started = time.perf_counter()
     synced = 0
-    for m in maps:
-        rec = rt.map_record(m.name)
-        if rec["state"] not in LIVE_STATES:
-            continue
-        b = binding(rt.effective_map(m.name))
-        if not b.has_data:
-            continue
+    for m, rec, b in live.maps:
         comps = companies(rt.store) if comps is None else comps
         rows = [r for r in event.rows if _in_scope(b, origin, r, linked, comps)]
         if origin == "finops" and len(rows) > lim.live_transaction_records:

@@ -261,7 +261,7 @@ class _FinOps:
         return row
 
     def _hooks(self, ent: Entity, op: str, rows_of: Any) -> None:
-        run_write_hooks(self.sbx.extras, lambda: WriteEvent(ent, op, rows_of()))
+        run_write_hooks(self.sbx.extras, lambda: WriteEvent(ent, op, rows_of))  # read if a hook asks
 
     async def _create(self, request: Request, ent: Entity, company: str) -> Response:
         body = await json_object(request)

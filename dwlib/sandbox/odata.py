@@ -18,8 +18,9 @@ import json
 import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 from urllib.parse import quote as urlquote
 
@@ -390,13 +391,27 @@ class WriteEvent:
     """Rows written through the API, handed to the hooks in `sbx.extras["write_hooks"]`.
 
     `rows` are the rows after the write (create/update) or before it (delete), as the store
-    returns them. Hooks run inside the writing transaction: raising `ODataError` fails (and
-    rolls back) the write that triggered them.
+    returns them; given as a function, they are read when a hook first asks for them. Hooks run
+    inside the writing transaction: raising `ODataError` fails (and rolls back) the write that
+    triggered them.
+
+    `batch` is shared by the events of one batch of writes made in one synchronous block (the
+    rows of one DMF import step), during which nothing but these writes changes the store: a hook
+    keeps there what it would otherwise read again for every event (its own configuration).
+
+    >>> from dwlib.sandbox.schema import ENTITIES
+    >>> WriteEvent(ENTITIES["accounts"], "create", lambda: [{"name": "A"}]).rows
+    [{'name': 'A'}]
     """
 
     entity: Entity
     op: str  # "create" | "update" | "delete"
-    rows: list[dict[str, Any]]
+    given: list[dict[str, Any]] | Callable[[], list[dict[str, Any]]]
+    batch: dict[Any, Any] = field(default_factory=dict)
+
+    @cached_property
+    def rows(self) -> list[dict[str, Any]]:
+        return self.given if isinstance(self.given, list) else self.given()
 
 
 def run_write_hooks(extras: Mapping[str, Any], event_factory: Callable[[], WriteEvent]) -> None:

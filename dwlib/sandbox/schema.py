@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 Service = Literal["dataverse", "finops"]
@@ -81,21 +82,33 @@ class Entity:
         prefix = "dv" if self.service == "dataverse" else "fo"
         return f"{prefix}_{self.name.lower()}"
 
-    @property
+    @cached_property  # read for every row written or read; do not change the dict it returns
     def all_columns(self) -> dict[str, ColumnType]:
         cols = dict(self.columns)
         for lk in self.lookups:
             cols[lk.column] = "guid"
         return cols
 
+    @cached_property
+    def columns_by_type(self) -> dict[ColumnType, tuple[str, ...]]:
+        """The names of `all_columns` by their type."""
+        out: dict[ColumnType, tuple[str, ...]] = {}
+        for name, typ in self.all_columns.items():
+            out[typ] = (*out.get(typ, ()), name)
+        return out
+
     def navigation(self, nav: str) -> tuple[Lookup, tuple[str, ...]] | None:
         """The lookup behind single-valued navigation property `nav` and the entity sets it may
         refer to; None when there is none. Names match case-sensitively, as the service's do."""
+        return self._navigations.get(nav)
+
+    @cached_property  # looked up for every bound lookup of every row written
+    def _navigations(self) -> dict[str, tuple[Lookup, tuple[str, ...]]]:
+        out: dict[str, tuple[Lookup, tuple[str, ...]]] = {}
         for lk in self.lookups:
-            targets = lk.navigations().get(nav)
-            if targets is not None:
-                return lk, targets
-        return None
+            for nav, targets in lk.navigations().items():
+                out.setdefault(nav, (lk, targets))  # the first lookup naming it, as before
+        return out
 
     def lookup(self, attribute: str) -> Lookup | None:
         """The lookup whose attribute (logical name) is `attribute`, or None."""

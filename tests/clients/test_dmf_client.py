@@ -88,6 +88,18 @@ def test_export_polls_to_the_end_and_downloads(fake: FakeService, tmp_path: Path
     assert "SECRETSIG" not in json.dumps(journal.as_dicts())
 
 
+def test_a_wait_polls_soon_then_every_poll_s(fake: FakeService) -> None:
+    # A job that ends within seconds is seen ending soon; a long one is polled every poll_s.
+    state = dmf_service(fake, ["NotRun", "Executing", "Executing", "Executing", "Executing", "Succeeded"])
+    waits: list[float] = []
+    budget = RetryBudget(sleep=lambda s: None)
+    http = make_client(HttpConfig(), None, transport=fake.transport, budget=budget)
+    client = DmfClient(FinOpsClient(http, URL, budget=budget), http, poll_s=2, timeout_s=5,
+                       sleep=waits.append)
+    assert client.wait("exec-1") == "Succeeded"
+    assert waits == [0.25, 0.5, 1.0, 2.0, 2.0] and state["polls"] == 6
+
+
 def test_import_uploads_then_imports(fake: FakeService, tmp_path: Path) -> None:
     state = dmf_service(fake, ["Executing", "PartiallySucceeded"])
     package = tmp_path / "pkg.zip"

@@ -383,6 +383,12 @@ def test_upsert_multiple_by_alternate_key_and_primary_key(dv: Service) -> None:
     assert dv.get(f"accounts({existing})").json()["name"] == "updated"
     assert dv.get("accounts(accountnumber='0000002')").json()["name"] == "created"
     assert dv.get(f"accounts({other})").json()["name"] == "by id"
+    new = str(uuid.uuid4())  # by id, in any case: an id that exists updates, one that does not creates
+    targets = [{"accountid": other.upper(), "name": "by upper-case id"},
+               {"accountid": new.upper(), "name": "new"}]
+    assert dv.post(f"accounts/{CRM}.UpsertMultiple", json=_targets(targets)).status_code == 204
+    assert dv.get(f"accounts({other})").json()["name"] == "by upper-case id"
+    assert dv.get(f"accounts({new})").json()["name"] == "new"
     bad = [{"@odata.id": "accounts(accountnumber='0000003')", "name": "n"}, {"@odata.id": "contacts(x='1')"}]
     _error(dv.post(f"accounts/{CRM}.UpsertMultiple", json=_targets(bad)), 400)
     _error(dv.get("accounts(accountnumber='0000003')"), 404)  # rolled back with the failing target

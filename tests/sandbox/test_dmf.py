@@ -499,3 +499,49 @@ def test_import_and_export_through_https(start_sandbox: Any, sandbox_token: Any,
         assert listed["@odata.count"] == len(accounts)
         forged = http.get(url.replace("sig=", "sig=A"))
         assert forged.status_code == 403 and forged.headers["x-ms-error-code"] == "AuthenticationFailed"
+
+
+def test_an_import_is_live_synced_by_a_running_map_and_queued_by_a_paused_one(tmp_path: Path) -> None:
+    # The write hook reads the connection and map states once per import step (`WriteEvent.batch`):
+    # a map paused between two steps queues the later rows, as it does between two requests.
+    from dwlib import catalog
+    from dwlib.sandbox import dualwrite, dw_live
+
+    paths = Paths(tmp_path)
+    write_private(paths.identity_key, os.urandom(32))
+    settings = Settings(profile="existing-new", rows=12)
+    store = Store(paths.db)
+    profiles.seed(store, settings)
+    sbx = Sandbox(paths=paths, settings=settings, store=store, identity=_NoTokens(), base_url="https://127.0.0.1:9")
+    rt = dualwrite.runtime_of(sbx)
+    rt.setup_power_platform_integration()
+    rt.configure()
+    rt.link(start_maps=False)
+    accounts = "Customers V3 (accounts)"
+
+    async def run_maps() -> None:
+        rt.run(catalog.dependency_order([accounts]), initial_sync=True)
+        await rt.idle()
+
+    asyncio.run(run_maps())
+    assert rt.map_record(accounts)["state"] == "Running"
+    svc = dmf_jobs.service_of(sbx)
+
+    async def imported(execution_id: str, accounts_: list[str]) -> str:
+        _package(sbx.paths.blobs / f"{execution_id}.zip", [
+            _customer(CustomerAccount=a, PartyType="Organization", OrganizationName=a, CustomerGroupId="10")
+            for a in accounts_])
+        _call(svc, "ImportFromPackage", {"packageUrl": svc.blobs.url(f"{execution_id}.zip", "rw"),
+                                         "definitionGroupId": "G", "executionId": execution_id,
+                                         "execute": True, "legalEntityId": "USMF"})
+        return await _finish(svc, execution_id)
+
+    def in_dataverse(account: str) -> bool:
+        return bool(store.find(ENTITIES["accounts"], {"accountnumber": account}))
+
+    assert asyncio.run(imported("live", ["US-LIVE-1", "US-LIVE-2"])) == "Succeeded"
+    assert in_dataverse("US-LIVE-1") and in_dataverse("US-LIVE-2")
+    rt.pause([accounts])
+    assert asyncio.run(imported("paused", ["US-PAUSED"])) == "Succeeded"
+    assert not in_dataverse("US-PAUSED")
+    assert dw_live.queued(rt, accounts)["totalQueuedRecordCount"] == 1
