@@ -26,7 +26,7 @@ import pandas as pd
 
 from dwlib.extras import require
 from dwlib.record import load_record, seal
-from dwlib.render import badge, esc, fmt_seconds, result_html, summary_rows
+from dwlib.render import badge, call_count, esc, fmt_seconds, result_html, summary_rows
 from dwlib.review import (
     CSS,
     NOT_RUN,
@@ -65,7 +65,7 @@ def steps_table_html(record: Mapping[str, Any]) -> str:
         rows.append(f'<tr class="dw-step-row" data-step="{esc(step_id)}"><td>{esc(step_id)}</td>'
                     f"<td>{badge(res.get('status', NOT_RUN))}</td>"
                     f"<td>{esc(fmt_seconds(res.get('duration_s')) if result else '')}</td>"
-                    f"<td>{len(res.get('calls') or [])}</td><td>{esc(res.get('summary', ''))}</td></tr>")
+                    f"<td>{call_count(res)}</td><td>{esc(res.get('summary', ''))}</td></tr>")
     return ("<table><thead><tr><th>step</th><th>status</th><th>time</th><th>calls</th><th>summary</th></tr>"
             f"</thead><tbody>{''.join(rows)}</tbody></table>")
 

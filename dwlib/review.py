@@ -30,6 +30,7 @@ import pandas as pd
 from dwlib.errors import DwError
 from dwlib.record import (
     RecordError,
+    call_totals,
     check_record,
     content_sha256,
     evidence_dir,
@@ -414,12 +415,10 @@ def throttling(record: Mapping[str, Any]) -> pd.DataFrame:
     on other retries (5xx, dropped connections)."""
     out = []
     for step_id, r in steps_in_order(record):
-        calls = (r or {}).get("calls") or []
-        waited = sum(c.get("wait_s", 0.0) for c in calls)
-        throttled = sum(c.get("throttled_wait_s", 0.0) for c in calls)
-        out.append({"step": step_id, "calls": len(calls), "retries": sum(c.get("retries", 0) for c in calls),
-                    "throttled": sum((c.get("retry_reasons") or []).count("429") for c in calls),
-                    "throttled_wait_s": round(throttled, 3), "other_wait_s": round(waited - throttled, 3)})
+        t = call_totals(r or {})
+        out.append({"step": step_id, "calls": t["calls"], "retries": t["retries"],
+                    "throttled": t["throttled_retries"], "throttled_wait_s": round(t["throttled_wait_s"], 3),
+                    "other_wait_s": round(t["wait_s"] - t["throttled_wait_s"], 3)})
     return pd.DataFrame(out, columns=["step", "calls", "retries", "throttled", "throttled_wait_s",
                                       "other_wait_s"])
 

@@ -152,17 +152,24 @@ class ODataService:
         url: str | None = self.url(path)
         query: Mapping[str, Any] | None = params
         while url:
-            response = self.send("GET", url, params=query, headers=headers)
-            body = self.decode(response)
-            rows = body.get("value") if isinstance(body, dict) else None
-            link = body.get("@odata.nextLink") if isinstance(body, dict) else None
-            if not isinstance(rows, list) or not isinstance(link, str | None):
-                raise self.unreadable(response, "a collection must be a JSON object with a 'value' list "
-                                                "(and a string @odata.nextLink, if any)")
+            rows, link = self._page(url, query, headers)
             yield rows
             # The link already carries every query option (and the paging cookie): send it as is.
             url = urljoin(self.root + "/", link) if link else None
             query = None
+
+    def _page(self, url: str, query: Mapping[str, Any] | None,
+              headers: Mapping[str, str] | None) -> tuple[list[dict[str, Any]], str | None]:
+        """One page's rows and next link. The response (the page's whole body as bytes) is dropped
+        here, not held by the caller's generator while the page's rows are consumed."""
+        response = self.send("GET", url, params=query, headers=headers)
+        body = self.decode(response)
+        rows = body.get("value") if isinstance(body, dict) else None
+        link = body.get("@odata.nextLink") if isinstance(body, dict) else None
+        if not isinstance(rows, list) or not isinstance(link, str | None):
+            raise self.unreadable(response, "a collection must be a JSON object with a 'value' list "
+                                            "(and a string @odata.nextLink, if any)")
+        return rows, link
 
     def error(self, response: httpx.Response) -> HttpError | AuthError:
         """The exception for an error response (service error body, status, request id)."""
