@@ -1,0 +1,114 @@
+"""Rows kept on disk instead of in memory: a temporary SQLite file of keyed and of listed rows.
+
+Migrate compares a company's rows on both sides by key and writes what differs. At a million rows
+a side's rows as Python dicts take gigabytes; here they go, as JSON, into tables of a temporary
+SQLite file page by page, and come back one at a time: keyed rows joined by key (`pairs`, SQLite's
+index does the matching), listed rows in the order they were added (`listed`). Memory stays that
+of a page, whatever the table's size.
+
+Example:
+    >>> with Spill() as s:
+    ...     given = s.put("fo", [("us-1", {"n": "A"}), ("us-2", {"n": "B"}), ("us-1", {"n": "A2"})])
+    ...     _ = s.put("dv", [("us-2", {"n": "b"})]), s.add("out", [{"k": "us-1"}, {"k": "us-2"}])
+    ...     given, list(s.pairs("fo", "dv")), s.count("out"), list(s.listed("out"))
+    (3, [('us-1', {'n': 'A2'}, None), ('us-2', {'n': 'B'}, {'n': 'b'})], 2, [{'k': 'us-1'}, {'k': 'us-2'}])
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import tempfile
+from collections.abc import Iterable, Iterator
+from itertools import islice
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+BATCH = 2000  # rows per executemany: one page's worth in memory at a time
+_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+def _table(name: str) -> str:
+    if not _NAME.match(name):
+        raise ValueError(f"not a table name: {name!r} (lower-case letters, digits, _)")
+    return name
+
+
+class Spill:
+    """A temporary SQLite file (deleted on `close`) of keyed tables (`put`, `pairs`; a later row
+    with the same key replaces the earlier one) and listed tables (`add`, `listed`). Used by one
+    thread at a time (a company's rows are read by one thread, compared by another: handed over)."""
+
+    def __init__(self, directory: Path | None = None) -> None:
+        fd, name = tempfile.mkstemp(prefix="dw-spill-", suffix=".db", dir=directory)
+        os.close(fd)
+        self.path = Path(name)
+        self.db = sqlite3.connect(name, check_same_thread=False, isolation_level=None)
+        # A scratch file: nothing to recover after a crash, so no journal and no fsync.
+        self.db.execute("PRAGMA journal_mode=OFF")
+        self.db.execute("PRAGMA synchronous=OFF")
+        self._tables: set[str] = set()
+
+    def _create(self, name: str, keyed: bool) -> str:
+        name = _table(name)
+        if name not in self._tables:
+            column = "k TEXT PRIMARY KEY" if keyed else "i INTEGER PRIMARY KEY"
+            self.db.execute(f"CREATE TABLE {name} ({column}, v TEXT NOT NULL)")
+            self._tables.add(name)
+        return name
+
+    def _batches(self, sql: str, rows: Iterator[tuple[Any, ...]]) -> int:
+        n = 0
+        while batch := list(islice(rows, BATCH)):
+            self.db.execute("BEGIN")
+            self.db.executemany(sql, batch)
+            self.db.execute("COMMIT")
+            n += len(batch)
+        return n
+
+    def put(self, name: str, rows: Iterable[tuple[str, Any]]) -> int:
+        """Add (key, row) pairs to keyed table `name` (a key seen before: the later row wins);
+        returns how many were given."""
+        table = self._create(name, keyed=True)
+        return self._batches(f"INSERT OR REPLACE INTO {table} (k, v) VALUES (?, ?)",
+                             ((k, json.dumps(v)) for k, v in rows))
+
+    def add(self, name: str, rows: Iterable[Any]) -> int:
+        """Append rows to listed table `name`; returns how many."""
+        table = self._create(name, keyed=False)
+        return self._batches(f"INSERT INTO {table} (v) VALUES (?)", ((json.dumps(v),) for v in rows))
+
+    def count(self, name: str) -> int:
+        """Rows in table `name` (0 when none was added)."""
+        if _table(name) not in self._tables:
+            return 0
+        return int(self.db.execute(f"SELECT count(*) FROM {name}").fetchone()[0])
+
+    def pairs(self, left: str, right: str) -> Iterator[tuple[str, Any, Any | None]]:
+        """(key, left row, right row or None) for every key of keyed table `left`, in key order."""
+        self._create(left, keyed=True)
+        self._create(right, keyed=True)
+        for k, a, b in self.db.execute(f"SELECT l.k, l.v, r.v FROM {left} l LEFT JOIN {right} r ON r.k = l.k "
+                                       "ORDER BY l.k"):
+            yield k, json.loads(a), (json.loads(b) if b is not None else None)
+
+    def listed(self, name: str) -> Iterator[Any]:
+        """The rows of listed table `name` in the order they were added."""
+        table = self._create(name, keyed=False)
+        for (v,) in self.db.execute(f"SELECT v FROM {table} ORDER BY i"):
+            yield json.loads(v)
+
+    def close(self) -> None:
+        """Close and delete the file."""
+        self.db.close()
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> Spill:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
