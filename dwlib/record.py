@@ -41,6 +41,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import metadata
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -246,8 +247,9 @@ def bounded_calls(calls: Sequence[Mapping[str, Any]], path: Path, kept: int = CA
     with open(path, "w", encoding="utf-8") as out:
         for call in calls:
             out.write(json.dumps(call, ensure_ascii=False) + "\n")
-    notable = [i for i, c in enumerate(calls) if _notable(c)][:kept // 2]
-    keep = sorted(set(notable) | set(range(kept - len(notable))))
+    notable = set(islice((i for i, c in enumerate(calls) if _notable(c)), kept // 2))
+    first = (i for i in range(len(calls)) if i not in notable)
+    keep = sorted(notable | set(islice(first, kept - len(notable))))
     totals = http_summary(calls)
     summary: CallsSummary = {"calls": len(calls), "kept": len(keep), "failed": totals["failed"],
                              "retries": totals["retries"], "throttled_retries": totals["throttled_retries"],

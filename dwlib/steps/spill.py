@@ -21,11 +21,12 @@ import os
 import re
 import sqlite3
 import tempfile
-from collections.abc import Iterable, Iterator
-from itertools import islice
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import chain, islice
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, overload
 
 BATCH = 2000  # rows per executemany: one page's worth in memory at a time
 _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
@@ -81,6 +82,21 @@ class Spill:
         table = self._create(name, keyed=False)
         return self._batches(f"INSERT INTO {table} (v) VALUES (?)", ((json.dumps(v),) for v in rows))
 
+    def put_keys(self, name: str, keys: Iterable[tuple[str, str]]) -> int:
+        """Add (normalised key, key as stored) pairs to key table `name` (the first spelling of a
+        key stays); returns how many were given. `missing` compares two such tables."""
+        table = _table(name)
+        if table not in self._tables:
+            self.db.execute(f"CREATE TABLE {table} (k TEXT PRIMARY KEY, v TEXT NOT NULL) WITHOUT ROWID")
+            self._tables.add(table)
+        return self._batches(f"INSERT OR IGNORE INTO {table} (k, v) VALUES (?, ?)", iter(keys))
+
+    def missing(self, left: str, right: str) -> Iterator[str]:
+        """The keys (as stored) of key table `left` that `right` lacks, sorted."""
+        for (v,) in self.db.execute(f"SELECT v FROM {_table(left)} l WHERE NOT EXISTS "
+                                    f"(SELECT 1 FROM {_table(right)} r WHERE r.k = l.k) ORDER BY v"):
+            yield v
+
     def count(self, name: str) -> int:
         """Rows in table `name` (0 when none was added)."""
         if _table(name) not in self._tables:
@@ -112,3 +128,75 @@ class Spill:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+class KeyList(Sequence[str]):
+    """A sorted list of keys that may be long (every key missing on a side of a large table): the
+    first `head` in memory, all of them in a temporary file (JSON lines, deleted with the list) when
+    there are more. Slices within the head (samples) and `len` cost nothing; iterating reads the file.
+
+    >>> few = KeyList(["a", "b"]); few == ["a", "b"], len(few), few[:1]
+    (True, 2, ['a'])
+    >>> many = KeyList((f"k{i:03d}" for i in range(250)), head=100)
+    >>> len(many), many[:2], many[-1], list(many)[150], many.spilled
+    (250, ['k000', 'k001'], 'k249', 'k150', True)
+    """
+
+    def __init__(self, keys: Iterable[str], head: int = 1000) -> None:
+        it = iter(keys)
+        self._head = list(islice(it, head))
+        self._count = len(self._head)
+        self._file: Path | None = None
+        nxt = next(it, None)
+        if nxt is None:
+            return
+        fd, name = tempfile.mkstemp(prefix="dw-keys-", suffix=".jsonl")
+        written = 0
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            for key in chain(self._head, [nxt], it):
+                out.write(json.dumps(key) + "\n")
+                written += 1
+        self._count = written
+        self._file = Path(name)
+        weakref.finalize(self, self._file.unlink, missing_ok=True)
+
+    @property
+    def spilled(self) -> bool:
+        """Whether the keys are more than the head (and in a file)."""
+        return self._file is not None
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[str]:
+        if self._file is None:
+            yield from self._head
+            return
+        with open(self._file, encoding="utf-8") as lines:
+            for line in lines:
+                yield json.loads(line)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(self._count)
+            if stop <= len(self._head):
+                return self._head[index] if self._file is None else self._head[start:stop:step]
+            return list(islice(iter(self), start, stop, step))
+        i = index + self._count if index < 0 else index
+        if not 0 <= i < self._count:
+            raise IndexError("key index out of range")
+        return self._head[i] if i < len(self._head) else next(islice(iter(self), i, None))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(self._head) if self._file is None else f"KeyList({self._count} keys, {self._head[:3]} …)"
