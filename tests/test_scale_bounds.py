@@ -143,3 +143,39 @@ def test_the_spill_pairs_rows_by_key_and_lists_rows_in_order() -> None:
         path = spill.path
         assert path.exists()
     assert not path.exists()
+
+
+def test_a_page_is_freed_as_soon_as_its_rows_are_without_the_cyclic_collector() -> None:
+    """httpx ties each response to its stream in a reference cycle; the client unties it, so a page's
+    body (megabytes at 10,000 rows) goes with its response instead of waiting for a full collection."""
+    import gc
+    import weakref
+
+    import httpx
+
+    from dwlib.clients.odata import ODataService
+
+    seen: list[weakref.ref[httpx.Response]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        page = int(request.url.params.get("page", "0"))
+        link = {"@odata.nextLink": f"https://h/svc/things?page={page + 1}"} if page < 2 else {}
+        return httpx.Response(200, json={"value": [{"n": page}] * 1000, **link})
+
+    class Spy(ODataService):
+        def send(self, *args: Any, **kwargs: Any) -> httpx.Response:
+            response = super().send(*args, **kwargs)
+            seen.append(weakref.ref(response))
+            return response
+
+    service = Spy(httpx.Client(transport=httpx.MockTransport(answer)), "https://h/svc")
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        pages = service.pages("things")
+        first = next(pages)
+        assert len(first) == 1000 and seen[0]() is None  # the rows are here, the body is gone
+        assert sum(len(p) for p in pages) == 2000 and all(ref() is None for ref in seen)
+    finally:
+        if enabled:
+            gc.enable()

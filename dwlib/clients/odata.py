@@ -113,6 +113,11 @@ class ODataService:
             repeatable = safe if safe is not None else method in _REPEATABLE
             raise connection_lost(exc, method=method, url=redact_url(httpx.URL(url)),
                                   repeatable=repeatable) from None
+        # httpx binds a response's stream to the response (BoundSyncStream: a reference cycle), so
+        # only the cyclic collector frees a body, and it seldom runs while a large table is read:
+        # pages of several MB piled up. The body is read and the stream closed by now; an unbound
+        # stream over the same bytes lets the body go as soon as the response does.
+        response.stream = httpx.ByteStream(response.content)
         if check and response.status_code >= 300:
             raise self.error(response)
         return response
