@@ -22,6 +22,11 @@ F&O (Data management > Source data formats): an nl-NL package's `1234,5` is 1234
 is not a number or date in that locale fails the step with the documented fix (Language locale
 en-us, "Troubleshoot issues during initial synchronization").
 
+A company can hold most of a table (a million customers), so neither side is held in memory: the
+package is read row by row from the zip and the Dataverse rows page by page into a temporary SQLite
+file by key (`spill`), which pairs them; the rows to write go there too, and are streamed to
+UpsertMultiple and into the import package.
+
 Eligibility, keys and counts are those of verify (`reconcile`): the step is done when the keys
 of every migrated map reconcile per company, whatever the maps' states (a finished run has them
 Running again), and a re-run finds it so; only maps with rows to move are stopped. Evidence:

@@ -5,7 +5,9 @@ source filter (e.g. `PartyType == "Organization"`); on the Dataverse side it has
 company (`msdyn_company`, for company-specific maps: "Only rows that have company data are
 eligible for dual-write") and passes the reversed filter (e.g. `customertypecode eq 3`). Keys
 compare case-insensitively, as SQL Server does on both sides. Only the key columns are read
-(`$select`), page after page, one company at a time.
+(`$select`), page after page, one company at a time; each side's keys go into a temporary SQLite
+file (`spill`) that finds the missing ones, and those are kept as a `KeyList` (the first thousand
+in memory, all of them on disk), so a table of a million rows takes the memory of a page.
 
 With `values` (verify), the mapped columns are read too and each side's values are summed into
 checksums as the pages arrive (`checksum`): a map and company reconcile when the checksums of both
