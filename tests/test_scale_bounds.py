@@ -140,9 +140,24 @@ def test_the_spill_pairs_rows_by_key_and_lists_rows_in_order() -> None:
         added = spill.add("out", ({"k": k} for k, _, other in spill.pairs("fo", "dv") if other is None))
         assert added == spill.count("out") == 7_500
         assert [r["k"] for r in spill.listed("out")][:3] == ["k00001", "k00002", "k00003"]
-        path = spill.path
-        assert path.exists()
-    assert not path.exists()
+
+
+def test_spill_and_key_files_leave_nothing_behind_even_when_the_process_is_killed(tmp_path: Path) -> None:
+    """Both are unlinked as soon as they are opened: a run killed with SIGKILL (no clean-up code
+    runs) cannot leave a table's rows in the temporary directory."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("from dwlib.steps.spill import KeyList, Spill; import os, signal\n"
+              "s = Spill(); s.put('fo', ((str(i), {'i': i}) for i in range(5000)))\n"
+              "k = KeyList((str(i) for i in range(5000)), head=10)\n"
+              "assert k.spilled and len(list(k)) == 5000 and s.count('fo') == 5000\n"
+              "os.kill(os.getpid(), signal.SIGKILL)\n")
+    done = subprocess.run([sys.executable, "-c", script], env={**os.environ, "TMPDIR": str(tmp_path)},
+                          capture_output=True, text=True)
+    assert done.returncode == -9, done.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_page_is_freed_as_soon_as_its_rows_are_without_the_cyclic_collector() -> None:

@@ -21,12 +21,10 @@ import os
 import re
 import sqlite3
 import tempfile
-import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import chain, islice
-from pathlib import Path
 from types import TracebackType
-from typing import Any, overload
+from typing import IO, Any, overload
 
 BATCH = 2000  # rows per executemany: one page's worth in memory at a time
 _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
@@ -39,18 +37,18 @@ def _table(name: str) -> str:
 
 
 class Spill:
-    """A temporary SQLite file (deleted on `close`) of keyed tables (`put`, `pairs`; a later row
+    """A temporary SQLite file (SQLite's own: unlinked as soon as it is opened, so a killed run
+    leaves nothing behind, and gone on `close`) of keyed tables (`put`, `pairs`; a later row
     with the same key replaces the earlier one) and listed tables (`add`, `listed`). Used by one
     thread at a time (a company's rows are read by one thread, compared by another: handed over)."""
 
-    def __init__(self, directory: Path | None = None) -> None:
-        fd, name = tempfile.mkstemp(prefix="dw-spill-", suffix=".db", dir=directory)
-        os.close(fd)
-        self.path = Path(name)
-        self.db = sqlite3.connect(name, check_same_thread=False, isolation_level=None)
+    def __init__(self) -> None:
+        # "": a private temporary database on disk (in $TMPDIR), deleted by SQLite itself.
+        self.db = sqlite3.connect("", check_same_thread=False, isolation_level=None)
         # A scratch file: nothing to recover after a crash, so no journal and no fsync.
         self.db.execute("PRAGMA journal_mode=OFF")
         self.db.execute("PRAGMA synchronous=OFF")
+        self.db.execute("PRAGMA cache_size=-16384")  # 16 MiB of pages in memory, the rest on disk
         self._tables: set[str] = set()
 
     def _create(self, name: str, keyed: bool) -> str:
@@ -118,9 +116,8 @@ class Spill:
             yield json.loads(v)
 
     def close(self) -> None:
-        """Close and delete the file."""
+        """Close (SQLite deletes the file)."""
         self.db.close()
-        self.path.unlink(missing_ok=True)
 
     def __enter__(self) -> Spill:
         return self
@@ -132,8 +129,9 @@ class Spill:
 
 class KeyList(Sequence[str]):
     """A sorted list of keys that may be long (every key missing on a side of a large table): the
-    first `head` in memory, all of them in a temporary file (JSON lines, deleted with the list) when
-    there are more. Slices within the head (samples) and `len` cost nothing; iterating reads the file.
+    first `head` in memory, all of them in an anonymous temporary file (JSON lines; unlinked at once,
+    so it goes with the list or the process) when there are more. Slices within the head (samples)
+    and `len` cost nothing; iterating reads the file.
 
     >>> few = KeyList(["a", "b"]); few == ["a", "b"], len(few), few[:1]
     (True, 2, ['a'])
@@ -146,19 +144,18 @@ class KeyList(Sequence[str]):
         it = iter(keys)
         self._head = list(islice(it, head))
         self._count = len(self._head)
-        self._file: Path | None = None
+        self._file: IO[bytes] | None = None
         nxt = next(it, None)
         if nxt is None:
             return
-        fd, name = tempfile.mkstemp(prefix="dw-keys-", suffix=".jsonl")
+        # Open for the list's life (closed when it goes), so no context manager.
+        self._file = tempfile.TemporaryFile(prefix="dw-keys-")  # noqa: SIM115
         written = 0
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            for key in chain(self._head, [nxt], it):
-                out.write(json.dumps(key) + "\n")
-                written += 1
+        for key in chain(self._head, [nxt], it):
+            self._file.write(json.dumps(key).encode() + b"\n")
+            written += 1
+        self._file.flush()
         self._count = written
-        self._file = Path(name)
-        weakref.finalize(self, self._file.unlink, missing_ok=True)
 
     @property
     def spilled(self) -> bool:
@@ -172,7 +169,11 @@ class KeyList(Sequence[str]):
         if self._file is None:
             yield from self._head
             return
-        with open(self._file, encoding="utf-8") as lines:
+        # Read at offsets (pread), not through the file's position: iterations may overlap.
+        fd, offset, rest = self._file.fileno(), 0, b""
+        while chunk := os.pread(fd, 1 << 16, offset):
+            offset += len(chunk)
+            *lines, rest = (rest + chunk).split(b"\n")
             for line in lines:
                 yield json.loads(line)
 
