@@ -48,7 +48,6 @@ class Spill:
         # A scratch file: nothing to recover after a crash, so no journal and no fsync.
         self.db.execute("PRAGMA journal_mode=OFF")
         self.db.execute("PRAGMA synchronous=OFF")
-        self.db.execute("PRAGMA cache_size=-16384")  # 16 MiB of pages in memory, the rest on disk
         self._tables: set[str] = set()
 
     def _create(self, name: str, keyed: bool) -> str:
