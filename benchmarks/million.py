@@ -181,11 +181,12 @@ def main() -> int:
                         help="rows to extrapolate to from the measured runs (0: none)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--save", action="store_true", help="write (merge into) results/million.json")
+    parser.add_argument("--label", default="", help="what code the runs measured (kept with each run)")
     args = parser.parse_args()
     os.environ.setdefault("XDG_CACHE_HOME", tempfile.mkdtemp(prefix="dw-bench-cache-"))
     measured = []
     for n in args.rows:
-        measured.append(run(n))
+        measured.append({**({"label": args.label} if args.label else {}), **run(n)})
         print(f"{n:,} rows: exit {measured[-1]['exit_status']}, {measured[-1]['wall_s']} s", file=sys.stderr)
     keep = args.save or not args.rows
     previous = json.loads(RESULTS.read_text()).get("runs", []) if keep and RESULTS.exists() else []
@@ -201,6 +202,7 @@ def main() -> int:
         "machine": {"python": platform.python_version(), "platform": platform.platform(),
                     "cpus": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / GIB, 1)},
         "scenario": SCENARIO,
+        **({"label": args.label} if args.label else {}),
         "targets": {"kernel_peak_gib": TARGET_PEAK_GIB, "notebook_mb": TARGET_NOTEBOOK_MB},
         "runs": ordered,
     }

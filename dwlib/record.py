@@ -41,11 +41,12 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import metadata
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from dwlib.errors import DwError
-from dwlib.record_types import DwlibIdentity, HashedFile, HttpSummary
+from dwlib.record_types import CallsSummary, DwlibIdentity, HashedFile, HttpSummary
 from dwlib.vocab import RunStatus, StepStatus
 
 SCHEMA_VERSION = 2
@@ -217,6 +218,65 @@ def http_summary(entries: Iterable[Mapping[str, Any]]) -> HttpSummary:
     }
 
 
+CALLS_KEPT = 100  # calls a step's entry keeps (record, notebook); a run of a million rows makes thousands
+
+
+def _notable(call: Mapping[str, Any]) -> bool:
+    return bool(call.get("retries")) or call.get("status") is None or call["status"] >= 400
+
+
+def bounded_calls(calls: Sequence[Mapping[str, Any]], path: Path, kept: int = CALLS_KEPT,
+                  ) -> tuple[list[dict[str, Any]], CallsSummary | None]:
+    """A step's calls as its entry keeps them: all of them when there are at most `kept`; else every
+    call written to `path` (JSON lines), and the entry keeps the failed or retried ones (up to half
+    of `kept`) and the first ones, in their order, with a summary of all of them (no summary: all kept).
+
+    >>> import tempfile
+    >>> calls = [{"method": "GET", "url": f"https://h/p{i}", "status": 429 if i == 7 else 200,
+    ...           "retries": 0, "wait_s": 0.0} for i in range(10)]
+    >>> path = Path(tempfile.mkdtemp()) / "calls.jsonl"
+    >>> few, summary = bounded_calls(calls, path, kept=4)
+    >>> [c["url"][-2:] for c in few], summary["calls"], summary["failed"], len(path.read_text().splitlines())
+    (['p0', 'p1', 'p2', 'p7'], 10, 1, 10)
+    >>> bounded_calls(calls[:3], path, kept=4)[1] is None
+    True
+    """
+    if len(calls) <= kept:
+        return [dict(c) for c in calls], None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as out:
+        for call in calls:
+            out.write(json.dumps(call, ensure_ascii=False) + "\n")
+    notable = set(islice((i for i, c in enumerate(calls) if _notable(c)), kept // 2))
+    first = (i for i in range(len(calls)) if i not in notable)
+    keep = sorted(notable | set(islice(first, kept - len(notable))))
+    totals = http_summary(calls)
+    summary: CallsSummary = {"calls": len(calls), "kept": len(keep), "failed": totals["failed"],
+                             "retries": totals["retries"], "throttled_retries": totals["throttled_retries"],
+                             "wait_s": totals["wait_s"], "throttled_wait_s": totals["throttled_wait_s"],
+                             "file": str(path)}
+    return [dict(calls[i]) for i in keep], summary
+
+
+def call_totals(entry: Mapping[str, Any]) -> dict[str, float]:
+    """A step entry's calls, retries, throttled retries and waits: from its `calls_summary` when its
+    calls were bounded, else from its calls.
+
+    >>> call_totals({"calls": [{"retries": 1, "wait_s": 2.0, "retry_reasons": ["429"],
+    ...                         "throttled_wait_s": 2.0}]})
+    {'calls': 1, 'retries': 1, 'throttled_retries': 1, 'wait_s': 2.0, 'throttled_wait_s': 2.0}
+    """
+    summary = entry.get("calls_summary")
+    calls = entry.get("calls") or []
+    keys = ("calls", "retries", "throttled_retries", "wait_s", "throttled_wait_s")
+    if summary:
+        return {k: summary[k] for k in keys}
+    return {"calls": len(calls), "retries": sum(c.get("retries", 0) for c in calls),
+            "throttled_retries": sum((c.get("retry_reasons") or []).count("429") for c in calls),
+            "wait_s": sum(c.get("wait_s", 0.0) for c in calls),
+            "throttled_wait_s": sum(c.get("throttled_wait_s", 0.0) for c in calls)}
+
+
 def run_status(data: Mapping[str, Any]) -> tuple[RunStatus, str | None]:
     """The overall status of a record's run and the step that stopped it.
 
@@ -301,6 +361,9 @@ class RunRecord:
         entry = {"id": step_id, **result, "gates": list(gates)}
         base = self.path.parent
         entry["evidence_files"] = [relative_to(f, base) for f in entry.get("evidence_files") or []]
+        if entry.get("calls_summary"):
+            entry["calls_summary"] = {**entry["calls_summary"],
+                                      "file": relative_to(entry["calls_summary"]["file"], base)}
         steps = self.data["steps"]
         at = next((i for i, s in enumerate(steps) if s["id"] == step_id), None)
         if at is None:

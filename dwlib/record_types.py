@@ -38,6 +38,20 @@ class Call(TypedDict):
     throttled_wait_s: NotRequired[float]
 
 
+class CallsSummary(TypedDict):
+    """A step's calls summed up when its entry keeps only some of them (`dwlib.record.bounded_calls`):
+    every call is in `file` (JSON lines, relative to the record's directory)."""
+
+    calls: int
+    kept: int
+    failed: int
+    retries: int
+    throttled_retries: int
+    wait_s: float
+    throttled_wait_s: float
+    file: str
+
+
 class StepEntry(TypedDict):
     """A step's result as the record keeps it (`StepResult.to_dict()` and the gates it showed)."""
 
@@ -55,6 +69,7 @@ class StepEntry(TypedDict):
     started: str
     duration_s: float
     calls: list[Call]
+    calls_summary: NotRequired[CallsSummary]
     remediation: list[dict[str, Any]]
     error: str
     gates: list[dict[str, Any]]

@@ -125,8 +125,17 @@ def fmt_seconds(seconds: float | None) -> str:
     return f"{s // 3600} h {s % 3600 // 60} min"
 
 
+def call_count(r: Mapping[str, Any]) -> int:
+    """The calls a step result made (its `calls` may keep only some: then its `calls_summary` counts).
+
+    >>> call_count({"calls": [{}]}), call_count({"calls": [{}], "calls_summary": {"calls": 900}})
+    (1, 900)
+    """
+    return int((r.get("calls_summary") or {}).get("calls", len(r.get("calls") or [])))
+
+
 def _head(r: Mapping[str, Any], language: str = "en") -> str:
-    calls = len(r.get("calls") or [])
+    calls = call_count(r)
     said = word(language, "call" if calls == 1 else "calls")
     timing = f"{seconds_text(r.get('duration_s', 0.0))}, {calls} {said}"
     return f"{r['step']}: {r.get('title', '')} ({timing})"
@@ -302,5 +311,5 @@ def summary_rows(results: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     [{'step': 'plan', 'status': 'passed', 'seconds': 0.0, 'calls': 0, 'summary': 'ok'}]
     """
     return [{"step": r.get("id", r["step"]), "status": r["status"],
-             "seconds": round(r.get("duration_s", 0.0), 1), "calls": len(r.get("calls") or []),
+             "seconds": round(r.get("duration_s", 0.0), 1), "calls": call_count(r),
              "summary": r.get("summary", "")} for r in results]

@@ -26,7 +26,7 @@ import pandas as pd
 
 from dwlib.extras import require
 from dwlib.record import load_record, seal
-from dwlib.render import badge, esc, fmt_seconds, language_of, result_html, summary_rows
+from dwlib.render import badge, call_count, esc, fmt_seconds, language_of, result_html, summary_rows
 from dwlib.review import (
     CSS,
     NOT_RUN,
@@ -68,7 +68,7 @@ def steps_table_html(record: Mapping[str, Any]) -> str:
         rows.append(f'<tr class="dw-step-row" data-step="{esc(step_id)}"><td>{esc(step_id)}</td>'
                     f"<td>{badge(status, status_word(language, status))}</td>"
                     f"<td>{esc(fmt_seconds(res.get('duration_s')) if result else '')}</td>"
-                    f"<td>{len(res.get('calls') or [])}</td><td>{esc(res.get('summary', ''))}</td></tr>")
+                    f"<td>{call_count(res)}</td><td>{esc(res.get('summary', ''))}</td></tr>")
     columns = ("step", "status", "time", "calls", "summary")
     head = "".join(f"<th>{esc(word(language, k))}</th>" for k in columns)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"

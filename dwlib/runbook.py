@@ -36,7 +36,15 @@ from dwlib.clients.dualwrite import DualWriteAdmin, open_admin
 from dwlib.errors import DwError
 from dwlib.gates import Gates, GateWaiting
 from dwlib.params import Params, ParamsError, load_params, notebook_parameters, scenario_problem
-from dwlib.record import RunRecord, default_record_path, evidence_dir, http_summary, new_run_id, utc_now
+from dwlib.record import (
+    RunRecord,
+    bounded_calls,
+    default_record_path,
+    evidence_dir,
+    http_summary,
+    new_run_id,
+    utc_now,
+)
 from dwlib.render import TextProgress
 from dwlib.report import RunSummary
 from dwlib.scenarios import Scenario, StepRef
@@ -259,7 +267,9 @@ or run with `papermill -f FILE` or `dw run`
             result.doc_url = localize(result.doc_url, self.params.language) if result.doc_url else ""
         result.started = started
         result.duration_s = round(time.monotonic() - clock, 3)
-        result.calls = [asdict(e) for e in journal.entries()[first:]]
+        calls_file = ctx.evidence_dir / "calls" / f"{step_id}.jsonl"
+        result.calls, summary = bounded_calls([asdict(e) for e in journal.entries()[first:]], calls_file)
+        result.calls_summary = dict(summary) if summary else None
         result.remediation = _remediation(result, error)
         if result.status == StepStatus.WAITING and False in answers and self.interactive:
             result.next_action += f" Or run the cell again as rb.run({step_id!r}, confirm=True)."

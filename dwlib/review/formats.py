@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from dwlib.record import relative_to
+from dwlib.record import call_totals, relative_to
 from dwlib.render import badge, esc, fmt_seconds, result_text
 
 from .runs import NOT_RUN, Run, live_status, steps_in_order
@@ -169,12 +169,10 @@ def throttling(record: Mapping[str, Any]) -> pd.DataFrame:
     on other retries (5xx, dropped connections)."""
     out = []
     for step_id, r in steps_in_order(record):
-        calls = (r or {}).get("calls") or []
-        waited = sum(c.get("wait_s", 0.0) for c in calls)
-        throttled = sum(c.get("throttled_wait_s", 0.0) for c in calls)
-        out.append({"step": step_id, "calls": len(calls), "retries": sum(c.get("retries", 0) for c in calls),
-                    "throttled": sum((c.get("retry_reasons") or []).count("429") for c in calls),
-                    "throttled_wait_s": round(throttled, 3), "other_wait_s": round(waited - throttled, 3)})
+        t = call_totals(r or {})
+        out.append({"step": step_id, "calls": t["calls"], "retries": t["retries"],
+                    "throttled": t["throttled_retries"], "throttled_wait_s": round(t["throttled_wait_s"], 3),
+                    "other_wait_s": round(t["wait_s"] - t["throttled_wait_s"], 3)})
     return pd.DataFrame(out, columns=["step", "calls", "retries", "throttled", "throttled_wait_s",
                                       "other_wait_s"])
 

@@ -90,6 +90,7 @@ class StepResult:
     started: str = ""
     duration_s: float = 0.0
     calls: list[dict[str, Any]] = field(default_factory=list)
+    calls_summary: dict[str, Any] | None = None  # every call summed up when `calls` keeps only some
     remediation: list[dict[str, Any]] = field(default_factory=list)
     error: str = ""
     id: str = ""  # the step's id in its scenario (e.g. initial-sync-new-company); default: `step`
@@ -105,7 +106,7 @@ class StepResult:
             "tables": self.tables, "counts": self.counts, "evidence_files": self.evidence_files,
             "next_action": self.next_action, "doc_url": self.doc_url, "started": self.started,
             "duration_s": self.duration_s, "calls": self.calls, "remediation": self.remediation,
-            "error": self.error,
+            "error": self.error, **({"calls_summary": self.calls_summary} if self.calls_summary else {}),
         }
 
     def __str__(self) -> str:

@@ -22,6 +22,11 @@ F&O (Data management > Source data formats): an nl-NL package's `1234,5` is 1234
 is not a number or date in that locale fails the step with the documented fix (Language locale
 en-us, "Troubleshoot issues during initial synchronization").
 
+A company can hold most of a table (a million customers), so neither side is held in memory: the
+package is read row by row from the zip and the Dataverse rows page by page into a temporary SQLite
+file by key (`spill`), which pairs them; the rows to write go there too, and are streamed to
+UpsertMultiple and into the import package.
+
 Eligibility, keys and counts are those of verify (`reconcile`): the step is done when the keys
 of every migrated map reconcile per company, whatever the maps' states (a finished run has them
 Running again), and a re-run finds it so; only maps with rows to move are stopped. Evidence:
@@ -40,7 +45,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,10 +62,11 @@ from dwlib.vocab import MapState, StepStatus
 from .base import Check, Finding, Step, StepContext, StepError, StepResult, environment, register, worst
 from .plan import PlanRow, plan_companies, plan_of
 from .support.bulkwrite import AppendCsv, isolate, progress_of
-from .support.dmf_package import FormatLocale, Package, format_locale, read_package
+from .support.dmf_package import FormatLocale, Package, format_locale, package_head, package_rows
 from .support.dvmeta import Tables
 from .support.reconcile import GLOBAL, Reconciliation, company_clause, company_ids, reconcile
 from .support.rowmap import Lookups, RowMap
+from .support.spill import Spill
 
 if TYPE_CHECKING:
     from dwlib.clients.dualwrite import DualWriteAdmin
@@ -75,7 +81,7 @@ MAX_DMF_JOBS = 16  # DMF jobs waited for at once (each wait is a status poll eve
 _IDS = uuid.UUID("5b1c7c1e-3f5d-4c47-9d0e-7a4e1c2b9f10")  # namespace of the ids of migrated rows
 
 
-Outgoing = tuple[str, dict[str, str], str]  # a row for F&O: key, package values, create | update
+Outgoing = tuple[str, dict[str, Any], str]  # a row to write: key, values, create | update
 
 
 @dataclass
@@ -140,12 +146,14 @@ def _to_stop(admin: DualWriteAdmin, maps: Sequence[str]) -> list[str]:
 
 @dataclass
 class _Prepared:
-    """One company's export beside its Dataverse rows, read ahead of its move."""
+    """One company's export beside its Dataverse rows, read ahead of its move: both sides' rows by
+    key in `spill` (tables "fo" and "dv"), on disk, not in memory (a company can hold most of a
+    table); the rows to write go there too ("to_dv", "to_fo")."""
 
-    package: Package
+    package: Package  # the export's header, manifest and fields (its rows are in `spill`)
     locale: FormatLocale
     rowmap: RowMap
-    dataverse_rows: list[dict[str, Any]]
+    spill: Spill
 
 
 @dataclass
@@ -160,6 +168,7 @@ class _Run:
     lookups: Lookups
     log: AppendCsv
     outcome: MigrateOutcome
+    spills: list[Spill] = field(default_factory=list)  # every company's, closed when the step ends
 
     def locale_of(self, source_format: str) -> FormatLocale:
         """The locale of a source data format's packages, read from F&O once per run."""
@@ -196,45 +205,46 @@ class _Mover:
         return self.session.dmf.export_package(project, dest, legal_entity=code)
 
     def prepare(self, path: Path, company_id: str) -> _Prepared:
-        """The company's package beside its Dataverse rows: what `move` compares (thread-safe, so
-        the next company is read while this one is written)."""
-        pkg = read_package(path, self.map.finops_entity)
+        """The company's package beside its Dataverse rows, streamed into a spill file by key: what
+        `move` compares (thread-safe, so the next company is read while this one is written)."""
+        pkg = package_head(path, self.map.finops_entity)
         fmt = self.run.locale_of(pkg.source_format)
         info = self.tables.info(self.map.dataverse_table)
         rm = RowMap(self.map, info, self.tables, pkg.fields, self.lookups,
                     self.params.column_defaults(self.map.name), fmt.locale)
-        return _Prepared(pkg, fmt, rm, self._dataverse_rows(rm, company_id))
+        spill = Spill()
+        self.run.spills.append(spill)
+        # The connection's legal entities only, of cdm_companies.
+        wanted = {c.lower() for c in self.codes} if self.map.dataverse_table == "cdm_companies" else None
+        spill.put("fo", ((r[rm.finops_key].lower(), r) for r in package_rows(path, pkg)
+                         if rm.finops_eligible(r) and (wanted is None or r[rm.finops_key].lower() in wanted)))
+        spill.put("dv", ((str(r[rm.dataverse_key]).lower(), r) for r in self._dataverse_rows(rm, company_id)))
+        return _Prepared(pkg, fmt, rm, spill)
 
     def move(self, prepared: _Prepared, code: str, company: str, company_id: str,
-             writer: ThreadPoolExecutor) -> tuple[list[Outgoing], Future[None] | None]:
+             writer: ThreadPoolExecutor) -> tuple[int, Future[None] | None]:
         """Hand the company's rows missing (or, by the map's master, differing) in Dataverse to
-        `writer`; return those to import into F&O and the write's future.
+        `writer`; return how many to import into F&O (in the spill's "to_fo") and the write's future.
 
         `code`: the legal entity DMF works in; `company`: the reconciliation's company (GLOBAL for
         global maps); `company_id`: its cdm_companyid ("" for global maps)."""
         self.outcome.skipped_columns[self.map.name] = prepared.rowmap.skipped
+        spill = prepared.spill
         try:
-            to_dv, to_fo = self._move(prepared, code, company, company_id)
+            to_dv = spill.add("to_dv", self._to_dataverse(prepared, company, company_id))
+            to_fo = spill.add("to_fo", self._to_finops(prepared, code))
         except LocaleError as exc:
             raise prepared.locale.locale_error(exc, f"{self.map.name} {company}") from None
         info = prepared.rowmap.info
-        written = writer.submit(self._upsert, info.entity_set, info.logical_name, company, to_dv) if to_dv \
-            else None
+        written = writer.submit(self._upsert, info.entity_set, info.logical_name, company, spill, to_dv) \
+            if to_dv else None
         return to_fo, written
 
-    def _move(self, prepared: _Prepared, code: str, company: str, company_id: str,
-              ) -> tuple[list[tuple[str, dict[str, Any], str]], list[Outgoing]]:
-        rm, pkg = prepared.rowmap, prepared.package
+    def _to_dataverse(self, prepared: _Prepared, company: str, company_id: str) -> Iterator[Outgoing]:
+        rm = prepared.rowmap
         info = rm.info
-        fo_rows = {r[rm.finops_key].lower(): r for r in pkg.rows if rm.finops_eligible(r)}
-        dv_rows = {str(r[rm.dataverse_key]).lower(): r for r in prepared.dataverse_rows}
-        if self.map.dataverse_table == "cdm_companies":  # the connection's legal entities only
-            wanted = {c.lower() for c in self.codes}
-            fo_rows = {k: v for k, v in fo_rows.items() if k in wanted}
         master = self.row.master
-        to_dv: list[tuple[str, dict[str, Any], str]] = []
-        for key, fo in fo_rows.items():
-            existing = dv_rows.get(key)
+        for key, fo, existing in prepared.spill.pairs("fo", "dv"):
             if existing is not None and master != "finops":
                 continue  # on both sides, and F&O's values do not win
             values, missing = rm.to_dataverse(fo, company_id)
@@ -245,14 +255,16 @@ class _Mover:
                 values[info.primary_id] = row_id(self.map.id, company, key)
                 if rm.company:
                     values[f"{rm.company[0]}@odata.bind"] = f"cdm_companies({company_id})"
-                to_dv.append((fo[rm.finops_key], values, "create"))
+                yield fo[rm.finops_key], values, "create"
             else:
                 values = rm.for_update(values, existing)
                 values[info.primary_id] = existing[info.primary_id]
-                to_dv.append((fo[rm.finops_key], values, "update"))
-        to_fo: list[Outgoing] = []
-        for key, dv in dv_rows.items():
-            existing_fo = fo_rows.get(key)
+                yield fo[rm.finops_key], values, "update"
+
+    def _to_finops(self, prepared: _Prepared, code: str) -> Iterator[Outgoing]:
+        rm, pkg = prepared.rowmap, prepared.package
+        master = self.row.master
+        for _, dv, existing_fo in prepared.spill.pairs("dv", "fo"):
             if existing_fo is not None and master != "dataverse":
                 continue  # on both sides, and Dataverse's values do not win
             values, missing = rm.to_finops(dv)
@@ -261,21 +273,21 @@ class _Mover:
             self.outcome.unresolved.update(f"{self.map.name}: {m}" for m in missing)
             if "DATAAREAID" in pkg.fields and self.map.company_specific:
                 values["DATAAREAID"] = code.lower()
-            to_fo.append((str(dv[rm.dataverse_key]), values, "create" if existing_fo is None else "update"))
-        return to_dv, to_fo
+            yield str(dv[rm.dataverse_key]), values, "create" if existing_fo is None else "update"
 
-    def _dataverse_rows(self, rm: RowMap, company_id: str) -> list[dict[str, Any]]:
+    def _dataverse_rows(self, rm: RowMap, company_id: str) -> Iterator[dict[str, Any]]:
         clauses = [f"({self.map.dataverse_filter})"] if self.map.dataverse_filter else []
         if rm.company:
             clauses.append(company_clause(company_id))
         rows = self.session.dataverse.query(self.map.dataverse_table, select=rm.dataverse_select(),
                                             filter=" and ".join(clauses) or None)
-        return [r for r in rows if r.get(rm.dataverse_key) not in (None, "")]
+        return (r for r in rows if r.get(rm.dataverse_key) not in (None, ""))
 
-    def _upsert(self, entity_set: str, logical: str, company: str,
-                rows: Sequence[tuple[str, dict[str, Any], str]]) -> None:
-        if not rows:
+    def _upsert(self, entity_set: str, logical: str, company: str, spill: Spill, total: int) -> None:
+        """Write the spill's "to_dv" rows (`total` of them), streamed from it chunk by chunk."""
+        if not total:
             return
+        rows = (tuple(r) for r in spill.listed("to_dv"))
         dv = self.session.dataverse
         name = self.map.name
         pk = self.tables.info(entity_set).primary_id
@@ -295,7 +307,7 @@ class _Mover:
                            for k, _, op in chunk)
             self.outcome.count(name, len(chunk), failed=True)
 
-        bar = self.ctx.progress(f"migrate {name} {company} → Dataverse", len(rows))
+        bar = self.ctx.progress(f"migrate {name} {company} → Dataverse", total)
         try:
             run_chunks(rows,
                        lambda chunk: isolate(send, chunk, done=done, failed=failed, stop=self.outcome.stop),
@@ -304,12 +316,13 @@ class _Mover:
         finally:
             bar.close()
 
-    def package(self, pkg: Package, code: str, rows: Sequence[Outgoing]) -> Path:
-        """`rows` written into a package with the export's manifest, to import into the company."""
+    def package(self, pkg: Package, code: str, spill: Spill) -> Path:
+        """The spill's "to_fo" rows written (streamed) into a package with the export's manifest, to
+        import into the company."""
         name = f"dw-migrate-{self.map.id}-{code.lower()}-{uuid.uuid4().hex[:8]}.zip"
-        return pkg.with_rows(v for _, v, _ in rows).write(self.ctx.evidence_dir / "migrate" / name)
+        return pkg.write(self.ctx.evidence_dir / "migrate" / name, (v for _, v, _ in spill.listed("to_fo")))
 
-    def import_rows(self, path: Path, code: str, company: str, rows: Sequence[tuple[str, str]]) -> list[str]:
+    def import_rows(self, path: Path, code: str, company: str, rows: Iterable[tuple[str, str]]) -> list[str]:
         """Import the package at `path` (`rows`: its keys and operations) into the company; returns
         the job's errors (thread-safe)."""
         dmf = self.session.dmf
@@ -412,11 +425,11 @@ class Migrate(Step):
                         to_fo, written = movers[name].move(current, code, company, company_id, writer)
                         writes += [written] if written else []
                         if to_fo:
-                            path = movers[name].package(current.package, code, to_fo)
-                            keys = [(k, op) for k, _, op in to_fo]
+                            path = movers[name].package(current.package, code, current.spill)
+                            keys = ((k, op) for k, _, op in current.spill.listed("to_fo"))
                             mine.append(pool.submit(imported, chain, name, path, code, company, keys))
-                            out.written[f"{name} {TO_FINOPS}"] += len(to_fo)
-                        del current, to_fo  # the next company's rows are read meanwhile: one held
+                            out.written[f"{name} {TO_FINOPS}"] += to_fo
+                        del current
                     for write in writes:
                         write.result()
                     if writes:
@@ -431,6 +444,8 @@ class Migrate(Step):
                 for export in exports:
                     export.cancel()
                 log.close()
+                for spill in run.spills:  # the temporary files of the companies' rows
+                    spill.close()
 
     def verify(self, ctx: StepContext, finding: Finding) -> StepResult:
         params, session, admin = environment(ctx)

@@ -29,10 +29,11 @@ from __future__ import annotations
 import csv
 import io
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 from xml.etree import ElementTree
 
 from dwlib.catalog.locales import LOCALE_DOC, LOCALE_FIX, Locale, LocaleError, locale
@@ -66,22 +67,34 @@ class Package:
         """The same package with other rows (fields the rows lack are left empty)."""
         return replace(self, rows=[{f: r.get(f, "") for f in self.fields} for r in rows])
 
-    def write(self, path: Path) -> Path:
-        """Write the package zip (CSV-Unicode) to `path`; returns `path`."""
-        text = io.StringIO(newline="")
-        out = csv.writer(text, lineterminator="\r\n")
-        out.writerow(self.fields)
-        out.writerows([row.get(f, "") for f in self.fields] for row in self.rows)
+    def write(self, path: Path, rows: Iterable[Mapping[str, str]] | None = None) -> Path:
+        """Write the package zip (CSV-Unicode) to `path` with its rows, or with `rows` (streamed into
+        the zip as they come: a migration's rows need not be in memory together); returns `path`."""
         path.parent.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
             zf.writestr("PackageHeader.xml", self.header_xml)
             zf.writestr("Manifest.xml", self.manifest_xml)
-            zf.writestr(self.file, b"\xff\xfe" + text.getvalue().encode("utf-16-le"))
+            with zf.open(self.file, "w", force_zip64=True) as raw:
+                raw.write(b"\xff\xfe")
+                with io.TextIOWrapper(raw, encoding="utf-16-le", newline="") as text:
+                    out = csv.writer(text, lineterminator="\r\n")
+                    out.writerow(self.fields)
+                    out.writerows([row.get(f, "") for f in self.fields] for row in
+                                  (self.rows if rows is None else rows))
         return path
 
 
 def read_package(path: Path, entity: str) -> Package:
-    """The entity `entity` (its label, case-insensitive) of the package at `path`.
+    """The entity `entity` (its label, case-insensitive) of the package at `path`, its rows read.
+
+    StepError when the file is not a package or does not hold the entity.
+    """
+    head = package_head(path, entity)
+    return replace(head, rows=list(package_rows(path, head)))
+
+
+def package_head(path: Path, entity: str) -> Package:
+    """The entity `entity` of the package at `path` without its rows (`package_rows` streams them).
 
     StepError when the file is not a package or does not hold the entity.
     """
@@ -101,12 +114,45 @@ def read_package(path: Path, entity: str) -> Package:
     name = entry.findtext("d:EntityName", "", _NS)
     file = entry.findtext("d:InputFilePath", f"{name}.csv", _NS)
     source_format = entry.findtext("d:SourceFormat", DEFAULT_FORMAT, _NS) or DEFAULT_FORMAT
-    raw = zf.read(file)
-    encoding = "utf-16" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"  # CSV-Unicode, else CSV
-    reader = csv.reader(io.StringIO(raw.decode(encoding), newline=""))
-    fields = [h.strip().upper() for h in next(reader, [])]
-    rows = [dict(zip(fields, r, strict=False)) for r in reader if any(c.strip() for c in r)]
-    return Package(header, manifest, name, file, fields, rows, source_format)
+    with _data_file(zf, file) as reader:
+        fields = [h.strip().upper() for h in next(reader, [])]
+    return Package(header, manifest, name, file, fields, [], source_format)
+
+
+def package_rows(path: Path, head: Package) -> Iterator[dict[str, str]]:
+    """The rows of the entity file `head` names (from `package_head`), one at a time."""
+    with zipfile.ZipFile(path) as zf, _data_file(zf, head.file) as reader:
+        next(reader, None)  # the header
+        for r in reader:
+            if any(c.strip() for c in r):
+                yield dict(zip(head.fields, r, strict=False))
+
+
+@contextmanager
+def _data_file(zf: zipfile.ZipFile, file: str) -> Iterator[Iterator[list[str]]]:
+    """A CSV reader over an entity file of the package, decoded as it is read (CSV-Unicode is UTF-16
+    with a byte order mark; else UTF-8)."""
+    with zf.open(file) as raw:
+        bom = raw.read(2)
+        encoding = "utf-16" if bom in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"  # CSV-Unicode, else CSV
+        with io.TextIOWrapper(io.BufferedReader(_Prefixed(bom, raw)), encoding=encoding, newline="") as text:
+            yield csv.reader(text)
+
+
+class _Prefixed(io.RawIOBase):
+    """A stream whose first bytes (already read to sniff the encoding) are given back first."""
+
+    def __init__(self, first: bytes, rest: IO[bytes]) -> None:
+        self._first, self._rest = first, rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._first or self._rest.read(len(buffer))
+        self._first = b""
+        buffer[:len(data)] = data
+        return len(data)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ source filter (e.g. `PartyType == "Organization"`); on the Dataverse side it has
 company (`msdyn_company`, for company-specific maps: "Only rows that have company data are
 eligible for dual-write") and passes the reversed filter (e.g. `customertypecode eq 3`). Keys
 compare case-insensitively, as SQL Server does on both sides. Only the key columns are read
-(`$select`), page after page, one company at a time.
+(`$select`), page after page, one company at a time; each side's keys go into a temporary SQLite
+file (`spill`) that finds the missing ones, and those are kept as a `KeyList` (the first thousand
+in memory, all of them on disk), so a table of a million rows takes the memory of a page.
 
 With `values` (verify), the mapped columns are read too and each side's values are summed into
 checksums as the pages arrive (`checksum`): a map and company reconcile when the checksums of both
@@ -32,6 +34,7 @@ from dwlib import catalog
 from .checksum import SAMPLE_BUCKETS, Checksums, Difference, differences, labels
 from .dvmeta import Tables
 from .rowmap import Lookups, RowMap
+from .spill import KeyList, Spill
 
 if TYPE_CHECKING:
     from dwlib.clients.session import Session
@@ -45,14 +48,15 @@ SAMPLE = 10
 class Reconciliation:
     """One map in one company (or `GLOBAL`): counts, and the keys missing on either side.
 
-    `finops` and `dataverse` (normalised key → key as stored) are what each side holds; only the
-    missing keys and the number of distinct keys are kept of them, so a run's reconciliations do not
-    hold every key of every table."""
+    `finops` and `dataverse` (normalised key → key as stored, or `Spilled`: a key table on disk)
+    are what each side holds; only the missing keys (`KeyList`: all of them, a sample in memory)
+    and the number of distinct keys are kept of them, so a run's reconciliations do not hold every
+    key of every table."""
 
     map: str
     company: str
-    finops: InitVar[Mapping[str, str]]
-    dataverse: InitVar[Mapping[str, str]]
+    finops: InitVar[Mapping[str, str] | Spilled]
+    dataverse: InitVar[Mapping[str, str] | Spilled]
     finops_rows: int
     dataverse_rows: int
     note: str = ""
@@ -61,14 +65,23 @@ class Reconciliation:
     dataverse_checksum: str = ""
     differing: int = 0  # rows on both sides whose values differ (found in the sampled buckets)
     differences: tuple[Difference, ...] = ()
-    missing_in_dataverse: list[str] = field(init=False)  # keys in F&O without a row in Dataverse (sorted)
-    missing_in_finops: list[str] = field(init=False)  # keys in Dataverse without a row in F&O (sorted)
+    missing_in_dataverse: KeyList = field(init=False)  # keys in F&O without a row in Dataverse (sorted)
+    missing_in_finops: KeyList = field(init=False)  # keys in Dataverse without a row in F&O (sorted)
     distinct_keys: tuple[int, int] = field(init=False)  # (F&O, Dataverse)
 
-    def __post_init__(self, finops: Mapping[str, str], dataverse: Mapping[str, str]) -> None:
+    def __post_init__(self, finops: Mapping[str, str] | Spilled,
+                      dataverse: Mapping[str, str] | Spilled) -> None:
         set_ = object.__setattr__  # frozen: the derived fields are set once, here
-        set_(self, "missing_in_dataverse", sorted(v for k, v in finops.items() if k not in dataverse))
-        set_(self, "missing_in_finops", sorted(v for k, v in dataverse.items() if k not in finops))
+        if isinstance(finops, Spilled) and isinstance(dataverse, Spilled):
+            spill = finops.spill
+            set_(self, "missing_in_dataverse", KeyList(spill.missing(finops.table, dataverse.table)))
+            set_(self, "missing_in_finops", KeyList(spill.missing(dataverse.table, finops.table)))
+            set_(self, "distinct_keys", (spill.count(finops.table), spill.count(dataverse.table)))
+            return
+        assert not isinstance(finops, Spilled) and not isinstance(dataverse, Spilled), "both sides or neither"
+        set_(self, "missing_in_dataverse", KeyList(sorted(v for k, v in finops.items()
+                                                          if k not in dataverse)))
+        set_(self, "missing_in_finops", KeyList(sorted(v for k, v in dataverse.items() if k not in finops)))
         set_(self, "distinct_keys", (len(finops), len(dataverse)))
 
     @property
@@ -114,17 +127,20 @@ class Reconciliation:
                 yield {"map": self.map, "company": self.company, "missing_in": side, "key": key}
 
 
+@dataclass(frozen=True)
+class Spilled:
+    """One side's keys in a key table of a `Spill` (normalised key → key as stored): how `reconcile`
+    hands a side to `Reconciliation` without a dict of every key."""
+
+    spill: Spill
+    table: str
+
+
 @dataclass
 class _Keys:
-    keys: dict[str, str] = field(default_factory=dict)
+    keys: Spilled
     rows: int = 0
     sums: Checksums | None = None
-
-    def add(self, value: Any, view: list[str] | None = None) -> None:
-        self.rows += 1
-        self.keys.setdefault(str(value).lower(), str(value))
-        if self.sums is not None and view is not None:
-            self.sums.add(str(value).lower(), view)
 
 
 View = tuple[str, str, list[str]]  # normalised key, key as stored, canonical values (empty: keys only)
@@ -199,20 +215,38 @@ def _dataverse_views(session: Session, m: catalog.TableMap, company_id: str | No
         yield str(value).lower(), str(value), rm.dataverse_view(row) if rm else []
 
 
-def _side(views: Iterable[View], rm: RowMap | None) -> _Keys:
-    out = _Keys(sums=Checksums() if rm else None)
-    for _, stored, view in views:
-        out.add(stored, view)
+def _side(views: Iterable[View], rm: RowMap | None, spill: Spill, table: str) -> _Keys:
+    """One side's rows counted, their keys put into `spill`'s key table `table` and, with `rm`,
+    their values summed into checksums: page by page, nothing per row kept in memory."""
+    out = _Keys(Spilled(spill, table), sums=Checksums() if rm else None)
+
+    def keys() -> Iterator[tuple[str, str]]:
+        for key, stored, view in views:
+            out.rows += 1
+            if out.sums is not None:
+                out.sums.add(key, view)
+            yield key, stored
+
+    spill.put_keys(table, keys())
     return out
 
 
 def _compared(session: Session, m: catalog.TableMap, company: str, code: str | None, company_id: str | None,
               rm: RowMap | None, values: Values | None, wanted: set[str] | None) -> Reconciliation:
-    fo = _side(_finops_views(session, m, code, rm, wanted), rm)
-    dv = _side(_dataverse_views(session, m, company_id, rm, wanted), rm)
-    base = Reconciliation(m.name, company, fo.keys, dv.keys, fo.rows, dv.rows)
-    if rm is None or fo.sums is None or dv.sums is None or values is None:
-        return base
+    with Spill() as spill:
+        fo = _side(_finops_views(session, m, code, rm, wanted), rm, spill, "fo")
+        dv = _side(_dataverse_views(session, m, company_id, rm, wanted), rm, spill, "dv")
+        if rm is None or fo.sums is None or dv.sums is None or values is None:
+            return Reconciliation(m.name, company, fo.keys, dv.keys, fo.rows, dv.rows)
+        return _with_values(session, m, company, code, company_id, rm, values, wanted, fo, dv)
+
+
+def _with_values(session: Session, m: catalog.TableMap, company: str, code: str | None,
+                 company_id: str | None, rm: RowMap, values: Values, wanted: set[str] | None,
+                 fo: _Keys, dv: _Keys) -> Reconciliation:
+    """The reconciliation with the values compared: the checksums, and where they differ a second
+    pass over a few differing buckets for a sample of the rows."""
+    assert fo.sums is not None and dv.sums is not None
     found: list[Difference] = []
     count = 0
     buckets = fo.sums.differing(dv.sums)
@@ -245,9 +279,11 @@ def reconcile_map(
     for code in companies:
         company_id = ids.get(code.upper())
         if company_id is None:
-            fo = _side(_finops_views(session, m, code, None, None), None)
-            out.append(Reconciliation(m.name, code, fo.keys, {}, fo.rows, 0,
-                                      note=f"no cdm_companies row for {code} in Dataverse"))
+            with Spill() as spill:
+                fo = _side(_finops_views(session, m, code, None, None), None, spill, "fo")
+                dv = _side((), None, spill, "dv")
+                out.append(Reconciliation(m.name, code, fo.keys, dv.keys, fo.rows, 0,
+                                          note=f"no cdm_companies row for {code} in Dataverse"))
             continue
         out.append(_compared(session, m, code, code, company_id, rm, values, None))
     return out
