@@ -221,7 +221,8 @@ def _rows(n: int, language: str) -> str:
 
 def result_text(r: Mapping[str, Any], language: str = "en") -> str:
     """The plain-text form of a result: status, summary, checks, tables, next action."""
-    lines = [f"[{_label(r['status'], language)}] {_head(r, language)}", f"  {r.get('summary', '')}"]
+    # The status in English whatever the language: logs are read by people and by greps alike.
+    lines = [f"[{_label(r['status'])}] {_head(r, language)}", f"  {r.get('summary', '')}"]
     if r.get("error") and r["error"] != r.get("summary"):
         lines.append(f"  {word(language, 'error').lower()}: {r['error']}")
     for c in r.get("checks") or []:

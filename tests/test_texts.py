@@ -64,8 +64,8 @@ def test_both_languages_have_the_same_files_and_parts() -> None:
 
 @pytest.mark.parametrize("language", text.LANGUAGES)
 def test_every_status_has_its_word(language: str) -> None:
-    statuses = {*StepStatus, *RunStatus, *Unfinished, NOT_RUN}
-    assert {text.status_word(language, s) for s in statuses}
+    words = {s: text.status_word(language, s) for s in {*StepStatus, *RunStatus, *Unfinished, NOT_RUN}}
+    assert all(w.strip() for w in words.values()), words  # each one worded (a missing one raises)
     with pytest.raises(text.TextError, match=r"labels\.yaml"):
         text.status_word(language, "half_done")
 

@@ -133,10 +133,10 @@ def prepare(scenario: str, root: Path, *, echo: Callable[[str], None] = print) -
     if prep is None or prep.history is History.PORTAL:
         return
     from dwlib import execute  # papermill: only a setup run needs it
-    from dwlib.notebooks import NOTEBOOKS
+    from dwlib.packaged import param_file
 
     echo(f"preparing the sandbox for {scenario}: {prep.profile} set up first, then {prep.says}")
-    params = NOTEBOOKS.parent / "params" / f"sandbox-{prep.profile}.yaml"
+    params = param_file(f"sandbox-{prep.profile}.yaml")  # shipped with the package (an install too)
     setup = execute.execute(prep.profile, params, {"sandbox.dir": str(root)}, root / "prepare-runs",
                             echo=lambda _line: None)
     if not setup.ok:

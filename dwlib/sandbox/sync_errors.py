@@ -46,11 +46,10 @@ def refuse_live_write(root: Path) -> None:
     the save rolls back, and the trace log keeps the dual-write plug-in's failure."""
     from dwlib.clients.errors import ClientError  # the sandbox's server never needs the clients
     from dwlib.clients.session import connect
-    from dwlib.notebooks import NOTEBOOKS
+    from dwlib.packaged import param_file
     from dwlib.params import load_params
 
-    params_file = NOTEBOOKS.parent / "params" / "sandbox-troubleshoot.yaml"
-    params = load_params(params_file, {"sandbox.dir": str(root)})
+    params = load_params(param_file("sandbox-troubleshoot.yaml"), {"sandbox.dir": str(root)})
     with connect(params) as session:
         dv = session.dataverse
         (org,) = dv.query("organizations", select=["organizationid"], top=1)

@@ -41,6 +41,7 @@ from dwlib import catalog
 from dwlib.catalog.errors import DOCS_ROOT
 from dwlib.errors import DwError
 from dwlib.secrets import known_secrets, scrub
+from dwlib.text import learn_url
 from dwlib.vocab import MapState, StepStatus
 
 from .base import Check, Finding, Step, StepContext, StepError, StepResult, environment, register, worst
@@ -55,7 +56,7 @@ PROJECTS = "DualWriteProjectConfigurations"
 # plug-ins as dual-write-troubleshooting.md names them (…DualWriteRuntime.Plugins.PreCommmitPlugin).
 TRACE_SETTINGS = {0: "Off", 1: "Exception", 2: "All"}
 TRACING_OFF = TRACE_SETTINGS[0]
-TRACING_DOC = "https://learn.microsoft.com/power-apps/developer/data-platform/logging-tracing"
+TRACING_DOC = learn_url("en", "pa/logging-tracing")
 TRACING_FIX = ("to see why live sync refuses writes made in Dataverse, set Settings > Administration > "
                "System Settings > Customization > plug-in and custom workflow activity tracing to Exception, "
                "reproduce, run this runbook again, then set it back to Off (the log uses storage)")

@@ -46,12 +46,12 @@ def _seconds(row: Mapping[str, Any]) -> str:
     return "" if row.get("seconds") is None else seconds_text(row["seconds"])
 
 
-def row_text(row: Mapping[str, Any], language: str = "en") -> str:
-    """One board row as text (the headless form of the board), its status in `language`."""
+def row_text(row: Mapping[str, Any]) -> str:
+    """One board row as text (the headless form of the board; the status in English, as logs have it)."""
     seconds = f"  {_seconds(row)}" if row.get("seconds") is not None else ""
     summary = f"  {row['summary']}" if row.get("summary") else ""
     mark = MARKS.get(row["status"], "·")
-    return f"{mark} {row['id']}  {status_word(language, row['status'])}{seconds}{summary}"
+    return f"{mark} {row['id']}  {status_word('en', row['status'])}{seconds}{summary}"
 
 
 def _one_line(text: str) -> str:
@@ -143,7 +143,7 @@ class StepBoard(Panel):
     def text(self) -> str:
         """The board as text lines."""
         title, done = self._head()
-        return "\n".join([f"{title}: {done}", *(row_text(r, self.language) for r in self.rows)])
+        return "\n".join([f"{title}: {done}", *(row_text(r) for r in self.rows)])
 
 
 class GatePanel:
