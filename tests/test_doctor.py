@@ -33,7 +33,7 @@ def _failed_import(connection: dict[str, Any], tmp_path: Path) -> str:
     with session_for(connection) as s:
         s.dmf.poll_s = 0.05
         url = s.dmf.write_url(package.name)
-        s.dmf.upload(url, package.read_bytes())
+        s.dmf.upload(url, package)
         execution = s.dmf.start_import(url, "CustomersV3-Import", legal_entity="USMF")
         with pytest.raises(DmfError):
             s.dmf.wait(execution)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import json
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -194,3 +195,52 @@ def test_a_page_is_freed_as_soon_as_its_rows_are_without_the_cyclic_collector() 
     finally:
         if enabled:
             gc.enable()
+
+
+def test_the_bootstrap_keeps_its_rows_on_disk_counts_them_as_they_come_and_gives_them_back_in_order() -> None:
+    """A million rows to stamp as objects would take a gigabyte: `BootstrapState.add` counts each
+    row and writes it to the spill, and no row object outlives the call."""
+    import gc
+
+    from dwlib.steps.bootstrap import BootstrapState, RowChange
+
+    def change(i: int) -> RowChange:
+        table = "accounts" if i % 3 else "contacts"
+        code = "" if i % 10 == 0 else ("USMF" if i % 2 else "GBSI")
+        rule, company = ("business unit", f"co-{code}") if code else ("", "")
+        group, group_id = ("10", "grp") if code and i % 7 else ("", "")
+        reason = "" if code else "not in bootstrap.mapping"
+        return RowChange(table, f"id-{i}", f"K{i}", f"name {i}", "Contoso US", rule, code, company, "",
+                         group, group_id, reason)
+
+    targets: dict[str, Any] = {"accounts": None, "contacts": None}
+    with Spill() as spill:
+        state = BootstrapState(targets, spill)
+        state.add(change(i) for i in range(30_000))
+        assert not [o for o in gc.get_objects() if isinstance(o, RowChange)]
+        everything = [change(i) for i in range(30_000)]
+        stamps = [c for c in everything if c.company_code]
+        assert state.stamp_count == len(stamps) and state.not_mapped == 3_000
+        assert state.to_stamp["contacts"] == sum(c.table == "contacts" for c in stamps)
+        assert list(state.stamps("contacts")) == [c for c in stamps if c.table == "contacts"]
+        assert list(state.stamps()) == [c for c in stamps if c.table == "accounts"] + \
+            [c for c in stamps if c.table == "contacts"]
+        assert list(state.unmapped()) == [c for c in everything if not c.company_code]
+        assert state.per_company()["accounts USMF"] == sum(
+            c.table == "accounts" and c.company_code == "USMF" for c in stamps)
+        assert state.groups_given["10"] == sum(bool(c.customer_group_id) for c in stamps)
+        unmapped = Counter(c.table for c in everything if not c.company_code)
+        assert state.unmapped_table() == [
+            {"table": t, "owning_business_unit": "Contoso US", "rows": unmapped[t],
+             "reason": "not in bootstrap.mapping"} for t in ("accounts", "contacts")]
+
+
+def test_f_and_o_customers_are_looked_up_by_key_from_the_spill_with_every_company_they_are_in() -> None:
+    from dwlib.steps.bootstrap import Rules
+
+    with Spill() as spill:
+        spill.put_many("fo_0", [("c-1", ("USMF", "10")), ("c-2", ("USMF", "20")), ("c-1", ("GBSI", "30"))])
+        rules = Rules({}, {}, {}, None, {}, spill, {"accounts": "fo_0"})
+        assert rules.finops_matches("accounts", "C-1") == [("USMF", "10"), ("GBSI", "30")]
+        assert rules.finops_matches("accounts", "c-9") == [] == rules.finops_matches("contacts", "c-1")
+        assert Rules({}, {}, {}, None, {}).finops_matches("accounts", "c-1") == []

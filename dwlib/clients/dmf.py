@@ -49,7 +49,7 @@ import httpx
 from .auth import default_cache_path
 from .errors import ClientError, DmfError, HttpError, ResponseError, connection_lost
 from .finops import FinOpsClient
-from .http import redact_url
+from .http import SINK_KEY, redact_url
 from .once import send_once
 
 
@@ -370,7 +370,7 @@ class DmfClient:
                        overwrite: bool = True, on_status: Callable[[str], None] | None = None) -> str:
         """Upload `source` and import it; returns the final status (Succeeded/PartiallySucceeded)."""
         url = self.write_url(source.name)
-        self.upload(url, source.read_bytes())
+        self.upload(url, source)
         execution_id = self.start_import(url, definition_group, legal_entity=legal_entity,
                                          overwrite=overwrite)
         return self.wait(execution_id, on_status=on_status)
@@ -378,19 +378,35 @@ class DmfClient:
     # --- blobs -------------------------------------------------------------------------------------
 
     def download(self, url: str, dest: Path) -> None:
-        """GET a package from its signed URL into `dest`."""
-        response = self._blob("GET", url)
+        """GET a package from its signed URL into `dest`, streamed to disk (a package of a large
+        company is hundreds of megabytes); `dest` appears only once the whole body is there."""
         dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(response.content)
+        part = dest.with_name(dest.name + ".part")
+        try:
+            self._blob("GET", url, extensions={SINK_KEY: part})
+            part.replace(dest)
+        finally:
+            part.unlink(missing_ok=True)
 
-    def upload(self, url: str, data: bytes) -> None:
-        """PUT a package to a signed write URL as a block blob."""
-        self._blob("PUT", url, content=data, headers={"x-ms-blob-type": "BlockBlob", "Overwrite": "T"})
+    def upload(self, url: str, source: Path) -> None:
+        """PUT the package file `source` to a signed write URL as a block blob, read from disk as it
+        is sent (again from the start on a retry)."""
+        built = self.blob_http.build_request(
+            "PUT", url, headers={"x-ms-blob-type": "BlockBlob", "Overwrite": "T",
+                                 "Content-Length": str(source.stat().st_size)})
+        # The same request (client headers, timeouts) with the file as its body stream.
+        request = httpx.Request("PUT", built.url, headers=built.headers, stream=_FileStream(source),
+                                extensions=built.extensions)
+        self._blob("PUT", url, request=request)
 
-    def _blob(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    def _blob(self, method: str, url: str, *, request: httpx.Request | None = None,
+              **kwargs: Any) -> httpx.Response:
         shown = redact_url(httpx.URL(url))
         try:
-            response = self.blob_http.request(method, url, **kwargs)
+            if request is not None:
+                response = self.blob_http.send(request)
+            else:
+                response = self.blob_http.request(method, url, **kwargs)
         except httpx.TransportError as exc:
             raise connection_lost(exc, method=method, url=shown, repeatable=True) from None
         if response.status_code >= 300:
@@ -398,6 +414,19 @@ class DmfClient:
                            execution_id="", status="",
                            fix="signed URLs expire: request a new one by running the step again")
         return response
+
+
+class _FileStream(httpx.SyncByteStream):
+    """A request body read from a file in 1 MiB pieces, from the start at each iteration (so the
+    retry layer can send it again)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __iter__(self) -> Iterator[bytes]:
+        with self.path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                yield chunk
 
 
 def new_execution_id(definition_group: str) -> str:

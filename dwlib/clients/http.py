@@ -62,6 +62,9 @@ SAFE_KEY = "dw.safe"
 SAFE: dict[str, Any] = {SAFE_KEY: True}
 """Pass as `extensions=SAFE` on a POST/PATCH that may be repeated (upsert, UpdateMultiple, reads)."""
 PACE_KEY = "dw.pace"
+# Request extension: a Path. A 2xx body is written there as it arrives (each attempt starts the file
+# again) and the response keeps no body, so a large download never sits in memory.
+SINK_KEY = "dw.sink"
 """Request extension: an `AttemptHook` called around each attempt of the call (`pacing.Ticket`)."""
 RETRY_REFUSED = "dw.retry_refused"
 """Response extension: why the stack gave up at once instead of waiting (the budget cannot cover it)."""
@@ -372,7 +375,11 @@ class _BufferedTransport(httpx.BaseTransport):
         try:
             response = self._wire.handle_request(request)
             try:
-                response.read()
+                sink = request.extensions.get(SINK_KEY)
+                if sink is not None and response.status_code < 300:
+                    response = _into_file(response, Path(sink))
+                else:
+                    response.read()
             except BaseException:
                 response.close()
                 raise
@@ -386,6 +393,17 @@ class _BufferedTransport(httpx.BaseTransport):
 
     def close(self) -> None:
         self._wire.close()
+
+
+def _into_file(response: httpx.Response, path: Path) -> httpx.Response:
+    """Write `response`'s (decoded) body to `path` and return it without a body."""
+    with path.open("wb") as out:
+        for chunk in response.iter_bytes(1 << 20):
+            out.write(chunk)
+    response.close()
+    dropped = {b"content-length", b"content-encoding", b"transfer-encoding"}
+    return httpx.Response(response.status_code, extensions=response.extensions,
+                          headers=[(k, v) for k, v in response.headers.raw if k.lower() not in dropped])
 
 
 class _JournalTransport(httpx.BaseTransport):

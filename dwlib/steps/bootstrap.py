@@ -50,6 +50,8 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import chain
+from operator import attrgetter
 from pathlib import Path
 from sys import intern
 from typing import TYPE_CHECKING, Any
@@ -64,6 +66,8 @@ from .base import Check, Finding, Step, StepContext, StepError, StepResult, envi
 from .link import companies
 from .support.bulkwrite import AppendCsv, isolate, progress_of
 from .support.dvmeta import Lookup, TableInfo, Tables
+from .support.spill import BATCH as SPILL_BATCH
+from .support.spill import Spill
 
 if TYPE_CHECKING:
     from dwlib.clients.dataverse import DataverseClient
@@ -106,6 +110,7 @@ class RowChange:
 
 
 FAILED_COLUMNS = (*RowChange.COLUMNS[:-1], "error", "remediation")
+_fields = attrgetter(*RowChange.COLUMNS)  # a RowChange's values, as a tuple, in field order
 
 
 @dataclass(frozen=True)
@@ -122,33 +127,89 @@ class Target:
 
 @dataclass
 class BootstrapState:
-    """What the real state says: rows to stamp, rows that cannot be mapped, and how it was read."""
+    """What the real state says: rows to stamp, rows that cannot be mapped, and how it was read.
+
+    The rows themselves are kept on disk (`spill`: a million rows to stamp would take gigabytes as
+    objects) and read back one at a time (`stamps`, `unmapped`); what the step reports about them
+    is counted as they are added. `close` deletes them."""
 
     targets: dict[str, Target]
-    stamps: list[RowChange]
-    unmapped: list[RowChange]
+    spill: Spill
     checks: list[Check] = field(default_factory=list)
     outcome: ApplyOutcome | None = None  # filled by bootstrap-apply's act
+    to_stamp: Counter[str] = field(default_factory=Counter)  # per table
+    not_mapped: int = 0
+    by_company: Counter[str] = field(default_factory=Counter)  # "<table> <company code>"
+    by_rule: Counter[str] = field(default_factory=Counter)
+    planned: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (table, company, rule)
+    unmapped_groups: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (table, unit, reason)
+    without_group: Counter[str] = field(default_factory=Counter)  # stamped rows' reason for no group
+    groups_given: Counter[str] = field(default_factory=Counter)  # customer group → stamped rows
+
+    @property
+    def stamp_count(self) -> int:
+        """Rows to stamp, all tables."""
+        return sum(self.to_stamp.values())
+
+    def add(self, changes: Iterable[RowChange]) -> None:
+        """Count `changes` and keep them on disk (rows to stamp per table, unmapped rows)."""
+        tables = {t: f"stamp_{i}" for i, t in enumerate(self.targets)}
+        buffers: dict[str, list[tuple[str, ...]]] = {}
+        for c in changes:
+            if c.company_code:
+                name = tables[c.table]
+                self.to_stamp[c.table] += 1
+                self.by_company[f"{c.table} {c.company_code}"] += 1
+                self.planned[(c.table, c.company_code, c.rule)] += 1
+                if c.reason:
+                    self.without_group[c.reason] += 1
+                elif c.customer_group_id:
+                    self.groups_given[c.customer_group] += 1
+            else:
+                name = "unmapped"
+                self.not_mapped += 1
+                self.unmapped_groups[(c.table, c.owning_business_unit, c.reason)] += 1
+            self.by_rule[c.rule or "none"] += 1
+            buffer = buffers.setdefault(name, [])
+            buffer.append(_fields(c))
+            if len(buffer) >= SPILL_BATCH:
+                self.spill.add(name, buffer)
+                buffer.clear()
+        for name, buffer in buffers.items():
+            self.spill.add(name, buffer)
+
+    def stamps(self, table: str | None = None) -> Iterator[RowChange]:
+        """The rows to stamp (of `table`, or of every table), in the order they were read."""
+        for i, t in enumerate(self.targets):
+            if table in (None, t):
+                yield from (RowChange(*v) for v in self.spill.listed(f"stamp_{i}"))
+
+    def unmapped(self) -> Iterator[RowChange]:
+        """The rows no rule maps, in the order they were read."""
+        return (RowChange(*v) for v in self.spill.listed("unmapped"))
+
+    def close(self) -> None:
+        """Delete the rows kept on disk."""
+        self.spill.close()
 
     def summary(self) -> str:
         """e.g. `stamp 294 rows (accounts USMF 80, …); 6 rows cannot be mapped`."""
         per = ", ".join(f"{k} {n}" for k, n in self.per_company().items())
-        text = f"stamp {len(self.stamps)} rows with their company" + (f" ({per})" if per else "")
-        return text + (f"; {len(self.unmapped)} rows cannot be mapped" if self.unmapped else "")
+        text = f"stamp {self.stamp_count} rows with their company" + (f" ({per})" if per else "")
+        return text + (f"; {self.not_mapped} rows cannot be mapped" if self.not_mapped else "")
 
     def per_company(self) -> dict[str, int]:
         """Rows to stamp per `"<table> <company code>"`."""
-        return dict(sorted(Counter(f"{s.table} {s.company_code}" for s in self.stamps).items()))
+        return dict(sorted(self.by_company.items()))
 
     def per_rule(self) -> dict[str, int]:
         """Rows per rule that matched them (unmapped rows under "none")."""
-        return dict(sorted(Counter(r.rule or "none" for r in [*self.stamps, *self.unmapped]).items()))
+        return dict(sorted(self.by_rule.items()))
 
     def unmapped_table(self) -> list[dict[str, Any]]:
         """Unmapped rows grouped by table, business unit and reason."""
-        groups = Counter((u.table, u.owning_business_unit, u.reason) for u in self.unmapped)
         return [{"table": t, "owning_business_unit": bu, "rows": n, "reason": r}
-                for (t, bu, r), n in sorted(groups.items())]
+                for (t, bu, r), n in sorted(self.unmapped_groups.items())]
 
 
 def _customer_map(entity_set: str) -> catalog.TableMap | None:
@@ -182,27 +243,33 @@ def _target(tables: Tables, entity_set: str) -> Target:
 @dataclass(frozen=True)
 class Rules:
     """What decides a row's company: the business-unit mapping, and (account-number method) the
-    F&O customers by key → [(company code, customer group)]."""
+    F&O customers by key, kept in a spill file (a million customers' keys as a dict would take a
+    gigabyte): `finops_matches` looks a key up."""
 
     mapping: dict[str, str]
     units: dict[str, str]  # business unit id → name
     ids: dict[str, str]  # company code → cdm_companyid
-    finops: dict[str, dict[str, list[tuple[str, str]]]] | None  # table → key (lower) → matches
     customer_group: str | None
-    groups: dict[tuple[str, str], str]  # (table, company id, group id lower) → group row id, per table
+    groups: dict[tuple[str, str], str]  # (company id, group id lower) → group row id
+    finops: Spill | None = None  # account-number method: table "fo_<i>" per target with a customer map
+    finops_tables: dict[str, str] = field(default_factory=dict)  # entity set → its table in `finops`
+
+    def finops_matches(self, entity_set: str, key: str) -> list[tuple[str, str]]:
+        """[(company code, customer group)] of the F&O customers whose key is `key` (any case)."""
+        table = self.finops_tables.get(entity_set)
+        if self.finops is None or table is None or not key:
+            return []
+        return [(code, group) for code, group in self.finops.values(table, key.lower())]
 
 
-def _finops_customers(session: Session, m: catalog.TableMap) -> dict[str, list[tuple[str, str]]]:
-    """F&O rows of the customer map `m` by key (lower case): [(company code, customer group)]."""
+def _finops_customers(session: Session, m: catalog.TableMap) -> Iterator[tuple[str, tuple[str, str]]]:
+    """F&O rows of the customer map `m`: (key in lower case, (company code, customer group))."""
     assert m.finops_entity_set is not None
     key = m.finops_key[0]
     select = list(dict.fromkeys([key, "dataAreaId", GROUP_COLUMN, *(c.column for c in m.finops_conditions)]))
-    out: dict[str, list[tuple[str, str]]] = {}
     for row in session.finops.query(m.finops_entity_set, select=select, cross_company=True):
         if row.get(key) and all(c.matches(row) for c in m.finops_conditions):
-            out.setdefault(str(row[key]).lower(), []).append(
-                (str(row["dataAreaId"]).upper(), str(row.get(GROUP_COLUMN) or "")))
-    return out
+            yield str(row[key]).lower(), (str(row["dataAreaId"]).upper(), str(row.get(GROUP_COLUMN) or ""))
 
 
 def _groups(dv: DataverseClient, targets: Iterable[Target]) -> dict[tuple[str, str], str]:
@@ -256,18 +323,25 @@ def read_state(ctx: StepContext) -> BootstrapState:
                             fix="check the names in bootstrap.mapping against Settings > Business units"))
     tables = Tables(dv)
     targets = {t: _target(tables, t) for t in options.tables}
-    finops = ({t: _finops_customers(session, x.customer_map) for t, x in targets.items() if x.customer_map}
-              if options.method == "account-number" else None)
-    rules = Rules(dict(mapping), units, ids, finops, options.customer_group, _groups(dv, targets.values()))
-    stamps: list[RowChange] = []
-    unmapped: list[RowChange] = []
-    for target in targets.values():
-        for change in _changes(dv, target, rules):
-            (stamps if change.company_code else unmapped).append(change)
-    state = BootstrapState(targets, stamps, unmapped, checks)
+    spill = Spill()
+    try:
+        finops_tables: dict[str, str] = {}
+        if options.method == "account-number":
+            for i, (t, x) in enumerate(targets.items()):
+                if x.customer_map:
+                    finops_tables[t] = f"fo_{i}"
+                    spill.put_many(finops_tables[t], _finops_customers(session, x.customer_map))
+        rules = Rules(dict(mapping), units, ids, options.customer_group, _groups(dv, targets.values()),
+                      spill if options.method == "account-number" else None, finops_tables)
+        state = BootstrapState(targets, spill, checks)
+        for target in targets.values():
+            state.add(_changes(dv, target, rules))
+    except BaseException:
+        spill.close()
+        raise
     checks.append(Check("rows without a company", StepStatus.PASSED,
-                        f"{len(stamps) + len(unmapped)} rows in {', '.join(targets)} have an empty company: "
-                        f"{len(stamps)} mapped, {len(unmapped)} cannot be mapped; by rule: "
+                        f"{state.stamp_count + state.not_mapped} rows in {', '.join(targets)} have an empty "
+                        f"company: {state.stamp_count} mapped, {state.not_mapped} cannot be mapped; by rule: "
                         + ", ".join(f"{k} {n}" for k, n in state.per_rule().items())))
     return state
 
@@ -282,7 +356,7 @@ def _method_text(params: Params) -> str:
 def _company(row: dict[str, Any], key: str, target: Target, unit: str, owned: bool,
              rules: Rules) -> tuple[str, str, str, str]:
     """(rule, company code, F&O customer group, reason) of one row."""
-    matches = (rules.finops or {}).get(target.info.entity_set, {}).get(key.lower(), []) if key else []
+    matches = rules.finops_matches(target.info.entity_set, key)
     companies_found = sorted({c for c, _ in matches})
     if len(companies_found) > 1:
         return "", "", "", (f"{key} is a customer account in F&O companies {', '.join(companies_found)}: "
@@ -353,11 +427,11 @@ def _write_rows(ctx: StepContext, name: str, rows: Iterable[RowChange]) -> Path:
 
 
 def _unmapped_check(state: BootstrapState, csv_name: str) -> Check:
-    if not state.unmapped:
+    if not state.not_mapped:
         return Check("unmapped rows", StepStatus.PASSED, "every row without a company is mapped")
-    units = sorted({u.owning_business_unit or "(none)" for u in state.unmapped})
+    units = sorted({unit or "(none)" for _, unit, _ in state.unmapped_groups})
     return Check("unmapped rows", StepStatus.WARNING,
-                 f"{len(state.unmapped)} rows stay without a company, matched by no rule (owning business "
+                 f"{state.not_mapped} rows stay without a company, matched by no rule (owning business "
                  f"units: {', '.join(units)}); listed with the reason in {csv_name}",
                  fix="map these business units in bootstrap.mapping if their rows belong to a company; "
                      "rows without a company are not synced by dual-write", doc=BOOTSTRAP_DOC)
@@ -365,16 +439,15 @@ def _unmapped_check(state: BootstrapState, csv_name: str) -> Check:
 
 def _group_check(state: BootstrapState) -> Check:
     """Stamped rows the customer maps send to F&O that still get no customer group."""
-    without = [s for s in state.stamps if s.reason]
+    without = sum(state.without_group.values())
     if not without:
-        given = Counter(s.customer_group for s in state.stamps if s.customer_group_id)
-        shown = ", ".join(f"{g} {n}" for g, n in sorted(given.items()))
+        shown = ", ".join(f"{g} {n}" for g, n in sorted(state.groups_given.items()))
         return Check("customer groups", StepStatus.PASSED,
                      "every stamped row the Customers V3 maps send to F&O has a customer group"
-                     + (f" (set: {shown})" if given else ""))
-    reasons = Counter(s.reason for s in without)
+                     + (f" (set: {shown})" if shown else ""))
+    reasons = state.without_group
     return Check("customer groups", StepStatus.WARNING,
-                 f"{len(without)} stamped rows the Customers V3 maps send to F&O get no customer group: "
+                 f"{without} stamped rows the Customers V3 maps send to F&O get no customer group: "
                  + "; ".join(f"{r} ({n})" for r, n in sorted(reasons.items())),
                  fix="F&O requires a customer group: set bootstrap.customer_group to a group every company "
                      "has (the Customer groups map brings it to Dataverse), or give the rows a group",
@@ -400,25 +473,27 @@ class BootstrapSimulate(Step):
 
     def check(self, ctx: StepContext) -> Finding:
         state = read_state(ctx)
-        return Finding(not state.stamps, state.summary(), todo=state, checks=state.checks)
+        return Finding(not state.stamp_count, state.summary(), todo=state, checks=state.checks)
 
     def act(self, ctx: StepContext, finding: Finding) -> None:
         raise AssertionError("read-only step: execute never acts")
 
     def verify(self, ctx: StepContext, finding: Finding) -> StepResult:
         state: BootstrapState = finding.todo
-        path = _write_rows(ctx, SIMULATION_CSV, [*state.stamps, *state.unmapped])
+        try:
+            path = _write_rows(ctx, SIMULATION_CSV, chain(state.stamps(), state.unmapped()))
+        finally:
+            state.close()
         checks = [*state.checks, _unmapped_check(state, path.name), _group_check(state)]
         planned = [{"table": table, "company": company, "rule": rule, "rows": n}
-                   for (table, company, rule), n in sorted(Counter(
-                       (s.table, s.company_code, s.rule) for s in state.stamps).items())]
+                   for (table, company, rule), n in sorted(state.planned.items())]
         return self.result(
             worst(checks), f"simulation: would {state.summary()}; nothing was written",
             checks=checks, tables={"planned": planned, "unmapped": state.unmapped_table()},
             counts={**state.per_company(), **{f"rule {k}": n for k, n in state.per_rule().items()},
-                    "to stamp": len(state.stamps), "unmapped": len(state.unmapped)},
+                    "to stamp": state.stamp_count, "unmapped": state.not_mapped},
             evidence_files=[str(path)],
-            next_action="review the CSV, then run bootstrap-apply" if state.stamps else "")
+            next_action="review the CSV, then run bootstrap-apply" if state.stamp_count else "")
 
 
 # --- apply ----------------------------------------------------------------------------------------
@@ -487,12 +562,12 @@ def apply(ctx: StepContext, state: BootstrapState) -> ApplyOutcome:
                            AppendCsv(ctx.evidence_dir / FAILED_CSV, FAILED_COLUMNS))
     try:
         for table, target in state.targets.items():
-            rows = [s for s in state.stamps if s.table == table]
-            if not rows or outcome.stop.is_set():
+            count = state.to_stamp[table]
+            if not count or outcome.stop.is_set():
                 continue
-            bar = ctx.progress(f"bootstrap {table}", len(rows))
+            bar = ctx.progress(f"bootstrap {table}", count)
             try:
-                run_chunks((r for r in rows if not outcome.stop.is_set()),
+                run_chunks((r for r in state.stamps(table) if not outcome.stop.is_set()),
                            _stamper(session.dataverse, target, outcome),
                            chunk_size=params.options.batch_size, concurrency=params.options.concurrency,
                            progress=progress_of(bar), what=f"bootstrap of {table}")
@@ -523,7 +598,7 @@ class BootstrapApply(Step):
     def check(self, ctx: StepContext) -> Finding:
         state = read_state(ctx)
         _refuse_live(ctx, state)
-        return Finding(not state.stamps, state.summary(), todo=state,
+        return Finding(not state.stamp_count, state.summary(), todo=state,
                        checks=[*state.checks, _group_check(state)])
 
     def act(self, ctx: StepContext, finding: Finding) -> None:
@@ -531,15 +606,19 @@ class BootstrapApply(Step):
 
     def verify(self, ctx: StepContext, finding: Finding) -> StepResult:
         before: BootstrapState = finding.todo
+        before.close()
         after = read_state(ctx)
+        try:
+            unmapped = _write_rows(ctx, UNMAPPED_CSV, after.unmapped()) if after.not_mapped else None
+        finally:
+            after.close()
         outcome = before.outcome
-        unmapped = _write_rows(ctx, UNMAPPED_CSV, after.unmapped) if after.unmapped else None
         checks = [*finding.checks, _unmapped_check(after, UNMAPPED_CSV)]
         files = [str(p) for p in [*(outcome.files() if outcome else []), *([unmapped] if unmapped else [])]]
         stamped = sum(outcome.stamped.values()) if outcome else 0
         failed = outcome.failed if outcome else 0
         counts = {**(dict(sorted(outcome.stamped.items())) if outcome else {}), "stamped": stamped,
-                  "failed": failed, "remaining": len(after.stamps), "unmapped": len(after.unmapped)}
+                  "failed": failed, "remaining": after.stamp_count, "unmapped": after.not_mapped}
         tables = {"remaining": [{"table": k.split(" ")[0], "company": k.split(" ")[1], "rows": n}
                                 for k, n in after.per_company().items()],
                   "unmapped": after.unmapped_table()}
@@ -547,27 +626,26 @@ class BootstrapApply(Step):
             checks.append(Check(
                 "fault threshold", StepStatus.FAILED,
                 f"{failed} rows failed, more than bootstrap.max_failed_rows ({outcome.limit}); stopped with "
-                f"{len(after.stamps)} rows left. First errors: " + " | ".join(outcome.errors[:3]),
+                f"{after.stamp_count} rows left. First errors: " + " | ".join(outcome.errors[:3]),
                 fix=f"read {FAILED_CSV} for each failed row and its error, fix the cause, then run "
                     "bootstrap-apply again (it picks up where it stopped)", doc=BOOTSTRAP_DOC))
             return self.result(StepStatus.FAILED,
                                f"stopped after {failed} failed rows (limit {outcome.limit}); "
-                               f"{stamped} rows stamped, {len(after.stamps)} left; see {FAILED_CSV}",
+                               f"{stamped} rows stamped, {after.stamp_count} left; see {FAILED_CSV}",
                                checks=checks, tables=tables, counts=counts, evidence_files=files)
-        if after.stamps:
+        if after.stamp_count:
             checks.append(Check("rows stamped", StepStatus.FAILED,
-                                f"{len(after.stamps)} mapped rows still have no company ({failed} failed)",
+                                f"{after.stamp_count} mapped rows still have no company ({failed} failed)",
                                 fix=f"read {FAILED_CSV}, fix the cause, and run bootstrap-apply again"))
         else:
             checks.append(Check("rows stamped", StepStatus.PASSED,
                                 f"{stamped} rows stamped; no mapped row is left without a company"))
         status = worst(checks)
-        summary = (f"{len(after.stamps)} rows still without company; see {FAILED_CSV}" if after.stamps else
-                   f"stamped {stamped} rows" + (f"; {len(after.unmapped)} unmapped rows stay without company"
-                                                if after.unmapped else ""))
+        left = after.stamp_count
+        summary = (f"{left} rows still without company; see {FAILED_CSV}" if left else
+                   f"stamped {stamped} rows" + (f"; {after.not_mapped} unmapped rows stay without company"
+                                                if after.not_mapped else ""))
         return self.result(status, summary, checks=checks, tables=tables, counts=counts, evidence_files=files)
-
-
 
 
 def live_maps(ctx: StepContext) -> list[str]:
@@ -581,7 +659,7 @@ def live_maps(ctx: StepContext) -> list[str]:
 
 def _refuse_live(ctx: StepContext, state: BootstrapState) -> None:
     live = live_maps(ctx)
-    if live and state.stamps:
+    if live and state.stamp_count:
         raise StepError(f"{', '.join(live)} run: each row stamped now would go to F&O at once, one by one, "
                         "before the plan says how the data moves (the bootstrap comes \"before you enable "
                         "dual-write\"). Fix: run the stop-maps step (or Stop these maps), then "
@@ -612,7 +690,11 @@ class StopMaps(Step):
         _, _, admin = environment(ctx)
         live = live_maps(ctx)
         # Reading every row without a company is the expensive part: only when a map is live.
-        stamps = len(read_state(ctx).stamps) if live else 0
+        stamps = 0
+        if live:
+            state = read_state(ctx)
+            state.close()
+            stamps = state.stamp_count
         live = live if stamps else []
         states = admin.map_states(live)
         busy = [f"{n} is {states[n].state}" for n in live if states[n].state != MapState.RUNNING]

@@ -329,7 +329,7 @@ class _Mover:
         name = path.name
         project = self.params.migrate.import_project.format(entity=self.map.finops_entity_set or "")
         url = dmf.write_url(name)
-        dmf.upload(url, path.read_bytes())
+        dmf.upload(url, path)
         execution = dmf.start_import(url, project, legal_entity=code)
         try:
             status: str = dmf.wait(execution)

@@ -379,3 +379,64 @@ def test_an_action_answer_without_a_value_is_a_response_error(fake: FakeService)
     fake.on("POST", ACTIONS)(lambda request, m: httpx.Response(200, json={"@odata.context": "ctx"}))
     with pytest.raises(ResponseError, match="'value'"):
         dmf(fake).status("exec-1")
+
+
+class _CutStream(httpx.SyncByteStream):
+    """A body that breaks off after its first piece, as a dropped connection does."""
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        yield b"PK-"
+        raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+
+
+def test_a_download_cut_mid_body_is_fetched_again_and_only_a_whole_package_appears(
+        fake: FakeService, tmp_path: Path) -> None:
+    gets: list[int] = []
+
+    @fake.on("GET", "/blob/dmf/pkg.zip")
+    def get(request: httpx.Request, m: re.Match[str]) -> httpx.Response:
+        gets.append(1)
+        return httpx.Response(200, stream=_CutStream()) if len(gets) == 1 else \
+            httpx.Response(200, content=b"PK-whole-package")
+
+    dmf_service(fake, ["Succeeded"])
+    out = dmf(fake).export_package("Customers export", tmp_path / "c.zip", legal_entity="USMF")
+    assert out.read_bytes() == b"PK-whole-package" and len(gets) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.zip"]  # no .part left behind
+
+
+def test_a_refused_download_leaves_no_file(fake: FakeService, tmp_path: Path) -> None:
+    fake.on("GET", "/blob/dmf/pkg.zip")(lambda request, m: httpx.Response(403, text="AuthenticationFailed"))
+    dmf_service(fake, ["Succeeded"])
+    with pytest.raises(DmfError, match="403 AuthenticationFailed"):
+        dmf(fake).export_package("Customers export", tmp_path / "c.zip", legal_entity="USMF")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sink_writes_the_body_to_disk_and_the_response_keeps_none(
+        fake: FakeService, tmp_path: Path) -> None:
+    from dwlib.clients.http import SINK_KEY
+
+    big = bytes(range(256)) * 12_000  # 3 MB: several pieces
+    fake.on("GET", "/blob/big")(lambda request, m: httpx.Response(200, content=big))
+    http = make_client(HttpConfig(), None, transport=fake.transport)
+    response = http.get("https://fo.example/blob/big", extensions={SINK_KEY: tmp_path / "big"})
+    assert response.status_code == 200 and response.content == b""
+    assert (tmp_path / "big").read_bytes() == big
+
+
+def test_an_upload_streams_the_file_and_sends_it_whole_again_after_a_503(
+        fake: FakeService, tmp_path: Path) -> None:
+    sent: list[bytes] = []
+
+    @fake.on("PUT", "/blob/dmf/pkg.zip")
+    def put(request: httpx.Request, m: re.Match[str]) -> httpx.Response:
+        sent.append(request.content)
+        assert request.headers["Content-Length"] == str(len(package.read_bytes()))
+        return httpx.Response(503, headers={"Retry-After": "0"}) if len(sent) == 1 else httpx.Response(201)
+
+    package = tmp_path / "pkg.zip"
+    package.write_bytes(b"zip" * 700_000)  # 2.1 MB: three pieces of the file stream
+    dmf_service(fake, ["Succeeded"])
+    dmf(fake).import_package(package, "Customers import", legal_entity="USMF")
+    assert sent == [package.read_bytes()] * 2

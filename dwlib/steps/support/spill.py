@@ -3,7 +3,8 @@
 Migrate compares a company's rows on both sides by key and writes what differs. At a million rows
 a side's rows as Python dicts take gigabytes; here they go, as JSON, into tables of a temporary
 SQLite file page by page, and come back one at a time: keyed rows joined by key (`pairs`, SQLite's
-index does the matching), listed rows in the order they were added (`listed`). Memory stays that
+index does the matching), listed rows in the order they were added (`listed`), the values of one
+key looked up (`values`: the bootstrap's F&O customers by account number). Memory stays that
 of a page, whatever the table's size.
 
 Example:
@@ -12,6 +13,13 @@ Example:
     ...     _ = s.put("dv", [("us-2", {"n": "b"})]), s.add("out", [{"k": "us-1"}, {"k": "us-2"}])
     ...     given, list(s.pairs("fo", "dv")), s.count("out"), list(s.listed("out"))
     (3, [('us-1', {'n': 'A2'}, None), ('us-2', {'n': 'B'}, {'n': 'b'})], 2, [{'k': 'us-1'}, {'k': 'us-2'}])
+
+    Multi-valued tables keep every value of a key (a customer account in two companies):
+
+    >>> with Spill() as s:
+    ...     _ = s.put_many("fo", [("c-1", ["USMF", "10"]), ("c-2", ["USMF", "20"]), ("c-1", ["GBSI", "10"])])
+    ...     s.values("fo", "c-1"), s.values("fo", "c-9"), s.values("none", "c-1")
+    ([['USMF', '10'], ['GBSI', '10']], [], [])
 """
 
 from __future__ import annotations
@@ -87,6 +95,25 @@ class Spill:
             self.db.execute(f"CREATE TABLE {table} (k TEXT PRIMARY KEY, v TEXT NOT NULL) WITHOUT ROWID")
             self._tables.add(table)
         return self._batches(f"INSERT OR IGNORE INTO {table} (k, v) VALUES (?, ?)", iter(keys))
+
+    def put_many(self, name: str, rows: Iterable[tuple[str, Any]]) -> int:
+        """Add (key, value) pairs to multi-valued table `name`: a key may hold many values, in the
+        order given (`values` finds them); returns how many were given."""
+        table = _table(name)
+        if table not in self._tables:
+            self.db.execute(f"CREATE TABLE {table} (i INTEGER PRIMARY KEY, k TEXT NOT NULL, v TEXT NOT NULL)")
+            self.db.execute(f"CREATE INDEX {table}_k ON {table} (k)")
+            self._tables.add(table)
+        return self._batches(f"INSERT INTO {table} (k, v) VALUES (?, ?)",
+                             ((k, json.dumps(v)) for k, v in rows))
+
+    def values(self, name: str, key: str) -> list[Any]:
+        """The values of `key` in multi-valued table `name`, in the order they were added ([] when
+        none, or no such table)."""
+        if _table(name) not in self._tables:
+            return []
+        return [json.loads(v) for (v,) in self.db.execute(f"SELECT v FROM {name} WHERE k = ? ORDER BY i",
+                                                           (key,))]
 
     def missing(self, left: str, right: str) -> Iterator[str]:
         """The keys (as stored) of key table `left` that `right` lacks, sorted."""
