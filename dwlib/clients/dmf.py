@@ -42,7 +42,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import httpx
 
@@ -78,6 +78,7 @@ _DOC = "https://learn.microsoft.com/dynamics365/fin-ops-core/dev-itpro/data-enti
 
 
 FIRST_POLL_S = 0.25  # the first pause of a wait for a DMF job (see `pauses`)
+T = TypeVar("T")
 
 
 def pauses(poll_s: float) -> Iterator[float]:
@@ -234,16 +235,26 @@ class DmfClient:
     def _wait_while_running(self, execution_id: str) -> None:
         """Wait until the import `execution_id` (started before, by any run here) is NotRun or
         Executing no more: F&O refuses an import beside it."""
-        deadline = time.monotonic() + self.timeout_s
+        def late(status: ExecutionStatus) -> DmfError:
+            return DmfError(f"the import {execution_id} started before in this environment is still {status} "
+                            f"after {self.timeout_s:g} s, and ImportFromPackage must not run in parallel",
+                            execution_id=execution_id, status=status,
+                            fix="let that job finish (Data management > Job history), then run the step "
+                                "again")
+
+        self._poll(lambda: self.status(execution_id), lambda s: s not in RUNNING, late)
+
+    def _poll(self, read: Callable[[], T], done: Callable[[T], bool], late: Callable[[T], DmfError],
+              timeout_s: float | None = None) -> T:
+        """Call `read` until `done` holds for its value, pausing between calls (`pauses`); returns
+        that value. Past `timeout_s` (default `self.timeout_s`) raises `late(the last value)`."""
+        deadline = time.monotonic() + (timeout_s or self.timeout_s)
         pause = pauses(self.poll_s)
-        while (status := self.status(execution_id)) in RUNNING:
+        while not done(value := read()):
             if time.monotonic() >= deadline:
-                raise DmfError(f"the import {execution_id} started before in this environment is still "
-                               f"{status} after {self.timeout_s:g} s, and ImportFromPackage must not run in "
-                               "parallel", execution_id=execution_id, status=status,
-                               fix="let that job finish (Data management > Job history), then run the step "
-                                   "again")
+                raise late(value)
             self._sleep(next(pause))
+        return value
 
     def _start(self, action: str, body: dict[str, Any], *, re_execute: bool = False) -> str:
         """Start a job once: send the start again only while DMF does not know the job."""
@@ -321,26 +332,26 @@ class DmfClient:
     def wait(self, execution_id: str, *, on_status: Callable[[str], None] | None = None,
              timeout_s: float | None = None) -> ExecutionStatus:
         """Poll until the job ends; returns Succeeded or PartiallySucceeded, raises `DmfError` otherwise."""
-        deadline = time.monotonic() + (timeout_s or self.timeout_s)
-        last = ""
-        pause = pauses(self.poll_s)
-        while True:
+        last = [""]
+
+        def read() -> ExecutionStatus:
             status = self.status(execution_id)
-            if status != last and on_status is not None:
+            if status != last[0] and on_status is not None:
                 on_status(status)
-            last = status
-            if status in TERMINAL:
-                break
+            last[0] = status
             if status == ExecutionStatus.UNKNOWN:
                 raise DmfError(f"DMF does not know job {execution_id} (GetExecutionSummaryStatus: Unknown)",
                                execution_id=execution_id, status=status,
                                fix="the job was not created or its history was deleted: run the step again")
-            if time.monotonic() >= deadline:
-                raise DmfError(f"DMF job {execution_id} did not finish in {timeout_s or self.timeout_s:g} s",
-                               execution_id=execution_id, status=status,
-                               fix="look at the job in Data management > Job history; wait longer with "
-                                   "timeout_s, or re-run (steps check what was done)")
-            self._sleep(next(pause))
+            return status
+
+        def late(status: ExecutionStatus) -> DmfError:
+            return DmfError(f"DMF job {execution_id} did not finish in {timeout_s or self.timeout_s:g} s",
+                            execution_id=execution_id, status=status,
+                            fix="look at the job in Data management > Job history; wait longer with "
+                                "timeout_s, or re-run (steps check what was done)")
+
+        status = self._poll(read, lambda s: s in TERMINAL, late, timeout_s)
         if status in _FAILED:
             raise DmfError(f"DMF job {execution_id} ended {status}", execution_id=execution_id, status=status,
                            errors=self.execution_errors(execution_id),
@@ -355,14 +366,13 @@ class DmfClient:
         """Export a data project and download its package to `dest`; returns `dest`."""
         execution_id = self.start_export(definition_group, dest.stem, legal_entity=legal_entity)
         self.wait(execution_id, on_status=on_status)
-        deadline = time.monotonic() + self.timeout_s
-        pause = pauses(self.poll_s)
-        while not (url := self.exported_package_url(execution_id)):  # may lag the final status
-            if time.monotonic() >= deadline:
-                raise DmfError(f"DMF job {execution_id} finished but its package URL stayed empty",
-                               execution_id=execution_id, status="Succeeded",
-                               fix="download the package from Data management > Job history")
-            self._sleep(next(pause))
+        def late(_: str) -> DmfError:
+            return DmfError(f"DMF job {execution_id} finished but its package URL stayed empty",
+                            execution_id=execution_id, status="Succeeded",
+                            fix="download the package from Data management > Job history")
+
+        # The package URL may lag the final status.
+        url = self._poll(lambda: self.exported_package_url(execution_id), bool, late)
         self.download(url, dest)
         return dest
 

@@ -440,3 +440,31 @@ def test_an_upload_streams_the_file_and_sends_it_whole_again_after_a_503(
     dmf_service(fake, ["Succeeded"])
     dmf(fake).import_package(package, "Customers import", legal_entity="USMF")
     assert sent == [package.read_bytes()] * 2
+
+
+def test_an_import_still_running_past_the_deadline_is_named_and_the_next_one_is_not_started(
+        fake: FakeService, tmp_path: Path) -> None:
+    state = importing_service(fake, polls_to_finish=10_000)
+    dmf(fake, lock_dir=tmp_path).start_import(BLOB, "G", legal_entity="USMF", execution_id="A")
+    budget = RetryBudget(sleep=lambda s: None)
+    http = make_client(HttpConfig(), None, transport=fake.transport, budget=budget)
+    late = DmfClient(FinOpsClient(http, URL, budget=budget), http, poll_s=0, timeout_s=0.01,
+                     sleep=lambda s: None, lock_dir=tmp_path)
+    still = "the import A started before in this environment is still Executing"
+    with pytest.raises(DmfError, match=still) as exc:
+        late.start_import(BLOB, "G", legal_entity="USMF", execution_id="B")
+    assert exc.value.execution_id == "A" and "start B" not in state["events"]  # type: ignore[operator]
+
+
+def test_a_package_url_that_stays_empty_is_an_error_that_points_to_job_history(
+        fake: FakeService, tmp_path: Path) -> None:
+    fake.on("POST", ACTIONS.replace("(\\w+)", "GetExportedPackageUrl"))(
+        lambda request, m: httpx.Response(200, json={"value": ""}))
+    dmf_service(fake, ["Succeeded"])
+    budget = RetryBudget(sleep=lambda s: None)
+    http = make_client(HttpConfig(), None, transport=fake.transport, budget=budget)
+    client = DmfClient(FinOpsClient(http, URL, budget=budget), http, poll_s=0, timeout_s=0.01,
+                       sleep=lambda s: None)
+    with pytest.raises(DmfError, match="finished but its package URL stayed empty") as exc:
+        client.export_package("Customers export", tmp_path / "c.zip", legal_entity="USMF")
+    assert "Job history" in exc.value.fix and not (tmp_path / "c.zip").exists()
