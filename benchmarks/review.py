@@ -128,7 +128,7 @@ def measure(runs: int, rows: int, repeats: int) -> dict[str, Any]:
         text_s, _text = median_time(lambda: review.catalogue_text(rows_out), repeats)
         statuses: dict[str, int] = {}
         for row in rows_out:
-            statuses[row["status"]] = statuses.get(row["status"], 0) + 1
+            statuses[str(row["status"])] = statuses.get(str(row["status"]), 0) + 1
         assert loaded == len(rows_out) == runs, (loaded, len(rows_out))
         return {
             "runs": runs, "seed_rows": rows, "record_mb_total": round(record_bytes / 1e6, 1),

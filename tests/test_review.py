@@ -337,3 +337,13 @@ def test_saved_widgets_become_static_html_for_the_report() -> None:
                  "<pre>a &lt; b</pre>"):
         assert part in shown, part
     assert report.WIDGET_VIEW in nb.cells[0].outputs[0]["data"]  # the notebook itself is left alone
+
+
+def test_a_run_status_no_record_has_is_an_error_not_a_guess() -> None:
+    from dwlib.review import ReviewError, live_status
+    from dwlib.vocab import RunStatus
+
+    assert live_status({"status": "warning"}) is RunStatus.WARNING
+    unknown = r"run r1 has status 'done', which a run record does not have \(running"
+    with pytest.raises(ReviewError, match=unknown):
+        live_status({"run_id": "r1", "status": "done"})

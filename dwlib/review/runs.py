@@ -95,18 +95,28 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def live_status(record: Mapping[str, Any]) -> str:
+def live_status(record: Mapping[str, Any]) -> RunStatus:
     """The record's status, except that a run still marked running whose process is gone (on this
-    machine) is `interrupted`: it was killed and will never finish its record.
+    machine) is `interrupted`: it was killed and will never finish its record. A status the record
+    schema does not name is a `ReviewError`, not a guess.
 
     >>> live_status({"status": "running", "process": {"host": socket.gethostname(), "pid": 2**22 + 7}})
     <RunStatus.INTERRUPTED: 'interrupted'>
+    >>> live_status({"status": "passed"})
+    <RunStatus.PASSED: 'passed'>
     """
-    status = record.get("status", "unknown")
+    value = record.get("status")
+    try:
+        status = RunStatus(str(value))
+    except ValueError:
+        known = ", ".join(s.value for s in RunStatus)
+        raise ReviewError(f"run {record.get('run_id', '?')} has status {value!r}, which a run record does "
+                          f"not have ({known}). Fix: the record is damaged or not a run record; validate it "
+                          "against record.schema.json") from None
     process = record.get("process") or {}
     if status == RunStatus.RUNNING and process.get("host") == socket.gethostname() and process.get("pid"):
         return RunStatus.RUNNING if pid_alive(int(process["pid"])) else RunStatus.INTERRUPTED
-    return str(status)
+    return status
 
 
 def step_error(record: Mapping[str, Any], step_id: str | None) -> str:
