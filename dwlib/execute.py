@@ -57,10 +57,11 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def check_params(scenario: str, params_file: Path, overrides: Mapping[str, Any], *,
-                 sandbox_pending: bool = False) -> Params:
+                 sandbox_pending: bool = False, say: bool = True) -> Params:
     """The validated parameters of a run of `scenario`: `ParamsError` with every problem, before any
-    call. `sandbox_pending`: the run's sandbox starts next (see `dwlib.params.load_params`)."""
-    return load_params(params_file, overrides, scenario=scenario, sandbox_pending=sandbox_pending)
+    call. `sandbox_pending`: the run's sandbox starts next; `say`: log the warnings (see
+    `dwlib.params.load_params`)."""
+    return load_params(params_file, overrides, scenario=scenario, sandbox_pending=sandbox_pending, say=say)
 
 
 @dataclass

@@ -181,6 +181,30 @@ def test_plan_names_and_override_keys_are_checked_with_the_parameters_wording(tm
     ]
 
 
+def test_a_plan_gathers_the_warnings_of_shared_parameters_once_and_logs_none(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from dwlib.params import load as params_load
+
+    monkeypatch.setattr(params_load, "_said", set())
+    monkeypatch.setenv("DW_TEST_SECRET", "x")
+    params = {"scenario": "existing-existing", "legal_entities": ["USMF"],
+              "environments": {"tenant_id": "contoso.onmicrosoft.com",
+                               "dataverse_url": "https://contoso.crm.dynamics.com/",
+                               "finops_url": "https://contoso.operations.dynamics.com"},
+              "auth": {"client_id": "11111111-2222-3333-4444-555555555555",
+                       "client_secret": "env:DW_TEST_SECRET"}}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump({"runs": [{"name": n, "scenario": "existing-existing", "params": "p.yaml"}
+                                             for n in ("a", "b")]}))
+    with caplog.at_level(logging.WARNING, logger="dwlib.params"):
+        loaded = load_plan(plan)
+    assert len(loaded.warnings) == 1 and "USMF has 4 characters" in loaded.warnings[0]
+    assert caplog.records == []
+
+
 class FakeExecutor(Executor):
     """Runs nothing: notes which runs overlap; each run lasts until another runs beside it (or 0.3 s)."""
 

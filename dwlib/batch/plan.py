@@ -26,10 +26,7 @@ Example:
 
 from __future__ import annotations
 
-import logging
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -37,7 +34,6 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from dwlib.params import ParamsError, ScenarioId, read_yaml, validation_problems
-from dwlib.params import log as params_log
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -150,8 +146,8 @@ def load_plan(path: Path) -> Plan:
         seen.setdefault(name, where)
         params_file = (path.parent / entry.params.expanduser()).resolve()
         try:
-            with _quiet(params_log):  # runs share parameters files: warnings are gathered, each once
-                params = check_params(entry.scenario, params_file, overrides)
+            # Runs share parameters files: the warnings are gathered, each said once.
+            params = check_params(entry.scenario, params_file, overrides, say=False)
         except ParamsError as exc:
             problems += [(f"{where} {name}: {params_file.name}" + (f" {p}" if p else ""), m)
                          for p, m in exc.problems]
@@ -164,14 +160,3 @@ def load_plan(path: Path) -> Plan:
         raise ParamsError(problems, str(path))
     return Plan(path, runs, plan.max_parallel, list(warnings))
 
-
-@contextmanager
-def _quiet(logger: logging.Logger) -> Iterator[None]:
-    def drop(record: logging.LogRecord) -> bool:
-        return False
-
-    logger.addFilter(drop)
-    try:
-        yield
-    finally:
-        logger.removeFilter(drop)

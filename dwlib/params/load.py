@@ -22,7 +22,7 @@ from dwlib.scenarios import SCENARIOS
 
 from .model import KeyProblems, Loc, Params, References, dotted
 
-# The package's name: the logger callers quiet (the form, dw batch) and tests capture.
+# The package's name: the logger tests capture.
 log = logging.getLogger(__package__)
 
 
@@ -63,6 +63,7 @@ def load_params(
     base_dir: Path | None = None,
     scenario: str | None = None,
     sandbox_pending: bool = False,
+    say: bool = True,
 ) -> Params:
     """Load and validate parameters from a YAML file (or a mapping) plus `overrides`.
 
@@ -78,7 +79,8 @@ def load_params(
     The parameters returned then hold stand-ins: use them to check, never to connect.
 
     Warnings are logged once per process (the same warning, at the same place, is said once however
-    often the file is loaded: `dw run`, the form, the runbook).
+    often the file is loaded: `dw run`, the form, the runbook). `say=False` logs none: the caller
+    shows `params.warnings` itself (the form, once; `dw batch`, gathered over its runs).
 
     >>> load_params({"scenario": "new-new"}, {"options.dry_run": True})
     Traceback (most recent call last):
@@ -118,7 +120,8 @@ def load_params(
         problems += found
     if problems:
         raise ParamsError(sorted(problems, key=_line_of), label) from None
-    say_once(params.warnings)
+    if say:
+        say_once(params.warnings)
     return params
 
 

@@ -23,9 +23,7 @@ Example:
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator, Mapping, MutableMapping
-from contextlib import contextmanager
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +32,6 @@ import yaml
 
 from dwlib.gates import HANDLERS
 from dwlib.params import PARAM_KEYS, ParamsError, load_params, notebook_parameters, read_text, said
-from dwlib.params import log as params_log
 from dwlib.render import esc
 from dwlib.secrets import SecretError, SecretRef
 
@@ -101,17 +98,6 @@ def _put(data: dict[str, Any], key: str, value: Any) -> None:
         if node[part]:
             break
         del node[part]
-
-
-@contextmanager
-def _quiet(logger: logging.Logger) -> Iterator[None]:
-    # load_params logs its warnings; the form shows them itself, once, not at every keystroke.
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 class ParameterForm(Panel):
@@ -204,8 +190,8 @@ class ParameterForm(Panel):
         """Validate with the headless rules (`load_params`, with the notebook's `overrides` as the
         runbook will be opened); the problems (path, message)."""
         try:
-            with _quiet(params_log):
-                params = load_params(self.data(), self.namespace.get("overrides") or None)
+            # The form shows the warnings itself, once, not at every keystroke.
+            params = load_params(self.data(), self.namespace.get("overrides") or None, say=False)
         except ParamsError as exc:
             self.problems, self.warnings = list(exc.problems), []
         else:
