@@ -9,9 +9,11 @@ steps up to `migrate`. Then, in one run:
 
 - **migrate**: the `migrate` step (check → act → verify), its phases timed by wrapping the step's
   own functions: `reconcile before` (check), `export` (the DMF export job and the package's
-  download), `parse` (reading the package), `dataverse read` (the Dataverse rows of the map),
-  `transform` (comparing and converting rows), `upsert` (UpsertMultiple into Dataverse),
-  `dmf import` (packages into F&O), `reconcile after` (verify). Exports, reads, writes and
+  download), `parse` (reading the package's rows), `dataverse read` (the Dataverse rows of the
+  map), `spill` (both sides into the company's spill file, less those reads), `transform`
+  (pairing, comparing and converting rows), `package` (writing the import package),
+  `upsert` (UpsertMultiple into Dataverse), `dmf import` (packages into F&O), `reconcile after`
+  (verify). Row iterators (`parse`, `dataverse read`) are timed row by row, wherever consumed. Exports, reads, writes and
   imports overlap, so each phase is given twice: `phases_s`, its calls' seconds summed over
   threads (a nested phase's time taken out of its parent's), and `wall_s`, the wall seconds during
   which at least one of its calls ran (with `step check`, `step act` and `step verify`, the step's
@@ -115,15 +117,51 @@ class Phases:
         setattr(owner, attr, timed)
         return lambda: setattr(owner, attr, original)
 
+    def wrap_rows(self, owner: Any, attr: str, name: str) -> Callable[[], None]:
+        """Like `wrap`, for a function that returns an iterator of rows: the time spent getting
+        each row (whoever asks for it) is the phase's, and is taken from the asking phase."""
+        original = getattr(owner, attr)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            return self._timed_rows(name, iter(original(*args, **kwargs)))
+
+        setattr(owner, attr, timed)
+        return lambda: setattr(owner, attr, original)
+
+    def _timed_rows(self, name: str, rows: Iterator[Any]) -> Iterator[Any]:
+        spent, first, last = 0.0, 0.0, 0.0
+        try:
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    row = next(rows)
+                except StopIteration:
+                    return
+                finally:
+                    last = time.perf_counter()
+                    spent += last - t0
+                    first = first or t0
+                yield row
+        finally:
+            stack = self._local.__dict__.setdefault("stack", [])
+            with self._lock:
+                self.seconds[name] += spent
+                if first:
+                    self.spans[name].append((first, last))
+                if stack:
+                    self.seconds[stack[-1]] -= spent
+
 
 def instrument(phases: Phases) -> list[Callable[[], None]]:
     """Wrap the migrate step's functions with phase timers; returns the undo functions."""
     m = migrate_mod
     undo = [
         phases.wrap(m._Mover, "export", "export"),
-        phases.wrap(m, "read_package", "parse"),
-        phases.wrap(m._Mover, "_dataverse_rows", "dataverse read"),
-        phases.wrap(m._Mover, "_move", "transform"),
+        phases.wrap(m._Mover, "prepare", "spill"),  # both sides into the spill file, less the reads
+        phases.wrap_rows(m, "package_rows", "parse"),
+        phases.wrap_rows(m._Mover, "_dataverse_rows", "dataverse read"),
+        phases.wrap(m._Mover, "move", "transform"),  # pair, compare and convert, into the spill
+        phases.wrap(m._Mover, "package", "package"),  # the import package written
         phases.wrap(m._Mover, "_upsert", "upsert"),
         phases.wrap(m._Mover, "import_rows", "dmf import"),
         phases.wrap(m.Migrate, "check", "step check"),
