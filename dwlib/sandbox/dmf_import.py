@@ -2,12 +2,16 @@
 
 Rows are checked with F&O's table rules (`fo_rules`) and written like OData writes are: through
 the store and the write hooks (`sbx.extras["write_hooks"]`, e.g. dual-write live sync), so a
-running map mirrors an import and a row the hook refuses is a row error, rolled back alone.
+running map mirrors an import and a row the hook refuses is a row error, rolled back alone. The
+rows of a chunk that pass the checks are written together, set-based (the rows one by one only
+when a hook refuses one of them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ..catalog.locales import Locale
@@ -19,6 +23,25 @@ from .odata import ODataError, WriteEvent, run_write_hooks
 _PARSED = ("int", "decimal", "datetime")  # the column types whose text is parsed in the locale
 
 
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """A package row that passed the checks: its line, text, key, values and whether it is new."""
+
+    line: int
+    row: list[str]
+    key: dict[str, Any]
+    values: dict[str, Any]
+    record: str  # the key as the job's errors name it
+    creating: bool
+
+    @property
+    def ident(self) -> tuple[Any, ...]:
+        return tuple(self.key.values())
+
+    def changes(self, key_columns: Sequence[str]) -> dict[str, Any]:
+        return {k: v for k, v in self.values.items() if k not in key_columns}
+
+
 class Importer:
     """Validates and upserts the rows of one package entity into its F&O table (see the module)."""
 
@@ -27,44 +50,103 @@ class Importer:
         self.ent = pe.dmf.entity
         self._references = fo_rules.References(sbx.store, cache=True)
         self._fields = [(header, col, self.ent.columns[col]) for header, col in pe.fields.items()]
+        self._set_based = True
 
     def chunk(
         self, start: int, size: int, stats: dict[str, Any]
     ) -> Iterator[tuple[int, list[str], str, str]]:
-        """Import rows `start`…`start+size`; yields (line, row, message, key) of each failed row."""
+        """Import rows `start`…`start+size`; yields (line, row, message, key) of each failed row.
+
+        The rows that pass the checks are written together (one statement per operation and one
+        hook event each), as a set-based import does. When that set write fails (a hook refuses a
+        row, e.g. a live map's), it is rolled back and the rows are written one by one, so only
+        the refused rows fail. A key seen twice in the chunk is written after the others, one by
+        one, so its later row wins as it does in the file's order."""
         batch: dict[Any, Any] = {}  # the hooks' cache for this step (see `WriteEvent`)
+        failed: list[tuple[int, list[str], str, str]] = []
         with self.store.transaction():
+            ready: list[_Row] = []  # passed the checks: written together
+            later: list[tuple[int, list[str]]] = []  # a key seen before in the chunk: one by one, after
+            seen: set[tuple[Any, ...]] = set()
             for offset, row in enumerate(self.pe.rows[start:start + size]):
                 line = start + offset + 2  # line 1 is the header
-                values, problems = self._convert(row)
-                key = {k: values.get(k) for k in self.ent.key}
-                record = ",".join(str(v) for k, v in key.items() if k != "dataAreaId" and v is not None)
-                existing = self.store.get(self.ent, key) if all(key.values()) else None
-                after = values if existing is None else {**existing, **values}
-                problems += [p.message for p in fo_rules.problems(
-                    self.store, self.ent, after, exists=self._references)]
-                if not problems:
-                    try:
-                        stats[self._write(key, values, existing is None, batch)] += 1
-                        continue
-                    except ODataError as exc:
-                        problems.append(exc.message)
-                stats["errors"] += 1
-                yield line, row, " ".join(problems), record
+                checked = self._check(line, row)
+                if isinstance(checked, tuple):
+                    failed.append(checked)
+                elif checked.ident in seen:
+                    later.append((line, row))
+                else:
+                    seen.add(checked.ident)
+                    ready.append(checked)
+            if not (self._set_based and self._write_set(ready, batch, stats)):
+                # Refused together: one by one from now on (the same outcome; fewer retried sets
+                # while a live map refuses rows or its transaction limit is below a chunk).
+                self._set_based = False
+                later = sorted([*((r.line, r.row) for r in ready), *later])
+            for line, row in later:
+                checked = self._check(line, row)
+                if isinstance(checked, tuple):
+                    failed.append(checked)
+                    continue
+                try:
+                    stats[self._write(checked, batch)] += 1
+                except ODataError as exc:
+                    failed.append((line, row, exc.message, checked.record))
+        for error in sorted(failed, key=lambda f: f[0]):
+            stats["errors"] += 1
+            yield error
 
-    def _write(self, key: dict[str, Any], values: dict[str, Any], creating: bool,
-               batch: dict[Any, Any]) -> str:
+    def _check(self, line: int, row: list[str]) -> _Row | tuple[int, list[str], str, str]:
+        """The row converted and checked with F&O's table rules against the table as it is; the
+        error (line, row, message, key) when it does not pass."""
+        values, problems = self._convert(row)
+        key = {k: values.get(k) for k in self.ent.key}
+        record = ",".join(str(v) for k, v in key.items() if k != "dataAreaId" and v is not None)
+        existing = self.store.get(self.ent, key) if all(key.values()) else None
+        after = values if existing is None else {**existing, **values}
+        problems += [p.message for p in fo_rules.problems(self.store, self.ent, after,
+                                                          exists=self._references)]
+        if problems:
+            return line, row, " ".join(problems), record
+        return _Row(line, row, key, values, record, existing is None)
+
+    def _write_set(self, rows: list[_Row], batch: dict[Any, Any], stats: dict[str, Any]) -> bool:
+        """Write `rows` together in a savepoint, with one hook event per operation; False (and
+        nothing written) when a write or a hook refuses any of them."""
+        creates = [r for r in rows if r.creating]
+        updates = [r for r in rows if not r.creating]
+        try:
+            with self.store.transaction():
+                for op, group in (("create", creates), ("update", updates)):
+                    if not group:
+                        continue
+                    if op == "create":
+                        self.store.insert_rows(self.ent, [r.values for r in group])
+                    else:
+                        self.store.update_rows(self.ent, [(r.key, r.changes(self.ent.key)) for r in group])
+                    run_write_hooks(self.sbx.extras, self._event(op, group, batch))
+        except (ODataError, sqlite3.IntegrityError, KeyError):
+            return False
+        stats["created"] += len(creates)
+        stats["updated"] += len(updates)
+        return True
+
+    def _write(self, r: _Row, batch: dict[Any, Any]) -> str:
         """Upsert one row with its hooks in a savepoint; "created" or "updated"."""
         with self.store.transaction():
-            if creating:
+            if r.creating:
                 counter, op = "created", "create"
-                self.store.insert_rows(self.ent, [values])
+                self.store.insert_rows(self.ent, [r.values])
             else:
                 counter, op = "updated", "update"
-                self.store.update_rows(self.ent, [(key, {k: v for k, v in values.items() if k not in key})])
-            run_write_hooks(self.sbx.extras, lambda: WriteEvent(
-                self.ent, op, lambda: [self.store.get(self.ent, key) or values], batch))
+                self.store.update_rows(self.ent, [(r.key, r.changes(self.ent.key))])
+            run_write_hooks(self.sbx.extras, self._event(op, [r], batch))
         return counter
+
+    def _event(self, op: str, rows: list[_Row], batch: dict[Any, Any]) -> Callable[[], WriteEvent]:
+        """The hooks' event for `rows` written by `op`: the rows as stored, read when asked for."""
+        return lambda: WriteEvent(self.ent, op, lambda: [self.store.get(self.ent, r.key) or r.values
+                                                         for r in rows], batch)
 
     def _convert(self, row: list[str]) -> tuple[dict[str, Any], list[str]]:
         """The row's values by schema column, and the fields that are not valid numbers or dates in

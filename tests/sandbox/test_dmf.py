@@ -414,11 +414,11 @@ def test_import_goes_through_the_write_hooks(sbx: Sandbox) -> None:
 
     seen: list[tuple[str, str]] = []
 
-    def hook(event: WriteEvent) -> None:
-        account = event.rows[0]["CustomerAccount"]
-        if account == "US-REFUSED":
+    def hook(event: WriteEvent) -> None:  # an event holds the rows written together
+        accounts = [r["CustomerAccount"] for r in event.rows]
+        if "US-REFUSED" in accounts:
             raise ODataError(400, "Unable to write data to entity accounts (dual-write).")
-        seen.append((event.op, account))
+        seen.extend((event.op, a) for a in accounts)
 
     sbx.extras["write_hooks"] = [hook]
     svc = dmf_jobs.service_of(sbx)
@@ -436,6 +436,54 @@ def test_import_goes_through_the_write_hooks(sbx: Sandbox) -> None:
     assert not sbx.store.find(ENTITIES["CustomersV3"], {"CustomerAccount": "US-REFUSED"})
     (error,) = json.loads(_call(svc, "GetExecutionErrors", {"executionId": "hooked"})["value"])
     assert "dual-write" in error["ErrorMessage"]
+
+
+def _import(sbx: Sandbox, name: str, rows: list[list[Any]]) -> tuple[str, dict[str, Any]]:
+    svc = dmf_jobs.service_of(sbx)
+    _package(sbx.paths.blobs / f"{name}.zip", rows)
+
+    async def go() -> str:
+        _call(svc, "ImportFromPackage", {"packageUrl": svc.blobs.url(f"{name}.zip", "rw"),
+                                         "definitionGroupId": "G", "executionId": name, "execute": True,
+                                         "legalEntityId": "USMF"})
+        return await _finish(svc, name)
+
+    status = asyncio.run(go())
+    return status, svc.job(name)["entities"]["Customers V3"]
+
+
+def test_an_import_writes_the_rows_that_pass_together_and_a_key_twice_as_the_file_orders_it(
+        sbx: Sandbox) -> None:
+    events: list[tuple[str, list[str]]] = []
+    sbx.extras["write_hooks"] = [lambda e: events.append((e.op, [r["CustomerAccount"] for r in e.rows]))]
+    rows = [_customer(CustomerAccount=f"US-S{i}", PartyType="Organization", CustomerGroupId="10",
+                      OrganizationName=f"Set {i}") for i in range(5)]
+    rows.insert(2, _customer(CustomerAccount="US-S0", PartyType="Organization", CustomerGroupId="10",
+                             OrganizationName="Set 0, later"))  # the same key again: the later row wins
+    rows.insert(4, _customer(CustomerAccount="US-BAD", PartyType="Organization", CustomerGroupId="ZZ"))
+    status, stats = _import(sbx, "set", rows)
+    assert status == "PartiallySucceeded"
+    assert (stats["created"], stats["updated"], stats["errors"]) == (5, 1, 1)
+    # One event for the five new rows written together, then the repeated key's row by itself.
+    assert events == [("create", [f"US-S{i}" for i in range(5)]), ("update", ["US-S0"])]
+    got = sbx.store.get(ENTITIES["CustomersV3"], {"dataAreaId": "usmf", "CustomerAccount": "US-S0"})
+    assert got is not None and got["OrganizationName"] == "Set 0, later"
+
+
+def test_rows_refused_together_are_written_one_by_one_and_only_the_refused_one_fails(sbx: Sandbox) -> None:
+    from dwlib.sandbox.odata import ODataError, WriteEvent
+
+    def refuse_odd(event: WriteEvent) -> None:
+        if any(r["CustomerAccount"] == "US-R3" for r in event.rows):
+            raise ODataError(400, "Unable to write data to entity accounts (dual-write).")
+
+    sbx.extras["write_hooks"] = [refuse_odd]
+    rows = [_customer(CustomerAccount=f"US-R{i}", PartyType="Organization", CustomerGroupId="10")
+            for i in range(6)]
+    status, stats = _import(sbx, "refused", rows)
+    assert status == "PartiallySucceeded" and (stats["created"], stats["errors"]) == (5, 1)
+    stored = {r["CustomerAccount"] for r in sbx.store.find(ENTITIES["CustomersV3"], {"dataAreaId": "usmf"})}
+    assert {f"US-R{i}" for i in range(6)} - stored == {"US-R3"}
 
 
 # --- end to end through HTTPS ----------------------------------------------------------------------
