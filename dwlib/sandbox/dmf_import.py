@@ -2,9 +2,11 @@
 
 Rows are checked with F&O's table rules (`fo_rules`) and written like OData writes are: through
 the store and the write hooks (`sbx.extras["write_hooks"]`, e.g. dual-write live sync), so a
-running map mirrors an import and a row the hook refuses is a row error, rolled back alone. The
-rows of a chunk that pass the checks are written together, set-based (the rows one by one only
-when a hook refuses one of them).
+running map mirrors an import and a row the hook refuses is a row error, rolled back alone. For
+speed, the rows of a chunk that pass the checks are written together (one statement, one hook
+event per operation; every row still goes through the hooks), and one by one only when a hook
+refuses the set. This is not F&O's "set-based processing" option, which skips business events and
+so dual-write: the sandbox has no such option.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ class Importer:
         """Import rows `start`…`start+size`; yields (line, row, message, key) of each failed row.
 
         The rows that pass the checks are written together (one statement per operation and one
-        hook event each), as a set-based import does. When that set write fails (a hook refuses a
+        hook event each). When that write fails (a hook refuses a
         row, e.g. a live map's), it is rolled back and the rows are written one by one, so only
         the refused rows fail. A key seen twice in the chunk is written after the others, one by
         one, so its later row wins as it does in the file's order."""
