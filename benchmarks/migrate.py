@@ -280,6 +280,9 @@ def run(rows: int, profile: Path | None) -> dict[str, Any]:
         "phases_s": {k: round(v, 2) for k, v in sorted(phases.seconds.items(), key=lambda kv: -kv[1])
                      if not k.startswith("step ")},
         "wall_s": {k: round(v, 2) for k, v in sorted(phases.busy().items(), key=lambda kv: -kv[1])},
+        # Each call of a phase as [start, end], seconds from the step's start: the critical path.
+        "timeline": {k: [[round(a - start, 2), round(b - start, 2)] for a, b in sorted(v)]
+                     for k, v in sorted(phases.spans.items())},
         "bulk_rows": bulk_rows,
         "bulk_s": round(bulk_s, 2),
         "bulk_rows_per_s": round(bulk_rate, 1),
