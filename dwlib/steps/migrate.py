@@ -446,6 +446,7 @@ class Migrate(Step):
                 log.close()
                 for spill in run.spills:  # the temporary files of the companies' rows
                     spill.close()
+                run.lookups.close()
 
     def verify(self, ctx: StepContext, finding: Finding) -> StepResult:
         params, session, admin = environment(ctx)

@@ -44,3 +44,38 @@ def test_a_multi_table_lookup_binds_through_the_navigation_property_of_the_match
     assert [(lk.nav, lk.column, lk.target.entity_set) for _, lk in rm.lookup_rows] == [
         ("parentcustomerid_account", "_parentcustomerid_value", "accounts")]
     assert not [s for s in rm.skipped if "parentcustomerid" in s]
+
+
+class _Rows:
+    """`DataverseClient.query` over hand-made rows; counts the reads."""
+
+    def __init__(self, rows: list[dict[str, str | None]]) -> None:
+        self.rows, self.reads = rows, 0
+
+    def query(self, entity_set: str, select: list[str]) -> list[dict[str, str | None]]:
+        self.reads += 1
+        return [{k: r.get(k) for k in select} for r in self.rows]
+
+
+def test_a_large_lookup_target_is_kept_on_disk_and_answers_as_the_in_memory_one() -> None:
+    from dwlib.steps.support.rowmap import LookupColumn
+
+    company = Lookup("msdyn_company", "cdm_company")
+    accounts = _table("accounts", "account", ["accountnumber"], {"msdyn_company": company})
+    lk = LookupColumn("msdyn_billingaccount", "_msdyn_billingaccount_value", accounts, "accountnumber", True)
+    rows = [{"accountid": f"id-{i}", "accountnumber": f"US-{i:03d}" if i % 5 else None,
+             "_msdyn_company_value": f"co-{i % 2}"} for i in range(40)]
+    rows.append({"accountid": "id-dup", "accountnumber": "us-001", "_msdyn_company_value": "co-1"})
+    small, large = _Rows(rows), _Rows(rows)
+    in_memory, on_disk = Lookups(small, in_memory=1_000), Lookups(large, in_memory=7)  # type: ignore[arg-type]
+    asks = [("US-001", "co-1"), ("us-001", "co-1"), ("US-001", "co-0"), ("US-005", "co-1"), ("nope", "co-0")]
+    assert [on_disk.id_of(lk, v, c) for v, c in asks] == [in_memory.id_of(lk, v, c) for v, c in asks] == [
+        "id-1", "id-1", None, None, None]  # the first row with a value wins, as it did in memory
+    ids = ["id-3", "id-5", "id-dup", "missing"]
+    assert [on_disk.value_of(lk, i) for i in ids] == [in_memory.value_of(lk, i) for i in ids] == [
+        "US-003", "", "us-001", None]
+    assert on_disk._indexes[("accounts", "accountnumber")].spill is not None
+    assert in_memory._indexes[("accounts", "accountnumber")].spill is None
+    on_disk.forget("accounts")  # rows were written: read again at the next ask
+    assert on_disk.id_of(lk, "US-002", "co-0") == "id-2" and large.reads == 2
+    on_disk.close()

@@ -30,7 +30,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,8 @@ from dwlib import catalog
 from dwlib.catalog.locales import Locale, iso_date, locale
 
 from .dvmeta import TableInfo, Tables
+from .spill import BATCH as SPILL_BATCH
+from .spill import Spill
 
 if TYPE_CHECKING:
     from dwlib.clients.dataverse import DataverseClient
@@ -47,6 +50,7 @@ _INTEGER = ("Integer", "BigInt", "Picklist", "State", "Status")
 _NUMBER = ("Decimal", "Money", "Double")
 ENUM, LOOKUP = "enum", "lookup"  # kinds `canonical` knows besides Dataverse's attribute types
 EN_US = locale("en-us")
+IN_MEMORY = 50_000  # rows of a lookup's target table kept in memory; more go to a spill file
 
 
 def to_dataverse_value(text: str, kind: str, loc: Locale = EN_US) -> Any:
@@ -133,43 +137,118 @@ class LookupColumn:
     by_company: bool  # match the target row in the row's own company
 
 
+class _Index:
+    """One lookup target's rows: (value lower, company id) → row id, and row id → value. In memory
+    while small; past `limit` rows moved to key tables of a spill file, so a lookup of a table of a
+    million rows (an account's billing account, its primary contact) takes the memory of a page."""
+
+    def __init__(self, name: str, spill: Callable[[], Spill], limit: int) -> None:
+        self.name, self._spill_of, self.limit = name, spill, limit
+        self.ids: dict[tuple[str, str], str] = {}
+        self.values: dict[str, str] = {}
+        self.spill: Spill | None = None
+        self._pending: list[tuple[str, str, str]] = []  # (row id, value, owner) not yet in the spill
+
+    def add(self, value: str, owner: str, row_id: str) -> None:
+        if self.spill is None:
+            self.values[row_id] = value  # "" when the row has no value there
+            if value:
+                self.ids.setdefault((value.lower(), owner), row_id)
+            if len(self.values) > self.limit:
+                self._move()
+            return
+        self._pending.append((row_id, value, owner))
+        if len(self._pending) >= SPILL_BATCH:
+            self._flush()
+
+    def _move(self) -> None:
+        self.spill = self._spill_of()
+        self.spill.put_keys(f"{self.name}_v", self.values.items())
+        self.spill.put_keys(f"{self.name}_i", ((f"{v}\x00{o}", i) for (v, o), i in self.ids.items()))
+        self.ids, self.values = {}, {}
+
+    def _flush(self) -> None:
+        assert self.spill is not None
+        rows, self._pending = self._pending, []
+        self.spill.put_keys(f"{self.name}_v", ((i, v) for i, v, _ in rows))
+        self.spill.put_keys(f"{self.name}_i", ((f"{v.lower()}\x00{o}", i) for i, v, o in rows if v))
+
+    def done(self) -> None:
+        """All rows added."""
+        if self.spill is not None:
+            self._flush()
+
+    def id_of(self, value: str, owner: str) -> str | None:
+        if self.spill is None:
+            return self.ids.get((value.lower(), owner))
+        return self.spill.key_value(f"{self.name}_i", f"{value.lower()}\x00{owner}")
+
+    def value_of(self, row_id: str) -> str | None:
+        if self.spill is None:
+            return self.values.get(row_id)
+        return self.spill.key_value(f"{self.name}_v", row_id)
+
+    def drop(self) -> None:
+        if self.spill is not None:
+            self.spill.drop(f"{self.name}_v")
+            self.spill.drop(f"{self.name}_i")
+
+
 class Lookups:
-    """Dataverse rows by a column value (and company), and values by row id, read once per table."""
+    """Dataverse rows by a column value (and company), and values by row id, read once per table
+    (kept on disk past `in_memory` rows a table: see `_Index`). Thread-safe."""
 
-    def __init__(self, dataverse: DataverseClient) -> None:
+    def __init__(self, dataverse: DataverseClient, in_memory: int = IN_MEMORY) -> None:
         self.dataverse = dataverse
-        self._ids: dict[tuple[str, str], dict[tuple[str, str], str]] = {}
-        self._values: dict[tuple[str, str], dict[str, str]] = {}
+        self.in_memory = in_memory
+        self._indexes: dict[tuple[str, str], _Index] = {}
+        self._spill: Spill | None = None
+        self._made = 0
+        self._lock = threading.RLock()
 
-    def _load(self, lk: LookupColumn) -> tuple[dict[tuple[str, str], str], dict[str, str]]:
+    def _spill_file(self) -> Spill:
+        if self._spill is None:
+            self._spill = Spill()
+        return self._spill
+
+    def _load(self, lk: LookupColumn) -> _Index:
         key = (lk.target.entity_set, lk.target_column)
-        if key not in self._ids:
+        if key not in self._indexes:
             company = lk.target.company_lookup()
             company_col = company[1].column if company else None
             select = [lk.target.primary_id, lk.target_column, *([company_col] if company_col else [])]
-            ids: dict[tuple[str, str], str] = {}
-            values: dict[str, str] = {}
+            self._made += 1
+            index = _Index(f"lookup_{self._made}", self._spill_file, self.in_memory)
             for row in self.dataverse.query(lk.target.entity_set, select=select):
-                value = to_finops_text(row.get(lk.target_column))
-                values[row[lk.target.primary_id]] = value  # "" when the row has no value there
-                if value:
-                    owner = str(row.get(company_col) or "") if company_col else ""
-                    ids.setdefault((value.lower(), owner), row[lk.target.primary_id])
-            self._ids[key], self._values[key] = ids, values
-        return self._ids[key], self._values[key]
+                owner = str(row.get(company_col) or "") if company_col else ""
+                index.add(to_finops_text(row.get(lk.target_column)), owner, row[lk.target.primary_id])
+            index.done()
+            self._indexes[key] = index
+        return self._indexes[key]
 
     def id_of(self, lk: LookupColumn, value: str, company_id: str) -> str | None:
         """The target row whose column is `value` (in `company_id` when the lookup is by company)."""
-        return self._load(lk)[0].get((value.lower(), company_id if lk.by_company else ""))
+        with self._lock:
+            return self._load(lk).id_of(value, company_id if lk.by_company else "")
 
     def value_of(self, lk: LookupColumn, row_id: str) -> str | None:
         """The target row's column value ("" when empty); None when there is no such row."""
-        return self._load(lk)[1].get(row_id)
+        with self._lock:
+            return self._load(lk).value_of(row_id)
 
     def forget(self, entity_set: str) -> None:
         """Drop what was read of `entity_set` (rows were written to it)."""
-        for key in [k for k in self._ids if k[0] == entity_set]:
-            del self._ids[key], self._values[key]
+        with self._lock:
+            for key in [k for k in self._indexes if k[0] == entity_set]:
+                self._indexes.pop(key).drop()
+
+    def close(self) -> None:
+        """Delete what was kept on disk."""
+        with self._lock:
+            self._indexes.clear()
+            if self._spill is not None:
+                self._spill.close()
+                self._spill = None
 
 
 class RowMap:

@@ -115,6 +115,19 @@ class Spill:
         return [json.loads(v) for (v,) in self.db.execute(f"SELECT v FROM {name} WHERE k = ? ORDER BY i",
                                                            (key,))]
 
+    def key_value(self, name: str, key: str) -> str | None:
+        """The value stored for `key` in key table `name` (`put_keys`), or None."""
+        if _table(name) not in self._tables:
+            return None
+        found = self.db.execute(f"SELECT v FROM {name} WHERE k = ?", (key,)).fetchone()
+        return None if found is None else str(found[0])
+
+    def drop(self, name: str) -> None:
+        """Delete table `name` and its rows (nothing when there is none)."""
+        if _table(name) in self._tables:
+            self.db.execute(f"DROP TABLE {name}")
+            self._tables.discard(name)
+
     def missing(self, left: str, right: str) -> Iterator[str]:
         """The keys (as stored) of key table `left` that `right` lacks, sorted."""
         for (v,) in self.db.execute(f"SELECT v FROM {_table(left)} l WHERE NOT EXISTS "
