@@ -13,11 +13,12 @@ steps up to `migrate`. Then, in one run:
   map), `spill` (both sides into the company's spill file, less those reads), `transform`
   (pairing, comparing and converting rows), `package` (writing the import package),
   `upsert` (UpsertMultiple into Dataverse), `dmf import` (packages into F&O), `reconcile after`
-  (verify). Row iterators (`parse`, `dataverse read`) are timed row by row, wherever consumed. Exports, reads, writes and
-  imports overlap, so each phase is given twice: `phases_s`, its calls' seconds summed over
-  threads (a nested phase's time taken out of its parent's), and `wall_s`, the wall seconds during
-  which at least one of its calls ran (with `step check`, `step act` and `step verify`, the step's
-  own three parts, which do not overlap);
+  (verify). Row iterators (`parse`, `dataverse read`) are timed row by row, wherever consumed.
+  Exports, reads, writes and imports overlap, so each phase is given twice: `phases_s`, its
+  calls' seconds summed over threads (a nested phase's time taken out of its parent's), and
+  `wall_s`, the wall seconds during which at least one of its calls ran (with `step check`,
+  `step act` and `step verify`, the step's own three parts, which do not overlap); `timeline`
+  lists each call's start and end;
 - **bulk**: the client's bulk path (`update_multiple`, the same batch size and concurrency)
   updating every account once, on the same sandbox right after the migration.
 
