@@ -123,6 +123,8 @@ def run(rows: int) -> dict[str, Any]:
         notebook_mb = notebooks[-1].stat().st_size / 1e6 if notebooks else None
     steps = {s["id"]: {"status": s.get("status"), "duration_s": s.get("duration_s")}
              for s in data.get("steps", []) if s.get("duration_s") is not None}
+    verify = next((s for s in data.get("steps", []) if s.get("id") == "verify"), {})
+    rows = (verify.get("tables") or {}).get("reconciliation") or []
     return {
         "rows": rows,
         "exit_status": proc.returncode,
@@ -134,6 +136,9 @@ def run(rows: int) -> dict[str, Any]:
         "kernel_rss_by_step_gib": _per_step(samples, data.get("steps", [])),
         "sandbox_peak_gib": round(peaks["sandbox"] / GIB, 3),
         "dw_run_peak_gib": round(peaks["dw run"] / GIB, 3),
+        # verify's reconciliation: per map and company, counts, keys and value checksums on both sides
+        "reconciled": {"pairs": len(rows), "pass": sum(r.get("status") == "PASS" for r in rows),
+                       "rows_per_side": sum(int(r.get("finops_rows") or 0) for r in rows)},
         "notebook_mb": round(notebook_mb, 2) if notebook_mb is not None else None,
         "record_mb": round(record_mb, 2) if record_mb is not None else None,
         **({"log_tail": tail} if proc.returncode else {}),
@@ -212,7 +217,9 @@ def main() -> int:
         for r in ordered:
             label = "EXTRAPOLATED" if r.get("extrapolated") else f"exit {r['exit_status']}, {r['status']}"
             print(f"{r['rows']:>9,} rows ({label}): {r['wall_s']} s; kernel peak {r['kernel_peak_gib']} GiB; "
-                  f"notebook {r['notebook_mb']} MB; record {r['record_mb']} MB")
+                  f"notebook {r['notebook_mb']} MB; record {r['record_mb']} MB"
+                  + (f"; reconciled {r['reconciled']['pass']} of {r['reconciled']['pairs']} map × company"
+                     if r.get("reconciled") else ""))
             for step, seconds in r["steps_s"].items():
                 print(f"    {step:28} {seconds:8.2f} s")
     if args.save:
