@@ -124,7 +124,7 @@ def run(rows: int) -> dict[str, Any]:
     steps = {s["id"]: {"status": s.get("status"), "duration_s": s.get("duration_s")}
              for s in data.get("steps", []) if s.get("duration_s") is not None}
     verify = next((s for s in data.get("steps", []) if s.get("id") == "verify"), {})
-    rows = (verify.get("tables") or {}).get("reconciliation") or []
+    reconciliation = (verify.get("tables") or {}).get("reconciliation") or []
     return {
         "rows": rows,
         "exit_status": proc.returncode,
@@ -137,8 +137,9 @@ def run(rows: int) -> dict[str, Any]:
         "sandbox_peak_gib": round(peaks["sandbox"] / GIB, 3),
         "dw_run_peak_gib": round(peaks["dw run"] / GIB, 3),
         # verify's reconciliation: per map and company, counts, keys and value checksums on both sides
-        "reconciled": {"pairs": len(rows), "pass": sum(r.get("status") == "PASS" for r in rows),
-                       "rows_per_side": sum(int(r.get("finops_rows") or 0) for r in rows)},
+        "reconciled": {"pairs": len(reconciliation),
+                       "pass": sum(r.get("status") == "PASS" for r in reconciliation),
+                       "rows_per_side": sum(int(r.get("finops_rows") or 0) for r in reconciliation)},
         "notebook_mb": round(notebook_mb, 2) if notebook_mb is not None else None,
         "record_mb": round(record_mb, 2) if record_mb is not None else None,
         **({"log_tail": tail} if proc.returncode else {}),
