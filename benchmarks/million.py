@@ -123,7 +123,7 @@ def run(rows: int) -> dict[str, Any]:
         notebook_mb = notebooks[-1].stat().st_size / 1e6 if notebooks else None
     steps = {s["id"]: {"status": s.get("status"), "duration_s": s.get("duration_s")}
              for s in data.get("steps", []) if s.get("duration_s") is not None}
-    verify = next((s for s in data.get("steps", []) if s.get("id") == "verify"), {})
+    verify: dict[str, Any] = next((s for s in data.get("steps", []) if s.get("id") == "verify"), {})
     reconciliation = (verify.get("tables") or {}).get("reconciliation") or []
     return {
         "rows": rows,
