@@ -53,7 +53,6 @@ from dataclasses import asdict, dataclass, field
 from itertools import chain
 from operator import attrgetter
 from pathlib import Path
-from sys import intern
 from typing import TYPE_CHECKING, Any
 
 from dwlib import catalog
@@ -87,7 +86,7 @@ ADD_COMPANY_FIX = ("add the company to the dual-write connection and let the Leg
                    "again")
 
 
-@dataclass(frozen=True, slots=True)  # slots: a run holds one per row to stamp (millions)
+@dataclass(frozen=True, slots=True)  # slots: one is made per row read (millions), then spilled
 class RowChange:
     """One row of a bootstrapped table, its company and customer group (empty `company_code` when
     unmapped), and the rule that gave them."""
@@ -399,10 +398,8 @@ def _changes(dv: DataverseClient, target: Target, rules: Rules) -> Iterator[RowC
         natural = "|".join(str(row[k]) for k in keys if row.get(k))
         label = str(row.get(name) or "") if name else ""
         prior = str(row.get(target.lookup.column) or "")
-        # The columns shared by many rows are interned: one string each, not one per row.
-        yield RowChange(info.entity_set, row[info.primary_id], natural, label, intern(unit), intern(rule),
-                        intern(code), intern(company_id), intern(prior), intern(group), intern(group_id),
-                        intern(reason or note))
+        yield RowChange(info.entity_set, row[info.primary_id], natural, label, unit, rule, code, company_id,
+                        prior, group, group_id, reason or note)
 
 
 def _group(row: dict[str, Any], target: Target, conditions: Sequence[catalog.Condition],
