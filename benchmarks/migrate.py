@@ -30,7 +30,8 @@ migrate) ÷ (bulk rows ÷ its CPU seconds in bulk): the ratio the sandbox's work
 best, much less dependent on what else runs on the machine than `ratio`. `--profile FILE` also
 writes a cProfile of the migrate step (this process); with `DW_BENCH_PY_SPY=<py-spy binary>`, py-spy
 records the sandbox process during the step (flame graph in `DW_BENCH_PY_SPY_OUT`;
-`DW_BENCH_PY_SPY_FORMAT=raw`: collapsed stacks).
+`DW_BENCH_PY_SPY_FORMAT=raw`: collapsed stacks), and this process (the client) into
+`DW_BENCH_PY_SPY_CLIENT_OUT`.
 
 Prints one JSON object with `--json` (else a table); `--save` also writes it to
 `benchmarks/results/migrate-<N>.json`.
@@ -200,16 +201,17 @@ class Cpu:
         return spent
 
 
-def _spy(pid: int) -> subprocess.Popen[bytes] | None:
-    """py-spy recording the sandbox during the step, when `DW_BENCH_PY_SPY` names its binary (the
-    flame graph goes to `DW_BENCH_PY_SPY_OUT`)."""
+def _spy(pid: int, out_var: str = "DW_BENCH_PY_SPY_OUT",
+         default: str = "sandbox-migrate.svg") -> subprocess.Popen[bytes] | None:
+    """py-spy recording process `pid` during the step, when `DW_BENCH_PY_SPY` names its binary (the
+    flame graph goes to the file named by `out_var`)."""
     binary = os.environ.get("DW_BENCH_PY_SPY")
     if not binary:
         return None
-    out = os.environ.get("DW_BENCH_PY_SPY_OUT", "sandbox-migrate.svg")
+    out = os.environ.get(out_var, default)
     fmt = os.environ.get("DW_BENCH_PY_SPY_FORMAT", "flamegraph")  # or raw: collapsed stacks
-    return subprocess.Popen([binary, "record", "--pid", str(pid), "--output", out, "--rate", "50",
-                             "--format", fmt])
+    return subprocess.Popen([binary, "record", "--pid", str(pid), "--output", out, "--rate", "100",
+                             "--threads", "--format", fmt])
 
 
 def bulk(rb: Runbook) -> tuple[int, float]:
@@ -241,7 +243,9 @@ def run(rows: int, profile: Path | None) -> dict[str, Any]:
                 phases = Phases()
                 undo = instrument(phases)
                 profiler = cProfile.Profile() if profile else None
-                spy = _spy(started.connection["pid"])
+                spies = [s for s in (_spy(started.connection["pid"]),
+                                     _spy(os.getpid(), "DW_BENCH_PY_SPY_CLIENT_OUT", "client-migrate.svg"))
+                         if s is not None]
                 start = time.perf_counter()
                 cpu.mark()
                 if profiler:
@@ -254,7 +258,7 @@ def run(rows: int, profile: Path | None) -> dict[str, Any]:
                         profiler.dump_stats(profile)
                     for u in undo:
                         u()
-                    if spy is not None:
+                    for spy in spies:
                         spy.send_signal(signal.SIGINT)
                         spy.wait()
                 migrate_s = time.perf_counter() - start

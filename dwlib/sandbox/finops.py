@@ -19,7 +19,6 @@ import base64
 import json
 import logging
 import sqlite3
-import zlib
 from typing import Any
 from urllib.parse import quote as urlquote
 
@@ -59,7 +58,7 @@ from .odata_sql import (
     parse_query,
 )
 from .schema import FINOPS, Entity, entity
-from .store import quote, read_sql
+from .store import RECVERSION, quote
 
 log = logging.getLogger(__name__)
 DATA = "/data"
@@ -76,15 +75,19 @@ def error_response(exc: ODataError) -> Response:
     return odata_response(body, exc.status, exc.headers)
 
 
-def _etag(*values: Any) -> str:
-    digest = zlib.crc32(repr(values).encode())
-    return 'W/"' + base64.b64encode(f"1,{digest}".encode()).decode() + '"'
+def _etag(version: int) -> str:
+    """The ETag of a row of row version `version` (`store.RECVERSION`), in the service's form:
+    `W/"JzEsNjg3MTk0ODI4MzMn"` is base64 of `'1,68719482833'`.
+
+    >>> _etag(1), base64.b64decode(_etag(68719482833)[3:-1])
+    ('W/"JzEsMSc="', b"'1,68719482833'")
+    """
+    return 'W/"' + base64.b64encode(f"'1,{version}'".encode()).decode() + '"'
 
 
 def etag_sql(ent: Entity) -> str:
-    """SQL for a row's ETag: it changes whenever any of the row's values (as read: never null, see
-    `store.XPP_NULL`) changes."""
-    return f"{_ETAG_FUNC}({', '.join(read_sql(ent, c) for c in ent.columns)})"
+    """SQL for a row's ETag: from its row version, which every update changes (`store.RECVERSION`)."""
+    return f"{_ETAG_FUNC}({quote(RECVERSION)})"
 
 
 def routes(sbx: Sandbox) -> list[BaseRoute]:
@@ -92,7 +95,7 @@ def routes(sbx: Sandbox) -> list[BaseRoute]:
 
     app = Starlette(routes=[Mount("/finops", routes=routes(sbx))])
     """
-    sbx.store.conn.create_function(_ETAG_FUNC, -1, _etag, deterministic=True)
+    sbx.store.conn.create_function(_ETAG_FUNC, 1, _etag, deterministic=True)
     svc = _FinOps(sbx)
     return odata_batch.service_routes(DATA, svc.handle, root_url=svc.root, check=svc.authenticate,
                                       render=error_response, transaction=sbx.store.transaction,
@@ -311,8 +314,8 @@ class _FinOps:
         if_match = request.headers.get("if-match")
         if if_match is None:
             return
-        db = self.store.to_db(ent, existing)
-        if not etag_matches(if_match, _etag(*(db[c] for c in ent.columns))):
+        version = self.store.recversion(ent, {k: existing[k] for k in ent.key})
+        if version is None or not etag_matches(if_match, _etag(version)):
             raise ODataError(412, "The record has been changed since it was read: its ETag no longer matches "
                              "If-Match. Read it again and retry.")
 

@@ -34,6 +34,12 @@ from .schema import ENTITIES, ColumnType, Entity
 
 _T = TypeVar("_T")
 
+# F&O tables' row version, a hidden column (not an entity field): 1 when a row is inserted, a new
+# value on every update, set by a trigger so that every write path (OData, DMF, dual-write, the
+# sandbox's own SQL) changes it. F&O's ETags derive from it (RecVersion), not from the values: a
+# value set back (A → B → A) gives a new ETag.
+RECVERSION = "_RecVersion"
+
 _SQL_TYPES = {
     "guid": "TEXT",
     "string": "TEXT",
@@ -109,6 +115,9 @@ class Store:
     def _create_tables(self) -> None:
         with self.transaction():
             self.conn.execute("CREATE TABLE IF NOT EXISTS _kv (k TEXT PRIMARY KEY, v TEXT)")
+            self.conn.execute("CREATE TABLE IF NOT EXISTS _recversion (n INTEGER NOT NULL)")
+            if self.conn.execute("SELECT count(*) FROM _recversion").fetchone()[0] == 0:
+                self.conn.execute("INSERT INTO _recversion (n) VALUES (1)")
             for ent in ENTITIES.values():
                 cols = ", ".join(f"{quote(c)} {column_sql(t)}" for c, t in ent.all_columns.items())
                 pk = ", ".join(quote(k) for k in ent.key)
@@ -117,6 +126,41 @@ class Store:
                 )
                 for sql in self._index_sql(ent).values():
                     self.conn.execute(sql)
+                if ent.service == "finops":
+                    self._versioned(ent.table)
+
+    def _versioned(self, table: str) -> None:
+        """Give F&O table `table` its row version (`RECVERSION`) and the trigger that changes it on
+        every update (a state file of an older sandbox gets the column, its rows version 1)."""
+        names = {r[1] for r in self.conn.execute(f"PRAGMA table_info({quote(table)})")}
+        version = quote(RECVERSION)
+        if RECVERSION not in names:
+            self.conn.execute(f"ALTER TABLE {quote(table)} ADD COLUMN {version} INTEGER NOT NULL DEFAULT 1")
+        self.conn.execute(
+            f"CREATE TRIGGER IF NOT EXISTS {quote('tr_' + table + '_version')} "
+            f"AFTER UPDATE ON {quote(table)} "
+            f"FOR EACH ROW WHEN NEW.{version} = OLD.{version} BEGIN "
+            "UPDATE _recversion SET n = n + 1; "
+            f"UPDATE {quote(table)} SET {version} = (SELECT n FROM _recversion) WHERE rowid = NEW.rowid; END"
+        )
+
+    def recversion(self, ent: Entity, key: dict[str, Any]) -> int | None:
+        """The row version of F&O row `key` (`RECVERSION`), or None when there is no such row.
+
+        >>> import tempfile, pathlib
+        >>> st = Store(pathlib.Path(tempfile.mkdtemp()) / "s.sqlite")
+        >>> cur, key = ENTITIES["Currencies"], {"CurrencyCode": "USD"}
+        >>> _ = st.insert(cur, {"CurrencyCode": "USD", "Name": "A"})
+        >>> first = st.recversion(cur, key)
+        >>> _ = st.update(cur, key, {"Name": "B"}); second = st.recversion(cur, key)
+        >>> _ = st.update(cur, key, {"Name": "A"})
+        >>> first, second > first, st.recversion(cur, key) > second, st.get(cur, key)["Name"]
+        (1, True, True, 'A')
+        """
+        where, params = self._where_key(self.to_db(ent, key))
+        found = self.conn.execute(f"SELECT {quote(RECVERSION)} FROM {quote(ent.table)} WHERE {where}",
+                                  params).fetchone()
+        return None if found is None else int(found[0])
 
     @staticmethod
     def _index_sql(ent: Entity) -> dict[str, str]:
@@ -241,6 +285,7 @@ class Store:
             if out.get(name) is not None:
                 out[name] = bool(out[name])
         if ent.service == "finops":
+            out.pop(RECVERSION, None)  # not a field of the entity
             for typ, empty in XPP_NULL.items():
                 for name in by_type.get(typ, ()):
                     if name in out and out[name] is None:

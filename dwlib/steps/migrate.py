@@ -244,9 +244,8 @@ class _Mover:
         rm = prepared.rowmap
         info = rm.info
         master = self.row.master
-        for key, fo, existing in prepared.spill.pairs("fo", "dv"):
-            if existing is not None and master != "finops":
-                continue  # on both sides, and F&O's values do not win
+        # A row on both sides moves only when F&O's values win: else only the missing ones are read.
+        for key, fo, existing in prepared.spill.pairs("fo", "dv", unmatched=master != "finops"):
             values, missing = rm.to_dataverse(fo, company_id)
             if existing is not None and not rm.dataverse_differs(values, existing):
                 continue
@@ -264,9 +263,8 @@ class _Mover:
     def _to_finops(self, prepared: _Prepared, code: str) -> Iterator[Outgoing]:
         rm, pkg = prepared.rowmap, prepared.package
         master = self.row.master
-        for _, dv, existing_fo in prepared.spill.pairs("dv", "fo"):
-            if existing_fo is not None and master != "dataverse":
-                continue  # on both sides, and Dataverse's values do not win
+        # A row on both sides moves only when Dataverse's values win.
+        for _, dv, existing_fo in prepared.spill.pairs("dv", "fo", unmatched=master != "dataverse"):
             values, missing = rm.to_finops(dv)
             if existing_fo is not None and not rm.finops_differs(values, existing_fo):
                 continue

@@ -141,6 +141,31 @@ def test_update_replace_delete_and_etags(companies: Service) -> None:
     _inner(fo.patch(url, json={"OrganizationName": "x"}), 404)
 
 
+def test_etag_is_the_row_version_not_the_values(companies: Service, sbx: Sandbox) -> None:
+    """F&O's ETag follows RecVersion: a value set back (A → B → A) is a new version, and so is a
+    write that bypasses OData (DMF, dual-write: here the sandbox's own SQL)."""
+    fo = companies
+    url = "CustomersV3(dataAreaId='usmf',CustomerAccount='US-031')"
+    first = fo.post("CustomersV3", json=_customer("US-031")).json()["@odata.etag"]
+    seen = [first]
+    for name in ("B", "US-031"):
+        assert fo.patch(url, json={"OrganizationName": name}).status_code == 204
+        seen.append(fo.get(url).json()["@odata.etag"])
+    assert len(set(seen)) == 3 and fo.get(url).json()["OrganizationName"] == "US-031"
+    stale = fo.patch(url, json={"CreditLimit": 5}, headers={"If-Match": first})
+    assert "ETag" in _inner(stale, 412)["message"]
+    table = ENTITIES["CustomersV3"].table
+    sbx.store.conn.execute(f'UPDATE "{table}" SET "CreditLimit" = 7 WHERE "CustomerAccount" = ?', ("US-031",))
+    query = "CustomersV3?$select=CustomerAccount,CreditLimit&$filter=CustomerAccount eq 'US-031'"
+    listed = fo.get(query).json()
+    assert listed["value"][0]["@odata.etag"] not in seen and listed["value"][0]["CreditLimit"] == 7
+    assert _inner(fo.patch(url, json={"CreditLimit": 8}, headers={"If-Match": seen[-1]}), 412)
+    assert fo.patch(url, json={"CreditLimit": 8}, headers={"If-Match": listed["value"][0]["@odata.etag"]}) \
+        .status_code == 204
+    row = sbx.store.get(ENTITIES["CustomersV3"], {"dataAreaId": "usmf", "CustomerAccount": "US-031"})
+    assert row is not None and not [c for c in row if c not in ENTITIES["CustomersV3"].all_columns]
+
+
 def test_pages_of_10000_and_skip(fo: Service, sbx: Sandbox) -> None:
     groups = ENTITIES["CustomerGroups"]
     rows = [{"dataAreaId": "dat", "CustomerGroupId": f"G{i:05d}"} for i in range(10_050)]

@@ -71,7 +71,9 @@ class Package:
         """Write the package zip (CSV-Unicode) to `path` with its rows, or with `rows` (streamed into
         the zip as they come: a migration's rows need not be in memory together); returns `path`."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        # Deflate at level 1: a few percent larger than the default level, several times faster
+        # (a migration's package holds every row it imports).
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
             zf.writestr("PackageHeader.xml", self.header_xml)
             zf.writestr("Manifest.xml", self.manifest_xml)
             with zf.open(self.file, "w", force_zip64=True) as raw:
