@@ -21,6 +21,7 @@ from . import fo_rules
 from .context import Sandbox
 from .dmf_package import PackageEntity
 from .odata import ODataError, WriteEvent, run_write_hooks
+from .store import KeyedRows
 
 _PARSED = ("int", "decimal", "datetime")  # the column types whose text is parsed in the locale
 
@@ -70,9 +71,14 @@ class Importer:
             ready: list[_Row] = []  # passed the checks: written together
             later: list[tuple[int, list[str]]] = []  # a key seen before in the chunk: one by one, after
             seen: set[tuple[Any, ...]] = set()
-            for offset, row in enumerate(self.pe.rows[start:start + size]):
+            rows = self.pe.rows[start:start + size]
+            converted = [self._convert(row) for row in rows]
+            # The chunk's rows already in the table, read together (the checks see the table as
+            # it is before the chunk is written, as they would row by row).
+            stored = self.store.find_keys(self.ent, [self._key(values) for values, _ in converted])
+            for offset, (row, (values, problems)) in enumerate(zip(rows, converted, strict=True)):
                 line = start + offset + 2  # line 1 is the header
-                checked = self._check(line, row)
+                checked = self._check(line, row, (values, problems), stored)
                 if isinstance(checked, tuple):
                     failed.append(checked)
                 elif checked.ident in seen:
@@ -98,13 +104,21 @@ class Importer:
             stats["errors"] += 1
             yield error
 
-    def _check(self, line: int, row: list[str]) -> _Row | tuple[int, list[str], str, str]:
-        """The row converted and checked with F&O's table rules against the table as it is; the
-        error (line, row, message, key) when it does not pass."""
-        values, problems = self._convert(row)
-        key = {k: values.get(k) for k in self.ent.key}
+    def _key(self, values: dict[str, Any]) -> dict[str, Any]:
+        return {k: values.get(k) for k in self.ent.key}
+
+    def _check(self, line: int, row: list[str], converted: tuple[dict[str, Any], list[str]] | None = None,
+               stored: KeyedRows | None = None) -> _Row | tuple[int, list[str], str, str]:
+        """The row converted (or `converted`) and checked with F&O's table rules against the table
+        as it is (its row read, or found in `stored`); the error (line, row, message, key) when it
+        does not pass."""
+        values, problems = converted or self._convert(row)
+        key = self._key(values)
         record = ",".join(str(v) for k, v in key.items() if k != "dataAreaId" and v is not None)
-        existing = self.store.get(self.ent, key) if all(key.values()) else None
+        if not all(key.values()):
+            existing = None
+        else:
+            existing = stored.get(key) if stored is not None else self.store.get(self.ent, key)
         after = values if existing is None else {**existing, **values}
         problems += [p.message for p in fo_rules.problems(self.store, self.ent, after,
                                                           exists=self._references)]

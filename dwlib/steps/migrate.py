@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -78,6 +78,7 @@ MIGRATE_CSV = "migrate.csv"
 COLUMNS = ("map", "company", "direction", "key", "operation", "row_id", "status", "error")
 TO_DATAVERSE, TO_FINOPS = "F&O → Dataverse", "Dataverse → F&O"
 MAX_DMF_JOBS = 16  # DMF jobs waited for at once (each wait is a status poll every few seconds)
+READ_AHEAD = 2  # companies read (package and Dataverse rows, into their spill files) ahead of the one moved
 _IDS = uuid.UUID("5b1c7c1e-3f5d-4c47-9d0e-7a4e1c2b9f10")  # namespace of the ids of migrated rows
 
 
@@ -388,7 +389,10 @@ class Migrate(Step):
                  for code, company, company_id in movers[r.name].companies(ids) if (r.name, company) in open_]
         # DMF jobs are waited for by polling: all exports start at once and the maps are moved in
         # dependency order as their exports arrive. Per company, three things overlap: the next
-        # company's package and Dataverse rows are read (`reader`), this one's rows are compared and
+        # companies' packages and Dataverse rows are read (`reader`, up to READ_AHEAD companies
+        # ahead, into files: it need not wait for the comparing; it may read the next map's rows
+        # while this map's are written: the two maps that share a table, contacts, filter on
+        # msdyn_sellable true and false), this one's rows are compared and
         # converted (here), the previous one's are written to Dataverse (`writer`, one company at a
         # time, each through the bulk path's own concurrency); imports into F&O run beside them. A
         # map's writes end before the next map is compared, so its lookups find the rows written.
@@ -407,7 +411,7 @@ class Migrate(Step):
                     job.result()
                 return movers[args[0]].import_rows(*args[1:])
 
-            ahead: Future[_Prepared] | None = prepared(0) if pairs else None
+            ahead = deque(prepared(i) for i in range(min(READ_AHEAD + 1, len(pairs))))
             jobs: list[Future[list[str]]] = []
             chain: list[Future[list[str]]] = []  # the imports the next map's imports wait for
             try:
@@ -417,9 +421,9 @@ class Migrate(Step):
                     for i, (name, code, company, company_id) in enumerate(pairs):
                         if name != row.name:
                             continue
-                        assert ahead is not None
-                        current = ahead.result()
-                        ahead = prepared(i + 1) if i + 1 < len(pairs) else None
+                        current = ahead.popleft().result()
+                        if i + READ_AHEAD + 1 < len(pairs):
+                            ahead.append(prepared(i + READ_AHEAD + 1))
                         to_fo, written = movers[name].move(current, code, company, company_id, writer)
                         writes += [written] if written else []
                         if to_fo:
