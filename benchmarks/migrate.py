@@ -170,7 +170,8 @@ def instrument(phases: Phases) -> list[Callable[[], None]]:
         phases.wrap(m._Mover, "prepare", "spill"),  # both sides into the spill file, less the reads
         phases.wrap_rows(m, "package_rows", "parse"),
         phases.wrap_rows(m._Mover, "_dataverse_rows", "dataverse read"),
-        phases.wrap(m._Mover, "move", "transform"),  # pair, compare and convert, into the spill
+        phases.wrap(m._Mover, "finops_side", "transform"),  # pair, compare and convert, into the spill
+        phases.wrap(m._Mover, "dataverse_side", "transform"),
         phases.wrap(m._Mover, "package", "package"),  # the import package written
         phases.wrap(m._Mover, "_upsert", "upsert"),
         phases.wrap(m._Mover, "import_rows", "dmf import"),

@@ -10,8 +10,9 @@ gate) and left Not running for table-maps to run skipping the initial sync. Per 
 order, so the rows a lookup needs are there first) and legal entity:
 
 - F&O → Dataverse: the F&O data project `migrate.export_project` exports the company's rows
-  (DMF package); rows missing in Dataverse are created with UpsertMultiple, rows on both sides
-  with other values are updated when F&O is the map's master. New rows get an id derived from map,
+  (DMF package; one export serves the maps of one F&O entity, e.g. Customers V3's two); rows
+  missing in Dataverse are created with UpsertMultiple, rows on both sides with other values are
+  updated when F&O is the map's master. New rows get an id derived from map,
   company and key, so a repeated or resumed run can never create a row twice.
 - Dataverse → F&O: rows missing in F&O (or, with Dataverse as master, differing) are written into
   a package with the export's manifest and imported with `migrate.import_project`.
@@ -45,11 +46,12 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from dwlib import catalog
 from dwlib.catalog.errors import DOCS_ROOT
@@ -82,6 +84,7 @@ READ_AHEAD = 2  # companies read (package and Dataverse rows, into their spill f
 _IDS = uuid.UUID("5b1c7c1e-3f5d-4c47-9d0e-7a4e1c2b9f10")  # namespace of the ids of migrated rows
 
 
+T = TypeVar("T")
 Outgoing = tuple[str, dict[str, Any], str]  # a row to write: key, values, create | update
 
 
@@ -197,12 +200,18 @@ class _Mover:
             return [(self.codes[0], GLOBAL, "")]
         return [(code, code, ids[code.upper()]) for code in self.codes if code.upper() in ids]
 
+    def export_key(self, code: str) -> tuple[str, str]:
+        """What the company's export is: (data project, legal entity). Maps of one F&O entity
+        (Customers V3 for accounts and for contacts) share it: one export serves both."""
+        entity_set = self.map.finops_entity_set or ""
+        return self.params.migrate.export_project.format(entity=entity_set), code.upper()
+
     def export(self, code: str) -> Path:
         """The company's export package, downloaded (read only when its turn comes: every export
         starts at once, and a table's packages in memory together would be the whole table)."""
-        entity_set = self.map.finops_entity_set or ""
-        project = self.params.migrate.export_project.format(entity=entity_set)
-        dest = self.ctx.evidence_dir / "migrate" / f"{self.map.id}-{code.lower()}-export.zip"
+        project, _ = self.export_key(code)
+        entity_set = (self.map.finops_entity_set or "").lower()
+        dest = self.ctx.evidence_dir / "migrate" / f"{entity_set}-{code.lower()}-export.zip"
         return self.session.dmf.export_package(project, dest, legal_entity=code)
 
     def prepare(self, path: Path, company_id: str) -> _Prepared:
@@ -222,24 +231,33 @@ class _Mover:
         spill.put("dv", ((str(r[rm.dataverse_key]).lower(), r) for r in self._dataverse_rows(rm, company_id)))
         return _Prepared(pkg, fmt, rm, spill)
 
-    def move(self, prepared: _Prepared, code: str, company: str, company_id: str,
-             writer: ThreadPoolExecutor) -> tuple[int, Future[None] | None]:
-        """Hand the company's rows missing (or, by the map's master, differing) in Dataverse to
-        `writer`; return how many to import into F&O (in the spill's "to_fo") and the write's future.
+    def finops_side(self, prepared: _Prepared, code: str, company: str) -> int:
+        """Put the company's rows missing (or, by the map's master, differing) in F&O into the
+        spill's "to_fo"; return how many (to import). Done before the Dataverse side, so the
+        import, whose queue is the longest wait, starts as early as it can.
 
         `code`: the legal entity DMF works in; `company`: the reconciliation's company (GLOBAL for
-        global maps); `company_id`: its cdm_companyid ("" for global maps)."""
+        global maps)."""
         self.outcome.skipped_columns[self.map.name] = prepared.rowmap.skipped
+        try:
+            return prepared.spill.add("to_fo", self._to_finops(prepared, code))
+        except LocaleError as exc:
+            raise prepared.locale.locale_error(exc, f"{self.map.name} {company}") from None
+
+    def dataverse_side(self, prepared: _Prepared, company: str, company_id: str,
+                       writer: ThreadPoolExecutor) -> Future[None] | None:
+        """Hand the company's rows missing (or, by the map's master, differing) in Dataverse to
+        `writer` (through the spill's "to_dv"); the write's future, None when there is none.
+
+        `company_id`: the company's cdm_companyid ("" for global maps)."""
         spill = prepared.spill
         try:
             to_dv = spill.add("to_dv", self._to_dataverse(prepared, company, company_id))
-            to_fo = spill.add("to_fo", self._to_finops(prepared, code))
         except LocaleError as exc:
             raise prepared.locale.locale_error(exc, f"{self.map.name} {company}") from None
         info = prepared.rowmap.info
-        written = writer.submit(self._upsert, info.entity_set, info.logical_name, company, spill, to_dv) \
+        return writer.submit(self._upsert, info.entity_set, info.logical_name, company, spill, to_dv) \
             if to_dv else None
-        return to_fo, written
 
     def _to_dataverse(self, prepared: _Prepared, company: str, company_id: str) -> Iterator[Outgoing]:
         rm = prepared.rowmap
@@ -340,6 +358,21 @@ class _Mover:
         return [f"{self.map.name} {company}: {e}" for e in errors]
 
 
+def _import_keys(spill: Spill) -> Iterator[tuple[str, str]]:
+    """The keys and operations of the rows to import (the spill's "to_fo"), for the log."""
+    return ((k, op) for k, _, op in spill.listed("to_fo"))
+
+
+def _once_set(event: threading.Event, rows: Callable[[], Iterable[T]]) -> Iterator[T]:
+    """`rows()`, called once `event` is set (by the thread that still writes what they read).
+
+    >>> e = threading.Event(); it = _once_set(e, lambda: [1, 2]); e.set(); list(it)
+    [1, 2]
+    """
+    event.wait()
+    yield from rows()
+
+
 @register
 class Migrate(Step):
     """Migrate the data of the maps the plan marks "migrate", both ways, outside the initial sync.
@@ -400,7 +433,11 @@ class Migrate(Step):
                                 thread_name_prefix="dw-dmf") as pool, \
                 ThreadPoolExecutor(1, thread_name_prefix="dw-read") as reader, \
                 ThreadPoolExecutor(1, thread_name_prefix="dw-write") as writer:
-            exports = [pool.submit(movers[name].export, code) for name, code, _, _ in pairs]
+            started: dict[tuple[str, str], Future[Path]] = {}
+            for name, code, _, _ in pairs:  # one export per data project and company
+                if (key := movers[name].export_key(code)) not in started:
+                    started[key] = pool.submit(movers[name].export, code)
+            exports = [started[movers[name].export_key(code)] for name, code, _, _ in pairs]
 
             def prepared(i: int) -> Future[_Prepared]:
                 name, _, _, company_id = pairs[i]
@@ -424,13 +461,20 @@ class Migrate(Step):
                         current = ahead.popleft().result()
                         if i + READ_AHEAD + 1 < len(pairs):
                             ahead.append(prepared(i + READ_AHEAD + 1))
-                        to_fo, written = movers[name].move(current, code, company, company_id, writer)
-                        writes += [written] if written else []
+                        mover, spill = movers[name], current.spill
+                        # The import's log reads the spill once the Dataverse side is in it too.
+                        compared = threading.Event()
+                        to_fo = mover.finops_side(current, code, company)
                         if to_fo:
-                            path = movers[name].package(current.package, code, current.spill)
-                            keys = ((k, op) for k, _, op in current.spill.listed("to_fo"))
+                            path = mover.package(current.package, code, spill)
+                            keys = _once_set(compared, partial(_import_keys, spill))
                             mine.append(pool.submit(imported, chain, name, path, code, company, keys))
                             out.written[f"{name} {TO_FINOPS}"] += to_fo
+                        try:
+                            written = mover.dataverse_side(current, company, company_id, writer)
+                        finally:
+                            compared.set()
+                        writes += [written] if written else []
                         del current
                     for write in writes:
                         write.result()

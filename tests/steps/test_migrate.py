@@ -16,7 +16,7 @@ from sync_helpers import CUSTOMER_MAPS, LE, run_maps, state
 from dwlib import catalog
 from dwlib.catalog.locales import LOCALE_DOC
 from dwlib.steps.base import StepError, StepStatus
-from dwlib.steps.migrate import MIGRATE_CSV, Migrate
+from dwlib.steps.migrate import MIGRATE_CSV, TO_DATAVERSE, Migrate
 from dwlib.steps.plan import PlanStep
 from dwlib.steps.support.dmf_package import read_package
 from dwlib.steps.tablemaps import TableMaps
@@ -214,8 +214,11 @@ def test_every_mapped_column_moves_in_the_packages_locale(linked_sandbox, step_c
     assert result.status == StepStatus.PASSED, [ch.evidence for ch in result.checks if ch.status != "passed"]
     (loc,) = [ch for ch in result.checks if ch.name == "package locale (CSV-Unicode)"]
     assert loc.status == StepStatus.PASSED and "nl-nl" in loc.evidence
-    export = read_package(ctx.evidence_dir / "migrate" / "customers-v3-accounts-usmf-export.zip",
-                          "Customers V3")
+    export = read_package(ctx.evidence_dir / "migrate" / "customersv3-usmf-export.zip", "Customers V3")
+    # Customers V3's two maps (accounts, contacts) share one export per company.
+    assert result.counts[f"{ACCOUNTS} {TO_DATAVERSE}"] and result.counts[f"{CONTACTS} {TO_DATAVERSE}"]
+    exported = sorted(p.name for p in (ctx.evidence_dir / "migrate").glob("customersv3-*-export.zip"))
+    assert exported == sorted(f"customersv3-{c.lower()}-export.zip" for c in LES)
     assert any("," in r["DELIVERYADDRESSLATITUDE"] for r in export.rows)  # the package really is nl-NL
 
     c = Consultant(sandbox)
