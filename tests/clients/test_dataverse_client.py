@@ -87,6 +87,36 @@ def test_query_follows_next_links_with_the_page_size(fake: FakeService) -> None:
     assert list(dv.dataframe("accounts").columns) == ["name"]  # annotations dropped
 
 
+def test_the_next_page_is_read_while_the_caller_works_through_one(fake: FakeService) -> None:
+    """Page n+1 is asked for before the caller has finished page n (one ahead, never two); a
+    caller that stops early leaves the later pages unread."""
+    asked: list[int] = []
+    seen = threading.Condition()
+
+    @fake.on("GET", f"{API}/accounts")
+    def accounts(request: httpx.Request, _: re.Match[str]) -> httpx.Response:
+        n = int(query_of(request).get("$skiptoken", "0"))
+        with seen:
+            asked.append(n)
+            seen.notify_all()
+        link = f"{URL}/api/data/v9.2/accounts?$skiptoken={n + 1}" if n < 4 else None
+        return httpx.Response(200, json={"value": [{"name": f"p{n}"}], "@odata.nextLink": link})
+
+    dv = dataverse(fake)
+    rows = dv.query("accounts")
+    first = next(rows)
+    with seen:  # the second page is asked for without the caller asking for it
+        assert seen.wait_for(lambda: len(asked) == 2, timeout=10), asked
+    assert first["name"] == "p0" and asked == [0, 1]
+    assert [r["name"] for r in rows] == ["p1", "p2", "p3", "p4"] and asked == [0, 1, 2, 3, 4]
+
+    asked.clear()
+    early = dv.query("accounts")
+    assert next(early)["name"] == "p0"
+    early.close()  # stops: the page in flight is waited for, nothing after it is asked for
+    assert asked in ([0], [0, 1])
+
+
 def test_get_by_alternate_key_and_errors_carry_status_code_message_and_request_id(fake: FakeService) -> None:
     @fake.on("GET", f"{API}/accounts\\((.*)\\)")
     def account(request: httpx.Request, m: re.Match[str]) -> httpx.Response:
