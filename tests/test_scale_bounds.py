@@ -7,17 +7,21 @@ from __future__ import annotations
 
 import inspect
 import json
+import random
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+import pytest
 
 from dwlib import review
 from dwlib.clients.http import JournalEntry
 from dwlib.record import CALLS_KEPT, SCHEMA_FILE, RunRecord, bounded_calls, call_totals, evidence_dir
 from dwlib.render import call_count, result_bundle, summary_rows
+from dwlib.steps.support import spill as spill_module
 from dwlib.steps.support.dmf_package import Package, package_head, package_rows, read_package
 from dwlib.steps.support.reconcile import Reconciliation, Spilled
 from dwlib.steps.support.spill import KeyList, Spill
@@ -141,6 +145,47 @@ def test_the_spill_pairs_rows_by_key_and_lists_rows_in_order() -> None:
         added = spill.add("out", ({"k": k} for k, _, other in spill.pairs("fo", "dv") if other is None))
         assert added == spill.count("out") == 7_500
         assert [r["k"] for r in spill.listed("out")][:3] == ["k00001", "k00002", "k00003"]
+
+
+def test_keyed_rows_come_back_merged_from_sorted_runs_in_key_order_the_last_row_of_a_key_winning(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keyed tables are sorted runs in a file (seven rows a run here, 64-byte reads), merged when
+    read: the same pairs as a dict of the rows given (a later row replacing an earlier one)."""
+    monkeypatch.setattr(spill_module, "RUN", 7)
+    monkeypatch.setattr(spill_module, "READ", 64)
+    rng = random.Random(7)
+    left = [(f"k{rng.randrange(60):03d}", {"n": i, "pad": "x" * rng.randrange(90)}) for i in range(200)]
+    right = [(f"k{rng.randrange(90):03d}", [i]) for i in range(50)]
+    with Spill() as spill:
+        assert spill.put("fo", left[:120]) == 120 and spill.put("fo", left[120:]) == 80
+        spill.put("dv", right)
+        want_left, want_right = dict(left), dict(right)
+        expected = [(k, want_left[k], want_right.get(k)) for k in sorted(want_left)]
+        assert list(spill.pairs("fo", "dv")) == expected
+        assert list(spill.pairs("fo", "dv", unmatched=True)) == [e for e in expected if e[2] is None]
+        assert spill.count("fo") == len(want_left) and spill.count("dv") == len(want_right)
+        assert list(spill.pairs("fo", "none")) == [(k, v, None) for k, v, _ in expected]
+        assert list(spill.pairs("none2", "fo")) == []
+
+
+def test_listed_rows_cross_read_blocks_and_are_read_by_two_threads_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A listed table's records are read in blocks (50 bytes here, smaller than some rows) by any
+    number of readers at once, each at its own offset; a name is one kind of table."""
+    monkeypatch.setattr(spill_module, "READ", 50)
+    rows = [{"i": i, "text": "é" * (i % 70)} for i in range(300)]
+    with Spill() as spill:
+        assert spill.add("out", rows[:100]) + spill.add("out", iter(rows[100:])) == 300
+        with ThreadPoolExecutor(2) as pool:
+            both = list(pool.map(lambda _: list(spill.listed("out")), range(2)))
+        assert both == [rows, rows] and spill.count("out") == 300
+        spill.put("keyed", [("a", 1)])
+        for wrong in (lambda: spill.add("keyed", [1]), lambda: spill.put("out", [("a", 1)]),
+                      lambda: spill.put_keys("out", [("a", "A")])):
+            with pytest.raises(ValueError, match="another kind of table"):
+                wrong()
+        spill.drop("out")
+        assert spill.count("out") == 0 and list(spill.listed("out")) == []
 
 
 def test_spill_and_key_files_leave_nothing_behind_even_when_the_process_is_killed(tmp_path: Path) -> None:
