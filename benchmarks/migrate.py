@@ -166,7 +166,8 @@ def instrument(phases: Phases) -> list[Callable[[], None]]:
     """Wrap the migrate step's functions with phase timers; returns the undo functions."""
     m = migrate_mod
     undo = [
-        phases.wrap(m._Mover, "export", "export"),
+        phases.wrap(m._Mover, "export", "export"),  # started (one after the other)
+        phases.wrap(m._Mover, "finish_export", "export"),  # waited for, downloaded
         phases.wrap(m._Mover, "prepare", "spill"),  # both sides into the spill file, less the reads
         phases.wrap_rows(m, "package_rows", "parse"),
         phases.wrap_rows(m._Mover, "_dataverse_rows", "dataverse read"),

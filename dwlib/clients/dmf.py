@@ -365,7 +365,15 @@ class DmfClient:
                        on_status: Callable[[str], None] | None = None) -> Path:
         """Export a data project and download its package to `dest`; returns `dest`."""
         execution_id = self.start_export(definition_group, dest.stem, legal_entity=legal_entity)
+        return self.finish_export(execution_id, dest, on_status=on_status)
+
+    def finish_export(self, execution_id: str, dest: Path, *,
+                      on_status: Callable[[str], None] | None = None) -> Path:
+        """Wait for the export `execution_id` (`start_export`) and download its package to `dest`;
+        returns `dest`. Several exports started one after the other run in that order, and are
+        waited for together."""
         self.wait(execution_id, on_status=on_status)
+
         def late(_: str) -> DmfError:
             return DmfError(f"DMF job {execution_id} finished but its package URL stayed empty",
                             execution_id=execution_id, status="Succeeded",

@@ -206,13 +206,17 @@ class _Mover:
         entity_set = self.map.finops_entity_set or ""
         return self.params.migrate.export_project.format(entity=entity_set), code.upper()
 
-    def export(self, code: str) -> Path:
-        """The company's export package, downloaded (read only when its turn comes: every export
-        starts at once, and a table's packages in memory together would be the whole table)."""
+    def export(self, code: str) -> tuple[str, Path]:
+        """Start the company's export: its job id and where its package goes (`finish_export`)."""
         project, _ = self.export_key(code)
         entity_set = (self.map.finops_entity_set or "").lower()
         dest = self.ctx.evidence_dir / "migrate" / f"{entity_set}-{code.lower()}-export.zip"
-        return self.session.dmf.export_package(project, dest, legal_entity=code)
+        return self.session.dmf.start_export(project, dest.stem, legal_entity=code), dest
+
+    def finish_export(self, execution_id: str, dest: Path) -> Path:
+        """The export's package, downloaded once the job is done (read only when its company's
+        turn comes: a table's packages in memory together would be the whole table)."""
+        return self.session.dmf.finish_export(execution_id, dest)
 
     def prepare(self, path: Path, company_id: str) -> _Prepared:
         """The company's package beside its Dataverse rows, streamed into a spill file by key: what
@@ -436,7 +440,8 @@ class Migrate(Step):
             started: dict[tuple[str, str], Future[Path]] = {}
             for name, code, _, _ in pairs:  # one export per data project and company
                 if (key := movers[name].export_key(code)) not in started:
-                    started[key] = pool.submit(movers[name].export, code)
+                    # Started here one by one, so F&O runs them in the order they are needed.
+                    started[key] = pool.submit(movers[name].finish_export, *movers[name].export(code))
             exports = [started[movers[name].export_key(code)] for name, code, _, _ in pairs]
 
             def prepared(i: int) -> Future[_Prepared]:
