@@ -31,8 +31,9 @@ directions); `ratio_same_rows` = migrate rows/s ÷ the rows/s of the bulk path s
 rows; `ratio_bound` = the best `ratio` a migrate could reach that did nothing but write its
 Dataverse rows through the bulk path (migrate rows ÷ the seconds the bulk path takes for its
 Dataverse rows ÷ bulk rows/s): its F&O imports free, nothing read, compared or verified.
-`cpu_s`: the CPU seconds the sandbox process and this one (the client) used during the step: on 2 cores, the step cannot end before either has done its share; `bulk_cpu_s` the
-same for the bulk path, and `sandbox_cpu_ratio` = (migrate rows ÷ the sandbox's CPU seconds in
+`cpu_s`: the CPU seconds the sandbox process and this one (the client) used during the step:
+on 2 cores, the step cannot end before either has done its share; `bulk_cpu_s` the same for the
+bulk path, and `sandbox_cpu_ratio` = (migrate rows ÷ the sandbox's CPU seconds in
 migrate) ÷ (bulk rows ÷ its CPU seconds in bulk): the ratio the sandbox's work per row allows at
 best, much less dependent on what else runs on the machine than `ratio`. `--profile FILE` also
 writes a cProfile of the migrate step (this process); with `DW_BENCH_PY_SPY=<py-spy binary>`, py-spy
