@@ -24,8 +24,8 @@ is not a number or date in that locale fails the step with the documented fix (L
 en-us, "Troubleshoot issues during initial synchronization").
 
 A company can hold most of a table (a million customers), so neither side is held in memory: the
-package is read row by row from the zip and the Dataverse rows page by page into a temporary SQLite
-file by key (`spill`), which pairs them; the rows to write go there too, and are streamed to
+package is read row by row from the zip and the Dataverse rows page by page into temporary files,
+sorted by key (`spill`), which pair them; the rows to write go there too, and are streamed to
 UpsertMultiple and into the import package.
 
 Eligibility, keys and counts are those of verify (`reconcile`): the step is done when the keys
