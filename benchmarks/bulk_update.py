@@ -82,7 +82,12 @@ def _bind(company: str) -> str:
 def naive(session: Session, ids: list[str], company: str) -> float:
     """One PATCH per row through the client; seconds."""
     changes = {"msdyn_company@odata.bind": _bind(company)}
-    return _timed(lambda: [session.dataverse.update("accounts", i, changes) for i in ids])
+
+    def each() -> None:
+        for i in ids:
+            session.dataverse.update("accounts", i, changes)
+
+    return _timed(each)
 
 
 def bulk(session: Session, ids: list[str], company: str) -> float:
@@ -125,8 +130,9 @@ def run(rows: int, *, throttle: bool, concurrency: int, batch: int, naive_rows: 
     started = time.perf_counter()
     conn = control.start(PROFILE, root=root, rows=rows, port=0).connection
     start_s = time.perf_counter() - started
-    params = load_params({"scenario": PROFILE, "sandbox": {"dir": str(root)},
-                          "options": {"concurrency": concurrency, "batch_size": batch}})
+    params = load_params(ROOT / "params" / f"sandbox-{PROFILE}.yaml",
+                         {"sandbox.dir": str(root), "options.concurrency": concurrency,
+                          "options.batch_size": batch}, say=False)
     with connect(params) as session:
         ids = [r["accountid"] for r in session.dataverse.query("accounts", select=["accountid"])]
         assert len(ids) == rows, f"the sandbox has {len(ids)} accounts, not {rows}"

@@ -61,7 +61,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -357,8 +357,10 @@ def run(rows: int, profile: Path | None) -> dict[str, Any]:
         "ratio": round(migrate_rate / bulk_rate, 3),
         "bulk_cpu_s": bulk_cpu,
         # Rows per second of sandbox CPU, migrate ÷ bulk: the ratio the sandbox's work per row
-        # allows at best, whatever else runs on the machine.
-        "sandbox_cpu_ratio": round((moved / migrate_cpu["sandbox"]) / (bulk_rows / bulk_cpu["sandbox"]), 3),
+        # allows at best, whatever else runs on the machine (None: too little CPU to measure, as
+        # at a few hundred rows).
+        "sandbox_cpu_ratio": (round(moved * bulk_cpu["sandbox"] / (migrate_cpu["sandbox"] * bulk_rows), 3)
+                              if migrate_cpu["sandbox"] and bulk_cpu["sandbox"] else None),
         # The same measure against the bulk path sending the very rows migrate sent to Dataverse
         # (full rows, created), not a one-column update: like for like.
         "bulk_same_rows": same_rows,
@@ -383,7 +385,10 @@ def main() -> int:
     parser.add_argument("--label", default="", help="a note saved with the result (e.g. before/after)")
     args = parser.parse_args()
     os.environ.setdefault("XDG_CACHE_HOME", tempfile.mkdtemp(prefix="dw-bench-cache-"))
-    measured = run(args.rows, args.profile)
+    # The steps say what they do (gates, the sandbox consultant) on stdout: to stderr, so that
+    # stdout holds the one JSON object.
+    with redirect_stdout(sys.stderr):
+        measured = run(args.rows, args.profile)
     result = {
         "benchmark": "migrate",
         "when": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),

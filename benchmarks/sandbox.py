@@ -1,6 +1,6 @@
 """Sandbox throughput: HTTPS paged reads and UpdateMultiple against the raw SQLite capacity, and seeding.
 
-Run: `python benchmarks/sandbox.py [--rows N] [--seed-rows N] [--json]`
+Run: `python benchmarks/sandbox.py [--rows N] [--seed-rows N] [--json] [--save]`
 
 - (a) read every account through the Dataverse Web API in pages of 5,000
   (`Prefer: odata.maxpagesize=5000`, following `@odata.nextLink`), beside the same pages read
@@ -13,7 +13,7 @@ Run: `python benchmarks/sandbox.py [--rows N] [--seed-rows N] [--json]`
 The sandbox runs in its own process (`control.start`, profile `new-existing` with `--rows`
 accounts), over verified TLS with a real token. The direct SQLite work runs while the sandbox is
 idle, on the same file. Ratios (HTTPS ÷ direct) are computed within one run, so they compare like
-with like on this machine. Results go to `benchmarks/results/sandbox.json`.
+with like on this machine. `--save` writes the result to `benchmarks/results/sandbox.json`.
 """
 
 from __future__ import annotations
@@ -156,8 +156,9 @@ def run(rows: int, seed_rows: int, log: Callable[[str], None]) -> dict[str, Any]
         conn = control.start("new-existing", root=root, rows=rows, port=0).connection
         startup = time.perf_counter() - t0
         try:
-            params = load_params({"scenario": "new-existing", "sandbox": {"dir": str(root)},
-                                  "auth": {"token_cache": str(Path(tmp) / "msal_cache.bin")}})
+            params = load_params(ROOT / "params" / "sandbox-new-existing.yaml",
+                                 {"sandbox.dir": str(root),
+                                  "auth.token_cache": str(Path(tmp) / "msal_cache.bin")}, say=False)
             with make_client(HttpConfig.from_params(params)) as http:
                 token = TokenProvider.from_params(params, http).token(scope_for(conn["dataverse_url"]))
             db = root / "state.sqlite"
@@ -213,12 +214,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=50_000, help="accounts read and updated (default 50000)")
     parser.add_argument("--seed-rows", type=int, default=1_000_000, help="accounts to seed (default 1000000)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--save", action="store_true", help="write benchmarks/results/sandbox.json")
     args = parser.parse_args(argv)
     if args.rows < BATCH or args.seed_rows < 1000:
         parser.error(f"--rows must be at least {BATCH} and --seed-rows at least 1000")
     result = run(args.rows, args.seed_rows, log=lambda msg: print(msg, file=sys.stderr))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    if args.save:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result) if args.json else table(result))
     return 0
 
