@@ -27,8 +27,12 @@ extends the wait. `Pacer` turns that into when a request may start:
   them the pacer is AIMD with Retry-After pauses.
 
 `DataverseClient` holds one pacer; every request it sends takes a slot, and the HTTP stack calls the
-slot's `before_attempt`/`after_attempt` around each attempt, retries included. Time and waiting go
-through `clock` and `sleep`, which tests replace.
+slot's `before_attempt`/`after_attempt` around each attempt, retries included. Taking a slot does
+not wait: an attempt waits for its place in `before_attempt`, just before the wire, and its answer
+frees the place in `after_attempt`. So a request is built (headers, journal, retry policy) while
+the others are on the wire, and the next starts as soon as one is answered, not once its response
+has gone back up the stack (at 2 concurrent requests of 70 ms, that gap was 7 % of the service's
+capacity). Time and waiting go through `clock` and `sleep`, which tests replace.
 
 Example:
     >>> pacer = Pacer(4)
@@ -83,6 +87,8 @@ class Ticket:
         self.started = 0.0
         self.on_wire = 0  # attempts on the wire when this one started, itself included
         self.covered_until = 0.0  # the pause its own 429's Retry-After wait already covers
+        self.admitted = False  # an attempt of it holds a place (on the wire, or about to be)
+        self.refused = False  # its last attempt was answered 429: its retry goes first
 
     def before_attempt(self) -> float:
         """Wait out a pause, then count the attempt as on the wire; the seconds waited."""
@@ -116,8 +122,8 @@ class Pacer:
         self.cap: int | None = None
         self._cap_until = 0.0
         self._answered = False
-        self._in_use = 0  # slots taken (waiting out a pause, or on the wire)
-        self._on_wire = 0
+        self._on_wire = 0  # attempts admitted and not yet answered
+        self._refused = 0  # requests whose retry after a 429 has not started yet
         self._seq = 0
         self._outstanding: set[int] = set()  # reservations the service may not have counted yet
         self._requests_left = math.inf
@@ -139,16 +145,20 @@ class Pacer:
 
     @contextmanager
     def slot(self) -> Iterator[Ticket]:
-        """Take a slot for one request (blocks while the concurrency or the budget has no room)."""
-        with self._cond:
-            self._cond.wait_for(self._room)
-            self._in_use += 1
-            ticket = Ticket(self, self._reserve())
+        """A ticket for one request. It does not wait: each attempt waits in `before_attempt`, at
+        the last moment, so a request is built (headers, journal, retry policy) while others are on
+        the wire, and an answer frees its place before the response has gone back up the stack."""
+        ticket = Ticket(self, 0)
         try:
             yield ticket
         finally:
             with self._cond:
-                self._in_use -= 1
+                if ticket.admitted:  # an attempt left without an answer (`after_attempt` not called)
+                    ticket.admitted = False
+                    self._on_wire -= 1
+                if ticket.refused:  # given up after a 429
+                    ticket.refused = False
+                    self._refused -= 1
                 self._outstanding.discard(ticket.seq)
                 self._cond.notify_all()
 
@@ -159,13 +169,14 @@ class Pacer:
         True
         """
         with self._cond:
-            return self._room()
+            return self._room() and self._resume_at <= self.clock()
 
-    def _room(self) -> bool:
-        if self._in_use >= self.limit:
+    def _room(self, retry: bool = False) -> bool:
+        if self._on_wire >= self.limit:
             return False
         has_budget = self._requests_left >= 1 and self._seconds_left >= self._exec_s
-        return has_budget or self._in_use == 0
+        # Without budget one request goes and finds out; after a 429, the refused one goes first.
+        return has_budget or retry or (self._on_wire == 0 and not self._refused)
 
     def _reserve(self) -> int:
         self._seq += 1
@@ -178,39 +189,50 @@ class Pacer:
 
     def _before(self, ticket: Ticket) -> float:
         waited = 0.0
+        retry = ticket.attempts > 0
         while True:
             with self._cond:
+                # A place on the wire, unless a pause (another request's 429) is to be waited first.
+                self._cond.wait_for(lambda: self._room(retry) or self._paused(ticket))
                 resume_at = self._resume_at
                 wait = resume_at - max(self.clock(), ticket.covered_until)
-            if wait <= 0:
-                break
+                if wait <= 0:
+                    now = self.clock()
+                    if self._gap and now - self._throttled_at > 2 * self._period:
+                        self._gap = 0.0  # two windows without a 429: the limit no longer binds
+                    start_at = max(now, self._next_start)
+                    self._next_start = start_at + self._gap
+                    self._wave.append(start_at)
+                    # Every attempt, a retry too, is a request for the service's budget.
+                    self._outstanding.discard(ticket.seq)
+                    ticket.seq = self._reserve()
+                    ticket.attempts += 1
+                    ticket.admitted = True
+                    if ticket.refused:
+                        ticket.refused = False
+                        self._refused -= 1
+                    self._on_wire += 1
+                    ticket.on_wire = self._on_wire
+                    break
             self._sleep(wait)
             waited += wait
             ticket.covered_until = max(ticket.covered_until, resume_at)
-        with self._cond:
-            now = self.clock()
-            if self._gap and now - self._throttled_at > 2 * self._period:
-                self._gap = 0.0  # two windows without a 429: the limit no longer binds
-            start_at = max(now, self._next_start)
-            self._next_start = start_at + self._gap
-            self._wave.append(start_at)
         if start_at > now:
             self._sleep(start_at - now)
             waited += start_at - now
         with self._cond:
-            if ticket.attempts:  # a retry is another request for the service's budget
-                self._outstanding.discard(ticket.seq)
-                ticket.seq = self._reserve()
-            ticket.attempts += 1
-            self._on_wire += 1
-            ticket.on_wire = self._on_wire
             ticket.started = self.clock()
             self.paused_s += waited
         return waited
 
+    def _paused(self, ticket: Ticket) -> bool:
+        return self._resume_at > max(self.clock(), ticket.covered_until)
+
     def _after(self, ticket: Ticket, response: httpx.Response | None) -> None:
         with self._cond:
-            self._on_wire -= 1
+            if ticket.admitted:
+                ticket.admitted = False
+                self._on_wire -= 1
             if response is not None:
                 now = self.clock()
                 self._learn_hint(response, now)
@@ -270,6 +292,9 @@ class Pacer:
             self.limit = max(1, self.limit // 2)
             self._halved_at_seq = self._seq
             self._spacing(now, now + (retry_after or 0.0))
+        if not ticket.refused:
+            ticket.refused = True
+            self._refused += 1
         if retry_after:
             ticket.covered_until = now + retry_after
             self._resume_at = max(self._resume_at, now + retry_after)

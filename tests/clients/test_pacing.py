@@ -27,6 +27,7 @@ class Clock:
     def __init__(self) -> None:
         self.now = 0.0
         self.slept: list[float] = []
+        self.moved = threading.Event()  # someone slept
 
     def __call__(self) -> float:
         return self.now
@@ -34,6 +35,7 @@ class Clock:
     def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
         self.now += seconds
+        self.moved.set()
 
 
 def answer(status: int = 204, *, hint: int | None = None, requests: int | None = None,
@@ -65,7 +67,7 @@ def warm(pacer: Pacer, hint: int) -> None:
 def test_concurrency_is_one_until_the_first_answer_then_the_hint_within_the_configured_maximum() -> None:
     pacer = Pacer(4)
     assert pacer.limit == 1
-    with pacer.slot():
+    with started(pacer, 1):
         assert not pacer.would_start()  # the first request goes alone: its answer carries the hint
     warm(pacer, hint=8)
     assert (pacer.hint, pacer.limit) == (8, 4)  # bounded by the configuration
@@ -93,10 +95,15 @@ def test_a_429_pauses_every_new_attempt_and_the_retried_request_goes_first() -> 
         assert pacer.limit == 2  # halved once: the second was sent before the first was refused
         assert [(t.code, t.retry_after_s) for t in pacer.throttles] == [(REQUESTS, 10), (REQUESTS, 10)]
         assert not pacer.would_start()  # no new request until a retried one says there is room
-        assert late.before_attempt() == 10 and clock.now == 10  # waited out with everyone
-        clock.now = 10  # the HTTP stack waited the retried request's Retry-After itself
-        assert first.before_attempt() == 0  # so the pacer does not make it wait twice
-        first.after_attempt(answer(requests=3, seconds="100.00"))
+        waited: list[float] = []
+        waiting = threading.Thread(target=lambda: waited.append(late.before_attempt()))
+        waiting.start()  # waits out the pause with everyone (the fake clock moves on), then ...
+        assert clock.moved.wait(5) and clock.slept == [10]
+        assert first.before_attempt() == 0  # the HTTP stack waited first's own Retry-After
+        assert clock.now == 10 and first.admitted  # ... the retried request goes first
+        first.after_attempt(answer(requests=3, seconds="100.00"))  # room: 3, one of them second's
+        waiting.join(5)
+        assert waited == [10] and late.admitted and not waiting.is_alive()
         late.after_attempt(answer(requests=2, seconds="100.00"))
         second.before_attempt()
         second.after_attempt(answer(requests=1, seconds="100.00"))
@@ -115,11 +122,28 @@ def test_a_full_window_costs_one_429_not_one_per_request_in_flight() -> None:
             c.before_attempt()
             assert not pacer.would_start()  # b and c use up what a's answer left
             c.after_attempt(answer(requests=0))
+        assert not pacer.would_start()  # no budget left, and b is still on the wire
         b.after_attempt(answer(requests=1))  # older than c's answer: not the freshest budget
-        assert not pacer.would_start()
-    assert pacer.would_start()  # nothing in flight: one request may go and find out
-    with pacer.slot():
-        assert not pacer.would_start()
+        assert pacer.would_start()  # nothing on the wire: one request may go and find out
+    with started(pacer, 1):
+        assert not pacer.would_start()  # only one
+
+
+def test_an_answer_frees_its_place_before_its_request_has_left_its_slot() -> None:
+    """A request is built (headers, journal, retry policy) while another is on the wire: taking a
+    slot does not wait, an attempt waits for a place; an answer frees the place at once, not when
+    its response has gone back up the HTTP stack and the slot is left."""
+    pacer = Pacer(1)
+    warm(pacer, hint=1)
+    with pacer.slot() as a, pacer.slot() as b:  # both taken at once: neither waited
+        a.before_attempt()
+        assert a.admitted and not pacer.would_start()  # one place, a's
+        a.after_attempt(answer(requests=100))
+        assert pacer.would_start()  # a is still in its slot; its place is free
+        b.before_attempt()
+        assert b.admitted and not pacer.would_start()
+        b.after_attempt(answer(requests=99))
+    assert pacer.would_start()
 
 
 def test_after_a_full_window_requests_start_no_faster_than_that_window_freed_its_places() -> None:
