@@ -31,8 +31,7 @@ slot's `before_attempt`/`after_attempt` around each attempt, retries included. T
 not wait: an attempt waits for its place in `before_attempt`, just before the wire, and its answer
 frees the place in `after_attempt`. So a request is built (headers, journal, retry policy) while
 the others are on the wire, and the next starts as soon as one is answered, not once its response
-has gone back up the stack (at 2 concurrent requests of 70 ms, that gap was 7 % of the service's
-capacity). Time and waiting go through `clock` and `sleep`, which tests replace.
+has gone back up the stack. Time and waiting go through `clock` and `sleep`, which tests replace.
 
 Example:
     >>> pacer = Pacer(4)
