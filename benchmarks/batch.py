@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from dwlib.batch import run_batch  # noqa: E402
+from dwlib.packaged import param_file  # noqa: E402
 from dwlib.sandbox import control  # noqa: E402
 
 SCENARIO = "existing-existing"
@@ -44,7 +45,7 @@ MODES = (("sequential", "local", 1), ("parallel 2", "local", 2), ("dask 2", "das
 
 def plan_for(tmp: Path, pairs: int, runs_per_pair: int, rows: int) -> tuple[Path, list[Path]]:
     """Start `pairs` fresh sandboxes; write their parameters files and the plan."""
-    base = yaml.safe_load((ROOT / "params" / f"sandbox-{SCENARIO}.yaml").read_text())
+    base = yaml.safe_load((param_file(f"sandbox-{SCENARIO}.yaml")).read_text())
     runs, roots = [], []
     for p in range(pairs):
         root = tmp / f"sandbox{p}"

@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from dwlib.clients import Session, connect, scope_for  # noqa: E402
+from dwlib.packaged import param_file  # noqa: E402
 from dwlib.params import load_params  # noqa: E402
 from dwlib.sandbox import control  # noqa: E402
 
@@ -130,7 +131,7 @@ def run(rows: int, *, throttle: bool, concurrency: int, batch: int, naive_rows: 
     started = time.perf_counter()
     conn = control.start(PROFILE, root=root, rows=rows, port=0).connection
     start_s = time.perf_counter() - started
-    params = load_params(ROOT / "params" / f"sandbox-{PROFILE}.yaml",
+    params = load_params(param_file(f"sandbox-{PROFILE}.yaml"),
                          {"sandbox.dir": str(root), "options.concurrency": concurrency,
                           "options.batch_size": batch}, say=False)
     with connect(params) as session:

@@ -57,6 +57,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from dwlib.clients import Session, connect, scope_for  # noqa: E402
 from dwlib.clients.pacing import Throttle  # noqa: E402
+from dwlib.packaged import param_file  # noqa: E402
 from dwlib.params import Params, load_params  # noqa: E402
 from dwlib.sandbox import control  # noqa: E402
 
@@ -158,7 +159,7 @@ class Bench:
     def __init__(self, rows: int, root: Path) -> None:
         self.rows = rows
         self.conn = control.start(PROFILE, root=root, rows=rows, port=0).connection
-        self.params: Params = load_params(ROOT / "params" / f"sandbox-{PROFILE}.yaml", {
+        self.params: Params = load_params(param_file(f"sandbox-{PROFILE}.yaml"), {
             "sandbox.dir": str(root), "options.concurrency": CONCURRENCY, "options.batch_size": BATCH,
         }, say=False)
         with self.session() as s:

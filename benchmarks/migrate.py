@@ -73,6 +73,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from dwlib import catalog  # noqa: E402
 from dwlib.clients.dataverse import DataverseClient  # noqa: E402
+from dwlib.packaged import param_file  # noqa: E402
 from dwlib.runbook import Runbook  # noqa: E402
 from dwlib.sandbox import control  # noqa: E402
 from dwlib.steps import migrate as migrate_mod  # noqa: E402
@@ -292,7 +293,7 @@ def run(rows: int, profile: Path | None) -> dict[str, Any]:
         cpu = Cpu(started.connection["pid"])
         sandbox_s = time.perf_counter() - start
         try:
-            rb = Runbook.open(ROOT / "params" / f"sandbox-{SCENARIO}.yaml", {"sandbox.dir": str(root)},
+            rb = Runbook.open(param_file(f"sandbox-{SCENARIO}.yaml"), {"sandbox.dir": str(root)},
                               record_path=Path(tmp) / "runs" / "run.json", interactive=False)
             before: dict[str, float] = {}
             with rb:

@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from dwlib import execute, review  # noqa: E402
+from dwlib.packaged import param_file  # noqa: E402
 from dwlib.record import RunRecord, evidence_dir, load_record  # noqa: E402
 from dwlib.sandbox import control  # noqa: E402
 
@@ -53,7 +54,7 @@ def one_real_run(rows: int, folder: Path) -> Path:
     sandbox = folder / "sandbox"
     control.start(SCENARIO, root=sandbox, rows=rows, port=0)
     try:
-        params = ROOT / "params" / f"sandbox-{SCENARIO}.yaml"
+        params = param_file(f"sandbox-{SCENARIO}.yaml")
         run = execute.execute(SCENARIO, params, {"sandbox.dir": str(sandbox)}, folder / "seed",
                               echo=lambda _line: None)
     finally:

@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from dwlib import execute  # noqa: E402
+from dwlib.packaged import param_file  # noqa: E402
 from dwlib.sandbox import control  # noqa: E402
 
 SCENARIO = "existing-existing"
@@ -84,7 +85,7 @@ def runbook(rows: int) -> dict[str, Any]:
         sandbox_s = time.perf_counter() - start
         try:
             start = time.perf_counter()
-            run = execute.execute(SCENARIO, ROOT / "params" / f"sandbox-{SCENARIO}.yaml",
+            run = execute.execute(SCENARIO, param_file(f"sandbox-{SCENARIO}.yaml"),
                                   {"sandbox.dir": str(root)}, out, echo=lambda line: None)
             wall_s = time.perf_counter() - start
             # What the run spent on its HTML report and seal after papermill, done again the same way

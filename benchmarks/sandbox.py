@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from dwlib.clients import HttpConfig, TokenProvider, make_client, scope_for  # noqa: E402
+from dwlib.packaged import param_file  # noqa: E402
 from dwlib.params import load_params  # noqa: E402
 from dwlib.sandbox import control, profiles  # noqa: E402
 from dwlib.sandbox.state import Settings  # noqa: E402
@@ -156,7 +157,7 @@ def run(rows: int, seed_rows: int, log: Callable[[str], None]) -> dict[str, Any]
         conn = control.start("new-existing", root=root, rows=rows, port=0).connection
         startup = time.perf_counter() - t0
         try:
-            params = load_params(ROOT / "params" / "sandbox-new-existing.yaml",
+            params = load_params(param_file("sandbox-new-existing.yaml"),
                                  {"sandbox.dir": str(root),
                                   "auth.token_cache": str(Path(tmp) / "msal_cache.bin")}, say=False)
             with make_client(HttpConfig.from_params(params)) as http:

@@ -79,9 +79,9 @@ class Throttle:
 class Ticket:
     """One request's slot: the pacer's view of its attempts (the HTTP stack calls the two hooks)."""
 
-    def __init__(self, pacer: Pacer, seq: int) -> None:
+    def __init__(self, pacer: Pacer) -> None:
         self._pacer = pacer
-        self.seq = seq  # the reservation of the current attempt
+        self.seq = 0  # the reservation of the current attempt (0: none yet)
         self.attempts = 0
         self.started = 0.0
         self.on_wire = 0  # attempts on the wire when this one started, itself included
@@ -90,7 +90,8 @@ class Ticket:
         self.refused = False  # its last attempt was answered 429: its retry goes first
 
     def before_attempt(self) -> float:
-        """Wait out a pause, then count the attempt as on the wire; the seconds waited."""
+        """Wait out a pause and for a place, then count the attempt as on the wire; the seconds
+        waited for pauses and spacing."""
         return self._pacer._before(self)
 
     def after_attempt(self, response: httpx.Response | None) -> None:
@@ -147,7 +148,7 @@ class Pacer:
         """A ticket for one request. It does not wait: each attempt waits in `before_attempt`, at
         the last moment, so a request is built (headers, journal, retry policy) while others are on
         the wire, and an answer frees its place before the response has gone back up the stack."""
-        ticket = Ticket(self, 0)
+        ticket = Ticket(self)
         try:
             yield ticket
         finally:
